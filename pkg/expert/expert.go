@@ -1,0 +1,201 @@
+// Package expert holds the routed experts of MoE layers and computes them
+// over tokens grouped by expert (a grouped GEMM: one GEMM per expert over all
+// of its rows, never one per token).
+//
+// The model never calls an expert directly: it routes (pkg/router), builds a
+// router.Plan, and hands the plan to an Executor, which fills one output row
+// per plan row. Store is the in-process Executor; the cluster's remote
+// executor implements the same interface by sending each destination worker
+// its rows in one exchange, so the model code is the same on one machine or
+// many.
+package expert
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/switchyard/switchyard/pkg/router"
+	"github.com/switchyard/switchyard/pkg/tensor"
+)
+
+// ID names a routed expert of a model: MoE layer index (the decoder layer
+// number) and expert index within the layer.
+type ID struct {
+	Layer, Expert int
+}
+
+func (id ID) String() string { return fmt.Sprintf("L%d/E%d", id.Layer, id.Expert) }
+
+// ErrNotOwned is returned (wrapped) when a plan routes rows to an expert the
+// executor does not hold, e.g. because the caller's placement is stale.
+var ErrNotOwned = errors.New("expert not held here")
+
+// FFN is one SwiGLU feed-forward block: y = Down(silu(Gate x) * Up x).
+// It is used for routed experts, shared experts and dense MLP layers.
+type FFN struct {
+	Gate tensor.Mat // [F, D]
+	Up   tensor.Mat // [F, D]
+	Down tensor.Mat // [D, F]
+}
+
+// Dims returns D (model width) and F (intermediate width).
+func (f *FFN) Dims() (d, ff int) { return f.Gate.Cols, f.Gate.Rows }
+
+// Bytes is the memory held by the three matrices.
+func (f *FFN) Bytes() int64 { return f.Gate.Bytes() + f.Up.Bytes() + f.Down.Bytes() }
+
+// Forward computes y = FFN(x) for n rows: x [n, D], y [n, D]. h is scratch
+// of at least 2*n*F floats (nil allocates).
+func (f *FFN) Forward(y, x []float32, n int, h []float32) {
+	_, F := f.Dims()
+	if len(h) < 2*n*F {
+		h = make([]float32, 2*n*F)
+	}
+	g, u := h[:n*F], h[n*F:2*n*F]
+	tensor.Linear(g, x, n, &f.Gate, 0)
+	tensor.Linear(u, x, n, &f.Up, 0)
+	tensor.SwiGLU(g, g, u)
+	tensor.Linear(y, g, n, &f.Down, 0)
+}
+
+// Executor computes routed experts for a dispatch plan.
+type Executor interface {
+	// Compute fills y [plan.Len(), D] with FFN_e(x[plan.Token[r]]) for every
+	// plan row r routed to expert e of layer `layer` (unweighted: Combine
+	// applies the weights). x is [T, D]. It returns an error, leaving y
+	// undefined, if an expert is unavailable or ctx ends. Implementations
+	// must be safe for concurrent calls.
+	Compute(ctx context.Context, layer int, plan *router.Plan, x []float32, d int, y []float32) error
+}
+
+// Combine accumulates out[Token[r]] += Weight[r] * y[r] over all plan rows,
+// in plan order (so every executor yields bit-identical sums). out: [T, D].
+func Combine(out []float32, d int, plan *router.Plan, y []float32) {
+	for r, t := range plan.Token[:plan.Len()] {
+		tensor.Axpy(plan.Weight[r], y[r*d:(r+1)*d], out[int(t)*d:int(t+1)*d])
+	}
+}
+
+// Store is an in-memory set of routed experts and the local Executor.
+// It is safe for concurrent use; experts can be added and dropped while
+// computations run (a computation sees each expert as present or absent).
+type Store struct {
+	mu      sync.RWMutex
+	experts map[ID]*FFN
+	scratch sync.Pool // *[]float32
+}
+
+// NewStore returns an empty store.
+func NewStore() *Store { return &Store{experts: make(map[ID]*FFN)} }
+
+// Put adds or replaces an expert.
+func (s *Store) Put(id ID, f *FFN) {
+	s.mu.Lock()
+	s.experts[id] = f
+	s.mu.Unlock()
+}
+
+// Delete drops an expert (its memory is freed once no computation uses it).
+func (s *Store) Delete(id ID) {
+	s.mu.Lock()
+	delete(s.experts, id)
+	s.mu.Unlock()
+}
+
+// Get returns an expert, or nil.
+func (s *Store) Get(id ID) *FFN {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.experts[id]
+}
+
+// IDs lists the experts held, in no particular order.
+func (s *Store) IDs() []ID {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	ids := make([]ID, 0, len(s.experts))
+	for id := range s.experts {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// Bytes is the weight memory of all experts held.
+func (s *Store) Bytes() int64 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var n int64
+	for _, f := range s.experts {
+		n += f.Bytes()
+	}
+	return n
+}
+
+// Compute implements Executor: for each expert with rows, gather its rows of
+// x, run one FFN over all of them, and write results in plan order. Experts
+// run in parallel when there are few rows per expert (decode), each GEMM is
+// itself parallel when there are many.
+func (s *Store) Compute(ctx context.Context, layer int, plan *router.Plan, x []float32, d int, y []float32) error {
+	E := plan.NumExperts
+	ffns := make([]*FFN, E)
+	s.mu.RLock()
+	for e := 0; e < E; e++ {
+		if lo, hi := plan.Rows(e); hi > lo {
+			ffns[e] = s.experts[ID{layer, e}]
+			if ffns[e] == nil {
+				s.mu.RUnlock()
+				return fmt.Errorf("layer %d expert %d: %w", layer, e, ErrNotOwned)
+			}
+		}
+	}
+	s.mu.RUnlock()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	run := func(e int) {
+		lo, hi := plan.Rows(e)
+		s.ComputeRows(ffns[e], plan.Token[lo:hi], x, d, y[lo*d:hi*d])
+	}
+	if plan.Len() <= 4*E { // few rows per expert: parallel over experts
+		tensor.ParallelFor(E, 1, func(a, b int) {
+			for e := a; e < b; e++ {
+				if ffns[e] != nil {
+					run(e)
+				}
+			}
+		})
+		return nil
+	}
+	for e := 0; e < E; e++ {
+		if ffns[e] != nil {
+			run(e)
+		}
+	}
+	return nil
+}
+
+// ComputeRows runs expert f over the rows x[tokens[i]] (x is [T, D]) and
+// writes y [len(tokens), D]. A nil tokens slice means x already holds the
+// len(y)/D rows in order (the remote-owner case).
+func (s *Store) ComputeRows(f *FFN, tokens []int32, x []float32, d int, y []float32) {
+	n := len(y) / d
+	_, F := f.Dims()
+	need := n*d + 2*n*F
+	bp, _ := s.scratch.Get().(*[]float32)
+	if bp == nil || cap(*bp) < need {
+		b := make([]float32, need)
+		bp = &b
+	}
+	buf := (*bp)[:need]
+	in := x
+	if tokens != nil {
+		in = buf[:n*d]
+		for i, t := range tokens {
+			copy(in[i*d:(i+1)*d], x[int(t)*d:int(t+1)*d])
+		}
+	}
+	f.Forward(y, in, n, buf[n*d:])
+	s.scratch.Put(bp)
+}

@@ -1,0 +1,68 @@
+package tensor
+
+import "fmt"
+
+// Mat is a row-major weight matrix of Rows x Cols held either as float32
+// (F32 non-nil) or as bfloat16 bits (BF16 non-nil), exactly one of the two.
+// Hugging Face linear weights are [out, in]: Rows = out features, Cols = in.
+// Keeping bf16 weights as bf16 halves the bytes a decode step streams; they
+// are widened to float32 inside the kernels, which is exact.
+type Mat struct {
+	Rows, Cols int
+	F32        []float32 // [Rows*Cols] or nil
+	BF16       []uint16  // [Rows*Cols] or nil
+}
+
+// Bytes is the memory the matrix data occupies.
+func (m *Mat) Bytes() int64 {
+	if m.BF16 != nil {
+		return int64(len(m.BF16)) * 2
+	}
+	return int64(len(m.F32)) * 4
+}
+
+// Empty reports whether the matrix holds no data (an absent weight).
+func (m *Mat) Empty() bool { return m.F32 == nil && m.BF16 == nil }
+
+// Row copies row r, widened to float32, into dst [Cols].
+func (m *Mat) Row(dst []float32, r int) {
+	if m.BF16 != nil {
+		BF16ToF32(dst[:m.Cols], m.BF16[r*m.Cols:(r+1)*m.Cols])
+		return
+	}
+	copy(dst[:m.Cols], m.F32[r*m.Cols:(r+1)*m.Cols])
+}
+
+// ToF32 returns the matrix as float32 (the F32 slice itself, or a widened copy).
+func (m *Mat) ToF32() []float32 {
+	if m.BF16 == nil {
+		return m.F32
+	}
+	out := make([]float32, len(m.BF16))
+	BF16ToF32(out, m.BF16)
+	return out
+}
+
+// Linear computes y = x W^T (+ beta y): x [n, W.Cols], y [n, W.Rows]. It is
+// the forward of a bias-free Hugging Face nn.Linear with weight W.
+func Linear(y, x []float32, n int, w *Mat, beta float32) {
+	if w.Empty() {
+		panic("tensor: Linear with an empty weight")
+	}
+	if len(x) < n*w.Cols || len(y) < n*w.Rows {
+		panic(fmt.Sprintf("tensor: Linear x %d / y %d values too small for n=%d, W %dx%d", len(x), len(y), n, w.Rows, w.Cols))
+	}
+	if w.BF16 != nil {
+		GemmBF16(false, true, n, w.Rows, w.Cols, 1, x, w.Cols, w.BF16, w.Cols, beta, y, w.Rows)
+		return
+	}
+	Gemm(false, true, n, w.Rows, w.Cols, 1, x, w.Cols, w.F32, w.Cols, beta, y, w.Rows)
+}
+
+// AddBias adds b [d] to each of the n rows of x [n, d].
+func AddBias(x, b []float32, n int) {
+	d := len(b)
+	for r := 0; r < n; r++ {
+		Add(x[r*d:(r+1)*d], b)
+	}
+}
