@@ -25,7 +25,7 @@ func loadGolden(t *testing.T, name string, keepBF16 bool) (*Model, *safetensors.
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
-	m, _, err := Load(cfg, fileSource{f}, LoadOptions{KeepBF16: keepBF16})
+	m, _, err := Load(cfg, NewSource(f, ""), LoadOptions{KeepBF16: keepBF16})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -118,5 +118,40 @@ func TestGoldenGreedyWithAndWithoutCache(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestTensorsMatchCheckpoints checks Config.Tensors against the real
+// checkpoints: exactly the same names and shapes.
+func TestTensorsMatchCheckpoints(t *testing.T) {
+	for _, name := range goldenModels {
+		dir := goldenDir(name)
+		cfg, err := LoadConfig(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f, err := safetensors.Open(filepath.Join(dir, "model.safetensors"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		specs := cfg.Tensors()
+		seen := map[string]bool{}
+		for _, s := range specs {
+			ti, err := f.Info(s.Name)
+			if err != nil {
+				t.Errorf("%s: spec %s not in checkpoint", name, s.Name)
+				continue
+			}
+			if !equalInts(ti.Shape, s.Shape) {
+				t.Errorf("%s: %s shape %v, spec %v", name, s.Name, ti.Shape, s.Shape)
+			}
+			seen[s.Name] = true
+		}
+		for _, n := range f.Names() {
+			if !seen[n] {
+				t.Errorf("%s: checkpoint tensor %s not in spec", name, n)
+			}
+		}
+		f.Close()
 	}
 }

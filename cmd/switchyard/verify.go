@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+
+	"github.com/spf13/cobra"
+
+	"github.com/switchyard/switchyard/pkg/verify"
+)
+
+func verifyCmd() *cobra.Command {
+	var (
+		modelDir, golden, dump, tokDir string
+		workers                        int
+	)
+	cmd := &cobra.Command{
+		Use:   "verify (--model DIR [--golden FILE] [--workers N] [--dump FILE] | --tokenizer DIR)",
+		Short: "Check a model or tokenizer against a Hugging Face transformers reference",
+		Long: `verify recomputes what a golden file holds and judges each quantity.
+
+--model DIR loads DIR (config.json, *.safetensors) and recomputes golden.safetensors
+and golden.json (default DIR/golden.*): logits, hidden states, greedy tokens, loss,
+aux loss, gradients and the AdamW trajectory. --tokenizer DIR checks every case of
+DIR/golden.json against DIR/tokenizer.json.
+
+One line per quantity (error, tolerance, ok/FAIL/skipped), then a last line
+"verify: PASS" or "verify: FAIL". Exit status 0 only on PASS; a skipped quantity
+never makes a PASS by itself.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+			defer stop()
+			var rep *verify.Report
+			var err error
+			switch {
+			case tokDir != "" && modelDir != "":
+				return errors.New("verify: give --model or --tokenizer, not both")
+			case tokDir != "":
+				rep, err = verify.Tokenizer(tokDir)
+			case modelDir != "":
+				if workers < 1 {
+					return fmt.Errorf("verify: --workers %d must be >= 1", workers)
+				}
+				opt := verify.ModelOptions{Dir: modelDir, Golden: golden, Dump: dump}
+				if workers > 1 {
+					return fmt.Errorf("verify: --workers %d: the distributed expert runtime is not built yet; use --workers 1", workers)
+				}
+				rep, err = verify.Model(ctx, opt)
+			default:
+				return errors.New("verify: need --model DIR or --tokenizer DIR")
+			}
+			if err != nil {
+				fmt.Fprintln(cmd.OutOrStdout(), "verify: FAIL:", err)
+				return exitError{1}
+			}
+			rep.Print(cmd.OutOrStdout())
+			if !rep.Passed() {
+				return exitError{1}
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&modelDir, "model", "", "model folder (config.json, *.safetensors)")
+	f.StringVar(&golden, "golden", "", "golden safetensors file (default MODEL/golden.safetensors; its .json beside it)")
+	f.StringVar(&dump, "dump", "", "also write everything computed to this safetensors file")
+	f.StringVar(&tokDir, "tokenizer", "", "tokenizer folder with tokenizer.json and golden.json")
+	f.IntVar(&workers, "workers", 1, "run the experts across N worker processes")
+	return cmd
+}
