@@ -76,30 +76,30 @@ type MLA struct {
 // Config is a model configuration normalized across families. Every field
 // is read from config.json; Load fills defaults the way transformers does.
 type Config struct {
-	Family      Family
-	Vocab       int     // V
-	Hidden      int     // D
-	Layers      int     // L
-	Heads       int     // H
-	KVHeads     int     // Hkv
-	HeadDim     int     // Dh (GQA); for MLA the q/k head dim is Dn+Dr
-	Inter       int     // F of dense MLP layers (intermediate_size)
-	RMSEps      float32 // rms_norm_eps
-	TieEmbed    bool    // lm_head shares embed_tokens
-	MaxPos      int     // max_position_embeddings
-	BOS, EOS    []int   // special ids from config (may be empty)
-	QKVBias     bool    // q/k/v projections have biases
-	OBias       bool    // o_proj has a bias
-	QKNorm      QKNorm
-	ClipQKV     float32 // OLMoE clip_qkv: clamp q,k,v to [-c, c]; 0 = off
-	SlidingWin  int     // attend to at most this many latest keys; 0 = full
-	Rope        Rope
-	MLA         *MLA // non-nil for DeepSeek families
-	AttnScale   float32
-	RouterAux   float32 // router_aux_loss_coef
-	LayerIsMoE  []bool  // [L]
-	MoE         MoEConfig
-	DenseMLPBias bool   // mlp_bias (DeepSeek-V2)
+	Family       Family
+	Vocab        int     // V
+	Hidden       int     // D
+	Layers       int     // L
+	Heads        int     // H
+	KVHeads      int     // Hkv
+	HeadDim      int     // Dh (GQA); for MLA the q/k head dim is Dn+Dr
+	Inter        int     // F of dense MLP layers (intermediate_size)
+	RMSEps       float32 // rms_norm_eps
+	TieEmbed     bool    // lm_head shares embed_tokens
+	MaxPos       int     // max_position_embeddings
+	BOS, EOS     []int   // special ids from config (may be empty)
+	QKVBias      bool    // q/k/v projections have biases
+	OBias        bool    // o_proj has a bias
+	QKNorm       QKNorm
+	ClipQKV      float32 // OLMoE clip_qkv: clamp q,k,v to [-c, c]; 0 = off
+	SlidingWin   int     // attend to at most this many latest keys; 0 = full
+	Rope         Rope
+	MLA          *MLA // non-nil for DeepSeek families
+	AttnScale    float32
+	RouterAux    float32 // router_aux_loss_coef
+	LayerIsMoE   []bool  // [L]
+	MoE          MoEConfig
+	DenseMLPBias bool // mlp_bias (DeepSeek-V2)
 }
 
 // MoEConfig holds the sparse-layer settings.

@@ -40,12 +40,12 @@ type Attention struct {
 	QNorm   []float32  // [Dh] (per head) or [H*Dh] (full) or nil
 	KNorm   []float32  // [Dh] (per head) or [Hkv*Dh] (full) or nil
 
-	QA     tensor.Mat // MLA q_a_proj [Rq, D]
-	QANorm []float32  // MLA q_a_layernorm [Rq]
-	QB     tensor.Mat // MLA q_b_proj [H*(Dn+Dr), Rq]
-	KVA    tensor.Mat // MLA kv_a_proj_with_mqa [R+Dr, D]
-	KVANorm []float32 // MLA kv_a_layernorm [R]
-	KVB    tensor.Mat // MLA kv_b_proj [H*(Dn+Dv), R]: per head Dn rows of W_UK then Dv rows of W_UV
+	QA      tensor.Mat // MLA q_a_proj [Rq, D]
+	QANorm  []float32  // MLA q_a_layernorm [Rq]
+	QB      tensor.Mat // MLA q_b_proj [H*(Dn+Dr), Rq]
+	KVA     tensor.Mat // MLA kv_a_proj_with_mqa [R+Dr, D]
+	KVANorm []float32  // MLA kv_a_layernorm [R]
+	KVB     tensor.Mat // MLA kv_b_proj [H*(Dn+Dv), R]: per head Dn rows of W_UK then Dv rows of W_UV
 }
 
 // Layer holds one decoder layer's dense weights. Routed experts live in an
