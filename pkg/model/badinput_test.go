@@ -147,7 +147,6 @@ func TestBadInputsGiveClearErrors(t *testing.T) {
 	}
 }
 
-
 func writeConfig(t *testing.T, dir string, edit func(map[string]any)) {
 	t.Helper()
 	m := tinyConfig()
