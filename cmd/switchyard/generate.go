@@ -75,7 +75,7 @@ a reproducible --seed. Generation stops at max tokens or an end-of-sequence toke
 			for _, e := range m.Cfg.EOS {
 				stops = append(stops, int32(e))
 			}
-			fmt.Fprintf(os.Stderr, "generate: %s (%s, %d layers), loaded in %v; prompt %d tokens\n",
+			fmt.Fprintf(cmd.ErrOrStderr(), "generate: %s (%s, %d layers), loaded in %v; prompt %d tokens\n",
 				modelDir, m.Cfg.Family, m.Cfg.Layers, time.Since(start).Round(time.Millisecond), len(p))
 			out := bufio.NewWriter(cmd.OutOrStdout())
 			dec := tok.NewStreamDecoder(true)
@@ -99,7 +99,7 @@ a reproducible --seed. Generation stops at max tokens or an end-of-sequence toke
 				return fmt.Errorf("generate: decode: %w", decErr)
 			}
 			el := time.Since(genStart)
-			fmt.Fprintf(os.Stderr, "generate: %d tokens in %v (%.1f tokens/s)\n", len(toks[0]), el.Round(time.Millisecond), float64(len(toks[0]))/el.Seconds())
+			fmt.Fprintf(cmd.ErrOrStderr(), "generate: %d tokens in %v (%.1f tokens/s)\n", len(toks[0]), el.Round(time.Millisecond), float64(len(toks[0]))/el.Seconds())
 			return nil
 		},
 	}

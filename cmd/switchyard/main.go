@@ -5,7 +5,9 @@
 package main
 
 import (
+	"errors"
 	"fmt"
+	"io"
 	"os"
 
 	"github.com/spf13/cobra"
@@ -16,7 +18,10 @@ type exitError struct{ code int }
 
 func (e exitError) Error() string { return fmt.Sprintf("exit status %d", e.code) }
 
-func main() {
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+// run executes the CLI with args and returns the exit status.
+func run(args []string, stdout, stderr io.Writer) int {
 	root := &cobra.Command{
 		Use:           "switchyard",
 		Short:         "Distributed mixture-of-experts training and serving",
@@ -24,11 +29,16 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(verifyCmd(), generateCmd())
+	root.SetArgs(args)
+	root.SetOut(stdout)
+	root.SetErr(stderr)
 	if err := root.Execute(); err != nil {
-		if e, ok := err.(exitError); ok {
-			os.Exit(e.code)
+		var e exitError
+		if errors.As(err, &e) {
+			return e.code
 		}
-		fmt.Fprintln(os.Stderr, "switchyard:", err)
-		os.Exit(1)
+		fmt.Fprintln(stderr, "switchyard:", err)
+		return 1
 	}
+	return 0
 }

@@ -1,6 +1,7 @@
 package model
 
 import (
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -520,4 +521,13 @@ func (c *Config) NumMoELayers() int {
 		}
 	}
 	return n
+}
+
+// Fingerprint identifies a model architecture and size: a short hash of the
+// normalized configuration. Workers serving different models (or the same
+// family at another size) have different fingerprints and refuse each other.
+func (c *Config) Fingerprint() string {
+	b, _ := json.Marshal(c)
+	sum := sha256.Sum256(b)
+	return fmt.Sprintf("%s-%x", c.Family, sum[:6])
 }
