@@ -19,7 +19,7 @@ type rawAPI struct {
 }
 
 func (r *rawAPI) RawPayloadField() protowire.Number { return 2 }
-func (r *rawAPI) RawPayload() *[]byte              { return &r.payload }
+func (r *rawAPI) RawPayload() *[]byte               { return &r.payload }
 
 func TestRawMessageRoundTripIsStandardProtobuf(t *testing.T) {
 	payload := bytes.Repeat([]byte("tensor-bytes;"), 1000)
