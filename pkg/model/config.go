@@ -93,7 +93,8 @@ type Config struct {
 	OBias        bool    // o_proj has a bias
 	QKNorm       QKNorm
 	ClipQKV      float32 // OLMoE clip_qkv: clamp q,k,v to [-c, c]; 0 = off
-	SlidingWin   int     // attend to at most this many latest keys; 0 = full
+	SlidingWin   int     // window of sliding-attention layers: attend to at most this many latest keys
+	LayerSliding []bool  // [L] whether layer l uses the sliding window
 	Rope         Rope
 	MLA          *MLA // non-nil for DeepSeek families
 	AttnScale    float32
@@ -185,6 +186,19 @@ func (r *raw) str(key, def string) string {
 	return s
 }
 
+// strs reads a list of strings.
+func (r *raw) strs(key string) []string {
+	if !r.has(key) {
+		return nil
+	}
+	var out []string
+	if err := json.Unmarshal(r.m[key], &out); err != nil {
+		r.errs = append(r.errs, fmt.Errorf("%s = %s is not a list of strings", key, r.m[key]))
+		return nil
+	}
+	return out
+}
+
 // ints reads an int or a list of ints.
 func (r *raw) ints(key string) []int {
 	if !r.has(key) {
@@ -254,7 +268,13 @@ func ParseConfig(data []byte) (*Config, error) {
 	c.Heads = r.int("num_attention_heads", 0)
 	c.KVHeads = r.int("num_key_value_heads", c.Heads)
 	c.Inter = r.int("intermediate_size", 0)
-	c.RMSEps = float32(r.float("rms_norm_eps", 1e-6))
+	// transformers' config classes default rms_norm_eps to 1e-5 for Mixtral
+	// and OLMoE, 1e-6 for the others.
+	defEps := 1e-6
+	if fam == Mixtral || fam == OLMoE {
+		defEps = 1e-5
+	}
+	c.RMSEps = float32(r.float("rms_norm_eps", defEps))
 	c.TieEmbed = r.bool("tie_word_embeddings", false)
 	c.MaxPos = r.int("max_position_embeddings", 4096)
 	c.BOS = r.ints("bos_token_id")
@@ -266,9 +286,7 @@ func ParseConfig(data []byte) (*Config, error) {
 	if act := r.str("hidden_act", "silu"); act != "silu" && act != "swish" {
 		r.errs = append(r.errs, fmt.Errorf("hidden_act %q: %w (only silu)", act, ErrUnsupported))
 	}
-	if r.bool("use_sliding_window", fam == Mixtral) {
-		c.SlidingWin = r.int("sliding_window", 0)
-	}
+	c.parseSliding(r)
 
 	ropeDim := c.HeadDim
 	switch fam {
@@ -283,7 +301,7 @@ func ParseConfig(data []byte) (*Config, error) {
 		c.MoE.Router = router.Config{
 			NumExperts: r.int(r.first("num_experts", "num_local_experts"), 0),
 			TopK:       r.int("num_experts_per_tok", 0), Scoring: router.Softmax,
-			Renormalize: r.bool("norm_topk_prob", fam == Qwen3MoE),
+			Renormalize: r.bool("norm_topk_prob", false),
 		}
 		c.MoE.Inter = r.int("moe_intermediate_size", c.Inter)
 		switch fam {
@@ -312,6 +330,9 @@ func ParseConfig(data []byte) (*Config, error) {
 			QKRopeDim:  r.int("qk_rope_head_dim", 0),
 			VDim:       r.int("v_head_dim", 0),
 		}
+		if _, present := r.m["q_lora_rank"]; !present && fam == DeepSeekV3 {
+			m.QLoraRank = 1536 // DeepseekV3Config default; an explicit null means none
+		}
 		c.MLA = m
 		c.QKVBias = false
 		c.OBias = r.bool("attention_bias", false)
@@ -320,10 +341,15 @@ func ParseConfig(data []byte) (*Config, error) {
 			r.errs = append(r.errs, fmt.Errorf("mlp_bias true: %w", ErrUnsupported))
 		}
 		ropeDim = m.QKRopeDim
+		// Defaults are those of transformers' DeepseekV2Config / DeepseekV3Config.
+		defGroups, defTopKGroups, defScale := 1, 1, 1.0
+		if fam == DeepSeekV3 {
+			defGroups, defTopKGroups, defScale = 8, 4, 2.5
+		}
 		rc := router.Config{
 			NumExperts: r.int("n_routed_experts", 0), TopK: r.int("num_experts_per_tok", 0),
-			NumGroups: r.int("n_group", 1), TopKGroups: r.int("topk_group", 1),
-			ScalingFactor: float32(r.float("routed_scaling_factor", 1)),
+			NumGroups: r.int("n_group", defGroups), TopKGroups: r.int("topk_group", defTopKGroups),
+			ScalingFactor: float32(r.float("routed_scaling_factor", defScale)),
 		}
 		if fam == DeepSeekV2 {
 			rc.Scoring = router.Softmax
@@ -350,21 +376,26 @@ func ParseConfig(data []byte) (*Config, error) {
 		c.MoE.Router = rc
 		c.MoE.Inter = r.int("moe_intermediate_size", 0)
 		c.MoE.SharedInter = c.MoE.Inter * r.int("n_shared_experts", 0)
-		c.setSparse(r, r.int("first_k_dense_replace", 0), r.int("moe_layer_freq", 1), nil)
+		// transformers' DeepSeek models ignore moe_layer_freq: every layer from
+		// first_k_dense_replace on is sparse.
+		c.setSparse(r, r.int("first_k_dense_replace", 0), 1, nil)
 		// softmax scale, with DeepSeek's YaRN mscale correction below
 		c.AttnScale = float32(1 / math.Sqrt(float64(m.QKNopeDim+m.QKRopeDim)))
 	}
 	if c.MLA == nil {
 		c.AttnScale = float32(1 / math.Sqrt(float64(c.HeadDim)))
-		ropeDim = int(float64(c.HeadDim) * r.float("partial_rotary_factor", 1))
+		if f := r.float("partial_rotary_factor", 1); f != 1 {
+			r.errs = append(r.errs, fmt.Errorf("partial_rotary_factor %g: %w (these families rotate whole heads)", f, ErrUnsupported))
+		}
 	}
 	c.Rope = parseRope(r, ropeDim)
 	if fam == DeepSeekV2 || fam == DeepSeekV3 {
 		c.Rope.Interleaved = fam == DeepSeekV2 || r.bool("rope_interleave", true)
 	}
 	// DeepSeek (V2 and V3, in transformers as in DeepSeek's code) multiplies
-	// the softmax scale by mscale(factor, mscale_all_dim)^2 under YaRN.
-	if c.MLA != nil && c.Rope.Type == "yarn" && c.Rope.MscaleAllDim != 0 {
+	// the softmax scale by mscale(factor, mscale_all_dim)^2 for any scaled
+	// RoPE that sets mscale_all_dim.
+	if c.MLA != nil && c.Rope.Type != "default" && c.Rope.MscaleAllDim != 0 && c.Rope.Factor > 0 {
 		m := yarnMscale(c.Rope.Factor, c.Rope.MscaleAllDim)
 		c.AttnScale *= float32(m * m)
 	}
@@ -373,6 +404,45 @@ func ParseConfig(data []byte) (*Config, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// parseSliding reads the sliding-window settings. Mixtral and Qwen3-MoE
+// apply sliding_window to every layer when set (Qwen3 only with
+// use_sliding_window); Qwen2-MoE names the sliding layers in layer_types.
+func (c *Config) parseSliding(r *raw) {
+	c.LayerSliding = make([]bool, max(c.Layers, 0))
+	win := r.int("sliding_window", 0)
+	types := r.strs("layer_types")
+	if types != nil && len(types) != c.Layers {
+		r.errs = append(r.errs, fmt.Errorf("layer_types has %d entries for %d layers", len(types), c.Layers))
+		return
+	}
+	for l := range c.LayerSliding {
+		switch c.Family {
+		case Mixtral:
+			c.LayerSliding[l] = win > 0
+		case Qwen3MoE:
+			c.LayerSliding[l] = win > 0 && r.bool("use_sliding_window", false)
+		case Qwen2MoE:
+			if types != nil {
+				c.LayerSliding[l] = types[l] == "sliding_attention"
+			} else if r.bool("use_sliding_window", false) {
+				r.errs = append(r.errs, fmt.Errorf("use_sliding_window without layer_types: %w for qwen2_moe", ErrUnsupported))
+				return
+			}
+		}
+		if types != nil && types[l] != "full_attention" && types[l] != "sliding_attention" {
+			r.errs = append(r.errs, fmt.Errorf("layer_types[%d] = %q: %w", l, types[l], ErrUnsupported))
+		}
+	}
+	for _, s := range c.LayerSliding {
+		if s {
+			if win <= 0 {
+				r.errs = append(r.errs, fmt.Errorf("sliding attention needs sliding_window > 0, got %d", win))
+			}
+			c.SlidingWin = win
+		}
+	}
 }
 
 // setSparse decides which layers are MoE: layer l is sparse iff l >= firstDense,
@@ -423,9 +493,9 @@ func parseRope(r *raw, dim int) Rope {
 	rope.Truncate = rp.bool("truncate", true)
 	rope.LowFreqFactor = rp.float("low_freq_factor", 1)
 	rope.HighFreqFactor = rp.float("high_freq_factor", 4)
-	if rp.has("partial_rotary_factor") && dim > 0 {
-		// 5.x moves partial_rotary_factor into rope_parameters.
-		rope.Dim = int(float64(dim) * rp.float("partial_rotary_factor", 1))
+	if f := rp.float("partial_rotary_factor", 1); f != 1 {
+		// 5.x may move partial_rotary_factor into rope_parameters.
+		r.errs = append(r.errs, fmt.Errorf("partial_rotary_factor %g: %w (these families rotate whole heads)", f, ErrUnsupported))
 	}
 	r.errs = append(r.errs, rp.errs...)
 	switch rope.Type {

@@ -293,7 +293,7 @@ func (m *Model) gqa(l int, lc *layerCache, pos0 int, h []float32, n int, out []f
 		for hh := h0; hh < h1; hh++ {
 			g := hh / group
 			tensor.Gemm(false, true, n, P, Dh, c.AttnScale, q[hh*Dh:], qd, lc.K[g*Dh:], kd, 0, s, P)
-			m.maskSoftmax(s, n, P, pos0)
+			m.maskSoftmax(l, s, n, P, pos0)
 			tensor.Gemm(false, false, n, Dh, P, 1, s, P, lc.V[g*Dh:], kd, 0, attn[hh*Dh:], qd)
 		}
 	})
@@ -313,6 +313,9 @@ func (m *Model) mla(l int, lc *layerCache, pos0 int, h []float32, n int, out []f
 	if ml.QLoraRank > 0 {
 		qa := make([]float32, n*ml.QLoraRank)
 		tensor.Linear(qa, h, n, &A.QA, 0)
+		if A.QABias != nil {
+			tensor.AddBias(qa, A.QABias, n)
+		}
 		// transformers builds q_a_layernorm/kv_a_layernorm with the default eps 1e-6.
 		tensor.RMSNormRows(qa, qa, A.QANorm, n, ml.QLoraRank, 1e-6)
 		tensor.Linear(q, qa, n, &A.QB, 0)
@@ -321,6 +324,9 @@ func (m *Model) mla(l int, lc *layerCache, pos0 int, h []float32, n int, out []f
 	}
 	kva := make([]float32, n*(R+Dr))
 	tensor.Linear(kva, h, n, &A.KVA, 0)
+	if A.KVABias != nil {
+		tensor.AddBias(kva, A.KVABias, n)
+	}
 	cNew := make([]float32, n*R)
 	kpeNew := make([]float32, n*Dr)
 	for i := 0; i < n; i++ {
@@ -352,7 +358,7 @@ func (m *Model) mla(l int, lc *layerCache, pos0 int, h []float32, n int, out []f
 			for hh := h0; hh < h1; hh++ {
 				tensor.Gemm(false, true, n, P, Dn, c.AttnScale, q[hh*qh:], qd, kv[hh*kvw:], H*kvw, 0, s, P)
 				tensor.Gemm(false, true, n, P, Dr, c.AttnScale, q[hh*qh+Dn:], qd, lc.KPE, Dr, 1, s, P)
-				m.maskSoftmax(s, n, P, pos0)
+				m.maskSoftmax(l, s, n, P, pos0)
 				tensor.Gemm(false, false, n, Dv, P, 1, s, P, kv[hh*kvw+Dn:], H*kvw, 0, attn[hh*Dv:], H*Dv)
 			}
 		})
@@ -368,7 +374,7 @@ func (m *Model) mla(l int, lc *layerCache, pos0 int, h []float32, n int, out []f
 				matmulRows(qlat, R, q[hh*qh:], qd, n, kvb, ukRow, Dn, false)
 				tensor.Gemm(false, true, n, P, R, c.AttnScale, qlat, R, lc.C, R, 0, s, P)
 				tensor.Gemm(false, true, n, P, Dr, c.AttnScale, q[hh*qh+Dn:], qd, lc.KPE, Dr, 1, s, P)
-				m.maskSoftmax(s, n, P, pos0)
+				m.maskSoftmax(l, s, n, P, pos0)
 				tensor.Gemm(false, false, n, R, P, 1, s, P, lc.C, R, 0, olat, R)
 				// out_h [n, Dv] = olat [n, R] @ W_UV_h^T
 				matmulRows(attn[hh*Dv:], H*Dv, olat, R, n, kvb, uvRow, Dv, true)
@@ -400,9 +406,12 @@ func matmulRows(y []float32, ldy int, x []float32, ldx, n int, w *tensor.Mat, ro
 // maskSoftmax applies the causal (and sliding-window) mask to scores s
 // [n, P] of queries at positions pos0..pos0+n-1 over keys 0..P-1, then a
 // row softmax.
-func (m *Model) maskSoftmax(s []float32, n, P, pos0 int) {
+func (m *Model) maskSoftmax(l int, s []float32, n, P, pos0 int) {
 	ninf := float32(math.Inf(-1))
-	w := m.Cfg.SlidingWin
+	w := 0
+	if m.Cfg.LayerSliding[l] {
+		w = m.Cfg.SlidingWin
+	}
 	for i := 0; i < n; i++ {
 		row := s[i*P : (i+1)*P]
 		qpos := pos0 + i

@@ -152,6 +152,11 @@ func (m *Model) loadLayer(ld *loader, l int) error {
 			if a.QA, err = ld.mat(ap+"q_a_proj.weight", ml.QLoraRank, D); err != nil {
 				return err
 			}
+			if c.OBias { // attention_bias covers q_a_proj, kv_a_proj_with_mqa and o_proj
+				if a.QABias, err = ld.vec(ap+"q_a_proj.bias", ml.QLoraRank); err != nil {
+					return err
+				}
+			}
 			if a.QANorm, err = ld.vec(ap+"q_a_layernorm.weight", ml.QLoraRank); err != nil {
 				return err
 			}
@@ -163,6 +168,11 @@ func (m *Model) loadLayer(ld *loader, l int) error {
 		}
 		if a.KVA, err = ld.mat(ap+"kv_a_proj_with_mqa.weight", ml.KVLoraRank+ml.QKRopeDim, D); err != nil {
 			return err
+		}
+		if c.OBias {
+			if a.KVABias, err = ld.vec(ap+"kv_a_proj_with_mqa.bias", ml.KVLoraRank+ml.QKRopeDim); err != nil {
+				return err
+			}
 		}
 		if a.KVANorm, err = ld.vec(ap+"kv_a_layernorm.weight", ml.KVLoraRank); err != nil {
 			return err

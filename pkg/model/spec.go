@@ -72,12 +72,18 @@ func (c *Config) Tensors() []TensorSpec {
 			qDim := H * (m.QKNopeDim + m.QKRopeDim)
 			if m.QLoraRank > 0 {
 				add(ap+"q_a_proj.weight", RoleMatrix, m.QLoraRank, D)
+				if c.OBias {
+					add(ap+"q_a_proj.bias", RoleBias, m.QLoraRank)
+				}
 				add(ap+"q_a_layernorm.weight", RoleNorm, m.QLoraRank)
 				add(ap+"q_b_proj.weight", RoleMatrix, qDim, m.QLoraRank)
 			} else {
 				add(ap+"q_proj.weight", RoleMatrix, qDim, D)
 			}
 			add(ap+"kv_a_proj_with_mqa.weight", RoleMatrix, m.KVLoraRank+m.QKRopeDim, D)
+			if c.OBias {
+				add(ap+"kv_a_proj_with_mqa.bias", RoleBias, m.KVLoraRank+m.QKRopeDim)
+			}
 			add(ap+"kv_a_layernorm.weight", RoleNorm, m.KVLoraRank)
 			add(ap+"kv_b_proj.weight", RoleMatrix, H*(m.QKNopeDim+m.VDim), m.KVLoraRank)
 			add(ap+"o_proj.weight", RoleMatrix, D, H*m.VDim)

@@ -41,9 +41,11 @@ type Attention struct {
 	KNorm   []float32  // [Dh] (per head) or [Hkv*Dh] (full) or nil
 
 	QA      tensor.Mat // MLA q_a_proj [Rq, D]
+	QABias  []float32  // MLA q_a_proj bias [Rq] (attention_bias) or nil
 	QANorm  []float32  // MLA q_a_layernorm [Rq]
 	QB      tensor.Mat // MLA q_b_proj [H*(Dn+Dr), Rq]
 	KVA     tensor.Mat // MLA kv_a_proj_with_mqa [R+Dr, D]
+	KVABias []float32  // MLA kv_a_proj_with_mqa bias [R+Dr] (attention_bias) or nil
 	KVANorm []float32  // MLA kv_a_layernorm [R]
 	KVB     tensor.Mat // MLA kv_b_proj [H*(Dn+Dv), R]: per head Dn rows of W_UK then Dv rows of W_UV
 }
