@@ -85,6 +85,9 @@ type Store struct {
 	mu      sync.RWMutex
 	experts map[ID]*FFN
 	scratch sync.Pool // *[]float32
+
+	trainOnce sync.Once
+	train     *trainState
 }
 
 // NewStore returns an empty store.

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/safetensors"
 )
 
@@ -154,4 +155,29 @@ func TestTensorsMatchCheckpoints(t *testing.T) {
 		}
 		f.Close()
 	}
+}
+
+// loadGoldenTrain loads a golden model in float32 for training.
+func loadGoldenTrain(t *testing.T, name string) (*Model, *expert.Store, *safetensors.File) {
+	t.Helper()
+	dir := goldenDir(name)
+	cfg, err := LoadConfig(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := safetensors.Open(filepath.Join(dir, "model.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	m, store, err := Load(cfg, NewSource(f, ""), LoadOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := safetensors.Open(filepath.Join(dir, "golden.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.Close() })
+	return m, store, g
 }

@@ -62,3 +62,29 @@ func (p *Plan) Counts() []int {
 	}
 	return c
 }
+
+// Limit enforces an expert capacity: each expert keeps at most capacity
+// rows (its lowest token indices, as Switch Transformer keeps the earliest
+// tokens) and the rest are removed from the plan, so they contribute
+// nothing to the layer output. It returns the number of rows dropped.
+func (p *Plan) Limit(capacity int) int {
+	if capacity < 0 {
+		capacity = 0
+	}
+	w := 0
+	dropped := 0
+	newOff := make([]int32, len(p.Offsets))
+	for e := 0; e < p.NumExperts; e++ {
+		lo, hi := p.Rows(e)
+		newOff[e] = int32(w)
+		keep := min(hi-lo, capacity)
+		for r := lo; r < lo+keep; r++ {
+			p.Token[w], p.Choice[w], p.Weight[w] = p.Token[r], p.Choice[r], p.Weight[r]
+			w++
+		}
+		dropped += hi - lo - keep
+	}
+	newOff[p.NumExperts] = int32(w)
+	copy(p.Offsets, newOff)
+	return dropped
+}

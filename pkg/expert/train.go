@@ -1,0 +1,255 @@
+package expert
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/switchyard/switchyard/pkg/router"
+	"github.com/switchyard/switchyard/pkg/tensor"
+)
+
+// Trainer is an Executor that also runs the expert part of a training step.
+// A forward saves what the backward needs, keyed by layer: each layer's
+// ForwardTrain must be followed by exactly one BackwardTrain of that layer
+// before the next ForwardTrain of the same layer (one micro-batch in flight
+// per layer, as in a plain forward-then-backward step).
+type Trainer interface {
+	Executor
+	// ForwardTrain is Compute, saving activations for BackwardTrain.
+	ForwardTrain(ctx context.Context, layer int, plan *router.Plan, x []float32, d int, y []float32) error
+	// BackwardTrain takes dy [rows, D], the gradient of the loss with respect
+	// to the unweighted expert outputs of the layer's last ForwardTrain (in
+	// plan row order), writes dx [rows, D], the gradient with respect to each
+	// row's input, and accumulates the experts' weight gradients where the
+	// experts live.
+	BackwardTrain(ctx context.Context, layer int, dy, dx []float32) error
+}
+
+// ErrNotFloat32 is returned when training is asked of bfloat16 weights.
+var ErrNotFloat32 = errors.New("training needs float32 weights (load with KeepBF16 false)")
+
+// FFNActs holds what FFN.Backward needs from a forward over n rows.
+type FFNActs struct {
+	X []float32 // [n, D] input rows
+	G []float32 // [n, F] gate pre-activation
+	U []float32 // [n, F] up projection
+	A []float32 // [n, F] silu(G) * U
+}
+
+// grow resizes the buffers for n rows.
+func (a *FFNActs) grow(n, d, f int) {
+	a.X = growF(a.X, n*d)
+	a.G = growF(a.G, n*f)
+	a.U = growF(a.U, n*f)
+	a.A = growF(a.A, n*f)
+}
+
+func growF(s []float32, n int) []float32 {
+	if cap(s) >= n {
+		return s[:n]
+	}
+	return make([]float32, n)
+}
+
+// ForwardSave computes y = FFN(x) for n rows like Forward, keeping the
+// activations in acts (x is copied).
+func (f *FFN) ForwardSave(y, x []float32, n int, acts *FFNActs) {
+	d, F := f.Dims()
+	acts.grow(n, d, F)
+	copy(acts.X, x[:n*d])
+	tensor.Linear(acts.G, acts.X, n, &f.Gate, 0)
+	tensor.Linear(acts.U, acts.X, n, &f.Up, 0)
+	tensor.SwiGLU(acts.A, acts.G, acts.U)
+	tensor.Linear(y, acts.A, n, &f.Down, 0)
+}
+
+// Backward takes dy [n, D] and the forward's activations, writes dx [n, D]
+// (overwritten) and adds the weight gradients into grad (a float32 FFN of
+// the same shape). scratch holds at least 3*n*F floats (nil allocates).
+func (f *FFN) Backward(dx, dy []float32, n int, acts *FFNActs, grad *FFN, scratch []float32) {
+	d, F := f.Dims()
+	if f.Gate.F32 == nil || grad.Gate.F32 == nil {
+		panic(ErrNotFloat32)
+	}
+	if len(scratch) < 3*n*F {
+		scratch = make([]float32, 3*n*F)
+	}
+	dA, dG, dU := scratch[:n*F], scratch[n*F:2*n*F], scratch[2*n*F:3*n*F]
+	// y = A Down^T: dA = dy Down, dDown += dy^T A
+	tensor.Gemm(false, false, n, F, d, 1, dy, d, f.Down.F32, F, 0, dA, F)
+	tensor.Gemm(true, false, d, F, n, 1, dy, d, acts.A, F, 1, grad.Down.F32, F)
+	SwiGLUBackward(dG, dU, dA, acts.G, acts.U)
+	tensor.Gemm(true, false, F, d, n, 1, dG, F, acts.X, d, 1, grad.Gate.F32, d)
+	tensor.Gemm(true, false, F, d, n, 1, dU, F, acts.X, d, 1, grad.Up.F32, d)
+	tensor.Gemm(false, false, n, d, F, 1, dG, F, f.Gate.F32, d, 0, dx, d)
+	tensor.Gemm(false, false, n, d, F, 1, dU, F, f.Up.F32, d, 1, dx, d)
+}
+
+// SwiGLUBackward: a = silu(g)*u. Given da, writes dg and du.
+func SwiGLUBackward(dg, du, da, g, u []float32) {
+	for i, v := range g {
+		s := tensor.Sigmoid(v)
+		silu := v * s
+		du[i] = da[i] * silu
+		dg[i] = da[i] * u[i] * s * (1 + v*(1-s))
+	}
+}
+
+// NewFFNLike returns a zeroed float32 FFN with f's shapes (a gradient buffer).
+func NewFFNLike(f *FFN) *FFN {
+	z := func(m *tensor.Mat) tensor.Mat {
+		return tensor.Mat{Rows: m.Rows, Cols: m.Cols, F32: make([]float32, m.Rows*m.Cols)}
+	}
+	return &FFN{Gate: z(&f.Gate), Up: z(&f.Up), Down: z(&f.Down)}
+}
+
+// storeLayerTrain is what a Store saves for one layer between ForwardTrain
+// and BackwardTrain.
+type storeLayerTrain struct {
+	offsets []int32
+	tokens  []int32
+	ffns    []*FFN
+	acts    []FFNActs // [E]
+}
+
+// trainState is the training side of a Store.
+type trainState struct {
+	mu     sync.Mutex
+	layers map[int]*storeLayerTrain
+	grads  map[ID]*FFN
+}
+
+func (s *Store) ts() *trainState {
+	s.trainOnce.Do(func() {
+		s.train = &trainState{layers: map[int]*storeLayerTrain{}, grads: map[ID]*FFN{}}
+	})
+	return s.train
+}
+
+// Grad returns the accumulated gradient of an expert (nil if it received
+// no rows since the last ZeroGrad).
+func (s *Store) Grad(id ID) *FFN {
+	t := s.ts()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.grads[id]
+}
+
+// ZeroGrad clears every accumulated expert gradient (keeping the buffers).
+func (s *Store) ZeroGrad() {
+	t := s.ts()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, g := range t.grads {
+		clear(g.Gate.F32)
+		clear(g.Up.F32)
+		clear(g.Down.F32)
+	}
+}
+
+func (s *Store) grad(id ID, f *FFN) *FFN {
+	t := s.ts()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	g := t.grads[id]
+	if g == nil {
+		g = NewFFNLike(f)
+		t.grads[id] = g
+	}
+	return g
+}
+
+// ForwardTrain implements Trainer.
+func (s *Store) ForwardTrain(ctx context.Context, layer int, plan *router.Plan, x []float32, d int, y []float32) error {
+	E := plan.NumExperts
+	st := &storeLayerTrain{
+		offsets: append([]int32(nil), plan.Offsets[:E+1]...),
+		tokens:  append([]int32(nil), plan.Token[:plan.Len()]...),
+		ffns:    make([]*FFN, E),
+		acts:    make([]FFNActs, E),
+	}
+	s.mu.RLock()
+	for e := 0; e < E; e++ {
+		if lo, hi := plan.Rows(e); hi > lo {
+			st.ffns[e] = s.experts[ID{layer, e}]
+			if st.ffns[e] == nil {
+				s.mu.RUnlock()
+				return fmt.Errorf("layer %d expert %d: %w", layer, e, ErrNotOwned)
+			}
+			if st.ffns[e].Gate.F32 == nil {
+				s.mu.RUnlock()
+				return fmt.Errorf("layer %d expert %d: %w", layer, e, ErrNotFloat32)
+			}
+		}
+	}
+	s.mu.RUnlock()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	tensor.ParallelFor(E, 1, func(a, b int) {
+		buf := []float32(nil)
+		for e := a; e < b; e++ {
+			lo, hi := plan.Rows(e)
+			if hi == lo {
+				continue
+			}
+			n := hi - lo
+			buf = growF(buf, n*d)
+			for i, t := range plan.Token[lo:hi] {
+				copy(buf[i*d:(i+1)*d], x[int(t)*d:int(t+1)*d])
+			}
+			st.ffns[e].ForwardSave(y[lo*d:hi*d], buf, n, &st.acts[e])
+		}
+	})
+	t := s.ts()
+	t.mu.Lock()
+	t.layers[layer] = st
+	t.mu.Unlock()
+	return nil
+}
+
+// BackwardTrain implements Trainer.
+func (s *Store) BackwardTrain(ctx context.Context, layer int, dy, dx []float32) error {
+	t := s.ts()
+	t.mu.Lock()
+	st := t.layers[layer]
+	delete(t.layers, layer)
+	t.mu.Unlock()
+	if st == nil {
+		return fmt.Errorf("expert: backward of layer %d without a forward", layer)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	E := len(st.ffns)
+	grads := make([]*FFN, E)
+	for e, f := range st.ffns {
+		if f != nil {
+			grads[e] = s.grad(ID{layer, e}, f)
+		}
+	}
+	d := 0
+	for _, f := range st.ffns {
+		if f != nil {
+			d, _ = f.Dims()
+			break
+		}
+	}
+	tensor.ParallelFor(E, 1, func(a, b int) {
+		var scratch []float32
+		for e := a; e < b; e++ {
+			f := st.ffns[e]
+			if f == nil {
+				continue
+			}
+			lo, hi := int(st.offsets[e]), int(st.offsets[e+1])
+			n := hi - lo
+			_, F := f.Dims()
+			scratch = growF(scratch, 3*n*F)
+			f.Backward(dx[lo*d:hi*d], dy[lo*d:hi*d], n, &st.acts[e], grads[e], scratch)
+		}
+	})
+	return nil
+}
