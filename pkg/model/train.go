@@ -191,7 +191,13 @@ func (m *Model) TrainForward(ctx context.Context, st *TrainState, ids [][]int32,
 		res.Aux = router.LoadBalancingLoss(moe)
 	}
 	if lc.ZCoef != 0 {
-		res.Z = zLoss(st, m)
+		var lg [][]float32
+		for l := range m.Layers {
+			if m.Layers[l].MLP == nil {
+				lg = append(lg, st.layers[l].logits)
+			}
+		}
+		res.Z = router.ZLoss(lg, c.MoE.Router.NumExperts)
 	}
 	res.Loss = res.CE + lc.AuxCoef*res.Aux + lc.ZCoef*res.Z
 	st.res = res
@@ -352,34 +358,4 @@ func sumRows(dst, x []float32, rows, d int) {
 	for r := 0; r < rows; r++ {
 		tensor.Add(dst[:d], x[r*d:(r+1)*d])
 	}
-}
-
-func zLoss(st *TrainState, m *Model) float64 {
-	var z float64
-	n := 0
-	E := m.Cfg.MoE.Router.NumExperts
-	for l := range st.layers {
-		if m.Layers[l].MLP != nil {
-			continue
-		}
-		lg := st.layers[l].logits
-		for r := 0; r < len(lg)/E; r++ {
-			s := logSumExp(lg[r*E : (r+1)*E])
-			z += s * s
-			n++
-		}
-	}
-	return z / float64(n)
-}
-
-func logSumExp(x []float32) float64 {
-	mx := math.Inf(-1)
-	for _, v := range x {
-		mx = math.Max(mx, float64(v))
-	}
-	var s float64
-	for _, v := range x {
-		s += math.Exp(float64(v) - mx)
-	}
-	return mx + math.Log(s)
 }

@@ -6,6 +6,7 @@ import (
 	"math"
 
 	"github.com/switchyard/switchyard/pkg/expert"
+	"github.com/switchyard/switchyard/pkg/router"
 	"github.com/switchyard/switchyard/pkg/tensor"
 )
 
@@ -103,16 +104,7 @@ func (m *Model) trainMoEBackward(ctx context.Context, tr expert.Trainer, l int, 
 	dLogits := make([]float32, N*E)
 	c.MoE.Router.Backward(&a.routing, dW, auxD, dLogits)
 	if lc.ZCoef != 0 {
-		ntot := float64(moeLayers * N)
-		p := make([]float32, E)
-		for t := 0; t < N; t++ {
-			lg := a.logits[t*E : (t+1)*E]
-			lse := logSumExp(lg)
-			copy(p, lg)
-			tensor.Softmax(p)
-			k := float32(lc.ZCoef * 2 * lse / ntot)
-			tensor.Axpy(k, p, dLogits[t*E:(t+1)*E])
-		}
+		router.ZLossGrad(a.logits, E, moeLayers*N, lc.ZCoef, dLogits)
 	}
 	tensor.Gemm(true, false, E, D, N, 1, dLogits, E, a.h2, D, 1, GL.Gate.F32, D)
 	tensor.Gemm(false, false, N, D, E, 1, dLogits, E, L.Gate.F32, D, 1, dh, D)

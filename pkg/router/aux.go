@@ -1,5 +1,7 @@
 package router
 
+import "math"
+
 // LoadBalancingLoss is the Switch Transformer / Mixtral auxiliary loss as
 // transformers computes it (load_balancing_loss_func) over the routings of
 // all MoE layers together (N = sum of T over layers):
@@ -32,4 +34,48 @@ func LoadBalancingLoss(layers []*Routing) float64 {
 		aux += (count[e] / n) * (prob[e] / n)
 	}
 	return aux * float64(E)
+}
+
+// ZLoss is the router z-loss (ST-MoE) over logits [T, E] of several
+// layers together: mean over all N = sum of T rows of logsumexp(row)^2.
+func ZLoss(logits [][]float32, E int) float64 {
+	var z float64
+	n := 0
+	for _, lg := range logits {
+		for r := 0; r < len(lg)/E; r++ {
+			s := logSumExp(lg[r*E : (r+1)*E])
+			z += s * s
+			n++
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	return z / float64(n)
+}
+
+// ZLossGrad adds coef * d ZLoss / d logits for one layer's logits [T, E]
+// into dLogits, where n is the row count ZLoss averaged over (all layers):
+// d/dl = 2 lse(row) softmax(row) / n.
+func ZLossGrad(logits []float32, E, n int, coef float64, dLogits []float32) {
+	for r := 0; r < len(logits)/E; r++ {
+		row := logits[r*E : (r+1)*E]
+		lse := logSumExp(row)
+		k := coef * 2 * lse / float64(n)
+		for e, v := range row {
+			dLogits[r*E+e] += float32(k * math.Exp(float64(v)-lse))
+		}
+	}
+}
+
+func logSumExp(x []float32) float64 {
+	mx := math.Inf(-1)
+	for _, v := range x {
+		mx = math.Max(mx, float64(v))
+	}
+	var s float64
+	for _, v := range x {
+		s += math.Exp(float64(v) - mx)
+	}
+	return mx + math.Log(s)
 }

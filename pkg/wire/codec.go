@@ -6,7 +6,9 @@
 // again on every receive. This codec (an encoding.CodecV2) writes the other
 // fields with protobuf and then appends the payload field by reference, so
 // sends do not copy the payload; receives materialize gRPC's buffers once
-// into a pooled slice and alias the payload into it. The bytes on the wire
+// into one slice and alias the payload into it. Because sends are by
+// reference, a sender must not reuse a payload buffer until the message is
+// known to be consumed (see Marshal). The bytes on the wire
 // are standard protobuf, so any protobuf client can read and write them.
 //
 // A message opts in by implementing RawMessage. Every other message is
@@ -73,8 +75,10 @@ func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 	}
 	head = protowire.AppendTag(head, rm.RawPayloadField(), protowire.BytesType)
 	head = protowire.AppendVarint(head, uint64(len(payload)))
-	// The payload buffer is referenced, not copied: the caller must not
-	// modify it until SendMsg returns (gRPC has then written or copied it).
+	// The payload buffer is referenced, not copied. grpc-go queues it for
+	// its writer goroutine, which may still be reading it after SendMsg
+	// returns: the caller must not modify or reuse the buffer until it
+	// knows the message has been consumed (e.g. the peer answered).
 	return mem.BufferSlice{mem.SliceBuffer(head), mem.SliceBuffer(payload)}, nil
 }
 

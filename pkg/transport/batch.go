@@ -1,0 +1,166 @@
+package transport
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/switchyard/switchyard/pkg/expert"
+)
+
+// job is one admitted expert request waiting for (or in) a batch.
+type job struct {
+	ctx     context.Context // the request's stream: a cancelled job is skipped
+	layer   int
+	experts []int32       // ascending expert indices
+	rows    []int32       // rows per expert
+	ffns    []*expert.FFN // resolved at admission, so a concurrent drop cannot race
+	x       []float32     // [n, D] input rows, pooled; owned by the batcher once submitted
+	y       []float32     // [n, D] output rows
+	enq     time.Time     // when it was queued
+	err     error         // set before done is closed
+	done    chan struct{} // closed when y is filled or err set
+}
+
+// batcher runs queued jobs on one goroutine, in batches: whenever it is
+// free it takes everything queued (after waiting for the optional window)
+// and hands the batch to run, which computes one GEMM per expert over all
+// the batch's rows for it (ExpertServer.runBatch).
+type batcher struct {
+	window  time.Duration // 0: never wait
+	want    int           // with window: run once this many jobs of one layer are queued
+	run     func(jobs []*job)
+	release func(j *job) // returns j.x to its pool
+
+	mu      sync.Mutex
+	queue   []*job
+	stopped bool
+	wake    chan struct{} // capacity 1: "the queue changed"
+	quit    chan struct{}
+	exited  chan struct{}
+}
+
+func newBatcher(window time.Duration, want int, run func([]*job), release func(*job)) *batcher {
+	b := &batcher{
+		window: window, want: want, run: run, release: release,
+		wake: make(chan struct{}, 1), quit: make(chan struct{}), exited: make(chan struct{}),
+	}
+	go b.loop()
+	return b
+}
+
+// submit queues j and waits until it is computed or its context ends. On a
+// stopped batcher it fails with ErrDraining. Either way the batcher owns
+// j.x from now on.
+func (b *batcher) submit(j *job) error {
+	j.done = make(chan struct{})
+	b.mu.Lock()
+	if b.stopped {
+		b.mu.Unlock()
+		b.release(j)
+		return fmt.Errorf("%w: expert batcher stopped", ErrDraining)
+	}
+	j.enq = time.Now()
+	b.queue = append(b.queue, j)
+	b.mu.Unlock()
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+	select {
+	case <-j.done:
+		return j.err
+	case <-j.ctx.Done():
+		return j.ctx.Err()
+	}
+}
+
+func (b *batcher) loop() {
+	defer close(b.exited)
+	for {
+		select {
+		case <-b.wake:
+		case <-b.quit:
+			b.failQueued()
+			return
+		}
+		if b.window > 0 && !b.waitForBatch() {
+			b.failQueued()
+			return
+		}
+		b.mu.Lock()
+		jobs := b.queue
+		b.queue = nil
+		b.mu.Unlock()
+		if len(jobs) > 0 {
+			b.run(jobs)
+		}
+	}
+}
+
+// waitForBatch waits until `want` jobs of one layer are queued or the
+// window since the oldest queued job has passed. It returns false if the
+// batcher is stopping.
+func (b *batcher) waitForBatch() bool {
+	var timer *time.Timer
+	for {
+		b.mu.Lock()
+		if len(b.queue) == 0 {
+			b.mu.Unlock()
+			return true
+		}
+		full := false
+		if b.want > 0 {
+			per := map[int]int{}
+			for _, j := range b.queue {
+				per[j.layer]++
+				full = full || per[j.layer] >= b.want
+			}
+		}
+		wait := time.Until(b.queue[0].enq.Add(b.window))
+		b.mu.Unlock()
+		if full || wait <= 0 {
+			return true
+		}
+		if timer == nil {
+			timer = time.NewTimer(wait) // the oldest job, hence the deadline, stays fixed
+			defer timer.Stop()
+		}
+		select {
+		case <-b.wake:
+		case <-timer.C:
+			return true
+		case <-b.quit:
+			return false
+		}
+	}
+}
+
+// failQueued fails every queued job with ErrDraining.
+func (b *batcher) failQueued() {
+	b.mu.Lock()
+	jobs := b.queue
+	b.queue = nil
+	b.mu.Unlock()
+	for _, j := range jobs {
+		j.err = fmt.Errorf("%w: expert batcher stopped", ErrDraining)
+		b.release(j)
+		close(j.done)
+	}
+}
+
+// stop fails queued jobs, waits for a running batch and ends the goroutine.
+// Later submits fail with ErrDraining. Idempotent.
+func (b *batcher) stop() {
+	b.mu.Lock()
+	if b.stopped {
+		b.mu.Unlock()
+		<-b.exited
+		return
+	}
+	b.stopped = true
+	b.mu.Unlock()
+	close(b.quit)
+	<-b.exited
+}

@@ -1,0 +1,281 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/switchyard/switchyard/pkg/cluster"
+	"github.com/switchyard/switchyard/pkg/expert"
+)
+
+const (
+	// DefaultChunkBytes is the payload size of one ExpertFrame: 1 MiB, the
+	// low end of the 1-4 MiB range that fills a link with gRPC (DESIGN §7).
+	DefaultChunkBytes = 1 << 20
+	// DefaultMaxMessageBytes bounds one gRPC message in both directions:
+	// room for a 4 MiB chunk from a peer configured differently, plus the
+	// frame header.
+	DefaultMaxMessageBytes = 8 << 20
+	// DefaultWindowChunks is the per-stream flow-control window in chunks:
+	// the sender may have this many chunks unacknowledged.
+	DefaultWindowChunks = 4
+)
+
+// ClientConfig configures a Pool and the RemoteExecutors that use it.
+// Zero fields take the defaults of DefaultClientConfig.
+type ClientConfig struct {
+	// Worker is the calling worker's id, sent as ExpertFrame.source (logs
+	// and owner counters). Optional.
+	Worker cluster.WorkerID
+	// Model is the fingerprint of the model the caller runs
+	// (model.Config.Fingerprint). Required: owners refuse other models.
+	Model string
+	// Protocol is the wire protocol version announced to peers; zero means
+	// cluster.ProtocolVersion (only tests set another).
+	Protocol int
+
+	// ChunkBytes is the payload size of one request frame (default 1 MiB).
+	ChunkBytes int
+	// MaxMessageBytes bounds one gRPC message sent or received (default
+	// 8 MiB); it must exceed ChunkBytes plus the frame header.
+	MaxMessageBytes int
+	// WindowChunks sets the gRPC per-stream flow-control window to this
+	// many chunks (default 4, at least 2); the connection window is four
+	// times that, for concurrent streams to the same peer.
+	WindowChunks int
+
+	// CallTimeout is the deadline of a Compute call whose context has none
+	// (default 10 s).
+	CallTimeout time.Duration
+	// AttemptTimeout bounds one exchange with one worker (default 3 s): a
+	// peer that has not answered by then is treated as failed and its rows
+	// go to another replica, if the call's deadline leaves time. A negative
+	// value disables the limit (an attempt may use the whole deadline).
+	AttemptTimeout time.Duration
+	// MaxStaleRetries is how many times one Compute call re-reads the
+	// placement after stale-placement errors before giving up (default 3).
+	MaxStaleRetries int
+	// DownFor is how long a worker that failed an exchange is avoided by
+	// later calls when another replica exists (default 5 s). A worker is
+	// still tried when it is the only replica left.
+	DownFor time.Duration
+
+	// KeepaliveTime is the idle time after which the client pings a peer
+	// (default 10 s, gRPC's minimum); KeepaliveTimeout is how long it waits
+	// for the ping's answer before closing the connection (default 5 s).
+	// Servers permit pings this frequent (ServerConfig.KeepaliveMinTime).
+	KeepaliveTime, KeepaliveTimeout time.Duration
+
+	// DialOptions are appended to the pool's own options (e.g. a custom
+	// dialer in tests, or transport credentials; the default is insecure,
+	// for a trusted cluster network).
+	DialOptions []grpc.DialOption
+}
+
+// DefaultClientConfig returns the defaults, with Model and Worker unset.
+func DefaultClientConfig() ClientConfig {
+	return ClientConfig{
+		Protocol:         cluster.ProtocolVersion,
+		ChunkBytes:       DefaultChunkBytes,
+		MaxMessageBytes:  DefaultMaxMessageBytes,
+		WindowChunks:     DefaultWindowChunks,
+		CallTimeout:      10 * time.Second,
+		AttemptTimeout:   3 * time.Second,
+		MaxStaleRetries:  3,
+		DownFor:          5 * time.Second,
+		KeepaliveTime:    10 * time.Second,
+		KeepaliveTimeout: 5 * time.Second,
+	}
+}
+
+// frameHeaderRoom is the space reserved for an ExpertFrame's header fields
+// next to its payload when checking MaxMessageBytes (generous: a header
+// lists at most a layer's experts).
+const frameHeaderRoom = 64 << 10
+
+// withDefaults fills zero fields and validates, reporting every problem.
+func (c ClientConfig) withDefaults() (ClientConfig, error) {
+	d := DefaultClientConfig()
+	if c.Protocol == 0 {
+		c.Protocol = d.Protocol
+	}
+	if c.ChunkBytes == 0 {
+		c.ChunkBytes = d.ChunkBytes
+	}
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = max(d.MaxMessageBytes, c.ChunkBytes+frameHeaderRoom)
+	}
+	if c.WindowChunks == 0 {
+		c.WindowChunks = d.WindowChunks
+	}
+	if c.CallTimeout == 0 {
+		c.CallTimeout = d.CallTimeout
+	}
+	if c.AttemptTimeout == 0 {
+		c.AttemptTimeout = d.AttemptTimeout
+	}
+	if c.MaxStaleRetries == 0 {
+		c.MaxStaleRetries = d.MaxStaleRetries
+	}
+	if c.DownFor == 0 {
+		c.DownFor = d.DownFor
+	}
+	if c.KeepaliveTime == 0 {
+		c.KeepaliveTime = d.KeepaliveTime
+	}
+	if c.KeepaliveTimeout == 0 {
+		c.KeepaliveTimeout = d.KeepaliveTimeout
+	}
+	var errs []error
+	if c.Model == "" {
+		errs = append(errs, errors.New("transport: client config: Model (fingerprint) is required"))
+	}
+	if c.ChunkBytes < 0 {
+		errs = append(errs, fmt.Errorf("transport: client config: ChunkBytes %d < 0", c.ChunkBytes))
+	}
+	if c.MaxMessageBytes < c.ChunkBytes+frameHeaderRoom {
+		errs = append(errs, fmt.Errorf("transport: client config: MaxMessageBytes %d must be at least ChunkBytes %d + %d", c.MaxMessageBytes, c.ChunkBytes, frameHeaderRoom))
+	}
+	if c.WindowChunks < 2 {
+		errs = append(errs, fmt.Errorf("transport: client config: WindowChunks %d < 2 (want at least two chunks in flight)", c.WindowChunks))
+	}
+	if c.CallTimeout < 0 {
+		errs = append(errs, fmt.Errorf("transport: client config: CallTimeout %v < 0", c.CallTimeout))
+	}
+	if c.MaxStaleRetries < 0 {
+		errs = append(errs, fmt.Errorf("transport: client config: MaxStaleRetries %d < 0", c.MaxStaleRetries))
+	}
+	if c.KeepaliveTime < 0 || c.KeepaliveTimeout < 0 {
+		errs = append(errs, fmt.Errorf("transport: client config: keepalive %v/%v < 0", c.KeepaliveTime, c.KeepaliveTimeout))
+	}
+	return c, errors.Join(errs...)
+}
+
+// ServerConfig configures an ExpertServer. Zero fields take the defaults
+// of DefaultServerConfig.
+type ServerConfig struct {
+	// Worker is this worker's id (Health, Stats, error messages). Optional.
+	Worker cluster.WorkerID
+	// Model is the fingerprint of the model served. Required: requests
+	// from callers with another fingerprint are refused.
+	Model string
+	// Protocol is the wire protocol version spoken; zero means
+	// cluster.ProtocolVersion (only tests set another).
+	Protocol int
+	// Hidden is D, the model width: every request row has D values.
+	// Required.
+	Hidden int
+
+	// ChunkBytes is the payload size of one response frame (default 1 MiB).
+	ChunkBytes int
+	// MaxMessageBytes bounds one gRPC message sent or received (default
+	// 8 MiB); it must exceed ChunkBytes plus the frame header.
+	MaxMessageBytes int
+	// WindowChunks sets the per-stream flow-control window in chunks
+	// (default 4, at least 2); the connection window is four times that.
+	WindowChunks int
+	// MaxRequestBytes bounds one request's tensor (default 256 MiB);
+	// larger requests are refused before any buffer is allocated.
+	MaxRequestBytes int64
+
+	// BatchWindow is how long the GEMM goroutine may wait, after the first
+	// request of a batch arrived, for more requests before it runs. Zero
+	// (the default) never waits: it runs whatever is queued whenever it
+	// becomes free (see the package comment). Keep it well below the
+	// clients' AttemptTimeout, or waiting requests count as a failed peer.
+	BatchWindow time.Duration
+	// BatchRequests ends the wait early: with BatchWindow > 0, the batch
+	// runs as soon as this many requests for one layer are queued (e.g. the
+	// number of peers in a training group). Zero waits the whole window.
+	BatchRequests int
+
+	// Load reads one routed expert for Control's load requests (e.g.
+	// model.LoadExpert over the worker's checkpoint). Nil refuses loads
+	// with UNIMPLEMENTED.
+	Load func(ctx context.Context, id expert.ID) (*expert.FFN, error)
+
+	// KeepaliveTime is the idle time after which the server pings a client
+	// (default 30 s) and KeepaliveTimeout how long it waits for the answer
+	// (default 10 s). KeepaliveMinTime is the most frequent client ping the
+	// server tolerates (default 5 s; must not exceed the clients'
+	// KeepaliveTime or they are disconnected with "too_many_pings").
+	KeepaliveTime, KeepaliveTimeout, KeepaliveMinTime time.Duration
+}
+
+// DefaultServerConfig returns the defaults, with Worker, Model and Hidden
+// unset.
+func DefaultServerConfig() ServerConfig {
+	return ServerConfig{
+		Protocol:         cluster.ProtocolVersion,
+		ChunkBytes:       DefaultChunkBytes,
+		MaxMessageBytes:  DefaultMaxMessageBytes,
+		WindowChunks:     DefaultWindowChunks,
+		MaxRequestBytes:  256 << 20,
+		KeepaliveTime:    30 * time.Second,
+		KeepaliveTimeout: 10 * time.Second,
+		KeepaliveMinTime: 5 * time.Second,
+	}
+}
+
+func (c ServerConfig) withDefaults() (ServerConfig, error) {
+	d := DefaultServerConfig()
+	if c.Protocol == 0 {
+		c.Protocol = d.Protocol
+	}
+	if c.ChunkBytes == 0 {
+		c.ChunkBytes = d.ChunkBytes
+	}
+	if c.MaxMessageBytes == 0 {
+		c.MaxMessageBytes = max(d.MaxMessageBytes, c.ChunkBytes+frameHeaderRoom)
+	}
+	if c.WindowChunks == 0 {
+		c.WindowChunks = d.WindowChunks
+	}
+	if c.MaxRequestBytes == 0 {
+		c.MaxRequestBytes = d.MaxRequestBytes
+	}
+	if c.KeepaliveTime == 0 {
+		c.KeepaliveTime = d.KeepaliveTime
+	}
+	if c.KeepaliveTimeout == 0 {
+		c.KeepaliveTimeout = d.KeepaliveTimeout
+	}
+	if c.KeepaliveMinTime == 0 {
+		c.KeepaliveMinTime = d.KeepaliveMinTime
+	}
+	var errs []error
+	if c.Model == "" {
+		errs = append(errs, errors.New("transport: server config: Model (fingerprint) is required"))
+	}
+	if c.Hidden <= 0 {
+		errs = append(errs, fmt.Errorf("transport: server config: Hidden %d must be positive", c.Hidden))
+	}
+	if c.ChunkBytes < 0 {
+		errs = append(errs, fmt.Errorf("transport: server config: ChunkBytes %d < 0", c.ChunkBytes))
+	}
+	if c.MaxMessageBytes < c.ChunkBytes+frameHeaderRoom {
+		errs = append(errs, fmt.Errorf("transport: server config: MaxMessageBytes %d must be at least ChunkBytes %d + %d", c.MaxMessageBytes, c.ChunkBytes, frameHeaderRoom))
+	}
+	if c.WindowChunks < 2 {
+		errs = append(errs, fmt.Errorf("transport: server config: WindowChunks %d < 2", c.WindowChunks))
+	}
+	if c.MaxRequestBytes < 0 {
+		errs = append(errs, fmt.Errorf("transport: server config: MaxRequestBytes %d < 0", c.MaxRequestBytes))
+	}
+	if c.BatchWindow < 0 || c.BatchRequests < 0 {
+		errs = append(errs, fmt.Errorf("transport: server config: BatchWindow %v / BatchRequests %d < 0", c.BatchWindow, c.BatchRequests))
+	}
+	return c, errors.Join(errs...)
+}
+
+// windows returns the per-stream and per-connection flow-control windows
+// for a chunk size: gRPC's own minimum is 64 KiB, its maximum 2^31-1.
+func windows(chunk, chunks int) (stream, conn int32) {
+	s := int64(max(chunk, 16<<10)) * int64(chunks)
+	s = min(max(s, 64<<10), 1<<29)
+	return int32(s), int32(min(4*s, 1<<30))
+}

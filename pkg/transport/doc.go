@@ -1,0 +1,67 @@
+// Package transport is Switchyard's expert data plane over gRPC: the
+// all-to-all dispatch/combine exchange of one MoE layer between workers.
+//
+// An ExpertServer serves the routed experts of one worker (an
+// *expert.Store) on the Worker service of proto/switchyard/v1. A
+// RemoteExecutor is the caller's side: it implements expert.Executor, so a
+// model.Model whose Experts is a RemoteExecutor runs its MoE layers on the
+// cluster with no other change.
+//
+// # One exchange per layer and destination
+//
+// For each MoE layer, RemoteExecutor.Compute groups the plan's rows by the
+// worker chosen to compute each expert and sends every destination ONE
+// request holding all of its rows (gathered into a pooled buffer, experts in
+// ascending order), on its own gRPC stream; destinations run concurrently.
+// The owner returns one output row per request row in the same order, and
+// the client writes them straight into the plan-ordered output. Tokens are
+// never sent one at a time.
+//
+// # Chunking
+//
+// Tensors travel as raw little-endian bytes in ExpertFrame.payload (the
+// pkg/wire codec sends them by reference, never as protobuf float arrays),
+// cut into chunks of ClientConfig.ChunkBytes / ServerConfig.ChunkBytes
+// (default 1 MiB). The sender streams chunks back to back while the
+// receiver reads; the per-stream flow-control window is set to
+// WindowChunks chunks (default 4), so at least two chunks are in flight on
+// a large request. gRPC message limits are set above the chunk size.
+//
+// # Batching on the owner
+//
+// Each ExpertServer has one GEMM goroutine. A fully received request is
+// queued; when the goroutine becomes free it takes everything queued,
+// groups the rows of all requests by (layer, expert), and runs ONE
+// ComputeRows per expert over the concatenated rows of every peer, then
+// scatters the results back. This "take everything queued when the GEMM
+// worker becomes free" policy (continuous batching) adds no latency when the
+// owner is idle and batches more the busier it is, which is what serving
+// wants. Training, where every peer sends exactly one request per layer at
+// about the same time, can set ServerConfig.BatchWindow and BatchRequests:
+// the goroutine then waits up to the window for BatchRequests requests of
+// one layer before running, so an expert's GEMM sees all peers' rows.
+//
+// # Replicas and failures
+//
+// The placement comes from a PlacementSource. For each expert the client
+// picks, among its replicas, the one with the fewest rows in flight from
+// this client (ties to placement order, primary first), skipping workers
+// that failed recently. Errors come back through one table (see
+// errorTable): an owner that does not hold an expert or sees an older
+// placement epoch answers NOT_OWNED / STALE_PLACEMENT, which the client
+// maps to expert.ErrNotOwned / cluster.ErrStalePlacement, re-reads the
+// placement (PlacementSource.Refresh) and retries, a bounded number of
+// times. A peer that fails (connection error, or no answer within
+// ClientConfig.AttemptTimeout) has its rows retried on another replica
+// within the caller's deadline; when no live replica is left the call fails
+// with an error naming the layer, the worker and its address. A call
+// without a deadline gets ClientConfig.CallTimeout.
+//
+// # Handshake
+//
+// Every call carries the caller's protocol version and model fingerprint
+// in gRPC metadata (MDProtocol, MDModel); the server refuses a mismatch
+// with FAILED_PRECONDITION naming both values, and answers with its own
+// values in the response header, which the client checks in turn. Both
+// sides' refusals satisfy errors.Is(err, ErrIncompatible).
+package transport

@@ -1,0 +1,594 @@
+package transport
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/switchyard/switchyard/pkg/cluster"
+	"github.com/switchyard/switchyard/pkg/expert"
+	"github.com/switchyard/switchyard/pkg/tensor"
+	"github.com/switchyard/switchyard/pkg/wire"
+	pb "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// ExpertServer serves one worker's routed experts (an *expert.Store of one
+// model) on the Worker gRPC service: expert requests from peers are
+// reassembled, checked against the placement epoch and the experts held,
+// batched with concurrent requests for the same layer (one GEMM per
+// expert, see the package comment), and answered in request row order.
+//
+// Use Serve for a gRPC server of its own, or ServerOptions + Register to
+// share one with other services. It is safe for concurrent use.
+type ExpertServer struct {
+	pb.UnimplementedWorkerServer
+
+	cfg   ServerConfig
+	id    identity
+	who   string // worker id for messages
+	store *expert.Store
+
+	epoch       atomic.Uint64 // placement epoch accepted (0: any)
+	maxReqEpoch atomic.Uint64
+	draining    atomic.Bool
+
+	batch *batcher
+	bufs  f32Pool // request buffers and batch gather buffers
+
+	// compute runs one expert over contiguous rows x [n, D] into y [n, D].
+	// Tests replace it (before serving) to tag rows with their owner.
+	compute func(id expert.ID, f *expert.FFN, x []float32, d int, y []float32)
+
+	statsMu  sync.Mutex
+	counters map[expert.ID]*expertCounters
+	requests atomic.Uint64
+	batches  atomic.Uint64
+	bytesIn  atomic.Uint64
+	bytesOut atomic.Uint64
+
+	srvMu   sync.Mutex
+	grpcSrv *grpc.Server
+}
+
+type expertCounters struct {
+	tokens, gemms, requests atomic.Uint64
+}
+
+// NewExpertServer returns a server for store's experts. The store may
+// change while serving (Control, or the caller's own Put/Delete); each
+// request sees an expert as present or absent.
+func NewExpertServer(store *expert.Store, cfg ServerConfig) (*ExpertServer, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	s := &ExpertServer{
+		cfg:      cfg,
+		id:       identity{protocol: cfg.Protocol, model: cfg.Model},
+		who:      string(cfg.Worker),
+		store:    store,
+		counters: map[expert.ID]*expertCounters{},
+	}
+	if s.who == "" {
+		s.who = "(unnamed)"
+	}
+	s.compute = func(_ expert.ID, f *expert.FFN, x []float32, d int, y []float32) {
+		store.ComputeRows(f, nil, x, d, y)
+	}
+	s.batch = newBatcher(cfg.BatchWindow, cfg.BatchRequests, s.runBatch, func(j *job) {
+		s.bufs.put(j.x)
+		j.x = nil
+	})
+	return s, nil
+}
+
+// ServerOptions returns the gRPC server options the Worker service needs:
+// the raw-bytes codec, message limits above the chunk size, flow-control
+// windows of several chunks and keepalive settings.
+func (s *ExpertServer) ServerOptions() []grpc.ServerOption {
+	sw, cw := windows(s.cfg.ChunkBytes, s.cfg.WindowChunks)
+	return []grpc.ServerOption{
+		grpc.ForceServerCodecV2(wire.Codec{}),
+		grpc.MaxRecvMsgSize(s.cfg.MaxMessageBytes),
+		grpc.MaxSendMsgSize(s.cfg.MaxMessageBytes),
+		grpc.InitialWindowSize(sw),
+		grpc.InitialConnWindowSize(cw),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.KeepaliveTime, Timeout: s.cfg.KeepaliveTimeout}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: s.cfg.KeepaliveMinTime, PermitWithoutStream: true}),
+	}
+}
+
+// Register registers the Worker service on r (built with ServerOptions).
+func (s *ExpertServer) Register(r grpc.ServiceRegistrar) { pb.RegisterWorkerServer(r, s) }
+
+// Serve runs a gRPC server of its own on lis until Shutdown or Stop. It
+// returns nil after a stop.
+func (s *ExpertServer) Serve(lis net.Listener) error {
+	s.srvMu.Lock()
+	if s.grpcSrv != nil {
+		s.srvMu.Unlock()
+		return errors.New("transport: ExpertServer already serving")
+	}
+	if s.draining.Load() {
+		s.srvMu.Unlock()
+		return fmt.Errorf("transport: worker %s: %w", s.who, ErrDraining)
+	}
+	g := grpc.NewServer(s.ServerOptions()...)
+	s.Register(g)
+	s.grpcSrv = g
+	s.srvMu.Unlock()
+	return g.Serve(lis)
+}
+
+// Shutdown stops gracefully: Health reports DRAINING, new requests are
+// refused with ErrDraining (callers move to another replica), in-flight
+// requests finish. When ctx ends first, remaining connections are closed
+// and ctx's error returned. A server used through Register only stops its
+// batcher: stop the gRPC server first.
+func (s *ExpertServer) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	s.srvMu.Lock()
+	g := s.grpcSrv
+	s.srvMu.Unlock()
+	var err error
+	if g != nil {
+		done := make(chan struct{})
+		go func() { g.GracefulStop(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			g.Stop()
+			<-done
+			err = ctx.Err()
+		}
+	}
+	s.batch.stop()
+	return err
+}
+
+// Stop closes every connection at once (in-flight calls fail with
+// UNAVAILABLE) and stops the batcher: a crash, as peers see it.
+func (s *ExpertServer) Stop() {
+	s.draining.Store(true)
+	s.srvMu.Lock()
+	g := s.grpcSrv
+	s.srvMu.Unlock()
+	if g != nil {
+		g.Stop()
+	}
+	s.batch.stop()
+}
+
+// SetEpoch raises the placement epoch the server accepts: requests routed
+// with an older epoch get cluster.ErrStalePlacement. Lower values are
+// ignored. It returns the epoch now in force.
+func (s *ExpertServer) SetEpoch(e cluster.Epoch) cluster.Epoch {
+	for {
+		cur := s.epoch.Load()
+		if uint64(e) <= cur || s.epoch.CompareAndSwap(cur, uint64(e)) {
+			return cluster.Epoch(max(cur, uint64(e)))
+		}
+	}
+}
+
+// Epoch is the placement epoch the server accepts (0: any).
+func (s *ExpertServer) Epoch() cluster.Epoch { return cluster.Epoch(s.epoch.Load()) }
+
+// accept runs the handshake for a call and sends the server's identity in
+// the response header.
+func (s *ExpertServer) accept(ctx context.Context) error {
+	_ = grpc.SetHeader(ctx, metadata.Pairs(s.id.pairs()...))
+	if err := s.id.checkCaller(ctx, s.who); err != nil {
+		return statusError(err)
+	}
+	return nil
+}
+
+// Experts implements the Worker service's dispatch/combine stream.
+func (s *ExpertServer) Experts(stream pb.Worker_ExpertsServer) error {
+	ctx := stream.Context()
+	if err := s.accept(ctx); err != nil {
+		return err
+	}
+	for {
+		first, err := stream.Recv()
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if err := s.serveRequest(ctx, stream, first); err != nil {
+			if errors.Is(err, ErrBadRequest) {
+				return statusError(err)
+			}
+			return err // the stream's own failure (cancelled, reset)
+		}
+	}
+}
+
+// serveRequest reads the rest of the request starting with frame first,
+// and answers it. A returned error ends the stream; per-request errors are
+// sent as error frames and return nil.
+func (s *ExpertServer) serveRequest(ctx context.Context, stream pb.Worker_ExpertsServer, first *pb.ExpertFrame) error {
+	d := s.cfg.Hidden
+	n, err := s.checkHeader(first)
+	if err != nil {
+		return err
+	}
+	j := &job{ctx: ctx, layer: int(first.Layer), experts: first.Experts, rows: first.Rows}
+	if err := s.admit(j, cluster.Epoch(first.Epoch)); err != nil {
+		// Answer at once (the caller stops sending), then skip the rest.
+		s.requests.Add(1)
+		if serr := stream.Send(&pb.ExpertFrame{RequestId: first.RequestId, Last: true, Error: errorFrame(err), Source: string(s.cfg.Worker)}); serr != nil {
+			return serr
+		}
+		return s.readPayload(stream, first, nil, n*d*4)
+	}
+	j.x = s.bufs.get(n * d)
+	if err := s.readPayload(stream, first, asBytes(j.x), n*d*4); err != nil {
+		s.bufs.put(j.x)
+		return err
+	}
+	fromWire(j.x)
+	// y is not pooled: gRPC keeps referencing a sent payload until its
+	// writer goroutine has flushed it, which the server cannot observe.
+	j.y = make([]float32, n*d)
+	if err := s.batch.submit(j); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		s.requests.Add(1)
+		return stream.Send(&pb.ExpertFrame{RequestId: first.RequestId, Last: true, Error: errorFrame(err), Source: string(s.cfg.Worker)})
+	}
+	s.requests.Add(1)
+	toWire(j.y)
+	return sendChunks(stream, &pb.ExpertFrame{
+		RequestId: first.RequestId, Layer: first.Layer, Experts: first.Experts, Rows: first.Rows,
+		Epoch: s.epoch.Load(), Dtype: pb.DType_DTYPE_F32, Shape: first.Shape, Source: string(s.cfg.Worker),
+	}, asBytes(j.y), s.cfg.ChunkBytes, &s.bytesOut)
+}
+
+// checkHeader validates a request's first frame and returns its row count.
+func (s *ExpertServer) checkHeader(f *pb.ExpertFrame) (int, error) {
+	bad := func(format string, args ...any) (int, error) {
+		return 0, fmt.Errorf("%w: worker %s: request %d: %s", ErrBadRequest, s.who, f.RequestId, fmt.Sprintf(format, args...))
+	}
+	if f.Chunk != 0 {
+		return bad("starts with chunk %d", f.Chunk)
+	}
+	if f.Layer < 0 {
+		return bad("layer %d", f.Layer)
+	}
+	if len(f.Experts) == 0 || len(f.Experts) != len(f.Rows) {
+		return bad("%d experts with %d row counts", len(f.Experts), len(f.Rows))
+	}
+	n := int64(0)
+	for i, e := range f.Experts {
+		if e < 0 || (i > 0 && e <= f.Experts[i-1]) {
+			return bad("expert ids %v not ascending and non-negative", f.Experts)
+		}
+		if f.Rows[i] <= 0 {
+			return bad("expert %d has %d rows", e, f.Rows[i])
+		}
+		n += int64(f.Rows[i])
+	}
+	switch f.Dtype {
+	case pb.DType_DTYPE_F32:
+	case pb.DType_DTYPE_BF16:
+		return bad("dtype BF16 is not supported yet (send F32)")
+	default:
+		return bad("dtype %v", f.Dtype)
+	}
+	if len(f.Shape) != 2 || f.Shape[0] != n || f.Shape[1] != int64(s.cfg.Hidden) {
+		return bad("shape %v, want [%d %d] (rows, hidden)", f.Shape, n, s.cfg.Hidden)
+	}
+	if bytes := n * int64(s.cfg.Hidden) * 4; bytes > s.cfg.MaxRequestBytes {
+		return bad("%d bytes exceed the limit of %d", bytes, s.cfg.MaxRequestBytes)
+	}
+	return int(n), nil
+}
+
+// admit checks the request's epoch and resolves its experts.
+func (s *ExpertServer) admit(j *job, epoch cluster.Epoch) error {
+	if s.draining.Load() {
+		return fmt.Errorf("%w: worker %s is shutting down", ErrDraining, s.who)
+	}
+	for {
+		cur := s.maxReqEpoch.Load()
+		if uint64(epoch) <= cur || s.maxReqEpoch.CompareAndSwap(cur, uint64(epoch)) {
+			break
+		}
+	}
+	if cur := s.Epoch(); cur != 0 && epoch < cur {
+		return fmt.Errorf("%w: worker %s: layer %d request routed with placement epoch %d, worker is at epoch %d",
+			cluster.ErrStalePlacement, s.who, j.layer, epoch, cur)
+	}
+	j.ffns = make([]*expert.FFN, len(j.experts))
+	var missing []int32
+	for i, e := range j.experts {
+		if j.ffns[i] = s.store.Get(expert.ID{Layer: j.layer, Expert: int(e)}); j.ffns[i] == nil {
+			missing = append(missing, e)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("worker %s: layer %d experts %v (request epoch %d, worker epoch %d): %w",
+			s.who, j.layer, missing, epoch, s.Epoch(), expert.ErrNotOwned)
+	}
+	return nil
+}
+
+// readPayload reads the payload of the request that began with first (whose
+// payload it includes) into dst, which must be nil (discard) or exactly
+// size bytes long.
+func (s *ExpertServer) readPayload(stream pb.Worker_ExpertsServer, first *pb.ExpertFrame, dst []byte, size int) error {
+	f, off := first, 0
+	for {
+		if off+len(f.Payload) > size {
+			return fmt.Errorf("%w: worker %s: request %d: payload exceeds the %d bytes of its shape", ErrBadRequest, s.who, first.RequestId, size)
+		}
+		if dst != nil {
+			copy(dst[off:], f.Payload)
+		}
+		off += len(f.Payload)
+		s.bytesIn.Add(uint64(len(f.Payload)))
+		if f.Last {
+			break
+		}
+		next, err := stream.Recv()
+		if err == io.EOF {
+			return fmt.Errorf("%w: worker %s: request %d: stream closed after chunk %d", ErrBadRequest, s.who, first.RequestId, f.Chunk)
+		}
+		if err != nil {
+			return err
+		}
+		if next.RequestId != first.RequestId || next.Chunk != f.Chunk+1 {
+			return fmt.Errorf("%w: worker %s: request %d chunk %d followed by request %d chunk %d", ErrBadRequest, s.who, first.RequestId, f.Chunk, next.RequestId, next.Chunk)
+		}
+		f = next
+	}
+	if off != size {
+		return fmt.Errorf("%w: worker %s: request %d: %d payload bytes, shape needs %d", ErrBadRequest, s.who, first.RequestId, off, size)
+	}
+	return nil
+}
+
+// frameSender is the Send half of either side of an Experts stream.
+type frameSender interface {
+	Send(*pb.ExpertFrame) error
+}
+
+// sendChunks sends payload in chunks of at most chunk bytes; head holds the
+// header fields and becomes chunk 0. Each Send returns once gRPC has queued
+// the frame, so chunks stream back to back up to the flow-control window
+// (several chunks in flight). counter, if not nil, accumulates payload
+// bytes sent.
+func sendChunks(stream frameSender, head *pb.ExpertFrame, payload []byte, chunk int, counter *atomic.Uint64) error {
+	for c, off := uint32(0), 0; ; c++ {
+		end := min(off+chunk, len(payload))
+		f := &pb.ExpertFrame{RequestId: head.RequestId, Chunk: c}
+		if c == 0 {
+			f = head
+		}
+		f.Last = end == len(payload)
+		f.Payload = payload[off:end]
+		if err := stream.Send(f); err != nil {
+			return err
+		}
+		if counter != nil {
+			counter.Add(uint64(end - off))
+		}
+		if f.Last {
+			return nil
+		}
+		off = end
+	}
+}
+
+// runBatch computes a batch of jobs: one ComputeRows per (layer, expert)
+// over the rows of every job that asked for it.
+func (s *ExpertServer) runBatch(jobs []*job) {
+	s.batches.Add(1)
+	d := s.cfg.Hidden
+	type seg struct {
+		j      *job
+		off, n int
+	}
+	type group struct {
+		id   expert.ID
+		f    *expert.FFN
+		segs []seg
+		rows int
+		c    *expertCounters
+	}
+	type key struct {
+		id expert.ID
+		f  *expert.FFN
+	}
+	index := map[key]*group{}
+	var groups []*group
+	total := 0
+	for _, j := range jobs {
+		if err := j.ctx.Err(); err != nil {
+			j.err = err
+			continue
+		}
+		off := 0
+		for i, e := range j.experts {
+			n := int(j.rows[i])
+			k := key{expert.ID{Layer: j.layer, Expert: int(e)}, j.ffns[i]}
+			g := index[k]
+			if g == nil {
+				g = &group{id: k.id, f: k.f, c: s.counter(k.id)}
+				index[k] = g
+				groups = append(groups, g)
+			}
+			g.segs = append(g.segs, seg{j, off, n})
+			g.rows += n
+			total += n
+			off += n
+		}
+	}
+	sort.SliceStable(groups, func(a, b int) bool {
+		ga, gb := groups[a].id, groups[b].id
+		return ga.Layer < gb.Layer || ga.Layer == gb.Layer && ga.Expert < gb.Expert
+	})
+	exec := func(g *group) {
+		if len(g.segs) == 1 {
+			sg := g.segs[0]
+			s.compute(g.id, g.f, sg.j.x[sg.off*d:(sg.off+sg.n)*d], d, sg.j.y[sg.off*d:(sg.off+sg.n)*d])
+		} else {
+			in, out := s.bufs.get(g.rows*d), s.bufs.get(g.rows*d)
+			r := 0
+			for _, sg := range g.segs {
+				copy(in[r*d:], sg.j.x[sg.off*d:(sg.off+sg.n)*d])
+				r += sg.n
+			}
+			s.compute(g.id, g.f, in, d, out)
+			r = 0
+			for _, sg := range g.segs {
+				copy(sg.j.y[sg.off*d:(sg.off+sg.n)*d], out[r*d:(r+sg.n)*d])
+				r += sg.n
+			}
+			s.bufs.put(in)
+			s.bufs.put(out)
+		}
+		g.c.gemms.Add(1)
+		g.c.tokens.Add(uint64(g.rows))
+		g.c.requests.Add(uint64(len(g.segs)))
+	}
+	// As in expert.Store.Compute: few rows per expert (decode) run experts
+	// in parallel; many rows run experts in turn, each GEMM parallel.
+	if total <= 4*len(groups) {
+		tensor.ParallelFor(len(groups), 1, func(lo, hi int) {
+			for _, g := range groups[lo:hi] {
+				exec(g)
+			}
+		})
+	} else {
+		for _, g := range groups {
+			exec(g)
+		}
+	}
+	for _, j := range jobs {
+		s.bufs.put(j.x)
+		j.x = nil
+		close(j.done)
+	}
+}
+
+func (s *ExpertServer) counter(id expert.ID) *expertCounters {
+	s.statsMu.Lock()
+	defer s.statsMu.Unlock()
+	c := s.counters[id]
+	if c == nil {
+		c = &expertCounters{}
+		s.counters[id] = c
+	}
+	return c
+}
+
+// Health implements the Worker service. It needs no handshake.
+func (s *ExpertServer) Health(ctx context.Context, _ *pb.HealthRequest) (*pb.HealthResponse, error) {
+	_ = grpc.SetHeader(ctx, metadata.Pairs(s.id.pairs()...))
+	st := pb.ServingStatus_SERVING_STATUS_SERVING
+	if s.draining.Load() {
+		st = pb.ServingStatus_SERVING_STATUS_DRAINING
+	}
+	return &pb.HealthResponse{Status: st, Worker: string(s.cfg.Worker), Protocol: int32(s.cfg.Protocol), Model: s.cfg.Model, Epoch: s.epoch.Load()}, nil
+}
+
+// Stats implements the Worker service.
+func (s *ExpertServer) Stats(ctx context.Context, _ *pb.StatsRequest) (*pb.StatsResponse, error) {
+	if err := s.accept(ctx); err != nil {
+		return nil, err
+	}
+	return s.Snapshot(), nil
+}
+
+// Snapshot returns the server's counters (what Stats answers).
+func (s *ExpertServer) Snapshot() *pb.StatsResponse {
+	held := map[expert.ID]bool{}
+	for _, id := range s.store.IDs() {
+		held[id] = true
+	}
+	s.statsMu.Lock()
+	ids := make([]expert.ID, 0, len(s.counters)+len(held))
+	for id := range s.counters {
+		ids = append(ids, id)
+	}
+	for id := range held {
+		if s.counters[id] == nil {
+			ids = append(ids, id)
+		}
+	}
+	slices.SortFunc(ids, compareIDs)
+	out := &pb.StatsResponse{
+		Worker: string(s.cfg.Worker), Epoch: s.epoch.Load(), MaxRequestEpoch: s.maxReqEpoch.Load(),
+		BytesHeld: s.store.Bytes(), Requests: s.requests.Load(), Batches: s.batches.Load(),
+		BytesIn: s.bytesIn.Load(), BytesOut: s.bytesOut.Load(),
+	}
+	for _, id := range ids {
+		es := &pb.ExpertStats{Layer: int32(id.Layer), Expert: int32(id.Expert), Held: held[id]}
+		if c := s.counters[id]; c != nil {
+			es.Tokens, es.Gemms, es.Requests = c.tokens.Load(), c.gemms.Load(), c.requests.Load()
+		}
+		out.Experts = append(out.Experts, es)
+	}
+	s.statsMu.Unlock()
+	return out
+}
+
+func compareIDs(a, b expert.ID) int {
+	if a.Layer != b.Layer {
+		return a.Layer - b.Layer
+	}
+	return a.Expert - b.Expert
+}
+
+// Control implements the Worker service: set the epoch, then load, then
+// drop experts.
+func (s *ExpertServer) Control(ctx context.Context, req *pb.ControlRequest) (*pb.ControlResponse, error) {
+	if err := s.accept(ctx); err != nil {
+		return nil, err
+	}
+	if req.SetEpoch != 0 {
+		s.SetEpoch(cluster.Epoch(req.SetEpoch))
+	}
+	if len(req.Load) > 0 && s.cfg.Load == nil {
+		return nil, status.Errorf(codes.Unimplemented, "worker %s: no expert loader configured", s.who)
+	}
+	for _, r := range req.Load {
+		id := expert.ID{Layer: int(r.Layer), Expert: int(r.Expert)}
+		if s.store.Get(id) != nil {
+			continue
+		}
+		f, err := s.cfg.Load(ctx, id)
+		if err != nil {
+			return nil, status.Errorf(codes.FailedPrecondition, "worker %s: load expert %v: %v", s.who, id, err)
+		}
+		s.store.Put(id, f)
+	}
+	for _, r := range req.Drop {
+		s.store.Delete(expert.ID{Layer: int(r.Layer), Expert: int(r.Expert)})
+	}
+	ids := s.store.IDs()
+	slices.SortFunc(ids, compareIDs)
+	resp := &pb.ControlResponse{Epoch: s.epoch.Load()}
+	for _, id := range ids {
+		resp.Held = append(resp.Held, &pb.ExpertRef{Layer: int32(id.Layer), Expert: int32(id.Expert)})
+	}
+	return resp, nil
+}

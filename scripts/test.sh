@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The one command that runs Switchyard's tests (README.md, "Testing").
+# .ci/run calls it on a clean clone. Each stage prints its name and time.
+#
+#   scripts/test.sh          everything: format, vet, unit tests, golden checks, fuzz smoke
+#   FUZZTIME=30s scripts/test.sh   longer fuzzing
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FUZZTIME=${FUZZTIME:-10s}
+
+stage() { printf '\n== %s  (%s)\n' "$1" "$(date +%T)"; }
+
+stage "gofmt"
+unformatted=$(git ls-files '*.go' | grep -v '\.pb\.go$' | xargs gofmt -l || true)
+if [ -n "$unformatted" ]; then
+	echo "gofmt would change:"; echo "$unformatted"; exit 1
+fi
+
+stage "go vet"
+go vet ./...
+
+stage "go test"
+go test -count=1 -timeout 15m ./...
+
+stage "go test -race (concurrent packages)"
+go test -count=1 -race -timeout 15m ./pkg/expert/ ./pkg/tensor/ ./pkg/safetensors/
+
+stage "golden checks: switchyard verify"
+mkdir -p bin
+go build -o bin/switchyard ./cmd/switchyard
+for dir in testdata/golden/*/; do
+	if [ -f "$dir/config.json" ]; then
+		bin/switchyard verify --model "$dir" | tail -n 1 | sed "s|^|$(basename "$dir"): |"
+		[ "${PIPESTATUS[0]}" -eq 0 ] || { bin/switchyard verify --model "$dir"; exit 1; }
+	elif [ -f "$dir/tokenizer.json" ]; then
+		bin/switchyard verify --tokenizer "$dir" | tail -n 1 | sed "s|^|$(basename "$dir"): |"
+		[ "${PIPESTATUS[0]}" -eq 0 ] || exit 1
+	fi
+done
+
+stage "fuzz smoke ($FUZZTIME each)"
+for target in "./pkg/safetensors FuzzHeader" "./pkg/tokenizer FuzzEncode" "./pkg/tokenizer FuzzLoad"; do
+	set -- $target
+	if go test -list "^$2\$" "$1" | grep -q "^$2\$"; then
+		go test -run '^$' -fuzz "^$2\$" -fuzztime "$FUZZTIME" "$1"
+	fi
+done
+
+stage "all tests passed"
