@@ -33,7 +33,7 @@ func TestVerifyPassesEveryGoldenModel(t *testing.T) {
 			if code != 0 || !strings.HasPrefix(lastLine(out), "verify: PASS") {
 				t.Fatalf("exit %d\n%s%s", code, out, errOut)
 			}
-			for _, q := range []string{"logits", "hidden_states[0]", "generated_ids", "loss"} {
+			for _, q := range []string{"logits", "hidden_states[0]", "generated_ids", "loss", "grad.*", "adamw_losses"} {
 				if !strings.Contains(out, q+" ") {
 					t.Errorf("output has no %s line:\n%s", q, out)
 				}
@@ -43,7 +43,10 @@ func TestVerifyPassesEveryGoldenModel(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer f.Close()
-			for _, n := range []string{"logits", "hidden_states", "generated_ids", "loss"} {
+			if !strings.Contains(out, " 0 skipped)") {
+				t.Errorf("a quantity was skipped:\n%s", out)
+			}
+			for _, n := range []string{"logits", "hidden_states", "generated_ids", "loss", "adamw_losses", "grad.model.norm.weight", "grad.lm_head.weight"} {
 				if !f.Has(n) {
 					t.Errorf("dump lacks %s", n)
 				}

@@ -16,6 +16,7 @@ func verifyCmd() *cobra.Command {
 	var (
 		modelDir, golden, dump, tokDir string
 		workers                        int
+		allGrads                       bool
 	)
 	cmd := &cobra.Command{
 		Use:   "verify (--model DIR [--golden FILE] [--workers N] [--dump FILE] | --tokenizer DIR)",
@@ -45,7 +46,7 @@ never makes a PASS by itself.`,
 				if workers < 1 {
 					return fmt.Errorf("verify: --workers %d must be >= 1", workers)
 				}
-				opt := verify.ModelOptions{Dir: modelDir, Golden: golden, Dump: dump}
+				opt := verify.ModelOptions{Dir: modelDir, Golden: golden, Dump: dump, AllGrads: allGrads}
 				if workers > 1 {
 					return fmt.Errorf("verify: --workers %d: the distributed expert runtime is not built yet; use --workers 1", workers)
 				}
@@ -70,5 +71,6 @@ never makes a PASS by itself.`,
 	f.StringVar(&dump, "dump", "", "also write everything computed to this safetensors file")
 	f.StringVar(&tokDir, "tokenizer", "", "tokenizer folder with tokenizer.json and golden.json")
 	f.IntVar(&workers, "workers", 1, "run the experts across N worker processes")
+	f.BoolVar(&allGrads, "all-grads", false, "print one line per gradient tensor (default: a summary line plus failures)")
 	return cmd
 }

@@ -116,25 +116,39 @@ type storeLayerTrain struct {
 
 // trainState is the training side of a Store.
 type trainState struct {
-	mu     sync.Mutex
-	layers map[int]*storeLayerTrain
-	grads  map[ID]*FFN
+	mu      sync.Mutex
+	layers  map[int]*storeLayerTrain
+	grads   map[ID]*FFN
+	touched map[ID]bool // received rows since the last ZeroGrad
 }
 
 func (s *Store) ts() *trainState {
 	s.trainOnce.Do(func() {
-		s.train = &trainState{layers: map[int]*storeLayerTrain{}, grads: map[ID]*FFN{}}
+		s.train = &trainState{layers: map[int]*storeLayerTrain{}, grads: map[ID]*FFN{}, touched: map[ID]bool{}}
 	})
 	return s.train
 }
 
-// Grad returns the accumulated gradient of an expert (nil if it received
-// no rows since the last ZeroGrad).
+// Grad returns the accumulated gradient of an expert the store holds (a
+// zero gradient if it received no rows since the last ZeroGrad), or nil if
+// the store does not hold it. Every held expert always has a gradient, as
+// in transformers 5.x, where a layer's experts are one fused parameter:
+// AdamW then decays and moves every expert each step, including experts no
+// token reached (their momentum keeps moving them).
 func (s *Store) Grad(id ID) *FFN {
+	f := s.Get(id)
+	if f == nil {
+		return nil
+	}
+	return s.grad(id, f)
+}
+
+// Touched reports whether an expert received rows since the last ZeroGrad.
+func (s *Store) Touched(id ID) bool {
 	t := s.ts()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.grads[id]
+	return t.touched[id]
 }
 
 // ZeroGrad clears every accumulated expert gradient (keeping the buffers).
@@ -142,13 +156,15 @@ func (s *Store) ZeroGrad() {
 	t := s.ts()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	for _, g := range t.grads {
+	for id, g := range t.grads {
 		clear(g.Gate.F32)
 		clear(g.Up.F32)
 		clear(g.Down.F32)
+		delete(t.touched, id)
 	}
 }
 
+// grad returns (creating) the gradient buffer of an expert.
 func (s *Store) grad(id ID, f *FFN) *FFN {
 	t := s.ts()
 	t.mu.Lock()
@@ -228,6 +244,9 @@ func (s *Store) BackwardTrain(ctx context.Context, layer int, dy, dx []float32) 
 	for e, f := range st.ffns {
 		if f != nil {
 			grads[e] = s.grad(ID{layer, e}, f)
+			t.mu.Lock()
+			t.touched[ID{layer, e}] = true
+			t.mu.Unlock()
 		}
 	}
 	d := 0

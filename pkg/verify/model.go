@@ -3,7 +3,6 @@ package verify
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -12,8 +11,10 @@ import (
 
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/model"
+	"github.com/switchyard/switchyard/pkg/optim"
 	"github.com/switchyard/switchyard/pkg/router"
 	"github.com/switchyard/switchyard/pkg/safetensors"
+	"github.com/switchyard/switchyard/pkg/train"
 )
 
 // Tolerances a correct float32 implementation meets (../shared/golden/README.md).
@@ -55,6 +56,9 @@ type ModelOptions struct {
 	// executor (e.g. remote workers) for the loaded model. The returned
 	// function releases it.
 	Experts func(ctx context.Context, ck *model.Checkpoint, m *model.Model) (expert.Executor, func(), error)
+	// AllGrads prints one line per gradient tensor instead of a summary
+	// line plus a line per failing tensor.
+	AllGrads bool
 }
 
 // Model runs every check of a golden model. The error is for failures to
@@ -131,9 +135,10 @@ func Model(ctx context.Context, opt ModelOptions) (*Report, error) {
 	}
 	aux := router.LoadBalancingLoss(moeRoutings)
 	gen, genErr := m.Generate(ctx, promptIDs, model.GenerateConfig{MaxTokens: len(wantGen[0])}, nil)
+	tq, trainErr := trainQuantities(ctx, ck, inputIDs, gj)
 
 	if opt.Dump != "" {
-		if err := dump(opt.Dump, inputIDs, out, gen, loss, aux, len(moeRoutings) > 0, cfg); err != nil {
+		if err := dump(opt.Dump, inputIDs, out, gen, loss, aux, len(moeRoutings) > 0, cfg, tq); err != nil {
 			return nil, err
 		}
 	}
@@ -176,17 +181,71 @@ func Model(ctx context.Context, opt ModelOptions) (*Report, error) {
 		withAux := loss + float64(float32(gj.Aux.Coef))*aux
 		r.Add("loss_with_aux", "abs", math.Abs(withAux-gj.Aux.LossWithAux), TolLoss, "")
 	}
-	nGrad := 0
-	for _, n := range gf.Names() {
-		if strings.HasPrefix(n, "grad.") {
-			nGrad++
+	if trainErr != nil {
+		r.Failf("grad.*", "%v", trainErr)
+		return r, nil
+	}
+	judgeGrads(r, gf, tq.grads, opt.AllGrads)
+	if gj.AdamW != nil {
+		want := gj.AdamW.Losses
+		if len(tq.adamw) != len(want) {
+			r.Failf("adamw_losses", "computed %d losses, golden has %d", len(tq.adamw), len(want))
+		} else {
+			worst, at := 0.0, 0
+			for i := range want {
+				if d := math.Abs(tq.adamw[i] - want[i]); d > worst || math.IsNaN(d) {
+					worst, at = d, i
+				}
+			}
+			r.Add("adamw_losses", "abs", worst, TolLoss, fmt.Sprintf("%d steps, worst at loss %d: %.6f vs %.6f", gj.AdamW.Steps, at, tq.adamw[at], want[at]))
 		}
 	}
-	r.Skip(fmt.Sprintf("grad.* (%d tensors)", nGrad), "backward pass not implemented yet")
-	if gj.AdamW != nil {
-		r.Skip("adamw_losses", "training not implemented yet")
-	}
 	return r, nil
+}
+
+// judgeGrads compares every golden grad.<name> with ours: a summary line
+// (worst error) and a line per failing tensor, or a line per tensor.
+func judgeGrads(r *Report, gf *safetensors.File, grads map[string][]float32, all bool) {
+	n, worst, worstName := 0, 0.0, ""
+	var failed []Check
+	for _, name := range gf.Names() {
+		if !strings.HasPrefix(name, "grad.") {
+			continue
+		}
+		n++
+		want, err := gf.Float32(name)
+		if err != nil {
+			r.Failf(name, "golden: %v", err)
+			continue
+		}
+		got, ok := grads[strings.TrimPrefix(name, "grad.")]
+		var e float64
+		switch {
+		case !ok:
+			e = math.NaN()
+		default:
+			e = RelL2(got, want)
+		}
+		c := Check{Name: name, Metric: "rel_l2", Err: e, Tol: TolGrad, Status: OK}
+		if !(e <= TolGrad) {
+			c.Status = Fail
+			if !ok {
+				c.Note = "no gradient computed for this parameter"
+			}
+			failed = append(failed, c)
+		}
+		if all {
+			r.Checks = append(r.Checks, c)
+		}
+		if e > worst || math.IsNaN(e) {
+			worst, worstName = e, name
+		}
+	}
+	if all {
+		return
+	}
+	r.Add(fmt.Sprintf("grad.* (%d tensors)", n), "rel_l2", worst, TolGrad, "worst: "+worstName)
+	r.Checks = append(r.Checks, failed...)
 }
 
 func readIDs(f *safetensors.File, name string) ([][]int32, error) {
@@ -216,7 +275,7 @@ func readIDs(f *safetensors.File, name string) ([][]int32, error) {
 	return out, nil
 }
 
-func dump(path string, ids [][]int32, out *model.Output, gen [][]int32, loss, aux float64, hasAux bool, cfg *model.Config) error {
+func dump(path string, ids [][]int32, out *model.Output, gen [][]int32, loss, aux float64, hasAux bool, cfg *model.Config, tq *trainOut) error {
 	B, T := len(ids), len(ids[0])
 	D := cfg.Hidden
 	var ts []safetensors.Tensor
@@ -244,11 +303,79 @@ func dump(path string, ids [][]int32, out *model.Output, gen [][]int32, loss, au
 	if hasAux {
 		ts = append(ts, safetensors.F32Tensor("aux_loss", nil, []float32{float32(aux)}))
 	}
+	if tq != nil {
+		for name, g := range tq.grads {
+			ts = append(ts, safetensors.F32Tensor("grad."+name, tq.shapes[name], g))
+		}
+		if len(tq.adamw) > 0 {
+			a := make([]float32, len(tq.adamw))
+			for i, v := range tq.adamw {
+				a[i] = float32(v)
+			}
+			ts = append(ts, safetensors.F32Tensor("adamw_losses", []int{len(a)}, a))
+		}
+	}
 	if err := safetensors.Write(path, ts, map[string]string{"producer": "switchyard verify"}); err != nil {
 		return fmt.Errorf("verify: dump: %w", err)
 	}
 	return nil
 }
 
-// ErrNoGolden is returned when a folder has no golden files.
-var ErrNoGolden = errors.New("no golden.safetensors")
+// trainOut holds the training quantities verify recomputes.
+type trainOut struct {
+	grads  map[string][]float32 // by hub name
+	shapes map[string][]int
+	adamw  []float64 // losses before each AdamW step and after the last
+}
+
+// trainQuantities computes every parameter gradient of the mean
+// next-token cross-entropy of ids, and the AdamW trajectory golden.json
+// describes, each on a fresh float32 copy of the checkpoint.
+func trainQuantities(ctx context.Context, ck *model.Checkpoint, ids [][]int32, gj GoldenJSON) (*trainOut, error) {
+	m, store, err := model.Load(ck.Config, ck.Source, model.LoadOptions{})
+	if err != nil {
+		return nil, err
+	}
+	s, err := train.NewStepper(m, store, train.StepConfig{AdamW: optim.DefaultAdamW(1)})
+	if err != nil {
+		return nil, err
+	}
+	grads, err := s.Gradients(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	tq := &trainOut{grads: map[string][]float32{}, shapes: map[string][]int{}}
+	for _, p := range grads {
+		tq.grads[p.Name] = p.G
+		tq.shapes[p.Name] = p.Shape
+	}
+	if gj.AdamW == nil {
+		return tq, nil
+	}
+	a := gj.AdamW
+	if len(a.Betas) != 2 || a.Steps <= 0 {
+		return nil, fmt.Errorf("verify: golden.json adamw has betas %v and %d steps", a.Betas, a.Steps)
+	}
+	m, store, err = model.Load(ck.Config, ck.Source, model.LoadOptions{})
+	if err != nil {
+		return nil, err
+	}
+	s, err = train.NewStepper(m, store, train.StepConfig{AdamW: optim.AdamWConfig{
+		LR: a.LR, Beta1: a.Betas[0], Beta2: a.Betas[1], Eps: a.Eps, WeightDecay: a.WeightDecay}})
+	if err != nil {
+		return nil, err
+	}
+	for step := 0; step < a.Steps; step++ {
+		out, err := s.TrainStep(ctx, ids)
+		if err != nil {
+			return nil, err
+		}
+		tq.adamw = append(tq.adamw, out.CE)
+	}
+	final, err := s.Eval(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	tq.adamw = append(tq.adamw, final)
+	return tq, nil
+}
