@@ -175,4 +175,3 @@ func TestGenerateStreamsOnlyTheContinuation(t *testing.T) {
 		}
 	}
 }
-
