@@ -1,7 +1,9 @@
 package tensor
 
 import (
+	"sync"
 	"sync/atomic"
+	"unsafe"
 )
 
 // Gemm computes C = alpha*op(A)*op(B) + beta*C on row-major float32 matrices.
@@ -76,35 +78,37 @@ const (
 // family.
 //
 // Register tile MR x NR: the micro-kernel keeps an MR x NR block of C in
-// registers and per k step loads NR/W vectors of packed B (W floats per
-// vector) and broadcasts MR scalars of packed A, for MR*NR/W FMAs. AVX-512
-// uses 14 x 32: 28 accumulators + 2 B vectors + 2 broadcasts = all 32 zmm;
-// 16 loads per 28 FMAs keeps the two load ports below the two FMA ports.
-// AVX2 uses the classic 6 x 16 (12 + 2 + 2 = 16 ymm).
+// registers; per k step it loads NR/W vectors of packed B (W floats per
+// vector) and multiplies them by MR scalars of packed A, for MR*NR/W FMAs.
+// AVX-512 uses 14 x 32: 28 accumulators + 2 B vectors = 30 of the 32 zmm,
+// the A scalars broadcast from memory inside the FMAs; 14 x 32 and 12 x 32
+// measured fastest of 14x32, 12x32, 8x48, 7x48 and 6x64 (~160 GFLOP/s on
+// cache-resident panels against a ~185 FMA peak), and 14 rows waste the
+// least on the bottom edge of m = 64. AVX2 uses the classic 6 x 16
+// (12 accumulators + 2 B vectors + 2 broadcasts = 16 ymm).
 //
-// Cache blocking: for each depth block of kc (the outer loop), op(A) is
-// packed in row blocks of at most mc rows (mc x kc floats, shared by all
-// workers: 1 MB for AVX-512, it stays in L2/L3); workers then take chunks of
-// up to nc columns, pack their kc x nc slice of op(B) (256 KB for AVX-512,
-// L2-resident) and sweep it with each MR-row A micro-panel in turn (kc x MR
-// floats = 14 KB, L1-resident while it meets the chunk's NR-column B
-// panels). kc = 256 keeps a B micro-panel plus an A micro-panel (46 KB)
-// about the size of the 48 KB L1 and makes each pass over C (load + store
-// once per tile per kc block) cost under 1% of the FMAs; each element of B
-// is packed exactly once per (kc block, mc block), and for the shapes that
-// matter (m <= mc) exactly once per call.
+// Cache blocking (see gemmPacked): op(A) is packed in kc-deep slabs of
+// MR-row micro-panels (kc x MR floats = 14 KB for AVX-512, L1-resident
+// while it meets every B micro-panel of a chunk); a work chunk packs its
+// kc x nc slice of op(B) (256 KB, L2-resident while every A micro-panel
+// streams past it). kc = 256 keeps an A and a B micro-panel (46 KB) about
+// the size of the 48 KB L1 and makes the pass over C per slab (one load
+// and store per tile) cost under 1% of the FMAs; 192..512 measured within
+// noise of each other. nc = 256 keeps the B slice well inside the 2 MB L2
+// next to the A slab streaming through it. Each element of op(A) and op(B)
+// is packed once per call (per row block of A, when A exceeds
+// packABudget).
 type gemmParams struct {
 	name   string
 	mr, nr int // register tile: rows x columns of C
-	kc     int // depth of a packed block (max)
-	mc     int // rows of op(A) packed at once (max, multiple of mr)
+	kc     int // depth of a packed slab (max; slabs are equalised)
 	nc     int // columns of op(B) per work chunk (max, multiple of nr)
 }
 
 var archParams = [numArchs]gemmParams{
-	archGeneric: {name: "generic", mr: genericMR, nr: genericNR, kc: 256, mc: 512, nc: 128},
-	archAVX2:    {name: "avx2", mr: 6, nr: 16, kc: 256, mc: 1020, nc: 256},
-	archAVX512:  {name: "avx512", mr: 14, nr: 32, kc: 256, mc: 1008, nc: 256},
+	archGeneric: {name: "generic", mr: genericMR, nr: genericNR, kc: 256, nc: 128},
+	archAVX2:    {name: "avx2", mr: 6, nr: 16, kc: 256, nc: 256},
+	archAVX512:  {name: "avx512", mr: 14, nr: 32, kc: 256, nc: 256},
 }
 
 func (a gemmArch) String() string { return archParams[a].name }
@@ -229,31 +233,42 @@ func gemmColumn(arch gemmArch, transB bool, m, k int, alpha float32, a []float32
 	}
 }
 
-// gemmPacked is the blocked GEMM (m, n, k >= 1, alpha != 0):
+// packABudget bounds the packed copy of op(A) held at once, in floats
+// (8 MB): A is packed whole when it fits, else in row blocks that do.
+const packABudget = 2 << 20
+
+// gemmPacked is the blocked GEMM (m, n, k >= 1, alpha != 0). For each row
+// block of op(A) (all of it unless it exceeds packABudget) one parallel
+// section runs two kinds of task, handed out in order from an atomic
+// counter:
 //
-//	for each depth block pc of kc:              (beta applies on the first only)
-//	  for each row block ic of mc:
-//	    pack op(A)[ic:ic+mc, pc:pc+kc] into MR-row micro-panels (shared)
-//	    workers take chunks (row range x <= nc columns) until none is left:
-//	      pack op(B)[pc:pc+kc, chunk columns] into NR-column micro-panels
-//	      for each MR-row A micro-panel in the row range:
-//	        for each NR-column B micro-panel: micro-kernel -> C tile
+//	A tasks: pack a group of MR-row micro-panels of one kc-deep slab of
+//	         op(A) into the shared packed copy.
+//	chunks:  a row range x (at most nc) columns of C. After every A task
+//	         has finished:
+//	         for each depth slab pc of kc:   (beta applies on the first only)
+//	           pack op(B)[pc:pc+kc, chunk columns] into NR-column micro-panels
+//	           for each MR-row A micro-panel of the row range:
+//	             for each NR-column B micro-panel: micro-kernel -> C tile
 //
-// Chunks are handed out dynamically (an atomic counter), so a worker slowed
-// by another process on the same core does not hold the others up. Row
-// ranges split a block only when there are too few column chunks to keep
-// every worker busy. Tiles cut by the right edge of C go through a scratch
-// tile; tiles cut by the bottom edge use the micro-kernel of that height.
+// Each chunk owns its columns of C for the whole depth, so the only
+// synchronisation is the wait for A (short: by the time a worker draws a
+// chunk every A task has been drawn) and the final join. Chunks are small
+// enough (several per worker) that a worker slowed by another process on
+// its core does not hold the others up. Row ranges split the block only
+// when there are too few column chunks to keep every worker busy. Tiles cut
+// by the right edge of C go through a scratch tile; tiles cut by the bottom
+// edge use the micro-kernel of that height.
 func gemmPacked(arch gemmArch, transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b32 []float32, b16 []uint16, ldb int, beta float32, c []float32, ldc int) {
 	pr := archParams[arch]
 	mr, nr := pr.mr, pr.nr
 
-	// Even block sizes: ceil(k/kc) blocks of equal depth rather than a
-	// short last one; likewise for rows.
+	// Equal-depth slabs rather than a short last one; likewise row blocks.
 	kc := ceilDiv(k, ceilDiv(k, pr.kc))
+	slabs := ceilDiv(k, kc)
 	mc := m
-	if m > pr.mc {
-		mc = ceilDiv(ceilDiv(m, ceilDiv(m, pr.mc)), mr) * mr
+	if maxRows := max(mr, packABudget/k/mr*mr); m > maxRows {
+		mc = ceilDiv(ceilDiv(m, ceilDiv(m, maxRows)), mr) * mr
 	}
 
 	workers := Threads()
@@ -261,85 +276,162 @@ func gemmPacked(arch gemmArch, transA, transB bool, m, n, k int, alpha float32, 
 		workers = max(w, 1)
 	}
 
-	// Column chunks: at most nc wide, and enough of them (a multiple of
-	// the worker count) to balance.
+	// Column chunks: at most nc wide, and when parallel at least four per
+	// worker (a multiple of the worker count) for balance.
 	panelsN := ceilDiv(n, nr)
 	colChunks := ceilDiv(panelsN, pr.nc/nr)
 	if workers > 1 {
-		colChunks = min(panelsN, max(colChunks, ceilDiv(colChunks, workers)*workers))
+		colChunks = min(panelsN, ceilDiv(max(colChunks, 4*workers), workers)*workers)
 	}
 	maxChunkPanels := ceilDiv(panelsN, colChunks)
 
-	for pc := 0; pc < k; pc += kc {
+	for ic := 0; ic < m; ic += mc {
+		mcur := min(mc, m-ic)
+		panelsM := ceilDiv(mcur, mr)
+		rowChunks := 1
+		if workers > 1 && colChunks < 2*workers {
+			rowChunks = min(panelsM, ceilDiv(2*workers, colChunks))
+		}
+		slabFloats := panelsM * kc * mr // slab s of packed A starts at s*slabFloats
+		ab := getPackBuf(slabs * slabFloats)
+		aPack := ab.f
+		// A tasks: groups of panels of about 32K floats within one slab.
+		groupPanels := max(1, (32<<10)/(kc*mr))
+		groups := ceilDiv(panelsM, groupPanels)
+		nA := slabs * groups
+		nTasks := nA + rowChunks*colChunks
+
+		var next atomic.Int64
+		var aDone sync.WaitGroup // A tasks still running
+		aDone.Add(nA)
+		nWork := min(workers, rowChunks*colChunks)
+		ParallelFor(nWork, 1, func(_, _ int) {
+			var bb *packBuf
+			for {
+				t := int(next.Add(1) - 1)
+				if t >= nTasks {
+					break
+				}
+				if t < nA {
+					s, g := t/groups, t%groups
+					pc := s * kc
+					kcur := min(kc, k-pc)
+					for ip := g * groupPanels; ip < min(panelsM, (g+1)*groupPanels); ip++ {
+						off := s*slabFloats + ip*kcur*mr
+						packAPanel(arch, aPack[off:off+kcur*mr], a, lda, transA, ic+ip*mr, pc, min(mr, mcur-ip*mr), kcur)
+					}
+					aDone.Done()
+					continue
+				}
+				aDone.Wait() // free once A is packed; else another worker is finishing an A task
+				if bb == nil {
+					bb = getPackBuf(maxChunkPanels*kc*nr + mr*nr)
+				}
+				t -= nA
+				// t walks a column chunk's row ranges consecutively.
+				cc, rc := t/rowChunks, t%rowChunks
+				q0, q1 := cc*panelsN/colChunks, (cc+1)*panelsN/colChunks
+				r0, r1 := rc*panelsM/rowChunks, (rc+1)*panelsM/rowChunks
+				// The chunk this worker probably takes next (exactly, with
+				// one worker): its B is prefetched during the last slab.
+				nq0, nq1 := 0, 0
+				if nt := t + nWork; nt < rowChunks*colChunks {
+					ncc := nt / rowChunks
+					nq0, nq1 = ncc*panelsN/colChunks, (ncc+1)*panelsN/colChunks
+				}
+				gemmChunk(arch, transB, n, k, kc, alpha, aPack, slabFloats, mcur, ic, r0, r1, b32, b16, ldb, q0, q1, nq0, nq1, beta, c, ldc, bb.f)
+			}
+			if bb != nil {
+				putPackBuf(bb)
+			}
+		})
+		putPackBuf(ab)
+	}
+}
+
+// gemmChunk computes C rows ic + [r0*MR, min(r1*MR, mcur)) x columns
+// [q0*NR, min(q1*NR, n)) over the whole depth k, from packed A (slab s at
+// aPack[s*slabFloats:]) and op(B) packed here into buf (which also holds
+// the MR x NR scratch tile for the right edge).
+//
+// Packing B reads it from memory, usually for the first time in the call,
+// and would stall on it; so while the micro-kernels run on slab s they
+// prefetch into L2 the source of slab s+1 (during the last slab: the first
+// slab of B panels [nq0, nq1), the next chunk; none if nq0 == nq1).
+func gemmChunk(arch gemmArch, transB bool, n, k, kc int, alpha float32, aPack []float32, slabFloats, mcur, ic, r0, r1 int, b32 []float32, b16 []uint16, ldb int, q0, q1, nq0, nq1 int, beta float32, c []float32, ldc int, buf []float32) {
+	pr := archParams[arch]
+	mr, nr := pr.mr, pr.nr
+	bPack := buf[:(q1-q0)*kc*nr]
+	scratch := buf[len(buf)-mr*nr:]
+	var pf prefetchCursor
+	for s, pc := 0, 0; pc < k; s, pc = s+1, pc+kc {
 		kcur := min(kc, k-pc)
 		betaEff := beta
-		if pc > 0 {
+		if s > 0 {
 			betaEff = 1
 		}
-		for ic := 0; ic < m; ic += mc {
-			mcur := min(mc, m-ic)
-			panelsM := ceilDiv(mcur, mr)
-			rowChunks := 1
-			if workers > 1 && colChunks < 2*workers {
-				rowChunks = min(panelsM, ceilDiv(2*workers, colChunks))
+		if transB {
+			for q := q0; q < q1; q++ {
+				j0 := q * nr
+				off := (q - q0) * kcur * nr
+				packBPanelT(arch, bPack[off:off+kcur*nr], b32, b16, ldb, j0, pc, min(nr, n-j0), kcur)
 			}
-
-			// Pack A (shared). Small blocks are packed inline.
-			ab := getPackBuf(panelsM * kcur * mr)
-			aPack := ab.f
-			ParallelFor(panelsM, max(1, (1<<16)/(kcur*mr)), func(lo, hi int) {
-				for ip := lo; ip < hi; ip++ {
-					rows := min(mr, mcur-ip*mr)
-					packAPanel(arch, aPack[ip*kcur*mr:(ip+1)*kcur*mr], a, lda, transA, ic+ip*mr, pc, rows, kcur)
+		} else {
+			packBPanelsN(arch, nr, bPack, b32, b16, ldb, q0*nr, n, pc, kcur, q1-q0)
+		}
+		switch {
+		case pc+kc < k:
+			pf = bSourceRegion(transB, b32, b16, ldb, n, nr, pc+kc, min(kc, k-pc-kc), q0, q1)
+		case nq0 < nq1:
+			pf = bSourceRegion(transB, b32, b16, ldb, n, nr, 0, kc, nq0, nq1)
+		default:
+			pf = prefetchCursor{}
+		}
+		for ip := r0; ip < r1; ip++ {
+			rows := min(mr, mcur-ip*mr)
+			ap := &aPack[s*slabFloats+ip*kcur*mr]
+			crow := (ic + ip*mr) * ldc
+			for q := q0; q < q1; q++ {
+				j0 := q * nr
+				bp := &bPack[(q-q0)*kcur*nr]
+				if cols := n - j0; cols >= nr {
+					microKernel(arch, rows, kcur, ap, bp, &c[crow+j0], ldc, alpha, betaEff, &pf)
+				} else {
+					microKernel(arch, rows, kcur, ap, bp, &scratch[0], nr, 1, 0, &pf)
+					mergeTile(rows, cols, scratch, nr, alpha, betaEff, c[crow+j0:], ldc)
 				}
-			})
-
-			var next atomic.Int64
-			total := int64(rowChunks * colChunks)
-			nWork := min(workers, int(total))
-			ParallelFor(nWork, 1, func(_, _ int) {
-				bb := getPackBuf(maxChunkPanels*kcur*nr + mr*nr)
-				bPack := bb.f[:maxChunkPanels*kcur*nr]
-				scratch := bb.f[maxChunkPanels*kcur*nr:]
-				lastCol := -1
-				for {
-					t := int(next.Add(1) - 1)
-					if t >= int(total) {
-						break
-					}
-					// t walks a column chunk's row ranges consecutively, so
-					// a worker often reuses the B it just packed.
-					cc, rc := t/rowChunks, t%rowChunks
-					q0, q1 := cc*panelsN/colChunks, (cc+1)*panelsN/colChunks
-					r0, r1 := rc*panelsM/rowChunks, (rc+1)*panelsM/rowChunks
-					if cc != lastCol {
-						for q := q0; q < q1; q++ {
-							j0 := q * nr
-							packBPanel(arch, bPack[(q-q0)*kcur*nr:(q-q0+1)*kcur*nr], b32, b16, ldb, transB, j0, pc, min(nr, n-j0), kcur)
-						}
-						lastCol = cc
-					}
-					for ip := r0; ip < r1; ip++ {
-						rows := min(mr, mcur-ip*mr)
-						ap := &aPack[ip*kcur*mr]
-						crow := (ic + ip*mr) * ldc
-						for q := q0; q < q1; q++ {
-							j0 := q * nr
-							bp := &bPack[(q-q0)*kcur*nr]
-							if cols := n - j0; cols >= nr {
-								microKernel(arch, rows, kcur, ap, bp, &c[crow+j0], ldc, alpha, betaEff)
-							} else {
-								microKernel(arch, rows, kcur, ap, bp, &scratch[0], nr, 1, 0)
-								mergeTile(rows, cols, scratch, nr, alpha, betaEff, c[crow+j0:], ldc)
-							}
-						}
-					}
-				}
-				putPackBuf(bb)
-			})
-			putPackBuf(ab)
+			}
 		}
 	}
+}
+
+// prefetchCursor is a region of memory the micro-kernels prefetch as they
+// run: rows rows of rowBytes bytes each, stride bytes apart, walked line by
+// line from (ptr, off). The kernels advance it in place; rows == 0 means
+// nothing (left) to prefetch. Prefetches never fault, so a stale region
+// costs bandwidth, not correctness.
+type prefetchCursor struct {
+	ptr      uintptr // start of the current row
+	off      int     // byte offset of the next line within the row
+	rowBytes int
+	stride   int
+	rows     int // rows left, the current one included
+}
+
+// bSourceRegion is the part of B that packing op(B)[pc:pc+kc, NR-panels
+// q0..q1) will read: kc rows of the panels' width (B k x n), or the panels'
+// columns' rows of B, kc elements each (transB: B n x k).
+func bSourceRegion(transB bool, b32 []float32, b16 []uint16, ldb, n, nr, pc, kc, q0, q1 int) prefetchCursor {
+	base, esz := uintptr(unsafe.Pointer(unsafe.SliceData(b32))), 4
+	if b16 != nil {
+		base, esz = uintptr(unsafe.Pointer(unsafe.SliceData(b16))), 2
+	}
+	j0 := q0 * nr
+	cols := min(q1*nr, n) - j0
+	if transB {
+		return prefetchCursor{ptr: base + uintptr((j0*ldb+pc)*esz), rowBytes: kc * esz, stride: ldb * esz, rows: cols}
+	}
+	return prefetchCursor{ptr: base + uintptr((pc*ldb+j0)*esz), rowBytes: cols * esz, stride: ldb * esz, rows: kc}
 }
 
 // mergeTile sets C[i, j] = alpha*t[i*ldt+j] + beta*C[i, j] for i < rows,

@@ -14,7 +14,13 @@ func Threads() int { return runtime.GOMAXPROCS(0) }
 // to Threads() goroutines. Each range holds at least grain items (except
 // possibly the last), so tiny loops run inline on the caller's goroutine.
 // fn must be safe to call concurrently on disjoint ranges. ParallelFor
-// returns after every call has returned.
+// returns after every call has returned. Calls may nest.
+//
+// Each call starts fresh goroutines rather than feeding a persistent pool:
+// on this machine class a pool measured no faster (~3 us either way for a
+// two-way split, dominated by waking an idle thread, not by creating the
+// goroutine), and fresh goroutines leave nothing running between calls for
+// leak checks to trip on. Kernels size grain so a split is worth ~3 us.
 func ParallelFor(n, grain int, fn func(lo, hi int)) {
 	if n <= 0 {
 		return

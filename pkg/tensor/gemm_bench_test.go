@@ -1,0 +1,111 @@
+package tensor
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"testing"
+)
+
+// Benchmarks for the shapes Switchyard runs, each reporting GFLOP/s
+// (2*m*n*k per call). Threads() = GOMAXPROCS, so `-cpu 1,2` gives the
+// single- and two-thread numbers; scripts/bench-gemm.sh compares them with
+// OpenBLAS on the same shapes.
+//
+//	1024^3 NN / NT:     square, the classic comparison point.
+//	64x2816x1024 NT:    an expert's FFN matmul for a 64-token batch with
+//	                    Hugging Face weights W [N=2816, K=1024] (transB).
+//	GEMV 1x2816x1024:   the same layer at decode time (m == 1), f32 and bf16.
+
+type benchShape struct {
+	name           string
+	m, n, k        int
+	transA, transB bool
+	bf16           bool
+}
+
+var benchShapes = []benchShape{
+	{name: "1024x1024x1024_NN", m: 1024, n: 1024, k: 1024},
+	{name: "1024x1024x1024_NT", m: 1024, n: 1024, k: 1024, transB: true},
+	{name: "64x2816x1024_NT", m: 64, n: 2816, k: 1024, transB: true},
+	{name: "64x2816x1024_NT_bf16", m: 64, n: 2816, k: 1024, transB: true, bf16: true},
+	{name: "1x2816x1024_NT", m: 1, n: 2816, k: 1024, transB: true},
+	{name: "1x2816x1024_NT_bf16", m: 1, n: 2816, k: 1024, transB: true, bf16: true},
+}
+
+func benchGemm(b *testing.B, s benchShape) {
+	rng := rand.New(rand.NewPCG(1, 1))
+	lda, ldb := s.k, s.n
+	if s.transA {
+		lda = s.m
+	}
+	if s.transB {
+		ldb = s.k
+	}
+	a := make([]float32, s.m*s.k)
+	bm := make([]float32, s.k*s.n)
+	for i := range a {
+		a[i] = rng.Float32() - 0.5
+	}
+	for i := range bm {
+		bm[i] = rng.Float32() - 0.5
+	}
+	b16 := make([]uint16, len(bm))
+	F32ToBF16(b16, bm)
+	c := make([]float32, s.m*s.n)
+	call := func() {
+		if s.bf16 {
+			GemmBF16(s.transA, s.transB, s.m, s.n, s.k, 1, a, lda, b16, ldb, 0, c, s.n)
+		} else {
+			Gemm(s.transA, s.transB, s.m, s.n, s.k, 1, a, lda, bm, ldb, 0, c, s.n)
+		}
+	}
+	call()
+	b.ResetTimer()
+	for b.Loop() {
+		call()
+	}
+	b.ReportMetric(2*float64(s.m)*float64(s.n)*float64(s.k)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+}
+
+// BenchmarkGemm runs the shapes on the kernel family Gemm picks on this CPU.
+func BenchmarkGemm(b *testing.B) {
+	for _, s := range benchShapes {
+		b.Run(s.name, func(b *testing.B) { benchGemm(b, s) })
+	}
+}
+
+// BenchmarkGemmArch runs the shapes on every supported kernel family.
+func BenchmarkGemmArch(b *testing.B) {
+	for _, a := range supportedArchs() {
+		for _, s := range benchShapes {
+			b.Run(fmt.Sprintf("%s/%s", a, s.name), func(b *testing.B) {
+				defer forceArch(a)()
+				benchGemm(b, s)
+			})
+		}
+	}
+}
+
+// BenchmarkMicroKernel measures the register tile alone on L1/L2-resident
+// packed panels (one full MR x NR tile, kc = 256, looping over 8 B panels
+// as gemmPacked does): the ceiling the blocked GEMM can approach.
+func BenchmarkMicroKernel(b *testing.B) {
+	for _, a := range supportedArchs() {
+		b.Run(a.String(), func(b *testing.B) {
+			pr := archParams[a]
+			const kc, panels = 256, 8
+			ap := make([]float32, kc*pr.mr)
+			bp := make([]float32, panels*kc*pr.nr)
+			c := make([]float32, pr.mr*pr.nr*panels)
+			for i := range ap {
+				ap[i] = 1e-3
+			}
+			for b.Loop() {
+				for q := 0; q < panels; q++ {
+					microKernel(a, pr.mr, kc, &ap[0], &bp[q*kc*pr.nr], &c[q*pr.nr], pr.nr*panels, 1, 1, &prefetchCursor{})
+				}
+			}
+			b.ReportMetric(2*float64(pr.mr*pr.nr*kc*panels)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+		})
+	}
+}

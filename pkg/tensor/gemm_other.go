@@ -1,0 +1,30 @@
+//go:build !amd64
+
+package tensor
+
+// On architectures without assembly kernels every arch but archGeneric is
+// unsupported, and the dispatchers below go straight to the portable Go.
+
+func archSupported(a gemmArch) bool { return a == archGeneric }
+
+func microKernel(arch gemmArch, rows, kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor) {
+	kernelGeneric(rows, kc, a, b, c, ldc, alpha, beta)
+}
+
+func packAPanel(arch gemmArch, dst []float32, a []float32, lda int, transA bool, i0, p0, rows, kc int) {
+	packAPanelGeneric(archParams[arch].mr, dst, a, lda, transA, i0, p0, rows, kc)
+}
+
+func packBPanelT(arch gemmArch, dst []float32, b32 []float32, b16 []uint16, ldb int, j0, p0, cols, kc int) {
+	packBPanelTGeneric(archParams[arch].nr, dst, b32, b16, ldb, j0, p0, cols, kc)
+}
+
+func gemvDots(arch gemmArch, rows, k int, w32 []float32, w16 []uint16, ldw int, x []float32, out []float32) {
+	gemvDotsGeneric(rows, k, w32, w16, ldw, x, out)
+}
+
+func widenBF16(arch gemmArch, dst []float32, src []uint16) { BF16ToF32(dst, src) }
+
+func scatterRow(arch gemmArch, dst []float32, stride int, src []float32, panels int) bool {
+	return false
+}

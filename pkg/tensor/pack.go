@@ -1,0 +1,128 @@
+package tensor
+
+import (
+	"math"
+	"sync"
+	"unsafe"
+)
+
+// Packed panel layouts (BLIS/GotoBLAS style), shared by every kernel family:
+//
+//	A micro-panel: rows (<= MR) rows of op(A) x kc columns, stored k-major:
+//	    panel[p*MR + i] = op(A)[i0+i, p0+p]. Rows rows..MR-1 are never read
+//	    (the micro-kernels come in one variant per tile height), so they are
+//	    left as whatever the buffer held.
+//	B micro-panel: kc rows of op(B) x cols (<= NR) columns, stored k-major:
+//	    panel[p*NR + j] = op(B)[p0+p, j0+j], zero for cols <= j < NR.
+//
+// With these layouts the micro-kernel walks both panels strictly
+// sequentially: per k step it loads NR/16 (AVX-512) vectors of B and
+// broadcasts MR scalars of A. Packing also absorbs the transposes (all four
+// transA/transB combinations read the same panels) and the bf16 -> f32
+// widening of B.
+
+// packAPanelGeneric is the portable A packer (layout above) for tile height mr.
+func packAPanelGeneric(mr int, dst []float32, a []float32, lda int, transA bool, i0, p0, rows, kc int) {
+	_ = dst[(kc-1)*mr+rows-1]
+	if !transA { // A is m x k: row i0+i is contiguous in p
+		for i := 0; i < rows; i++ {
+			src := a[(i0+i)*lda+p0 : (i0+i)*lda+p0+kc]
+			for p, v := range src {
+				dst[p*mr+i] = v
+			}
+		}
+		return
+	}
+	for p := 0; p < kc; p++ { // A is k x m: row p0+p is contiguous in i
+		copy(dst[p*mr:p*mr+rows], a[(p0+p)*lda+i0:(p0+p)*lda+i0+rows])
+	}
+}
+
+// packBPanelTGeneric is the portable packer (layout above) of one
+// NR-column micro-panel of op(B) = B^T, B n x k with rows contiguous in k.
+func packBPanelTGeneric(nr int, dst []float32, b32 []float32, b16 []uint16, ldb int, j0, p0, cols, kc int) {
+	_ = dst[kc*nr-1]
+	packBTransEdge(nr, dst, b32, b16, ldb, j0, p0, 0, cols, nr, 0, kc)
+}
+
+// packBTransEdge packs panel columns h..h+width-1 for depth steps
+// pStart..kc-1 from transposed B (n x k, rows contiguous in k): column h+j
+// comes from source row j0+h+j for j < rows, the rest are zero.
+func packBTransEdge(nr int, dst []float32, b32 []float32, b16 []uint16, ldb int, j0, p0, h, rows, width, pStart, kc int) {
+	for j := 0; j < rows; j++ {
+		off := (j0+h+j)*ldb + p0
+		if b16 != nil {
+			src := b16[off+pStart : off+kc]
+			for q, v := range src {
+				dst[(pStart+q)*nr+h+j] = math.Float32frombits(uint32(v) << 16)
+			}
+		} else {
+			src := b32[off+pStart : off+kc]
+			for q, v := range src {
+				dst[(pStart+q)*nr+h+j] = v
+			}
+		}
+	}
+	if rows < width {
+		for p := pStart; p < kc; p++ {
+			clear(dst[p*nr+h+rows : p*nr+h+width])
+		}
+	}
+}
+
+// packBuf is a pooled packing buffer; f is 64-byte aligned so vector loads
+// of packed panels never split cache lines.
+type packBuf struct {
+	raw []float32
+	f   []float32
+}
+
+var packPool sync.Pool // of *packBuf
+
+// getPackBuf returns a buffer with len(f) == n; release it with putPackBuf.
+// Buffers are recycled, so steady-state Gemm calls do not allocate them.
+func getPackBuf(n int) *packBuf {
+	pb, _ := packPool.Get().(*packBuf)
+	if pb == nil {
+		pb = new(packBuf)
+	}
+	if cap(pb.raw) < n+16 {
+		pb.raw = make([]float32, n+16)
+	}
+	raw := pb.raw[:cap(pb.raw)]
+	off := 0
+	if mis := uintptr(unsafe.Pointer(&raw[0])) & 63; mis != 0 {
+		off = int(64-mis) / 4
+	}
+	pb.f = raw[off : off+n]
+	return pb
+}
+
+func putPackBuf(pb *packBuf) { packPool.Put(pb) }
+
+// packBPanelsN packs panels consecutive NR-column micro-panels of
+// non-transposed B (k x n, rows contiguous in j) starting at column j0 into
+// dst (panel q at dst[q*kc*nr:]), zero-filling past column n. It walks B
+// row by row, so each row segment of the chunk is read sequentially; packing
+// one panel at a time would instead touch kc rows for every 128 bytes.
+func packBPanelsN(arch gemmArch, nr int, dst []float32, b32 []float32, b16 []uint16, ldb, j0, n, p0, kc, panels int) {
+	width := min(panels*nr, n-j0)
+	full := width / nr // panels without a ragged edge
+	for p := 0; p < kc; p++ {
+		off := (p0+p)*ldb + j0
+		q := 0
+		if b16 == nil && scatterRow(arch, dst[p*nr:], kc*nr, b32[off:off+full*nr], full) {
+			q = full
+		}
+		for ; q < panels; q++ {
+			d := dst[q*kc*nr+p*nr : q*kc*nr+p*nr+nr]
+			cols := min(nr, width-q*nr)
+			if b16 != nil {
+				widenBF16(arch, d[:cols], b16[off+q*nr:off+q*nr+cols])
+			} else {
+				copy(d[:cols], b32[off+q*nr:off+q*nr+cols])
+			}
+			clear(d[cols:])
+		}
+	}
+}

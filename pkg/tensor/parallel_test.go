@@ -1,0 +1,63 @@
+package tensor
+
+import (
+	"runtime"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+// TestParallelForCovers checks the contract: ranges are disjoint, cover
+// [0, n) exactly, hold at least grain items (except possibly the last), and
+// number at most Threads().
+func TestParallelForCovers(t *testing.T) {
+	for _, procs := range []int{1, 2, 3, 8} {
+		old := runtime.GOMAXPROCS(procs)
+		for _, tc := range []struct{ n, grain int }{
+			{0, 1}, {-3, 1}, {1, 1}, {2, 1}, {7, 1}, {7, 3}, {7, 100}, {100, 0}, {1000, 7}, {1001, 1},
+		} {
+			var mu sync.Mutex
+			var ranges [][2]int
+			hits := make([]int32, max(tc.n, 0))
+			ParallelFor(tc.n, tc.grain, func(lo, hi int) {
+				for i := lo; i < hi; i++ {
+					atomic.AddInt32(&hits[i], 1)
+				}
+				mu.Lock()
+				ranges = append(ranges, [2]int{lo, hi})
+				mu.Unlock()
+			})
+			for i, h := range hits {
+				if h != 1 {
+					t.Fatalf("procs=%d n=%d grain=%d: item %d visited %d times", procs, tc.n, tc.grain, i, h)
+				}
+			}
+			if len(ranges) > procs {
+				t.Errorf("procs=%d n=%d grain=%d: %d ranges, want <= Threads()", procs, tc.n, tc.grain, len(ranges))
+			}
+			sort.Slice(ranges, func(i, j int) bool { return ranges[i][0] < ranges[j][0] })
+			for i, r := range ranges {
+				if r[1]-r[0] < max(tc.grain, 1) && i != len(ranges)-1 {
+					t.Errorf("procs=%d n=%d grain=%d: range %v smaller than grain", procs, tc.n, tc.grain, r)
+				}
+			}
+		}
+		runtime.GOMAXPROCS(old)
+	}
+}
+
+// TestParallelForNested runs ParallelFor inside ParallelFor (as Gemm inside
+// a parallel expert loop does): it must neither deadlock nor lose items.
+func TestParallelForNested(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4))
+	var total atomic.Int64
+	ParallelFor(8, 1, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			ParallelFor(100, 1, func(lo, hi int) { total.Add(int64(hi - lo)) })
+		}
+	})
+	if got := total.Load(); got != 800 {
+		t.Fatalf("nested ParallelFor visited %d items, want 800", got)
+	}
+}
