@@ -1,0 +1,226 @@
+// Command coordinator runs a Switchyard coordinator: it campaigns for
+// leadership of a cluster in etcd and, while leading, places every
+// registered model's experts on the registered workers, re-placing them as
+// workers join and leave. Several coordinators may run; one leads.
+//
+// With no --etcd endpoints it starts an embedded single-node etcd (the
+// default, one-machine setup) that workers and `switchyard status` reach at
+// --listen-client-urls.
+//
+// Stdout carries only machine-readable lines (scripts rely on them):
+//
+//	coordinator: etcd=<endpoints, comma-separated> cluster=<name> name=<coordinator> model=<fingerprint or ->
+//	coordinator: leader=true name=<coordinator>     (and leader=false when it stops leading)
+//
+// The first line appears once etcd serves and --model is registered. Logs
+// go to stderr. SIGINT or SIGTERM resigns leadership, closes etcd and exits
+// with status 0.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/switchyard/switchyard/pkg/cluster"
+	"github.com/switchyard/switchyard/pkg/coordinator"
+	"github.com/switchyard/switchyard/pkg/embedetcd"
+	"github.com/switchyard/switchyard/pkg/membership"
+	"github.com/switchyard/switchyard/pkg/registry"
+)
+
+func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
+
+type options struct {
+	etcd        string
+	dataDir     string
+	clientURLs  string
+	peerURLs    string
+	clusterName string
+	modelDir    string
+	elemBytes   int
+	replicas    int
+	name        string
+	sessionTTL  time.Duration
+	gossipAddr  string
+	logLevel    string
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	var o options
+	host, _ := os.Hostname()
+	cmd := &cobra.Command{
+		Use:           "coordinator",
+		Short:         "Leader-elected expert placement for a Switchyard cluster",
+		Args:          cobra.NoArgs,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return serve(ctx, o, stdout, stderr)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.etcd, "etcd", "", "etcd endpoints, comma-separated; empty starts an embedded single-node etcd")
+	f.StringVar(&o.dataDir, "data-dir", "", "embedded etcd data directory (empty: a temporary one, deleted on exit)")
+	f.StringVar(&o.clientURLs, "listen-client-urls", "http://127.0.0.1:2379", "embedded etcd client URL (port 0 picks a free port; the chosen one is printed)")
+	f.StringVar(&o.peerURLs, "listen-peer-urls", "http://127.0.0.1:2380", "embedded etcd peer URL (port 0 allowed)")
+	f.StringVar(&o.clusterName, "cluster", registry.DefaultCluster, "cluster name (etcd key prefix)")
+	f.StringVar(&o.modelDir, "model", "", "model folder (config.json) to register and place")
+	f.IntVar(&o.elemBytes, "elem-bytes", 4, "bytes per weight element as workers hold them (4: float32, 2: bf16)")
+	f.IntVar(&o.replicas, "replicas", 1, "copies of each expert on distinct workers")
+	f.StringVar(&o.name, "name", fmt.Sprintf("%s-%d", host, os.Getpid()), "this coordinator's name in the election")
+	f.DurationVar(&o.sessionTTL, "session-ttl", coordinator.DefaultSessionTTL, "leader lease TTL: a dead leader is replaced within it")
+	f.StringVar(&o.gossipAddr, "gossip-addr", "", "join the workers' gossip at this host:port for early failure hints (empty: off)")
+	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	cmd.SetArgs(args)
+	cmd.SetOut(stdout)
+	cmd.SetErr(stderr)
+	if err := cmd.Execute(); err != nil {
+		fmt.Fprintln(stderr, "coordinator:", err)
+		return 1
+	}
+	return 0
+}
+
+func serve(ctx context.Context, o options, stdout, stderr io.Writer) error {
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(o.logLevel)); err != nil {
+		return fmt.Errorf("--log-level: %w", err)
+	}
+	lg := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if o.elemBytes != 2 && o.elemBytes != 4 {
+		return fmt.Errorf("--elem-bytes %d: want 4 or 2", o.elemBytes)
+	}
+
+	endpoints := splitList(o.etcd)
+	if len(endpoints) == 0 {
+		cfg := embedetcd.DefaultConfig()
+		cfg.Name = o.name
+		cfg.Dir = o.dataDir
+		cfg.ClientURL = withScheme(o.clientURLs)
+		cfg.PeerURL = withScheme(o.peerURLs)
+		srv, err := embedetcd.Start(ctx, cfg)
+		if err != nil {
+			return err
+		}
+		defer srv.Close() // last: after the client and its watches
+		endpoints = srv.Endpoints()
+		lg.Info("embedded etcd serving", "endpoints", endpoints, "data-dir", srv.Dir())
+	}
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	cli, err := registry.Dial(dctx, endpoints)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	reg, err := registry.New(cli, o.clusterName)
+	if err != nil {
+		return err
+	}
+
+	fp := "-"
+	if o.modelDir != "" {
+		rec, err := registry.ModelRecordFromDir(o.modelDir, o.elemBytes)
+		if err != nil {
+			return err
+		}
+		if err := reg.PutModel(ctx, rec); err != nil {
+			return err
+		}
+		fp = rec.Fingerprint
+		lg.Info("model registered", "fingerprint", fp, "path", rec.Path, "moe_layers", len(rec.MoELayers),
+			"experts", rec.Experts, "expert_bytes", rec.ExpertBytes, "dense_bytes", rec.DenseBytes)
+	}
+
+	var gossip *membership.Node
+	if o.gossipAddr != "" {
+		gcfg := membership.DefaultConfig("coordinator/" + o.name)
+		host, port, err := splitHostPort(o.gossipAddr)
+		if err != nil {
+			return fmt.Errorf("--gossip-addr: %w", err)
+		}
+		gcfg.BindAddr, gcfg.BindPort = host, port
+		gcfg.Meta = membership.Meta{Protocol: cluster.ProtocolVersion, Role: "coordinator"}
+		if gossip, err = membership.Start(gcfg); err != nil {
+			return err
+		}
+		defer gossip.Shutdown()
+		lg.Info("gossip", "addr", gossip.Addr())
+	}
+
+	c, err := coordinator.New(coordinator.Config{
+		Registry:   reg,
+		Name:       o.name,
+		SessionTTL: o.sessionTTL,
+		Replicas:   o.replicas,
+		Gossip:     gossip,
+		Logger:     lg,
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "coordinator: etcd=%s cluster=%s name=%s model=%s\n", strings.Join(endpoints, ","), reg.Cluster(), o.name, fp)
+
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	for {
+		leading, changed := c.Leading()
+		select {
+		case <-changed:
+			if now, _ := c.Leading(); now != leading {
+				fmt.Fprintf(stdout, "coordinator: leader=%v name=%s\n", now, o.name)
+			}
+		case err := <-done:
+			if err != nil {
+				return err
+			}
+			if gossip != nil {
+				gossip.Leave(time.Second)
+			}
+			lg.Info("stopped", "cause", context.Cause(ctx))
+			return nil
+		}
+	}
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func withScheme(u string) string {
+	if strings.Contains(u, "://") {
+		return u
+	}
+	return "http://" + u
+}
+
+func splitHostPort(s string) (string, int, error) {
+	host, p, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		return "", 0, fmt.Errorf("port of %q: %w", s, err)
+	}
+	return host, port, nil
+}

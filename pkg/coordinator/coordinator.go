@@ -1,0 +1,386 @@
+package coordinator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/switchyard/switchyard/pkg/membership"
+	"github.com/switchyard/switchyard/pkg/registry"
+)
+
+// DefaultSessionTTL is the lease TTL of a coordinator's election session:
+// when a leader process dies, another takes over within about this time.
+const DefaultSessionTTL = 5 * time.Second
+
+// Config configures a Coordinator.
+type Config struct {
+	// Registry is the cluster's control state (required).
+	Registry *registry.Registry
+	// Name identifies this coordinator in the election (its value) and logs.
+	Name string
+	// SessionTTL is the election lease TTL (whole seconds; 0 means
+	// DefaultSessionTTL).
+	SessionTTL time.Duration
+	// Replicas is R, copies of each expert on distinct workers (0 means 1).
+	Replicas int
+	// Gossip, if set, is a running membership node of this coordinator.
+	// While leading, the coordinator joins the gossip addresses of the
+	// registered workers, and treats failure and leave events as hints to
+	// re-read the workers from etcd at once. etcd stays the authority: a
+	// hint never removes a worker whose lease is alive.
+	Gossip *membership.Node
+	// Logger receives one line per decision (nil discards).
+	Logger *slog.Logger
+}
+
+// errStepDown is returned inside the runner when a fenced write shows the
+// leadership is gone.
+var errStepDown = errors.New("coordinator: leadership lost")
+
+// Coordinator campaigns for leadership and, while leading, keeps every
+// registered model's placement up to date. Several may run against one
+// cluster; only the leader writes.
+type Coordinator struct {
+	cfg Config
+	reg *registry.Registry
+	log *slog.Logger
+
+	mu      sync.Mutex
+	leading bool
+	changed chan struct{} // closed and replaced on every leadership change
+
+	recheck chan struct{} // coalesced gossip hints
+
+	terms, writes, rechecks atomic.Int64
+}
+
+// Counters are a coordinator's activity since it started.
+type Counters struct {
+	Terms    int64 // times it became leader
+	Writes   int64 // placements written
+	Rechecks int64 // worker re-reads triggered by gossip hints
+}
+
+// Counters returns the activity counters.
+func (c *Coordinator) Counters() Counters {
+	return Counters{Terms: c.terms.Load(), Writes: c.writes.Load(), Rechecks: c.rechecks.Load()}
+}
+
+// New validates cfg and returns a coordinator; Run starts it.
+func New(cfg Config) (*Coordinator, error) {
+	var errs []error
+	if cfg.Registry == nil {
+		errs = append(errs, errors.New("nil Registry"))
+	}
+	if cfg.Name == "" {
+		errs = append(errs, errors.New("empty Name"))
+	}
+	if cfg.SessionTTL < 0 || cfg.Replicas < 0 {
+		errs = append(errs, fmt.Errorf("SessionTTL %v, Replicas %d: must not be negative", cfg.SessionTTL, cfg.Replicas))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("coordinator: %w", err)
+	}
+	if cfg.SessionTTL == 0 {
+		cfg.SessionTTL = DefaultSessionTTL
+	}
+	lg := cfg.Logger
+	if lg == nil {
+		lg = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &Coordinator{
+		cfg:     cfg,
+		reg:     cfg.Registry,
+		log:     lg.With("coordinator", cfg.Name),
+		changed: make(chan struct{}),
+		recheck: make(chan struct{}, 1),
+	}, nil
+}
+
+// Leading reports whether this coordinator leads now, and a channel closed
+// at the next change of that.
+func (c *Coordinator) Leading() (bool, <-chan struct{}) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.leading, c.changed
+}
+
+// WaitLeading blocks until this coordinator leads (want true) or follows
+// (want false), or ctx ends.
+func (c *Coordinator) WaitLeading(ctx context.Context, want bool) error {
+	for {
+		now, ch := c.Leading()
+		if now == want {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("coordinator %s: wait for leading=%v: %w", c.cfg.Name, want, ctx.Err())
+		}
+	}
+}
+
+func (c *Coordinator) setLeading(v bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.leading != v {
+		c.leading = v
+		close(c.changed)
+		c.changed = make(chan struct{})
+	}
+}
+
+// Run campaigns and leads until ctx ends, then resigns (so another
+// coordinator takes over at once) and returns nil. If the etcd client is
+// closed under it (the process is going away), Run returns an error
+// without resigning; the leader lease then expires after SessionTTL.
+func (c *Coordinator) Run(ctx context.Context) error {
+	cli := c.reg.Client()
+	if c.cfg.Gossip != nil {
+		gctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go c.drainGossip(gctx)
+	}
+	ttl := int(math.Ceil(c.cfg.SessionTTL.Seconds()))
+	retry := time.Duration(0)
+	for {
+		if ctx.Err() != nil {
+			return nil
+		}
+		if cli.Ctx().Err() != nil {
+			return fmt.Errorf("coordinator %s: etcd client closed", c.cfg.Name)
+		}
+		if retry > 0 {
+			t := time.NewTimer(retry)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			}
+		}
+		retry = min(max(2*retry, 100*time.Millisecond), 2*time.Second)
+		sess, err := concurrency.NewSession(cli, concurrency.WithTTL(ttl))
+		if err != nil {
+			c.log.Warn("election session", "err", err)
+			continue
+		}
+		el := concurrency.NewElection(sess, c.reg.LeaderPrefix())
+		// Campaign until won, the session dies, or ctx ends.
+		cctx, cancel := context.WithCancel(ctx)
+		stop := context.AfterFunc(sess.Ctx(), cancel)
+		err = el.Campaign(cctx, c.cfg.Name)
+		stop()
+		cancel()
+		if err != nil {
+			c.closeSession(sess, nil)
+			if ctx.Err() == nil {
+				c.log.Warn("campaign", "err", err)
+			}
+			continue
+		}
+		retry = 0
+		c.log.Info("leading", "key", el.Key(), "rev", el.Rev())
+		c.terms.Add(1)
+		c.setLeading(true)
+		err = c.lead(ctx, sess, el)
+		c.setLeading(false)
+		c.log.Info("stopped leading", "err", err)
+		c.closeSession(sess, el)
+	}
+}
+
+// closeSession resigns (when el is set and the client works) and revokes
+// the session lease; both bounded so shutdown cannot hang.
+func (c *Coordinator) closeSession(sess *concurrency.Session, el *concurrency.Election) {
+	if c.reg.Client().Ctx().Err() != nil {
+		sess.Orphan() // client gone: the lease expires on its own
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if el != nil {
+		if err := el.Resign(ctx); err != nil {
+			c.log.Warn("resign", "err", err)
+		}
+	}
+	sess.Close()
+}
+
+func (c *Coordinator) drainGossip(ctx context.Context) {
+	for {
+		select {
+		case ev, ok := <-c.cfg.Gossip.Events():
+			if !ok {
+				return
+			}
+			if ev.Kind == membership.Failed || ev.Kind == membership.Leave {
+				select {
+				case c.recheck <- struct{}{}:
+				default:
+				}
+			}
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// lead runs one term: it feeds Core from watches and executes its actions
+// until ctx ends, the session is lost, or a fenced write is refused.
+func (c *Coordinator) lead(ctx context.Context, sess *concurrency.Session, el *concurrency.Election) error {
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(sess.Ctx(), cancel)
+	defer stop()
+
+	fence := registry.FenceOf(el)
+	core := NewCore(CoreConfig{Replicas: c.cfg.Replicas})
+	workers := c.reg.WatchWorkers(lctx)
+	models := c.reg.WatchModels(lctx)
+	placements := make(chan PlacementObserved)
+	watching := map[string]context.CancelFunc{}
+	var wg sync.WaitGroup
+	defer func() {
+		cancel()
+		wg.Wait()
+	}()
+	joined := map[string]bool{}
+
+	queue := []Event{LeadershipChanged{Leader: true}}
+	for {
+		for len(queue) > 0 {
+			ev := queue[0]
+			queue = queue[1:]
+			for _, act := range core.Step(ev) {
+				next, err := c.act(lctx, fence, act)
+				if err != nil {
+					return err
+				}
+				queue = append(queue, next...)
+			}
+		}
+		select {
+		case <-lctx.Done():
+			if ctx.Err() != nil {
+				return nil
+			}
+			return errors.New("election session lost")
+		case set, ok := <-workers:
+			if !ok {
+				return errors.New("worker watch closed")
+			}
+			queue = append(queue, WorkersChanged{Workers: set.Workers, Rev: set.Rev})
+			c.joinGossip(lctx, &wg, set, joined)
+		case recs, ok := <-models:
+			if !ok {
+				return errors.New("model watch closed")
+			}
+			for _, rec := range recs {
+				if watching[rec.Fingerprint] != nil {
+					continue
+				}
+				wctx, wcancel := context.WithCancel(lctx)
+				watching[rec.Fingerprint] = wcancel
+				wg.Add(1)
+				go func(fp string) {
+					defer wg.Done()
+					for u := range c.reg.WatchPlacement(wctx, fp) {
+						select {
+						case placements <- PlacementObserved{Model: fp, Placement: u.Placement, Rev: u.Rev}:
+						case <-wctx.Done():
+							return
+						}
+					}
+				}(rec.Fingerprint)
+			}
+			queue = append(queue, ModelsChanged{Models: recs})
+		case ev := <-placements:
+			queue = append(queue, ev)
+		case <-c.recheck:
+			set, err := c.reg.Workers(lctx)
+			if err == nil {
+				c.rechecks.Add(1)
+				c.log.Info("gossip hint: re-read workers", "workers", set.IDs())
+				queue = append(queue, WorkersChanged{Workers: set.Workers, Rev: set.Rev})
+			}
+		}
+	}
+}
+
+// act carries out one action and returns the events it produced.
+func (c *Coordinator) act(ctx context.Context, fence registry.Fence, a Action) ([]Event, error) {
+	switch a := a.(type) {
+	case Report:
+		c.log.Error("cannot place model", "model", a.Model, "err", a.Err)
+		return nil, nil
+	case WritePlacement:
+		p := a.Placement
+		rev, err := c.reg.WritePlacement(ctx, fence, &p, a.ExpectRev)
+		switch {
+		case err == nil:
+			c.writes.Add(1)
+			c.log.Info("placement written", "model", p.Model, "epoch", p.Epoch, "workers", p.WorkerIDs(),
+				"added", len(a.Change.Added), "removed", len(a.Change.Removed), "rev", rev)
+			return []Event{WriteDone{Placement: p, Rev: rev}}, nil
+		case errors.Is(err, registry.ErrNotLeader):
+			return nil, fmt.Errorf("%w: %v", errStepDown, err)
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		c.log.Warn("placement write failed; re-reading", "model", p.Model, "epoch", p.Epoch, "err", err)
+		// Re-read (the watch may also show the winner's write; Core keeps
+		// the newest). A transient error is retried after a pause.
+		if !errors.Is(err, registry.ErrPlacementConflict) {
+			t := time.NewTimer(500 * time.Millisecond)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+				t.Stop()
+				return nil, ctx.Err()
+			}
+		}
+		evs := []Event{WriteFailed{Model: p.Model, Err: err}}
+		if cur, curRev, rerr := c.reg.Placement(ctx, p.Model); rerr == nil {
+			evs = append(evs, PlacementObserved{Model: p.Model, Placement: cur, Rev: curRev})
+		}
+		return evs, nil
+	}
+	return nil, fmt.Errorf("coordinator: unknown action %T", a)
+}
+
+// joinGossip joins, in the background, the gossip addresses of workers not
+// joined before (best effort: gossip only gives hints).
+func (c *Coordinator) joinGossip(ctx context.Context, wg *sync.WaitGroup, set registry.WorkerSet, joined map[string]bool) {
+	if c.cfg.Gossip == nil {
+		return
+	}
+	var peers []string
+	for _, w := range set.Workers {
+		if w.GossipAddr != "" && !joined[w.GossipAddr] {
+			joined[w.GossipAddr] = true
+			peers = append(peers, w.GossipAddr)
+		}
+	}
+	if len(peers) == 0 {
+		return
+	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if _, err := c.cfg.Gossip.Join(ctx, peers); err != nil {
+			c.log.Warn("gossip join", "peers", peers, "err", err)
+		}
+	}()
+}

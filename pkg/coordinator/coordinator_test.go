@@ -1,0 +1,314 @@
+package coordinator
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/switchyard/switchyard/internal/etcdtest"
+	"github.com/switchyard/switchyard/internal/leakcheck"
+	"github.com/switchyard/switchyard/pkg/cluster"
+	"github.com/switchyard/switchyard/pkg/membership"
+	"github.com/switchyard/switchyard/pkg/model"
+	"github.com/switchyard/switchyard/pkg/placement"
+	"github.com/switchyard/switchyard/pkg/registry"
+)
+
+// tinyModel synthesizes a 2-layer Qwen2-MoE with 8 experts per layer (16
+// logical experts) and returns its record.
+func tinyModel(t *testing.T) registry.ModelRecord {
+	t.Helper()
+	dir := t.TempDir()
+	hf := map[string]any{
+		"model_type": "qwen2_moe", "vocab_size": 64, "hidden_size": 32, "intermediate_size": 48,
+		"moe_intermediate_size": 16, "shared_expert_intermediate_size": 24,
+		"num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+		"num_experts": 8, "num_experts_per_tok": 2, "norm_topk_prob": false,
+		"rms_norm_eps": 1e-6, "rope_theta": 10000.0, "max_position_embeddings": 128,
+	}
+	if _, err := model.Synthesize(dir, hf, model.SynthOptions{Seed: 1}); err != nil {
+		t.Fatal(err)
+	}
+	rec, err := registry.ModelRecordFromDir(dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+type harness struct {
+	t    *testing.T
+	ctx  context.Context
+	etcd *etcdtest.Cluster
+	reg  *registry.Registry // the test's own view ("admin")
+	rec  registry.ModelRecord
+}
+
+func newHarness(t *testing.T) *harness {
+	leakcheck.Check(t)
+	h := &harness{t: t, etcd: etcdtest.Start(t), rec: tinyModel(t)}
+	var cancel context.CancelFunc
+	h.ctx, cancel = context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	h.reg = h.registry(h.etcd.Client(t))
+	if err := h.reg.PutModel(h.ctx, h.rec); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func (h *harness) registry(cli *clientv3.Client) *registry.Registry {
+	r, err := registry.New(cli, "test")
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return r
+}
+
+// running is a coordinator in its own "process": its own client.
+type running struct {
+	c    *Coordinator
+	cli  *clientv3.Client
+	stop context.CancelFunc
+	done chan error
+}
+
+func (h *harness) startCoordinator(name string) *running {
+	cli := h.etcd.Client(h.t)
+	lg := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	c, err := New(Config{Registry: h.registry(cli), Name: name, SessionTTL: time.Second, Logger: lg})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(h.ctx)
+	r := &running{c: c, cli: cli, stop: cancel, done: make(chan error, 1)}
+	go func() { r.done <- c.Run(ctx) }()
+	h.t.Cleanup(func() { cancel(); <-r.done })
+	return r
+}
+
+// worker registers a fake worker on a client of its own; closing that
+// client is a SIGKILL as far as etcd can tell.
+func (h *harness) worker(id string) *clientv3.Client {
+	cli := h.etcd.Client(h.t)
+	info := cluster.WorkerInfo{ID: cluster.WorkerID(id), Addr: id + ":7000", Protocol: cluster.ProtocolVersion, Model: h.rec.Fingerprint, MemBytes: 1 << 30}
+	if _, err := h.registry(cli).Register(h.ctx, info, time.Second); err != nil {
+		h.t.Fatal(err)
+	}
+	return cli
+}
+
+func (h *harness) waitPlacement(ids ...cluster.WorkerID) *cluster.Placement {
+	h.t.Helper()
+	p, _, err := h.reg.WaitPlacement(h.ctx, h.rec.Fingerprint, registry.OnWorkers(ids...))
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	if len(p.Owned(ids[0])) == 0 {
+		h.t.Fatalf("worker %s owns nothing", ids[0])
+	}
+	for _, x := range h.rec.PlacementExperts() {
+		if len(p.OwnersOf(x.ID)) != 1 {
+			h.t.Fatalf("expert %v owners %v", x.ID, p.OwnersOf(x.ID))
+		}
+	}
+	return p
+}
+
+// waitOneLeader waits until exactly one of rs leads and returns it.
+func waitOneLeader(t *testing.T, ctx context.Context, rs ...*running) *running {
+	t.Helper()
+	for {
+		var leaders []*running
+		var chans []<-chan struct{}
+		for _, r := range rs {
+			l, ch := r.c.Leading()
+			if l {
+				leaders = append(leaders, r)
+			}
+			chans = append(chans, ch)
+		}
+		if len(leaders) > 1 {
+			t.Fatalf("%d leaders at once", len(leaders))
+		}
+		if len(leaders) == 1 {
+			return leaders[0]
+		}
+		// Wait for any change (two coordinators here).
+		select {
+		case <-chans[0]:
+		case <-chans[len(chans)-1]:
+		case <-ctx.Done():
+			t.Fatal("no leader elected")
+		}
+	}
+}
+
+func counts(p *cluster.Placement) string {
+	c := placement.Counts(p)
+	s := ""
+	for _, id := range p.WorkerIDs() {
+		s += fmt.Sprintf(" %s=%d", id, c[id])
+	}
+	return s
+}
+
+// TestFailoverJoinAndExpiry tells the story of the issue: two coordinators,
+// one leads; workers join and get every expert; the leader dies and the
+// other takes over; a worker joins and receives its share; a worker is
+// killed and, within its lease TTL, its experts move to the survivors.
+func TestFailoverJoinAndExpiry(t *testing.T) {
+	h := newHarness(t)
+	c1 := h.startCoordinator("c1")
+	c2 := h.startCoordinator("c2")
+	leader := waitOneLeader(t, h.ctx, c1, c2)
+	other := c2
+	if leader == c2 {
+		other = c1
+	}
+	t.Logf("%s leads", leader.c.cfg.Name)
+
+	w1 := h.worker("w1")
+	h.worker("w2")
+	p := h.waitPlacement("w1", "w2")
+	t.Logf("epoch %d:%s", p.Epoch, counts(p))
+
+	// The leader's process dies: no resign, its session lease expires.
+	start := time.Now()
+	leader.cli.Close()
+	if err := other.c.WaitLeading(h.ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s took over after %v", other.c.cfg.Name, time.Since(start))
+	if err := <-leader.done; err == nil {
+		t.Error("dead coordinator's Run returned nil")
+	}
+	leader.done <- nil // for the cleanup
+
+	// A third worker joins: it receives a balanced share (16 = 6+5+5) and
+	// nobody else gains anything.
+	h.worker("w3")
+	p3 := h.waitPlacement("w1", "w2", "w3")
+	ch := placement.Diff(p, p3)
+	t.Logf("epoch %d:%s (+%d -%d)", p3.Epoch, counts(p3), len(ch.Added), len(ch.Removed))
+	if n := len(p3.Owned("w3")); n != 5 || p3.Epoch <= p.Epoch {
+		t.Fatalf("w3 owns %d experts at epoch %d", n, p3.Epoch)
+	}
+	for _, cp := range ch.Added {
+		if cp.Worker != "w3" {
+			t.Fatalf("join moved %v to %s", cp.Expert, cp.Worker)
+		}
+	}
+
+	// w1 is killed: its lease (1 s) expires and its experts move.
+	lost := len(p3.Owned("w1"))
+	start = time.Now()
+	w1.Close()
+	p4 := h.waitPlacement("w2", "w3")
+	took := time.Since(start)
+	ch = placement.Diff(p3, p4)
+	t.Logf("w1 killed: re-placed after %v, epoch %d:%s (+%d -%d)", took, p4.Epoch, counts(p4), len(ch.Added), len(ch.Removed))
+	if took > 5*time.Second { // TTL 1 s + expiry scan + watch + write, with slack
+		t.Errorf("re-placement took %v with a 1 s lease", took)
+	}
+	if p4.Epoch != p3.Epoch+1 || len(ch.Added) != lost || len(ch.Removed) != lost {
+		t.Fatalf("epoch %d -> %d, change +%d -%d for %d lost", p3.Epoch, p4.Epoch, len(ch.Added), len(ch.Removed), lost)
+	}
+
+	// Graceful stop: the leader resigns, leaving no election key.
+	other.stop()
+	if err := <-other.done; err != nil {
+		t.Fatal(err)
+	}
+	other.done <- nil
+	resp, err := h.reg.Client().Get(h.ctx, h.reg.LeaderPrefix(), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil || resp.Count != 0 {
+		t.Fatalf("election keys left: %v %v", resp, err)
+	}
+	// Nothing changed meanwhile: the placement stayed at p4's epoch.
+	cur, _, err := h.reg.Placement(h.ctx, h.rec.Fingerprint)
+	if err != nil || cur.Epoch != p4.Epoch {
+		t.Fatalf("placement moved on without changes: %v %v", cur, err)
+	}
+}
+
+// waitFor polls cond every 10 ms until it holds or d passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	deadline := time.NewTimer(d)
+	defer deadline.Stop()
+	for !cond() {
+		select {
+		case <-tick.C:
+		case <-deadline.C:
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+	}
+}
+
+// TestGossipHintsAreNotAuthority: the leader joins the workers' gossip; a
+// worker whose gossip dies while its lease lives makes the leader re-read
+// etcd, but the placement stays (etcd is the authority). Once the lease
+// expires its experts move.
+func TestGossipHintsAreNotAuthority(t *testing.T) {
+	h := newHarness(t)
+	gcfg := membership.LocalConfig("coordinator/c1")
+	cg, err := membership.Start(gcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cg.Shutdown() })
+
+	cli := h.etcd.Client(t)
+	c, err := New(Config{Registry: h.registry(cli), Name: "c1", SessionTTL: time.Second, Gossip: cg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(h.ctx)
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	var clients []*clientv3.Client
+	var gossip []*membership.Node
+	for _, id := range []string{"w1", "w2"} {
+		g, err := membership.Start(membership.LocalConfig(id))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { g.Shutdown() })
+		gossip = append(gossip, g)
+		wcli := h.etcd.Client(t)
+		info := cluster.WorkerInfo{ID: cluster.WorkerID(id), Addr: id + ":7000", GossipAddr: g.Addr(), Protocol: cluster.ProtocolVersion, Model: h.rec.Fingerprint}
+		if _, err := h.registry(wcli).Register(h.ctx, info, time.Second); err != nil {
+			t.Fatal(err)
+		}
+		clients = append(clients, wcli)
+	}
+	p := h.waitPlacement("w1", "w2")
+	waitFor(t, 5*time.Second, "coordinator gossip to see both workers", func() bool { return len(cg.Members()) == 3 })
+
+	// w1's gossip dies; its lease lives on.
+	gossip[0].Shutdown()
+	waitFor(t, 10*time.Second, "a gossip-triggered re-read", func() bool { return c.Counters().Rechecks > 0 })
+	cur, _, err := h.reg.Placement(h.ctx, h.rec.Fingerprint)
+	if err != nil || cur.Epoch != p.Epoch {
+		t.Fatalf("a gossip hint changed the placement: epoch %d -> %v (%v)", p.Epoch, cur, err)
+	}
+	// The process really dies: lease expiry moves its experts.
+	clients[0].Close()
+	p2 := h.waitPlacement("w2")
+	if p2.Epoch != p.Epoch+1 || len(p2.Owned("w2")) != 16 {
+		t.Fatalf("after expiry: epoch %d, w2 owns %d", p2.Epoch, len(p2.Owned("w2")))
+	}
+	if n := c.Counters(); n.Terms != 1 || n.Writes < 2 {
+		t.Fatalf("counters %+v", n)
+	}
+}

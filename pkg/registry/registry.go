@@ -1,0 +1,372 @@
+// Package registry keeps a Switchyard cluster's control state in etcd:
+// which workers are alive (keys under their leases), which models the
+// cluster serves, where each model's experts are placed, and per-expert
+// token counters. It is the only package that knows the key space:
+//
+//	/<cluster>/workers/<worker id>      WorkerInfo JSON, attached to the worker's lease
+//	/<cluster>/stats/<worker id>        WorkerStats JSON, attached to the same lease
+//	/<cluster>/models/<fingerprint>     ModelRecord JSON, written by a coordinator
+//	/<cluster>/placement/<fingerprint>  cluster.Placement JSON, written by the leader only
+//	/<cluster>/leader/<lease>           concurrency.Election keys of the coordinators (value: name)
+//
+// Authority: a worker is alive exactly as long as its key exists, that is
+// while its lease is kept alive (TTL a few seconds, renewed by the etcd
+// client every TTL/3). Gossip (pkg/membership) only gives earlier hints.
+//
+// Compatibility: Register refuses a worker whose protocol version differs
+// from this binary's or the model record's, or whose model fingerprint is
+// not served by the cluster. The data plane checks the same two values again
+// when peers connect (a worker may be reached by a peer built from another
+// binary), so a mismatched process can neither join the control state nor
+// exchange tensors.
+//
+// Every blocking call takes a context; errors are wrapped with the cluster,
+// key or worker they concern. A Registry is safe for concurrent use.
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"sort"
+	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+
+	"github.com/switchyard/switchyard/pkg/cluster"
+)
+
+// DefaultCluster is the key prefix used when none is configured.
+const DefaultCluster = "switchyard"
+
+// Registry reads and writes one cluster's keys through an etcd client it
+// does not own (closing the client is the caller's job).
+type Registry struct {
+	cli     *clientv3.Client
+	cluster string
+}
+
+// New returns a registry for cluster ("" means DefaultCluster) on cli. The
+// cluster name must not contain '/'.
+func New(cli *clientv3.Client, clusterName string) (*Registry, error) {
+	if clusterName == "" {
+		clusterName = DefaultCluster
+	}
+	if strings.Contains(clusterName, "/") || strings.TrimSpace(clusterName) != clusterName {
+		return nil, fmt.Errorf("registry: cluster name %q must not contain '/' or surrounding spaces", clusterName)
+	}
+	return &Registry{cli: cli, cluster: clusterName}, nil
+}
+
+// Dial connects to etcd at endpoints with a silent client logger and checks
+// that the cluster answers within ctx. The caller closes the client.
+func Dial(ctx context.Context, endpoints []string) (*clientv3.Client, error) {
+	if len(endpoints) == 0 {
+		return nil, errors.New("registry: dial etcd: no endpoints")
+	}
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   endpoints,
+		DialTimeout: 5 * time.Second,
+		Logger:      zap.NewNop(),
+		// Keepalive probes let a client notice a dead etcd instead of
+		// waiting on a half-open connection.
+		DialKeepAliveTime:    5 * time.Second,
+		DialKeepAliveTimeout: 5 * time.Second,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("registry: dial etcd %v: %w", endpoints, err)
+	}
+	if _, err := cli.Get(ctx, "/", clientv3.WithCountOnly(), clientv3.WithLimit(1)); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("registry: dial etcd %v: %w", endpoints, err)
+	}
+	return cli, nil
+}
+
+// Client is the etcd client the registry uses.
+func (r *Registry) Client() *clientv3.Client { return r.cli }
+
+// Cluster is the cluster name (the first key segment).
+func (r *Registry) Cluster() string { return r.cluster }
+
+func (r *Registry) key(parts ...string) string {
+	return "/" + path.Join(append([]string{r.cluster}, parts...)...)
+}
+
+// WorkersPrefix is "/<cluster>/workers/".
+func (r *Registry) WorkersPrefix() string { return r.key("workers") + "/" }
+
+// WorkerKey is "/<cluster>/workers/<id>".
+func (r *Registry) WorkerKey(id cluster.WorkerID) string { return r.WorkersPrefix() + string(id) }
+
+// StatsPrefix is "/<cluster>/stats/".
+func (r *Registry) StatsPrefix() string { return r.key("stats") + "/" }
+
+// StatsKey is "/<cluster>/stats/<id>".
+func (r *Registry) StatsKey(id cluster.WorkerID) string { return r.StatsPrefix() + string(id) }
+
+// ModelsPrefix is "/<cluster>/models/".
+func (r *Registry) ModelsPrefix() string { return r.key("models") + "/" }
+
+// ModelKey is "/<cluster>/models/<fingerprint>".
+func (r *Registry) ModelKey(fp string) string { return r.ModelsPrefix() + fp }
+
+// PlacementKey is "/<cluster>/placement/<fingerprint>".
+func (r *Registry) PlacementKey(fp string) string { return r.key("placement") + "/" + fp }
+
+// LeaderPrefix is the election prefix of the coordinators,
+// "/<cluster>/leader" (concurrency.Election adds "/<lease>" per candidate).
+func (r *Registry) LeaderPrefix() string { return r.key("leader") }
+
+// checkID rejects IDs that would break the key space.
+func checkID(kind, id string) error {
+	if id == "" || strings.ContainsAny(id, "/ \t\n") {
+		return fmt.Errorf("%s %q: must be non-empty without '/' or spaces", kind, id)
+	}
+	return nil
+}
+
+// WorkerSet is the set of registered workers at an etcd revision.
+type WorkerSet struct {
+	Rev     int64                // etcd revision the set was read at
+	Workers []cluster.WorkerInfo // sorted by ID
+	Leases  []clientv3.LeaseID   // Leases[i] holds Workers[i]'s key
+	Bad     []string             // keys whose value did not decode (skipped)
+}
+
+// IDs lists the worker IDs in order.
+func (s WorkerSet) IDs() []cluster.WorkerID {
+	ids := make([]cluster.WorkerID, len(s.Workers))
+	for i, w := range s.Workers {
+		ids[i] = w.ID
+	}
+	return ids
+}
+
+// GossipAddrs lists the workers' gossip addresses (those set), except
+// the worker named self: the peers a new member joins.
+func (s WorkerSet) GossipAddrs(self cluster.WorkerID) []string {
+	var out []string
+	for _, w := range s.Workers {
+		if w.ID != self && w.GossipAddr != "" {
+			out = append(out, w.GossipAddr)
+		}
+	}
+	return out
+}
+
+// Workers reads the registered workers.
+func (r *Registry) Workers(ctx context.Context) (WorkerSet, error) {
+	resp, err := r.cli.Get(ctx, r.WorkersPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return WorkerSet{}, fmt.Errorf("registry: list %s: %w", r.WorkersPrefix(), err)
+	}
+	m := map[string]entry{}
+	var bad []string
+	for _, kv := range resp.Kvs {
+		if e, ok := decodeWorker(kv.Key, kv.Value, kv.Lease); ok {
+			m[string(kv.Key)] = e
+		} else {
+			bad = append(bad, string(kv.Key))
+		}
+	}
+	return makeSet(resp.Header.Revision, m, bad), nil
+}
+
+type entry struct {
+	info  cluster.WorkerInfo
+	lease clientv3.LeaseID
+}
+
+// decodeWorker decodes a worker key's value; the ID inside must match the
+// key's last segment.
+func decodeWorker(key, v []byte, lease int64) (entry, bool) {
+	var w cluster.WorkerInfo
+	if err := json.Unmarshal(v, &w); err != nil || w.ID == "" || path.Base(string(key)) != string(w.ID) {
+		return entry{}, false
+	}
+	return entry{w, clientv3.LeaseID(lease)}, true
+}
+
+func makeSet(rev int64, m map[string]entry, bad []string) WorkerSet {
+	es := make([]entry, 0, len(m))
+	for _, e := range m {
+		es = append(es, e)
+	}
+	sort.Slice(es, func(i, j int) bool { return es[i].info.ID < es[j].info.ID })
+	s := WorkerSet{Rev: rev, Bad: append([]string(nil), bad...)}
+	for _, e := range es {
+		s.Workers = append(s.Workers, e.info)
+		s.Leases = append(s.Leases, e.lease)
+	}
+	sort.Strings(s.Bad)
+	return s
+}
+
+// WatchWorkers sends the full worker set now and after every change, in
+// revision order, until ctx is done or the client closes; then it closes
+// the channel. A set is sent per etcd watch response (one transaction's
+// changes together). If the watch breaks (compaction, lost leader) it
+// re-lists, so no change is missed, though an intermediate set may be.
+// The receiver must keep reading or cancel ctx.
+func (r *Registry) WatchWorkers(ctx context.Context) <-chan WorkerSet {
+	out := make(chan WorkerSet)
+	go func() {
+		defer close(out)
+		send := func(s WorkerSet) bool {
+			select {
+			case out <- s:
+				return true
+			case <-ctx.Done():
+				return false
+			}
+		}
+		retry := newBackoff()
+		for r.alive(ctx) {
+			resp, err := r.cli.Get(ctx, r.WorkersPrefix(), clientv3.WithPrefix())
+			if err != nil {
+				retry.wait(ctx)
+				continue
+			}
+			retry.reset()
+			m := map[string]entry{}
+			bad := map[string]bool{}
+			for _, kv := range resp.Kvs {
+				if e, ok := decodeWorker(kv.Key, kv.Value, kv.Lease); ok {
+					m[string(kv.Key)] = e
+				} else {
+					bad[string(kv.Key)] = true
+				}
+			}
+			rev := resp.Header.Revision
+			if !send(makeSet(rev, m, keys(bad))) {
+				return
+			}
+			wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+			for wr := range r.cli.Watch(wctx, r.WorkersPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev+1)) {
+				if wr.Err() != nil {
+					break
+				}
+				for _, ev := range wr.Events {
+					k := string(ev.Kv.Key)
+					delete(m, k)
+					delete(bad, k)
+					if ev.Type == clientv3.EventTypePut {
+						if e, ok := decodeWorker(ev.Kv.Key, ev.Kv.Value, ev.Kv.Lease); ok {
+							m[k] = e
+						} else {
+							bad[k] = true
+						}
+					}
+				}
+				if len(wr.Events) > 0 && !send(makeSet(wr.Header.Revision, m, keys(bad))) {
+					cancel()
+					return
+				}
+			}
+			cancel()
+			retry.wait(ctx) // the watch broke: re-list shortly, never spin
+		}
+	}()
+	return out
+}
+
+func keys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// alive reports whether a watch loop should go on.
+func (r *Registry) alive(ctx context.Context) bool {
+	return ctx.Err() == nil && r.cli.Ctx().Err() == nil
+}
+
+// backoff spaces retries of a failing etcd call: 50 ms doubling to 2 s.
+type backoff struct{ d time.Duration }
+
+func newBackoff() *backoff { return &backoff{d: 50 * time.Millisecond} }
+
+func (b *backoff) reset() { b.d = 50 * time.Millisecond }
+
+func (b *backoff) wait(ctx context.Context) {
+	t := time.NewTimer(b.d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	b.d = min(2*b.d, 2*time.Second)
+}
+
+// WaitWorkers watches the worker set until cond accepts it and returns
+// that set; it fails when ctx ends first, naming the last set seen. E.g.
+// wait for a SIGKILLed worker to leave:
+//
+//	reg.WaitWorkers(ctx, func(s WorkerSet) bool { return !slices.Contains(s.IDs(), "w1") })
+func (r *Registry) WaitWorkers(ctx context.Context, cond func(WorkerSet) bool) (WorkerSet, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var last []cluster.WorkerID
+	for s := range r.WatchWorkers(wctx) {
+		if cond(s) {
+			return s, nil
+		}
+		last = s.IDs()
+	}
+	cause := context.Cause(ctx)
+	if cause == nil {
+		cause = errors.New("etcd client closed")
+	}
+	return WorkerSet{}, fmt.Errorf("registry: wait for workers of cluster %q (last seen %v): %w", r.cluster, last, cause)
+}
+
+// WorkerLease is a registered worker with the state of its lease.
+type WorkerLease struct {
+	Info       cluster.WorkerInfo `json:"info"`
+	Lease      int64              `json:"lease"`       // etcd lease ID
+	TTL        time.Duration      `json:"ttl"`         // remaining; <= 0 if expired meanwhile
+	GrantedTTL time.Duration      `json:"granted_ttl"` // the TTL the lease was granted with
+}
+
+// WorkerLeases reads the workers and each one's remaining lease TTL (one
+// TimeToLive call per worker; for status, not for hot paths).
+func (r *Registry) WorkerLeases(ctx context.Context) ([]WorkerLease, error) {
+	set, err := r.Workers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]WorkerLease, len(set.Workers))
+	for i, w := range set.Workers {
+		out[i] = WorkerLease{Info: w, Lease: int64(set.Leases[i])}
+		if set.Leases[i] == clientv3.NoLease {
+			continue
+		}
+		ttl, err := r.cli.TimeToLive(ctx, set.Leases[i])
+		if err != nil {
+			return nil, fmt.Errorf("registry: lease %x of worker %s: %w", int64(set.Leases[i]), w.ID, err)
+		}
+		out[i].TTL = time.Duration(ttl.TTL) * time.Second
+		out[i].GrantedTTL = time.Duration(ttl.GrantedTTL) * time.Second
+	}
+	return out, nil
+}
+
+// Leader returns the name (election value) of the current coordinator
+// leader and its election key, or empty strings when none leads.
+func (r *Registry) Leader(ctx context.Context) (name, key string, err error) {
+	resp, err := r.cli.Get(ctx, r.LeaderPrefix()+"/", clientv3.WithFirstCreate()...)
+	if err != nil {
+		return "", "", fmt.Errorf("registry: read leader %s: %w", r.LeaderPrefix(), err)
+	}
+	if len(resp.Kvs) == 0 {
+		return "", "", nil
+	}
+	return string(resp.Kvs[0].Value), string(resp.Kvs[0].Key), nil
+}

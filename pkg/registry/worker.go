@@ -1,0 +1,259 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/switchyard/switchyard/pkg/cluster"
+)
+
+// DefaultTTL is the lease TTL of a worker registration: a SIGKILLed worker
+// leaves the cluster (its key expires) within this time. etcd grants whole
+// seconds and at least 1.5 x its election timeout.
+const DefaultTTL = 5 * time.Second
+
+// Registration refusals; errors.Is works on Register's error.
+var (
+	ErrProtocolMismatch = errors.New("protocol version mismatch")
+	ErrModelMismatch    = errors.New("model mismatch")
+	ErrWorkerExists     = errors.New("worker ID already registered")
+)
+
+// Registration is a worker's live entry: its key under a lease that the
+// etcd client keeps alive (a renewal every TTL/3). Its methods are safe for
+// concurrent use.
+type Registration struct {
+	r    *Registry
+	sess *concurrency.Session
+	key  string
+	ttl  time.Duration
+	info cluster.WorkerInfo
+}
+
+// Register puts info under /<cluster>/workers/<id>, attached to a new lease
+// of the given TTL (0 means DefaultTTL; rounded up to whole seconds), and
+// keeps the lease alive until Close, Abandon or the client closes. It
+// refuses, with a clear error, a worker whose Protocol differs from this
+// binary's cluster.ProtocolVersion or from the model record's
+// (ErrProtocolMismatch), whose Model is not registered in the cluster
+// (ErrModelMismatch, or ErrNoModel when the cluster has no model yet: a
+// worker may retry until a coordinator registers one), and an ID whose key
+// is still held by another lease (ErrWorkerExists: another process uses
+// the ID, or a killed predecessor's lease has not expired yet; it will
+// within its TTL).
+func (r *Registry) Register(ctx context.Context, info cluster.WorkerInfo, ttl time.Duration) (*Registration, error) {
+	if err := checkID("worker ID", string(info.ID)); err != nil {
+		return nil, fmt.Errorf("registry: register: %w", err)
+	}
+	who := fmt.Sprintf("registry: worker %s refused by cluster %q", info.ID, r.cluster)
+	if info.Protocol != cluster.ProtocolVersion {
+		return nil, fmt.Errorf("%s: it speaks protocol %d, this cluster protocol %d: %w", who, info.Protocol, cluster.ProtocolVersion, ErrProtocolMismatch)
+	}
+	rec, modelRev, err := r.Model(ctx, info.Model)
+	if errors.Is(err, ErrNoModel) {
+		models, _, lerr := r.Models(ctx)
+		if lerr != nil {
+			return nil, lerr
+		}
+		if len(models) == 0 {
+			return nil, fmt.Errorf("%s: cluster serves no model yet (worker has %s): %w", who, info.Model, ErrNoModel)
+		}
+		fps := make([]string, len(models))
+		for i, m := range models {
+			fps[i] = fmt.Sprintf("%s (%s)", m.Fingerprint, m.Name)
+		}
+		return nil, fmt.Errorf("%s: it loaded model %s, the cluster serves %v: %w", who, info.Model, fps, ErrModelMismatch)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if rec.Protocol != info.Protocol {
+		return nil, fmt.Errorf("%s: it speaks protocol %d, the coordinator that registered model %s speaks %d: %w", who, info.Protocol, info.Model, rec.Protocol, ErrProtocolMismatch)
+	}
+
+	if ttl <= 0 {
+		ttl = DefaultTTL
+	}
+	secs := int64(math.Ceil(ttl.Seconds()))
+	grant, err := r.cli.Grant(ctx, secs)
+	if err != nil {
+		return nil, fmt.Errorf("registry: worker %s: grant %ds lease: %w", info.ID, secs, err)
+	}
+	sess, err := concurrency.NewSession(r.cli, concurrency.WithLease(grant.ID), concurrency.WithTTL(int(secs)))
+	if err != nil {
+		r.cli.Revoke(context.WithoutCancel(ctx), grant.ID)
+		return nil, fmt.Errorf("registry: worker %s: keep lease %x alive: %w", info.ID, int64(grant.ID), err)
+	}
+	g := &Registration{r: r, sess: sess, key: r.WorkerKey(info.ID), ttl: time.Duration(grant.TTL) * time.Second, info: info}
+	val, _ := json.Marshal(info)
+	modelKey := r.ModelKey(info.Model)
+	resp, err := r.cli.Txn(ctx).If(
+		clientv3.Compare(clientv3.ModRevision(modelKey), "=", modelRev),
+		clientv3.Compare(clientv3.CreateRevision(g.key), "=", 0),
+	).Then(
+		clientv3.OpPut(g.key, string(val), clientv3.WithLease(sess.Lease())),
+	).Else(
+		clientv3.OpGet(modelKey),
+		clientv3.OpGet(g.key),
+	).Commit()
+	if err != nil {
+		sess.Close()
+		return nil, fmt.Errorf("registry: worker %s: put %s: %w", info.ID, g.key, err)
+	}
+	if !resp.Succeeded {
+		sess.Close()
+		if len(resp.Responses[0].GetResponseRange().Kvs) == 0 || resp.Responses[0].GetResponseRange().Kvs[0].ModRevision != modelRev {
+			return nil, fmt.Errorf("registry: worker %s: model record %s changed while registering; retry", info.ID, modelKey)
+		}
+		held := resp.Responses[1].GetResponseRange().Kvs
+		lease := int64(0)
+		if len(held) > 0 {
+			lease = held[0].Lease
+		}
+		left := ""
+		if lease != 0 {
+			if ttl, err := r.cli.TimeToLive(ctx, clientv3.LeaseID(lease)); err == nil && ttl.TTL > 0 {
+				left = fmt.Sprintf(", %ds left", ttl.TTL)
+			}
+		}
+		return nil, fmt.Errorf("registry: worker %s refused by cluster %q: %s is held by lease %x%s (another process uses this ID, or a killed one's lease has not expired yet): %w",
+			info.ID, r.cluster, g.key, lease, left, ErrWorkerExists)
+	}
+	return g, nil
+}
+
+// Info is the registered worker info.
+func (g *Registration) Info() cluster.WorkerInfo { return g.info }
+
+// Lease is the etcd lease holding the worker's keys.
+func (g *Registration) Lease() clientv3.LeaseID { return g.sess.Lease() }
+
+// TTL is the lease TTL etcd granted.
+func (g *Registration) TTL() time.Duration { return g.ttl }
+
+// Done is closed when the lease is no longer kept alive: after Close or
+// Abandon, when the client closes, or when etcd let the lease expire (e.g.
+// the worker was cut off longer than the TTL). A worker whose registration
+// is done is out of the cluster and must register again.
+func (g *Registration) Done() <-chan struct{} { return g.sess.Done() }
+
+// Update replaces the registered info (same ID), keeping the lease.
+func (g *Registration) Update(ctx context.Context, info cluster.WorkerInfo) error {
+	if info.ID != g.info.ID {
+		return fmt.Errorf("registry: update worker %s: ID changed to %s", g.info.ID, info.ID)
+	}
+	val, _ := json.Marshal(info)
+	if _, err := g.r.cli.Put(ctx, g.key, string(val), clientv3.WithLease(g.sess.Lease())); err != nil {
+		return fmt.Errorf("registry: update %s: %w", g.key, err)
+	}
+	g.info = info
+	return nil
+}
+
+// Close leaves gracefully: it revokes the lease, which deletes the worker's
+// keys at once.
+func (g *Registration) Close() error {
+	if err := g.sess.Close(); err != nil && !errors.Is(err, context.Canceled) {
+		return fmt.Errorf("registry: worker %s: revoke lease %x: %w", g.info.ID, int64(g.sess.Lease()), err)
+	}
+	return nil
+}
+
+// Abandon stops renewing the lease without revoking it, as a crashed
+// process would: the keys disappear when the TTL runs out. For tests and
+// for hand-over.
+func (g *Registration) Abandon() { g.sess.Orphan() }
+
+// TokenCount is the number of tokens routed to one expert copy.
+type TokenCount struct {
+	Layer  int    `json:"layer"`
+	Expert int    `json:"expert"`
+	Tokens uint64 `json:"tokens"`
+}
+
+// WorkerStats are a worker's per-expert token counters since it started.
+type WorkerStats struct {
+	Worker cluster.WorkerID `json:"worker"`
+	Model  string           `json:"model"`
+	Epoch  cluster.Epoch    `json:"epoch"` // placement epoch the worker serves
+	Tokens []TokenCount     `json:"tokens"`
+}
+
+// PutStats writes the worker's counters at /<cluster>/stats/<id>, attached
+// to its lease (they vanish with the worker).
+func (g *Registration) PutStats(ctx context.Context, s WorkerStats) error {
+	s.Worker = g.info.ID
+	val, _ := json.Marshal(s)
+	key := g.r.StatsKey(g.info.ID)
+	if _, err := g.r.cli.Put(ctx, key, string(val), clientv3.WithLease(g.sess.Lease())); err != nil {
+		return fmt.Errorf("registry: put %s: %w", key, err)
+	}
+	return nil
+}
+
+// ReportStats calls snapshot every interval (0 means 2 s) and writes the
+// result when it differs from the last one written, until ctx is done or
+// the registration ends. Write errors are retried at the next tick. Run it
+// in its own goroutine.
+func (g *Registration) ReportStats(ctx context.Context, interval time.Duration, snapshot func() WorkerStats) {
+	if interval <= 0 {
+		interval = 2 * time.Second
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	var last *WorkerStats
+	for {
+		s := snapshot()
+		s.Worker = g.info.ID
+		if last == nil || !sameStats(*last, s) {
+			if err := g.PutStats(ctx, s); err == nil {
+				last = &s
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-g.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func sameStats(a, b WorkerStats) bool {
+	return a.Model == b.Model && a.Epoch == b.Epoch && slices.Equal(a.Tokens, b.Tokens)
+}
+
+// Stats reads every worker's counters, sorted by worker.
+func (r *Registry) Stats(ctx context.Context) ([]WorkerStats, error) {
+	resp, err := r.cli.Get(ctx, r.StatsPrefix(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("registry: list %s: %w", r.StatsPrefix(), err)
+	}
+	var out []WorkerStats
+	for _, kv := range resp.Kvs {
+		var s WorkerStats
+		if err := json.Unmarshal(kv.Value, &s); err != nil {
+			return nil, fmt.Errorf("registry: decode %s: %w", kv.Key, err)
+		}
+		out = append(out, s)
+	}
+	slices.SortFunc(out, func(a, b WorkerStats) int {
+		switch {
+		case a.Worker < b.Worker:
+			return -1
+		case a.Worker > b.Worker:
+			return 1
+		}
+		return 0
+	})
+	return out, nil
+}

@@ -1,0 +1,265 @@
+// Package status gathers what `switchyard status` shows about a cluster:
+// the coordinator leader, the workers with their leases, each model's
+// placement, and per-expert token counts; and renders it as text or JSON.
+// StatusCmd is the cobra subcommand.
+package status
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/switchyard/switchyard/pkg/cluster"
+	"github.com/switchyard/switchyard/pkg/expert"
+	"github.com/switchyard/switchyard/pkg/registry"
+)
+
+// Snapshot is a cluster's state at one moment (read in a few etcd calls,
+// not one transaction).
+type Snapshot struct {
+	Cluster string   `json:"cluster"`
+	Leader  string   `json:"leader"` // coordinator name; "" when none leads
+	Workers []Worker `json:"workers"`
+	Models  []Model  `json:"models"`
+}
+
+// Worker is a registered worker and its lease.
+type Worker struct {
+	cluster.WorkerInfo
+	Lease             string `json:"lease"`               // etcd lease ID (hex)
+	TTLSeconds        int64  `json:"ttl_seconds"`         // remaining lease time
+	GrantedTTLSeconds int64  `json:"granted_ttl_seconds"` // lease TTL
+}
+
+// Model is one served model with its placement and token counts.
+type Model struct {
+	Record       registry.ModelRecord `json:"record"`
+	Placement    *cluster.Placement   `json:"placement"` // nil: not placed yet
+	PlacementRev int64                `json:"placement_rev"`
+	// Owned lists, per worker of the placement, the experts it holds.
+	Owned map[cluster.WorkerID][]expert.ID `json:"owned"`
+	// Tokens are per-expert token counts summed over the live workers'
+	// counters (since each worker started), with the workers reporting.
+	Tokens []ExpertTokens `json:"tokens"`
+}
+
+// ExpertTokens is the token count of one logical expert.
+type ExpertTokens struct {
+	Layer  int    `json:"layer"`
+	Expert int    `json:"expert"`
+	Tokens uint64 `json:"tokens"`
+}
+
+// Take reads a snapshot of reg's cluster.
+func Take(ctx context.Context, reg *registry.Registry) (*Snapshot, error) {
+	s := &Snapshot{Cluster: reg.Cluster()}
+	var err error
+	if s.Leader, _, err = reg.Leader(ctx); err != nil {
+		return nil, err
+	}
+	leases, err := reg.WorkerLeases(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range leases {
+		s.Workers = append(s.Workers, Worker{
+			WorkerInfo:        l.Info,
+			Lease:             strconv.FormatInt(l.Lease, 16),
+			TTLSeconds:        int64(l.TTL.Seconds()),
+			GrantedTTLSeconds: int64(l.GrantedTTL.Seconds()),
+		})
+	}
+	recs, _, err := reg.Models(ctx)
+	if err != nil {
+		return nil, err
+	}
+	stats, err := reg.Stats(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, rec := range recs {
+		m := Model{Record: rec, Owned: map[cluster.WorkerID][]expert.ID{}}
+		if m.Placement, m.PlacementRev, err = reg.Placement(ctx, rec.Fingerprint); err != nil {
+			return nil, err
+		}
+		if m.Placement != nil {
+			for _, id := range m.Placement.WorkerIDs() {
+				m.Owned[id] = m.Placement.Owned(id)
+			}
+		}
+		sum := map[expert.ID]uint64{}
+		for _, st := range stats {
+			if st.Model != rec.Fingerprint {
+				continue
+			}
+			for _, c := range st.Tokens {
+				sum[expert.ID{Layer: c.Layer, Expert: c.Expert}] += c.Tokens
+			}
+		}
+		for id, n := range sum {
+			m.Tokens = append(m.Tokens, ExpertTokens{Layer: id.Layer, Expert: id.Expert, Tokens: n})
+		}
+		sort.Slice(m.Tokens, func(i, j int) bool {
+			a, b := m.Tokens[i], m.Tokens[j]
+			return a.Layer < b.Layer || (a.Layer == b.Layer && a.Expert < b.Expert)
+		})
+		s.Models = append(s.Models, m)
+	}
+	return s, nil
+}
+
+// WriteJSON writes the snapshot as indented JSON.
+func (s *Snapshot) WriteJSON(w io.Writer) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(s)
+}
+
+// maxMatrixExperts is the widest layer printed as a full per-expert token
+// row; wider layers get a one-line summary (use --json for everything).
+const maxMatrixExperts = 32
+
+// WriteText renders the snapshot for people.
+func (s *Snapshot) WriteText(w io.Writer) error {
+	b := &strings.Builder{}
+	leader := s.Leader
+	if leader == "" {
+		leader = "(none)"
+	}
+	fmt.Fprintf(b, "cluster %s, leader %s, %d workers\n\n", s.Cluster, leader, len(s.Workers))
+	if len(s.Workers) > 0 {
+		tw := tabwriter.NewWriter(b, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "WORKER\tADDR\tGOSSIP\tLEASE\tTTL\tCORES\tMEM\tPROTO\tMODEL\tEXPERTS")
+		for _, wk := range s.Workers {
+			held := 0
+			for _, m := range s.Models {
+				held += len(m.Owned[wk.ID])
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%ds/%ds\t%d\t%s\t%d\t%s\t%d\n", wk.ID, wk.Addr, dash(wk.GossipAddr), wk.Lease,
+				wk.TTLSeconds, wk.GrantedTTLSeconds, wk.Cores, size(wk.MemBytes), wk.Protocol, wk.Model, held)
+		}
+		tw.Flush()
+		b.WriteString("\n")
+	}
+	for _, m := range s.Models {
+		r := m.Record
+		fmt.Fprintf(b, "model %s (%s, %s) %s\n", r.Fingerprint, r.Name, r.Family, r.Path)
+		fmt.Fprintf(b, "  %d MoE layers x %d experts, %s per expert, %s dense per worker\n",
+			len(r.MoELayers), r.Experts, size(r.ExpertBytes), size(r.DenseBytes))
+		if m.Placement == nil {
+			b.WriteString("  placement: none yet\n\n")
+			continue
+		}
+		fmt.Fprintf(b, "  placement epoch %d (etcd revision %d)\n", m.Placement.Epoch, m.PlacementRev)
+		for _, id := range m.Placement.WorkerIDs() {
+			fmt.Fprintf(b, "    %s (%d): %s\n", id, len(m.Owned[id]), ranges(m.Owned[id]))
+		}
+		writeTokens(b, m)
+		b.WriteString("\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func writeTokens(b *strings.Builder, m Model) {
+	if len(m.Tokens) == 0 {
+		b.WriteString("  tokens: none reported\n")
+		return
+	}
+	byLayer := map[int]map[int]uint64{}
+	for _, t := range m.Tokens {
+		if byLayer[t.Layer] == nil {
+			byLayer[t.Layer] = map[int]uint64{}
+		}
+		byLayer[t.Layer][t.Expert] = t.Tokens
+	}
+	b.WriteString("  tokens per expert:\n")
+	E := m.Record.Experts
+	tw := tabwriter.NewWriter(b, 0, 4, 1, ' ', tabwriter.AlignRight)
+	if E <= maxMatrixExperts {
+		fmt.Fprint(tw, "    \t")
+		for e := 0; e < E; e++ {
+			fmt.Fprintf(tw, "E%d\t", e)
+		}
+		fmt.Fprintln(tw, "total\t")
+	}
+	for _, l := range m.Record.MoELayers {
+		row := byLayer[l]
+		var total, hi uint64
+		lo, hot := ^uint64(0), 0
+		for e := 0; e < E; e++ {
+			n := row[e]
+			total += n
+			if n > hi {
+				hi, hot = n, e
+			}
+			lo = min(lo, n)
+		}
+		if E <= maxMatrixExperts {
+			fmt.Fprintf(tw, "    L%d\t", l)
+			for e := 0; e < E; e++ {
+				fmt.Fprintf(tw, "%d\t", row[e])
+			}
+			fmt.Fprintf(tw, "%d\t\n", total)
+		} else {
+			fmt.Fprintf(tw, "    L%d\ttotal %d\tmin %d\tmax %d (E%d)\t\n", l, total, lo, hi, hot)
+		}
+	}
+	tw.Flush()
+}
+
+// ranges prints experts compactly per layer: "L1: 0-3,6  L2: 1".
+func ranges(ids []expert.ID) string {
+	if len(ids) == 0 {
+		return "-"
+	}
+	var parts []string
+	for i := 0; i < len(ids); {
+		l := ids[i].Layer
+		var es []int
+		for ; i < len(ids) && ids[i].Layer == l; i++ {
+			es = append(es, ids[i].Expert)
+		}
+		var rs []string
+		for j := 0; j < len(es); {
+			k := j
+			for k+1 < len(es) && es[k+1] == es[k]+1 {
+				k++
+			}
+			if k == j {
+				rs = append(rs, strconv.Itoa(es[j]))
+			} else {
+				rs = append(rs, fmt.Sprintf("%d-%d", es[j], es[k]))
+			}
+			j = k + 1
+		}
+		parts = append(parts, fmt.Sprintf("L%d: %s", l, strings.Join(rs, ",")))
+	}
+	return strings.Join(parts, "  ")
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func size(n int64) string {
+	switch {
+	case n == 0:
+		return "-"
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1fGiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1fMiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1fKiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%dB", n)
+}

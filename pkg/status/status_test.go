@@ -1,0 +1,107 @@
+package status
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/client/v3/concurrency"
+
+	"github.com/switchyard/switchyard/internal/etcdtest"
+	"github.com/switchyard/switchyard/internal/leakcheck"
+	"github.com/switchyard/switchyard/pkg/cluster"
+	"github.com/switchyard/switchyard/pkg/placement"
+	"github.com/switchyard/switchyard/pkg/registry"
+)
+
+func TestStatusCommand(t *testing.T) {
+	leakcheck.Check(t)
+	etcd := etcdtest.Start(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cli := etcd.Client(t)
+	reg, _ := registry.New(cli, "demo")
+	rec := registry.ModelRecord{Fingerprint: "qwen2_moe-abc", Name: "tiny", Family: "qwen2_moe", Path: "/m/tiny",
+		Layers: 2, MoELayers: []int{0, 1}, Experts: 4, ElemBytes: 4, ExpertBytes: 6144, DenseBytes: 50000, Protocol: cluster.ProtocolVersion}
+	if err := reg.PutModel(ctx, rec); err != nil {
+		t.Fatal(err)
+	}
+	var infos []cluster.WorkerInfo
+	for _, id := range []cluster.WorkerID{"w1", "w2"} {
+		info := cluster.WorkerInfo{ID: id, Addr: "127.0.0.1:700" + string(id[1]), GossipAddr: "127.0.0.1:800" + string(id[1]),
+			Cores: 2, MemBytes: 1 << 30, Protocol: cluster.ProtocolVersion, Model: rec.Fingerprint}
+		g, err := reg.Register(ctx, info, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		infos = append(infos, info)
+		var toks []registry.TokenCount
+		for e := 0; e < 4; e++ {
+			toks = append(toks, registry.TokenCount{Layer: 1, Expert: e, Tokens: uint64(10 * (e + 1))})
+		}
+		if err := g.PutStats(ctx, registry.WorkerStats{Model: rec.Fingerprint, Epoch: 1, Tokens: toks}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sess, err := concurrency.NewSession(cli, concurrency.WithTTL(5))
+	if err != nil {
+		t.Fatal(err)
+	}
+	el := concurrency.NewElection(sess, reg.LeaderPrefix())
+	if err := el.Campaign(ctx, "coord-1"); err != nil {
+		t.Fatal(err)
+	}
+	p, err := placement.Place(placement.Input{Model: rec.Fingerprint, Layers: 2, Experts: rec.PlacementExperts(), Workers: infos})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := reg.WritePlacement(ctx, registry.FenceOf(el), &p, 0); err != nil {
+		t.Fatal(err)
+	}
+
+	run := func(args ...string) string {
+		cmd := StatusCmd()
+		var out bytes.Buffer
+		cmd.SetOut(&out)
+		cmd.SetArgs(append([]string{"--etcd", strings.Join(etcd.Endpoints, ","), "--cluster", "demo"}, args...))
+		if err := cmd.ExecuteContext(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return out.String()
+	}
+	text := run()
+	t.Logf("\n%s", text)
+	for _, want := range []string{
+		"cluster demo, leader coord-1, 2 workers",
+		"w1      127.0.0.1:7001  127.0.0.1:8001",
+		"placement epoch 1",
+		"w1 (4): L0: 0,2  L1: 0,2",
+		"L1 20 40 60 80   200",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("text lacks %q", want)
+		}
+	}
+	var snap Snapshot
+	if err := json.Unmarshal([]byte(run("--json")), &snap); err != nil {
+		t.Fatal(err)
+	}
+	if snap.Leader != "coord-1" || len(snap.Workers) != 2 || snap.Workers[0].GrantedTTLSeconds != 5 || snap.Workers[0].TTLSeconds <= 0 ||
+		len(snap.Models) != 1 || snap.Models[0].Placement.Epoch != 1 || len(snap.Models[0].Tokens) != 4 || snap.Models[0].Tokens[3].Tokens != 80 {
+		t.Fatalf("json snapshot %+v", snap)
+	}
+	sess.Close()
+}
+
+func TestStatusUnreachable(t *testing.T) {
+	cmd := StatusCmd()
+	cmd.SetArgs([]string{"--etcd", "http://127.0.0.1:1", "--timeout", "300ms"})
+	cmd.SetOut(&bytes.Buffer{})
+	cmd.SetErr(&bytes.Buffer{})
+	if err := cmd.Execute(); err == nil || !strings.Contains(err.Error(), "127.0.0.1:1") {
+		t.Fatalf("err = %v", err)
+	}
+}
