@@ -596,8 +596,12 @@ func (c *Config) NumMoELayers() int {
 // Fingerprint identifies a model architecture and size: a short hash of the
 // normalized configuration. Workers serving different models (or the same
 // family at another size) have different fingerprints and refuse each other.
+// Token ids (bos/eos) and training-only settings (router_aux_loss_coef)
+// are not part of it: they do not change what the weights compute.
 func (c *Config) Fingerprint() string {
-	b, _ := json.Marshal(c)
+	arch := *c
+	arch.BOS, arch.EOS, arch.RouterAux = nil, nil, 0
+	b, _ := json.Marshal(&arch)
 	sum := sha256.Sum256(b)
 	return fmt.Sprintf("%s-%x", c.Family, sum[:6])
 }

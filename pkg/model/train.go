@@ -57,6 +57,8 @@ type TrainState struct {
 	loss   LossConfig
 	res    StepResult
 	ready  bool // a forward ran and its backward has not
+	// Prof, if set, accumulates time per component.
+	Prof *Profile
 }
 
 type layerActs struct {
@@ -141,6 +143,8 @@ func (m *Model) TrainForward(ctx context.Context, st *TrainState, ids [][]int32,
 	}
 	res := StepResult{}
 	var moe []*router.Routing
+	whole := st.Prof.start()
+	tm := st.Prof.start()
 	for l := range m.Layers {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -152,6 +156,7 @@ func (m *Model) TrainForward(ctx context.Context, st *TrainState, ids [][]int32,
 		a.h1, a.rstd1 = grow(a.h1, N*D), grow(a.rstd1, N)
 		rmsNormSave(a.h1, a.rstd1, x, L.InNorm, N, D, c.RMSEps)
 		out := grow(nil, N*D)
+		tm.lap(skip)
 		if c.MLA != nil {
 			m.trainMLA(l, a, B, T, out)
 		} else {
@@ -160,15 +165,18 @@ func (m *Model) TrainForward(ctx context.Context, st *TrainState, ids [][]int32,
 		if L.Attn.OBias != nil {
 			tensor.AddBias(out, L.Attn.OBias, N)
 		}
+		tm.lap(attn)
 		tensor.Add(x, out)
 		a.xmid = grow(a.xmid, N*D)
 		copy(a.xmid, x)
 		a.h2, a.rstd2 = grow(a.h2, N*D), grow(a.rstd2, N)
 		rmsNormSave(a.h2, a.rstd2, x, L.PostNorm, N, D, c.RMSEps)
+		tm.lap(skip)
 		if L.MLP != nil {
 			L.MLP.ForwardSave(out, a.h2, N, &a.mlp)
+			tm.lap(dense)
 		} else {
-			dropped, err := m.trainMoEForward(ctx, tr, l, a, N, lc, out)
+			dropped, err := m.trainMoEForward(ctx, tr, l, a, N, lc, out, &tm)
 			if err != nil {
 				return nil, err
 			}
@@ -183,9 +191,12 @@ func (m *Model) TrainForward(ctx context.Context, st *TrainState, ids [][]int32,
 	st.hf, st.rstdF = grow(st.hf, N*D), grow(st.rstdF, N)
 	rmsNormSave(st.hf, st.rstdF, x, m.Norm, N, D, c.RMSEps)
 	V := c.Vocab
+	tm.lap(skip)
 	st.logits = grow(st.logits, N*V)
 	tensor.Linear(st.logits, st.hf, N, &m.LMHead, 0)
 	res.CE = CrossEntropy(st.logits, ids, V)
+	tm.lap(head)
+	whole.lap(total)
 	res.Tokens = B * (T - 1)
 	if len(moe) > 0 && c.MoE.Router.Scoring == router.Softmax {
 		res.Aux = router.LoadBalancingLoss(moe)
@@ -216,6 +227,9 @@ func (m *Model) TrainBackward(ctx context.Context, st *TrainState, g *Grads) err
 	gm := g.Model
 	B, T := st.B, st.T
 	N, D, V := B*T, c.Hidden, c.Vocab
+	whole := st.Prof.start()
+	defer whole.lap(total)
+	tm := st.Prof.start()
 	// Cross-entropy: dlogits = (softmax - onehot) / tokens, 0 on last positions.
 	dl := st.logits
 	inv := float32(1 / float64(st.res.Tokens))
@@ -239,6 +253,7 @@ func (m *Model) TrainBackward(ctx context.Context, st *TrainState, g *Grads) err
 	tensor.Gemm(true, false, V, D, N, 1, dl, V, st.hf, D, 1, gm.LMHead.F32, D)
 	tensor.Gemm(false, false, N, D, V, 1, dl, V, m.LMHead.F32, D, 0, dh, D)
 	rmsNormBackward(dx, gm.Norm, dh, st.xf, m.Norm, st.rstdF, N, D, false)
+	tm.lap(head)
 
 	tr, _ := m.Experts.(expert.Trainer)
 	var moe []*router.Routing
@@ -262,12 +277,15 @@ func (m *Model) TrainBackward(ctx context.Context, st *TrainState, g *Grads) err
 		}
 		L, GL, a := &m.Layers[l], &gm.Layers[l], &st.layers[l]
 		// MLP / MoE block: x += f(h2)
+		tm.lap(skip)
 		if L.MLP != nil {
 			L.MLP.Backward(dh, dx, N, &a.mlp, GL.MLP, nil)
-		} else if err := m.trainMoEBackward(ctx, tr, l, a, N, st.loss, len(moe), auxD[l], dx, dh, GL); err != nil {
+			tm.lap(dense)
+		} else if err := m.trainMoEBackward(ctx, tr, l, a, N, st.loss, len(moe), auxD[l], dx, dh, GL, &tm); err != nil {
 			return err
 		}
 		rmsNormBackward(dx, GL.PostNorm, dh, a.xmid, L.PostNorm, a.rstd2, N, D, true)
+		tm.lap(skip)
 		// attention block: x += o_proj(attn(h1))
 		if L.Attn.OBias != nil {
 			sumRows(GL.Attn.OBias, dx, N, D)
@@ -277,6 +295,7 @@ func (m *Model) TrainBackward(ctx context.Context, st *TrainState, g *Grads) err
 		} else {
 			m.trainGQABackward(l, a, B, T, dx, dh, tmp, GL)
 		}
+		tm.lap(attn)
 		rmsNormBackward(dx, GL.InNorm, dh, a.xin, L.InNorm, a.rstd1, N, D, true)
 	}
 	// embeddings

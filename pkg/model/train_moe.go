@@ -13,7 +13,7 @@ import (
 // trainMoEForward runs a sparse layer's training forward over h2 [N, D]
 // into out [N, D]: route, (cap), experts through the Trainer, combine,
 // shared expert. It returns the number of rows dropped by the capacity.
-func (m *Model) trainMoEForward(ctx context.Context, tr expert.Trainer, l int, a *layerActs, N int, lc LossConfig, out []float32) (int, error) {
+func (m *Model) trainMoEForward(ctx context.Context, tr expert.Trainer, l int, a *layerActs, N int, lc LossConfig, out []float32, tm *timer) (int, error) {
 	c := m.Cfg
 	L := &m.Layers[l]
 	D, E, K := c.Hidden, c.MoE.Router.NumExperts, c.MoE.Router.TopK
@@ -27,11 +27,13 @@ func (m *Model) trainMoEForward(ctx context.Context, tr expert.Trainer, l int, a
 		dropped = a.plan.Limit(capacity)
 	}
 	a.y = grow(a.y, a.plan.Len()*D)
+	tm.lap(rout)
 	if err := tr.ForwardTrain(ctx, l, &a.plan, a.h2, D, a.y); err != nil {
 		return 0, fmt.Errorf("layer %d experts: %w", l, err)
 	}
 	clear(out[:N*D])
 	expert.Combine(out, D, &a.plan, a.y)
+	tm.lap(exps)
 	if L.Shared != nil {
 		a.sharedOut = grow(a.sharedOut, N*D)
 		L.Shared.ForwardSave(a.sharedOut, a.h2, N, &a.shared)
@@ -44,6 +46,7 @@ func (m *Model) trainMoEForward(ctx context.Context, tr expert.Trainer, l int, a
 		} else {
 			tensor.Add(out[:N*D], a.sharedOut)
 		}
+		tm.lap(shared)
 	}
 	return dropped, nil
 }
@@ -54,7 +57,7 @@ func (m *Model) trainMoEForward(ctx context.Context, tr expert.Trainer, l int, a
 //
 // auxD ([N, E] or nil) is the load-balancing loss's gradient with respect
 // to this layer's scores, already multiplied by its coefficient.
-func (m *Model) trainMoEBackward(ctx context.Context, tr expert.Trainer, l int, a *layerActs, N int, lc LossConfig, moeLayers int, auxD, dx, dh []float32, GL *Layer) error {
+func (m *Model) trainMoEBackward(ctx context.Context, tr expert.Trainer, l int, a *layerActs, N int, lc LossConfig, moeLayers int, auxD, dx, dh []float32, GL *Layer, tm *timer) error {
 	c := m.Cfg
 	L := &m.Layers[l]
 	D, E, K := c.Hidden, c.MoE.Router.NumExperts, c.MoE.Router.TopK
@@ -78,6 +81,7 @@ func (m *Model) trainMoEBackward(ctx context.Context, tr expert.Trainer, l int, 
 		tmp := grow(nil, N*D)
 		L.Shared.Backward(tmp, ds, N, &a.shared, GL.Shared, nil)
 		tensor.Add(dh[:N*D], tmp)
+		tm.lap(shared)
 	}
 	// routed experts: out[t] += w_r y_r
 	rows := a.plan.Len()
@@ -100,6 +104,7 @@ func (m *Model) trainMoEBackward(ctx context.Context, tr expert.Trainer, l int, 
 		t := int(a.plan.Token[r])
 		tensor.Add(dh[t*D:(t+1)*D], dxr[r*D:(r+1)*D])
 	}
+	tm.lap(exps)
 	// router: weights -> scores -> logits, plus aux and z losses
 	dLogits := make([]float32, N*E)
 	c.MoE.Router.Backward(&a.routing, dW, auxD, dLogits)
@@ -108,5 +113,6 @@ func (m *Model) trainMoEBackward(ctx context.Context, tr expert.Trainer, l int, 
 	}
 	tensor.Gemm(true, false, E, D, N, 1, dLogits, E, a.h2, D, 1, GL.Gate.F32, D)
 	tensor.Gemm(false, false, N, D, E, 1, dLogits, E, L.Gate.F32, D, 1, dh, D)
+	tm.lap(rout)
 	return nil
 }

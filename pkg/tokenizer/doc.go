@@ -62,6 +62,27 @@
 //     <|end_of_text|>, </s>, <eos>, <|endoftext|>, ... for EOS).
 //   - A Tokenizer is safe for concurrent use; a StreamDecoder is not.
 //
+// # Training and writing
+//
+// Train (TrainDocs for a corpus of documents) learns a byte-level BPE from
+// text as tokenizers' BpeTrainer does, with Qwen2's layout: no normalizer,
+// Split(PatternQwen2 by default, Isolated) then ByteLevel without prefix
+// space or regex, ByteLevel post-processor and decoder. Ids: the special
+// tokens 0..S-1 (TrainConfig.SpecialTokens, in order), the 256 byte symbols
+// S..S+255 in code-point order ("!" first), then one id per merge. Each
+// step merges the most frequent adjacent pair over all pre-tokens, ties to
+// the smallest (left id, right id), until TrainConfig.VocabSize ids or no
+// pair occurs MinFrequency times; the result depends on nothing but the
+// text and the config, and on the book in testdata it equals the merges of
+// tokenizers' own trainer. Pair counts are updated incrementally from the
+// words a merge touches, with a lazy max-heap: 4096 ids on 570 KB of text
+// take about 0.1 s.
+//
+// Marshal writes any Tokenizer as tokenizer.json in tokenizers' key order
+// and pretty format (for a file tokenizers wrote, the same bytes), keeping
+// what Encode ignores (truncation, padding, post_processor) as loaded; Save
+// writes it atomically. Load(Save(t)) encodes and decodes as t does.
+//
 // Character classes (\s, \p{L}, \p{N}, ...) come from Go's unicode tables,
 // which can differ from the Oniguruma build inside a tokenizers release only
 // for code points assigned by a newer Unicode version than either has.

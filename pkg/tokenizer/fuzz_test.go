@@ -137,7 +137,9 @@ func expectedBytes(tok *Tokenizer, s string) string {
 
 // FuzzLoad feeds mutated tokenizer.json files to Parse: it must return a
 // tokenizer or an error, never panic, and a tokenizer it returns must encode
-// and decode without panicking. The golden seeds are 10 KB, which makes the
+// and decode without panicking. Marshal must write it back (unless its
+// vocabulary gives one id several tokens) as a file that Parse reads to a
+// tokenizer encoding alike, and that Marshal writes again unchanged. The golden seeds are 10 KB, which makes the
 // fuzzer's input minimization slow; run with -fuzzminimizetime=5s.
 func FuzzLoad(f *testing.F) {
 	for _, name := range goldenDirs {
@@ -180,5 +182,28 @@ func FuzzLoad(f *testing.F) {
 			t.Fatal(err)
 		}
 		tok.Special()
+
+		data2, err := tok.Marshal()
+		if err != nil {
+			if !strings.Contains(err.Error(), "several tokens to one id") {
+				t.Fatal(err)
+			}
+			return
+		}
+		tok2, err := Parse(data2, "marshaled.json")
+		if err != nil {
+			t.Fatalf("Marshal wrote a file that does not load: %v", err)
+		}
+		for _, s := range fuzzSeeds {
+			if a, b := tok.Encode(s), tok2.Encode(s); !slices.Equal(a, b) {
+				t.Fatalf("Encode(%q): %v, after Marshal %v", s, a, b)
+			}
+		}
+		if tok.VocabSize() != tok2.VocabSize() || tok.Special() != tok2.Special() || !slices.Equal(tok.AddedTokens(), tok2.AddedTokens()) {
+			t.Fatal("VocabSize, Special or AddedTokens changed by Marshal")
+		}
+		if data3, err := tok2.Marshal(); err != nil || string(data3) != string(data2) {
+			t.Fatalf("Marshal is not stable: %v", err)
+		}
 	})
 }

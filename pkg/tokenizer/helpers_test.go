@@ -5,7 +5,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 )
@@ -117,70 +116,28 @@ func englishText(n int) string {
 }
 
 // trainedJSON returns the golden gpt2 tokenizer.json with its vocabulary and
-// merges replaced by numMerges merges learned from corpus by plain BPE
-// training (most frequent pair first), so that tests and benchmarks see
-// realistic merge chains. Merges are written in the "a b" string form.
+// merges replaced by numMerges merges that Train learns from corpus with the
+// GPT-2 pattern (fewer if pairs occurring twice run out), so that tests and
+// benchmarks see realistic merge chains. Merges are written in the "a b"
+// string form.
 func trainedJSON(t testing.TB, corpus string, numMerges int) map[string]any {
 	t.Helper()
+	specials := []string{"<|endoftext|>", "<|im_start|>", "<|im_end|>"}
+	tok, err := Train(corpus, TrainConfig{VocabSize: len(specials) + 256 + numMerges, SpecialTokens: specials, Pattern: PatternGPT2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	merges, err := tok.mergeStrings()
+	if err != nil {
+		t.Fatal(err)
+	}
 	m := goldenJSON(t, "tokenizer_bpe_gpt2")
-	vocab := map[string]int{"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2}
-	for b := 0; b < 256; b++ {
-		vocab[string(byteToRune[b])] = len(vocab)
-	}
-	// Word frequencies over the GPT-2 pre-tokens of the corpus.
-	freq := map[string]int{}
-	splitIsolated(corpus, matchGPT2, func(p string) { freq[p]++ })
-	type word struct {
-		syms []string
-		n    int
-	}
-	var words []word
-	for p, n := range freq {
-		var syms []string
-		for i := 0; i < len(p); i++ {
-			syms = append(syms, string(byteToRune[p[i]]))
-		}
-		words = append(words, word{syms, n})
-	}
-	sort.Slice(words, func(i, j int) bool { return strings.Join(words[i].syms, "") < strings.Join(words[j].syms, "") })
-	var merges []any
-	for len(merges) < numMerges {
-		counts := map[[2]string]int{}
-		for _, w := range words {
-			for i := 0; i+1 < len(w.syms); i++ {
-				counts[[2]string{w.syms[i], w.syms[i+1]}] += w.n
-			}
-		}
-		var best [2]string
-		bestN := 0
-		for p, n := range counts {
-			if n > bestN || (n == bestN && (p[0]+" "+p[1]) < (best[0]+" "+best[1])) {
-				best, bestN = p, n
-			}
-		}
-		if bestN < 2 {
-			break
-		}
-		merges = append(merges, best[0]+" "+best[1])
-		if _, ok := vocab[best[0]+best[1]]; !ok {
-			vocab[best[0]+best[1]] = len(vocab)
-		}
-		for wi := range words {
-			s := words[wi].syms
-			out := s[:0]
-			for i := 0; i < len(s); i++ {
-				if i+1 < len(s) && s[i] == best[0] && s[i+1] == best[1] {
-					out = append(out, best[0]+best[1])
-					i++
-				} else {
-					out = append(out, s[i])
-				}
-			}
-			words[wi].syms = out
-		}
-	}
 	model := m["model"].(map[string]any)
-	model["vocab"] = vocab
-	model["merges"] = merges
+	model["vocab"] = tok.model.vocab
+	list := make([]any, len(merges))
+	for i, mg := range merges {
+		list[i] = mg[0] + " " + mg[1]
+	}
+	model["merges"] = list
 	return m
 }

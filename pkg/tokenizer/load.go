@@ -66,6 +66,9 @@ func Parse(data []byte, name string) (*Tokenizer, error) {
 }
 
 type fileJSON struct {
+	Version       json.RawMessage  `json:"version"`
+	Truncation    json.RawMessage  `json:"truncation"`
+	Padding       json.RawMessage  `json:"padding"`
 	AddedTokens   []addedTokenJSON `json:"added_tokens"`
 	Normalizer    json.RawMessage  `json:"normalizer"`
 	PreTokenizer  json.RawMessage  `json:"pre_tokenizer"`
@@ -140,6 +143,9 @@ func parse(data []byte) (*Tokenizer, error) {
 	t.buildMatchSets()
 	t.buildDecodeTable()
 	t.guessSpecial(f.PostProcessor)
+	t.src.version, t.src.truncation, t.src.padding = f.Version, f.Truncation, f.Padding
+	t.src.normalizer, t.src.preTokenizer = f.Normalizer, f.PreTokenizer
+	t.src.postProcessor, t.src.decoder = f.PostProcessor, f.Decoder
 	return t, nil
 }
 
@@ -177,6 +183,17 @@ func (t *Tokenizer) parseModel(raw json.RawMessage) error {
 	if err := errors.Join(errs...); err != nil {
 		return err
 	}
+	opts, err := orderedFields(raw)
+	if err != nil {
+		return fmt.Errorf("malformed model: %w", err)
+	}
+	for _, f := range opts {
+		// encoding/json matched "Vocab" or "MERGES" too.
+		if !strings.EqualFold(f.key, "vocab") && !strings.EqualFold(f.key, "merges") {
+			t.src.modelOpts = append(t.src.modelOpts, f)
+		}
+	}
+	t.src.mergesAsStrings = len(m.Merges) > 0 && bytes.HasPrefix(bytes.TrimSpace(m.Merges[0]), []byte(`"`))
 
 	var vocab map[string]int
 	if err := json.Unmarshal(m.Vocab, &vocab); err != nil || vocab == nil {
@@ -285,15 +302,6 @@ func (t *Tokenizer) grow(n int) {
 }
 
 func (t *Tokenizer) parseAdded(list []addedTokenJSON) error {
-	n := len(t.model.vocab)
-	for _, a := range list {
-		if a.ID != nil && *a.ID >= 0 {
-			n = max(n, *a.ID+1)
-		}
-	}
-	if n >= 2*(len(t.model.vocab)+len(list))+maxIDSlack {
-		return fmt.Errorf("added_tokens: id %d is too sparse", n-1)
-	}
 	var errs []error
 	seen := map[string]bool{}
 	for i, a := range list {
@@ -323,6 +331,14 @@ func (t *Tokenizer) parseAdded(list []addedTokenJSON) error {
 	}
 	if err := errors.Join(errs...); err != nil {
 		return err
+	}
+	// Ids run to the largest one kept: an ignored entry's id is no token.
+	n := len(t.model.vocab)
+	for _, a := range t.added {
+		n = max(n, a.ID+1)
+	}
+	if n >= 2*(len(t.model.vocab)+len(list))+maxIDSlack {
+		return fmt.Errorf("added_tokens: id %d is too sparse", n-1)
 	}
 	t.addedByContent = make(map[string]int, len(t.added))
 	t.addedByID = make(map[int]int, len(t.added))

@@ -40,6 +40,9 @@ type Tokenizer struct {
 	isSpecial []bool // by id
 
 	special SpecialTokens
+
+	// src is what Marshal writes back as loaded.
+	src fileParts
 }
 
 // preStep is one pre-tokenizer: a Split (match != nil) or ByteLevel.
@@ -74,7 +77,8 @@ type SpecialTokens struct {
 	BOS, EOS, PAD, UNK int
 }
 
-// Name returns the path the tokenizer was loaded from.
+// Name returns the path the tokenizer was loaded from ("" for one made by
+// Train).
 func (t *Tokenizer) Name() string { return t.name }
 
 // VocabSize is one more than the largest id, counting the model vocabulary

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"time"
 
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/model"
@@ -75,6 +76,13 @@ func NewStepper(m *model.Model, store *expert.Store, cfg StepConfig) (*Stepper, 
 	return &Stepper{Model: m, Store: store, Grads: g, Opt: opt, Cfg: cfg, state: m.NewTrainState(), dense: dense, gdense: g.Params}, nil
 }
 
+// Profile turns on per-component timing of the following steps and
+// returns the profile they accumulate into.
+func (s *Stepper) Profile() *model.Profile {
+	s.state.Prof = &model.Profile{}
+	return s.state.Prof
+}
+
 // Params returns every trainable parameter with its gradient of the last
 // backward: dense ones (buffers excluded) and the store's experts that
 // received rows (others have G nil and are skipped by AdamW).
@@ -136,6 +144,7 @@ func (s *Stepper) TrainStep(ctx context.Context, ids [][]int32) (*StepOut, error
 	if err := s.Model.TrainBackward(ctx, s.state, s.Grads); err != nil {
 		return nil, err
 	}
+	t0 := time.Now()
 	params := s.Params()
 	out := &StepOut{StepResult: *res, LR: s.Cfg.LR(s.Step), GradNorm: optim.GradNorm(params)}
 	if math.IsNaN(res.Loss) || math.IsInf(res.Loss, 0) || math.IsNaN(out.GradNorm) || math.IsInf(out.GradNorm, 0) {
@@ -146,6 +155,10 @@ func (s *Stepper) TrainStep(ctx context.Context, ids [][]int32) (*StepOut, error
 		return out, err
 	}
 	UpdateScoreBias(s.Model, res.Load, s.Cfg.BiasUpdateSpeed)
+	if p := s.state.Prof; p != nil {
+		p.Optimizer += time.Since(t0)
+		p.Steps++
+	}
 	s.Step++
 	return out, nil
 }

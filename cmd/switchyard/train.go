@@ -1,0 +1,85 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/switchyard/switchyard/pkg/train"
+)
+
+func trainCmd() *cobra.Command {
+	cfg := train.DefaultJobConfig()
+	var lr, minLR float64
+	var warmup int
+	cmd := &cobra.Command{
+		Use:   "train --text FILE --out DIR (--preset NAME | --init-from DIR) [flags]",
+		Short: "Train a MoE model on a text file (single process)",
+		Long: `train trains a model from scratch (--preset) or fine-tunes a Hugging Face
+checkpoint (--init-from) on a UTF-8 text file, with AdamW, warmup + cosine
+learning rate, gradient clipping and periodic held-out evaluation.
+
+Checkpoints go to OUT/checkpoint-NNNNNNN in Hugging Face layout (config.json,
+model.safetensors, tokenizer.json) plus optimizer and trainer state; verify,
+generate and transformers load them. --resume continues from the latest
+checkpoint in OUT and reproduces the uninterrupted loss curve exactly.
+OUT/loss.png is the loss curve. Ctrl-C saves a checkpoint and stops.
+
+Presets: ` + fmt.Sprint(train.PresetNames()),
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg.Step.AdamW.LR = lr
+			cfg.Step.Schedule.Peak = lr
+			cfg.Step.Schedule.Min = minLR
+			cfg.Step.Schedule.Warmup = warmup
+			cfg.Step.Schedule.Total = cfg.Steps
+			cfg.Progress = cmd.ErrOrStderr()
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			res, err := train.Run(ctx, cfg)
+			if err != nil {
+				if errors.Is(err, context.Canceled) && res != nil && res.Checkpoint != "" {
+					fmt.Fprintf(cmd.ErrOrStderr(), "train: interrupted; saved %s (resume with --resume)\n", res.Checkpoint)
+				}
+				return err
+			}
+			last := res.Losses[len(res.Losses)-1]
+			fmt.Fprintf(cmd.OutOrStdout(), "train: %d steps, %.2f M parameters, loss %.4f -> %.4f", res.Steps, float64(res.Params)/1e6, res.Losses[0], last)
+			if n := len(res.Evals); n > 0 {
+				fmt.Fprintf(cmd.OutOrStdout(), ", held-out %.4f", res.Evals[n-1].Loss)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), ", %.0f tokens/s\ncheckpoint %s\nloss curve %s\n", res.TokensPerS, res.Checkpoint, res.LossPNG)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Text, "text", "", "training text file (UTF-8)")
+	f.StringVar(&cfg.Out, "out", "", "output directory for checkpoints and the loss curve")
+	f.StringVar(&cfg.Preset, "preset", "", "train from scratch with this model preset")
+	f.StringVar(&cfg.InitFrom, "init-from", "", "fine-tune this Hugging Face model folder")
+	f.BoolVar(&cfg.Resume, "resume", false, "continue from the latest checkpoint in --out")
+	f.StringVar(&cfg.Tokenizer, "tokenizer", "", "tokenizer.json to use (default: the model's, or train one on --text)")
+	f.IntVar(&cfg.VocabSize, "vocab-size", cfg.VocabSize, "vocabulary of a tokenizer trained on --text")
+	f.IntVar(&cfg.Steps, "steps", cfg.Steps, "total training steps")
+	f.IntVar(&cfg.Batch, "batch", cfg.Batch, "sequences per step")
+	f.IntVar(&cfg.SeqLen, "seq-len", cfg.SeqLen, "tokens per sequence")
+	f.Float64Var(&lr, "lr", cfg.Step.AdamW.LR, "peak learning rate")
+	f.Float64Var(&minLR, "min-lr", cfg.Step.Schedule.Min, "final learning rate of the cosine decay")
+	f.IntVar(&warmup, "warmup", cfg.Step.Schedule.Warmup, "linear warmup steps")
+	f.Float64Var(&cfg.Step.AdamW.WeightDecay, "weight-decay", cfg.Step.AdamW.WeightDecay, "AdamW decoupled weight decay")
+	f.Float64Var(&cfg.Step.MaxGradNorm, "clip", cfg.Step.MaxGradNorm, "global gradient norm clip (0: off)")
+	f.Float64Var(&cfg.Step.Loss.AuxCoef, "aux-loss", cfg.Step.Loss.AuxCoef, "load-balancing loss coefficient (softmax routers)")
+	f.Float64Var(&cfg.Step.Loss.ZCoef, "z-loss", cfg.Step.Loss.ZCoef, "router z-loss coefficient")
+	f.Float64Var(&cfg.Step.Loss.CapacityFactor, "capacity-factor", 0, "expert capacity factor (0: dropless)")
+	f.Float64Var(&cfg.Step.BiasUpdateSpeed, "bias-update", cfg.Step.BiasUpdateSpeed, "DeepSeek-V3 aux-loss-free bias update speed (0: off)")
+	f.IntVar(&cfg.EvalEvery, "eval-every", cfg.EvalEvery, "steps between held-out evaluations")
+	f.IntVar(&cfg.SaveEvery, "save-every", cfg.SaveEvery, "steps between checkpoints")
+	f.Float64Var(&cfg.HeldOut, "held-out", cfg.HeldOut, "fraction of the text held out for evaluation")
+	f.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed for initialization and data order")
+	return cmd
+}
