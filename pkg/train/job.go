@@ -55,8 +55,8 @@ func DefaultJobConfig() JobConfig {
 		VocabSize: 1024, SeqLen: 128, Batch: 8, Steps: 300, HeldOut: 0.05,
 		EvalEvery: 50, EvalMax: 32, SaveEvery: 100, Seed: 1,
 		Step: StepConfig{
-			AdamW:       optim.AdamWConfig{LR: 3e-3, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, WeightDecay: 0.1},
-			Schedule:    optim.Schedule{Peak: 3e-3, Min: 3e-4, Warmup: 20},
+			AdamW:           optim.AdamWConfig{LR: 3e-3, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, WeightDecay: 0.1},
+			Schedule:        optim.Schedule{Peak: 3e-3, Min: 3e-4, Warmup: 20},
 			MaxGradNorm:     1.0,
 			BiasUpdateSpeed: 1e-3,
 		},
