@@ -114,17 +114,25 @@ type storeLayerTrain struct {
 	acts    []FFNActs // [E]
 }
 
+// trainKey names one saved forward: the caller (a worker ID, "" for the
+// local model) and the layer.
+type trainKey struct {
+	caller string
+	layer  int
+}
+
 // trainState is the training side of a Store.
 type trainState struct {
 	mu      sync.Mutex
-	layers  map[int]*storeLayerTrain
+	layers  map[trainKey]*storeLayerTrain
 	grads   map[ID]*FFN
-	touched map[ID]bool // received rows since the last ZeroGrad
+	gradMu  map[ID]*sync.Mutex // serializes accumulation into one expert's gradient
+	touched map[ID]bool        // received rows since the last ZeroGrad
 }
 
 func (s *Store) ts() *trainState {
 	s.trainOnce.Do(func() {
-		s.train = &trainState{layers: map[int]*storeLayerTrain{}, grads: map[ID]*FFN{}, touched: map[ID]bool{}}
+		s.train = &trainState{layers: map[trainKey]*storeLayerTrain{}, grads: map[ID]*FFN{}, gradMu: map[ID]*sync.Mutex{}, touched: map[ID]bool{}}
 	})
 	return s.train
 }
@@ -173,12 +181,44 @@ func (s *Store) grad(id ID, f *FFN) *FFN {
 	if g == nil {
 		g = NewFFNLike(f)
 		t.grads[id] = g
+		t.gradMu[id] = new(sync.Mutex)
 	}
 	return g
 }
 
-// ForwardTrain implements Trainer.
+// ForwardTrain implements Trainer for the local model (caller "").
 func (s *Store) ForwardTrain(ctx context.Context, layer int, plan *router.Plan, x []float32, d int, y []float32) error {
+	return s.ForwardTrainFor(ctx, "", layer, plan, x, d, y)
+}
+
+// BackwardTrain implements Trainer for the local model (caller "").
+func (s *Store) BackwardTrain(ctx context.Context, layer int, dy, dx []float32) error {
+	return s.BackwardTrainFor(ctx, "", layer, dy, dx)
+}
+
+// TrainerFor returns a Trainer whose saved activations are kept apart from
+// every other caller's: several models (in-process workers, or remote
+// workers served by one owner) can train through one store at once.
+// Gradients of an expert accumulate over all callers.
+func (s *Store) TrainerFor(caller string) Trainer { return callerTrainer{s, caller} }
+
+type callerTrainer struct {
+	s      *Store
+	caller string
+}
+
+func (c callerTrainer) Compute(ctx context.Context, layer int, plan *router.Plan, x []float32, d int, y []float32) error {
+	return c.s.Compute(ctx, layer, plan, x, d, y)
+}
+func (c callerTrainer) ForwardTrain(ctx context.Context, layer int, plan *router.Plan, x []float32, d int, y []float32) error {
+	return c.s.ForwardTrainFor(ctx, c.caller, layer, plan, x, d, y)
+}
+func (c callerTrainer) BackwardTrain(ctx context.Context, layer int, dy, dx []float32) error {
+	return c.s.BackwardTrainFor(ctx, c.caller, layer, dy, dx)
+}
+
+// ForwardTrainFor is ForwardTrain on behalf of caller.
+func (s *Store) ForwardTrainFor(ctx context.Context, caller string, layer int, plan *router.Plan, x []float32, d int, y []float32) error {
 	E := plan.NumExperts
 	st := &storeLayerTrain{
 		offsets: append([]int32(nil), plan.Offsets[:E+1]...),
@@ -221,31 +261,33 @@ func (s *Store) ForwardTrain(ctx context.Context, layer int, plan *router.Plan, 
 	})
 	t := s.ts()
 	t.mu.Lock()
-	t.layers[layer] = st
+	t.layers[trainKey{caller, layer}] = st
 	t.mu.Unlock()
 	return nil
 }
 
-// BackwardTrain implements Trainer.
-func (s *Store) BackwardTrain(ctx context.Context, layer int, dy, dx []float32) error {
+// BackwardTrainFor is BackwardTrain on behalf of caller.
+func (s *Store) BackwardTrainFor(ctx context.Context, caller string, layer int, dy, dx []float32) error {
 	t := s.ts()
 	t.mu.Lock()
-	st := t.layers[layer]
-	delete(t.layers, layer)
+	st := t.layers[trainKey{caller, layer}]
+	delete(t.layers, trainKey{caller, layer})
 	t.mu.Unlock()
 	if st == nil {
-		return fmt.Errorf("expert: backward of layer %d without a forward", layer)
+		return fmt.Errorf("expert: backward of layer %d for %q without a forward", layer, caller)
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	E := len(st.ffns)
 	grads := make([]*FFN, E)
+	locks := make([]*sync.Mutex, E)
 	for e, f := range st.ffns {
 		if f != nil {
 			grads[e] = s.grad(ID{layer, e}, f)
 			t.mu.Lock()
 			t.touched[ID{layer, e}] = true
+			locks[e] = t.gradMu[ID{layer, e}]
 			t.mu.Unlock()
 		}
 	}
@@ -267,7 +309,9 @@ func (s *Store) BackwardTrain(ctx context.Context, layer int, dy, dx []float32) 
 			n := hi - lo
 			_, F := f.Dims()
 			scratch = growF(scratch, 3*n*F)
+			locks[e].Lock() // other callers may be accumulating into this expert
 			f.Backward(dx[lo*d:hi*d], dy[lo*d:hi*d], n, &st.acts[e], grads[e], scratch)
+			locks[e].Unlock()
 		}
 	})
 	return nil

@@ -2,6 +2,8 @@ package model
 
 import (
 	"fmt"
+	"strconv"
+	"strings"
 
 	"github.com/switchyard/switchyard/pkg/tensor"
 )
@@ -120,6 +122,16 @@ type Grads struct {
 	Model  *Model
 	Flat   []float32
 	Params []ParamRef // the gradient tensors, by hub name (aliases into Flat)
+	spans  map[int][2]int
+}
+
+// Span returns the range [lo, hi) of Flat holding the gradients of a part
+// as TrainState.OnGrads numbers them: -1 the embeddings, 0..L-1 a layer, L
+// the final norm and lm_head. Parts are contiguous and in this order, so
+// gradients finalize from the end of Flat towards its start.
+func (g *Grads) Span(part int) (lo, hi int) {
+	s := g.spans[part]
+	return s[0], s[1]
 }
 
 // NewGrads allocates zeroed gradients shaped like m's dense parameters.
@@ -132,13 +144,20 @@ func (m *Model) NewGrads() (*Grads, error) {
 	for _, r := range refs {
 		n += len(*r.Data)
 	}
-	g := &Grads{Flat: make([]float32, n)}
+	g := &Grads{Flat: make([]float32, n), spans: map[int][2]int{}}
 	shadow := m.shallowCopy()
 	srefs, _ := shadow.DenseParams()
 	off := 0
 	for i, r := range srefs {
 		k := len(*refs[i].Data)
 		*r.Data = g.Flat[off : off+k : off+k]
+		part := partOf(r.Name, m.Cfg.Layers)
+		sp, ok := g.spans[part]
+		if !ok {
+			sp = [2]int{off, off}
+		}
+		sp[1] = off + k
+		g.spans[part] = sp
 		off += k
 	}
 	if m.tied() {
@@ -171,4 +190,21 @@ func (m *Model) shallowCopy() *Model {
 		}
 	}
 	return &c
+}
+
+// partOf maps a dense parameter name to its OnGrads part.
+func partOf(name string, layers int) int {
+	const p = "model.layers."
+	if strings.HasPrefix(name, p) {
+		rest := name[len(p):]
+		if i := strings.IndexByte(rest, '.'); i > 0 {
+			if l, err := strconv.Atoi(rest[:i]); err == nil {
+				return l
+			}
+		}
+	}
+	if name == "model.embed_tokens.weight" {
+		return -1
+	}
+	return layers // model.norm, lm_head
 }

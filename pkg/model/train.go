@@ -57,6 +57,14 @@ type TrainState struct {
 	loss   LossConfig
 	res    StepResult
 	ready  bool // a forward ran and its backward has not
+	stats  []float64 // local statistics of the last forward (see Stats)
+	global []float64 // group-summed statistics, or nil
+	// OnGrads, if set, is called during TrainBackward each time a part of
+	// the dense gradients is final: with L (the final norm and lm_head),
+	// then each layer from L-1 down to 0, then -1 (the embeddings). A
+	// data-parallel step starts all-reducing those gradients while the
+	// backward goes on (Grads.Span maps the argument to a range of Flat).
+	OnGrads func(part int)
 	// Prof, if set, accumulates time per component.
 	Prof *Profile
 }
@@ -198,22 +206,102 @@ func (m *Model) TrainForward(ctx context.Context, st *TrainState, ids [][]int32,
 	tm.lap(head)
 	whole.lap(total)
 	res.Tokens = B * (T - 1)
-	if len(moe) > 0 && c.MoE.Router.Scoring == router.Softmax {
-		res.Aux = router.LoadBalancingLoss(moe)
-	}
-	if lc.ZCoef != 0 {
+	// Local statistics (see Stats); the result is computed from them so a
+	// data-parallel group can replace them with group sums.
+	E := c.MoE.Router.NumExperts
+	stats := []float64{float64(res.Tokens), res.CE * float64(res.Tokens), 0, 0}
+	if lc.ZCoef != 0 && len(moe) > 0 {
 		var lg [][]float32
 		for l := range m.Layers {
 			if m.Layers[l].MLP == nil {
 				lg = append(lg, st.layers[l].logits)
 			}
 		}
-		res.Z = router.ZLoss(lg, c.MoE.Router.NumExperts)
+		stats[2] = router.ZLoss(lg, E) * float64(len(moe)*N)
 	}
-	res.Loss = res.CE + lc.AuxCoef*res.Aux + lc.ZCoef*res.Z
+	stats[3] = float64(len(moe) * N)
+	for _, r := range moe {
+		cnt := make([]float64, E)
+		for _, id := range r.IDs[:r.T*r.K] {
+			cnt[id]++
+		}
+		ps := make([]float64, E)
+		for t := 0; t < r.T; t++ {
+			for e, v := range r.Scores[t*E : (t+1)*E] {
+				ps[e] += float64(v)
+			}
+		}
+		stats = append(stats, cnt...)
+		stats = append(stats, ps...)
+	}
+	st.stats, st.global = stats, nil
 	st.res = res
+	st.applyStats(m, stats)
 	st.ready = true
 	return &st.res, nil
+}
+
+// Stats returns the last TrainForward's sufficient statistics, which a
+// data-parallel group sums (all-reduce) so every rank can normalize its
+// backward as one global batch: [predicted tokens, cross-entropy sum,
+// z-loss sum, MoE rows, then per MoE layer: routed rows per expert [E] and
+// summed router scores per expert [E]].
+func (st *TrainState) Stats() []float64 { return append([]float64(nil), st.stats...) }
+
+// SetGlobalStats installs group-summed statistics (same layout as Stats):
+// the step's losses become the group's and TrainBackward scales the
+// gradients as for one batch of all ranks' sequences (so summing the ranks'
+// gradients gives the single-process gradient of the whole batch).
+func (st *TrainState) SetGlobalStats(m *Model, g []float64) error {
+	if len(g) != len(st.stats) {
+		return fmt.Errorf("model: global stats have %d values, local %d", len(g), len(st.stats))
+	}
+	st.global = append([]float64(nil), g...)
+	st.applyStats(m, st.global)
+	return nil
+}
+
+// Result returns the losses of the last TrainForward (global ones after
+// SetGlobalStats).
+func (st *TrainState) Result() *StepResult { return &st.res }
+
+func (st *TrainState) applyStats(m *Model, s []float64) {
+	c := m.Cfg
+	E := c.MoE.Router.NumExperts
+	res := &st.res
+	res.Tokens = int(s[0])
+	res.CE = s[1] / s[0]
+	res.Z, res.Aux = 0, 0
+	if s[3] > 0 {
+		res.Z = s[2] / s[3]
+	}
+	res.Load = nil
+	counts := make([]float64, E)
+	probs := make([]float64, E)
+	for off := 4; off+2*E <= len(s); off += 2 * E {
+		ld := make([]int, E)
+		for e := 0; e < E; e++ {
+			ld[e] = int(s[off+e])
+			counts[e] += s[off+e]
+			probs[e] += s[off+E+e]
+		}
+		res.Load = append(res.Load, ld)
+	}
+	if len(res.Load) > 0 && c.MoE.Router.Scoring == router.Softmax {
+		for e := range counts {
+			res.Aux += counts[e] / s[3] * probs[e] / s[3]
+		}
+		res.Aux *= float64(E)
+	}
+	res.Loss = res.CE + st.loss.AuxCoef*res.Aux + st.loss.ZCoef*res.Z
+}
+
+// statsUsed returns the statistics the backward normalizes with.
+func (st *TrainState) statsUsed() []float64 {
+	if st.global != nil {
+		return st.global
+	}
+	return st.stats
 }
 
 // TrainBackward accumulates into g (and into the expert executor's
@@ -232,7 +320,8 @@ func (m *Model) TrainBackward(ctx context.Context, st *TrainState, g *Grads) err
 	tm := st.Prof.start()
 	// Cross-entropy: dlogits = (softmax - onehot) / tokens, 0 on last positions.
 	dl := st.logits
-	inv := float32(1 / float64(st.res.Tokens))
+	stats := st.statsUsed()
+	inv := float32(1 / stats[0])
 	tensor.ParallelFor(N, 16, func(lo, hi int) {
 		for r := lo; r < hi; r++ {
 			row := dl[r*V : (r+1)*V]
@@ -254,6 +343,9 @@ func (m *Model) TrainBackward(ctx context.Context, st *TrainState, g *Grads) err
 	tensor.Gemm(false, false, N, D, V, 1, dl, V, m.LMHead.F32, D, 0, dh, D)
 	rmsNormBackward(dx, gm.Norm, dh, st.xf, m.Norm, st.rstdF, N, D, false)
 	tm.lap(head)
+	if st.OnGrads != nil {
+		st.OnGrads(c.Layers)
+	}
 
 	tr, _ := m.Experts.(expert.Trainer)
 	var moe []*router.Routing
@@ -266,9 +358,21 @@ func (m *Model) TrainBackward(ctx context.Context, st *TrainState, g *Grads) err
 	}
 	auxD := map[int][]float32{}
 	if st.loss.AuxCoef != 0 && c.MoE.Router.Scoring == router.Softmax && len(moe) > 0 {
-		for i, d := range router.LoadBalancingGrad(moe) {
-			tensor.Scale(float32(st.loss.AuxCoef), d)
-			auxD[moeIdx[i]] = d
+		// d aux / d score[t,e] = E * count_e / rows^2 over the (global) batch
+		E := c.MoE.Router.NumExperts
+		rows := stats[3]
+		g := make([]float32, E)
+		for off := 4; off+2*E <= len(stats); off += 2 * E {
+			for e := 0; e < E; e++ {
+				g[e] += float32(st.loss.AuxCoef * float64(E) * stats[off+e] / (rows * rows))
+			}
+		}
+		for _, l := range moeIdx {
+			d := make([]float32, N*E)
+			for t := 0; t < N; t++ {
+				copy(d[t*E:(t+1)*E], g)
+			}
+			auxD[l] = d
 		}
 	}
 	for l := len(m.Layers) - 1; l >= 0; l-- {
@@ -281,7 +385,7 @@ func (m *Model) TrainBackward(ctx context.Context, st *TrainState, g *Grads) err
 		if L.MLP != nil {
 			L.MLP.Backward(dh, dx, N, &a.mlp, GL.MLP, nil)
 			tm.lap(dense)
-		} else if err := m.trainMoEBackward(ctx, tr, l, a, N, st.loss, len(moe), auxD[l], dx, dh, GL, &tm); err != nil {
+		} else if err := m.trainMoEBackward(ctx, tr, l, a, N, st.loss, int(stats[3]), auxD[l], dx, dh, GL, &tm); err != nil {
 			return err
 		}
 		rmsNormBackward(dx, GL.PostNorm, dh, a.xmid, L.PostNorm, a.rstd2, N, D, true)
@@ -297,12 +401,18 @@ func (m *Model) TrainBackward(ctx context.Context, st *TrainState, g *Grads) err
 		}
 		tm.lap(attn)
 		rmsNormBackward(dx, GL.InNorm, dh, a.xin, L.InNorm, a.rstd1, N, D, true)
+		if st.OnGrads != nil {
+			st.OnGrads(l)
+		}
 	}
 	// embeddings
 	for b, row := range st.ids {
 		for t, id := range row {
 			tensor.Add(gm.Embed.F32[int(id)*D:int(id+1)*D], dx[(b*T+t)*D:(b*T+t+1)*D])
 		}
+	}
+	if st.OnGrads != nil {
+		st.OnGrads(-1)
 	}
 	return nil
 }

@@ -57,7 +57,10 @@ func (m *Model) trainMoEForward(ctx context.Context, tr expert.Trainer, l int, a
 //
 // auxD ([N, E] or nil) is the load-balancing loss's gradient with respect
 // to this layer's scores, already multiplied by its coefficient.
-func (m *Model) trainMoEBackward(ctx context.Context, tr expert.Trainer, l int, a *layerActs, N int, lc LossConfig, moeLayers int, auxD, dx, dh []float32, GL *Layer, tm *timer) error {
+//
+// zRows is the row count the z-loss averages over (all MoE layers' rows of
+// the whole, possibly global, batch).
+func (m *Model) trainMoEBackward(ctx context.Context, tr expert.Trainer, l int, a *layerActs, N int, lc LossConfig, zRows int, auxD, dx, dh []float32, GL *Layer, tm *timer) error {
 	c := m.Cfg
 	L := &m.Layers[l]
 	D, E, K := c.Hidden, c.MoE.Router.NumExperts, c.MoE.Router.TopK
@@ -109,7 +112,7 @@ func (m *Model) trainMoEBackward(ctx context.Context, tr expert.Trainer, l int, 
 	dLogits := make([]float32, N*E)
 	c.MoE.Router.Backward(&a.routing, dW, auxD, dLogits)
 	if lc.ZCoef != 0 {
-		router.ZLossGrad(a.logits, E, moeLayers*N, lc.ZCoef, dLogits)
+		router.ZLossGrad(a.logits, E, zRows, lc.ZCoef, dLogits)
 	}
 	tensor.Gemm(true, false, E, D, N, 1, dLogits, E, a.h2, D, 1, GL.Gate.F32, D)
 	tensor.Gemm(false, false, N, D, E, 1, dLogits, E, L.Gate.F32, D, 1, dh, D)

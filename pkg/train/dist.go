@@ -1,0 +1,241 @@
+package train
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/switchyard/switchyard/pkg/expert"
+	"github.com/switchyard/switchyard/pkg/model"
+	"github.com/switchyard/switchyard/pkg/optim"
+)
+
+// Comm is a data-parallel group as a training step needs it.
+type Comm interface {
+	Rank() int
+	Size() int
+	// AllReduceSum sums buf over the group in place. Every rank must get
+	// bit-identical results (the dense replicas stay identical). Calls of
+	// one rank are sequential and every rank makes the same calls in the
+	// same order.
+	AllReduceSum(ctx context.Context, buf []float32) error
+}
+
+// allReduce64 sums float64 values over the group through a float32
+// all-reduce by splitting each value into a float32 high part and a
+// float32 remainder (about 48 bits of precision survive, plenty for token
+// counts and loss sums).
+func allReduce64(ctx context.Context, c Comm, v []float64) error {
+	buf := make([]float32, 2*len(v))
+	for i, x := range v {
+		hi := float32(x)
+		buf[2*i], buf[2*i+1] = hi, float32(x-float64(hi))
+	}
+	if err := c.AllReduceSum(ctx, buf); err != nil {
+		return err
+	}
+	for i := range v {
+		v[i] = float64(buf[2*i]) + float64(buf[2*i+1])
+	}
+	return nil
+}
+
+// DistStepper is one rank of data-parallel + expert-parallel training:
+// the dense weights are replicated (each rank takes its own micro-batch and
+// the dense gradients are all-reduced in buckets while the backward runs,
+// as PyTorch DDP does), the routed experts are split among the ranks (the
+// model's executor sends each MoE layer's rows to their owners, forward and
+// backward), and each rank's AdamW updates the dense replica (identically
+// everywhere) and the experts it owns.
+//
+// The loss is normalized over the whole group's batch, so the group
+// reproduces a single process training on the concatenated batch.
+type DistStepper struct {
+	*Stepper
+	Comm Comm
+	// BucketBytes is the all-reduce bucket size; default 25 MiB (DDP's).
+	BucketBytes int
+	// Timings of the last step.
+	LastAllReduce time.Duration // time spent waiting for gradient all-reduces after the backward
+}
+
+// NewDistStepper prepares rank comm.Rank() of a group. m.Experts must be an
+// expert.Trainer reaching every expert (local or remote); owned is the
+// store of the experts this rank owns and optimizes.
+func NewDistStepper(m *model.Model, owned *expert.Store, comm Comm, cfg StepConfig) (*DistStepper, error) {
+	s, err := NewStepper(m, owned, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return &DistStepper{Stepper: s, Comm: comm, BucketBytes: 25 << 20}, nil
+}
+
+// TrainStep runs one step on this rank's micro-batch ids [B][T]; every rank
+// of the group must call it with its own micro-batch at the same time.
+func (s *DistStepper) TrainStep(ctx context.Context, ids [][]int32) (*StepOut, error) {
+	s.Grads.Zero()
+	s.Store.ZeroGrad()
+	m, st := s.Model, s.state
+	if _, err := m.TrainForward(ctx, st, ids, s.Cfg.Loss); err != nil {
+		return nil, err
+	}
+	stats := st.Stats()
+	if err := allReduce64(ctx, s.Comm, stats); err != nil {
+		return nil, fmt.Errorf("train: rank %d: loss statistics all-reduce: %w", s.Comm.Rank(), err)
+	}
+	if err := st.SetGlobalStats(m, stats); err != nil {
+		return nil, err
+	}
+	// Bucketed all-reduce of dense gradients, overlapped with the backward:
+	// gradients finalize from the end of Grads.Flat towards its start; each
+	// full bucket is queued to one goroutine that all-reduces buckets in
+	// order (so every rank issues the same collectives in the same order).
+	flat := s.Grads.Flat
+	bucket := max(s.BucketBytes/4, 1)
+	queue := make(chan [2]int, 64)
+	arDone := make(chan error, 1)
+	go func() {
+		var err error
+		for sp := range queue {
+			if err != nil {
+				continue // drain after a failure
+			}
+			if e := s.Comm.AllReduceSum(ctx, flat[sp[0]:sp[1]]); e != nil {
+				err = fmt.Errorf("train: rank %d: gradient all-reduce of [%d, %d): %w", s.Comm.Rank(), sp[0], sp[1], e)
+			}
+		}
+		arDone <- err
+	}()
+	pendHi := len(flat) // [lo of the last final part, pendHi) is final but not queued
+	st.OnGrads = func(part int) {
+		lo, _ := s.Grads.Span(part)
+		if pendHi-lo >= bucket || part == -1 {
+			if pendHi > lo {
+				queue <- [2]int{lo, pendHi}
+			}
+			pendHi = lo
+		}
+	}
+	berr := m.TrainBackward(ctx, st, s.Grads)
+	st.OnGrads = nil
+	if berr == nil && pendHi > 0 {
+		queue <- [2]int{0, pendHi} // anything no part covered
+	}
+	close(queue)
+	t0 := time.Now()
+	arErr := <-arDone
+	s.LastAllReduce = time.Since(t0)
+	if berr != nil {
+		return nil, berr
+	}
+	if arErr != nil {
+		return nil, arErr
+	}
+	res := st.Result()
+	params := s.Params()
+	// Global gradient norm: the dense part is identical everywhere; expert
+	// parts live with their owners.
+	var denseSq, expertSq float64
+	nDense := 0
+	for i, r := range s.dense {
+		if r.Trained {
+			nDense++
+			for _, g := range *s.gdense[i].Data {
+				denseSq += float64(g) * float64(g)
+			}
+		}
+	}
+	for _, p := range params[nDense:] {
+		for _, g := range p.G {
+			expertSq += float64(g) * float64(g)
+		}
+	}
+	sq := []float64{expertSq}
+	if err := allReduce64(ctx, s.Comm, sq); err != nil {
+		return nil, fmt.Errorf("train: rank %d: gradient norm all-reduce: %w", s.Comm.Rank(), err)
+	}
+	out := &StepOut{StepResult: *res, LR: s.Cfg.LR(s.Step), GradNorm: math.Sqrt(denseSq + sq[0])}
+	if math.IsNaN(res.Loss) || math.IsInf(res.Loss, 0) || math.IsNaN(out.GradNorm) || math.IsInf(out.GradNorm, 0) {
+		return out, fmt.Errorf("%w at step %d: loss %g, grad norm %g", ErrNonFinite, s.Step, res.Loss, out.GradNorm)
+	}
+	optim.Scale(params, optim.ClipScale(out.GradNorm, s.Cfg.MaxGradNorm))
+	if err := s.Opt.Step(params, out.LR); err != nil {
+		return out, err
+	}
+	UpdateScoreBias(m, res.Load, s.Cfg.BiasUpdateSpeed)
+	s.Step++
+	return out, nil
+}
+
+// LocalGroup is an in-process Comm group of n ranks (goroutines), for
+// tests and single-machine runs. Sums are taken in rank order, so every
+// rank gets identical bits.
+func LocalGroup(n int) []Comm {
+	g := &localGroup{n: n, gen: map[int]*localRound{}}
+	out := make([]Comm, n)
+	for r := range out {
+		out[r] = &localComm{g: g, rank: r}
+	}
+	return out
+}
+
+type localGroup struct {
+	n   int
+	mu  sync.Mutex
+	gen map[int]*localRound // by call sequence number
+}
+
+type localRound struct {
+	bufs [][]float32
+	in   int
+	done chan struct{}
+}
+
+type localComm struct {
+	g    *localGroup
+	rank int
+	seq  int
+}
+
+func (c *localComm) Rank() int { return c.rank }
+func (c *localComm) Size() int { return c.g.n }
+
+func (c *localComm) AllReduceSum(ctx context.Context, buf []float32) error {
+	g := c.g
+	g.mu.Lock()
+	seq := c.seq // calls of one rank are sequential (see Comm)
+	c.seq++
+	r := g.gen[seq]
+	if r == nil {
+		r = &localRound{bufs: make([][]float32, g.n), done: make(chan struct{})}
+		g.gen[seq] = r
+	}
+	r.bufs[c.rank] = buf
+	r.in++
+	if r.in == g.n {
+		sum := make([]float32, len(buf))
+		for _, b := range r.bufs {
+			if len(b) != len(sum) {
+				g.mu.Unlock()
+				return fmt.Errorf("train: local all-reduce: ranks disagree on length (%d vs %d)", len(b), len(sum))
+			}
+			for i, v := range b {
+				sum[i] += v
+			}
+		}
+		for _, b := range r.bufs {
+			copy(b, sum)
+		}
+		delete(g.gen, seq)
+		close(r.done)
+	}
+	g.mu.Unlock()
+	select {
+	case <-r.done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
