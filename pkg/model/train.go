@@ -56,7 +56,7 @@ type TrainState struct {
 	logits []float32 // [N, V], then dlogits
 	loss   LossConfig
 	res    StepResult
-	ready  bool // a forward ran and its backward has not
+	ready  bool      // a forward ran and its backward has not
 	stats  []float64 // local statistics of the last forward (see Stats)
 	global []float64 // group-summed statistics, or nil
 	// OnGrads, if set, is called during TrainBackward each time a part of
