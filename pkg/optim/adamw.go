@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"math"
 	"sort"
+
+	"github.com/switchyard/switchyard/pkg/tensor"
 )
 
 // Param is one tensor to optimize: its weights and their gradient, both
@@ -112,14 +114,18 @@ func (o *AdamW) Step(params []Param, lr float64) error {
 		bc2 := math.Sqrt(1 - math.Pow(c.Beta2, float64(s.Step)))
 		decay := 1 - lr*c.WeightDecay
 		stepSize := lr / bc1
-		for i, g32 := range p.G {
-			g := float64(g32)
-			w := float64(p.W[i]) * decay
-			m := c.Beta1*float64(s.M[i]) + (1-c.Beta1)*g
-			v := c.Beta2*float64(s.V[i]) + (1-c.Beta2)*g*g
-			s.M[i], s.V[i] = float32(m), float32(v)
-			p.W[i] = float32(w - stepSize*m/(math.Sqrt(v)/bc2+c.Eps))
-		}
+		W, G, M, V := p.W, p.G, s.M, s.V
+		// Elementwise, so splitting over goroutines changes nothing.
+		tensor.ParallelFor(len(W), 1<<14, func(lo, hi int) {
+			for i := lo; i < hi; i++ {
+				g := float64(G[i])
+				w := float64(W[i]) * decay
+				m := c.Beta1*float64(M[i]) + (1-c.Beta1)*g
+				v := c.Beta2*float64(V[i]) + (1-c.Beta2)*g*g
+				M[i], V[i] = float32(m), float32(v)
+				W[i] = float32(w - stepSize*m/(math.Sqrt(v)/bc2+c.Eps))
+			}
+		})
 	}
 	return nil
 }
