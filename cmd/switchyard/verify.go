@@ -28,6 +28,14 @@ and golden.json (default DIR/golden.*): logits, hidden states, greedy tokens, lo
 aux loss, gradients and the AdamW trajectory. --tokenizer DIR checks every case of
 DIR/golden.json against DIR/tokenizer.json.
 
+--workers N (N > 1) starts an embedded etcd, a coordinator and N worker
+processes (this binary's worker command) on loopback, places the experts across
+them, and runs the forward quantities with every MoE layer exchanging token
+batches with the workers over gRPC; extra "vs 1 worker" lines compare them with
+the in-process run (tolerance 1e-5 relative). Gradients and AdamW are still
+computed in-process (their lines say so). Where etcd and the workers listen is
+printed to stderr.
+
 One line per quantity (error, tolerance, ok/FAIL/skipped), then a last line
 "verify: PASS" or "verify: FAIL". Exit status 0 only on PASS; a skipped quantity
 never makes a PASS by itself.`,
@@ -48,7 +56,15 @@ never makes a PASS by itself.`,
 				}
 				opt := verify.ModelOptions{Dir: modelDir, Golden: golden, Dump: dump, AllGrads: allGrads}
 				if workers > 1 {
-					return fmt.Errorf("verify: --workers %d: the distributed expert runtime is not built yet; use --workers 1", workers)
+					lc, err := startLocalCluster(ctx, modelDir, workers, cmd.ErrOrStderr())
+					if err != nil {
+						fmt.Fprintln(cmd.OutOrStdout(), "verify: FAIL:", err)
+						return exitError{1}
+					}
+					defer lc.close()
+					defer lc.reportServed(ctx)
+					opt.Workers = workers
+					opt.Experts = lc.experts
 				}
 				rep, err = verify.Model(ctx, opt)
 			default:

@@ -22,6 +22,11 @@ const (
 	TolLogits = 1e-4 // relative L2, logits and hidden states
 	TolGrad   = 1e-3 // relative L2, per gradient tensor
 	TolLoss   = 1e-4 // absolute, loss / aux loss / AdamW losses
+	// TolSame bounds the relative difference between a run with remote
+	// experts (ModelOptions.Experts) and the in-process run of the same
+	// checkpoint: the same float32 arithmetic, possibly grouped
+	// differently.
+	TolSame = 1e-5
 )
 
 // GoldenJSON is the part of golden.json that verify reads.
@@ -56,10 +61,17 @@ type ModelOptions struct {
 	// executor (e.g. remote workers) for the loaded model. The returned
 	// function releases it.
 	Experts func(ctx context.Context, ck *model.Checkpoint, m *model.Model) (expert.Executor, func(), error)
+	// Workers is the number of worker processes Experts spreads the
+	// experts over (for the report's notes only).
+	Workers int
 	// AllGrads prints one line per gradient tensor instead of a summary
 	// line plus a line per failing tensor.
 	AllGrads bool
 }
+
+// trainNote marks training quantities of a run with remote experts:
+// gradients and AdamW are still computed in this process.
+const trainNote = "computed in-process; distributed training not built yet"
 
 // Model runs every check of a golden model. The error is for failures to
 // load inputs (missing files, bad weights); a wrong result is a FAIL line in
@@ -136,6 +148,11 @@ func Model(ctx context.Context, opt ModelOptions) (*Report, error) {
 	aux := router.LoadBalancingLoss(moeRoutings)
 	gen, genErr := m.Generate(ctx, promptIDs, model.GenerateConfig{MaxTokens: len(wantGen[0])}, nil)
 	tq, trainErr := trainQuantities(ctx, ck, inputIDs, gj)
+	var ref *reference
+	var refErr error
+	if opt.Experts != nil {
+		ref, refErr = inProcess(ctx, ck, inputIDs, promptIDs, len(wantGen[0]))
+	}
 
 	if opt.Dump != "" {
 		if err := dump(opt.Dump, inputIDs, out, gen, loss, aux, len(moeRoutings) > 0, cfg, tq); err != nil {
@@ -181,6 +198,10 @@ func Model(ctx context.Context, opt ModelOptions) (*Report, error) {
 		withAux := loss + float64(float32(gj.Aux.Coef))*aux
 		r.Add("loss_with_aux", "abs", math.Abs(withAux-gj.Aux.LossWithAux), TolLoss, "")
 	}
+	if opt.Experts != nil {
+		judgeSame(r, opt.Workers, ref, refErr, out, gen, genErr, loss, aux, len(moeRoutings) > 0)
+		defer noteTraining(r) // on whatever training lines follow
+	}
 	if trainErr != nil {
 		r.Failf("grad.*", "%v", trainErr)
 		return r, nil
@@ -201,6 +222,112 @@ func Model(ctx context.Context, opt ModelOptions) (*Report, error) {
 		}
 	}
 	return r, nil
+}
+
+// reference is the in-process run a run with remote experts is compared
+// with.
+type reference struct {
+	out       *model.Output
+	gen       [][]int32
+	loss, aux float64
+}
+
+// inProcess recomputes the forward quantities with every expert loaded in
+// this process (the single-process run).
+func inProcess(ctx context.Context, ck *model.Checkpoint, ids, prompt [][]int32, genTokens int) (*reference, error) {
+	m, err := ck.Load(model.LoadOptions{KeepBF16: true})
+	if err != nil {
+		return nil, err
+	}
+	seqs := make([]*model.Seq, len(ids))
+	for i := range seqs {
+		seqs[i] = m.NewSeq()
+	}
+	out, err := m.Forward(ctx, seqs, ids, model.Options{AllLogits: true, Hidden: true, Routing: true})
+	if err != nil {
+		return nil, fmt.Errorf("verify: in-process forward: %w", err)
+	}
+	var rs []*router.Routing
+	for _, r := range out.Routing {
+		if r != nil {
+			rs = append(rs, r)
+		}
+	}
+	gen, err := m.Generate(ctx, prompt, model.GenerateConfig{MaxTokens: genTokens}, nil)
+	if err != nil {
+		return nil, fmt.Errorf("verify: in-process generate: %w", err)
+	}
+	return &reference{out: out, gen: gen, loss: model.CrossEntropy(out.Logits, ids, m.Cfg.Vocab), aux: router.LoadBalancingLoss(rs)}, nil
+}
+
+// judgeSame adds the "vs 1 worker" lines: the forward quantities of the
+// run with remote experts against the in-process run, within TolSame.
+func judgeSame(r *Report, workers int, ref *reference, refErr error, out *model.Output, gen [][]int32, genErr error, loss, aux float64, hasAux bool) {
+	note := "experts in-process vs over gRPC"
+	if workers > 1 {
+		note = fmt.Sprintf("experts in-process vs on %d worker processes over gRPC", workers)
+	}
+	if refErr != nil {
+		r.Failf("logits vs 1 worker", "%v", refErr)
+		return
+	}
+	r.Add("logits vs 1 worker", "rel_l2", RelL2(out.Logits, ref.out.Logits), TolSame, note)
+	worst, at := 0.0, 0
+	if len(out.Hidden) != len(ref.out.Hidden) {
+		worst = math.NaN()
+	}
+	for l := range out.Hidden {
+		if l >= len(ref.out.Hidden) {
+			break
+		}
+		if e := RelL2(out.Hidden[l], ref.out.Hidden[l]); e > worst || math.IsNaN(e) {
+			worst, at = e, l
+		}
+	}
+	r.Add("hidden_states vs 1 worker", "rel_l2", worst, TolSame, fmt.Sprintf("worst: layer %d", at))
+	if genErr != nil {
+		r.Failf("generated_ids vs 1 worker", "%v", genErr)
+	} else {
+		mis, total := 0, 0
+		for b := range ref.gen {
+			for i := range ref.gen[b] {
+				total++
+				if b >= len(gen) || i >= len(gen[b]) || gen[b][i] != ref.gen[b][i] {
+					mis++
+				}
+			}
+		}
+		r.Add("generated_ids vs 1 worker", "mismatch", float64(mis), 0, fmt.Sprintf("%d tokens, greedy, KV cache", total))
+	}
+	r.Add("loss vs 1 worker", "rel", relDiff(loss, ref.loss), TolSame, "")
+	if hasAux {
+		r.Add("aux_loss vs 1 worker", "rel", relDiff(aux, ref.aux), TolSame, "")
+	}
+}
+
+// relDiff is |a-b| / |b| (|a-b| when b is 0).
+func relDiff(a, b float64) float64 {
+	d := math.Abs(a - b)
+	if b != 0 {
+		d /= math.Abs(b)
+	}
+	return d
+}
+
+// noteTraining says on every training line that it was computed in this
+// process: with remote experts only the forward quantities are
+// distributed.
+func noteTraining(r *Report) {
+	for i := range r.Checks {
+		c := &r.Checks[i]
+		if strings.HasPrefix(c.Name, "grad.") || c.Name == "adamw_losses" {
+			if c.Note == "" {
+				c.Note = trainNote
+			} else {
+				c.Note += "; " + trainNote
+			}
+		}
+	}
 }
 
 // judgeGrads compares every golden grad.<name> with ours: a summary line

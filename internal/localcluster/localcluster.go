@@ -1,0 +1,528 @@
+// Package localcluster runs a whole Switchyard cluster on this machine, for
+// `switchyard verify --workers N` and end-to-end tests: an embedded etcd
+// and a coordinator inside the calling process, and worker processes
+// started from any binary that runs the worker command (e.g.
+// `switchyard worker`, or a test binary that dispatches to it), each on
+// loopback with free ports, in a process group of its own.
+//
+// No orphans: Close stops every worker (SIGTERM to its process group, then
+// SIGKILL after a grace period), and on Linux each worker also gets
+// SIGKILL if the launching process dies first (PR_SET_PDEATHSIG).
+package localcluster
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/switchyard/switchyard/pkg/cluster"
+	"github.com/switchyard/switchyard/pkg/coordinator"
+	"github.com/switchyard/switchyard/pkg/embedetcd"
+	"github.com/switchyard/switchyard/pkg/membership"
+	"github.com/switchyard/switchyard/pkg/model"
+	"github.com/switchyard/switchyard/pkg/registry"
+	"github.com/switchyard/switchyard/pkg/transport"
+	"github.com/switchyard/switchyard/pkg/worker"
+)
+
+// Options configures a local cluster.
+type Options struct {
+	// ModelDir is the model folder the coordinator registers and the
+	// workers load (required).
+	ModelDir string
+	// Command is the argv prefix that runs the worker command, e.g.
+	// {"/path/to/switchyard", "worker"} (required).
+	Command []string
+	// Env is added to the workers' environment.
+	Env []string
+	// Workers is the number of worker processes Start launches (w1..wN);
+	// more can be added with StartWorker.
+	Workers int
+	// WorkerArgs are extra flags for every worker.
+	WorkerArgs []string
+	// Cluster is the etcd key prefix (default "local").
+	Cluster string
+	// LeaseTTL is the workers' lease TTL (default 5 s).
+	LeaseTTL time.Duration
+	// StatsInterval is how often workers write token counts (default 2 s).
+	StatsInterval time.Duration
+	// Replicas is the coordinator's R (default 1).
+	Replicas int
+	// WidenBF16 makes workers widen bf16 weights to float32 (by default
+	// they keep bf16); it also sets the element size in the model record,
+	// so memory budgets are computed right.
+	WidenBF16 bool
+	// Logs, if set, receives every worker's stderr, each line prefixed with
+	// the worker ID. Each Proc keeps its own log too.
+	Logs io.Writer
+	// Logger receives the coordinator's log (nil discards it).
+	Logger *slog.Logger
+}
+
+// Cluster is a running local cluster.
+type Cluster struct {
+	opts Options
+
+	Etcd        *embedetcd.Server
+	Endpoints   []string
+	Client      *clientv3.Client
+	Registry    *registry.Registry
+	Model       registry.ModelRecord
+	Coordinator *coordinator.Coordinator
+	// Pool is a client connection pool for the model (Health and Stats
+	// calls, WaitServing).
+	Pool *transport.Pool
+
+	gossip     *membership.Node
+	stopCoord  context.CancelFunc
+	coordDone  chan error
+	closeOnce  sync.Once
+	mu         sync.Mutex
+	procs      []*Proc
+	nextWorker int
+}
+
+// Start launches etcd, the coordinator (registering the model) and
+// opts.Workers workers, and waits until each worker printed its ready
+// line. It does not wait for the placement: see WaitServing. On error
+// everything started is stopped again.
+func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
+	if opts.ModelDir == "" || len(opts.Command) == 0 {
+		return nil, errors.New("localcluster: ModelDir and Command are required")
+	}
+	if opts.Cluster == "" {
+		opts.Cluster = "local"
+	}
+	if opts.LeaseTTL == 0 {
+		opts.LeaseTTL = registry.DefaultTTL
+	}
+	if opts.StatsInterval == 0 {
+		opts.StatsInterval = 2 * time.Second
+	}
+	abs, err := filepath.Abs(opts.ModelDir)
+	if err != nil {
+		return nil, err
+	}
+	opts.ModelDir = abs
+	ck, err := model.Open(opts.ModelDir)
+	if err != nil {
+		return nil, err
+	}
+	elem := elemBytes(ck, !opts.WidenBF16)
+	ck.Close()
+
+	c := &Cluster{opts: opts}
+	defer func() {
+		if err != nil {
+			c.Close()
+		}
+	}()
+	ecfg := embedetcd.TestConfig("") // free ports, fast raft timing, temporary data
+	ecfg.Name = "switchyard-local"
+	if c.Etcd, err = embedetcd.Start(ctx, ecfg); err != nil {
+		return nil, err
+	}
+	c.Endpoints = c.Etcd.Endpoints()
+	if c.Client, err = registry.Dial(ctx, c.Endpoints); err != nil {
+		return nil, err
+	}
+	if c.Registry, err = registry.New(c.Client, opts.Cluster); err != nil {
+		return nil, err
+	}
+	if c.Model, err = registry.ModelRecordFromDir(opts.ModelDir, elem); err != nil {
+		return nil, err
+	}
+	if err = c.Registry.PutModel(ctx, c.Model); err != nil {
+		return nil, err
+	}
+	gcfg := membership.LocalConfig("coordinator/local")
+	gcfg.Meta = membership.Meta{Protocol: cluster.ProtocolVersion, Role: "coordinator"}
+	if c.gossip, err = membership.Start(gcfg); err != nil {
+		return nil, err
+	}
+	if c.Coordinator, err = coordinator.New(coordinator.Config{
+		Registry: c.Registry, Name: "local", SessionTTL: 2 * time.Second,
+		Replicas: opts.Replicas, Gossip: c.gossip, Logger: opts.Logger,
+	}); err != nil {
+		return nil, err
+	}
+	cctx, cancel := context.WithCancel(context.Background())
+	c.stopCoord = cancel
+	c.coordDone = make(chan error, 1)
+	go func() { c.coordDone <- c.Coordinator.Run(cctx) }()
+	if c.Pool, err = transport.NewPool(transport.ClientConfig{Worker: "localcluster", Model: c.Model.Fingerprint}); err != nil {
+		return nil, err
+	}
+
+	// Start the workers together; wait for every ready line.
+	type result struct {
+		p   *Proc
+		err error
+	}
+	res := make(chan result, opts.Workers)
+	for i := 0; i < opts.Workers; i++ {
+		id := c.nextID()
+		go func() {
+			p, err := c.StartWorker(ctx, id)
+			res <- result{p, err}
+		}()
+	}
+	var errs []error
+	for i := 0; i < opts.Workers; i++ {
+		if r := <-res; r.err != nil {
+			errs = append(errs, r.err)
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// elemBytes is the element size workers hold the model's experts at.
+func elemBytes(ck *model.Checkpoint, keepBF16 bool) int {
+	cfg := ck.Config
+	for l, moe := range cfg.LayerIsMoE {
+		if moe {
+			dtype, _, ok := ck.Source.Info(model.ExpertTensorNames(cfg.Family, l, 0)[0])
+			if ok && dtype == "BF16" && keepBF16 {
+				return 2
+			}
+			break
+		}
+	}
+	return 4
+}
+
+func (c *Cluster) nextID() cluster.WorkerID {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.nextWorker++
+	return cluster.WorkerID("w" + strconv.Itoa(c.nextWorker))
+}
+
+// NextID returns a fresh worker ID (w<n>) for StartWorker.
+func (c *Cluster) NextID() cluster.WorkerID { return c.nextID() }
+
+// Proc is one worker process.
+type Proc struct {
+	ID     cluster.WorkerID
+	GRPC   string // gRPC address from the ready line
+	Gossip string // gossip address ("-" when off)
+	Model  string // fingerprint from the ready line
+	Cmd    *exec.Cmd
+
+	log    *syncBuffer
+	ready  chan struct{}
+	exited chan struct{}
+	err    error // Wait's result, once exited is closed
+}
+
+// Pid is the worker's process ID.
+func (p *Proc) Pid() int { return p.Cmd.Process.Pid }
+
+// Log returns everything the worker wrote so far (stdout and stderr).
+func (p *Proc) Log() string { return p.log.String() }
+
+// Exited is closed when the process has exited; Err then holds its status.
+func (p *Proc) Exited() <-chan struct{} { return p.exited }
+
+// Err is the process's exit error (nil for status 0); valid after Exited.
+func (p *Proc) Err() error { return p.err }
+
+// Signal sends sig to the worker's process group.
+func (p *Proc) Signal(sig syscall.Signal) error {
+	return syscall.Kill(-p.Cmd.Process.Pid, sig)
+}
+
+// Kill sends SIGKILL to the process group and waits for the exit.
+func (p *Proc) Kill() {
+	_ = p.Signal(syscall.SIGKILL)
+	<-p.exited
+}
+
+// Stop sends SIGTERM (SIGCONT first, in case it was stopped), waits up to
+// grace for a clean exit, then kills.
+func (p *Proc) Stop(grace time.Duration) {
+	select {
+	case <-p.exited:
+		return
+	default:
+	}
+	_ = p.Signal(syscall.SIGTERM)
+	_ = p.Signal(syscall.SIGCONT)
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-p.exited:
+	case <-t.C:
+		p.Kill()
+	}
+}
+
+// StartWorker launches worker id (extra flags override the defaults) and
+// waits for its ready line. If the worker exits first, the error holds
+// its exit status and log, and the Proc is returned too.
+func (c *Cluster) StartWorker(ctx context.Context, id cluster.WorkerID, extra ...string) (*Proc, error) {
+	o := c.opts
+	args := append([]string{}, o.Command[1:]...)
+	args = append(args,
+		"--id", string(id), "--model", o.ModelDir, "--etcd", strings.Join(c.Endpoints, ","), "--cluster", o.Cluster,
+		"--listen", "127.0.0.1:0", "--gossip", "127.0.0.1:0",
+		"--lease-ttl", o.LeaseTTL.String(), "--stats-interval", o.StatsInterval.String(),
+		"--keep-bf16="+strconv.FormatBool(!o.WidenBF16),
+	)
+	args = append(args, o.WorkerArgs...)
+	args = append(args, extra...)
+	cmd := exec.Command(o.Command[0], args...)
+	cmd.Env = append(os.Environ(), o.Env...)
+	cmd.SysProcAttr = sysProcAttr()
+	p := &Proc{ID: id, Cmd: cmd, log: &syncBuffer{}, ready: make(chan struct{}), exited: make(chan struct{})}
+	var errOut io.Writer = p.log
+	if o.Logs != nil {
+		errOut = io.MultiWriter(p.log, &prefixWriter{w: o.Logs, prefix: string(id) + " | "})
+	}
+	cmd.Stderr = errOut
+	var once sync.Once
+	cmd.Stdout = &lineWriter{fn: func(line string) {
+		p.log.Write([]byte(line + "\n"))
+		if f, ok := parseReady(line); ok {
+			once.Do(func() {
+				p.GRPC, p.Gossip, p.Model = f["grpc"], f["gossip"], f["model"]
+				close(p.ready)
+			})
+		}
+	}}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("localcluster: start worker %s: %w", id, err)
+	}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.exited)
+	}()
+	c.mu.Lock()
+	c.procs = append(c.procs, p)
+	c.mu.Unlock()
+	select {
+	case <-p.ready:
+		return p, nil
+	case <-p.exited:
+		return p, fmt.Errorf("localcluster: worker %s exited before it was ready (%v):\n%s", id, p.err, tail(p.Log(), 20))
+	case <-ctx.Done():
+		p.Kill()
+		return p, fmt.Errorf("localcluster: worker %s not ready: %w\n%s", id, ctx.Err(), tail(p.Log(), 20))
+	}
+}
+
+// parseReady parses "worker: id=... grpc=... gossip=... model=...".
+func parseReady(line string) (map[string]string, bool) {
+	rest, ok := strings.CutPrefix(line, "worker: ")
+	if !ok {
+		return nil, false
+	}
+	f := map[string]string{}
+	for _, kv := range strings.Fields(rest) {
+		k, v, _ := strings.Cut(kv, "=")
+		f[k] = v
+	}
+	return f, f["id"] != "" && f["grpc"] != "" && f["model"] != ""
+}
+
+// Procs lists every worker process started, in start order.
+func (c *Cluster) Procs() []*Proc {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]*Proc(nil), c.procs...)
+}
+
+// Proc returns the last process started as worker id, or nil.
+func (c *Cluster) Proc(id cluster.WorkerID) *Proc {
+	ps := c.Procs()
+	for i := len(ps) - 1; i >= 0; i-- {
+		if ps[i].ID == id {
+			return ps[i]
+		}
+	}
+	return nil
+}
+
+// LiveIDs lists the IDs of the worker processes that have not exited.
+func (c *Cluster) LiveIDs() []cluster.WorkerID {
+	var ids []cluster.WorkerID
+	for _, p := range c.Procs() {
+		select {
+		case <-p.exited:
+		default:
+			ids = append(ids, p.ID)
+		}
+	}
+	return ids
+}
+
+// WaitServing waits until the placement covers every expert over exactly
+// the live worker processes and each of them serves it (see
+// worker.WaitServing).
+func (c *Cluster) WaitServing(ctx context.Context) (*cluster.Placement, error) {
+	return worker.WaitServing(ctx, c.Registry, c.Pool, c.Model.Fingerprint, registry.OnWorkers(c.LiveIDs()...))
+}
+
+// Client is a RemoteExecutor over the cluster's etcd placement.
+type Client struct {
+	Pool      *transport.Pool
+	Placement *worker.EtcdPlacement
+	Executor  *transport.RemoteExecutor
+}
+
+// NewClient returns a client for the cluster's model; cfg.Model is filled
+// in. Close it before the cluster.
+func (c *Cluster) NewClient(cfg transport.ClientConfig, refreshWait time.Duration) (*Client, error) {
+	cfg.Model = c.Model.Fingerprint
+	pool, err := transport.NewPool(cfg)
+	if err != nil {
+		return nil, err
+	}
+	src := worker.NewEtcdPlacement(c.Registry, c.Model.Fingerprint, refreshWait)
+	return &Client{Pool: pool, Placement: src, Executor: transport.NewRemoteExecutor(src, pool)}, nil
+}
+
+// Close releases the client's connections and watch.
+func (cl *Client) Close() {
+	cl.Placement.Close()
+	cl.Pool.Close()
+}
+
+// Describe is a human summary of where everything listens.
+func (c *Cluster) Describe() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "etcd %s cluster %s model %s;", strings.Join(c.Endpoints, ","), c.opts.Cluster, c.Model.Fingerprint)
+	ps := c.Procs()
+	sort.SliceStable(ps, func(i, j int) bool { return ps[i].ID < ps[j].ID })
+	for _, p := range ps {
+		fmt.Fprintf(&b, " %s grpc=%s gossip=%s pid=%d;", p.ID, p.GRPC, p.Gossip, p.Pid())
+	}
+	return strings.TrimSuffix(b.String(), ";")
+}
+
+// Close stops the workers (SIGTERM, SIGKILL after 5 s), the coordinator,
+// the clients and etcd, in that order. Safe to call more than once.
+func (c *Cluster) Close() error {
+	var err error
+	c.closeOnce.Do(func() {
+		var wg sync.WaitGroup
+		for _, p := range c.Procs() {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				p.Stop(5 * time.Second)
+			}()
+		}
+		wg.Wait()
+		if c.stopCoord != nil {
+			c.stopCoord()
+			err = <-c.coordDone
+		}
+		if c.gossip != nil {
+			c.gossip.Shutdown()
+		}
+		if c.Pool != nil {
+			c.Pool.Close()
+		}
+		if c.Client != nil {
+			c.Client.Close()
+		}
+		if c.Etcd != nil {
+			c.Etcd.Close()
+		}
+	})
+	return err
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// lineWriter calls fn with each complete line written to it.
+type lineWriter struct {
+	mu  sync.Mutex
+	buf []byte
+	fn  func(string)
+}
+
+func (l *lineWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.buf = append(l.buf, p...)
+	for {
+		i := bytes.IndexByte(l.buf, '\n')
+		if i < 0 {
+			return len(p), nil
+		}
+		l.fn(string(l.buf[:i]))
+		l.buf = l.buf[i+1:]
+	}
+}
+
+// prefixWriter prefixes every line with a label.
+type prefixWriter struct {
+	mu     sync.Mutex
+	w      io.Writer
+	prefix string
+	mid    bool // inside a line
+}
+
+func (p *prefixWriter) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []byte
+	for _, c := range b {
+		if !p.mid {
+			out = append(out, p.prefix...)
+			p.mid = true
+		}
+		out = append(out, c)
+		if c == '\n' {
+			p.mid = false
+		}
+	}
+	if _, err := p.w.Write(out); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// tail returns the last n lines of s.
+func tail(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}

@@ -1,0 +1,138 @@
+package worker
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+	"time"
+
+	"github.com/switchyard/switchyard/pkg/cluster"
+	"github.com/switchyard/switchyard/pkg/membership"
+	"github.com/switchyard/switchyard/pkg/registry"
+)
+
+// Config configures a Worker. Start from DefaultConfig and set at least
+// ID and ModelDir; zero durations and the empty Cluster take the defaults
+// below.
+type Config struct {
+	// Etcd lists the etcd client endpoints (default: the embedded etcd of a
+	// local coordinator, http://127.0.0.1:2379).
+	Etcd []string
+	// Cluster is the etcd key prefix (default registry.DefaultCluster).
+	Cluster string
+	// ID names the worker in the cluster; required, no '/' or spaces.
+	ID cluster.WorkerID
+
+	// ListenAddr is where the Worker gRPC service listens (default
+	// 127.0.0.1:0: loopback, a free port; Worker.Info reports the real one).
+	ListenAddr string
+	// AdvertiseAddr is the gRPC address peers dial, registered in etcd.
+	// Empty means the listener's address, or, when it listens on an
+	// unspecified host (0.0.0.0, ::), this host's name with the port.
+	AdvertiseAddr string
+	// GossipAddr is where memberlist binds, UDP and TCP (default
+	// 127.0.0.1:0). Empty disables gossip: etcd remains the authority, the
+	// cluster only loses its early failure hints.
+	GossipAddr string
+	// Gossip, if set, is the memberlist timing to use (its Name, Meta and
+	// bind address are overwritten). Nil means membership.LocalConfig for a
+	// loopback GossipAddr and membership.DefaultConfig (LAN) otherwise.
+	Gossip *membership.Config
+
+	// ModelDir is the model folder (config.json, *.safetensors); required.
+	// Only the dense weights and the owned experts are read from it.
+	ModelDir string
+	// KeepBF16 keeps bf16 weights as bf16 in memory, widened inside the
+	// kernels (DefaultConfig: true; halves the memory of a bf16 model).
+	KeepBF16 bool
+	// MemBytes is the memory the worker may use for weights (dense replica
+	// plus experts), registered as WorkerInfo.MemBytes: the placement gives
+	// it experts of at most MemBytes minus the model record's DenseBytes.
+	// 0 means unlimited.
+	MemBytes int64
+	// Cores is registered as WorkerInfo.Cores (informational); 0 means
+	// runtime.NumCPU().
+	Cores int
+
+	// LeaseTTL is the etcd lease TTL of the registration (default 5 s,
+	// registry.DefaultTTL): a killed worker leaves the cluster within it.
+	// etcd grants whole seconds, at least 1.5 x its election timeout.
+	LeaseTTL time.Duration
+	// StatsInterval is how often per-expert token counts are written to
+	// etcd when they changed (default 2 s).
+	StatsInterval time.Duration
+	// DrainTimeout bounds the graceful drain of in-flight requests at
+	// shutdown (default 5 s); connections still open then are closed.
+	DrainTimeout time.Duration
+
+	// Protocol is the wire protocol version the worker announces; 0 means
+	// cluster.ProtocolVersion. Only tests set another (to be refused).
+	Protocol int
+	// Logger receives the worker's log lines (nil discards them).
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns a worker on loopback with free ports (gRPC and
+// gossip), the local etcd, bf16 kept as bf16, a 5 s lease, stats every 2 s.
+func DefaultConfig() Config {
+	return Config{
+		Etcd:          []string{"http://127.0.0.1:2379"},
+		Cluster:       registry.DefaultCluster,
+		ListenAddr:    "127.0.0.1:0",
+		GossipAddr:    "127.0.0.1:0",
+		KeepBF16:      true,
+		LeaseTTL:      registry.DefaultTTL,
+		StatsInterval: 2 * time.Second,
+		DrainTimeout:  5 * time.Second,
+	}
+}
+
+// withDefaults fills zero fields and validates, reporting every problem.
+func (c Config) withDefaults() (Config, error) {
+	d := DefaultConfig()
+	if c.Cluster == "" {
+		c.Cluster = d.Cluster
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = d.LeaseTTL
+	}
+	if c.StatsInterval == 0 {
+		c.StatsInterval = d.StatsInterval
+	}
+	if c.DrainTimeout == 0 {
+		c.DrainTimeout = d.DrainTimeout
+	}
+	if c.Protocol == 0 {
+		c.Protocol = cluster.ProtocolVersion
+	}
+	var errs []error
+	if len(c.Etcd) == 0 {
+		errs = append(errs, errors.New("no etcd endpoints"))
+	}
+	if c.ID == "" || strings.ContainsAny(string(c.ID), "/ \t\n") {
+		errs = append(errs, fmt.Errorf("ID %q: must be non-empty without '/' or spaces", c.ID))
+	}
+	if c.ModelDir == "" {
+		errs = append(errs, errors.New("no model folder (ModelDir)"))
+	}
+	if _, _, err := net.SplitHostPort(c.ListenAddr); err != nil {
+		errs = append(errs, fmt.Errorf("ListenAddr %q: %v", c.ListenAddr, err))
+	}
+	if c.GossipAddr != "" {
+		if _, _, err := net.SplitHostPort(c.GossipAddr); err != nil {
+			errs = append(errs, fmt.Errorf("GossipAddr %q: %v", c.GossipAddr, err))
+		}
+	}
+	if c.MemBytes < 0 || c.Cores < 0 {
+		errs = append(errs, fmt.Errorf("MemBytes %d, Cores %d: must not be negative", c.MemBytes, c.Cores))
+	}
+	if c.LeaseTTL < 0 || c.StatsInterval < 0 || c.DrainTimeout < 0 {
+		errs = append(errs, fmt.Errorf("LeaseTTL %v, StatsInterval %v, DrainTimeout %v: must not be negative", c.LeaseTTL, c.StatsInterval, c.DrainTimeout))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return c, fmt.Errorf("worker: config: %w", err)
+	}
+	return c, nil
+}

@@ -1,0 +1,563 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/switchyard/switchyard/pkg/cluster"
+	"github.com/switchyard/switchyard/pkg/expert"
+	"github.com/switchyard/switchyard/pkg/membership"
+	"github.com/switchyard/switchyard/pkg/model"
+	"github.com/switchyard/switchyard/pkg/registry"
+	"github.com/switchyard/switchyard/pkg/transport"
+)
+
+// Worker is one worker's runtime (see the package comment). Create it with
+// New and call Run once; the other methods are safe for concurrent use
+// while it runs.
+type Worker struct {
+	cfg Config
+	log *slog.Logger
+
+	started   atomic.Bool
+	ready     chan struct{}
+	readyOnce sync.Once
+
+	// Set by Run before Ready is closed, read-only afterwards.
+	info  cluster.WorkerInfo
+	dense *model.Model
+	store *expert.Store
+	srv   *transport.ExpertServer
+
+	applied atomic.Uint64                         // placement epoch applied last
+	reg     atomic.Pointer[registry.Registration] // live registration, nil between leases
+}
+
+// New validates cfg (filling defaults) and returns a worker; Run starts it.
+func New(cfg Config) (*Worker, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	lg := cfg.Logger
+	if lg == nil {
+		lg = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	return &Worker{cfg: cfg, log: lg.With("worker", string(cfg.ID)), ready: make(chan struct{})}, nil
+}
+
+// Ready is closed once the worker has loaded its dense weights, serves
+// gRPC and is registered in etcd for the first time.
+func (w *Worker) Ready() <-chan struct{} { return w.ready }
+
+// Info is what the worker registered (addresses with real ports, model
+// fingerprint). Valid once Ready is closed.
+func (w *Worker) Info() cluster.WorkerInfo { return w.info }
+
+// Dense is the worker's dense replica (routed experts excluded; its
+// Experts field is an empty store). Valid once Ready is closed.
+func (w *Worker) Dense() *model.Model { return w.dense }
+
+// Epoch is the placement epoch the worker applied last (0: none yet).
+func (w *Worker) Epoch() cluster.Epoch { return cluster.Epoch(w.applied.Load()) }
+
+// Held lists the experts the worker holds, in (layer, expert) order.
+func (w *Worker) Held() []expert.ID {
+	if w.store == nil {
+		return nil
+	}
+	ids := w.store.IDs()
+	slices.SortFunc(ids, compareIDs)
+	return ids
+}
+
+// ErrRefused is wrapped by Run's error when the cluster refuses the worker
+// for good (another model or protocol version); the registry's reason is
+// wrapped too (registry.ErrModelMismatch, registry.ErrProtocolMismatch).
+var ErrRefused = errors.New("worker refused by the cluster")
+
+// Run loads the model's dense weights, serves, registers, follows the
+// placement and reports statistics until ctx ends; then it leaves
+// gracefully and returns nil. It returns an error when the model cannot be
+// loaded, a listener cannot be bound, or the cluster refuses the worker
+// (ErrRefused). Etcd being unreachable is not an error: Run keeps retrying
+// until ctx ends.
+func (w *Worker) Run(ctx context.Context) (err error) {
+	if !w.started.CompareAndSwap(false, true) {
+		return errors.New("worker: Run called twice")
+	}
+	cfg, lg := w.cfg, w.log
+
+	defer func() { lg.Debug("worker stopped", "err", err) }()
+	t0 := time.Now()
+	ck, err := model.Open(cfg.ModelDir)
+	if err != nil {
+		return fmt.Errorf("worker %s: %w", cfg.ID, err)
+	}
+	defer ck.Close()
+	dense, err := ck.Load(model.LoadOptions{KeepBF16: cfg.KeepBF16, Experts: func(expert.ID) bool { return false }})
+	if err != nil {
+		return fmt.Errorf("worker %s: load dense weights of %s: %w", cfg.ID, cfg.ModelDir, err)
+	}
+	debug.FreeOSMemory() // loading leaves garbage; RSS should show what is held
+	fp := ck.Config.Fingerprint()
+	lg.Info("dense weights loaded", "model", fp, "dir", cfg.ModelDir, "dense_bytes", dense.DenseBytes, "took", time.Since(t0).Round(time.Millisecond))
+
+	store := expert.NewStore()
+	srv, err := transport.NewExpertServer(store, transport.ServerConfig{
+		Worker: cfg.ID, Model: fp, Protocol: cfg.Protocol, Hidden: ck.Config.Hidden,
+		Load: func(_ context.Context, id expert.ID) (*expert.FFN, error) {
+			return model.LoadExpert(ck.Config, ck.Source, id, cfg.KeepBF16)
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("worker %s: %w", cfg.ID, err)
+	}
+	lis, err := net.Listen("tcp", cfg.ListenAddr)
+	if err != nil {
+		return fmt.Errorf("worker %s: gRPC listen: %w", cfg.ID, err)
+	}
+	serveDone := make(chan error, 1)
+	go func() { serveDone <- srv.Serve(lis) }()
+	defer func() {
+		dctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+		defer cancel()
+		t := time.Now()
+		if derr := srv.Shutdown(dctx); derr != nil {
+			lg.Warn("drain cut short", "err", derr)
+		}
+		lg.Debug("shutdown: gRPC drained", "took", time.Since(t).Round(time.Millisecond))
+		if serr := <-serveDone; serr != nil && err == nil {
+			err = fmt.Errorf("worker %s: gRPC serve: %w", cfg.ID, serr)
+		}
+	}()
+	addr := advertise(cfg.AdvertiseAddr, lis.Addr().String())
+
+	var gossip *membership.Node
+	var gwg sync.WaitGroup
+	if cfg.GossipAddr != "" {
+		if gossip, err = startGossip(cfg, addr); err != nil {
+			return fmt.Errorf("worker %s: %w", cfg.ID, err)
+		}
+		gwg.Add(1)
+		go func() {
+			defer gwg.Done()
+			for ev := range gossip.Events() {
+				lg.Debug("gossip", "event", ev.Kind.String(), "member", ev.Member.Name, "addr", ev.Member.Addr)
+			}
+		}()
+		defer func() {
+			// Leave first, so peers see a departure, not a failure. Each of
+			// its two broadcasts waits at most this long.
+			t := time.Now()
+			if lerr := gossip.Leave(500 * time.Millisecond); lerr != nil {
+				lg.Debug("gossip leave", "err", lerr)
+			}
+			gossip.Shutdown()
+			gwg.Wait()
+			lg.Debug("shutdown: gossip left", "took", time.Since(t).Round(time.Millisecond))
+		}()
+	}
+
+	cores := cfg.Cores
+	if cores == 0 {
+		cores = runtime.NumCPU()
+	}
+	w.info = cluster.WorkerInfo{
+		ID: cfg.ID, Addr: addr, Cores: cores, MemBytes: cfg.MemBytes,
+		Protocol: cfg.Protocol, Model: fp, Version: version(),
+	}
+	if gossip != nil {
+		w.info.GossipAddr = gossip.Addr()
+	}
+	w.dense, w.store, w.srv = dense, store, srv
+
+	cli, err := dial(ctx, cfg.Etcd, lg)
+	if err != nil {
+		return nil // ctx ended before etcd answered: a normal stop
+	}
+	defer cli.Close() // after every goroutine using it has stopped (below)
+	reg, err := registry.New(cli, cfg.Cluster)
+	if err != nil {
+		return fmt.Errorf("worker %s: %w", cfg.ID, err)
+	}
+
+	fctx, stopFollow := context.WithCancel(ctx)
+	var fwg sync.WaitGroup
+	fwg.Add(1)
+	go func() {
+		defer fwg.Done()
+		w.followPlacement(fctx, reg, ck, fp)
+	}()
+	defer func() {
+		t := time.Now()
+		stopFollow()
+		fwg.Wait()
+		lg.Debug("shutdown: placement watch stopped", "took", time.Since(t).Round(time.Millisecond))
+	}()
+
+	return w.registerLoop(ctx, reg, gossip)
+}
+
+// registerLoop keeps the worker registered until ctx ends (then it revokes
+// the lease and returns nil) or the cluster refuses it for good.
+func (w *Worker) registerLoop(ctx context.Context, reg *registry.Registry, gossip *membership.Node) error {
+	lg := w.log
+	bo := newBackoff(100*time.Millisecond, 2*time.Second)
+	lastErr := ""
+	for {
+		g, err := reg.Register(ctx, w.info, w.cfg.LeaseTTL)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, registry.ErrModelMismatch) || errors.Is(err, registry.ErrProtocolMismatch) {
+				return fmt.Errorf("%w: %w", ErrRefused, err)
+			}
+			// No model registered yet, or a killed predecessor's lease still
+			// holds the ID (it expires within its TTL), or etcd trouble.
+			if msg := err.Error(); msg != lastErr {
+				lg.Warn("not registered yet; retrying", "err", err)
+				lastErr = msg
+			}
+			if !bo.wait(ctx) {
+				return nil
+			}
+			continue
+		}
+		bo.reset()
+		lastErr = ""
+		w.reg.Store(g)
+		lg.Info("registered", "lease", strconv.FormatInt(int64(g.Lease()), 16), "ttl", g.TTL(), "addr", w.info.Addr, "gossip", w.info.GossipAddr)
+		w.readyOnce.Do(func() { close(w.ready) })
+
+		sctx, stop := context.WithCancel(ctx)
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g.ReportStats(sctx, w.cfg.StatsInterval, w.Stats)
+		}()
+		if gossip != nil {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				w.joinGossip(sctx, reg, gossip)
+			}()
+		}
+		select {
+		case <-ctx.Done():
+			stop()
+			wg.Wait()
+			w.reg.Store(nil)
+			if err := g.Close(); err != nil {
+				lg.Warn("deregister", "err", err)
+			} else {
+				lg.Info("deregistered (lease revoked)")
+			}
+			return nil
+		case <-g.Done():
+			stop()
+			wg.Wait()
+			w.reg.Store(nil)
+			lg.Warn("lease lost (etcd unreachable for longer than the TTL?); registering again")
+		}
+	}
+}
+
+// joinGossip joins the gossip of the registered workers (best effort:
+// gossip only gives hints).
+func (w *Worker) joinGossip(ctx context.Context, reg *registry.Registry, gossip *membership.Node) {
+	set, err := reg.Workers(ctx)
+	if err != nil {
+		return
+	}
+	peers := set.GossipAddrs(w.cfg.ID)
+	if len(peers) == 0 {
+		return
+	}
+	n, err := gossip.Join(ctx, peers)
+	w.log.Debug("gossip join", "peers", peers, "answered", n, "err", err)
+}
+
+// followPlacement applies every new placement of the model until ctx ends.
+// A reader goroutine keeps only the newest placement, so a slow apply
+// (loading many experts) skips placements superseded meanwhile. A failed
+// apply is retried with backoff until it succeeds or a newer one arrives.
+func (w *Worker) followPlacement(ctx context.Context, reg *registry.Registry, ck *model.Checkpoint, fp string) {
+	var (
+		mu     sync.Mutex
+		latest *cluster.Placement
+		wake   = make(chan struct{}, 1)
+		done   = make(chan struct{})
+	)
+	go func() {
+		defer close(done)
+		for u := range reg.WatchPlacement(ctx, fp) {
+			if u.Placement == nil {
+				continue // deleted: keep serving what is held
+			}
+			mu.Lock()
+			latest = u.Placement
+			mu.Unlock()
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	defer func() { <-done }()
+
+	bo := newBackoff(200*time.Millisecond, 5*time.Second)
+	var applied *cluster.Placement
+	var retry <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-wake:
+		case <-retry:
+		}
+		retry = nil
+		mu.Lock()
+		p := latest
+		mu.Unlock()
+		if p == nil || p == applied {
+			continue
+		}
+		if err := w.apply(ctx, ck, p); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			d := bo.next()
+			w.log.Error("apply placement failed; retrying", "epoch", p.Epoch, "in", d, "err", err)
+			retry = time.After(d)
+			continue
+		}
+		bo.reset()
+		applied = p
+	}
+}
+
+// apply makes the store hold exactly what p gives this worker: load the
+// new experts, then raise the server's epoch (requests routed with older
+// epochs are refused as stale from then on), then drop the experts no
+// longer owned.
+func (w *Worker) apply(ctx context.Context, ck *model.Checkpoint, p *cluster.Placement) error {
+	t0 := time.Now()
+	load, drop := Reconcile(w.store.IDs(), p, w.cfg.ID)
+	for _, id := range load {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		f, err := model.LoadExpert(ck.Config, ck.Source, id, w.cfg.KeepBF16)
+		if err != nil {
+			return fmt.Errorf("worker %s: placement epoch %d: load expert %v: %w", w.cfg.ID, p.Epoch, id, err)
+		}
+		w.store.Put(id, f)
+	}
+	w.srv.SetEpoch(p.Epoch)
+	for _, id := range drop {
+		w.store.Delete(id)
+	}
+	if len(load)+len(drop) > 0 {
+		// Expert matrices are megabytes each: return dropped ones and
+		// loading garbage to the OS now, so RSS shows what is held.
+		debug.FreeOSMemory()
+	}
+	w.applied.Store(uint64(p.Epoch))
+	w.log.Info("placement applied", "epoch", p.Epoch, "loaded", len(load), "dropped", len(drop),
+		"held", len(w.store.IDs()), "expert_bytes", w.store.Bytes(), "took", time.Since(t0).Round(time.Millisecond))
+	if g := w.reg.Load(); g != nil {
+		// Report the new epoch at once (watchers wait for it).
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_ = g.PutStats(sctx, w.Stats())
+		cancel()
+	}
+	return nil
+}
+
+// Reconcile compares the experts a worker holds with what placement p
+// gives worker self, and returns the experts to load and to drop, each in
+// (layer, expert) order. Unlike placement.Diff between two placements, it
+// compares with what the store really holds, so an expert whose load failed
+// under an earlier epoch is loaded again.
+func Reconcile(held []expert.ID, p *cluster.Placement, self cluster.WorkerID) (load, drop []expert.ID) {
+	want := map[expert.ID]bool{}
+	for _, id := range p.Owned(self) {
+		want[id] = true
+	}
+	have := map[expert.ID]bool{}
+	for _, id := range held {
+		have[id] = true
+		if !want[id] {
+			drop = append(drop, id)
+		}
+	}
+	for _, id := range p.Owned(self) {
+		if !have[id] {
+			load = append(load, id)
+		}
+	}
+	slices.SortFunc(load, compareIDs)
+	slices.SortFunc(drop, compareIDs)
+	return load, drop
+}
+
+// Stats returns the worker's per-expert token counts (experts that saw
+// tokens since the worker started) and the placement epoch it has fully
+// applied (experts loaded and dropped, memory returned to the OS; the
+// server accepts that epoch slightly earlier, before the drops).
+func (w *Worker) Stats() registry.WorkerStats {
+	s := registry.WorkerStats{Worker: w.cfg.ID, Model: w.info.Model, Epoch: w.Epoch()}
+	if w.srv == nil {
+		return s
+	}
+	snap := w.srv.Snapshot()
+	for _, e := range snap.Experts {
+		if e.Tokens > 0 {
+			s.Tokens = append(s.Tokens, registry.TokenCount{Layer: int(e.Layer), Expert: int(e.Expert), Tokens: e.Tokens})
+		}
+	}
+	return s
+}
+
+func compareIDs(a, b expert.ID) int {
+	if a.Layer != b.Layer {
+		return a.Layer - b.Layer
+	}
+	return a.Expert - b.Expert
+}
+
+// advertise returns the gRPC address to register: the configured one, or
+// the listener's, with this host's name for an unspecified host.
+func advertise(configured, bound string) string {
+	if configured != "" {
+		return configured
+	}
+	host, port, err := net.SplitHostPort(bound)
+	if err != nil {
+		return bound
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		if h, err := os.Hostname(); err == nil {
+			return net.JoinHostPort(h, port)
+		}
+	}
+	return bound
+}
+
+// startGossip starts memberlist on cfg.GossipAddr with the worker's meta.
+func startGossip(cfg Config, grpcAddr string) (*membership.Node, error) {
+	host, p, err := net.SplitHostPort(cfg.GossipAddr)
+	if err != nil {
+		return nil, fmt.Errorf("gossip address %q: %w", cfg.GossipAddr, err)
+	}
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		return nil, fmt.Errorf("gossip address %q: %w", cfg.GossipAddr, err)
+	}
+	var gc membership.Config
+	switch {
+	case cfg.Gossip != nil:
+		gc = *cfg.Gossip
+	case isLoopback(host):
+		gc = membership.LocalConfig(string(cfg.ID))
+	default:
+		gc = membership.DefaultConfig(string(cfg.ID))
+	}
+	gc.Name = string(cfg.ID)
+	gc.BindAddr, gc.BindPort = host, port
+	gc.Meta = membership.Meta{Worker: cfg.ID, Addr: grpcAddr, Protocol: cfg.Protocol, Role: "worker"}
+	return membership.Start(gc)
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// dial connects to etcd, retrying with backoff until it answers or ctx
+// ends (a worker may start before its coordinator's embedded etcd).
+func dial(ctx context.Context, endpoints []string, lg *slog.Logger) (*clientv3.Client, error) {
+	bo := newBackoff(100*time.Millisecond, 2*time.Second)
+	logged := false
+	for {
+		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		cli, err := registry.Dial(dctx, endpoints)
+		cancel()
+		if err == nil {
+			return cli, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if !logged {
+			lg.Warn("etcd not reachable yet; retrying", "endpoints", endpoints, "err", err)
+			logged = true
+		}
+		if !bo.wait(ctx) {
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// version is the build's module version or VCS revision (informational).
+func version() string {
+	bi, ok := debug.ReadBuildInfo()
+	if !ok {
+		return "unknown"
+	}
+	for _, s := range bi.Settings {
+		if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+			return s.Value[:12]
+		}
+	}
+	if v := bi.Main.Version; v != "" {
+		return v
+	}
+	return "devel"
+}
+
+// backoff spaces retries: doubling from lo to hi.
+type backoff struct{ d, lo, hi time.Duration }
+
+func newBackoff(lo, hi time.Duration) *backoff { return &backoff{d: lo, lo: lo, hi: hi} }
+
+func (b *backoff) reset() { b.d = b.lo }
+
+// next returns the delay to use now and doubles the following one.
+func (b *backoff) next() time.Duration {
+	d := b.d
+	b.d = min(2*b.d, b.hi)
+	return d
+}
+
+// wait sleeps for the next delay; false if ctx ended first.
+func (b *backoff) wait(ctx context.Context) bool {
+	t := time.NewTimer(b.next())
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}

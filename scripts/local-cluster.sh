@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# local-cluster.sh runs a Switchyard cluster on this machine: a coordinator
+# (with its embedded etcd on a free port, the model registered) and N worker
+# processes, each in the background with its log in a state folder.
+#
+#   scripts/local-cluster.sh up N [--model DIR] [--dir STATE] [--replicas R] [--lease-ttl D]
+#   scripts/local-cluster.sh status [--dir STATE] [--json]
+#   scripts/local-cluster.sh down [--dir STATE]
+#
+# up builds bin/{coordinator,worker,switchyard} into STATE, starts everything,
+# waits until each process printed its ready line and the placement spreads
+# every expert over the N workers (each serving it), and prints where
+# everything listens. down stops every process it started (SIGTERM to each
+# process group, SIGKILL after 5 s) and is idempotent. Defaults: the model
+# testdata/golden/qwen2_moe, STATE ${TMPDIR:-/tmp}/switchyard-local-cluster.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cluster=local
+
+usage() {
+	sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+	exit 2
+}
+
+[[ $# -ge 1 ]] || usage
+cmd=$1
+shift
+n=0
+if [[ $cmd == up ]]; then
+	[[ $# -ge 1 && $1 =~ ^[0-9]+$ && $1 -ge 1 ]] || { echo "local-cluster: up needs a worker count N >= 1" >&2; usage; }
+	n=$1
+	shift
+fi
+model=$root/testdata/golden/qwen2_moe
+state=${TMPDIR:-/tmp}/switchyard-local-cluster
+replicas=1
+lease_ttl=5s
+json=
+while [[ $# -gt 0 ]]; do
+	case $1 in
+	--model) model=$2; shift 2 ;;
+	--dir) state=$2; shift 2 ;;
+	--replicas) replicas=$2; shift 2 ;;
+	--lease-ttl) lease_ttl=$2; shift 2 ;;
+	--json) json=--json; shift ;;
+	*) echo "local-cluster: unknown argument $1" >&2; usage ;;
+	esac
+done
+mkdir -p "$state"
+state=$(cd "$state" && pwd)
+bin=$state/bin
+
+# running PID: the process exists and is not a zombie waiting to be reaped.
+running() {
+	local st
+	st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+	[[ $st != Z* ]]
+}
+
+# alive PIDFILE: the process recorded in PIDFILE runs.
+alive() { [[ -f $1 ]] && running "$(cat "$1")"; }
+
+# stop PIDFILE: SIGTERM the process group, SIGKILL after 5 s, forget it.
+stop() {
+	local f=$1 pid i
+	[[ -f $f ]] || return 0
+	pid=$(cat "$f")
+	if running "$pid"; then
+		kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+		for ((i = 0; i < 50; i++)); do
+			running "$pid" || break
+			sleep 0.1
+		done
+		if running "$pid"; then
+			echo "local-cluster: $(basename "$f" .pid) (pid $pid) did not stop in 5 s; killing it" >&2
+			kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+		fi
+	fi
+	rm -f "$f"
+}
+
+down() {
+	local f stoppers=()
+	shopt -s nullglob
+	for f in "$state"/w*.pid; do # workers first (together): they deregister
+		stop "$f" &
+		stoppers+=($!)
+	done
+	[[ ${#stoppers[@]} -eq 0 ]] || wait "${stoppers[@]}"
+	stop "$state/coordinator.pid"
+	shopt -u nullglob
+	rm -rf "$state/etcd" "$state/endpoint"
+}
+
+# await FILE PATTERN SECONDS PIDFILE: wait until FILE has a line matching
+# PATTERN (printed), failing early if the process exits.
+await() {
+	local file=$1 pattern=$2 secs=$3 pidfile=$4 i line
+	for ((i = 0; i < secs * 10; i++)); do
+		if line=$(grep -m1 -E "$pattern" "$file" 2>/dev/null); then
+			echo "$line"
+			return 0
+		fi
+		if ! alive "$pidfile"; then
+			echo "local-cluster: $(basename "$pidfile" .pid) exited; its log:" >&2
+			tail -n 20 "${file%.out}.log" >&2 || true
+			return 1
+		fi
+		sleep 0.1
+	done
+	echo "local-cluster: no line matching '$pattern' in $file after ${secs}s" >&2
+	return 1
+}
+
+field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
+
+up() {
+	if alive "$state/coordinator.pid"; then
+		echo "local-cluster: already running (state in $state); run: $0 down --dir $state" >&2
+		exit 1
+	fi
+	down # leftovers of a crashed run
+	[[ -f $model/config.json ]] || { echo "local-cluster: $model has no config.json" >&2; exit 1; }
+	model=$(cd "$model" && pwd)
+	echo "local-cluster: building binaries into $bin" >&2
+	(cd "$root" && go build -o "$bin/" ./cmd/coordinator ./cmd/worker ./cmd/switchyard)
+
+	# Workers keep bf16 weights as bf16: size the placement's memory model alike.
+	elem=4
+	grep -q '"bfloat16"' "$model/config.json" && elem=2
+
+	trap 'echo "local-cluster: up failed; stopping what started" >&2; down' ERR
+	setsid "$bin/coordinator" --listen-client-urls 127.0.0.1:0 --listen-peer-urls 127.0.0.1:0 \
+		--data-dir "$state/etcd" --cluster "$cluster" --name local --model "$model" \
+		--elem-bytes "$elem" --replicas "$replicas" \
+		>"$state/coordinator.out" 2>"$state/coordinator.log" </dev/null &
+	echo $! >"$state/coordinator.pid"
+	line=$(await "$state/coordinator.out" '^coordinator: etcd=' 60 "$state/coordinator.pid")
+	etcd=$(echo "$line" | sed -n 's/^coordinator: etcd=\([^ ]*\).*/\1/p')
+	fp=$(echo "$line" | field model)
+	echo "$etcd" >"$state/endpoint"
+
+	for ((i = 1; i <= n; i++)); do
+		setsid "$bin/worker" --id "w$i" --model "$model" --etcd "$etcd" --cluster "$cluster" \
+			--listen 127.0.0.1:0 --gossip 127.0.0.1:0 --lease-ttl "$lease_ttl" \
+			>"$state/w$i.out" 2>"$state/w$i.log" </dev/null &
+		echo $! >"$state/w$i.pid"
+	done
+	for ((i = 1; i <= n; i++)); do
+		await "$state/w$i.out" '^worker: id=' 60 "$state/w$i.pid" >/dev/null
+	done
+	placed=$("$bin/switchyard" wait --etcd "$etcd" --cluster "$cluster" --workers "$n" --timeout 60s)
+	trap - ERR
+
+	echo "local cluster \"$cluster\" is up (state and logs in $state)"
+	printf '  %-12s %-28s pid %-7s log %s\n' etcd "$etcd" "$(cat "$state/coordinator.pid")" "$state/coordinator.log"
+	for ((i = 1; i <= n; i++)); do
+		line=$(grep -m1 '^worker: id=' "$state/w$i.out")
+		printf '  %-12s grpc=%-22s gossip=%-22s pid %-7s log %s\n' "w$i" "$(echo "$line" | field grpc)" \
+			"$(echo "$line" | field gossip)" "$(cat "$state/w$i.pid")" "$state/w$i.log"
+	done
+	echo "  model        $fp ($model)"
+	echo "  ${placed}"
+	echo "inspect: $bin/switchyard status --etcd $etcd --cluster $cluster   (or: $0 status --dir $state)"
+	echo "stop:    $0 down --dir $state"
+}
+
+status() {
+	[[ -f $state/endpoint ]] && alive "$state/coordinator.pid" || { echo "local-cluster: not running (state $state)" >&2; exit 1; }
+	"$bin/switchyard" status --etcd "$(cat "$state/endpoint")" --cluster "$cluster" $json
+}
+
+case $cmd in
+up) up ;;
+down) down; echo "local-cluster: down (state $state)" ;;
+status) status ;;
+*) usage ;;
+esac
