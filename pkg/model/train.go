@@ -261,6 +261,20 @@ func (st *TrainState) SetGlobalStats(m *Model, g []float64) error {
 	return nil
 }
 
+// StatsLen is the length of TrainState.Stats for models of c.
+func StatsLen(c *Config) int { return 4 + 2*c.NumMoELayers()*c.MoE.Router.NumExperts }
+
+// SetEmpty prepares a state for a data-parallel rank that had no rows this
+// step: its result becomes the group's (from the summed stats g) and there
+// is nothing to run backward for.
+func (st *TrainState) SetEmpty(m *Model, g []float64, lc LossConfig) {
+	st.loss = lc
+	st.stats = make([]float64, len(g))
+	st.global = append([]float64(nil), g...)
+	st.ready = false
+	st.applyStats(m, st.global)
+}
+
 // Result returns the losses of the last TrainForward (global ones after
 // SetGlobalStats).
 func (st *TrainState) Result() *StepResult { return &st.res }

@@ -16,19 +16,26 @@ import (
 	"github.com/switchyard/switchyard/pkg/safetensors"
 )
 
-// A checkpoint is a directory in Hugging Face layout that verify, generate
-// and transformers load as a model, plus the training state needed to
-// resume exactly:
+// A checkpoint is a directory in Hugging Face's sharded layout that verify,
+// generate and transformers load as a model, plus the training state
+// needed to resume exactly:
 //
-//	config.json            the model config (transformers' format)
-//	model.safetensors      every weight, float32, hub tensor names
-//	tokenizer.json         the tokenizer (+ tokenizer_config.json)
-//	optimizer.safetensors  AdamW state: exp_avg.<name>, exp_avg_sq.<name>, step.<name>
-//	trainer_state.json     step, data order seed, losses, settings (written last)
+//	config.json                    the model config (transformers' format)
+//	model.safetensors.index.json   weight_map: tensor name -> file
+//	model-dense.safetensors        every weight except routed experts, float32
+//	model-L003-E017.safetensors    one file per routed expert (layer 3, expert 17)
+//	tokenizer.json                 the tokenizer (+ tokenizer_config.json)
+//	optimizer-dense.safetensors    AdamW state of the dense weights
+//	optimizer-L003-E017.safetensors  AdamW state of one expert
+//	trainer_state.json             step, data order, losses, settings (written last)
 //
-// It is written into <dir>.tmp, every file fsynced, then renamed to <dir>
-// and the parent fsynced, so a crash never leaves a partial checkpoint under
-// a checkpoint's name.
+// One file per logical expert means a checkpoint does not depend on how
+// many workers wrote it: any worker count can resume it, each worker
+// reading only the experts it owns. The checkpoint is assembled in
+// <dir>.tmp (every file fsynced), then renamed to <dir> and the parent
+// fsynced, so a crash never leaves a partial checkpoint under its name.
+// Optimizer files hold exp_avg.<name>, exp_avg_sq.<name> (float32, the
+// parameter's shape) and step.<name> (int64 scalar).
 
 // TrainerState is trainer_state.json.
 type TrainerState struct {
@@ -42,6 +49,7 @@ type TrainerState struct {
 	HeldOut     float64     `json:"held_out"`
 	Tokens      int64       `json:"tokens_seen"`
 	Seconds     float64     `json:"train_seconds"`
+	Workers     int         `json:"workers"` // ranks that trained the last stretch
 	Config      StepConfig  `json:"step_config"`
 	Losses      []float64   `json:"losses"` // training loss of every step
 	Evals       []EvalPoint `json:"evals"`
@@ -69,51 +77,82 @@ func CheckpointDir(out string, step int) string {
 	return filepath.Join(out, fmt.Sprintf("%s%07d", checkpointPrefix, step))
 }
 
-// WriteCheckpoint writes ck to dir atomically.
+// File names inside a checkpoint.
+const (
+	denseFile      = "model-dense.safetensors"
+	denseOptimFile = "optimizer-dense.safetensors"
+)
+
+// ExpertFile is the weights file of one routed expert.
+func ExpertFile(id expert.ID) string { return fmt.Sprintf("model-L%03d-E%03d.safetensors", id.Layer, id.Expert) }
+
+// ExpertOptimFile is the optimizer-state file of one routed expert.
+func ExpertOptimFile(id expert.ID) string {
+	return fmt.Sprintf("optimizer-L%03d-E%03d.safetensors", id.Layer, id.Expert)
+}
+
+// WriteCheckpoint writes a single process's whole checkpoint atomically.
 func WriteCheckpoint(dir string, ck *Checkpoint) error {
+	tmp, err := BeginCheckpoint(dir)
+	if err != nil {
+		return err
+	}
+	if err := WriteDense(tmp, ck); err != nil {
+		return err
+	}
+	if err := WriteExperts(tmp, ck.Stepper); err != nil {
+		return err
+	}
+	return FinishCheckpoint(tmp, dir, ck.Stepper.Model.Cfg, ck.State)
+}
+
+// BeginCheckpoint creates the empty temporary directory of dir's checkpoint
+// and returns its path.
+func BeginCheckpoint(dir string) (string, error) {
 	tmp := dir + ".tmp"
 	if err := os.RemoveAll(tmp); err != nil {
-		return fmt.Errorf("train: checkpoint: %w", err)
+		return "", fmt.Errorf("train: checkpoint: %w", err)
 	}
 	if err := os.MkdirAll(tmp, 0o755); err != nil {
-		return fmt.Errorf("train: checkpoint: %w", err)
+		return "", fmt.Errorf("train: checkpoint: %w", err)
 	}
-	s := ck.Stepper
-	m := s.Model
-	// weights
-	byName := map[string][]float32{}
-	for _, r := range s.dense {
-		byName[r.Name] = *r.Data
-	}
-	for _, p := range ExpertParams(m.Cfg.Family, s.Store) {
-		byName[p.Name] = p.W
-	}
+	return tmp, nil
+}
+
+// optimTensors returns the optimizer-state tensors of the named parameters
+// that have state.
+func optimTensors(opt *optim.AdamW, names []string, shapes map[string][]int) []safetensors.Tensor {
+	states := opt.States()
 	var ts []safetensors.Tensor
-	for _, spec := range m.Cfg.Tensors() {
-		v, ok := byName[spec.Name]
-		if !ok {
-			return fmt.Errorf("train: checkpoint: no weights for %s (is every expert in this process?)", spec.Name)
-		}
-		ts = append(ts, safetensors.F32Tensor(spec.Name, spec.Shape, v))
-	}
-	if err := safetensors.Write(filepath.Join(tmp, safetensors.ModelFile), ts, map[string]string{"format": "pt"}); err != nil {
-		return fmt.Errorf("train: checkpoint: %w", err)
-	}
-	// optimizer
-	shapes := map[string][]int{}
-	for _, spec := range m.Cfg.Tensors() {
-		shapes[spec.Name] = spec.Shape
-	}
-	var os_ []safetensors.Tensor
-	states := s.Opt.States()
-	for _, name := range s.Opt.Names() {
+	for _, name := range names {
 		st := states[name]
-		os_ = append(os_,
+		if st == nil {
+			continue
+		}
+		ts = append(ts,
 			safetensors.F32Tensor("exp_avg."+name, shapes[name], st.M),
 			safetensors.F32Tensor("exp_avg_sq."+name, shapes[name], st.V),
 			safetensors.I64Tensor("step."+name, nil, []int64{int64(st.Step)}))
 	}
-	if err := safetensors.Write(filepath.Join(tmp, "optimizer.safetensors"), os_, nil); err != nil {
+	return ts
+}
+
+// WriteDense writes the dense weights, their optimizer state, config and
+// tokenizer files into a checkpoint's temporary directory (rank 0's part).
+func WriteDense(tmp string, ck *Checkpoint) error {
+	s := ck.Stepper
+	var ts []safetensors.Tensor
+	var names []string
+	shapes := map[string][]int{}
+	for _, r := range s.dense {
+		ts = append(ts, safetensors.F32Tensor(r.Name, r.Shape, *r.Data))
+		names = append(names, r.Name)
+		shapes[r.Name] = r.Shape
+	}
+	if err := safetensors.Write(filepath.Join(tmp, denseFile), ts, map[string]string{"format": "pt"}); err != nil {
+		return fmt.Errorf("train: checkpoint: %w", err)
+	}
+	if err := safetensors.Write(filepath.Join(tmp, denseOptimFile), optimTensors(s.Opt, names, shapes), nil); err != nil {
 		return fmt.Errorf("train: checkpoint: %w", err)
 	}
 	files := map[string][]byte{"config.json": ck.HFConfig}
@@ -128,11 +167,67 @@ func WriteCheckpoint(dir string, ck *Checkpoint) error {
 			return err
 		}
 	}
-	state, err := json.MarshalIndent(ck.State, "", "  ")
+	return nil
+}
+
+// WriteExperts writes one weights file and one optimizer file per expert
+// of the stepper's store into a checkpoint's temporary directory (every
+// rank writes the experts it owns).
+func WriteExperts(tmp string, s *Stepper) error {
+	c := s.Model.Cfg
+	ids := s.Store.IDs()
+	sortIDs(ids)
+	for _, id := range ids {
+		f := s.Store.Get(id)
+		if f == nil {
+			continue
+		}
+		n := model.ExpertTensorNames(c.Family, id.Layer, id.Expert)
+		shapes := map[string][]int{n[0]: {f.Gate.Rows, f.Gate.Cols}, n[1]: {f.Up.Rows, f.Up.Cols}, n[2]: {f.Down.Rows, f.Down.Cols}}
+		ts := []safetensors.Tensor{
+			safetensors.F32Tensor(n[0], shapes[n[0]], f.Gate.F32),
+			safetensors.F32Tensor(n[1], shapes[n[1]], f.Up.F32),
+			safetensors.F32Tensor(n[2], shapes[n[2]], f.Down.F32),
+		}
+		if err := safetensors.Write(filepath.Join(tmp, ExpertFile(id)), ts, map[string]string{"format": "pt"}); err != nil {
+			return fmt.Errorf("train: checkpoint: %w", err)
+		}
+		if err := safetensors.Write(filepath.Join(tmp, ExpertOptimFile(id)), optimTensors(s.Opt, n[:], shapes), nil); err != nil {
+			return fmt.Errorf("train: checkpoint: %w", err)
+		}
+	}
+	return nil
+}
+
+// FinishCheckpoint completes a checkpoint once every part is written: it
+// checks that every tensor cfg needs is present, writes the index and the
+// trainer state, and renames tmp to dir atomically.
+func FinishCheckpoint(tmp, dir string, cfg *model.Config, state TrainerState) error {
+	weightMap := map[string]string{}
+	var total int64
+	for _, spec := range cfg.Tensors() {
+		file := denseFile
+		if spec.Role == model.RoleExpert {
+			file = ExpertFile(spec.Expert)
+		}
+		if _, err := os.Stat(filepath.Join(tmp, file)); err != nil {
+			return fmt.Errorf("train: checkpoint: %s is missing (tensor %s): %w", file, spec.Name, err)
+		}
+		weightMap[spec.Name] = file
+		total += spec.Elems() * 4
+	}
+	idx, err := json.MarshalIndent(map[string]any{"metadata": map[string]any{"total_size": total}, "weight_map": weightMap}, "", "  ")
 	if err != nil {
 		return err
 	}
-	if err := writeFileSync(filepath.Join(tmp, "trainer_state.json"), state); err != nil {
+	if err := writeFileSync(filepath.Join(tmp, safetensors.IndexFile), idx); err != nil {
+		return err
+	}
+	st, err := json.MarshalIndent(state, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeFileSync(filepath.Join(tmp, "trainer_state.json"), st); err != nil {
 		return err
 	}
 	if err := syncDir(tmp); err != nil {
@@ -224,9 +319,31 @@ func ReadTrainerState(dir string) (*TrainerState, error) {
 	return &st, nil
 }
 
-// LoadOptimizer restores AdamW state from dir/optimizer.safetensors.
-func LoadOptimizer(dir string, opt *optim.AdamW) error {
-	f, err := safetensors.Open(filepath.Join(dir, "optimizer.safetensors"))
+// LoadOptimizer restores AdamW state from a checkpoint: the dense state and
+// that of the experts the store holds (an expert without a file starts
+// fresh).
+func LoadOptimizer(dir string, opt *optim.AdamW, store *expert.Store) error {
+	files := []string{denseOptimFile}
+	for _, id := range store.IDs() {
+		files = append(files, ExpertOptimFile(id))
+	}
+	for _, file := range files {
+		path := filepath.Join(dir, file)
+		if _, err := os.Stat(path); err != nil {
+			if file == denseOptimFile {
+				return fmt.Errorf("train: %s: %w", dir, err)
+			}
+			continue
+		}
+		if err := loadOptimFile(path, opt); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func loadOptimFile(path string, opt *optim.AdamW) error {
+	f, err := safetensors.Open(path)
 	if err != nil {
 		return fmt.Errorf("train: %w", err)
 	}
@@ -246,7 +363,7 @@ func LoadOptimizer(dir string, opt *optim.AdamW) error {
 		}
 		st, err := f.Int64("step." + name)
 		if err != nil || len(st) != 1 {
-			return fmt.Errorf("train: optimizer step of %s: %v", name, err)
+			return fmt.Errorf("train: %s: optimizer step of %s: %v", path, name, err)
 		}
 		opt.SetState(name, &optim.State{Step: int(st[0]), M: m, V: v})
 	}

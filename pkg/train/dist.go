@@ -74,18 +74,30 @@ func NewDistStepper(m *model.Model, owned *expert.Store, comm Comm, cfg StepConf
 
 // TrainStep runs one step on this rank's micro-batch ids [B][T]; every rank
 // of the group must call it with its own micro-batch at the same time.
+//
+// A rank may get no rows (a global batch smaller than the group): it still
+// takes part in every collective, with zero contributions, and updates its
+// replica and experts like the others.
 func (s *DistStepper) TrainStep(ctx context.Context, ids [][]int32) (*StepOut, error) {
 	s.Grads.Zero()
 	s.Store.ZeroGrad()
 	m, st := s.Model, s.state
-	if _, err := m.TrainForward(ctx, st, ids, s.Cfg.Loss); err != nil {
-		return nil, err
+	empty := len(ids) == 0
+	var stats []float64
+	if empty {
+		stats = make([]float64, model.StatsLen(m.Cfg))
+	} else {
+		if _, err := m.TrainForward(ctx, st, ids, s.Cfg.Loss); err != nil {
+			return nil, err
+		}
+		stats = st.Stats()
 	}
-	stats := st.Stats()
 	if err := allReduce64(ctx, s.Comm, stats); err != nil {
 		return nil, fmt.Errorf("train: rank %d: loss statistics all-reduce: %w", s.Comm.Rank(), err)
 	}
-	if err := st.SetGlobalStats(m, stats); err != nil {
+	if empty {
+		st.SetEmpty(m, stats, s.Cfg.Loss)
+	} else if err := st.SetGlobalStats(m, stats); err != nil {
 		return nil, err
 	}
 	// Bucketed all-reduce of dense gradients, overlapped with the backward:
@@ -118,7 +130,15 @@ func (s *DistStepper) TrainStep(ctx context.Context, ids [][]int32) (*StepOut, e
 			pendHi = lo
 		}
 	}
-	berr := m.TrainBackward(ctx, st, s.Grads)
+	var berr error
+	if empty {
+		// No backward: release the (zero) gradients in the order a backward would.
+		for part := m.Cfg.Layers; part >= -1; part-- {
+			st.OnGrads(part)
+		}
+	} else {
+		berr = m.TrainBackward(ctx, st, s.Grads)
+	}
 	st.OnGrads = nil
 	if berr == nil && pendHi > 0 {
 		queue <- [2]int{0, pendHi} // anything no part covered
@@ -239,3 +259,7 @@ func (c *localComm) AllReduceSum(ctx context.Context, buf []float32) error {
 		return ctx.Err()
 	}
 }
+
+// RankRows is the slice [lo, hi) of a global batch of b rows that rank r of
+// n trains on (balanced; ranks may get no rows when b < n).
+func RankRows(b, n, r int) (lo, hi int) { return r * b / n, (r + 1) * b / n }

@@ -241,7 +241,7 @@ func Run(ctx context.Context, cfg JobConfig) (*Result, error) {
 		return nil, err
 	}
 	if state != nil {
-		if err := LoadOptimizer(resumeAt, stepper.Opt); err != nil {
+		if err := LoadOptimizer(resumeAt, stepper.Opt, store); err != nil {
 			return nil, err
 		}
 		stepper.Step = state.Step
@@ -250,6 +250,7 @@ func Run(ctx context.Context, cfg JobConfig) (*Result, error) {
 			SeqLen: cfg.SeqLen, Batch: cfg.Batch, HeldOut: cfg.HeldOut}
 	}
 	state.Config = cfg.Step
+	state.Workers = 1
 	var nparams int64
 	for _, s := range m.Cfg.Tensors() {
 		nparams += s.Elems()
