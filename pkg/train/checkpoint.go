@@ -84,7 +84,9 @@ const (
 )
 
 // ExpertFile is the weights file of one routed expert.
-func ExpertFile(id expert.ID) string { return fmt.Sprintf("model-L%03d-E%03d.safetensors", id.Layer, id.Expert) }
+func ExpertFile(id expert.ID) string {
+	return fmt.Sprintf("model-L%03d-E%03d.safetensors", id.Layer, id.Expert)
+}
 
 // ExpertOptimFile is the optimizer-state file of one routed expert.
 func ExpertOptimFile(id expert.ID) string {
