@@ -52,6 +52,9 @@ type InitOptions struct {
 	// Std of the normal initialization of matrices and embeddings; 0 means
 	// 0.02 (transformers' initializer_range default).
 	Std float64
+	// Experts selects the routed experts to create (nil: all), as
+	// LoadOptions.Experts; unselected experts are not even generated.
+	Experts func(expert.ID) bool
 }
 
 // NewRandom initializes a float32 model for training from scratch the way
@@ -65,6 +68,9 @@ func NewRandom(cfg *Config, opt InitOptions) (*Model, *expert.Store, error) {
 	}
 	src := &MemSource{T: map[string]MemTensor{}}
 	for _, s := range cfg.Tensors() {
+		if s.Role == RoleExpert && opt.Experts != nil && !opt.Experts(s.Expert) {
+			continue
+		}
 		v := make([]float32, s.Elems())
 		switch s.Role {
 		case RoleNorm:
@@ -83,5 +89,5 @@ func NewRandom(cfg *Config, opt InitOptions) (*Model, *expert.Store, error) {
 		}
 		src.T[s.Name] = MemTensor{Shape: s.Shape, Data: v}
 	}
-	return Load(cfg, src, LoadOptions{})
+	return Load(cfg, src, LoadOptions{Experts: opt.Experts})
 }

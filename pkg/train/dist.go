@@ -16,11 +16,11 @@ import (
 type Comm interface {
 	Rank() int
 	Size() int
-	// AllReduceSum sums buf over the group in place. Every rank must get
+	// AllReduce sums buf over the group in place. Every rank must get
 	// bit-identical results (the dense replicas stay identical). Calls of
 	// one rank are sequential and every rank makes the same calls in the
 	// same order.
-	AllReduceSum(ctx context.Context, buf []float32) error
+	AllReduce(ctx context.Context, buf []float32) error
 }
 
 // allReduce64 sums float64 values over the group through a float32
@@ -33,7 +33,7 @@ func allReduce64(ctx context.Context, c Comm, v []float64) error {
 		hi := float32(x)
 		buf[2*i], buf[2*i+1] = hi, float32(x-float64(hi))
 	}
-	if err := c.AllReduceSum(ctx, buf); err != nil {
+	if err := c.AllReduce(ctx, buf); err != nil {
 		return err
 	}
 	for i := range v {
@@ -114,7 +114,7 @@ func (s *DistStepper) TrainStep(ctx context.Context, ids [][]int32) (*StepOut, e
 			if err != nil {
 				continue // drain after a failure
 			}
-			if e := s.Comm.AllReduceSum(ctx, flat[sp[0]:sp[1]]); e != nil {
+			if e := s.Comm.AllReduce(ctx, flat[sp[0]:sp[1]]); e != nil {
 				err = fmt.Errorf("train: rank %d: gradient all-reduce of [%d, %d): %w", s.Comm.Rank(), sp[0], sp[1], e)
 			}
 		}
@@ -185,6 +185,11 @@ func (s *DistStepper) TrainStep(ctx context.Context, ids [][]int32) (*StepOut, e
 		return out, err
 	}
 	UpdateScoreBias(m, res.Load, s.Cfg.BiasUpdateSpeed)
+	// Barrier: every owner has updated its experts before any rank's next
+	// forward reads them.
+	if err := s.Comm.AllReduce(ctx, make([]float32, 1)); err != nil {
+		return out, fmt.Errorf("train: rank %d: end-of-step barrier: %w", s.Comm.Rank(), err)
+	}
 	s.Step++
 	return out, nil
 }
@@ -222,7 +227,7 @@ type localComm struct {
 func (c *localComm) Rank() int { return c.rank }
 func (c *localComm) Size() int { return c.g.n }
 
-func (c *localComm) AllReduceSum(ctx context.Context, buf []float32) error {
+func (c *localComm) AllReduce(ctx context.Context, buf []float32) error {
 	g := c.g
 	g.mu.Lock()
 	seq := c.seq // calls of one rank are sequential (see Comm)

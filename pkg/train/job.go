@@ -108,9 +108,33 @@ type Result struct {
 	Params     int64       // parameters of the model
 }
 
-// Run trains as configured. It can be interrupted (ctx) and resumed: the
-// run saves a checkpoint before returning ctx's error.
-func Run(ctx context.Context, cfg JobConfig) (*Result, error) {
+// Prepared is everything a run needs before weights are loaded: the
+// model's config and tokenizer, the tokenized data, and where the weights
+// come from. Every rank of a distributed job prepares the same Prepared
+// from the same JobConfig (deterministically), then loads only its part.
+type Prepared struct {
+	Cfg       JobConfig
+	HFConfig  []byte // config.json
+	TokJSON   []byte // tokenizer.json
+	TokCfg    []byte // tokenizer_config.json (may be nil)
+	Model     *model.Config
+	Data      *Data
+	TextHash  string
+	State     *TrainerState // resumed trainer state (nil: fresh run)
+	ResumeDir string        // the checkpoint resumed from ("" if none)
+	Params    int64
+	// weight source: a folder (checkpoint or --init-from), else random init
+	weightsDir string
+	log        func(format string, args ...any)
+}
+
+// Prepare validates cfg, reads and tokenizes the text, and decides where
+// the weights come from (latest checkpoint if resuming, --init-from, or a
+// preset). logf receives progress messages (may be nil).
+func Prepare(cfg JobConfig, logf func(format string, args ...any)) (*Prepared, error) {
+	if logf == nil {
+		logf = func(string, ...any) {}
+	}
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
@@ -119,74 +143,66 @@ func Run(ctx context.Context, cfg JobConfig) (*Result, error) {
 		return nil, err
 	}
 	sum := sha256.Sum256([]byte(text))
-	textHash := hex.EncodeToString(sum[:])
-	prog := NewProgress(cfg.Progress, cfg.Steps, 0)
-	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
-		return nil, fmt.Errorf("train: %w", err)
-	}
-
-	var (
-		m        *model.Model
-		store    *expert.Store
-		hfConfig []byte
-		tokJSON  []byte
-		tokCfg   []byte
-		state    *TrainerState
-		resumeAt string
-	)
+	p := &Prepared{Cfg: cfg, TextHash: hex.EncodeToString(sum[:]), log: logf}
 	if cfg.Resume {
-		if resumeAt, err = LatestCheckpoint(cfg.Out); err != nil {
+		if p.ResumeDir, err = LatestCheckpoint(cfg.Out); err != nil {
 			return nil, err
 		}
 	}
 	switch {
-	case resumeAt != "":
-		if state, err = ReadTrainerState(resumeAt); err != nil {
+	case p.ResumeDir != "":
+		dir := p.ResumeDir
+		if p.State, err = ReadTrainerState(dir); err != nil {
 			return nil, err
 		}
-		if state.TextSHA256 != textHash {
-			return nil, fmt.Errorf("train: checkpoint %s was trained on a different text (sha256 %s, this text %s)", resumeAt, state.TextSHA256[:12], textHash[:12])
+		st := p.State
+		if st.TextSHA256 != p.TextHash {
+			return nil, fmt.Errorf("train: checkpoint %s was trained on a different text (sha256 %s, this text %s)", dir, st.TextSHA256[:12], p.TextHash[:12])
 		}
-		if state.SeqLen != cfg.SeqLen || state.Batch != cfg.Batch || state.Seed != cfg.Seed {
+		if st.SeqLen != cfg.SeqLen || st.Batch != cfg.Batch || st.Seed != cfg.Seed {
 			return nil, fmt.Errorf("train: checkpoint %s used seq len %d, batch %d, seed %d; this run asks %d, %d, %d (resume needs the same data order)",
-				resumeAt, state.SeqLen, state.Batch, state.Seed, cfg.SeqLen, cfg.Batch, cfg.Seed)
+				dir, st.SeqLen, st.Batch, st.Seed, cfg.SeqLen, cfg.Batch, cfg.Seed)
 		}
-		if m, store, err = LoadModel(resumeAt); err != nil {
-			return nil, err
+		if p.HFConfig, err = os.ReadFile(filepath.Join(dir, "config.json")); err != nil {
+			return nil, fmt.Errorf("train: %w", err)
 		}
-		if fp := m.Cfg.Fingerprint(); fp != state.Fingerprint {
-			return nil, fmt.Errorf("train: checkpoint %s holds model %s but its trainer state names %s", resumeAt, fp, state.Fingerprint)
+		if p.Model, err = model.ParseConfig(p.HFConfig); err != nil {
+			return nil, fmt.Errorf("train: %s/config.json: %w", dir, err)
+		}
+		if fp := p.Model.Fingerprint(); fp != st.Fingerprint {
+			return nil, fmt.Errorf("train: checkpoint %s holds model %s but its trainer state names %s", dir, fp, st.Fingerprint)
 		}
 		if cfg.Preset != "" {
-			if want, err := presetFingerprint(cfg.Preset, m.Cfg.Vocab); err != nil || want != state.Fingerprint {
-				return nil, fmt.Errorf("train: checkpoint %s is a different model (%s) from preset %q (%s)", resumeAt, state.Fingerprint, cfg.Preset, want)
+			if want, err := presetFingerprint(cfg.Preset, p.Model.Vocab); err != nil || want != st.Fingerprint {
+				return nil, fmt.Errorf("train: checkpoint %s is a different model (%s) from preset %q (%s)", dir, st.Fingerprint, cfg.Preset, want)
 			}
 		}
-		hfConfig, _ = os.ReadFile(filepath.Join(resumeAt, "config.json"))
-		tokJSON, _ = os.ReadFile(filepath.Join(resumeAt, "tokenizer.json"))
-		tokCfg, _ = os.ReadFile(filepath.Join(resumeAt, "tokenizer_config.json"))
-		prog.Logf("train: resuming from %s (step %d)", resumeAt, state.Step)
+		p.TokJSON, _ = os.ReadFile(filepath.Join(dir, "tokenizer.json"))
+		p.TokCfg, _ = os.ReadFile(filepath.Join(dir, "tokenizer_config.json"))
+		p.weightsDir = dir
+		logf("train: resuming from %s (step %d)", dir, st.Step)
 	case cfg.InitFrom != "":
-		if m, store, err = LoadModel(cfg.InitFrom); err != nil {
-			return nil, err
-		}
-		if hfConfig, err = os.ReadFile(filepath.Join(cfg.InitFrom, "config.json")); err != nil {
+		if p.HFConfig, err = os.ReadFile(filepath.Join(cfg.InitFrom, "config.json")); err != nil {
 			return nil, fmt.Errorf("train: %w", err)
+		}
+		if p.Model, err = model.ParseConfig(p.HFConfig); err != nil {
+			return nil, fmt.Errorf("train: %s/config.json: %w", cfg.InitFrom, err)
 		}
 		tokPath := cfg.Tokenizer
 		if tokPath == "" {
 			tokPath = filepath.Join(cfg.InitFrom, "tokenizer.json")
 		}
-		if tokJSON, err = os.ReadFile(tokPath); err != nil {
+		if p.TokJSON, err = os.ReadFile(tokPath); err != nil {
 			return nil, fmt.Errorf("train: fine-tuning needs the model's tokenizer: %w", err)
 		}
-		tokCfg, _ = os.ReadFile(filepath.Join(filepath.Dir(tokPath), "tokenizer_config.json"))
+		p.TokCfg, _ = os.ReadFile(filepath.Join(filepath.Dir(tokPath), "tokenizer_config.json"))
+		p.weightsDir = cfg.InitFrom
 	default:
 		if cfg.Preset == "" {
 			return nil, errors.New("train: give --preset NAME to train from scratch or --init-from DIR to fine-tune")
 		}
 		if cfg.Tokenizer != "" {
-			if tokJSON, err = os.ReadFile(cfg.Tokenizer); err != nil {
+			if p.TokJSON, err = os.ReadFile(cfg.Tokenizer); err != nil {
 				return nil, fmt.Errorf("train: %w", err)
 			}
 		} else {
@@ -195,12 +211,12 @@ func Run(ctx context.Context, cfg JobConfig) (*Result, error) {
 			if err != nil {
 				return nil, err
 			}
-			if tokJSON, err = tok.Marshal(); err != nil {
+			if p.TokJSON, err = tok.Marshal(); err != nil {
 				return nil, err
 			}
-			prog.Logf("train: trained a %d-token byte-level BPE tokenizer on %s in %v", tok.VocabSize(), cfg.Text, time.Since(t0).Round(time.Millisecond))
+			logf("train: trained a %d-token byte-level BPE tokenizer on %s in %v", tok.VocabSize(), cfg.Text, time.Since(t0).Round(time.Millisecond))
 		}
-		tok, err := tokenizer.Parse(tokJSON, "tokenizer.json")
+		tok, err := tokenizer.Parse(p.TokJSON, "tokenizer.json")
 		if err != nil {
 			return nil, err
 		}
@@ -208,125 +224,144 @@ func Run(ctx context.Context, cfg JobConfig) (*Result, error) {
 		if eos := tok.Special().EOS; eos >= 0 {
 			hf["eos_token_id"] = eos
 		}
-		if hfConfig, err = json.MarshalIndent(hf, "", "  "); err != nil {
+		if p.HFConfig, err = json.MarshalIndent(hf, "", "  "); err != nil {
 			return nil, err
 		}
-		mc, err := model.ParseConfig(hfConfig)
-		if err != nil {
+		if p.Model, err = model.ParseConfig(p.HFConfig); err != nil {
 			return nil, err
 		}
-		if m, store, err = model.NewRandom(mc, model.InitOptions{Seed: cfg.Seed}); err != nil {
-			return nil, err
-		}
-		tokCfg = defaultTokenizerConfig(tok)
+		p.TokCfg = defaultTokenizerConfig(tok)
 	}
-	tok, err := tokenizer.Parse(tokJSON, "tokenizer.json")
+	tok, err := tokenizer.Parse(p.TokJSON, "tokenizer.json")
 	if err != nil {
 		return nil, err
 	}
-	if tok.VocabSize() > m.Cfg.Vocab {
-		return nil, fmt.Errorf("train: tokenizer has %d tokens, the model's vocabulary only %d", tok.VocabSize(), m.Cfg.Vocab)
+	if tok.VocabSize() > p.Model.Vocab {
+		return nil, fmt.Errorf("train: tokenizer has %d tokens, the model's vocabulary only %d", tok.VocabSize(), p.Model.Vocab)
 	}
 	ids := tok.Encode(text)
 	tokens := make([]int32, len(ids))
 	for i, id := range ids {
 		tokens[i] = int32(id)
 	}
-	data, err := NewData(tokens, cfg.SeqLen, cfg.Batch, cfg.HeldOut, cfg.Seed)
-	if err != nil {
+	if p.Data, err = NewData(tokens, cfg.SeqLen, cfg.Batch, cfg.HeldOut, cfg.Seed); err != nil {
 		return nil, err
 	}
-	stepper, err := NewStepper(m, store, cfg.Step)
-	if err != nil {
-		return nil, err
-	}
-	if state != nil {
-		if err := LoadOptimizer(resumeAt, stepper.Opt, store); err != nil {
-			return nil, err
-		}
-		stepper.Step = state.Step
-	} else {
-		state = &TrainerState{Version: 1, Seed: cfg.Seed, Fingerprint: m.Cfg.Fingerprint(), TextSHA256: textHash,
+	if p.State == nil {
+		p.State = &TrainerState{Version: 1, Seed: cfg.Seed, Fingerprint: p.Model.Fingerprint(), TextSHA256: p.TextHash,
 			SeqLen: cfg.SeqLen, Batch: cfg.Batch, HeldOut: cfg.HeldOut}
 	}
-	state.Config = cfg.Step
-	state.Workers = 1
-	var nparams int64
-	for _, s := range m.Cfg.Tensors() {
-		nparams += s.Elems()
+	p.State.Config = cfg.Step
+	for _, s := range p.Model.Tensors() {
+		p.Params += s.Elems()
 	}
-	prog.Logf("train: %s model, %.2f M parameters, %d training tokens (%d windows of %d), %d held-out windows; steps %d..%d",
-		m.Cfg.Family, float64(nparams)/1e6, len(tokens), data.TrainWindows(), cfg.SeqLen, len(data.EvalWindows()), stepper.Step+1, cfg.Steps)
+	logf("train: %s model, %.2f M parameters, %d training tokens (%d windows of %d), %d held-out windows; steps %d..%d",
+		p.Model.Family, float64(p.Params)/1e6, len(tokens), p.Data.TrainWindows(), cfg.SeqLen, len(p.Data.EvalWindows()), p.State.Step+1, cfg.Steps)
+	return p, nil
+}
 
-	res := &Result{Params: nparams}
+// Load loads the dense weights and the experts experts selects (nil: all),
+// float32, from the run's weight source.
+func (p *Prepared) Load(experts func(expert.ID) bool) (*model.Model, *expert.Store, error) {
+	if p.weightsDir == "" {
+		return model.NewRandom(p.Model, model.InitOptions{Seed: p.Cfg.Seed, Experts: experts})
+	}
+	ck, err := model.Open(p.weightsDir)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer ck.Close()
+	if ck.Config.Fingerprint() != p.Model.Fingerprint() {
+		return nil, nil, fmt.Errorf("train: %s holds model %s, expected %s", p.weightsDir, ck.Config.Fingerprint(), p.Model.Fingerprint())
+	}
+	return model.Load(ck.Config, ck.Source, model.LoadOptions{Experts: experts})
+}
+
+// stepRunner is what the training loop needs from a (single or
+// distributed) stepper.
+type stepRunner interface {
+	trainStep(ctx context.Context, step int) (*StepOut, error)
+	eval(ctx context.Context, windows [][]int32) (float64, error)
+	save(dir string, state TrainerState) error
+	rank() int
+}
+
+// loop runs steps from p.State.Step to the configured total, evaluating
+// and checkpointing on schedule; rank 0 reports progress and keeps the
+// trainer state. Every rank runs the same loop in lockstep.
+func (p *Prepared) loop(ctx context.Context, r stepRunner, prog *Progress, workers int) (*Result, error) {
+	cfg, state := p.Cfg, p.State
+	state.Workers = workers
+	res := &Result{Params: p.Params}
+	step := state.Step
 	save := func() error {
-		dir := CheckpointDir(cfg.Out, stepper.Step)
-		if err := WriteCheckpoint(dir, &Checkpoint{HFConfig: hfConfig, TokenizerJSON: tokJSON, TokenizerCfg: tokCfg, Stepper: stepper, State: *state}); err != nil {
+		dir := CheckpointDir(cfg.Out, step)
+		if err := r.save(dir, *state); err != nil {
 			return err
 		}
 		res.Checkpoint = dir
-		png := filepath.Join(cfg.Out, "loss.png")
-		if err := PlotLoss(png, fmt.Sprintf("%s, %.1f M params", m.Cfg.Family, float64(nparams)/1e6), state.Losses, state.Evals, 20); err != nil {
-			return fmt.Errorf("train: loss curve: %w", err)
+		if r.rank() == 0 {
+			png := filepath.Join(cfg.Out, "loss.png")
+			if err := PlotLoss(png, fmt.Sprintf("%s, %.1f M params", p.Model.Family, float64(p.Params)/1e6), state.Losses, state.Evals, 20); err != nil {
+				return fmt.Errorf("train: loss curve: %w", err)
+			}
+			res.LossPNG = png
 		}
-		res.LossPNG = png
 		return nil
 	}
 	evaluate := func() error {
-		w := data.EvalWindows()
-		if len(w) == 0 {
+		w := p.Data.EvalWindows()
+		if len(w) == 0 || r.rank() != 0 {
 			return nil
 		}
 		w = w[:min(len(w), max(cfg.EvalMax, 1))]
 		var total float64
 		for i := 0; i < len(w); i += cfg.Batch {
-			l, err := stepper.Eval(ctx, w[i:min(i+cfg.Batch, len(w))])
+			l, err := r.eval(ctx, w[i:min(i+cfg.Batch, len(w))])
 			if err != nil {
 				return err
 			}
 			total += l * float64(min(i+cfg.Batch, len(w))-i)
 		}
 		loss := total / float64(len(w))
-		state.Evals = append(state.Evals, EvalPoint{Step: stepper.Step, Loss: loss})
-		prog.Logf("train: step %d held-out loss %.4f", stepper.Step, loss)
+		state.Evals = append(state.Evals, EvalPoint{Step: step, Loss: loss})
+		prog.Logf("train: step %d held-out loss %.4f", step, loss)
 		return nil
 	}
-	start := time.Now()
-	startStep := stepper.Step
-	for stepper.Step < cfg.Steps {
+	start, startStep := time.Now(), step
+	for step < cfg.Steps {
 		if err := ctx.Err(); err != nil {
 			if serr := save(); serr != nil {
 				return res, errors.Join(err, serr)
 			}
 			return res, err
 		}
-		batch := data.BatchAt(stepper.Step)
-		out, err := stepper.TrainStep(ctx, batch)
+		out, err := r.trainStep(ctx, step)
 		if err != nil {
 			return res, err
 		}
-		state.Step = stepper.Step
+		step++
+		state.Step = step
 		state.Losses = append(state.Losses, out.Loss)
 		state.Tokens += int64(cfg.Batch * cfg.SeqLen)
-		el := time.Since(start).Seconds()
-		tps := float64((stepper.Step-startStep)*cfg.Batch*cfg.SeqLen) / el
-		prog.Step(stepper.Step, out.Loss, tps, out.LR)
-		if cfg.EvalEvery > 0 && stepper.Step%cfg.EvalEvery == 0 && stepper.Step < cfg.Steps {
+		tps := float64((step-startStep)*cfg.Batch*cfg.SeqLen) / time.Since(start).Seconds()
+		prog.Step(step, out.Loss, tps, out.LR)
+		if cfg.EvalEvery > 0 && step%cfg.EvalEvery == 0 && step < cfg.Steps {
 			if err := evaluate(); err != nil {
 				return res, err
 			}
 		}
-		if cfg.SaveEvery > 0 && stepper.Step%cfg.SaveEvery == 0 && stepper.Step < cfg.Steps {
+		if cfg.SaveEvery > 0 && step%cfg.SaveEvery == 0 && step < cfg.Steps {
 			state.Seconds += time.Since(start).Seconds()
-			start, startStep = time.Now(), stepper.Step
+			start, startStep = time.Now(), step
 			if err := save(); err != nil {
 				return res, err
 			}
 		}
 	}
 	el := time.Since(start).Seconds()
-	if stepper.Step > startStep {
-		res.TokensPerS = float64((stepper.Step-startStep)*cfg.Batch*cfg.SeqLen) / el
+	if step > startStep {
+		res.TokensPerS = float64((step-startStep)*cfg.Batch*cfg.SeqLen) / el
 	}
 	state.Seconds += el
 	if err := evaluate(); err != nil {
@@ -336,10 +371,150 @@ func Run(ctx context.Context, cfg JobConfig) (*Result, error) {
 		return res, err
 	}
 	prog.Done()
-	res.Steps = stepper.Step
+	res.Steps = step
 	res.Losses = state.Losses
 	res.Evals = state.Evals
 	return res, nil
+}
+
+// Run trains as configured in this process. It can be interrupted (ctx)
+// and resumed: the run saves a checkpoint before returning ctx's error.
+func Run(ctx context.Context, cfg JobConfig) (*Result, error) {
+	prog := NewProgress(cfg.Progress, cfg.Steps, 0)
+	p, err := Prepare(cfg, prog.Logf)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
+		return nil, fmt.Errorf("train: %w", err)
+	}
+	m, store, err := p.Load(nil)
+	if err != nil {
+		return nil, err
+	}
+	stepper, err := NewStepper(m, store, cfg.Step)
+	if err != nil {
+		return nil, err
+	}
+	if p.ResumeDir != "" {
+		if err := LoadOptimizer(p.ResumeDir, stepper.Opt, store); err != nil {
+			return nil, err
+		}
+		stepper.Step = p.State.Step
+	}
+	return p.loop(ctx, &localRunner{p: p, s: stepper}, prog, 1)
+}
+
+// localRunner runs steps in this process.
+type localRunner struct {
+	p *Prepared
+	s *Stepper
+}
+
+func (l *localRunner) rank() int { return 0 }
+func (l *localRunner) trainStep(ctx context.Context, step int) (*StepOut, error) {
+	return l.s.TrainStep(ctx, l.p.Data.BatchAt(step))
+}
+func (l *localRunner) eval(ctx context.Context, w [][]int32) (float64, error) { return l.s.Eval(ctx, w) }
+func (l *localRunner) save(dir string, st TrainerState) error {
+	return WriteCheckpoint(dir, &Checkpoint{HFConfig: l.p.HFConfig, TokenizerJSON: l.p.TokJSON, TokenizerCfg: l.p.TokCfg, Stepper: l.s, State: st})
+}
+
+// RankJob is one rank of a distributed training job. Every rank builds it
+// from the same JobConfig; Out must be a directory all ranks can write
+// (a shared filesystem), since each rank writes the experts it owns into
+// the common checkpoint.
+type RankJob struct {
+	Prepared *Prepared
+	Comm     Comm
+	// Model is this rank's dense replica (float32) whose Experts reaches
+	// every expert of the job (remote owners included) as an
+	// expert.Trainer; Owned holds the experts this rank owns.
+	Model *model.Model
+	Owned *expert.Store
+	// Progress receives rank 0's progress (others are silent).
+	Progress *Progress
+}
+
+// RunRank runs one rank of a distributed job until the last step. Ranks
+// take their rows of each global batch (RankRows), all-reduce statistics
+// and gradients through Comm, and write coordinated checkpoints: every
+// rank its own experts, rank 0 the dense part, the index and the trainer
+// state, with barriers between.
+func RunRank(ctx context.Context, rj RankJob) (*Result, error) {
+	p := rj.Prepared
+	s, err := NewDistStepper(rj.Model, rj.Owned, rj.Comm, p.Cfg.Step)
+	if err != nil {
+		return nil, err
+	}
+	if p.ResumeDir != "" {
+		if err := LoadOptimizer(p.ResumeDir, s.Opt, rj.Owned); err != nil {
+			return nil, err
+		}
+		s.Step = p.State.Step
+	}
+	if rj.Comm.Rank() == 0 {
+		if err := os.MkdirAll(p.Cfg.Out, 0o755); err != nil {
+			return nil, fmt.Errorf("train: %w", err)
+		}
+	}
+	prog := rj.Progress
+	if prog == nil || rj.Comm.Rank() != 0 {
+		prog = &Progress{}
+	}
+	return p.loop(ctx, &distRunner{p: p, s: s}, prog, rj.Comm.Size())
+}
+
+// distRunner runs one rank's steps.
+type distRunner struct {
+	p *Prepared
+	s *DistStepper
+}
+
+func (d *distRunner) rank() int { return d.s.Comm.Rank() }
+
+func (d *distRunner) trainStep(ctx context.Context, step int) (*StepOut, error) {
+	b := d.p.Data.BatchAt(step)
+	lo, hi := RankRows(len(b), d.s.Comm.Size(), d.s.Comm.Rank())
+	return d.s.TrainStep(ctx, b[lo:hi])
+}
+
+func (d *distRunner) eval(ctx context.Context, w [][]int32) (float64, error) {
+	return EvalLoss(ctx, d.s.Model, w)
+}
+
+// barrier waits until every rank reached it.
+func (d *distRunner) barrier(ctx context.Context) error {
+	return d.s.Comm.AllReduce(ctx, make([]float32, 1))
+}
+
+func (d *distRunner) save(dir string, st TrainerState) error {
+	ctx := context.Background()
+	rank := d.s.Comm.Rank()
+	tmp := dir + ".tmp"
+	var err error
+	if rank == 0 {
+		tmp, err = BeginCheckpoint(dir)
+	}
+	if berr := d.barrier(ctx); berr != nil || err != nil {
+		return errors.Join(err, berr)
+	}
+	err = WriteExperts(tmp, d.s.Stepper)
+	if err == nil && rank == 0 {
+		err = WriteDense(tmp, &Checkpoint{HFConfig: d.p.HFConfig, TokenizerJSON: d.p.TokJSON, TokenizerCfg: d.p.TokCfg, Stepper: d.s.Stepper})
+	}
+	// A failed rank still reaches the barrier so no one waits forever; the
+	// missing files then fail FinishCheckpoint's completeness check.
+	if berr := d.barrier(ctx); berr != nil || err != nil {
+		return errors.Join(err, berr)
+	}
+	if rank == 0 {
+		err = FinishCheckpoint(tmp, dir, d.s.Model.Cfg, st)
+	}
+	if berr := d.barrier(ctx); berr != nil || err != nil {
+		return errors.Join(err, berr)
+	}
+	return nil
 }
 
 func presetFingerprint(name string, vocab int) (string, error) {
