@@ -415,7 +415,9 @@ func (l *localRunner) rank() int { return 0 }
 func (l *localRunner) trainStep(ctx context.Context, step int) (*StepOut, error) {
 	return l.s.TrainStep(ctx, l.p.Data.BatchAt(step))
 }
-func (l *localRunner) eval(ctx context.Context, w [][]int32) (float64, error) { return l.s.Eval(ctx, w) }
+func (l *localRunner) eval(ctx context.Context, w [][]int32) (float64, error) {
+	return l.s.Eval(ctx, w)
+}
 func (l *localRunner) save(dir string, st TrainerState) error {
 	return WriteCheckpoint(dir, &Checkpoint{HFConfig: l.p.HFConfig, TokenizerJSON: l.p.TokJSON, TokenizerCfg: l.p.TokCfg, Stepper: l.s, State: st})
 }
