@@ -46,7 +46,7 @@ type JobConfig struct {
 
 	Step StepConfig // optimizer, schedule, clipping, losses
 
-	Progress io.Writer // progress and log lines (nil: silent)
+	Progress io.Writer `json:"-"` // progress and log lines (nil: silent)
 }
 
 // DefaultJobConfig returns the defaults for a from-scratch run of preset.
@@ -289,8 +289,11 @@ type stepRunner interface {
 // loop runs steps from p.State.Step to the configured total, evaluating
 // and checkpointing on schedule; rank 0 reports progress and keeps the
 // trainer state. Every rank runs the same loop in lockstep.
-func (p *Prepared) loop(ctx context.Context, r stepRunner, prog *Progress, workers int) (*Result, error) {
+func (p *Prepared) loop(ctx context.Context, r stepRunner, prog *Progress, workers int, observe func(Event)) (*Result, error) {
 	cfg, state := p.Cfg, p.State
+	if observe == nil || r.rank() != 0 {
+		observe = func(Event) {}
+	}
 	state.Workers = workers
 	res := &Result{Params: p.Params}
 	step := state.Step
@@ -300,6 +303,7 @@ func (p *Prepared) loop(ctx context.Context, r stepRunner, prog *Progress, worke
 			return err
 		}
 		res.Checkpoint = dir
+		observe(Event{Step: step, Checkpoint: dir})
 		if r.rank() == 0 {
 			png := filepath.Join(cfg.Out, "loss.png")
 			if err := PlotLoss(png, fmt.Sprintf("%s, %.1f M params", p.Model.Family, float64(p.Params)/1e6), state.Losses, state.Evals, 20); err != nil {
@@ -326,6 +330,7 @@ func (p *Prepared) loop(ctx context.Context, r stepRunner, prog *Progress, worke
 		loss := total / float64(len(w))
 		state.Evals = append(state.Evals, EvalPoint{Step: step, Loss: loss})
 		prog.Logf("train: step %d held-out loss %.4f", step, loss)
+		observe(Event{Step: step, EvalLoss: loss})
 		return nil
 	}
 	start, startStep := time.Now(), step
@@ -346,6 +351,7 @@ func (p *Prepared) loop(ctx context.Context, r stepRunner, prog *Progress, worke
 		state.Tokens += int64(cfg.Batch * cfg.SeqLen)
 		tps := float64((step-startStep)*cfg.Batch*cfg.SeqLen) / time.Since(start).Seconds()
 		prog.Step(step, out.Loss, tps, out.LR)
+		observe(Event{Step: step, Loss: out.Loss, LR: out.LR, TokensPerS: tps})
 		if cfg.EvalEvery > 0 && step%cfg.EvalEvery == 0 && step < cfg.Steps {
 			if err := evaluate(); err != nil {
 				return res, err
@@ -402,7 +408,7 @@ func Run(ctx context.Context, cfg JobConfig) (*Result, error) {
 		}
 		stepper.Step = p.State.Step
 	}
-	return p.loop(ctx, &localRunner{p: p, s: stepper}, prog, 1)
+	return p.loop(ctx, &localRunner{p: p, s: stepper}, prog, 1, nil)
 }
 
 // localRunner runs steps in this process.
@@ -436,6 +442,19 @@ type RankJob struct {
 	Owned *expert.Store
 	// Progress receives rank 0's progress (others are silent).
 	Progress *Progress
+	// Observe, if set, is called on rank 0 after every step, evaluation and
+	// checkpoint (e.g. to publish progress in etcd).
+	Observe func(Event)
+}
+
+// Event is one observation of a running job (rank 0).
+type Event struct {
+	Step       int
+	Loss       float64 // training loss of Step (0 for eval/checkpoint events)
+	LR         float64
+	TokensPerS float64
+	EvalLoss   float64 // set on evaluation events
+	Checkpoint string  // set on checkpoint events
 }
 
 // RunRank runs one rank of a distributed job until the last step. Ranks
@@ -464,7 +483,7 @@ func RunRank(ctx context.Context, rj RankJob) (*Result, error) {
 	if prog == nil || rj.Comm.Rank() != 0 {
 		prog = &Progress{}
 	}
-	return p.loop(ctx, &distRunner{p: p, s: s}, prog, rj.Comm.Size())
+	return p.loop(ctx, &distRunner{p: p, s: s}, prog, rj.Comm.Size(), rj.Observe)
 }
 
 // distRunner runs one rank's steps.

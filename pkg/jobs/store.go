@@ -1,0 +1,316 @@
+// Package jobs runs training jobs on a Switchyard cluster.
+//
+// A job is submitted (by `switchyard train --workers N` or any client) as a
+// Spec under /<cluster>/jobs/<id> in etcd. The scheduler (run by the
+// coordinators) assigns it to N live workers, which become its ranks 0..N-1
+// in the Spec's order. Each assigned worker's Runner prepares the job,
+// loads the dense replica and the experts it owns for the job, opens an
+// expert-exchange server and a collective-group listener, publishes their
+// addresses under the job's attempt, waits for every rank, and runs
+// train.RunRank. Rank 0 publishes progress under /<cluster>/jobs/<id>/status.
+// A rank that fails marks the attempt failed (first writer wins); the other
+// ranks see it and stop. The scheduler then retries the job on the live
+// workers, resuming from its last checkpoint, until MaxAttempts.
+//
+// Every state change of a Spec is a compare-and-swap on its etcd mod
+// revision, so concurrent schedulers and ranks never overwrite each other.
+package jobs
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"sort"
+	"strconv"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/switchyard/switchyard/pkg/cluster"
+	"github.com/switchyard/switchyard/pkg/train"
+)
+
+// State of a job.
+type State string
+
+const (
+	Submitted State = "submitted" // waiting for workers
+	Assigned  State = "assigned"  // ranks chosen; workers are starting
+	Running   State = "running"   // every rank joined; steps are running
+	Done      State = "done"
+	Failed    State = "failed" // this attempt failed; the scheduler may retry
+	Abandoned State = "abandoned"
+)
+
+// Terminal reports whether no more work happens for a job in state s.
+func (s State) Terminal() bool { return s == Done || s == Abandoned }
+
+// DefaultMaxAttempts bounds automatic retries of a failed job.
+const DefaultMaxAttempts = 3
+
+// Spec is a job as stored in etcd.
+type Spec struct {
+	ID          string             `json:"id"`
+	Job         train.JobConfig    `json:"job"` // paths must be valid on every worker
+	Workers     int                `json:"workers"`
+	MaxAttempts int                `json:"max_attempts"`
+	State       State              `json:"state"`
+	Attempt     int                `json:"attempt"`  // 1 for the first assignment
+	Assigned    []cluster.WorkerID `json:"assigned"` // ranks, in order
+	Error       string             `json:"error,omitempty"`
+	History     []string           `json:"history,omitempty"` // one line per failed attempt
+	Submitted   time.Time          `json:"submitted"`
+	Updated     time.Time          `json:"updated"`
+}
+
+// Status is the progress rank 0 publishes.
+type Status struct {
+	Attempt    int       `json:"attempt"`
+	Step       int       `json:"step"`
+	Steps      int       `json:"steps"`
+	Loss       float64   `json:"loss"`
+	EvalLoss   float64   `json:"eval_loss,omitempty"`
+	TokensPerS float64   `json:"tokens_per_s"`
+	Checkpoint string    `json:"checkpoint,omitempty"`
+	Updated    time.Time `json:"updated"`
+}
+
+// RankInfo is what a rank publishes for its peers.
+type RankInfo struct {
+	Worker     cluster.WorkerID `json:"worker"`
+	ExpertAddr string           `json:"expert_addr"`     // its job expert-exchange server
+	GroupAddr  string           `json:"collective_addr"` // its collective-group listener
+}
+
+// Store reads and writes jobs in etcd under one cluster prefix.
+type Store struct {
+	cli     *clientv3.Client
+	cluster string
+}
+
+// NewStore returns a store for the cluster prefix.
+func NewStore(cli *clientv3.Client, clusterName string) *Store {
+	return &Store{cli: cli, cluster: clusterName}
+}
+
+func (s *Store) prefix() string           { return "/" + s.cluster + "/jobs/" }
+func (s *Store) specKey(id string) string { return s.prefix() + id + "/spec" }
+func (s *Store) statusKey(id string) string {
+	return s.prefix() + id + "/status"
+}
+func (s *Store) rankPrefix(id string, attempt int) string {
+	return s.prefix() + id + "/ranks/" + strconv.Itoa(attempt) + "/"
+}
+
+// ErrConflict is returned when a compare-and-swap lost to another writer.
+var ErrConflict = errors.New("jobs: the job changed concurrently")
+
+// ErrNotFound is returned for an unknown job.
+var ErrNotFound = errors.New("jobs: no such job")
+
+// Submit stores a new job (state Submitted). The ID must be new.
+func (s *Store) Submit(ctx context.Context, sp Spec) error {
+	if sp.ID == "" || path.Base(sp.ID) != sp.ID {
+		return fmt.Errorf("jobs: bad job id %q", sp.ID)
+	}
+	if sp.Workers < 1 {
+		return fmt.Errorf("jobs: job %s asks for %d workers", sp.ID, sp.Workers)
+	}
+	if sp.MaxAttempts == 0 {
+		sp.MaxAttempts = DefaultMaxAttempts
+	}
+	sp.State, sp.Attempt, sp.Assigned = Submitted, 0, nil
+	now := time.Now()
+	sp.Submitted, sp.Updated = now, now
+	b, err := json.Marshal(sp)
+	if err != nil {
+		return err
+	}
+	k := s.specKey(sp.ID)
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(clientv3.OpPut(k, string(b))).Commit()
+	if err != nil {
+		return fmt.Errorf("jobs: submit %s: %w", sp.ID, err)
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("jobs: job %s already exists", sp.ID)
+	}
+	return nil
+}
+
+// Get returns a job and the mod revision of its spec.
+func (s *Store) Get(ctx context.Context, id string) (*Spec, int64, error) {
+	resp, err := s.cli.Get(ctx, s.specKey(id))
+	if err != nil {
+		return nil, 0, fmt.Errorf("jobs: get %s: %w", id, err)
+	}
+	if len(resp.Kvs) == 0 {
+		return nil, 0, fmt.Errorf("%w: %s", ErrNotFound, id)
+	}
+	var sp Spec
+	if err := json.Unmarshal(resp.Kvs[0].Value, &sp); err != nil {
+		return nil, 0, fmt.Errorf("jobs: job %s: %w", id, err)
+	}
+	return &sp, resp.Kvs[0].ModRevision, nil
+}
+
+// List returns every job, by submission time.
+func (s *Store) List(ctx context.Context) ([]*Spec, map[string]int64, int64, error) {
+	resp, err := s.cli.Get(ctx, s.prefix(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, nil, 0, fmt.Errorf("jobs: list: %w", err)
+	}
+	var out []*Spec
+	revs := map[string]int64{}
+	for _, kv := range resp.Kvs {
+		if path.Base(string(kv.Key)) != "spec" {
+			continue
+		}
+		var sp Spec
+		if json.Unmarshal(kv.Value, &sp) != nil {
+			continue
+		}
+		out = append(out, &sp)
+		revs[sp.ID] = kv.ModRevision
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Submitted.Before(out[j].Submitted) })
+	return out, revs, resp.Header.Revision, nil
+}
+
+// Update writes sp if the stored spec still has mod revision rev.
+func (s *Store) Update(ctx context.Context, sp *Spec, rev int64) (int64, error) {
+	sp.Updated = time.Now()
+	b, err := json.Marshal(sp)
+	if err != nil {
+		return 0, err
+	}
+	k := s.specKey(sp.ID)
+	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(k), "=", rev)).Then(clientv3.OpPut(k, string(b))).Commit()
+	if err != nil {
+		return 0, fmt.Errorf("jobs: update %s: %w", sp.ID, err)
+	}
+	if !resp.Succeeded {
+		return 0, fmt.Errorf("%w: %s", ErrConflict, sp.ID)
+	}
+	return resp.Header.Revision, nil
+}
+
+// Transition applies change to the current spec and writes it, retrying on
+// conflicts while change keeps returning true (false: leave it alone).
+func (s *Store) Transition(ctx context.Context, id string, change func(*Spec) bool) (*Spec, error) {
+	for {
+		sp, rev, err := s.Get(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if !change(sp) {
+			return sp, nil
+		}
+		if _, err := s.Update(ctx, sp, rev); err == nil {
+			return sp, nil
+		} else if !errors.Is(err, ErrConflict) {
+			return nil, err
+		}
+	}
+}
+
+// PutStatus publishes rank 0's progress.
+func (s *Store) PutStatus(ctx context.Context, id string, st Status) error {
+	st.Updated = time.Now()
+	b, _ := json.Marshal(st)
+	_, err := s.cli.Put(ctx, s.statusKey(id), string(b))
+	return err
+}
+
+// Status returns a job's last published progress (zero Status if none).
+func (s *Store) Status(ctx context.Context, id string) (Status, error) {
+	var st Status
+	resp, err := s.cli.Get(ctx, s.statusKey(id))
+	if err != nil || len(resp.Kvs) == 0 {
+		return st, err
+	}
+	err = json.Unmarshal(resp.Kvs[0].Value, &st)
+	return st, err
+}
+
+// PutRank publishes one rank's endpoints for an attempt.
+func (s *Store) PutRank(ctx context.Context, id string, attempt, rank int, ri RankInfo) error {
+	b, _ := json.Marshal(ri)
+	_, err := s.cli.Put(ctx, s.rankPrefix(id, attempt)+strconv.Itoa(rank), string(b))
+	return err
+}
+
+// WaitRanks waits until all n ranks of an attempt published their
+// endpoints and returns them by rank.
+func (s *Store) WaitRanks(ctx context.Context, id string, attempt, n int) ([]RankInfo, error) {
+	p := s.rankPrefix(id, attempt)
+	for {
+		resp, err := s.cli.Get(ctx, p, clientv3.WithPrefix())
+		if err != nil {
+			return nil, fmt.Errorf("jobs: ranks of %s: %w", id, err)
+		}
+		out := make([]RankInfo, n)
+		have := 0
+		for _, kv := range resp.Kvs {
+			r, err := strconv.Atoi(path.Base(string(kv.Key)))
+			if err != nil || r < 0 || r >= n {
+				continue
+			}
+			if json.Unmarshal(kv.Value, &out[r]) == nil {
+				have++
+			}
+		}
+		if have == n {
+			return out, nil
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		wch := s.cli.Watch(wctx, p, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1))
+		select {
+		case <-ctx.Done():
+			cancel()
+			var missing []int
+			for r := range out {
+				if out[r].Worker == "" {
+					missing = append(missing, r)
+				}
+			}
+			return nil, fmt.Errorf("jobs: job %s attempt %d: ranks %v did not join: %w", id, attempt, missing, ctx.Err())
+		case <-wch:
+		}
+		cancel()
+	}
+}
+
+// Watch sends the list of jobs every time one changes (the current list
+// first). The channel closes when ctx ends.
+func (s *Store) Watch(ctx context.Context) <-chan []*Spec {
+	ch := make(chan []*Spec, 1)
+	go func() {
+		defer close(ch)
+		for ctx.Err() == nil {
+			list, _, rev, err := s.List(ctx)
+			if err != nil {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(200 * time.Millisecond):
+					continue
+				}
+			}
+			select {
+			case ch <- list:
+			case <-ctx.Done():
+				return
+			}
+			wctx, cancel := context.WithCancel(ctx)
+			wch := s.cli.Watch(wctx, s.prefix(), clientv3.WithPrefix(), clientv3.WithRev(rev+1))
+			select {
+			case <-ctx.Done():
+			case <-wch:
+			}
+			cancel()
+		}
+	}()
+	return ch
+}
