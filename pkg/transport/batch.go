@@ -7,17 +7,21 @@ import (
 	"time"
 
 	"github.com/switchyard/switchyard/pkg/expert"
+	pb "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
 // job is one admitted expert request waiting for (or in) a batch.
 type job struct {
 	ctx     context.Context // the request's stream: a cancelled job is skipped
+	phase   pb.Phase
+	caller  string // training: the caller whose activations are kept (trainCaller)
+	seq     uint64 // training: the forward's sequence number
 	layer   int
 	experts []int32       // ascending expert indices
 	rows    []int32       // rows per expert
 	ffns    []*expert.FFN // resolved at admission, so a concurrent drop cannot race
-	x       []float32     // [n, D] input rows, pooled; owned by the batcher once submitted
-	y       []float32     // [n, D] output rows
+	x       []float32     // [n, D] input rows (dL/dy for a backward), pooled; owned by the batcher once submitted
+	y       []float32     // [n, D] output rows (dL/dx for a backward)
 	enq     time.Time     // when it was queued
 	err     error         // set before done is closed
 	done    chan struct{} // closed when y is filled or err set

@@ -202,10 +202,10 @@ func (r *RemoteExecutor) Compute(ctx context.Context, layer int, plan *router.Pl
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				errs[i+1] = r.exchange(ctx, pl.Epoch, dst, layer, plan, x, d, y)
+				errs[i+1] = r.exchange(ctx, dst.peer, inferCall(pl.Epoch, r.cfg.Worker, dst, layer, plan, x, d, y), true)
 			}()
 		}
-		errs[0] = r.exchange(ctx, pl.Epoch, dests[0], layer, plan, x, d, y)
+		errs[0] = r.exchange(ctx, dests[0].peer, inferCall(pl.Epoch, r.cfg.Worker, dests[0], layer, plan, x, d, y), true)
 		wg.Wait()
 
 		var next []int
@@ -323,55 +323,114 @@ func (r *RemoteExecutor) assign(pl *cluster.Placement, layer int, plan *router.P
 	return out, nil
 }
 
-// exchange runs one attempt with one worker, bounded by AttemptTimeout.
-func (r *RemoteExecutor) exchange(ctx context.Context, epoch cluster.Epoch, dst *dest, layer int, plan *router.Plan, x []float32, d int, y []float32) error {
+// call is one request to one worker and where its answer goes.
+type call struct {
+	// head is the request header (chunk 0 without payload); roundTrip sets
+	// its request id, dtype and shape.
+	head *pb.ExpertFrame
+	// n rows of d values are sent and received.
+	n, d int
+	// gather writes the [n, d] request tensor into buf.
+	gather func(buf []float32)
+	// out receives the response rows: they fill the row ranges [lo, hi) of
+	// out (rows of d values), in this order.
+	out    []float32
+	ranges [][2]int
+}
+
+// planRanges returns the plan row ranges of experts (ascending), adjacent
+// ranges merged: the order in which a destination's rows are sent.
+func planRanges(plan *router.Plan, experts []int) [][2]int {
+	var out [][2]int
+	for _, e := range experts {
+		lo, hi := plan.Rows(e)
+		if k := len(out); k > 0 && out[k-1][1] == lo {
+			out[k-1][1] = hi
+		} else {
+			out = append(out, [2]int{lo, hi})
+		}
+	}
+	return out
+}
+
+// inferCall is dst's part of an inference Compute: the rows of its
+// experts, gathered from x by token, answered into y in plan order.
+func inferCall(epoch cluster.Epoch, source cluster.WorkerID, dst *dest, layer int, plan *router.Plan, x []float32, d int, y []float32) *call {
+	experts := make([]int32, len(dst.experts))
+	rows := make([]int32, len(dst.experts))
+	for i, e := range dst.experts {
+		lo, hi := plan.Rows(e)
+		experts[i], rows[i] = int32(e), int32(hi-lo)
+	}
+	return &call{
+		head: &pb.ExpertFrame{Layer: int32(layer), Experts: experts, Rows: rows, Epoch: uint64(epoch), Source: string(source)},
+		n:    dst.rows, d: d,
+		gather: func(buf []float32) {
+			k := 0
+			for _, e := range dst.experts {
+				lo, hi := plan.Rows(e)
+				for _, t := range plan.Token[lo:hi] {
+					copy(buf[k*d:(k+1)*d], x[int(t)*d:int(t+1)*d])
+					k++
+				}
+			}
+		},
+		out: y, ranges: planRanges(plan, dst.experts),
+	}
+}
+
+// exchange runs one attempt of c with worker pr, bounded by AttemptTimeout
+// when attempt is set (and always by ctx).
+func (r *RemoteExecutor) exchange(ctx context.Context, pr *peer, c *call, attempt bool) error {
 	actx, cancel := ctx, context.CancelFunc(func() {})
-	if r.cfg.AttemptTimeout > 0 {
+	if attempt && r.cfg.AttemptTimeout > 0 {
 		actx, cancel = context.WithTimeout(ctx, r.cfg.AttemptTimeout)
 	}
 	defer cancel()
 	start := time.Now()
-	dst.peer.inflight.Add(int64(dst.rows))
-	defer dst.peer.inflight.Add(-int64(dst.rows))
-	err := r.exchangeOnce(actx, epoch, dst, layer, plan, x, d, y)
-	if err != nil && actx.Err() != nil {
+	pr.inflight.Add(int64(c.n))
+	defer pr.inflight.Add(-int64(c.n))
+	err := r.roundTrip(actx, pr, c)
+	if err == nil {
+		return nil
+	}
+	cause := actx.Err()
+	if dl, ok := actx.Deadline(); cause == nil && ok && !time.Now().Before(dl) {
+		// The deadline has passed but the context's timer has not fired
+		// yet: the owner, whose copy of the deadline (grpc-timeout) may
+		// expire first, reset the stream.
+		cause = context.DeadlineExceeded
+	}
+	if cause != nil {
 		// The deadline (or the caller's cancellation) is the cause; gRPC's
 		// own error for it says less.
-		return fmt.Errorf("%w: no complete answer after %v: %w", ErrPeerUnavailable, time.Since(start).Round(time.Millisecond), actx.Err())
+		return fmt.Errorf("%w: no complete answer after %v: %w", ErrPeerUnavailable, time.Since(start).Round(time.Millisecond), cause)
 	}
 	return err
 }
 
-// exchangeOnce sends dst's rows of the plan as one chunked request on a
-// stream of its own and writes the answer into y.
-func (r *RemoteExecutor) exchangeOnce(ctx context.Context, epoch cluster.Epoch, dst *dest, layer int, plan *router.Plan, x []float32, d int, y []float32) error {
-	n := dst.rows
-	buf := r.bufs.get(n * d)
-	experts := make([]int32, len(dst.experts))
-	rows := make([]int32, len(dst.experts))
-	k := 0
-	for i, e := range dst.experts {
-		lo, hi := plan.Rows(e)
-		experts[i], rows[i] = int32(e), int32(hi-lo)
-		for _, t := range plan.Token[lo:hi] {
-			copy(buf[k*d:(k+1)*d], x[int(t)*d:int(t+1)*d])
-			k++
-		}
-	}
+// roundTrip sends c as one chunked request on a stream of its own and
+// writes the answer into c.out.
+func (r *RemoteExecutor) roundTrip(ctx context.Context, pr *peer, c *call) error {
+	buf := r.bufs.get(c.n * c.d)
+	c.gather(buf)
 	toWire(buf)
 
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := dst.peer.client.Experts(sctx)
+	stream, err := pr.client.Experts(sctx)
 	if err != nil {
 		r.bufs.put(buf)
 		return fromRPCError(err)
 	}
-	head := &pb.ExpertFrame{
-		RequestId: r.reqID.Add(1), Layer: int32(layer), Experts: experts, Rows: rows,
-		Epoch: uint64(epoch), Dtype: pb.DType_DTYPE_F32, Shape: []int64{int64(n), int64(d)}, Source: string(r.cfg.Worker),
+	head := c.head
+	head.RequestId = r.reqID.Add(1)
+	head.Dtype = pb.DType_DTYPE_F32
+	head.Shape = []int64{int64(c.n), int64(c.d)}
+	want := &pb.ExpertFrame{
+		RequestId: head.RequestId, Layer: head.Layer, Experts: head.Experts, Rows: head.Rows, Shape: head.Shape,
+		Phase: head.Phase, Job: head.Job, TrainSeq: head.TrainSeq,
 	}
-	want := &pb.ExpertFrame{RequestId: head.RequestId, Layer: head.Layer, Experts: experts, Rows: rows, Shape: head.Shape}
 	sent := make(chan error, 1)
 	go func() {
 		err := sendChunks(stream, head, asBytes(buf), r.cfg.ChunkBytes, nil)
@@ -380,7 +439,7 @@ func (r *RemoteExecutor) exchangeOnce(ctx context.Context, epoch cluster.Epoch, 
 		}
 		sent <- err
 	}()
-	if err := receive(stream, want, plan, dst.experts, d, y); err != nil {
+	if err := receive(stream, want, c); err != nil {
 		cancel()
 		<-sent
 		// buf is left to the garbage collector: gRPC's writer may still
@@ -403,25 +462,17 @@ func (r *RemoteExecutor) exchangeOnce(ctx context.Context, epoch cluster.Epoch, 
 }
 
 // receive reads the response to request want.RequestId and writes its rows
-// into y at the plan rows of experts (each expert's rows are contiguous in
-// plan order, so the response is a sequence of byte ranges of y).
-func receive(stream pb.Worker_ExpertsClient, want *pb.ExpertFrame, plan *router.Plan, experts []int, d int, y []float32) error {
-	yb := asBytes(y)
-	var ranges [][2]int // byte ranges of y, in response order
-	for _, e := range experts {
-		lo, hi := plan.Rows(e)
-		if k := len(ranges); k > 0 && ranges[k-1][1] == lo*d*4 {
-			ranges[k-1][1] = hi * d * 4
-		} else {
-			ranges = append(ranges, [2]int{lo * d * 4, hi * d * 4})
-		}
-	}
-	total := int(want.Shape[0]) * d * 4
+// into c.out at c.ranges (so the response is a sequence of byte ranges of
+// c.out).
+func receive(stream pb.Worker_ExpertsClient, want *pb.ExpertFrame, c *call) error {
+	d := c.d
+	yb := asBytes(c.out)
+	total := c.n * d * 4
 	got, ri, roff := 0, 0, 0
 	protoErr := func(format string, args ...any) error {
 		return fmt.Errorf("transport: protocol error: request %d: %s", want.RequestId, fmt.Sprintf(format, args...))
 	}
-	for c := uint32(0); ; c++ {
+	for ch := uint32(0); ; ch++ {
 		f, err := stream.Recv()
 		if err == io.EOF {
 			return fmt.Errorf("%w: stream ended after %d of %d response bytes", ErrPeerUnavailable, got, total)
@@ -429,17 +480,23 @@ func receive(stream pb.Worker_ExpertsClient, want *pb.ExpertFrame, plan *router.
 		if err != nil {
 			return fromRPCError(err)
 		}
-		if f.RequestId != want.RequestId || f.Chunk != c {
-			return protoErr("got request %d chunk %d, want chunk %d", f.RequestId, f.Chunk, c)
+		if f.RequestId != want.RequestId || f.Chunk != ch {
+			return protoErr("got request %d chunk %d, want chunk %d", f.RequestId, f.Chunk, ch)
 		}
-		if c == 0 {
+		if ch == 0 {
 			if f.Error != nil {
 				return fromErrorFrame(f.Error)
 			}
+			if f.Phase != want.Phase {
+				// An owner that predates training ignores the phase and
+				// answers as inference: it kept nothing to differentiate.
+				return fmt.Errorf("%w: a %s request was answered as %s: the worker does not support training",
+					ErrIncompatible, phaseName(want.Phase), phaseName(f.Phase))
+			}
 			if f.Layer != want.Layer || !slices.Equal(f.Experts, want.Experts) || !slices.Equal(f.Rows, want.Rows) ||
-				!slices.Equal(f.Shape, want.Shape) || f.Dtype != pb.DType_DTYPE_F32 {
-				return protoErr("response header layer %d experts %v rows %v shape %v dtype %v does not match the request",
-					f.Layer, f.Experts, f.Rows, f.Shape, f.Dtype)
+				!slices.Equal(f.Shape, want.Shape) || f.Dtype != pb.DType_DTYPE_F32 || f.Job != want.Job || f.TrainSeq != want.TrainSeq {
+				return protoErr("response header layer %d experts %v rows %v shape %v dtype %v job %q seq %d does not match the request",
+					f.Layer, f.Experts, f.Rows, f.Shape, f.Dtype, f.Job, f.TrainSeq)
 			}
 		}
 		p := f.Payload
@@ -448,10 +505,11 @@ func receive(stream pb.Worker_ExpertsClient, want *pb.ExpertFrame, plan *router.
 		}
 		got += len(p)
 		for len(p) > 0 {
-			rg := ranges[ri]
-			m := copy(yb[rg[0]+roff:rg[1]], p)
+			rg := c.ranges[ri]
+			lo, hi := rg[0]*d*4, rg[1]*d*4
+			m := copy(yb[lo+roff:hi], p)
 			p, roff = p[m:], roff+m
-			if rg[0]+roff == rg[1] {
+			if lo+roff == hi {
 				ri, roff = ri+1, 0
 			}
 		}
@@ -463,8 +521,8 @@ func receive(stream pb.Worker_ExpertsClient, want *pb.ExpertFrame, plan *router.
 		return protoErr("response has %d bytes, want %d", got, total)
 	}
 	if bigEndian {
-		for _, rg := range ranges {
-			fromWire(y[rg[0]/4 : rg[1]/4])
+		for _, rg := range c.ranges {
+			fromWire(c.out[rg[0]*d : rg[1]*d])
 		}
 	}
 	return nil

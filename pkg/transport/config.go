@@ -190,7 +190,7 @@ type ServerConfig struct {
 	BatchWindow time.Duration
 	// BatchRequests ends the wait early: with BatchWindow > 0, the batch
 	// runs as soon as this many requests for one layer are queued (e.g. the
-	// number of peers in a training group). Zero waits the whole window.
+	// number of peers in a lockstep group). Zero waits the whole window.
 	BatchRequests int
 
 	// Load reads one routed expert for Control's load requests (e.g.

@@ -36,10 +36,12 @@
 // scatters the results back. This "take everything queued when the GEMM
 // worker becomes free" policy (continuous batching) adds no latency when the
 // owner is idle and batches more the busier it is, which is what serving
-// wants. Training, where every peer sends exactly one request per layer at
-// about the same time, can set ServerConfig.BatchWindow and BatchRequests:
-// the goroutine then waits up to the window for BatchRequests requests of
-// one layer before running, so an expert's GEMM sees all peers' rows.
+// wants. A group whose peers each send exactly one request per layer at
+// about the same time (e.g. a lockstep evaluation) can set
+// ServerConfig.BatchWindow and BatchRequests: the goroutine then waits up
+// to the window for BatchRequests requests of one layer before running, so
+// an expert's GEMM sees all peers' rows. Training requests are not merged
+// (see Training below).
 //
 // # Replicas and failures
 //
@@ -56,6 +58,27 @@
 // within the caller's deadline; when no live replica is left the call fails
 // with an error naming the layer, the worker and its address. A call
 // without a deadline gets ClientConfig.CallTimeout.
+//
+// # Training
+//
+// A RemoteTrainer is the caller's side of training (an expert.Trainer, the
+// gRPC twin of expert.Sharded). ForwardTrain sends each owner ONE
+// TRAIN_FORWARD request per layer with the rows of its experts; the owner
+// computes them like an inference request and keeps the activations under
+// the caller (ExpertFrame.source and job) and the layer
+// (expert.Store.ForwardTrainFor). BackwardTrain sends each owner of that
+// forward the dy rows of its experts in the same layout, with the
+// forward's sequence number (ExpertFrame.train_seq); the owner computes dx
+// and adds the weight gradients to its store (expert.Store.BackwardTrainFor),
+// where its optimizer reads them. A backward without its forward, a
+// duplicate or a stale one is refused with ErrNoForward; experts not held
+// in float32 with expert.ErrNotFloat32. Owners run training requests one
+// at a time on their GEMM goroutine, each for its own caller.
+//
+// Training uses each expert's first listed owner, always, and never fails
+// over: the owner that saved the activations must run the backward, and
+// one owner holds the gradients. A failed or silent owner fails the call
+// within its deadline, naming the layer, the worker and its address.
 //
 // # Handshake
 //

@@ -29,6 +29,11 @@ var (
 	// ErrNoReplica is wrapped by Compute's error when an expert has no
 	// replica left to try.
 	ErrNoReplica = errors.New("no live replica")
+	// ErrNoForward is wrapped by errors refusing a training backward whose
+	// forward is not held: never sent or failed, already consumed by an
+	// earlier backward (a duplicate), or replaced by a newer forward (a
+	// stale backward).
+	ErrNoForward = errors.New("no saved training forward")
 )
 
 // errorDomain is the google.rpc.ErrorInfo domain of Switchyard's errors.
@@ -51,6 +56,8 @@ var errorTable = []struct {
 	{ErrIncompatible, pb.ErrorReason_ERROR_REASON_INCOMPATIBLE, codes.FailedPrecondition},
 	{ErrBadRequest, pb.ErrorReason_ERROR_REASON_BAD_REQUEST, codes.InvalidArgument},
 	{ErrDraining, pb.ErrorReason_ERROR_REASON_DRAINING, codes.Unavailable},
+	{ErrNoForward, pb.ErrorReason_ERROR_REASON_NO_FORWARD, codes.FailedPrecondition},
+	{expert.ErrNotFloat32, pb.ErrorReason_ERROR_REASON_NOT_FLOAT32, codes.FailedPrecondition},
 }
 
 // classify labels a server-side error with its wire reason and gRPC code.

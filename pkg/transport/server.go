@@ -19,6 +19,7 @@ import (
 
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
+	"github.com/switchyard/switchyard/pkg/router"
 	"github.com/switchyard/switchyard/pkg/tensor"
 	"github.com/switchyard/switchyard/pkg/wire"
 	pb "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -29,6 +30,11 @@ import (
 // reassembled, checked against the placement epoch and the experts held,
 // batched with concurrent requests for the same layer (one GEMM per
 // expert, see the package comment), and answered in request row order.
+// Training requests (see Phase in worker.proto) run the store's
+// ForwardTrainFor / BackwardTrainFor on behalf of their caller (source and
+// job), one request at a time on the GEMM goroutine, so each caller's saved
+// activations stay apart; the experts' gradients accumulate in the store
+// (expert.Store.Grad), where the owner's optimizer reads them.
 //
 // Use Serve for a gRPC server of its own, or ServerOptions + Register to
 // share one with other services. It is safe for concurrent use.
@@ -50,6 +56,16 @@ type ExpertServer struct {
 	// compute runs one expert over contiguous rows x [n, D] into y [n, D].
 	// Tests replace it (before serving) to tag rows with their owner.
 	compute func(id expert.ID, f *expert.FFN, x []float32, d int, y []float32)
+	// trainForward and trainBackward run a training request on behalf of
+	// caller (the store's ForwardTrainFor and BackwardTrainFor). Tests
+	// replace them (before serving) to tag rows.
+	trainForward  func(ctx context.Context, caller string, layer int, plan *router.Plan, x []float32, d int, y []float32) error
+	trainBackward func(ctx context.Context, caller string, layer int, dy, dx []float32) error
+
+	// forwards records, per caller and layer, the training forward whose
+	// activations the store holds. Only the GEMM goroutine (runBatch)
+	// touches it.
+	forwards map[forwardKey]*savedForward
 
 	statsMu  sync.Mutex
 	counters map[expert.ID]*expertCounters
@@ -80,6 +96,7 @@ func NewExpertServer(store *expert.Store, cfg ServerConfig) (*ExpertServer, erro
 		who:      string(cfg.Worker),
 		store:    store,
 		counters: map[expert.ID]*expertCounters{},
+		forwards: map[forwardKey]*savedForward{},
 	}
 	if s.who == "" {
 		s.who = "(unnamed)"
@@ -87,6 +104,7 @@ func NewExpertServer(store *expert.Store, cfg ServerConfig) (*ExpertServer, erro
 	s.compute = func(_ expert.ID, f *expert.FFN, x []float32, d int, y []float32) {
 		store.ComputeRows(f, nil, x, d, y)
 	}
+	s.trainForward, s.trainBackward = store.ForwardTrainFor, store.BackwardTrainFor
 	s.batch = newBatcher(cfg.BatchWindow, cfg.BatchRequests, s.runBatch, func(j *job) {
 		s.bufs.put(j.x)
 		j.x = nil
@@ -228,7 +246,10 @@ func (s *ExpertServer) serveRequest(ctx context.Context, stream pb.Worker_Expert
 	if err != nil {
 		return err
 	}
-	j := &job{ctx: ctx, layer: int(first.Layer), experts: first.Experts, rows: first.Rows}
+	j := &job{ctx: ctx, phase: first.Phase, layer: int(first.Layer), experts: first.Experts, rows: first.Rows, seq: first.TrainSeq}
+	if j.phase != pb.Phase_PHASE_INFER {
+		j.caller = trainCaller(first.Source, first.Job)
+	}
 	if err := s.admit(j, cluster.Epoch(first.Epoch)); err != nil {
 		// Answer at once (the caller stops sending), then skip the rest.
 		s.requests.Add(1)
@@ -258,6 +279,7 @@ func (s *ExpertServer) serveRequest(ctx context.Context, stream pb.Worker_Expert
 	return sendChunks(stream, &pb.ExpertFrame{
 		RequestId: first.RequestId, Layer: first.Layer, Experts: first.Experts, Rows: first.Rows,
 		Epoch: s.epoch.Load(), Dtype: pb.DType_DTYPE_F32, Shape: first.Shape, Source: string(s.cfg.Worker),
+		Phase: first.Phase, Job: first.Job, TrainSeq: first.TrainSeq,
 	}, asBytes(j.y), s.cfg.ChunkBytes, &s.bytesOut)
 }
 
@@ -291,6 +313,18 @@ func (s *ExpertServer) checkHeader(f *pb.ExpertFrame) (int, error) {
 		return bad("dtype BF16 is not supported yet (send F32)")
 	default:
 		return bad("dtype %v", f.Dtype)
+	}
+	switch f.Phase {
+	case pb.Phase_PHASE_INFER:
+	case pb.Phase_PHASE_TRAIN_FORWARD, pb.Phase_PHASE_TRAIN_BACKWARD:
+		if f.Source == "" {
+			return bad("%s without a source (the caller whose activations the owner keeps)", phaseName(f.Phase))
+		}
+		if f.TrainSeq == 0 {
+			return bad("%s without a train_seq", phaseName(f.Phase))
+		}
+	default:
+		return bad("phase %v", f.Phase)
 	}
 	if len(f.Shape) != 2 || f.Shape[0] != n || f.Shape[1] != int64(s.cfg.Hidden) {
 		return bad("shape %v, want [%d %d] (rows, hidden)", f.Shape, n, s.cfg.Hidden)
@@ -326,6 +360,17 @@ func (s *ExpertServer) admit(j *job, epoch cluster.Epoch) error {
 	if len(missing) > 0 {
 		return fmt.Errorf("worker %s: layer %d experts %v (request epoch %d, worker epoch %d): %w",
 			s.who, j.layer, missing, epoch, s.Epoch(), expert.ErrNotOwned)
+	}
+	if j.phase != pb.Phase_PHASE_INFER {
+		var notF32 []int32
+		for i, f := range j.ffns {
+			if f.Gate.F32 == nil || f.Up.F32 == nil || f.Down.F32 == nil {
+				notF32 = append(notF32, j.experts[i])
+			}
+		}
+		if len(notF32) > 0 {
+			return fmt.Errorf("worker %s: %s of layer %d experts %v: %w", s.who, phaseName(j.phase), j.layer, notF32, expert.ErrNotFloat32)
+		}
 	}
 	return nil
 }
@@ -419,10 +464,15 @@ func (s *ExpertServer) runBatch(jobs []*job) {
 	}
 	index := map[key]*group{}
 	var groups []*group
+	var train []*job
 	total := 0
 	for _, j := range jobs {
 		if err := j.ctx.Err(); err != nil {
 			j.err = err
+			continue
+		}
+		if j.phase != pb.Phase_PHASE_INFER {
+			train = append(train, j)
 			continue
 		}
 		off := 0
@@ -471,22 +521,107 @@ func (s *ExpertServer) runBatch(jobs []*job) {
 	}
 	// As in expert.Store.Compute: few rows per expert (decode) run experts
 	// in parallel; many rows run experts in turn, each GEMM parallel.
-	if total <= 4*len(groups) {
+	switch {
+	case len(groups) == 0:
+	case total <= 4*len(groups):
 		tensor.ParallelFor(len(groups), 1, func(lo, hi int) {
 			for _, g := range groups[lo:hi] {
 				exec(g)
 			}
 		})
-	} else {
+	default:
 		for _, g := range groups {
 			exec(g)
 		}
+	}
+	// Training requests run one at a time, each on behalf of its own
+	// caller (each GEMM is parallel): their activations are saved per
+	// caller, so batching them would need the store to split its state.
+	for _, j := range train {
+		j.err = s.runTrain(j)
 	}
 	for _, j := range jobs {
 		s.bufs.put(j.x)
 		j.x = nil
 		close(j.done)
 	}
+}
+
+// forwardKey names a saved training forward on the owner: the caller
+// (trainCaller) and the layer, as expert.Store keys its activations.
+type forwardKey struct {
+	caller string
+	layer  int
+}
+
+// savedForward is the training forward whose activations the store holds
+// for one forwardKey.
+type savedForward struct {
+	seq      uint64
+	experts  []int32
+	rows     []int32
+	consumed bool // a backward has used (and the store dropped) the activations
+}
+
+// trainCaller is the caller name under which the store keeps a training
+// requester's activations: its worker id and job, so that neither two
+// workers nor two jobs of one worker mix.
+func trainCaller(source, job string) string { return fmt.Sprintf("worker %q job %q", source, job) }
+
+// runTrain runs one training request (on the GEMM goroutine). A forward
+// builds a plan over the received rows (grouped by expert, Token the
+// identity) and saves activations under (caller, layer); a backward checks
+// that it matches the saved forward (sequence number and layout) and
+// consumes it.
+func (s *ExpertServer) runTrain(j *job) error {
+	d := s.cfg.Hidden
+	key := forwardKey{j.caller, j.layer}
+	what := fmt.Sprintf("worker %s: %s of layer %d for %s (seq %d)", s.who, phaseName(j.phase), j.layer, j.caller, j.seq)
+	switch j.phase {
+	case pb.Phase_PHASE_TRAIN_FORWARD:
+		delete(s.forwards, key) // a failed forward leaves nothing to differentiate
+		E := int(j.experts[len(j.experts)-1]) + 1
+		plan := router.Plan{NumExperts: E, Offsets: make([]int32, E+1), Token: make([]int32, len(j.y)/d)}
+		for i, e := range j.experts {
+			plan.Offsets[e+1] = j.rows[i]
+		}
+		for e := 0; e < E; e++ {
+			plan.Offsets[e+1] += plan.Offsets[e]
+		}
+		for i := range plan.Token {
+			plan.Token[i] = int32(i)
+		}
+		if err := s.trainForward(j.ctx, j.caller, j.layer, &plan, j.x, d, j.y); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		s.forwards[key] = &savedForward{seq: j.seq, experts: j.experts, rows: j.rows}
+	case pb.Phase_PHASE_TRAIN_BACKWARD:
+		sv := s.forwards[key]
+		switch {
+		case sv == nil:
+			return fmt.Errorf("%w: %s: no forward of this caller and layer is held (never received, failed, or lost with a restart)", ErrNoForward, what)
+		case sv.seq > j.seq:
+			return fmt.Errorf("%w: %s: stale backward: forward seq %d replaced it", ErrNoForward, what, sv.seq)
+		case sv.seq != j.seq:
+			return fmt.Errorf("%w: %s: the held forward is seq %d; forward seq %d never arrived or failed", ErrNoForward, what, sv.seq, j.seq)
+		case sv.consumed:
+			return fmt.Errorf("%w: %s: duplicate backward: an earlier backward already consumed forward seq %d", ErrNoForward, what, sv.seq)
+		case !slices.Equal(sv.experts, j.experts) || !slices.Equal(sv.rows, j.rows):
+			return fmt.Errorf("%w: %s: layout experts %v rows %v differs from its forward's experts %v rows %v",
+				ErrBadRequest, what, j.experts, j.rows, sv.experts, sv.rows)
+		}
+		sv.consumed = true // the store drops the activations whatever happens next
+		if err := s.trainBackward(j.ctx, j.caller, j.layer, j.x, j.y); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+	}
+	for i, e := range j.experts {
+		c := s.counter(expert.ID{Layer: j.layer, Expert: int(e)})
+		c.tokens.Add(uint64(j.rows[i]))
+		c.gemms.Add(1)
+		c.requests.Add(1)
+	}
+	return nil
 }
 
 func (s *ExpertServer) counter(id expert.ID) *expertCounters {

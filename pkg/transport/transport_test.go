@@ -629,6 +629,9 @@ func TestMalformedRequestsAreRefused(t *testing.T) {
 		{"short payload", func(f *pb.ExpertFrame) { f.Payload = f.Payload[:10] }, "10 payload bytes"},
 		{"unsorted experts", func(f *pb.ExpertFrame) { f.Experts, f.Rows = []int32{3, 0}, []int32{1, 1} }, "ascending"},
 		{"late chunk", func(f *pb.ExpertFrame) { f.Chunk = 2 }, "chunk 2"},
+		{"unknown phase", func(f *pb.ExpertFrame) { f.Phase = 9 }, "phase 9"},
+		{"training without source", func(f *pb.ExpertFrame) { f.Phase, f.TrainSeq = pb.Phase_PHASE_TRAIN_FORWARD, 1 }, "training forward without a source"},
+		{"training without seq", func(f *pb.ExpertFrame) { f.Phase, f.Source = pb.Phase_PHASE_TRAIN_BACKWARD, "c0" }, "training backward without a train_seq"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s, err := cli.Experts(context.Background())

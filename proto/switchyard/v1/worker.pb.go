@@ -19,6 +19,17 @@
 // exempt so that any tool can probe a worker; it reports both values in its
 // response instead.
 //
+// Training. The same exchange carries a training step's expert work
+// (ExpertFrame.phase): a TRAIN_FORWARD request is computed like an
+// inference request and the owner keeps the activations its backward needs,
+// under the caller (source and job) and the layer; the matching
+// TRAIN_BACKWARD request sends the gradient of the loss with respect to
+// those outputs, in the same layout, and gets back the gradient with respect
+// to the inputs, while the experts' weight gradients accumulate on the owner
+// (whose optimizer updates them). Training always uses an expert's first
+// listed owner, for the forward, the backward and the optimizer; replicas
+// serve inference only.
+//
 // Tensors travel as raw little-endian bytes in ExpertFrame.payload, never as
 // protobuf float arrays. The payload is field 15; pkg/wire's codec sends it
 // by reference (proto/switchyard/v1/raw.go makes ExpertFrame a
@@ -122,6 +133,15 @@ const (
 	ErrorReason_ERROR_REASON_BAD_REQUEST ErrorReason = 4
 	// The worker is shutting down: retry on another replica.
 	ErrorReason_ERROR_REASON_DRAINING ErrorReason = 5
+	// A TRAIN_BACKWARD request names a forward the owner does not hold: none
+	// was sent (or it failed), an earlier backward already consumed it (a
+	// duplicate), a newer forward of the same caller and layer replaced it (a
+	// stale backward), or the owner restarted. The step cannot be completed:
+	// redo it from its forward.
+	ErrorReason_ERROR_REASON_NO_FORWARD ErrorReason = 6
+	// A training request reached experts whose weights are not float32
+	// (e.g. loaded as bfloat16 for serving): the owner cannot train them.
+	ErrorReason_ERROR_REASON_NOT_FLOAT32 ErrorReason = 7
 )
 
 // Enum value maps for ErrorReason.
@@ -133,6 +153,8 @@ var (
 		3: "ERROR_REASON_INCOMPATIBLE",
 		4: "ERROR_REASON_BAD_REQUEST",
 		5: "ERROR_REASON_DRAINING",
+		6: "ERROR_REASON_NO_FORWARD",
+		7: "ERROR_REASON_NOT_FLOAT32",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED":     0,
@@ -141,6 +163,8 @@ var (
 		"ERROR_REASON_INCOMPATIBLE":    3,
 		"ERROR_REASON_BAD_REQUEST":     4,
 		"ERROR_REASON_DRAINING":        5,
+		"ERROR_REASON_NO_FORWARD":      6,
+		"ERROR_REASON_NOT_FLOAT32":     7,
 	}
 )
 
@@ -169,6 +193,67 @@ func (x ErrorReason) Number() protoreflect.EnumNumber {
 // Deprecated: Use ErrorReason.Descriptor instead.
 func (ErrorReason) EnumDescriptor() ([]byte, []int) {
 	return file_switchyard_v1_worker_proto_rawDescGZIP(), []int{1}
+}
+
+// Phase is what an expert request asks of the owner.
+type Phase int32
+
+const (
+	// Inference: compute the experts' outputs and keep nothing. The zero
+	// value, so requests from callers that predate training are inference.
+	Phase_PHASE_INFER Phase = 0
+	// Training forward: compute like PHASE_INFER and keep the activations the
+	// backward needs under (source, job, layer), replacing any forward of the
+	// same caller and layer not yet consumed. Needs float32 experts.
+	Phase_PHASE_TRAIN_FORWARD Phase = 1
+	// Training backward: the payload is dL/dy for the rows of the forward
+	// with the same (source, job, layer) and train_seq, in that forward's
+	// layout (same experts and rows); the response holds dL/dx in the same
+	// layout. The owner adds the experts' weight gradients to its
+	// accumulators and drops the saved activations: each forward is consumed
+	// by exactly one backward.
+	Phase_PHASE_TRAIN_BACKWARD Phase = 2
+)
+
+// Enum value maps for Phase.
+var (
+	Phase_name = map[int32]string{
+		0: "PHASE_INFER",
+		1: "PHASE_TRAIN_FORWARD",
+		2: "PHASE_TRAIN_BACKWARD",
+	}
+	Phase_value = map[string]int32{
+		"PHASE_INFER":          0,
+		"PHASE_TRAIN_FORWARD":  1,
+		"PHASE_TRAIN_BACKWARD": 2,
+	}
+)
+
+func (x Phase) Enum() *Phase {
+	p := new(Phase)
+	*p = x
+	return p
+}
+
+func (x Phase) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Phase) Descriptor() protoreflect.EnumDescriptor {
+	return file_switchyard_v1_worker_proto_enumTypes[2].Descriptor()
+}
+
+func (Phase) Type() protoreflect.EnumType {
+	return &file_switchyard_v1_worker_proto_enumTypes[2]
+}
+
+func (x Phase) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Phase.Descriptor instead.
+func (Phase) EnumDescriptor() ([]byte, []int) {
+	return file_switchyard_v1_worker_proto_rawDescGZIP(), []int{2}
 }
 
 // ServingStatus is whether a worker accepts expert requests.
@@ -208,11 +293,11 @@ func (x ServingStatus) String() string {
 }
 
 func (ServingStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_switchyard_v1_worker_proto_enumTypes[2].Descriptor()
+	return file_switchyard_v1_worker_proto_enumTypes[3].Descriptor()
 }
 
 func (ServingStatus) Type() protoreflect.EnumType {
-	return &file_switchyard_v1_worker_proto_enumTypes[2]
+	return &file_switchyard_v1_worker_proto_enumTypes[3]
 }
 
 func (x ServingStatus) Number() protoreflect.EnumNumber {
@@ -221,7 +306,7 @@ func (x ServingStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ServingStatus.Descriptor instead.
 func (ServingStatus) EnumDescriptor() ([]byte, []int) {
-	return file_switchyard_v1_worker_proto_rawDescGZIP(), []int{2}
+	return file_switchyard_v1_worker_proto_rawDescGZIP(), []int{3}
 }
 
 // ErrorStatus is a per-request error inside an Experts stream. The stream
@@ -297,7 +382,9 @@ func (x *ErrorStatus) GetMessage() string {
 // rows grouped by expert, experts in ascending order, `rows[i]` rows for
 // `experts[i]`. Its tensor is [sum(rows), D] token activations. The response
 // has the same layout and holds FFN_e(x) for every row, unweighted (the
-// caller applies the router weights when it combines).
+// caller applies the router weights when it combines). A TRAIN_BACKWARD
+// request and its response have the layout of their forward and hold
+// gradients: dL/dy in the request, dL/dx in the response.
 //
 // A tensor larger than one chunk is split across frames: the concatenated
 // payloads of chunks 0..n (in order, cut at any byte) form the tensor.
@@ -326,11 +413,27 @@ type ExpertFrame struct {
 	Dtype DType `protobuf:"varint,8,opt,name=dtype,proto3,enum=switchyard.v1.DType" json:"dtype,omitempty"`
 	// Tensor shape, row-major: [sum(rows), D] where D is the model width.
 	Shape []int64 `protobuf:"varint,9,rep,packed,name=shape,proto3" json:"shape,omitempty"`
-	// Worker id of the sender (cluster.WorkerID), for logs and counters.
+	// Worker id of the sender (cluster.WorkerID), for logs and counters. In
+	// training requests it also names the caller whose activations the owner
+	// keeps, so it must be set there and differ between callers.
 	Source string `protobuf:"bytes,10,opt,name=source,proto3" json:"source,omitempty"`
 	// Set on a response that failed; such a response is a single frame with
 	// last = true and no payload.
 	Error *ErrorStatus `protobuf:"bytes,11,opt,name=error,proto3" json:"error,omitempty"`
+	// What the request asks (see Phase); responses echo it, so a caller can
+	// tell an owner that does not know training (it answers PHASE_INFER).
+	Phase Phase `protobuf:"varint,12,opt,name=phase,proto3,enum=switchyard.v1.Phase" json:"phase,omitempty"`
+	// Training job id: with `source`, the caller on whose behalf the owner
+	// keeps activations, so two jobs of one worker never mix. Empty for
+	// inference. Responses echo it.
+	Job string `protobuf:"bytes,13,opt,name=job,proto3" json:"job,omitempty"`
+	// Training forward sequence number, chosen by the caller (> 0, distinct
+	// for every TRAIN_FORWARD of one caller). A TRAIN_BACKWARD carries the
+	// number of the forward it differentiates; the owner refuses, with
+	// NO_FORWARD, a backward whose number is not the saved forward's (stale)
+	// or whose forward was already consumed (duplicate). Zero for inference.
+	// Responses echo it.
+	TrainSeq uint64 `protobuf:"varint,14,opt,name=train_seq,json=trainSeq,proto3" json:"train_seq,omitempty"`
 	// Raw little-endian tensor bytes of this chunk (see the message comment).
 	// Field number 15 is what ExpertFrame.RawPayloadField returns; change
 	// both together.
@@ -444,6 +547,27 @@ func (x *ExpertFrame) GetError() *ErrorStatus {
 		return x.Error
 	}
 	return nil
+}
+
+func (x *ExpertFrame) GetPhase() Phase {
+	if x != nil {
+		return x.Phase
+	}
+	return Phase_PHASE_INFER
+}
+
+func (x *ExpertFrame) GetJob() string {
+	if x != nil {
+		return x.Job
+	}
+	return ""
+}
+
+func (x *ExpertFrame) GetTrainSeq() uint64 {
+	if x != nil {
+		return x.TrainSeq
+	}
+	return 0
 }
 
 func (x *ExpertFrame) GetPayload() []byte {
@@ -1005,7 +1129,7 @@ const file_switchyard_v1_worker_proto_rawDesc = "" +
 	"\vErrorStatus\x122\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x1a.switchyard.v1.ErrorReasonR\x06reason\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\xd6\x02\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\xb1\x03\n" +
 	"\vExpertFrame\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x14\n" +
@@ -1019,7 +1143,10 @@ const file_switchyard_v1_worker_proto_rawDesc = "" +
 	"\x05shape\x18\t \x03(\x03R\x05shape\x12\x16\n" +
 	"\x06source\x18\n" +
 	" \x01(\tR\x06source\x120\n" +
-	"\x05error\x18\v \x01(\v2\x1a.switchyard.v1.ErrorStatusR\x05error\x12\x18\n" +
+	"\x05error\x18\v \x01(\v2\x1a.switchyard.v1.ErrorStatusR\x05error\x12*\n" +
+	"\x05phase\x18\f \x01(\x0e2\x14.switchyard.v1.PhaseR\x05phase\x12\x10\n" +
+	"\x03job\x18\r \x01(\tR\x03job\x12\x1b\n" +
+	"\ttrain_seq\x18\x0e \x01(\x04R\btrainSeq\x12\x18\n" +
 	"\apayload\x18\x0f \x01(\fR\apayload\"\x0f\n" +
 	"\rHealthRequest\"\xa6\x01\n" +
 	"\x0eHealthResponse\x124\n" +
@@ -1061,14 +1188,20 @@ const file_switchyard_v1_worker_proto_rawDesc = "" +
 	"\x11DTYPE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tDTYPE_F32\x10\x01\x12\x0e\n" +
 	"\n" +
-	"DTYPE_BF16\x10\x02*\xc1\x01\n" +
+	"DTYPE_BF16\x10\x02*\xfc\x01\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12 \n" +
 	"\x1cERROR_REASON_STALE_PLACEMENT\x10\x01\x12\x1a\n" +
 	"\x16ERROR_REASON_NOT_OWNED\x10\x02\x12\x1d\n" +
 	"\x19ERROR_REASON_INCOMPATIBLE\x10\x03\x12\x1c\n" +
 	"\x18ERROR_REASON_BAD_REQUEST\x10\x04\x12\x19\n" +
-	"\x15ERROR_REASON_DRAINING\x10\x05*h\n" +
+	"\x15ERROR_REASON_DRAINING\x10\x05\x12\x1b\n" +
+	"\x17ERROR_REASON_NO_FORWARD\x10\x06\x12\x1c\n" +
+	"\x18ERROR_REASON_NOT_FLOAT32\x10\a*K\n" +
+	"\x05Phase\x12\x0f\n" +
+	"\vPHASE_INFER\x10\x00\x12\x17\n" +
+	"\x13PHASE_TRAIN_FORWARD\x10\x01\x12\x18\n" +
+	"\x14PHASE_TRAIN_BACKWARD\x10\x02*h\n" +
 	"\rServingStatus\x12\x1e\n" +
 	"\x1aSERVING_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SERVING_STATUS_SERVING\x10\x01\x12\x1b\n" +
@@ -1091,45 +1224,47 @@ func file_switchyard_v1_worker_proto_rawDescGZIP() []byte {
 	return file_switchyard_v1_worker_proto_rawDescData
 }
 
-var file_switchyard_v1_worker_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_switchyard_v1_worker_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_switchyard_v1_worker_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
 var file_switchyard_v1_worker_proto_goTypes = []any{
 	(DType)(0),              // 0: switchyard.v1.DType
 	(ErrorReason)(0),        // 1: switchyard.v1.ErrorReason
-	(ServingStatus)(0),      // 2: switchyard.v1.ServingStatus
-	(*ErrorStatus)(nil),     // 3: switchyard.v1.ErrorStatus
-	(*ExpertFrame)(nil),     // 4: switchyard.v1.ExpertFrame
-	(*HealthRequest)(nil),   // 5: switchyard.v1.HealthRequest
-	(*HealthResponse)(nil),  // 6: switchyard.v1.HealthResponse
-	(*StatsRequest)(nil),    // 7: switchyard.v1.StatsRequest
-	(*ExpertStats)(nil),     // 8: switchyard.v1.ExpertStats
-	(*StatsResponse)(nil),   // 9: switchyard.v1.StatsResponse
-	(*ExpertRef)(nil),       // 10: switchyard.v1.ExpertRef
-	(*ControlRequest)(nil),  // 11: switchyard.v1.ControlRequest
-	(*ControlResponse)(nil), // 12: switchyard.v1.ControlResponse
+	(Phase)(0),              // 2: switchyard.v1.Phase
+	(ServingStatus)(0),      // 3: switchyard.v1.ServingStatus
+	(*ErrorStatus)(nil),     // 4: switchyard.v1.ErrorStatus
+	(*ExpertFrame)(nil),     // 5: switchyard.v1.ExpertFrame
+	(*HealthRequest)(nil),   // 6: switchyard.v1.HealthRequest
+	(*HealthResponse)(nil),  // 7: switchyard.v1.HealthResponse
+	(*StatsRequest)(nil),    // 8: switchyard.v1.StatsRequest
+	(*ExpertStats)(nil),     // 9: switchyard.v1.ExpertStats
+	(*StatsResponse)(nil),   // 10: switchyard.v1.StatsResponse
+	(*ExpertRef)(nil),       // 11: switchyard.v1.ExpertRef
+	(*ControlRequest)(nil),  // 12: switchyard.v1.ControlRequest
+	(*ControlResponse)(nil), // 13: switchyard.v1.ControlResponse
 }
 var file_switchyard_v1_worker_proto_depIdxs = []int32{
 	1,  // 0: switchyard.v1.ErrorStatus.reason:type_name -> switchyard.v1.ErrorReason
 	0,  // 1: switchyard.v1.ExpertFrame.dtype:type_name -> switchyard.v1.DType
-	3,  // 2: switchyard.v1.ExpertFrame.error:type_name -> switchyard.v1.ErrorStatus
-	2,  // 3: switchyard.v1.HealthResponse.status:type_name -> switchyard.v1.ServingStatus
-	8,  // 4: switchyard.v1.StatsResponse.experts:type_name -> switchyard.v1.ExpertStats
-	10, // 5: switchyard.v1.ControlRequest.load:type_name -> switchyard.v1.ExpertRef
-	10, // 6: switchyard.v1.ControlRequest.drop:type_name -> switchyard.v1.ExpertRef
-	10, // 7: switchyard.v1.ControlResponse.held:type_name -> switchyard.v1.ExpertRef
-	4,  // 8: switchyard.v1.Worker.Experts:input_type -> switchyard.v1.ExpertFrame
-	5,  // 9: switchyard.v1.Worker.Health:input_type -> switchyard.v1.HealthRequest
-	7,  // 10: switchyard.v1.Worker.Stats:input_type -> switchyard.v1.StatsRequest
-	11, // 11: switchyard.v1.Worker.Control:input_type -> switchyard.v1.ControlRequest
-	4,  // 12: switchyard.v1.Worker.Experts:output_type -> switchyard.v1.ExpertFrame
-	6,  // 13: switchyard.v1.Worker.Health:output_type -> switchyard.v1.HealthResponse
-	9,  // 14: switchyard.v1.Worker.Stats:output_type -> switchyard.v1.StatsResponse
-	12, // 15: switchyard.v1.Worker.Control:output_type -> switchyard.v1.ControlResponse
-	12, // [12:16] is the sub-list for method output_type
-	8,  // [8:12] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	4,  // 2: switchyard.v1.ExpertFrame.error:type_name -> switchyard.v1.ErrorStatus
+	2,  // 3: switchyard.v1.ExpertFrame.phase:type_name -> switchyard.v1.Phase
+	3,  // 4: switchyard.v1.HealthResponse.status:type_name -> switchyard.v1.ServingStatus
+	9,  // 5: switchyard.v1.StatsResponse.experts:type_name -> switchyard.v1.ExpertStats
+	11, // 6: switchyard.v1.ControlRequest.load:type_name -> switchyard.v1.ExpertRef
+	11, // 7: switchyard.v1.ControlRequest.drop:type_name -> switchyard.v1.ExpertRef
+	11, // 8: switchyard.v1.ControlResponse.held:type_name -> switchyard.v1.ExpertRef
+	5,  // 9: switchyard.v1.Worker.Experts:input_type -> switchyard.v1.ExpertFrame
+	6,  // 10: switchyard.v1.Worker.Health:input_type -> switchyard.v1.HealthRequest
+	8,  // 11: switchyard.v1.Worker.Stats:input_type -> switchyard.v1.StatsRequest
+	12, // 12: switchyard.v1.Worker.Control:input_type -> switchyard.v1.ControlRequest
+	5,  // 13: switchyard.v1.Worker.Experts:output_type -> switchyard.v1.ExpertFrame
+	7,  // 14: switchyard.v1.Worker.Health:output_type -> switchyard.v1.HealthResponse
+	10, // 15: switchyard.v1.Worker.Stats:output_type -> switchyard.v1.StatsResponse
+	13, // 16: switchyard.v1.Worker.Control:output_type -> switchyard.v1.ControlResponse
+	13, // [13:17] is the sub-list for method output_type
+	9,  // [9:13] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_worker_proto_init() }
@@ -1142,7 +1277,7 @@ func file_switchyard_v1_worker_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_worker_proto_rawDesc), len(file_switchyard_v1_worker_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      4,
 			NumMessages:   10,
 			NumExtensions: 0,
 			NumServices:   1,

@@ -19,6 +19,17 @@
 // exempt so that any tool can probe a worker; it reports both values in its
 // response instead.
 //
+// Training. The same exchange carries a training step's expert work
+// (ExpertFrame.phase): a TRAIN_FORWARD request is computed like an
+// inference request and the owner keeps the activations its backward needs,
+// under the caller (source and job) and the layer; the matching
+// TRAIN_BACKWARD request sends the gradient of the loss with respect to
+// those outputs, in the same layout, and gets back the gradient with respect
+// to the inputs, while the experts' weight gradients accumulate on the owner
+// (whose optimizer updates them). Training always uses an expert's first
+// listed owner, for the forward, the backward and the optimizer; replicas
+// serve inference only.
+//
 // Tensors travel as raw little-endian bytes in ExpertFrame.payload, never as
 // protobuf float arrays. The payload is field 15; pkg/wire's codec sends it
 // by reference (proto/switchyard/v1/raw.go makes ExpertFrame a
