@@ -34,6 +34,7 @@ import (
 
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/coordinator"
+	"github.com/switchyard/switchyard/pkg/jobs"
 	"github.com/switchyard/switchyard/pkg/embedetcd"
 	"github.com/switchyard/switchyard/pkg/membership"
 	"github.com/switchyard/switchyard/pkg/registry"
@@ -176,6 +177,9 @@ func serve(ctx context.Context, o options, stdout, stderr io.Writer) error {
 
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()
+	// The job scheduler runs beside the placement coordinator; every
+	// coordinator runs one (its writes are compare-and-swap).
+	go (&jobs.Scheduler{Jobs: jobs.NewStore(cli, reg.Cluster()), Registry: reg, Log: lg}).Run(ctx)
 	for {
 		leading, changed := c.Leading()
 		select {

@@ -16,7 +16,8 @@ import (
 func trainCmd() *cobra.Command {
 	cfg := train.DefaultJobConfig()
 	var lr, minLR float64
-	var warmup int
+	var warmup, workers int
+	var etcd, clusterName string
 	cmd := &cobra.Command{
 		Use:   "train --text FILE --out DIR (--preset NAME | --init-from DIR) [flags]",
 		Short: "Train a MoE model on a text file (single process)",
@@ -28,6 +29,14 @@ Checkpoints go to OUT/checkpoint-NNNNNNN in Hugging Face layout (config.json,
 model.safetensors, tokenizer.json) plus optimizer and trainer state; verify,
 generate and transformers load them. --resume continues from the latest
 checkpoint in OUT and reproduces the uninterrupted loss curve exactly.
+
+--workers N trains data- and expert-parallel on N worker processes: each
+takes its share of every batch, routed experts are split among them (tokens
+travel to their owners over gRPC, forward and backward) and dense gradients
+are ring-all-reduced. Without --etcd a local cluster is started (embedded
+etcd, coordinator, N workers); with --etcd the job is submitted to that
+cluster's coordinator and runs on its registered workers (paths must be
+valid on the workers). N workers reproduce the single-process loss curve.
 OUT/loss.png is the loss curve. Ctrl-C saves a checkpoint and stops.
 
 Presets: ` + fmt.Sprint(train.PresetNames()),
@@ -41,6 +50,12 @@ Presets: ` + fmt.Sprint(train.PresetNames()),
 			cfg.Progress = cmd.ErrOrStderr()
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if workers < 1 {
+				return fmt.Errorf("train: --workers %d must be >= 1", workers)
+			}
+			if workers > 1 || etcd != "" {
+				return trainDistributed(ctx, cfg, workers, splitEndpoints(etcd), clusterName, cmd.OutOrStdout(), cmd.ErrOrStderr())
+			}
 			res, err := train.Run(ctx, cfg)
 			if err != nil {
 				if errors.Is(err, context.Canceled) && res != nil && res.Checkpoint != "" {
@@ -81,5 +96,8 @@ Presets: ` + fmt.Sprint(train.PresetNames()),
 	f.IntVar(&cfg.SaveEvery, "save-every", cfg.SaveEvery, "steps between checkpoints")
 	f.Float64Var(&cfg.HeldOut, "held-out", cfg.HeldOut, "fraction of the text held out for evaluation")
 	f.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed for initialization and data order")
+	f.IntVar(&workers, "workers", 1, "train data- and expert-parallel on N workers (a local cluster unless --etcd is given)")
+	f.StringVar(&etcd, "etcd", "", "submit the job to the cluster at these etcd endpoints (comma-separated)")
+	f.StringVar(&clusterName, "cluster", "switchyard", "cluster key prefix in etcd (with --etcd)")
 	return cmd
 }

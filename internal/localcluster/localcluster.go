@@ -31,6 +31,7 @@ import (
 
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/coordinator"
+	"github.com/switchyard/switchyard/pkg/jobs"
 	"github.com/switchyard/switchyard/pkg/embedetcd"
 	"github.com/switchyard/switchyard/pkg/membership"
 	"github.com/switchyard/switchyard/pkg/model"
@@ -164,6 +165,8 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	c.stopCoord = cancel
 	c.coordDone = make(chan error, 1)
 	go func() { c.coordDone <- c.Coordinator.Run(cctx) }()
+	// The job scheduler runs beside the placement coordinator.
+	go (&jobs.Scheduler{Jobs: jobs.NewStore(c.Client, opts.Cluster), Registry: c.Registry, Log: opts.Logger}).Run(cctx)
 	if c.Pool, err = transport.NewPool(transport.ClientConfig{Worker: "localcluster", Model: c.Model.Fingerprint}); err != nil {
 		return nil, err
 	}

@@ -382,3 +382,29 @@ func LoadModel(dir string) (*model.Model, *expert.Store, error) {
 	defer ck.Close()
 	return model.Load(ck.Config, ck.Source, model.LoadOptions{})
 }
+
+// WriteInit writes a prepared run's initial weights (step 0) as a model
+// folder (a checkpoint without training state), e.g. for workers to serve
+// while they train it.
+func WriteInit(dir string, p *Prepared) error {
+	m, store, err := p.Load(nil)
+	if err != nil {
+		return err
+	}
+	s, err := NewStepper(m, store, p.Cfg.Step)
+	if err != nil {
+		return err
+	}
+	tmp, err := BeginCheckpoint(dir)
+	if err != nil {
+		return err
+	}
+	ck := &Checkpoint{HFConfig: p.HFConfig, TokenizerJSON: p.TokJSON, TokenizerCfg: p.TokCfg, Stepper: s}
+	if err := WriteDense(tmp, ck); err != nil {
+		return err
+	}
+	if err := WriteExperts(tmp, s); err != nil {
+		return err
+	}
+	return FinishCheckpoint(tmp, dir, m.Cfg, *p.State)
+}

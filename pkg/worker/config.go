@@ -67,6 +67,12 @@ type Config struct {
 	// shutdown (default 5 s); connections still open then are closed.
 	DrainTimeout time.Duration
 
+	// NoJobs disables running training jobs (the worker only serves).
+	NoJobs bool
+	// JobStepTimeout bounds every collective of a job's training step: a
+	// rank that stops answering fails the step within it (default 60 s).
+	JobStepTimeout time.Duration
+
 	// Protocol is the wire protocol version the worker announces; 0 means
 	// cluster.ProtocolVersion. Only tests set another (to be refused).
 	Protocol int

@@ -20,6 +20,7 @@ import (
 
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
+	"github.com/switchyard/switchyard/pkg/jobs"
 	"github.com/switchyard/switchyard/pkg/membership"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/registry"
@@ -209,6 +210,16 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 		fwg.Wait()
 		lg.Debug("shutdown: placement watch stopped", "took", time.Since(t).Round(time.Millisecond))
 	}()
+	// Training jobs the scheduler assigns to this worker.
+	if !cfg.NoJobs {
+		fwg.Add(1)
+		go func() {
+			defer fwg.Done()
+			host, _, _ := net.SplitHostPort(w.info.Addr)
+			r := &jobs.Runner{Jobs: jobs.NewStore(cli, reg.Cluster()), Cfg: jobs.RunnerConfig{Self: cfg.ID, Host: host, StepTimeout: cfg.JobStepTimeout, Log: lg}}
+			r.Run(fctx)
+		}()
+	}
 
 	return w.registerLoop(ctx, reg, gossip)
 }

@@ -1,0 +1,152 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/switchyard/switchyard/internal/localcluster"
+	"github.com/switchyard/switchyard/pkg/jobs"
+	"github.com/switchyard/switchyard/pkg/registry"
+	"github.com/switchyard/switchyard/pkg/train"
+)
+
+// trainDistributed runs a job on workers: on a local cluster it starts
+// (embedded etcd, coordinator, N worker processes) when endpoints is
+// empty, else on the running cluster at endpoints.
+func trainDistributed(ctx context.Context, cfg train.JobConfig, workers int, endpoints []string, clusterName string, stdout, stderr io.Writer) error {
+	var err error
+	for _, p := range []*string{&cfg.Out, &cfg.Text, &cfg.Tokenizer, &cfg.InitFrom} {
+		if *p != "" {
+			if *p, err = filepath.Abs(*p); err != nil {
+				return err
+			}
+		}
+	}
+	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
+		return fmt.Errorf("train: %w", err)
+	}
+	var store *jobs.Store
+	if len(endpoints) == 0 {
+		// The workers serve the job's model while they train it: a resumed
+		// checkpoint, the folder to fine-tune, or the preset's step-0
+		// weights written here first.
+		modelDir, err := servedModel(cfg, stderr)
+		if err != nil {
+			return err
+		}
+		exe, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stderr, "train: starting a local cluster: embedded etcd, coordinator, %d workers serving %s\n", workers, modelDir)
+		lc, err := localcluster.Start(ctx, localcluster.Options{
+			ModelDir: modelDir, Command: []string{exe, "worker"}, Workers: workers, Cluster: "train", WidenBF16: true,
+		})
+		if err != nil {
+			return err
+		}
+		defer lc.Close()
+		fmt.Fprintf(stderr, "train: etcd %s\n", strings.Join(lc.Endpoints, ","))
+		store = jobs.NewStore(lc.Client, "train")
+	} else {
+		cli, err := registry.Dial(ctx, endpoints)
+		if err != nil {
+			return err
+		}
+		defer cli.Close()
+		store = jobs.NewStore(cli, clusterName)
+	}
+	id := fmt.Sprintf("train-%s", time.Now().UTC().Format("20060102-150405.000"))
+	id = strings.ReplaceAll(id, ".", "-")
+	spec := jobs.Spec{ID: id, Job: cfg, Workers: workers}
+	spec.Job.Progress = nil
+	if err := store.Submit(ctx, spec); err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "train: submitted job %s for %d workers\n", id, workers)
+	return followJob(ctx, store, id, cfg.Steps, stdout, stderr)
+}
+
+// servedModel returns the model folder the local workers load.
+func servedModel(cfg train.JobConfig, stderr io.Writer) (string, error) {
+	if cfg.Resume {
+		if dir, err := train.LatestCheckpoint(cfg.Out); err != nil || dir != "" {
+			return dir, err
+		}
+	}
+	if cfg.InitFrom != "" {
+		return cfg.InitFrom, nil
+	}
+	p, err := train.Prepare(cfg, func(f string, a ...any) { fmt.Fprintf(stderr, f+"\n", a...) })
+	if err != nil {
+		return "", err
+	}
+	dir := filepath.Join(cfg.Out, "init")
+	if err := train.WriteInit(dir, p); err != nil {
+		return "", err
+	}
+	return dir, nil
+}
+
+// followJob prints a job's progress until it is done or abandoned.
+func followJob(ctx context.Context, store *jobs.Store, id string, steps int, stdout, stderr io.Writer) error {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	lastStep, lastState, lastAttempt := -1, jobs.State(""), 0
+	var lastPrint time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("train: stopped following job %s (it keeps running on the cluster): %w", id, ctx.Err())
+		case <-t.C:
+		}
+		sp, _, err := store.Get(ctx, id)
+		if err != nil {
+			return err
+		}
+		st, _ := store.Status(ctx, id)
+		if sp.State != lastState || sp.Attempt != lastAttempt {
+			fmt.Fprintf(stderr, "train: job %s %s (attempt %d, ranks %v)\n", id, sp.State, sp.Attempt, sp.Assigned)
+			if sp.Error != "" {
+				fmt.Fprintf(stderr, "train: %s\n", sp.Error)
+			}
+			lastState, lastAttempt = sp.State, sp.Attempt
+		}
+		if st.Step != lastStep && (time.Since(lastPrint) > 5*time.Second || st.Step == steps) {
+			fmt.Fprintf(stderr, "train: step %d/%d loss %.4f %.0f tok/s", st.Step, steps, st.Loss, st.TokensPerS)
+			if st.EvalLoss != 0 {
+				fmt.Fprintf(stderr, " held-out %.4f", st.EvalLoss)
+			}
+			fmt.Fprintln(stderr)
+			lastStep, lastPrint = st.Step, time.Now()
+		}
+		switch sp.State {
+		case jobs.Done:
+			fmt.Fprintf(stdout, "train: job %s done: %d steps on %d workers, loss %.4f", id, st.Step, sp.Workers, st.Loss)
+			if st.EvalLoss != 0 {
+				fmt.Fprintf(stdout, ", held-out %.4f", st.EvalLoss)
+			}
+			fmt.Fprintf(stdout, ", %.0f tokens/s\ncheckpoint %s\n", st.TokensPerS, st.Checkpoint)
+			return nil
+		case jobs.Abandoned:
+			return errors.New("train: job " + id + " abandoned: " + sp.Error)
+		}
+	}
+}
+
+// splitEndpoints splits a comma-separated endpoint list ("" -> none).
+func splitEndpoints(s string) []string {
+	var out []string
+	for _, e := range strings.Split(s, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
+}

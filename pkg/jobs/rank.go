@@ -1,0 +1,272 @@
+package jobs
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/switchyard/switchyard/pkg/cluster"
+	"github.com/switchyard/switchyard/pkg/collective"
+	"github.com/switchyard/switchyard/pkg/expert"
+	"github.com/switchyard/switchyard/pkg/train"
+	"github.com/switchyard/switchyard/pkg/transport"
+)
+
+// RunnerConfig configures a worker's job runner.
+type RunnerConfig struct {
+	Self cluster.WorkerID
+	// Host is the address job listeners bind and advertise (the worker's
+	// reachable host, e.g. 127.0.0.1 or a pod IP). Default 127.0.0.1.
+	Host string
+	// JoinTimeout bounds the wait for every rank of an attempt to publish
+	// its endpoints and connect (default 60 s).
+	JoinTimeout time.Duration
+	// StepTimeout bounds each collective operation of a training step, so a
+	// rank that stops answering fails the step instead of hanging
+	// (default 60 s).
+	StepTimeout time.Duration
+	Log         *slog.Logger
+}
+
+// Runner runs, one at a time, the job ranks the scheduler assigns to a
+// worker.
+type Runner struct {
+	Jobs *Store
+	Cfg  RunnerConfig
+}
+
+// Run follows the job list until ctx ends.
+func (r *Runner) Run(ctx context.Context) error {
+	cfg := r.Cfg
+	if cfg.Host == "" {
+		cfg.Host = "127.0.0.1"
+	}
+	if cfg.JoinTimeout == 0 {
+		cfg.JoinTimeout = 60 * time.Second
+	}
+	if cfg.StepTimeout == 0 {
+		cfg.StepTimeout = 60 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	r.Cfg = cfg
+	type running struct {
+		id      string
+		attempt int
+		cancel  context.CancelFunc
+		done    chan struct{}
+	}
+	var cur *running
+	defer func() {
+		if cur != nil {
+			cur.cancel()
+			<-cur.done
+		}
+	}()
+	for list := range r.Jobs.Watch(ctx) {
+		if cur != nil {
+			select {
+			case <-cur.done:
+				cur = nil
+			default:
+			}
+		}
+		for _, sp := range list {
+			rank := indexOf(sp.Assigned, cfg.Self)
+			active := sp.State == Assigned || sp.State == Running
+			if cur != nil && cur.id == sp.ID && (!active || sp.Attempt != cur.attempt) {
+				cur.cancel() // the attempt failed elsewhere or was replaced
+			}
+			if cur != nil || !active || rank < 0 {
+				continue
+			}
+			rctx, cancel := context.WithCancel(ctx)
+			c := &running{id: sp.ID, attempt: sp.Attempt, cancel: cancel, done: make(chan struct{})}
+			cur = c
+			go func(sp Spec, rank int) {
+				defer close(c.done)
+				defer cancel()
+				r.runRank(rctx, sp, rank)
+			}(*sp, rank)
+		}
+	}
+	return nil
+}
+
+func indexOf(ws []cluster.WorkerID, w cluster.WorkerID) int {
+	for i, x := range ws {
+		if x == w {
+			return i
+		}
+	}
+	return -1
+}
+
+// runRank runs one rank of one attempt and records its outcome in etcd.
+func (r *Runner) runRank(ctx context.Context, sp Spec, rank int) {
+	lg := r.Cfg.Log.With("job", sp.ID, "attempt", sp.Attempt, "rank", rank)
+	lg.Info("starting rank")
+	res, err := r.rank(ctx, sp, rank, lg)
+	if err != nil {
+		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+			lg.Info("rank stopped", "err", err)
+			return
+		}
+		msg := fmt.Sprintf("attempt %d, rank %d (worker %s): %v", sp.Attempt, rank, r.Cfg.Self, err)
+		lg.Warn("rank failed", "err", err)
+		r.Jobs.Transition(context.Background(), sp.ID, func(cur *Spec) bool {
+			if cur.Attempt != sp.Attempt || (cur.State != Assigned && cur.State != Running) {
+				return false // someone else already recorded the failure
+			}
+			cur.State, cur.Error = Failed, msg
+			return true
+		})
+		return
+	}
+	if rank == 0 {
+		st, _ := r.Jobs.Status(context.Background(), sp.ID)
+		st.Checkpoint = res.Checkpoint
+		r.Jobs.PutStatus(context.Background(), sp.ID, st)
+		r.Jobs.Transition(context.Background(), sp.ID, func(cur *Spec) bool {
+			if cur.Attempt != sp.Attempt || cur.State.Terminal() {
+				return false
+			}
+			cur.State, cur.Error = Done, ""
+			return true
+		})
+	}
+	lg.Info("rank finished", "steps", res.Steps)
+}
+
+// ownerRank deals routed experts round-robin over the ranks.
+func ownerRank(id expert.ID, experts, ranks int) int {
+	return (id.Layer*experts + id.Expert) % ranks
+}
+
+func (r *Runner) rank(ctx context.Context, sp Spec, rank int, lg *slog.Logger) (*train.Result, error) {
+	n := len(sp.Assigned)
+	p, err := train.Prepare(sp.Job, func(f string, a ...any) { lg.Info(fmt.Sprintf(f, a...)) })
+	if err != nil {
+		return nil, err
+	}
+	E := p.Model.MoE.Router.NumExperts
+	m, owned, err := p.Load(func(id expert.ID) bool { return ownerRank(id, E, n) == rank })
+	if err != nil {
+		return nil, err
+	}
+	fp := p.Model.Fingerprint()
+	self := r.Cfg.Self
+
+	// This rank's job servers: the expert exchange for the job's experts and
+	// the collective group's listener.
+	srv, err := transport.NewExpertServer(owned, transport.ServerConfig{Worker: self, Model: fp, Hidden: p.Model.Hidden})
+	if err != nil {
+		return nil, err
+	}
+	elis, err := net.Listen("tcp", net.JoinHostPort(r.Cfg.Host, "0"))
+	if err != nil {
+		return nil, err
+	}
+	gs := grpc.NewServer(srv.ServerOptions()...)
+	srv.Register(gs)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); gs.Serve(elis) }()
+	defer func() { gs.Stop(); wg.Wait() }()
+	glis, err := net.Listen("tcp", net.JoinHostPort(r.Cfg.Host, "0"))
+	if err != nil {
+		return nil, err
+	}
+	if err := r.Jobs.PutRank(ctx, sp.ID, sp.Attempt, rank, RankInfo{Worker: self, ExpertAddr: elis.Addr().String(), GroupAddr: glis.Addr().String()}); err != nil {
+		glis.Close()
+		return nil, err
+	}
+	jctx, cancel := context.WithTimeout(ctx, r.Cfg.JoinTimeout)
+	ranks, err := r.Jobs.WaitRanks(jctx, sp.ID, sp.Attempt, n)
+	cancel()
+	if err != nil {
+		glis.Close()
+		return nil, err
+	}
+	peers := make([]string, n)
+	for i, ri := range ranks {
+		peers[i] = ri.GroupAddr
+	}
+	group, err := collective.New(collective.Config{
+		Group: fmt.Sprintf("job-%s/attempt-%d", sp.ID, sp.Attempt), Rank: rank, Peers: peers,
+		OpTimeout: r.Cfg.StepTimeout,
+	}, glis)
+	if err != nil {
+		return nil, err
+	}
+	defer group.Close()
+	jctx, cancel = context.WithTimeout(ctx, r.Cfg.JoinTimeout)
+	err = group.Connect(jctx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("connect the collective group: %w", err)
+	}
+
+	// Every expert's owner, as a placement for the remote trainer.
+	pl := &cluster.Placement{Model: fp, Epoch: 1, Owners: make([][][]cluster.WorkerID, p.Model.Layers), Workers: map[cluster.WorkerID]cluster.WorkerInfo{}}
+	for i, ri := range ranks {
+		pl.Workers[ri.Worker] = cluster.WorkerInfo{ID: ri.Worker, Addr: ri.ExpertAddr, Protocol: cluster.ProtocolVersion, Model: fp}
+		_ = i
+	}
+	for l, moe := range p.Model.LayerIsMoE {
+		if !moe {
+			continue
+		}
+		pl.Owners[l] = make([][]cluster.WorkerID, E)
+		for e := 0; e < E; e++ {
+			pl.Owners[l][e] = []cluster.WorkerID{ranks[ownerRank(expert.ID{Layer: l, Expert: e}, E, n)].Worker}
+		}
+	}
+	ccfg := transport.DefaultClientConfig()
+	ccfg.Worker, ccfg.Model, ccfg.CallTimeout = self, fp, r.Cfg.StepTimeout
+	pool, err := transport.NewPool(ccfg)
+	if err != nil {
+		return nil, err
+	}
+	defer pool.Close()
+	tr, err := transport.NewRemoteTrainer(transport.NewStaticPlacement(pl), pool, fmt.Sprintf("%s/%d", sp.ID, sp.Attempt))
+	if err != nil {
+		return nil, err
+	}
+	m.Experts = tr
+
+	if rank == 0 {
+		r.Jobs.Transition(ctx, sp.ID, func(cur *Spec) bool {
+			if cur.Attempt != sp.Attempt || cur.State != Assigned {
+				return false
+			}
+			cur.State = Running
+			return true
+		})
+	}
+	var last Status
+	var lastPut time.Time
+	observe := func(ev train.Event) {
+		last.Attempt, last.Steps = sp.Attempt, sp.Job.Steps
+		switch {
+		case ev.Checkpoint != "":
+			last.Checkpoint = ev.Checkpoint
+		case ev.EvalLoss != 0:
+			last.EvalLoss = ev.EvalLoss
+		default:
+			last.Step, last.Loss, last.TokensPerS = ev.Step, ev.Loss, ev.TokensPerS
+		}
+		if time.Since(lastPut) > 500*time.Millisecond || ev.Step == sp.Job.Steps || ev.Checkpoint != "" {
+			lastPut = time.Now()
+			r.Jobs.PutStatus(ctx, sp.ID, last)
+		}
+	}
+	return train.RunRank(ctx, train.RankJob{Prepared: p, Comm: group, Model: m, Owned: owned, Observe: observe})
+}
