@@ -23,7 +23,7 @@ stage "go test"
 go test -count=1 -timeout 15m ./...
 
 stage "go test -race (concurrent packages)"
-go test -count=1 -race -timeout 15m ./pkg/expert/ ./pkg/tensor/ ./pkg/safetensors/
+go test -count=1 -race -timeout 15m ./pkg/expert/ ./pkg/tensor/ ./pkg/safetensors/ ./pkg/transport/ ./pkg/registry/ ./pkg/coordinator/ ./pkg/worker/ ./pkg/train/
 
 stage "golden checks: switchyard verify"
 mkdir -p bin
@@ -38,8 +38,14 @@ for dir in testdata/golden/*/; do
 	fi
 done
 
+stage "generated protobuf code is up to date"
+scripts/verify-genproto.sh
+
+stage "end-to-end: real etcd, coordinator and worker processes"
+SWITCHYARD_E2E=1 go test -count=1 -timeout 10m ./test/e2e ./cmd/switchyard
+
 stage "fuzz smoke ($FUZZTIME each)"
-for target in "./pkg/safetensors FuzzHeader" "./pkg/tokenizer FuzzEncode" "./pkg/tokenizer FuzzLoad"; do
+for target in "./pkg/safetensors FuzzHeader" "./pkg/tokenizer FuzzEncode" "./pkg/tokenizer FuzzLoad" "./pkg/tokenizer FuzzTrain" "./pkg/wire FuzzUnmarshal"; do
 	set -- $target
 	if go test -list "^$2\$" "$1" | grep -q "^$2\$"; then
 		go test -run '^$' -fuzz "^$2\$" -fuzztime "$FUZZTIME" "$1"

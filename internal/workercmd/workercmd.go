@@ -22,6 +22,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -119,6 +120,8 @@ SIGINT or SIGTERM leaves the cluster gracefully.`,
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", d.DrainTimeout, "how long in-flight requests may take at shutdown")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
 	f.IntVar(&cfg.Protocol, "protocol", 0, "protocol version to announce (tests only; 0: this binary's)")
+	f.BoolVar(&cfg.NoJobs, "no-jobs", false, "only serve; do not run training jobs")
+	f.DurationVar(&cfg.JobStepTimeout, "job-step-timeout", 60*time.Second, "bound on every collective of a training step: a rank that stops answering fails the step within it")
 	_ = f.MarkHidden("protocol")
 	_ = cmd.MarkFlagRequired("model")
 	return cmd

@@ -89,6 +89,9 @@ type CollectiveHello struct {
 	DestRank uint32 `protobuf:"varint,3,opt,name=dest_rank,json=destRank,proto3" json:"dest_rank,omitempty"`
 	// size is the number of members.
 	Size uint32 `protobuf:"varint,4,opt,name=size,proto3" json:"size,omitempty"`
+	// window is the most chunks the source keeps unacknowledged; the
+	// destination acknowledges at least every window/2 chunks.
+	Window uint32 `protobuf:"varint,6,opt,name=window,proto3" json:"window,omitempty"`
 	// protocol is cluster.ProtocolVersion of the source's binary.
 	Protocol      uint32 `protobuf:"varint,5,opt,name=protocol,proto3" json:"protocol,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -153,6 +156,13 @@ func (x *CollectiveHello) GetSize() uint32 {
 	return 0
 }
 
+func (x *CollectiveHello) GetWindow() uint32 {
+	if x != nil {
+		return x.Window
+	}
+	return 0
+}
+
 func (x *CollectiveHello) GetProtocol() uint32 {
 	if x != nil {
 		return x.Protocol
@@ -180,6 +190,15 @@ type CollectiveChunk struct {
 	// instead of misreading each other).
 	Total  uint64           `protobuf:"varint,5,opt,name=total,proto3" json:"total,omitempty"`
 	Format CollectiveFormat `protobuf:"varint,6,opt,name=format,proto3,enum=switchyard.v1.CollectiveFormat" json:"format,omitempty"`
+	// ack_now asks the destination to acknowledge this chunk at once (the
+	// source waits for it, e.g. to reuse the payload's memory). Otherwise
+	// the destination may batch acknowledgements: it acknowledges whenever
+	// half the source's window is unacknowledged.
+	AckNow bool `protobuf:"varint,7,opt,name=ack_now,json=ackNow,proto3" json:"ack_now,omitempty"`
+	// untracked marks a chunk the source does not track (a small copy it
+	// never reuses): the destination neither counts nor acknowledges it,
+	// which saves the acknowledgement traffic of latency-bound operations.
+	Untracked bool `protobuf:"varint,8,opt,name=untracked,proto3" json:"untracked,omitempty"`
 	// payload holds the chunk's data (at most the group's chunk size).
 	Payload       []byte `protobuf:"bytes,15,opt,name=payload,proto3" json:"payload,omitempty"`
 	unknownFields protoimpl.UnknownFields
@@ -256,6 +275,20 @@ func (x *CollectiveChunk) GetFormat() CollectiveFormat {
 		return x.Format
 	}
 	return CollectiveFormat_COLLECTIVE_FORMAT_UNSPECIFIED
+}
+
+func (x *CollectiveChunk) GetAckNow() bool {
+	if x != nil {
+		return x.AckNow
+	}
+	return false
+}
+
+func (x *CollectiveChunk) GetUntracked() bool {
+	if x != nil {
+		return x.Untracked
+	}
+	return false
 }
 
 func (x *CollectiveChunk) GetPayload() []byte {
@@ -360,21 +393,24 @@ var File_switchyard_v1_collective_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_collective_proto_rawDesc = "" +
 	"\n" +
-	"\x1eswitchyard/v1/collective.proto\x12\rswitchyard.v1\"\x95\x01\n" +
+	"\x1eswitchyard/v1/collective.proto\x12\rswitchyard.v1\"\xad\x01\n" +
 	"\x0fCollectiveHello\x12\x14\n" +
 	"\x05group\x18\x01 \x01(\tR\x05group\x12\x1f\n" +
 	"\vsource_rank\x18\x02 \x01(\rR\n" +
 	"sourceRank\x12\x1b\n" +
 	"\tdest_rank\x18\x03 \x01(\rR\bdestRank\x12\x12\n" +
-	"\x04size\x18\x04 \x01(\rR\x04size\x12\x1a\n" +
-	"\bprotocol\x18\x05 \x01(\rR\bprotocol\"\xec\x01\n" +
+	"\x04size\x18\x04 \x01(\rR\x04size\x12\x16\n" +
+	"\x06window\x18\x06 \x01(\rR\x06window\x12\x1a\n" +
+	"\bprotocol\x18\x05 \x01(\rR\bprotocol\"\xa3\x02\n" +
 	"\x0fCollectiveChunk\x124\n" +
 	"\x05hello\x18\x01 \x01(\v2\x1e.switchyard.v1.CollectiveHelloR\x05hello\x12\x0e\n" +
 	"\x02op\x18\x02 \x01(\x04R\x02op\x12\x12\n" +
 	"\x04step\x18\x03 \x01(\rR\x04step\x12\x16\n" +
 	"\x06offset\x18\x04 \x01(\x04R\x06offset\x12\x14\n" +
 	"\x05total\x18\x05 \x01(\x04R\x05total\x127\n" +
-	"\x06format\x18\x06 \x01(\x0e2\x1f.switchyard.v1.CollectiveFormatR\x06format\x12\x18\n" +
+	"\x06format\x18\x06 \x01(\x0e2\x1f.switchyard.v1.CollectiveFormatR\x06format\x12\x17\n" +
+	"\aack_now\x18\a \x01(\bR\x06ackNow\x12\x1c\n" +
+	"\tuntracked\x18\b \x01(\bR\tuntracked\x12\x18\n" +
 	"\apayload\x18\x0f \x01(\fR\apayload\"+\n" +
 	"\rCollectiveAck\x12\x1a\n" +
 	"\breceived\x18\x01 \x01(\x04R\breceived\"&\n" +

@@ -37,9 +37,10 @@ type CollectiveClient interface {
 	// is a hello (CollectiveChunk.hello set, no payload); the server answers
 	// it with CollectiveAck{received: 0} if it accepts the source, or fails
 	// the stream. Every later client message is one chunk of one operation;
-	// the server answers every chunk it has taken off the wire with a
-	// cumulative CollectiveAck, which tells the source that its payload
-	// memory is no longer referenced and bounds the chunks in flight.
+	// the server acknowledges the chunks it has taken off the wire with
+	// cumulative CollectiveAcks (see CollectiveChunk.ack_now), which tell the
+	// source that its payload memory is no longer referenced and bound the
+	// chunks in flight.
 	// Chunks of one source arrive in the order the operations' schedules
 	// list them; a destination never reorders them.
 	Exchange(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CollectiveChunk, CollectiveAck], error)
@@ -94,9 +95,10 @@ type CollectiveServer interface {
 	// is a hello (CollectiveChunk.hello set, no payload); the server answers
 	// it with CollectiveAck{received: 0} if it accepts the source, or fails
 	// the stream. Every later client message is one chunk of one operation;
-	// the server answers every chunk it has taken off the wire with a
-	// cumulative CollectiveAck, which tells the source that its payload
-	// memory is no longer referenced and bounds the chunks in flight.
+	// the server acknowledges the chunks it has taken off the wire with
+	// cumulative CollectiveAcks (see CollectiveChunk.ack_now), which tell the
+	// source that its payload memory is no longer referenced and bound the
+	// chunks in flight.
 	// Chunks of one source arrive in the order the operations' schedules
 	// list them; a destination never reorders them.
 	Exchange(grpc.BidiStreamingServer[CollectiveChunk, CollectiveAck]) error
