@@ -1,0 +1,41 @@
+// Package collective runs collective operations (all-reduce, all-to-all)
+// among the members of a group over gRPC: the thin runner around the pure
+// schedules of pkg/allreduce.
+//
+// Every member serves the Collective service (proto/switchyard/v1/
+// collective.proto) and, after Connect, holds one persistent Exchange
+// stream to every other member: data flows from the dialing member to the
+// serving one, acknowledgements flow back. All tensor traffic uses
+// pkg/wire's codec, so payloads are sent by reference (a float32 buffer
+// goes on the wire without being copied) and arrive in one copy.
+//
+// Flow control and buffer ownership: a member keeps at most
+// Config.Window chunks (of at most Config.ChunkBytes) unacknowledged per
+// peer; the destination acknowledges a chunk once it has taken it off the
+// wire into a queue of the same length, so a slow consumer holds back the
+// source and memory stays bounded. A payload is referenced (by gRPC's
+// writer) until its acknowledgement: F32 ring chunks point into the
+// caller's buffer, which the schedule leaves untouched until then; other
+// chunks are packed into pooled buffers returned to the pool on
+// acknowledgement. An operation returns only when every chunk it sent has
+// been acknowledged, so the caller may reuse its buffers at once.
+//
+// Failure: every operation has a deadline (Config.OpTimeout or the
+// context's, whichever is earlier). An operation that times out pings its
+// peers for Config.ProbeTimeout (reserved at the end of the deadline) and
+// returns an *OpError naming the peer it was waiting for and the peers
+// that did not answer; a peer whose stream breaks fails the operation at
+// once. Either way the operation tears its streams down (so a stuck send
+// cannot hang it, and peers fail fast too) and the Group is broken: form a
+// new one, as DESIGN.md section 5 prescribes for training steps.
+//
+// Usage, on every member:
+//
+//	lis, _ := net.Listen("tcp", ":7070")
+//	g, err := collective.New(collective.Config{Group: "job-1/epoch-0", Rank: r, Peers: addrs}, lis)
+//	...
+//	defer g.Close()
+//	if err := g.Connect(ctx); err != nil { ... }
+//	if err := g.AllReduce(ctx, grads); err != nil { ... } // grads: []float32, same length everywhere
+//	recv, err := g.AllToAll(ctx, blocks, recv)            // blocks[s] goes to member s
+package collective
