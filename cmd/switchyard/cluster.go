@@ -5,12 +5,17 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/switchyard/switchyard/internal/localcluster"
 	"github.com/switchyard/switchyard/pkg/expert"
+	"github.com/switchyard/switchyard/pkg/jobs"
+	"github.com/switchyard/switchyard/pkg/optim"
+	"github.com/switchyard/switchyard/pkg/train"
+	"github.com/switchyard/switchyard/pkg/verify"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/placement"
 	"github.com/switchyard/switchyard/pkg/transport"
@@ -104,4 +109,56 @@ func (vc *verifyCluster) close() {
 		vc.client.Close()
 	}
 	vc.lc.Close()
+}
+
+// goldenTraining is verify.ModelOptions.Train: a verification job on the
+// cluster's workers recomputes the gradients and the AdamW trajectory of
+// the golden batch, data- and expert-parallel (the batch's rows split among
+// the workers, every expert's forward and backward at its owner, dense
+// gradients ring-all-reduced).
+func (vc *verifyCluster) goldenTraining(ctx context.Context, ids [][]int32, gj verify.GoldenJSON) (*verify.TrainOut, error) {
+	out, err := os.MkdirTemp("", "switchyard-verify-*")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(out)
+	dir, err := filepath.Abs(vc.lc.Model.Path)
+	if err != nil {
+		return nil, err
+	}
+	task := &jobs.GoldenTask{ModelDir: dir, IDs: ids, Out: out, AdamW: optim.DefaultAdamW(1)}
+	if a := gj.AdamW; a != nil && len(a.Betas) == 2 {
+		task.AdamW = optim.AdamWConfig{LR: a.LR, Beta1: a.Betas[0], Beta2: a.Betas[1], Eps: a.Eps, WeightDecay: a.WeightDecay}
+		task.Steps = a.Steps
+	}
+	n := len(vc.lc.Procs())
+	js := jobs.NewStore(vc.lc.Client, vc.lc.Registry.Cluster())
+	id := fmt.Sprintf("verify-%d", time.Now().UnixNano())
+	if err := js.Submit(ctx, jobs.Spec{ID: id, Workers: n, MaxAttempts: 1, Golden: task}); err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	for {
+		sp, _, err := js.Get(wctx, id)
+		if err != nil {
+			return nil, err
+		}
+		switch sp.State {
+		case jobs.Done:
+			grads, shapes, losses, err := train.ReadGoldenResults(out, n)
+			if err != nil {
+				return nil, err
+			}
+			fmt.Fprintf(vc.stderr, "verify: gradients and AdamW recomputed by job %s on workers %v\n", id, sp.Assigned)
+			return &verify.TrainOut{Grads: grads, Shapes: shapes, AdamW: losses}, nil
+		case jobs.Failed, jobs.Abandoned:
+			return nil, fmt.Errorf("verification job %s on %v: %s", id, sp.Assigned, sp.Error)
+		}
+		select {
+		case <-wctx.Done():
+			return nil, fmt.Errorf("verification job %s: %w", id, wctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }

@@ -26,8 +26,9 @@ func TestMain(m *testing.M) {
 // TestVerifyWorkers is the CLI contract of `verify --workers N` (DESIGN
 // section 9): with the experts of a golden model placed over N worker
 // processes the golden checks pass, the forward quantities match the
-// in-process run (the "vs 1 worker" lines), the training lines say they
-// were computed in-process, where etcd and the workers listen is printed
+// in-process run (the "vs 1 worker" lines), gradients and the AdamW
+// trajectory are recomputed data- and expert-parallel on the workers (a
+// verification job) and pass, where etcd and the workers listen is printed
 // on stderr, and no worker process outlives the command. It starts real
 // processes, so it runs only with SWITCHYARD_E2E=1.
 func TestVerifyWorkers(t *testing.T) {
@@ -50,10 +51,14 @@ func TestVerifyWorkers(t *testing.T) {
 						t.Errorf("no ok line for %q", q)
 					}
 				}
+				want := fmt.Sprintf("data- and expert-parallel on %d worker processes", n)
 				for _, line := range strings.Split(out, "\n") {
-					if (strings.HasPrefix(line, "grad.") || strings.HasPrefix(line, "adamw_losses")) && !strings.Contains(line, "computed in-process") {
-						t.Errorf("training line does not say it was computed in-process: %s", line)
+					if (strings.HasPrefix(line, "grad.") || strings.HasPrefix(line, "adamw_losses")) && !strings.Contains(line, want) {
+						t.Errorf("training line does not say it was computed on the workers: %s", line)
 					}
+				}
+				if !strings.Contains(errOut, "gradients and AdamW recomputed by job") {
+					t.Errorf("stderr does not name the verification job")
 				}
 				if !strings.Contains(errOut, "verify: etcd http://127.0.0.1:") || strings.Count(errOut, " grpc=127.0.0.1:") != n {
 					t.Errorf("stderr does not say where etcd and the %d workers listen", n)

@@ -65,6 +65,8 @@ never makes a PASS by itself.`,
 					defer lc.reportServed(ctx)
 					opt.Workers = workers
 					opt.Experts = lc.experts
+					opt.Train = lc.goldenTraining
+					opt.TrainNote = fmt.Sprintf("data- and expert-parallel on %d worker processes", workers)
 				}
 				rep, err = verify.Model(ctx, opt)
 			default:

@@ -14,6 +14,7 @@ import (
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/collective"
 	"github.com/switchyard/switchyard/pkg/expert"
+	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/train"
 	"github.com/switchyard/switchyard/pkg/transport"
 )
@@ -152,21 +153,42 @@ func ownerRank(id expert.ID, experts, ranks int) int {
 
 func (r *Runner) rank(ctx context.Context, sp Spec, rank int, lg *slog.Logger) (*train.Result, error) {
 	n := len(sp.Assigned)
-	p, err := train.Prepare(sp.Job, func(f string, a ...any) { lg.Info(fmt.Sprintf(f, a...)) })
-	if err != nil {
-		return nil, err
+	var (
+		p     *train.Prepared
+		m     *model.Model
+		owned *expert.Store
+		mcfg  *model.Config
+		err   error
+	)
+	if g := sp.Golden; g != nil {
+		ck, err := model.Open(g.ModelDir)
+		if err != nil {
+			return nil, err
+		}
+		mcfg = ck.Config
+		E := mcfg.MoE.Router.NumExperts
+		m, owned, err = model.Load(mcfg, ck.Source, model.LoadOptions{Experts: func(id expert.ID) bool { return ownerRank(id, E, n) == rank }})
+		ck.Close()
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		if p, err = train.Prepare(sp.Job, func(f string, a ...any) { lg.Info(fmt.Sprintf(f, a...)) }); err != nil {
+			return nil, err
+		}
+		mcfg = p.Model
+		E := mcfg.MoE.Router.NumExperts
+		if m, owned, err = p.Load(func(id expert.ID) bool { return ownerRank(id, E, n) == rank }); err != nil {
+			return nil, err
+		}
 	}
-	E := p.Model.MoE.Router.NumExperts
-	m, owned, err := p.Load(func(id expert.ID) bool { return ownerRank(id, E, n) == rank })
-	if err != nil {
-		return nil, err
-	}
-	fp := p.Model.Fingerprint()
+	E := mcfg.MoE.Router.NumExperts
+	fp := mcfg.Fingerprint()
 	self := r.Cfg.Self
 
 	// This rank's job servers: the expert exchange for the job's experts and
 	// the collective group's listener.
-	srv, err := transport.NewExpertServer(owned, transport.ServerConfig{Worker: self, Model: fp, Hidden: p.Model.Hidden})
+	srv, err := transport.NewExpertServer(owned, transport.ServerConfig{Worker: self, Model: fp, Hidden: mcfg.Hidden})
 	if err != nil {
 		return nil, err
 	}
@@ -215,12 +237,11 @@ func (r *Runner) rank(ctx context.Context, sp Spec, rank int, lg *slog.Logger) (
 	}
 
 	// Every expert's owner, as a placement for the remote trainer.
-	pl := &cluster.Placement{Model: fp, Epoch: 1, Owners: make([][][]cluster.WorkerID, p.Model.Layers), Workers: map[cluster.WorkerID]cluster.WorkerInfo{}}
-	for i, ri := range ranks {
+	pl := &cluster.Placement{Model: fp, Epoch: 1, Owners: make([][][]cluster.WorkerID, mcfg.Layers), Workers: map[cluster.WorkerID]cluster.WorkerInfo{}}
+	for _, ri := range ranks {
 		pl.Workers[ri.Worker] = cluster.WorkerInfo{ID: ri.Worker, Addr: ri.ExpertAddr, Protocol: cluster.ProtocolVersion, Model: fp}
-		_ = i
 	}
-	for l, moe := range p.Model.LayerIsMoE {
+	for l, moe := range mcfg.LayerIsMoE {
 		if !moe {
 			continue
 		}
@@ -251,6 +272,20 @@ func (r *Runner) rank(ctx context.Context, sp Spec, rank int, lg *slog.Logger) (
 			return true
 		})
 	}
+	// After the last operation, leave the group gracefully: Close alone
+	// could cut off a peer still receiving this rank's last chunks.
+	shutdown := func(err error) error {
+		if err != nil {
+			return err
+		}
+		sctx, cancel := context.WithTimeout(ctx, r.Cfg.StepTimeout)
+		defer cancel()
+		return group.Shutdown(sctx)
+	}
+	if g := sp.Golden; g != nil {
+		err := train.RunGoldenRank(ctx, train.GoldenRank{Comm: group, Model: m, Owned: owned, IDs: g.IDs, AdamW: g.AdamW, Steps: g.Steps, Out: g.Out})
+		return &train.Result{Steps: g.Steps}, shutdown(err)
+	}
 	var last Status
 	var lastPut time.Time
 	observe := func(ev train.Event) {
@@ -268,5 +303,6 @@ func (r *Runner) rank(ctx context.Context, sp Spec, rank int, lg *slog.Logger) (
 			r.Jobs.PutStatus(ctx, sp.ID, last)
 		}
 	}
-	return train.RunRank(ctx, train.RankJob{Prepared: p, Comm: group, Model: m, Owned: owned, Observe: observe})
+	res, err := train.RunRank(ctx, train.RankJob{Prepared: p, Comm: group, Model: m, Owned: owned, Observe: observe})
+	return res, shutdown(err)
 }

@@ -29,6 +29,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/switchyard/switchyard/pkg/cluster"
+	"github.com/switchyard/switchyard/pkg/optim"
 	"github.com/switchyard/switchyard/pkg/train"
 )
 
@@ -61,8 +62,22 @@ type Spec struct {
 	Assigned    []cluster.WorkerID `json:"assigned"` // ranks, in order
 	Error       string             `json:"error,omitempty"`
 	History     []string           `json:"history,omitempty"` // one line per failed attempt
-	Submitted   time.Time          `json:"submitted"`
-	Updated     time.Time          `json:"updated"`
+	// Golden, if set, makes this a verification job instead of training:
+	// the ranks recompute a golden file's gradients and AdamW losses.
+	Golden    *GoldenTask `json:"golden,omitempty"`
+	Submitted time.Time   `json:"submitted"`
+	Updated   time.Time   `json:"updated"`
+}
+
+// GoldenTask is what a verification job recomputes (see
+// train.RunGoldenRank): the gradients and AdamW trajectory of the batch in
+// a golden file, data- and expert-parallel over the job's ranks.
+type GoldenTask struct {
+	ModelDir string            `json:"model_dir"`
+	IDs      [][]int32         `json:"ids"` // the golden batch
+	AdamW    optim.AdamWConfig `json:"adamw"`
+	Steps    int               `json:"steps"`
+	Out      string            `json:"out"` // result directory (shared filesystem)
 }
 
 // Status is the progress rank 0 publishes.

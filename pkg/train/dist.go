@@ -79,6 +79,22 @@ func NewDistStepper(m *model.Model, owned *expert.Store, comm Comm, cfg StepConf
 // takes part in every collective, with zero contributions, and updates its
 // replica and experts like the others.
 func (s *DistStepper) TrainStep(ctx context.Context, ids [][]int32) (*StepOut, error) {
+	res, err := s.gradients(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	return s.apply(ctx, res)
+}
+
+// Gradients computes the group's gradients of the batch (this rank's rows
+// ids) without updating anything: afterwards Grads holds the all-reduced
+// dense gradients (identical on every rank) and each rank's store the
+// gradients of the experts it owns.
+func (s *DistStepper) Gradients(ctx context.Context, ids [][]int32) (*model.StepResult, error) {
+	return s.gradients(ctx, ids)
+}
+
+func (s *DistStepper) gradients(ctx context.Context, ids [][]int32) (*model.StepResult, error) {
 	s.Grads.Zero()
 	s.Store.ZeroGrad()
 	m, st := s.Model, s.state
@@ -153,7 +169,13 @@ func (s *DistStepper) TrainStep(ctx context.Context, ids [][]int32) (*StepOut, e
 	if arErr != nil {
 		return nil, arErr
 	}
-	res := st.Result()
+	return st.Result(), nil
+}
+
+// apply clips with the global gradient norm, updates the dense replica and
+// the owned experts, applies the bias update and waits for the group.
+func (s *DistStepper) apply(ctx context.Context, res *model.StepResult) (*StepOut, error) {
+	m := s.Model
 	params := s.Params()
 	// Global gradient norm: the dense part is identical everywhere; expert
 	// parts live with their owners.

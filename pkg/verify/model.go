@@ -67,11 +67,12 @@ type ModelOptions struct {
 	// AllGrads prints one line per gradient tensor instead of a summary
 	// line plus a line per failing tensor.
 	AllGrads bool
+	// Train, if set, computes the training quantities elsewhere (e.g.
+	// data- and expert-parallel on worker processes) instead of in this
+	// process; TrainNote is added to their report lines.
+	Train     func(ctx context.Context, ids [][]int32, gj GoldenJSON) (*TrainOut, error)
+	TrainNote string
 }
-
-// trainNote marks training quantities of a run with remote experts:
-// gradients and AdamW are still computed in this process.
-const trainNote = "computed in-process; distributed training not built yet"
 
 // Model runs every check of a golden model. The error is for failures to
 // load inputs (missing files, bad weights); a wrong result is a FAIL line in
@@ -147,7 +148,13 @@ func Model(ctx context.Context, opt ModelOptions) (*Report, error) {
 	}
 	aux := router.LoadBalancingLoss(moeRoutings)
 	gen, genErr := m.Generate(ctx, promptIDs, model.GenerateConfig{MaxTokens: len(wantGen[0])}, nil)
-	tq, trainErr := trainQuantities(ctx, ck, inputIDs, gj)
+	var tq *TrainOut
+	var trainErr error
+	if opt.Train != nil {
+		tq, trainErr = opt.Train(ctx, inputIDs, gj)
+	} else {
+		tq, trainErr = trainQuantities(ctx, ck, inputIDs, gj)
+	}
 	var ref *reference
 	var refErr error
 	if opt.Experts != nil {
@@ -200,25 +207,30 @@ func Model(ctx context.Context, opt ModelOptions) (*Report, error) {
 	}
 	if opt.Experts != nil {
 		judgeSame(r, opt.Workers, ref, refErr, out, gen, genErr, loss, aux, len(moeRoutings) > 0)
-		defer noteTraining(r) // on whatever training lines follow
+	}
+	switch {
+	case opt.Train != nil && opt.TrainNote != "":
+		defer noteTraining(r, opt.TrainNote) // on whatever training lines follow
+	case opt.Experts != nil:
+		defer noteTraining(r, "computed in-process")
 	}
 	if trainErr != nil {
 		r.Failf("grad.*", "%v", trainErr)
 		return r, nil
 	}
-	judgeGrads(r, gf, tq.grads, opt.AllGrads)
+	judgeGrads(r, gf, tq.Grads, opt.AllGrads)
 	if gj.AdamW != nil {
 		want := gj.AdamW.Losses
-		if len(tq.adamw) != len(want) {
-			r.Failf("adamw_losses", "computed %d losses, golden has %d", len(tq.adamw), len(want))
+		if len(tq.AdamW) != len(want) {
+			r.Failf("adamw_losses", "computed %d losses, golden has %d", len(tq.AdamW), len(want))
 		} else {
 			worst, at := 0.0, 0
 			for i := range want {
-				if d := math.Abs(tq.adamw[i] - want[i]); d > worst || math.IsNaN(d) {
+				if d := math.Abs(tq.AdamW[i] - want[i]); d > worst || math.IsNaN(d) {
 					worst, at = d, i
 				}
 			}
-			r.Add("adamw_losses", "abs", worst, TolLoss, fmt.Sprintf("%d steps, worst at loss %d: %.6f vs %.6f", gj.AdamW.Steps, at, tq.adamw[at], want[at]))
+			r.Add("adamw_losses", "abs", worst, TolLoss, fmt.Sprintf("%d steps, worst at loss %d: %.6f vs %.6f", gj.AdamW.Steps, at, tq.AdamW[at], want[at]))
 		}
 	}
 	return r, nil
@@ -314,10 +326,8 @@ func relDiff(a, b float64) float64 {
 	return d
 }
 
-// noteTraining says on every training line that it was computed in this
-// process: with remote experts only the forward quantities are
-// distributed.
-func noteTraining(r *Report) {
+// noteTraining adds note to every training line (how they were computed).
+func noteTraining(r *Report, trainNote string) {
 	for i := range r.Checks {
 		c := &r.Checks[i]
 		if strings.HasPrefix(c.Name, "grad.") || c.Name == "adamw_losses" {
@@ -402,7 +412,7 @@ func readIDs(f *safetensors.File, name string) ([][]int32, error) {
 	return out, nil
 }
 
-func dump(path string, ids [][]int32, out *model.Output, gen [][]int32, loss, aux float64, hasAux bool, cfg *model.Config, tq *trainOut) error {
+func dump(path string, ids [][]int32, out *model.Output, gen [][]int32, loss, aux float64, hasAux bool, cfg *model.Config, tq *TrainOut) error {
 	B, T := len(ids), len(ids[0])
 	D := cfg.Hidden
 	var ts []safetensors.Tensor
@@ -431,12 +441,12 @@ func dump(path string, ids [][]int32, out *model.Output, gen [][]int32, loss, au
 		ts = append(ts, safetensors.F32Tensor("aux_loss", nil, []float32{float32(aux)}))
 	}
 	if tq != nil {
-		for name, g := range tq.grads {
-			ts = append(ts, safetensors.F32Tensor("grad."+name, tq.shapes[name], g))
+		for name, g := range tq.Grads {
+			ts = append(ts, safetensors.F32Tensor("grad."+name, tq.Shapes[name], g))
 		}
-		if len(tq.adamw) > 0 {
-			a := make([]float32, len(tq.adamw))
-			for i, v := range tq.adamw {
+		if len(tq.AdamW) > 0 {
+			a := make([]float32, len(tq.AdamW))
+			for i, v := range tq.AdamW {
 				a[i] = float32(v)
 			}
 			ts = append(ts, safetensors.F32Tensor("adamw_losses", []int{len(a)}, a))
@@ -448,17 +458,17 @@ func dump(path string, ids [][]int32, out *model.Output, gen [][]int32, loss, au
 	return nil
 }
 
-// trainOut holds the training quantities verify recomputes.
-type trainOut struct {
-	grads  map[string][]float32 // by hub name
-	shapes map[string][]int
-	adamw  []float64 // losses before each AdamW step and after the last
+// TrainOut holds the training quantities verify recomputes.
+type TrainOut struct {
+	Grads  map[string][]float32 // by hub name
+	Shapes map[string][]int
+	AdamW  []float64 // losses before each AdamW step and after the last
 }
 
 // trainQuantities computes every parameter gradient of the mean
 // next-token cross-entropy of ids, and the AdamW trajectory golden.json
 // describes, each on a fresh float32 copy of the checkpoint.
-func trainQuantities(ctx context.Context, ck *model.Checkpoint, ids [][]int32, gj GoldenJSON) (*trainOut, error) {
+func trainQuantities(ctx context.Context, ck *model.Checkpoint, ids [][]int32, gj GoldenJSON) (*TrainOut, error) {
 	m, store, err := model.Load(ck.Config, ck.Source, model.LoadOptions{})
 	if err != nil {
 		return nil, err
@@ -471,10 +481,10 @@ func trainQuantities(ctx context.Context, ck *model.Checkpoint, ids [][]int32, g
 	if err != nil {
 		return nil, err
 	}
-	tq := &trainOut{grads: map[string][]float32{}, shapes: map[string][]int{}}
+	tq := &TrainOut{Grads: map[string][]float32{}, Shapes: map[string][]int{}}
 	for _, p := range grads {
-		tq.grads[p.Name] = p.G
-		tq.shapes[p.Name] = p.Shape
+		tq.Grads[p.Name] = p.G
+		tq.Shapes[p.Name] = p.Shape
 	}
 	if gj.AdamW == nil {
 		return tq, nil
@@ -497,12 +507,12 @@ func trainQuantities(ctx context.Context, ck *model.Checkpoint, ids [][]int32, g
 		if err != nil {
 			return nil, err
 		}
-		tq.adamw = append(tq.adamw, out.CE)
+		tq.AdamW = append(tq.AdamW, out.CE)
 	}
 	final, err := s.Eval(ctx, ids)
 	if err != nil {
 		return nil, err
 	}
-	tq.adamw = append(tq.adamw, final)
+	tq.AdamW = append(tq.AdamW, final)
 	return tq, nil
 }
