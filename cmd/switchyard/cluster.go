@@ -13,12 +13,12 @@ import (
 	"github.com/switchyard/switchyard/internal/localcluster"
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/jobs"
-	"github.com/switchyard/switchyard/pkg/optim"
-	"github.com/switchyard/switchyard/pkg/train"
-	"github.com/switchyard/switchyard/pkg/verify"
 	"github.com/switchyard/switchyard/pkg/model"
+	"github.com/switchyard/switchyard/pkg/optim"
 	"github.com/switchyard/switchyard/pkg/placement"
+	"github.com/switchyard/switchyard/pkg/train"
 	"github.com/switchyard/switchyard/pkg/transport"
+	"github.com/switchyard/switchyard/pkg/verify"
 	pb "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
