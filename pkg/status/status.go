@@ -16,6 +16,7 @@ import (
 
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
+	"github.com/switchyard/switchyard/pkg/jobs"
 	"github.com/switchyard/switchyard/pkg/registry"
 )
 
@@ -26,6 +27,13 @@ type Snapshot struct {
 	Leader  string   `json:"leader"` // coordinator name; "" when none leads
 	Workers []Worker `json:"workers"`
 	Models  []Model  `json:"models"`
+	Jobs    []Job    `json:"jobs"`
+}
+
+// Job is a training (or verification) job and its progress.
+type Job struct {
+	Spec   *jobs.Spec  `json:"spec"`
+	Status jobs.Status `json:"status"`
 }
 
 // Worker is a registered worker and its lease.
@@ -110,6 +118,18 @@ func Take(ctx context.Context, reg *registry.Registry) (*Snapshot, error) {
 		})
 		s.Models = append(s.Models, m)
 	}
+	js := jobs.NewStore(reg.Client(), reg.Cluster())
+	list, _, _, err := js.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	for _, sp := range list {
+		st, err := js.Status(ctx, sp.ID)
+		if err != nil {
+			return nil, err
+		}
+		s.Jobs = append(s.Jobs, Job{Spec: sp, Status: st})
+	}
 	return s, nil
 }
 
@@ -161,6 +181,31 @@ func (s *Snapshot) WriteText(w io.Writer) error {
 		}
 		writeTokens(b, m)
 		b.WriteString("\n")
+	}
+	if len(s.Jobs) > 0 {
+		tw := tabwriter.NewWriter(b, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "JOB\tSTATE\tATTEMPT\tRANKS\tSTEP\tLOSS\tHELD-OUT\tTOKENS/S\tCHECKPOINT")
+		for _, j := range s.Jobs {
+			sp, st := j.Spec, j.Status
+			ranks := make([]string, len(sp.Assigned))
+			for i, w := range sp.Assigned {
+				ranks[i] = string(w)
+			}
+			steps := sp.Job.Steps
+			if sp.Golden != nil {
+				steps = sp.Golden.Steps
+			}
+			eval := "-"
+			if st.EvalLoss != 0 {
+				eval = fmt.Sprintf("%.4f", st.EvalLoss)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d/%d\t%.4f\t%s\t%.0f\t%s\n", sp.ID, sp.State, sp.Attempt, dash(strings.Join(ranks, ",")),
+				st.Step, steps, st.Loss, eval, st.TokensPerS, dash(st.Checkpoint))
+			if sp.Error != "" {
+				fmt.Fprintf(tw, "  error: %s\n", sp.Error)
+			}
+		}
+		tw.Flush()
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

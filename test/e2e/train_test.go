@@ -12,6 +12,7 @@ import (
 
 	"github.com/switchyard/switchyard/internal/localcluster"
 	"github.com/switchyard/switchyard/pkg/jobs"
+	"github.com/switchyard/switchyard/pkg/status"
 	"github.com/switchyard/switchyard/pkg/train"
 )
 
@@ -119,6 +120,17 @@ func TestDistributedTrainingReproducesOneProcess(t *testing.T) {
 				}
 				t.Logf("%d worker processes: %d steps in %v, worst |loss - one process| %.2g (%.4f -> %.4f)",
 					n, steps, time.Since(start).Round(time.Millisecond), worst, got[0], got[steps-1])
+				// switchyard status shows the job's step, loss and speed.
+				snap, err := status.Take(ctx, lc.Registry)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var text strings.Builder
+				snap.WriteText(&text)
+				if len(snap.Jobs) != 1 || snap.Jobs[0].Status.Step != steps || snap.Jobs[0].Status.TokensPerS <= 0 ||
+					!strings.Contains(text.String(), "job ") && !strings.Contains(text.String(), "JOB") {
+					t.Errorf("status does not show the finished job:\n%s", text.String())
+				}
 				lc.Close()
 			}
 		})
