@@ -20,7 +20,7 @@ func trainCmd() *cobra.Command {
 	var etcd, clusterName string
 	cmd := &cobra.Command{
 		Use:   "train --text FILE --out DIR (--preset NAME | --init-from DIR) [flags]",
-		Short: "Train a MoE model on a text file (single process)",
+		Short: "Train a MoE model on a text file (in this process or on N workers)",
 		Long: `train trains a model from scratch (--preset) or fine-tunes a Hugging Face
 checkpoint (--init-from) on a UTF-8 text file, with AdamW, warmup + cosine
 learning rate, gradient clipping and periodic held-out evaluation.
