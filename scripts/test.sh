@@ -38,6 +38,17 @@ for dir in testdata/golden/*/; do
 	fi
 done
 
+stage "golden checks across worker processes: switchyard verify --workers 2 and 3"
+for dir in testdata/golden/*/; do
+	[ -f "$dir/config.json" ] || continue
+	for n in 2 3; do
+		out=$(bin/switchyard verify --model "$dir" --workers "$n" 2>/tmp/switchyard-verify-stderr) || {
+			echo "$out"; cat /tmp/switchyard-verify-stderr; exit 1
+		}
+		echo "$(basename "$dir") --workers $n: $(echo "$out" | tail -n 1)"
+	done
+done
+
 stage "generated protobuf code is up to date"
 scripts/verify-genproto.sh
 
