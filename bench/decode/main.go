@@ -7,7 +7,10 @@
 // MoE layer routes to. bound = copy bandwidth / weight bytes read per token.
 // Copy bandwidth follows STREAM's convention: (bytes read + bytes written)
 // per second of copy(dst, src) over buffers far larger than the caches, best
-// of several runs, with as many goroutines as GOMAXPROCS.
+// of several runs, with as many goroutines as GOMAXPROCS. Decode only reads,
+// and a read-only stream moves fewer bytes per second than a copy's reads
+// plus writes, so the run also reports the weight-stream bandwidth (the bf16
+// GEMV kernel alone over 1 GiB) and the bound it implies.
 //
 // Usage: go run ./bench/decode [-dir DIR] [-tokens N]
 package main
@@ -19,10 +22,12 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"sync"
 	"time"
 
 	"github.com/switchyard/switchyard/pkg/model"
+	"github.com/switchyard/switchyard/pkg/tensor"
 )
 
 func main() {
@@ -34,6 +39,7 @@ func main() {
 	topk := flag.Int("topk", 4, "experts per token")
 	inter := flag.Int("inter", 2816, "expert intermediate size")
 	vocab := flag.Int("vocab", 32000, "vocabulary size")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the timed decode steps")
 	flag.Parse()
 
 	hf := map[string]any{
@@ -70,6 +76,7 @@ func main() {
 	perToken += int64(c.NumMoELayers()*c.MoE.Router.TopK) * expertBytes
 
 	bw := copyBandwidth(1 << 30)
+	rbw := streamBandwidth(1 << 30)
 
 	ctx := context.Background()
 	seq := m.NewSeq()
@@ -84,6 +91,14 @@ func main() {
 		fail(err)
 	}
 	next = model.Argmax(out.Logits)
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fail(err)
+		}
+		pprof.StartCPUProfile(f)
+		defer pprof.StopCPUProfile()
+	}
 	t0 := time.Now()
 	for i := 0; i < *tokens; i++ {
 		out, err = m.Forward(ctx, []*model.Seq{seq}, [][]int32{{next}}, model.Options{})
@@ -104,6 +119,31 @@ func main() {
 	fmt.Printf("bandwidth bound               %.2f tokens/s\n", bound)
 	fmt.Printf("decode                        %.2f tokens/s (%d tokens in %v)\n", tps, *tokens, el.Round(time.Millisecond))
 	fmt.Printf("decode / bound                %.2f\n", tps/bound)
+	rbound := rbw / float64(perToken)
+	fmt.Printf("weight-stream bandwidth       %.2f GB/s (bf16 GEMV over 1 GiB, read only)\n", rbw/1e9)
+	fmt.Printf("weight-stream bound           %.2f tokens/s\n", rbound)
+	fmt.Printf("decode / weight-stream bound  %.2f\n", tps/rbound)
+}
+
+// streamBandwidth returns the best rate (bytes read per second) at which
+// the bf16 GEMV kernel streams a matrix of n bytes from memory: the
+// read-only ceiling a decode step can reach on this machine.
+func streamBandwidth(n int) float64 {
+	const k = 1024
+	rows := n / (2 * k)
+	w := make([]uint16, rows*k)
+	for i := range w {
+		w[i] = uint16(i)
+	}
+	x := make([]float32, k)
+	y := make([]float32, rows)
+	best := 0.0
+	for rep := 0; rep < 5; rep++ {
+		t0 := time.Now()
+		tensor.GemvTBF16(rows, k, w, k, x, y, 0)
+		best = max(best, float64(rows*k*2)/time.Since(t0).Seconds())
+	}
+	return best
 }
 
 // copyBandwidth returns the best (read+written bytes)/s of copying n bytes,

@@ -161,12 +161,16 @@ func (s *Store) Compute(ctx context.Context, layer int, plan *router.Plan, x []f
 		lo, hi := plan.Rows(e)
 		s.ComputeRows(ffns[e], plan.Token[lo:hi], x, d, y[lo*d:hi*d])
 	}
-	if plan.Len() <= 4*E { // few rows per expert: parallel over experts
-		tensor.ParallelFor(E, 1, func(a, b int) {
-			for e := a; e < b; e++ {
-				if ffns[e] != nil {
-					run(e)
-				}
+	if plan.Len() <= 4*E { // few rows per expert (decode): parallel over the experts that have rows
+		var active []int
+		for e := 0; e < E; e++ {
+			if ffns[e] != nil {
+				active = append(active, e)
+			}
+		}
+		tensor.ParallelFor(len(active), 1, func(a, b int) {
+			for _, e := range active[a:b] {
+				run(e)
 			}
 		})
 		return nil
