@@ -1,0 +1,599 @@
+// Command collectives benchmarks all-reduce and all-to-all (pkg/collective)
+// the way nccl-tests does, one process per host, and reports them against
+// the raw-TCP ceiling C of the same links measured in the same run.
+//
+// Every process is started with the same -peers list and its own -rank;
+// rank 0 prints the table. Per run:
+//
+//  1. C: every rank streams raw TCP to its ring neighbour (r -> r+1, the
+//     ring's traffic pattern) for -probe seconds at once; C is the mean
+//     receive rate per link over the last three quarters of that window.
+//     The same for the all-to-all pattern (every rank to every other) is
+//     printed for reference.
+//  2. RTT: median of 200 gRPC pings from rank 0 to rank 1 with the other
+//     ranks idle (the rtts column's unit), and with every rank pinging its
+//     ring neighbour at once (printed for reference).
+//  3. For each operation and size: a warm-up, then enough iterations to
+//     fill about -target seconds (at least 3); time is the slowest rank's
+//     mean per iteration.
+//
+// Operations: allreduce (size-based choice: recursive doubling up to 32
+// KiB, ring above), allreduce-bf16 (bf16 on the wire; sizes and busbw still
+// count float32 bytes, so busbw/C can reach 2), allreduce-ring and
+// allreduce-rd (each algorithm forced, small sizes only, to check the
+// threshold), alltoall.
+//
+// Columns (nccl-tests definitions): size = bytes of float32 data for
+// all-reduce, bytes sent per rank for all-to-all (each peer gets size/n,
+// the /peer column; the sizes always include 1 MiB per peer); algbw = size
+// / time; busbw = algbw x 2(n-1)/n for all-reduce, algbw x (n-1)/n for
+// all-to-all; busbw/C; rtts = time / RTT; cpu = (user+sys CPU seconds) /
+// wall seconds of each process during the timed iterations (mean and max
+// over ranks; 1.0 = one core busy); host = busy fraction of the whole
+// machine (all cores, every process on it, other users' too) from
+// /proc/stat over the same interval. MB = 1e6 bytes.
+//
+// Usage (normally through scripts/bench-collectives.sh):
+//
+//	collectives -rank R -peers 10.77.0.1:7070,10.77.0.2:7070,... [-label 4x1gbit] [-rate 1e9]
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"math/bits"
+	"net"
+	"os"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/switchyard/switchyard/pkg/allreduce"
+	"github.com/switchyard/switchyard/pkg/collective"
+)
+
+type options struct {
+	rank       int
+	peers      []string
+	label      string
+	rateBits   float64 // configured link rate, bits/s (for the report)
+	probe      time.Duration
+	target     time.Duration
+	sizes      []int
+	ops        []string
+	smallOps   int // largest size for the *-ring / *-rd cross-check ops
+	chunk      int
+	window     int
+	timeout    time.Duration
+	probePort  int
+	cpuProfile *os.File
+	maxIters   int
+}
+
+func main() {
+	var o options
+	peers := flag.String("peers", "", "comma-separated host:port of every rank, by rank")
+	flag.IntVar(&o.rank, "rank", -1, "this process's rank")
+	flag.StringVar(&o.label, "label", "", "cluster label for the report (e.g. 4x1gbit)")
+	flag.Float64Var(&o.rateBits, "rate", 0, "configured link rate in bits/s, for the report")
+	flag.DurationVar(&o.probe, "probe", 4*time.Second, "raw-TCP probe duration per pattern")
+	flag.DurationVar(&o.target, "target", 1500*time.Millisecond, "timed duration per size (at least 3 iterations)")
+	sizes := flag.String("sizes", "4K,16K,64K,256K,1M,4M,16M,64M,256M", "sizes (K, M suffixes: KiB, MiB)")
+	ops := flag.String("ops", "allreduce,allreduce-bf16,alltoall,allreduce-ring,allreduce-rd", "operations: allreduce (auto), allreduce-bf16, allreduce-ring, allreduce-rd, alltoall")
+	small := flag.String("cross-check-max", "1M", "largest size for allreduce-ring and allreduce-rd")
+	flag.IntVar(&o.chunk, "chunk", 0, "chunk bytes (0: collective.DefaultChunkBytes)")
+	flag.IntVar(&o.window, "window", 0, "chunks in flight per peer (0: collective.DefaultWindow)")
+	flag.IntVar(&o.maxIters, "max-iters", 500, "most timed iterations per size")
+	flag.DurationVar(&o.timeout, "timeout", 120*time.Second, "per-operation timeout")
+	flag.IntVar(&o.probePort, "probe-port-offset", 1, "raw-TCP probe port = gRPC port + this")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the operations to this file (%d: rank)")
+	flag.Parse()
+	if *cpuProfile != "" {
+		f, err := os.Create(strings.ReplaceAll(*cpuProfile, "%d", strconv.Itoa(o.rank)))
+		if err != nil {
+			fail(err)
+		}
+		o.cpuProfile = f
+	}
+
+	o.peers = strings.Split(*peers, ",")
+	if *peers == "" || o.rank < 0 || o.rank >= len(o.peers) {
+		fail(fmt.Errorf("need -peers and a -rank in [0, %d)", len(o.peers)))
+	}
+	var err error
+	if o.sizes, err = parseSizes(*sizes); err != nil {
+		fail(err)
+	}
+	smalls, err := parseSizes(*small)
+	if err != nil || len(smalls) != 1 {
+		fail(fmt.Errorf("-cross-check-max %q", *small))
+	}
+	o.smallOps = smalls[0]
+	o.ops = strings.Split(*ops, ",")
+	if err := run(o); err != nil {
+		fail(err)
+	}
+}
+
+func fail(err error) {
+	fmt.Fprintf(os.Stderr, "collectives: %v\n", err)
+	os.Exit(1)
+}
+
+func parseSizes(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		mult := 1
+		switch {
+		case strings.HasSuffix(f, "K"):
+			mult, f = 1<<10, strings.TrimSuffix(f, "K")
+		case strings.HasSuffix(f, "M"):
+			mult, f = 1<<20, strings.TrimSuffix(f, "M")
+		case strings.HasSuffix(f, "G"):
+			mult, f = 1<<30, strings.TrimSuffix(f, "G")
+		}
+		v, err := strconv.Atoi(f)
+		if err != nil || v <= 0 {
+			return nil, fmt.Errorf("bad size %q", f)
+		}
+		out = append(out, v*mult)
+	}
+	return out, nil
+}
+
+func probeAddr(o options, r int) (string, error) {
+	host, port, err := net.SplitHostPort(o.peers[r])
+	if err != nil {
+		return "", err
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil {
+		return "", err
+	}
+	return net.JoinHostPort(host, strconv.Itoa(p+o.probePort)), nil
+}
+
+// bench is one process's state.
+type bench struct {
+	o     options
+	g     *collective.Group
+	n     int
+	rank  int
+	sink  *sink
+	probe net.Listener
+}
+
+func run(o options) error {
+	_, port, err := net.SplitHostPort(o.peers[o.rank])
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", ":"+port)
+	if err != nil {
+		return err
+	}
+	pa, err := probeAddr(o, o.rank)
+	if err != nil {
+		return err
+	}
+	_, pport, _ := net.SplitHostPort(pa)
+	plis, err := net.Listen("tcp", ":"+pport)
+	if err != nil {
+		return err
+	}
+	defer plis.Close()
+	g, err := collective.New(collective.Config{
+		Group: "bench-collectives", Rank: o.rank, Peers: o.peers,
+		ChunkBytes: o.chunk, Window: o.window, OpTimeout: o.timeout,
+	}, lis)
+	if err != nil {
+		return err
+	}
+	defer g.Close()
+	b := &bench{o: o, g: g, n: len(o.peers), rank: o.rank, sink: &sink{}, probe: plis}
+	go b.sink.serve(plis)
+
+	ctx := context.Background()
+	cctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	err = g.Connect(cctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	if err := b.barrier(); err != nil {
+		return err
+	}
+
+	ringC, err := b.tcpProbe(false)
+	if err != nil {
+		return err
+	}
+	a2aC, err := b.tcpProbe(true)
+	if err != nil {
+		return err
+	}
+	rtt, busyRTT, err := b.rtt()
+	if err != nil {
+		return err
+	}
+	c := mean(ringC)
+	b.printf("# cluster %s: n=%d, link rate %s each way; GOMAXPROCS-visible CPUs %d\n", o.label, b.n, fmtRate(o.rateBits), numCPU())
+	b.printf("# C (raw TCP, ring pattern r->r+1, all links at once): mean %.1f MB/s per link (min %.1f, max %.1f) = %.3f x rate\n",
+		c/1e6, slices.Min(ringC)/1e6, slices.Max(ringC)/1e6, c*8/o.rateBits)
+	b.printf("#   raw TCP, all-to-all pattern: mean %.1f MB/s received per host (min %.1f, max %.1f) = %.3f x rate\n",
+		mean(a2aC)/1e6, slices.Min(a2aC)/1e6, slices.Max(a2aC)/1e6, mean(a2aC)*8/o.rateBits)
+	b.printf("# RTT (gRPC ping, median of 200): %.0f us rank 0 -> 1 alone (the rtts column); %.0f us with every rank pinging its neighbour at once\n",
+		rtt.Seconds()*1e6, busyRTT.Seconds()*1e6)
+	b.printf("# small-buffer bound: 2*ceil(log2 n) = %d round trips\n", 2*bits.Len(uint(b.n-1)))
+	b.printf("# MB = 1e6 bytes; sizes in KiB/MiB; time = slowest rank's mean per iteration\n")
+	b.printf("%-15s %2s %6s %6s %4s %5s %11s %9s %9s %7s %7s %11s %5s\n",
+		"op", "n", "size", "/peer", "alg", "iters", "time(us)", "algbw", "busbw", "busbw/C", "rtts", "cpu mean/max", "host")
+	if o.cpuProfile != nil {
+		if err := pprof.StartCPUProfile(o.cpuProfile); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	for _, op := range o.ops {
+		sizes := o.sizes
+		if op == "alltoall" && !slices.Contains(sizes, b.n<<20) && b.n<<20 <= slices.Max(sizes) {
+			// Always include 1 MiB per peer, the target's threshold.
+			sizes = append(slices.Clone(sizes), b.n<<20)
+			slices.Sort(sizes)
+		}
+		for _, size := range sizes {
+			if (op == "allreduce-ring" || op == "allreduce-rd") && size > o.smallOps {
+				continue
+			}
+			if err := b.measure(op, size, c, rtt); err != nil {
+				return fmt.Errorf("%s %d bytes: %w", op, size, err)
+			}
+		}
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	return g.Shutdown(sctx)
+}
+
+func (b *bench) printf(format string, args ...any) {
+	if b.rank == 0 {
+		fmt.Printf(format, args...)
+	}
+}
+
+// barrier is a tiny all-reduce.
+func (b *bench) barrier() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	return b.g.AllReduce(ctx, make([]float32, 1))
+}
+
+// gather returns every rank's x (an all-reduce of one-hot vectors).
+func (b *bench) gather(x ...float64) ([][]float64, error) {
+	k := len(x)
+	v := make([]float32, b.n*k)
+	for i, xi := range x {
+		v[b.rank*k+i] = float32(xi)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if err := b.g.AllReduceWith(ctx, v, collective.ReduceOptions{Algorithm: allreduce.RecursiveDoubling}); err != nil {
+		return nil, err
+	}
+	out := make([][]float64, b.n)
+	for r := range b.n {
+		out[r] = make([]float64, k)
+		for i := range k {
+			out[r][i] = float64(v[r*k+i])
+		}
+	}
+	return out, nil
+}
+
+// tcpProbe streams raw TCP, ring or all-to-all pattern, on all ranks at
+// once and returns every rank's receive rate (bytes/s) over the window
+// after the first quarter (TCP's ramp-up).
+func (b *bench) tcpProbe(all bool) ([]float64, error) {
+	var dsts []int
+	for d := range b.n {
+		if d != b.rank && (all || d == (b.rank+1)%b.n) {
+			dsts = append(dsts, d)
+		}
+	}
+	conns := make([]net.Conn, len(dsts))
+	for i, d := range dsts {
+		a, err := probeAddr(b.o, d)
+		if err != nil {
+			return nil, err
+		}
+		if conns[i], err = net.Dial("tcp", a); err != nil {
+			return nil, err
+		}
+	}
+	if err := b.barrier(); err != nil {
+		return nil, err
+	}
+	start := time.Now()
+	stop := start.Add(b.o.probe)
+	var wg sync.WaitGroup
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 1<<20)
+			for time.Now().Before(stop) {
+				if _, err := c.Write(buf); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(b.o.probe / 4)
+	b0, t0 := b.sink.bytes.Load(), time.Now()
+	time.Sleep(time.Until(stop))
+	b1, t1 := b.sink.bytes.Load(), time.Now()
+	for _, c := range conns {
+		c.Close()
+	}
+	wg.Wait()
+	rate := float64(b1-b0) / t1.Sub(t0).Seconds()
+	rates, err := b.gather(rate)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]float64, b.n)
+	for r := range b.n {
+		out[r] = rates[r][0]
+	}
+	return out, nil
+}
+
+// sink counts the bytes of every probe connection.
+type sink struct{ bytes atomic.Int64 }
+
+func (s *sink) serve(lis net.Listener) {
+	for {
+		c, err := lis.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			buf := make([]byte, 1<<20)
+			for {
+				n, err := c.Read(buf)
+				s.bytes.Add(int64(n))
+				if err == io.EOF || err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+// rtt returns the median round trip of 200 gRPC pings: from rank 0 to
+// rank 1 with every other rank idle, and with every rank pinging its ring
+// neighbour at the same time (as in a collective's step, where every
+// member is busy), as every rank learns them.
+func (b *bench) rtt() (idle, busy time.Duration, err error) {
+	pings := func(to int) (float64, error) {
+		var ds []float64
+		for range 200 {
+			d, err := b.g.Ping(context.Background(), to)
+			if err != nil {
+				return 0, err
+			}
+			ds = append(ds, d.Seconds())
+		}
+		slices.Sort(ds)
+		return ds[len(ds)/2], nil
+	}
+	var med float64
+	if b.rank == 0 && b.n > 1 {
+		if med, err = pings(1); err != nil {
+			return 0, 0, err
+		}
+	}
+	all, err := b.gather(med)
+	if err != nil {
+		return 0, 0, err
+	}
+	idle = time.Duration(all[0][0] * 1e9)
+	med = 0
+	if b.n > 1 {
+		if med, err = pings((b.rank + 1) % b.n); err != nil {
+			return 0, 0, err
+		}
+	}
+	if all, err = b.gather(med); err != nil {
+		return 0, 0, err
+	}
+	var meds []float64
+	for _, m := range all {
+		meds = append(meds, m[0])
+	}
+	slices.Sort(meds)
+	return idle, time.Duration(meds[len(meds)/2] * 1e9), nil
+}
+
+// measure runs one (op, size) row.
+func (b *bench) measure(op string, size int, c float64, rtt time.Duration) error {
+	var runOnce func(ctx context.Context) error
+	alg := "-"
+	switch op {
+	case "allreduce", "allreduce-bf16", "allreduce-ring", "allreduce-rd":
+		buf := make([]float32, size/4)
+		for i := range buf {
+			buf[i] = float32(b.rank + 1)
+		}
+		opt := collective.ReduceOptions{}
+		switch op {
+		case "allreduce-bf16":
+			opt.Format = allreduce.BF16
+		case "allreduce-ring":
+			opt.Algorithm = allreduce.Ring
+		case "allreduce-rd":
+			opt.Algorithm = allreduce.RecursiveDoubling
+		}
+		a := opt.Algorithm
+		if a == allreduce.Auto {
+			a = allreduce.Choose(b.n, size, b.g.Config().SmallBytes)
+		}
+		alg = a.String()
+		runOnce = func(ctx context.Context) error { return b.g.AllReduceWith(ctx, buf, opt) }
+	case "alltoall":
+		per := size / b.n
+		send := make([][]byte, b.n)
+		for s := range send {
+			send[s] = make([]byte, per)
+		}
+		recv := make([][]byte, b.n)
+		runOnce = func(ctx context.Context) error {
+			var err error
+			recv, err = b.g.AllToAll(ctx, send, recv)
+			return err
+		}
+	default:
+		return fmt.Errorf("unknown op %q", op)
+	}
+	ctx := context.Background()
+	// Warm up, and agree on the iteration count from the slowest rank.
+	t0 := time.Now()
+	if err := runOnce(ctx); err != nil {
+		return err
+	}
+	warm, err := b.gather(time.Since(t0).Seconds())
+	if err != nil {
+		return err
+	}
+	slowest := 0.0
+	for _, w := range warm {
+		slowest = max(slowest, w[0])
+	}
+	iters := int(math.Ceil(b.o.target.Seconds() / slowest))
+	iters = max(3, min(iters, b.o.maxIters))
+
+	if err := b.barrier(); err != nil {
+		return err
+	}
+	host0 := readHostCPU()
+	cpu0 := processCPU()
+	t0 = time.Now()
+	for range iters {
+		if err := runOnce(ctx); err != nil {
+			return err
+		}
+	}
+	wall := time.Since(t0)
+	cpu := (processCPU() - cpu0).Seconds() / wall.Seconds()
+	host := readHostCPU().busySince(host0)
+	per, err := b.gather(wall.Seconds()/float64(iters), cpu)
+	if err != nil {
+		return err
+	}
+	t, cpuSum, cpuMax := 0.0, 0.0, 0.0
+	for _, p := range per {
+		t = max(t, p[0])
+		cpuSum += p[1]
+		cpuMax = max(cpuMax, p[1])
+	}
+	algbw := float64(size) / t
+	factor := float64(b.n-1) / float64(b.n)
+	if strings.HasPrefix(op, "allreduce") {
+		factor *= 2
+	}
+	busbw := algbw * factor
+	perPeer := "-"
+	if op == "alltoall" {
+		perPeer = fmtSize(size / b.n)
+	}
+	b.printf("%-15s %2d %6s %6s %4s %5d %11.1f %9.2f %9.2f %7.3f %7.1f %5.2f/%-5.2f %5.2f\n",
+		op, b.n, fmtSize(size), perPeer, alg, iters, t*1e6, algbw/1e6, busbw/1e6, busbw/c, t/rtt.Seconds(), cpuSum/float64(b.n), cpuMax, host)
+	return nil
+}
+
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// hostCPU is the aggregate "cpu" line of /proc/stat, in ticks.
+type hostCPU struct{ busy, total uint64 }
+
+func readHostCPU() hostCPU {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return hostCPU{}
+	}
+	line, _, _ := strings.Cut(string(data), "\n")
+	f := strings.Fields(line)
+	var h hostCPU
+	for i, s := range f[1:] {
+		v, _ := strconv.ParseUint(s, 10, 64)
+		h.total += v
+		if i != 3 && i != 4 { // idle, iowait
+			h.busy += v
+		}
+	}
+	return h
+}
+
+func (h hostCPU) busySince(h0 hostCPU) float64 {
+	if h.total == h0.total {
+		return 0
+	}
+	return float64(h.busy-h0.busy) / float64(h.total-h0.total)
+}
+
+func numCPU() int {
+	data, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, l := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(l, "cpu") && !strings.HasPrefix(l, "cpu ") {
+			n++
+		}
+	}
+	return n
+}
+
+func mean(x []float64) float64 {
+	s := 0.0
+	for _, v := range x {
+		s += v
+	}
+	return s / float64(len(x))
+}
+
+func fmtSize(n int) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%dM", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%dK", n>>10)
+	}
+	return strconv.Itoa(n)
+}
+
+func fmtRate(bits float64) string {
+	switch {
+	case bits >= 1e9:
+		return fmt.Sprintf("%g Gbit/s", bits/1e9)
+	case bits > 0:
+		return fmt.Sprintf("%g Mbit/s", bits/1e6)
+	}
+	return "unknown"
+}
