@@ -23,7 +23,7 @@ stage "go test"
 go test -count=1 -timeout 15m ./...
 
 stage "go test -race (concurrent packages)"
-go test -count=1 -race -timeout 15m ./pkg/expert/ ./pkg/tensor/ ./pkg/safetensors/ ./pkg/transport/ ./pkg/registry/ ./pkg/coordinator/ ./pkg/worker/ ./pkg/train/
+go test -count=1 -race -timeout 15m ./pkg/expert/ ./pkg/tensor/ ./pkg/safetensors/ ./pkg/transport/ ./pkg/registry/ ./pkg/coordinator/ ./pkg/worker/ ./pkg/train/ ./pkg/allreduce/ ./pkg/collective/ ./pkg/jobs/
 
 stage "golden checks: switchyard verify"
 mkdir -p bin
@@ -54,6 +54,14 @@ scripts/verify-genproto.sh
 
 stage "end-to-end: real etcd, coordinator and worker processes"
 SWITCHYARD_E2E=1 go test -count=1 -timeout 10m ./test/e2e ./cmd/switchyard
+
+stage "emulated multi-host cluster: network namespaces, tc tbf 1 Gbit/s links"
+if [ "$(id -u)" -eq 0 ]; then
+	scripts/netns/e2e.sh
+else
+	echo "not root: network namespaces need root (CI runs as root)"
+	[ -z "${CI:-}" ] || exit 1
+fi
 
 stage "fuzz smoke ($FUZZTIME each)"
 for target in "./pkg/safetensors FuzzHeader" "./pkg/tokenizer FuzzEncode" "./pkg/tokenizer FuzzLoad" "./pkg/tokenizer FuzzTrain" "./pkg/wire FuzzUnmarshal"; do

@@ -68,6 +68,10 @@ func (r *Registry) Register(ctx context.Context, info cluster.WorkerInfo, ttl ti
 		}
 		fps := make([]string, len(models))
 		for i, m := range models {
+			if m.Fingerprint == info.Model {
+				// Registered between the two reads: not a mismatch; retry.
+				return nil, fmt.Errorf("%s: model %s was registered just now; retry: %w", who, info.Model, ErrNoModel)
+			}
 			fps[i] = fmt.Sprintf("%s (%s)", m.Fingerprint, m.Name)
 		}
 		return nil, fmt.Errorf("%s: it loaded model %s, the cluster serves %v: %w", who, info.Model, fps, ErrModelMismatch)
