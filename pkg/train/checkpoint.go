@@ -1,9 +1,12 @@
 package train
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sort"
@@ -232,6 +235,16 @@ func FinishCheckpoint(tmp, dir string, cfg *model.Config, state TrainerState) er
 	if err := writeFileSync(filepath.Join(tmp, "trainer_state.json"), st); err != nil {
 		return err
 	}
+	// Checksums of every file, written last: a checkpoint whose files do not
+	// match them is refused on resume (VerifyCheckpoint).
+	sums, err := checksumDir(tmp)
+	if err != nil {
+		return err
+	}
+	sb, _ := json.MarshalIndent(sums, "", "  ")
+	if err := writeFileSync(filepath.Join(tmp, ChecksumFile), sb); err != nil {
+		return err
+	}
 	if err := syncDir(tmp); err != nil {
 		return err
 	}
@@ -407,4 +420,67 @@ func WriteInit(dir string, p *Prepared) error {
 		return err
 	}
 	return FinishCheckpoint(tmp, dir, m.Cfg, *p.State)
+}
+
+// ChecksumFile maps every other file of a checkpoint to its SHA-256 (hex).
+const ChecksumFile = "checksums.json"
+
+// ErrCorruptCheckpoint is wrapped by VerifyCheckpoint's errors.
+var ErrCorruptCheckpoint = errors.New("corrupt checkpoint")
+
+func checksumDir(dir string) (map[string]string, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	sums := map[string]string{}
+	for _, e := range ents {
+		if e.IsDir() || e.Name() == ChecksumFile {
+			continue
+		}
+		f, err := os.Open(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		h := sha256.New()
+		_, err = io.Copy(h, f)
+		f.Close()
+		if err != nil {
+			return nil, err
+		}
+		sums[e.Name()] = hex.EncodeToString(h.Sum(nil))
+	}
+	return sums, nil
+}
+
+// VerifyCheckpoint checks every file of a checkpoint against its
+// checksums: a missing, extra or altered file is an error naming it.
+func VerifyCheckpoint(dir string) error {
+	b, err := os.ReadFile(filepath.Join(dir, ChecksumFile))
+	if err != nil {
+		return fmt.Errorf("train: %s: %w: %v", dir, ErrCorruptCheckpoint, err)
+	}
+	var want map[string]string
+	if err := json.Unmarshal(b, &want); err != nil {
+		return fmt.Errorf("train: %s/%s: %w: %v", dir, ChecksumFile, ErrCorruptCheckpoint, err)
+	}
+	got, err := checksumDir(dir)
+	if err != nil {
+		return fmt.Errorf("train: %s: %w", dir, err)
+	}
+	var errs []error
+	for name, sum := range want {
+		switch g, ok := got[name]; {
+		case !ok:
+			errs = append(errs, fmt.Errorf("train: %s: %w: %s is missing", dir, ErrCorruptCheckpoint, name))
+		case g != sum:
+			errs = append(errs, fmt.Errorf("train: %s: %w: %s does not match its checksum", dir, ErrCorruptCheckpoint, name))
+		}
+	}
+	for name := range got {
+		if _, ok := want[name]; !ok {
+			errs = append(errs, fmt.Errorf("train: %s: %w: unexpected file %s", dir, ErrCorruptCheckpoint, name))
+		}
+	}
+	return errors.Join(errs...)
 }

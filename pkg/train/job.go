@@ -152,6 +152,9 @@ func Prepare(cfg JobConfig, logf func(format string, args ...any)) (*Prepared, e
 	switch {
 	case p.ResumeDir != "":
 		dir := p.ResumeDir
+		if err := VerifyCheckpoint(dir); err != nil {
+			return nil, err
+		}
 		if p.State, err = ReadTrainerState(dir); err != nil {
 			return nil, err
 		}

@@ -146,6 +146,27 @@ func TestBadTrainingInputs(t *testing.T) {
 		})
 	}
 
+	t.Run("corrupt checkpoint", func(t *testing.T) {
+		out := t.TempDir()
+		res, err := Run(ctx, smallJob(t, out, 3))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := VerifyCheckpoint(res.Checkpoint); err != nil {
+			t.Fatalf("a fresh checkpoint does not verify: %v", err)
+		}
+		victim := filepath.Join(res.Checkpoint, "model-L001-E003.safetensors")
+		b, _ := os.ReadFile(victim)
+		b[len(b)-1] ^= 0x40 // one flipped bit in the weights
+		os.WriteFile(victim, b, 0o644)
+		cfg := smallJob(t, out, 6)
+		cfg.Resume = true
+		_, err = Run(ctx, cfg)
+		if !errors.Is(err, ErrCorruptCheckpoint) || !strings.Contains(err.Error(), "model-L001-E003.safetensors") {
+			t.Fatalf("resume from a corrupt checkpoint: err = %v", err)
+		}
+	})
+
 	t.Run("checkpoint of a different model", func(t *testing.T) {
 		out := t.TempDir()
 		if _, err := Run(ctx, smallJob(t, out, 3)); err != nil {
