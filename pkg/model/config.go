@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/switchyard/switchyard/pkg/router"
+	"github.com/switchyard/switchyard/pkg/tensor"
 )
 
 // Family is a supported model_type.
@@ -45,24 +46,9 @@ const (
 // `rope_parameters` (transformers 5.x) or `rope_scaling` + `rope_theta`
 // (older checkpoints) spellings.
 type Rope struct {
-	Type  string  // default, linear, dynamic, yarn, llama3
-	Theta float64 // base
-	// Dim is the number of rotated dimensions per head (Dh x
-	// partial_rotary_factor, or Dr for MLA).
-	Dim int
+	tensor.RopeParams // frequencies (pkg/tensor computes them)
 	// Interleaved selects pairs (2i, 2i+1) (DeepSeek) instead of (i, i+Dim/2).
 	Interleaved bool
-
-	Factor          float64 // linear/dynamic/yarn/llama3 scaling factor
-	OriginalMaxPos  int     // original_max_position_embeddings (yarn, llama3)
-	AttentionFactor float64 // yarn: explicit attention factor (0 = derive)
-	BetaFast        float64 // yarn, default 32
-	BetaSlow        float64 // yarn, default 1
-	Mscale          float64 // yarn (DeepSeek): mscale
-	MscaleAllDim    float64 // yarn (DeepSeek): mscale_all_dim
-	Truncate        bool    // yarn: floor/ceil the correction range (default true)
-	LowFreqFactor   float64 // llama3
-	HighFreqFactor  float64 // llama3
 }
 
 // MLA holds Multi-head Latent Attention dimensions (DeepSeek-V2/V3).
@@ -396,7 +382,7 @@ func ParseConfig(data []byte) (*Config, error) {
 	// the softmax scale by mscale(factor, mscale_all_dim)^2 for any scaled
 	// RoPE that sets mscale_all_dim.
 	if c.MLA != nil && c.Rope.Type != "default" && c.Rope.MscaleAllDim != 0 && c.Rope.Factor > 0 {
-		m := yarnMscale(c.Rope.Factor, c.Rope.MscaleAllDim)
+		m := tensor.YarnMscale(c.Rope.Factor, c.Rope.MscaleAllDim)
 		c.AttnScale *= float32(m * m)
 	}
 	r.errs = append(r.errs, c.validate()...)
@@ -480,7 +466,7 @@ func parseRope(r *raw, dim int) Rope {
 	if rp == nil {
 		rp = &raw{m: map[string]json.RawMessage{}}
 	}
-	rope := Rope{Dim: dim, Truncate: true}
+	rope := Rope{RopeParams: tensor.RopeParams{Dim: dim, Truncate: true}}
 	rope.Type = rp.str("rope_type", rp.str("type", "default"))
 	rope.Theta = rp.float("rope_theta", r.float("rope_theta", 10000))
 	rope.Factor = rp.float("factor", 0)
