@@ -66,9 +66,13 @@ fi
 stage "fuzz smoke ($FUZZTIME each)"
 for target in "./pkg/safetensors FuzzHeader" "./pkg/tokenizer FuzzEncode" "./pkg/tokenizer FuzzLoad" "./pkg/tokenizer FuzzTrain" "./pkg/wire FuzzUnmarshal"; do
 	set -- $target
-	if go test -list "^$2\$" "$1" | grep -q "^$2\$"; then
-		go test -run '^$' -fuzz "^$2\$" -fuzztime "$FUZZTIME" "$1"
+	# (capture first: grep -q in a pipe would SIGPIPE go test under pipefail)
+	list=$(go test -list "^$2\$" "$1")
+	if ! grep -qx "$2" <<<"$list"; then
+		echo "fuzz target $2 not found in $1"; exit 1
 	fi
+	echo "-- $1 $2"
+	go test -run '^$' -fuzz "^$2\$" -fuzztime "$FUZZTIME" "$1" 2>&1 | grep -v '^fuzz: elapsed' || exit 1
 done
 
 stage "all tests passed"
