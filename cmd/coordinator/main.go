@@ -105,7 +105,7 @@ func serve(ctx context.Context, o options, stdout, stderr io.Writer) error {
 		return fmt.Errorf("--elem-bytes %d: want 4 or 2", o.elemBytes)
 	}
 
-	endpoints := splitList(o.etcd)
+	endpoints := registry.SplitEndpoints(o.etcd)
 	if len(endpoints) == 0 {
 		cfg := embedetcd.DefaultConfig()
 		cfg.Name = o.name
@@ -198,16 +198,6 @@ func serve(ctx context.Context, o options, stdout, stderr io.Writer) error {
 			return nil
 		}
 	}
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 func withScheme(u string) string {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/switchyard/switchyard/pkg/registry"
 	"github.com/switchyard/switchyard/pkg/train"
 )
 
@@ -54,7 +55,7 @@ Presets: ` + fmt.Sprint(train.PresetNames()),
 				return fmt.Errorf("train: --workers %d must be >= 1", workers)
 			}
 			if workers > 1 || etcd != "" {
-				return trainDistributed(ctx, cfg, workers, splitEndpoints(etcd), clusterName, cmd.OutOrStdout(), cmd.ErrOrStderr())
+				return trainDistributed(ctx, cfg, workers, registry.SplitEndpoints(etcd), clusterName, cmd.OutOrStdout(), cmd.ErrOrStderr())
 			}
 			res, err := train.Run(ctx, cfg)
 			if err != nil {

@@ -139,14 +139,3 @@ func followJob(ctx context.Context, store *jobs.Store, id string, steps int, std
 		}
 	}
 }
-
-// splitEndpoints splits a comma-separated endpoint list ("" -> none).
-func splitEndpoints(s string) []string {
-	var out []string
-	for _, e := range strings.Split(s, ",") {
-		if e = strings.TrimSpace(e); e != "" {
-			out = append(out, e)
-		}
-	}
-	return out
-}

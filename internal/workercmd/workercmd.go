@@ -72,7 +72,7 @@ SIGINT or SIGTERM leaves the cluster gracefully.`,
 				return fmt.Errorf("--log-level: %w", err)
 			}
 			cfg.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
-			cfg.Etcd = splitList(etcd)
+			cfg.Etcd = registry.SplitEndpoints(etcd)
 			cfg.ID = cluster.WorkerID(id)
 			cfg.GossipAddr = gossip
 			if gossip == "off" || gossip == "-" {
@@ -125,16 +125,6 @@ SIGINT or SIGTERM leaves the cluster gracefully.`,
 	_ = f.MarkHidden("protocol")
 	_ = cmd.MarkFlagRequired("model")
 	return cmd
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 // ParseBytes reads a byte count: a plain integer or one with a unit (B,

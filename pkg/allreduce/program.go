@@ -37,10 +37,13 @@ func (a Algorithm) String() string {
 // DefaultSmallBytes is the default size (bytes of float32 data, 4 per
 // element) at or below which Choose picks RecursiveDoubling. With per-step
 // latency a and link bandwidth B, recursive doubling costs about
-// log2(n)*(a + S/B) and the ring 2(n-1)*a + 2(n-1)/n*S/B; they cross near
-// S = 8aB for n = 4..8. At a = 60-100 us (a gRPC hop between network
-// namespaces) and B = 1 Gbit/s that is 60-100 KiB.
-const DefaultSmallBytes = 64 << 10
+// log2(n)*(a + S/B) and the ring 2(n-1)*a + 2(n-1)/n*S/B, so they cross
+// near S = 8aB for n = 4..8. Measured in the emulated cluster (gRPC
+// between network namespaces, 1 Gbit/s and 500 Mbit/s links; see
+// bench/results/collectives.txt, allreduce-rd vs allreduce-ring) the
+// crossover lies between 16 and 64 KiB for n = 4 and 8: recursive doubling
+// is 2x faster at 16 KiB, the ring 10-15% faster at 64 KiB.
+const DefaultSmallBytes = 32 << 10
 
 // Choose returns the algorithm for reducing bytes bytes of float32 data
 // over n ranks: RecursiveDoubling when bytes <= smallBytes, Ring above.

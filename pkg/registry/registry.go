@@ -370,3 +370,15 @@ func (r *Registry) Leader(ctx context.Context) (name, key string, err error) {
 	}
 	return string(resp.Kvs[0].Value), string(resp.Kvs[0].Key), nil
 }
+
+// SplitEndpoints parses a comma-separated list of etcd endpoints (as the
+// --etcd flags take it), dropping blanks; "" gives none.
+func SplitEndpoints(s string) []string {
+	var out []string
+	for _, e := range strings.Split(s, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			out = append(out, e)
+		}
+	}
+	return out
+}

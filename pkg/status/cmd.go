@@ -3,7 +3,6 @@ package status
 import (
 	"context"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -33,7 +32,7 @@ func StatusCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			cli, err := registry.Dial(ctx, splitList(endpoints))
+			cli, err := registry.Dial(ctx, registry.SplitEndpoints(endpoints))
 			if err != nil {
 				return err
 			}
@@ -58,14 +57,4 @@ func StatusCmd() *cobra.Command {
 	f.BoolVar(&asJSON, "json", false, "print JSON instead of text")
 	f.DurationVar(&timeout, "timeout", 10*time.Second, "give up after this long")
 	return cmd
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
