@@ -98,6 +98,7 @@ Presets: ` + fmt.Sprint(train.PresetNames()),
 	f.Float64Var(&cfg.HeldOut, "held-out", cfg.HeldOut, "fraction of the text held out for evaluation")
 	f.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed for initialization and data order")
 	f.IntVar(&workers, "workers", 1, "train data- and expert-parallel on N workers (a local cluster unless --etcd is given)")
+	f.IntVar(&cfg.ExpertReplicas, "expert-replicas", 1, "with --workers: workers holding a copy of each routed expert")
 	f.StringVar(&etcd, "etcd", "", "submit the job to the cluster at these etcd endpoints (comma-separated)")
 	f.StringVar(&clusterName, "cluster", "switchyard", "cluster key prefix in etcd (with --etcd)")
 	return cmd

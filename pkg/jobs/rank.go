@@ -146,9 +146,25 @@ func (r *Runner) runRank(ctx context.Context, sp Spec, rank int) {
 	lg.Info("rank finished", "steps", res.Steps)
 }
 
-// ownerRank deals routed experts round-robin over the ranks.
-func ownerRank(id expert.ID, experts, ranks int) int {
-	return (id.Layer*experts + id.Expert) % ranks
+// holders deals routed experts round-robin over the ranks: expert g (in
+// layer-major order) lives on ranks g, g+1, .., g+R-1 (mod n), the first
+// being its primary.
+func holders(id expert.ID, experts, ranks, replicas int) []int {
+	g := id.Layer*experts + id.Expert
+	h := make([]int, min(max(replicas, 1), ranks))
+	for j := range h {
+		h[j] = (g + j) % ranks
+	}
+	return h
+}
+
+func holds(id expert.ID, experts, ranks, replicas, rank int) bool {
+	for _, r := range holders(id, experts, ranks, replicas) {
+		if r == rank {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *Runner) rank(ctx context.Context, sp Spec, rank int, lg *slog.Logger) (*train.Result, error) {
@@ -167,7 +183,7 @@ func (r *Runner) rank(ctx context.Context, sp Spec, rank int, lg *slog.Logger) (
 		}
 		mcfg = ck.Config
 		E := mcfg.MoE.Router.NumExperts
-		m, owned, err = model.Load(mcfg, ck.Source, model.LoadOptions{Experts: func(id expert.ID) bool { return ownerRank(id, E, n) == rank }})
+		m, owned, err = model.Load(mcfg, ck.Source, model.LoadOptions{Experts: func(id expert.ID) bool { return holds(id, E, n, 1, rank) }})
 		ck.Close()
 		if err != nil {
 			return nil, err
@@ -178,11 +194,22 @@ func (r *Runner) rank(ctx context.Context, sp Spec, rank int, lg *slog.Logger) (
 		}
 		mcfg = p.Model
 		E := mcfg.MoE.Router.NumExperts
-		if m, owned, err = p.Load(func(id expert.ID) bool { return ownerRank(id, E, n) == rank }); err != nil {
+		R := sp.Job.ExpertReplicas
+		if m, owned, err = p.Load(func(id expert.ID) bool { return holds(id, E, n, R, rank) }); err != nil {
 			return nil, err
 		}
 	}
 	E := mcfg.MoE.Router.NumExperts
+	replicas := 1
+	if sp.Golden == nil {
+		replicas = min(max(sp.Job.ExpertReplicas, 1), n)
+	}
+	var allExperts []expert.ID
+	for l, moe := range mcfg.LayerIsMoE {
+		for e := 0; moe && e < E; e++ {
+			allExperts = append(allExperts, expert.ID{Layer: l, Expert: e})
+		}
+	}
 	fp := mcfg.Fingerprint()
 	self := r.Cfg.Self
 
@@ -247,7 +274,13 @@ func (r *Runner) rank(ctx context.Context, sp Spec, rank int, lg *slog.Logger) (
 		}
 		pl.Owners[l] = make([][]cluster.WorkerID, E)
 		for e := 0; e < E; e++ {
-			pl.Owners[l][e] = []cluster.WorkerID{ranks[ownerRank(expert.ID{Layer: l, Expert: e}, E, n)].Worker}
+			// This rank trains through copy (rank mod R): callers spread over
+			// the copies (the remote trainer uses the first listed owner).
+			h := holders(expert.ID{Layer: l, Expert: e}, E, n, replicas)
+			k := rank % len(h)
+			for j := range h {
+				pl.Owners[l][e] = append(pl.Owners[l][e], ranks[h[(k+j)%len(h)]].Worker)
+			}
 		}
 	}
 	ccfg := transport.DefaultClientConfig()
@@ -303,6 +336,10 @@ func (r *Runner) rank(ctx context.Context, sp Spec, rank int, lg *slog.Logger) (
 			r.Jobs.PutStatus(ctx, sp.ID, last)
 		}
 	}
-	res, err := train.RunRank(ctx, train.RankJob{Prepared: p, Comm: group, Model: m, Owned: owned, Observe: observe})
+	rj := train.RankJob{Prepared: p, Comm: group, Model: m, Owned: owned, Observe: observe}
+	if replicas > 1 {
+		rj.Replicas = &train.Replicas{Experts: allExperts, Holders: func(id expert.ID) []int { return holders(id, E, n, replicas) }}
+	}
+	res, err := train.RunRank(ctx, rj)
 	return res, shutdown(err)
 }

@@ -105,7 +105,7 @@ func WriteCheckpoint(dir string, ck *Checkpoint) error {
 	if err := WriteDense(tmp, ck); err != nil {
 		return err
 	}
-	if err := WriteExperts(tmp, ck.Stepper); err != nil {
+	if err := WriteExperts(tmp, ck.Stepper, nil); err != nil {
 		return err
 	}
 	return FinishCheckpoint(tmp, dir, ck.Stepper.Model.Cfg, ck.State)
@@ -177,12 +177,16 @@ func WriteDense(tmp string, ck *Checkpoint) error {
 
 // WriteExperts writes one weights file and one optimizer file per expert
 // of the stepper's store into a checkpoint's temporary directory (every
-// rank writes the experts it owns).
-func WriteExperts(tmp string, s *Stepper) error {
+// rank writes the experts it owns). only, if set, selects the experts to
+// write (a replicated expert is written by one holder).
+func WriteExperts(tmp string, s *Stepper, only func(expert.ID) bool) error {
 	c := s.Model.Cfg
 	ids := s.Store.IDs()
 	sortIDs(ids)
 	for _, id := range ids {
+		if only != nil && !only(id) {
+			continue
+		}
 		f := s.Store.Get(id)
 		if f == nil {
 			continue
@@ -416,7 +420,7 @@ func WriteInit(dir string, p *Prepared) error {
 	if err := WriteDense(tmp, ck); err != nil {
 		return err
 	}
-	if err := WriteExperts(tmp, s); err != nil {
+	if err := WriteExperts(tmp, s, nil); err != nil {
 		return err
 	}
 	return FinishCheckpoint(tmp, dir, m.Cfg, *p.State)

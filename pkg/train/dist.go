@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"strings"
 	"sync"
 	"time"
 
@@ -59,6 +60,85 @@ type DistStepper struct {
 	BucketBytes int
 	// Timings of the last step.
 	LastAllReduce time.Duration // time spent waiting for gradient all-reduces after the backward
+	// Replicas, if set, says which ranks hold a copy of each routed expert
+	// (primary first). Experts with several holders have their gradients
+	// all-reduced among the group after the backward (each holder saw only
+	// the rows routed to it), so every copy takes the same AdamW step and
+	// the replicas stay identical. Nil: every expert has one owner.
+	Replicas *Replicas
+}
+
+// Replicas describes replicated experts for training.
+type Replicas struct {
+	Experts []expert.ID           // every logical expert, in one fixed order
+	Holders func(expert.ID) []int // ranks holding a copy, primary first
+}
+
+// replicatedGrads sums the gradients of experts held by several ranks:
+// a buffer over every replicated expert (in Experts order) holds this
+// rank's partial gradients where it holds a copy, zeros elsewhere; after
+// the all-reduce each holder copies the totals back.
+func (s *DistStepper) replicatedGrads(ctx context.Context) error {
+	r := s.Replicas
+	if r == nil {
+		return nil
+	}
+	rank := s.Comm.Rank()
+	type slot struct {
+		off int
+		g   *expert.FFN
+	}
+	var slots []slot
+	n := 0
+	for _, id := range r.Experts {
+		h := r.Holders(id)
+		if len(h) < 2 {
+			continue
+		}
+		d, F := s.Model.Cfg.Hidden, s.Model.Cfg.MoE.Inter
+		var g *expert.FFN
+		for _, x := range h {
+			if x == rank {
+				g = s.Store.Grad(id)
+			}
+		}
+		slots = append(slots, slot{off: n, g: g})
+		n += 3 * d * F
+	}
+	if n == 0 {
+		return nil
+	}
+	buf := make([]float32, n)
+	for _, sl := range slots {
+		if sl.g != nil {
+			k := len(sl.g.Gate.F32)
+			copy(buf[sl.off:], sl.g.Gate.F32)
+			copy(buf[sl.off+k:], sl.g.Up.F32)
+			copy(buf[sl.off+2*k:], sl.g.Down.F32)
+		}
+	}
+	if err := s.Comm.AllReduce(ctx, buf); err != nil {
+		return fmt.Errorf("train: rank %d: replicated expert gradient all-reduce: %w", rank, err)
+	}
+	for _, sl := range slots {
+		if sl.g != nil {
+			k := len(sl.g.Gate.F32)
+			copy(sl.g.Gate.F32, buf[sl.off:sl.off+k])
+			copy(sl.g.Up.F32, buf[sl.off+k:sl.off+2*k])
+			copy(sl.g.Down.F32, buf[sl.off+2*k:sl.off+3*k])
+		}
+	}
+	return nil
+}
+
+// primary reports whether this rank is an expert's primary holder (its
+// gradient counts once in the global norm).
+func (s *DistStepper) primary(id expert.ID) bool {
+	if s.Replicas == nil {
+		return true
+	}
+	h := s.Replicas.Holders(id)
+	return len(h) == 0 || h[0] == s.Comm.Rank()
 }
 
 // NewDistStepper prepares rank comm.Rank() of a group. m.Experts must be an
@@ -169,6 +249,9 @@ func (s *DistStepper) gradients(ctx context.Context, ids [][]int32) (*model.Step
 	if arErr != nil {
 		return nil, arErr
 	}
+	if err := s.replicatedGrads(ctx); err != nil {
+		return nil, err
+	}
 	return st.Result(), nil
 }
 
@@ -190,6 +273,9 @@ func (s *DistStepper) apply(ctx context.Context, res *model.StepResult) (*StepOu
 		}
 	}
 	for _, p := range params[nDense:] {
+		if id, ok := expertOf(p.Name); ok && !s.primary(id) {
+			continue // a replica: its primary counts it
+		}
 		for _, g := range p.G {
 			expertSq += float64(g) * float64(g)
 		}
@@ -290,3 +376,20 @@ func (c *localComm) AllReduce(ctx context.Context, buf []float32) error {
 // RankRows is the slice [lo, hi) of a global batch of b rows that rank r of
 // n trains on (balanced; ranks may get no rows when b < n).
 func RankRows(b, n, r int) (lo, hi int) { return r * b / n, (r + 1) * b / n }
+
+// expertOf parses the layer and expert of a routed expert's hub name
+// ("model.layers.L.(mlp|block_sparse_moe).experts.E.").
+func expertOf(name string) (expert.ID, bool) {
+	var l, e int
+	i := strings.Index(name, ".experts.")
+	if !strings.HasPrefix(name, "model.layers.") || i < 0 {
+		return expert.ID{}, false
+	}
+	if _, err := fmt.Sscanf(name[len("model.layers."):], "%d.", &l); err != nil {
+		return expert.ID{}, false
+	}
+	if _, err := fmt.Sscanf(name[i+len(".experts."):], "%d.", &e); err != nil {
+		return expert.ID{}, false
+	}
+	return expert.ID{Layer: l, Expert: e}, true
+}

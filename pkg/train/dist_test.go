@@ -156,3 +156,114 @@ func TestDataExpertParallelReproducesSingleProcess(t *testing.T) {
 		})
 	}
 }
+
+// cloneFFN deep-copies an expert (a replica must be its own memory).
+func cloneFFN(f *expert.FFN) *expert.FFN {
+	c := *f
+	c.Gate.F32 = append([]float32(nil), f.Gate.F32...)
+	c.Up.F32 = append([]float32(nil), f.Up.F32...)
+	c.Down.F32 = append([]float32(nil), f.Down.F32...)
+	return &c
+}
+
+// TestReplicatedExpertsReproduceSingleProcess trains with every expert on
+// R ranks: callers spread over the copies, the copies' gradients are
+// all-reduced, and the result matches one process (and the copies stay
+// identical).
+func TestReplicatedExpertsReproduceSingleProcess(t *testing.T) {
+	cfg := presetModel(t, "dsv3-micro", 256)
+	sc := DefaultJobConfig().Step
+	sc.Schedule.Warmup, sc.Schedule.Total = 3, 12
+	batches := makeBatches(t, 256, 12, 4, 24)
+	one, _ := runGroup(t, cfg, sc, 1, batches)
+	E := cfg.MoE.Router.NumExperts
+	for _, tc := range []struct{ n, r int }{{2, 2}, {4, 2}, {3, 3}} {
+		n, R := tc.n, tc.r
+		holders := func(id expert.ID) []int {
+			g := id.Layer*E + id.Expert
+			h := make([]int, R)
+			for j := range h {
+				h[j] = (g + j) % n
+			}
+			return h
+		}
+		var all []expert.ID
+		stores := make([]*expert.Store, n)
+		models := make([]*model.Model, n)
+		for r := 0; r < n; r++ {
+			m, st, err := model.NewRandom(cfg, model.InitOptions{Seed: 3})
+			if err != nil {
+				t.Fatal(err)
+			}
+			models[r], stores[r] = m, expert.NewStore()
+			if r == 0 {
+				all = st.IDs()
+				sortIDs(all)
+			}
+			for _, id := range st.IDs() {
+				for _, x := range holders(id) {
+					if x == r {
+						stores[r].Put(id, cloneFFN(st.Get(id)))
+					}
+				}
+			}
+		}
+		comms := LocalGroup(n)
+		steppers := make([]*DistStepper, n)
+		for r := 0; r < n; r++ {
+			r := r
+			models[r].Experts = &expert.Sharded{Caller: fmt.Sprintf("rank%d", r), Owner: func(id expert.ID) *expert.Store {
+				h := holders(id)
+				return stores[h[r%len(h)]] // callers spread over the copies
+			}}
+			s, err := NewDistStepper(models[r], stores[r], comms[r], sc)
+			if err != nil {
+				t.Fatal(err)
+			}
+			s.Replicas = &Replicas{Experts: all, Holders: holders}
+			steppers[r] = s
+		}
+		var losses []float64
+		for _, gb := range batches {
+			var wg sync.WaitGroup
+			errs := make([]error, n)
+			outs := make([]*StepOut, n)
+			for r := 0; r < n; r++ {
+				wg.Add(1)
+				go func(r int) {
+					defer wg.Done()
+					lo, hi := RankRows(len(gb), n, r)
+					outs[r], errs[r] = steppers[r].TrainStep(context.Background(), gb[lo:hi])
+				}(r)
+			}
+			wg.Wait()
+			for _, err := range errs {
+				if err != nil {
+					t.Fatal(err)
+				}
+			}
+			losses = append(losses, outs[0].Loss)
+		}
+		worst := 0.0
+		for i := range one {
+			worst = math.Max(worst, math.Abs(losses[i]-one[i]))
+		}
+		if worst > 1e-4 {
+			t.Errorf("%d ranks x %d replicas: worst |loss - 1 rank| %.3g", n, R, worst)
+		}
+		// every copy of an expert ends identical
+		for _, id := range all {
+			h := holders(id)
+			a := stores[h[0]].Get(id)
+			for _, x := range h[1:] {
+				b := stores[x].Get(id)
+				for i := range a.Gate.F32 {
+					if a.Gate.F32[i] != b.Gate.F32[i] {
+						t.Fatalf("%d ranks x %d replicas: copies of %v differ", n, R, id)
+					}
+				}
+			}
+		}
+		t.Logf("%d ranks, every expert on %d of them: worst |loss - 1 rank| %.2g over %d steps", n, R, worst, len(one))
+	}
+}

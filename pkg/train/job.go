@@ -46,6 +46,12 @@ type JobConfig struct {
 
 	Step StepConfig // optimizer, schedule, clipping, losses
 
+	// ExpertReplicas is how many workers of a distributed job hold a copy
+	// of each routed expert (default 1; at most the number of workers).
+	// Callers spread over the copies; the copies' gradients are
+	// all-reduced so they take identical steps.
+	ExpertReplicas int
+
 	Progress io.Writer `json:"-"` // progress and log lines (nil: silent)
 }
 
@@ -448,6 +454,8 @@ type RankJob struct {
 	// Observe, if set, is called on rank 0 after every step, evaluation and
 	// checkpoint (e.g. to publish progress in etcd).
 	Observe func(Event)
+	// Replicas describes experts held by several ranks (nil: one owner each).
+	Replicas *Replicas
 }
 
 // Event is one observation of a running job (rank 0).
@@ -471,6 +479,7 @@ func RunRank(ctx context.Context, rj RankJob) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.Replicas = rj.Replicas
 	if p.ResumeDir != "" {
 		if err := LoadOptimizer(p.ResumeDir, s.Opt, rj.Owned); err != nil {
 			return nil, err
@@ -523,7 +532,7 @@ func (d *distRunner) save(dir string, st TrainerState) error {
 	if berr := d.barrier(ctx); berr != nil || err != nil {
 		return errors.Join(err, berr)
 	}
-	err = WriteExperts(tmp, d.s.Stepper)
+	err = WriteExperts(tmp, d.s.Stepper, d.s.primary) // one writer per expert
 	if err == nil && rank == 0 {
 		err = WriteDense(tmp, &Checkpoint{HFConfig: d.p.HFConfig, TokenizerJSON: d.p.TokJSON, TokenizerCfg: d.p.TokCfg, Stepper: d.s.Stepper})
 	}

@@ -74,7 +74,8 @@ func waitJob(t *testing.T, ctx context.Context, js *jobs.Store, id string, until
 // TestDistributedTrainingReproducesOneProcess runs the same job in one
 // process and on 2 and 4 worker processes (data parallel over the batch,
 // experts split among the workers, gRPC expert exchange and ring
-// all-reduce): every step's loss agrees within 1e-4.
+// all-reduce), and on 3 workers with every expert on 2 of them: every
+// step's loss agrees within 1e-4.
 func TestDistributedTrainingReproducesOneProcess(t *testing.T) {
 	needE2E(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -100,11 +101,14 @@ func TestDistributedTrainingReproducesOneProcess(t *testing.T) {
 			} else {
 				model = cfgFor("").InitFrom
 			}
-			for _, n := range []int{2, 4} {
+			for _, tc := range []struct{ n, replicas int }{{2, 1}, {4, 1}, {3, 2}} {
+				n := tc.n
 				lc := startCluster(t, ctx, localcluster.Options{ModelDir: model, Workers: n, WidenBF16: true})
 				js := jobs.NewStore(lc.Client, lc.Registry.Cluster())
 				out := t.TempDir()
-				if err := js.Submit(ctx, jobs.Spec{ID: "job", Job: cfgFor(out), Workers: n}); err != nil {
+				jc := cfgFor(out)
+				jc.ExpertReplicas = tc.replicas
+				if err := js.Submit(ctx, jobs.Spec{ID: "job", Job: jc, Workers: n}); err != nil {
 					t.Fatal(err)
 				}
 				start := time.Now()
@@ -118,8 +122,8 @@ func TestDistributedTrainingReproducesOneProcess(t *testing.T) {
 						t.Errorf("%d workers, step %d: loss %.6f, one process %.6f", n, i+1, got[i], ref.Losses[i])
 					}
 				}
-				t.Logf("%d worker processes: %d steps in %v, worst |loss - one process| %.2g (%.4f -> %.4f)",
-					n, steps, time.Since(start).Round(time.Millisecond), worst, got[0], got[steps-1])
+				t.Logf("%d worker processes, %d cop(ies) of each expert: %d steps in %v, worst |loss - one process| %.2g (%.4f -> %.4f)",
+					n, tc.replicas, steps, time.Since(start).Round(time.Millisecond), worst, got[0], got[steps-1])
 				// switchyard status shows the job's step, loss and speed.
 				snap, err := status.Take(ctx, lc.Registry)
 				if err != nil {
