@@ -308,7 +308,10 @@ func TestGossipHintsAreNotAuthority(t *testing.T) {
 	if p2.Epoch != p.Epoch+1 || len(p2.Owned("w2")) != 16 {
 		t.Fatalf("after expiry: epoch %d, w2 owns %d", p2.Epoch, len(p2.Owned("w2")))
 	}
-	if n := c.Counters(); n.Terms != 1 || n.Writes < 2 {
+	// The placement is visible in etcd just before the runner counts its
+	// write: wait for the count rather than read it once.
+	waitFor(t, 5*time.Second, "the second write to be counted", func() bool { return c.Counters().Writes >= 2 })
+	if n := c.Counters(); n.Terms != 1 {
 		t.Fatalf("counters %+v", n)
 	}
 }
