@@ -70,7 +70,14 @@ func trainDistributed(ctx context.Context, cfg train.JobConfig, workers int, end
 		return err
 	}
 	fmt.Fprintf(stderr, "train: submitted job %s for %d workers\n", id, workers)
-	return followJob(ctx, store, id, cfg.Steps, stdout, stderr)
+	err = followJob(ctx, store, id, cfg.Steps, stdout, stderr)
+	if err != nil && ctx.Err() != nil {
+		if len(endpoints) == 0 {
+			return fmt.Errorf("train: interrupted; the local cluster stops now (continue from the last checkpoint with --resume): %w", ctx.Err())
+		}
+		return fmt.Errorf("train: stopped following job %s; it keeps running on the cluster: %w", id, ctx.Err())
+	}
+	return err
 }
 
 // servedModel returns the model folder the local workers load.
@@ -103,7 +110,7 @@ func followJob(ctx context.Context, store *jobs.Store, id string, steps int, std
 	for {
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("train: stopped following job %s (it keeps running on the cluster): %w", id, ctx.Err())
+			return ctx.Err()
 		case <-t.C:
 		}
 		sp, _, err := store.Get(ctx, id)
