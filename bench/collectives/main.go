@@ -250,7 +250,7 @@ func run(o options) error {
 			slices.Sort(sizes)
 		}
 		for _, size := range sizes {
-			if (op == "allreduce-ring" || op == "allreduce-rd") && size > o.smallOps {
+			if (op == "allreduce-ring" || op == "allreduce-rd" || op == "allreduce-tree") && size > o.smallOps {
 				continue
 			}
 			if err := b.measure(op, size, c, rtt); err != nil {
@@ -429,7 +429,7 @@ func (b *bench) measure(op string, size int, c float64, rtt time.Duration) error
 	var runOnce func(ctx context.Context) error
 	alg := "-"
 	switch op {
-	case "allreduce", "allreduce-bf16", "allreduce-ring", "allreduce-rd":
+	case "allreduce", "allreduce-bf16", "allreduce-ring", "allreduce-rd", "allreduce-tree":
 		buf := make([]float32, size/4)
 		for i := range buf {
 			buf[i] = float32(b.rank + 1)
@@ -442,6 +442,8 @@ func (b *bench) measure(op string, size int, c float64, rtt time.Duration) error
 			opt.Algorithm = allreduce.Ring
 		case "allreduce-rd":
 			opt.Algorithm = allreduce.RecursiveDoubling
+		case "allreduce-tree":
+			opt.Algorithm = allreduce.Tree
 		}
 		a := opt.Algorithm
 		if a == allreduce.Auto {

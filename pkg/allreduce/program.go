@@ -20,6 +20,12 @@ const (
 	// RecursiveDoubling exchanges whole buffers with r XOR 2^k:
 	// latency-optimal, at most 2*ceil(log2 n) steps.
 	RecursiveDoubling
+	// Tree reduces whole buffers up a binomial tree to rank 0 and
+	// broadcasts the result back down: 2*ceil(log2 n) steps but only
+	// 2(n-1) messages in all (recursive doubling sends n*log2 n), which
+	// wins when per-message CPU, not the wire, is the cost (many ranks
+	// sharing few cores).
+	Tree
 )
 
 func (a Algorithm) String() string {
@@ -30,6 +36,8 @@ func (a Algorithm) String() string {
 		return "ring"
 	case RecursiveDoubling:
 		return "rd"
+	case Tree:
+		return "tree"
 	}
 	return fmt.Sprintf("Algorithm(%d)", uint8(a))
 }
@@ -148,6 +156,8 @@ func Plan(alg Algorithm, n, rank, elems, chunkElems int) (*Program, error) {
 		p = ring(n, rank, elems, chunkElems)
 	case RecursiveDoubling:
 		p = recursiveDoubling(n, rank, elems, chunkElems)
+	case Tree:
+		p = tree(n, rank, elems, chunkElems)
 	default:
 		return nil, fmt.Errorf("allreduce: cannot plan algorithm %v", alg)
 	}
@@ -267,6 +277,39 @@ func recursiveDoubling(n, r, L, chunk int) *Program {
 		all(&pr.Sends, pr.Steps-1, r-1, 0, true)
 	} else if rem > 0 {
 		pr.RoundAtEnd = true // the folded ranks receive rounded values
+	}
+	return pr
+}
+
+// tree builds the binomial-tree program: in reduce round k (step k),
+// rank r with r mod 2^(k+1) = 2^k sends its buffer to r - 2^k, which adds
+// it; after K = ceil(log2 n) rounds rank 0 holds the sum and broadcast
+// round k (step 2K-1-k) copies it from r to r + 2^k for r mod 2^(k+1) = 0.
+// Every rank ends with rank 0's bits (the broadcast sends round, so rank 0
+// keeps exactly what it sent).
+func tree(n, r, L, chunk int) *Program {
+	pr := &Program{Alg: Tree, N: n, Rank: r, Elems: L}
+	pr.Cells = split(nil, 0, L, chunk)
+	if n == 1 {
+		return pr
+	}
+	K := bits.Len(uint(n - 1)) // ceil(log2 n)
+	pr.Steps = 2 * K
+	all := func(list *[]Transfer, step, peer int, op Op, round bool) {
+		for c := range pr.Cells {
+			*list = append(*list, Transfer{Step: step, Peer: peer, Cell: c, Op: op, Round: round})
+		}
+	}
+	for k := 0; k < K; k++ {
+		bit := 1 << k
+		switch {
+		case r%(2*bit) == bit: // sends up in round k, receives the result back down
+			all(&pr.Sends, k, r-bit, 0, false)
+			all(&pr.Recvs, 2*K-1-k, r-bit, Copy, false)
+		case r%(2*bit) == 0 && r+bit < n: // a parent in round k
+			all(&pr.Recvs, k, r+bit, Reduce, false)
+			all(&pr.Sends, 2*K-1-k, r+bit, 0, true)
+		}
 	}
 	return pr
 }

@@ -316,3 +316,56 @@ func sortedUnique(xs ...int) []int {
 	slices.Sort(xs)
 	return slices.Compact(xs)
 }
+
+// TestTreeSimulated runs the binomial-tree program for many group sizes:
+// every rank ends with the exact sum (bit-identical across ranks), in
+// 2*ceil(log2 n) steps with 2(n-1) messages of one chunk each for a 4 KiB
+// buffer.
+func TestTreeSimulated(t *testing.T) {
+	for _, n := range []int{1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 17, 24, 31, 32, 33, 40} {
+		for _, L := range []int{0, 1, 5, 1024, 3001} {
+			for _, chunk := range []int{7, 300, 1 << 18} {
+				if chunk == 7 && L > 5 {
+					continue
+				}
+				for _, mode := range simModes[1:] {
+					if mode.cfg.format == BF16 && n > 16 {
+						continue // the tagged sums outgrow bf16's exact integers
+					}
+					t.Run(fmt.Sprintf("n=%d/L=%d/chunk=%d/%s", n, L, chunk, mode.name), func(t *testing.T) {
+						progs := plans(t, Tree, n, L, chunk)
+						small := mode.cfg.format == BF16
+						bufs := make([][]float32, n)
+						for r := range n {
+							bufs[r] = tagged(n, r, L, small)
+						}
+						cfg := mode.cfg
+						cfg.seed = int64(n*104729 + L + chunk)
+						if _, err := simulate(progs, bufs, cfg); err != nil {
+							t.Fatal(err)
+						}
+						want := taggedSum(n, L, small)
+						for r := range n {
+							if i := firstDiff(bufs[r], want); i >= 0 {
+								t.Fatalf("rank %d element %d = %v, want %v", r, i, bufs[r][i], want[i])
+							}
+						}
+					})
+				}
+			}
+		}
+	}
+	for n := 2; n <= 64; n++ {
+		progs := plans(t, Tree, n, 1024, 1<<18)
+		msgs := 0
+		for _, p := range progs {
+			if p.Steps != 2*ceilLog2(n) {
+				t.Fatalf("n=%d: %d steps, want %d", n, p.Steps, 2*ceilLog2(n))
+			}
+			msgs += len(p.Sends)
+		}
+		if msgs != 2*(n-1) {
+			t.Errorf("n=%d: %d messages, want 2(n-1) = %d", n, msgs, 2*(n-1))
+		}
+	}
+}

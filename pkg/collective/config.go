@@ -153,7 +153,7 @@ func (c Config) validate() error {
 	if c.Window < 2 {
 		bad("Window = %d, want >= 2", c.Window)
 	}
-	if c.Algorithm > allreduce.RecursiveDoubling {
+	if c.Algorithm > allreduce.Tree {
 		bad("Algorithm = %v", c.Algorithm)
 	}
 	if c.Format != allreduce.F32 && c.Format != allreduce.BF16 {

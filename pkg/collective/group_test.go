@@ -33,7 +33,7 @@ func TestAllReduceTagged(t *testing.T) {
 			c := newCluster(t, n, func(c *Config) { c.ChunkBytes = chunk })
 			sizes := []int{1, n - 1, n + 1, 1000, 1024*n + 3, 5*1024*n - 1, 70_001}
 			for _, L := range sizes {
-				for _, alg := range []allreduce.Algorithm{allreduce.Auto, allreduce.Ring, allreduce.RecursiveDoubling} {
+				for _, alg := range []allreduce.Algorithm{allreduce.Auto, allreduce.Ring, allreduce.RecursiveDoubling, allreduce.Tree} {
 					if L == 0 {
 						continue
 					}
