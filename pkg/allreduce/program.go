@@ -247,11 +247,7 @@ func recursiveDoubling(n, r, L, chunk int) *Program {
 		first = 1
 	}
 	pr.Steps = first + rounds + first
-	all := func(list *[]Transfer, step, peer int, op Op, round bool) {
-		for c := range pr.Cells {
-			*list = append(*list, Transfer{Step: step, Peer: peer, Cell: c, Op: op, Round: round})
-		}
-	}
+	all := pr.wholeBuffer
 	rankOf := func(v int) int { // virtual rank -> rank
 		if v < rem {
 			return 2*v + 1
@@ -295,11 +291,7 @@ func tree(n, r, L, chunk int) *Program {
 	}
 	K := bits.Len(uint(n - 1)) // ceil(log2 n)
 	pr.Steps = 2 * K
-	all := func(list *[]Transfer, step, peer int, op Op, round bool) {
-		for c := range pr.Cells {
-			*list = append(*list, Transfer{Step: step, Peer: peer, Cell: c, Op: op, Round: round})
-		}
-	}
+	all := pr.wholeBuffer
 	for k := 0; k < K; k++ {
 		bit := 1 << k
 		switch {
@@ -312,6 +304,13 @@ func tree(n, r, L, chunk int) *Program {
 		}
 	}
 	return pr
+}
+
+// wholeBuffer appends one transfer per cell (the whole buffer) to list.
+func (pr *Program) wholeBuffer(list *[]Transfer, step, peer int, op Op, round bool) {
+	for c := range pr.Cells {
+		*list = append(*list, Transfer{Step: step, Peer: peer, Cell: c, Op: op, Round: round})
+	}
 }
 
 // finish orders the transfers and computes their dependencies.

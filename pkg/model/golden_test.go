@@ -14,7 +14,15 @@ var goldenModels = []string{"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deeps
 
 func goldenDir(name string) string { return filepath.Join("..", "..", "testdata", "golden", name) }
 
+// loadGolden loads a golden model (bf16 kept as bf16 if keepBF16) with all
+// its experts, and opens its golden file.
 func loadGolden(t *testing.T, name string, keepBF16 bool) (*Model, *safetensors.File) {
+	t.Helper()
+	m, _, g := loadGoldenStore(t, name, keepBF16)
+	return m, g
+}
+
+func loadGoldenStore(t *testing.T, name string, keepBF16 bool) (*Model, *expert.Store, *safetensors.File) {
 	t.Helper()
 	dir := goldenDir(name)
 	cfg, err := LoadConfig(dir)
@@ -26,7 +34,7 @@ func loadGolden(t *testing.T, name string, keepBF16 bool) (*Model, *safetensors.
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
-	m, _, err := Load(cfg, NewSource(f, ""), LoadOptions{KeepBF16: keepBF16})
+	m, store, err := Load(cfg, NewSource(f, ""), LoadOptions{KeepBF16: keepBF16})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -35,7 +43,7 @@ func loadGolden(t *testing.T, name string, keepBF16 bool) (*Model, *safetensors.
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { g.Close() })
-	return m, g
+	return m, store, g
 }
 
 func relL2(a, b []float32) float64 {
@@ -160,24 +168,5 @@ func TestTensorsMatchCheckpoints(t *testing.T) {
 // loadGoldenTrain loads a golden model in float32 for training.
 func loadGoldenTrain(t *testing.T, name string) (*Model, *expert.Store, *safetensors.File) {
 	t.Helper()
-	dir := goldenDir(name)
-	cfg, err := LoadConfig(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := safetensors.Open(filepath.Join(dir, "model.safetensors"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	m, store, err := Load(cfg, NewSource(f, ""), LoadOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	g, err := safetensors.Open(filepath.Join(dir, "golden.safetensors"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { g.Close() })
-	return m, store, g
+	return loadGoldenStore(t, name, false)
 }
