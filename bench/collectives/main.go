@@ -10,24 +10,33 @@
 //     receive rate per link over the last three quarters of that window.
 //     The same for the all-to-all pattern (every rank to every other) is
 //     printed for reference.
-//  2. RTT: median of 200 gRPC pings from rank 0 to rank 1 with the other
-//     ranks idle (the rtts column's unit), and with every rank pinging its
-//     ring neighbour at once (printed for reference).
+//  2. RTT: median of 200 round trips from rank 0 to rank 1 with the other
+//     ranks idle, and with every rank pinging its ring neighbour at once
+//     (printed for reference), back to back; the idle ones are measured
+//     again right before each row of at most 16 KiB, the rows whose time
+//     is mostly latency: of a 64-byte raw-TCP
+//     ping-pong (the link's bare round trip, the rtt-64 column's unit), of
+//     a 4 KiB raw-TCP ping-pong (the round trip of a 4 KiB buffer over the
+//     same link, serialization at the link rate included: the rtt-4K
+//     column's unit), and of a gRPC Ping (the rtt-grpc column's unit).
 //  3. For each operation and size: a warm-up, then enough iterations to
 //     fill about -target seconds (at least 3); time is the slowest rank's
 //     mean per iteration.
 //
 // Operations: allreduce (size-based choice: recursive doubling up to 32
 // KiB, ring above), allreduce-bf16 (bf16 on the wire; sizes and busbw still
-// count float32 bytes, so busbw/C can reach 2), allreduce-ring and
-// allreduce-rd (each algorithm forced, small sizes only, to check the
-// threshold), alltoall.
+// count float32 bytes, so busbw/C can reach 2), allreduce-ring,
+// allreduce-rd and allreduce-tree (each algorithm forced, up to
+// -cross-check-max, to check the threshold), allreduce-rd-grpc and
+// allreduce-tree-grpc (the small-buffer algorithms with their messages on
+// the gRPC streams instead of the direct lanes, for comparison), alltoall.
 //
 // Columns (nccl-tests definitions): size = bytes of float32 data for
 // all-reduce, bytes sent per rank for all-to-all (each peer gets size/n,
 // the /peer column; the sizes always include 1 MiB per peer); algbw = size
 // / time; busbw = algbw x 2(n-1)/n for all-reduce, algbw x (n-1)/n for
-// all-to-all; busbw/C; rtts = time / RTT; cpu = (user+sys CPU seconds) /
+// all-to-all; busbw/C; rtt-64, rtt-4K and rtt-grpc = time / RTT of each
+// kind; cpu = (user+sys CPU seconds) /
 // wall seconds of each process during the timed iterations (mean and max
 // over ranks; 1.0 = one core busy); host = busy fraction of the whole
 // machine (all cores, every process on it, other users' too) from
@@ -40,6 +49,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"flag"
 	"fmt"
 	"io"
@@ -87,7 +97,7 @@ func main() {
 	flag.DurationVar(&o.probe, "probe", 4*time.Second, "raw-TCP probe duration per pattern")
 	flag.DurationVar(&o.target, "target", 1500*time.Millisecond, "timed duration per size (at least 3 iterations)")
 	sizes := flag.String("sizes", "4K,16K,64K,256K,1M,4M,16M,64M,256M", "sizes (K, M suffixes: KiB, MiB)")
-	ops := flag.String("ops", "allreduce,allreduce-bf16,alltoall,allreduce-ring,allreduce-rd", "operations: allreduce (auto), allreduce-bf16, allreduce-ring, allreduce-rd, alltoall")
+	ops := flag.String("ops", "allreduce,allreduce-bf16,alltoall,allreduce-ring,allreduce-rd,allreduce-tree,allreduce-rd-grpc", "operations: allreduce (auto), allreduce-bf16, allreduce-ring, allreduce-rd, allreduce-tree, allreduce-rd-grpc, allreduce-tree-grpc (the small-buffer algorithms over gRPC instead of the lanes), alltoall")
 	small := flag.String("cross-check-max", "1M", "largest size for allreduce-ring and allreduce-rd")
 	flag.IntVar(&o.chunk, "chunk", 0, "chunk bytes (0: collective.DefaultChunkBytes)")
 	flag.IntVar(&o.window, "window", 0, "chunks in flight per peer (0: collective.DefaultWindow)")
@@ -161,6 +171,10 @@ func probeAddr(o options, r int) (string, error) {
 	return net.JoinHostPort(host, strconv.Itoa(p+o.probePort)), nil
 }
 
+// latencyRowBytes is the largest size whose row re-measures the idle
+// round trips first (the small-buffer, latency-bound rows).
+const latencyRowBytes = 16 << 10
+
 // bench is one process's state.
 type bench struct {
 	o     options
@@ -220,22 +234,40 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
-	rtt, busyRTT, err := b.rtt()
+	rtt, busyRTT, err := b.rtt(b.grpcPing)
 	if err != nil {
 		return err
 	}
+	tp := &tcpPinger{b: b, size: 64, conns: map[int]net.Conn{}}
+	defer tp.close()
+	tcpRTT, busyTCPRTT, err := b.rtt(tp.ping)
+	if err != nil {
+		return err
+	}
+	tp4 := &tcpPinger{b: b, size: 4 << 10, conns: map[int]net.Conn{}}
+	defer tp4.close()
+	rtt4K, busyRTT4K, err := b.rtt(tp4.ping)
+	if err != nil {
+		return err
+	}
+	rtts := [3]time.Duration{tcpRTT, rtt4K, rtt}
+	pingers := [3]func(int) (time.Duration, error){tp.ping, tp4.ping, b.grpcPing}
 	c := mean(ringC)
 	b.printf("# cluster %s: n=%d, link rate %s each way; GOMAXPROCS-visible CPUs %d\n", o.label, b.n, fmtRate(o.rateBits), numCPU())
 	b.printf("# C (raw TCP, ring pattern r->r+1, all links at once): mean %.1f MB/s per link (min %.1f, max %.1f) = %.3f x rate\n",
 		c/1e6, slices.Min(ringC)/1e6, slices.Max(ringC)/1e6, c*8/o.rateBits)
 	b.printf("#   raw TCP, all-to-all pattern: mean %.1f MB/s received per host (min %.1f, max %.1f) = %.3f x rate\n",
 		mean(a2aC)/1e6, slices.Min(a2aC)/1e6, slices.Max(a2aC)/1e6, mean(a2aC)*8/o.rateBits)
-	b.printf("# RTT (gRPC ping, median of 200): %.0f us rank 0 -> 1 alone (the rtts column); %.0f us with every rank pinging its neighbour at once\n",
+	b.printf("# RTT (raw TCP 64-byte ping-pong, median of 200): %.0f us rank 0 -> 1 alone (the rtt-64 column's unit); %.0f us with every rank pinging its neighbour at once\n",
+		tcpRTT.Seconds()*1e6, busyTCPRTT.Seconds()*1e6)
+	b.printf("# RTT (raw TCP 4 KiB ping-pong, median of 200): %.0f us rank 0 -> 1 alone (the rtt-4K column's unit); %.0f us with every rank pinging its neighbour at once\n",
+		rtt4K.Seconds()*1e6, busyRTT4K.Seconds()*1e6)
+	b.printf("# RTT (gRPC ping, median of 200): %.0f us rank 0 -> 1 alone (the rtt-grpc column's unit); %.0f us with every rank pinging its neighbour at once\n",
 		rtt.Seconds()*1e6, busyRTT.Seconds()*1e6)
 	b.printf("# small-buffer bound: 2*ceil(log2 n) = %d round trips\n", 2*bits.Len(uint(b.n-1)))
 	b.printf("# MB = 1e6 bytes; sizes in KiB/MiB; time = slowest rank's mean per iteration\n")
-	b.printf("%-15s %2s %6s %6s %4s %5s %11s %9s %9s %7s %7s %11s %5s\n",
-		"op", "n", "size", "/peer", "alg", "iters", "time(us)", "algbw", "busbw", "busbw/C", "rtts", "cpu mean/max", "host")
+	b.printf("%-19s %2s %6s %6s %4s %5s %11s %9s %9s %7s %7s %7s %8s %11s %5s\n",
+		"op", "n", "size", "/peer", "alg", "iters", "time(us)", "algbw", "busbw", "busbw/C", "rtt-64", "rtt-4K", "rtt-grpc", "cpu mean/max", "host")
 	if o.cpuProfile != nil {
 		if err := pprof.StartCPUProfile(o.cpuProfile); err != nil {
 			return err
@@ -250,10 +282,20 @@ func run(o options) error {
 			slices.Sort(sizes)
 		}
 		for _, size := range sizes {
-			if (op == "allreduce-ring" || op == "allreduce-rd" || op == "allreduce-tree") && size > o.smallOps {
+			if (op == "allreduce-ring" || strings.HasPrefix(op, "allreduce-rd") || strings.HasPrefix(op, "allreduce-tree")) && size > o.smallOps {
 				continue
 			}
-			if err := b.measure(op, size, c, rtt); err != nil {
+			if size <= latencyRowBytes {
+				// Latency rows: re-measure the idle round trips right
+				// before, so that the ratios do not mix moments of a
+				// shared machine.
+				for i, p := range pingers {
+					if rtts[i], err = b.idleRTT(p); err != nil {
+						return err
+					}
+				}
+			}
+			if err := b.measure(op, size, c, rtts); err != nil {
 				return fmt.Errorf("%s %d bytes: %w", op, size, err)
 			}
 		}
@@ -317,6 +359,9 @@ func (b *bench) tcpProbe(all bool) ([]float64, error) {
 		if conns[i], err = net.Dial("tcp", a); err != nil {
 			return nil, err
 		}
+		if _, err := conns[i].Write([]byte{probeSink}); err != nil {
+			return nil, err
+		}
 	}
 	if err := b.barrier(); err != nil {
 		return nil, err
@@ -356,7 +401,14 @@ func (b *bench) tcpProbe(all bool) ([]float64, error) {
 	return out, nil
 }
 
-// sink counts the bytes of every probe connection.
+// The first byte of a probe connection picks its mode.
+const (
+	probeSink = 'S' // count the bytes received (throughput)
+	probeEcho = 'E' // then a uint32 size: send back every size bytes received (round trips)
+)
+
+// sink serves probe connections: it counts the bytes of sink connections
+// and echoes ping connections.
 type sink struct{ bytes atomic.Int64 }
 
 func (s *sink) serve(lis net.Listener) {
@@ -367,6 +419,29 @@ func (s *sink) serve(lis net.Listener) {
 		}
 		go func() {
 			defer c.Close()
+			mode := make([]byte, 1)
+			if _, err := io.ReadFull(c, mode); err != nil {
+				return
+			}
+			if mode[0] == probeEcho {
+				var size [4]byte
+				if _, err := io.ReadFull(c, size[:]); err != nil {
+					return
+				}
+				n := binary.LittleEndian.Uint32(size[:])
+				if n == 0 || n > 1<<20 {
+					return
+				}
+				p := make([]byte, n)
+				for {
+					if _, err := io.ReadFull(c, p); err != nil {
+						return
+					}
+					if _, err := c.Write(p); err != nil {
+						return
+					}
+				}
+			}
 			buf := make([]byte, 1<<20)
 			for {
 				n, err := c.Read(buf)
@@ -379,15 +454,66 @@ func (s *sink) serve(lis net.Listener) {
 	}
 }
 
-// rtt returns the median round trip of 200 gRPC pings: from rank 0 to
-// rank 1 with every other rank idle, and with every rank pinging its ring
+// grpcPing is one gRPC Ping round trip to rank to.
+func (b *bench) grpcPing(to int) (time.Duration, error) {
+	return b.g.Ping(context.Background(), to)
+}
+
+// tcpPinger measures raw-TCP round trips: size bytes to a rank's probe
+// sink in echo mode and back, on one connection per rank.
+type tcpPinger struct {
+	b     *bench
+	size  int
+	conns map[int]net.Conn
+	buf   []byte
+}
+
+func (p *tcpPinger) ping(to int) (time.Duration, error) {
+	c := p.conns[to]
+	if c == nil {
+		a, err := probeAddr(p.b.o, to)
+		if err != nil {
+			return 0, err
+		}
+		if c, err = net.Dial("tcp", a); err != nil {
+			return 0, err
+		}
+		hello := []byte{probeEcho, 0, 0, 0, 0}
+		binary.LittleEndian.PutUint32(hello[1:], uint32(p.size))
+		if _, err := c.Write(hello); err != nil {
+			return 0, err
+		}
+		p.conns[to] = c
+		p.buf = make([]byte, p.size)
+	}
+	start := time.Now()
+	if _, err := c.Write(p.buf); err != nil {
+		return 0, err
+	}
+	if _, err := io.ReadFull(c, p.buf); err != nil {
+		return 0, err
+	}
+	return time.Since(start), nil
+}
+
+func (p *tcpPinger) close() {
+	for _, c := range p.conns {
+		c.Close()
+	}
+}
+
+// rtt returns the median round trip of 200 pings: from rank 0 to rank 1
+// with every other rank idle, and with every rank pinging its ring
 // neighbour at the same time (as in a collective's step, where every
 // member is busy), as every rank learns them.
-func (b *bench) rtt() (idle, busy time.Duration, err error) {
+func (b *bench) rtt(ping func(to int) (time.Duration, error)) (idle, busy time.Duration, err error) {
+	if idle, err = b.idleRTT(ping); err != nil {
+		return 0, 0, err
+	}
 	pings := func(to int) (float64, error) {
 		var ds []float64
 		for range 200 {
-			d, err := b.g.Ping(context.Background(), to)
+			d, err := ping(to)
 			if err != nil {
 				return 0, err
 			}
@@ -396,24 +522,14 @@ func (b *bench) rtt() (idle, busy time.Duration, err error) {
 		slices.Sort(ds)
 		return ds[len(ds)/2], nil
 	}
-	var med float64
-	if b.rank == 0 && b.n > 1 {
-		if med, err = pings(1); err != nil {
-			return 0, 0, err
-		}
-	}
-	all, err := b.gather(med)
-	if err != nil {
-		return 0, 0, err
-	}
-	idle = time.Duration(all[0][0] * 1e9)
-	med = 0
+	med := 0.0
 	if b.n > 1 {
 		if med, err = pings((b.rank + 1) % b.n); err != nil {
 			return 0, 0, err
 		}
 	}
-	if all, err = b.gather(med); err != nil {
+	all, err := b.gather(med)
+	if err != nil {
 		return 0, 0, err
 	}
 	var meds []float64
@@ -424,12 +540,43 @@ func (b *bench) rtt() (idle, busy time.Duration, err error) {
 	return idle, time.Duration(meds[len(meds)/2] * 1e9), nil
 }
 
+// idleRTT returns the median round trip of 200 pings from rank 0 to rank
+// 1 with every other rank idle, as every rank learns it.
+func (b *bench) idleRTT(ping func(to int) (time.Duration, error)) (time.Duration, error) {
+	pings := func(to int) (float64, error) {
+		var ds []float64
+		for range 200 {
+			d, err := ping(to)
+			if err != nil {
+				return 0, err
+			}
+			ds = append(ds, d.Seconds())
+		}
+		slices.Sort(ds)
+		return ds[len(ds)/2], nil
+	}
+	var med float64
+	if b.rank == 0 && b.n > 1 {
+		var err error
+		if med, err = pings(1); err != nil {
+			return 0, err
+		}
+	}
+	all, err := b.gather(med)
+	if err != nil {
+		return 0, err
+	}
+	return time.Duration(all[0][0] * 1e9), nil
+}
+
 // measure runs one (op, size) row.
-func (b *bench) measure(op string, size int, c float64, rtt time.Duration) error {
+// measure runs one (op, size) row; rtts are the units of the rtt-64,
+// rtt-4K and rtt-grpc columns.
+func (b *bench) measure(op string, size int, c float64, rtts [3]time.Duration) error {
 	var runOnce func(ctx context.Context) error
 	alg := "-"
 	switch op {
-	case "allreduce", "allreduce-bf16", "allreduce-ring", "allreduce-rd", "allreduce-tree":
+	case "allreduce", "allreduce-bf16", "allreduce-ring", "allreduce-rd", "allreduce-tree", "allreduce-rd-grpc", "allreduce-tree-grpc":
 		buf := make([]float32, size/4)
 		for i := range buf {
 			buf[i] = float32(b.rank + 1)
@@ -444,6 +591,10 @@ func (b *bench) measure(op string, size int, c float64, rtt time.Duration) error
 			opt.Algorithm = allreduce.RecursiveDoubling
 		case "allreduce-tree":
 			opt.Algorithm = allreduce.Tree
+		case "allreduce-rd-grpc":
+			opt.Algorithm, opt.SmallOverGRPC = allreduce.RecursiveDoubling, true
+		case "allreduce-tree-grpc":
+			opt.Algorithm, opt.SmallOverGRPC = allreduce.Tree, true
 		}
 		a := opt.Algorithm
 		if a == allreduce.Auto {
@@ -517,8 +668,9 @@ func (b *bench) measure(op string, size int, c float64, rtt time.Duration) error
 	if op == "alltoall" {
 		perPeer = fmtSize(size / b.n)
 	}
-	b.printf("%-15s %2d %6s %6s %4s %5d %11.1f %9.2f %9.2f %7.3f %7.1f %5.2f/%-5.2f %5.2f\n",
-		op, b.n, fmtSize(size), perPeer, alg, iters, t*1e6, algbw/1e6, busbw/1e6, busbw/c, t/rtt.Seconds(), cpuSum/float64(b.n), cpuMax, host)
+	b.printf("%-19s %2d %6s %6s %4s %5d %11.1f %9.2f %9.2f %7.3f %7.1f %7.1f %8.1f %5.2f/%-5.2f %5.2f\n",
+		op, b.n, fmtSize(size), perPeer, alg, iters, t*1e6, algbw/1e6, busbw/1e6, busbw/c,
+		t/rtts[0].Seconds(), t/rtts[1].Seconds(), t/rtts[2].Seconds(), cpuSum/float64(b.n), cpuMax, host)
 	return nil
 }
 

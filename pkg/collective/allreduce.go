@@ -13,6 +13,9 @@ import (
 type ReduceOptions struct {
 	Algorithm allreduce.Algorithm
 	Format    allreduce.Format
+	// SmallOverGRPC, when true, overrides Config.SmallOverGRPC for this
+	// call (every member must pass the same).
+	SmallOverGRPC bool
 }
 
 // AllReduce replaces buf, on every member, with the element-wise float32
@@ -50,7 +53,8 @@ func (g *Group) AllReduceWith(ctx context.Context, buf []float32, opt ReduceOpti
 	name := func(seq uint64) string {
 		return fmt.Sprintf("allreduce #%d (%v, %v, %d elements)", seq, alg, format, len(buf))
 	}
-	return g.do(ctx, name, func(o *op) error { return o.runAllReduce(prog, buf, format) })
+	overGRPC := g.cfg.SmallOverGRPC || opt.SmallOverGRPC
+	return g.do(ctx, name, func(o *op) error { return o.runAllReduce(prog, buf, format, overGRPC) })
 }
 
 var pbFormat = map[allreduce.Format]pb.CollectiveFormat{
@@ -66,7 +70,7 @@ var pbFormat = map[allreduce.Format]pb.CollectiveFormat{
 // NeedReleased rule, with a send releasing its cell on acknowledgement).
 // Every other chunk is packed into a pooled buffer, which releases the
 // cell at once and returns to the pool on acknowledgement.
-func (o *op) runAllReduce(planned *plan, buf []float32, format allreduce.Format) error {
+func (o *op) runAllReduce(planned *plan, buf []float32, format allreduce.Format, smallOverGRPC bool) error {
 	g := o.g
 	prog := planned.Program
 	st := allreduce.NewState(prog)
@@ -84,7 +88,7 @@ func (o *op) runAllReduce(planned *plan, buf []float32, format allreduce.Format)
 		}
 	}
 	if !zeroCopy && useRunSteps && planned.oneChunkPerLink {
-		return o.runSteps(prog, buf, format)
+		return o.runSteps(prog, buf, format, smallOverGRPC)
 	}
 	for _, peer := range prog.Peers() {
 		link, err := g.link(peer)
@@ -223,35 +227,56 @@ func oneChunkPerLink(prog *allreduce.Program) bool {
 // runSteps runs prog on the calling goroutine, step by step: first the
 // step's sends, then its receives. This satisfies the program's rules
 // trivially and saves the goroutines, wake-ups and locking of the general
-// runner, which dominate small operations. The sends are untracked fresh
-// copies (no acknowledgements, no window): with at most one chunk per link
-// and step (oneChunkPerLink) and every member waiting for its peers each
-// step, a member is never more than one operation ahead of a peer, so at
-// most a few chunks per link are ever queued.
-func (o *op) runSteps(prog *allreduce.Program, buf []float32, format allreduce.Format) error {
+// runner, which dominate small operations. The messages go over the direct
+// lanes (lane.go) unless grpcPath, as untracked fresh copies
+// (no acknowledgements, no window): with at most one chunk per link and
+// step (oneChunkPerLink) and every member waiting for its peers each step,
+// a member is never more than one operation ahead of a peer, so at most a
+// few chunks per link are ever queued.
+func (o *op) runSteps(prog *allreduce.Program, buf []float32, format allreduce.Format, grpcPath bool) error {
 	g := o.g
 	wf := pbFormat[format]
+	inboxes := g.lin
+	if grpcPath {
+		inboxes = g.in
+	}
 	si, ri := 0, 0
 	for step := 0; step < prog.Steps; step++ {
 		for ; si < len(prog.Sends) && prog.Sends[si].Step == step; si++ {
 			t := &prog.Sends[si]
-			link, err := g.link(t.Peer)
+			x := prog.Cells[t.Cell]
+			m := &pb.CollectiveChunk{Op: o.seq, Step: uint32(step), Offset: uint64(x.Off), Total: uint64(prog.Elems), Format: wf, Untracked: true}
+			size := format.Size() * x.Len
+			if grpcPath {
+				link, err := g.link(t.Peer)
+				if err != nil {
+					return err
+				}
+				// A fresh, untracked copy: no acknowledgement traffic.
+				m.Payload = make([]byte, size)
+				format.Pack(m.Payload, buf[x.Off:x.Off+x.Len], t.Round)
+				if _, err := link.send(o.ctx, m, nil); err != nil {
+					return errPeer(t.Peer, false, "sending step %d cell %d: %w", step, t.Cell, err)
+				}
+				continue
+			}
+			lane, err := g.laneLink(t.Peer)
 			if err != nil {
 				return err
 			}
-			x := prog.Cells[t.Cell]
-			// A fresh, untracked copy: no acknowledgement traffic.
-			b := make([]byte, format.Size()*x.Len)
-			format.Pack(b, buf[x.Off:x.Off+x.Len], t.Round)
-			m := &pb.CollectiveChunk{Op: o.seq, Step: uint32(step), Offset: uint64(x.Off), Total: uint64(prog.Elems), Format: wf, Payload: b, Untracked: true}
-			if _, err := link.send(o.ctx, m, nil); err != nil {
-				return errPeer(t.Peer, false, "sending step %d cell %d: %w", step, t.Cell, err)
+			frame := lane.frame(size)
+			format.Pack(frame[laneHeader:], buf[x.Off:x.Off+x.Len], t.Round)
+			if err := lane.send(frame, m, 0); err != nil {
+				if o.ctx.Err() != nil { // the operation ended and closed the lanes
+					err = context.Cause(o.ctx)
+				}
+				return errPeer(t.Peer, false, "sending step %d cell %d on the lane: %w", step, t.Cell, err)
 			}
 		}
 		for ; ri < len(prog.Recvs) && prog.Recvs[ri].Step == step; ri++ {
 			t := &prog.Recvs[ri]
 			x := prog.Cells[t.Cell]
-			m, err := g.in[t.Peer].next(o.ctx)
+			m, err := inboxes[t.Peer].next(o.ctx)
 			if err != nil {
 				return errPeer(t.Peer, true, "waiting for step %d cell %d: %w", step, t.Cell, err)
 			}
@@ -260,6 +285,9 @@ func (o *op) runSteps(prog *allreduce.Program, buf []float32, format allreduce.F
 			}
 			if err := format.Apply(buf[x.Off:x.Off+x.Len], m.Payload, t.Op); err != nil {
 				return errPeer(t.Peer, false, "step %d cell %d: %w", step, t.Cell, err)
+			}
+			if !grpcPath {
+				g.pool.Put(m.Payload) // from pumpLane
 			}
 		}
 	}

@@ -69,26 +69,37 @@ func BenchmarkAllToAll(b *testing.B) {
 	}
 }
 
-// BenchmarkSmallAllReduceRunners compares runSteps with the general runner
-// on the same 4 KiB recursive-doubling all-reduce, side by side.
+// BenchmarkSmallAllReduceRunners compares, side by side on the same 4 KiB
+// recursive-doubling all-reduce: runSteps over the lanes (the default),
+// runSteps over gRPC (SmallOverGRPC) and the general runner (over gRPC).
 func BenchmarkSmallAllReduceRunners(b *testing.B) {
 	const n = 4
 	c := newCluster(b, n, nil)
-	for _, steps := range []bool{true, false, true, false} {
-		b.Run(fmt.Sprintf("runSteps=%v", steps), func(b *testing.B) {
-			useRunSteps = steps
-			defer func() { useRunSteps = true }()
-			cpu0 := cpuTime()
-			c.each(b, func(r int, g *Group) error {
-				buf := make([]float32, 1024)
-				for range b.N {
-					if err := g.AllReduce(context.Background(), buf); err != nil {
-						return err
+	variants := []struct {
+		name            string
+		steps, overGRPC bool
+	}{
+		{"lanes", true, false},
+		{"grpc-steps", true, true},
+		{"grpc-general", false, true},
+	}
+	for range 2 {
+		for _, v := range variants {
+			b.Run(v.name, func(b *testing.B) {
+				useRunSteps = v.steps
+				defer func() { useRunSteps = true }()
+				cpu0 := cpuTime()
+				c.each(b, func(r int, g *Group) error {
+					buf := make([]float32, 1024)
+					for range b.N {
+						if err := g.AllReduceWith(context.Background(), buf, ReduceOptions{SmallOverGRPC: v.overGRPC}); err != nil {
+							return err
+						}
 					}
-				}
-				return nil
+					return nil
+				})
+				b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N*n), "cpu-ns/member-op")
 			})
-			b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N*n), "cpu-ns/member-op")
-		})
+		}
 	}
 }

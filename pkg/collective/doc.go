@@ -9,6 +9,15 @@
 // pkg/wire's codec, so payloads are sent by reference (a float32 buffer
 // goes on the wire without being copied) and arrive in one copy.
 //
+// Small all-reduces (recursive doubling or the tree within one chunk: a
+// few latency-bound steps of one message per peer) travel instead on a
+// direct lane to every peer: a plain TCP connection opened by Connect on
+// the same listener (the first bytes tell a lane from gRPC's HTTP/2
+// preface), one write(2) per message and one reader goroutine per source.
+// A lane costs less than half of gRPC's CPU per small operation, which is
+// most of its latency on hosts that run several members per core (see
+// lane.go; Config.SmallOverGRPC switches it off for comparison).
+//
 // Flow control and buffer ownership: a member keeps at most
 // Config.Window chunks (of at most Config.ChunkBytes) unacknowledged per
 // peer; the destination acknowledges a chunk once it has taken it off the

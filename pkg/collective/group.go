@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -16,7 +17,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/switchyard/switchyard/pkg/allreduce"
-	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/wire"
 	pb "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -45,9 +45,12 @@ type Group struct {
 	rank int
 	srv  *grpc.Server
 	lis  net.Listener
+	dmx  *demux // splits lis between srv and the lanes
 
-	in  []*inbox   // by source rank; nil at Rank
-	out []*outLink // by destination rank; nil at Rank
+	in    []*inbox   // gRPC streams' chunks, by source rank; nil at Rank
+	out   []*outLink // by destination rank; nil at Rank
+	lin   []*inbox   // lanes' messages, by source rank; nil at Rank
+	lanes []*laneOut // by destination rank; nil at Rank (g.mu)
 
 	// streamCtx is the parent of every client stream; cancelling it
 	// (abort) tears the streams down and unblocks any send.
@@ -80,13 +83,20 @@ func New(cfg Config, lis net.Listener) (*Group, error) {
 		return nil, errors.New("collective: big-endian hosts are not supported")
 	}
 	n := len(cfg.Peers)
-	g := &Group{cfg: cfg, n: n, rank: cfg.Rank, lis: lis, in: make([]*inbox, n), out: make([]*outLink, n)}
+	g := &Group{cfg: cfg, n: n, rank: cfg.Rank, lis: lis,
+		in: make([]*inbox, n), out: make([]*outLink, n), lin: make([]*inbox, n), lanes: make([]*laneOut, n)}
 	g.streamCtx, g.cancelStream = context.WithCancel(context.Background())
 	for r := range n {
 		if r != g.rank {
 			g.in[r] = &inbox{src: r, ch: make(chan *pb.CollectiveChunk, cfg.Window), dead: make(chan struct{})}
+			g.lin[r] = &inbox{src: r, ch: make(chan *pb.CollectiveChunk, cfg.Window), dead: make(chan struct{})}
 		}
 	}
+	// Aborting (or closing) the group closes the outgoing lanes, which
+	// unblocks a send stuck on a stopped peer; incoming lanes close
+	// themselves (serveLane).
+	context.AfterFunc(g.streamCtx, g.closeLanes)
+	g.dmx = newDemux(lis, g.serveLane)
 	g.srv = grpc.NewServer(
 		grpc.ForceServerCodecV2(wire.Codec{}),
 		grpc.MaxRecvMsgSize(g.maxMsg()),
@@ -101,7 +111,7 @@ func New(cfg Config, lis net.Listener) (*Group, error) {
 	g.wg.Add(1)
 	go func() {
 		defer g.wg.Done()
-		_ = g.srv.Serve(lis) // returns when Close stops the server
+		_ = g.srv.Serve(g.dmx) // returns when Close stops the server
 	}()
 	return g, nil
 }
@@ -202,10 +212,7 @@ func (g *Group) connect(ctx context.Context, r int) error {
 	if err != nil {
 		return fail(err)
 	}
-	hello := &pb.CollectiveChunk{Hello: &pb.CollectiveHello{
-		Group: g.cfg.Group, SourceRank: uint32(g.rank), DestRank: uint32(r),
-		Size: uint32(g.n), Protocol: cluster.ProtocolVersion, Window: uint32(g.cfg.Window),
-	}}
+	hello := &pb.CollectiveChunk{Hello: g.hello(r)}
 	if err := stream.Send(hello); err != nil {
 		_, err = stream.Recv() // the stream's status
 		return fail(err)
@@ -228,7 +235,31 @@ func (g *Group) connect(ctx context.Context, r int) error {
 		defer g.wg.Done()
 		o.readAcks()
 	}()
+	// The peer answered on gRPC, so its listener is up: open the lane.
+	lane, err := g.dialLane(ctx, r)
+	if err != nil {
+		return fmt.Errorf("lane: %w", err)
+	}
+	g.mu.Lock()
+	if g.isClosed || g.failure != nil {
+		g.mu.Unlock()
+		lane.conn.Close()
+		return g.usable()
+	}
+	g.lanes[r] = lane
+	g.mu.Unlock()
 	return nil
+}
+
+// closeLanes closes every outgoing lane.
+func (g *Group) closeLanes() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, l := range g.lanes {
+		if l != nil {
+			l.conn.Close()
+		}
+	}
 }
 
 // Ping sends one Ping to member r and returns the round-trip time.
@@ -270,6 +301,18 @@ func (g *Group) Shutdown(ctx context.Context) error {
 	for _, o := range out {
 		_ = o.stream.CloseSend()
 	}
+	g.mu.Lock()
+	lanes := append([]*laneOut(nil), g.lanes...)
+	g.mu.Unlock()
+	dl, _ := ctx.Deadline() // zero: no deadline
+	for _, l := range lanes {
+		if l != nil {
+			l.conn.SetWriteDeadline(dl)
+			// Best effort: a peer that does not get it sees the lane end
+			// when this member closes, and its Shutdown waits for that.
+			_ = l.send(make([]byte, laneHeader), &pb.CollectiveChunk{}, laneBye)
+		}
+	}
 	var err error
 	wait := func(ch <-chan struct{}) {
 		if err == nil {
@@ -283,7 +326,7 @@ func (g *Group) Shutdown(ctx context.Context) error {
 	for _, o := range out {
 		wait(o.dead) // the peer saw our end of stream and ended it
 	}
-	for _, b := range g.in {
+	for _, b := range append(append([]*inbox(nil), g.in...), g.lin...) {
 		if b == nil {
 			continue
 		}
@@ -309,8 +352,9 @@ func (g *Group) Close() error {
 		g.mu.Lock()
 		g.isClosed = true
 		g.mu.Unlock()
-		g.abort(ErrClosed)
+		g.abort(ErrClosed) // also closes the lanes
 		g.srv.Stop()
+		g.dmx.Close()
 		g.mu.Lock()
 		out := append([]*outLink(nil), g.out...)
 		g.mu.Unlock()
@@ -319,6 +363,7 @@ func (g *Group) Close() error {
 				o.conn.Close()
 			}
 		}
+		g.dmx.wait()
 		g.wg.Wait()
 	})
 	return nil
@@ -481,6 +526,9 @@ func (o *outLink) readAcks() {
 type inbox struct {
 	src int
 	ch  chan *pb.CollectiveChunk
+	// delivered counts the chunks put into ch (tests read it to see which
+	// path carried an operation).
+	delivered atomic.Int64
 
 	mu       sync.Mutex
 	attached bool
@@ -541,17 +589,8 @@ func (s *service) Exchange(stream grpc.BidiStreamingServer[pb.CollectiveChunk, p
 		return err
 	}
 	h := hello.GetHello()
-	switch {
-	case h == nil:
-		return status.Error(codes.InvalidArgument, "collective: first message is not a hello")
-	case h.Protocol != cluster.ProtocolVersion:
-		return status.Errorf(codes.FailedPrecondition, "collective: protocol %d, this member speaks %d", h.Protocol, cluster.ProtocolVersion)
-	case h.Group != g.cfg.Group:
-		return status.Errorf(codes.FailedPrecondition, "collective: hello for group %q, this member is in %q", h.Group, g.cfg.Group)
-	case int(h.Size) != g.n || int(h.DestRank) != g.rank:
-		return status.Errorf(codes.FailedPrecondition, "collective: hello for rank %d of %d, this member is rank %d of %d", h.DestRank, h.Size, g.rank, g.n)
-	case int(h.SourceRank) >= g.n || int(h.SourceRank) == g.rank:
-		return status.Errorf(codes.InvalidArgument, "collective: hello from rank %d", h.SourceRank)
+	if err := g.checkHello(h); err != nil {
+		return status.Error(codes.FailedPrecondition, err.Error())
 	}
 	b := g.in[h.SourceRank]
 	b.mu.Lock()
@@ -601,6 +640,7 @@ func (s *service) pump(stream grpc.BidiStreamingServer[pb.CollectiveChunk, pb.Co
 		case <-s.g.streamCtx.Done():
 			return status.Errorf(codes.Aborted, "rank %d aborted the operation", s.g.rank)
 		}
+		b.delivered.Add(1)
 		if m.Untracked {
 			continue
 		}

@@ -1,0 +1,447 @@
+package collective
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/switchyard/switchyard/pkg/cluster"
+	pb "github.com/switchyard/switchyard/proto/switchyard/v1"
+)
+
+// Direct lanes: the small-message path.
+//
+// A small all-reduce is a few latency-bound steps of one message per peer
+// (recursive doubling: ceil(log2 n) steps). Over gRPC each message costs a
+// sender goroutine hand-off to HTTP/2's writer, frame encoding, a reader
+// goroutine and a hand-off to the stream's consumer: about 25-30 us of CPU
+// per message, which on hosts running several members per core is most of
+// a step. A lane is a plain TCP connection from each member to each peer,
+// opened by Connect next to the gRPC stream, on the same listener: a
+// message is one write(2) of a fixed header and the payload, received by
+// one reader goroutine into the peer's lane inbox.
+//
+// Lanes carry only the step-by-step small-buffer all-reduce (runSteps), so
+// they need no flow control of their own: every member waits for its peers
+// each step, so a member is at most one operation ahead and at most a few
+// messages per lane are ever queued. Everything else (bulk chunks with
+// their acknowledgements, all-to-all, pings) stays on gRPC.
+//
+// Connection: the dialer writes laneMagic, then a length-prefixed
+// CollectiveHello (the same checks as the gRPC Exchange's hello); the
+// listener answers with a length-prefixed reason, empty when accepted.
+// gRPC clients open their connections with the HTTP/2 preface ("PRI *
+// HTTP/2.0..."), so the first eight bytes of a connection tell the two
+// apart (see demux).
+//
+// Frame: laneHeader bytes, little-endian, then the payload:
+//
+//	[0:4)   payload bytes (<= the group's largest message)
+//	[4:8)   step
+//	[8:16)  operation sequence number
+//	[16:24) offset of the cell, elements
+//	[24:32) total elements of the operation
+//	[32:36) format (pb.CollectiveFormat)
+//	[36:40) flags: laneBye marks the last frame of a member that shut down
+const (
+	laneMagic  = "SWYLANE1"
+	laneHeader = 40
+	laneBye    = 1
+
+	// laneHelloMax bounds a hello or its answer, bytes.
+	laneHelloMax = 4 << 10
+	// laneHandshakeTimeout bounds the accepting side's wait for a hello.
+	laneHandshakeTimeout = 10 * time.Second
+	// laneReadBuffer is the reader's buffer: a small message and its
+	// header arrive in one read(2).
+	laneReadBuffer = 64 << 10
+)
+
+// laneOut is the sending side of the lane to one peer. Sends come only
+// from the operation running under the group's opMu, and Shutdown (which
+// also holds it), so mu only orders them against Close.
+type laneOut struct {
+	dst   int
+	conn  net.Conn
+	write func([]byte) (int, error) // conn.Write, or rawWriter's
+	raw   bool                      // write is rawWriter's
+	mu    sync.Mutex
+	buf   []byte // frame buffer of the running operation (see frame)
+}
+
+func newLaneOut(dst int, conn net.Conn) *laneOut {
+	l := &laneOut{dst: dst, conn: conn, write: rawWriter(conn)}
+	l.raw = l.write != nil
+	if !l.raw {
+		l.write = conn.Write
+	}
+	return l
+}
+
+// frame returns a buffer for a frame of payload bytes, reused from one
+// send to the next: write(2) copies it into the kernel, so it is free
+// again once send returns. Only the running operation may call it.
+func (l *laneOut) frame(payload int) []byte {
+	if n := laneHeader + payload; cap(l.buf) >= n {
+		l.buf = l.buf[:n]
+	} else {
+		l.buf = make([]byte, n)
+	}
+	return l.buf
+}
+
+// send writes one frame (the header is filled in here; frame[laneHeader:]
+// is the payload, already packed) in one write.
+func (l *laneOut) send(frame []byte, m *pb.CollectiveChunk, flags uint32) error {
+	putLaneHeader(frame[:laneHeader], len(frame)-laneHeader, m, flags)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	_, err := l.write(frame)
+	return err
+}
+
+func putLaneHeader(h []byte, payload int, m *pb.CollectiveChunk, flags uint32) {
+	le := binary.LittleEndian
+	le.PutUint32(h[0:], uint32(payload))
+	le.PutUint32(h[4:], m.Step)
+	le.PutUint64(h[8:], m.Op)
+	le.PutUint64(h[16:], m.Offset)
+	le.PutUint64(h[24:], m.Total)
+	le.PutUint32(h[32:], uint32(m.Format))
+	le.PutUint32(h[36:], flags)
+}
+
+// readLaneFrame reads one frame; the payload comes from alloc (nil: make)
+// and the chunk owns it. bye reports a goodbye frame (no payload).
+func readLaneFrame(r io.Reader, hdr []byte, maxPayload int, alloc func(int) []byte) (m *pb.CollectiveChunk, bye bool, err error) {
+	if _, err := io.ReadFull(r, hdr); err != nil {
+		return nil, false, err // io.EOF only at a frame boundary
+	}
+	le := binary.LittleEndian
+	size := le.Uint32(hdr[0:])
+	flags := le.Uint32(hdr[36:])
+	if flags&^laneBye != 0 {
+		return nil, false, fmt.Errorf("lane frame with unknown flags %#x", flags)
+	}
+	if flags&laneBye != 0 {
+		if size != 0 {
+			return nil, false, fmt.Errorf("goodbye frame with a %d-byte payload", size)
+		}
+		return nil, true, nil
+	}
+	if int64(size) > int64(maxPayload) {
+		return nil, false, fmt.Errorf("lane frame of %d bytes, the limit is %d", size, maxPayload)
+	}
+	m = &pb.CollectiveChunk{
+		Step:   le.Uint32(hdr[4:]),
+		Op:     le.Uint64(hdr[8:]),
+		Offset: le.Uint64(hdr[16:]),
+		Total:  le.Uint64(hdr[24:]),
+		Format: pb.CollectiveFormat(le.Uint32(hdr[32:])),
+	}
+	if alloc != nil {
+		m.Payload = alloc(int(size))
+	} else {
+		m.Payload = make([]byte, size)
+	}
+	if _, err := io.ReadFull(r, m.Payload); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, false, err
+	}
+	return m, false, nil
+}
+
+// writeLaneMsg writes a length-prefixed message (hello or answer).
+func writeLaneMsg(w io.Writer, b []byte) error {
+	out := make([]byte, 4+len(b))
+	binary.LittleEndian.PutUint32(out, uint32(len(b)))
+	copy(out[4:], b)
+	_, err := w.Write(out)
+	return err
+}
+
+// readLaneMsg reads a length-prefixed message of at most laneHelloMax bytes.
+func readLaneMsg(r io.Reader) ([]byte, error) {
+	var n [4]byte
+	if _, err := io.ReadFull(r, n[:]); err != nil {
+		return nil, err
+	}
+	size := binary.LittleEndian.Uint32(n[:])
+	if size > laneHelloMax {
+		return nil, fmt.Errorf("lane handshake message of %d bytes, the limit is %d", size, laneHelloMax)
+	}
+	b := make([]byte, size)
+	_, err := io.ReadFull(r, b)
+	return b, err
+}
+
+// dialLane opens the lane to peer r: magic, hello, and the peer's answer,
+// all bounded by ctx.
+func (g *Group) dialLane(ctx context.Context, r int) (*laneOut, error) {
+	conn, err := g.cfg.Dial(ctx, g.cfg.Peers[r])
+	if err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
+	fail := func(err error) (*laneOut, error) {
+		stop()
+		conn.Close()
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
+		}
+		return nil, err
+	}
+	hello, err := proto.Marshal(g.hello(r))
+	if err != nil {
+		return fail(err)
+	}
+	if _, err := io.WriteString(conn, laneMagic); err != nil {
+		return fail(err)
+	}
+	if err := writeLaneMsg(conn, hello); err != nil {
+		return fail(err)
+	}
+	answer, err := readLaneMsg(conn)
+	if err != nil {
+		return fail(fmt.Errorf("lane handshake: %w", err))
+	}
+	if len(answer) > 0 {
+		return fail(fmt.Errorf("lane refused: %s", answer))
+	}
+	if !stop() {
+		return fail(ctx.Err())
+	}
+	return newLaneOut(r, conn), nil
+}
+
+// hello is this member's hello to peer r.
+func (g *Group) hello(r int) *pb.CollectiveHello {
+	return &pb.CollectiveHello{
+		Group: g.cfg.Group, SourceRank: uint32(g.rank), DestRank: uint32(r),
+		Size: uint32(g.n), Protocol: cluster.ProtocolVersion, Window: uint32(g.cfg.Window),
+	}
+}
+
+// checkHello validates a peer's hello (gRPC stream or lane).
+func (g *Group) checkHello(h *pb.CollectiveHello) error {
+	switch {
+	case h == nil:
+		return errors.New("collective: first message is not a hello")
+	case h.Protocol != cluster.ProtocolVersion:
+		return fmt.Errorf("collective: protocol %d, this member speaks %d", h.Protocol, cluster.ProtocolVersion)
+	case h.Group != g.cfg.Group:
+		return fmt.Errorf("collective: hello for group %q, this member is in %q", h.Group, g.cfg.Group)
+	case int(h.Size) != g.n || int(h.DestRank) != g.rank:
+		return fmt.Errorf("collective: hello for rank %d of %d, this member is rank %d of %d", h.DestRank, h.Size, g.rank, g.n)
+	case int(h.SourceRank) >= g.n || int(h.SourceRank) == g.rank:
+		return fmt.Errorf("collective: hello from rank %d", h.SourceRank)
+	}
+	return nil
+}
+
+// serveLane runs an accepted lane connection: handshake, then frames into
+// the source's lane inbox until the source says goodbye, the connection
+// fails or the group aborts. It owns conn.
+func (g *Group) serveLane(conn net.Conn) {
+	defer conn.Close()
+	conn.SetReadDeadline(time.Now().Add(laneHandshakeTimeout))
+	raw, err := readLaneMsg(conn)
+	if err != nil {
+		return // not a member (or a dead one): nothing to tell
+	}
+	h := &pb.CollectiveHello{}
+	if err := proto.Unmarshal(raw, h); err != nil {
+		_ = writeLaneMsg(conn, []byte("collective: malformed lane hello: "+err.Error()))
+		return
+	}
+	if err := g.checkHello(h); err != nil {
+		_ = writeLaneMsg(conn, []byte(err.Error()))
+		return
+	}
+	b := g.lin[h.SourceRank]
+	b.mu.Lock()
+	if b.attached {
+		b.mu.Unlock()
+		_ = writeLaneMsg(conn, []byte(fmt.Sprintf("collective: rank %d already has a lane to rank %d", h.SourceRank, g.rank)))
+		return
+	}
+	b.attached = true
+	b.mu.Unlock()
+	// Abort (or Close) unblocks the reader by closing the connection.
+	stop := context.AfterFunc(g.streamCtx, func() { conn.Close() })
+	defer stop()
+	conn.SetReadDeadline(time.Time{})
+	if err := writeLaneMsg(conn, nil); err != nil {
+		b.fail(fmt.Errorf("lane from %s: %w", g.peerName(b.src), err))
+		return
+	}
+	err = g.pumpLane(conn, b)
+	switch {
+	case err == nil:
+		err = errPeerShutdown
+	case g.streamCtx.Err() != nil:
+		err = fmt.Errorf("rank %d aborted the operation", g.rank)
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
+		err = fmt.Errorf("the peer aborted or died (%w)", err)
+	}
+	b.fail(fmt.Errorf("lane from %s ended: %w", g.peerName(b.src), err))
+}
+
+// pumpLane moves frames into b until a goodbye (nil) or an error. The
+// payloads come from g.pool; runSteps returns them once applied.
+func (g *Group) pumpLane(conn net.Conn, b *inbox) error {
+	r := bufio.NewReaderSize(conn, laneReadBuffer)
+	hdr := make([]byte, laneHeader)
+	for {
+		m, bye, err := readLaneFrame(r, hdr, g.maxMsg(), g.pool.Get)
+		if err != nil {
+			return err
+		}
+		if bye {
+			return nil
+		}
+		select {
+		case b.ch <- m:
+		case <-g.streamCtx.Done():
+			return g.streamCtx.Err()
+		}
+		b.delivered.Add(1)
+	}
+}
+
+// laneLink returns the lane to peer r, or an error if Connect has not
+// opened it.
+func (g *Group) laneLink(r int) (*laneOut, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if l := g.lanes[r]; l != nil {
+		return l, nil
+	}
+	return nil, errPeer(r, false, "lane not connected (call Connect first)")
+}
+
+// demux splits one listener between gRPC and lanes by the first eight
+// bytes of each connection: laneMagic goes to lane, anything else (the
+// HTTP/2 preface) is handed, bytes intact, to the gRPC server through
+// Accept. Close closes the underlying listener and ends Accept.
+type demux struct {
+	net.Listener
+	lane    func(net.Conn)
+	conns   chan net.Conn
+	done    chan struct{}
+	closing context.Context // ends at Close
+	cancel  context.CancelFunc
+	once    sync.Once
+	wg      sync.WaitGroup // the accept loop and classifiers
+	errMu   sync.Mutex
+	accErr  error
+}
+
+func newDemux(lis net.Listener, lane func(net.Conn)) *demux {
+	d := &demux{Listener: lis, lane: lane, conns: make(chan net.Conn), done: make(chan struct{})}
+	d.closing, d.cancel = context.WithCancel(context.Background())
+	d.wg.Add(1)
+	go d.loop()
+	return d
+}
+
+func (d *demux) loop() {
+	defer d.wg.Done()
+	for {
+		c, err := d.Listener.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			d.errMu.Lock()
+			d.accErr = err
+			d.errMu.Unlock()
+			d.Close()
+			return
+		}
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			d.classify(c)
+		}()
+	}
+}
+
+// classify reads the first bytes of c (bounded by laneHandshakeTimeout)
+// and routes it.
+func (d *demux) classify(c net.Conn) {
+	stop := context.AfterFunc(d.closing, func() { c.SetReadDeadline(time.Now()) })
+	c.SetReadDeadline(time.Now().Add(laneHandshakeTimeout))
+	head := make([]byte, len(laneMagic))
+	_, err := io.ReadFull(c, head)
+	if !stop() || err != nil {
+		c.Close()
+		return
+	}
+	c.SetReadDeadline(time.Time{})
+	if string(head) == laneMagic {
+		d.lane(c)
+		return
+	}
+	select {
+	case d.conns <- &prefixConn{Conn: c, prefix: head}:
+	case <-d.done:
+		c.Close()
+	}
+}
+
+// Accept returns the next gRPC connection.
+func (d *demux) Accept() (net.Conn, error) {
+	select {
+	case c := <-d.conns:
+		return c, nil
+	case <-d.done:
+		d.errMu.Lock()
+		defer d.errMu.Unlock()
+		if d.accErr != nil {
+			return nil, d.accErr
+		}
+		return nil, net.ErrClosed
+	}
+}
+
+// Close closes the listener; Accept returns net.ErrClosed.
+func (d *demux) Close() error {
+	var err error
+	d.once.Do(func() {
+		close(d.done)
+		d.cancel()
+		err = d.Listener.Close()
+	})
+	return err
+}
+
+// wait waits for the accept loop and every classifier (and so every lane
+// handler) to return. Call after Close and after aborting the lanes.
+func (d *demux) wait() { d.wg.Wait() }
+
+// prefixConn is a connection whose first bytes were already read.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(p, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
