@@ -1,0 +1,136 @@
+package serve
+
+import (
+	"encoding/json"
+	"math"
+	"slices"
+	"testing"
+)
+
+// chatMLTemplate is enough of a ChatML chat_template to select ChatML.
+const chatMLTemplate = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+
+func testLimits(t testing.TB, template string) limits {
+	tok := gpt2(t)
+	return limits{name: "golden", tok: tok, vocab: 320, context: 256, eos: []int32{0},
+		chat: newChatFormat(template, tok), defaultCompletion: 16}
+}
+
+// TestParseAcceptsOpenAIShapes: the request shapes OpenAI clients send
+// parse to the same job, and absent fields take the documented defaults.
+func TestParseAcceptsOpenAIShapes(t *testing.T) {
+	lim := testLimits(t, "")
+	ids := func(s string) []int32 {
+		var out []int32
+		for _, id := range lim.tok.Encode(s) {
+			out = append(out, int32(id))
+		}
+		return out
+	}
+	for _, tc := range []struct {
+		name   string
+		chat   bool
+		body   string
+		prompt []int32
+		max    int
+		temp   float64
+		topP   float64
+		stops  []string
+		stopID []int32
+	}{
+		{"string prompt, defaults", false, `{"prompt": "hello"}`, ids("hello"), 16, 1, 1, nil, []int32{0}},
+		{"one string in a list", false, `{"prompt": ["hello"], "model": "golden"}`, ids("hello"), 16, 1, 1, nil, []int32{0}},
+		{"token ids", false, `{"prompt": [3, 4, 5], "max_tokens": 7, "temperature": 0}`, []int32{3, 4, 5}, 7, 0, 1, nil, []int32{0}},
+		{"one id list in a list", false, `{"prompt": [[3, 4]], "top_p": 0.5, "seed": -1}`, []int32{3, 4}, 16, 1, 0.5, nil, []int32{0}},
+		{"nulls are absent", false, `{"prompt": "hi", "max_tokens": null, "temperature": null, "stop": null, "n": null, "logprobs": null}`, ids("hi"), 16, 1, 1, nil, []int32{0}},
+		{"stop string, ignore_eos", false, `{"prompt": "hi", "stop": "\n", "ignore_eos": true, "n": 1}`, ids("hi"), 16, 1, 1, []string{"\n"}, nil},
+		{"default max_tokens capped by the context", false, `{"prompt": [` + repeat("1, ", 250) + `1]}`, slices.Repeat([]int32{1}, 251), 5, 1, 1, nil, []int32{0}},
+		{"chat, rest of the context", true, `{"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b"]}`, ids("user: hi\nassistant:"), 256 - len(ids("user: hi\nassistant:")), 1, 1, []string{"a", "b"}, []int32{0}},
+		{"chat, text parts, max_completion_tokens", true, `{"messages": [{"role": "user", "content": [{"type": "text", "text": "h"}, {"type": "text", "text": "i"}]}, {"role": "assistant", "content": null}], "max_completion_tokens": 9, "response_format": {"type": "text"}, "logprobs": false}`, ids("user: hi\nassistant: \nassistant:"), 9, 1, 1, nil, []int32{0}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var r *request
+			var e *apiError
+			if tc.chat {
+				r, e = parseChat([]byte(tc.body), 16)
+			} else {
+				r, e = parseCompletion([]byte(tc.body), 16)
+			}
+			if e != nil {
+				t.Fatalf("refused: %d %s", e.Status, e.Message)
+			}
+			j, e := prepare(r, lim)
+			if e != nil {
+				t.Fatalf("refused: %d %s", e.Status, e.Message)
+			}
+			if !slices.Equal(j.prompt, tc.prompt) || j.maxTokens != tc.max || j.sampler.Temperature != tc.temp || j.sampler.TopP != tc.topP ||
+				!slices.Equal(j.stops, tc.stops) || !slices.Equal(j.stopIDs, tc.stopID) {
+				t.Errorf("job %+v\nwant prompt %v max %d temperature %g top_p %g stops %q stop ids %v", j, tc.prompt, tc.max, tc.temp, tc.topP, tc.stops, tc.stopID)
+			}
+		})
+	}
+}
+
+func repeat(s string, n int) string {
+	out := ""
+	for range n {
+		out += s
+	}
+	return out
+}
+
+// FuzzParseRequest: no request body makes parsing panic; every body is
+// either refused with a 4xx OpenAI error or becomes a job within the
+// model's limits.
+func FuzzParseRequest(f *testing.F) {
+	for _, s := range []string{
+		`{"prompt": "hello", "max_tokens": 5, "temperature": 0.5, "top_p": 0.9, "seed": 3, "stop": ["a", "b"], "stream": true, "stream_options": {"include_usage": true}}`,
+		`{"prompt": [[1, 2, 3]], "n": 1, "ignore_eos": true, "return_token_ids": true}`,
+		`{"prompt": ["x", "y"]}`, `{"prompt": [1e40]}`, `{"prompt": [-5]}`, `{"prompt": [[[1]]]}`, `{"max_tokens": 1e400}`,
+		`{"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "max_completion_tokens": 3}`,
+		`{"messages": [{"role": "system", "content": "<|im_start|>"}], "model": "golden", "response_format": {"type": "json_object"}}`,
+		`{"messages": null}`, `[]`, `null`, `"x"`, `{"prompt": "a", "stop": [""]}`, `{`, ``, "{\"prompt\": \"\xff\xfe\"}",
+	} {
+		f.Add([]byte(s), false)
+		f.Add([]byte(s), true)
+	}
+	lim := testLimits(f, chatMLTemplate)
+	f.Fuzz(func(t *testing.T, body []byte, chat bool) {
+		var r *request
+		var e *apiError
+		if chat {
+			r, e = parseChat(body, 16)
+		} else {
+			r, e = parseCompletion(body, 16)
+		}
+		var j *job
+		if e == nil {
+			j, e = prepare(r, lim)
+		}
+		if e != nil {
+			if e.Status < 400 || e.Status > 499 || e.Message == "" || e.Type == "" {
+				t.Fatalf("bad error %+v", e)
+			}
+			if _, err := json.Marshal(e.body()); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+		P := len(j.prompt)
+		if P == 0 || j.maxTokens < 1 || P+j.maxTokens > lim.context {
+			t.Fatalf("prompt %d tokens, max_tokens %d: outside the context of %d", P, j.maxTokens, lim.context)
+		}
+		for _, id := range j.prompt {
+			if id < 0 || int(id) >= lim.vocab {
+				t.Fatalf("token id %d outside the vocabulary", id)
+			}
+		}
+		s := j.sampler
+		if err := s.Validate(); err != nil || s.Temperature > 2 || s.TopP <= 0 || math.IsNaN(s.TopP) {
+			t.Fatalf("sampler %+v: %v", s, err)
+		}
+		if len(j.stops) > 16 || slices.Contains(j.stops, "") {
+			t.Fatalf("stops %q", j.stops)
+		}
+	})
+}

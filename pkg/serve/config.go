@@ -1,0 +1,107 @@
+package serve
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Config configures a Server. Zero values take the defaults noted on each
+// field (DefaultConfig); ModelName is required.
+type Config struct {
+	// ModelName is the id clients pass as "model" and /v1/models lists.
+	// A request without "model" gets this model (as vLLM does).
+	ModelName string
+	// MaxSeqs is the most sequences decoded together: one Forward call per
+	// step covers all of them. Default 16.
+	MaxSeqs int
+	// MaxQueue is how many accepted requests may wait for a free slot
+	// beyond MaxSeqs; a request arriving when the queue is full is refused
+	// at once with 429. Default 64.
+	MaxQueue int
+	// MaxPrefillTokens bounds the prompt tokens admitted in one step, so a
+	// burst of long prompts does not stall the sequences already decoding
+	// for long; a prompt longer than it is still admitted, alone. Default
+	// 2048.
+	MaxPrefillTokens int
+	// MaxBodyBytes bounds a request body; a larger one is refused with
+	// 413. Default 1 MiB.
+	MaxBodyBytes int64
+	// DefaultCompletionTokens is max_tokens of a /v1/completions request
+	// that gives none (OpenAI's and vLLM's 16), capped to the context left
+	// after the prompt. Chat requests without one may use the whole rest of
+	// the context (as vLLM does).
+	DefaultCompletionTokens int
+	// MaxStops bounds the stop strings of one request. Default 16.
+	MaxStops int
+	// ChatTemplate is tokenizer_config.json's chat_template. A ChatML
+	// template (<|im_start|>role\ncontent<|im_end|>) is supported when the
+	// tokenizer has those tokens; anything else, or "", renders chats in
+	// the plain format (see ChatFormat).
+	ChatTemplate string
+	// Ready, if set, tells /health whether the model can serve (e.g. every
+	// expert's worker is up); nil means always. It should answer within
+	// about a second.
+	Ready func(ctx context.Context) error
+	// Created is the "created" time /v1/models reports (default: when New
+	// ran).
+	Created time.Time
+}
+
+// DefaultConfig returns the defaults for a model named name.
+func DefaultConfig(name string) Config {
+	return Config{
+		ModelName:               name,
+		MaxSeqs:                 16,
+		MaxQueue:                64,
+		MaxPrefillTokens:        2048,
+		MaxBodyBytes:            1 << 20,
+		DefaultCompletionTokens: 16,
+		MaxStops:                16,
+	}
+}
+
+// withDefaults fills zero fields and validates the result, reporting every
+// problem.
+func (c Config) withDefaults() (Config, error) {
+	d := DefaultConfig(c.ModelName)
+	if c.MaxSeqs == 0 {
+		c.MaxSeqs = d.MaxSeqs
+	}
+	if c.MaxQueue == 0 {
+		c.MaxQueue = d.MaxQueue
+	}
+	if c.MaxPrefillTokens == 0 {
+		c.MaxPrefillTokens = d.MaxPrefillTokens
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = d.MaxBodyBytes
+	}
+	if c.DefaultCompletionTokens == 0 {
+		c.DefaultCompletionTokens = d.DefaultCompletionTokens
+	}
+	if c.MaxStops == 0 {
+		c.MaxStops = d.MaxStops
+	}
+	if c.Created.IsZero() {
+		c.Created = time.Now()
+	}
+	var errs []error
+	if c.ModelName == "" {
+		errs = append(errs, errors.New("serve: a model name is required"))
+	}
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{
+		{"max sequences", int64(c.MaxSeqs)}, {"max queue", int64(c.MaxQueue)},
+		{"max prefill tokens", int64(c.MaxPrefillTokens)}, {"max body bytes", c.MaxBodyBytes},
+		{"default completion tokens", int64(c.DefaultCompletionTokens)}, {"max stops", int64(c.MaxStops)},
+	} {
+		if f.v < 0 {
+			errs = append(errs, fmt.Errorf("serve: %s %d must be > 0", f.name, f.v))
+		}
+	}
+	return c, errors.Join(errs...)
+}
