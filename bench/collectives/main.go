@@ -86,6 +86,7 @@ type options struct {
 	probePort  int
 	cpuProfile *os.File
 	maxIters   int
+	lanePoll   time.Duration
 }
 
 func main() {
@@ -96,7 +97,7 @@ func main() {
 	flag.Float64Var(&o.rateBits, "rate", 0, "configured link rate in bits/s, for the report")
 	flag.DurationVar(&o.probe, "probe", 4*time.Second, "raw-TCP probe duration per pattern")
 	flag.DurationVar(&o.target, "target", 1500*time.Millisecond, "timed duration per size (at least 3 iterations)")
-	sizes := flag.String("sizes", "4K,16K,64K,256K,1M,4M,16M,64M,256M", "sizes (K, M suffixes: KiB, MiB)")
+	sizes := flag.String("sizes", "256,1K,4K,16K,64K,256K,1M,4M,16M,64M,256M", "sizes in bytes, multiples of 4 (K, M suffixes: KiB, MiB)")
 	ops := flag.String("ops", "allreduce,allreduce-bf16,alltoall,allreduce-ring,allreduce-rd,allreduce-tree,allreduce-rd-grpc", "operations: allreduce (auto), allreduce-bf16, allreduce-ring, allreduce-rd, allreduce-tree, allreduce-rd-grpc, allreduce-tree-grpc (the small-buffer algorithms over gRPC instead of the lanes), alltoall")
 	small := flag.String("cross-check-max", "1M", "largest size for allreduce-ring and allreduce-rd")
 	flag.IntVar(&o.chunk, "chunk", 0, "chunk bytes (0: collective.DefaultChunkBytes)")
@@ -104,6 +105,7 @@ func main() {
 	flag.IntVar(&o.maxIters, "max-iters", 500, "most timed iterations per size")
 	flag.DurationVar(&o.timeout, "timeout", 120*time.Second, "per-operation timeout")
 	flag.IntVar(&o.probePort, "probe-port-offset", 1, "raw-TCP probe port = gRPC port + this")
+	flag.DurationVar(&o.lanePoll, "lane-poll", 0, "collective.Config.LanePoll (0: its default; negative: no polling)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the operations to this file (%d: rank)")
 	flag.Parse()
 	if *cpuProfile != "" {
@@ -206,7 +208,7 @@ func run(o options) error {
 	defer plis.Close()
 	g, err := collective.New(collective.Config{
 		Group: "bench-collectives", Rank: o.rank, Peers: o.peers,
-		ChunkBytes: o.chunk, Window: o.window, OpTimeout: o.timeout,
+		ChunkBytes: o.chunk, Window: o.window, OpTimeout: o.timeout, LanePoll: o.lanePoll,
 	}, lis)
 	if err != nil {
 		return err

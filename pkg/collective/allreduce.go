@@ -88,7 +88,8 @@ func (o *op) runAllReduce(planned *plan, buf []float32, format allreduce.Format,
 		}
 	}
 	if !zeroCopy && useRunSteps && planned.oneChunkPerLink {
-		return o.runSteps(prog, buf, format, smallOverGRPC)
+		overGRPC := smallOverGRPC || format.Size()*planned.maxSendElems > laneMaxPayload
+		return o.runSteps(prog, buf, format, overGRPC)
 	}
 	for _, peer := range prog.Peers() {
 		link, err := g.link(peer)
@@ -165,6 +166,7 @@ func (o *op) runAllReduce(planned *plan, buf []float32, format allreduce.Format,
 type plan struct {
 	*allreduce.Program
 	oneChunkPerLink bool
+	maxSendElems    int // the largest cell sent
 }
 
 type planKey struct {
@@ -191,6 +193,9 @@ func (g *Group) plan(alg allreduce.Algorithm, elems, chunkElems int) (*plan, err
 		return nil, err
 	}
 	p = &plan{Program: prog, oneChunkPerLink: oneChunkPerLink(prog)}
+	for _, t := range prog.Sends {
+		p.maxSendElems = max(p.maxSendElems, prog.Cells[t.Cell].Len)
+	}
 	g.plansMu.Lock()
 	if g.plans == nil || len(g.plans) >= maxPlans {
 		g.plans = make(map[planKey]*plan)
@@ -225,7 +230,8 @@ func oneChunkPerLink(prog *allreduce.Program) bool {
 }
 
 // runSteps runs prog on the calling goroutine, step by step: first the
-// step's sends, then its receives. This satisfies the program's rules
+// step's sends, then its receives (read straight from the lanes' sockets,
+// polled for up to Config.LanePoll before sleeping). This satisfies the program's rules
 // trivially and saves the goroutines, wake-ups and locking of the general
 // runner, which dominate small operations. The messages go over the direct
 // lanes (lane.go) unless grpcPath, as untracked fresh copies
@@ -236,10 +242,6 @@ func oneChunkPerLink(prog *allreduce.Program) bool {
 func (o *op) runSteps(prog *allreduce.Program, buf []float32, format allreduce.Format, grpcPath bool) error {
 	g := o.g
 	wf := pbFormat[format]
-	inboxes := g.lin
-	if grpcPath {
-		inboxes = g.in
-	}
 	si, ri := 0, 0
 	for step := 0; step < prog.Steps; step++ {
 		for ; si < len(prog.Sends) && prog.Sends[si].Step == step; si++ {
@@ -276,7 +278,23 @@ func (o *op) runSteps(prog *allreduce.Program, buf []float32, format allreduce.F
 		for ; ri < len(prog.Recvs) && prog.Recvs[ri].Step == step; ri++ {
 			t := &prog.Recvs[ri]
 			x := prog.Cells[t.Cell]
-			m, err := inboxes[t.Peer].next(o.ctx)
+			var m *pb.CollectiveChunk
+			var err error
+			if grpcPath {
+				m, err = g.in[t.Peer].next(o.ctx)
+			} else {
+				var bye bool
+				m, bye, err = g.lin[t.Peer].next(o.ctx, g.maxMsg(), g.cfg.LanePoll)
+				switch {
+				case o.ctx.Err() != nil: // the operation ended and closed the lanes
+					err = context.Cause(o.ctx)
+				case bye:
+					err = errPeerShutdown
+				}
+				if err != nil {
+					err = fmt.Errorf("lane from %s ended: %w", g.peerName(t.Peer), err)
+				}
+			}
 			if err != nil {
 				return errPeer(t.Peer, true, "waiting for step %d cell %d: %w", step, t.Cell, err)
 			}
@@ -285,9 +303,6 @@ func (o *op) runSteps(prog *allreduce.Program, buf []float32, format allreduce.F
 			}
 			if err := format.Apply(buf[x.Off:x.Off+x.Len], m.Payload, t.Op); err != nil {
 				return errPeer(t.Peer, false, "step %d cell %d: %w", step, t.Cell, err)
-			}
-			if !grpcPath {
-				g.pool.Put(m.Payload) // from pumpLane
 			}
 		}
 	}

@@ -33,6 +33,9 @@ const (
 	// emulated cluster (4 x 1 Gbit/s, 1 MiB per peer): 256 KiB chunks
 	// 0.98-1.0 C, 1 MiB chunks 0.81-0.87 C.
 	DefaultAllToAllChunkBytes = 256 << 10
+	// DefaultLanePoll is Config.LanePoll's default: about two bare round
+	// trips of the emulated links (scripts/bench-collectives.sh).
+	DefaultLanePoll = 50 * time.Microsecond
 	// DefaultIOBufferBytes is the gRPC read and write buffer of each
 	// connection (gRPC's default is 32 KiB): larger buffers mean fewer
 	// system calls per chunk.
@@ -75,12 +78,20 @@ type Config struct {
 	// by step, one message per peer and step: recursive doubling or the
 	// tree within one chunk) over the gRPC streams instead of the direct
 	// TCP lanes (lane.go). A 4 KiB all-reduce of 4 members costs each
-	// about 20 us of CPU over lanes and 46 us over gRPC
+	// 21-23 us of CPU over lanes and 42-45 us over gRPC
 	// (BenchmarkSmallAllReduceRunners, loopback); this switch exists to
 	// compare the two. Every member must use the same setting (like
 	// Algorithm): a mismatch fails the operation by its deadline. Default
 	// false (lanes).
 	SmallOverGRPC bool
+	// LanePoll is how long a member waiting for a small all-reduce's
+	// message on a lane keeps polling the socket (a non-blocking read,
+	// then sched_yield so other processes on the core run) before it
+	// sleeps in the netpoller. Polling skips the wake-up of a sleeping
+	// thread, 10-20 us on a VM, at each step; the cost is at most LanePoll
+	// of yielding CPU per wait. Linux only; negative disables. Default
+	// DefaultLanePoll.
+	LanePoll time.Duration
 	// Format is the all-reduce wire format; zero means allreduce.F32.
 	// allreduce.BF16 halves the traffic; sums are still formed in float32.
 	Format allreduce.Format
@@ -129,6 +140,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.IOBufferBytes == 0 {
 		c.IOBufferBytes = DefaultIOBufferBytes
+	}
+	if c.LanePoll == 0 {
+		c.LanePoll = DefaultLanePoll
 	}
 	if c.Dial == nil {
 		var d net.Dialer

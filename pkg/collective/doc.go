@@ -13,10 +13,11 @@
 // few latency-bound steps of one message per peer) travel instead on a
 // direct lane to every peer: a plain TCP connection opened by Connect on
 // the same listener (the first bytes tell a lane from gRPC's HTTP/2
-// preface), one write(2) per message and one reader goroutine per source.
-// A lane costs less than half of gRPC's CPU per small operation, which is
-// most of its latency on hosts that run several members per core (see
-// lane.go; Config.SmallOverGRPC switches it off for comparison).
+// preface), one write(2) per message, read straight from the socket by
+// the waiting operation. A lane costs less than half of gRPC's CPU per
+// small operation, which is most of its latency on hosts that run several
+// members per core (see lane.go; Config.SmallOverGRPC switches it off for
+// comparison).
 //
 // Flow control and buffer ownership: a member keeps at most
 // Config.Window chunks (of at most Config.ChunkBytes) unacknowledged per

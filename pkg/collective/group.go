@@ -49,7 +49,7 @@ type Group struct {
 
 	in    []*inbox   // gRPC streams' chunks, by source rank; nil at Rank
 	out   []*outLink // by destination rank; nil at Rank
-	lin   []*inbox   // lanes' messages, by source rank; nil at Rank
+	lin   []*laneIn  // lanes, by source rank; nil at Rank
 	lanes []*laneOut // by destination rank; nil at Rank (g.mu)
 
 	// streamCtx is the parent of every client stream; cancelling it
@@ -84,17 +84,16 @@ func New(cfg Config, lis net.Listener) (*Group, error) {
 	}
 	n := len(cfg.Peers)
 	g := &Group{cfg: cfg, n: n, rank: cfg.Rank, lis: lis,
-		in: make([]*inbox, n), out: make([]*outLink, n), lin: make([]*inbox, n), lanes: make([]*laneOut, n)}
+		in: make([]*inbox, n), out: make([]*outLink, n), lin: make([]*laneIn, n), lanes: make([]*laneOut, n)}
 	g.streamCtx, g.cancelStream = context.WithCancel(context.Background())
 	for r := range n {
 		if r != g.rank {
 			g.in[r] = &inbox{src: r, ch: make(chan *pb.CollectiveChunk, cfg.Window), dead: make(chan struct{})}
-			g.lin[r] = &inbox{src: r, ch: make(chan *pb.CollectiveChunk, cfg.Window), dead: make(chan struct{})}
+			g.lin[r] = newLaneIn(r)
 		}
 	}
-	// Aborting (or closing) the group closes the outgoing lanes, which
-	// unblocks a send stuck on a stopped peer; incoming lanes close
-	// themselves (serveLane).
+	// Aborting (or closing) the group closes the lanes, which unblocks a
+	// send stuck on a stopped peer or a read waiting for one.
 	context.AfterFunc(g.streamCtx, g.closeLanes)
 	g.dmx = newDemux(lis, g.serveLane)
 	g.srv = grpc.NewServer(
@@ -251,12 +250,17 @@ func (g *Group) connect(ctx context.Context, r int) error {
 	return nil
 }
 
-// closeLanes closes every outgoing lane.
+// closeLanes closes every lane, both ways.
 func (g *Group) closeLanes() {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for _, l := range g.lanes {
 		if l != nil {
+			l.conn.Close()
+		}
+	}
+	for _, l := range g.lin {
+		if l != nil && l.conn != nil {
 			l.conn.Close()
 		}
 	}
@@ -326,7 +330,25 @@ func (g *Group) Shutdown(ctx context.Context) error {
 	for _, o := range out {
 		wait(o.dead) // the peer saw our end of stream and ended it
 	}
-	for _, b := range append(append([]*inbox(nil), g.in...), g.lin...) {
+	for _, l := range g.lin {
+		// Read each attached lane to its goodbye (or end): the peer sent
+		// everything it will send.
+		if err != nil || l == nil || !l.attached() {
+			continue
+		}
+		stop := context.AfterFunc(ctx, func() { l.conn.SetReadDeadline(time.Now()) })
+		for err == nil {
+			_, bye, rerr := l.next(ctx, g.maxMsg(), 0)
+			if bye || rerr != nil {
+				if ctx.Err() != nil {
+					err = ctx.Err()
+				}
+				break
+			}
+		}
+		stop()
+	}
+	for _, b := range g.in {
 		if b == nil {
 			continue
 		}
@@ -353,6 +375,7 @@ func (g *Group) Close() error {
 		g.isClosed = true
 		g.mu.Unlock()
 		g.abort(ErrClosed) // also closes the lanes
+		g.closeLanes()     // and any attached since an earlier abort
 		g.srv.Stop()
 		g.dmx.Close()
 		g.mu.Lock()

@@ -1,7 +1,6 @@
 package collective
 
 import (
-	"bufio"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -9,6 +8,8 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"google.golang.org/protobuf/proto"
@@ -26,14 +27,17 @@ import (
 // per message, which on hosts running several members per core is most of
 // a step. A lane is a plain TCP connection from each member to each peer,
 // opened by Connect next to the gRPC stream, on the same listener: a
-// message is one write(2) of a fixed header and the payload, received by
-// one reader goroutine into the peer's lane inbox.
+// message is one write(2) of a fixed header and the payload, and the
+// operation waiting for it reads it straight from the socket (no reader
+// goroutine, no hand-off), polling briefly before it sleeps
+// (Config.LanePoll).
 //
-// Lanes carry only the step-by-step small-buffer all-reduce (runSteps), so
-// they need no flow control of their own: every member waits for its peers
-// each step, so a member is at most one operation ahead and at most a few
-// messages per lane are ever queued. Everything else (bulk chunks with
-// their acknowledgements, all-to-all, pings) stays on gRPC.
+// Lanes carry only the step-by-step small-buffer all-reduce (runSteps),
+// messages of at most laneMaxPayload, so they need no flow control of
+// their own: every member waits for its peers each step, so a member is at
+// most one operation ahead and the few messages queued on a lane fit in
+// the kernel's socket buffers. Everything else (bulk chunks with their
+// acknowledgements, all-to-all, pings) stays on gRPC.
 //
 // Connection: the dialer writes laneMagic, then a length-prefixed
 // CollectiveHello (the same checks as the gRPC Exchange's hello); the
@@ -60,9 +64,17 @@ const (
 	laneHelloMax = 4 << 10
 	// laneHandshakeTimeout bounds the accepting side's wait for a hello.
 	laneHandshakeTimeout = 10 * time.Second
-	// laneReadBuffer is the reader's buffer: a small message and its
-	// header arrive in one read(2).
+	// laneReadBuffer is the initial receive buffer: a small message and
+	// its header arrive in one read(2).
 	laneReadBuffer = 64 << 10
+	// laneMaxPayload is the largest message a lane carries. A step's
+	// members write before they read, and nothing drains a lane while its
+	// owner writes, so two members exchanging messages must each fit
+	// in what the kernel holds for a connection that nobody reads (the
+	// receiver's initial window, 64 KiB, plus the sender's buffer):
+	// 32 KiB leaves room. Larger step-by-step all-reduces (a forced
+	// recursive doubling of a big buffer) use the gRPC streams.
+	laneMaxPayload = 32 << 10
 )
 
 // laneOut is the sending side of the lane to one peer. Sends come only
@@ -125,30 +137,12 @@ func readLaneFrame(r io.Reader, hdr []byte, maxPayload int, alloc func(int) []by
 	if _, err := io.ReadFull(r, hdr); err != nil {
 		return nil, false, err // io.EOF only at a frame boundary
 	}
-	le := binary.LittleEndian
-	size := le.Uint32(hdr[0:])
-	flags := le.Uint32(hdr[36:])
-	if flags&^laneBye != 0 {
-		return nil, false, fmt.Errorf("lane frame with unknown flags %#x", flags)
-	}
-	if flags&laneBye != 0 {
-		if size != 0 {
-			return nil, false, fmt.Errorf("goodbye frame with a %d-byte payload", size)
-		}
-		return nil, true, nil
-	}
-	if int64(size) > int64(maxPayload) {
-		return nil, false, fmt.Errorf("lane frame of %d bytes, the limit is %d", size, maxPayload)
-	}
-	m = &pb.CollectiveChunk{
-		Step:   le.Uint32(hdr[4:]),
-		Op:     le.Uint64(hdr[8:]),
-		Offset: le.Uint64(hdr[16:]),
-		Total:  le.Uint64(hdr[24:]),
-		Format: pb.CollectiveFormat(le.Uint32(hdr[32:])),
+	m, size, bye, err := parseLaneHeader(hdr, maxPayload)
+	if err != nil || bye {
+		return nil, bye, err
 	}
 	if alloc != nil {
-		m.Payload = alloc(int(size))
+		m.Payload = alloc(size)
 	} else {
 		m.Payload = make([]byte, size)
 	}
@@ -159,6 +153,33 @@ func readLaneFrame(r io.Reader, hdr []byte, maxPayload int, alloc func(int) []by
 		return nil, false, err
 	}
 	return m, false, nil
+}
+
+// parseLaneHeader validates a frame header and returns the chunk it
+// describes (no payload yet) and the payload's size, or bye.
+func parseLaneHeader(hdr []byte, maxPayload int) (m *pb.CollectiveChunk, size int, bye bool, err error) {
+	le := binary.LittleEndian
+	n := le.Uint32(hdr[0:])
+	flags := le.Uint32(hdr[36:])
+	if flags&^laneBye != 0 {
+		return nil, 0, false, fmt.Errorf("lane frame with unknown flags %#x", flags)
+	}
+	if flags&laneBye != 0 {
+		if n != 0 {
+			return nil, 0, false, fmt.Errorf("goodbye frame with a %d-byte payload", n)
+		}
+		return nil, 0, true, nil
+	}
+	if int64(n) > int64(maxPayload) {
+		return nil, 0, false, fmt.Errorf("lane frame of %d bytes, the limit is %d", n, maxPayload)
+	}
+	return &pb.CollectiveChunk{
+		Step:   le.Uint32(hdr[4:]),
+		Op:     le.Uint64(hdr[8:]),
+		Offset: le.Uint64(hdr[16:]),
+		Total:  le.Uint64(hdr[24:]),
+		Format: pb.CollectiveFormat(le.Uint32(hdr[32:])),
+	}, int(n), false, nil
 }
 
 // writeLaneMsg writes a length-prefixed message (hello or answer).
@@ -249,74 +270,178 @@ func (g *Group) checkHello(h *pb.CollectiveHello) error {
 	return nil
 }
 
-// serveLane runs an accepted lane connection: handshake, then frames into
-// the source's lane inbox until the source says goodbye, the connection
-// fails or the group aborts. It owns conn.
+// serveLane runs an accepted lane connection's handshake and attaches it
+// to the source's laneIn, which owns it from then on (closeLanes closes
+// it).
 func (g *Group) serveLane(conn net.Conn) {
-	defer conn.Close()
 	conn.SetReadDeadline(time.Now().Add(laneHandshakeTimeout))
 	raw, err := readLaneMsg(conn)
 	if err != nil {
+		conn.Close()
 		return // not a member (or a dead one): nothing to tell
+	}
+	refuse := func(reason string) {
+		_ = writeLaneMsg(conn, []byte(reason))
+		conn.Close()
 	}
 	h := &pb.CollectiveHello{}
 	if err := proto.Unmarshal(raw, h); err != nil {
-		_ = writeLaneMsg(conn, []byte("collective: malformed lane hello: "+err.Error()))
+		refuse("collective: malformed lane hello: " + err.Error())
 		return
 	}
 	if err := g.checkHello(h); err != nil {
-		_ = writeLaneMsg(conn, []byte(err.Error()))
+		refuse(err.Error())
 		return
 	}
-	b := g.lin[h.SourceRank]
-	b.mu.Lock()
-	if b.attached {
-		b.mu.Unlock()
-		_ = writeLaneMsg(conn, []byte(fmt.Sprintf("collective: rank %d already has a lane to rank %d", h.SourceRank, g.rank)))
-		return
-	}
-	b.attached = true
-	b.mu.Unlock()
-	// Abort (or Close) unblocks the reader by closing the connection.
-	stop := context.AfterFunc(g.streamCtx, func() { conn.Close() })
-	defer stop()
 	conn.SetReadDeadline(time.Time{})
-	if err := writeLaneMsg(conn, nil); err != nil {
-		b.fail(fmt.Errorf("lane from %s: %w", g.peerName(b.src), err))
+	l := g.lin[h.SourceRank]
+	g.mu.Lock()
+	switch {
+	case l.conn != nil:
+		g.mu.Unlock()
+		refuse(fmt.Sprintf("collective: rank %d already has a lane to rank %d", h.SourceRank, g.rank))
+		return
+	case g.isClosed || g.failure != nil || g.streamCtx.Err() != nil:
+		g.mu.Unlock()
+		refuse(fmt.Sprintf("collective: rank %d is closed or broken", g.rank))
 		return
 	}
-	err = g.pumpLane(conn, b)
-	switch {
-	case err == nil:
-		err = errPeerShutdown
-	case g.streamCtx.Err() != nil:
-		err = fmt.Errorf("rank %d aborted the operation", g.rank)
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
-		err = fmt.Errorf("the peer aborted or died (%w)", err)
+	l.attach(conn)
+	g.mu.Unlock()
+	if err := writeLaneMsg(conn, nil); err != nil {
+		l.fail(fmt.Errorf("lane from %s: %w", g.peerName(l.src), err))
 	}
-	b.fail(fmt.Errorf("lane from %s ended: %w", g.peerName(b.src), err))
 }
 
-// pumpLane moves frames into b until a goodbye (nil) or an error. The
-// payloads come from g.pool; runSteps returns them once applied.
-func (g *Group) pumpLane(conn net.Conn, b *inbox) error {
-	r := bufio.NewReaderSize(conn, laneReadBuffer)
-	hdr := make([]byte, laneHeader)
-	for {
-		m, bye, err := readLaneFrame(r, hdr, g.maxMsg(), g.pool.Get)
+// laneIn is the receiving side of the lane from one peer. It has no reader
+// goroutine: the running operation (runSteps) reads its frames straight
+// from the socket, and Shutdown reads the final goodbye; both hold the
+// group's opMu, so reads never overlap.
+type laneIn struct {
+	src   int
+	ready chan struct{} // closed once conn is attached (under g.mu)
+	conn  net.Conn
+	rc    syscall.RawConn // conn's, if it is a plain TCP connection
+	buf   []byte          // received bytes: buf[r:w] not yet parsed
+	r, w  int
+	err   error // sticky: the lane failed or ended
+
+	// delivered counts the frames returned by next (tests read it to
+	// see which path carried an operation).
+	delivered atomic.Int64
+}
+
+func newLaneIn(src int) *laneIn { return &laneIn{src: src, ready: make(chan struct{})} }
+
+// attach gives the lane its connection (caller holds g.mu).
+func (l *laneIn) attach(conn net.Conn) {
+	l.conn = conn
+	if tc, ok := conn.(*net.TCPConn); ok && rawIO {
+		l.rc, _ = tc.SyscallConn()
+	}
+	close(l.ready)
+}
+
+// attached reports whether the peer's lane has arrived.
+func (l *laneIn) attached() bool {
+	select {
+	case <-l.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+func (l *laneIn) fail(err error) {
+	if l.err == nil {
+		l.err = err
+	}
+}
+
+// next returns the next frame from the lane: a chunk whose payload
+// aliases the lane's buffer until the next call, or bye for a goodbye.
+// It waits for the lane to be attached and for data, polling the socket
+// for up to poll before sleeping (see Config.LanePoll). ctx's end (which
+// also closes the lanes: the operation aborts) or the connection's gives
+// an error.
+func (l *laneIn) next(ctx context.Context, maxPayload int, poll time.Duration) (m *pb.CollectiveChunk, bye bool, err error) {
+	select {
+	case <-l.ready:
+	case <-ctx.Done():
+		return nil, false, fmt.Errorf("lane not attached yet: %w", context.Cause(ctx))
+	}
+	if l.err != nil {
+		return nil, false, l.err
+	}
+	if err := l.fill(laneHeader, poll); err != nil {
+		if err == io.EOF && l.w == l.r {
+			return nil, false, l.ended(io.EOF)
+		}
+		return nil, false, l.ended(err)
+	}
+	m, size, bye, err := parseLaneHeader(l.buf[l.r:l.r+laneHeader], maxPayload)
+	if err != nil {
+		l.fail(err)
+		return nil, false, err
+	}
+	if bye {
+		l.r += laneHeader
+		l.fail(errPeerShutdown)
+		return nil, true, nil
+	}
+	if err := l.fill(laneHeader+size, poll); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, false, l.ended(err)
+	}
+	p := l.r + laneHeader
+	m.Payload = l.buf[p : p+size : p+size]
+	l.r = p + size
+	l.delivered.Add(1)
+	return m, false, nil
+}
+
+// ended records why the lane stopped delivering and returns it.
+func (l *laneIn) ended(err error) error {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+		err = fmt.Errorf("the peer aborted or died (%w)", err)
+	}
+	l.fail(err)
+	return l.err
+}
+
+// fill reads until buf[r:w] holds at least n bytes.
+func (l *laneIn) fill(n int, poll time.Duration) error {
+	if l.w-l.r >= n {
+		return nil
+	}
+	if l.r > 0 { // compact
+		l.w = copy(l.buf, l.buf[l.r:l.w])
+		l.r = 0
+	}
+	if len(l.buf) < n {
+		nb := make([]byte, max(n, laneReadBuffer))
+		copy(nb, l.buf[:l.w])
+		l.buf = nb
+	}
+	for l.w < n {
+		var k int
+		var err error
+		if l.rc != nil {
+			k, err = rawRead(l.rc, l.buf[l.w:], poll)
+		} else {
+			k, err = l.conn.Read(l.buf[l.w:])
+		}
+		l.w += k
 		if err != nil {
+			if err == io.EOF && l.w >= n {
+				return nil
+			}
 			return err
 		}
-		if bye {
-			return nil
-		}
-		select {
-		case b.ch <- m:
-		case <-g.streamCtx.Done():
-			return g.streamCtx.Err()
-		}
-		b.delivered.Add(1)
 	}
+	return nil
 }
 
 // laneLink returns the lane to peer r, or an error if Connect has not

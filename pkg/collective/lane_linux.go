@@ -1,8 +1,10 @@
 package collective
 
 import (
+	"io"
 	"net"
 	"syscall"
+	"time"
 	"unsafe"
 )
 
@@ -20,6 +22,9 @@ import (
 // pairs of scripts/bench-collectives.sh runs). The socket is non-blocking, so a raw write never
 // blocks: when the kernel takes only part of the frame (its send buffer is
 // full), the rest goes through conn.Write, which waits in the netpoller.
+// rawIO: rawWriter and rawRead work here.
+const rawIO = true
+
 func rawWriter(conn net.Conn) func([]byte) (int, error) {
 	tc, ok := conn.(*net.TCPConn)
 	if !ok {
@@ -60,4 +65,50 @@ func rawWriter(conn net.Conn) func([]byte) (int, error) {
 		}
 		return n, nil
 	}
+}
+
+// rawRead reads into b from a non-blocking socket. For up to poll it
+// retries a read that finds no data, yielding the CPU between tries
+// (sched_yield: another process on this core runs, if any), instead of
+// sleeping in the netpoller at once: a thread that sleeps needs the
+// kernel to wake it (an inter-processor interrupt and, on a VM, a vCPU
+// exit), which is most of a small message's latency. After poll it sleeps
+// in the netpoller (honouring deadlines and Close) until data arrives.
+// Returns io.EOF at the end of the stream.
+func rawRead(rc syscall.RawConn, b []byte, poll time.Duration) (int, error) {
+	var n int
+	var rerr error
+	var until time.Time
+	err := rc.Read(func(fd uintptr) bool {
+		for {
+			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+			switch {
+			case e == 0 && r == 0:
+				rerr = io.EOF
+				return true
+			case e == 0:
+				n = int(r)
+				return true
+			case e == syscall.EINTR:
+				continue
+			case e != syscall.EAGAIN:
+				rerr = e
+				return true
+			}
+			if poll <= 0 {
+				return false
+			}
+			now := time.Now()
+			if until.IsZero() {
+				until = now.Add(poll)
+			} else if now.After(until) {
+				return false // sleep in the netpoller
+			}
+			syscall.RawSyscall(syscall.SYS_SCHED_YIELD, 0, 0, 0)
+		}
+	})
+	if err != nil {
+		return n, err
+	}
+	return n, rerr
 }

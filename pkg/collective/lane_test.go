@@ -78,9 +78,9 @@ func TestSmallAllReducePath(t *testing.T) {
 }
 
 // TestLaneRawWrite: with plain TCP connections (no test wrapper) lanes
-// write with raw system calls on Linux, and frames larger than the
-// socket's send buffer (a forced recursive doubling of 4 MiB) still arrive
-// whole, the rest going through the netpoller.
+// write and read with raw, polling system calls on Linux, up to the
+// largest message a lane carries; larger step-by-step messages take the
+// gRPC streams.
 func TestLaneRawWrite(t *testing.T) {
 	checkLeaks(t)
 	const n = 3
@@ -107,9 +107,13 @@ func TestLaneRawWrite(t *testing.T) {
 			if r != g.rank && l.raw != (runtime.GOOS == "linux") {
 				t.Errorf("rank %d -> %d: raw write %v on %s", g.rank, r, l.raw, runtime.GOOS)
 			}
+			if r != g.rank && l.raw && g.lin[r].rc == nil {
+				t.Errorf("rank %d <- %d: no raw reads", g.rank, r)
+			}
 		}
 	}
-	for _, L := range []int{1, 1000, 1 << 20} {
+	// Up to laneMaxPayload (8192 float32) on the lanes.
+	for _, L := range []int{1, 1000, laneMaxPayload / 4} {
 		c.each(t, func(r int, g *Group) error {
 			buf := tagged(r, L)
 			if err := g.AllReduceWith(ctx, buf, ReduceOptions{Algorithm: allreduce.RecursiveDoubling}); err != nil {
@@ -123,8 +127,24 @@ func TestLaneRawWrite(t *testing.T) {
 			return nil
 		})
 	}
-	if g, l := c.delivered(); l == 0 || g != 0 {
-		t.Errorf("gRPC delivered %d, lanes %d; want all on the lanes", g, l)
+	g0, l0 := c.delivered()
+	if l0 == 0 || g0 != 0 {
+		t.Errorf("gRPC delivered %d, lanes %d; want all on the lanes", g0, l0)
+	}
+	// A forced recursive doubling of 4 MiB sends messages larger than a
+	// lane carries: it goes over gRPC, and still adds up.
+	c.each(t, func(r int, g *Group) error {
+		buf := tagged(r, 1<<20)
+		if err := g.AllReduceWith(ctx, buf, ReduceOptions{Algorithm: allreduce.RecursiveDoubling}); err != nil {
+			return err
+		}
+		if buf[12345] != wantTagged(n, 12345) {
+			return fmt.Errorf("4 MiB: element 12345 = %v, want %v", buf[12345], wantTagged(n, 12345))
+		}
+		return nil
+	})
+	if g1, l1 := c.delivered(); g1 == g0 || l1 != l0 {
+		t.Errorf("4 MiB: gRPC delivered %d, lanes %d; want all on gRPC", g1-g0, l1-l0)
 	}
 }
 
