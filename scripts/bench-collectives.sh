@@ -6,7 +6,7 @@
 #   8 hosts x 500 Mbit/s:  n = 8
 #
 # Each run measures its own raw-TCP ceiling C first (bench/collectives).
-# Needs root. Takes about 10 minutes; the cluster is removed on exit.
+# Needs root. Takes about 7 minutes; the cluster is removed on exit.
 #
 #   scripts/bench-collectives.sh [OUT]       default OUT: bench/results/collectives.txt
 #   BENCH_ARGS="-sizes 4K,1M -target 500ms" scripts/bench-collectives.sh /tmp/quick.txt

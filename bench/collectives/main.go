@@ -102,7 +102,7 @@ func main() {
 	small := flag.String("cross-check-max", "1M", "largest size for allreduce-ring and allreduce-rd")
 	flag.IntVar(&o.chunk, "chunk", 0, "chunk bytes (0: collective.DefaultChunkBytes)")
 	flag.IntVar(&o.window, "window", 0, "chunks in flight per peer (0: collective.DefaultWindow)")
-	flag.IntVar(&o.maxIters, "max-iters", 500, "most timed iterations per size")
+	flag.IntVar(&o.maxIters, "max-iters", 20000, "most timed iterations per size (small sizes run about -target too)")
 	flag.DurationVar(&o.timeout, "timeout", 120*time.Second, "per-operation timeout")
 	flag.IntVar(&o.probePort, "probe-port-offset", 1, "raw-TCP probe port = gRPC port + this")
 	flag.DurationVar(&o.lanePoll, "lane-poll", 0, "collective.Config.LanePoll (0: its default; negative: no polling)")
