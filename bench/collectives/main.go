@@ -512,18 +512,7 @@ func (b *bench) rtt(ping func(to int) (time.Duration, error)) (idle, busy time.D
 	if idle, err = b.idleRTT(ping); err != nil {
 		return 0, 0, err
 	}
-	pings := func(to int) (float64, error) {
-		var ds []float64
-		for range 200 {
-			d, err := ping(to)
-			if err != nil {
-				return 0, err
-			}
-			ds = append(ds, d.Seconds())
-		}
-		slices.Sort(ds)
-		return ds[len(ds)/2], nil
-	}
+	pings := func(to int) (float64, error) { return medianPing(ping, to) }
 	med := 0.0
 	if b.n > 1 {
 		if med, err = pings((b.rank + 1) % b.n); err != nil {
@@ -542,21 +531,24 @@ func (b *bench) rtt(ping func(to int) (time.Duration, error)) (idle, busy time.D
 	return idle, time.Duration(meds[len(meds)/2] * 1e9), nil
 }
 
+// medianPing returns the median of 200 round trips to rank to, seconds.
+func medianPing(ping func(to int) (time.Duration, error), to int) (float64, error) {
+	var ds []float64
+	for range 200 {
+		d, err := ping(to)
+		if err != nil {
+			return 0, err
+		}
+		ds = append(ds, d.Seconds())
+	}
+	slices.Sort(ds)
+	return ds[len(ds)/2], nil
+}
+
 // idleRTT returns the median round trip of 200 pings from rank 0 to rank
 // 1 with every other rank idle, as every rank learns it.
 func (b *bench) idleRTT(ping func(to int) (time.Duration, error)) (time.Duration, error) {
-	pings := func(to int) (float64, error) {
-		var ds []float64
-		for range 200 {
-			d, err := ping(to)
-			if err != nil {
-				return 0, err
-			}
-			ds = append(ds, d.Seconds())
-		}
-		slices.Sort(ds)
-		return ds[len(ds)/2], nil
-	}
+	pings := func(to int) (float64, error) { return medianPing(ping, to) }
 	var med float64
 	if b.rank == 0 && b.n > 1 {
 		var err error

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/switchyard/switchyard/internal/workercmd"
 )
 
 // Sample values for the downward API, as the kubelet would fill them in.
@@ -140,29 +142,18 @@ func flagValue(args []string, name string) (string, bool) {
 	return v, n == 1
 }
 
-// parseBytes reads the byte counts of --mem (internal/workercmd.ParseBytes)
-// and GOMEMLIMIT: an integer with an optional unit, B, KiB..TiB (and, for
-// --mem, KB..TB).
+// parseBytes reads the byte counts of --mem and GOMEMLIMIT with the
+// worker's own parser (internal/workercmd.ParseBytes: an integer with an
+// optional unit, B, KB..TB, KiB..TiB).
 func parseBytes(s string) (*big.Rat, error) {
-	units := []struct {
-		suffix string
-		mult   int64
-	}{
-		{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
-		{"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12}, {"B", 1},
+	n, err := workercmd.ParseBytes(s)
+	if err != nil {
+		return nil, err
 	}
-	mult := int64(1)
-	for _, u := range units {
-		if strings.HasSuffix(s, u.suffix) {
-			s, mult = strings.TrimSuffix(s, u.suffix), u.mult
-			break
-		}
-	}
-	r, ok := new(big.Rat).SetString(s)
-	if !ok || r.Sign() < 0 {
+	if n < 0 {
 		return nil, fmt.Errorf("%q is not a byte count", s)
 	}
-	return r.Mul(r, new(big.Rat).SetInt64(mult)), nil
+	return new(big.Rat).SetInt64(n), nil
 }
 
 func TestExpand(t *testing.T) {

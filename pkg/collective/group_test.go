@@ -38,16 +38,7 @@ func TestAllReduceTagged(t *testing.T) {
 						continue
 					}
 					c.each(t, func(r int, g *Group) error {
-						buf := tagged(r, L)
-						if err := g.AllReduceWith(context.Background(), buf, ReduceOptions{Algorithm: alg}); err != nil {
-							return err
-						}
-						for i, v := range buf {
-							if w := wantTagged(n, i); v != w {
-								return fmt.Errorf("%v L=%d: element %d = %v, want %v", alg, L, i, v, w)
-							}
-						}
-						return nil
+						return reduceTagged(g, L, ReduceOptions{Algorithm: alg})
 					})
 				}
 			}

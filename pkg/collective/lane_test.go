@@ -33,6 +33,21 @@ func (c *members) delivered() (grpc, lanes int64) {
 	return grpc, lanes
 }
 
+// reduceTagged all-reduces member g's tagged buffer of L elements and
+// checks every sum.
+func reduceTagged(g *Group, L int, opt ReduceOptions) error {
+	buf := tagged(g.Rank(), L)
+	if err := g.AllReduceWith(context.Background(), buf, opt); err != nil {
+		return err
+	}
+	for i, v := range buf {
+		if w := wantTagged(g.Size(), i); v != w {
+			return fmt.Errorf("%+v L=%d: element %d = %v, want %v", opt, L, i, v, w)
+		}
+	}
+	return nil
+}
+
 // TestSmallAllReducePath: small all-reduces (recursive doubling and tree)
 // travel on the lanes by default and on the gRPC streams with
 // SmallOverGRPC, with the same (exact) sums either way; large ones always
@@ -46,16 +61,7 @@ func TestSmallAllReducePath(t *testing.T) {
 		for _, alg := range []allreduce.Algorithm{allreduce.RecursiveDoubling, allreduce.Tree} {
 			for _, L := range []int{1, 3, 1000} {
 				c.each(t, func(r int, g *Group) error {
-					buf := tagged(r, L)
-					if err := g.AllReduceWith(context.Background(), buf, ReduceOptions{Algorithm: alg}); err != nil {
-						return err
-					}
-					for i, v := range buf {
-						if w := wantTagged(n, i); v != w {
-							return fmt.Errorf("%v L=%d over gRPC %v: element %d = %v, want %v", alg, L, overGRPC, i, v, w)
-						}
-					}
-					return nil
+					return reduceTagged(g, L, ReduceOptions{Algorithm: alg})
 				})
 			}
 		}
@@ -115,16 +121,7 @@ func TestLaneRawWrite(t *testing.T) {
 	// Up to laneMaxPayload (8192 float32) on the lanes.
 	for _, L := range []int{1, 1000, laneMaxPayload / 4} {
 		c.each(t, func(r int, g *Group) error {
-			buf := tagged(r, L)
-			if err := g.AllReduceWith(ctx, buf, ReduceOptions{Algorithm: allreduce.RecursiveDoubling}); err != nil {
-				return err
-			}
-			for i, v := range buf {
-				if w := wantTagged(n, i); v != w {
-					return fmt.Errorf("L=%d: element %d = %v, want %v", L, i, v, w)
-				}
-			}
-			return nil
+			return reduceTagged(g, L, ReduceOptions{Algorithm: allreduce.RecursiveDoubling})
 		})
 	}
 	g0, l0 := c.delivered()
