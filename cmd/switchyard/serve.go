@@ -66,10 +66,13 @@ experts, lm_head) in this process, and serves the OpenAI-compatible API:
 
 Requests are batched continuously: up to --max-seqs sequences advance together,
 one model step each, and new requests join between steps; up to --max-queue
-more wait, and beyond that requests get 429. --workers 0 runs the experts in
-this process (no etcd, no workers). One line on stderr says when it is ready,
-with the URL. SIGINT/SIGTERM stop accepting requests, let in-flight ones finish
-for up to --shutdown-grace (then cut them short), and stop the workers and etcd.`,
+more wait, and beyond that requests get 429. A step feeds at most
+--max-step-tokens tokens, one to each decoding sequence first, so a long prompt
+is prefilled in chunks over several steps instead of stalling the others.
+--workers 0 runs the experts in this process (no etcd, no workers). One line on
+stderr says when it is ready, with the URL. SIGINT/SIGTERM stop accepting
+requests, let in-flight ones finish for up to --shutdown-grace (then cut them
+short), and stop the workers and etcd.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -86,7 +89,7 @@ for up to --shutdown-grace (then cut them short), and stop the workers and etcd.
 	f.StringVar(&o.Listen, "listen", "127.0.0.1:8000", "HTTP address (port 0: a free port)")
 	f.IntVar(&o.Serve.MaxSeqs, "max-seqs", o.Serve.MaxSeqs, "sequences generated together (one batch per step)")
 	f.IntVar(&o.Serve.MaxQueue, "max-queue", o.Serve.MaxQueue, "requests that may wait for a free sequence slot; more get 429")
-	f.IntVar(&o.Serve.MaxPrefillTokens, "max-prefill-tokens", o.Serve.MaxPrefillTokens, "prompt tokens admitted per step")
+	f.IntVar(&o.Serve.MaxStepTokens, "max-step-tokens", o.Serve.MaxStepTokens, "token budget of a model step: one per decoding sequence, the rest to prompts, long ones in chunks (at least --max-seqs)")
 	f.DurationVar(&o.Grace, "shutdown-grace", 10*time.Second, "on SIGINT/SIGTERM, how long in-flight requests may finish")
 	return cmd
 }

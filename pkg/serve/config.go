@@ -20,11 +20,16 @@ type Config struct {
 	// beyond MaxSeqs; a request arriving when the queue is full is refused
 	// at once with 429. Default 64.
 	MaxQueue int
-	// MaxPrefillTokens bounds the prompt tokens admitted in one step, so a
-	// burst of long prompts does not stall the sequences already decoding
-	// for long; a prompt longer than it is still admitted, alone. Default
-	// 2048.
-	MaxPrefillTokens int
+	// MaxStepTokens is the token budget of one model step (vLLM's
+	// max_num_batched_tokens with chunked prefill): every decoding sequence
+	// takes its one token first, then the prompts still being prefilled
+	// take what is left, oldest first, so a prompt longer than that is fed
+	// in chunks over several steps and the decoding sequences keep getting
+	// a token every step. Smaller values bound the time per output token of
+	// running requests while long prompts arrive; larger ones give long
+	// prompts their first token in fewer steps. It must be at least
+	// MaxSeqs. Default 512.
+	MaxStepTokens int
 	// MaxBodyBytes bounds a request body; a larger one is refused with
 	// 413. Default 1 MiB.
 	MaxBodyBytes int64
@@ -55,7 +60,7 @@ func DefaultConfig(name string) Config {
 		ModelName:               name,
 		MaxSeqs:                 16,
 		MaxQueue:                64,
-		MaxPrefillTokens:        2048,
+		MaxStepTokens:           512,
 		MaxBodyBytes:            1 << 20,
 		DefaultCompletionTokens: 16,
 		MaxStops:                16,
@@ -72,8 +77,8 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxQueue == 0 {
 		c.MaxQueue = d.MaxQueue
 	}
-	if c.MaxPrefillTokens == 0 {
-		c.MaxPrefillTokens = d.MaxPrefillTokens
+	if c.MaxStepTokens == 0 {
+		c.MaxStepTokens = d.MaxStepTokens
 	}
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = d.MaxBodyBytes
@@ -96,12 +101,15 @@ func (c Config) withDefaults() (Config, error) {
 		v    int64
 	}{
 		{"max sequences", int64(c.MaxSeqs)}, {"max queue", int64(c.MaxQueue)},
-		{"max prefill tokens", int64(c.MaxPrefillTokens)}, {"max body bytes", c.MaxBodyBytes},
+		{"max step tokens", int64(c.MaxStepTokens)}, {"max body bytes", c.MaxBodyBytes},
 		{"default completion tokens", int64(c.DefaultCompletionTokens)}, {"max stops", int64(c.MaxStops)},
 	} {
 		if f.v < 0 {
 			errs = append(errs, fmt.Errorf("serve: %s %d must be > 0", f.name, f.v))
 		}
+	}
+	if c.MaxSeqs > 0 && c.MaxStepTokens > 0 && c.MaxStepTokens < c.MaxSeqs {
+		errs = append(errs, fmt.Errorf("serve: max step tokens %d must be at least max sequences %d (each decoding sequence takes one token a step)", c.MaxStepTokens, c.MaxSeqs))
 	}
 	return c, errors.Join(errs...)
 }

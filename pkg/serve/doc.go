@@ -23,20 +23,27 @@
 // the failure class (see apiError).
 //
 // Scheduling: one scheduler goroutine owns the model. Each step it drops
-// sequences whose client went away (their KV cache is released with them),
-// admits queued requests into free slots (at most Config.MaxSeqs
-// sequences, at most Config.MaxPrefillTokens prompt tokens per step), and
-// runs a single Model.Forward over every active sequence: one new token for
-// each decoding sequence plus the whole prompt of each admitted one. MoE
-// layers therefore see the rows of all sequences at once (one expert GEMM,
-// one exchange per remote worker per layer). Requests beyond the free slots
-// wait in a queue of Config.MaxQueue; when it is full the request is refused
-// at once with 429 (no waiting inside the server), so load balancers and
-// clients can back off.
+// sequences whose client went away (their KV cache is released with them)
+// and shares out a budget of Config.MaxStepTokens tokens, as vLLM's chunked
+// prefill does: one token to each decoding sequence first, then what is
+// left to the prompts still being prefilled, oldest first, then to queued
+// requests admitted into free slots (at most Config.MaxSeqs sequences). A
+// prompt longer than what is left is fed in chunks over several steps, its
+// KV cache growing with each, and its sequence samples its first token
+// from the logits of the prompt's last position, in the step that feeds
+// it; so a long prompt delays the decoding sequences by at most one step
+// of MaxStepTokens tokens, never by its whole prefill. One Model.Forward
+// runs over every sequence given tokens, so MoE layers see the rows of all
+// of them at once (one expert GEMM, one exchange per remote worker per
+// layer). Requests beyond the free slots wait in a queue of
+// Config.MaxQueue; when it is full the request is refused at once with 429
+// (no waiting inside the server), so load balancers and clients can back
+// off.
 //
 // Numerics: a sequence decoded alone runs its matrix products as
 // matrix-vector products, in a batch as matrix-matrix products, which sum
 // in a different order; logits of the same sequence may differ in the last
 // bits between the two, so a greedy token can only differ where its top-2
-// logits are that close.
+// logits are that close. The same holds between a prompt fed in chunks and
+// the same prompt fed whole: the products have other shapes.
 package serve

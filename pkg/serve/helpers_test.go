@@ -5,10 +5,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -264,6 +266,59 @@ func (g *gate) Forward(ctx context.Context, seqs []Seq, tokens [][]int32) ([]flo
 		return nil, ctx.Err()
 	}
 	return g.Model.Forward(ctx, seqs, tokens)
+}
+
+// stepLog records every model step of the real model it wraps: which
+// sequences it fed, where, and how many tokens.
+type stepLog struct {
+	Model
+	mu    sync.Mutex
+	steps [][]fed
+}
+
+// fed is one sequence's part of a step: n tokens from position at.
+type fed struct {
+	seq   Seq
+	at, n int
+}
+
+func (f fed) String() string { return fmt.Sprintf("%d+%d", f.at, f.n) }
+
+func (l *stepLog) Forward(ctx context.Context, seqs []Seq, tokens [][]int32) ([]float32, error) {
+	step := make([]fed, len(seqs))
+	for b, s := range seqs {
+		step[b] = fed{s, s.Len(), len(tokens[b])}
+	}
+	out, err := l.Model.Forward(ctx, seqs, tokens)
+	if err == nil {
+		l.mu.Lock()
+		l.steps = append(l.steps, step)
+		l.mu.Unlock()
+	}
+	return out, err
+}
+
+// log returns the steps so far, oldest first.
+func (l *stepLog) log() [][]fed {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return slices.Clone(l.steps)
+}
+
+// feeds returns the tokens the steps fed each sequence, in the order the
+// sequences first appear, as (position, count) lists: a prompt's chunks
+// come first, then one token per step once it decodes.
+func feeds(steps [][]fed) (seqs []Seq, of map[Seq][]fed) {
+	of = map[Seq][]fed{}
+	for _, step := range steps {
+		for _, f := range step {
+			if _, seen := of[f.seq]; !seen {
+				seqs = append(seqs, f.seq)
+			}
+			of[f.seq] = append(of[f.seq], f)
+		}
+	}
+	return seqs, of
 }
 
 // eosModel is a real model that declares other end-of-sequence ids.

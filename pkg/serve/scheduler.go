@@ -65,17 +65,22 @@ func (m *mailbox) take() []event {
 	return evs
 }
 
-// slot is an active sequence.
+// slot is an active sequence: prefilling while fed < len(req.job.prompt),
+// then decoding.
 type slot struct {
 	req     *genRequest
 	seq     Seq
 	sampler *model.Sampler
 	dec     *tokenizer.StreamDecoder
 	filter  stopFilter
-	next    int32 // the token to feed at the next step
+	fed     int   // prompt tokens in the KV cache
+	next    int32 // the token to feed at the next step (decoding)
 	gen     int   // tokens generated
 	last    time.Time
+	ended   bool // its last event was sent in this step
 }
+
+func (sl *slot) prefilling() bool { return sl.fed < len(sl.req.job.prompt) }
 
 // submit queues r, or refuses it (429 when the queue is full, 503 when
 // shutting down).
@@ -128,19 +133,16 @@ func (s *Server) end(r *genRequest, e event) {
 	s.inflight.Done()
 }
 
-// admit takes queued requests for up to free slots, within the prefill
-// budget (the first always fits).
-func (s *Server) admit(free int) []*genRequest {
+// admit takes queued requests, oldest first, for up to free slots while
+// budget (the step's tokens left) lasts; the last one taken may get only
+// part of its prompt in this step.
+func (s *Server) admit(free, budget int) []*genRequest {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.pruneLocked()
 	var out []*genRequest
-	budget := s.cfg.MaxPrefillTokens
-	for len(out) < free && len(s.waiting) > 0 {
+	for len(out) < free && budget > 0 && len(s.waiting) > 0 {
 		r := s.waiting[0]
-		if len(out) > 0 && len(r.job.prompt) > budget {
-			break
-		}
 		budget -= len(r.job.prompt)
 		out = append(out, r)
 		s.waiting[0] = nil
@@ -165,12 +167,16 @@ func (s *Server) waitWork() bool {
 }
 
 // run is the scheduler: the only goroutine that touches the model. Each
-// step drops sequences whose client went away, admits queued requests,
-// and runs one Forward over every active sequence (one token for each
-// decoding sequence, the whole prompt for each admitted one).
+// step drops sequences whose client went away, shares the step's token
+// budget (Config.MaxStepTokens) out, and runs one Forward over the
+// sequences that got tokens: one token for each decoding sequence first,
+// then a chunk of each prompt still being prefilled, oldest first, then a
+// chunk of each request admitted from the queue into a free slot, while
+// the budget lasts. A sequence samples its first token in the step that
+// feeds the rest of its prompt.
 func (s *Server) run() {
 	defer close(s.done)
-	var active []*slot
+	var active []*slot // oldest first
 	V := s.model.Vocab()
 	for s.ctx.Err() == nil {
 		if len(active) == 0 && !s.waitWork() {
@@ -186,51 +192,66 @@ func (s *Server) run() {
 		}
 		clear(active[len(kept):])
 		active = kept
+		batch := make([]*slot, 0, s.cfg.MaxSeqs)
 		seqs := make([]Seq, 0, s.cfg.MaxSeqs)
 		toks := make([][]int32, 0, s.cfg.MaxSeqs)
-		for _, sl := range active {
+		budget := s.cfg.MaxStepTokens
+		feed := func(sl *slot, t []int32) {
+			batch = append(batch, sl)
 			seqs = append(seqs, sl.seq)
-			toks = append(toks, []int32{sl.next})
+			toks = append(toks, t)
+			budget -= len(t)
 		}
-		for _, r := range s.admit(s.cfg.MaxSeqs - len(active)) {
+		for _, sl := range active {
+			if !sl.prefilling() {
+				feed(sl, []int32{sl.next})
+			}
+		}
+		for _, sl := range active {
+			if p := sl.req.job.prompt; sl.prefilling() && budget > 0 {
+				feed(sl, p[sl.fed:sl.fed+min(len(p)-sl.fed, budget)])
+			}
+		}
+		for _, r := range s.admit(s.cfg.MaxSeqs-len(active), budget) {
 			sl := &slot{req: r, seq: s.model.NewSeq(), sampler: model.NewSampler(r.job.sampler),
 				dec: s.tok.NewStreamDecoder(true), filter: stopFilter{stops: r.job.stops}}
 			active = append(active, sl)
-			seqs = append(seqs, sl.seq)
-			toks = append(toks, r.job.prompt)
-			s.met.promptToks.Add(float64(len(r.job.prompt)))
+			feed(sl, r.job.prompt[:min(len(r.job.prompt), budget)])
 		}
 		s.publish(active)
-		if len(active) == 0 {
-			continue
+		if len(batch) == 0 {
+			continue // nothing is active: MaxStepTokens >= MaxSeqs leaves tokens for a prefilling sequence
 		}
 		logits, err := s.model.Forward(s.ctx, seqs, toks)
 		if err != nil {
 			if s.ctx.Err() != nil {
 				break
 			}
-			for _, sl := range active {
-				s.end(sl.req, event{Err: fmt.Errorf("model step over %d sequences: %w", len(active), err)})
+			for _, sl := range batch {
+				s.end(sl.req, event{Err: fmt.Errorf("model step over %d sequences: %w", len(batch), err)})
+				sl.ended = true
 			}
-			clear(active)
-			active = active[:0]
+			active = dropEnded(active)
 			s.publish(active)
 			continue
 		}
 		s.steps.Add(1)
-		s.met.batch.Observe(float64(len(active)))
-		if n := int64(len(active)); n > s.maxBatch.Load() {
+		s.met.batch.Observe(float64(len(batch)))
+		if n := int64(len(batch)); n > s.maxBatch.Load() {
 			s.maxBatch.Store(n)
 		}
 		now := time.Now()
-		kept = active[:0]
-		for b, sl := range active {
-			if s.emit(sl, sl.sampler.Sample(logits[b*V:(b+1)*V]), now) {
-				kept = append(kept, sl)
+		for b, sl := range batch {
+			if sl.prefilling() {
+				sl.fed += len(toks[b])
+				s.met.promptToks.Add(float64(len(toks[b])))
+				if sl.prefilling() {
+					continue // these logits are of a position inside the prompt
+				}
 			}
+			sl.ended = !s.emit(sl, sl.sampler.Sample(logits[b*V:(b+1)*V]), now)
 		}
-		clear(active[len(kept):])
-		active = kept
+		active = dropEnded(active)
 		s.publish(active)
 	}
 	// Stopped: everything still running or queued ends with errShutdown.
@@ -246,6 +267,18 @@ func (s *Server) run() {
 		s.end(r, event{Err: errShutdown})
 	}
 	s.publish(nil)
+}
+
+// dropEnded removes the slots whose request has ended, keeping the order.
+func dropEnded(active []*slot) []*slot {
+	kept := active[:0]
+	for _, sl := range active {
+		if !sl.ended {
+			kept = append(kept, sl)
+		}
+	}
+	clear(active[len(kept):])
+	return kept
 }
 
 // publish records the active sequences and their KV cache bytes for Stats
