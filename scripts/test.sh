@@ -64,7 +64,7 @@ else
 fi
 
 stage "fuzz smoke ($FUZZTIME each)"
-for target in "./pkg/safetensors FuzzHeader" "./pkg/tokenizer FuzzEncode" "./pkg/tokenizer FuzzLoad" "./pkg/tokenizer FuzzTrain" "./pkg/wire FuzzUnmarshal" "./pkg/collective FuzzLaneFrame" "./pkg/serve FuzzParseRequest"; do
+for target in "./pkg/safetensors FuzzHeader" "./pkg/tokenizer FuzzEncode" "./pkg/tokenizer FuzzLoad" "./pkg/tokenizer FuzzTrain" "./pkg/wire FuzzUnmarshal" "./pkg/collective FuzzLaneFrame" "./pkg/serve FuzzParseRequest" "./pkg/serve FuzzChatRender"; do
 	set -- $target
 	# (capture first: grep -q in a pipe would SIGPIPE go test under pipefail)
 	list=$(go test -list "^$2\$" "$1")

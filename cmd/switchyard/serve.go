@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -59,8 +58,10 @@ experts, lm_head) in this process, and serves the OpenAI-compatible API:
 
   GET  /v1/models
   POST /v1/completions        (stream: true for Server-Sent Events)
-  POST /v1/chat/completions   (ChatML if the tokenizer's chat_template is
-                               ChatML, else "role: content" lines)
+  POST /v1/chat/completions   (messages rendered with the model's chat template
+                               from tokenizer_config.json, as transformers'
+                               apply_chat_template does; without one,
+                               "role: content" lines)
   GET  /health                (200 once every expert's worker serves)
   GET  /metrics               (Prometheus)
 
@@ -110,6 +111,9 @@ func runServe(ctx context.Context, o serveOptions) error {
 	}
 	tok, template, err := loadServeTokenizer(o.ModelDir, o.Tokenizer)
 	if err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	if err := template.Check(); err != nil { // before loading the model
 		return fmt.Errorf("%s: %w", p, err)
 	}
 	o.Serve.ChatTemplate = template
@@ -195,8 +199,9 @@ func runServe(ctx context.Context, o serveOptions) error {
 }
 
 // loadServeTokenizer loads the tokenizer (path, or modelDir/tokenizer.json)
-// and the chat_template of the tokenizer_config.json beside it ("" if none).
-func loadServeTokenizer(modelDir, path string) (*tokenizer.Tokenizer, string, error) {
+// and the chat template of the tokenizer_config.json beside it (zero if
+// there is no such file or it has no chat_template).
+func loadServeTokenizer(modelDir, path string) (*tokenizer.Tokenizer, serve.ChatTemplate, error) {
 	if path == "" {
 		path = filepath.Join(modelDir, "tokenizer.json")
 	}
@@ -209,16 +214,21 @@ func loadServeTokenizer(modelDir, path string) (*tokenizer.Tokenizer, string, er
 		tok, err = tokenizer.Load(path)
 	}
 	if err != nil {
-		return nil, "", fmt.Errorf("%w (give the model's tokenizer with --tokenizer)", err)
+		return nil, serve.ChatTemplate{}, fmt.Errorf("%w (give the model's tokenizer with --tokenizer)", err)
 	}
-	var cfg struct {
-		ChatTemplate json.RawMessage `json:"chat_template"`
+	cfgPath := filepath.Join(dir, "tokenizer_config.json")
+	b, err := os.ReadFile(cfgPath)
+	if errors.Is(err, os.ErrNotExist) {
+		return tok, serve.ChatTemplate{}, nil
 	}
-	var template string
-	if b, err := os.ReadFile(filepath.Join(dir, "tokenizer_config.json")); err == nil && json.Unmarshal(b, &cfg) == nil {
-		_ = json.Unmarshal(cfg.ChatTemplate, &template) // a list of named templates is not supported: plain format
+	if err != nil {
+		return nil, serve.ChatTemplate{}, err
 	}
-	return tok, template, nil
+	ct, err := serve.ParseTokenizerConfig(b)
+	if err != nil {
+		return nil, serve.ChatTemplate{}, fmt.Errorf("%s: %w", cfgPath, err)
+	}
+	return tok, ct, nil
 }
 
 // startServeCluster starts etcd, a coordinator and the workers, and waits

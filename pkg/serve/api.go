@@ -482,7 +482,10 @@ func prepare(r *request, lim limits) (*job, *apiError) {
 	var text string
 	switch {
 	case r.chat:
-		text = lim.chat.render(r.messages)
+		var e *apiError
+		if text, e = lim.chat.renderChat(r.messages); e != nil {
+			return nil, e
+		}
 		j.stopIDs = append(j.stopIDs, lim.chat.stopIDs...)
 	case r.ids != nil:
 		j.prompt = make([]int32, len(r.ids))

@@ -7,19 +7,23 @@ import (
 	"testing"
 )
 
-// chatMLTemplate is enough of a ChatML chat_template to select ChatML.
-const chatMLTemplate = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+// chatMLTemplate is a minimal ChatML chat template (OpenHermes-2.5's).
+var chatMLTemplate = ChatTemplate{Source: "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"}
 
-func testLimits(t testing.TB, template string) limits {
+func testLimits(t testing.TB, template ChatTemplate) limits {
 	tok := gpt2(t)
+	chat, err := newChatFormat(template, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
 	return limits{name: "golden", tok: tok, vocab: 320, context: 256, eos: []int32{0},
-		chat: newChatFormat(template, tok), defaultCompletion: 16}
+		chat: chat, defaultCompletion: 16}
 }
 
 // TestParseAcceptsOpenAIShapes: the request shapes OpenAI clients send
 // parse to the same job, and absent fields take the documented defaults.
 func TestParseAcceptsOpenAIShapes(t *testing.T) {
-	lim := testLimits(t, "")
+	lim := testLimits(t, ChatTemplate{})
 	ids := func(s string) []int32 {
 		var out []int32
 		for _, id := range lim.tok.Encode(s) {

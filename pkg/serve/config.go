@@ -40,11 +40,12 @@ type Config struct {
 	DefaultCompletionTokens int
 	// MaxStops bounds the stop strings of one request. Default 16.
 	MaxStops int
-	// ChatTemplate is tokenizer_config.json's chat_template. A ChatML
-	// template (<|im_start|>role\ncontent<|im_end|>) is supported when the
-	// tokenizer has those tokens; anything else, or "", renders chats in
-	// the plain format (see ChatFormat).
-	ChatTemplate string
+	// ChatTemplate is the model's Hugging Face chat template with its
+	// bos_token and eos_token (ParseTokenizerConfig reads them from
+	// tokenizer_config.json). New compiles it and renders a one-message
+	// conversation with it, failing if either does not work. The zero
+	// value renders chats in the plain format (see Server.ChatFormat).
+	ChatTemplate ChatTemplate
 	// Ready, if set, tells /health whether the model can serve (e.g. every
 	// expert's worker is up); nil means always. It should answer within
 	// about a second.

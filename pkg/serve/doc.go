@@ -22,6 +22,21 @@
 // {"error": {"message", "type", "param", "code"}} with the HTTP status of
 // the failure class (see apiError).
 //
+// Chat templates: a chat request's messages become one prompt through the
+// model's Hugging Face chat template (Config.ChatTemplate, read from
+// tokenizer_config.json by ParseTokenizerConfig), rendered as transformers'
+// apply_chat_template(messages, add_generation_prompt=True,
+// tokenize=False) does: Jinja (github.com/ardanlabs/jinja) with
+// trim_blocks and lstrip_blocks, and a context of messages ({role,
+// content}), add_generation_prompt, bos_token, eos_token, tools = none,
+// raise_exception and strftime_now. The prompt is tokenized with its
+// special tokens as their ids and no BOS added (the template writes it).
+// A template that does not compile or cannot render a one-message
+// conversation fails New; raise_exception(msg) at request time is a 400
+// whose message carries msg. Without a template the prompt is plain
+// "role: content" lines, then "assistant:". Tools are refused before any
+// template runs.
+//
 // Scheduling: one scheduler goroutine owns the model. Each step it drops
 // sequences whose client went away (their KV cache is released with them)
 // and shares out a budget of Config.MaxStepTokens tokens, as vLLM's chunked

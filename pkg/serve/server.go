@@ -53,6 +53,10 @@ func New(m Model, tok *tokenizer.Tokenizer, cfg Config) (*Server, error) {
 	if m == nil || tok == nil {
 		return nil, errors.New("serve: a model and a tokenizer are required")
 	}
+	chat, err := newChatFormat(cfg.ChatTemplate, tok)
+	if err != nil {
+		return nil, err
+	}
 	s := &Server{cfg: cfg, model: m, tok: tok, done: make(chan struct{}), wake: make(chan struct{}, 1)}
 	eos := m.EOS()
 	if len(eos) == 0 {
@@ -61,7 +65,7 @@ func New(m Model, tok *tokenizer.Tokenizer, cfg Config) (*Server, error) {
 		}
 	}
 	s.lim = limits{name: cfg.ModelName, tok: tok, vocab: m.Vocab(), context: m.MaxContext(), eos: eos,
-		chat: newChatFormat(cfg.ChatTemplate, tok), defaultCompletion: cfg.DefaultCompletionTokens}
+		chat: chat, defaultCompletion: cfg.DefaultCompletionTokens}
 	s.met = newMetrics(s)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	go s.run()

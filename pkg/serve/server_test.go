@@ -654,23 +654,29 @@ func (f *failing) Forward(ctx context.Context, seqs []Seq, tokens [][]int32) ([]
 	return f.Model.Forward(ctx, seqs, tokens)
 }
 
-// TestChatFormats: without a supported chat template the prompt is the
-// plain "role: content" rendering; with a ChatML template it is ChatML
-// and <|im_end|> ends the answer.
+// TestChatFormats: without a chat template the prompt is the plain
+// "role: content" rendering; with one it is the template's rendering
+// (Qwen3's here), its special tokens encoded as their ids, and the
+// eos_token (<|im_end|>) ends the answer.
 func TestChatFormats(t *testing.T) {
 	g := loadGolden(t, "qwen3_moe")
 	tok := gpt2(t)
+	qwen3 := ChatTemplate{Source: readTemplate(t, "Qwen3-30B-A3B"), EOSToken: "<|im_end|>"}
 	msgs := []map[string]any{{"role": "system", "content": "Be brief."}, {"role": "user", "content": []map[string]string{{"type": "text", "text": "Hello"}, {"type": "text", "text": " there"}}}}
+	imStart, _ := tok.TokenToID("<|im_start|>")
+	imEnd, _ := tok.TokenToID("<|im_end|>")
 	for _, tc := range []struct {
-		template, want string
+		name     string
+		template ChatTemplate
+		want     string
 	}{
-		{"", "system: Be brief.\nuser: Hello there\nassistant:"},
-		{"{% for m in messages %}{{'<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n'}}{% endfor %}", "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n"},
+		{"plain", ChatTemplate{}, "system: Be brief.\nuser: Hello there\nassistant:"},
+		{"Qwen3", qwen3, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHello there<|im_end|>\n<|im_start|>assistant\n"},
 	} {
 		ts := start(t, FromModel(g.m), Config{ChatTemplate: tc.template})
 		code, raw := ts.post(t, "/v1/chat/completions", map[string]any{"messages": msgs, "max_tokens": 3, "temperature": 0, "return_token_ids": true})
 		if code != 200 {
-			t.Fatalf("%d %s", code, raw)
+			t.Fatalf("%s: %d %s", tc.name, code, raw)
 		}
 		c := decode[completion](t, raw)
 		var want []int32
@@ -678,14 +684,17 @@ func TestChatFormats(t *testing.T) {
 			want = append(want, int32(id))
 		}
 		if !slices.Equal(c.PromptTokenIDs, want) {
-			t.Errorf("template %q: prompt %v, want %q = %v", tc.template, c.PromptTokenIDs, tc.want, want)
+			t.Errorf("%s: prompt %v, want %q = %v", tc.name, c.PromptTokenIDs, tc.want, want)
 		}
 		if c.Object != "chat.completion" || c.Choices[0].Message == nil || c.Choices[0].Message.Role != "assistant" {
-			t.Errorf("answer shape: %s", raw)
+			t.Errorf("%s: answer shape: %s", tc.name, raw)
 		}
-		imEnd, _ := tok.TokenToID("<|im_end|>")
-		if got := slices.Contains(ts.lim.chat.stopIDs, int32(imEnd)); got != (tc.template != "") {
-			t.Errorf("template %q: <|im_end|> stops the answer: %v", tc.template, got)
+		templated := tc.template.Source != ""
+		if got := len(c.PromptTokenIDs) > 0 && c.PromptTokenIDs[0] == int32(imStart); got != templated {
+			t.Errorf("%s: prompt starts with the <|im_start|> id: %v", tc.name, got)
+		}
+		if got := slices.Contains(ts.lim.chat.stopIDs, int32(imEnd)); got != templated {
+			t.Errorf("%s: <|im_end|> stops the answer: %v", tc.name, got)
 		}
 	}
 }
