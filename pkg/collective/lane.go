@@ -81,7 +81,6 @@ const (
 // from the operation running under the group's opMu, and Shutdown (which
 // also holds it), so mu only orders them against Close.
 type laneOut struct {
-	dst   int
 	conn  net.Conn
 	write func([]byte) (int, error) // conn.Write, or rawWriter's
 	raw   bool                      // write is rawWriter's
@@ -89,8 +88,8 @@ type laneOut struct {
 	buf   []byte // frame buffer of the running operation (see frame)
 }
 
-func newLaneOut(dst int, conn net.Conn) *laneOut {
-	l := &laneOut{dst: dst, conn: conn, write: rawWriter(conn)}
+func newLaneOut(conn net.Conn) *laneOut {
+	l := &laneOut{conn: conn, write: rawWriter(conn)}
 	l.raw = l.write != nil
 	if !l.raw {
 		l.write = conn.Write
@@ -129,30 +128,6 @@ func putLaneHeader(h []byte, payload int, m *pb.CollectiveChunk, flags uint32) {
 	le.PutUint64(h[24:], m.Total)
 	le.PutUint32(h[32:], uint32(m.Format))
 	le.PutUint32(h[36:], flags)
-}
-
-// readLaneFrame reads one frame; the payload comes from alloc (nil: make)
-// and the chunk owns it. bye reports a goodbye frame (no payload).
-func readLaneFrame(r io.Reader, hdr []byte, maxPayload int, alloc func(int) []byte) (m *pb.CollectiveChunk, bye bool, err error) {
-	if _, err := io.ReadFull(r, hdr); err != nil {
-		return nil, false, err // io.EOF only at a frame boundary
-	}
-	m, size, bye, err := parseLaneHeader(hdr, maxPayload)
-	if err != nil || bye {
-		return nil, bye, err
-	}
-	if alloc != nil {
-		m.Payload = alloc(size)
-	} else {
-		m.Payload = make([]byte, size)
-	}
-	if _, err := io.ReadFull(r, m.Payload); err != nil {
-		if err == io.EOF {
-			err = io.ErrUnexpectedEOF
-		}
-		return nil, false, err
-	}
-	return m, false, nil
 }
 
 // parseLaneHeader validates a frame header and returns the chunk it
@@ -242,7 +217,7 @@ func (g *Group) dialLane(ctx context.Context, r int) (*laneOut, error) {
 	if !stop() {
 		return fail(ctx.Err())
 	}
-	return newLaneOut(r, conn), nil
+	return newLaneOut(conn), nil
 }
 
 // hello is this member's hello to peer r.

@@ -256,15 +256,35 @@ func TestLanePeerCrash(t *testing.T) {
 	}
 }
 
+// readerConn is a connection that reads from r (writes are not used).
+type readerConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c readerConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+// laneFrom returns an attached lane whose socket yields data.
+func laneFrom(data []byte) *laneIn {
+	l := newLaneIn(1)
+	l.attach(readerConn{r: bytes.NewReader(data)})
+	return l
+}
+
+// nextFrame reads one frame from a fresh lane over data.
+func nextFrame(data []byte, limit int) (*pb.CollectiveChunk, bool, error) {
+	return laneFrom(data).next(context.Background(), limit, 0)
+}
+
 // TestLaneFrameErrors: frames that lie about their size, carry unknown
-// flags or end early are refused with a reason.
+// flags or end early are refused with a reason (laneIn.next, the reader
+// the operations use).
 func TestLaneFrameErrors(t *testing.T) {
 	m := &pb.CollectiveChunk{Op: 7, Step: 2, Offset: 16, Total: 64, Format: pb.CollectiveFormat_COLLECTIVE_FORMAT_F32}
 	frame := make([]byte, laneHeader+8)
 	putLaneHeader(frame, 8, m, 0)
 	copy(frame[laneHeader:], "abcdefgh")
-	hdr := make([]byte, laneHeader)
-	got, bye, err := readLaneFrame(bytes.NewReader(frame), hdr, 1<<10, nil)
+	got, bye, err := nextFrame(frame, 1<<10)
 	if err != nil || bye || got.Op != 7 || got.Step != 2 || got.Offset != 16 || got.Total != 64 || got.Format != m.Format || string(got.Payload) != "abcdefgh" {
 		t.Fatalf("round trip: %v, %v, %v", got, bye, err)
 	}
@@ -274,38 +294,48 @@ func TestLaneFrameErrors(t *testing.T) {
 	}{
 		"too large":  {frame, "limit is 4"},
 		"truncated":  {frame[:laneHeader+3], "unexpected EOF"},
-		"header cut": {frame[:10], "unexpected EOF"},
+		"header cut": {frame[:10], "EOF"},
 	}
 	for name, tc := range cases {
 		limit := 1 << 10
 		if name == "too large" {
 			limit = 4
 		}
-		if _, _, err := readLaneFrame(bytes.NewReader(tc.frame), hdr, limit, nil); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if _, _, err := nextFrame(tc.frame, limit); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", name, err, tc.want)
 		}
 	}
 	flags := bytes.Clone(frame)
 	binary.LittleEndian.PutUint32(flags[36:], 6)
-	if _, _, err := readLaneFrame(bytes.NewReader(flags), hdr, 1<<10, nil); err == nil || !strings.Contains(err.Error(), "flags") {
+	if _, _, err := nextFrame(flags, 1<<10); err == nil || !strings.Contains(err.Error(), "flags") {
 		t.Errorf("unknown flags: %v", err)
 	}
 	bye0 := make([]byte, laneHeader)
 	putLaneHeader(bye0, 0, &pb.CollectiveChunk{}, laneBye)
-	if _, bye, err := readLaneFrame(bytes.NewReader(bye0), hdr, 1<<10, nil); err != nil || !bye {
+	if _, bye, err := nextFrame(bye0, 1<<10); err != nil || !bye {
 		t.Errorf("goodbye: %v, %v", bye, err)
 	}
 	binary.LittleEndian.PutUint32(bye0, 3)
-	if _, _, err := readLaneFrame(bytes.NewReader(bye0), hdr, 1<<10, nil); err == nil {
+	if _, _, err := nextFrame(bye0, 1<<10); err == nil {
 		t.Error("goodbye with a payload accepted")
 	}
-	if _, _, err := readLaneFrame(bytes.NewReader(nil), hdr, 1<<10, nil); err != io.EOF {
-		t.Errorf("empty stream: %v, want io.EOF", err)
+	if _, _, err := nextFrame(nil, 1<<10); !errors.Is(err, io.EOF) || !strings.Contains(err.Error(), "aborted or died") {
+		t.Errorf("empty stream: %v, want the peer's end (io.EOF)", err)
+	}
+	// Two frames back to back, then the end: both arrive whole, in order.
+	l := laneFrom(append(bytes.Clone(frame), frame...))
+	for i := range 2 {
+		if got, _, err := l.next(context.Background(), 1<<10, 0); err != nil || string(got.Payload) != "abcdefgh" {
+			t.Fatalf("frame %d: %v, %v", i, got, err)
+		}
+	}
+	if _, _, err := l.next(context.Background(), 1<<10, 0); !errors.Is(err, io.EOF) {
+		t.Errorf("after two frames: %v, want io.EOF", err)
 	}
 }
 
-// FuzzLaneFrame: any byte stream gives frames, a goodbye or an error,
-// never a panic or a payload over the limit.
+// FuzzLaneFrame: any byte stream gives frames, a goodbye or an error from
+// laneIn.next, never a panic or a payload over the limit.
 func FuzzLaneFrame(f *testing.F) {
 	frame := make([]byte, laneHeader+4)
 	putLaneHeader(frame, 4, &pb.CollectiveChunk{Op: 1, Step: 1, Total: 1}, 0)
@@ -316,10 +346,9 @@ func FuzzLaneFrame(f *testing.F) {
 	f.Add([]byte{})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		const limit = 1 << 10
-		r := bytes.NewReader(data)
-		hdr := make([]byte, laneHeader)
+		l := laneFrom(data)
 		for {
-			m, bye, err := readLaneFrame(r, hdr, limit, nil)
+			m, bye, err := l.next(context.Background(), limit, 0)
 			if err != nil || bye {
 				return
 			}
