@@ -4,11 +4,33 @@
 #
 #   scripts/test.sh          everything: format, vet, unit tests, golden checks, fuzz smoke
 #   FUZZTIME=30s scripts/test.sh   longer fuzzing
+#
+# Needs only Go (1.26, on PATH or at /usr/local/go) on a fresh Debian
+# machine: it installs what the tests use and the machine lacks, from
+# Debian's packages (protoc for the generated-code check; iproute2 for the
+# network-namespace hosts; python3 for result comparison), which needs
+# root, as CI has. Go modules come through the module proxy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FUZZTIME=${FUZZTIME:-10s}
+command -v go >/dev/null 2>&1 || export PATH="$PATH:/usr/local/go/bin"
 
 stage() { printf '\n== %s  (%s)\n' "$1" "$(date +%T)"; }
+
+stage "tools the tests need"
+need=()
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+{ command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1; } || need+=(iproute2)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+if [ ${#need[@]} -gt 0 ]; then
+	if [ "$(id -u)" -ne 0 ]; then
+		echo "missing ${need[*]}: install them (Debian: apt-get install ${need[*]}) or run as root"; exit 1
+	fi
+	echo "installing ${need[*]}"
+	apt-get install -y --no-install-recommends "${need[@]}" >/dev/null 2>&1 ||
+		{ apt-get update >/dev/null && apt-get install -y --no-install-recommends "${need[@]}" >/dev/null; }
+fi
+go version
 
 stage "gofmt"
 unformatted=$(git ls-files '*.go' | grep -v '\.pb\.go$' | xargs gofmt -l || true)

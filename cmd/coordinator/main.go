@@ -51,6 +51,9 @@ type options struct {
 	modelDir    string
 	elemBytes   int
 	replicas    int
+	expect      int
+	grace       time.Duration
+	migWait     time.Duration
 	name        string
 	sessionTTL  time.Duration
 	gossipAddr  string
@@ -81,6 +84,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 	f.StringVar(&o.modelDir, "model", "", "model folder (config.json) to register and place")
 	f.IntVar(&o.elemBytes, "elem-bytes", 4, "bytes per weight element as workers hold them (4: float32, 2: bf16)")
 	f.IntVar(&o.replicas, "replicas", 1, "copies of each expert on distinct workers")
+	f.IntVar(&o.expect, "expect-workers", 0, "place a model that has no placement yet only once this many of its workers registered (or --placement-grace passed); 0: at once")
+	f.DurationVar(&o.grace, "placement-grace", coordinator.DefaultPlacementGrace, "longest wait for --expect-workers after becoming leader")
+	f.DurationVar(&o.migWait, "migration-wait", coordinator.DefaultMigrationWait, "make-before-break: keep moved experts' old copies until the new owners report them loaded, at most this long; 0: drop them at once")
 	f.StringVar(&o.name, "name", fmt.Sprintf("%s-%d", host, os.Getpid()), "this coordinator's name in the election")
 	f.DurationVar(&o.sessionTTL, "session-ttl", coordinator.DefaultSessionTTL, "leader lease TTL: a dead leader is replaced within it")
 	f.StringVar(&o.gossipAddr, "gossip-addr", "", "join the workers' gossip at this host:port for early failure hints (empty: off)")
@@ -103,6 +109,13 @@ func serve(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	lg := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	if o.elemBytes != 2 && o.elemBytes != 4 {
 		return fmt.Errorf("--elem-bytes %d: want 4 or 2", o.elemBytes)
+	}
+	if o.expect < 0 || o.grace <= 0 || o.migWait < 0 {
+		return fmt.Errorf("--expect-workers %d, --placement-grace %v, --migration-wait %v: want >= 0, > 0, >= 0", o.expect, o.grace, o.migWait)
+	}
+	migWait := o.migWait
+	if migWait == 0 {
+		migWait = -1 // coordinator.Config: negative turns make-before-break off
 	}
 
 	endpoints := registry.SplitEndpoints(o.etcd)
@@ -169,6 +182,10 @@ func serve(ctx context.Context, o options, stdout, stderr io.Writer) error {
 		Replicas:   o.replicas,
 		Gossip:     gossip,
 		Logger:     lg,
+
+		ExpectWorkers:  o.expect,
+		PlacementGrace: o.grace,
+		MigrationWait:  migWait,
 	})
 	if err != nil {
 		return err

@@ -51,7 +51,7 @@ func TestProcess(t *testing.T) {
 	cmd := exec.CommandContext(ctx, os.Args[0],
 		"--listen-client-urls", "127.0.0.1:0", "--listen-peer-urls", "http://127.0.0.1:0",
 		"--data-dir", t.TempDir(), "--cluster", "proc", "--name", "c1", "--session-ttl", "1s",
-		"--model", modelDir, "--log-level", "info")
+		"--model", modelDir, "--log-level", "info", "--expect-workers", "2")
 	cmd.Env = append(os.Environ(), "SWITCHYARD_COORDINATOR_MAIN=1")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -120,8 +120,9 @@ func TestProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(p.Owned("w1")) != 4 || len(p.Owned("w2")) != 4 {
-		t.Fatalf("placement %+v", p.Owners)
+	// --expect-workers 2: the first placement is already on both workers.
+	if len(p.Owned("w1")) != 4 || len(p.Owned("w2")) != 4 || p.Epoch != 1 {
+		t.Fatalf("placement epoch %d %+v", p.Epoch, p.Owners)
 	}
 
 	st := status.StatusCmd()

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"sort"
@@ -17,14 +19,17 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/switchyard/switchyard/internal/frontend"
 	"github.com/switchyard/switchyard/internal/localcluster"
+	"github.com/switchyard/switchyard/internal/workercmd"
+	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/placement"
+	"github.com/switchyard/switchyard/pkg/registry"
 	"github.com/switchyard/switchyard/pkg/serve"
 	"github.com/switchyard/switchyard/pkg/tokenizer"
 	"github.com/switchyard/switchyard/pkg/transport"
-	pb "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
 // serveOptions is what `switchyard serve` (and quickstart) run.
@@ -34,11 +39,24 @@ type serveOptions struct {
 	// Workers is the number of local worker processes the routed experts
 	// are placed on; 0 runs them in this process.
 	Workers int
-	Listen  string        // host:port; port 0 picks a free one
-	Grace   time.Duration // how long in-flight requests may finish after a signal
-	Serve   serve.Config  // ModelName empty: ModelDir as given (as vLLM names models)
-	Stderr  io.Writer
-	Prefix  string // of every line printed ("serve")
+	// Etcd and Cluster, when Etcd is set, join a running cluster instead:
+	// no etcd and no workers are started; the experts are served by the
+	// workers registered there (on any host).
+	Etcd    []string
+	Cluster string
+	// WorkerMem, when > 0, is a hard memory limit for each local worker:
+	// each runs in a memory cgroup of its own with that limit
+	// (localcluster.Options.WorkerMemCap; --mem where cgroups cannot be
+	// made). 0: the workers read their cgroup's limit.
+	WorkerMem int64
+	// Replicas is the coordinator's R on the embedded default (copies of
+	// each expert on distinct local workers).
+	Replicas int
+	Listen   string        // host:port; port 0 picks a free one
+	Grace    time.Duration // how long in-flight requests may finish after a signal
+	Serve    serve.Config  // ModelName empty: ModelDir as given (as vLLM names models)
+	Stderr   io.Writer
+	Prefix   string // of every line printed ("serve")
 	// OnReady, if set, runs in its own goroutine once the API answers, with
 	// the base URL (http://host:port) and a context that ends when shutdown
 	// begins. It may call stop to shut the server down as a signal would.
@@ -48,13 +66,28 @@ type serveOptions struct {
 
 func serveCmd() *cobra.Command {
 	o := serveOptions{Serve: serve.DefaultConfig(""), Prefix: "serve"}
+	var etcd, workerMem string
 	cmd := &cobra.Command{
-		Use:   "serve --model DIR [--workers N] [--listen ADDR]",
-		Short: "Serve a model over the OpenAI-compatible HTTP API, experts on local workers",
-		Long: `serve starts an embedded etcd, a coordinator and N local worker processes
-(this binary's worker command), places the model's routed experts on the
-workers, keeps the dense weights (embeddings, attention, norms, routers, shared
-experts, lm_head) in this process, and serves the OpenAI-compatible API:
+		Use:   "serve --model DIR [--workers N | --etcd URLS --cluster NAME] [--listen ADDR]",
+		Short: "Serve a model over the OpenAI-compatible HTTP API, experts on workers",
+		Long: `serve keeps the model's dense weights (embeddings, attention, norms, routers,
+shared experts, lm_head) in this process, sends each MoE layer's token rows to
+the workers that hold the routed experts, and serves the OpenAI-compatible API.
+
+Two ways to run it:
+
+  serve --model DIR --workers N        the embedded default: starts an embedded
+                                       etcd, a coordinator and N local worker
+                                       processes (this binary's worker command)
+  serve --model DIR --etcd URLS --cluster NAME
+                                       a front end joining a running cluster:
+                                       starts no etcd and no workers; follows
+                                       the leader's placement for the model in
+                                       etcd and sends rows to the workers
+                                       registered there, on any host. Several
+                                       front ends may serve one cluster.
+
+The API:
 
   GET  /v1/models
   POST /v1/completions        (stream: true for Server-Sent Events)
@@ -62,7 +95,8 @@ experts, lm_head) in this process, and serves the OpenAI-compatible API:
                                from tokenizer_config.json, as transformers'
                                apply_chat_template does; without one,
                                "role: content" lines)
-  GET  /health                (200 once every expert's worker serves)
+  GET  /health                (200 while every expert has a serving copy;
+                               503 naming what is missing otherwise)
   GET  /metrics               (Prometheus)
 
 Requests are batched continuously: up to --max-seqs sequences advance together,
@@ -71,7 +105,11 @@ more wait, and beyond that requests get 429. A step feeds at most
 --max-step-tokens tokens, one to each decoding sequence first, so a long prompt
 is prefilled in chunks over several steps instead of stalling the others.
 --workers 0 runs the experts in this process (no etcd, no workers). One line on
-stderr says when it is ready, with the URL. SIGINT/SIGTERM stop accepting
+stderr says when it is ready, with the URL. A worker that dies is reported at
+once; its experts' other copies (--replicas on the coordinator) serve the
+rows of calls in flight. Requests routed to experts with no live copy fail
+with 503, naming them. A placement that cannot be made (too little worker
+memory) is reported within seconds with the shortfall. SIGINT/SIGTERM stop accepting
 requests, let in-flight ones finish for up to --shutdown-grace (then cut them
 short), and stop the workers and etcd.`,
 		Args: cobra.NoArgs,
@@ -79,6 +117,16 @@ short), and stop the workers and etcd.`,
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			o.Stderr = cmd.ErrOrStderr()
+			o.Etcd = registry.SplitEndpoints(etcd)
+			if len(o.Etcd) > 0 && cmd.Flags().Changed("workers") {
+				return errors.New("serve: --workers starts local workers; --etcd joins a running cluster: give one")
+			}
+			if workerMem != "auto" {
+				var err error
+				if o.WorkerMem, err = workercmd.ParseBytes(workerMem); err != nil {
+					return fmt.Errorf("serve: --worker-mem: %w", err)
+				}
+			}
 			return runServe(ctx, o)
 		},
 	}
@@ -87,6 +135,10 @@ short), and stop the workers and etcd.`,
 	f.StringVar(&o.Tokenizer, "tokenizer", "", "tokenizer.json to use (default MODEL/tokenizer.json); its tokenizer_config.json, if any, gives the chat template")
 	f.StringVar(&o.Serve.ModelName, "served-model-name", "", `the model's name in the API (default: --model as given)`)
 	f.IntVar(&o.Workers, "workers", 1, "local worker processes holding the routed experts (0: experts in this process)")
+	f.StringVar(&etcd, "etcd", "", "join the running cluster at these etcd endpoints (comma-separated); starts no etcd and no workers")
+	f.StringVar(&o.Cluster, "cluster", registry.DefaultCluster, "cluster name (etcd key prefix) with --etcd")
+	f.StringVar(&workerMem, "worker-mem", "auto", "memory limit of each local worker, e.g. 2GiB (auto: their cgroup's)")
+	f.IntVar(&o.Replicas, "replicas", 1, "copies of each expert on distinct local workers (embedded default)")
 	f.StringVar(&o.Listen, "listen", "127.0.0.1:8000", "HTTP address (port 0: a free port)")
 	f.IntVar(&o.Serve.MaxSeqs, "max-seqs", o.Serve.MaxSeqs, "sequences generated together (one batch per step)")
 	f.IntVar(&o.Serve.MaxQueue, "max-queue", o.Serve.MaxQueue, "requests that may wait for a free sequence slot; more get 429")
@@ -123,7 +175,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 		return err
 	}
 	defer ck.Close()
-	local := o.Workers == 0
+	local := o.Workers == 0 && len(o.Etcd) == 0
 	m, err := ck.Load(model.LoadOptions{KeepBF16: true, Experts: func(expert.ID) bool { return local }})
 	if err != nil {
 		return err
@@ -131,19 +183,39 @@ func runServe(ctx context.Context, o serveOptions) error {
 	logf("%s (%s, %d layers, context %d, vocabulary %d) loaded in %v",
 		o.ModelDir, m.Cfg.Family, m.Cfg.Layers, m.Cfg.MaxPos, m.Cfg.Vocab, time.Since(start).Round(time.Millisecond))
 	where := "experts in this process"
-	if !local {
-		lc, client, err := startServeCluster(ctx, o, logf)
+	var fe *frontend.Frontend
+	switch {
+	case len(o.Etcd) > 0:
+		rec := registry.NewModelRecord(ck.Config, o.ModelDir, localcluster.ElemBytes(ck, true))
+		if fe, err = joinCluster(ctx, o, rec, logf); err != nil {
+			return err
+		}
+		defer fe.Close()
+		where = fmt.Sprintf("experts on the workers of cluster %q at %s", o.Cluster, strings.Join(o.Etcd, ","))
+		// /health follows the placement; say when it first serves.
+		go func() {
+			if pl, err := fe.WaitServing(ctx, func(why error) { logf("not serving yet: %v", why) }, nil); err == nil {
+				logf("serving: %s", describePlacement(pl))
+			}
+		}()
+	case !local:
+		lc, f, err := startServeCluster(ctx, o, logf)
 		if err != nil {
 			return err
 		}
+		fe = f
 		defer func() {
-			client.Close()
+			fe.Close()
 			lc.Close()
 			logf("workers and etcd stopped")
 		}()
-		m.Experts = client.Executor
-		o.Serve.Ready = func(ctx context.Context) error { return placementServed(ctx, lc, client) }
+		go reportExits(ctx, lc, logf)
 		where = fmt.Sprintf("experts on %d worker processes", o.Workers)
+	}
+	if fe != nil {
+		m.Experts = fe.Executor
+		o.Serve.Ready = fe.Ready
+		o.Serve.Collectors = append(o.Serve.Collectors, fe.Collectors()...)
 	}
 	srv, err := serve.New(serve.FromModel(m), tok, o.Serve)
 	if err != nil {
@@ -231,9 +303,49 @@ func loadServeTokenizer(modelDir, path string) (*tokenizer.Tokenizer, serve.Chat
 	return tok, ct, nil
 }
 
-// startServeCluster starts etcd, a coordinator and the workers, and waits
-// until every expert is served.
-func startServeCluster(ctx context.Context, o serveOptions, logf func(string, ...any)) (*localcluster.Cluster, *localcluster.Client, error) {
+// frontendLogger turns the front end's log records into "serve: ..." lines.
+func frontendLogger(w io.Writer, prefix string) *slog.Logger {
+	return slog.New(slog.NewTextHandler(&prefixLines{w: w, prefix: prefix + ": "}, &slog.HandlerOptions{
+		ReplaceAttr: func(groups []string, a slog.Attr) slog.Attr {
+			if a.Key == slog.TimeKey && len(groups) == 0 {
+				return slog.Attr{}
+			}
+			return a
+		},
+	}))
+}
+
+// prefixLines writes each write (one log record) with a prefix.
+type prefixLines struct {
+	w      io.Writer
+	prefix string
+}
+
+func (p *prefixLines) Write(b []byte) (int, error) {
+	if _, err := io.WriteString(p.w, p.prefix+string(b)); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+// joinCluster joins the running cluster at o.Etcd as a front end for rec.
+func joinCluster(ctx context.Context, o serveOptions, rec registry.ModelRecord, logf func(string, ...any)) (*frontend.Frontend, error) {
+	fe, err := frontend.Join(ctx, frontend.Options{
+		Endpoints: o.Etcd, Cluster: o.Cluster, Model: rec, Logger: frontendLogger(o.Stderr, o.Prefix),
+		Client: transport.ClientConfig{AttemptTimeout: 2 * time.Second},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", o.Prefix, err)
+	}
+	logf("joined cluster %q at %s as front end for model %s", o.Cluster, strings.Join(o.Etcd, ","), fe.Model.Fingerprint)
+	return fe, nil
+}
+
+// startServeCluster starts etcd, a coordinator and the workers, joins them
+// as a front end, and waits until every expert is served. A worker that
+// exits, or a placement the coordinator cannot make (memory shortfall),
+// ends the wait at once with the cause.
+func startServeCluster(ctx context.Context, o serveOptions, logf func(string, ...any)) (*localcluster.Cluster, *frontend.Frontend, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, nil, err
@@ -242,61 +354,109 @@ func startServeCluster(ctx context.Context, o serveOptions, logf func(string, ..
 	defer cancel()
 	lc, err := localcluster.Start(sctx, localcluster.Options{
 		ModelDir: o.ModelDir, Command: []string{exe, "worker"}, Workers: o.Workers, Cluster: "serve",
+		Replicas: o.Replicas, WorkerMemCap: o.WorkerMem, ExpectWorkers: o.Workers,
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: start %d workers: %w", o.Prefix, o.Workers, err)
 	}
+	if o.WorkerMem > 0 {
+		logf("each worker's memory capped at %d bytes: %s", o.WorkerMem, lc.MemCapMode())
+	}
 	logf("%s", lc.Describe())
-	pl, err := lc.WaitServing(sctx)
+	jo := o
+	jo.Etcd, jo.Cluster = lc.Endpoints, "serve"
+	fe, err := joinCluster(sctx, jo, lc.Model, logf)
 	if err != nil {
-		for _, w := range lc.Procs() {
-			logf("--- worker %s log:\n%s", w.ID, w.Log())
-		}
+		lc.Close()
+		return nil, nil, err
+	}
+	fail := func(err error) (*localcluster.Cluster, *frontend.Frontend, error) {
+		fe.Close()
 		lc.Close()
 		return nil, nil, fmt.Errorf("%s: %w", o.Prefix, err)
 	}
+	fatal := func() error {
+		for _, p := range lc.Procs() {
+			select {
+			case <-p.Exited():
+				return fmt.Errorf("worker %s (pid %d) exited before the model was served (%v); its log ends:\n%s",
+					p.ID, p.Pid(), exitCause(p), tailLines(p.Log(), 15))
+			default:
+			}
+		}
+		if s := fe.Shortfall(); s != nil {
+			return fmt.Errorf("the %d workers cannot hold the model: %s", o.Workers, s.Error+shortBy(s))
+		}
+		return nil
+	}
+	pl, err := fe.WaitServing(sctx, func(why error) { logf("waiting: %v", why) }, fatal)
+	if err != nil {
+		return fail(err)
+	}
+	logf("%s", describePlacement(pl))
+	return lc, fe, nil
+}
+
+// shortBy spells out a memory shortfall.
+func shortBy(s *registry.PlacementStatus) string {
+	return fmt.Sprintf(" (need %.2f GiB for the expert copies, the workers have %.2f GiB: short by %.2f GiB)",
+		float64(s.NeedBytes)/(1<<30), float64(s.HaveBytes)/(1<<30), float64(s.NeedBytes-s.HaveBytes)/(1<<30))
+}
+
+// describePlacement is a one-line summary: epoch and experts per worker.
+func describePlacement(pl *cluster.Placement) string {
 	counts := placement.Counts(pl)
 	var parts []string
 	for _, id := range pl.WorkerIDs() {
 		parts = append(parts, fmt.Sprintf("%s=%d", id, counts[id]))
 	}
 	sort.Strings(parts)
-	logf("placement epoch %d, experts per worker: %s", pl.Epoch, strings.Join(parts, " "))
-	client, err := lc.NewClient(transport.ClientConfig{Worker: "serve"}, 0)
-	if err != nil {
-		lc.Close()
-		return nil, nil, err
-	}
-	return lc, client, nil
+	return fmt.Sprintf("placement epoch %d, experts per worker: %s", pl.Epoch, strings.Join(parts, " "))
 }
 
-// placementServed is /health's readiness: the client knows a placement
-// covering every expert, and each worker it names answers SERVING at that
-// epoch or a newer one.
-func placementServed(ctx context.Context, lc *localcluster.Cluster, client *localcluster.Client) error {
-	pl := client.Placement.Current()
-	if pl == nil {
-		return errors.New("no expert placement yet")
+// reportExits logs, at once, every local worker that exits while serving
+// (killed, out of memory, crashed), with the cause and its log's end.
+func reportExits(ctx context.Context, lc *localcluster.Cluster, logf func(string, ...any)) {
+	for _, p := range lc.Procs() {
+		go func() {
+			select {
+			case <-p.Exited():
+				if ctx.Err() == nil {
+					logf("worker %s (pid %d) died: %v; its experts' other copies serve, the coordinator re-places the rest; its log ends:\n%s",
+						p.ID, p.Pid(), exitCause(p), tailLines(p.Log(), 10))
+				}
+			case <-ctx.Done():
+			}
+		}()
 	}
-	if err := pl.Validate(); err != nil {
-		return err
-	}
-	for _, id := range pl.WorkerIDs() {
-		c, err := lc.Pool.Client(id, pl.Workers[id].Addr)
-		if err != nil {
-			return fmt.Errorf("worker %s: %w", id, err)
+}
+
+// exitCause describes how a worker process ended (a signal such as SIGKILL
+// from the kernel's OOM killer, or an exit status).
+func exitCause(p *localcluster.Proc) string {
+	var ee *exec.ExitError
+	if errors.As(p.Err(), &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			cause := "killed by " + ws.Signal().String()
+			if ws.Signal() == syscall.SIGKILL {
+				cause += " (out of memory under a cgroup limit, or killed by hand)"
+			}
+			return cause
 		}
-		resp, err := c.Health(ctx, &pb.HealthRequest{})
-		switch {
-		case err != nil:
-			return fmt.Errorf("worker %s: %w", id, err)
-		case resp.GetStatus() != pb.ServingStatus_SERVING_STATUS_SERVING:
-			return fmt.Errorf("worker %s: %v", id, resp.GetStatus())
-		case resp.GetEpoch() < uint64(pl.Epoch):
-			return fmt.Errorf("worker %s serves placement epoch %d, not yet %d", id, resp.GetEpoch(), pl.Epoch)
-		}
+		return ee.Error()
 	}
-	return nil
+	if p.Err() == nil {
+		return "exit status 0"
+	}
+	return p.Err().Error()
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
 }
 
 // displayAddr is a as a client dials it: an unspecified host

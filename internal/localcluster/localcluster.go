@@ -63,10 +63,26 @@ type Options struct {
 	StatsInterval time.Duration
 	// Replicas is the coordinator's R (default 1).
 	Replicas int
+	// ExpectWorkers is how many workers the coordinator waits for before
+	// it first places the model (or until its placement grace passes), so
+	// the first worker to register is not given every expert (0: place at
+	// once).
+	ExpectWorkers int
 	// WidenBF16 makes workers widen bf16 weights to float32 (by default
 	// they keep bf16); it also sets the element size in the model record,
 	// so memory budgets are computed right.
 	WidenBF16 bool
+	// WorkerMemCap, when > 0, is a hard memory limit in bytes for each
+	// worker process: every worker starts inside a memory cgroup of its
+	// own with that limit (cgroup v1 or v2, a child of this process's
+	// cgroup where possible; see memcap_linux.go) and reads the limit
+	// itself (--mem auto), so the kernel OOM-kills a worker that goes over
+	// it. Proc.MemUsage reads the cgroup's peak and OOM kills; Close
+	// removes the cgroups. If no cgroup can be made (not root, no memory
+	// controller), the cap is passed as --mem instead, which the worker
+	// keeps its experts under but the kernel does not enforce; the
+	// Logger and Logs say so, and so does MemCapMode.
+	WorkerMemCap int64
 	// Logs, if set, receives every worker's stderr, each line prefixed with
 	// the worker ID. Each Proc keeps its own log too.
 	Logs io.Writer
@@ -95,6 +111,9 @@ type Cluster struct {
 	mu         sync.Mutex
 	procs      []*Proc
 	nextWorker int
+	cgParent   cgroupParent
+	capMode    string // see MemCapMode
+	cgStarts   map[cluster.WorkerID]int
 }
 
 // Start launches etcd, the coordinator (registering the model) and
@@ -123,7 +142,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
-	elem := elemBytes(ck, !opts.WidenBF16)
+	elem := ElemBytes(ck, !opts.WidenBF16)
 	ck.Close()
 
 	c := &Cluster{opts: opts}
@@ -132,6 +151,9 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			c.Close()
 		}
 	}()
+	if opts.WorkerMemCap > 0 {
+		c.setupMemCap()
+	}
 	ecfg := embedetcd.TestConfig("") // free ports, fast raft timing, temporary data
 	ecfg.Name = "switchyard-local"
 	if c.Etcd, err = embedetcd.Start(ctx, ecfg); err != nil {
@@ -157,7 +179,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	}
 	if c.Coordinator, err = coordinator.New(coordinator.Config{
 		Registry: c.Registry, Name: "local", SessionTTL: 2 * time.Second,
-		Replicas: opts.Replicas, Gossip: c.gossip, Logger: opts.Logger,
+		Replicas: opts.Replicas, Gossip: c.gossip, Logger: opts.Logger, ExpectWorkers: opts.ExpectWorkers,
 	}); err != nil {
 		return nil, err
 	}
@@ -196,8 +218,9 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	return c, nil
 }
 
-// elemBytes is the element size workers hold the model's experts at.
-func elemBytes(ck *model.Checkpoint, keepBF16 bool) int {
+// ElemBytes is the element size workers hold the model's experts at: 2
+// for bf16 experts kept as bf16, else 4.
+func ElemBytes(ck *model.Checkpoint, keepBF16 bool) int {
 	cfg := ck.Config
 	for l, moe := range cfg.LayerIsMoE {
 		if moe {
@@ -227,8 +250,12 @@ type Proc struct {
 	GRPC   string // gRPC address from the ready line
 	Gossip string // gossip address ("-" when off)
 	Model  string // fingerprint from the ready line
-	Cmd    *exec.Cmd
+	// Mem is the memory limit the worker found (mem= of the ready line;
+	// 0: unlimited): with Options.WorkerMemCap, its cgroup's.
+	Mem int64
+	Cmd *exec.Cmd
 
+	cg     *memCgroup // nil: no memory cgroup of its own
 	log    *syncBuffer
 	ready  chan struct{}
 	exited chan struct{}
@@ -289,12 +316,28 @@ func (c *Cluster) StartWorker(ctx context.Context, id cluster.WorkerID, extra ..
 		"--lease-ttl", o.LeaseTTL.String(), "--stats-interval", o.StatsInterval.String(),
 		"--keep-bf16="+strconv.FormatBool(!o.WidenBF16),
 	)
+	if o.WorkerMemCap > 0 && c.cgParent.dir == "" {
+		args = append(args, "--mem", strconv.FormatInt(o.WorkerMemCap, 10))
+	}
 	args = append(args, o.WorkerArgs...)
 	args = append(args, extra...)
-	cmd := exec.Command(o.Command[0], args...)
+	argv := append([]string{o.Command[0]}, args...)
+	var cg *memCgroup
+	if o.WorkerMemCap > 0 && c.cgParent.dir != "" {
+		var err error
+		if cg, err = newMemCgroup(c.cgParent, c.cgroupName(id), o.WorkerMemCap); err != nil {
+			return nil, fmt.Errorf("localcluster: worker %s: memory cgroup: %w", id, err)
+		}
+	}
+	var cmd *exec.Cmd
+	if cg != nil {
+		cmd = cg.command(argv, sysProcAttr())
+	} else {
+		cmd = exec.Command(argv[0], argv[1:]...)
+		cmd.SysProcAttr = sysProcAttr()
+	}
 	cmd.Env = append(os.Environ(), o.Env...)
-	cmd.SysProcAttr = sysProcAttr()
-	p := &Proc{ID: id, Cmd: cmd, log: &syncBuffer{}, ready: make(chan struct{}), exited: make(chan struct{})}
+	p := &Proc{ID: id, Cmd: cmd, cg: cg, log: &syncBuffer{}, ready: make(chan struct{}), exited: make(chan struct{})}
 	var errOut io.Writer = p.log
 	if o.Logs != nil {
 		errOut = io.MultiWriter(p.log, &prefixWriter{w: o.Logs, prefix: string(id) + " | "})
@@ -306,11 +349,19 @@ func (c *Cluster) StartWorker(ctx context.Context, id cluster.WorkerID, extra ..
 		if f, ok := parseReady(line); ok {
 			once.Do(func() {
 				p.GRPC, p.Gossip, p.Model = f["grpc"], f["gossip"], f["model"]
+				p.Mem, _ = strconv.ParseInt(f["mem"], 10, 64)
 				close(p.ready)
 			})
 		}
 	}}
-	if err := cmd.Start(); err != nil {
+	err := cmd.Start()
+	if cg != nil {
+		cg.started()
+	}
+	if err != nil {
+		if cg != nil {
+			_ = cg.remove()
+		}
 		return nil, fmt.Errorf("localcluster: start worker %s: %w", id, err)
 	}
 	go func() {
@@ -331,7 +382,7 @@ func (c *Cluster) StartWorker(ctx context.Context, id cluster.WorkerID, extra ..
 	}
 }
 
-// parseReady parses "worker: id=... grpc=... gossip=... model=...".
+// parseReady parses "worker: id=... grpc=... gossip=... model=... mem=...".
 func parseReady(line string) (map[string]string, bool) {
 	rest, ok := strings.CutPrefix(line, "worker: ")
 	if !ok {
@@ -377,10 +428,30 @@ func (c *Cluster) LiveIDs() []cluster.WorkerID {
 }
 
 // WaitServing waits until the placement covers every expert over exactly
-// the live worker processes and each of them serves it (see
-// worker.WaitServing).
+// the live worker processes, is settled (every expert has min(R, live)
+// copies: not a live migration's transitional placement) and each worker
+// serves it (see worker.WaitServing).
 func (c *Cluster) WaitServing(ctx context.Context) (*cluster.Placement, error) {
-	return worker.WaitServing(ctx, c.Registry, c.Pool, c.Model.Fingerprint, registry.OnWorkers(c.LiveIDs()...))
+	live := c.LiveIDs()
+	on := registry.OnWorkers(live...)
+	want := max(c.opts.Replicas, 1)
+	want = min(want, len(live))
+	settled := func(p *cluster.Placement) bool {
+		if !on(p) {
+			return false
+		}
+		// Settled: not a live migration's transitional placement, in
+		// which moving experts have extra copies.
+		for _, row := range p.Owners {
+			for _, ws := range row {
+				if len(ws) != want {
+					return false
+				}
+			}
+		}
+		return true
+	}
+	return worker.WaitServing(ctx, c.Registry, c.Pool, c.Model.Fingerprint, settled)
 }
 
 // Client is a RemoteExecutor over the cluster's etcd placement.
@@ -420,8 +491,9 @@ func (c *Cluster) Describe() string {
 	return strings.TrimSuffix(b.String(), ";")
 }
 
-// Close stops the workers (SIGTERM, SIGKILL after 5 s), the coordinator,
-// the clients and etcd, in that order. Safe to call more than once.
+// Close stops the workers (SIGTERM, SIGKILL after 5 s), removes their
+// memory cgroups, and stops the coordinator, the clients and etcd, in that
+// order. Safe to call more than once.
 func (c *Cluster) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
@@ -434,6 +506,13 @@ func (c *Cluster) Close() error {
 			}()
 		}
 		wg.Wait()
+		for _, p := range c.Procs() {
+			if p.cg != nil {
+				if rerr := p.cg.remove(); rerr != nil && c.opts.Logger != nil {
+					c.opts.Logger.Warn("worker memory cgroup left behind", "worker", p.ID, "err", rerr)
+				}
+			}
+		}
 		if c.stopCoord != nil {
 			c.stopCoord()
 			err = <-c.coordDone

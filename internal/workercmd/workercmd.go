@@ -5,7 +5,14 @@
 // Stdout carries one machine-readable line (scripts and tests parse it),
 // printed once the worker serves and is registered in etcd:
 //
-//	worker: id=<id> grpc=<host:port> gossip=<host:port or -> model=<fingerprint>
+//	worker: id=<id> grpc=<host:port> gossip=<host:port or -> model=<fingerprint> mem=<bytes or 0>
+//
+// mem is the process's memory limit (--mem, or its cgroup's with the
+// default --mem auto; 0: unlimited). The worker registers that minus
+// worker.RuntimeReserve as the expert bytes the placement may give it, and
+// sets the Go runtime's soft memory limit to worker.SoftLimit of it
+// (unless GOMEMLIMIT is set), so the collector works hard before the
+// kernel's OOM killer would.
 //
 // Logs go to stderr. A refusal by the cluster (another model or protocol
 // version) exits with status 1 and the reason on stderr; SIGINT or SIGTERM
@@ -16,9 +23,11 @@ package workercmd
 import (
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"syscall"
@@ -56,12 +65,19 @@ func Command() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "worker --model DIR [--etcd URLS] [--id ID]",
 		Short: "Run a worker: serve the experts the placement gives it",
-		Long: `worker loads the dense weights of --model, registers in etcd under a lease,
-joins the workers' gossip, and serves over gRPC the routed experts the
-coordinator places on it, loading and dropping experts as the placement
-changes. It prints one line when ready:
+		Long: `worker opens --model (its config; no weights are read yet), registers in
+etcd under a lease, joins the workers' gossip, and serves over gRPC the routed
+experts the coordinator places on it, loading and dropping experts as the
+placement changes. It holds no dense weights: its memory is the runtime plus
+its experts.
 
-  worker: id=<id> grpc=<host:port> gossip=<host:port or -> model=<fingerprint>
+--mem is the process's memory limit: "auto" (the default) reads the cgroup's
+(v1 or v2; unlimited if none), 0 means unlimited. The worker offers the
+limit minus a runtime reserve of ` + fmt.Sprint(worker.RuntimeReserve>>20) + ` MiB to the placement for experts, never
+holds more, and sets the Go soft memory limit ` + fmt.Sprint(worker.SoftLimitMargin>>20) + ` MiB below the limit (unless
+GOMEMLIMIT is set). It prints one line when ready:
+
+  worker: id=<id> grpc=<host:port> gossip=<host:port or -> model=<fingerprint> mem=<bytes or 0>
 
 SIGINT or SIGTERM leaves the cluster gracefully.`,
 		Args:         cobra.NoArgs,
@@ -78,14 +94,16 @@ SIGINT or SIGTERM leaves the cluster gracefully.`,
 			if gossip == "off" || gossip == "-" {
 				cfg.GossipAddr = ""
 			}
-			var err error
-			if cfg.MemBytes, err = ParseBytes(mem); err != nil {
-				return fmt.Errorf("--mem: %w", err)
+			lim, err := MemLimit(mem, os.DirFS("/"))
+			if err != nil {
+				return fmt.Errorf("--mem %s: %w", mem, err)
 			}
+			cfg.MemBytes = lim.Bytes
 			w, err := worker.New(cfg)
 			if err != nil {
 				return err
 			}
+			setSoftLimit(cfg.Logger, lim)
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			done := make(chan error, 1)
@@ -97,7 +115,7 @@ SIGINT or SIGTERM leaves the cluster gracefully.`,
 				if g == "" {
 					g = "-"
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "worker: id=%s grpc=%s gossip=%s model=%s\n", info.ID, info.Addr, g, info.Model)
+				fmt.Fprintf(cmd.OutOrStdout(), "worker: id=%s grpc=%s gossip=%s model=%s mem=%d\n", info.ID, info.Addr, g, info.Model, lim.Bytes)
 				return <-done
 			case err := <-done:
 				return err
@@ -113,7 +131,7 @@ SIGINT or SIGTERM leaves the cluster gracefully.`,
 	f.StringVar(&gossip, "gossip", d.GossipAddr, `gossip (memberlist) bind address; "off" disables gossip`)
 	f.StringVar(&cfg.ModelDir, "model", "", "model folder (config.json, *.safetensors)")
 	f.BoolVar(&cfg.KeepBF16, "keep-bf16", d.KeepBF16, "keep bf16 weights as bf16 in memory")
-	f.StringVar(&mem, "mem", "0", "memory for weights, dense + experts (e.g. 8GiB, 512MiB; 0: unlimited)")
+	f.StringVar(&mem, "mem", "auto", `the process's memory limit (e.g. 8GiB, 512MiB; "auto": the cgroup's; 0: unlimited); experts get it minus a runtime reserve`)
 	f.IntVar(&cfg.Cores, "cores", 0, "cores to announce (0: all of this machine's)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", d.LeaseTTL, "etcd lease TTL: a killed worker leaves the cluster within it")
 	f.DurationVar(&cfg.StatsInterval, "stats-interval", d.StatsInterval, "how often token counts are written to etcd")
@@ -125,6 +143,42 @@ SIGINT or SIGTERM leaves the cluster gracefully.`,
 	_ = f.MarkHidden("protocol")
 	_ = cmd.MarkFlagRequired("model")
 	return cmd
+}
+
+// MemLimit resolves --mem: "auto" reads the memory limit of this
+// process's cgroup from root (the file system root, os.DirFS("/"); see
+// worker.CgroupMemLimit), anything else is a byte count (ParseBytes; 0
+// means unlimited) with Source "flag".
+func MemLimit(flag string, root fs.FS) (worker.MemLimit, error) {
+	if strings.TrimSpace(flag) == "auto" {
+		return worker.CgroupMemLimit(root)
+	}
+	n, err := ParseBytes(flag)
+	if err != nil {
+		return worker.MemLimit{}, err
+	}
+	return worker.MemLimit{Bytes: n, Source: "flag"}, nil
+}
+
+// setSoftLimit logs the memory limit and its source and, when there is a
+// limit and GOMEMLIMIT does not set one already, makes worker.SoftLimit of
+// it the Go runtime's soft memory limit (process-wide: one worker per
+// process here).
+func setSoftLimit(lg *slog.Logger, lim worker.MemLimit) {
+	args := []any{"limit", lim.Bytes, "source", lim.Source, "expert_budget", worker.ExpertBudget(lim.Bytes), "runtime_reserve", worker.RuntimeReserve}
+	if lim.File != "" {
+		args = append(args, "file", "/"+lim.File)
+	}
+	switch {
+	case lim.Bytes == 0:
+		lg.Info("memory: unlimited", args...)
+	case os.Getenv("GOMEMLIMIT") != "":
+		lg.Info("memory limit (GOMEMLIMIT sets the Go soft limit)", append(args, "gomemlimit", os.Getenv("GOMEMLIMIT"))...)
+	default:
+		soft := worker.SoftLimit(lim.Bytes)
+		debug.SetMemoryLimit(soft)
+		lg.Info("memory limit", append(args, "go_soft_limit", soft)...)
+	}
 }
 
 // ParseBytes reads a byte count: a plain integer or one with a unit (B,

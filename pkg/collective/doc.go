@@ -37,7 +37,7 @@
 // that did not answer; a peer whose stream breaks fails the operation at
 // once. Either way the operation tears its streams down (so a stuck send
 // cannot hang it, and peers fail fast too) and the Group is broken: form a
-// new one, as DESIGN.md section 5 prescribes for training steps.
+// new one, as training steps do (docs/ARCHITECTURE.md, "Failure model").
 //
 // Usage, on every member:
 //

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math"
 	"sync"
 	"sync/atomic"
@@ -13,13 +14,25 @@ import (
 
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/membership"
+	"github.com/switchyard/switchyard/pkg/placement"
 	"github.com/switchyard/switchyard/pkg/registry"
 )
 
 // DefaultSessionTTL is the lease TTL of a coordinator's election session:
 // when a leader process dies, another takes over within about this time.
 const DefaultSessionTTL = 5 * time.Second
+
+// DefaultPlacementGrace is how long a new leader waits for ExpectWorkers
+// before placing a model that has no placement yet on the workers there are.
+const DefaultPlacementGrace = 10 * time.Second
+
+// DefaultMigrationWait bounds make-before-break: how long a transitional
+// placement waits for the workers loading new copies to report them
+// applied before the old copies are dropped anyway. Loading an expert is
+// reading its three matrices from the checkpoint: seconds for large models.
+const DefaultMigrationWait = 60 * time.Second
 
 // Config configures a Coordinator.
 type Config struct {
@@ -32,6 +45,23 @@ type Config struct {
 	SessionTTL time.Duration
 	// Replicas is R, copies of each expert on distinct workers (0 means 1).
 	Replicas int
+	// ExpectWorkers is the start-up grace: a model with no stored placement
+	// yet is first placed once at least this many of its workers are
+	// registered, or PlacementGrace after this coordinator became leader,
+	// whichever comes first; so the first worker to register is not handed
+	// every expert. 0 places at once, on the first worker. Once a placement
+	// exists, changes are written at once.
+	ExpectWorkers int
+	// PlacementGrace bounds the wait for ExpectWorkers (0 means
+	// DefaultPlacementGrace; unused when ExpectWorkers is 0).
+	PlacementGrace time.Duration
+	// MigrationWait bounds make-before-break: when a new placement gives
+	// live workers copies to load, a transitional placement keeping the old
+	// copies is written first, and the final one (dropping them) once the
+	// loading workers report the epoch applied (in their stats) or after
+	// MigrationWait. 0 means DefaultMigrationWait; negative turns
+	// make-before-break off (old copies drop in the same write).
+	MigrationWait time.Duration
 	// Gossip, if set, is a running membership node of this coordinator.
 	// While leading, the coordinator joins the gossip addresses of the
 	// registered workers, and treats failure and leave events as hints to
@@ -60,19 +90,22 @@ type Coordinator struct {
 
 	recheck chan struct{} // coalesced gossip hints
 
-	terms, writes, rechecks atomic.Int64
+	terms, writes, rechecks, transitions, migrationTimeouts atomic.Int64
 }
 
 // Counters are a coordinator's activity since it started.
 type Counters struct {
-	Terms    int64 // times it became leader
-	Writes   int64 // placements written
-	Rechecks int64 // worker re-reads triggered by gossip hints
+	Terms             int64 // times it became leader
+	Writes            int64 // placements written
+	Rechecks          int64 // worker re-reads triggered by gossip hints
+	Transitions       int64 // of Writes, transitional (make-before-break) placements
+	MigrationTimeouts int64 // migration waits that ran out before the loads were reported
 }
 
 // Counters returns the activity counters.
 func (c *Coordinator) Counters() Counters {
-	return Counters{Terms: c.terms.Load(), Writes: c.writes.Load(), Rechecks: c.rechecks.Load()}
+	return Counters{Terms: c.terms.Load(), Writes: c.writes.Load(), Rechecks: c.rechecks.Load(),
+		Transitions: c.transitions.Load(), MigrationTimeouts: c.migrationTimeouts.Load()}
 }
 
 // New validates cfg and returns a coordinator; Run starts it.
@@ -84,14 +117,21 @@ func New(cfg Config) (*Coordinator, error) {
 	if cfg.Name == "" {
 		errs = append(errs, errors.New("empty Name"))
 	}
-	if cfg.SessionTTL < 0 || cfg.Replicas < 0 {
-		errs = append(errs, fmt.Errorf("SessionTTL %v, Replicas %d: must not be negative", cfg.SessionTTL, cfg.Replicas))
+	if cfg.SessionTTL < 0 || cfg.Replicas < 0 || cfg.ExpectWorkers < 0 || cfg.PlacementGrace < 0 {
+		errs = append(errs, fmt.Errorf("SessionTTL %v, Replicas %d, ExpectWorkers %d, PlacementGrace %v: must not be negative",
+			cfg.SessionTTL, cfg.Replicas, cfg.ExpectWorkers, cfg.PlacementGrace))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, fmt.Errorf("coordinator: %w", err)
 	}
 	if cfg.SessionTTL == 0 {
 		cfg.SessionTTL = DefaultSessionTTL
+	}
+	if cfg.PlacementGrace == 0 {
+		cfg.PlacementGrace = DefaultPlacementGrace
+	}
+	if cfg.MigrationWait == 0 {
+		cfg.MigrationWait = DefaultMigrationWait
 	}
 	lg := cfg.Logger
 	if lg == nil {
@@ -245,10 +285,22 @@ func (c *Coordinator) lead(ctx context.Context, sess *concurrency.Session, el *c
 	defer stop()
 
 	fence := registry.FenceOf(el)
-	core := NewCore(CoreConfig{Replicas: c.cfg.Replicas})
+	mbb := c.cfg.MigrationWait > 0
+	core := NewCore(CoreConfig{Replicas: c.cfg.Replicas, ExpectWorkers: c.cfg.ExpectWorkers, MakeBeforeBreak: mbb})
 	workers := c.reg.WatchWorkers(lctx)
 	models := c.reg.WatchModels(lctx)
+	var stats <-chan []registry.WorkerStats // applied epochs, for make-before-break
+	if mbb {
+		stats = c.reg.WatchStats(lctx)
+	}
+	var grace <-chan time.Time
+	if c.cfg.ExpectWorkers > 0 {
+		t := time.NewTimer(c.cfg.PlacementGrace)
+		defer t.Stop()
+		grace = t.C
+	}
 	placements := make(chan PlacementObserved)
+	timeouts := make(chan MigrationTimedOut)
 	watching := map[string]context.CancelFunc{}
 	var wg sync.WaitGroup
 	defer func() {
@@ -256,6 +308,7 @@ func (c *Coordinator) lead(ctx context.Context, sess *concurrency.Session, el *c
 		wg.Wait()
 	}()
 	joined := map[string]bool{}
+	var applied map[cluster.WorkerID]appliedEpoch // last sent to Core
 
 	queue := []Event{LeadershipChanged{Leader: true}}
 	for {
@@ -266,6 +319,10 @@ func (c *Coordinator) lead(ctx context.Context, sess *concurrency.Session, el *c
 				next, err := c.act(lctx, fence, act)
 				if err != nil {
 					return err
+				}
+				if w, ok := act.(WritePlacement); ok && len(w.Await) > 0 && wrote(next) {
+					c.transitions.Add(1)
+					c.migrationTimer(lctx, &wg, MigrationTimedOut{Model: w.Placement.Model, Epoch: w.Placement.Epoch}, timeouts)
 				}
 				queue = append(queue, next...)
 			}
@@ -307,6 +364,31 @@ func (c *Coordinator) lead(ctx context.Context, sess *concurrency.Session, el *c
 			queue = append(queue, ModelsChanged{Models: recs})
 		case ev := <-placements:
 			queue = append(queue, ev)
+		case <-grace:
+			grace = nil
+			c.log.Info("placement grace over", "expect_workers", c.cfg.ExpectWorkers, "grace", c.cfg.PlacementGrace)
+			queue = append(queue, GraceExpired{})
+		case set, ok := <-stats:
+			if !ok {
+				return errors.New("stats watch closed")
+			}
+			// Token counters change every few seconds; Core only needs the
+			// applied epochs, so only their changes reach it.
+			now := make(map[cluster.WorkerID]appliedEpoch, len(set))
+			for _, s := range set {
+				now[s.Worker] = appliedEpoch{model: s.Model, epoch: s.Epoch}
+			}
+			if applied == nil || !maps.Equal(now, applied) {
+				applied = now
+				queue = append(queue, StatsChanged{Stats: set})
+			}
+		case ev := <-timeouts:
+			if epoch, waiting := core.Migration(ev.Model); epoch == ev.Epoch && len(waiting) > 0 {
+				c.migrationTimeouts.Add(1)
+				c.log.Warn("migration wait over; dropping old copies anyway", "model", ev.Model, "epoch", ev.Epoch,
+					"wait", c.cfg.MigrationWait, "not_loaded", waiting)
+			}
+			queue = append(queue, ev)
 		case <-c.recheck:
 			set, err := c.reg.Workers(lctx)
 			if err == nil {
@@ -318,20 +400,53 @@ func (c *Coordinator) lead(ctx context.Context, sess *concurrency.Session, el *c
 	}
 }
 
+// wrote reports whether a WritePlacement's events say it landed.
+func wrote(evs []Event) bool {
+	for _, ev := range evs {
+		if _, ok := ev.(WriteDone); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// migrationTimer feeds ev back after MigrationWait (unless the term ends).
+func (c *Coordinator) migrationTimer(ctx context.Context, wg *sync.WaitGroup, ev MigrationTimedOut, out chan<- MigrationTimedOut) {
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTimer(c.cfg.MigrationWait)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+		select {
+		case out <- ev:
+		case <-ctx.Done():
+		}
+	}()
+}
+
 // act carries out one action and returns the events it produced.
 func (c *Coordinator) act(ctx context.Context, fence registry.Fence, a Action) ([]Event, error) {
 	switch a := a.(type) {
 	case Report:
-		c.log.Error("cannot place model", "model", a.Model, "err", a.Err)
-		return nil, nil
+		return c.report(ctx, fence, a)
 	case WritePlacement:
 		p := a.Placement
 		rev, err := c.reg.WritePlacement(ctx, fence, &p, a.ExpectRev)
 		switch {
 		case err == nil:
 			c.writes.Add(1)
-			c.log.Info("placement written", "model", p.Model, "epoch", p.Epoch, "workers", p.WorkerIDs(),
-				"added", len(a.Change.Added), "removed", len(a.Change.Removed), "rev", rev)
+			if len(a.Await) > 0 {
+				c.log.Info("transitional placement written", "model", p.Model, "epoch", p.Epoch, "workers", p.WorkerIDs(),
+					"added", len(a.Change.Added), "removed", len(a.Change.Removed), "loading", a.Await, "rev", rev)
+			} else {
+				c.log.Info("placement written", "model", p.Model, "epoch", p.Epoch, "workers", p.WorkerIDs(),
+					"added", len(a.Change.Added), "removed", len(a.Change.Removed), "rev", rev)
+			}
 			return []Event{WriteDone{Placement: p, Rev: rev}}, nil
 		case errors.Is(err, registry.ErrNotLeader):
 			return nil, fmt.Errorf("%w: %v", errStepDown, err)
@@ -358,6 +473,41 @@ func (c *Coordinator) act(ctx context.Context, fence registry.Fence, a Action) (
 		return evs, nil
 	}
 	return nil, fmt.Errorf("coordinator: unknown action %T", a)
+}
+
+// report logs a verdict and stores it as the model's placement status.
+func (c *Coordinator) report(ctx context.Context, fence registry.Fence, a Report) ([]Event, error) {
+	s := a.Status
+	s.Time = time.Now().UTC()
+	switch {
+	case a.Err == nil:
+		c.log.Info("placement ok", "model", a.Model, "epoch", s.Epoch)
+	case errors.Is(a.Err, ErrAwaitingWorkers):
+		c.log.Info("placement waits for workers", "model", a.Model, "err", a.Err)
+	case errors.Is(a.Err, placement.ErrNoWorkers):
+		c.log.Warn("cannot place model: no workers", "model", a.Model, "epoch", s.Epoch, "unplaced", len(s.Unplaced))
+	default:
+		c.log.Error("cannot place model", "model", a.Model, "need_bytes", s.NeedBytes, "have_bytes", s.HaveBytes,
+			"epoch", s.Epoch, "unplaced", s.Unplaced, "err", a.Err)
+	}
+	err := c.reg.PutPlacementStatus(ctx, fence, s)
+	switch {
+	case err == nil:
+		return nil, nil
+	case errors.Is(err, registry.ErrNotLeader):
+		return nil, fmt.Errorf("%w: %v", errStepDown, err)
+	case ctx.Err() != nil:
+		return nil, ctx.Err()
+	}
+	c.log.Warn("placement status write failed; retrying", "model", a.Model, "err", err)
+	t := time.NewTimer(500 * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return []Event{ReportFailed{Model: a.Model}}, nil
 }
 
 // joinGossip joins, in the background, the gossip addresses of workers not

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -79,9 +80,15 @@ type running struct {
 }
 
 func (h *harness) startCoordinator(name string) *running {
+	return h.startWith(Config{Name: name, SessionTTL: time.Second})
+}
+
+// startWith starts a coordinator with cfg (its Registry and Logger filled in).
+func (h *harness) startWith(cfg Config) *running {
 	cli := h.etcd.Client(h.t)
-	lg := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
-	c, err := New(Config{Registry: h.registry(cli), Name: name, SessionTTL: time.Second, Logger: lg})
+	cfg.Registry = h.registry(cli)
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	c, err := New(cfg)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -93,19 +100,46 @@ func (h *harness) startCoordinator(name string) *running {
 }
 
 // worker registers a fake worker on a client of its own; closing that
-// client is a SIGKILL as far as etcd can tell.
+// client is a SIGKILL as far as etcd can tell. Like a real worker it
+// reports every placement epoch as applied (at once: it loads nothing).
 func (h *harness) worker(id string) *clientv3.Client {
+	cli, g := h.workerWith(id, 1<<30)
+	reg := h.registry(cli)
+	go func() {
+		for u := range reg.WatchPlacement(h.ctx, h.rec.Fingerprint) {
+			if u.Placement != nil {
+				g.PutStats(h.ctx, registry.WorkerStats{Model: h.rec.Fingerprint, Epoch: u.Placement.Epoch})
+			}
+		}
+	}()
+	return cli
+}
+
+// workerWith registers a fake worker offering mem bytes for experts that
+// reports nothing by itself.
+func (h *harness) workerWith(id string, mem int64) (*clientv3.Client, *registry.Registration) {
 	cli := h.etcd.Client(h.t)
-	info := cluster.WorkerInfo{ID: cluster.WorkerID(id), Addr: id + ":7000", Protocol: cluster.ProtocolVersion, Model: h.rec.Fingerprint, MemBytes: 1 << 30}
-	if _, err := h.registry(cli).Register(h.ctx, info, time.Second); err != nil {
+	info := cluster.WorkerInfo{ID: cluster.WorkerID(id), Addr: id + ":7000", Protocol: cluster.ProtocolVersion, Model: h.rec.Fingerprint, MemBytes: mem}
+	g, err := h.registry(cli).Register(h.ctx, info, time.Second)
+	if err != nil {
 		h.t.Fatal(err)
 	}
-	return cli
+	return cli, g
 }
 
 func (h *harness) waitPlacement(ids ...cluster.WorkerID) *cluster.Placement {
 	h.t.Helper()
-	p, _, err := h.reg.WaitPlacement(h.ctx, h.rec.Fingerprint, registry.OnWorkers(ids...))
+	// A transitional placement (two owners of a moving expert) is passed
+	// over: this waits for the final one.
+	final := func(p *cluster.Placement) bool {
+		for _, x := range h.rec.PlacementExperts() {
+			if len(p.OwnersOf(x.ID)) != 1 {
+				return false
+			}
+		}
+		return registry.OnWorkers(ids...)(p)
+	}
+	p, _, err := h.reg.WaitPlacement(h.ctx, h.rec.Fingerprint, final)
 	if err != nil {
 		h.t.Fatal(err)
 	}
@@ -267,7 +301,9 @@ func TestGossipHintsAreNotAuthority(t *testing.T) {
 	t.Cleanup(func() { cg.Shutdown() })
 
 	cli := h.etcd.Client(t)
-	c, err := New(Config{Registry: h.registry(cli), Name: "c1", SessionTTL: time.Second, Gossip: cg})
+	// Both workers are expected: the first is not placed alone (and its
+	// fake worker, reporting no epochs, never holds up a migration).
+	c, err := New(Config{Registry: h.registry(cli), Name: "c1", SessionTTL: time.Second, Gossip: cg, ExpectWorkers: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -314,4 +350,110 @@ func TestGossipHintsAreNotAuthority(t *testing.T) {
 	if n := c.Counters(); n.Terms != 1 {
 		t.Fatalf("counters %+v", n)
 	}
+}
+
+// waitStatus watches the model's placement status until cond accepts one.
+func (h *harness) waitStatus(what string, cond func(*registry.PlacementStatus) bool) *registry.PlacementStatus {
+	h.t.Helper()
+	ctx, cancel := context.WithTimeout(h.ctx, 10*time.Second)
+	defer cancel()
+	var last *registry.PlacementStatus
+	for s := range h.reg.WatchPlacementStatus(ctx, h.rec.Fingerprint) {
+		if s != nil && cond(s) {
+			return s
+		}
+		last = s
+	}
+	h.t.Fatalf("no placement status %s; last %+v", what, last)
+	return nil
+}
+
+// TestStartupGraceAndStatus: with --expect-workers 2 the first placement
+// waits for the second worker; the leader publishes its verdict; when a
+// worker dies and the survivor cannot hold its experts, the placement
+// stays, nobody is overloaded, and the status says what is short and which
+// experts are lost.
+func TestStartupGraceAndStatus(t *testing.T) {
+	h := newHarness(t)
+	c := h.startWith(Config{Name: "c1", SessionTTL: time.Second, ExpectWorkers: 2, PlacementGrace: time.Minute})
+	if err := c.c.WaitLeading(h.ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	eb := h.rec.ExpertBytes
+	h.workerWith("w1", 10*eb) // room for 10 of the 16 experts
+	_, g2 := h.workerWith("w2", 10*eb)
+	p := h.waitPlacement("w1", "w2")
+	if p.Epoch != 1 {
+		t.Fatalf("first placement on both workers at epoch %d: the first worker was placed alone", p.Epoch)
+	}
+	s := h.waitStatus("ok at epoch 1", func(s *registry.PlacementStatus) bool { return s.OK && s.Epoch == 1 })
+	t.Logf("status: %+v", s)
+
+	lost := p.Owned("w2")
+	g2.Abandon()
+	s = h.waitStatus("short of memory", func(s *registry.PlacementStatus) bool { return !s.OK && s.NeedBytes > 0 })
+	t.Logf("status after w2 died: %+v", s)
+	if s.NeedBytes != 16*eb || s.HaveBytes != 10*eb || s.Epoch != 1 || fmt.Sprint(s.Unplaced) != fmt.Sprint(lost) ||
+		!strings.Contains(s.Error, "insufficient worker memory") || s.Time.IsZero() {
+		t.Fatalf("status %+v, lost %v", s, lost)
+	}
+	cur, _, err := h.reg.Placement(h.ctx, h.rec.Fingerprint)
+	if err != nil || cur.Epoch != 1 {
+		t.Fatalf("placement moved: %+v %v", cur, err)
+	}
+}
+
+// TestMakeBeforeBreak: a joining worker is given its share in a
+// transitional placement that keeps the old copies (after it as owner);
+// the old copies go only once it reports the epoch applied, or, for a
+// worker that never reports, once the migration wait runs out.
+func TestMakeBeforeBreak(t *testing.T) {
+	t.Run("loaded", func(t *testing.T) {
+		h := newHarness(t)
+		c := h.startCoordinator("c1")
+		h.worker("w1")
+		h.worker("w2")
+		p := h.waitPlacement("w1", "w2")
+		_, g3 := h.workerWith("w3", 1<<30)
+		tr, _, err := h.reg.WaitPlacement(h.ctx, h.rec.Fingerprint, func(q *cluster.Placement) bool { return len(q.Owned("w3")) > 0 })
+		if err != nil {
+			t.Fatal(err)
+		}
+		moved := tr.Owned("w3")
+		t.Logf("transitional epoch %d:%s", tr.Epoch, counts(tr))
+		if tr.Epoch != p.Epoch+1 || len(moved) != 5 {
+			t.Fatalf("transitional epoch %d, w3 owns %v", tr.Epoch, moved)
+		}
+		for _, x := range moved {
+			if got := tr.OwnersOf(x); len(got) != 2 || got[0] != "w3" || got[1] != p.OwnersOf(x)[0] {
+				t.Fatalf("expert %v owners %v, before %v", x, got, p.OwnersOf(x))
+			}
+		}
+		// Nothing more happens until w3 reports (the wait is a minute).
+		if err := g3.PutStats(h.ctx, registry.WorkerStats{Model: h.rec.Fingerprint, Epoch: tr.Epoch}); err != nil {
+			t.Fatal(err)
+		}
+		fin := h.waitPlacement("w1", "w2", "w3")
+		t.Logf("final epoch %d:%s", fin.Epoch, counts(fin))
+		if fin.Epoch != tr.Epoch+1 || fmt.Sprint(fin.Owned("w3")) != fmt.Sprint(moved) {
+			t.Fatalf("final epoch %d, w3 owns %v", fin.Epoch, fin.Owned("w3"))
+		}
+		if n := c.c.Counters(); n.Transitions < 1 || n.MigrationTimeouts != 0 {
+			t.Fatalf("counters %+v", n)
+		}
+	})
+	t.Run("timeout", func(t *testing.T) {
+		h := newHarness(t)
+		c := h.startWith(Config{Name: "c1", SessionTTL: time.Second, MigrationWait: 300 * time.Millisecond})
+		h.worker("w1")
+		p := h.waitPlacement("w1")
+		h.workerWith("w2", 1<<30) // never reports an epoch
+		start := time.Now()
+		fin := h.waitPlacement("w1", "w2")
+		t.Logf("final epoch %d after %v:%s", fin.Epoch, time.Since(start).Round(time.Millisecond), counts(fin))
+		if fin.Epoch != p.Epoch+2 || time.Since(start) < 300*time.Millisecond {
+			t.Fatalf("final epoch %d after %v", fin.Epoch, time.Since(start))
+		}
+		waitFor(t, 5*time.Second, "the timeout to be counted", func() bool { return c.c.Counters().MigrationTimeouts == 1 })
+	})
 }

@@ -32,6 +32,12 @@ func (id ID) String() string { return fmt.Sprintf("L%d/E%d", id.Layer, id.Expert
 // executor does not hold, e.g. because the caller's placement is stale.
 var ErrNotOwned = errors.New("expert not held here")
 
+// ErrUnavailable is wrapped by an Executor's error when some routed experts
+// have no copy that can compute them now (every owner is gone or failed):
+// the request cannot succeed until the placement is repaired. Servers
+// answer it with 503, not 500.
+var ErrUnavailable = errors.New("experts unavailable")
+
 // FFN is one SwiGLU feed-forward block: y = Down(silu(Gate x) * Up x).
 // It is used for routed experts, shared experts and dense MLP layers.
 type FFN struct {

@@ -70,6 +70,12 @@ type Options struct {
 	Hidden    bool    // record hidden states (see Output.Hidden)
 	Routing   bool    // keep every MoE layer's routing (for aux losses and stats)
 	MLA       MLAMode // MLA computation path
+	// Prof, if set, accumulates the wall time of this call's parts:
+	// Attention (norms, attention, o_proj), Router, Experts (the routed
+	// experts through the executor: on a cluster, the exchange with the
+	// owners, and the combine), SharedExperts, DenseMLP, Head (embedding,
+	// final norm, lm_head) and Total. A few time.Now calls per layer.
+	Prof *Profile
 }
 
 // Output is what Forward computed.
@@ -140,6 +146,10 @@ func (m *Model) forward(ctx context.Context, seqs []*Seq, tokens [][]int32, star
 	c := m.Cfg
 	D := c.Hidden
 	out := &Output{}
+	prof := opt.Prof
+	tm := prof.start()
+	t0 := tm
+	defer t0.lap(total)
 	x := make([]float32, N*D) // residual stream [N, D]
 	for b, t := range tokens {
 		for i, id := range t {
@@ -154,6 +164,7 @@ func (m *Model) forward(ctx context.Context, seqs []*Seq, tokens [][]int32, star
 	}
 	h := make([]float32, N*D)
 	a := make([]float32, N*D)
+	tm.lap(head)
 	for l := range m.Layers {
 		if err := ctx.Err(); err != nil {
 			return nil, err
@@ -173,10 +184,12 @@ func (m *Model) forward(ctx context.Context, seqs []*Seq, tokens [][]int32, star
 		}
 		tensor.Add(x, a)
 		tensor.RMSNormRows(h, x, L.PostNorm, N, D, c.RMSEps)
+		tm.lap(attn)
 		if L.MLP != nil {
 			L.MLP.Forward(a, h, N, nil)
+			tm.lap(dense)
 		} else {
-			r, err := m.moe(ctx, l, h, N, a)
+			r, err := m.moe(ctx, l, h, N, a, &tm)
 			if err != nil {
 				return nil, err
 			}
@@ -193,6 +206,7 @@ func (m *Model) forward(ctx context.Context, seqs []*Seq, tokens [][]int32, star
 	if opt.Hidden {
 		out.Hidden = append(out.Hidden, append([]float32(nil), x...))
 	}
+	defer tm.lap(head)
 	if opt.NoLogits {
 		return out, nil
 	}
@@ -210,8 +224,8 @@ func (m *Model) forward(ctx context.Context, seqs []*Seq, tokens [][]int32, star
 }
 
 // moe computes a sparse layer's output for h [N, D] into y [N, D] and
-// returns the routing.
-func (m *Model) moe(ctx context.Context, l int, h []float32, N int, y []float32) (*router.Routing, error) {
+// returns the routing; tm (may hold a nil profile) gets its parts' times.
+func (m *Model) moe(ctx context.Context, l int, h []float32, N int, y []float32, tm *timer) (*router.Routing, error) {
 	c := m.Cfg
 	L := &m.Layers[l]
 	D := c.Hidden
@@ -223,12 +237,15 @@ func (m *Model) moe(ctx context.Context, l int, h []float32, N int, y []float32)
 	var plan router.Plan
 	plan.Build(r)
 	rows := make([]float32, plan.Len()*D)
+	tm.lap(rout)
 	if err := m.Experts.Compute(ctx, l, &plan, h, D, rows); err != nil {
 		return nil, fmt.Errorf("layer %d experts: %w", l, err)
 	}
 	clear(y[:N*D])
 	expert.Combine(y, D, &plan, rows)
+	tm.lap(exps)
 	if L.Shared != nil {
+		defer tm.lap(shared)
 		s := make([]float32, N*D)
 		L.Shared.Forward(s, h, N, nil)
 		if c.MoE.SharedGate {

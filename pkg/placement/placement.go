@@ -11,10 +11,11 @@
 //
 // Goals, in priority order:
 //  1. Every logical expert has exactly R' copies on distinct workers.
-//  2. No worker's expert memory exceeds its budget (WorkerInfo.MemBytes
-//     minus the dense replica every worker holds); if that is impossible
-//     Place returns ErrInsufficientMemory with the bytes needed and
-//     available.
+//  2. No worker's expert memory exceeds its budget, WorkerInfo.MemBytes
+//     (the bytes a worker offers for experts: workers hold no dense
+//     weights, and each takes its runtime's share off its memory limit
+//     before registering); if that is impossible Place returns
+//     ErrInsufficientMemory with the bytes needed and available.
 //  3. Balance by copy count: every worker holds floor(P/N) or ceil(P/N) of
 //     the P = E*R' copies (max-min <= 1), except workers whose memory caps
 //     them lower, whose share goes to the others. Within each MoE layer the
@@ -56,12 +57,9 @@ type Input struct {
 	// Experts are the logical experts to place, in any order; duplicates are
 	// an error.
 	Experts []Expert
-	// DenseBytes is the memory every worker spends on its dense replica
-	// (attention, norms, router, shared experts, embeddings); it is taken off
-	// each worker's MemBytes before experts are placed.
-	DenseBytes int64
 	// Workers are the live workers. MemBytes is the memory a worker may use
-	// for weights; 0 means unlimited. Cores is informational (not yet used).
+	// for experts, all of it its budget here; 0 means unlimited. Cores is
+	// informational (not yet used).
 	Workers []cluster.WorkerInfo
 	// Replicas is R, the wanted copies of each logical expert on distinct
 	// workers; 0 means 1. With fewer than R workers every worker holds every
@@ -160,9 +158,6 @@ func newPlanner(in Input) (*planner, error) {
 	if in.Replicas < 0 {
 		errs = append(errs, fmt.Errorf("placement: replicas %d < 0", in.Replicas))
 	}
-	if in.DenseBytes < 0 {
-		errs = append(errs, fmt.Errorf("placement: dense bytes %d < 0", in.DenseBytes))
-	}
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -175,7 +170,7 @@ func newPlanner(in Input) (*planner, error) {
 		if info.MemBytes == 0 {
 			p.budget[w] = -1
 		} else {
-			p.budget[w] = max(info.MemBytes-in.DenseBytes, 0)
+			p.budget[w] = info.MemBytes
 		}
 	}
 	p.layerOf = make([]int, E)
@@ -405,8 +400,23 @@ func (p *planner) swap(e int) bool {
 	return false
 }
 
-func (p *planner) memoryError(need int64, detail string) error {
-	var avail int64
+// MemoryError is Place's memory refusal: Need is the expert bytes all
+// copies need (every logical expert times R'), Have the workers' expert
+// budget (their MemBytes summed; -1 when some worker is unlimited). errors.Is(err, ErrInsufficientMemory) holds for it.
+type MemoryError struct {
+	Need, Have int64
+	Detail     string // the full message, with the step that failed
+}
+
+func (e *MemoryError) Error() string { return e.Detail }
+
+func (e *MemoryError) Unwrap() error { return ErrInsufficientMemory }
+
+// memoryError reports a memory refusal; the first argument is what the
+// failing step needed, but the error states what every copy needs (the
+// step is named in detail).
+func (p *planner) memoryError(_ int64, detail string) error {
+	var avail, need int64
 	unlimited := false
 	for _, b := range p.budget {
 		if b < 0 {
@@ -414,12 +424,17 @@ func (p *planner) memoryError(need int64, detail string) error {
 		}
 		avail += max(b, 0)
 	}
+	for _, e := range p.experts {
+		need += e.Bytes
+	}
+	need *= int64(p.r)
 	have := fmt.Sprintf("%d bytes", avail)
 	if unlimited {
 		have = "unlimited"
+		avail = -1
 	}
-	return fmt.Errorf("placement: %d experts x %d replicas need %d bytes; %d workers have %s for experts after %d dense bytes each (%s): %w",
-		len(p.experts), p.r, need, len(p.workers), have, p.in.DenseBytes, detail, ErrInsufficientMemory)
+	return &MemoryError{Need: need, Have: avail, Detail: fmt.Sprintf("placement: %d experts x %d replicas need %d bytes; %d workers have %s for experts (%s): %v",
+		len(p.experts), p.r, need, len(p.workers), have, detail, ErrInsufficientMemory)}
 }
 
 func (p *planner) result() cluster.Placement {

@@ -39,7 +39,7 @@ func check(t *testing.T, in Input, p cluster.Placement) {
 	r := min(max(in.Replicas, 1), len(in.Workers))
 	budget := map[cluster.WorkerID]int64{}
 	for _, w := range in.Workers {
-		budget[w.ID] = w.MemBytes - in.DenseBytes
+		budget[w.ID] = w.MemBytes
 		if w.MemBytes == 0 {
 			budget[w.ID] = -1
 		}
@@ -236,12 +236,11 @@ func TestPlaceMemoryBudgets(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 6))
 	for iter := 0; iter < 300; iter++ {
 		in := randomInput(rng)
-		in.DenseBytes = 50
 		r := min(max(in.Replicas, 1), len(in.Workers))
 		need := int64(len(in.Experts)*r) * 100
 		for i := range in.Workers {
 			// Random budgets around the fair share, some tight.
-			in.Workers[i].MemBytes = in.DenseBytes + need/int64(len(in.Workers))*int64(50+rng.IntN(150))/100 + int64(rng.IntN(100))
+			in.Workers[i].MemBytes = need/int64(len(in.Workers))*int64(50+rng.IntN(150))/100 + int64(rng.IntN(100))
 		}
 		p, err := Place(in)
 		if err != nil {
@@ -256,23 +255,22 @@ func TestPlaceMemoryBudgets(t *testing.T) {
 
 func TestPlaceMemoryError(t *testing.T) {
 	in := Input{
-		Model:      "m",
-		Experts:    uniformExperts([]int{0, 1}, 4, 1000),
-		Workers:    workers(2, 3500),
-		DenseBytes: 500,
+		Model:   "m",
+		Experts: uniformExperts([]int{0, 1}, 4, 1000),
+		Workers: workers(2, 3000),
 	}
 	_, err := Place(in)
 	if !errors.Is(err, ErrInsufficientMemory) {
 		t.Fatalf("err = %v", err)
 	}
-	want := "placement: 8 experts x 1 replicas need 8000 bytes; 2 workers have 6000 bytes for experts after 500 dense bytes each (can hold 6 of 8 copies of up to 1000 bytes): insufficient worker memory for experts"
+	want := "placement: 8 experts x 1 replicas need 8000 bytes; 2 workers have 6000 bytes for experts (can hold 6 of 8 copies of up to 1000 bytes): insufficient worker memory for experts"
 	if err.Error() != want {
 		t.Fatalf("error text\n got %s\nwant %s", err, want)
 	}
 	// One more worker makes it fit; a capped worker gets less, others more.
 	// A third worker with room for two copies makes it fit: it is capped at
 	// two and the others take three each.
-	in.Workers = append(in.Workers, cluster.WorkerInfo{ID: "w09", Addr: "x", MemBytes: 2500})
+	in.Workers = append(in.Workers, cluster.WorkerInfo{ID: "w09", Addr: "x", MemBytes: 2000})
 	p, err := Place(in)
 	if err != nil {
 		t.Fatal(err)

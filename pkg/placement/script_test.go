@@ -20,7 +20,6 @@ var rewrite = flag.Bool("rewrite", false, "rewrite testdata/*.txt expectations w
 // expected output of the block's last "place", and a blank line:
 //
 //	experts layers=1,3 per-layer=4 bytes=100   set the model's logical experts
-//	dense 50                                   dense bytes per worker
 //	replicas 2                                 R
 //	join w1 w2 [mem=N]                         workers join (MemBytes N, 0 = unlimited)
 //	leave w2                                   workers leave (lease expired)
@@ -113,8 +112,6 @@ func (st *scriptState) exec(t *testing.T, line string, f []string) string {
 		}
 		st.in.Experts = uniformExperts(layers, int(num(kv["per-layer"])), num(kv["bytes"]))
 		st.in.Layers = 0
-	case "dense":
-		st.in.DenseBytes = num(args[0])
 	case "replicas":
 		st.in.Replicas = int(num(args[0]))
 	case "join":

@@ -5,8 +5,8 @@
 //
 // Shapes: T tokens, E routed experts, K experts per token, G expert groups.
 //
-// Semantics follow Hugging Face transformers 5.17 (see ../shared/DESIGN.md
-// section 3):
+// Semantics follow Hugging Face transformers 5.17 (its modeling_*.py of
+// each family; the golden files in testdata/golden check them):
 //   - Mixtral: softmax over E, top-K, always renormalized.
 //   - Qwen2-MoE, Qwen3-MoE, OLMoE: softmax, top-K, renormalized iff
 //     norm_topk_prob.

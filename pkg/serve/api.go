@@ -27,7 +27,9 @@ import (
 //	413 invalid_request_error  a body over Config.MaxBodyBytes
 //	429 rate_limit_error       the queue is full (code rate_limit_exceeded)
 //	500 server_error           the model failed (e.g. no worker answered)
-//	503 server_error           shutting down, or /health not ready
+//	503 server_error           shutting down, or /health not ready, or
+//	                           routed experts with no live copy (code
+//	                           experts_unavailable; the message names them)
 type apiError struct {
 	Status  int
 	Message string

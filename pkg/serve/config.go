@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Config configures a Server. Zero values take the defaults noted on each
@@ -50,6 +52,9 @@ type Config struct {
 	// expert's worker is up); nil means always. It should answer within
 	// about a second.
 	Ready func(ctx context.Context) error
+	// Collectors are extra Prometheus collectors served on /metrics with
+	// the server's own (e.g. the expert exchange's, from a front end).
+	Collectors []prometheus.Collector
 	// Created is the "created" time /v1/models reports (default: when New
 	// ran).
 	Created time.Time

@@ -1,8 +1,12 @@
 package serve
 
 import (
+	"time"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/switchyard/switchyard/pkg/model"
 )
 
 // metrics are the server's Prometheus metrics, on a registry of its own
@@ -18,6 +22,8 @@ type metrics struct {
 	tpot       prometheus.Histogram   // between consecutive tokens of a sequence
 	e2e        prometheus.Histogram   // arrival -> last token
 	batch      prometheus.Histogram   // sequences per Forward call
+	parts      *prometheus.CounterVec // Forward wall time by part (Profiled models)
+	extra      []prometheus.Collector // Config.Collectors
 }
 
 func newMetrics(s *Server) *metrics {
@@ -47,6 +53,10 @@ func newMetrics(s *Server) *metrics {
 		Name: "switchyard_serve_batch_sequences", Help: "Sequences in one model step (decoding and prefilling together).",
 		Buckets: []float64{1, 2, 4, 8, 16, 32, 64, 128, 256},
 	})
+	m.parts = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "switchyard_serve_forward_seconds_total",
+		Help: "Wall time of model steps by part: attention (norms, attention, o_proj), router, experts (routed experts: on a cluster the exchange with their owners, waiting included), shared_experts, dense_mlp, head (embedding, final norm, lm_head), total.",
+	}, []string{"part"})
 	active := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "switchyard_serve_active_sequences", Help: "Sequences being generated (each holds a KV cache).",
 	}, func() float64 { return float64(s.active.Load()) })
@@ -56,7 +66,21 @@ func newMetrics(s *Server) *metrics {
 	kv := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "switchyard_serve_kv_cache_bytes", Help: "Bytes held by the KV caches of the active sequences.",
 	}, func() float64 { return float64(s.kvBytes.Load()) })
-	m.reg.MustRegister(m.requests, m.promptToks, m.genToks, m.ttft, m.tpot, m.e2e, m.batch, active, queued, kv,
+	m.reg.MustRegister(m.requests, m.promptToks, m.genToks, m.ttft, m.tpot, m.e2e, m.batch, m.parts, active, queued, kv,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.reg.MustRegister(s.cfg.Collectors...)
 	return m
+}
+
+// observeProfile adds one Forward call's parts to the counters.
+func (m *metrics) observeProfile(p model.Profile) {
+	for _, kv := range []struct {
+		part string
+		d    time.Duration
+	}{
+		{"attention", p.Attention}, {"router", p.Router}, {"experts", p.Experts}, {"shared_experts", p.SharedExperts},
+		{"dense_mlp", p.DenseMLP}, {"head", p.Head}, {"total", p.Total},
+	} {
+		m.parts.WithLabelValues(kv.part).Add(kv.d.Seconds())
+	}
 }

@@ -34,22 +34,35 @@ type Seq interface {
 	CacheBytes() int64
 }
 
-// FromModel adapts a loaded model, whose experts may be in this process or
-// remote (m.Experts), to Model.
-func FromModel(m *model.Model) Model { return loaded{m} }
+// Profiled is implemented by Models that time the parts of their last
+// Forward call; the scheduler exports the sums as
+// switchyard_serve_forward_seconds_total{part}.
+type Profiled interface {
+	// LastProfile is the wall time of the last Forward call's parts.
+	LastProfile() model.Profile
+}
 
-type loaded struct{ m *model.Model }
+// FromModel adapts a loaded model, whose experts may be in this process or
+// remote (m.Experts), to Model (and Profiled).
+func FromModel(m *model.Model) Model { return &loaded{m: m} }
+
+type loaded struct {
+	m    *model.Model
+	last model.Profile
+}
+
+func (l *loaded) LastProfile() model.Profile { return l.last }
 
 type loadedSeq struct{ s *model.Seq }
 
 func (s loadedSeq) Len() int          { return s.s.Len }
 func (s loadedSeq) CacheBytes() int64 { return s.s.CacheBytes() }
 
-func (l loaded) Vocab() int      { return l.m.Cfg.Vocab }
-func (l loaded) MaxContext() int { return l.m.Cfg.MaxPos }
-func (l loaded) NewSeq() Seq     { return loadedSeq{l.m.NewSeq()} }
+func (l *loaded) Vocab() int      { return l.m.Cfg.Vocab }
+func (l *loaded) MaxContext() int { return l.m.Cfg.MaxPos }
+func (l *loaded) NewSeq() Seq     { return loadedSeq{l.m.NewSeq()} }
 
-func (l loaded) EOS() []int32 {
+func (l *loaded) EOS() []int32 {
 	out := make([]int32, len(l.m.Cfg.EOS))
 	for i, id := range l.m.Cfg.EOS {
 		out[i] = int32(id)
@@ -57,12 +70,13 @@ func (l loaded) EOS() []int32 {
 	return out
 }
 
-func (l loaded) Forward(ctx context.Context, seqs []Seq, tokens [][]int32) ([]float32, error) {
+func (l *loaded) Forward(ctx context.Context, seqs []Seq, tokens [][]int32) ([]float32, error) {
 	ss := make([]*model.Seq, len(seqs))
 	for i, s := range seqs {
 		ss[i] = s.(loadedSeq).s
 	}
-	out, err := l.m.Forward(ctx, ss, tokens, model.Options{})
+	l.last = model.Profile{}
+	out, err := l.m.Forward(ctx, ss, tokens, model.Options{Prof: &l.last})
 	if err != nil {
 		return nil, err
 	}

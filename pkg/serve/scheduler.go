@@ -237,6 +237,9 @@ func (s *Server) run() {
 		}
 		s.steps.Add(1)
 		s.met.batch.Observe(float64(len(batch)))
+		if pm, ok := s.model.(Profiled); ok {
+			s.met.observeProfile(pm.LastProfile())
+		}
 		if n := int64(len(batch)); n > s.maxBatch.Load() {
 			s.maxBatch.Store(n)
 		}

@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/tokenizer"
 )
 
@@ -283,6 +284,11 @@ type output struct {
 func errorFor(err error) *apiError {
 	if errors.Is(err, errShutdown) {
 		return &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "service_unavailable", Message: err.Error()}
+	}
+	if errors.Is(err, expert.ErrUnavailable) {
+		// Some routed experts have no live copy: the request may succeed
+		// once the placement is repaired (the error names the experts).
+		return &apiError{Status: http.StatusServiceUnavailable, Type: "server_error", Code: "experts_unavailable", Message: err.Error()}
 	}
 	return &apiError{Status: http.StatusInternalServerError, Type: "server_error", Message: "generation failed: " + err.Error()}
 }

@@ -1,6 +1,8 @@
 // Package status gathers what `switchyard status` shows about a cluster:
 // the coordinator leader, the workers with their leases, each model's
-// placement, and per-expert token counts; and renders it as text or JSON.
+// placement and the leader's verdict on it (registry.PlacementStatus:
+// e.g. a memory shortfall, experts with no live copy), and per-expert
+// token counts; and renders it as text or JSON.
 // StatusCmd is the cobra subcommand.
 package status
 
@@ -13,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
@@ -49,6 +52,9 @@ type Model struct {
 	Record       registry.ModelRecord `json:"record"`
 	Placement    *cluster.Placement   `json:"placement"` // nil: not placed yet
 	PlacementRev int64                `json:"placement_rev"`
+	// PlacementStatus is the leader's verdict on the placement (nil: none
+	// published yet).
+	PlacementStatus *registry.PlacementStatus `json:"placement_status"`
 	// Owned lists, per worker of the placement, the experts it holds.
 	Owned map[cluster.WorkerID][]expert.ID `json:"owned"`
 	// Tokens are per-expert token counts summed over the live workers'
@@ -93,6 +99,9 @@ func Take(ctx context.Context, reg *registry.Registry) (*Snapshot, error) {
 	for _, rec := range recs {
 		m := Model{Record: rec, Owned: map[cluster.WorkerID][]expert.ID{}}
 		if m.Placement, m.PlacementRev, err = reg.Placement(ctx, rec.Fingerprint); err != nil {
+			return nil, err
+		}
+		if m.PlacementStatus, err = reg.PlacementStatus(ctx, rec.Fingerprint); err != nil {
 			return nil, err
 		}
 		if m.Placement != nil {
@@ -171,6 +180,7 @@ func (s *Snapshot) WriteText(w io.Writer) error {
 		fmt.Fprintf(b, "model %s (%s, %s) %s\n", r.Fingerprint, r.Name, r.Family, r.Path)
 		fmt.Fprintf(b, "  %d MoE layers x %d experts, %s per expert, %s dense per worker\n",
 			len(r.MoELayers), r.Experts, size(r.ExpertBytes), size(r.DenseBytes))
+		writeVerdict(b, m)
 		if m.Placement == nil {
 			b.WriteString("  placement: none yet\n\n")
 			continue
@@ -209,6 +219,49 @@ func (s *Snapshot) WriteText(w io.Writer) error {
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// writeVerdict prints the leader's verdict: one line when the model is
+// placed as the leader wants, else unindented "model <fp>: ..." lines
+// saying why it cannot be placed and which experts have no live copy.
+func writeVerdict(b *strings.Builder, m Model) {
+	s := m.PlacementStatus
+	if s == nil {
+		return
+	}
+	if s.OK {
+		fmt.Fprintf(b, "  placement status: ok at epoch %d (%s)\n", s.Epoch, s.Time.Format(time.RFC3339))
+		return
+	}
+	fp := m.Record.Fingerprint
+	if s.NeedBytes > 0 && s.HaveBytes >= 0 && s.NeedBytes > s.HaveBytes {
+		copies := ""
+		if eb := m.Record.ExpertBytes; eb > 0 {
+			copies = fmt.Sprintf(" for %d expert copies", s.NeedBytes/eb)
+		}
+		fmt.Fprintf(b, "model %s: cannot place: need %s%s, workers have %s (short by %s)\n",
+			fp, human(s.NeedBytes), copies, human(s.HaveBytes), human(s.NeedBytes-s.HaveBytes))
+	} else {
+		fmt.Fprintf(b, "model %s: cannot place: %s\n", fp, s.Error)
+	}
+	if len(s.Unplaced) > 0 {
+		fmt.Fprintf(b, "model %s: %d experts have no live copy (epoch %d keeps them on workers that left): %s\n",
+			fp, len(s.Unplaced), s.Epoch, ranges(s.Unplaced))
+	}
+	fmt.Fprintf(b, "  (leader's verdict at %s)\n", s.Time.Format(time.RFC3339))
+}
+
+// human prints a byte count with a binary unit: "1.50 GiB", "96.0 KiB".
+func human(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.2f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
 }
 
 func writeTokens(b *strings.Builder, m Model) {

@@ -93,6 +93,41 @@ func TestStatusCommand(t *testing.T) {
 		len(snap.Models) != 1 || snap.Models[0].Placement.Epoch != 1 || len(snap.Models[0].Tokens) != 4 || snap.Models[0].Tokens[3].Tokens != 80 {
 		t.Fatalf("json snapshot %+v", snap)
 	}
+	if snap.Models[0].PlacementStatus != nil || len(snap.Models[0].Owned["w1"]) != 4 {
+		t.Fatalf("placement status %+v, owned %v", snap.Models[0].PlacementStatus, snap.Models[0].Owned)
+	}
+
+	// The leader's verdict: w2 died and w1 cannot hold its experts.
+	ps := registry.PlacementStatus{Model: rec.Fingerprint, Error: "placement: 8 experts x 1 replicas need 49152 bytes; ...",
+		NeedBytes: 8 * 6144, HaveBytes: 4 * 6144, Unplaced: p.Owned("w2"), Epoch: 1, Time: time.Now().UTC()}
+	if err := reg.PutPlacementStatus(ctx, registry.FenceOf(el), ps); err != nil {
+		t.Fatal(err)
+	}
+	text = run()
+	t.Logf("\n%s", text)
+	for _, want := range []string{
+		"model qwen2_moe-abc: cannot place: need 48.0 KiB for 8 expert copies, workers have 24.0 KiB (short by 24.0 KiB)",
+		"model qwen2_moe-abc: 4 experts have no live copy (epoch 1 keeps them on workers that left): L0: 1,3  L1: 1,3",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("text lacks %q", want)
+		}
+	}
+	var raw struct {
+		Models []map[string]json.RawMessage `json:"models"`
+	}
+	out := run("--json")
+	if err := json.Unmarshal([]byte(out), &raw); err != nil {
+		t.Fatal(err)
+	}
+	var got registry.PlacementStatus
+	if err := json.Unmarshal(raw.Models[0]["placement_status"], &got); err != nil || !got.SameVerdict(ps) {
+		t.Fatalf("placement_status %s (%v)", raw.Models[0]["placement_status"], err)
+	}
+	var owned map[cluster.WorkerID][]any
+	if err := json.Unmarshal(raw.Models[0]["owned"], &owned); err != nil || len(owned["w1"]) != 4 || len(owned["w2"]) != 4 {
+		t.Fatalf("owned %s (%v)", raw.Models[0]["owned"], err)
+	}
 	sess.Close()
 }
 

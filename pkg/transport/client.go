@@ -45,6 +45,79 @@ type peer struct {
 	client    pb.WorkerClient
 	inflight  atomic.Int64 // rows this pool has in flight to the peer
 	downUntil atomic.Int64 // unix nanoseconds: avoid until then (0: healthy)
+
+	smu  sync.Mutex
+	idle []*pstream // persistent Experts streams not in use
+}
+
+// maxIdleStreams bounds the idle Experts streams kept per peer: one per
+// concurrent caller is enough (a front end's scheduler makes one call per
+// destination at a time; training ranks a few).
+const maxIdleStreams = 8
+
+// pstream is a persistent Experts stream: requests go one after the other
+// (the owner answers each before reading the next), so a decoding step
+// costs one round trip per destination and no stream set-up.
+type pstream struct {
+	s      pb.Worker_ExpertsClient
+	cancel context.CancelFunc
+	dead   atomic.Bool // cancelled by a caller's deadline: not reusable
+}
+
+func (st *pstream) close() { st.cancel() }
+
+// stream takes an idle stream to pr, or opens one (always when fresh);
+// reused says which.
+func (p *Pool) stream(ctx context.Context, pr *peer, fresh bool) (st *pstream, reused bool, err error) {
+	if !fresh {
+		pr.smu.Lock()
+		if n := len(pr.idle); n > 0 {
+			st = pr.idle[n-1]
+			pr.idle = pr.idle[:n-1]
+		}
+		pr.smu.Unlock()
+		if st != nil {
+			return st, true, nil
+		}
+	}
+	// The stream outlives this call, but opening it (which waits for the
+	// connection) is bounded by the call's context.
+	sctx, cancel := context.WithCancel(context.Background())
+	stop := context.AfterFunc(ctx, cancel)
+	s, err := pr.client.Experts(sctx)
+	if !stop() || err != nil {
+		cancel()
+		if err == nil {
+			err = ctx.Err()
+		}
+		return nil, false, err
+	}
+	return &pstream{s: s, cancel: cancel}, false, nil
+}
+
+// putStream returns a healthy stream for reuse (or closes it beyond
+// maxIdleStreams).
+func (p *Pool) putStream(pr *peer, st *pstream) {
+	pr.smu.Lock()
+	if len(pr.idle) < maxIdleStreams {
+		pr.idle = append(pr.idle, st)
+		st = nil
+	}
+	pr.smu.Unlock()
+	if st != nil {
+		st.close()
+	}
+}
+
+// closeStreams ends pr's idle streams.
+func (pr *peer) closeStreams() {
+	pr.smu.Lock()
+	idle := pr.idle
+	pr.idle = nil
+	pr.smu.Unlock()
+	for _, st := range idle {
+		st.close()
+	}
 }
 
 // NewPool validates cfg (filling defaults) and returns an empty pool;
@@ -98,6 +171,7 @@ func (p *Pool) peer(w cluster.WorkerID, addr string) (*peer, error) {
 		if pr.addr == addr {
 			return pr, nil
 		}
+		pr.closeStreams()
 		pr.cc.Close() // the worker moved; calls in flight to the old address fail over
 	}
 	cc, err := grpc.NewClient(addr, p.opts...)
@@ -116,6 +190,7 @@ func (p *Pool) Close() error {
 	p.closed = true
 	var errs []error
 	for _, pr := range p.peers {
+		pr.closeStreams()
 		errs = append(errs, pr.cc.Close())
 	}
 	p.peers = nil
@@ -138,7 +213,24 @@ type RemoteExecutor struct {
 	cfg   ClientConfig
 	reqID atomic.Uint64
 	bufs  f32Pool // request buffers
+	live  atomic.Pointer[func(cluster.WorkerID) bool]
+	obs   atomic.Pointer[Observer]
 }
+
+// Observer receives timings from a RemoteExecutor (for metrics); either
+// function may be nil. They are called on the calling goroutines, so they
+// must be cheap and safe for concurrent use.
+type Observer struct {
+	// Exchange: one attempt with one worker, rows sent and answered (or
+	// err), took from the request's first byte to the answer's last.
+	Exchange func(layer int, w cluster.WorkerID, rows int, took time.Duration, err error)
+	// Layer: one whole Compute call (every destination, retries
+	// included), as the model waits for it.
+	Layer func(layer int, rows int, took time.Duration, err error)
+}
+
+// SetObserver installs o (nil: none).
+func (r *RemoteExecutor) SetObserver(o *Observer) { r.obs.Store(o) }
 
 var _ expert.Executor = (*RemoteExecutor)(nil)
 
@@ -146,6 +238,26 @@ var _ expert.Executor = (*RemoteExecutor)(nil)
 // pool's connections (and pool's configuration).
 func NewRemoteExecutor(src PlacementSource, pool *Pool) *RemoteExecutor {
 	return &RemoteExecutor{src: src, pool: pool, cfg: pool.cfg}
+}
+
+// SetLive installs the membership the executor trusts: live(w) false means
+// worker w has left the cluster (its etcd lease is gone), so its copies are
+// not tried, and an expert whose every copy is on such workers fails the
+// call at once with ErrNoReplica (and expert.ErrUnavailable) instead of
+// waiting for a timeout. Nil (the default) treats every worker as live.
+func (r *RemoteExecutor) SetLive(live func(cluster.WorkerID) bool) {
+	if live == nil {
+		r.live.Store(nil)
+		return
+	}
+	r.live.Store(&live)
+}
+
+func (r *RemoteExecutor) isLive(w cluster.WorkerID) bool {
+	if f := r.live.Load(); f != nil {
+		return (*f)(w)
+	}
+	return true
 }
 
 // dest is one destination worker of one round of a Compute call.
@@ -156,15 +268,64 @@ type dest struct {
 	rows    int
 }
 
+// UnavailableError is Compute's error when some experts of a layer have no
+// copy left to try: every owner has left the cluster, failed in this call,
+// or is not in the placement. It wraps ErrNoReplica, expert.ErrUnavailable
+// and the causes.
+type UnavailableError struct {
+	Layer   int
+	Experts []int         // ascending
+	Epoch   cluster.Epoch // of the placement used
+	Causes  []error
+}
+
+func (e *UnavailableError) Error() string {
+	ids := make([]string, len(e.Experts))
+	for i, x := range e.Experts {
+		ids[i] = expert.ID{Layer: e.Layer, Expert: x}.String()
+	}
+	msg := fmt.Sprintf("transport: layer %d: %v: experts %s have no live copy (placement epoch %d)",
+		e.Layer, ErrNoReplica, strings.Join(ids, ","), e.Epoch)
+	if len(e.Causes) > 0 {
+		msg += ": " + multiError(e.Causes).Error()
+	}
+	return msg
+}
+
+func (e *UnavailableError) Unwrap() []error {
+	return append([]error{ErrNoReplica, expert.ErrUnavailable}, e.Causes...)
+}
+
+// IDs lists the unavailable experts.
+func (e *UnavailableError) IDs() []expert.ID {
+	out := make([]expert.ID, len(e.Experts))
+	for i, x := range e.Experts {
+		out[i] = expert.ID{Layer: e.Layer, Expert: x}
+	}
+	return out
+}
+
 // Compute implements expert.Executor: one exchange per destination worker,
-// destinations concurrently, retrying stale placements (after a Refresh)
-// and failed peers (on other replicas) within ctx's deadline, or
-// ClientConfig.CallTimeout when ctx has none. Errors name the layer, the
-// worker and its address.
-func (r *RemoteExecutor) Compute(ctx context.Context, layer int, plan *router.Plan, x []float32, d int, y []float32) error {
+// destinations concurrently, retrying within ctx's deadline (or
+// ClientConfig.CallTimeout when ctx has none):
+//   - a failed or silent peer (ErrPeerUnavailable, draining): its rows go to
+//     another copy at once, and the peer is avoided by later calls for
+//     ClientConfig.DownFor;
+//   - an owner that does not hold an expert yet (NOT_OWNED: it is still
+//     loading a copy the placement just gave it): the rows go to another
+//     copy; when no other copy is left, the placement is refreshed;
+//   - a stale placement: refreshed (at most MaxStaleRetries times).
+//
+// Experts with no copy left fail the call with an *UnavailableError. Errors
+// name the layer, the worker and its address.
+func (r *RemoteExecutor) Compute(ctx context.Context, layer int, plan *router.Plan, x []float32, d int, y []float32) (err error) {
 	n := plan.Len()
 	if n == 0 {
 		return nil
+	}
+	if o := r.obs.Load(); o != nil && o.Layer != nil {
+		start := time.Now()
+		defer func() { o.Layer(layer, n, time.Since(start), err) }()
 	}
 	if d <= 0 || len(y) < n*d || len(x)%d != 0 {
 		return fmt.Errorf("transport: layer %d: %d plan rows, D %d, x %d values, y %d values", layer, n, d, len(x), len(y))
@@ -187,26 +348,32 @@ func (r *RemoteExecutor) Compute(ctx context.Context, layer int, plan *router.Pl
 			return fmt.Errorf("transport: layer %d: read placement: %w", layer, err)
 		}
 	}
-	failed := map[cluster.WorkerID]error{}
+	failed := map[cluster.WorkerID]error{}   // peers that failed in this call
+	notOwned := map[cluster.WorkerID]error{} // owners still loading, in this call's placement
 	for refreshes := 0; ; {
 		if err := r.checkPlacement(pl, layer, plan.NumExperts); err != nil {
 			return err
 		}
-		dests, err := r.assign(pl, layer, plan, pending, failed)
+		dests, err := r.assign(pl, layer, plan, pending, failed, notOwned)
 		if err != nil {
+			var ue *UnavailableError
+			if errors.As(err, &ue) && len(notOwned) > 0 && refreshes < r.cfg.MaxStaleRetries {
+				// Only owners that are still loading are left: wait for
+				// them (or a newer placement) and try again.
+				refreshes++
+				clear(notOwned)
+				if pl, err = r.src.Refresh(ctx); err != nil {
+					return fmt.Errorf("transport: layer %d: refresh placement: %w", layer, err)
+				}
+				continue
+			}
 			return err
 		}
-		errs := make([]error, len(dests))
-		var wg sync.WaitGroup
-		for i, dst := range dests[1:] {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				errs[i+1] = r.exchange(ctx, dst.peer, inferCall(pl.Epoch, r.cfg.Worker, dst, layer, plan, x, d, y), true)
-			}()
+		calls := make([]*call, len(dests))
+		for i, dst := range dests {
+			calls[i] = inferCall(pl.Epoch, r.cfg.Worker, dst, layer, plan, x, d, y)
 		}
-		errs[0] = r.exchange(ctx, dests[0].peer, inferCall(pl.Epoch, r.cfg.Worker, dests[0], layer, plan, x, d, y), true)
-		wg.Wait()
+		errs := r.exchangeAll(ctx, dests, calls)
 
 		var next []int
 		var stale error
@@ -220,6 +387,8 @@ func (r *RemoteExecutor) Compute(ctx context.Context, layer int, plan *router.Pl
 			switch {
 			case ctx.Err() != nil:
 				return err // the caller's deadline or cancellation: no time to retry
+			case errors.Is(err, expert.ErrNotOwned):
+				notOwned[dst.w] = err
 			case errors.Is(err, cluster.ErrStalePlacement):
 				stale = err
 			case errors.Is(err, ErrPeerUnavailable):
@@ -240,6 +409,7 @@ func (r *RemoteExecutor) Compute(ctx context.Context, layer int, plan *router.Pl
 				return fmt.Errorf("%w (still stale after %d placement refreshes)", stale, refreshes)
 			}
 			refreshes++
+			clear(notOwned)
 			if pl, err = r.src.Refresh(ctx); err != nil {
 				return fmt.Errorf("transport: layer %d: refresh placement after %v: %w", layer, stale, err)
 			}
@@ -263,14 +433,17 @@ func (r *RemoteExecutor) checkPlacement(pl *cluster.Placement, layer, numExperts
 	return nil
 }
 
-// assign picks a worker for each pending expert: among its replicas not
-// failed in this call, prefer those not marked down, then the fewest rows
-// in flight from this pool (counting rows assigned in this round), then
-// placement order (primary first). It groups experts by worker.
-func (r *RemoteExecutor) assign(pl *cluster.Placement, layer int, plan *router.Plan, pending []int, failed map[cluster.WorkerID]error) ([]*dest, error) {
+// assign picks a worker for each pending expert: among its replicas that
+// are live and have not failed or answered NOT_OWNED in this call, prefer
+// those not marked down, then the fewest rows in flight from this pool
+// (counting rows assigned in this round), then placement order (primary
+// first). It groups experts by worker. Experts with no usable replica make
+// an *UnavailableError naming all of them.
+func (r *RemoteExecutor) assign(pl *cluster.Placement, layer int, plan *router.Plan, pending []int, failed, notOwned map[cluster.WorkerID]error) ([]*dest, error) {
 	now := time.Now()
 	byW := map[cluster.WorkerID]*dest{}
 	var out []*dest
+	var missing *UnavailableError
 	for _, e := range pending {
 		lo, hi := plan.Rows(e)
 		owners := pl.OwnersOf(expert.ID{Layer: layer, Expert: e})
@@ -284,6 +457,14 @@ func (r *RemoteExecutor) assign(pl *cluster.Placement, layer int, plan *router.P
 		for _, w := range owners {
 			if err := failed[w]; err != nil {
 				unusable = append(unusable, err)
+				continue
+			}
+			if err := notOwned[w]; err != nil {
+				unusable = append(unusable, err)
+				continue
+			}
+			if !r.isLive(w) {
+				unusable = append(unusable, fmt.Errorf("worker %s has left the cluster (no etcd lease)", w))
 				continue
 			}
 			info, ok := pl.Workers[w]
@@ -306,10 +487,19 @@ func (r *RemoteExecutor) assign(pl *cluster.Placement, layer int, plan *router.P
 			}
 		}
 		if best == nil {
-			if len(owners) == 0 {
-				return nil, fmt.Errorf("transport: layer %d expert %d: %w: placement epoch %d lists no owner", layer, e, ErrNoReplica, pl.Epoch)
+			if missing == nil {
+				missing = &UnavailableError{Layer: layer, Epoch: pl.Epoch}
 			}
-			return nil, fmt.Errorf("transport: layer %d expert %d: %w (replicas %v): %w", layer, e, ErrNoReplica, owners, joinErrs(unusable))
+			missing.Experts = append(missing.Experts, e)
+			if len(owners) == 0 {
+				unusable = append(unusable, fmt.Errorf("placement epoch %d lists no owner of expert %d", pl.Epoch, e))
+			}
+			for _, u := range unusable {
+				if !slices.ContainsFunc(missing.Causes, func(c error) bool { return c.Error() == u.Error() }) {
+					missing.Causes = append(missing.Causes, u)
+				}
+			}
+			continue
 		}
 		dst := byW[best.id]
 		if dst == nil {
@@ -319,6 +509,9 @@ func (r *RemoteExecutor) assign(pl *cluster.Placement, layer int, plan *router.P
 		}
 		dst.experts = append(dst.experts, e)
 		dst.rows += hi - lo
+	}
+	if missing != nil {
+		return nil, missing
 	}
 	return out, nil
 }
@@ -379,118 +572,228 @@ func inferCall(epoch cluster.Epoch, source cluster.WorkerID, dst *dest, layer in
 	}
 }
 
-// exchange runs one attempt of c with worker pr, bounded by AttemptTimeout
-// when attempt is set (and always by ctx).
-func (r *RemoteExecutor) exchange(ctx context.Context, pr *peer, c *call, attempt bool) error {
-	actx, cancel := ctx, context.CancelFunc(func() {})
-	if attempt && r.cfg.AttemptTimeout > 0 {
-		actx, cancel = context.WithTimeout(ctx, r.cfg.AttemptTimeout)
+// exchangeAll runs one attempt of calls[i] with dests[i] for every i and
+// returns their errors. Requests that fit in one chunk (a decoding batch's
+// rows) are pipelined by the calling goroutine: every request is written
+// to its destination's persistent stream, then every answer is read, so a
+// layer costs one round trip to the slowest destination and no goroutine
+// hand-off. Larger requests run on one goroutine per destination.
+func (r *RemoteExecutor) exchangeAll(ctx context.Context, dests []*dest, calls []*call) []error {
+	errs := make([]error, len(dests))
+	small := true
+	for _, c := range calls {
+		small = small && c.n*c.d*4 <= r.cfg.ChunkBytes
 	}
-	defer cancel()
-	start := time.Now()
+	if small {
+		as := make([]*attempt, len(dests))
+		for i, dst := range dests {
+			as[i] = r.begin(ctx, dst.peer, calls[i], true)
+		}
+		for i, a := range as {
+			errs[i] = r.finish(a)
+		}
+		return errs
+	}
+	var wg sync.WaitGroup
+	for i, dst := range dests[1:] {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i+1] = r.exchange(ctx, dst.peer, calls[i+1], true)
+		}()
+	}
+	errs[0] = r.exchange(ctx, dests[0].peer, calls[0], true)
+	wg.Wait()
+	return errs
+}
+
+// exchange runs one attempt of c with worker pr, bounded by
+// AttemptTimeout when limit is set (and always by ctx).
+func (r *RemoteExecutor) exchange(ctx context.Context, pr *peer, c *call, limit bool) error {
+	return r.finish(r.begin(ctx, pr, c, limit))
+}
+
+// attempt is one request to one worker in flight: begun (sent, when it
+// fits in a chunk) but not yet answered.
+type attempt struct {
+	pr      *peer
+	c       *call
+	ctx     context.Context // the call's, bounded by AttemptTimeout
+	cancel  context.CancelFunc
+	start   time.Time
+	buf     []float32 // the request in wire order
+	st      *pstream
+	reused  bool
+	stopAbt func() bool // stops the abort-on-ctx hook
+	sent    chan error  // multi-chunk requests: the sender goroutine's result
+	err     error       // failure so far (set: nothing is in flight)
+}
+
+// begin starts attempt c with pr: takes a stream, hooks the attempt's
+// deadline to it, and sends the request (or starts sending it, for a
+// multi-chunk request).
+func (r *RemoteExecutor) begin(ctx context.Context, pr *peer, c *call, limit bool) *attempt {
+	a := &attempt{pr: pr, c: c, ctx: ctx, cancel: func() {}, start: time.Now()}
+	if limit && r.cfg.AttemptTimeout > 0 {
+		a.ctx, a.cancel = context.WithTimeout(ctx, r.cfg.AttemptTimeout)
+	}
 	pr.inflight.Add(int64(c.n))
-	defer pr.inflight.Add(-int64(c.n))
-	err := r.roundTrip(actx, pr, c)
+	a.buf = r.bufs.get(c.n * c.d)
+	c.gather(a.buf)
+	toWire(a.buf)
+	c.head.Dtype = pb.DType_DTYPE_F32
+	c.head.Shape = []int64{int64(c.n), int64(c.d)}
+	r.send(a, false)
+	return a
+}
+
+// send takes a stream (a fresh one if fresh) and sends a's request on it.
+func (r *RemoteExecutor) send(a *attempt, fresh bool) {
+	a.err, a.sent, a.st = nil, nil, nil
+	st, reused, err := r.pool.stream(a.ctx, a.pr, fresh)
+	if err != nil {
+		a.err = fromRPCError(err)
+		return
+	}
+	a.st, a.reused = st, reused
+	a.stopAbt = context.AfterFunc(a.ctx, func() {
+		st.dead.Store(true)
+		st.cancel()
+	})
+	a.c.head.RequestId = r.reqID.Add(1)
+	payload := asBytes(a.buf)
+	if len(payload) <= r.cfg.ChunkBytes {
+		if err := sendChunks(st.s, a.c.head, payload, r.cfg.ChunkBytes, nil); err != nil {
+			a.err = fromRPCError(err)
+		}
+		return
+	}
+	a.sent = make(chan error, 1)
+	go func() { a.sent <- sendChunks(st.s, a.c.head, payload, r.cfg.ChunkBytes, nil) }()
+}
+
+// finish reads a's answer into its call's output, returns the stream to
+// the pool (or closes it), and reports the result. A reused stream that
+// broke before any answer (the peer restarted, or closed its idle streams
+// while draining) is replaced by a fresh one, once.
+func (r *RemoteExecutor) finish(a *attempt) error {
+	defer a.cancel()
+	defer a.pr.inflight.Add(-int64(a.c.n))
+	err := r.await(a)
+	if err != nil && !errors.Is(err, errAnswered) && a.reused && a.ctx.Err() == nil {
+		r.send(a, true)
+		err = r.await(a)
+	}
+	answeredErr := errors.Is(err, errAnswered)
+	if answeredErr {
+		err = errors.Unwrap(err)
+	}
+	if o := r.obs.Load(); o != nil && o.Exchange != nil {
+		o.Exchange(int(a.c.head.Layer), a.pr.id, a.c.n, time.Since(a.start), err)
+	}
 	if err == nil {
+		// The owner answered, so it received every chunk: gRPC holds no
+		// more references to buf. (A failed request's buf is left to the
+		// garbage collector: gRPC's writer may still hold a queued chunk.)
+		r.bufs.put(a.buf)
 		return nil
 	}
-	cause := actx.Err()
-	if dl, ok := actx.Deadline(); cause == nil && ok && !time.Now().Before(dl) {
-		// The deadline has passed but the context's timer has not fired
-		// yet: the owner, whose copy of the deadline (grpc-timeout) may
-		// expire first, reset the stream.
+	if answeredErr {
+		return err // the owner's own answer (an error frame): nothing timed out
+	}
+	cause := a.ctx.Err()
+	if dl, ok := a.ctx.Deadline(); cause == nil && ok && !time.Now().Before(dl) {
 		cause = context.DeadlineExceeded
 	}
 	if cause != nil {
 		// The deadline (or the caller's cancellation) is the cause; gRPC's
 		// own error for it says less.
-		return fmt.Errorf("%w: no complete answer after %v: %w", ErrPeerUnavailable, time.Since(start).Round(time.Millisecond), cause)
+		return fmt.Errorf("%w: no complete answer after %v: %w", ErrPeerUnavailable, time.Since(a.start).Round(time.Millisecond), cause)
 	}
 	return err
 }
 
-// roundTrip sends c as one chunked request on a stream of its own and
-// writes the answer into c.out.
-func (r *RemoteExecutor) roundTrip(ctx context.Context, pr *peer, c *call) error {
-	buf := r.bufs.get(c.n * c.d)
-	c.gather(buf)
-	toWire(buf)
+// errAnswered wraps an error frame the owner answered with: the stream is
+// still in sync.
+var errAnswered = errors.New("answered")
 
-	sctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stream, err := pr.client.Experts(sctx)
-	if err != nil {
-		r.bufs.put(buf)
-		return fromRPCError(err)
-	}
-	head := c.head
-	head.RequestId = r.reqID.Add(1)
-	head.Dtype = pb.DType_DTYPE_F32
-	head.Shape = []int64{int64(c.n), int64(c.d)}
-	want := &pb.ExpertFrame{
-		RequestId: head.RequestId, Layer: head.Layer, Experts: head.Experts, Rows: head.Rows, Shape: head.Shape,
-		Phase: head.Phase, Job: head.Job, TrainSeq: head.TrainSeq,
-	}
-	sent := make(chan error, 1)
-	go func() {
-		err := sendChunks(stream, head, asBytes(buf), r.cfg.ChunkBytes, nil)
-		if err == nil {
-			err = stream.CloseSend()
+type answered struct{ err error }
+
+func (e answered) Error() string   { return e.err.Error() }
+func (e answered) Unwrap() error   { return e.err }
+func (e answered) Is(t error) bool { return t == errAnswered }
+
+// await receives a's answer on its stream (if the send went out) and
+// settles the stream: back to the pool when it is in sync, else closed.
+// An error frame from the owner comes back wrapped in answered.
+func (r *RemoteExecutor) await(a *attempt) error {
+	if a.err != nil {
+		if a.st != nil {
+			a.stopAbt()
+			a.st.close()
 		}
-		sent <- err
-	}()
-	if err := receive(stream, want, c); err != nil {
-		cancel()
-		<-sent
-		// buf is left to the garbage collector: gRPC's writer may still
-		// hold a reference to a queued chunk.
-		return err
+		return a.err
 	}
-	if err := <-sent; err != nil {
-		return fromRPCError(err)
+	c := a.c
+	want := &pb.ExpertFrame{
+		RequestId: c.head.RequestId, Layer: c.head.Layer, Experts: c.head.Experts, Rows: c.head.Rows, Shape: c.head.Shape,
+		Phase: c.head.Phase, Job: c.head.Job, TrainSeq: c.head.TrainSeq,
 	}
-	// The owner answered, so it received every chunk: gRPC holds no more
-	// references to buf.
-	r.bufs.put(buf)
-	// Collect the trailer so the stream ends cleanly on both sides (the
-	// owner has already seen our half-close).
-	var tail pb.ExpertFrame
-	if err := stream.RecvMsg(&tail); err == nil {
-		return fmt.Errorf("transport: protocol error: frame after the last response frame of request %d", head.RequestId)
+	inSync, err := receive(a.st.s, want, c)
+	if a.sent != nil {
+		if !inSync {
+			a.st.cancel()
+		}
+		if serr := <-a.sent; serr != nil && err == nil {
+			inSync, err = false, fromRPCError(serr)
+		}
 	}
-	return nil
+	a.stopAbt()
+	if inSync && !a.st.dead.Load() {
+		r.pool.putStream(a.pr, a.st)
+	} else {
+		a.st.close()
+		if err == nil && a.st.dead.Load() {
+			return nil // answered in full just as the deadline hit
+		}
+	}
+	if err != nil && inSync {
+		return answered{err}
+	}
+	return err
 }
 
 // receive reads the response to request want.RequestId and writes its rows
 // into c.out at c.ranges (so the response is a sequence of byte ranges of
-// c.out).
-func receive(stream pb.Worker_ExpertsClient, want *pb.ExpertFrame, c *call) error {
+// c.out). answered reports whether the whole response (or an error frame
+// answering the request) was read, leaving the stream in sync.
+func receive(stream pb.Worker_ExpertsClient, want *pb.ExpertFrame, c *call) (answered bool, err error) {
 	d := c.d
 	yb := asBytes(c.out)
 	total := c.n * d * 4
 	got, ri, roff := 0, 0, 0
-	protoErr := func(format string, args ...any) error {
-		return fmt.Errorf("transport: protocol error: request %d: %s", want.RequestId, fmt.Sprintf(format, args...))
+	protoErr := func(format string, args ...any) (bool, error) {
+		return false, fmt.Errorf("transport: protocol error: request %d: %s", want.RequestId, fmt.Sprintf(format, args...))
 	}
 	for ch := uint32(0); ; ch++ {
 		f, err := stream.Recv()
 		if err == io.EOF {
-			return fmt.Errorf("%w: stream ended after %d of %d response bytes", ErrPeerUnavailable, got, total)
+			return false, fmt.Errorf("%w: stream ended after %d of %d response bytes", ErrPeerUnavailable, got, total)
 		}
 		if err != nil {
-			return fromRPCError(err)
+			return false, fromRPCError(err)
 		}
 		if f.RequestId != want.RequestId || f.Chunk != ch {
 			return protoErr("got request %d chunk %d, want chunk %d", f.RequestId, f.Chunk, ch)
 		}
 		if ch == 0 {
 			if f.Error != nil {
-				return fromErrorFrame(f.Error)
+				return f.Last, fromErrorFrame(f.Error)
 			}
 			if f.Phase != want.Phase {
 				// An owner that predates training ignores the phase and
 				// answers as inference: it kept nothing to differentiate.
-				return fmt.Errorf("%w: a %s request was answered as %s: the worker does not support training",
+				return false, fmt.Errorf("%w: a %s request was answered as %s: the worker does not support training",
 					ErrIncompatible, phaseName(want.Phase), phaseName(f.Phase))
 			}
 			if f.Layer != want.Layer || !slices.Equal(f.Experts, want.Experts) || !slices.Equal(f.Rows, want.Rows) ||
@@ -525,7 +828,7 @@ func receive(stream pb.Worker_ExpertsClient, want *pb.ExpertFrame, c *call) erro
 			fromWire(c.out[rg[0]*d : rg[1]*d])
 		}
 	}
-	return nil
+	return true, nil
 }
 
 // joinErrs joins errors with "; " (errors.Join uses newlines) and unwraps

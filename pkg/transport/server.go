@@ -10,6 +10,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -49,6 +50,8 @@ type ExpertServer struct {
 	epoch       atomic.Uint64 // placement epoch accepted (0: any)
 	maxReqEpoch atomic.Uint64
 	draining    atomic.Bool
+	active      atomic.Int64  // expert requests being served (first frame read, answer not yet sent)
+	streams     atomic.Uint64 // Experts streams opened by callers
 
 	batch *batcher
 	bufs  f32Pool // request buffers and batch gather buffers
@@ -164,12 +167,28 @@ func (s *ExpertServer) Shutdown(ctx context.Context) error {
 	if g != nil {
 		done := make(chan struct{})
 		go func() { g.GracefulStop(); close(done) }()
-		select {
-		case <-done:
-		case <-ctx.Done():
-			g.Stop()
-			<-done
-			err = ctx.Err()
+		// Callers keep persistent Experts streams open between requests:
+		// once no request is being served (new ones are refused as
+		// draining), closing the idle streams loses nothing.
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+	wait:
+		for {
+			select {
+			case <-done:
+				break wait
+			case <-ctx.Done():
+				g.Stop()
+				<-done
+				err = ctx.Err()
+				break wait
+			case <-tick.C:
+				if s.active.Load() == 0 {
+					g.Stop()
+					<-done
+					break wait
+				}
+			}
 		}
 	}
 	s.batch.stop()
@@ -216,6 +235,7 @@ func (s *ExpertServer) accept(ctx context.Context) error {
 
 // Experts implements the Worker service's dispatch/combine stream.
 func (s *ExpertServer) Experts(stream pb.Worker_ExpertsServer) error {
+	s.streams.Add(1)
 	ctx := stream.Context()
 	if err := s.accept(ctx); err != nil {
 		return err
@@ -241,6 +261,8 @@ func (s *ExpertServer) Experts(stream pb.Worker_ExpertsServer) error {
 // and answers it. A returned error ends the stream; per-request errors are
 // sent as error frames and return nil.
 func (s *ExpertServer) serveRequest(ctx context.Context, stream pb.Worker_ExpertsServer, first *pb.ExpertFrame) error {
+	s.active.Add(1)
+	defer s.active.Add(-1)
 	d := s.cfg.Hidden
 	n, err := s.checkHeader(first)
 	if err != nil {
@@ -652,6 +674,10 @@ func (s *ExpertServer) Stats(ctx context.Context, _ *pb.StatsRequest) (*pb.Stats
 	}
 	return s.Snapshot(), nil
 }
+
+// Streams counts the Experts streams callers have opened (each carries
+// any number of requests, one after the other).
+func (s *ExpertServer) Streams() uint64 { return s.streams.Load() }
 
 // Snapshot returns the server's counters (what Stats answers).
 func (s *ExpertServer) Snapshot() *pb.StatsResponse {

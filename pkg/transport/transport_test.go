@@ -751,3 +751,132 @@ func TestGracefulShutdownFinishesInFlightRequests(t *testing.T) {
 	}
 	checkTagged(t, 0, layer, plan, x, y, D, func(int) []int { return []int{1} })
 }
+
+// A copy that answers NOT_OWNED (its worker is still loading the expert the
+// placement just gave it) sends the rows to another copy at once, without
+// a placement refresh; a copy on a worker that left the cluster (SetLive)
+// is not tried, and an expert with no live copy fails the call at once
+// with an *UnavailableError naming the expert.
+func TestNotOwnedGoesToAnotherCopyAndLeftWorkersFailFast(t *testing.T) {
+	const L, E, D, layer = 2, 4, 16, 1
+	moe := func(l int) bool { return l == layer }
+	plan := route(24, E, 2, 11)
+	x := taggedInput(0, 24, D, 3)
+
+	full := taggedStore()
+	for e := 0; e < E; e++ {
+		full.Put(expert.ID{Layer: layer, Expert: e}, &expert.FFN{})
+	}
+	loading := startWorker(t, "loading", taggedStore(), ServerConfig{Hidden: D}, tagHook(0)) // holds nothing yet
+	old := startWorker(t, "old", full, ServerConfig{Hidden: D}, tagHook(1))
+	// The new owner is listed first (primary), the old copy second.
+	pl := placement(1, L, E, moe, []*testWorker{loading, old}, func(int, int) []int { return []int{0, 1} })
+	src := NewStaticPlacement(pl)
+	ex := NewRemoteExecutor(src, newPool(t, ClientConfig{}))
+	y := make([]float32, plan.Len()*D)
+	for i := 0; i < 3; i++ {
+		if err := ex.Compute(context.Background(), layer, plan, x, D, y); err != nil {
+			t.Fatal(err)
+		}
+		checkTagged(t, 0, layer, plan, x, y, D, func(int) []int { return []int{1} })
+	}
+
+	// The old copy's worker leaves: only the loading one remains, so
+	// after bounded refreshes the call fails, naming the experts.
+	ex.SetLive(func(w cluster.WorkerID) bool { return w != "old" })
+	start := time.Now()
+	err := ex.Compute(context.Background(), layer, plan, x, D, y)
+	var ue *UnavailableError
+	if !errors.As(err, &ue) || !errors.Is(err, expert.ErrUnavailable) || !errors.Is(err, ErrNoReplica) {
+		t.Fatalf("err = %v, want an *UnavailableError", err)
+	}
+	if len(ue.Experts) == 0 || ue.Layer != layer || !strings.Contains(err.Error(), "L1/E") || !strings.Contains(err.Error(), "left the cluster") {
+		t.Fatalf("error %q does not name the layer's experts and the cause", err)
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("failing took %v, want a fast failure", took)
+	}
+
+	// Both copies' workers left: no exchange is attempted at all.
+	ex.SetLive(func(cluster.WorkerID) bool { return false })
+	start = time.Now()
+	err = ex.Compute(context.Background(), layer, plan, x, D, y)
+	if !errors.As(err, &ue) || len(ue.Experts) != countRouted(plan, E) {
+		t.Fatalf("err = %v, want every routed expert named", err)
+	}
+	if took := time.Since(start); took > time.Second {
+		t.Fatalf("failing took %v with no live copy, want at once", took)
+	}
+}
+
+func countRouted(plan interface{ Rows(int) (int, int) }, experts int) int {
+	n := 0
+	for e := 0; e < experts; e++ {
+		if lo, hi := plan.Rows(e); hi > lo {
+			n++
+		}
+	}
+	return n
+}
+
+// Calls reuse one persistent stream per destination (no stream set-up per
+// layer); a worker that restarts on the same address is reached again on a
+// fresh stream without failing a call; and a worker whose callers hold
+// idle streams shuts down at once instead of waiting for them.
+func TestPersistentStreams(t *testing.T) {
+	const L, E, D, layer = 2, 4, 16, 1
+	moe := func(l int) bool { return l == layer }
+	full := func() *expert.Store {
+		s := taggedStore()
+		for e := 0; e < E; e++ {
+			s.Put(expert.ID{Layer: layer, Expert: e}, &expert.FFN{})
+		}
+		return s
+	}
+	w0 := startWorker(t, "w0", full(), ServerConfig{Hidden: D}, tagHook(0))
+	w1 := startWorker(t, "w1", full(), ServerConfig{Hidden: D}, tagHook(1))
+	pl := placement(1, L, E, moe, []*testWorker{w0, w1}, func(_, e int) []int { return []int{e % 2} })
+	ex := NewRemoteExecutor(NewStaticPlacement(pl), newPool(t, ClientConfig{}))
+	plan := route(16, E, 2, 5)
+	x := taggedInput(0, 16, D, 9)
+	y := make([]float32, plan.Len()*D)
+	for i := 0; i < 50; i++ {
+		if err := ex.Compute(context.Background(), layer, plan, x, D, y); err != nil {
+			t.Fatal(err)
+		}
+		checkTagged(t, 0, layer, plan, x, y, D, func(e int) []int { return []int{e % 2} })
+	}
+	if a, b := w0.srv.Streams(), w1.srv.Streams(); a != 1 || b != 1 {
+		t.Errorf("50 sequential calls opened %d and %d streams, want 1 per destination", a, b)
+	}
+
+	// w1 restarts on the same address: its old stream is dead.
+	addr := w1.addr
+	w1.crash()
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Skipf("cannot rebind %s: %v", addr, err)
+	}
+	srv, err := NewExpertServer(full(), ServerConfig{Worker: "w1", Model: testModel, Hidden: D})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.compute = tagHook(1)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(lis) }()
+	if err := ex.Compute(context.Background(), layer, plan, x, D, y); err != nil {
+		t.Fatalf("first call after the restart: %v", err)
+	}
+	checkTagged(t, 0, layer, plan, x, y, D, func(e int) []int { return []int{e % 2} })
+
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(ctx); err != nil {
+		t.Errorf("shutdown with an idle caller stream: %v", err)
+	}
+	<-done
+	if took := time.Since(start); took > time.Second {
+		t.Errorf("shutdown took %v with only idle streams open", took)
+	}
+}

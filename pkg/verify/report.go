@@ -1,7 +1,7 @@
 // Package verify recomputes the quantities of a reference ("golden") file
 // made with Hugging Face transformers and judges each against its tolerance.
-// It backs `switchyard verify`, whose output is a stable contract
-// (../shared/DESIGN.md section 9): one line per quantity with its error,
+// It backs `switchyard verify`, whose output is a stable contract (README,
+// "Try it"; scripts parse it): one line per quantity with its error,
 // its tolerance and ok / FAIL / skipped, then a last line starting
 // "verify: PASS" or "verify: FAIL".
 package verify

@@ -42,15 +42,20 @@ type Config struct {
 	Gossip *membership.Config
 
 	// ModelDir is the model folder (config.json, *.safetensors); required.
-	// Only the dense weights and the owned experts are read from it.
+	// Only its config and the owned experts are read from it: a worker
+	// holds no dense weights (front ends do).
 	ModelDir string
 	// KeepBF16 keeps bf16 weights as bf16 in memory, widened inside the
 	// kernels (DefaultConfig: true; halves the memory of a bf16 model).
 	KeepBF16 bool
-	// MemBytes is the memory the worker may use for weights (dense replica
-	// plus experts), registered as WorkerInfo.MemBytes: the placement gives
-	// it experts of at most MemBytes minus the model record's DenseBytes.
-	// 0 means unlimited.
+	// MemBytes is the memory limit of the worker (its process's, e.g. the
+	// cgroup limit; workercmd's --mem). The worker registers
+	// ExpertBudget(MemBytes) = MemBytes - RuntimeReserve as
+	// WorkerInfo.MemBytes, the expert bytes the placement may give it, and
+	// never holds more expert bytes than that: an apply that would is
+	// refused (and retried). 0 means unlimited. The worker does not set the
+	// Go runtime's soft limit itself (several workers may share a process);
+	// a daemon does (see SoftLimit).
 	MemBytes int64
 	// Cores is registered as WorkerInfo.Cores (informational); 0 means
 	// runtime.NumCPU().

@@ -1,12 +1,18 @@
-// Package worker is the Switchyard worker runtime: the process that holds a
-// dense replica of a model plus the routed experts the placement gives it,
-// and serves those experts to its peers over gRPC.
+// Package worker is the Switchyard worker runtime: the process that holds
+// the routed experts the placement gives it, and nothing else of the model,
+// and serves those experts to its peers over gRPC. Front ends hold the
+// dense weights; training jobs load their own.
+//
+// A worker holds only what it serves from its first second: its memory is
+// the runtime (RuntimeReserve) plus its experts. Config.MemBytes is its
+// memory limit; it registers ExpertBudget(MemBytes) = MemBytes -
+// RuntimeReserve as WorkerInfo.MemBytes, which the placement fills, and
+// never holds more expert bytes than that (see Worker.apply).
 //
 // A Worker, once Run:
 //
-//  1. opens the model folder (lazily: model.Open reads no weights) and
-//     loads the dense weights only (attention, norms, routers, shared
-//     experts, embeddings), which it will use to run its own sequences;
+//  1. opens the model folder (lazily: model.Open reads no weights; the
+//     worker reads the config and, later, only the experts it owns);
 //  2. serves the Worker gRPC service (transport.ExpertServer over an
 //     expert.Store that starts empty) on Config.ListenAddr;
 //  3. starts gossip (pkg/membership) on Config.GossipAddr;
@@ -19,6 +25,9 @@
 //     experts it now owns and does not hold (model.LoadExpert reads only
 //     their tensors), then raises the server's epoch, then drops the
 //     experts it no longer owns, and returns the freed memory to the OS;
+//     when the old and new experts together would not fit its budget it
+//     drops first, then loads, and a load that still would not fit fails
+//     the apply (retried with backoff);
 //  6. reports per-expert token counts to etcd every Config.StatsInterval
 //     (and at once after each epoch change).
 //
@@ -28,7 +37,7 @@
 // with DRAINING so callers move to another replica).
 //
 // Registration is refused, and Run fails with a clear error, when the
-// worker loaded a model the cluster does not serve or speaks another
+// worker opened a model the cluster does not serve or speaks another
 // protocol version (registry.ErrModelMismatch, registry.ErrProtocolMismatch).
 // The data plane checks both again on every call (transport's handshake).
 //

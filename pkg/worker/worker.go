@@ -38,11 +38,19 @@ type Worker struct {
 	ready     chan struct{}
 	readyOnce sync.Once
 
+	// budget is the expert bytes the worker may hold, ExpertBudget of
+	// Config.MemBytes (0: unlimited); registered as WorkerInfo.MemBytes.
+	budget int64
+
 	// Set by Run before Ready is closed, read-only afterwards.
 	info  cluster.WorkerInfo
-	dense *model.Model
 	store *expert.Store
 	srv   *transport.ExpertServer
+	// loadExpert reads one expert from the checkpoint; sizeOf is the memory
+	// it will take once loaded (see expertSizes).
+	loadExpert func(expert.ID) (*expert.FFN, error)
+	sizeOf     func(expert.ID) int64
+	loadMu     sync.Mutex // one load at a time: budget check, read, Put
 
 	applied atomic.Uint64                         // placement epoch applied last
 	reg     atomic.Pointer[registry.Registration] // live registration, nil between leases
@@ -58,20 +66,20 @@ func New(cfg Config) (*Worker, error) {
 	if lg == nil {
 		lg = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Worker{cfg: cfg, log: lg.With("worker", string(cfg.ID)), ready: make(chan struct{})}, nil
+	return &Worker{cfg: cfg, log: lg.With("worker", string(cfg.ID)), ready: make(chan struct{}), budget: ExpertBudget(cfg.MemBytes)}, nil
 }
 
-// Ready is closed once the worker has loaded its dense weights, serves
-// gRPC and is registered in etcd for the first time.
+// Ready is closed once the worker has opened its model, serves gRPC and is
+// registered in etcd for the first time.
 func (w *Worker) Ready() <-chan struct{} { return w.ready }
 
 // Info is what the worker registered (addresses with real ports, model
 // fingerprint). Valid once Ready is closed.
 func (w *Worker) Info() cluster.WorkerInfo { return w.info }
 
-// Dense is the worker's dense replica (routed experts excluded; its
-// Experts field is an empty store). Valid once Ready is closed.
-func (w *Worker) Dense() *model.Model { return w.dense }
+// Budget is the expert bytes the worker may hold (ExpertBudget of
+// Config.MemBytes, registered as WorkerInfo.MemBytes); 0 means unlimited.
+func (w *Worker) Budget() int64 { return w.budget }
 
 // Epoch is the placement epoch the worker applied last (0: none yet).
 func (w *Worker) Epoch() cluster.Epoch { return cluster.Epoch(w.applied.Load()) }
@@ -91,10 +99,10 @@ func (w *Worker) Held() []expert.ID {
 // wrapped too (registry.ErrModelMismatch, registry.ErrProtocolMismatch).
 var ErrRefused = errors.New("worker refused by the cluster")
 
-// Run loads the model's dense weights, serves, registers, follows the
-// placement and reports statistics until ctx ends; then it leaves
-// gracefully and returns nil. It returns an error when the model cannot be
-// loaded, a listener cannot be bound, or the cluster refuses the worker
+// Run opens the model, serves, registers, follows the placement and
+// reports statistics until ctx ends; then it leaves gracefully and returns
+// nil. It returns an error when the model cannot be opened, a listener
+// cannot be bound, or the cluster refuses the worker
 // (ErrRefused). Etcd being unreachable is not an error: Run keeps retrying
 // until ctx ends.
 func (w *Worker) Run(ctx context.Context) (err error) {
@@ -110,26 +118,19 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 		return fmt.Errorf("worker %s: %w", cfg.ID, err)
 	}
 	defer ck.Close()
-	dense, err := ck.Load(model.LoadOptions{KeepBF16: cfg.KeepBF16, Experts: func(expert.ID) bool { return false }})
-	if err != nil {
-		return fmt.Errorf("worker %s: load dense weights of %s: %w", cfg.ID, cfg.ModelDir, err)
-	}
-	debug.FreeOSMemory() // loading leaves garbage; RSS should show what is held
+	// No weights are read here: the worker holds only the experts the
+	// placement gives it, each read when it is placed here.
 	fp := ck.Config.Fingerprint()
-	lg.Info("dense weights loaded", "model", fp, "dir", cfg.ModelDir, "dense_bytes", dense.DenseBytes, "took", time.Since(t0).Round(time.Millisecond))
-
-	store := expert.NewStore()
-	srv, err := transport.NewExpertServer(store, transport.ServerConfig{
-		Worker: cfg.ID, Model: fp, Protocol: cfg.Protocol, Hidden: ck.Config.Hidden,
-		Load: func(_ context.Context, id expert.ID) (*expert.FFN, error) {
-			return model.LoadExpert(ck.Config, ck.Source, id, cfg.KeepBF16)
-		},
-	})
+	srv, err := w.serveModel(ck)
 	if err != nil {
 		return fmt.Errorf("worker %s: %w", cfg.ID, err)
 	}
+	debug.FreeOSMemory() // the size table's garbage; RSS should show what is held
+	lg.Info("model opened", "model", fp, "dir", cfg.ModelDir, "mem_limit", cfg.MemBytes,
+		"expert_budget", w.budget, "took", time.Since(t0).Round(time.Millisecond))
 	lis, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
+		_ = srv.Shutdown(ctx) // stops its batcher
 		return fmt.Errorf("worker %s: gRPC listen: %w", cfg.ID, err)
 	}
 	serveDone := make(chan error, 1)
@@ -179,13 +180,12 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 		cores = runtime.NumCPU()
 	}
 	w.info = cluster.WorkerInfo{
-		ID: cfg.ID, Addr: addr, Cores: cores, MemBytes: cfg.MemBytes,
+		ID: cfg.ID, Addr: addr, Cores: cores, MemBytes: w.budget,
 		Protocol: cfg.Protocol, Model: fp, Version: version(),
 	}
 	if gossip != nil {
 		w.info.GossipAddr = gossip.Addr()
 	}
-	w.dense, w.store, w.srv = dense, store, srv
 
 	cli, err := dial(ctx, cfg.Etcd, lg)
 	if err != nil {
@@ -202,7 +202,7 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	fwg.Add(1)
 	go func() {
 		defer fwg.Done()
-		w.followPlacement(fctx, reg, ck, fp)
+		w.followPlacement(fctx, reg, fp)
 	}()
 	defer func() {
 		t := time.Now()
@@ -222,6 +222,29 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	}
 
 	return w.registerLoop(ctx, reg, gossip)
+}
+
+// serveModel sets the worker up to hold experts of ck: an empty store,
+// the expert loader and sizes, and the expert server (not serving yet; its
+// Control loads go through loadWithin too).
+func (w *Worker) serveModel(ck *model.Checkpoint) (*transport.ExpertServer, error) {
+	sizes := expertSizes(ck.Config, ck.Source, w.cfg.KeepBF16)
+	w.store = expert.NewStore()
+	w.sizeOf = func(id expert.ID) int64 { return sizes[id] }
+	w.loadExpert = func(id expert.ID) (*expert.FFN, error) {
+		return model.LoadExpert(ck.Config, ck.Source, id, w.cfg.KeepBF16)
+	}
+	srv, err := transport.NewExpertServer(w.store, transport.ServerConfig{
+		Worker: w.cfg.ID, Model: ck.Config.Fingerprint(), Protocol: w.cfg.Protocol, Hidden: ck.Config.Hidden,
+		Load: func(_ context.Context, id expert.ID) (*expert.FFN, error) {
+			return w.loadWithin(id)
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	w.srv = srv
+	return srv, nil
 }
 
 // registerLoop keeps the worker registered until ctx ends (then it revokes
@@ -309,7 +332,7 @@ func (w *Worker) joinGossip(ctx context.Context, reg *registry.Registry, gossip 
 // A reader goroutine keeps only the newest placement, so a slow apply
 // (loading many experts) skips placements superseded meanwhile. A failed
 // apply is retried with backoff until it succeeds or a newer one arrives.
-func (w *Worker) followPlacement(ctx context.Context, reg *registry.Registry, ck *model.Checkpoint, fp string) {
+func (w *Worker) followPlacement(ctx context.Context, reg *registry.Registry, fp string) {
 	var (
 		mu     sync.Mutex
 		latest *cluster.Placement
@@ -350,7 +373,7 @@ func (w *Worker) followPlacement(ctx context.Context, reg *registry.Registry, ck
 		if p == nil || p == applied {
 			continue
 		}
-		if err := w.apply(ctx, ck, p); err != nil {
+		if err := w.apply(ctx, p); err != nil {
 			if ctx.Err() != nil {
 				return
 			}
@@ -364,26 +387,50 @@ func (w *Worker) followPlacement(ctx context.Context, reg *registry.Registry, ck
 	}
 }
 
-// apply makes the store hold exactly what p gives this worker: load the
-// new experts, then raise the server's epoch (requests routed with older
-// epochs are refused as stale from then on), then drop the experts no
-// longer owned.
-func (w *Worker) apply(ctx context.Context, ck *model.Checkpoint, p *cluster.Placement) error {
+// apply makes the store hold exactly what p gives this worker, never more
+// expert bytes than the budget:
+//
+//   - when the held experts plus the new ones fit the budget (or it is
+//     unlimited), load the new experts, then raise the server's epoch
+//     (requests routed with older epochs are refused as stale from then
+//     on), then drop the experts no longer owned: the old copies serve
+//     until the new epoch is in force;
+//   - otherwise drop the experts no longer owned first (requests for them
+//     are answered NOT_OWNED and move to their new owners), return their
+//     memory to the OS, then load, then raise the epoch.
+//
+// Each load is checked against the budget first (loadWithin); one that
+// does not fit fails the apply, which followPlacement retries with
+// backoff (the leader's next placement may fit).
+func (w *Worker) apply(ctx context.Context, p *cluster.Placement) error {
 	t0 := time.Now()
 	load, drop := Reconcile(w.store.IDs(), p, w.cfg.ID)
+	var need int64
+	for _, id := range load {
+		need += w.sizeOf(id)
+	}
+	held := w.store.Bytes()
+	dropFirst := w.budget > 0 && held+need > w.budget
+	dropAll := func() {
+		for _, id := range drop {
+			w.store.Delete(id)
+		}
+	}
+	if dropFirst {
+		dropAll()
+		debug.FreeOSMemory() // make room before loading
+	}
 	for _, id := range load {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		f, err := model.LoadExpert(ck.Config, ck.Source, id, w.cfg.KeepBF16)
-		if err != nil {
-			return fmt.Errorf("worker %s: placement epoch %d: load expert %v: %w", w.cfg.ID, p.Epoch, id, err)
+		if _, err := w.loadWithin(id); err != nil {
+			return fmt.Errorf("worker %s: placement epoch %d: %w", w.cfg.ID, p.Epoch, err)
 		}
-		w.store.Put(id, f)
 	}
 	w.srv.SetEpoch(p.Epoch)
-	for _, id := range drop {
-		w.store.Delete(id)
+	if !dropFirst {
+		dropAll()
 	}
 	if len(load)+len(drop) > 0 {
 		// Expert matrices are megabytes each: return dropped ones and
@@ -391,8 +438,8 @@ func (w *Worker) apply(ctx context.Context, ck *model.Checkpoint, p *cluster.Pla
 		debug.FreeOSMemory()
 	}
 	w.applied.Store(uint64(p.Epoch))
-	w.log.Info("placement applied", "epoch", p.Epoch, "loaded", len(load), "dropped", len(drop),
-		"held", len(w.store.IDs()), "expert_bytes", w.store.Bytes(), "took", time.Since(t0).Round(time.Millisecond))
+	w.log.Info("placement applied", "epoch", p.Epoch, "loaded", len(load), "dropped", len(drop), "drop_first", dropFirst,
+		"held", len(w.store.IDs()), "expert_bytes", w.store.Bytes(), "budget", w.budget, "took", time.Since(t0).Round(time.Millisecond))
 	if g := w.reg.Load(); g != nil {
 		// Report the new epoch at once (watchers wait for it).
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -400,6 +447,50 @@ func (w *Worker) apply(ctx context.Context, ck *model.Checkpoint, p *cluster.Pla
 		cancel()
 	}
 	return nil
+}
+
+// ErrOverBudget is wrapped by the error of a load that would take the
+// worker's experts over its budget.
+var ErrOverBudget = errors.New("expert memory budget exceeded")
+
+// loadWithin loads expert id into the store unless it is held already,
+// after checking that it fits the budget: held bytes + its size <= budget.
+// Placement applies and the Control RPC both load through it.
+func (w *Worker) loadWithin(id expert.ID) (*expert.FFN, error) {
+	w.loadMu.Lock()
+	defer w.loadMu.Unlock()
+	if f := w.store.Get(id); f != nil {
+		return f, nil
+	}
+	size := w.sizeOf(id)
+	if held := w.store.Bytes(); w.budget > 0 && held+size > w.budget {
+		return nil, fmt.Errorf("load expert %v (%d bytes): %d expert bytes held (%d experts), budget %d (memory limit %d - runtime reserve %d): %w",
+			id, size, held, len(w.store.IDs()), w.budget, w.cfg.MemBytes, RuntimeReserve, ErrOverBudget)
+	}
+	f, err := w.loadExpert(id)
+	if err != nil {
+		return nil, fmt.Errorf("load expert %v: %w", id, err)
+	}
+	w.store.Put(id, f)
+	return f, nil
+}
+
+// expertSizes is the memory each routed expert of cfg takes once loaded
+// from src: its three matrices at 2 bytes an element when the checkpoint
+// holds them as BF16 and keepBF16, 4 otherwise (model.LoadExpert's rule).
+func expertSizes(cfg *model.Config, src model.Source, keepBF16 bool) map[expert.ID]int64 {
+	sizes := map[expert.ID]int64{}
+	for _, t := range cfg.Tensors() {
+		if t.Role != model.RoleExpert {
+			continue
+		}
+		elem := int64(4)
+		if dtype, _, ok := src.Info(t.Name); ok && dtype == "BF16" && keepBF16 {
+			elem = 2
+		}
+		sizes[t.Expert] += t.Elems() * elem
+	}
+	return sizes
 }
 
 // Reconcile compares the experts a worker holds with what placement p

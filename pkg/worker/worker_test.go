@@ -210,6 +210,26 @@ func (h *harness) forward(ex expert.Executor) {
 	}
 }
 
+// settled is registry.OnWorkers(ids...) for a final placement: one copy of
+// each expert (the coordinator's make-before-break writes transitional
+// placements that keep a moving expert's old copy too).
+func settled(ids ...cluster.WorkerID) func(*cluster.Placement) bool {
+	on := registry.OnWorkers(ids...)
+	return func(p *cluster.Placement) bool {
+		if !on(p) {
+			return false
+		}
+		for _, row := range p.Owners {
+			for _, ws := range row {
+				if len(ws) > 1 {
+					return false
+				}
+			}
+		}
+		return true
+	}
+}
+
 // TestWorkersFollowPlacement runs in-process workers against real etcd,
 // gRPC and gossip: they register, get every expert between them, serve a
 // forward pass; a third joins and takes its share; one leaves gracefully
@@ -220,7 +240,7 @@ func TestWorkersFollowPlacement(t *testing.T) {
 	h.ready(w1)
 	h.ready(w2)
 	pool, src, ex := h.client()
-	p, err := WaitServing(h.ctx, h.reg, pool, h.fp, registry.OnWorkers("w1", "w2"))
+	p, err := WaitServing(h.ctx, h.reg, pool, h.fp, settled("w1", "w2"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -232,7 +252,7 @@ func TestWorkersFollowPlacement(t *testing.T) {
 
 	w3 := h.start("w3", nil)
 	h.ready(w3)
-	p, err = WaitServing(h.ctx, h.reg, pool, h.fp, registry.OnWorkers("w1", "w2", "w3"))
+	p, err = WaitServing(h.ctx, h.reg, pool, h.fp, settled("w1", "w2", "w3"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -258,7 +278,7 @@ func TestWorkersFollowPlacement(t *testing.T) {
 	if _, err := h.reg.WaitWorkers(h.ctx, func(s registry.WorkerSet) bool { return !slices.Contains(s.IDs(), "w1") }); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := WaitServing(h.ctx, h.reg, pool, h.fp, registry.OnWorkers("w2", "w3")); err != nil {
+	if _, err := WaitServing(h.ctx, h.reg, pool, h.fp, settled("w2", "w3")); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("graceful leave re-placed in %v", time.Since(start).Round(time.Millisecond))

@@ -34,7 +34,11 @@ func TestMain(m *testing.M) {
 	if os.Getenv("SWITCHYARD_E2E_WORKER") == "1" {
 		os.Exit(workercmd.Main(os.Args[1:], os.Stdout, os.Stderr))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if buildDir != "" {
+		os.RemoveAll(buildDir)
+	}
+	os.Exit(code)
 }
 
 // needE2E skips the test unless SWITCHYARD_E2E=1.

@@ -1,0 +1,101 @@
+package frontend
+
+import (
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/switchyard/switchyard/pkg/cluster"
+	"github.com/switchyard/switchyard/pkg/transport"
+)
+
+// metrics are the front end's expert-exchange metrics, served on the API's
+// /metrics beside the server's own:
+//
+//	switchyard_frontend_exchange_seconds{worker}        one exchange with one worker (histogram)
+//	switchyard_frontend_exchange_rows_total{worker}     rows sent to each worker
+//	switchyard_frontend_exchange_failures_total{worker} exchanges that failed (the rows went to another copy, or the call failed)
+//	switchyard_frontend_layer_exchange_seconds{layer}   one MoE layer's whole exchange, as the model waits for it (histogram)
+//	switchyard_frontend_placement_epoch                 the placement epoch in use
+//	switchyard_frontend_live_workers                    workers registered in etcd
+//	switchyard_frontend_unavailable_experts             experts with no live copy now
+type metrics struct {
+	exchange *prometheus.HistogramVec
+	rows     *prometheus.CounterVec
+	failures *prometheus.CounterVec
+	layer    *prometheus.HistogramVec
+	gauges   []prometheus.Collector
+}
+
+func newMetrics(f *Frontend) *metrics {
+	buckets := []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5}
+	m := &metrics{
+		exchange: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "switchyard_frontend_exchange_seconds", Help: "One expert exchange (request rows out, answer rows back) with one worker.", Buckets: buckets,
+		}, []string{"worker"}),
+		rows: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_frontend_exchange_rows_total", Help: "Token rows sent to each worker's experts.",
+		}, []string{"worker"}),
+		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_frontend_exchange_failures_total", Help: "Exchanges with a worker that failed (its rows went to another copy, or the call failed).",
+		}, []string{"worker", "reason"}),
+		layer: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "switchyard_frontend_layer_exchange_seconds", Help: "One MoE layer's routed experts as the model waits for them: every destination, retries included.", Buckets: buckets,
+		}, []string{"layer"}),
+	}
+	m.gauges = []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_frontend_placement_epoch", Help: "The expert placement epoch in use."}, func() float64 {
+			if p := f.Placement.Current(); p != nil {
+				return float64(p.Epoch)
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_frontend_live_workers", Help: "Workers of the model registered in etcd."}, func() float64 {
+			if l := f.live.Load(); l != nil {
+				return float64(len(*l))
+			}
+			return 0
+		}),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_frontend_unavailable_experts", Help: "Routed experts with no copy on a live worker."}, func() float64 {
+			if p := f.Placement.Current(); p != nil {
+				return float64(len(f.lost(p)))
+			}
+			return 0
+		}),
+	}
+	return m
+}
+
+func (m *metrics) observer() *transport.Observer {
+	return &transport.Observer{
+		Exchange: func(_ int, w cluster.WorkerID, rows int, took time.Duration, err error) {
+			m.exchange.WithLabelValues(string(w)).Observe(took.Seconds())
+			m.rows.WithLabelValues(string(w)).Add(float64(rows))
+			if err != nil {
+				m.failures.WithLabelValues(string(w), reason(err)).Inc()
+			}
+		},
+		Layer: func(layer, _ int, took time.Duration, err error) {
+			if err == nil {
+				m.layer.WithLabelValues(strconv.Itoa(layer)).Observe(took.Seconds())
+			}
+		},
+	}
+}
+
+func reason(err error) string {
+	switch {
+	case errors.Is(err, transport.ErrPeerUnavailable):
+		return "unavailable"
+	case errors.Is(err, cluster.ErrStalePlacement):
+		return "stale_or_not_owned"
+	default:
+		return "other"
+	}
+}
+
+func (m *metrics) collectors() []prometheus.Collector {
+	return append([]prometheus.Collector{m.exchange, m.rows, m.failures, m.layer}, m.gauges...)
+}

@@ -1,0 +1,5 @@
+//go:build !race
+
+package workercmd
+
+const raceEnabled = false
