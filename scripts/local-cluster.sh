@@ -133,7 +133,7 @@ up() {
 	trap 'echo "local-cluster: up failed; stopping what started" >&2; down' ERR
 	setsid "$bin/coordinator" --listen-client-urls 127.0.0.1:0 --listen-peer-urls 127.0.0.1:0 \
 		--data-dir "$state/etcd" --cluster "$cluster" --name local --model "$model" \
-		--elem-bytes "$elem" --replicas "$replicas" \
+		--elem-bytes "$elem" --replicas "$replicas" --expect-workers "$n" \
 		>"$state/coordinator.out" 2>"$state/coordinator.log" </dev/null &
 	echo $! >"$state/coordinator.pid"
 	line=$(await "$state/coordinator.out" '^coordinator: etcd=' 60 "$state/coordinator.pid")

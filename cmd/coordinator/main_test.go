@@ -125,16 +125,13 @@ func TestProcess(t *testing.T) {
 		t.Fatalf("placement epoch %d %+v", p.Epoch, p.Owners)
 	}
 
-	st := status.StatusCmd()
-	var sout bytes.Buffer
-	st.SetOut(&sout)
-	st.SetArgs([]string{"--etcd", fields["etcd"], "--cluster", "proc"})
-	if err := st.ExecuteContext(ctx); err != nil {
+	// What `switchyard status` shows (cmd/switchyard renders this snapshot).
+	snap, err := status.Take(ctx, reg)
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("switchyard status:\n%s", sout.String())
-	if !strings.Contains(sout.String(), "leader c1, 2 workers") || !strings.Contains(sout.String(), "placement epoch") {
-		t.Fatalf("status output lacks leader/placement")
+	if snap.Leader != "c1" || len(snap.Workers) != 2 || len(snap.Models) != 1 || snap.Models[0].Placement == nil {
+		t.Fatalf("status snapshot lacks leader/workers/placement: %+v", snap)
 	}
 
 	cli.Close() // before the server goes away, as any client should

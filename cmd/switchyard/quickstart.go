@@ -19,6 +19,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/switchyard/switchyard/internal/cli"
 	"github.com/switchyard/switchyard/internal/localcluster"
 	"github.com/switchyard/switchyard/pkg/jobs"
 	"github.com/switchyard/switchyard/pkg/serve"
@@ -115,10 +116,14 @@ func runQuickstart(ctx context.Context, o quickstartOptions, stdout, stderr io.W
 		start := time.Now()
 		logf("training %s on Newton's Opticks for %d steps (batch %d x %d tokens) into %s", o.Preset, o.Steps, cfg.Batch, cfg.SeqLen, out)
 		if o.Workers == 0 {
-			cfg.Progress = stderr
-			res, err := train.Run(ctx, cfg)
+			prog, curve := localProgress(stderr, cfg)
+			res, err := train.Run(ctx, cfg, prog)
 			if err != nil {
 				return quickstartInterrupted(ctx, err)
+			}
+			prog.Done()
+			if curve.err != nil {
+				return curve.err
 			}
 			ckpt = res.Checkpoint
 		} else if ckpt, err = quickstartTrain(ctx, cfg, o.Workers, stderr, logf); err != nil {
@@ -202,8 +207,9 @@ func quickstartTrain(ctx context.Context, cfg train.JobConfig, n int, stderr io.
 	if st, err := train.ReadTrainerState(modelDir); err == nil {
 		startStep = st.Step
 	}
-	prog := train.NewProgress(stderr, cfg.Steps, startStep)
+	prog := cli.NewProgress(stderr, cfg.Steps, startStep)
 	prog.Interval = 5 * time.Second
+	curve := &lossCurve{out: cfg.Out}
 	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
 	last, attempt := startStep, 0
@@ -227,9 +233,13 @@ func quickstartTrain(ctx context.Context, cfg train.JobConfig, n int, stderr io.
 			prog.Step(st.Step, st.Loss, st.TokensPerS, cfg.Step.LR(st.Step-1))
 			last = st.Step
 		}
+		curve.checkpoint(st.Checkpoint)
 		switch sp.State {
 		case jobs.Done:
 			prog.Done()
+			if curve.err != nil {
+				return "", curve.err
+			}
 			msg := fmt.Sprintf("%d steps on %d workers, loss %.4f", st.Step, n, st.Loss)
 			if st.EvalLoss != 0 {
 				msg += fmt.Sprintf(", held-out %.4f", st.EvalLoss)

@@ -70,6 +70,10 @@ func TestQuickstartE2E(t *testing.T) {
 			t.Errorf("checkpoint: %v", err)
 		}
 	}
+	// The CLI draws the loss curve from the workers' checkpoints.
+	if st, err := os.Stat(filepath.Join(out, "loss.png")); err != nil || st.Size() < 1000 {
+		t.Errorf("loss curve: %v", err)
+	}
 	checkWorkersGone(t, stderr, 4) // 2 training workers, 2 serving workers
 
 	p = run()

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/switchyard/switchyard/internal/frontend"
 	"github.com/switchyard/switchyard/internal/localcluster"
@@ -52,11 +53,14 @@ type serveOptions struct {
 	// Replicas is the coordinator's R on the embedded default (copies of
 	// each expert on distinct local workers).
 	Replicas int
-	Listen   string        // host:port; port 0 picks a free one
-	Grace    time.Duration // how long in-flight requests may finish after a signal
-	Serve    serve.Config  // ModelName empty: ModelDir as given (as vLLM names models)
-	Stderr   io.Writer
-	Prefix   string // of every line printed ("serve")
+	// Overlap runs each step of 2+ sequences as two overlapped
+	// micro-batches (serve.FromModelOverlapped); only with remote experts.
+	Overlap bool
+	Listen  string        // host:port; port 0 picks a free one
+	Grace   time.Duration // how long in-flight requests may finish after a signal
+	Serve   serve.Config  // ModelName empty: ModelDir as given (as vLLM names models)
+	Stderr  io.Writer
+	Prefix  string // of every line printed ("serve")
 	// OnReady, if set, runs in its own goroutine once the API answers, with
 	// the base URL (http://host:port) and a context that ends when shutdown
 	// begins. It may call stop to shut the server down as a signal would.
@@ -139,6 +143,7 @@ short), and stop the workers and etcd.`,
 	f.StringVar(&o.Cluster, "cluster", registry.DefaultCluster, "cluster name (etcd key prefix) with --etcd")
 	f.StringVar(&workerMem, "worker-mem", "auto", "memory limit of each local worker, e.g. 2GiB (auto: their cgroup's)")
 	f.IntVar(&o.Replicas, "replicas", 1, "copies of each expert on distinct local workers (embedded default)")
+	f.BoolVar(&o.Overlap, "overlap", false, "two-micro-batch overlap: one half of a step's sequences computes attention while the other waits for its experts (remote experts only)")
 	f.StringVar(&o.Listen, "listen", "127.0.0.1:8000", "HTTP address (port 0: a free port)")
 	f.IntVar(&o.Serve.MaxSeqs, "max-seqs", o.Serve.MaxSeqs, "sequences generated together (one batch per step)")
 	f.IntVar(&o.Serve.MaxQueue, "max-queue", o.Serve.MaxQueue, "requests that may wait for a free sequence slot; more get 429")
@@ -217,7 +222,12 @@ func runServe(ctx context.Context, o serveOptions) error {
 		o.Serve.Ready = fe.Ready
 		o.Serve.Collectors = append(o.Serve.Collectors, fe.Collectors()...)
 	}
-	srv, err := serve.New(serve.FromModel(m), tok, o.Serve)
+	sm := serve.FromModel(m)
+	if o.Overlap && fe != nil {
+		sm = serve.FromModelOverlapped(m)
+		where += ", two-micro-batch overlap"
+	}
+	srv, err := serve.New(sm, tok, o.Serve)
 	if err != nil {
 		return err
 	}
@@ -437,7 +447,7 @@ func exitCause(p *localcluster.Proc) string {
 	var ee *exec.ExitError
 	if errors.As(p.Err(), &ee) {
 		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-			cause := "killed by " + ws.Signal().String()
+			cause := "killed by " + unix.SignalName(ws.Signal())
 			if ws.Signal() == syscall.SIGKILL {
 				cause += " (out of memory under a cgroup limit, or killed by hand)"
 			}

@@ -1,11 +1,63 @@
 package main
 
 import (
+	"context"
+	"fmt"
+	"time"
+
 	"github.com/spf13/cobra"
 
+	"github.com/switchyard/switchyard/internal/cli"
+	"github.com/switchyard/switchyard/pkg/registry"
 	"github.com/switchyard/switchyard/pkg/status"
 )
 
+// defaultEndpoint is where `switchyard status` (and `wait`) look for etcd
+// by default: the embedded etcd of a local coordinator.
+const defaultEndpoint = "http://127.0.0.1:2379"
+
 // statusCmd is `switchyard status`: workers with their leases, the leader,
-// each model's placement and per-expert token counts (text or --json).
-func statusCmd() *cobra.Command { return status.StatusCmd() }
+// each model's placement and per-expert token counts, and the training
+// jobs, as text or --json (pkg/status reads them, internal/cli renders).
+func statusCmd() *cobra.Command {
+	var (
+		endpoints string
+		clusterN  string
+		asJSON    bool
+		timeout   time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "Show a cluster's workers, leases, placement and per-expert token counts",
+		Args:  cobra.NoArgs,
+		// Runtime errors are not usage errors.
+		SilenceUsage: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			etcd, err := registry.Dial(ctx, registry.SplitEndpoints(endpoints))
+			if err != nil {
+				return err
+			}
+			defer etcd.Close()
+			reg, err := registry.New(etcd, clusterN)
+			if err != nil {
+				return err
+			}
+			snap, err := status.Take(ctx, reg)
+			if err != nil {
+				return fmt.Errorf("status: %w", err)
+			}
+			if asJSON {
+				return cli.StatusJSON(cmd.OutOrStdout(), snap)
+			}
+			return cli.StatusText(cmd.OutOrStdout(), snap)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&endpoints, "etcd", defaultEndpoint, "etcd endpoints, comma-separated (a coordinator prints its own)")
+	f.StringVar(&clusterN, "cluster", registry.DefaultCluster, "cluster name (etcd key prefix)")
+	f.BoolVar(&asJSON, "json", false, "print JSON instead of text")
+	f.DurationVar(&timeout, "timeout", 10*time.Second, "give up after this long")
+	return cmd
+}

@@ -4,12 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
+	"github.com/switchyard/switchyard/internal/cli"
 	"github.com/switchyard/switchyard/pkg/registry"
 	"github.com/switchyard/switchyard/pkg/train"
 )
@@ -48,7 +51,6 @@ Presets: ` + fmt.Sprint(train.PresetNames()),
 			cfg.Step.Schedule.Min = minLR
 			cfg.Step.Schedule.Warmup = warmup
 			cfg.Step.Schedule.Total = cfg.Steps
-			cfg.Progress = cmd.ErrOrStderr()
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
 			if workers < 1 {
@@ -57,19 +59,24 @@ Presets: ` + fmt.Sprint(train.PresetNames()),
 			if workers > 1 || etcd != "" {
 				return trainDistributed(ctx, cfg, workers, registry.SplitEndpoints(etcd), clusterName, cmd.OutOrStdout(), cmd.ErrOrStderr())
 			}
-			res, err := train.Run(ctx, cfg)
+			prog, curve := localProgress(cmd.ErrOrStderr(), cfg)
+			res, err := train.Run(ctx, cfg, prog)
 			if err != nil {
 				if errors.Is(err, context.Canceled) && res != nil && res.Checkpoint != "" {
 					fmt.Fprintf(cmd.ErrOrStderr(), "train: interrupted; saved %s (resume with --resume)\n", res.Checkpoint)
 				}
 				return err
 			}
+			prog.Done()
+			if curve.err != nil {
+				return curve.err
+			}
 			last := res.Losses[len(res.Losses)-1]
 			fmt.Fprintf(cmd.OutOrStdout(), "train: %d steps, %.2f M parameters, loss %.4f -> %.4f", res.Steps, float64(res.Params)/1e6, res.Losses[0], last)
 			if n := len(res.Evals); n > 0 {
 				fmt.Fprintf(cmd.OutOrStdout(), ", held-out %.4f", res.Evals[n-1].Loss)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), ", %.0f tokens/s\ncheckpoint %s\nloss curve %s\n", res.TokensPerS, res.Checkpoint, res.LossPNG)
+			fmt.Fprintf(cmd.OutOrStdout(), ", %.0f tokens/s\ncheckpoint %s\nloss curve %s\n", res.TokensPerS, res.Checkpoint, curve.path())
 			return nil
 		},
 	}
@@ -102,4 +109,33 @@ Presets: ` + fmt.Sprint(train.PresetNames()),
 	f.StringVar(&etcd, "etcd", "", "submit the job to the cluster at these etcd endpoints (comma-separated)")
 	f.StringVar(&clusterName, "cluster", "switchyard", "cluster key prefix in etcd (with --etcd)")
 	return cmd
+}
+
+// lossCurve draws OUT/loss.png from each new checkpoint of a run (its
+// trainer_state.json) and keeps the first failure.
+type lossCurve struct {
+	out  string
+	last string // the checkpoint drawn last
+	err  error
+}
+
+func (c *lossCurve) checkpoint(dir string) {
+	if dir == "" || dir == c.last {
+		return
+	}
+	c.last = dir
+	if _, err := cli.WriteLossCurve(c.out, dir); err != nil && c.err == nil {
+		c.err = err
+	}
+}
+
+func (c *lossCurve) path() string { return filepath.Join(c.out, cli.LossCurveFile) }
+
+// localProgress renders a run in this process on w (a bar on a terminal)
+// and draws the loss curve after every checkpoint.
+func localProgress(w io.Writer, cfg train.JobConfig) (*cli.Progress, *lossCurve) {
+	curve := &lossCurve{out: cfg.Out}
+	prog := cli.NewProgress(w, cfg.Steps, 0)
+	prog.OnCheckpoint = curve.checkpoint
+	return prog, curve
 }

@@ -64,13 +64,11 @@ func trainDistributed(ctx context.Context, cfg train.JobConfig, workers int, end
 	}
 	id := fmt.Sprintf("train-%s", time.Now().UTC().Format("20060102-150405.000"))
 	id = strings.ReplaceAll(id, ".", "-")
-	spec := jobs.Spec{ID: id, Job: cfg, Workers: workers}
-	spec.Job.Progress = nil
-	if err := store.Submit(ctx, spec); err != nil {
+	if err := store.Submit(ctx, jobs.Spec{ID: id, Job: cfg, Workers: workers}); err != nil {
 		return err
 	}
 	fmt.Fprintf(stderr, "train: submitted job %s for %d workers\n", id, workers)
-	err = followJob(ctx, store, id, cfg.Steps, stdout, stderr)
+	err = followJob(ctx, store, id, cfg, stdout, stderr)
 	if err != nil && ctx.Err() != nil {
 		if len(endpoints) == 0 {
 			return fmt.Errorf("train: interrupted; the local cluster stops now (continue from the last checkpoint with --resume): %w", ctx.Err())
@@ -101,8 +99,13 @@ func servedModel(cfg train.JobConfig, stderr io.Writer) (string, error) {
 	return dir, nil
 }
 
-// followJob prints a job's progress until it is done or abandoned.
-func followJob(ctx context.Context, store *jobs.Store, id string, steps int, stdout, stderr io.Writer) error {
+// followJob prints a job's progress until it is done or abandoned, and
+// draws the loss curve (cfg.Out/loss.png) from each checkpoint the job
+// reports; a curve it cannot draw (e.g. --etcd workers whose --out this
+// machine does not see) is reported once and does not fail the job.
+func followJob(ctx context.Context, store *jobs.Store, id string, cfg train.JobConfig, stdout, stderr io.Writer) error {
+	steps := cfg.Steps
+	curve, warned := &lossCurve{out: cfg.Out}, false
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
 	lastStep, lastState, lastAttempt := -1, jobs.State(""), 0
@@ -132,6 +135,10 @@ func followJob(ctx context.Context, store *jobs.Store, id string, steps int, std
 			}
 			fmt.Fprintln(stderr)
 			lastStep, lastPrint = st.Step, time.Now()
+		}
+		if curve.checkpoint(st.Checkpoint); curve.err != nil && !warned {
+			fmt.Fprintln(stderr, curve.err)
+			warned = true
 		}
 		switch sp.State {
 		case jobs.Done:

@@ -11,7 +11,6 @@ import (
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/placement"
 	"github.com/switchyard/switchyard/pkg/registry"
-	"github.com/switchyard/switchyard/pkg/status"
 	"github.com/switchyard/switchyard/pkg/transport"
 	"github.com/switchyard/switchyard/pkg/worker"
 )
@@ -74,7 +73,7 @@ func waitCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&endpoints, "etcd", status.DefaultEndpoint, "etcd endpoints, comma-separated")
+	f.StringVar(&endpoints, "etcd", defaultEndpoint, "etcd endpoints, comma-separated")
 	f.StringVar(&clusterName, "cluster", registry.DefaultCluster, "cluster name (etcd key prefix)")
 	f.StringVar(&fp, "model", "", "model fingerprint (default: the cluster's only model)")
 	f.IntVar(&workers, "workers", 1, "number of workers the placement must span")

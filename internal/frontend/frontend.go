@@ -21,7 +21,6 @@ import (
 	"log/slog"
 	"os"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -421,12 +420,7 @@ func gib(b int64) string { return fmt.Sprintf("%.2f GiB", float64(b)/(1<<30)) }
 // 16 named.
 func formatIDs(ids []expert.ID) string {
 	s := slices.Clone(ids)
-	sort.Slice(s, func(i, j int) bool {
-		if s[i].Layer != s[j].Layer {
-			return s[i].Layer < s[j].Layer
-		}
-		return s[i].Expert < s[j].Expert
-	})
+	slices.SortFunc(s, expert.Compare)
 	var parts []string
 	for i, id := range s {
 		if i == 16 {

@@ -28,6 +28,15 @@ type ID struct {
 
 func (id ID) String() string { return fmt.Sprintf("L%d/E%d", id.Layer, id.Expert) }
 
+// Compare orders experts by (layer, expert), for slices.SortFunc: the order
+// placements, stores and checkpoints list experts in.
+func Compare(a, b ID) int {
+	if a.Layer != b.Layer {
+		return a.Layer - b.Layer
+	}
+	return a.Expert - b.Expert
+}
+
 // ErrNotOwned is returned (wrapped) when a plan routes rows to an expert the
 // executor does not hold, e.g. because the caller's placement is stale.
 var ErrNotOwned = errors.New("expert not held here")
@@ -72,7 +81,8 @@ type Executor interface {
 	// plan row r routed to expert e of layer `layer` (unweighted: Combine
 	// applies the weights). x is [T, D]. It returns an error, leaving y
 	// undefined, if an expert is unavailable or ctx ends. Implementations
-	// must be safe for concurrent calls.
+	// must be safe for concurrent calls, and must not touch plan, x or y
+	// once Compute has returned (callers reuse them: model.Workspace).
 	Compute(ctx context.Context, layer int, plan *router.Plan, x []float32, d int, y []float32) error
 }
 
@@ -145,12 +155,18 @@ func (s *Store) Bytes() int64 {
 // Compute implements Executor: for each expert with rows, gather its rows of
 // x, run one FFN over all of them, and write results in plan order. Experts
 // run in parallel when there are few rows per expert (decode), each GEMM is
-// itself parallel when there are many.
+// itself parallel when there are many. Once warm it allocates nothing.
 func (s *Store) Compute(ctx context.Context, layer int, plan *router.Plan, x []float32, d int, y []float32) error {
 	E := plan.NumExperts
-	ffns := make([]*FFN, E)
+	t := computePool.Get().(*computeTask)
+	defer t.release()
+	if cap(t.ffns) < E {
+		t.ffns = make([]*FFN, E)
+	}
+	ffns := t.ffns[:E]
 	s.mu.RLock()
 	for e := 0; e < E; e++ {
+		ffns[e] = nil
 		if lo, hi := plan.Rows(e); hi > lo {
 			ffns[e] = s.experts[ID{layer, e}]
 			if ffns[e] == nil {
@@ -163,30 +179,48 @@ func (s *Store) Compute(ctx context.Context, layer int, plan *router.Plan, x []f
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	run := func(e int) {
-		lo, hi := plan.Rows(e)
-		s.ComputeRows(ffns[e], plan.Token[lo:hi], x, d, y[lo*d:hi*d])
-	}
-	if plan.Len() <= 4*E { // few rows per expert (decode): parallel over the experts that have rows
-		var active []int
-		for e := 0; e < E; e++ {
-			if ffns[e] != nil {
-				active = append(active, e)
-			}
-		}
-		tensor.ParallelFor(len(active), 1, func(a, b int) {
-			for _, e := range active[a:b] {
-				run(e)
-			}
-		})
-		return nil
-	}
+	t.s, t.plan, t.x, t.d, t.y = s, plan, x, d, y
+	t.active = t.active[:0]
 	for e := 0; e < E; e++ {
 		if ffns[e] != nil {
-			run(e)
+			t.active = append(t.active, e)
 		}
 	}
+	if plan.Len() <= 4*E { // few rows per expert (decode): parallel over the experts that have rows
+		tensor.ParallelRange(len(t.active), 1, t)
+		return nil
+	}
+	t.Range(0, len(t.active))
 	return nil
+}
+
+// computeTask is one Compute call: the experts with rows (active, indices
+// into ffns) and the ParallelRange body over them. Pooled, so that Compute
+// allocates nothing once warm.
+type computeTask struct {
+	s      *Store
+	ffns   []*FFN // [E] the expert of each index that has rows, else nil
+	active []int  // experts with rows, ascending
+	plan   *router.Plan
+	x, y   []float32
+	d      int
+}
+
+var computePool = sync.Pool{New: func() any { return new(computeTask) }}
+
+// Range runs experts active[a:b].
+func (t *computeTask) Range(a, b int) {
+	for _, e := range t.active[a:b] {
+		lo, hi := t.plan.Rows(e)
+		t.s.ComputeRows(t.ffns[e], t.plan.Token[lo:hi], t.x, t.d, t.y[lo*t.d:hi*t.d])
+	}
+}
+
+// release drops t's references to the caller's data and pools it.
+func (t *computeTask) release() {
+	clear(t.ffns)
+	t.s, t.plan, t.x, t.y = nil, nil, nil, nil
+	computePool.Put(t)
 }
 
 // ComputeRows runs expert f over the rows x[tokens[i]] (x is [T, D]) and

@@ -1,19 +1,26 @@
-// Package jobs runs training jobs on a Switchyard cluster.
+// Package jobs is the control plane of training jobs on a Switchyard
+// cluster: the job store in etcd and the scheduler.
 //
 // A job is submitted (by `switchyard train --workers N` or any client) as a
-// Spec under /<cluster>/jobs/<id> in etcd. The scheduler (run by the
-// coordinators) assigns it to N live workers, which become its ranks 0..N-1
-// in the Spec's order. Each assigned worker's Runner prepares the job,
+// Spec under /<cluster>/jobs/<id> in etcd. The scheduler (Scheduler, run by
+// the coordinators; its pure core is Decide) assigns it to N live workers,
+// which become its ranks 0..N-1 in the Spec's order. Each assigned worker's
+// job runner (internal/jobrunner, started by pkg/worker) prepares the job,
 // loads the dense replica and the experts it owns for the job, opens an
 // expert-exchange server and a collective-group listener, publishes their
-// addresses under the job's attempt, waits for every rank, and runs
-// train.RunRank. Rank 0 publishes progress under /<cluster>/jobs/<id>/status.
-// A rank that fails marks the attempt failed (first writer wins); the other
-// ranks see it and stop. The scheduler then retries the job on the live
-// workers, resuming from its last checkpoint, until MaxAttempts.
+// addresses under the job's attempt (PutRank), waits for every rank
+// (WaitRanks), and trains. Rank 0 publishes progress under
+// /<cluster>/jobs/<id>/status. A rank that fails marks the attempt failed
+// (first writer wins); the other ranks see it and stop. The scheduler then
+// retries the job on the live workers, resuming from its last checkpoint,
+// until MaxAttempts.
 //
 // Every state change of a Spec is a compare-and-swap on its etcd mod
 // revision, so concurrent schedulers and ranks never overwrite each other.
+//
+// The package holds no trainer code (a Spec's Job is a
+// trainconf.JobConfig, plain data), so the coordinator links the job
+// control plane without the trainer.
 package jobs
 
 import (
@@ -30,7 +37,7 @@ import (
 
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/optim"
-	"github.com/switchyard/switchyard/pkg/train"
+	"github.com/switchyard/switchyard/pkg/train/trainconf"
 )
 
 // State of a job.
@@ -53,15 +60,15 @@ const DefaultMaxAttempts = 3
 
 // Spec is a job as stored in etcd.
 type Spec struct {
-	ID          string             `json:"id"`
-	Job         train.JobConfig    `json:"job"` // paths must be valid on every worker
-	Workers     int                `json:"workers"`
-	MaxAttempts int                `json:"max_attempts"`
-	State       State              `json:"state"`
-	Attempt     int                `json:"attempt"`  // 1 for the first assignment
-	Assigned    []cluster.WorkerID `json:"assigned"` // ranks, in order
-	Error       string             `json:"error,omitempty"`
-	History     []string           `json:"history,omitempty"` // one line per failed attempt
+	ID          string              `json:"id"`
+	Job         trainconf.JobConfig `json:"job"` // paths must be valid on every worker
+	Workers     int                 `json:"workers"`
+	MaxAttempts int                 `json:"max_attempts"`
+	State       State               `json:"state"`
+	Attempt     int                 `json:"attempt"`  // 1 for the first assignment
+	Assigned    []cluster.WorkerID  `json:"assigned"` // ranks, in order
+	Error       string              `json:"error,omitempty"`
+	History     []string            `json:"history,omitempty"` // one line per failed attempt
 	// Golden, if set, makes this a verification job instead of training:
 	// the ranks recompute a golden file's gradients and AdamW losses.
 	Golden    *GoldenTask `json:"golden,omitempty"`

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/router"
@@ -15,18 +16,54 @@ import (
 type Seq struct {
 	Len    int          // tokens in the cache (the next token's position)
 	layers []layerCache // [L]
+	width  cacheWidth
 }
 
 // layerCache is one layer's cache. GQA keeps keys and values, MLA keeps only
-// the compressed latent and the shared RoPE key.
+// the compressed latent and the shared RoPE key. Forward grows the slices
+// geometrically (as append does), so a decoding sequence reallocates them
+// O(log T) times; Seq.Reserve sets room aside up front.
 type layerCache struct {
 	K, V []float32 // GQA: [T, Hkv*Dh] each (K after RoPE)
 	C    []float32 // MLA: [T, R] normalized latent (kv_a_layernorm output)
 	KPE  []float32 // MLA: [T, Dr] RoPE key part, after RoPE
 }
 
+// cacheWidth is the floats per token of each layerCache slice: KV = Hkv*Dh
+// (GQA, 0 for MLA), C = R and KPE = Dr (MLA, 0 for GQA).
+type cacheWidth struct{ KV, C, KPE int }
+
 // NewSeq returns an empty sequence for m.
-func (m *Model) NewSeq() *Seq { return &Seq{layers: make([]layerCache, m.Cfg.Layers)} }
+func (m *Model) NewSeq() *Seq {
+	c := m.Cfg
+	s := &Seq{layers: make([]layerCache, c.Layers)}
+	if c.MLA != nil {
+		s.width = cacheWidth{C: c.MLA.KVLoraRank, KPE: c.MLA.QKRopeDim}
+	} else {
+		s.width = cacheWidth{KV: c.KVHeads * c.HeadDim}
+	}
+	return s
+}
+
+// Reserve makes room in the cache for n more tokens, so that Forward calls
+// adding up to n tokens in all do not reallocate it (a decoding step then
+// allocates nothing; see Workspace).
+func (s *Seq) Reserve(n int) {
+	w := s.width
+	for i := range s.layers {
+		c := &s.layers[i]
+		c.K = slices.Grow(c.K, n*w.KV)
+		c.V = slices.Grow(c.V, n*w.KV)
+		c.C = slices.Grow(c.C, n*w.C)
+		c.KPE = slices.Grow(c.KPE, n*w.KPE)
+	}
+}
+
+// extend lengthens a cache slice by n floats (contents undefined), growing
+// its capacity geometrically when it is short.
+func extend(s []float32, n int) []float32 {
+	return slices.Grow(s, n)[:len(s)+n]
+}
 
 // CacheBytes is the memory the KV cache holds for the tokens in it (not
 // counting spare capacity).
@@ -76,9 +113,16 @@ type Options struct {
 	// owners, and the combine), SharedExperts, DenseMLP, Head (embedding,
 	// final norm, lm_head) and Total. A few time.Now calls per layer.
 	Prof *Profile
+	// Workspace, if set, holds the call's temporaries and its Output, which
+	// then aliases it (valid until the next Forward with the same
+	// Workspace; see Workspace): a decoding loop that passes the same one
+	// every step allocates nothing per step. Nil: the call allocates its
+	// own, and the Output belongs to the caller.
+	Workspace *Workspace
 }
 
-// Output is what Forward computed.
+// Output is what Forward computed. With Options.Workspace its slices alias
+// the Workspace and are overwritten by the next call that uses it.
 type Output struct {
 	// Logits [rows, V]: every token in batch order if Options.AllLogits,
 	// else the last token of each sequence ([B, V]).
@@ -95,14 +139,20 @@ type Output struct {
 // whole batch through the model together (N = sum of len(tokens[b]) rows;
 // MoE layers see all N rows at once, so each expert runs one GEMM over its
 // rows from every sequence). Token ids are checked against the vocabulary.
-// On error the sequences are left unchanged.
+// On error the sequences are left unchanged. Concurrent calls are safe on
+// distinct sequences and distinct Workspaces (or none).
 func (m *Model) Forward(ctx context.Context, seqs []*Seq, tokens [][]int32, opt Options) (*Output, error) {
 	c := m.Cfg
 	if len(seqs) != len(tokens) {
 		return nil, fmt.Errorf("model: %d sequences but %d token lists", len(seqs), len(tokens))
 	}
+	ws := opt.Workspace
+	if ws == nil {
+		ws = new(Workspace)
+	}
 	N := 0
-	starts := make([]int, len(seqs)+1)
+	starts := fit(&ws.starts, len(seqs)+1)
+	starts[0] = 0
 	for b, t := range tokens {
 		if len(t) == 0 {
 			return nil, fmt.Errorf("model: sequence %d: no tokens to process", b)
@@ -119,13 +169,13 @@ func (m *Model) Forward(ctx context.Context, seqs []*Seq, tokens [][]int32, opt 
 		starts[b+1] = N
 	}
 	// Roll back cache growth on failure: remember lengths.
-	saved := make([][4]int, len(seqs)*c.Layers)
+	saved := fit(&ws.saved, len(seqs)*c.Layers)
 	for b, s := range seqs {
 		for l, lc := range s.layers {
 			saved[b*c.Layers+l] = [4]int{len(lc.K), len(lc.V), len(lc.C), len(lc.KPE)}
 		}
 	}
-	out, err := m.forward(ctx, seqs, tokens, starts, N, opt)
+	out, err := m.forward(ctx, ws, seqs, tokens, N, opt)
 	if err != nil {
 		for b, s := range seqs {
 			for l := range s.layers {
@@ -139,31 +189,45 @@ func (m *Model) Forward(ctx context.Context, seqs []*Seq, tokens [][]int32, opt 
 	for b, s := range seqs {
 		s.Len += len(tokens[b])
 	}
+	if opt.Workspace == nil {
+		o := *out // the caller keeps the Output's slices, not the scratch around them
+		return &o, nil
+	}
 	return out, nil
 }
 
-func (m *Model) forward(ctx context.Context, seqs []*Seq, tokens [][]int32, starts []int, N int, opt Options) (*Output, error) {
+func (m *Model) forward(ctx context.Context, ws *Workspace, seqs []*Seq, tokens [][]int32, N int, opt Options) (*Output, error) {
 	c := m.Cfg
-	D := c.Hidden
-	out := &Output{}
+	D, nl := c.Hidden, c.Layers
+	starts := ws.starts
+	out := &ws.out
+	*out = Output{}
 	prof := opt.Prof
 	tm := prof.start()
 	t0 := tm
 	defer t0.lap(total)
-	x := make([]float32, N*D) // residual stream [N, D]
+	x := fit(&ws.x, N*D) // residual stream [N, D]
 	for b, t := range tokens {
 		for i, id := range t {
 			m.Embed.Row(x[(starts[b]+i)*D:], int(id))
 		}
 	}
 	if opt.Hidden {
-		out.Hidden = append(out.Hidden, append([]float32(nil), x...))
+		hidden := fit(&ws.hidden, (nl+1)*N*D)
+		out.Hidden = fit(&ws.hrows, nl+1)
+		for l := range out.Hidden {
+			out.Hidden[l] = hidden[l*N*D : (l+1)*N*D : (l+1)*N*D]
+		}
+		copy(out.Hidden[0], x)
 	}
+	routes := fit(&ws.routes, 1) // without Options.Routing every layer reuses one
 	if opt.Routing {
-		out.Routing = make([]*router.Routing, c.Layers)
+		routes = fit(&ws.routes, nl)
+		out.Routing = fit(&ws.rptrs, nl)
+		clear(out.Routing)
 	}
-	h := make([]float32, N*D)
-	a := make([]float32, N*D)
+	h := fit(&ws.h, N*D)
+	a := fit(&ws.a, N*D)
 	tm.lap(head)
 	for l := range m.Layers {
 		if err := ctx.Err(); err != nil {
@@ -174,9 +238,9 @@ func (m *Model) forward(ctx context.Context, seqs []*Seq, tokens [][]int32, star
 		for b, s := range seqs {
 			lo, hi := starts[b], starts[b+1]
 			if c.MLA != nil {
-				m.mla(l, &s.layers[l], s.Len, h[lo*D:hi*D], hi-lo, a[lo*D:hi*D], opt.MLA)
+				m.mla(ws, l, &s.layers[l], s.Len, h[lo*D:hi*D], hi-lo, a[lo*D:hi*D], opt.MLA)
 			} else {
-				m.gqa(l, &s.layers[l], s.Len, h[lo*D:hi*D], hi-lo, a[lo*D:hi*D])
+				m.gqa(ws, l, &s.layers[l], s.Len, h[lo*D:hi*D], hi-lo, a[lo*D:hi*D])
 			}
 		}
 		if ob := L.Attn.OBias; ob != nil {
@@ -186,25 +250,26 @@ func (m *Model) forward(ctx context.Context, seqs []*Seq, tokens [][]int32, star
 		tensor.RMSNormRows(h, x, L.PostNorm, N, D, c.RMSEps)
 		tm.lap(attn)
 		if L.MLP != nil {
-			L.MLP.Forward(a, h, N, nil)
+			L.MLP.Forward(a, h, N, fit(&ws.ffn, 2*N*c.Inter))
 			tm.lap(dense)
 		} else {
-			r, err := m.moe(ctx, l, h, N, a, &tm)
-			if err != nil {
-				return nil, err
-			}
+			r := &routes[0]
 			if opt.Routing {
+				r = &routes[l]
 				out.Routing[l] = r
+			}
+			if err := m.moe(ctx, ws, l, h, N, a, r, &tm); err != nil {
+				return nil, err
 			}
 		}
 		tensor.Add(x, a)
-		if opt.Hidden && l < c.Layers-1 {
-			out.Hidden = append(out.Hidden, append([]float32(nil), x...))
+		if opt.Hidden && l < nl-1 {
+			copy(out.Hidden[l+1], x)
 		}
 	}
 	tensor.RMSNormRows(x, x, m.Norm, N, D, c.RMSEps)
 	if opt.Hidden {
-		out.Hidden = append(out.Hidden, append([]float32(nil), x...))
+		copy(out.Hidden[nl], x)
 	}
 	defer tm.lap(head)
 	if opt.NoLogits {
@@ -213,43 +278,43 @@ func (m *Model) forward(ctx context.Context, seqs []*Seq, tokens [][]int32, star
 	rows, src := N, x
 	if !opt.AllLogits {
 		rows = len(seqs)
-		src = make([]float32, rows*D)
+		src = fit(&ws.last, rows*D)
 		for b := range seqs {
 			copy(src[b*D:(b+1)*D], x[(starts[b+1]-1)*D:starts[b+1]*D])
 		}
 	}
-	out.Logits = make([]float32, rows*c.Vocab)
+	n := rows * c.Vocab
+	out.Logits = fit(&ws.logits, n)[:n:n] // capped: a caller's append copies
 	tensor.Linear(out.Logits, src, rows, &m.LMHead, 0)
 	return out, nil
 }
 
-// moe computes a sparse layer's output for h [N, D] into y [N, D] and
-// returns the routing; tm (may hold a nil profile) gets its parts' times.
-func (m *Model) moe(ctx context.Context, l int, h []float32, N int, y []float32, tm *timer) (*router.Routing, error) {
+// moe computes a sparse layer's output for h [N, D] into y [N, D], routing
+// into r; tm (may hold a nil profile) gets its parts' times.
+func (m *Model) moe(ctx context.Context, ws *Workspace, l int, h []float32, N int, y []float32, r *router.Routing, tm *timer) error {
 	c := m.Cfg
 	L := &m.Layers[l]
 	D := c.Hidden
 	E := c.MoE.Router.NumExperts
-	logits := make([]float32, N*E)
+	logits := fit(&ws.gate, N*E)
 	tensor.Linear(logits, h, N, &L.Gate, 0)
-	r := &router.Routing{}
 	c.MoE.Router.Route(logits, N, L.ScoreBias, r)
-	var plan router.Plan
+	plan := &ws.plan
 	plan.Build(r)
-	rows := make([]float32, plan.Len()*D)
+	rows := fit(&ws.rows, plan.Len()*D)
 	tm.lap(rout)
-	if err := m.Experts.Compute(ctx, l, &plan, h, D, rows); err != nil {
-		return nil, fmt.Errorf("layer %d experts: %w", l, err)
+	if err := m.Experts.Compute(ctx, l, plan, h, D, rows); err != nil {
+		return fmt.Errorf("layer %d experts: %w", l, err)
 	}
 	clear(y[:N*D])
-	expert.Combine(y, D, &plan, rows)
+	expert.Combine(y, D, plan, rows)
 	tm.lap(exps)
 	if L.Shared != nil {
 		defer tm.lap(shared)
-		s := make([]float32, N*D)
-		L.Shared.Forward(s, h, N, nil)
+		s := fit(&ws.shared, N*D)
+		L.Shared.Forward(s, h, N, fit(&ws.ffn, 2*N*c.MoE.SharedInter))
 		if c.MoE.SharedGate {
-			g := make([]float32, N)
+			g := fit(&ws.sgate, N)
 			tensor.Linear(g, h, N, &L.SharedGate, 0)
 			for t := 0; t < N; t++ {
 				tensor.Scale(tensor.Sigmoid(g[t]), s[t*D:(t+1)*D])
@@ -257,19 +322,21 @@ func (m *Model) moe(ctx context.Context, l int, h []float32, N int, y []float32,
 		}
 		tensor.Add(y[:N*D], s)
 	}
-	return r, nil
+	return nil
 }
 
 // gqa runs grouped-query attention for n new tokens of one sequence whose
 // cache holds pos0 tokens: h [n, D] -> out [n, D] (before o_proj bias).
-func (m *Model) gqa(l int, lc *layerCache, pos0 int, h []float32, n int, out []float32) {
+// The new keys and values are projected straight into the cache.
+func (m *Model) gqa(ws *Workspace, l int, lc *layerCache, pos0 int, h []float32, n int, out []float32) {
 	c := m.Cfg
 	A := &m.Layers[l].Attn
 	H, Hkv, Dh := c.Heads, c.KVHeads, c.HeadDim
 	qd, kd := H*Dh, Hkv*Dh
-	q := make([]float32, n*qd)
-	k := make([]float32, n*kd)
-	v := make([]float32, n*kd)
+	q := fit(&ws.q, n*qd)
+	T := len(lc.K)
+	lc.K, lc.V = extend(lc.K, n*kd), extend(lc.V, n*kd)
+	k, v := lc.K[T:], lc.V[T:] // [n, Hkv*Dh] each
 	tensor.Linear(q, h, n, &A.Q, 0)
 	tensor.Linear(k, h, n, &A.K, 0)
 	tensor.Linear(v, h, n, &A.V, 0)
@@ -300,35 +367,25 @@ func (m *Model) gqa(l int, lc *layerCache, pos0 int, h []float32, n int, out []f
 			m.applyRope(k[i*kd+hh*Dh:], cos, sin)
 		}
 	}
-	lc.K = append(lc.K, k...)
-	lc.V = append(lc.V, v...)
-	P := pos0 + n
-	attn := make([]float32, n*qd)
-	group := H / Hkv
-	tensor.ParallelFor(H, 1, func(h0, h1 int) {
-		s := make([]float32, n*P)
-		for hh := h0; hh < h1; hh++ {
-			g := hh / group
-			tensor.Gemm(false, true, n, P, Dh, c.AttnScale, q[hh*Dh:], qd, lc.K[g*Dh:], kd, 0, s, P)
-			m.maskSoftmax(l, s, n, P, pos0)
-			tensor.Gemm(false, false, n, Dh, P, 1, s, P, lc.V[g*Dh:], kd, 0, attn[hh*Dh:], qd)
-		}
-	})
+	attn := fit(&ws.attn, n*qd)
+	t := &ws.heads
+	t.m, t.l, t.lc, t.n, t.P, t.pos0, t.q, t.kv, t.attn = m, l, lc, n, pos0+n, pos0, q, nil, attn
+	t.run()
 	tensor.Linear(out, attn, n, &A.O, 0)
 }
 
 // mla runs Multi-head Latent Attention for n new tokens of one sequence.
 // Only the latent C [T, R] and the RoPE key KPE [T, Dr] are cached.
-func (m *Model) mla(l int, lc *layerCache, pos0 int, h []float32, n int, out []float32, mode MLAMode) {
+func (m *Model) mla(ws *Workspace, l int, lc *layerCache, pos0 int, h []float32, n int, out []float32, mode MLAMode) {
 	c := m.Cfg
 	ml := c.MLA
 	A := &m.Layers[l].Attn
 	H, R, Dn, Dr, Dv := c.Heads, ml.KVLoraRank, ml.QKNopeDim, ml.QKRopeDim, ml.VDim
 	qh := Dn + Dr // per-head query width
 	qd := H * qh
-	q := make([]float32, n*qd)
+	q := fit(&ws.q, n*qd)
 	if ml.QLoraRank > 0 {
-		qa := make([]float32, n*ml.QLoraRank)
+		qa := fit(&ws.qa, n*ml.QLoraRank)
 		tensor.Linear(qa, h, n, &A.QA, 0)
 		if A.QABias != nil {
 			tensor.AddBias(qa, A.QABias, n)
@@ -339,13 +396,14 @@ func (m *Model) mla(l int, lc *layerCache, pos0 int, h []float32, n int, out []f
 	} else {
 		tensor.Linear(q, h, n, &A.Q, 0)
 	}
-	kva := make([]float32, n*(R+Dr))
+	kva := fit(&ws.kva, n*(R+Dr))
 	tensor.Linear(kva, h, n, &A.KVA, 0)
 	if A.KVABias != nil {
 		tensor.AddBias(kva, A.KVABias, n)
 	}
-	cNew := make([]float32, n*R)
-	kpeNew := make([]float32, n*Dr)
+	tc, tp := len(lc.C), len(lc.KPE)
+	lc.C, lc.KPE = extend(lc.C, n*R), extend(lc.KPE, n*Dr)
+	cNew, kpeNew := lc.C[tc:], lc.KPE[tp:] // [n, R], [n, Dr]
 	for i := 0; i < n; i++ {
 		tensor.RMSNorm(cNew[i*R:(i+1)*R], kva[i*(R+Dr):i*(R+Dr)+R], A.KVANorm, 1e-6)
 		copy(kpeNew[i*Dr:(i+1)*Dr], kva[i*(R+Dr)+R:(i+1)*(R+Dr)])
@@ -355,8 +413,6 @@ func (m *Model) mla(l int, lc *layerCache, pos0 int, h []float32, n int, out []f
 			m.applyRope(q[i*qd+hh*qh+Dn:], cos, sin)
 		}
 	}
-	lc.C = append(lc.C, cNew...)
-	lc.KPE = append(lc.KPE, kpeNew...)
 	P := pos0 + n
 	if mode == MLAAuto {
 		mode = MLANaive
@@ -364,40 +420,15 @@ func (m *Model) mla(l int, lc *layerCache, pos0 int, h []float32, n int, out []f
 			mode = MLAAbsorbed
 		}
 	}
-	attn := make([]float32, n*H*Dv)
-	kvb := &A.KVB
+	attn := fit(&ws.attn, n*H*Dv)
+	var kv []float32
 	if mode == MLANaive {
-		kvw := Dn + Dv
-		kv := make([]float32, P*H*kvw) // [P, H*(Dn+Dv)]
-		tensor.Linear(kv, lc.C, P, kvb, 0)
-		tensor.ParallelFor(H, 1, func(h0, h1 int) {
-			s := make([]float32, n*P)
-			for hh := h0; hh < h1; hh++ {
-				tensor.Gemm(false, true, n, P, Dn, c.AttnScale, q[hh*qh:], qd, kv[hh*kvw:], H*kvw, 0, s, P)
-				tensor.Gemm(false, true, n, P, Dr, c.AttnScale, q[hh*qh+Dn:], qd, lc.KPE, Dr, 1, s, P)
-				m.maskSoftmax(l, s, n, P, pos0)
-				tensor.Gemm(false, false, n, Dv, P, 1, s, P, kv[hh*kvw+Dn:], H*kvw, 0, attn[hh*Dv:], H*Dv)
-			}
-		})
-	} else {
-		tensor.ParallelFor(H, 1, func(h0, h1 int) {
-			s := make([]float32, n*P)
-			qlat := make([]float32, n*R)
-			olat := make([]float32, n*R)
-			for hh := h0; hh < h1; hh++ {
-				ukRow := hh * (Dn + Dv) // W_UK_h = kv_b_proj rows [ukRow, ukRow+Dn): [Dn, R]
-				uvRow := ukRow + Dn     // W_UV_h = rows [uvRow, uvRow+Dv): [Dv, R]
-				// qlat [n, R] = q_nope_h [n, Dn] @ W_UK_h [Dn, R]
-				matmulRows(qlat, R, q[hh*qh:], qd, n, kvb, ukRow, Dn, false)
-				tensor.Gemm(false, true, n, P, R, c.AttnScale, qlat, R, lc.C, R, 0, s, P)
-				tensor.Gemm(false, true, n, P, Dr, c.AttnScale, q[hh*qh+Dn:], qd, lc.KPE, Dr, 1, s, P)
-				m.maskSoftmax(l, s, n, P, pos0)
-				tensor.Gemm(false, false, n, R, P, 1, s, P, lc.C, R, 0, olat, R)
-				// out_h [n, Dv] = olat [n, R] @ W_UV_h^T
-				matmulRows(attn[hh*Dv:], H*Dv, olat, R, n, kvb, uvRow, Dv, true)
-			}
-		})
+		kv = fit(&ws.kv, P*H*(Dn+Dv)) // [P, H*(Dn+Dv)]
+		tensor.Linear(kv, lc.C, P, &A.KVB, 0)
 	}
+	t := &ws.heads
+	t.m, t.l, t.mla, t.lc, t.n, t.P, t.pos0, t.q, t.kv, t.attn = m, l, mode, lc, n, P, pos0, q, kv, attn
+	t.run()
 	tensor.Linear(out, attn, n, &A.O, 0)
 }
 

@@ -118,7 +118,10 @@ type GenerateConfig struct {
 
 // Generate continues each prompt, running all sequences as one batch, and
 // calls emit(b, id) for every new token of sequence b as soon as it is
-// chosen (emit may be nil). It returns the new tokens per sequence.
+// chosen (emit may be nil). It returns the new tokens per sequence. The
+// steps share one Workspace and each cache is reserved for its prompt and
+// MaxTokens (at most the model's context) up front, so a decode step
+// allocates nothing in the model.
 func (m *Model) Generate(ctx context.Context, prompts [][]int32, cfg GenerateConfig, emit func(b int, id int32)) ([][]int32, error) {
 	if cfg.MaxTokens <= 0 {
 		return nil, fmt.Errorf("model: max tokens %d must be > 0", cfg.MaxTokens)
@@ -134,39 +137,43 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int32, cfg GenerateCon
 		sc.Seed += uint64(b)
 		samplers[b] = NewSampler(sc)
 		seqs[b] = m.NewSeq()
+		seqs[b].Reserve(min(len(prompts[b])+cfg.MaxTokens, max(len(prompts[b]), m.Cfg.MaxPos)))
 	}
 	out := make([][]int32, B)
 	done := make([]bool, B)
-	next := prompts
+	last := make([]int32, B) // each sequence's latest token, fed at the next step
+	var ws Workspace
+	active := make([]int, 0, B)
+	ss := make([]*Seq, 0, B)
+	toks := make([][]int32, 0, B)
 	for step := 0; step < cfg.MaxTokens; step++ {
-		var active []int
+		active, ss, toks = active[:0], ss[:0], toks[:0]
 		for b := range prompts {
-			if !done[b] {
-				active = append(active, b)
+			if done[b] {
+				continue
 			}
+			t := prompts[b]
+			switch {
+			case cfg.Recompute:
+				seqs[b].Reset()
+				t = append(append([]int32(nil), prompts[b]...), out[b]...)
+			case step > 0:
+				t = last[b : b+1]
+			}
+			active, ss, toks = append(active, b), append(ss, seqs[b]), append(toks, t)
 		}
 		if len(active) == 0 {
 			break
 		}
-		ss := make([]*Seq, len(active))
-		toks := make([][]int32, len(active))
-		for i, b := range active {
-			ss[i], toks[i] = seqs[b], next[b]
-			if cfg.Recompute {
-				seqs[b].Reset()
-				toks[i] = append(append([]int32(nil), prompts[b]...), out[b]...)
-			}
-		}
-		res, err := m.Forward(ctx, ss, toks, Options{MLA: cfg.MLA})
+		res, err := m.Forward(ctx, ss, toks, Options{MLA: cfg.MLA, Workspace: &ws})
 		if err != nil {
 			return out, err
 		}
 		V := m.Cfg.Vocab
-		nextStep := make([][]int32, B)
 		for i, b := range active {
 			id := samplers[b].Sample(res.Logits[i*V : (i+1)*V])
 			out[b] = append(out[b], id)
-			nextStep[b] = []int32{id}
+			last[b] = id
 			if emit != nil {
 				emit(b, id)
 			}
@@ -176,7 +183,6 @@ func (m *Model) Generate(ctx context.Context, prompts [][]int32, cfg GenerateCon
 				}
 			}
 		}
-		next = nextStep
 	}
 	return out, nil
 }

@@ -134,7 +134,7 @@ func newPlanner(in Input) (*planner, error) {
 		p.widx[w.ID] = i
 	}
 	p.experts = slices.Clone(in.Experts)
-	sort.Slice(p.experts, func(i, j int) bool { return less(p.experts[i].ID, p.experts[j].ID) })
+	sort.Slice(p.experts, func(i, j int) bool { return expert.Compare(p.experts[i].ID, p.experts[j].ID) < 0 })
 	maxLayer := -1
 	for i, e := range p.experts {
 		if e.ID.Layer < 0 || e.ID.Expert < 0 {
@@ -189,13 +189,6 @@ func newPlanner(in Input) (*planner, error) {
 		p.lcount[w] = make([]int, p.nLayers)
 	}
 	return p, nil
-}
-
-func less(a, b expert.ID) bool {
-	if a.Layer != b.Layer {
-		return a.Layer < b.Layer
-	}
-	return a.Expert < b.Expert
 }
 
 func (p *planner) fits(w, e int) bool {
@@ -577,7 +570,7 @@ func Diff(prev, next *cluster.Placement) Change {
 func sortCopies(cs []Copy) {
 	sort.Slice(cs, func(i, j int) bool {
 		if cs[i].Expert != cs[j].Expert {
-			return less(cs[i].Expert, cs[j].Expert)
+			return expert.Compare(cs[i].Expert, cs[j].Expert) < 0
 		}
 		return cs[i].Worker < cs[j].Worker
 	})

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"path/filepath"
 	"sort"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/switchyard/switchyard/internal/backoff"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/model"
@@ -158,14 +160,14 @@ func (r *Registry) WatchModels(ctx context.Context) <-chan []ModelRecord {
 	out := make(chan []ModelRecord)
 	go func() {
 		defer close(out)
-		retry := newBackoff()
+		retry := backoff.New(50*time.Millisecond, 2*time.Second)
 		for r.alive(ctx) {
 			recs, rev, err := r.Models(ctx)
 			if err != nil {
-				retry.wait(ctx)
+				retry.Wait(ctx)
 				continue
 			}
-			retry.reset()
+			retry.Reset()
 			select {
 			case out <- recs:
 			case <-ctx.Done():

@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
+	"github.com/switchyard/switchyard/internal/backoff"
 	"github.com/switchyard/switchyard/pkg/cluster"
 )
 
@@ -143,12 +145,12 @@ func (r *Registry) WatchPlacement(ctx context.Context, fp string) <-chan Placeme
 				return false
 			}
 		}
-		retry := newBackoff()
+		retry := backoff.New(50*time.Millisecond, 2*time.Second)
 		last := int64(-1) // ModRevision of the last update sent
 		for r.alive(ctx) {
 			resp, err := r.cli.Get(ctx, key)
 			if err != nil {
-				retry.wait(ctx)
+				retry.Wait(ctx)
 				continue
 			}
 			u := PlacementUpdate{}
@@ -158,7 +160,7 @@ func (r *Registry) WatchPlacement(ctx context.Context, fp string) <-chan Placeme
 					u = PlacementUpdate{Placement: p, Rev: resp.Kvs[0].ModRevision}
 				}
 			}
-			retry.reset()
+			retry.Reset()
 			if u.Rev != last && !send(u) {
 				return
 			}
@@ -185,7 +187,7 @@ func (r *Registry) WatchPlacement(ctx context.Context, fp string) <-chan Placeme
 				}
 			}
 			cancel()
-			retry.wait(ctx) // the watch broke: re-list shortly, never spin
+			retry.Wait(ctx) // the watch broke: re-list shortly, never spin
 		}
 	}()
 	return out

@@ -37,6 +37,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
+	"github.com/switchyard/switchyard/internal/backoff"
 	"github.com/switchyard/switchyard/pkg/cluster"
 )
 
@@ -225,14 +226,14 @@ func (r *Registry) WatchWorkers(ctx context.Context) <-chan WorkerSet {
 				return false
 			}
 		}
-		retry := newBackoff()
+		retry := backoff.New(50*time.Millisecond, 2*time.Second)
 		for r.alive(ctx) {
 			resp, err := r.cli.Get(ctx, r.WorkersPrefix(), clientv3.WithPrefix())
 			if err != nil {
-				retry.wait(ctx)
+				retry.Wait(ctx)
 				continue
 			}
-			retry.reset()
+			retry.Reset()
 			m := map[string]entry{}
 			bad := map[string]bool{}
 			for _, kv := range resp.Kvs {
@@ -269,7 +270,7 @@ func (r *Registry) WatchWorkers(ctx context.Context) <-chan WorkerSet {
 				}
 			}
 			cancel()
-			retry.wait(ctx) // the watch broke: re-list shortly, never spin
+			retry.Wait(ctx) // the watch broke: re-list shortly, never spin
 		}
 	}()
 	return out
@@ -286,23 +287,6 @@ func keys(m map[string]bool) []string {
 // alive reports whether a watch loop should go on.
 func (r *Registry) alive(ctx context.Context) bool {
 	return ctx.Err() == nil && r.cli.Ctx().Err() == nil
-}
-
-// backoff spaces retries of a failing etcd call: 50 ms doubling to 2 s.
-type backoff struct{ d time.Duration }
-
-func newBackoff() *backoff { return &backoff{d: 50 * time.Millisecond} }
-
-func (b *backoff) reset() { b.d = 50 * time.Millisecond }
-
-func (b *backoff) wait(ctx context.Context) {
-	t := time.NewTimer(b.d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-	case <-ctx.Done():
-	}
-	b.d = min(2*b.d, 2*time.Second)
 }
 
 // WaitWorkers watches the worker set until cond accepts it and returns

@@ -9,6 +9,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/switchyard/switchyard/internal/backoff"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
 )
@@ -107,15 +108,15 @@ func (r *Registry) WatchPlacementStatus(ctx context.Context, fp string) <-chan *
 				return false
 			}
 		}
-		retry := newBackoff()
+		retry := backoff.New(50*time.Millisecond, 2*time.Second)
 		last := int64(-1) // ModRevision of the last value sent (0: absent)
 		for r.alive(ctx) {
 			resp, err := r.cli.Get(ctx, key)
 			if err != nil {
-				retry.wait(ctx)
+				retry.Wait(ctx)
 				continue
 			}
-			retry.reset()
+			retry.Reset()
 			var cur *PlacementStatus
 			rev := int64(0)
 			if len(resp.Kvs) > 0 {
@@ -150,7 +151,7 @@ func (r *Registry) WatchPlacementStatus(ctx context.Context, fp string) <-chan *
 				}
 			}
 			cancel()
-			retry.wait(ctx) // the watch broke: re-list shortly, never spin
+			retry.Wait(ctx) // the watch broke: re-list shortly, never spin
 		}
 	}()
 	return out
@@ -192,14 +193,14 @@ func (r *Registry) WatchStats(ctx context.Context) <-chan []WorkerStats {
 			var s WorkerStats
 			return s, json.Unmarshal(v, &s) == nil
 		}
-		retry := newBackoff()
+		retry := backoff.New(50*time.Millisecond, 2*time.Second)
 		for r.alive(ctx) {
 			resp, err := r.cli.Get(ctx, prefix, clientv3.WithPrefix())
 			if err != nil {
-				retry.wait(ctx)
+				retry.Wait(ctx)
 				continue
 			}
-			retry.reset()
+			retry.Reset()
 			m := map[string]WorkerStats{}
 			for _, kv := range resp.Kvs {
 				if s, ok := decode(kv.Value); ok {
@@ -229,7 +230,7 @@ func (r *Registry) WatchStats(ctx context.Context) <-chan []WorkerStats {
 				}
 			}
 			cancel()
-			retry.wait(ctx)
+			retry.Wait(ctx)
 		}
 	}()
 	return out

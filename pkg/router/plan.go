@@ -15,6 +15,8 @@ type Plan struct {
 	Token      []int32   // [T*K] source token of each row
 	Choice     []int32   // [T*K] which of the token's K choices the row is (0 = best)
 	Weight     []float32 // [T*K] combine weight of each row
+
+	next []int32 // Build's scratch: [E] next free row per expert
 }
 
 // Build fills p from r (a counting sort by expert, stable in token order).
@@ -36,7 +38,8 @@ func (p *Plan) Build(r *Routing) {
 	for e := 0; e < E; e++ {
 		p.Offsets[e+1] += p.Offsets[e]
 	}
-	next := make([]int32, E)
+	p.next = grow(p.next, E)
+	next := p.next
 	copy(next, p.Offsets[:E])
 	for i, id := range r.IDs[:n] {
 		row := next[id]

@@ -110,6 +110,12 @@ type Routing struct {
 	IDs     []int32   // [T, K] chosen experts, best first
 	Weights []float32 // [T, K] combine weights
 	Scores  []float32 // [T, E] unbiased scores (softmax probabilities or sigmoids)
+
+	// Route's scratch, kept so that routing into a reused Routing
+	// allocates nothing.
+	choice      []float32 // [E] selection scores of one token
+	groupScores []float32 // [G]
+	groupIdx    []int32   // [TopKGroups]
 }
 
 // Route computes expert choices for T tokens from router logits [T, E].
@@ -131,12 +137,14 @@ func (c *Config) Route(logits []float32, tokens int, bias []float32, r *Routing)
 	if scale == 0 {
 		scale = 1
 	}
-	choice := make([]float32, E) // selection scores (biased, masked)
+	r.choice = grow(r.choice, E) // selection scores (biased, masked)
+	choice := r.choice
 	var groupScores []float32
 	var groupIdx []int32
 	if c.NumGroups > 1 {
-		groupScores = make([]float32, c.NumGroups)
-		groupIdx = make([]int32, c.TopKGroups)
+		r.groupScores = grow(r.groupScores, c.NumGroups)
+		r.groupIdx = grow(r.groupIdx, c.TopKGroups)
+		groupScores, groupIdx = r.groupScores, r.groupIdx
 	}
 	for t := 0; t < tokens; t++ {
 		s := r.Scores[t*E : (t+1)*E]

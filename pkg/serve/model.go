@@ -2,6 +2,7 @@ package serve
 
 import (
 	"context"
+	"time"
 
 	"github.com/switchyard/switchyard/pkg/model"
 )
@@ -46,9 +47,20 @@ type Profiled interface {
 // remote (m.Experts), to Model (and Profiled).
 func FromModel(m *model.Model) Model { return &loaded{m: m} }
 
+// FromModelOverlapped is FromModel with two-micro-batch overlap (as
+// DeepSeek's inference and SGLang do it): a step of two or more sequences
+// is split into two halves of about equal token counts that run as two
+// concurrent forward passes, so while one half waits for its experts'
+// owners (the exchange), the other computes attention. Worth it when the
+// experts are remote and the exchange waits on the network; the halves
+// compute the same tokens, but with matrix shapes of half the rows (the
+// last bits of a logit may differ from the whole batch's).
+func FromModelOverlapped(m *model.Model) Model { return &loaded{m: m, overlap: true} }
+
 type loaded struct {
-	m    *model.Model
-	last model.Profile
+	m       *model.Model
+	overlap bool
+	last    model.Profile
 }
 
 func (l *loaded) LastProfile() model.Profile { return l.last }
@@ -76,9 +88,52 @@ func (l *loaded) Forward(ctx context.Context, seqs []Seq, tokens [][]int32) ([]f
 		ss[i] = s.(loadedSeq).s
 	}
 	l.last = model.Profile{}
+	if l.overlap && len(ss) >= 2 {
+		return l.forwardOverlapped(ctx, ss, tokens)
+	}
 	out, err := l.m.Forward(ctx, ss, tokens, model.Options{Prof: &l.last})
 	if err != nil {
 		return nil, err
 	}
 	return out.Logits, nil
+}
+
+// forwardOverlapped runs the step as two concurrent halves (see
+// FromModelOverlapped) and returns the logits in sequence order. The
+// profile's parts add up both halves; its Total is the step's wall time.
+func (l *loaded) forwardOverlapped(ctx context.Context, ss []*model.Seq, tokens [][]int32) ([]float32, error) {
+	total := 0
+	for _, t := range tokens {
+		total += len(t)
+	}
+	k, acc := 1, len(tokens[0])
+	for k < len(tokens)-1 && 2*(acc+len(tokens[k])) <= total {
+		acc += len(tokens[k])
+		k++
+	}
+	start := time.Now()
+	var pb model.Profile
+	var ob *model.Output
+	var eb error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ob, eb = l.m.Forward(ctx, ss[k:], tokens[k:], model.Options{Prof: &pb})
+	}()
+	oa, ea := l.m.Forward(ctx, ss[:k], tokens[:k], model.Options{Prof: &l.last})
+	<-done
+	l.last.Attention += pb.Attention
+	l.last.Router += pb.Router
+	l.last.Experts += pb.Experts
+	l.last.SharedExperts += pb.SharedExperts
+	l.last.DenseMLP += pb.DenseMLP
+	l.last.Head += pb.Head
+	l.last.Total = time.Since(start)
+	if ea != nil {
+		return nil, ea
+	}
+	if eb != nil {
+		return nil, eb
+	}
+	return append(oa.Logits, ob.Logits...), nil
 }

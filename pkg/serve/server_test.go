@@ -110,11 +110,16 @@ func (ts *testServer) postAsync(ctx context.Context, path string, body any) <-ch
 // request is queued, so that they run as one batch: each answer is the
 // same. Greedy requests use prompts whose top-2 logit margins are far
 // above the rounding differences between batched and single decoding
-// (see the package documentation).
+// (see the package documentation). The batch also runs as two overlapped
+// micro-batches (FromModelOverlapped): the same answers.
 func TestBatchedEqualsOneAtATime(t *testing.T) {
 	tok := gpt2(t)
-	for _, name := range []string{"mixtral", "deepseek_v3_bf16"} {
-		t.Run(name, func(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		overlap bool
+	}{{"mixtral", false}, {"deepseek_v3_bf16", false}, {"mixtral", true}, {"deepseek_v3_bf16", true}} {
+		name := tc.name
+		t.Run(fmt.Sprintf("%s/overlap=%v", name, tc.overlap), func(t *testing.T) {
 			g := loadGolden(t, name)
 			type req struct {
 				path string
@@ -150,7 +155,11 @@ func TestBatchedEqualsOneAtATime(t *testing.T) {
 				want[i] = alone.complete(t, r.path, r.body)
 			}
 
-			gt := newGate(FromModel(g.m))
+			mk := FromModel
+			if tc.overlap {
+				mk = FromModelOverlapped
+			}
+			gt := newGate(mk(g.m))
 			batched := start(t, gt, Config{MaxSeqs: 8})
 			replies := make([]<-chan reply, len(reqs))
 			replies[0] = batched.postAsync(context.Background(), reqs[0].path, reqs[0].body)

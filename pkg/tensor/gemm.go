@@ -301,51 +301,91 @@ func gemmPacked(arch gemmArch, transA, transB bool, m, n, k int, alpha float32, 
 		nA := slabs * groups
 		nTasks := nA + rowChunks*colChunks
 
-		var next atomic.Int64
-		var aDone sync.WaitGroup // A tasks still running
-		aDone.Add(nA)
-		nWork := min(workers, rowChunks*colChunks)
-		ParallelFor(nWork, 1, func(_, _ int) {
-			var bb *packBuf
-			for {
-				t := int(next.Add(1) - 1)
-				if t >= nTasks {
-					break
-				}
-				if t < nA {
-					s, g := t/groups, t%groups
-					pc := s * kc
-					kcur := min(kc, k-pc)
-					for ip := g * groupPanels; ip < min(panelsM, (g+1)*groupPanels); ip++ {
-						off := s*slabFloats + ip*kcur*mr
-						packAPanel(arch, aPack[off:off+kcur*mr], a, lda, transA, ic+ip*mr, pc, min(mr, mcur-ip*mr), kcur)
-					}
-					aDone.Done()
-					continue
-				}
-				aDone.Wait() // free once A is packed; else another worker is finishing an A task
-				if bb == nil {
-					bb = getPackBuf(maxChunkPanels*kc*nr + mr*nr)
-				}
-				t -= nA
-				// t walks a column chunk's row ranges consecutively.
-				cc, rc := t/rowChunks, t%rowChunks
-				q0, q1 := cc*panelsN/colChunks, (cc+1)*panelsN/colChunks
-				r0, r1 := rc*panelsM/rowChunks, (rc+1)*panelsM/rowChunks
-				// The chunk this worker probably takes next (exactly, with
-				// one worker): its B is prefetched during the last slab.
-				nq0, nq1 := 0, 0
-				if nt := t + nWork; nt < rowChunks*colChunks {
-					ncc := nt / rowChunks
-					nq0, nq1 = ncc*panelsN/colChunks, (ncc+1)*panelsN/colChunks
-				}
-				gemmChunk(arch, transB, n, k, kc, alpha, aPack, slabFloats, mcur, ic, r0, r1, b32, b16, ldb, q0, q1, nq0, nq1, beta, c, ldc, bb.f)
-			}
-			if bb != nil {
-				putPackBuf(bb)
-			}
-		})
+		t := packedPool.Get().(*packedTask)
+		*t = packedTask{arch: arch, transA: transA, transB: transB, n: n, k: k, kc: kc, alpha: alpha, beta: beta,
+			a: a, lda: lda, b32: b32, b16: b16, ldb: ldb, c: c, ldc: ldc, ic: ic, mcur: mcur,
+			aPack: aPack, slabFloats: slabFloats, panelsM: panelsM, panelsN: panelsN, groups: groups,
+			groupPanels: groupPanels, nA: nA, nTasks: nTasks, rowChunks: rowChunks, colChunks: colChunks,
+			maxChunkPanels: maxChunkPanels}
+		t.nWork = min(workers, rowChunks*colChunks)
+		t.aDone.Add(nA)
+		ParallelRange(t.nWork, 1, t)
+		*t = packedTask{}
+		packedPool.Put(t)
 		putPackBuf(ab)
+	}
+}
+
+// packedTask is one row block of gemmPacked: every worker (one Range call
+// each) draws A tasks and chunks from the counter next until none are
+// left. Pooled, so that a steady stream of GEMMs allocates nothing.
+type packedTask struct {
+	arch                    gemmArch
+	transA, transB          bool
+	n, k, kc                int
+	alpha, beta             float32
+	a                       []float32
+	lda                     int
+	b32                     []float32
+	b16                     []uint16
+	ldb                     int
+	c                       []float32
+	ldc                     int
+	ic, mcur                int       // the row block: rows [ic, ic+mcur) of C
+	aPack                   []float32 // packed op(A) of the block, slab s at s*slabFloats
+	slabFloats              int
+	panelsM, panelsN        int
+	groups, groupPanels, nA int // A tasks: groups per slab, panels per group, total
+	nTasks                  int // A tasks + chunks
+	rowChunks, colChunks    int
+	maxChunkPanels          int
+	nWork                   int            // workers
+	next                    atomic.Int64   // next task to draw
+	aDone                   sync.WaitGroup // A tasks still running
+}
+
+var packedPool = sync.Pool{New: func() any { return new(packedTask) }}
+
+func (t *packedTask) Range(_, _ int) {
+	pr := archParams[t.arch]
+	mr, nr := pr.mr, pr.nr
+	var bb *packBuf
+	for {
+		i := int(t.next.Add(1) - 1)
+		if i >= t.nTasks {
+			break
+		}
+		if i < t.nA {
+			s, g := i/t.groups, i%t.groups
+			pc := s * t.kc
+			kcur := min(t.kc, t.k-pc)
+			for ip := g * t.groupPanels; ip < min(t.panelsM, (g+1)*t.groupPanels); ip++ {
+				off := s*t.slabFloats + ip*kcur*mr
+				packAPanel(t.arch, t.aPack[off:off+kcur*mr], t.a, t.lda, t.transA, t.ic+ip*mr, pc, min(mr, t.mcur-ip*mr), kcur)
+			}
+			t.aDone.Done()
+			continue
+		}
+		t.aDone.Wait() // free once A is packed; else another worker is finishing an A task
+		if bb == nil {
+			bb = getPackBuf(t.maxChunkPanels*t.kc*nr + mr*nr)
+		}
+		i -= t.nA
+		// i walks a column chunk's row ranges consecutively.
+		cc, rc := i/t.rowChunks, i%t.rowChunks
+		q0, q1 := cc*t.panelsN/t.colChunks, (cc+1)*t.panelsN/t.colChunks
+		r0, r1 := rc*t.panelsM/t.rowChunks, (rc+1)*t.panelsM/t.rowChunks
+		// The chunk this worker probably takes next (exactly, with
+		// one worker): its B is prefetched during the last slab.
+		nq0, nq1 := 0, 0
+		if nt := i + t.nWork; nt < t.rowChunks*t.colChunks {
+			ncc := nt / t.rowChunks
+			nq0, nq1 = ncc*t.panelsN/t.colChunks, (ncc+1)*t.panelsN/t.colChunks
+		}
+		gemmChunk(t.arch, t.transB, t.n, t.k, t.kc, t.alpha, t.aPack, t.slabFloats, t.mcur, t.ic, r0, r1, t.b32, t.b16, t.ldb, q0, q1, nq0, nq1, t.beta, t.c, t.ldc, bb.f)
+	}
+	if bb != nil {
+		putPackBuf(bb)
 	}
 }
 

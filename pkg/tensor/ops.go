@@ -1,6 +1,9 @@
 package tensor
 
-import "math"
+import (
+	"math"
+	"sync"
+)
 
 // RMSNorm computes out = w * x / sqrt(mean(x^2) + eps) over one row.
 // x, out: [D]; w: [D]. out may alias x. The sum of squares is accumulated in
@@ -21,11 +24,27 @@ func RMSNorm(out, x, w []float32, eps float32) {
 // RMSNormRows applies RMSNorm to each of rows rows of width d.
 // x, out: [rows, d]; w: [d]. out may alias x.
 func RMSNormRows(out, x, w []float32, rows, d int, eps float32) {
-	ParallelFor(rows, max(1, 4096/max(d, 1)), func(lo, hi int) {
-		for r := lo; r < hi; r++ {
-			RMSNorm(out[r*d:(r+1)*d], x[r*d:(r+1)*d], w, eps)
-		}
-	})
+	t := normPool.Get().(*normRows)
+	*t = normRows{out: out, x: x, w: w, d: d, eps: eps}
+	ParallelRange(rows, max(1, 4096/max(d, 1)), t)
+	*t = normRows{}
+	normPool.Put(t)
+}
+
+// normRows is one RMSNormRows call, pooled so that it allocates nothing.
+type normRows struct {
+	out, x, w []float32
+	d         int
+	eps       float32
+}
+
+var normPool = sync.Pool{New: func() any { return new(normRows) }}
+
+func (t *normRows) Range(lo, hi int) {
+	d := t.d
+	for r := lo; r < hi; r++ {
+		RMSNorm(t.out[r*d:(r+1)*d], t.x[r*d:(r+1)*d], t.w, t.eps)
+	}
 }
 
 // RMSNormRef is the reference for RMSNorm, all in float64.

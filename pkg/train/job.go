@@ -7,100 +7,33 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
-	"math"
 	"os"
 	"path/filepath"
 	"time"
 
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/model"
-	"github.com/switchyard/switchyard/pkg/optim"
 	"github.com/switchyard/switchyard/pkg/tokenizer"
+	"github.com/switchyard/switchyard/pkg/train/trainconf"
 )
 
-// JobConfig describes a single-process training run. Zero values take the
-// defaults noted on each field (see DefaultJobConfig).
-type JobConfig struct {
-	Out  string // output directory: checkpoints, loss curve (required)
-	Text string // training text file, UTF-8 (required)
-	// Exactly one of Preset (train from scratch) and InitFrom (fine-tune a
-	// Hugging Face folder) unless resuming an existing Out.
-	Preset   string
-	InitFrom string
-	// Resume continues from the latest checkpoint in Out when there is one.
-	Resume bool
-	// Tokenizer is a tokenizer.json to use. Default: InitFrom's, else one is
-	// trained on Text with VocabSize entries (default 1024).
-	Tokenizer string
-	VocabSize int
+// JobConfig describes a training run (defined in pkg/train/trainconf,
+// which the job store shares without linking the trainer).
+type JobConfig = trainconf.JobConfig
 
-	SeqLen    int     // tokens per training window, default 128
-	Batch     int     // windows per step, default 8
-	Steps     int     // total steps, default 300
-	HeldOut   float64 // fraction of windows held out for evaluation, default 0.05
-	EvalEvery int     // steps between evaluations, default 50 (0: only at the end)
-	EvalMax   int     // held-out windows per evaluation, default 32
-	SaveEvery int     // steps between checkpoints, default 100 (the last step is always saved)
-	Seed      uint64  // data order and initialization, default 1
+// DefaultJobConfig returns the defaults for a from-scratch run
+// (trainconf.DefaultJobConfig).
+func DefaultJobConfig() JobConfig { return trainconf.DefaultJobConfig() }
 
-	Step StepConfig // optimizer, schedule, clipping, losses
-
-	// ExpertReplicas is how many workers of a distributed job hold a copy
-	// of each routed expert (default 1; at most the number of workers).
-	// Callers spread over the copies; the copies' gradients are
-	// all-reduced so they take identical steps.
-	ExpertReplicas int
-
-	Progress io.Writer `json:"-"` // progress and log lines (nil: silent)
-}
-
-// DefaultJobConfig returns the defaults for a from-scratch run of preset.
-func DefaultJobConfig() JobConfig {
-	return JobConfig{
-		VocabSize: 1024, SeqLen: 128, Batch: 8, Steps: 300, HeldOut: 0.05,
-		EvalEvery: 50, EvalMax: 32, SaveEvery: 100, Seed: 1,
-		Step: StepConfig{
-			AdamW:           optim.AdamWConfig{LR: 3e-3, Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, WeightDecay: 0.1},
-			Schedule:        optim.Schedule{Peak: 3e-3, Min: 3e-4, Warmup: 20},
-			MaxGradNorm:     1.0,
-			BiasUpdateSpeed: 1e-3,
-		},
-	}
-}
-
-func (c *JobConfig) validate() error {
-	var errs []error
-	if c.Out == "" {
-		errs = append(errs, errors.New("train: an output directory is required"))
-	}
-	if c.Text == "" {
-		errs = append(errs, errors.New("train: a training text file is required"))
-	}
-	if c.Preset != "" && c.InitFrom != "" {
-		errs = append(errs, errors.New("train: give a preset or a checkpoint to fine-tune, not both"))
-	}
-	if c.Steps <= 0 || c.SeqLen < 2 || c.Batch < 1 {
-		errs = append(errs, fmt.Errorf("train: steps %d, sequence length %d, batch %d must be positive (length >= 2)", c.Steps, c.SeqLen, c.Batch))
-	}
-	if err := c.Step.AdamW.Validate(); err != nil {
-		errs = append(errs, err)
-	}
-	s := c.Step.Schedule
-	for _, v := range []float64{s.Peak, s.Min} {
-		if math.IsNaN(v) || math.IsInf(v, 0) || v < 0 {
-			errs = append(errs, fmt.Errorf("train: learning rate schedule value %g is not a finite number >= 0", v))
-		}
-	}
-	if c.Step.MaxGradNorm < 0 || math.IsNaN(c.Step.MaxGradNorm) {
-		errs = append(errs, fmt.Errorf("train: max grad norm %g must be >= 0", c.Step.MaxGradNorm))
-	}
+// validate reports every problem of c, the preset's name included.
+func validate(c *JobConfig) error {
+	err := c.Validate()
 	if c.Preset != "" {
-		if _, err := Preset(c.Preset, 2); err != nil {
-			errs = append(errs, err)
+		if _, perr := Preset(c.Preset, 2); perr != nil {
+			err = errors.Join(err, perr)
 		}
 	}
-	return errors.Join(errs...)
+	return err
 }
 
 // Result summarizes a finished run.
@@ -110,7 +43,6 @@ type Result struct {
 	Evals      []EvalPoint // held-out evaluations
 	TokensPerS float64     // training throughput of this run
 	Checkpoint string      // the last checkpoint written
-	LossPNG    string      // the loss curve
 	Params     int64       // parameters of the model
 }
 
@@ -141,7 +73,7 @@ func Prepare(cfg JobConfig, logf func(format string, args ...any)) (*Prepared, e
 	if logf == nil {
 		logf = func(string, ...any) {}
 	}
-	if err := cfg.validate(); err != nil {
+	if err := validate(&cfg); err != nil {
 		return nil, err
 	}
 	text, err := ReadText(cfg.Text)
@@ -296,12 +228,12 @@ type stepRunner interface {
 }
 
 // loop runs steps from p.State.Step to the configured total, evaluating
-// and checkpointing on schedule; rank 0 reports progress and keeps the
-// trainer state. Every rank runs the same loop in lockstep.
-func (p *Prepared) loop(ctx context.Context, r stepRunner, prog *Progress, workers int, observe func(Event)) (*Result, error) {
+// and checkpointing on schedule; rank 0 reports to prog (nil: silent) and
+// keeps the trainer state. Every rank runs the same loop in lockstep.
+func (p *Prepared) loop(ctx context.Context, r stepRunner, prog Progress, workers int) (*Result, error) {
 	cfg, state := p.Cfg, p.State
-	if observe == nil || r.rank() != 0 {
-		observe = func(Event) {}
+	if prog == nil || r.rank() != 0 {
+		prog = silent{}
 	}
 	state.Workers = workers
 	res := &Result{Params: p.Params}
@@ -312,14 +244,7 @@ func (p *Prepared) loop(ctx context.Context, r stepRunner, prog *Progress, worke
 			return err
 		}
 		res.Checkpoint = dir
-		observe(Event{Step: step, Checkpoint: dir})
-		if r.rank() == 0 {
-			png := filepath.Join(cfg.Out, "loss.png")
-			if err := PlotLoss(png, fmt.Sprintf("%s, %.1f M params", p.Model.Family, float64(p.Params)/1e6), state.Losses, state.Evals, 20); err != nil {
-				return fmt.Errorf("train: loss curve: %w", err)
-			}
-			res.LossPNG = png
-		}
+		prog.Observe(Event{Step: step, Checkpoint: dir})
 		return nil
 	}
 	evaluate := func() error {
@@ -338,8 +263,7 @@ func (p *Prepared) loop(ctx context.Context, r stepRunner, prog *Progress, worke
 		}
 		loss := total / float64(len(w))
 		state.Evals = append(state.Evals, EvalPoint{Step: step, Loss: loss})
-		prog.Logf("train: step %d held-out loss %.4f", step, loss)
-		observe(Event{Step: step, EvalLoss: loss})
+		prog.Observe(Event{Step: step, EvalLoss: loss})
 		return nil
 	}
 	start, startStep := time.Now(), step
@@ -359,8 +283,7 @@ func (p *Prepared) loop(ctx context.Context, r stepRunner, prog *Progress, worke
 		state.Losses = append(state.Losses, out.Loss)
 		state.Tokens += int64(cfg.Batch * cfg.SeqLen)
 		tps := float64((step-startStep)*cfg.Batch*cfg.SeqLen) / time.Since(start).Seconds()
-		prog.Step(step, out.Loss, tps, out.LR)
-		observe(Event{Step: step, Loss: out.Loss, LR: out.LR, TokensPerS: tps})
+		prog.Observe(Event{Step: step, Loss: out.Loss, LR: out.LR, TokensPerS: tps})
 		if cfg.EvalEvery > 0 && step%cfg.EvalEvery == 0 && step < cfg.Steps {
 			if err := evaluate(); err != nil {
 				return res, err
@@ -385,17 +308,19 @@ func (p *Prepared) loop(ctx context.Context, r stepRunner, prog *Progress, worke
 	if err := save(); err != nil {
 		return res, err
 	}
-	prog.Done()
 	res.Steps = step
 	res.Losses = state.Losses
 	res.Evals = state.Evals
 	return res, nil
 }
 
-// Run trains as configured in this process. It can be interrupted (ctx)
-// and resumed: the run saves a checkpoint before returning ctx's error.
-func Run(ctx context.Context, cfg JobConfig) (*Result, error) {
-	prog := NewProgress(cfg.Progress, cfg.Steps, 0)
+// Run trains as configured in this process, reporting to prog (nil:
+// silent). It can be interrupted (ctx) and resumed: the run saves a
+// checkpoint before returning ctx's error.
+func Run(ctx context.Context, cfg JobConfig, prog Progress) (*Result, error) {
+	if prog == nil {
+		prog = silent{}
+	}
 	p, err := Prepare(cfg, prog.Logf)
 	if err != nil {
 		return nil, err
@@ -417,7 +342,7 @@ func Run(ctx context.Context, cfg JobConfig) (*Result, error) {
 		}
 		stepper.Step = p.State.Step
 	}
-	return p.loop(ctx, &localRunner{p: p, s: stepper}, prog, 1, nil)
+	return p.loop(ctx, &localRunner{p: p, s: stepper}, prog, 1)
 }
 
 // localRunner runs steps in this process.
@@ -449,23 +374,11 @@ type RankJob struct {
 	// expert.Trainer; Owned holds the experts this rank owns.
 	Model *model.Model
 	Owned *expert.Store
-	// Progress receives rank 0's progress (others are silent).
-	Progress *Progress
-	// Observe, if set, is called on rank 0 after every step, evaluation and
-	// checkpoint (e.g. to publish progress in etcd).
-	Observe func(Event)
+	// Progress, if set, receives rank 0's steps, evaluations and
+	// checkpoints (e.g. to publish them in etcd); other ranks are silent.
+	Progress Progress
 	// Replicas describes experts held by several ranks (nil: one owner each).
 	Replicas *Replicas
-}
-
-// Event is one observation of a running job (rank 0).
-type Event struct {
-	Step       int
-	Loss       float64 // training loss of Step (0 for eval/checkpoint events)
-	LR         float64
-	TokensPerS float64
-	EvalLoss   float64 // set on evaluation events
-	Checkpoint string  // set on checkpoint events
 }
 
 // RunRank runs one rank of a distributed job until the last step. Ranks
@@ -491,11 +404,7 @@ func RunRank(ctx context.Context, rj RankJob) (*Result, error) {
 			return nil, fmt.Errorf("train: %w", err)
 		}
 	}
-	prog := rj.Progress
-	if prog == nil || rj.Comm.Rank() != 0 {
-		prog = &Progress{}
-	}
-	return p.loop(ctx, &distRunner{p: p, s: s}, prog, rj.Comm.Size(), rj.Observe)
+	return p.loop(ctx, &distRunner{p: p, s: s}, rj.Progress, rj.Comm.Size())
 }
 
 // distRunner runs one rank's steps.

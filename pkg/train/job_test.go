@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -30,19 +31,42 @@ func smallJob(t *testing.T, out string, steps int) JobConfig {
 	return cfg
 }
 
+// recorder is a Progress that keeps what it receives.
+type recorder struct {
+	lines  []string
+	events []string
+	last   string // the last checkpoint
+}
+
+func (r *recorder) Logf(format string, args ...any) {
+	r.lines = append(r.lines, fmt.Sprintf(format, args...))
+}
+
+func (r *recorder) Observe(ev Event) {
+	switch {
+	case ev.Checkpoint != "":
+		r.events = append(r.events, fmt.Sprintf("ckpt%d", ev.Step))
+		r.last = ev.Checkpoint
+	case ev.EvalLoss != 0:
+		r.events = append(r.events, fmt.Sprintf("eval%d", ev.Step))
+	default:
+		r.events = append(r.events, fmt.Sprintf("step%d", ev.Step))
+	}
+}
+
 func TestResumeReproducesUninterruptedRun(t *testing.T) {
 	ctx := context.Background()
-	full, err := Run(ctx, smallJob(t, t.TempDir(), 6))
+	full, err := Run(ctx, smallJob(t, t.TempDir(), 6), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := t.TempDir()
-	if _, err := Run(ctx, smallJob(t, out, 3)); err != nil {
+	if _, err := Run(ctx, smallJob(t, out, 3), nil); err != nil {
 		t.Fatal(err)
 	}
 	cfg := smallJob(t, out, 6)
 	cfg.Resume = true
-	resumed, err := Run(ctx, cfg)
+	resumed, err := Run(ctx, cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,17 +94,25 @@ func TestResumeReproducesUninterruptedRun(t *testing.T) {
 
 func TestCheckpointLoadsAsAModel(t *testing.T) {
 	out := t.TempDir()
-	res, err := Run(context.Background(), smallJob(t, out, 4))
+	var rec recorder
+	res, err := Run(context.Background(), smallJob(t, out, 4), &rec)
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Steps 1-4, evaluations after 2 and 4, checkpoints after 3 and 4.
+	if got, want := strings.Join(rec.events, " "), "step1 step2 eval2 step3 ckpt3 step4 eval4 ckpt4"; got != want {
+		t.Errorf("progress events %q, want %q", got, want)
+	}
+	if len(rec.lines) == 0 || !strings.Contains(rec.lines[len(rec.lines)-1], "M parameters") {
+		t.Errorf("progress lines %q", rec.lines)
+	}
+	if rec.last != res.Checkpoint {
+		t.Errorf("last checkpoint event %q, result %q", rec.last, res.Checkpoint)
 	}
 	for _, f := range []string{"config.json", "model.safetensors.index.json", "model-dense.safetensors", "model-L001-E000.safetensors", "tokenizer.json", "tokenizer_config.json", "optimizer-dense.safetensors", "optimizer-L001-E000.safetensors", "trainer_state.json"} {
 		if _, err := os.Stat(filepath.Join(res.Checkpoint, f)); err != nil {
 			t.Errorf("checkpoint lacks %s", f)
 		}
-	}
-	if st, err := os.Stat(res.LossPNG); err != nil || st.Size() < 1000 {
-		t.Errorf("loss curve %s: %v", res.LossPNG, err)
 	}
 	ck, err := model.Open(res.Checkpoint)
 	if err != nil {
@@ -133,7 +165,7 @@ func TestBadTrainingInputs(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := smallJob(t, t.TempDir(), 2)
 			tc.edit(&cfg)
-			_, err := Run(ctx, cfg)
+			_, err := Run(ctx, cfg, nil)
 			if err == nil {
 				t.Fatal("accepted")
 			}
@@ -148,7 +180,7 @@ func TestBadTrainingInputs(t *testing.T) {
 
 	t.Run("corrupt checkpoint", func(t *testing.T) {
 		out := t.TempDir()
-		res, err := Run(ctx, smallJob(t, out, 3))
+		res, err := Run(ctx, smallJob(t, out, 3), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -161,7 +193,7 @@ func TestBadTrainingInputs(t *testing.T) {
 		os.WriteFile(victim, b, 0o644)
 		cfg := smallJob(t, out, 6)
 		cfg.Resume = true
-		_, err = Run(ctx, cfg)
+		_, err = Run(ctx, cfg, nil)
 		if !errors.Is(err, ErrCorruptCheckpoint) || !strings.Contains(err.Error(), "model-L001-E003.safetensors") {
 			t.Fatalf("resume from a corrupt checkpoint: err = %v", err)
 		}
@@ -169,12 +201,12 @@ func TestBadTrainingInputs(t *testing.T) {
 
 	t.Run("checkpoint of a different model", func(t *testing.T) {
 		out := t.TempDir()
-		if _, err := Run(ctx, smallJob(t, out, 3)); err != nil {
+		if _, err := Run(ctx, smallJob(t, out, 3), nil); err != nil {
 			t.Fatal(err)
 		}
 		cfg := smallJob(t, out, 6)
 		cfg.Resume, cfg.Preset = true, "mixtral-tiny"
-		_, err := Run(ctx, cfg)
+		_, err := Run(ctx, cfg, nil)
 		if err == nil || !strings.Contains(err.Error(), "different model") {
 			t.Fatalf("err = %v, want a different-model error", err)
 		}

@@ -1,85 +1,37 @@
 package train
 
-import (
-	"fmt"
-	"io"
-	"os"
-	"time"
-
-	"github.com/schollz/progressbar/v3"
-)
-
-// Progress reports training progress: a progress bar (step, loss,
-// tokens/s, ETA) on a terminal; elsewhere (CI logs, files) a plain log line
-// at most every Interval, so logs are not flooded.
-type Progress struct {
-	w        io.Writer
-	bar      *progressbar.ProgressBar
-	total    int
-	start    time.Time
-	last     time.Time
-	Interval time.Duration // non-terminal log interval, default 10 s
+// Progress receives what a run reports: log lines while it prepares, and
+// one Event per finished step, held-out evaluation and saved checkpoint.
+// Only rank 0 of a distributed run reports. Calls come one at a time from
+// the goroutine running the training loop, between steps, so an
+// implementation that blocks delays training. The trainer renders
+// nothing itself: `switchyard train` draws a progress bar and the loss
+// curve (internal/cli), a worker's job runner publishes the job's status
+// in etcd (internal/jobrunner).
+type Progress interface {
+	// Logf reports a message line (tokenizer trained, resuming, model size).
+	Logf(format string, args ...any)
+	// Observe reports a step, an evaluation or a checkpoint.
+	Observe(ev Event)
 }
 
-// NewProgress reports to w; a bar is drawn only if w is a terminal.
-func NewProgress(w io.Writer, total, startStep int) *Progress {
-	p := &Progress{w: w, total: total, start: time.Now(), Interval: 10 * time.Second}
-	if f, ok := w.(*os.File); ok && isTerminal(f) {
-		p.bar = progressbar.NewOptions(total,
-			progressbar.OptionSetWriter(w),
-			progressbar.OptionSetDescription("train"),
-			progressbar.OptionShowCount(),
-			progressbar.OptionSetPredictTime(true),
-			progressbar.OptionSetElapsedTime(true),
-			progressbar.OptionThrottle(100*time.Millisecond),
-			progressbar.OptionClearOnFinish(),
-		)
-		p.bar.Set(startStep)
-	}
-	return p
+// Event is one observation of a running job. Exactly one kind is set:
+// a checkpoint (Checkpoint != ""), an evaluation (EvalLoss != 0), else a
+// training step.
+type Event struct {
+	Step       int     // steps done
+	Loss       float64 // training loss of Step (step events)
+	LR         float64 // learning rate of Step (step events)
+	TokensPerS float64 // training throughput since the run (or its last checkpoint) started (step events)
+	EvalLoss   float64 // held-out loss after Step (evaluation events)
+	// Checkpoint is the folder just written (checkpoint events); its
+	// trainer_state.json holds every step's loss and every evaluation so
+	// far (ReadTrainerState).
+	Checkpoint string
 }
 
-func isTerminal(f *os.File) bool {
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
-}
+// silent is the Progress of ranks other than 0 and of callers that pass nil.
+type silent struct{}
 
-// Step reports step (1-based count of steps done) with its loss and speed.
-func (p *Progress) Step(step int, loss, tokPerSec, lr float64) {
-	if p.w == nil {
-		return
-	}
-	if p.bar != nil {
-		p.bar.Describe(fmt.Sprintf("loss %.4f | %.0f tok/s | lr %.2e", loss, tokPerSec, lr))
-		p.bar.Set(step)
-		return
-	}
-	now := time.Now()
-	if step == p.total || now.Sub(p.last) >= p.Interval {
-		p.last = now
-		eta := "?"
-		if tokPerSec > 0 && step > 0 {
-			per := now.Sub(p.start) / time.Duration(step)
-			eta = (per * time.Duration(p.total-step)).Round(time.Second).String()
-		}
-		fmt.Fprintf(p.w, "train: step %d/%d loss %.4f %.0f tok/s lr %.2e eta %s\n", step, p.total, loss, tokPerSec, lr, eta)
-	}
-}
-
-// Logf writes a message line (clearing the bar first).
-func (p *Progress) Logf(format string, args ...any) {
-	if p.w == nil {
-		return
-	}
-	if p.bar != nil {
-		p.bar.Clear()
-	}
-	fmt.Fprintf(p.w, format+"\n", args...)
-}
-
-// Done finishes the bar.
-func (p *Progress) Done() {
-	if p.bar != nil {
-		p.bar.Finish()
-	}
-}
+func (silent) Logf(string, ...any) {}
+func (silent) Observe(Event)       {}

@@ -60,7 +60,7 @@ func runRanks(t *testing.T, cfg JobConfig, n int) *Result {
 func TestDistributedJobAndResumeOnAnotherWorkerCount(t *testing.T) {
 	ctx := context.Background()
 	// Uninterrupted single-process reference: 8 steps.
-	ref, err := Run(ctx, smallJob(t, t.TempDir(), 8))
+	ref, err := Run(ctx, smallJob(t, t.TempDir(), 8), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,7 +1,9 @@
 // Package train runs training steps and training jobs for Switchyard
 // models: forward, backward, gradient clipping, AdamW, DeepSeek-V3's
 // aux-loss-free bias update, and (in job.go) the loop around them: data,
-// evaluation, checkpoints, progress and the loss curve.
+// evaluation and checkpoints, reporting progress through the Progress
+// interface. It renders nothing (no progress bar, no plot: the CLI does,
+// internal/cli), so a worker running a job links only the trainer.
 package train
 
 import (
@@ -14,31 +16,12 @@ import (
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/optim"
+	"github.com/switchyard/switchyard/pkg/train/trainconf"
 )
 
-// StepConfig holds the per-step settings.
-type StepConfig struct {
-	AdamW optim.AdamWConfig
-	// Schedule gives each step's learning rate; its Peak should equal
-	// AdamW.LR. A zero Schedule means constant AdamW.LR.
-	Schedule optim.Schedule
-	// MaxGradNorm clips the global gradient norm (dense and experts
-	// together) as clip_grad_norm_ does; 0 disables clipping.
-	MaxGradNorm float64
-	Loss        model.LossConfig
-	// BiasUpdateSpeed is u of DeepSeek-V3's aux-loss-free balancing: after
-	// each step every MoE layer with an e_score_correction_bias does
-	// b_i += u * sign(mean_load - load_i). 0 disables it.
-	BiasUpdateSpeed float64
-}
-
-// LR returns the learning rate of step (counted from 0).
-func (c StepConfig) LR(step int) float64 {
-	if c.Schedule == (optim.Schedule{}) {
-		return c.AdamW.LR
-	}
-	return c.Schedule.LR(step)
-}
+// StepConfig holds the per-step settings (defined in pkg/train/trainconf,
+// which the job store shares without linking the trainer).
+type StepConfig = trainconf.StepConfig
 
 // Stepper trains a model held in one process: its dense weights and the
 // routed experts in an expert.Store.

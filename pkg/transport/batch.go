@@ -27,10 +27,15 @@ type job struct {
 	done    chan struct{} // closed when y is filled or err set
 }
 
-// batcher runs queued jobs on one goroutine, in batches: whenever it is
-// free it takes everything queued (after waiting for the optional window)
-// and hands the batch to run, which computes one GEMM per expert over all
-// the batch's rows for it (ExpertServer.runBatch).
+// batcher runs queued jobs one batch at a time: whenever it is free it
+// takes everything queued (after waiting for the optional window) and
+// hands the batch to run, which computes one GEMM per expert over all the
+// batch's rows for it (ExpertServer.runBatch).
+//
+// Without a window, a request that finds the batcher idle runs its batch
+// on its own goroutine (the stream handler's): an uncontended request costs
+// no goroutine hand-off. Requests that arrive while a batch runs queue up
+// and run together as the next batch, on the batcher's goroutine.
 type batcher struct {
 	window  time.Duration // 0: never wait
 	want    int           // with window: run once this many jobs of one layer are queued
@@ -39,6 +44,7 @@ type batcher struct {
 
 	mu      sync.Mutex
 	queue   []*job
+	running bool // a batch is being computed (inline or on the loop)
 	stopped bool
 	wake    chan struct{} // capacity 1: "the queue changed"
 	quit    chan struct{}
@@ -67,16 +73,35 @@ func (b *batcher) submit(j *job) error {
 	}
 	j.enq = time.Now()
 	b.queue = append(b.queue, j)
-	b.mu.Unlock()
-	select {
-	case b.wake <- struct{}{}:
-	default:
+	if b.window == 0 && !b.running {
+		b.running = true
+		jobs := b.queue
+		b.queue = nil
+		b.mu.Unlock()
+		b.run(jobs)
+		b.mu.Lock()
+		b.running = false
+		pending := len(b.queue) > 0
+		b.mu.Unlock()
+		if pending {
+			b.poke()
+		}
+	} else {
+		b.mu.Unlock()
+		b.poke()
 	}
 	select {
 	case <-j.done:
 		return j.err
 	case <-j.ctx.Done():
 		return j.ctx.Err()
+	}
+}
+
+func (b *batcher) poke() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
 	}
 }
 
@@ -93,12 +118,22 @@ func (b *batcher) loop() {
 			b.failQueued()
 			return
 		}
-		b.mu.Lock()
-		jobs := b.queue
-		b.queue = nil
-		b.mu.Unlock()
-		if len(jobs) > 0 {
+		for {
+			b.mu.Lock()
+			if b.running || len(b.queue) == 0 {
+				// An inline batch runs: it pokes us when it is done and
+				// more is queued.
+				b.mu.Unlock()
+				break
+			}
+			b.running = true
+			jobs := b.queue
+			b.queue = nil
+			b.mu.Unlock()
 			b.run(jobs)
+			b.mu.Lock()
+			b.running = false
+			b.mu.Unlock()
 		}
 	}
 }
@@ -155,7 +190,9 @@ func (b *batcher) failQueued() {
 }
 
 // stop fails queued jobs, waits for a running batch and ends the goroutine.
-// Later submits fail with ErrDraining. Idempotent.
+// Later submits fail with ErrDraining. Idempotent. (A batch running inline
+// on a request's goroutine is not waited for: the server waits for its
+// requests while draining.)
 func (b *batcher) stop() {
 	b.mu.Lock()
 	if b.stopped {

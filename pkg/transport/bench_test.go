@@ -7,13 +7,17 @@ import (
 
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
+	pb "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
 // BenchmarkExchange measures one dispatch+combine round of one MoE layer:
 // T tokens x D=1024 x top-4 of 16 experts spread over 4 loopback workers,
 // whose "experts" copy rows (so the transport, not the GEMM, is timed).
 // MB/s counts payload bytes both ways (T*K*D*4 out and back); tokens=1 is
-// a decode step's latency per layer.
+// a decode step's latency per layer. The "ping" case, measured in the same
+// run, is one unary gRPC round trip (Health) to one of the workers: the
+// floor a layer's exchange (one round trip to each of 4 workers, all sent
+// before any answer is read) is compared with.
 func BenchmarkExchange(b *testing.B) {
 	const E, K, D = 16, 4, 1024
 	copyRows := func(_ expert.ID, _ *expert.FFN, x []float32, _ int, y []float32) { copy(y, x) }
@@ -27,6 +31,18 @@ func BenchmarkExchange(b *testing.B) {
 	}
 	pl := placement(1, 1, E, func(int) bool { return true }, workers, func(_, e int) []int { return []int{e % 4} })
 	ex := NewRemoteExecutor(NewStaticPlacement(pl), newPool(b, ClientConfig{Worker: "bench"}))
+	pool := newPool(b, ClientConfig{Worker: "bench-ping"})
+	b.Run("ping", func(b *testing.B) {
+		c, err := pool.Client(workers[0].id, workers[0].addr)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for b.Loop() {
+			if _, err := c.Health(context.Background(), &pb.HealthRequest{}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	for _, T := range []int{1, 64, 1024} {
 		b.Run(fmt.Sprintf("tokens=%d", T), func(b *testing.B) {
 			plan := route(T, E, K, 1)

@@ -695,7 +695,7 @@ func (s *ExpertServer) Snapshot() *pb.StatsResponse {
 			ids = append(ids, id)
 		}
 	}
-	slices.SortFunc(ids, compareIDs)
+	slices.SortFunc(ids, expert.Compare)
 	out := &pb.StatsResponse{
 		Worker: string(s.cfg.Worker), Epoch: s.epoch.Load(), MaxRequestEpoch: s.maxReqEpoch.Load(),
 		BytesHeld: s.store.Bytes(), Requests: s.requests.Load(), Batches: s.batches.Load(),
@@ -710,13 +710,6 @@ func (s *ExpertServer) Snapshot() *pb.StatsResponse {
 	}
 	s.statsMu.Unlock()
 	return out
-}
-
-func compareIDs(a, b expert.ID) int {
-	if a.Layer != b.Layer {
-		return a.Layer - b.Layer
-	}
-	return a.Expert - b.Expert
 }
 
 // Control implements the Worker service: set the epoch, then load, then
@@ -746,7 +739,7 @@ func (s *ExpertServer) Control(ctx context.Context, req *pb.ControlRequest) (*pb
 		s.store.Delete(expert.ID{Layer: int(r.Layer), Expert: int(r.Expert)})
 	}
 	ids := s.store.IDs()
-	slices.SortFunc(ids, compareIDs)
+	slices.SortFunc(ids, expert.Compare)
 	resp := &pb.ControlResponse{Epoch: s.epoch.Load()}
 	for _, id := range ids {
 		resp.Held = append(resp.Held, &pb.ExpertRef{Layer: int32(id.Layer), Expert: int32(id.Expert)})

@@ -61,7 +61,7 @@ func newApplyRig(t *testing.T, budgetExperts int) *applyRig {
 	r.w.loadExpert = func(id expert.ID) (*expert.FFN, error) {
 		r.peak = max(r.peak, r.w.store.Bytes()+r.w.sizeOf(id))
 		held := r.w.store.IDs()
-		slices.SortFunc(held, compareIDs)
+		slices.SortFunc(held, expert.Compare)
 		r.atLoad = append(r.atLoad, held)
 		return load(id)
 	}

@@ -30,6 +30,9 @@
 //     the apply (retried with backoff);
 //  6. reports per-expert token counts to etcd every Config.StatsInterval
 //     (and at once after each epoch change).
+//  7. unless Config.NoJobs, runs the ranks of the training jobs the
+//     scheduler assigns to it (internal/jobrunner; each job loads its own
+//     weights).
 //
 // When Run's context ends the worker leaves gracefully: it revokes its
 // lease (the coordinator re-places its experts at once), leaves gossip and

@@ -18,6 +18,8 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/switchyard/switchyard/internal/backoff"
+	"github.com/switchyard/switchyard/internal/jobrunner"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/jobs"
@@ -90,7 +92,7 @@ func (w *Worker) Held() []expert.ID {
 		return nil
 	}
 	ids := w.store.IDs()
-	slices.SortFunc(ids, compareIDs)
+	slices.SortFunc(ids, expert.Compare)
 	return ids
 }
 
@@ -216,7 +218,7 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 		go func() {
 			defer fwg.Done()
 			host, _, _ := net.SplitHostPort(w.info.Addr)
-			r := &jobs.Runner{Jobs: jobs.NewStore(cli, reg.Cluster()), Cfg: jobs.RunnerConfig{Self: cfg.ID, Host: host, StepTimeout: cfg.JobStepTimeout, Log: lg}}
+			r := &jobrunner.Runner{Jobs: jobs.NewStore(cli, reg.Cluster()), Cfg: jobrunner.Config{Self: cfg.ID, Host: host, StepTimeout: cfg.JobStepTimeout, Log: lg}}
 			r.Run(fctx)
 		}()
 	}
@@ -251,7 +253,7 @@ func (w *Worker) serveModel(ck *model.Checkpoint) (*transport.ExpertServer, erro
 // the lease and returns nil) or the cluster refuses it for good.
 func (w *Worker) registerLoop(ctx context.Context, reg *registry.Registry, gossip *membership.Node) error {
 	lg := w.log
-	bo := newBackoff(100*time.Millisecond, 2*time.Second)
+	bo := backoff.New(100*time.Millisecond, 2*time.Second)
 	lastErr := ""
 	for {
 		g, err := reg.Register(ctx, w.info, w.cfg.LeaseTTL)
@@ -268,12 +270,12 @@ func (w *Worker) registerLoop(ctx context.Context, reg *registry.Registry, gossi
 				lg.Warn("not registered yet; retrying", "err", err)
 				lastErr = msg
 			}
-			if !bo.wait(ctx) {
+			if !bo.Wait(ctx) {
 				return nil
 			}
 			continue
 		}
-		bo.reset()
+		bo.Reset()
 		lastErr = ""
 		w.reg.Store(g)
 		lg.Info("registered", "lease", strconv.FormatInt(int64(g.Lease()), 16), "ttl", g.TTL(), "addr", w.info.Addr, "gossip", w.info.GossipAddr)
@@ -356,7 +358,7 @@ func (w *Worker) followPlacement(ctx context.Context, reg *registry.Registry, fp
 	}()
 	defer func() { <-done }()
 
-	bo := newBackoff(200*time.Millisecond, 5*time.Second)
+	bo := backoff.New(200*time.Millisecond, 5*time.Second)
 	var applied *cluster.Placement
 	var retry <-chan time.Time
 	for {
@@ -377,12 +379,12 @@ func (w *Worker) followPlacement(ctx context.Context, reg *registry.Registry, fp
 			if ctx.Err() != nil {
 				return
 			}
-			d := bo.next()
+			d := bo.Next()
 			w.log.Error("apply placement failed; retrying", "epoch", p.Epoch, "in", d, "err", err)
 			retry = time.After(d)
 			continue
 		}
-		bo.reset()
+		bo.Reset()
 		applied = p
 	}
 }
@@ -515,8 +517,8 @@ func Reconcile(held []expert.ID, p *cluster.Placement, self cluster.WorkerID) (l
 			load = append(load, id)
 		}
 	}
-	slices.SortFunc(load, compareIDs)
-	slices.SortFunc(drop, compareIDs)
+	slices.SortFunc(load, expert.Compare)
+	slices.SortFunc(drop, expert.Compare)
 	return load, drop
 }
 
@@ -536,13 +538,6 @@ func (w *Worker) Stats() registry.WorkerStats {
 		}
 	}
 	return s
-}
-
-func compareIDs(a, b expert.ID) int {
-	if a.Layer != b.Layer {
-		return a.Layer - b.Layer
-	}
-	return a.Expert - b.Expert
 }
 
 // advertise returns the gRPC address to register: the configured one, or
@@ -599,7 +594,7 @@ func isLoopback(host string) bool {
 // dial connects to etcd, retrying with backoff until it answers or ctx
 // ends (a worker may start before its coordinator's embedded etcd).
 func dial(ctx context.Context, endpoints []string, lg *slog.Logger) (*clientv3.Client, error) {
-	bo := newBackoff(100*time.Millisecond, 2*time.Second)
+	bo := backoff.New(100*time.Millisecond, 2*time.Second)
 	logged := false
 	for {
 		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -615,7 +610,7 @@ func dial(ctx context.Context, endpoints []string, lg *slog.Logger) (*clientv3.C
 			lg.Warn("etcd not reachable yet; retrying", "endpoints", endpoints, "err", err)
 			logged = true
 		}
-		if !bo.wait(ctx) {
+		if !bo.Wait(ctx) {
 			return nil, ctx.Err()
 		}
 	}
@@ -636,30 +631,4 @@ func version() string {
 		return v
 	}
 	return "devel"
-}
-
-// backoff spaces retries: doubling from lo to hi.
-type backoff struct{ d, lo, hi time.Duration }
-
-func newBackoff(lo, hi time.Duration) *backoff { return &backoff{d: lo, lo: lo, hi: hi} }
-
-func (b *backoff) reset() { b.d = b.lo }
-
-// next returns the delay to use now and doubles the following one.
-func (b *backoff) next() time.Duration {
-	d := b.d
-	b.d = min(2*b.d, b.hi)
-	return d
-}
-
-// wait sleeps for the next delay; false if ctx ended first.
-func (b *backoff) wait(ctx context.Context) bool {
-	t := time.NewTimer(b.next())
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-ctx.Done():
-		return false
-	}
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchyard/switchyard/internal/cli"
 	"github.com/switchyard/switchyard/internal/localcluster"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
@@ -258,18 +259,20 @@ func TestServeKillJoin(t *testing.T) {
 	}
 }
 
-// runStatus runs `switchyard status` against the cluster.
+// runStatus renders what `switchyard status` shows of the cluster.
 func runStatus(t *testing.T, ctx context.Context, lc *localcluster.Cluster, asJSON bool) string {
 	t.Helper()
-	cmd := status.StatusCmd()
-	var out bytes.Buffer
-	cmd.SetOut(&out)
-	args := []string{"--etcd", strings.Join(lc.Endpoints, ","), "--cluster", lc.Registry.Cluster()}
-	if asJSON {
-		args = append(args, "--json")
+	snap, err := status.Take(ctx, lc.Registry)
+	if err != nil {
+		t.Fatal(err)
 	}
-	cmd.SetArgs(args)
-	if err := cmd.ExecuteContext(ctx); err != nil {
+	var out bytes.Buffer
+	if asJSON {
+		err = cli.StatusJSON(&out, snap)
+	} else {
+		err = cli.StatusText(&out, snap)
+	}
+	if err != nil {
 		t.Fatal(err)
 	}
 	return out.String()

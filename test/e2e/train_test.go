@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchyard/switchyard/internal/cli"
 	"github.com/switchyard/switchyard/internal/localcluster"
 	"github.com/switchyard/switchyard/pkg/jobs"
 	"github.com/switchyard/switchyard/pkg/status"
@@ -91,7 +92,7 @@ func TestDistributedTrainingReproducesOneProcess(t *testing.T) {
 				}
 				return c
 			}
-			ref, err := train.Run(ctx, cfgFor(t.TempDir()))
+			ref, err := train.Run(ctx, cfgFor(t.TempDir()), nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -130,7 +131,7 @@ func TestDistributedTrainingReproducesOneProcess(t *testing.T) {
 					t.Fatal(err)
 				}
 				var text strings.Builder
-				snap.WriteText(&text)
+				cli.StatusText(&text, snap)
 				if len(snap.Jobs) != 1 || snap.Jobs[0].Status.Step != steps || snap.Jobs[0].Status.TokensPerS <= 0 ||
 					!strings.Contains(text.String(), "job ") && !strings.Contains(text.String(), "JOB") {
 					t.Errorf("status does not show the finished job:\n%s", text.String())
@@ -166,7 +167,7 @@ func TestTrainingSurvivesAStoppedWorker(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	const steps = 24
-	ref, err := train.Run(ctx, jobConfig(t, t.TempDir(), steps))
+	ref, err := train.Run(ctx, jobConfig(t, t.TempDir(), steps), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

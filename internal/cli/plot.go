@@ -1,16 +1,48 @@
-package train
+package cli
 
 import (
 	"fmt"
+	"image/color"
+	"path/filepath"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
+
+	"github.com/switchyard/switchyard/pkg/model"
+	"github.com/switchyard/switchyard/pkg/train"
 )
+
+// LossCurveFile is the loss curve's name in a run's output folder.
+const LossCurveFile = "loss.png"
+
+// WriteLossCurve draws out/loss.png from checkpoint ckpt's recorded
+// losses and evaluations (its trainer_state.json), titled with the
+// model's family and size, and returns the file's path. The CLI calls it
+// after every checkpoint of a run it starts or follows.
+func WriteLossCurve(out, ckpt string) (string, error) {
+	st, err := train.ReadTrainerState(ckpt)
+	if err != nil {
+		return "", fmt.Errorf("train: loss curve: %w", err)
+	}
+	cfg, err := model.LoadConfig(ckpt)
+	if err != nil {
+		return "", fmt.Errorf("train: loss curve: %w", err)
+	}
+	var params int64
+	for _, s := range cfg.Tensors() {
+		params += s.Elems()
+	}
+	png := filepath.Join(out, LossCurveFile)
+	if err := PlotLoss(png, fmt.Sprintf("%s, %.1f M params", cfg.Family, float64(params)/1e6), st.Losses, st.Evals, 20); err != nil {
+		return "", fmt.Errorf("train: loss curve: %w", err)
+	}
+	return png, nil
+}
 
 // PlotLoss writes a PNG of the training loss per step (raw and a moving
 // average over `smooth` steps) and the held-out evaluations.
-func PlotLoss(path, title string, losses []float64, evals []EvalPoint, smooth int) error {
+func PlotLoss(path, title string, losses []float64, evals []train.EvalPoint, smooth int) error {
 	p := plot.New()
 	p.Title.Text = title
 	p.X.Label.Text = "step"
@@ -58,3 +90,5 @@ func PlotLoss(path, title string, losses []float64, evals []EvalPoint, smooth in
 	p.Add(plotter.NewGrid())
 	return p.Save(8*vg.Inch, 4.5*vg.Inch, path)
 }
+
+func plotColor(r, g, b uint8) color.Color { return color.RGBA{R: r, G: g, B: b, A: 255} }

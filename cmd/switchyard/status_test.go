@@ -1,4 +1,4 @@
-package status
+package main
 
 import (
 	"bytes"
@@ -15,6 +15,7 @@ import (
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/placement"
 	"github.com/switchyard/switchyard/pkg/registry"
+	"github.com/switchyard/switchyard/pkg/status"
 )
 
 func TestStatusCommand(t *testing.T) {
@@ -63,7 +64,7 @@ func TestStatusCommand(t *testing.T) {
 	}
 
 	run := func(args ...string) string {
-		cmd := StatusCmd()
+		cmd := statusCmd()
 		var out bytes.Buffer
 		cmd.SetOut(&out)
 		cmd.SetArgs(append([]string{"--etcd", strings.Join(etcd.Endpoints, ","), "--cluster", "demo"}, args...))
@@ -85,7 +86,7 @@ func TestStatusCommand(t *testing.T) {
 			t.Errorf("text lacks %q", want)
 		}
 	}
-	var snap Snapshot
+	var snap status.Snapshot
 	if err := json.Unmarshal([]byte(run("--json")), &snap); err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +133,7 @@ func TestStatusCommand(t *testing.T) {
 }
 
 func TestStatusUnreachable(t *testing.T) {
-	cmd := StatusCmd()
+	cmd := statusCmd()
 	cmd.SetArgs([]string{"--etcd", "http://127.0.0.1:1", "--timeout", "300ms"})
 	cmd.SetOut(&bytes.Buffer{})
 	cmd.SetErr(&bytes.Buffer{})

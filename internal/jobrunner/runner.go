@@ -1,4 +1,13 @@
-package jobs
+// Package jobrunner runs, on a worker, the ranks of the training jobs the
+// scheduler (pkg/jobs) assigns to it: for each it loads the job's dense
+// replica and the experts this rank owns, opens the job's expert-exchange
+// server and collective-group listener, publishes them (jobs.Store.PutRank),
+// waits for every rank, and runs train.RunRank (or train.RunGoldenRank for
+// a verification job); rank 0 publishes progress in etcd. pkg/worker starts
+// it; it is the only link from a worker to the trainer, and the
+// coordinator, which only schedules, never imports it
+// (docs/ARCHITECTURE.md, section 7).
+package jobrunner
 
 import (
 	"context"
@@ -14,13 +23,14 @@ import (
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/collective"
 	"github.com/switchyard/switchyard/pkg/expert"
+	"github.com/switchyard/switchyard/pkg/jobs"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/train"
 	"github.com/switchyard/switchyard/pkg/transport"
 )
 
-// RunnerConfig configures a worker's job runner.
-type RunnerConfig struct {
+// Config configures a worker's job runner.
+type Config struct {
 	Self cluster.WorkerID
 	// Host is the address job listeners bind and advertise (the worker's
 	// reachable host, e.g. 127.0.0.1 or a pod IP). Default 127.0.0.1.
@@ -38,8 +48,8 @@ type RunnerConfig struct {
 // Runner runs, one at a time, the job ranks the scheduler assigns to a
 // worker.
 type Runner struct {
-	Jobs *Store
-	Cfg  RunnerConfig
+	Jobs *jobs.Store
+	Cfg  Config
 }
 
 // Run follows the job list until ctx ends.
@@ -81,7 +91,7 @@ func (r *Runner) Run(ctx context.Context) error {
 		}
 		for _, sp := range list {
 			rank := indexOf(sp.Assigned, cfg.Self)
-			active := sp.State == Assigned || sp.State == Running
+			active := sp.State == jobs.Assigned || sp.State == jobs.Running
 			if cur != nil && cur.id == sp.ID && (!active || sp.Attempt != cur.attempt) {
 				cur.cancel() // the attempt failed elsewhere or was replaced
 			}
@@ -91,7 +101,7 @@ func (r *Runner) Run(ctx context.Context) error {
 			rctx, cancel := context.WithCancel(ctx)
 			c := &running{id: sp.ID, attempt: sp.Attempt, cancel: cancel, done: make(chan struct{})}
 			cur = c
-			go func(sp Spec, rank int) {
+			go func(sp jobs.Spec, rank int) {
 				defer close(c.done)
 				defer cancel()
 				r.runRank(rctx, sp, rank)
@@ -111,7 +121,7 @@ func indexOf(ws []cluster.WorkerID, w cluster.WorkerID) int {
 }
 
 // runRank runs one rank of one attempt and records its outcome in etcd.
-func (r *Runner) runRank(ctx context.Context, sp Spec, rank int) {
+func (r *Runner) runRank(ctx context.Context, sp jobs.Spec, rank int) {
 	lg := r.Cfg.Log.With("job", sp.ID, "attempt", sp.Attempt, "rank", rank)
 	lg.Info("starting rank")
 	res, err := r.rank(ctx, sp, rank, lg)
@@ -122,11 +132,11 @@ func (r *Runner) runRank(ctx context.Context, sp Spec, rank int) {
 		}
 		msg := fmt.Sprintf("attempt %d, rank %d (worker %s): %v", sp.Attempt, rank, r.Cfg.Self, err)
 		lg.Warn("rank failed", "err", err)
-		r.Jobs.Transition(context.Background(), sp.ID, func(cur *Spec) bool {
-			if cur.Attempt != sp.Attempt || (cur.State != Assigned && cur.State != Running) {
+		r.Jobs.Transition(context.Background(), sp.ID, func(cur *jobs.Spec) bool {
+			if cur.Attempt != sp.Attempt || (cur.State != jobs.Assigned && cur.State != jobs.Running) {
 				return false // someone else already recorded the failure
 			}
-			cur.State, cur.Error = Failed, msg
+			cur.State, cur.Error = jobs.Failed, msg
 			return true
 		})
 		return
@@ -135,11 +145,11 @@ func (r *Runner) runRank(ctx context.Context, sp Spec, rank int) {
 		st, _ := r.Jobs.Status(context.Background(), sp.ID)
 		st.Checkpoint = res.Checkpoint
 		r.Jobs.PutStatus(context.Background(), sp.ID, st)
-		r.Jobs.Transition(context.Background(), sp.ID, func(cur *Spec) bool {
+		r.Jobs.Transition(context.Background(), sp.ID, func(cur *jobs.Spec) bool {
 			if cur.Attempt != sp.Attempt || cur.State.Terminal() {
 				return false
 			}
-			cur.State, cur.Error = Done, ""
+			cur.State, cur.Error = jobs.Done, ""
 			return true
 		})
 	}
@@ -167,7 +177,7 @@ func holds(id expert.ID, experts, ranks, replicas, rank int) bool {
 	return false
 }
 
-func (r *Runner) rank(ctx context.Context, sp Spec, rank int, lg *slog.Logger) (*train.Result, error) {
+func (r *Runner) rank(ctx context.Context, sp jobs.Spec, rank int, lg *slog.Logger) (*train.Result, error) {
 	n := len(sp.Assigned)
 	var (
 		p     *train.Prepared
@@ -233,7 +243,7 @@ func (r *Runner) rank(ctx context.Context, sp Spec, rank int, lg *slog.Logger) (
 	if err != nil {
 		return nil, err
 	}
-	if err := r.Jobs.PutRank(ctx, sp.ID, sp.Attempt, rank, RankInfo{Worker: self, ExpertAddr: elis.Addr().String(), GroupAddr: glis.Addr().String()}); err != nil {
+	if err := r.Jobs.PutRank(ctx, sp.ID, sp.Attempt, rank, jobs.RankInfo{Worker: self, ExpertAddr: elis.Addr().String(), GroupAddr: glis.Addr().String()}); err != nil {
 		glis.Close()
 		return nil, err
 	}
@@ -297,11 +307,11 @@ func (r *Runner) rank(ctx context.Context, sp Spec, rank int, lg *slog.Logger) (
 	m.Experts = tr
 
 	if rank == 0 {
-		r.Jobs.Transition(ctx, sp.ID, func(cur *Spec) bool {
-			if cur.Attempt != sp.Attempt || cur.State != Assigned {
+		r.Jobs.Transition(ctx, sp.ID, func(cur *jobs.Spec) bool {
+			if cur.Attempt != sp.Attempt || cur.State != jobs.Assigned {
 				return false
 			}
-			cur.State = Running
+			cur.State = jobs.Running
 			return true
 		})
 	}
@@ -319,27 +329,40 @@ func (r *Runner) rank(ctx context.Context, sp Spec, rank int, lg *slog.Logger) (
 		err := train.RunGoldenRank(ctx, train.GoldenRank{Comm: group, Model: m, Owned: owned, IDs: g.IDs, AdamW: g.AdamW, Steps: g.Steps, Out: g.Out})
 		return &train.Result{Steps: g.Steps}, shutdown(err)
 	}
-	var last Status
-	var lastPut time.Time
-	observe := func(ev train.Event) {
-		last.Attempt, last.Steps = sp.Attempt, sp.Job.Steps
-		switch {
-		case ev.Checkpoint != "":
-			last.Checkpoint = ev.Checkpoint
-		case ev.EvalLoss != 0:
-			last.EvalLoss = ev.EvalLoss
-		default:
-			last.Step, last.Loss, last.TokensPerS = ev.Step, ev.Loss, ev.TokensPerS
-		}
-		if time.Since(lastPut) > 500*time.Millisecond || ev.Step == sp.Job.Steps || ev.Checkpoint != "" {
-			lastPut = time.Now()
-			r.Jobs.PutStatus(ctx, sp.ID, last)
-		}
-	}
-	rj := train.RankJob{Prepared: p, Comm: group, Model: m, Owned: owned, Observe: observe}
+	pub := &publisher{ctx: ctx, jobs: r.Jobs, id: sp.ID, log: lg, last: jobs.Status{Attempt: sp.Attempt, Steps: sp.Job.Steps}}
+	rj := train.RankJob{Prepared: p, Comm: group, Model: m, Owned: owned, Progress: pub}
 	if replicas > 1 {
 		rj.Replicas = &train.Replicas{Experts: allExperts, Holders: func(id expert.ID) []int { return holders(id, E, n, replicas) }}
 	}
 	res, err := train.RunRank(ctx, rj)
 	return res, shutdown(err)
+}
+
+// publisher is rank 0's train.Progress: it publishes the job's status in
+// etcd at most every 500 ms, and at once for the last step and every
+// checkpoint.
+type publisher struct {
+	ctx     context.Context
+	jobs    *jobs.Store
+	id      string
+	log     *slog.Logger
+	last    jobs.Status
+	lastPut time.Time
+}
+
+func (p *publisher) Logf(format string, args ...any) { p.log.Info(fmt.Sprintf(format, args...)) }
+
+func (p *publisher) Observe(ev train.Event) {
+	switch {
+	case ev.Checkpoint != "":
+		p.last.Checkpoint = ev.Checkpoint
+	case ev.EvalLoss != 0:
+		p.last.EvalLoss = ev.EvalLoss
+	default:
+		p.last.Step, p.last.Loss, p.last.TokensPerS = ev.Step, ev.Loss, ev.TokensPerS
+	}
+	if time.Since(p.lastPut) > 500*time.Millisecond || ev.Step == p.last.Steps || ev.Checkpoint != "" {
+		p.lastPut = time.Now()
+		p.jobs.PutStatus(p.ctx, p.id, p.last)
+	}
 }

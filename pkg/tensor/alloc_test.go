@@ -1,0 +1,91 @@
+package tensor
+
+import (
+	"math/rand/v2"
+	"runtime"
+	"sync/atomic"
+	"testing"
+)
+
+// countRanger counts the items it is handed.
+type countRanger struct{ n atomic.Int64 }
+
+func (c *countRanger) Range(lo, hi int) { c.n.Add(int64(hi - lo)) }
+
+// TestKernelsAllocateNothing checks that once warm (pools filled, worker
+// goroutines recycled) the kernels a decode step calls allocate nothing,
+// also when they split over goroutines: ParallelRange, Gemm and GemmBF16 in
+// each of their paths (GEMV, GEMV of the other orientation, one column,
+// packed and parallel), and RMSNormRows.
+func TestKernelsAllocateNothing(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4))
+	r := rand.New(rand.NewPCG(1, 2))
+	randn := func(n int) []float32 {
+		v := make([]float32, n)
+		for i := range v {
+			v[i] = float32(r.NormFloat64())
+		}
+		return v
+	}
+	const m, n, k = 8, 2048, 512 // packed: 2*m*n*k = 16 MFLOP, split over all workers
+	a, b, c := randn(m*k), randn(n*k), make([]float32, m*n)
+	b16 := make([]uint16, n*k)
+	F32ToBF16(b16, b)
+	w := randn(k)
+	var cnt countRanger
+	cases := []struct {
+		name string
+		f    func()
+	}{
+		{"ParallelRange", func() { ParallelRange(1000, 1, &cnt) }},
+		{"gemvT", func() { Gemm(false, true, 1, n, k, 1, a, k, b, k, 0, c, n) }},
+		{"gemvT-bf16", func() { GemmBF16(false, true, 1, n, k, 1, a, k, b16, k, 0, c, n) }},
+		{"gemvN", func() { Gemm(false, false, 1, n, k, 1, a, k, b, n, 0, c, n) }},
+		{"gemvN-transA", func() { Gemm(true, false, 1, n, k, 1, a, 1, b, n, 0, c, n) }},
+		{"column", func() { Gemm(false, true, m, 1, k, 1, a, k, b, k, 0, c, n) }},
+		{"packed", func() { Gemm(false, true, m, n, k, 1, a, k, b, k, 0, c, n) }},
+		{"packed-bf16", func() { GemmBF16(false, true, m, n, k, 1, a, k, b16, k, 0, c, n) }},
+		{"RMSNormRows", func() { RMSNormRows(c, c, w, m*n/k, k, 1e-6) }},
+	}
+	for _, tc := range cases {
+		for range 10 {
+			tc.f()
+		}
+		if got := testing.AllocsPerRun(50, tc.f); got != 0 {
+			t.Errorf("%s: %v allocations per call, want 0", tc.name, got)
+		}
+	}
+	if cnt.n.Load()%1000 != 0 {
+		t.Errorf("ParallelRange visited %d items, not a multiple of 1000", cnt.n.Load())
+	}
+}
+
+// TestParallelRangeCovers checks ParallelRange against Splits: disjoint
+// ranges covering [0, n), as many as Splits says.
+func TestParallelRangeCovers(t *testing.T) {
+	for _, procs := range []int{1, 2, 5} {
+		old := runtime.GOMAXPROCS(procs)
+		for _, tc := range []struct{ n, grain int }{{0, 1}, {1, 1}, {7, 1}, {7, 3}, {100, 0}, {1001, 7}} {
+			hits := make([]int32, tc.n)
+			var ranges atomic.Int32
+			ParallelRange(tc.n, tc.grain, funcRanger(func(lo, hi int) {
+				ranges.Add(1)
+				for i := lo; i < hi; i++ {
+					atomic.AddInt32(&hits[i], 1)
+				}
+			}))
+			for i, h := range hits {
+				if h != 1 {
+					t.Fatalf("procs=%d n=%d grain=%d: item %d visited %d times", procs, tc.n, tc.grain, i, h)
+				}
+			}
+			if got, want := int(ranges.Load()), Splits(tc.n, tc.grain); got != want {
+				t.Errorf("procs=%d n=%d grain=%d: %d ranges, Splits says %d", procs, tc.n, tc.grain, got, want)
+			}
+		}
+		runtime.GOMAXPROCS(old)
+	}
+}

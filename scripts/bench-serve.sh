@@ -1,0 +1,171 @@
+#!/usr/bin/env bash
+# Serving benchmark: a generated Mixtral-style bf16 model (bench/decode's
+# shape: 8 layers, hidden 1024, 32 experts top-4, expert intermediate 2816;
+# vocabulary 320 so the repository's gpt2-style test tokenizer covers it:
+# ~4.5 GB of weights, 4.43 GB of them routed experts) served over the
+# OpenAI API, measured from the client side (bench/serve load): tokens/s
+# with 1 client and with 16 concurrent clients, time to first token and
+# inter-token latency p50/p90/p99 (streaming), and from the front end's
+# /metrics the forward time per generated token split into attention,
+# experts (on a cluster: the exchange with the owners, remote compute
+# included) and the rest, and the mean MoE-layer exchange time next to the
+# link's round trip + transfer time. Configurations:
+#
+#   in-process    serve --workers 0 (experts in the front end's process)
+#   2 workers     serve --workers 2 (local worker processes, loopback gRPC)
+#   4 workers     serve --workers 4
+#   netns 1gbit   4 emulated hosts h1..h4 with a worker each, the coordinator
+#   netns 10gbit  and the front end on h0 (scripts/netns/cluster.sh, tc tbf)
+#
+# Every request asks for 64 tokens (ignore_eos); each measurement runs
+# BENCH_SERVE_WARMUP (5) s, then a BENCH_SERVE_SECONDS (20) s window; requests
+# still running at its end are cancelled. The raw-TCP round trip h0 -> h1 is
+# measured with bench/serve tcpping in the same namespaces; transfer =
+# 2 x rows x hidden x 4 bytes / rate. The model is generated once into
+# ${TMPDIR:-/tmp}/switchyard-bench. Results: bench/results/serve.txt (the
+# date and CPU with every result, the raw lines, the table) and the table in
+# bench/results/serve.md. Needs root for the netns configurations (skipped
+# otherwise); ~10 minutes plus ~1 minute to generate the model.
+#
+#   scripts/bench-serve.sh [--only in-process|workers|netns]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+only=""
+[ "${1:-}" = "--only" ] && only=${2:?--only needs a value}
+export PATH=$PATH:/usr/local/go/bin
+export SY_CLUSTER=sybench SY_SUBNET=10.80.0
+net=scripts/netns/cluster.sh
+cache=${TMPDIR:-/tmp}/switchyard-bench
+model=$cache/mixtral-l8-e32-h1024-f2816-v320
+warm=${BENCH_SERVE_WARMUP:-5}
+secs=${BENCH_SERVE_SECONDS:-20}
+tokens=64
+out=bench/results/serve.txt
+md=bench/results/serve.md
+work=$(mktemp -d /tmp/switchyard-bench-serve.XXXXXX)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do
+		for _ in $(seq 100); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+		kill -KILL "$p" 2>/dev/null || true
+	done
+	pids=()
+	$net down >/dev/null 2>&1 || true
+}
+trap 'cleanup; rm -rf "$work"' EXIT
+trap 'exit 130' INT TERM
+
+cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
+stamp() { echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ); cpu: $cpu; load average $(cut -d' ' -f1-3 /proc/loadavg)"; }
+log() { echo "$*" | tee -a "$work/raw.txt"; }
+
+if [ -n "${SWITCHYARD_BIN_DIR:-}" ]; then
+	cp "$SWITCHYARD_BIN_DIR/switchyard" "$SWITCHYARD_BIN_DIR/coordinator" "$work/"
+else
+	go build -o "$work/switchyard" ./cmd/switchyard
+	go build -o "$work/coordinator" ./cmd/coordinator
+fi
+go build -o "$work/bs" ./bench/serve
+"$work/bs" synth -dir "$model" -layers 8 -hidden 1024 -experts 32 -topk 4 -inter 2816 -vocab 320 \
+	-tokenizer testdata/golden/tokenizer_bpe_gpt2/tokenizer.json | tee "$work/synth.txt"
+
+# measure NAME URL [NSRUN...] [-- extra load flags]: 1 client, then 16.
+measure() {
+	local name=$1 url=$2 file
+	shift 2
+	local runner=() extra=()
+	while [ $# -gt 0 ] && [ "$1" != -- ]; do runner+=("$1"); shift; done
+	[ "${1:-}" = -- ] && shift && extra=("$@")
+	log "$(stamp)"
+	for c in 1 16; do
+		file=$work/result-$(printf %02d "${#results[@]}").json
+		"${runner[@]}" "$work/bs" load -url "$url" -clients $c -warmup "${warm}s" -duration "${secs}s" -drain=false \
+			-max-tokens $tokens -ignore-eos -stream always -metrics -config "$name" -model "$model" \
+			-label "$name, $c client(s)" -json "$file" "${extra[@]}" | tee -a "$work/raw.txt"
+		results+=("$file")
+	done
+}
+results=()
+
+# local NAME WORKERS
+run_local() {
+	local name=$1 n=$2 url
+	"$work/switchyard" serve --model "$model" --workers "$n" --listen 127.0.0.1:0 --served-model-name m \
+		>"$work/$name.log" 2>&1 &
+	pids+=($!)
+	local deadline=$((SECONDS + 300))
+	until grep -q '^serve: ready: http' "$work/$name.log"; do
+		kill -0 "${pids[-1]}" 2>/dev/null || { tail -n 20 "$work/$name.log"; exit 1; }
+		[ $SECONDS -gt $deadline ] && { echo "bench-serve: $name not ready"; tail -n 20 "$work/$name.log"; exit 1; }
+		sleep 0.5
+	done
+	url=$(sed -n 's/^serve: ready: \(http[^ ]*\) .*/\1/p' "$work/$name.log")
+	until [ "$(curl -s -o /dev/null -w '%{http_code}' "$url/health")" = 200 ]; do sleep 0.5; done
+	measure "$name" "$url"
+	cleanup
+}
+
+# netns RATE: front end + coordinator on h0, a worker on each of h1..h4.
+run_netns() {
+	local rate=$1 name="netns 4 hosts $1" ip0 etcd url i ip rtt
+	$net up 5 "$rate" >/dev/null
+	nsrun() { local h=$1; shift; nsenter --net="/var/run/netns/$SY_CLUSTER-$h" -- "$@"; }
+	ip0=$($net ip h0)
+	etcd="http://$ip0:2379"
+	nsrun h0 "$work/coordinator" --listen-client-urls "$etcd" --listen-peer-urls "http://$ip0:2380" \
+		--data-dir "$work/etcd-$rate" --cluster bench --model "$model" --elem-bytes 2 --expect-workers 4 \
+		--name c0 >"$work/coord-$rate.out" 2>"$work/coord-$rate.log" &
+	pids+=($!)
+	for i in 1 2 3 4; do
+		ip=$($net ip h$i)
+		nsrun h$i "$work/switchyard" worker --etcd "$etcd" --cluster bench --id "h$i" --listen "$ip:7070" \
+			--gossip "$ip:7946" --model "$model" --no-jobs >"$work/w$i-$rate.out" 2>"$work/w$i-$rate.log" &
+		pids+=($!)
+	done
+	nsrun h0 "$work/switchyard" serve --model "$model" --etcd "$etcd" --cluster bench --listen "$ip0:8000" \
+		--served-model-name m >"$work/fe-$rate.log" 2>&1 &
+	pids+=($!)
+	url="http://$ip0:8000"
+	local deadline=$((SECONDS + 300))
+	until [ "$(nsrun h0 curl -s -o /dev/null -w '%{http_code}' "$url/health" 2>/dev/null)" = 200 ]; do
+		[ $SECONDS -gt $deadline ] && { echo "bench-serve: $name not healthy"; tail -n 5 "$work"/fe-$rate.log "$work"/w*-$rate.log; exit 1; }
+		sleep 0.5
+	done
+	nsrun h1 "$work/bs" tcpping -listen "$($net ip h1):7999" >/dev/null 2>&1 &
+	pids+=($!)
+	nsrun h0 "$work/bs" tcpping -addr "$($net ip h1):7999" -n 2000 -size 64 | tee "$work/ping-$rate.txt" | grep -v '^rtt_ms' | tee -a "$work/raw.txt"
+	rtt=$(sed -n 's/^rtt_ms=//p' "$work/ping-$rate.txt")
+	measure "$name" "$url" nsrun h0 -- -link-rate "$rate" -link-rtt-ms "$rtt"
+	cleanup
+}
+
+case "$only" in "" | in-process) run_local "in-process" 0 ;; esac
+case "$only" in "" | workers)
+	run_local "2 local workers" 2
+	run_local "4 local workers" 4
+	;;
+esac
+case "$only" in "" | netns)
+	if [ "$(id -u)" = 0 ]; then
+		run_netns 1gbit
+		run_netns 10gbit
+	else
+		log "# netns configurations skipped: need root"
+	fi
+	;;
+esac
+
+"$work/bs" report -out "$work/table.md" "${results[@]}" >/dev/null
+{
+	echo "# scripts/bench-serve.sh, $(date -u +%Y-%m-%dT%H:%MZ)"
+	echo "# cpu: $cpu; $(go version)"
+	echo "# model: $(grep '^model:' "$work/synth.txt" | sed 's/^model: //'); mixtral-style, 8 layers, hidden 1024, 32 experts top-4, expert intermediate 2816, vocab 320, bf16"
+	echo "# each measurement: ${warm} s warm-up, ${secs} s window, $tokens tokens per request (ignore_eos), streamed"
+	cat "$work/raw.txt"
+	echo
+	cat "$work/table.md"
+} >"$out"
+cp "$work/table.md" "$md"
+cat "$work/table.md"
