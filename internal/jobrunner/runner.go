@@ -132,26 +132,44 @@ func (r *Runner) runRank(ctx context.Context, sp jobs.Spec, rank int) {
 		}
 		msg := fmt.Sprintf("attempt %d, rank %d (worker %s): %v", sp.Attempt, rank, r.Cfg.Self, err)
 		lg.Warn("rank failed", "err", err)
-		r.Jobs.Transition(context.Background(), sp.ID, func(cur *jobs.Spec) bool {
-			if cur.Attempt != sp.Attempt || (cur.State != jobs.Assigned && cur.State != jobs.Running) {
-				return false // someone else already recorded the failure
-			}
-			cur.State, cur.Error = jobs.Failed, msg
-			return true
-		})
+		// The final state must land even if etcd blinks right now (each
+		// try bounded, retried with backoff): a job must never stay
+		// "running" with no rank left to end it.
+		if werr := jobs.Retry(context.Background(), jobs.RetryConfig{}, func(ctx context.Context) error {
+			_, err := r.Jobs.Transition(ctx, sp.ID, func(cur *jobs.Spec) bool {
+				if cur.Attempt != sp.Attempt || (cur.State != jobs.Assigned && cur.State != jobs.Running) {
+					return false // someone else already recorded the failure
+				}
+				cur.State, cur.Error = jobs.Failed, msg
+				return true
+			})
+			return err
+		}); werr != nil {
+			lg.Error("could not record the failed attempt", "err", werr)
+		}
 		return
 	}
 	if rank == 0 {
-		st, _ := r.Jobs.Status(context.Background(), sp.ID)
-		st.Checkpoint = res.Checkpoint
-		r.Jobs.PutStatus(context.Background(), sp.ID, st)
-		r.Jobs.Transition(context.Background(), sp.ID, func(cur *jobs.Spec) bool {
-			if cur.Attempt != sp.Attempt || cur.State.Terminal() {
-				return false
+		if werr := jobs.Retry(context.Background(), jobs.RetryConfig{}, func(ctx context.Context) error {
+			st, err := r.Jobs.Status(ctx, sp.ID)
+			if err != nil {
+				return err
 			}
-			cur.State, cur.Error = jobs.Done, ""
-			return true
-		})
+			st.Checkpoint = res.Checkpoint
+			if err := r.Jobs.PutStatus(ctx, sp.ID, st); err != nil {
+				return err
+			}
+			_, err = r.Jobs.Transition(ctx, sp.ID, func(cur *jobs.Spec) bool {
+				if cur.Attempt != sp.Attempt || cur.State.Terminal() {
+					return false
+				}
+				cur.State, cur.Error = jobs.Done, ""
+				return true
+			})
+			return err
+		}); werr != nil {
+			lg.Error("could not record the finished job", "err", werr)
+		}
 	}
 	lg.Info("rank finished", "steps", res.Steps)
 }
