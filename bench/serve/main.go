@@ -351,8 +351,8 @@ type loadResult struct {
 	Failures   []string  `json:"failures,omitempty"`
 	Tokens     int       `json:"tokens"` // tokens received inside the window
 	TokensPerS float64   `json:"tokens_per_s"`
-	TTFT       []float64 `json:"ttft_ms"` // p50 p90 p99
-	ITL        []float64 `json:"itl_ms"`  // p50 p90 p99
+	TTFT       []float64 `json:"ttft_ms"` // p50 p90 p99; null: no sample
+	ITL        []float64 `json:"itl_ms"`  // p50 p90 p99; null: no sample
 	Requests   int       `json:"requests_ttft"`
 	CPUBusy    float64   `json:"cpu_busy"` // machine-wide busy fraction in the window (1 = every core)
 	// From the front end's /metrics (-metrics), per generated token in the
@@ -521,7 +521,10 @@ func load(args []string) error {
 		fmt.Printf("%s: failure: %s\n", *label, f)
 	}
 	if *jsonOut != "" {
-		b, _ := json.MarshalIndent(res, "", "  ")
+		b, err := json.MarshalIndent(res, "", "  ")
+		if err != nil {
+			return err
+		}
 		if err := os.WriteFile(*jsonOut, b, 0o644); err != nil {
 			return err
 		}
@@ -613,7 +616,7 @@ func sumMetric(m map[string]float64, name string, labels ...string) float64 {
 
 func percentiles(xs []float64) []float64 {
 	if len(xs) == 0 {
-		return []float64{math.NaN(), math.NaN(), math.NaN()}
+		return nil
 	}
 	sort.Float64s(xs)
 	p := func(q float64) float64 { return xs[min(len(xs)-1, int(math.Ceil(q*float64(len(xs))))-1)] }
@@ -621,7 +624,7 @@ func percentiles(xs []float64) []float64 {
 }
 
 func fmtP(p []float64) string {
-	if len(p) != 3 || math.IsNaN(p[0]) {
+	if len(p) != 3 {
 		return "-"
 	}
 	return fmt.Sprintf("%.1f/%.1f/%.1f", p[0], p[1], p[2])

@@ -141,7 +141,7 @@ short), and stop the workers and etcd.`,
 	f.IntVar(&o.Workers, "workers", 1, "local worker processes holding the routed experts (0: experts in this process)")
 	f.StringVar(&etcd, "etcd", "", "join the running cluster at these etcd endpoints (comma-separated); starts no etcd and no workers")
 	f.StringVar(&o.Cluster, "cluster", registry.DefaultCluster, "cluster name (etcd key prefix) with --etcd")
-	f.StringVar(&workerMem, "worker-mem", "auto", "memory limit of each local worker, e.g. 2GiB (auto: their cgroup's)")
+	f.StringVar(&workerMem, "worker-mem", "auto", "hard memory limit of each local worker, e.g. 2GiB: each runs in a memory cgroup of its own with it (passed as --mem if cgroups cannot be made); auto: no cgroup of their own, they read this process's")
 	f.IntVar(&o.Replicas, "replicas", 1, "copies of each expert on distinct local workers (embedded default)")
 	f.BoolVar(&o.Overlap, "overlap", false, "two-micro-batch overlap: one half of a step's sequences computes attention while the other waits for its experts (remote experts only)")
 	f.StringVar(&o.Listen, "listen", "127.0.0.1:8000", "HTTP address (port 0: a free port)")

@@ -22,7 +22,8 @@ type Model interface {
 	NewSeq() Seq
 	// Forward appends tokens[b] (non-empty) to seqs[b] for every b, as one
 	// batch, and returns the logits of each sequence's last new token:
-	// [B, V] row-major. On error the sequences are left unchanged.
+	// [B, V] row-major, valid until the next Forward call (they may alias
+	// the model's workspace). On error the sequences are left unchanged.
 	Forward(ctx context.Context, seqs []Seq, tokens [][]int32) ([]float32, error)
 }
 
@@ -61,6 +62,7 @@ type loaded struct {
 	m       *model.Model
 	overlap bool
 	last    model.Profile
+	ws, wsB model.Workspace // one per micro-batch: logits alias them until the next Forward
 }
 
 func (l *loaded) LastProfile() model.Profile { return l.last }
@@ -91,7 +93,7 @@ func (l *loaded) Forward(ctx context.Context, seqs []Seq, tokens [][]int32) ([]f
 	if l.overlap && len(ss) >= 2 {
 		return l.forwardOverlapped(ctx, ss, tokens)
 	}
-	out, err := l.m.Forward(ctx, ss, tokens, model.Options{Prof: &l.last})
+	out, err := l.m.Forward(ctx, ss, tokens, model.Options{Prof: &l.last, Workspace: &l.ws})
 	if err != nil {
 		return nil, err
 	}
@@ -118,9 +120,9 @@ func (l *loaded) forwardOverlapped(ctx context.Context, ss []*model.Seq, tokens 
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		ob, eb = l.m.Forward(ctx, ss[k:], tokens[k:], model.Options{Prof: &pb})
+		ob, eb = l.m.Forward(ctx, ss[k:], tokens[k:], model.Options{Prof: &pb, Workspace: &l.wsB})
 	}()
-	oa, ea := l.m.Forward(ctx, ss[:k], tokens[:k], model.Options{Prof: &l.last})
+	oa, ea := l.m.Forward(ctx, ss[:k], tokens[:k], model.Options{Prof: &l.last, Workspace: &l.ws})
 	<-done
 	l.last.Attention += pb.Attention
 	l.last.Router += pb.Router
