@@ -1,12 +1,17 @@
 // Package jobrunner runs, on a worker, the ranks of the training jobs the
 // scheduler (pkg/jobs) assigns to it: for each it loads the job's dense
-// replica and the experts this rank owns, opens the job's expert-exchange
-// server and collective-group listener, publishes them (jobs.Store.PutRank),
-// waits for every rank, and runs train.RunRank (or train.RunGoldenRank for
-// a verification job); rank 0 publishes progress in etcd. pkg/worker starts
-// it; it is the only link from a worker to the trainer, and the
+// replica and the experts this rank owns, opens a scope for the job on the
+// worker's own expert server (transport.ExpertServer.AddJob: the job's
+// experts, model and hidden size beside the serving placement's, on the
+// worker's one gRPC listener) and a collective-group listener, publishes
+// the worker's gRPC address and the group's (jobs.Store.PutRank), waits for
+// every rank, and runs train.RunRank (or train.RunGoldenRank for a
+// verification job); rank 0 publishes progress in etcd. The rank's own
+// experts are computed in process through its scope
+// (transport.RemoteTrainer.SetLocal); the other ranks' over gRPC. pkg/worker
+// starts it; it is the only link from a worker to the trainer, and the
 // coordinator, which only schedules, never imports it
-// (docs/ARCHITECTURE.md, section 7).
+// (docs/ARCHITECTURE.md, sections 1 and 7).
 package jobrunner
 
 import (
@@ -15,10 +20,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"sync"
 	"time"
-
-	"google.golang.org/grpc"
 
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/collective"
@@ -32,8 +34,15 @@ import (
 // Config configures a worker's job runner.
 type Config struct {
 	Self cluster.WorkerID
-	// Host is the address job listeners bind and advertise (the worker's
-	// reachable host, e.g. 127.0.0.1 or a pod IP). Default 127.0.0.1.
+	// Server is the worker's expert server; each rank adds its job's scope
+	// to it. Required.
+	Server *transport.ExpertServer
+	// ExpertAddr is the worker's advertised gRPC address (where Server
+	// listens), published as every rank's RankInfo.ExpertAddr. Required.
+	ExpertAddr string
+	// Host is the address the collective-group listener binds and
+	// advertises (the worker's reachable host, e.g. 127.0.0.1 or a pod
+	// IP). Default 127.0.0.1.
 	Host string
 	// JoinTimeout bounds the wait for every rank of an attempt to publish
 	// its endpoints and connect (default 60 s).
@@ -52,9 +61,20 @@ type Runner struct {
 	Cfg  Config
 }
 
-// Run follows the job list until ctx ends.
+// Run follows the job list until ctx ends. It fails at once without
+// Cfg.Server or Cfg.ExpertAddr.
 func (r *Runner) Run(ctx context.Context) error {
 	cfg := r.Cfg
+	var errs []error
+	if cfg.Server == nil {
+		errs = append(errs, errors.New("jobrunner: Config.Server (the worker's expert server) is required"))
+	}
+	if cfg.ExpertAddr == "" {
+		errs = append(errs, errors.New("jobrunner: Config.ExpertAddr (the worker's gRPC address) is required"))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
 	if cfg.Host == "" {
 		cfg.Host = "127.0.0.1"
 	}
@@ -241,27 +261,19 @@ func (r *Runner) rank(ctx context.Context, sp jobs.Spec, rank int, lg *slog.Logg
 	fp := mcfg.Fingerprint()
 	self := r.Cfg.Self
 
-	// This rank's job servers: the expert exchange for the job's experts and
-	// the collective group's listener.
-	srv, err := transport.NewExpertServer(owned, transport.ServerConfig{Worker: self, Model: fp, Hidden: mcfg.Hidden})
+	// The job's scope on the worker's expert server (peers reach it at the
+	// worker's gRPC address) and the collective group's listener.
+	job := fmt.Sprintf("%s/%d", sp.ID, sp.Attempt)
+	scope, err := r.Cfg.Server.AddJob(job, owned, fp, mcfg.Hidden)
 	if err != nil {
 		return nil, err
 	}
-	elis, err := net.Listen("tcp", net.JoinHostPort(r.Cfg.Host, "0"))
-	if err != nil {
-		return nil, err
-	}
-	gs := grpc.NewServer(srv.ServerOptions()...)
-	srv.Register(gs)
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() { defer wg.Done(); gs.Serve(elis) }()
-	defer func() { gs.Stop(); wg.Wait() }()
+	defer scope.Close()
 	glis, err := net.Listen("tcp", net.JoinHostPort(r.Cfg.Host, "0"))
 	if err != nil {
 		return nil, err
 	}
-	if err := r.Jobs.PutRank(ctx, sp.ID, sp.Attempt, rank, jobs.RankInfo{Worker: self, ExpertAddr: elis.Addr().String(), GroupAddr: glis.Addr().String()}); err != nil {
+	if err := r.Jobs.PutRank(ctx, sp.ID, sp.Attempt, rank, jobs.RankInfo{Worker: self, ExpertAddr: r.Cfg.ExpertAddr, GroupAddr: glis.Addr().String()}); err != nil {
 		glis.Close()
 		return nil, err
 	}
@@ -291,7 +303,9 @@ func (r *Runner) rank(ctx context.Context, sp jobs.Spec, rank int, lg *slog.Logg
 		return nil, fmt.Errorf("connect the collective group: %w", err)
 	}
 
-	// Every expert's owner, as a placement for the remote trainer.
+	// Every expert's owner (the round-robin holders), as a placement for
+	// the remote trainer; its epoch means nothing to job scopes, which
+	// check none.
 	pl := &cluster.Placement{Model: fp, Epoch: 1, Owners: make([][][]cluster.WorkerID, mcfg.Layers), Workers: map[cluster.WorkerID]cluster.WorkerInfo{}}
 	for _, ri := range ranks {
 		pl.Workers[ri.Worker] = cluster.WorkerInfo{ID: ri.Worker, Addr: ri.ExpertAddr, Protocol: cluster.ProtocolVersion, Model: fp}
@@ -312,14 +326,17 @@ func (r *Runner) rank(ctx context.Context, sp jobs.Spec, rank int, lg *slog.Logg
 		}
 	}
 	ccfg := transport.DefaultClientConfig()
-	ccfg.Worker, ccfg.Model, ccfg.CallTimeout = self, fp, r.Cfg.StepTimeout
+	ccfg.Worker, ccfg.Model, ccfg.Job, ccfg.CallTimeout = self, fp, job, r.Cfg.StepTimeout
 	pool, err := transport.NewPool(ccfg)
 	if err != nil {
 		return nil, err
 	}
 	defer pool.Close()
-	tr, err := transport.NewRemoteTrainer(transport.NewStaticPlacement(pl), pool, fmt.Sprintf("%s/%d", sp.ID, sp.Attempt))
+	tr, err := transport.NewRemoteTrainer(transport.NewStaticPlacement(pl), pool, job)
 	if err != nil {
+		return nil, err
+	}
+	if err := tr.SetLocal(self, scope); err != nil {
 		return nil, err
 	}
 	m.Experts = tr

@@ -1,12 +1,6 @@
 package model
 
-import (
-	"fmt"
-	"strconv"
-	"strings"
-
-	"github.com/switchyard/switchyard/pkg/tensor"
-)
+import "fmt"
 
 // ParamRef names one dense parameter tensor of a Model and points at its
 // float32 data (a field of the Model, so reading or replacing *Data reads or
@@ -18,6 +12,8 @@ type ParamRef struct {
 	// Trained is false for buffers that are not optimized (DeepSeek-V3's
 	// e_score_correction_bias, which the aux-loss-free balancing updates).
 	Trained bool
+
+	part int // TrainState.OnGrads part (see Grads.Span)
 }
 
 // DenseParams lists every dense parameter (everything except routed
@@ -25,77 +21,25 @@ type ParamRef struct {
 // embeddings lm_head is not listed (it is embed_tokens). Matrices must be
 // float32 (load with KeepBF16 false); a bfloat16 matrix is an error.
 func (m *Model) DenseParams() ([]ParamRef, error) {
-	c := m.Cfg
 	var out []ParamRef
-	var errs []string
-	vec := func(name string, p *[]float32, trained bool) {
-		if *p != nil {
-			out = append(out, ParamRef{Name: name, Shape: []int{len(*p)}, Data: p, Trained: trained})
+	var bf16 []string
+	for _, s := range m.Cfg.layout(m.tied()) {
+		if s.Bind == nil {
+			continue // a routed expert: it lives in the executor
 		}
-	}
-	mat := func(name string, mt *tensor.Mat) {
-		if mt.Empty() {
-			return
-		}
-		if mt.F32 == nil {
-			errs = append(errs, name)
-			return
-		}
-		out = append(out, ParamRef{Name: name, Shape: []int{mt.Rows, mt.Cols}, Data: &mt.F32, Trained: true})
-	}
-	nm := names{c.Family}
-	mat("model.embed_tokens.weight", &m.Embed)
-	for l := range m.Layers {
-		L := &m.Layers[l]
-		p := nm.layer(l)
-		ap := p + "self_attn."
-		a := &L.Attn
-		vec(p+"input_layernorm.weight", &L.InNorm, true)
-		vec(p+"post_attention_layernorm.weight", &L.PostNorm, true)
-		mat(ap+"q_proj.weight", &a.Q)
-		mat(ap+"k_proj.weight", &a.K)
-		mat(ap+"v_proj.weight", &a.V)
-		vec(ap+"q_proj.bias", &a.QBias, true)
-		vec(ap+"k_proj.bias", &a.KBias, true)
-		vec(ap+"v_proj.bias", &a.VBias, true)
-		vec(ap+"q_norm.weight", &a.QNorm, true)
-		vec(ap+"k_norm.weight", &a.KNorm, true)
-		mat(ap+"q_a_proj.weight", &a.QA)
-		vec(ap+"q_a_proj.bias", &a.QABias, true)
-		vec(ap+"q_a_layernorm.weight", &a.QANorm, true)
-		mat(ap+"q_b_proj.weight", &a.QB)
-		mat(ap+"kv_a_proj_with_mqa.weight", &a.KVA)
-		vec(ap+"kv_a_proj_with_mqa.bias", &a.KVABias, true)
-		vec(ap+"kv_a_layernorm.weight", &a.KVANorm, true)
-		mat(ap+"kv_b_proj.weight", &a.KVB)
-		mat(ap+"o_proj.weight", &a.O)
-		vec(ap+"o_proj.bias", &a.OBias, true)
-		if L.MLP != nil {
-			mat(p+"mlp.gate_proj.weight", &L.MLP.Gate)
-			mat(p+"mlp.up_proj.weight", &L.MLP.Up)
-			mat(p+"mlp.down_proj.weight", &L.MLP.Down)
+		r := ParamRef{Name: s.Name, Shape: s.Shape, Trained: !s.Buffer, part: s.part}
+		if slot := s.Bind(m); slot.Mat == nil {
+			r.Data = slot.Vec
+		} else if slot.Mat.F32 == nil {
+			bf16 = append(bf16, s.Name)
 			continue
+		} else {
+			r.Data = &slot.Mat.F32
 		}
-		mp := nm.moe(l)
-		mat(mp+"gate.weight", &L.Gate)
-		vec(mp+"gate.e_score_correction_bias", &L.ScoreBias, false)
-		if L.Shared != nil {
-			sp := mp + "shared_experts."
-			if c.Family == Qwen2MoE {
-				sp = mp + "shared_expert."
-			}
-			mat(sp+"gate_proj.weight", &L.Shared.Gate)
-			mat(sp+"up_proj.weight", &L.Shared.Up)
-			mat(sp+"down_proj.weight", &L.Shared.Down)
-			mat(mp+"shared_expert_gate.weight", &L.SharedGate)
-		}
+		out = append(out, r)
 	}
-	vec("model.norm.weight", &m.Norm, true)
-	if !m.tied() {
-		mat("lm_head.weight", &m.LMHead)
-	}
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("model: %d matrices are bfloat16 (e.g. %s): training needs float32 weights (load with KeepBF16 false)", len(errs), errs[0])
+	if len(bf16) > 0 {
+		return nil, fmt.Errorf("model: %d matrices are bfloat16 (e.g. %s): training needs float32 weights (load with KeepBF16 false)", len(bf16), bf16[0])
 	}
 	return out, nil
 }
@@ -151,13 +95,12 @@ func (m *Model) NewGrads() (*Grads, error) {
 	for i, r := range srefs {
 		k := len(*refs[i].Data)
 		*r.Data = g.Flat[off : off+k : off+k]
-		part := partOf(r.Name, m.Cfg.Layers)
-		sp, ok := g.spans[part]
+		sp, ok := g.spans[r.part]
 		if !ok {
 			sp = [2]int{off, off}
 		}
 		sp[1] = off + k
-		g.spans[part] = sp
+		g.spans[r.part] = sp
 		off += k
 	}
 	if m.tied() {
@@ -190,21 +133,4 @@ func (m *Model) shallowCopy() *Model {
 		}
 	}
 	return &c
-}
-
-// partOf maps a dense parameter name to its OnGrads part.
-func partOf(name string, layers int) int {
-	const p = "model.layers."
-	if strings.HasPrefix(name, p) {
-		rest := name[len(p):]
-		if i := strings.IndexByte(rest, '.'); i > 0 {
-			if l, err := strconv.Atoi(rest[:i]); err == nil {
-				return l
-			}
-		}
-	}
-	if name == "model.embed_tokens.weight" {
-		return -1
-	}
-	return layers // model.norm, lm_head
 }

@@ -88,7 +88,16 @@ func (n names) moe(l int) string {
 	return n.layer(l) + "mlp."
 }
 
-// Expert returns the hub names of a routed expert's gate, up and down weights.
+// shared is the prefix of a layer's shared expert(s): Qwen2-MoE names it
+// in the singular.
+func (n names) shared(l int) string {
+	if n.f == Qwen2MoE {
+		return n.moe(l) + "shared_expert."
+	}
+	return n.moe(l) + "shared_experts."
+}
+
+// expert returns the hub names of a routed expert's gate, up and down weights.
 func (n names) expert(l, e int) (gate, up, down string) {
 	p := fmt.Sprintf("%sexperts.%d.", n.moe(l), e)
 	if n.f == Mixtral {
@@ -151,14 +160,6 @@ func (ld *loader) vec(name string, want ...int) ([]float32, error) {
 	return v, nil
 }
 
-// optVec reads a vector if present.
-func (ld *loader) optVec(name string, want ...int) ([]float32, error) {
-	if _, _, ok := ld.src.Info(name); !ok {
-		return nil, nil
-	}
-	return ld.vec(name, want...)
-}
-
 // mat reads a [rows, cols] matrix, keeping bf16 if asked.
 func (ld *loader) mat(name string, rows, cols int) (tensor.Mat, error) {
 	dtype, err := ld.check(name, []int{rows, cols})
@@ -192,19 +193,15 @@ func (ld *loader) mat(name string, rows, cols int) (tensor.Mat, error) {
 	return m, nil
 }
 
-func (ld *loader) ffn(gate, up, down string, d, f int) (*expert.FFN, error) {
-	var out expert.FFN
+// into reads the tensor s describes into slot.
+func (ld *loader) into(s TensorSpec, slot Slot) error {
 	var err error
-	if out.Gate, err = ld.mat(gate, f, d); err != nil {
-		return nil, err
+	if slot.Mat != nil {
+		*slot.Mat, err = ld.mat(s.Name, s.Shape[0], s.Shape[1])
+	} else {
+		*slot.Vec, err = ld.vec(s.Name, s.Shape...)
 	}
-	if out.Up, err = ld.mat(up, f, d); err != nil {
-		return nil, err
-	}
-	if out.Down, err = ld.mat(down, d, f); err != nil {
-		return nil, err
-	}
-	return &out, nil
+	return err
 }
 
 func firstNonFinite(v []float32) int {

@@ -191,17 +191,18 @@ func WriteExperts(tmp string, s *Stepper, only func(expert.ID) bool) error {
 		if f == nil {
 			continue
 		}
-		n := model.ExpertTensorNames(c.Family, id.Layer, id.Expert)
-		shapes := map[string][]int{n[0]: {f.Gate.Rows, f.Gate.Cols}, n[1]: {f.Up.Rows, f.Up.Cols}, n[2]: {f.Down.Rows, f.Down.Cols}}
-		ts := []safetensors.Tensor{
-			safetensors.F32Tensor(n[0], shapes[n[0]], f.Gate.F32),
-			safetensors.F32Tensor(n[1], shapes[n[1]], f.Up.F32),
-			safetensors.F32Tensor(n[2], shapes[n[2]], f.Down.F32),
+		var ts []safetensors.Tensor
+		var names []string
+		shapes := map[string][]int{}
+		for _, spec := range c.ExpertTensors(id) {
+			ts = append(ts, safetensors.F32Tensor(spec.Name, spec.Shape, spec.InFFN(f).F32))
+			names = append(names, spec.Name)
+			shapes[spec.Name] = spec.Shape
 		}
 		if err := safetensors.Write(filepath.Join(tmp, ExpertFile(id)), ts, map[string]string{"format": "pt"}); err != nil {
 			return fmt.Errorf("train: checkpoint: %w", err)
 		}
-		if err := safetensors.Write(filepath.Join(tmp, ExpertOptimFile(id)), optimTensors(s.Opt, n[:], shapes), nil); err != nil {
+		if err := safetensors.Write(filepath.Join(tmp, ExpertOptimFile(id)), optimTensors(s.Opt, names, shapes), nil); err != nil {
 			return fmt.Errorf("train: checkpoint: %w", err)
 		}
 	}

@@ -13,6 +13,8 @@ import (
 // job is one admitted expert request waiting for (or in) a batch.
 type job struct {
 	ctx     context.Context // the request's stream: a cancelled job is skipped
+	scope   *scope          // the server scope the request addresses
+	local   bool            // computed in process (serveLocal), not received on a stream
 	phase   pb.Phase
 	caller  string // training: the caller whose activations are kept (trainCaller)
 	seq     uint64 // training: the forward's sequence number

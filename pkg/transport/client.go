@@ -127,7 +127,7 @@ func NewPool(cfg ClientConfig) (*Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	id := identity{protocol: cfg.Protocol, model: cfg.Model}
+	id := identity{protocol: cfg.Protocol, model: cfg.Model, job: cfg.Job}
 	sw, cw := windows(cfg.ChunkBytes, cfg.WindowChunks)
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),

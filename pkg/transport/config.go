@@ -37,6 +37,11 @@ type ClientConfig struct {
 	// Protocol is the wire protocol version announced to peers; zero means
 	// cluster.ProtocolVersion (only tests set another).
 	Protocol int
+	// Job, when set, is the training job whose scope on the owners every
+	// call of the pool addresses (handshake metadata MDJob; the owners
+	// check Model against the job's, see ExpertServer.AddJob). Empty: the
+	// owners' serving scope.
+	Job string
 
 	// ChunkBytes is the payload size of one request frame (default 1 MiB).
 	ChunkBytes int

@@ -80,11 +80,26 @@
 // one owner holds the gradients. A failed or silent owner fails the call
 // within its deadline, naming the layer, the worker and its address.
 //
+// # Scopes: one server for serving and training
+//
+// A worker runs one ExpertServer. Its serving scope holds the serving
+// placement's experts; each training job running on the worker adds a
+// scope of its own (ExpertServer.AddJob: the job's store, model
+// fingerprint and hidden size, saved forwards and counters). A caller
+// addresses a job's scope with a pool whose ClientConfig.Job names the job;
+// all scopes share the server's GEMM goroutine. A rank's own experts skip
+// the network: RemoteTrainer.SetLocal runs their requests in process
+// through the worker's scope of the job, on the same path (checks, saved
+// forwards, GEMM goroutine) as a peer's request.
+//
 // # Handshake
 //
 // Every call carries the caller's protocol version and model fingerprint
-// in gRPC metadata (MDProtocol, MDModel); the server refuses a mismatch
-// with FAILED_PRECONDITION naming both values, and answers with its own
-// values in the response header, which the client checks in turn. Both
-// sides' refusals satisfy errors.Is(err, ErrIncompatible).
+// in gRPC metadata (MDProtocol, MDModel), and the training job it
+// addresses, if any (MDJob); the server checks the call against that
+// scope (the serving scope when no job is named), refuses a mismatch with
+// FAILED_PRECONDITION naming both values, and answers with the scope's
+// values in the response header, which the client checks in turn. A job
+// the worker has no scope for is refused with ErrUnknownJob. All these
+// refusals satisfy errors.Is(err, ErrIncompatible).
 package transport

@@ -34,6 +34,11 @@ var (
 	// earlier backward (a duplicate), or replaced by a newer forward (a
 	// stale backward).
 	ErrNoForward = errors.New("no saved training forward")
+	// ErrUnknownJob is wrapped by errors refusing a call for a training job
+	// the worker has no scope for (ExpertServer.AddJob): the job has not
+	// started on the worker yet, or has ended there. It wraps
+	// ErrIncompatible, whose reason (INCOMPATIBLE) it travels with.
+	ErrUnknownJob = fmt.Errorf("%w: unknown training job", ErrIncompatible)
 )
 
 // errorDomain is the google.rpc.ErrorInfo domain of Switchyard's errors.

@@ -15,16 +15,33 @@ import (
 const (
 	MDProtocol = "switchyard-protocol" // decimal cluster.ProtocolVersion
 	MDModel    = "switchyard-model"    // model fingerprint
+	// MDJob names the training job whose scope on the server a call
+	// addresses (ClientConfig.Job, ExpertServer.AddJob); absent for the
+	// serving scope. The model is checked against that scope's.
+	MDJob = "switchyard-job"
 )
 
 // identity is what one side of a call announces.
 type identity struct {
 	protocol int
 	model    string
+	job      string // "" for the serving scope
 }
 
 func (id identity) pairs() []string {
-	return []string{MDProtocol, strconv.Itoa(id.protocol), MDModel, id.model}
+	p := []string{MDProtocol, strconv.Itoa(id.protocol), MDModel, id.model}
+	if id.job != "" {
+		p = append(p, MDJob, id.job)
+	}
+	return p
+}
+
+// serves names the scope in messages: "serves" or "serves for job X".
+func (id identity) serves() string {
+	if id.job == "" {
+		return "serves"
+	}
+	return fmt.Sprintf("serves for job %q", id.job)
 }
 
 func firstValue(md metadata.MD, key string) (string, bool) {
@@ -42,14 +59,14 @@ func (id identity) checkCaller(ctx context.Context, who string) error {
 	m, okm := firstValue(md, MDModel)
 	switch {
 	case !okp || !okm:
-		return fmt.Errorf("%w: caller sent no %s/%s metadata; worker %s speaks protocol %d, model %q",
-			ErrIncompatible, MDProtocol, MDModel, who, id.protocol, id.model)
+		return fmt.Errorf("%w: caller sent no %s/%s metadata; worker %s speaks protocol %d, %s model %q",
+			ErrIncompatible, MDProtocol, MDModel, who, id.protocol, id.serves(), id.model)
 	case p != strconv.Itoa(id.protocol):
 		return fmt.Errorf("%w: protocol version mismatch: caller speaks %s, worker %s speaks %d",
 			ErrIncompatible, p, who, id.protocol)
 	case m != id.model:
-		return fmt.Errorf("%w: model mismatch: caller runs %q, worker %s serves %q",
-			ErrIncompatible, m, who, id.model)
+		return fmt.Errorf("%w: model mismatch: caller runs %q, worker %s %s %q",
+			ErrIncompatible, m, who, id.serves(), id.model)
 	}
 	return nil
 }
@@ -59,6 +76,7 @@ func (id identity) checkCaller(ctx context.Context, who string) error {
 func (id identity) checkServer(md metadata.MD) error {
 	p, okp := firstValue(md, MDProtocol)
 	m, okm := firstValue(md, MDModel)
+	j, _ := firstValue(md, MDJob)
 	switch {
 	case !okp || !okm:
 		return fmt.Errorf("%w: server sent no %s/%s header; we speak protocol %d, model %q",
@@ -69,6 +87,11 @@ func (id identity) checkServer(md metadata.MD) error {
 	case m != id.model:
 		return fmt.Errorf("%w: model mismatch: server serves %q, we run %q",
 			ErrIncompatible, m, id.model)
+	case j != id.job:
+		// A server that predates job scopes ignores MDJob and answers from
+		// its serving scope.
+		return fmt.Errorf("%w: job scope mismatch: server answered for job %q, we train job %q",
+			ErrIncompatible, j, id.job)
 	}
 	return nil
 }

@@ -26,44 +26,76 @@ import (
 	pb "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
-// ExpertServer serves one worker's routed experts (an *expert.Store of one
-// model) on the Worker gRPC service: expert requests from peers are
-// reassembled, checked against the placement epoch and the experts held,
-// batched with concurrent requests for the same layer (one GEMM per
-// expert, see the package comment), and answered in request row order.
-// Training requests (see Phase in worker.proto) run the store's
-// ForwardTrainFor / BackwardTrainFor on behalf of their caller (source and
-// job), one request at a time on the GEMM goroutine, so each caller's saved
-// activations stay apart; the experts' gradients accumulate in the store
-// (expert.Store.Grad), where the owner's optimizer reads them.
+// ExpertServer serves one worker's routed experts on the Worker gRPC
+// service, in scopes: the serving scope (an *expert.Store of the model the
+// worker serves, under the serving placement) and one scope per training
+// job running on the worker (AddJob: the job's own store, model and hidden
+// size). A call names its scope in the handshake metadata (MDJob; none: the
+// serving scope) and is checked against that scope's model. Expert
+// requests from peers are reassembled, checked against the scope's
+// placement epoch and the experts it holds, batched with concurrent
+// requests for the same layer (one GEMM per expert, see the package
+// comment), and answered in request row order. Training requests (see
+// Phase in worker.proto) run the scope store's ForwardTrainFor /
+// BackwardTrainFor on behalf of their caller (source and job), one request
+// at a time on the GEMM goroutine, so each caller's saved activations stay
+// apart; the experts' gradients accumulate in the store
+// (expert.Store.Grad), where the owner's optimizer reads them. All scopes
+// share the server's one GEMM goroutine.
 //
 // Use Serve for a gRPC server of its own, or ServerOptions + Register to
 // share one with other services. It is safe for concurrent use.
 type ExpertServer struct {
 	pb.UnimplementedWorkerServer
 
-	cfg   ServerConfig
-	id    identity
-	who   string // worker id for messages
-	store *expert.Store
+	cfg ServerConfig
+	id  identity // the serving scope's, for Health
+	who string   // worker id for messages
 
-	epoch       atomic.Uint64 // placement epoch accepted (0: any)
-	maxReqEpoch atomic.Uint64
-	draining    atomic.Bool
-	active      atomic.Int64  // expert requests being served (first frame read, answer not yet sent)
-	streams     atomic.Uint64 // Experts streams opened by callers
+	serving *scope
+	jobsMu  sync.RWMutex
+	jobs    map[string]*scope // training jobs' scopes, by job
 
-	batch *batcher
-	bufs  f32Pool // request buffers and batch gather buffers
+	draining atomic.Bool
+	active   atomic.Int64  // expert requests being served (first frame read, answer not yet sent)
+	streams  atomic.Uint64 // Experts streams opened by callers, every scope
 
-	// compute runs one expert over contiguous rows x [n, D] into y [n, D].
-	// Tests replace it (before serving) to tag rows with their owner.
+	batch   *batcher
+	bufs    f32Pool // request buffers and batch gather buffers
+	batches atomic.Uint64
+
+	// compute runs one expert of the serving scope over contiguous rows
+	// x [n, D] into y [n, D]. Tests replace it (before serving) to tag rows
+	// with their owner.
 	compute func(id expert.ID, f *expert.FFN, x []float32, d int, y []float32)
-	// trainForward and trainBackward run a training request on behalf of
-	// caller (the store's ForwardTrainFor and BackwardTrainFor). Tests
-	// replace them (before serving) to tag rows.
+	// trainForward and trainBackward run a training request of the serving
+	// scope on behalf of caller (the store's ForwardTrainFor and
+	// BackwardTrainFor). Tests replace them (before serving) to tag rows.
+	// Job scopes always use their own store's methods.
 	trainForward  func(ctx context.Context, caller string, layer int, plan *router.Plan, x []float32, d int, y []float32) error
 	trainBackward func(ctx context.Context, caller string, layer int, dy, dx []float32) error
+
+	srvMu   sync.Mutex
+	grpcSrv *grpc.Server
+}
+
+// scope is one plane of an ExpertServer: the serving placement's experts
+// (job "") or one training job's.
+type scope struct {
+	job    string
+	id     identity // protocol, the scope's model, job
+	hidden int      // D of the scope's model
+	store  *expert.Store
+
+	epoch       atomic.Uint64 // placement epoch accepted (0: any; job scopes stay 0)
+	maxReqEpoch atomic.Uint64
+	removed     atomic.Bool // a job scope whose job ended (JobScope.Close)
+
+	streams  atomic.Uint64 // Experts streams opened on this scope
+	requests atomic.Uint64 // requests answered over the network (results or errors)
+	local    atomic.Uint64 // requests computed in process (JobScope, RemoteTrainer.SetLocal)
+	bytesIn  atomic.Uint64
+	bytesOut atomic.Uint64
 
 	// forwards records, per caller and layer, the training forward whose
 	// activations the store holds. Only the GEMM goroutine (runBatch)
@@ -72,35 +104,42 @@ type ExpertServer struct {
 
 	statsMu  sync.Mutex
 	counters map[expert.ID]*expertCounters
-	requests atomic.Uint64
-	batches  atomic.Uint64
-	bytesIn  atomic.Uint64
-	bytesOut atomic.Uint64
+}
 
-	srvMu   sync.Mutex
-	grpcSrv *grpc.Server
+func newScope(job string, protocol int, model string, hidden int, store *expert.Store) *scope {
+	return &scope{
+		job: job, id: identity{protocol: protocol, model: model, job: job}, hidden: hidden, store: store,
+		forwards: map[forwardKey]*savedForward{}, counters: map[expert.ID]*expertCounters{},
+	}
+}
+
+// name is the scope in messages.
+func (sc *scope) name() string {
+	if sc.job == "" {
+		return "serving"
+	}
+	return fmt.Sprintf("job %q", sc.job)
 }
 
 type expertCounters struct {
 	tokens, gemms, requests atomic.Uint64
 }
 
-// NewExpertServer returns a server for store's experts. The store may
-// change while serving (Control, or the caller's own Put/Delete); each
-// request sees an expert as present or absent.
+// NewExpertServer returns a server whose serving scope holds store's
+// experts. The store may change while serving (Control, or the caller's
+// own Put/Delete); each request sees an expert as present or absent.
 func NewExpertServer(store *expert.Store, cfg ServerConfig) (*ExpertServer, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
 	}
 	s := &ExpertServer{
-		cfg:      cfg,
-		id:       identity{protocol: cfg.Protocol, model: cfg.Model},
-		who:      string(cfg.Worker),
-		store:    store,
-		counters: map[expert.ID]*expertCounters{},
-		forwards: map[forwardKey]*savedForward{},
+		cfg:     cfg,
+		who:     string(cfg.Worker),
+		serving: newScope("", cfg.Protocol, cfg.Model, cfg.Hidden, store),
+		jobs:    map[string]*scope{},
 	}
+	s.id = s.serving.id
 	if s.who == "" {
 		s.who = "(unnamed)"
 	}
@@ -113,6 +152,91 @@ func NewExpertServer(store *expert.Store, cfg ServerConfig) (*ExpertServer, erro
 		j.x = nil
 	})
 	return s, nil
+}
+
+// JobScope is one training job's scope on an ExpertServer (AddJob): its
+// expert store, model and hidden size, its saved forwards and counters.
+// Peers reach it over the network with a pool whose ClientConfig.Job names
+// the job; the job's own rank reaches it in process
+// (RemoteTrainer.SetLocal). Safe for concurrent use.
+type JobScope struct {
+	s  *ExpertServer
+	sc *scope
+}
+
+// AddJob opens a scope for training job job on the server: requests on
+// streams whose handshake names the job (ClientConfig.Job) are checked
+// against model (fingerprint) and hidden (D) and computed on store's
+// experts, apart from the serving scope and every other job. Close the
+// returned scope when the job ends; later requests for the job are refused
+// with ErrUnknownJob.
+func (s *ExpertServer) AddJob(job string, store *expert.Store, model string, hidden int) (*JobScope, error) {
+	var errs []error
+	if job == "" {
+		errs = append(errs, errors.New("job id is empty"))
+	}
+	if store == nil {
+		errs = append(errs, errors.New("no expert store"))
+	}
+	if model == "" {
+		errs = append(errs, errors.New("model fingerprint is empty"))
+	}
+	if hidden <= 0 {
+		errs = append(errs, fmt.Errorf("hidden %d must be positive", hidden))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, fmt.Errorf("transport: worker %s: add job %q: %w", s.who, job, err)
+	}
+	sc := newScope(job, s.cfg.Protocol, model, hidden, store)
+	s.jobsMu.Lock()
+	defer s.jobsMu.Unlock()
+	if s.jobs[job] != nil {
+		return nil, fmt.Errorf("transport: worker %s: add job %q: the job already has a scope", s.who, job)
+	}
+	s.jobs[job] = sc
+	return &JobScope{s: s, sc: sc}, nil
+}
+
+// Job is the scope's job id.
+func (j *JobScope) Job() string { return j.sc.job }
+
+// Close removes the scope: requests for the job, on new streams or on
+// streams already open, are refused with ErrUnknownJob. Idempotent.
+func (j *JobScope) Close() {
+	j.sc.removed.Store(true)
+	j.s.jobsMu.Lock()
+	if j.s.jobs[j.sc.job] == j.sc {
+		delete(j.s.jobs, j.sc.job)
+	}
+	j.s.jobsMu.Unlock()
+}
+
+// Snapshot returns the scope's counters, as Stats answers a caller of the
+// job. Requests counts requests that arrived over the network; per-expert
+// Requests likewise; Tokens and Gemms count in-process work too.
+func (j *JobScope) Snapshot() *pb.StatsResponse { return j.s.snapshot(j.sc) }
+
+// Streams counts the Experts streams peers opened on the scope.
+func (j *JobScope) Streams() uint64 { return j.sc.streams.Load() }
+
+// LocalRequests counts the requests computed in process (no socket).
+func (j *JobScope) LocalRequests() uint64 { return j.sc.local.Load() }
+
+// scopeOf resolves the scope a call's metadata names: the serving scope
+// when it names no job, else the job's, or an ErrUnknownJob error.
+func (s *ExpertServer) scopeOf(ctx context.Context) (*scope, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	job, _ := firstValue(md, MDJob)
+	if job == "" {
+		return s.serving, nil
+	}
+	s.jobsMu.RLock()
+	sc := s.jobs[job]
+	s.jobsMu.RUnlock()
+	if sc == nil {
+		return nil, fmt.Errorf("%w: worker %s has no scope for training job %q (not started here yet, or finished)", ErrUnknownJob, s.who, job)
+	}
+	return sc, nil
 }
 
 // ServerOptions returns the gRPC server options the Worker service needs:
@@ -208,38 +332,45 @@ func (s *ExpertServer) Stop() {
 	s.batch.stop()
 }
 
-// SetEpoch raises the placement epoch the server accepts: requests routed
+// SetEpoch raises the placement epoch the serving scope accepts: requests routed
 // with an older epoch get cluster.ErrStalePlacement. Lower values are
 // ignored. It returns the epoch now in force.
 func (s *ExpertServer) SetEpoch(e cluster.Epoch) cluster.Epoch {
 	for {
-		cur := s.epoch.Load()
-		if uint64(e) <= cur || s.epoch.CompareAndSwap(cur, uint64(e)) {
+		cur := s.serving.epoch.Load()
+		if uint64(e) <= cur || s.serving.epoch.CompareAndSwap(cur, uint64(e)) {
 			return cluster.Epoch(max(cur, uint64(e)))
 		}
 	}
 }
 
-// Epoch is the placement epoch the server accepts (0: any).
-func (s *ExpertServer) Epoch() cluster.Epoch { return cluster.Epoch(s.epoch.Load()) }
+// Epoch is the placement epoch the serving scope accepts (0: any).
+func (s *ExpertServer) Epoch() cluster.Epoch { return cluster.Epoch(s.serving.epoch.Load()) }
 
-// accept runs the handshake for a call and sends the server's identity in
-// the response header.
-func (s *ExpertServer) accept(ctx context.Context) error {
-	_ = grpc.SetHeader(ctx, metadata.Pairs(s.id.pairs()...))
-	if err := s.id.checkCaller(ctx, s.who); err != nil {
-		return statusError(err)
+// accept resolves the call's scope, runs the handshake against it and
+// sends the scope's identity in the response header.
+func (s *ExpertServer) accept(ctx context.Context) (*scope, error) {
+	sc, err := s.scopeOf(ctx)
+	if err != nil {
+		return nil, statusError(err)
 	}
-	return nil
+	_ = grpc.SetHeader(ctx, metadata.Pairs(sc.id.pairs()...))
+	if err := sc.id.checkCaller(ctx, s.who); err != nil {
+		return nil, statusError(err)
+	}
+	return sc, nil
 }
 
-// Experts implements the Worker service's dispatch/combine stream.
+// Experts implements the Worker service's dispatch/combine stream. The
+// stream serves the scope its handshake names.
 func (s *ExpertServer) Experts(stream pb.Worker_ExpertsServer) error {
 	s.streams.Add(1)
 	ctx := stream.Context()
-	if err := s.accept(ctx); err != nil {
+	sc, err := s.accept(ctx)
+	if err != nil {
 		return err
 	}
+	sc.streams.Add(1)
 	for {
 		first, err := stream.Recv()
 		if err == io.EOF {
@@ -248,7 +379,7 @@ func (s *ExpertServer) Experts(stream pb.Worker_ExpertsServer) error {
 		if err != nil {
 			return err
 		}
-		if err := s.serveRequest(ctx, stream, first); err != nil {
+		if err := s.serveRequest(ctx, sc, stream, first); err != nil {
 			if errors.Is(err, ErrBadRequest) {
 				return statusError(err)
 			}
@@ -260,28 +391,25 @@ func (s *ExpertServer) Experts(stream pb.Worker_ExpertsServer) error {
 // serveRequest reads the rest of the request starting with frame first,
 // and answers it. A returned error ends the stream; per-request errors are
 // sent as error frames and return nil.
-func (s *ExpertServer) serveRequest(ctx context.Context, stream pb.Worker_ExpertsServer, first *pb.ExpertFrame) error {
+func (s *ExpertServer) serveRequest(ctx context.Context, sc *scope, stream pb.Worker_ExpertsServer, first *pb.ExpertFrame) error {
 	s.active.Add(1)
 	defer s.active.Add(-1)
-	d := s.cfg.Hidden
-	n, err := s.checkHeader(first)
+	d := sc.hidden
+	n, err := s.checkHeader(sc, first)
 	if err != nil {
 		return err
 	}
-	j := &job{ctx: ctx, phase: first.Phase, layer: int(first.Layer), experts: first.Experts, rows: first.Rows, seq: first.TrainSeq}
-	if j.phase != pb.Phase_PHASE_INFER {
-		j.caller = trainCaller(first.Source, first.Job)
-	}
+	j := newJob(ctx, sc, first)
 	if err := s.admit(j, cluster.Epoch(first.Epoch)); err != nil {
 		// Answer at once (the caller stops sending), then skip the rest.
-		s.requests.Add(1)
+		sc.requests.Add(1)
 		if serr := stream.Send(&pb.ExpertFrame{RequestId: first.RequestId, Last: true, Error: errorFrame(err), Source: string(s.cfg.Worker)}); serr != nil {
 			return serr
 		}
-		return s.readPayload(stream, first, nil, n*d*4)
+		return s.readPayload(sc, stream, first, nil, n*d*4)
 	}
 	j.x = s.bufs.get(n * d)
-	if err := s.readPayload(stream, first, asBytes(j.x), n*d*4); err != nil {
+	if err := s.readPayload(sc, stream, first, asBytes(j.x), n*d*4); err != nil {
 		s.bufs.put(j.x)
 		return err
 	}
@@ -293,20 +421,58 @@ func (s *ExpertServer) serveRequest(ctx context.Context, stream pb.Worker_Expert
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		s.requests.Add(1)
+		sc.requests.Add(1)
 		return stream.Send(&pb.ExpertFrame{RequestId: first.RequestId, Last: true, Error: errorFrame(err), Source: string(s.cfg.Worker)})
 	}
-	s.requests.Add(1)
+	sc.requests.Add(1)
 	toWire(j.y)
 	return sendChunks(stream, &pb.ExpertFrame{
 		RequestId: first.RequestId, Layer: first.Layer, Experts: first.Experts, Rows: first.Rows,
-		Epoch: s.epoch.Load(), Dtype: pb.DType_DTYPE_F32, Shape: first.Shape, Source: string(s.cfg.Worker),
+		Epoch: sc.epoch.Load(), Dtype: pb.DType_DTYPE_F32, Shape: first.Shape, Source: string(s.cfg.Worker),
 		Phase: first.Phase, Job: first.Job, TrainSeq: first.TrainSeq,
-	}, asBytes(j.y), s.cfg.ChunkBytes, &s.bytesOut)
+	}, asBytes(j.y), s.cfg.ChunkBytes, &sc.bytesOut)
+}
+
+// newJob is the batcher job for the request whose header is head, in
+// scope sc.
+func newJob(ctx context.Context, sc *scope, head *pb.ExpertFrame) *job {
+	j := &job{ctx: ctx, scope: sc, phase: head.Phase, layer: int(head.Layer), experts: head.Experts, rows: head.Rows, seq: head.TrainSeq}
+	if j.phase != pb.Phase_PHASE_INFER {
+		j.caller = trainCaller(head.Source, head.Job)
+	}
+	return j
+}
+
+// serveLocal computes, in process, the request whose header is head (its
+// Dtype and Shape set) in job scope sc: the same checks, admission and
+// GEMM goroutine as a request from the network, no socket. gather writes
+// the [n, D] request rows into the buffer it is given; the answer's rows
+// are written to y ([n, D]), which must not be reused if an error is
+// returned (a cancelled request's batch may still be writing it).
+func (s *ExpertServer) serveLocal(ctx context.Context, sc *scope, head *pb.ExpertFrame, gather func([]float32), y []float32) error {
+	s.active.Add(1)
+	defer s.active.Add(-1)
+	n, err := s.checkHeader(sc, head)
+	if err != nil {
+		return err
+	}
+	if len(y) != n*sc.hidden {
+		return fmt.Errorf("%w: worker %s: local request: %d output values for %d rows of %d", ErrBadRequest, s.who, len(y), n, sc.hidden)
+	}
+	sc.local.Add(1)
+	j := newJob(ctx, sc, head)
+	j.local = true
+	if err := s.admit(j, cluster.Epoch(head.Epoch)); err != nil {
+		return err
+	}
+	j.x = s.bufs.get(n * sc.hidden)
+	gather(j.x)
+	j.y = y
+	return s.batch.submit(j)
 }
 
 // checkHeader validates a request's first frame and returns its row count.
-func (s *ExpertServer) checkHeader(f *pb.ExpertFrame) (int, error) {
+func (s *ExpertServer) checkHeader(sc *scope, f *pb.ExpertFrame) (int, error) {
 	bad := func(format string, args ...any) (int, error) {
 		return 0, fmt.Errorf("%w: worker %s: request %d: %s", ErrBadRequest, s.who, f.RequestId, fmt.Sprintf(format, args...))
 	}
@@ -345,43 +511,54 @@ func (s *ExpertServer) checkHeader(f *pb.ExpertFrame) (int, error) {
 		if f.TrainSeq == 0 {
 			return bad("%s without a train_seq", phaseName(f.Phase))
 		}
+		if sc.job != "" && f.Job != sc.job {
+			return bad("%s of job %q on a stream of job %q", phaseName(f.Phase), f.Job, sc.job)
+		}
 	default:
 		return bad("phase %v", f.Phase)
 	}
-	if len(f.Shape) != 2 || f.Shape[0] != n || f.Shape[1] != int64(s.cfg.Hidden) {
-		return bad("shape %v, want [%d %d] (rows, hidden)", f.Shape, n, s.cfg.Hidden)
+	if len(f.Shape) != 2 || f.Shape[0] != n || f.Shape[1] != int64(sc.hidden) {
+		return bad("shape %v, want [%d %d] (rows, hidden)", f.Shape, n, sc.hidden)
 	}
-	if bytes := n * int64(s.cfg.Hidden) * 4; bytes > s.cfg.MaxRequestBytes {
+	if bytes := n * int64(sc.hidden) * 4; bytes > s.cfg.MaxRequestBytes {
 		return bad("%d bytes exceed the limit of %d", bytes, s.cfg.MaxRequestBytes)
 	}
 	return int(n), nil
 }
 
-// admit checks the request's epoch and resolves its experts.
+// admit checks the request's scope and epoch and resolves its experts.
 func (s *ExpertServer) admit(j *job, epoch cluster.Epoch) error {
+	sc := j.scope
 	if s.draining.Load() {
 		return fmt.Errorf("%w: worker %s is shutting down", ErrDraining, s.who)
 	}
+	if sc.removed.Load() {
+		return fmt.Errorf("%w: worker %s: training job %q has ended here", ErrUnknownJob, s.who, sc.job)
+	}
 	for {
-		cur := s.maxReqEpoch.Load()
-		if uint64(epoch) <= cur || s.maxReqEpoch.CompareAndSwap(cur, uint64(epoch)) {
+		cur := sc.maxReqEpoch.Load()
+		if uint64(epoch) <= cur || sc.maxReqEpoch.CompareAndSwap(cur, uint64(epoch)) {
 			break
 		}
 	}
-	if cur := s.Epoch(); cur != 0 && epoch < cur {
+	if cur := cluster.Epoch(sc.epoch.Load()); cur != 0 && epoch < cur {
 		return fmt.Errorf("%w: worker %s: layer %d request routed with placement epoch %d, worker is at epoch %d",
 			cluster.ErrStalePlacement, s.who, j.layer, epoch, cur)
 	}
 	j.ffns = make([]*expert.FFN, len(j.experts))
 	var missing []int32
 	for i, e := range j.experts {
-		if j.ffns[i] = s.store.Get(expert.ID{Layer: j.layer, Expert: int(e)}); j.ffns[i] == nil {
+		if j.ffns[i] = sc.store.Get(expert.ID{Layer: j.layer, Expert: int(e)}); j.ffns[i] == nil {
 			missing = append(missing, e)
 		}
 	}
 	if len(missing) > 0 {
-		return fmt.Errorf("worker %s: layer %d experts %v (request epoch %d, worker epoch %d): %w",
-			s.who, j.layer, missing, epoch, s.Epoch(), expert.ErrNotOwned)
+		where := ""
+		if sc.job != "" {
+			where = " " + sc.name()
+		}
+		return fmt.Errorf("worker %s%s: layer %d experts %v (request epoch %d, worker epoch %d): %w",
+			s.who, where, j.layer, missing, epoch, sc.epoch.Load(), expert.ErrNotOwned)
 	}
 	if j.phase != pb.Phase_PHASE_INFER {
 		var notF32 []int32
@@ -400,7 +577,7 @@ func (s *ExpertServer) admit(j *job, epoch cluster.Epoch) error {
 // readPayload reads the payload of the request that began with first (whose
 // payload it includes) into dst, which must be nil (discard) or exactly
 // size bytes long.
-func (s *ExpertServer) readPayload(stream pb.Worker_ExpertsServer, first *pb.ExpertFrame, dst []byte, size int) error {
+func (s *ExpertServer) readPayload(sc *scope, stream pb.Worker_ExpertsServer, first *pb.ExpertFrame, dst []byte, size int) error {
 	f, off := first, 0
 	for {
 		if off+len(f.Payload) > size {
@@ -410,7 +587,7 @@ func (s *ExpertServer) readPayload(stream pb.Worker_ExpertsServer, first *pb.Exp
 			copy(dst[off:], f.Payload)
 		}
 		off += len(f.Payload)
-		s.bytesIn.Add(uint64(len(f.Payload)))
+		sc.bytesIn.Add(uint64(len(f.Payload)))
 		if f.Last {
 			break
 		}
@@ -468,12 +645,12 @@ func sendChunks(stream frameSender, head *pb.ExpertFrame, payload []byte, chunk 
 // over the rows of every job that asked for it.
 func (s *ExpertServer) runBatch(jobs []*job) {
 	s.batches.Add(1)
-	d := s.cfg.Hidden
 	type seg struct {
 		j      *job
 		off, n int
 	}
 	type group struct {
+		sc   *scope
 		id   expert.ID
 		f    *expert.FFN
 		segs []seg
@@ -481,6 +658,7 @@ func (s *ExpertServer) runBatch(jobs []*job) {
 		c    *expertCounters
 	}
 	type key struct {
+		sc *scope
 		id expert.ID
 		f  *expert.FFN
 	}
@@ -500,10 +678,10 @@ func (s *ExpertServer) runBatch(jobs []*job) {
 		off := 0
 		for i, e := range j.experts {
 			n := int(j.rows[i])
-			k := key{expert.ID{Layer: j.layer, Expert: int(e)}, j.ffns[i]}
+			k := key{j.scope, expert.ID{Layer: j.layer, Expert: int(e)}, j.ffns[i]}
 			g := index[k]
 			if g == nil {
-				g = &group{id: k.id, f: k.f, c: s.counter(k.id)}
+				g = &group{sc: k.sc, id: k.id, f: k.f, c: k.sc.counter(k.id)}
 				index[k] = g
 				groups = append(groups, g)
 			}
@@ -518,9 +696,10 @@ func (s *ExpertServer) runBatch(jobs []*job) {
 		return ga.Layer < gb.Layer || ga.Layer == gb.Layer && ga.Expert < gb.Expert
 	})
 	exec := func(g *group) {
+		d := g.sc.hidden
 		if len(g.segs) == 1 {
 			sg := g.segs[0]
-			s.compute(g.id, g.f, sg.j.x[sg.off*d:(sg.off+sg.n)*d], d, sg.j.y[sg.off*d:(sg.off+sg.n)*d])
+			s.computeRows(g.sc, g.id, g.f, sg.j.x[sg.off*d:(sg.off+sg.n)*d], d, sg.j.y[sg.off*d:(sg.off+sg.n)*d])
 		} else {
 			in, out := s.bufs.get(g.rows*d), s.bufs.get(g.rows*d)
 			r := 0
@@ -528,7 +707,7 @@ func (s *ExpertServer) runBatch(jobs []*job) {
 				copy(in[r*d:], sg.j.x[sg.off*d:(sg.off+sg.n)*d])
 				r += sg.n
 			}
-			s.compute(g.id, g.f, in, d, out)
+			s.computeRows(g.sc, g.id, g.f, in, d, out)
 			r = 0
 			for _, sg := range g.segs {
 				copy(sg.j.y[sg.off*d:(sg.off+sg.n)*d], out[r*d:(r+sg.n)*d])
@@ -539,7 +718,11 @@ func (s *ExpertServer) runBatch(jobs []*job) {
 		}
 		g.c.gemms.Add(1)
 		g.c.tokens.Add(uint64(g.rows))
-		g.c.requests.Add(uint64(len(g.segs)))
+		for _, sg := range g.segs {
+			if !sg.j.local {
+				g.c.requests.Add(1)
+			}
+		}
 	}
 	// As in expert.Store.Compute: few rows per expert (decode) run experts
 	// in parallel; many rows run experts in turn, each GEMM parallel.
@@ -569,6 +752,16 @@ func (s *ExpertServer) runBatch(jobs []*job) {
 	}
 }
 
+// computeRows runs one expert of scope sc (the serving scope through the
+// compute hook).
+func (s *ExpertServer) computeRows(sc *scope, id expert.ID, f *expert.FFN, x []float32, d int, y []float32) {
+	if sc == s.serving {
+		s.compute(id, f, x, d, y)
+		return
+	}
+	sc.store.ComputeRows(f, nil, x, d, y)
+}
+
 // forwardKey names a saved training forward on the owner: the caller
 // (trainCaller) and the layer, as expert.Store keys its activations.
 type forwardKey struct {
@@ -596,12 +789,21 @@ func trainCaller(source, job string) string { return fmt.Sprintf("worker %q job 
 // that it matches the saved forward (sequence number and layout) and
 // consumes it.
 func (s *ExpertServer) runTrain(j *job) error {
-	d := s.cfg.Hidden
+	sc := j.scope
+	d := sc.hidden
 	key := forwardKey{j.caller, j.layer}
-	what := fmt.Sprintf("worker %s: %s of layer %d for %s (seq %d)", s.who, phaseName(j.phase), j.layer, j.caller, j.seq)
+	where := ""
+	if sc.job != "" {
+		where = " " + sc.name()
+	}
+	what := fmt.Sprintf("worker %s%s: %s of layer %d for %s (seq %d)", s.who, where, phaseName(j.phase), j.layer, j.caller, j.seq)
+	forward, backward := sc.store.ForwardTrainFor, sc.store.BackwardTrainFor
+	if sc == s.serving {
+		forward, backward = s.trainForward, s.trainBackward
+	}
 	switch j.phase {
 	case pb.Phase_PHASE_TRAIN_FORWARD:
-		delete(s.forwards, key) // a failed forward leaves nothing to differentiate
+		delete(sc.forwards, key) // a failed forward leaves nothing to differentiate
 		E := int(j.experts[len(j.experts)-1]) + 1
 		plan := router.Plan{NumExperts: E, Offsets: make([]int32, E+1), Token: make([]int32, len(j.y)/d)}
 		for i, e := range j.experts {
@@ -613,12 +815,12 @@ func (s *ExpertServer) runTrain(j *job) error {
 		for i := range plan.Token {
 			plan.Token[i] = int32(i)
 		}
-		if err := s.trainForward(j.ctx, j.caller, j.layer, &plan, j.x, d, j.y); err != nil {
+		if err := forward(j.ctx, j.caller, j.layer, &plan, j.x, d, j.y); err != nil {
 			return fmt.Errorf("%s: %w", what, err)
 		}
-		s.forwards[key] = &savedForward{seq: j.seq, experts: j.experts, rows: j.rows}
+		sc.forwards[key] = &savedForward{seq: j.seq, experts: j.experts, rows: j.rows}
 	case pb.Phase_PHASE_TRAIN_BACKWARD:
-		sv := s.forwards[key]
+		sv := sc.forwards[key]
 		switch {
 		case sv == nil:
 			return fmt.Errorf("%w: %s: no forward of this caller and layer is held (never received, failed, or lost with a restart)", ErrNoForward, what)
@@ -633,91 +835,106 @@ func (s *ExpertServer) runTrain(j *job) error {
 				ErrBadRequest, what, j.experts, j.rows, sv.experts, sv.rows)
 		}
 		sv.consumed = true // the store drops the activations whatever happens next
-		if err := s.trainBackward(j.ctx, j.caller, j.layer, j.x, j.y); err != nil {
+		if err := backward(j.ctx, j.caller, j.layer, j.x, j.y); err != nil {
 			return fmt.Errorf("%s: %w", what, err)
 		}
 	}
 	for i, e := range j.experts {
-		c := s.counter(expert.ID{Layer: j.layer, Expert: int(e)})
+		c := sc.counter(expert.ID{Layer: j.layer, Expert: int(e)})
 		c.tokens.Add(uint64(j.rows[i]))
 		c.gemms.Add(1)
-		c.requests.Add(1)
+		if !j.local {
+			c.requests.Add(1)
+		}
 	}
 	return nil
 }
 
-func (s *ExpertServer) counter(id expert.ID) *expertCounters {
-	s.statsMu.Lock()
-	defer s.statsMu.Unlock()
-	c := s.counters[id]
+func (sc *scope) counter(id expert.ID) *expertCounters {
+	sc.statsMu.Lock()
+	defer sc.statsMu.Unlock()
+	c := sc.counters[id]
 	if c == nil {
 		c = &expertCounters{}
-		s.counters[id] = c
+		sc.counters[id] = c
 	}
 	return c
 }
 
-// Health implements the Worker service. It needs no handshake.
+// Health implements the Worker service. It needs no handshake and
+// reports the serving scope.
 func (s *ExpertServer) Health(ctx context.Context, _ *pb.HealthRequest) (*pb.HealthResponse, error) {
 	_ = grpc.SetHeader(ctx, metadata.Pairs(s.id.pairs()...))
 	st := pb.ServingStatus_SERVING_STATUS_SERVING
 	if s.draining.Load() {
 		st = pb.ServingStatus_SERVING_STATUS_DRAINING
 	}
-	return &pb.HealthResponse{Status: st, Worker: string(s.cfg.Worker), Protocol: int32(s.cfg.Protocol), Model: s.cfg.Model, Epoch: s.epoch.Load()}, nil
+	return &pb.HealthResponse{Status: st, Worker: string(s.cfg.Worker), Protocol: int32(s.cfg.Protocol), Model: s.cfg.Model, Epoch: s.serving.epoch.Load()}, nil
 }
 
-// Stats implements the Worker service.
+// Stats implements the Worker service: the counters of the scope the
+// call names.
 func (s *ExpertServer) Stats(ctx context.Context, _ *pb.StatsRequest) (*pb.StatsResponse, error) {
-	if err := s.accept(ctx); err != nil {
+	sc, err := s.accept(ctx)
+	if err != nil {
 		return nil, err
 	}
-	return s.Snapshot(), nil
+	return s.snapshot(sc), nil
 }
 
-// Streams counts the Experts streams callers have opened (each carries
-// any number of requests, one after the other).
+// Streams counts the Experts streams callers have opened, on every scope
+// (each carries any number of requests, one after the other).
 func (s *ExpertServer) Streams() uint64 { return s.streams.Load() }
 
-// Snapshot returns the server's counters (what Stats answers).
-func (s *ExpertServer) Snapshot() *pb.StatsResponse {
+// Snapshot returns the serving scope's counters (what Stats answers a
+// caller that names no job). Batches counts the server's batches, every
+// scope's.
+func (s *ExpertServer) Snapshot() *pb.StatsResponse { return s.snapshot(s.serving) }
+
+func (s *ExpertServer) snapshot(sc *scope) *pb.StatsResponse {
 	held := map[expert.ID]bool{}
-	for _, id := range s.store.IDs() {
+	for _, id := range sc.store.IDs() {
 		held[id] = true
 	}
-	s.statsMu.Lock()
-	ids := make([]expert.ID, 0, len(s.counters)+len(held))
-	for id := range s.counters {
+	sc.statsMu.Lock()
+	ids := make([]expert.ID, 0, len(sc.counters)+len(held))
+	for id := range sc.counters {
 		ids = append(ids, id)
 	}
 	for id := range held {
-		if s.counters[id] == nil {
+		if sc.counters[id] == nil {
 			ids = append(ids, id)
 		}
 	}
 	slices.SortFunc(ids, expert.Compare)
 	out := &pb.StatsResponse{
-		Worker: string(s.cfg.Worker), Epoch: s.epoch.Load(), MaxRequestEpoch: s.maxReqEpoch.Load(),
-		BytesHeld: s.store.Bytes(), Requests: s.requests.Load(), Batches: s.batches.Load(),
-		BytesIn: s.bytesIn.Load(), BytesOut: s.bytesOut.Load(),
+		Worker: string(s.cfg.Worker), Epoch: sc.epoch.Load(), MaxRequestEpoch: sc.maxReqEpoch.Load(),
+		BytesHeld: sc.store.Bytes(), Requests: sc.requests.Load(), Batches: s.batches.Load(),
+		BytesIn: sc.bytesIn.Load(), BytesOut: sc.bytesOut.Load(),
 	}
 	for _, id := range ids {
 		es := &pb.ExpertStats{Layer: int32(id.Layer), Expert: int32(id.Expert), Held: held[id]}
-		if c := s.counters[id]; c != nil {
+		if c := sc.counters[id]; c != nil {
 			es.Tokens, es.Gemms, es.Requests = c.tokens.Load(), c.gemms.Load(), c.requests.Load()
 		}
 		out.Experts = append(out.Experts, es)
 	}
-	s.statsMu.Unlock()
+	sc.statsMu.Unlock()
 	return out
 }
 
 // Control implements the Worker service: set the epoch, then load, then
-// drop experts.
+// drop experts, in the serving scope (a call naming a job is refused: a
+// job's experts are its rank's).
 func (s *ExpertServer) Control(ctx context.Context, req *pb.ControlRequest) (*pb.ControlResponse, error) {
-	if err := s.accept(ctx); err != nil {
+	sc, err := s.accept(ctx)
+	if err != nil {
 		return nil, err
 	}
+	if sc != s.serving {
+		return nil, status.Errorf(codes.FailedPrecondition, "worker %s: Control changes the serving placement; %s is not controlled", s.who, sc.name())
+	}
+	store := sc.store
 	if req.SetEpoch != 0 {
 		s.SetEpoch(cluster.Epoch(req.SetEpoch))
 	}
@@ -726,21 +943,21 @@ func (s *ExpertServer) Control(ctx context.Context, req *pb.ControlRequest) (*pb
 	}
 	for _, r := range req.Load {
 		id := expert.ID{Layer: int(r.Layer), Expert: int(r.Expert)}
-		if s.store.Get(id) != nil {
+		if store.Get(id) != nil {
 			continue
 		}
 		f, err := s.cfg.Load(ctx, id)
 		if err != nil {
 			return nil, status.Errorf(codes.FailedPrecondition, "worker %s: load expert %v: %v", s.who, id, err)
 		}
-		s.store.Put(id, f)
+		store.Put(id, f)
 	}
 	for _, r := range req.Drop {
-		s.store.Delete(expert.ID{Layer: int(r.Layer), Expert: int(r.Expert)})
+		store.Delete(expert.ID{Layer: int(r.Layer), Expert: int(r.Expert)})
 	}
-	ids := s.store.IDs()
+	ids := store.IDs()
 	slices.SortFunc(ids, expert.Compare)
-	resp := &pb.ControlResponse{Epoch: s.epoch.Load()}
+	resp := &pb.ControlResponse{Epoch: sc.epoch.Load()}
 	for _, id := range ids {
 		resp.Held = append(resp.Held, &pb.ExpertRef{Layer: int32(id.Layer), Expert: int32(id.Expert)})
 	}

@@ -30,6 +30,11 @@ import (
 // (recovery re-forms the group, see DESIGN §5). A stale placement fails
 // the call as well (errors.Is(err, cluster.ErrStalePlacement)).
 //
+// With SetLocal, the experts whose first owner is the trainer's own worker
+// are computed in process, through that worker's job scope (the same
+// checks, saved forwards and GEMM goroutine as a request from a peer), and
+// never reach a socket.
+//
 // As expert.Trainer says, each layer's ForwardTrain is followed by exactly
 // one BackwardTrain of that layer before its next ForwardTrain; different
 // layers may be in flight at once. Safe for concurrent use within that
@@ -37,6 +42,9 @@ import (
 type RemoteTrainer struct {
 	*RemoteExecutor
 	job string
+
+	self  cluster.WorkerID // with local: the worker whose experts are computed in process
+	local *JobScope
 
 	mu    sync.Mutex
 	seq   uint64                 // last forward sequence number used
@@ -57,7 +65,7 @@ type remoteForward struct {
 // trainDest is one owner's part of a layer's training exchange.
 type trainDest struct {
 	w       cluster.WorkerID
-	peer    *peer
+	peer    *peer    // nil for the trainer's own worker under SetLocal
 	experts []int32  // ascending
 	rows    []int32  // rows per expert
 	n       int      // sum(rows)
@@ -72,6 +80,9 @@ func NewRemoteTrainer(src PlacementSource, pool *Pool, job string) (*RemoteTrain
 	if pool.cfg.Worker == "" {
 		return nil, errors.New("transport: remote trainer: the pool's ClientConfig.Worker is required (owners keep activations per caller)")
 	}
+	if pool.cfg.Job != "" && pool.cfg.Job != job {
+		return nil, fmt.Errorf("transport: remote trainer: the pool addresses job %q's scope, the trainer's job is %q", pool.cfg.Job, job)
+	}
 	return &RemoteTrainer{
 		RemoteExecutor: NewRemoteExecutor(src, pool),
 		job:            job,
@@ -84,6 +95,34 @@ func NewRemoteTrainer(src PlacementSource, pool *Pool, job string) (*RemoteTrain
 
 // Job is the training job id sent with every training request.
 func (t *RemoteTrainer) Job() string { return t.job }
+
+// SetLocal makes the trainer compute in process the rows of experts whose
+// first listed owner is self (the trainer's own worker), through scope,
+// this worker's scope of the trainer's job (ExpertServer.AddJob): no
+// connection is made to self for training. self must be the pool's
+// ClientConfig.Worker (owners key saved activations by it) and scope's job
+// the trainer's. Call it before the first ForwardTrain.
+func (t *RemoteTrainer) SetLocal(self cluster.WorkerID, scope *JobScope) error {
+	var errs []error
+	if self != t.cfg.Worker {
+		errs = append(errs, fmt.Errorf("self %q is not the pool's worker %q", self, t.cfg.Worker))
+	}
+	if scope == nil {
+		errs = append(errs, errors.New("no job scope"))
+	} else {
+		if scope.Job() != t.job {
+			errs = append(errs, fmt.Errorf("scope of job %q, the trainer's job is %q", scope.Job(), t.job))
+		}
+		if m := scope.sc.id.model; m != t.cfg.Model {
+			errs = append(errs, fmt.Errorf("scope of model %q, the trainer runs %q", m, t.cfg.Model))
+		}
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("transport: remote trainer: set local: %w", err)
+	}
+	t.self, t.local = self, scope
+	return nil
+}
 
 // ForwardTrain implements expert.Trainer: one TRAIN_FORWARD request per
 // owner (each expert's first listed owner) holding the rows of its
@@ -195,6 +234,11 @@ func (t *RemoteTrainer) primaries(pl *cluster.Placement, layer int, plan *router
 		}
 		w := owners[0]
 		dst := byW[w]
+		if dst == nil && t.local != nil && w == t.self {
+			dst = &trainDest{w: w}
+			byW[w] = dst
+			out = append(out, dst)
+		}
 		if dst == nil {
 			info, ok := pl.Workers[w]
 			if !ok || info.Addr == "" {
@@ -241,7 +285,12 @@ func (t *RemoteTrainer) each(ctx context.Context, phase pb.Phase, layer int, fw 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if errs[i] = t.exchange(cctx, dst.peer, c, false); errs[i] != nil {
+			if dst.peer == nil {
+				errs[i] = t.exchangeLocal(cctx, c)
+			} else {
+				errs[i] = t.exchange(cctx, dst.peer, c, false)
+			}
+			if errs[i] != nil {
 				cancel()
 			}
 		}()
@@ -251,15 +300,21 @@ func (t *RemoteTrainer) each(ctx context.Context, phase pb.Phase, layer int, fw 
 	for i, err := range errs {
 		dst := fw.dests[i]
 		if err == nil {
-			t.pool.markUp(dst.peer)
+			if dst.peer != nil {
+				t.pool.markUp(dst.peer)
+			}
 			continue
 		}
-		err = fmt.Errorf("transport: %s of layer %d on worker %s (%s): %w", phaseName(phase), layer, dst.w, dst.peer.addr, err)
+		where := "in process"
+		if dst.peer != nil {
+			where = dst.peer.addr
+		}
+		err = fmt.Errorf("transport: %s of layer %d on worker %s (%s): %w", phaseName(phase), layer, dst.w, where, err)
 		if ctx.Err() == nil && errors.Is(err, context.Canceled) {
 			cancelled = append(cancelled, err) // stopped because another owner failed
 			continue
 		}
-		if errors.Is(err, ErrPeerUnavailable) {
+		if errors.Is(err, ErrPeerUnavailable) && dst.peer != nil {
 			t.pool.markDown(dst.peer)
 		}
 		failed = append(failed, err)
@@ -274,6 +329,25 @@ func (t *RemoteTrainer) each(ctx context.Context, phase pb.Phase, layer int, fw 
 		return failed[0]
 	}
 	return multiError(failed)
+}
+
+// exchangeLocal runs c through the trainer's own job scope, in process:
+// the request rows are gathered straight into the server's buffer, and the
+// answer's rows written to c.out at c.ranges, as a remote answer's are.
+func (t *RemoteTrainer) exchangeLocal(ctx context.Context, c *call) error {
+	s := t.local.s
+	c.head.Dtype = pb.DType_DTYPE_F32
+	c.head.Shape = []int64{int64(c.n), int64(c.d)}
+	y := s.bufs.get(c.n * c.d)
+	if err := s.serveLocal(ctx, t.local.sc, c.head, c.gather, y); err != nil {
+		return err // y is left to the garbage collector: a cancelled batch may still write it
+	}
+	d, k := c.d, 0
+	for _, rg := range c.ranges {
+		k += copy(c.out[rg[0]*d:rg[1]*d], y[k:])
+	}
+	s.bufs.put(y)
+	return nil
 }
 
 // phaseName names a phase in messages.

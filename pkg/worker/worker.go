@@ -218,8 +218,12 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 		go func() {
 			defer fwg.Done()
 			host, _, _ := net.SplitHostPort(w.info.Addr)
-			r := &jobrunner.Runner{Jobs: jobs.NewStore(cli, reg.Cluster()), Cfg: jobrunner.Config{Self: cfg.ID, Host: host, StepTimeout: cfg.JobStepTimeout, Log: lg}}
-			r.Run(fctx)
+			r := &jobrunner.Runner{Jobs: jobs.NewStore(cli, reg.Cluster()), Cfg: jobrunner.Config{
+				Self: cfg.ID, Server: srv, ExpertAddr: w.info.Addr, Host: host, StepTimeout: cfg.JobStepTimeout, Log: lg,
+			}}
+			if err := r.Run(fctx); err != nil {
+				lg.Error("job runner stopped", "err", err)
+			}
 		}()
 	}
 
