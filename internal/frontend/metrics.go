@@ -17,12 +17,18 @@ import (
 //	switchyard_frontend_exchange_seconds{worker}        one exchange with one worker (histogram)
 //	switchyard_frontend_exchange_rows_total{worker}     rows sent to each worker
 //	switchyard_frontend_exchange_failures_total{worker} exchanges that failed (the rows went to another copy, or the call failed)
+//	switchyard_frontend_exchange_served_seconds{worker}   the owner's own part of it (batcher queue, GEMMs), as it reports
+//	switchyard_frontend_exchange_overhead_seconds{worker} the rest: network and software
 //	switchyard_frontend_layer_exchange_seconds{layer}   one MoE layer's whole exchange, as the model waits for it (histogram)
+//	switchyard_frontend_layer_served_seconds{layer}     the owners' part of that wait
 //	switchyard_frontend_placement_epoch                 the placement epoch in use
 //	switchyard_frontend_live_workers                    workers registered in etcd
 //	switchyard_frontend_unavailable_experts             experts with no live copy now
 type metrics struct {
 	exchange *prometheus.HistogramVec
+	served   *prometheus.HistogramVec
+	overhead *prometheus.HistogramVec
+	lserved  *prometheus.HistogramVec
 	rows     *prometheus.CounterVec
 	failures *prometheus.CounterVec
 	layer    *prometheus.HistogramVec
@@ -35,6 +41,15 @@ func newMetrics(f *Frontend) *metrics {
 		exchange: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "switchyard_frontend_exchange_seconds", Help: "One expert exchange (request rows out, answer rows back) with one worker.", Buckets: buckets,
 		}, []string{"worker"}),
+		served: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "switchyard_frontend_exchange_served_seconds", Help: "The owner's own time on one exchange (expert batcher queue and GEMMs), as it reports it.", Buckets: buckets,
+		}, []string{"worker"}),
+		overhead: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "switchyard_frontend_exchange_overhead_seconds", Help: "One exchange's time minus the owner's: network and software (serialization, gRPC, scheduling).", Buckets: buckets,
+		}, []string{"worker"}),
+		lserved: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "switchyard_frontend_layer_served_seconds", Help: "The owners' part of one MoE layer's wait (per round of destinations, the longest owner time).", Buckets: buckets,
+		}, []string{"layer"}),
 		rows: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_frontend_exchange_rows_total", Help: "Token rows sent to each worker's experts.",
 		}, []string{"worker"}),
@@ -70,16 +85,21 @@ func newMetrics(f *Frontend) *metrics {
 
 func (m *metrics) observer() *transport.Observer {
 	return &transport.Observer{
-		Exchange: func(_ int, w cluster.WorkerID, rows int, took time.Duration, err error) {
+		Exchange: func(_ int, w cluster.WorkerID, rows int, took, served time.Duration, err error) {
 			m.exchange.WithLabelValues(string(w)).Observe(took.Seconds())
+			if err == nil {
+				m.served.WithLabelValues(string(w)).Observe(served.Seconds())
+				m.overhead.WithLabelValues(string(w)).Observe((took - served).Seconds())
+			}
 			m.rows.WithLabelValues(string(w)).Add(float64(rows))
 			if err != nil {
 				m.failures.WithLabelValues(string(w), reason(err)).Inc()
 			}
 		},
-		Layer: func(layer, _ int, took time.Duration, err error) {
+		Layer: func(layer, _ int, took, served time.Duration, err error) {
 			if err == nil {
 				m.layer.WithLabelValues(strconv.Itoa(layer)).Observe(took.Seconds())
+				m.lserved.WithLabelValues(strconv.Itoa(layer)).Observe(served.Seconds())
 			}
 		},
 	}
@@ -97,5 +117,5 @@ func reason(err error) string {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return append([]prometheus.Collector{m.exchange, m.rows, m.failures, m.layer}, m.gauges...)
+	return append([]prometheus.Collector{m.exchange, m.served, m.overhead, m.rows, m.failures, m.layer, m.lserved}, m.gauges...)
 }

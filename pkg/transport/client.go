@@ -222,11 +222,15 @@ type RemoteExecutor struct {
 // must be cheap and safe for concurrent use.
 type Observer struct {
 	// Exchange: one attempt with one worker, rows sent and answered (or
-	// err), took from the request's first byte to the answer's last.
-	Exchange func(layer int, w cluster.WorkerID, rows int, took time.Duration, err error)
+	// err), took from the request's first byte to the answer's last, of
+	// which the owner reported served on its side (batcher queue and
+	// expert GEMMs): took - served is the exchange's own cost.
+	Exchange func(layer int, w cluster.WorkerID, rows int, took, served time.Duration, err error)
 	// Layer: one whole Compute call (every destination, retries
-	// included), as the model waits for it.
-	Layer func(layer int, rows int, took time.Duration, err error)
+	// included), as the model waits for it; served is the owners' part
+	// (per round of destinations, the longest any owner reported), so
+	// took - served is what the exchange itself cost the layer.
+	Layer func(layer int, rows int, took, served time.Duration, err error)
 }
 
 // SetObserver installs o (nil: none).
@@ -319,13 +323,14 @@ func (e *UnavailableError) IDs() []expert.ID {
 // Experts with no copy left fail the call with an *UnavailableError. Errors
 // name the layer, the worker and its address.
 func (r *RemoteExecutor) Compute(ctx context.Context, layer int, plan *router.Plan, x []float32, d int, y []float32) (err error) {
+	var served time.Duration // the owners' part of the wait (see Observer.Layer)
 	n := plan.Len()
 	if n == 0 {
 		return nil
 	}
 	if o := r.obs.Load(); o != nil && o.Layer != nil {
 		start := time.Now()
-		defer func() { o.Layer(layer, n, time.Since(start), err) }()
+		defer func() { o.Layer(layer, n, time.Since(start), served, err) }()
 	}
 	if d <= 0 || len(y) < n*d || len(x)%d != 0 {
 		return fmt.Errorf("transport: layer %d: %d plan rows, D %d, x %d values, y %d values", layer, n, d, len(x), len(y))
@@ -374,6 +379,13 @@ func (r *RemoteExecutor) Compute(ctx context.Context, layer int, plan *router.Pl
 			calls[i] = inferCall(pl.Epoch, r.cfg.Worker, dst, layer, plan, x, d, y)
 		}
 		errs := r.exchangeAll(ctx, dests, calls)
+		var most time.Duration
+		for i, c := range calls {
+			if errs[i] == nil {
+				most = max(most, c.served)
+			}
+		}
+		served += most
 
 		var next []int
 		var stale error
@@ -529,6 +541,9 @@ type call struct {
 	// out (rows of d values), in this order.
 	out    []float32
 	ranges [][2]int
+	// served is what the owner reported spending on the request
+	// (ExpertFrame.served_micros), set by receive.
+	served time.Duration
 }
 
 // planRanges returns the plan row ranges of experts (ascending), adjacent
@@ -663,7 +678,9 @@ func (r *RemoteExecutor) send(a *attempt, fresh bool) {
 	a.c.head.RequestId = r.reqID.Add(1)
 	payload := asBytes(a.buf)
 	if len(payload) <= r.cfg.ChunkBytes {
-		if err := sendChunks(st.s, a.c.head, payload, r.cfg.ChunkBytes, nil); err != nil {
+		// io.EOF: the owner ended the stream (e.g. refused the caller);
+		// its status is what the answer's receive returns.
+		if err := sendChunks(st.s, a.c.head, payload, r.cfg.ChunkBytes, nil); err != nil && err != io.EOF {
 			a.err = fromRPCError(err)
 		}
 		return
@@ -689,7 +706,7 @@ func (r *RemoteExecutor) finish(a *attempt) error {
 		err = errors.Unwrap(err)
 	}
 	if o := r.obs.Load(); o != nil && o.Exchange != nil {
-		o.Exchange(int(a.c.head.Layer), a.pr.id, a.c.n, time.Since(a.start), err)
+		o.Exchange(int(a.c.head.Layer), a.pr.id, a.c.n, time.Since(a.start), a.c.served, err)
 	}
 	if err == nil {
 		// The owner answered, so it received every chunk: gRPC holds no
@@ -744,7 +761,7 @@ func (r *RemoteExecutor) await(a *attempt) error {
 		if !inSync {
 			a.st.cancel()
 		}
-		if serr := <-a.sent; serr != nil && err == nil {
+		if serr := <-a.sent; serr != nil && serr != io.EOF && err == nil {
 			inSync, err = false, fromRPCError(serr)
 		}
 	}
@@ -787,6 +804,7 @@ func receive(stream pb.Worker_ExpertsClient, want *pb.ExpertFrame, c *call) (ans
 			return protoErr("got request %d chunk %d, want chunk %d", f.RequestId, f.Chunk, ch)
 		}
 		if ch == 0 {
+			c.served = time.Duration(f.ServedMicros) * time.Microsecond
 			if f.Error != nil {
 				return f.Last, fromErrorFrame(f.Error)
 			}

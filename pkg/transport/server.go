@@ -413,6 +413,7 @@ func (s *ExpertServer) serveRequest(ctx context.Context, sc *scope, stream pb.Wo
 		s.bufs.put(j.x)
 		return err
 	}
+	received := time.Now()
 	fromWire(j.x)
 	// y is not pooled: gRPC keeps referencing a sent payload until its
 	// writer goroutine has flushed it, which the server cannot observe.
@@ -430,6 +431,7 @@ func (s *ExpertServer) serveRequest(ctx context.Context, sc *scope, stream pb.Wo
 		RequestId: first.RequestId, Layer: first.Layer, Experts: first.Experts, Rows: first.Rows,
 		Epoch: sc.epoch.Load(), Dtype: pb.DType_DTYPE_F32, Shape: first.Shape, Source: string(s.cfg.Worker),
 		Phase: first.Phase, Job: first.Job, TrainSeq: first.TrainSeq,
+		ServedMicros: uint64(time.Since(received).Microseconds()),
 	}, asBytes(j.y), s.cfg.ChunkBytes, &sc.bytesOut)
 }
 

@@ -434,6 +434,11 @@ type ExpertFrame struct {
 	// or whose forward was already consumed (duplicate). Zero for inference.
 	// Responses echo it.
 	TrainSeq uint64 `protobuf:"varint,14,opt,name=train_seq,json=trainSeq,proto3" json:"train_seq,omitempty"`
+	// Response chunk 0 only: microseconds the owner spent on the request from
+	// its last request byte to its first response byte (queueing for the
+	// expert batcher and the expert GEMMs), so the caller can tell the
+	// exchange's own cost (network, software) from the owner's compute.
+	ServedMicros uint64 `protobuf:"varint,16,opt,name=served_micros,json=servedMicros,proto3" json:"served_micros,omitempty"`
 	// Raw little-endian tensor bytes of this chunk (see the message comment).
 	// Field number 15 is what ExpertFrame.RawPayloadField returns; change
 	// both together.
@@ -566,6 +571,13 @@ func (x *ExpertFrame) GetJob() string {
 func (x *ExpertFrame) GetTrainSeq() uint64 {
 	if x != nil {
 		return x.TrainSeq
+	}
+	return 0
+}
+
+func (x *ExpertFrame) GetServedMicros() uint64 {
+	if x != nil {
+		return x.ServedMicros
 	}
 	return 0
 }
@@ -1129,7 +1141,7 @@ const file_switchyard_v1_worker_proto_rawDesc = "" +
 	"\vErrorStatus\x122\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x1a.switchyard.v1.ErrorReasonR\x06reason\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\xb1\x03\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\"\xd6\x03\n" +
 	"\vExpertFrame\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x14\n" +
@@ -1146,7 +1158,8 @@ const file_switchyard_v1_worker_proto_rawDesc = "" +
 	"\x05error\x18\v \x01(\v2\x1a.switchyard.v1.ErrorStatusR\x05error\x12*\n" +
 	"\x05phase\x18\f \x01(\x0e2\x14.switchyard.v1.PhaseR\x05phase\x12\x10\n" +
 	"\x03job\x18\r \x01(\tR\x03job\x12\x1b\n" +
-	"\ttrain_seq\x18\x0e \x01(\x04R\btrainSeq\x12\x18\n" +
+	"\ttrain_seq\x18\x0e \x01(\x04R\btrainSeq\x12#\n" +
+	"\rserved_micros\x18\x10 \x01(\x04R\fservedMicros\x12\x18\n" +
 	"\apayload\x18\x0f \x01(\fR\apayload\"\x0f\n" +
 	"\rHealthRequest\"\xa6\x01\n" +
 	"\x0eHealthResponse\x124\n" +
