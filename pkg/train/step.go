@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"time"
 
 	"github.com/switchyard/switchyard/pkg/expert"
@@ -183,20 +184,7 @@ func UpdateScoreBias(m *model.Model, load [][]int, u float64) {
 	}
 }
 
-func sortIDs(ids []expert.ID) {
-	for i := 1; i < len(ids); i++ {
-		for j := i; j > 0 && less(ids[j], ids[j-1]); j-- {
-			ids[j], ids[j-1] = ids[j-1], ids[j]
-		}
-	}
-}
-
-func less(a, b expert.ID) bool {
-	if a.Layer != b.Layer {
-		return a.Layer < b.Layer
-	}
-	return a.Expert < b.Expert
-}
+func sortIDs(ids []expert.ID) { slices.SortFunc(ids, expert.Compare) }
 
 // NamedGrad is one parameter's gradient.
 type NamedGrad struct {
