@@ -17,15 +17,20 @@
 #   netns 1gbit   4 emulated hosts h1..h4 with a worker each, the coordinator
 #   netns 10gbit  and the front end on h0 (scripts/netns/cluster.sh, tc tbf)
 #
-# Every request asks for 64 tokens (ignore_eos); each measurement runs
-# BENCH_SERVE_WARMUP (5) s, then a BENCH_SERVE_SECONDS (20) s window; requests
-# still running at its end are cancelled. The raw-TCP round trip h0 -> h1 is
+# Every request asks for 64 tokens (ignore_eos), but the first of each of N
+# clients asks for (c+1)/N of them, so that the clients do not start and end
+# their requests in lockstep; each measurement runs BENCH_SERVE_WARMUP (5) s,
+# then a BENCH_SERVE_SECONDS (20) s window; requests still running at its
+# end are cancelled. Only requests sent inside the window count for TTFT,
+# only tokens received inside it for tokens/s and ITL. The raw-TCP round trip h0 -> h1 is
 # measured with bench/serve tcpping in the same namespaces; transfer =
 # 2 x rows x hidden x 4 bytes / rate. The model is generated once into
 # ${TMPDIR:-/tmp}/switchyard-bench. Results: bench/results/serve.txt (the
 # date and CPU with every result, the raw lines, the table) and the table in
 # bench/results/serve.md. Needs root for the netns configurations (skipped
 # otherwise); ~10 minutes plus ~1 minute to generate the model.
+# SWITCHYARD_BIN_DIR=DIR takes switchyard, coordinator (and bs, bench/serve,
+# if there) from DIR instead of building them.
 #
 #   scripts/bench-serve.sh [--only in-process|workers|netns]
 set -euo pipefail
@@ -67,7 +72,11 @@ else
 	go build -o "$work/switchyard" ./cmd/switchyard
 	go build -o "$work/coordinator" ./cmd/coordinator
 fi
-go build -o "$work/bs" ./bench/serve
+if [ -x "${SWITCHYARD_BIN_DIR:-/nonexistent}/bs" ]; then # bench/serve built already
+	cp "$SWITCHYARD_BIN_DIR/bs" "$work/"
+else
+	go build -o "$work/bs" ./bench/serve
+fi
 "$work/bs" synth -dir "$model" -layers 8 -hidden 1024 -experts 32 -topk 4 -inter 2816 -vocab 320 \
 	-tokenizer testdata/golden/tokenizer_bpe_gpt2/tokenizer.json | tee "$work/synth.txt"
 
@@ -82,7 +91,7 @@ measure() {
 	for c in 1 16; do
 		file=$work/result-$(printf %02d "${#results[@]}").json
 		"${runner[@]}" "$work/bs" load -url "$url" -clients $c -warmup "${warm}s" -duration "${secs}s" -drain=false \
-			-max-tokens $tokens -ignore-eos -stream always -metrics -config "$name" -model "$model" \
+			-max-tokens $tokens -ignore-eos -stagger -stream always -metrics -config "$name" -model "$model" \
 			-label "$name, $c client(s)" -json "$file" "${extra[@]}" | tee -a "$work/raw.txt"
 		results+=("$file")
 	done
@@ -162,7 +171,7 @@ esac
 	echo "# scripts/bench-serve.sh, $(date -u +%Y-%m-%dT%H:%MZ)"
 	echo "# cpu: $cpu; $(go version)"
 	echo "# model: $(grep '^model:' "$work/synth.txt" | sed 's/^model: //'); mixtral-style, 8 layers, hidden 1024, 32 experts top-4, expert intermediate 2816, vocab 320, bf16"
-	echo "# each measurement: ${warm} s warm-up, ${secs} s window, $tokens tokens per request (ignore_eos), streamed"
+	echo "# each measurement: ${warm} s warm-up, ${secs} s window, $tokens tokens per request (ignore_eos; the first of each client staggered), streamed"
 	cat "$work/raw.txt"
 	echo
 	cat "$work/table.md"

@@ -391,6 +391,7 @@ func load(args []string) error {
 	linkRTT := fs.Float64("link-rtt-ms", 0, "raw-TCP round trip of the link (ms) for the report")
 	modelDir := fs.String("model", "", "model folder (hidden size for the report)")
 	strict := fs.Bool("fail-on-error", false, "exit with status 1 if any request failed or answered wrong")
+	stagger := fs.Bool("stagger", false, "the first request of client c (0..N-1) asks for (c+1)/N of -max-tokens, so the clients' requests do not start and end in lockstep (use with -ignore-eos)")
 	fs.Parse(args)
 	want, err := readRefs(*refsFile)
 	if err != nil {
@@ -434,7 +435,11 @@ func load(args []string) error {
 				}
 				p := prompts[(c+i)%len(prompts)]
 				stream := *streamMode == "always" || (*streamMode == "mixed" && (c+i)%2 == 0)
-				a := complete(ctx, *url, request{prompt: p, maxTokens: *maxTokens, stream: stream, ignoreEOS: *ignoreEOS})
+				n := *maxTokens
+				if *stagger && i == 0 {
+					n = max(1, *maxTokens*(c+1) / *clients)
+				}
+				a := complete(ctx, *url, request{prompt: p, maxTokens: n, stream: stream, ignoreEOS: *ignoreEOS})
 				a.text = p + "\x00" + a.text // keep the prompt for the check
 				mu.Lock()
 				answers = append(answers, a)
@@ -511,8 +516,8 @@ func load(args []string) error {
 	if *metrics {
 		res.fromMetrics(before, after)
 	}
-	fmt.Printf("%s: %d clients, %.1f s: %d completions ok, %d failed, %d wrong; %d tokens, %.2f tokens/s; TTFT p50/p90/p99 %s ms; ITL %s ms; CPU busy %.0f%%\n",
-		*label, *clients, res.Window, res.OK, res.Failed, res.Wrong, res.Tokens, res.TokensPerS, fmtP(res.TTFT), fmtP(res.ITL), 100*res.CPUBusy)
+	fmt.Printf("%s: %d clients, %.1f s: %d completions ok, %d failed, %d wrong; %d tokens, %.2f tokens/s; TTFT p50/p90/p99 %s ms (%d requests); ITL %s ms; CPU busy %.0f%%\n",
+		*label, *clients, res.Window, res.OK, res.Failed, res.Wrong, res.Tokens, res.TokensPerS, fmtP(res.TTFT), res.Requests, fmtP(res.ITL), 100*res.CPUBusy)
 	if res.PerToken != nil {
 		fmt.Printf("%s: per generated token (ms): total %.2f attention %.2f experts %.2f rest %.2f; MoE layer exchange mean %.3f ms (%.1f rows); worker call mean %.3f ms\n",
 			*label, res.PerToken["total"], res.PerToken["attention"], res.PerToken["experts"], res.PerToken["rest"], res.LayerExchangeMs, res.RowsPerExchange, res.WorkerCallMs)

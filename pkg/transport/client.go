@@ -281,6 +281,9 @@ type UnavailableError struct {
 	Experts []int         // ascending
 	Epoch   cluster.Epoch // of the placement used
 	Causes  []error
+	// Loading: some of the experts' copies answered NOT_OWNED (their
+	// owners may be loading them), so waiting may help.
+	Loading bool
 }
 
 func (e *UnavailableError) Error() string {
@@ -315,9 +318,10 @@ func (e *UnavailableError) IDs() []expert.ID {
 //   - a failed or silent peer (ErrPeerUnavailable, draining): its rows go to
 //     another copy at once, and the peer is avoided by later calls for
 //     ClientConfig.DownFor;
-//   - an owner that does not hold an expert yet (NOT_OWNED: it is still
-//     loading a copy the placement just gave it): the rows go to another
-//     copy; when no other copy is left, the placement is refreshed;
+//   - an owner that does not hold some experts yet (NOT_OWNED: it is still
+//     loading copies the placement just gave it): the rows of those experts
+//     go to another copy; when no other copy is left, the call waits for
+//     the loading ones (re-reading the placement) for up to LoadWait;
 //   - a stale placement: refreshed (at most MaxStaleRetries times).
 //
 // Experts with no copy left fail the call with an *UnavailableError. Errors
@@ -353,19 +357,34 @@ func (r *RemoteExecutor) Compute(ctx context.Context, layer int, plan *router.Pl
 			return fmt.Errorf("transport: layer %d: read placement: %w", layer, err)
 		}
 	}
-	failed := map[cluster.WorkerID]error{}   // peers that failed in this call
-	notOwned := map[cluster.WorkerID]error{} // owners still loading, in this call's placement
-	for refreshes := 0; ; {
+	failed := map[cluster.WorkerID]error{} // peers that failed in this call
+	notOwned := map[workerExpert]error{}   // copies still loading, in this call's placement
+	var loadSince time.Time                // when the first wait for loading copies began
+	for refreshes, waits := 0, 0; ; {
 		if err := r.checkPlacement(pl, layer, plan.NumExperts); err != nil {
 			return err
 		}
 		dests, err := r.assign(pl, layer, plan, pending, failed, notOwned)
 		if err != nil {
 			var ue *UnavailableError
-			if errors.As(err, &ue) && len(notOwned) > 0 && refreshes < r.cfg.MaxStaleRetries {
-				// Only owners that are still loading are left: wait for
-				// them (or a newer placement) and try again.
-				refreshes++
+			if errors.As(err, &ue) && ue.Loading {
+				// The only copies left are still loading (a new placement
+				// is in force before its owners have loaded it): wait for
+				// them, or a newer placement, within the call's deadline.
+				if waits == 0 {
+					loadSince = time.Now()
+				} else if time.Since(loadSince) >= r.cfg.LoadWait {
+					return fmt.Errorf("%w (copies still loading after %v)", err, r.cfg.LoadWait)
+				}
+				pause := min(20*time.Millisecond<<min(waits, 4), 200*time.Millisecond)
+				waits++
+				t := time.NewTimer(pause)
+				select {
+				case <-t.C:
+				case <-ctx.Done():
+					t.Stop()
+					return fmt.Errorf("%w (copies still loading after %d waits: %w)", err, waits, ctx.Err())
+				}
 				clear(notOwned)
 				if pl, err = r.src.Refresh(ctx); err != nil {
 					return fmt.Errorf("transport: layer %d: refresh placement: %w", layer, err)
@@ -400,7 +419,19 @@ func (r *RemoteExecutor) Compute(ctx context.Context, layer int, plan *router.Pl
 			case ctx.Err() != nil:
 				return err // the caller's deadline or cancellation: no time to retry
 			case errors.Is(err, expert.ErrNotOwned):
-				notOwned[dst.w] = err
+				// Only the experts the owner lacks go elsewhere; it stays
+				// usable for the rest.
+				var re *RemoteError
+				missing := dst.experts
+				if errors.As(err, &re) && len(re.Missing) > 0 {
+					missing = missing[:0:0]
+					for _, m := range re.Missing {
+						missing = append(missing, int(m))
+					}
+				}
+				for _, e := range missing {
+					notOwned[workerExpert{dst.w, e}] = err
+				}
 			case errors.Is(err, cluster.ErrStalePlacement):
 				stale = err
 			case errors.Is(err, ErrPeerUnavailable):
@@ -451,7 +482,13 @@ func (r *RemoteExecutor) checkPlacement(pl *cluster.Placement, layer, numExperts
 // (counting rows assigned in this round), then placement order (primary
 // first). It groups experts by worker. Experts with no usable replica make
 // an *UnavailableError naming all of them.
-func (r *RemoteExecutor) assign(pl *cluster.Placement, layer int, plan *router.Plan, pending []int, failed, notOwned map[cluster.WorkerID]error) ([]*dest, error) {
+// workerExpert is one copy: an expert (of the layer in hand) on a worker.
+type workerExpert struct {
+	w cluster.WorkerID
+	e int
+}
+
+func (r *RemoteExecutor) assign(pl *cluster.Placement, layer int, plan *router.Plan, pending []int, failed map[cluster.WorkerID]error, notOwned map[workerExpert]error) ([]*dest, error) {
 	now := time.Now()
 	byW := map[cluster.WorkerID]*dest{}
 	var out []*dest
@@ -465,14 +502,16 @@ func (r *RemoteExecutor) assign(pl *cluster.Placement, layer int, plan *router.P
 			bestLoad  int64
 			unusable  []error
 			candidate bool
+			loading   bool // a copy was refused as not (yet) held
 		)
 		for _, w := range owners {
 			if err := failed[w]; err != nil {
 				unusable = append(unusable, err)
 				continue
 			}
-			if err := notOwned[w]; err != nil {
+			if err := notOwned[workerExpert{w, e}]; err != nil {
 				unusable = append(unusable, err)
+				loading = true
 				continue
 			}
 			if !r.isLive(w) {
@@ -503,6 +542,7 @@ func (r *RemoteExecutor) assign(pl *cluster.Placement, layer int, plan *router.P
 				missing = &UnavailableError{Layer: layer, Epoch: pl.Epoch}
 			}
 			missing.Experts = append(missing.Experts, e)
+			missing.Loading = missing.Loading || loading
 			if len(owners) == 0 {
 				unusable = append(unusable, fmt.Errorf("placement epoch %d lists no owner of expert %d", pl.Epoch, e))
 			}

@@ -64,6 +64,11 @@ type ClientConfig struct {
 	// MaxStaleRetries is how many times one Compute call re-reads the
 	// placement after stale-placement errors before giving up (default 3).
 	MaxStaleRetries int
+	// LoadWait is how long one Compute call waits for copies that answer
+	// NOT_OWNED when no other copy of an expert is left: their owners are
+	// most likely loading what a new placement just gave them (default 5 s;
+	// always bounded by the call's deadline too).
+	LoadWait time.Duration
 	// DownFor is how long a worker that failed an exchange is avoided by
 	// later calls when another replica exists (default 5 s). A worker is
 	// still tried when it is the only replica left.
@@ -91,6 +96,7 @@ func DefaultClientConfig() ClientConfig {
 		CallTimeout:      10 * time.Second,
 		AttemptTimeout:   3 * time.Second,
 		MaxStaleRetries:  3,
+		LoadWait:         5 * time.Second,
 		DownFor:          5 * time.Second,
 		KeepaliveTime:    10 * time.Second,
 		KeepaliveTimeout: 5 * time.Second,
@@ -125,6 +131,9 @@ func (c ClientConfig) withDefaults() (ClientConfig, error) {
 	}
 	if c.MaxStaleRetries == 0 {
 		c.MaxStaleRetries = d.MaxStaleRetries
+	}
+	if c.LoadWait == 0 {
+		c.LoadWait = d.LoadWait
 	}
 	if c.DownFor == 0 {
 		c.DownFor = d.DownFor

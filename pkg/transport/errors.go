@@ -84,8 +84,22 @@ func classify(err error) (pb.ErrorReason, codes.Code) {
 // errorFrame encodes a per-request error for an ExpertFrame.
 func errorFrame(err error) *pb.ErrorStatus {
 	reason, code := classify(err)
-	return &pb.ErrorStatus{Reason: reason, Code: int32(code), Message: err.Error()}
+	st := &pb.ErrorStatus{Reason: reason, Code: int32(code), Message: err.Error()}
+	var no *notOwnedError
+	if errors.As(err, &no) {
+		st.Missing = no.missing
+	}
+	return st
 }
+
+// notOwnedError is an owner's NOT_OWNED refusal with the experts it lacks.
+type notOwnedError struct {
+	missing []int32 // of the request's layer, ascending
+	err     error   // wraps expert.ErrNotOwned
+}
+
+func (e *notOwnedError) Error() string { return e.err.Error() }
+func (e *notOwnedError) Unwrap() error { return e.err }
 
 // statusError turns a server-side error into a gRPC status error carrying
 // its reason as a google.rpc.ErrorInfo detail.
@@ -107,6 +121,9 @@ type RemoteError struct {
 	Reason pb.ErrorReason
 	Code   codes.Code
 	Msg    string // the peer's message
+	// Missing: for NOT_OWNED, the request's experts the peer lacks (nil:
+	// not said, treat every expert of the request as missing).
+	Missing []int32
 }
 
 func (e *RemoteError) Error() string { return e.Msg }
@@ -132,7 +149,7 @@ func (e *RemoteError) GRPCStatus() *status.Status { return status.New(e.Code, e.
 
 // fromErrorFrame decodes a per-request error frame.
 func fromErrorFrame(s *pb.ErrorStatus) error {
-	return &RemoteError{Reason: s.Reason, Code: codes.Code(s.Code), Msg: s.Message}
+	return &RemoteError{Reason: s.Reason, Code: codes.Code(s.Code), Msg: s.Message, Missing: s.Missing}
 }
 
 // fromRPCError decodes an error returned by a gRPC call: statuses with a

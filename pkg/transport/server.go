@@ -559,8 +559,8 @@ func (s *ExpertServer) admit(j *job, epoch cluster.Epoch) error {
 		if sc.job != "" {
 			where = " " + sc.name()
 		}
-		return fmt.Errorf("worker %s%s: layer %d experts %v (request epoch %d, worker epoch %d): %w",
-			s.who, where, j.layer, missing, epoch, sc.epoch.Load(), expert.ErrNotOwned)
+		return &notOwnedError{missing: missing, err: fmt.Errorf("worker %s%s: layer %d experts %v (request epoch %d, worker epoch %d): %w",
+			s.who, where, j.layer, missing, epoch, sc.epoch.Load(), expert.ErrNotOwned)}
 	}
 	if j.phase != pb.Phase_PHASE_INFER {
 		var notF32 []int32

@@ -396,7 +396,7 @@ func TestStalePlacementRefreshesAndRetries(t *testing.T) {
 		}
 		return []int{e / 4}
 	}
-	pool := newPool(t, ClientConfig{Worker: "c0", MaxStaleRetries: 2})
+	pool := newPool(t, ClientConfig{Worker: "c0", MaxStaleRetries: 2, LoadWait: 300 * time.Millisecond})
 	ctl := func(w *testWorker, req *pb.ControlRequest) {
 		t.Helper()
 		cli, err := pool.Client(w.id, w.addr)
@@ -781,17 +781,20 @@ func TestNotOwnedGoesToAnotherCopyAndLeftWorkersFailFast(t *testing.T) {
 		checkTagged(t, 0, layer, plan, x, y, D, func(int) []int { return []int{1} })
 	}
 
-	// The old copy's worker leaves: only the loading one remains, so
-	// after bounded refreshes the call fails, naming the experts.
+	// The old copy's worker leaves: only the loading one remains, so the
+	// call waits for it within its deadline, then fails naming the experts.
 	ex.SetLive(func(w cluster.WorkerID) bool { return w != "old" })
 	start := time.Now()
-	err := ex.Compute(context.Background(), layer, plan, x, D, y)
+	dctx, dcancel := context.WithTimeout(context.Background(), time.Second)
+	err := ex.Compute(dctx, layer, plan, x, D, y)
+	dcancel()
 	var ue *UnavailableError
 	if !errors.As(err, &ue) || !errors.Is(err, expert.ErrUnavailable) || !errors.Is(err, ErrNoReplica) {
 		t.Fatalf("err = %v, want an *UnavailableError", err)
 	}
-	if len(ue.Experts) == 0 || ue.Layer != layer || !strings.Contains(err.Error(), "L1/E") || !strings.Contains(err.Error(), "left the cluster") {
-		t.Fatalf("error %q does not name the layer's experts and the cause", err)
+	if len(ue.Experts) == 0 || ue.Layer != layer || !ue.Loading || !strings.Contains(err.Error(), "L1/E") ||
+		!strings.Contains(err.Error(), "left the cluster") || !strings.Contains(err.Error(), "still loading") {
+		t.Fatalf("error %q does not name the layer's experts, the worker that left and the copy still loading", err)
 	}
 	if took := time.Since(start); took > 5*time.Second {
 		t.Fatalf("failing took %v, want a fast failure", took)
@@ -878,5 +881,57 @@ func TestPersistentStreams(t *testing.T) {
 	<-done
 	if took := time.Since(start); took > time.Second {
 		t.Errorf("shutdown took %v with only idle streams open", took)
+	}
+}
+
+// An owner that lacks only some of a request's experts (it is loading
+// them) keeps serving the others: only the missing experts go to another
+// copy. An expert whose only copy is still loading is waited for, within
+// the call's deadline, and served once loaded.
+func TestPartlyLoadedOwner(t *testing.T) {
+	const L, E, D, layer = 2, 4, 16, 1
+	moe := func(l int) bool { return l == layer }
+	half := taggedStore(expert.ID{Layer: layer, Expert: 0}, expert.ID{Layer: layer, Expert: 1})
+	full := taggedStore()
+	for e := 0; e < E; e++ {
+		full.Put(expert.ID{Layer: layer, Expert: e}, &expert.FFN{})
+	}
+	a := startWorker(t, "a", half, ServerConfig{Hidden: D}, tagHook(0))
+	b := startWorker(t, "b", full, ServerConfig{Hidden: D}, tagHook(1))
+	// a is every expert's first copy; its rows-in-flight tie-break keeps
+	// choosing it first.
+	pl := placement(1, L, E, moe, []*testWorker{a, b}, func(int, int) []int { return []int{0, 1} })
+	ex := NewRemoteExecutor(NewStaticPlacement(pl), newPool(t, ClientConfig{}))
+	plan := route(32, E, 2, 3)
+	x := taggedInput(0, 32, D, 4)
+	y := make([]float32, plan.Len()*D)
+	if err := ex.Compute(context.Background(), layer, plan, x, D, y); err != nil {
+		t.Fatal(err)
+	}
+	by := checkTagged(t, 0, layer, plan, x, y, D, func(e int) []int {
+		if e < 2 {
+			return []int{0, 1}
+		}
+		return []int{1}
+	})
+	t.Logf("rows served by owner: %v", by)
+
+	// Only a (still loading expert 3) is left for expert 3: the call waits
+	// until a holds it.
+	ex.SetLive(func(w cluster.WorkerID) bool { return w == "a" })
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		half.Put(expert.ID{Layer: layer, Expert: 2}, &expert.FFN{})
+		half.Put(expert.ID{Layer: layer, Expert: 3}, &expert.FFN{})
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	start := time.Now()
+	if err := ex.Compute(ctx, layer, plan, x, D, y); err != nil {
+		t.Fatalf("after the copy loaded: %v", err)
+	}
+	checkTagged(t, 0, layer, plan, x, y, D, func(int) []int { return []int{0} })
+	if took := time.Since(start); took < 250*time.Millisecond {
+		t.Errorf("served after %v, before the copy was loaded?", took)
 	}
 }

@@ -30,8 +30,8 @@
 # exit 0 only on PASS. Everything (processes, namespaces, cgroups) is torn
 # down on exit. Needs root; about 2-3 minutes (plus ~10 s to generate the
 # model the first time). SWITCHYARD_BIN_DIR=DIR takes the switchyard and
-# coordinator binaries from DIR instead of building them; SERVE_E2E_KEEP=1
-# keeps the logs of a failed run.
+# coordinator binaries (and bs, bench/serve, if there) from DIR instead of
+# building them; SERVE_E2E_KEEP=1 keeps the logs of a failed run.
 #
 #   scripts/netns/serve-e2e.sh [--rate RATE]     (RATE in tc syntax: 1gbit, 10gbit, 500mbit)
 set -euo pipefail
@@ -112,20 +112,20 @@ elif grep -qw memory /sys/fs/cgroup/cgroup.controllers 2>/dev/null && grep -qw m
 else
 	fail "no writable memory cgroup hierarchy (cgroup v1 memory controller or cgroup v2 with memory enabled)"
 fi
-# make_cgroup NAME BYTES -> prints its directory
+# make_cgroup NAME BYTES: makes the cgroup, its directory in $cgdir
 make_cgroup() {
 	local dir=$cgparent/$1
 	rmdir "$dir" 2>/dev/null || true
 	mkdir "$dir" || return 1
 	cgroups+=("$dir")
+	cgdir=$dir
 	if [ $cgver = 1 ]; then
-		echo "$2" >"$dir/memory.limit_in_bytes"
+		echo "$2" >"$dir/memory.limit_in_bytes" || return 1
 		[ -f "$dir/memory.memsw.limit_in_bytes" ] && echo "$2" >"$dir/memory.memsw.limit_in_bytes" 2>/dev/null || true
 	else
-		echo "$2" >"$dir/memory.max"
+		echo "$2" >"$dir/memory.max" || return 1
 		[ -f "$dir/memory.swap.max" ] && echo 0 >"$dir/memory.swap.max" || true
 	fi
-	echo "$dir"
 }
 # cg_peak DIR, cg_oomkills DIR
 cg_peak() {
@@ -148,7 +148,11 @@ else
 	go build -o "$work/switchyard" ./cmd/switchyard
 	go build -o "$work/coordinator" ./cmd/coordinator
 fi
-go build -o "$work/bs" ./bench/serve
+if [ -x "${SWITCHYARD_BIN_DIR:-/nonexistent}/bs" ]; then # bench/serve built already
+	cp "$SWITCHYARD_BIN_DIR/bs" "$work/"
+else
+	go build -o "$work/bs" ./bench/serve
+fi
 cache=${SWITCHYARD_SERVE_E2E_DIR:-${TMPDIR:-/tmp}/switchyard-serve-e2e}
 model=$cache/mixtral-l4-e32-h1024-f1408
 "$work/bs" synth -dir "$model" -layers 4 -hidden 1024 -experts 32 -topk 2 -inter 1408 -vocab 320 \
@@ -177,7 +181,8 @@ pids+=($!)
 declare -A wcg
 for i in 1 2 3 4; do
 	ip=$($net ip h$i)
-	wcg[$i]=$(make_cgroup "switchyard-serve-e2e-$$-h$i" "$cap") || fail "cannot make a memory cgroup under $cgparent"
+	make_cgroup "switchyard-serve-e2e-$$-h$i" "$cap" || fail "cannot make a memory cgroup under $cgparent"
+	wcg[$i]=$cgdir
 	# The shell joins the cgroup, then becomes the worker (--mem auto reads the limit).
 	nsrun h$i /bin/sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "${wcg[$i]}" \
 		"$work/switchyard" worker --etcd "$etcd" --cluster emu --id "h$i" --listen "$ip:7070" --gossip "$ip:7946" \

@@ -319,7 +319,11 @@ type ErrorStatus struct {
 	Code int32 `protobuf:"varint,2,opt,name=code,proto3" json:"code,omitempty"`
 	// What went wrong, for people: names the layer, experts and epochs
 	// involved.
-	Message       string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	Message string `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	// NOT_OWNED: the request's experts (of its layer) the owner does not
+	// hold, so the caller sends only those elsewhere (the owner may be
+	// loading them: a new placement is in force before it has).
+	Missing       []int32 `protobuf:"varint,4,rep,packed,name=missing,proto3" json:"missing,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -373,6 +377,13 @@ func (x *ErrorStatus) GetMessage() string {
 		return x.Message
 	}
 	return ""
+}
+
+func (x *ErrorStatus) GetMissing() []int32 {
+	if x != nil {
+		return x.Missing
+	}
+	return nil
 }
 
 // ExpertFrame is one chunk of an expert request (client to server) or of its
@@ -1137,11 +1148,12 @@ var File_switchyard_v1_worker_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_worker_proto_rawDesc = "" +
 	"\n" +
-	"\x1aswitchyard/v1/worker.proto\x12\rswitchyard.v1\"o\n" +
+	"\x1aswitchyard/v1/worker.proto\x12\rswitchyard.v1\"\x89\x01\n" +
 	"\vErrorStatus\x122\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x1a.switchyard.v1.ErrorReasonR\x06reason\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x03 \x01(\tR\amessage\"\xd6\x03\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12\x18\n" +
+	"\amissing\x18\x04 \x03(\x05R\amissing\"\xd6\x03\n" +
 	"\vExpertFrame\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x14\n" +
