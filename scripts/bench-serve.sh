@@ -13,6 +13,7 @@
 #
 #   in-process    serve --workers 0 (experts in the front end's process)
 #   2 workers     serve --workers 2 (local worker processes, loopback gRPC)
+#   2 workers, overlap  the same with --overlap (two-micro-batch overlap)
 #   4 workers     serve --workers 4
 #   netns 1gbit   4 emulated hosts h1..h4 with a worker each, the coordinator
 #   netns 10gbit  and the front end on h0 (scripts/netns/cluster.sh, tc tbf)
@@ -98,10 +99,11 @@ measure() {
 }
 results=()
 
-# local NAME WORKERS
+# local NAME WORKERS [serve flags...]
 run_local() {
 	local name=$1 n=$2 url
-	"$work/switchyard" serve --model "$model" --workers "$n" --listen 127.0.0.1:0 --served-model-name m \
+	shift 2
+	"$work/switchyard" serve --model "$model" --workers "$n" --listen 127.0.0.1:0 --served-model-name m "$@" \
 		>"$work/$name.log" 2>&1 &
 	pids+=($!)
 	local deadline=$((SECONDS + 300))
@@ -153,6 +155,7 @@ run_netns() {
 case "$only" in "" | in-process) run_local "in-process" 0 ;; esac
 case "$only" in "" | workers)
 	run_local "2 local workers" 2
+	run_local "2 local workers, overlap" 2 --overlap
 	run_local "4 local workers" 4
 	;;
 esac

@@ -75,11 +75,16 @@ stage "generated protobuf code is up to date"
 scripts/verify-genproto.sh
 
 stage "end-to-end: real etcd, coordinator and worker processes"
-SWITCHYARD_E2E=1 go test -count=1 -timeout 10m ./test/e2e ./cmd/switchyard
+report=$(mktemp)
+SWITCHYARD_E2E=1 SWITCHYARD_E2E_REPORT=$report go test -count=1 -timeout 15m ./test/e2e ./cmd/switchyard
+cat "$report"
+rm -f "$report"
 
 stage "emulated multi-host cluster: network namespaces, tc tbf 1 Gbit/s links"
 if [ "$(id -u)" -eq 0 ]; then
 	scripts/netns/e2e.sh
+	stage "emulated multi-host serving: a front end and 4 worker hosts under memory cgroups, R = 2, a worker killed under load"
+	scripts/netns/serve-e2e.sh
 else
 	echo "not root: network namespaces need root (CI runs as root)"
 	[ -z "${CI:-}" ] || exit 1

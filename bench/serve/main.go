@@ -361,6 +361,10 @@ type loadResult struct {
 	// MoE layer exchanges in the window: mean seconds and rows per
 	// exchange, and exchanges per generated token.
 	LayerExchangeMs float64 `json:"layer_exchange_ms,omitempty"`
+	// LayerServedMs is the owners' part of LayerExchangeMs, as they
+	// report it (batcher queue and GEMMs): the difference is the
+	// exchange's own cost (network and software).
+	LayerServedMs   float64 `json:"layer_served_ms,omitempty"`
 	LayerExchanges  float64 `json:"layer_exchanges,omitempty"`
 	RowsPerExchange float64 `json:"rows_per_exchange,omitempty"`
 	WorkerCallMs    float64 `json:"worker_call_ms,omitempty"`
@@ -519,8 +523,9 @@ func load(args []string) error {
 	fmt.Printf("%s: %d clients, %.1f s: %d completions ok, %d failed, %d wrong; %d tokens, %.2f tokens/s; TTFT p50/p90/p99 %s ms (%d requests); ITL %s ms; CPU busy %.0f%%\n",
 		*label, *clients, res.Window, res.OK, res.Failed, res.Wrong, res.Tokens, res.TokensPerS, fmtP(res.TTFT), res.Requests, fmtP(res.ITL), 100*res.CPUBusy)
 	if res.PerToken != nil {
-		fmt.Printf("%s: per generated token (ms): total %.2f attention %.2f experts %.2f rest %.2f; MoE layer exchange mean %.3f ms (%.1f rows); worker call mean %.3f ms\n",
-			*label, res.PerToken["total"], res.PerToken["attention"], res.PerToken["experts"], res.PerToken["rest"], res.LayerExchangeMs, res.RowsPerExchange, res.WorkerCallMs)
+		fmt.Printf("%s: per generated token (ms): total %.2f attention %.2f experts %.2f rest %.2f; MoE layer exchange mean %.3f ms (%.1f rows), of which the owners' %.3f ms, the exchange's own %.3f ms; worker call mean %.3f ms\n",
+			*label, res.PerToken["total"], res.PerToken["attention"], res.PerToken["experts"], res.PerToken["rest"], res.LayerExchangeMs, res.RowsPerExchange,
+			res.LayerServedMs, res.LayerExchangeMs-res.LayerServedMs, res.WorkerCallMs)
 	}
 	for _, f := range res.Failures[:min(len(res.Failures), 10)] {
 		fmt.Printf("%s: failure: %s\n", *label, f)
@@ -564,6 +569,9 @@ func (r *loadResult) fromMetrics(before, after map[string]float64) {
 	if n := d("switchyard_frontend_layer_exchange_seconds_count"); n > 0 {
 		r.LayerExchanges = n
 		r.LayerExchangeMs = d("switchyard_frontend_layer_exchange_seconds_sum") * 1e3 / n
+		if m := d("switchyard_frontend_layer_served_seconds_count"); m > 0 {
+			r.LayerServedMs = d("switchyard_frontend_layer_served_seconds_sum") * 1e3 / m
+		}
 		r.RowsPerExchange = d("switchyard_frontend_exchange_rows_total") / n
 	}
 	if n := d("switchyard_frontend_exchange_seconds_count"); n > 0 {
@@ -828,23 +836,25 @@ func report(args []string) error {
 	if len(rs) > 0 {
 		fmt.Fprintf(&b, "Serving benchmark, %s; cpu: %s. Client-side latencies in ms (p50/p90/p99); per-token split from the front end's /metrics (forward time per generated token, ms).\n\n", rs[0].Date, rs[0].CPU)
 	}
-	b.WriteString("| configuration | clients | tokens/s | TTFT ms p50/p90/p99 | ITL ms p50/p90/p99 | ms/token: attention | experts (exchange + remote) | rest | MoE layer exchange ms (rows) | link RTT + transfer ms | CPU busy |\n")
-	b.WriteString("|---|---:|---:|---|---|---:|---:|---:|---|---|---:|\n")
+	b.WriteString("| configuration | clients | tokens/s | TTFT ms p50/p90/p99 | ITL ms p50/p90/p99 | ms/token: attention | experts (exchange + remote) | rest | MoE layer exchange ms (rows) | of which owners' compute ms | exchange's own ms | link RTT + transfer ms | CPU busy |\n")
+	b.WriteString("|---|---:|---:|---|---|---:|---:|---:|---|---:|---:|---|---:|\n")
 	for _, r := range rs {
 		att, exp, rest := "-", "-", "-"
 		if r.PerToken != nil {
 			att, exp, rest = fmt.Sprintf("%.2f", r.PerToken["attention"]), fmt.Sprintf("%.2f", r.PerToken["experts"]), fmt.Sprintf("%.2f", r.PerToken["rest"])
 		}
-		exch, link := "-", "-"
+		exch, link, owners, own := "-", "-", "-", "-"
 		if r.LayerExchanges > 0 {
 			exch = fmt.Sprintf("%.3f (%.1f)", r.LayerExchangeMs, r.RowsPerExchange)
+			owners = fmt.Sprintf("%.3f", r.LayerServedMs)
+			own = fmt.Sprintf("%.3f", r.LayerExchangeMs-r.LayerServedMs)
 		}
 		if r.LinkBps > 0 && r.Hidden > 0 && r.RowsPerExchange > 0 {
 			transfer := 2 * r.RowsPerExchange * float64(r.Hidden) * 4 * 8 / r.LinkBps * 1e3
 			link = fmt.Sprintf("%.3f + %.3f = %.3f", r.LinkRTTms, transfer, r.LinkRTTms+transfer)
 		}
-		fmt.Fprintf(&b, "| %s | %d | %.2f | %s | %s | %s | %s | %s | %s | %s | %.0f%% |\n",
-			r.Config, r.Clients, r.TokensPerS, fmtP(r.TTFT), fmtP(r.ITL), att, exp, rest, exch, link, 100*r.CPUBusy)
+		fmt.Fprintf(&b, "| %s | %d | %.2f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f%% |\n",
+			r.Config, r.Clients, r.TokensPerS, fmtP(r.TTFT), fmtP(r.ITL), att, exp, rest, exch, owners, own, link, 100*r.CPUBusy)
 	}
 	fmt.Print(b.String())
 	if *out != "" {

@@ -309,6 +309,23 @@ func TestFrontEndsJoinLocalCluster(t *testing.T) {
 	wg.Wait()
 }
 
+// report logs a result line and, when SWITCHYARD_E2E_REPORT names a file,
+// appends it there too (scripts/test.sh prints that file: go test shows a
+// passing test's output only with -v).
+func report(t *testing.T, format string, args ...any) {
+	t.Helper()
+	line := fmt.Sprintf(format, args...)
+	t.Log(line)
+	if f := os.Getenv("SWITCHYARD_E2E_REPORT"); f != "" {
+		fh, err := os.OpenFile(f, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fh.Close()
+		fmt.Fprintln(fh, line)
+	}
+}
+
 // load is a set of clients sending greedy completions in a loop, each
 // answer checked against the reference text of its prompt.
 type load struct {
@@ -441,9 +458,10 @@ func TestServeFailover(t *testing.T) {
 	lc.Proc("w1").Kill()
 	p, took := restored(t, ctx, lc, 2, "w1", killed)
 	t.Logf("SIGKILL w1: placement epoch %d back to 2 copies on %v after %v", p.Epoch, p.WorkerIDs(), took.Round(time.Millisecond))
-	fmt.Printf("serve failover: SIGKILL of a worker -> 2 copies restored on the survivors in %v (lease TTL %v)\n", took.Round(time.Millisecond), ttl)
 	time.Sleep(time.Second)
 	l.check(t, "SIGKILL w1")
+	report(t, "serve failover: SIGKILL of a worker under 8 clients: %d completions ok, %d failed, %d wrong; 2 copies restored on the survivors %v after the kill (lease TTL %v)",
+		l.ok.Load(), l.failed.Load(), l.wrong.Load(), took.Round(time.Millisecond), ttl)
 	if !strings.Contains(fe.out.String(), "worker left the cluster") || !strings.Contains(fe.out.String(), "worker=w1") {
 		t.Errorf("the front end did not report w1 leaving:\n%s", fe.out.String())
 	}
@@ -463,6 +481,7 @@ func TestServeFailover(t *testing.T) {
 	t.Logf("w4 joined: placement epoch %d on %v after %v", p.Epoch, p.WorkerIDs(), time.Since(joined).Round(time.Millisecond))
 	time.Sleep(time.Second)
 	l.check(t, "w4 joins")
+	report(t, "serve failover: a worker joining under 8 clients (live migration): %d completions ok, %d failed, %d wrong", l.ok.Load(), l.failed.Load(), l.wrong.Load())
 
 	// SIGSTOP w2 under load: its lease lapses, its copies are re-placed;
 	// after SIGCONT it registers again and takes a share back.
@@ -475,7 +494,7 @@ func TestServeFailover(t *testing.T) {
 	}
 	p, took = restored(t, ctx, lc, 2, "w2", stopped)
 	t.Logf("SIGSTOP w2: placement epoch %d back to 2 copies on %v after %v", p.Epoch, p.WorkerIDs(), took.Round(time.Millisecond))
-	fmt.Printf("serve failover: SIGSTOP of a worker -> 2 copies restored on the others in %v (lease TTL %v)\n", took.Round(time.Millisecond), ttl)
+	stopTook := took
 	if err := w2.Signal(syscall.SIGCONT); err != nil {
 		t.Fatal(err)
 	}
@@ -490,6 +509,8 @@ func TestServeFailover(t *testing.T) {
 	scancel()
 	time.Sleep(time.Second)
 	l.check(t, "SIGSTOP/SIGCONT w2")
+	report(t, "serve failover: SIGSTOP of a worker, then SIGCONT (it rejoins), under 8 clients: %d completions ok, %d failed, %d wrong; 2 copies restored on the others %v after the stop (lease TTL %v)",
+		l.ok.Load(), l.failed.Load(), l.wrong.Load(), stopTook.Round(time.Millisecond), ttl)
 	if code := healthCode(url); code != http.StatusOK {
 		t.Errorf("/health %d after the faults", code)
 	}
