@@ -22,25 +22,12 @@ type Comm interface {
 	// one rank are sequential and every rank makes the same calls in the
 	// same order.
 	AllReduce(ctx context.Context, buf []float32) error
-}
-
-// allReduce64 sums float64 values over the group through a float32
-// all-reduce by splitting each value into a float32 high part and a
-// float32 remainder (about 48 bits of precision survive, plenty for token
-// counts and loss sums).
-func allReduce64(ctx context.Context, c Comm, v []float64) error {
-	buf := make([]float32, 2*len(v))
-	for i, x := range v {
-		hi := float32(x)
-		buf[2*i], buf[2*i+1] = hi, float32(x-float64(hi))
-	}
-	if err := c.AllReduce(ctx, buf); err != nil {
-		return err
-	}
-	for i := range v {
-		v[i] = float64(buf[2*i]) + float64(buf[2*i+1])
-	}
-	return nil
+	// AllReduceFloat64 sums a small float64 vector (statistics: token
+	// counts, loss sums, squared norms) over the group, in float64, added
+	// in rank order so every rank gets identical bits.
+	AllReduceFloat64(ctx context.Context, v []float64) error
+	// Barrier returns once every rank has entered it.
+	Barrier(ctx context.Context) error
 }
 
 // DistStepper is one rank of data-parallel + expert-parallel training:
@@ -188,7 +175,7 @@ func (s *DistStepper) gradients(ctx context.Context, ids [][]int32) (*model.Step
 		}
 		stats = st.Stats()
 	}
-	if err := allReduce64(ctx, s.Comm, stats); err != nil {
+	if err := s.Comm.AllReduceFloat64(ctx, stats); err != nil {
 		return nil, fmt.Errorf("train: rank %d: loss statistics all-reduce: %w", s.Comm.Rank(), err)
 	}
 	if empty {
@@ -281,7 +268,7 @@ func (s *DistStepper) apply(ctx context.Context, res *model.StepResult) (*StepOu
 		}
 	}
 	sq := []float64{expertSq}
-	if err := allReduce64(ctx, s.Comm, sq); err != nil {
+	if err := s.Comm.AllReduceFloat64(ctx, sq); err != nil {
 		return nil, fmt.Errorf("train: rank %d: gradient norm all-reduce: %w", s.Comm.Rank(), err)
 	}
 	out := &StepOut{StepResult: *res, LR: s.Cfg.LR(s.Step), GradNorm: math.Sqrt(denseSq + sq[0])}
@@ -295,7 +282,7 @@ func (s *DistStepper) apply(ctx context.Context, res *model.StepResult) (*StepOu
 	UpdateScoreBias(m, res.Load, s.Cfg.BiasUpdateSpeed)
 	// Barrier: every owner has updated its experts before any rank's next
 	// forward reads them.
-	if err := s.Comm.AllReduce(ctx, make([]float32, 1)); err != nil {
+	if err := s.Comm.Barrier(ctx); err != nil {
 		return out, fmt.Errorf("train: rank %d: end-of-step barrier: %w", s.Comm.Rank(), err)
 	}
 	s.Step++
@@ -322,7 +309,9 @@ type localGroup struct {
 
 type localRound struct {
 	bufs [][]float32
+	f64  [][]float64
 	in   int
+	err  error // set before done is closed
 	done chan struct{}
 }
 
@@ -335,6 +324,58 @@ type localComm struct {
 func (c *localComm) Rank() int { return c.rank }
 func (c *localComm) Size() int { return c.g.n }
 
+// AllReduceFloat64 sums v in float64 in rank order (see Comm).
+func (c *localComm) AllReduceFloat64(ctx context.Context, v []float64) error {
+	return c.round(ctx, func(r *localRound) { r.f64[c.rank] = v }, func(r *localRound) error {
+		sum := make([]float64, len(v))
+		for _, b := range r.f64 {
+			if len(b) != len(sum) {
+				return fmt.Errorf("train: local all-reduce: ranks disagree on length (%d vs %d)", len(b), len(sum))
+			}
+			for i, x := range b {
+				sum[i] += x
+			}
+		}
+		for _, b := range r.f64 {
+			copy(b, sum)
+		}
+		return nil
+	})
+}
+
+// Barrier waits for every rank (see Comm).
+func (c *localComm) Barrier(ctx context.Context) error {
+	return c.round(ctx, func(*localRound) {}, func(*localRound) error { return nil })
+}
+
+// round is one collective call of every rank: put records this rank's
+// data, and the last rank to arrive runs reduce for all.
+func (c *localComm) round(ctx context.Context, put func(*localRound), reduce func(*localRound) error) error {
+	g := c.g
+	g.mu.Lock()
+	seq := c.seq
+	c.seq++
+	r := g.gen[seq]
+	if r == nil {
+		r = &localRound{bufs: make([][]float32, g.n), f64: make([][]float64, g.n), done: make(chan struct{})}
+		g.gen[seq] = r
+	}
+	put(r)
+	r.in++
+	if r.in == g.n {
+		r.err = reduce(r)
+		delete(g.gen, seq)
+		close(r.done)
+	}
+	g.mu.Unlock()
+	select {
+	case <-r.done:
+		return r.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 func (c *localComm) AllReduce(ctx context.Context, buf []float32) error {
 	g := c.g
 	g.mu.Lock()
@@ -342,7 +383,7 @@ func (c *localComm) AllReduce(ctx context.Context, buf []float32) error {
 	c.seq++
 	r := g.gen[seq]
 	if r == nil {
-		r = &localRound{bufs: make([][]float32, g.n), done: make(chan struct{})}
+		r = &localRound{bufs: make([][]float32, g.n), f64: make([][]float64, g.n), done: make(chan struct{})}
 		g.gen[seq] = r
 	}
 	r.bufs[c.rank] = buf

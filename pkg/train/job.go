@@ -427,7 +427,7 @@ func (d *distRunner) eval(ctx context.Context, w [][]int32) (float64, error) {
 
 // barrier waits until every rank reached it.
 func (d *distRunner) barrier(ctx context.Context) error {
-	return d.s.Comm.AllReduce(ctx, make([]float32, 1))
+	return d.s.Comm.Barrier(ctx)
 }
 
 func (d *distRunner) save(dir string, st TrainerState) error {
