@@ -9,7 +9,7 @@
 //
 // Stdout carries only machine-readable lines (scripts rely on them):
 //
-//	coordinator: etcd=<endpoints, comma-separated> cluster=<name> name=<coordinator> model=<fingerprint or ->
+//	coordinator: etcd=<endpoints, comma-separated> cluster=<name> name=<coordinator> model=<fingerprint or -> grpc=<host:port or ->
 //	coordinator: leader=true name=<coordinator>     (and leader=false when it stops leading)
 //
 // The first line appears once etcd serves and --model is registered. Logs
@@ -31,6 +31,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
 
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/coordinator"
@@ -38,6 +39,7 @@ import (
 	"github.com/switchyard/switchyard/pkg/jobs"
 	"github.com/switchyard/switchyard/pkg/membership"
 	"github.com/switchyard/switchyard/pkg/registry"
+	pb "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
@@ -57,6 +59,7 @@ type options struct {
 	name        string
 	sessionTTL  time.Duration
 	gossipAddr  string
+	grpcAddr    string
 	logLevel    string
 }
 
@@ -90,6 +93,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	f.StringVar(&o.name, "name", fmt.Sprintf("%s-%d", host, os.Getpid()), "this coordinator's name in the election")
 	f.DurationVar(&o.sessionTTL, "session-ttl", coordinator.DefaultSessionTTL, "leader lease TTL: a dead leader is replaced within it")
 	f.StringVar(&o.gossipAddr, "gossip-addr", "", "join the workers' gossip at this host:port for early failure hints (empty: off)")
+	f.StringVar(&o.grpcAddr, "grpc", "", "serve the read-only Coordinator gRPC service (Status, GetPlacement) on this host:port (port 0: a free one; empty: off)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	cmd.SetArgs(args)
 	cmd.SetOut(stdout)
@@ -190,7 +194,20 @@ func serve(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "coordinator: etcd=%s cluster=%s name=%s model=%s\n", strings.Join(endpoints, ","), reg.Cluster(), o.name, fp)
+	grpcShown := "-"
+	if o.grpcAddr != "" {
+		lis, err := net.Listen("tcp", o.grpcAddr)
+		if err != nil {
+			return fmt.Errorf("--grpc: %w", err)
+		}
+		gs := grpc.NewServer()
+		pb.RegisterCoordinatorServer(gs, &coordinator.Service{Registry: reg, Name: o.name})
+		go gs.Serve(lis)
+		defer gs.Stop()
+		grpcShown = lis.Addr().String()
+		lg.Info("coordinator gRPC service", "addr", grpcShown)
+	}
+	fmt.Fprintf(stdout, "coordinator: etcd=%s cluster=%s name=%s model=%s grpc=%s\n", strings.Join(endpoints, ","), reg.Cluster(), o.name, fp, grpcShown)
 
 	done := make(chan error, 1)
 	go func() { done <- c.Run(ctx) }()

@@ -1,9 +1,15 @@
 package main
 
 import (
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	grpcstatus "google.golang.org/grpc/status"
+
 	"bufio"
 	"bytes"
 	"context"
+	pb "github.com/switchyard/switchyard/proto/switchyard/v1"
 	"os"
 	"os/exec"
 	"strings"
@@ -51,7 +57,7 @@ func TestProcess(t *testing.T) {
 	cmd := exec.CommandContext(ctx, os.Args[0],
 		"--listen-client-urls", "127.0.0.1:0", "--listen-peer-urls", "http://127.0.0.1:0",
 		"--data-dir", t.TempDir(), "--cluster", "proc", "--name", "c1", "--session-ttl", "1s",
-		"--model", modelDir, "--log-level", "info", "--expect-workers", "2")
+		"--model", modelDir, "--log-level", "info", "--expect-workers", "2", "--grpc", "127.0.0.1:0")
 	cmd.Env = append(os.Environ(), "SWITCHYARD_COORDINATOR_MAIN=1")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -117,6 +123,9 @@ func TestProcess(t *testing.T) {
 		}
 	}
 	p, _, err := reg.WaitPlacement(ctx, fp, registry.OnWorkers("w1", "w2"))
+	if err == nil {
+		checkService(t, ctx, fields["grpc"], fp, p)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -151,5 +160,48 @@ func TestProcess(t *testing.T) {
 	}
 	if strings.Contains(stderr.String(), "panic") || !strings.Contains(stderr.String(), "stopped") {
 		t.Errorf("stderr:\n%s", stderr.String())
+	}
+}
+
+// checkService asks the coordinator's gRPC service what etcd holds: the
+// two workers and the model's placement epoch; GetPlacement answers the
+// table, then not_modified for a caller that knows the epoch.
+func checkService(t *testing.T, ctx context.Context, addr, fp string, p *cluster.Placement) {
+	t.Helper()
+	if addr == "" || addr == "-" || strings.HasSuffix(addr, ":0") {
+		t.Fatalf("grpc=%q on the first line", addr)
+	}
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	c := pb.NewCoordinatorClient(cc)
+	st, err := c.Status(ctx, &pb.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.GetCluster() != "proc" || st.GetLeader() != "c1" || len(st.GetWorkers()) != 2 || len(st.GetModels()) != 1 ||
+		st.GetModels()[0].GetModel() != fp || st.GetModels()[0].GetEpoch() < uint64(p.Epoch) || st.GetModels()[0].GetUnplacedExperts() != 0 {
+		t.Fatalf("Status = %v (placement epoch %d)", st, p.Epoch)
+	}
+	held := 0
+	for _, w := range st.GetWorkers() {
+		held += int(w.GetExpertsOwned())
+	}
+	if held < 8 { // 2 MoE layers x 4 experts, at least one copy each
+		t.Errorf("workers own %d expert copies in Status, want >= 8", held)
+	}
+	t.Logf("Status over gRPC: leader %s, %d workers, model epoch %d", st.GetLeader(), len(st.GetWorkers()), st.GetModels()[0].GetEpoch())
+	gp, err := c.GetPlacement(ctx, &pb.GetPlacementRequest{Model: fp})
+	if err != nil || gp.GetPlacement().GetEpoch() < uint64(p.Epoch) || len(gp.GetPlacement().GetWorkers()) != 2 {
+		t.Fatalf("GetPlacement = %v, %v", gp, err)
+	}
+	nm, err := c.GetPlacement(ctx, &pb.GetPlacementRequest{Model: fp, KnownEpoch: gp.GetPlacement().GetEpoch()})
+	if err != nil || !nm.GetNotModified() || nm.GetPlacement() != nil {
+		t.Fatalf("GetPlacement with the known epoch = %v, %v; want not_modified", nm, err)
+	}
+	if _, err := c.GetPlacement(ctx, &pb.GetPlacementRequest{Model: "nope"}); grpcstatus.Code(err) != codes.NotFound {
+		t.Errorf("GetPlacement of an unknown model: %v, want NotFound", err)
 	}
 }
