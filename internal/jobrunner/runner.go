@@ -304,9 +304,11 @@ func (r *Runner) rank(ctx context.Context, sp jobs.Spec, rank int, lg *slog.Logg
 	}
 
 	// Every expert's owner (the round-robin holders), as a placement for
-	// the remote trainer; its epoch means nothing to job scopes, which
-	// check none.
-	pl := &cluster.Placement{Model: fp, Epoch: 1, Owners: make([][][]cluster.WorkerID, mcfg.Layers), Workers: map[cluster.WorkerID]cluster.WorkerInfo{}}
+	// the remote trainer. Its epoch is the attempt: an attempt is a scope
+	// of its own on every worker ("<job>/<attempt>"), fixed for its life,
+	// and a re-formed job is a new attempt, a new scope and a new epoch,
+	// so no request of an earlier attempt can reach it.
+	pl := &cluster.Placement{Model: fp, Epoch: cluster.Epoch(sp.Attempt), Owners: make([][][]cluster.WorkerID, mcfg.Layers), Workers: map[cluster.WorkerID]cluster.WorkerInfo{}}
 	for _, ri := range ranks {
 		pl.Workers[ri.Worker] = cluster.WorkerInfo{ID: ri.Worker, Addr: ri.ExpertAddr, Protocol: cluster.ProtocolVersion, Model: fp}
 	}
