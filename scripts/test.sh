@@ -45,7 +45,7 @@ stage "go test"
 go test -count=1 -timeout 15m ./...
 
 stage "go test -race (concurrent packages)"
-go test -count=1 -race -timeout 15m ./pkg/expert/ ./pkg/tensor/ ./pkg/safetensors/ ./pkg/transport/ ./pkg/registry/ ./pkg/coordinator/ ./pkg/worker/ ./pkg/train/ ./pkg/allreduce/ ./pkg/collective/ ./pkg/jobs/
+go test -count=1 -race -timeout 15m ./pkg/expert/ ./pkg/tensor/ ./pkg/safetensors/ ./pkg/transport/ ./pkg/registry/ ./internal/coordinator/ ./internal/worker/ ./pkg/train/ ./pkg/allreduce/ ./pkg/collective/ ./internal/jobs/
 
 stage "golden checks: switchyard verify"
 mkdir -p bin
@@ -91,7 +91,7 @@ else
 fi
 
 stage "fuzz smoke ($FUZZTIME each)"
-for target in "./pkg/safetensors FuzzHeader" "./pkg/tokenizer FuzzEncode" "./pkg/tokenizer FuzzLoad" "./pkg/tokenizer FuzzTrain" "./pkg/wire FuzzUnmarshal" "./pkg/collective FuzzLaneFrame" "./pkg/serve FuzzParseRequest" "./pkg/serve FuzzChatRender"; do
+for target in "./pkg/safetensors FuzzHeader" "./pkg/tokenizer FuzzEncode" "./pkg/tokenizer FuzzLoad" "./pkg/tokenizer FuzzTrain" "./pkg/wire FuzzUnmarshal" "./pkg/collective FuzzLaneFrame" "./internal/serve FuzzParseRequest" "./internal/serve FuzzChatRender"; do
 	set -- $target
 	# (capture first: grep -q in a pipe would SIGPIPE go test under pipefail)
 	list=$(go test -list "^$2\$" "$1")

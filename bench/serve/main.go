@@ -44,12 +44,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/switchyard/switchyard/internal/worker"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/registry"
 	"github.com/switchyard/switchyard/pkg/transport"
-	"github.com/switchyard/switchyard/pkg/worker"
 )
 
 func main() {

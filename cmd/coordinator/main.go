@@ -33,10 +33,10 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 
+	"github.com/switchyard/switchyard/internal/coordinator"
+	"github.com/switchyard/switchyard/internal/embedetcd"
+	"github.com/switchyard/switchyard/internal/jobs"
 	"github.com/switchyard/switchyard/pkg/cluster"
-	"github.com/switchyard/switchyard/pkg/coordinator"
-	"github.com/switchyard/switchyard/pkg/embedetcd"
-	"github.com/switchyard/switchyard/pkg/jobs"
 	"github.com/switchyard/switchyard/pkg/membership"
 	"github.com/switchyard/switchyard/pkg/registry"
 	pb "github.com/switchyard/switchyard/proto/switchyard/v1"

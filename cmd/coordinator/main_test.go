@@ -17,10 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchyard/switchyard/internal/status"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/registry"
-	"github.com/switchyard/switchyard/pkg/status"
 )
 
 // The test binary doubles as the coordinator binary: run with

@@ -10,15 +10,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/switchyard/switchyard/internal/jobs"
 	"github.com/switchyard/switchyard/internal/localcluster"
+	"github.com/switchyard/switchyard/internal/verify"
 	"github.com/switchyard/switchyard/pkg/expert"
-	"github.com/switchyard/switchyard/pkg/jobs"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/optim"
 	"github.com/switchyard/switchyard/pkg/placement"
 	"github.com/switchyard/switchyard/pkg/train"
 	"github.com/switchyard/switchyard/pkg/transport"
-	"github.com/switchyard/switchyard/pkg/verify"
 	pb "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 

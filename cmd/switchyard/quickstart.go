@@ -20,9 +20,9 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/switchyard/switchyard/internal/cli"
+	"github.com/switchyard/switchyard/internal/jobs"
 	"github.com/switchyard/switchyard/internal/localcluster"
-	"github.com/switchyard/switchyard/pkg/jobs"
-	"github.com/switchyard/switchyard/pkg/serve"
+	"github.com/switchyard/switchyard/internal/serve"
 	"github.com/switchyard/switchyard/pkg/train"
 )
 

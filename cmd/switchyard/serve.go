@@ -22,13 +22,13 @@ import (
 
 	"github.com/switchyard/switchyard/internal/frontend"
 	"github.com/switchyard/switchyard/internal/localcluster"
+	"github.com/switchyard/switchyard/internal/serve"
 	"github.com/switchyard/switchyard/internal/workercmd"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/placement"
 	"github.com/switchyard/switchyard/pkg/registry"
-	"github.com/switchyard/switchyard/pkg/serve"
 	"github.com/switchyard/switchyard/pkg/tokenizer"
 	"github.com/switchyard/switchyard/pkg/transport"
 )

@@ -21,8 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchyard/switchyard/internal/serve"
 	"github.com/switchyard/switchyard/pkg/model"
-	"github.com/switchyard/switchyard/pkg/serve"
 	"github.com/switchyard/switchyard/pkg/tokenizer"
 )
 

@@ -8,8 +8,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/switchyard/switchyard/internal/cli"
+	"github.com/switchyard/switchyard/internal/status"
 	"github.com/switchyard/switchyard/pkg/registry"
-	"github.com/switchyard/switchyard/pkg/status"
 )
 
 // defaultEndpoint is where `switchyard status` (and `wait`) look for etcd
@@ -18,7 +18,7 @@ const defaultEndpoint = "http://127.0.0.1:2379"
 
 // statusCmd is `switchyard status`: workers with their leases, the leader,
 // each model's placement and per-expert token counts, and the training
-// jobs, as text or --json (pkg/status reads them, internal/cli renders).
+// jobs, as text or --json (internal/status reads them, internal/cli renders).
 func statusCmd() *cobra.Command {
 	var (
 		endpoints string

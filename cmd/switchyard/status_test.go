@@ -12,10 +12,10 @@ import (
 
 	"github.com/switchyard/switchyard/internal/etcdtest"
 	"github.com/switchyard/switchyard/internal/leakcheck"
+	"github.com/switchyard/switchyard/internal/status"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/placement"
 	"github.com/switchyard/switchyard/pkg/registry"
-	"github.com/switchyard/switchyard/pkg/status"
 )
 
 func TestStatusCommand(t *testing.T) {

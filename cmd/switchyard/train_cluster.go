@@ -10,8 +10,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/switchyard/switchyard/internal/jobs"
 	"github.com/switchyard/switchyard/internal/localcluster"
-	"github.com/switchyard/switchyard/pkg/jobs"
 	"github.com/switchyard/switchyard/pkg/registry"
 	"github.com/switchyard/switchyard/pkg/train"
 )

@@ -9,7 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/switchyard/switchyard/pkg/verify"
+	"github.com/switchyard/switchyard/internal/verify"
 )
 
 func verifyCmd() *cobra.Command {

@@ -8,11 +8,11 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/switchyard/switchyard/internal/worker"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/placement"
 	"github.com/switchyard/switchyard/pkg/registry"
 	"github.com/switchyard/switchyard/pkg/transport"
-	"github.com/switchyard/switchyard/pkg/worker"
 )
 
 // waitCmd is the hidden `switchyard wait`, for scripts

@@ -9,8 +9,8 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/switchyard/switchyard/internal/status"
 	"github.com/switchyard/switchyard/pkg/expert"
-	"github.com/switchyard/switchyard/pkg/status"
 )
 
 // StatusJSON writes a status snapshot as indented JSON (`switchyard

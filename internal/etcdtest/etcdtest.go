@@ -11,7 +11,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/switchyard/switchyard/pkg/embedetcd"
+	"github.com/switchyard/switchyard/internal/embedetcd"
 )
 
 // Cluster is a single-node etcd owned by one test.

@@ -1,5 +1,5 @@
 // Package jobrunner runs, on a worker, the ranks of the training jobs the
-// scheduler (pkg/jobs) assigns to it: for each it loads the job's dense
+// scheduler (internal/jobs) assigns to it: for each it loads the job's dense
 // replica and the experts this rank owns, opens a scope for the job on the
 // worker's own expert server (transport.ExpertServer.AddJob: the job's
 // experts, model and hidden size beside the serving placement's, on the
@@ -8,7 +8,7 @@
 // every rank, and runs train.RunRank (or train.RunGoldenRank for a
 // verification job); rank 0 publishes progress in etcd. The rank's own
 // experts are computed in process through its scope
-// (transport.RemoteTrainer.SetLocal); the other ranks' over gRPC. pkg/worker
+// (transport.RemoteTrainer.SetLocal); the other ranks' over gRPC. internal/worker
 // starts it; it is the only link from a worker to the trainer, and the
 // coordinator, which only schedules, never imports it
 // (docs/ARCHITECTURE.md, sections 1 and 7).
@@ -22,10 +22,10 @@ import (
 	"net"
 	"time"
 
+	"github.com/switchyard/switchyard/internal/jobs"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/collective"
 	"github.com/switchyard/switchyard/pkg/expert"
-	"github.com/switchyard/switchyard/pkg/jobs"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/train"
 	"github.com/switchyard/switchyard/pkg/transport"

@@ -29,15 +29,15 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/switchyard/switchyard/internal/coordinator"
+	"github.com/switchyard/switchyard/internal/embedetcd"
+	"github.com/switchyard/switchyard/internal/jobs"
+	"github.com/switchyard/switchyard/internal/worker"
 	"github.com/switchyard/switchyard/pkg/cluster"
-	"github.com/switchyard/switchyard/pkg/coordinator"
-	"github.com/switchyard/switchyard/pkg/embedetcd"
-	"github.com/switchyard/switchyard/pkg/jobs"
 	"github.com/switchyard/switchyard/pkg/membership"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/registry"
 	"github.com/switchyard/switchyard/pkg/transport"
-	"github.com/switchyard/switchyard/pkg/worker"
 )
 
 // Options configures a local cluster.

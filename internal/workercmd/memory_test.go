@@ -17,13 +17,13 @@ import (
 	"testing/fstest"
 	"time"
 
+	"github.com/switchyard/switchyard/internal/coordinator"
 	"github.com/switchyard/switchyard/internal/etcdtest"
+	"github.com/switchyard/switchyard/internal/worker"
 	"github.com/switchyard/switchyard/pkg/cluster"
-	"github.com/switchyard/switchyard/pkg/coordinator"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/placement"
 	"github.com/switchyard/switchyard/pkg/registry"
-	"github.com/switchyard/switchyard/pkg/worker"
 )
 
 // The test binary doubles as the worker binary: started with

@@ -160,7 +160,7 @@ model=$cache/mixtral-l4-e32-h1024-f1408
 expert_bytes=$(sed -n 's/.*routed_expert_bytes=\([0-9]*\).*/\1/p' "$work/synth.txt")
 [ -n "$expert_bytes" ] || fail "no routed_expert_bytes from bench/serve synth: $(cat "$work/synth.txt")"
 cap=$((expert_bytes * 3 / 4))
-reserve=$(sed -n 's/^const RuntimeReserve int64 = \([0-9]*\) << 20$/\1/p' pkg/worker/memlimit.go)
+reserve=$(sed -n 's/^const RuntimeReserve int64 = \([0-9]*\) << 20$/\1/p' internal/worker/memlimit.go)
 say "model $model: routed experts $(mib "$expert_bytes") (bf16); cap per worker 0.75x = $(mib "$cap") (expert budget $(mib $((cap - ${reserve:-48} * 1048576))) after the ${reserve:-48} MiB runtime reserve): 2 copies need $(mib $((2 * expert_bytes)))"
 maxtok=12
 "$work/bs" refs -switchyard "$work/switchyard" -model "$model" -max-tokens $maxtok -out "$work/refs.json"

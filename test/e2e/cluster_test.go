@@ -13,12 +13,12 @@ import (
 
 	"github.com/switchyard/switchyard/internal/cli"
 	"github.com/switchyard/switchyard/internal/localcluster"
+	"github.com/switchyard/switchyard/internal/status"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/placement"
 	"github.com/switchyard/switchyard/pkg/registry"
-	"github.com/switchyard/switchyard/pkg/status"
 	"github.com/switchyard/switchyard/pkg/transport"
 	pb "github.com/switchyard/switchyard/proto/switchyard/v1"
 )

@@ -21,9 +21,9 @@ import (
 	"time"
 
 	"github.com/switchyard/switchyard/internal/localcluster"
+	"github.com/switchyard/switchyard/internal/worker"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
-	"github.com/switchyard/switchyard/pkg/worker"
 )
 
 const goldenDir = "../../testdata/golden"

@@ -24,10 +24,10 @@ import (
 
 	"github.com/switchyard/switchyard/internal/leakcheck"
 	"github.com/switchyard/switchyard/internal/localcluster"
+	"github.com/switchyard/switchyard/internal/verify"
 	"github.com/switchyard/switchyard/internal/workercmd"
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/model"
-	"github.com/switchyard/switchyard/pkg/verify"
 )
 
 func TestMain(m *testing.M) {

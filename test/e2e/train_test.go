@@ -11,9 +11,9 @@ import (
 	"time"
 
 	"github.com/switchyard/switchyard/internal/cli"
+	"github.com/switchyard/switchyard/internal/jobs"
 	"github.com/switchyard/switchyard/internal/localcluster"
-	"github.com/switchyard/switchyard/pkg/jobs"
-	"github.com/switchyard/switchyard/pkg/status"
+	"github.com/switchyard/switchyard/internal/status"
 	"github.com/switchyard/switchyard/pkg/train"
 )
 

@@ -2,7 +2,7 @@
 // JobConfig (what to train, on what, for how long) and StepConfig (the
 // optimizer, schedule, clipping and losses of each step), with their
 // defaults. pkg/train runs it (train.JobConfig and train.StepConfig are
-// these types); pkg/jobs stores it in a job's spec in etcd. It holds no
+// these types); internal/jobs stores it in a job's spec in etcd. It holds no
 // trainer code, so the control plane (the coordinator's job scheduler)
 // can carry a job without linking the trainer (docs/ARCHITECTURE.md,
 // section 7).

@@ -8,16 +8,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchyard/switchyard/internal/coordinator"
 	"github.com/switchyard/switchyard/internal/etcdtest"
 	"github.com/switchyard/switchyard/internal/leakcheck"
+	"github.com/switchyard/switchyard/internal/verify"
 	"github.com/switchyard/switchyard/pkg/cluster"
-	"github.com/switchyard/switchyard/pkg/coordinator"
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/placement"
 	"github.com/switchyard/switchyard/pkg/registry"
 	"github.com/switchyard/switchyard/pkg/transport"
-	"github.com/switchyard/switchyard/pkg/verify"
 )
 
 func TestReconcile(t *testing.T) {

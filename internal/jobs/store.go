@@ -5,7 +5,7 @@
 // Spec under /<cluster>/jobs/<id> in etcd. The scheduler (Scheduler, run by
 // the coordinators; its pure core is Decide) assigns it to N live workers,
 // which become its ranks 0..N-1 in the Spec's order. Each assigned worker's
-// job runner (internal/jobrunner, started by pkg/worker) prepares the job,
+// job runner (internal/jobrunner, started by internal/worker) prepares the job,
 // loads the dense replica and the experts it owns for the job, opens an
 // expert-exchange server and a collective-group listener, publishes their
 // addresses under the job's attempt (PutRank), waits for every rank

@@ -4,11 +4,11 @@ import (
 	"context"
 	"log"
 
+	"github.com/switchyard/switchyard/internal/worker"
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/registry"
 	"github.com/switchyard/switchyard/pkg/transport"
-	"github.com/switchyard/switchyard/pkg/worker"
 )
 
 // A client of a running cluster: dense layers in this process, every MoE

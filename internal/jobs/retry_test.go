@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/switchyard/switchyard/pkg/embedetcd"
+	"github.com/switchyard/switchyard/internal/embedetcd"
 	"github.com/switchyard/switchyard/pkg/registry"
 )
 

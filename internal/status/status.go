@@ -11,9 +11,9 @@ import (
 	"sort"
 	"strconv"
 
+	"github.com/switchyard/switchyard/internal/jobs"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
-	"github.com/switchyard/switchyard/pkg/jobs"
 	"github.com/switchyard/switchyard/pkg/registry"
 )
 
