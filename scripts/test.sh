@@ -99,7 +99,23 @@ for target in "./pkg/safetensors FuzzHeader" "./pkg/tokenizer FuzzEncode" "./pkg
 		echo "fuzz target $2 not found in $1"; exit 1
 	fi
 	echo "-- $1 $2"
-	go test -run '^$' -fuzz "^$2\$" -fuzztime "$FUZZTIME" "$1" 2>&1 | grep -v '^fuzz: elapsed' || exit 1
+	# go1.26's fuzz coordinator can fail a target with a bare "context
+	# deadline exceeded" as -fuzztime expires (golang/go#75804, fixed in
+	# 1.27): no input is written then. That one case is retried once; any
+	# real finding ("Failing input written to ...") or other failure fails.
+	for try in 1 2; do
+		set +e
+		out=$(go test -run '^$' -fuzz "^$2\$" -fuzztime "$FUZZTIME" "$1" 2>&1)
+		rc=$?
+		set -e
+		grep -v '^fuzz: elapsed' <<<"$out" || true
+		[ $rc -eq 0 ] && break
+		if [ $try -eq 1 ] && grep -q 'context deadline exceeded' <<<"$out" && ! grep -q 'Failing input written\|panic:\|_test.go:[0-9]' <<<"$out"; then
+			echo "-- $2: the fuzz engine's deadline race (golang/go#75804), no failing input: trying once more"
+			continue
+		fi
+		exit 1
+	done
 done
 
 stage "all tests passed"
