@@ -182,16 +182,13 @@ func finishedCheckpoint(out string, steps int) (string, int, error) {
 // `train --workers n` does) with a progress bar (or lines when stderr is
 // not a terminal), and returns the final checkpoint.
 func quickstartTrain(ctx context.Context, cfg train.JobConfig, n int, stderr io.Writer, logf func(string, ...any)) (string, error) {
-	modelDir, err := servedModel(cfg, stderr)
-	if err != nil {
-		return "", err
-	}
 	exe, err := os.Executable()
 	if err != nil {
 		return "", err
 	}
+	// Jobs-only workers: each rank loads what it trains when the job starts.
 	lc, err := localcluster.Start(ctx, localcluster.Options{
-		ModelDir: modelDir, Command: []string{exe, "worker"}, Workers: n, Cluster: "train", WidenBF16: true,
+		Command: []string{exe, "worker"}, Workers: n, Cluster: "train", WidenBF16: true,
 	})
 	if err != nil {
 		return "", err
@@ -204,8 +201,12 @@ func quickstartTrain(ctx context.Context, cfg train.JobConfig, n int, stderr io.
 		return "", err
 	}
 	startStep := 0
-	if st, err := train.ReadTrainerState(modelDir); err == nil {
-		startStep = st.Step
+	if cfg.Resume {
+		if dir, err := train.LatestCheckpoint(cfg.Out); err == nil && dir != "" {
+			if st, err := train.ReadTrainerState(dir); err == nil {
+				startStep = st.Step
+			}
+		}
 	}
 	prog := cli.NewProgress(stderr, cfg.Steps, startStep)
 	prog.Interval = 5 * time.Second

@@ -33,20 +33,16 @@ func trainDistributed(ctx context.Context, cfg train.JobConfig, workers int, end
 	}
 	var store *jobs.Store
 	if len(endpoints) == 0 {
-		// The workers serve the job's model while they train it: a resumed
-		// checkpoint, the folder to fine-tune, or the preset's step-0
-		// weights written here first.
-		modelDir, err := servedModel(cfg, stderr)
-		if err != nil {
-			return err
-		}
+		// Jobs-only workers: they load what each rank needs when the job
+		// starts (the preset's step-0 weights, a checkpoint to resume or a
+		// folder to fine-tune) and serve no model.
 		exe, err := os.Executable()
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stderr, "train: starting a local cluster: embedded etcd, coordinator, %d workers serving %s\n", workers, modelDir)
+		fmt.Fprintf(stderr, "train: starting a local cluster: embedded etcd, coordinator, %d workers\n", workers)
 		lc, err := localcluster.Start(ctx, localcluster.Options{
-			ModelDir: modelDir, Command: []string{exe, "worker"}, Workers: workers, Cluster: "train", WidenBF16: true,
+			Command: []string{exe, "worker"}, Workers: workers, Cluster: "train", WidenBF16: true,
 		})
 		if err != nil {
 			return err
@@ -76,27 +72,6 @@ func trainDistributed(ctx context.Context, cfg train.JobConfig, workers int, end
 		return fmt.Errorf("train: stopped following job %s; it keeps running on the cluster: %w", id, ctx.Err())
 	}
 	return err
-}
-
-// servedModel returns the model folder the local workers load.
-func servedModel(cfg train.JobConfig, stderr io.Writer) (string, error) {
-	if cfg.Resume {
-		if dir, err := train.LatestCheckpoint(cfg.Out); err != nil || dir != "" {
-			return dir, err
-		}
-	}
-	if cfg.InitFrom != "" {
-		return cfg.InitFrom, nil
-	}
-	p, err := train.Prepare(cfg, func(f string, a ...any) { fmt.Fprintf(stderr, f+"\n", a...) })
-	if err != nil {
-		return "", err
-	}
-	dir := filepath.Join(cfg.Out, "init")
-	if err := train.WriteInit(dir, p); err != nil {
-		return "", err
-	}
-	return dir, nil
 }
 
 // followJob prints a job's progress until it is done or abandoned, and

@@ -43,7 +43,8 @@ import (
 // Options configures a local cluster.
 type Options struct {
 	// ModelDir is the model folder the coordinator registers and the
-	// workers load (required).
+	// workers serve. Empty starts jobs-only workers (no model: they run
+	// training jobs only) and registers no model.
 	ModelDir string
 	// Command is the argv prefix that runs the worker command, e.g.
 	// {"/path/to/switchyard", "worker"} (required).
@@ -121,8 +122,8 @@ type Cluster struct {
 // line. It does not wait for the placement: see WaitServing. On error
 // everything started is stopped again.
 func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
-	if opts.ModelDir == "" || len(opts.Command) == 0 {
-		return nil, errors.New("localcluster: ModelDir and Command are required")
+	if len(opts.Command) == 0 {
+		return nil, errors.New("localcluster: Command is required")
 	}
 	if opts.Cluster == "" {
 		opts.Cluster = "local"
@@ -133,17 +134,20 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if opts.StatsInterval == 0 {
 		opts.StatsInterval = 2 * time.Second
 	}
-	abs, err := filepath.Abs(opts.ModelDir)
-	if err != nil {
-		return nil, err
+	elem := 4
+	if opts.ModelDir != "" {
+		abs, err := filepath.Abs(opts.ModelDir)
+		if err != nil {
+			return nil, err
+		}
+		opts.ModelDir = abs
+		ck, err := model.Open(opts.ModelDir)
+		if err != nil {
+			return nil, err
+		}
+		elem = ElemBytes(ck, !opts.WidenBF16)
+		ck.Close()
 	}
-	opts.ModelDir = abs
-	ck, err := model.Open(opts.ModelDir)
-	if err != nil {
-		return nil, err
-	}
-	elem := ElemBytes(ck, !opts.WidenBF16)
-	ck.Close()
 
 	c := &Cluster{opts: opts}
 	defer func() {
@@ -166,11 +170,13 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if c.Registry, err = registry.New(c.Client, opts.Cluster); err != nil {
 		return nil, err
 	}
-	if c.Model, err = registry.ModelRecordFromDir(opts.ModelDir, elem); err != nil {
-		return nil, err
-	}
-	if err = c.Registry.PutModel(ctx, c.Model); err != nil {
-		return nil, err
+	if opts.ModelDir != "" {
+		if c.Model, err = registry.ModelRecordFromDir(opts.ModelDir, elem); err != nil {
+			return nil, err
+		}
+		if err = c.Registry.PutModel(ctx, c.Model); err != nil {
+			return nil, err
+		}
 	}
 	gcfg := membership.LocalConfig("coordinator/local")
 	gcfg.Meta = membership.Meta{Protocol: cluster.ProtocolVersion, Role: "coordinator"}
@@ -189,8 +195,10 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	go func() { c.coordDone <- c.Coordinator.Run(cctx) }()
 	// The job scheduler runs beside the placement coordinator.
 	go (&jobs.Scheduler{Jobs: jobs.NewStore(c.Client, opts.Cluster), Registry: c.Registry, Log: opts.Logger}).Run(cctx)
-	if c.Pool, err = transport.NewPool(transport.ClientConfig{Worker: "localcluster", Model: c.Model.Fingerprint}); err != nil {
-		return nil, err
+	if opts.ModelDir != "" {
+		if c.Pool, err = transport.NewPool(transport.ClientConfig{Worker: "localcluster", Model: c.Model.Fingerprint}); err != nil {
+			return nil, err
+		}
 	}
 
 	// Start the workers together; wait for every ready line.
@@ -450,6 +458,9 @@ func (c *Cluster) WaitServing(ctx context.Context) (*cluster.Placement, error) {
 			}
 		}
 		return true
+	}
+	if c.Pool == nil {
+		return nil, errors.New("localcluster: the cluster serves no model (Options.ModelDir was empty)")
 	}
 	return worker.WaitServing(ctx, c.Registry, c.Pool, c.Model.Fingerprint, settled)
 }

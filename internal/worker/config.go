@@ -41,9 +41,11 @@ type Config struct {
 	// loopback GossipAddr and membership.DefaultConfig (LAN) otherwise.
 	Gossip *membership.Config
 
-	// ModelDir is the model folder (config.json, *.safetensors); required.
-	// Only its config and the owned experts are read from it: a worker
-	// holds no dense weights (front ends do).
+	// ModelDir is the model folder (config.json, *.safetensors) whose
+	// experts the worker serves. Only its config and the owned experts are
+	// read from it: a worker holds no dense weights (front ends do). Empty
+	// makes a jobs-only worker: it registers with no model, is given no
+	// experts, and runs the training jobs the scheduler assigns to it.
 	ModelDir string
 	// KeepBF16 keeps bf16 weights as bf16 in memory, widened inside the
 	// kernels (DefaultConfig: true; halves the memory of a bf16 model).
@@ -124,9 +126,6 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.ID == "" || strings.ContainsAny(string(c.ID), "/ \t\n") {
 		errs = append(errs, fmt.Errorf("ID %q: must be non-empty without '/' or spaces", c.ID))
-	}
-	if c.ModelDir == "" {
-		errs = append(errs, errors.New("no model folder (ModelDir)"))
 	}
 	if _, _, err := net.SplitHostPort(c.ListenAddr); err != nil {
 		errs = append(errs, fmt.Errorf("ListenAddr %q: %v", c.ListenAddr, err))

@@ -115,21 +115,32 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 
 	defer func() { lg.Debug("worker stopped", "err", err) }()
 	t0 := time.Now()
-	ck, err := model.Open(cfg.ModelDir)
-	if err != nil {
-		return fmt.Errorf("worker %s: %w", cfg.ID, err)
+	var fp string // the served model's fingerprint; "" for a jobs-only worker
+	var srv *transport.ExpertServer
+	if cfg.ModelDir != "" {
+		ck, err := model.Open(cfg.ModelDir)
+		if err != nil {
+			return fmt.Errorf("worker %s: %w", cfg.ID, err)
+		}
+		defer ck.Close()
+		// No weights are read here: the worker holds only the experts the
+		// placement gives it, each read when it is placed here.
+		fp = ck.Config.Fingerprint()
+		if srv, err = w.serveModel(ck); err != nil {
+			return fmt.Errorf("worker %s: %w", cfg.ID, err)
+		}
+		debug.FreeOSMemory() // the size table's garbage; RSS should show what is held
+		lg.Info("model opened", "model", fp, "dir", cfg.ModelDir, "mem_limit", cfg.MemBytes,
+			"expert_budget", w.budget, "took", time.Since(t0).Round(time.Millisecond))
+	} else {
+		// Jobs only: the expert server has no serving model (callers of
+		// one are refused as another model); training jobs add their own
+		// scopes to it.
+		if srv, err = w.serveNoModel(); err != nil {
+			return fmt.Errorf("worker %s: %w", cfg.ID, err)
+		}
+		lg.Info("no model: this worker runs training jobs only", "mem_limit", cfg.MemBytes)
 	}
-	defer ck.Close()
-	// No weights are read here: the worker holds only the experts the
-	// placement gives it, each read when it is placed here.
-	fp := ck.Config.Fingerprint()
-	srv, err := w.serveModel(ck)
-	if err != nil {
-		return fmt.Errorf("worker %s: %w", cfg.ID, err)
-	}
-	debug.FreeOSMemory() // the size table's garbage; RSS should show what is held
-	lg.Info("model opened", "model", fp, "dir", cfg.ModelDir, "mem_limit", cfg.MemBytes,
-		"expert_budget", w.budget, "took", time.Since(t0).Round(time.Millisecond))
 	lis, err := net.Listen("tcp", cfg.ListenAddr)
 	if err != nil {
 		_ = srv.Shutdown(ctx) // stops its batcher
@@ -201,11 +212,13 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 
 	fctx, stopFollow := context.WithCancel(ctx)
 	var fwg sync.WaitGroup
-	fwg.Add(1)
-	go func() {
-		defer fwg.Done()
-		w.followPlacement(fctx, reg, fp)
-	}()
+	if fp != "" {
+		fwg.Add(1)
+		go func() {
+			defer fwg.Done()
+			w.followPlacement(fctx, reg, fp)
+		}()
+	}
 	defer func() {
 		t := time.Now()
 		stopFollow()
@@ -228,6 +241,31 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	}
 
 	return w.registerLoop(ctx, reg, gossip)
+}
+
+// noModel is the serving scope's model fingerprint on a jobs-only worker:
+// no real model has it, so serving callers are refused as another model.
+const noModel = "none"
+
+// serveNoModel sets a jobs-only worker up: an empty serving store that
+// never loads anything, and the expert server its jobs add scopes to.
+func (w *Worker) serveNoModel() (*transport.ExpertServer, error) {
+	w.store = expert.NewStore()
+	w.sizeOf = func(expert.ID) int64 { return 0 }
+	w.loadExpert = func(id expert.ID) (*expert.FFN, error) {
+		return nil, fmt.Errorf("worker %s serves no model: cannot load expert %v", w.cfg.ID, id)
+	}
+	srv, err := transport.NewExpertServer(w.store, transport.ServerConfig{
+		Worker: w.cfg.ID, Model: noModel, Protocol: w.cfg.Protocol, Hidden: 1,
+		Load: func(_ context.Context, id expert.ID) (*expert.FFN, error) {
+			return w.loadWithin(id)
+		},
+	})
+	if err != nil {
+		return nil, err
+	}
+	w.srv = srv
+	return srv, nil
 }
 
 // serveModel sets the worker up to hold experts of ck: an empty store,

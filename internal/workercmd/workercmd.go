@@ -5,7 +5,7 @@
 // Stdout carries one machine-readable line (scripts and tests parse it),
 // printed once the worker serves and is registered in etcd:
 //
-//	worker: id=<id> grpc=<host:port> gossip=<host:port or -> model=<fingerprint> mem=<bytes or 0>
+//	worker: id=<id> grpc=<host:port> gossip=<host:port or -> model=<fingerprint, or - for a jobs-only worker> mem=<bytes or 0>
 //
 // mem is the process's memory limit (--mem, or its cgroup's with the
 // default --mem auto; 0: unlimited). The worker registers that minus
@@ -63,7 +63,7 @@ func Command() *cobra.Command {
 		cfg                             = d
 	)
 	cmd := &cobra.Command{
-		Use:   "worker --model DIR [--etcd URLS] [--id ID]",
+		Use:   "worker [--model DIR] [--etcd URLS] [--id ID]",
 		Short: "Run a worker: serve the experts the placement gives it",
 		Long: `worker opens --model (its config; no weights are read yet), registers in
 etcd under a lease, joins the workers' gossip, and serves over gRPC the routed
@@ -77,7 +77,7 @@ limit minus a runtime reserve of ` + fmt.Sprint(worker.RuntimeReserve>>20) + ` M
 holds more, and sets the Go soft memory limit ` + fmt.Sprint(worker.SoftLimitMargin>>20) + ` MiB below the limit (unless
 GOMEMLIMIT is set). It prints one line when ready:
 
-  worker: id=<id> grpc=<host:port> gossip=<host:port or -> model=<fingerprint> mem=<bytes or 0>
+  worker: id=<id> grpc=<host:port> gossip=<host:port or -> model=<fingerprint, or - for a jobs-only worker> mem=<bytes or 0>
 
 SIGINT or SIGTERM leaves the cluster gracefully.`,
 		Args:         cobra.NoArgs,
@@ -115,7 +115,11 @@ SIGINT or SIGTERM leaves the cluster gracefully.`,
 				if g == "" {
 					g = "-"
 				}
-				fmt.Fprintf(cmd.OutOrStdout(), "worker: id=%s grpc=%s gossip=%s model=%s mem=%d\n", info.ID, info.Addr, g, info.Model, lim.Bytes)
+				m := info.Model
+				if m == "" {
+					m = "-" // jobs only
+				}
+				fmt.Fprintf(cmd.OutOrStdout(), "worker: id=%s grpc=%s gossip=%s model=%s mem=%d\n", info.ID, info.Addr, g, m, lim.Bytes)
 				return <-done
 			case err := <-done:
 				return err
@@ -129,7 +133,7 @@ SIGINT or SIGTERM leaves the cluster gracefully.`,
 	f.StringVar(&cfg.ListenAddr, "listen", d.ListenAddr, "gRPC listen address (port 0 picks a free port)")
 	f.StringVar(&cfg.AdvertiseAddr, "advertise", "", "gRPC address peers dial (default: the listen address)")
 	f.StringVar(&gossip, "gossip", d.GossipAddr, `gossip (memberlist) bind address; "off" disables gossip`)
-	f.StringVar(&cfg.ModelDir, "model", "", "model folder (config.json, *.safetensors)")
+	f.StringVar(&cfg.ModelDir, "model", "", "model folder (config.json, *.safetensors) whose experts this worker serves; empty: a jobs-only worker (it runs training jobs, serves no model)")
 	f.BoolVar(&cfg.KeepBF16, "keep-bf16", d.KeepBF16, "keep bf16 weights as bf16 in memory")
 	f.StringVar(&mem, "mem", "auto", `the process's memory limit (e.g. 8GiB, 512MiB; "auto": the cgroup's; 0: unlimited); experts get it minus a runtime reserve`)
 	f.IntVar(&cfg.Cores, "cores", 0, "cores to announce (0: all of this machine's)")
@@ -141,7 +145,6 @@ SIGINT or SIGTERM leaves the cluster gracefully.`,
 	f.BoolVar(&cfg.NoJobs, "no-jobs", false, "only serve; do not run training jobs")
 	f.DurationVar(&cfg.JobStepTimeout, "job-step-timeout", 60*time.Second, "bound on every collective of a training step: a rank that stops answering fails the step within it")
 	_ = f.MarkHidden("protocol")
-	_ = cmd.MarkFlagRequired("model")
 	return cmd
 }
 

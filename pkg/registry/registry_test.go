@@ -218,6 +218,12 @@ func TestRegisterRefused(t *testing.T) {
 
 	// Nothing registered: a cluster with no model refuses with ErrNoModel.
 	empty, _ := New(e.reg.Client(), "empty")
+	// A jobs-only worker (no model) registers even there.
+	if g, err := empty.Register(e.ctx, cluster.WorkerInfo{ID: "jobs-only", Protocol: cluster.ProtocolVersion}, time.Second); err != nil {
+		t.Fatalf("jobs-only worker: %v", err)
+	} else if err := g.Close(); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := empty.Register(e.ctx, e.worker("w1"), time.Second); !errors.Is(err, ErrNoModel) {
 		t.Fatalf("no model: %v", err)
 	}

@@ -57,6 +57,9 @@ func (r *Registry) Register(ctx context.Context, info cluster.WorkerInfo, ttl ti
 	if info.Protocol != cluster.ProtocolVersion {
 		return nil, fmt.Errorf("%s: it speaks protocol %d, this cluster protocol %d: %w", who, info.Protocol, cluster.ProtocolVersion, ErrProtocolMismatch)
 	}
+	if info.Model == "" {
+		return r.register(ctx, info, ttl, "", 0) // a jobs-only worker: no model record to match
+	}
 	rec, modelRev, err := r.Model(ctx, info.Model)
 	if errors.Is(err, ErrNoModel) {
 		models, _, lerr := r.Models(ctx)
@@ -83,6 +86,12 @@ func (r *Registry) Register(ctx context.Context, info cluster.WorkerInfo, ttl ti
 		return nil, fmt.Errorf("%s: it speaks protocol %d, the coordinator that registered model %s speaks %d: %w", who, info.Protocol, info.Model, rec.Protocol, ErrProtocolMismatch)
 	}
 
+	return r.register(ctx, info, ttl, r.ModelKey(info.Model), modelRev)
+}
+
+// register puts the worker's key under a new lease, if the key is free and
+// (modelKey != "") the model record is still at modelRev.
+func (r *Registry) register(ctx context.Context, info cluster.WorkerInfo, ttl time.Duration, modelKey string, modelRev int64) (*Registration, error) {
 	if ttl <= 0 {
 		ttl = DefaultTTL
 	}
@@ -98,11 +107,13 @@ func (r *Registry) Register(ctx context.Context, info cluster.WorkerInfo, ttl ti
 	}
 	g := &Registration{r: r, sess: sess, key: r.WorkerKey(info.ID), ttl: time.Duration(grant.TTL) * time.Second, info: info}
 	val, _ := json.Marshal(info)
-	modelKey := r.ModelKey(info.Model)
-	resp, err := r.cli.Txn(ctx).If(
-		clientv3.Compare(clientv3.ModRevision(modelKey), "=", modelRev),
-		clientv3.Compare(clientv3.CreateRevision(g.key), "=", 0),
-	).Then(
+	conds := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(g.key), "=", 0)}
+	if modelKey != "" {
+		conds = append(conds, clientv3.Compare(clientv3.ModRevision(modelKey), "=", modelRev))
+	} else {
+		modelKey = g.key // (read back below in place of a model record)
+	}
+	resp, err := r.cli.Txn(ctx).If(conds...).Then(
 		clientv3.OpPut(g.key, string(val), clientv3.WithLease(sess.Lease())),
 	).Else(
 		clientv3.OpGet(modelKey),
@@ -114,7 +125,7 @@ func (r *Registry) Register(ctx context.Context, info cluster.WorkerInfo, ttl ti
 	}
 	if !resp.Succeeded {
 		sess.Close()
-		if len(resp.Responses[0].GetResponseRange().Kvs) == 0 || resp.Responses[0].GetResponseRange().Kvs[0].ModRevision != modelRev {
+		if info.Model != "" && (len(resp.Responses[0].GetResponseRange().Kvs) == 0 || resp.Responses[0].GetResponseRange().Kvs[0].ModRevision != modelRev) {
 			return nil, fmt.Errorf("registry: worker %s: model record %s changed while registering; retry", info.ID, modelKey)
 		}
 		held := resp.Responses[1].GetResponseRange().Kvs

@@ -171,10 +171,16 @@ func TestTrainingSurvivesAStoppedWorker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Jobs-only workers (no model): no step-0 model is written for them.
 	lc := startCluster(t, ctx, localcluster.Options{
-		ModelDir: writeInit(t, jobConfig(t, t.TempDir(), steps)), Workers: 3, WidenBF16: true, LeaseTTL: 2 * time.Second,
+		Workers: 3, WidenBF16: true, LeaseTTL: 2 * time.Second,
 		WorkerArgs: []string{"--job-step-timeout", "2s"},
 	})
+	for _, p := range lc.Procs() {
+		if p.Model != "-" {
+			t.Fatalf("worker %s reports model %q, want - (jobs only)", p.ID, p.Model)
+		}
+	}
 	js := jobs.NewStore(lc.Client, lc.Registry.Cluster())
 	out := t.TempDir()
 	cfg := jobConfig(t, out, steps)
