@@ -143,6 +143,7 @@ short), and stop the workers and etcd.`,
 	f.StringVar(&o.Cluster, "cluster", registry.DefaultCluster, "cluster name (etcd key prefix) with --etcd")
 	f.StringVar(&workerMem, "worker-mem", "auto", "hard memory limit of each local worker, e.g. 2GiB: each runs in a memory cgroup of its own with it (passed as --mem if cgroups cannot be made); auto: no cgroup of their own, they read this process's")
 	f.IntVar(&o.Replicas, "replicas", 1, "copies of each expert on distinct local workers (embedded default)")
+	f.StringVar(&o.Serve.APIKey, "api-key", os.Getenv("SWITCHYARD_API_KEY"), "require \"Authorization: Bearer KEY\" on /v1/* (default $SWITCHYARD_API_KEY; empty: open)")
 	f.BoolVar(&o.Overlap, "overlap", false, "two-micro-batch overlap: one half of a step's sequences computes attention while the other waits for its experts (remote experts only)")
 	f.StringVar(&o.Listen, "listen", "127.0.0.1:8000", "HTTP address (port 0: a free port)")
 	f.IntVar(&o.Serve.MaxSeqs, "max-seqs", o.Serve.MaxSeqs, "sequences generated together (one batch per step)")
@@ -237,7 +238,10 @@ func runServe(ctx context.Context, o serveOptions) error {
 		return fmt.Errorf("%s: %w", p, err)
 	}
 	url := "http://" + displayAddr(ln.Addr().(*net.TCPAddr))
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	// Bounded reads (headers, and the body: at most 1 MiB) and idle
+	// keep-alives; no write timeout, since a streamed completion writes
+	// for as long as it generates (its client going away ends it).
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 60 * time.Second, IdleTimeout: 120 * time.Second}
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
 	logf("chat format: %s; up to %d sequences per step, %d more queued", srv.ChatFormat(), srv.Config().MaxSeqs, srv.Config().MaxQueue)

@@ -16,6 +16,9 @@ import (
 // apiError is an error answered in OpenAI's shape,
 // {"error": {"message", "type", "param", "code"}}, with an HTTP status:
 //
+//	401 invalid_request_error  Config.APIKey is set and the request lacks
+//	                           "Authorization: Bearer <key>" (code
+//	                           invalid_api_key)
 //	400 invalid_request_error  malformed JSON, a field of the wrong type, a
 //	                           missing or empty prompt, a value out of range,
 //	                           an unsupported feature (n != 1, logprobs, ...),
@@ -524,7 +527,7 @@ func prepare(r *request, lim limits) (*job, *apiError) {
 	}
 	switch {
 	case r.maxTokens > 0:
-		if int64(P)+r.maxTokens > int64(lim.context) {
+		if r.maxTokens > int64(lim.context)-int64(P) { // (P + max_tokens could overflow)
 			return nil, &apiError{Status: http.StatusBadRequest, Type: "invalid_request_error", Param: "max_tokens", Code: "context_length_exceeded",
 				Message: fmt.Sprintf("this model's maximum context length is %d tokens, but %d were requested (%d in the prompt, %d for the completion); reduce the prompt or max_tokens", lim.context, int64(P)+r.maxTokens, P, r.maxTokens)}
 		}

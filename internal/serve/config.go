@@ -52,6 +52,11 @@ type Config struct {
 	// expert's worker is up); nil means always. It should answer within
 	// about a second.
 	Ready func(ctx context.Context) error
+	// APIKey, if set, is required on every /v1/ request as
+	// "Authorization: Bearer <APIKey>" (compared in constant time); others
+	// get 401 in OpenAI's error shape. /health and /metrics stay open (for
+	// probes and scrapers).
+	APIKey string
 	// Collectors are extra Prometheus collectors served on /metrics with
 	// the server's own (e.g. the expert exchange's, from a front end).
 	Collectors []prometheus.Collector

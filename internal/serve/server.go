@@ -3,6 +3,7 @@ package serve
 import (
 	"bytes"
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -129,15 +130,38 @@ func (s *Server) Close() {
 // Handler returns the HTTP API.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/v1/models", s.handleModels)
-	mux.HandleFunc("/v1/completions", func(w http.ResponseWriter, r *http.Request) { s.handleGenerate(w, r, false) })
-	mux.HandleFunc("/v1/chat/completions", func(w http.ResponseWriter, r *http.Request) { s.handleGenerate(w, r, true) })
+	mux.HandleFunc("/v1/models", s.authorized(s.handleModels))
+	mux.HandleFunc("/v1/completions", s.authorized(func(w http.ResponseWriter, r *http.Request) { s.handleGenerate(w, r, false) }))
+	mux.HandleFunc("/v1/chat/completions", s.authorized(func(w http.ResponseWriter, r *http.Request) { s.handleGenerate(w, r, true) }))
 	mux.HandleFunc("/health", s.handleHealth)
 	mux.Handle("/metrics", promhttp.HandlerFor(s.met.reg, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &apiError{Status: http.StatusNotFound, Type: "invalid_request_error", Message: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path)})
 	})
 	return mux
+}
+
+// authorized wraps an API handler with the Config.APIKey check (none when
+// no key is set).
+func (s *Server) authorized(h http.HandlerFunc) http.HandlerFunc {
+	if s.cfg.APIKey == "" {
+		return h
+	}
+	want := []byte("Bearer " + s.cfg.APIKey)
+	return func(w http.ResponseWriter, r *http.Request) {
+		got := []byte(r.Header.Get("Authorization"))
+		if subtle.ConstantTimeCompare(got, want) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="switchyard"`)
+			msg := "Incorrect API key provided: send it as \"Authorization: Bearer <key>\""
+			if len(got) == 0 {
+				msg = "You didn't provide an API key: send it as \"Authorization: Bearer <key>\""
+			}
+			writeError(w, &apiError{Status: http.StatusUnauthorized, Type: "invalid_request_error", Code: "invalid_api_key", Message: msg})
+			s.count("unauthorized", http.StatusUnauthorized)
+			return
+		}
+		h(w, r)
+	}
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
