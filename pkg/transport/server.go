@@ -408,10 +408,17 @@ func (s *ExpertServer) serveRequest(ctx context.Context, sc *scope, stream pb.Wo
 		}
 		return s.readPayload(sc, stream, first, nil, n*d*4)
 	}
-	j.x = s.bufs.get(n * d)
-	if err := s.readPayload(sc, stream, first, asBytes(j.x), n*d*4); err != nil {
-		s.bufs.put(j.x)
+	// The request's buffer is taken only once its whole payload has
+	// arrived: a header alone (declaring up to MaxRequestBytes) costs the
+	// owner nothing but the chunks actually received.
+	var chunks [][]byte
+	if err := s.readPayload(sc, stream, first, func(p []byte) { chunks = append(chunks, p) }, n*d*4); err != nil {
 		return err
+	}
+	j.x = s.bufs.get(n * d)
+	xb, off := asBytes(j.x), 0
+	for _, c := range chunks {
+		off += copy(xb[off:], c)
 	}
 	received := time.Now()
 	fromWire(j.x)
@@ -577,16 +584,17 @@ func (s *ExpertServer) admit(j *job, epoch cluster.Epoch) error {
 }
 
 // readPayload reads the payload of the request that began with first (whose
-// payload it includes) into dst, which must be nil (discard) or exactly
-// size bytes long.
-func (s *ExpertServer) readPayload(sc *scope, stream pb.Worker_ExpertsServer, first *pb.ExpertFrame, dst []byte, size int) error {
+// payload it includes), size bytes in all, passing each chunk's payload to
+// keep (nil: discard). Chunks arrive in messages of their own (pkg/wire
+// gives each its own slice), so keep may hold on to them.
+func (s *ExpertServer) readPayload(sc *scope, stream pb.Worker_ExpertsServer, first *pb.ExpertFrame, keep func([]byte), size int) error {
 	f, off := first, 0
 	for {
 		if off+len(f.Payload) > size {
 			return fmt.Errorf("%w: worker %s: request %d: payload exceeds the %d bytes of its shape", ErrBadRequest, s.who, first.RequestId, size)
 		}
-		if dst != nil {
-			copy(dst[off:], f.Payload)
+		if keep != nil && len(f.Payload) > 0 {
+			keep(f.Payload) // each received message owns its payload (pkg/wire)
 		}
 		off += len(f.Payload)
 		sc.bytesIn.Add(uint64(len(f.Payload)))

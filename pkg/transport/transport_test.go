@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -933,5 +934,45 @@ func TestPartlyLoadedOwner(t *testing.T) {
 	checkTagged(t, 0, layer, plan, x, y, D, func(int) []int { return []int{0} })
 	if took := time.Since(start); took < 250*time.Millisecond {
 		t.Errorf("served after %v, before the copy was loaded?", took)
+	}
+}
+
+// A request header that declares a large tensor costs the owner only the
+// bytes that actually arrive: the request's buffer is taken once the whole
+// payload is in. (Before, a header alone made the owner allocate what it
+// declared.)
+func TestDeclaredSizeIsNotAllocatedAhead(t *testing.T) {
+	const D, rows = 1024, 32 << 10 // 128 MiB declared
+	w := startWorker(t, "w0", taggedStore(expert.ID{Layer: 0, Expert: 0}), ServerConfig{Hidden: D}, nil)
+	pool := newPool(t, ClientConfig{})
+	c, err := pool.Client(w.id, w.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	const streams = 4
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i := 0; i < streams; i++ {
+		st, err := c.Experts(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		head := &pb.ExpertFrame{RequestId: uint64(i + 1), Layer: 0, Experts: []int32{0}, Rows: []int32{rows}, Epoch: 1,
+			Dtype: pb.DType_DTYPE_F32, Shape: []int64{rows, D}, Payload: make([]byte, 4096)}
+		if err := st.Send(head); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, "the owner to read the headers", func() bool { return w.srv.active.Load() == streams })
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	grew := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	t.Logf("%d headers declaring %d MiB each: heap grew %.1f MiB", streams, rows*D*4>>20, float64(grew)/(1<<20))
+	if grew > 64<<20 {
+		t.Fatalf("heap grew %d MiB for %d headers of %d MiB: the declared sizes were allocated ahead of their payloads", grew>>20, streams, rows*D*4>>20)
 	}
 }
