@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/url"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -36,8 +37,10 @@ func TestRetryLandsAcrossAnEtcdRestart(t *testing.T) {
 
 	srv.Close() // etcd goes away as the job ends
 	done := make(chan error, 1)
+	var tries atomic.Int32
 	go func() {
 		done <- Retry(ctx, RetryConfig{Total: 45 * time.Second, Attempt: time.Second}, func(ctx context.Context) error {
+			tries.Add(1)
 			_, err := st.Transition(ctx, "j1", func(sp *Spec) bool {
 				if sp.State.Terminal() {
 					return false
@@ -48,7 +51,15 @@ func TestRetryLandsAcrossAnEtcdRestart(t *testing.T) {
 			return err
 		})
 	}()
-	time.Sleep(1500 * time.Millisecond) // a few failed tries
+	for tries.Load() < 3 { // a few failed tries while etcd is down
+		select {
+		case err := <-done:
+			t.Fatalf("Retry returned while etcd was down: %v", err)
+		case <-ctx.Done():
+			t.Fatal("no retries while etcd was down")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 	select {
 	case err := <-done:
 		t.Fatalf("Retry returned while etcd was down: %v", err)

@@ -366,6 +366,16 @@ func startLoad(ctx context.Context, url string, clients int, want map[string]str
 	return l
 }
 
+// settle waits until the clients have completed n more requests (the load
+// runs through the moment in question, whatever the machine's speed).
+func (l *load) settle(t *testing.T, ctx context.Context, n int64) {
+	t.Helper()
+	target := l.ok.Load() + l.failed.Load() + l.wrong.Load() + n
+	waitUntil(t, ctx, fmt.Sprintf("%d more completions", n), func() bool {
+		return l.ok.Load()+l.failed.Load()+l.wrong.Load() >= target
+	})
+}
+
 // check stops the load and fails the test on any failed or wrong answer.
 func (l *load) check(t *testing.T, phase string) {
 	t.Helper()
@@ -453,12 +463,12 @@ func TestServeFailover(t *testing.T) {
 
 	// SIGKILL w1 under load.
 	l := startLoad(ctx, url, 8, want)
-	time.Sleep(time.Second)
+	l.settle(t, ctx, 16)
 	killed := time.Now()
 	lc.Proc("w1").Kill()
 	p, took := restored(t, ctx, lc, 2, "w1", killed)
 	t.Logf("SIGKILL w1: placement epoch %d back to 2 copies on %v after %v", p.Epoch, p.WorkerIDs(), took.Round(time.Millisecond))
-	time.Sleep(time.Second)
+	l.settle(t, ctx, 16)
 	l.check(t, "SIGKILL w1")
 	report(t, "serve failover: SIGKILL of a worker under 8 clients: %d completions ok, %d failed, %d wrong; 2 copies restored on the survivors %v after the kill (lease TTL %v)",
 		l.ok.Load(), l.failed.Load(), l.wrong.Load(), took.Round(time.Millisecond), ttl)
@@ -468,7 +478,7 @@ func TestServeFailover(t *testing.T) {
 
 	// A new worker joins mid-load: it takes a share by live migration.
 	l = startLoad(ctx, url, 8, want)
-	time.Sleep(500 * time.Millisecond)
+	l.settle(t, ctx, 8)
 	joined := time.Now()
 	if _, err := lc.StartWorker(ctx, "w4"); err != nil {
 		t.Fatal(err)
@@ -479,14 +489,14 @@ func TestServeFailover(t *testing.T) {
 	})
 	p, _ = restored(t, ctx, lc, 2, "w1", joined)
 	t.Logf("w4 joined: placement epoch %d on %v after %v", p.Epoch, p.WorkerIDs(), time.Since(joined).Round(time.Millisecond))
-	time.Sleep(time.Second)
+	l.settle(t, ctx, 16)
 	l.check(t, "w4 joins")
 	report(t, "serve failover: a worker joining under 8 clients (live migration): %d completions ok, %d failed, %d wrong", l.ok.Load(), l.failed.Load(), l.wrong.Load())
 
 	// SIGSTOP w2 under load: its lease lapses, its copies are re-placed;
 	// after SIGCONT it registers again and takes a share back.
 	l = startLoad(ctx, url, 8, want)
-	time.Sleep(500 * time.Millisecond)
+	l.settle(t, ctx, 8)
 	w2 := lc.Proc("w2")
 	stopped := time.Now()
 	if err := w2.Signal(syscall.SIGSTOP); err != nil {
@@ -507,7 +517,7 @@ func TestServeFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	scancel()
-	time.Sleep(time.Second)
+	l.settle(t, ctx, 16)
 	l.check(t, "SIGSTOP/SIGCONT w2")
 	report(t, "serve failover: SIGSTOP of a worker, then SIGCONT (it rejoins), under 8 clients: %d completions ok, %d failed, %d wrong; 2 copies restored on the others %v after the stop (lease TTL %v)",
 		l.ok.Load(), l.failed.Load(), l.wrong.Load(), stopTook.Round(time.Millisecond), ttl)
