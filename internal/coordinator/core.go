@@ -391,7 +391,7 @@ func (c *Core) report(acts []Action, fp string, st *modelState, live map[cluster
 	s := registry.PlacementStatus{Model: fp, OK: err == nil}
 	if st.placement != nil {
 		s.Epoch = st.placement.Epoch
-		s.Unplaced = unplaced(st.placement, live)
+		s.Unplaced = st.placement.Unowned(func(w cluster.WorkerID) bool { return live[w] })
 	}
 	if err != nil {
 		s.Error = err.Error()

@@ -103,7 +103,7 @@ func withExtras(next, stored *cluster.Placement, loading map[placement.Copy]clus
 		a, b := moving[i], moving[j]
 		return a.Layer < b.Layer || (a.Layer == b.Layer && a.Expert < b.Expert)
 	})
-	out := clonePlacement(next)
+	out := next.Clone()
 	for _, x := range moving {
 		owners := out.OwnersOf(x)
 		if owners == nil {
@@ -123,39 +123,6 @@ func withExtras(next, stored *cluster.Placement, loading map[placement.Copy]clus
 			used[o] += size[x]
 		}
 		out.Owners[x.Layer][x.Expert] = owners
-	}
-	return out
-}
-
-// unplaced lists, in (layer, expert) order, the experts of p none of whose
-// owners is live.
-func unplaced(p *cluster.Placement, live map[cluster.WorkerID]bool) []expert.ID {
-	var out []expert.ID
-	for l, row := range p.Owners {
-		for e, ws := range row {
-			if !slices.ContainsFunc(ws, func(w cluster.WorkerID) bool { return live[w] }) {
-				out = append(out, expert.ID{Layer: l, Expert: e})
-			}
-		}
-	}
-	return out
-}
-
-func clonePlacement(p *cluster.Placement) cluster.Placement {
-	out := *p
-	out.Owners = make([][][]cluster.WorkerID, len(p.Owners))
-	for l, row := range p.Owners {
-		if row == nil {
-			continue
-		}
-		out.Owners[l] = make([][]cluster.WorkerID, len(row))
-		for e, ws := range row {
-			out.Owners[l][e] = slices.Clone(ws)
-		}
-	}
-	out.Workers = make(map[cluster.WorkerID]cluster.WorkerInfo, len(p.Workers))
-	for id, w := range p.Workers {
-		out.Workers[id] = w
 	}
 	return out
 }

@@ -56,16 +56,12 @@ func (s *Service) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRe
 			ms.Epoch = uint64(p.Epoch)
 			for _, row := range p.Owners {
 				for _, ws := range row {
-					alive := false
 					for _, w := range ws {
 						owned[w]++
-						alive = alive || live[w]
-					}
-					if !alive {
-						ms.UnplacedExperts++
 					}
 				}
 			}
+			ms.UnplacedExperts = int32(len(p.Unowned(func(w cluster.WorkerID) bool { return live[w] })))
 		} else {
 			ms.UnplacedExperts = int32(len(m.MoELayers) * m.Experts)
 		}

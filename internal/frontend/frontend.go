@@ -213,7 +213,7 @@ func (f *Frontend) followWorkers(ctx context.Context) {
 				continue
 			}
 			if pl != nil && len(pl.Owned(w)) > 0 {
-				lost := f.lost(pl)
+				lost := pl.Unowned(f.IsLive)
 				if len(lost) > 0 {
 					f.log.Error("worker left the cluster: some experts have no live copy; requests routed to them fail with 503 until the placement is repaired",
 						"worker", w, "epoch", pl.Epoch, "experts", formatIDs(lost))
@@ -250,19 +250,6 @@ func (f *Frontend) followStatus(ctx context.Context) {
 // Status is the leader's latest placement verdict (nil: none seen).
 func (f *Frontend) Status() *registry.PlacementStatus { return f.status.Load() }
 
-// lost lists the experts of pl none of whose owners is live.
-func (f *Frontend) lost(pl *cluster.Placement) []expert.ID {
-	var out []expert.ID
-	for l, row := range pl.Owners {
-		for e, ws := range row {
-			if !slices.ContainsFunc(ws, f.IsLive) {
-				out = append(out, expert.ID{Layer: l, Expert: e})
-			}
-		}
-	}
-	return out
-}
-
 // Problem says why requests cannot all succeed now, or nil: no placement
 // yet, a placement the leader could not make (memory shortfall), or
 // experts whose every copy is on workers that left. It reads only what
@@ -279,7 +266,7 @@ func (f *Frontend) Problem() error {
 	if err := pl.Validate(); err != nil {
 		return err
 	}
-	if lost := f.lost(pl); len(lost) > 0 {
+	if lost := pl.Unowned(f.IsLive); len(lost) > 0 {
 		msg := fmt.Sprintf("experts %s have no live copy (placement epoch %d)", formatIDs(lost), pl.Epoch)
 		if s != nil && !s.OK && s.Error != "" {
 			msg += ": " + describeStatus(s)
@@ -319,14 +306,7 @@ func (f *Frontend) Ready(ctx context.Context) error {
 	for i, id := range ids {
 		serving[id] = whyNot[i] == nil
 	}
-	var missing []expert.ID
-	for l, row := range pl.Owners {
-		for e, ws := range row {
-			if !slices.ContainsFunc(ws, func(w cluster.WorkerID) bool { return serving[w] }) {
-				missing = append(missing, expert.ID{Layer: l, Expert: e})
-			}
-		}
-	}
+	missing := pl.Unowned(func(w cluster.WorkerID) bool { return serving[w] })
 	if len(missing) == 0 {
 		return nil
 	}

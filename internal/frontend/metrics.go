@@ -75,7 +75,7 @@ func newMetrics(f *Frontend) *metrics {
 		}),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "switchyard_frontend_unavailable_experts", Help: "Routed experts with no copy on a live worker."}, func() float64 {
 			if p := f.Placement.Current(); p != nil {
-				return float64(len(f.lost(p)))
+				return float64(len(p.Unowned(f.IsLive)))
 			}
 			return 0
 		}),

@@ -7,6 +7,8 @@ package cluster
 import (
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 
 	"github.com/switchyard/switchyard/pkg/expert"
@@ -105,4 +107,35 @@ func (p *Placement) WorkerIDs() []WorkerID {
 	}
 	sort.Slice(ids, func(i, j int) bool { return ids[i] < ids[j] })
 	return ids
+}
+
+// Clone returns a deep copy of p (owner lists and worker map included).
+func (p *Placement) Clone() Placement {
+	out := *p
+	out.Owners = make([][][]WorkerID, len(p.Owners))
+	for l, row := range p.Owners {
+		if row == nil {
+			continue
+		}
+		out.Owners[l] = make([][]WorkerID, len(row))
+		for e, ws := range row {
+			out.Owners[l][e] = slices.Clone(ws)
+		}
+	}
+	out.Workers = maps.Clone(p.Workers)
+	return out
+}
+
+// Unowned lists, in (layer, expert) order, the experts none of whose
+// owners satisfies live: those without a live copy.
+func (p *Placement) Unowned(live func(WorkerID) bool) []expert.ID {
+	var out []expert.ID
+	for l, row := range p.Owners {
+		for e, ws := range row {
+			if !slices.ContainsFunc(ws, live) {
+				out = append(out, expert.ID{Layer: l, Expert: e})
+			}
+		}
+	}
+	return out
 }

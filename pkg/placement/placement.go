@@ -463,7 +463,7 @@ func (p *planner) result() cluster.Placement {
 	case prev == nil:
 		out.Epoch = 1
 	case Equal(prev, &out):
-		return clonePlacement(prev)
+		return prev.Clone()
 	default:
 		out.Epoch = prev.Epoch + 1
 	}
@@ -487,22 +487,6 @@ func Equal(a, b *cluster.Placement) bool {
 		}
 	}
 	return true
-}
-
-func clonePlacement(p *cluster.Placement) cluster.Placement {
-	out := *p
-	out.Owners = make([][][]cluster.WorkerID, len(p.Owners))
-	for l, row := range p.Owners {
-		if row == nil {
-			continue
-		}
-		out.Owners[l] = make([][]cluster.WorkerID, len(row))
-		for e, ws := range row {
-			out.Owners[l][e] = slices.Clone(ws)
-		}
-	}
-	out.Workers = maps.Clone(p.Workers)
-	return out
 }
 
 // Copy is one physical expert: a logical expert on one worker.
