@@ -255,8 +255,14 @@ func (w *Worker) serveNoModel() (*transport.ExpertServer, error) {
 	w.loadExpert = func(id expert.ID) (*expert.FFN, error) {
 		return nil, fmt.Errorf("worker %s serves no model: cannot load expert %v", w.cfg.ID, id)
 	}
+	return w.newServer(noModel, 1)
+}
+
+// newServer makes the worker's expert server over its store for a model
+// (fingerprint, hidden size); Control loads go through loadWithin.
+func (w *Worker) newServer(fp string, hidden int) (*transport.ExpertServer, error) {
 	srv, err := transport.NewExpertServer(w.store, transport.ServerConfig{
-		Worker: w.cfg.ID, Model: noModel, Protocol: w.cfg.Protocol, Hidden: 1,
+		Worker: w.cfg.ID, Model: fp, Protocol: w.cfg.Protocol, Hidden: hidden,
 		Load: func(_ context.Context, id expert.ID) (*expert.FFN, error) {
 			return w.loadWithin(id)
 		},
@@ -278,17 +284,7 @@ func (w *Worker) serveModel(ck *model.Checkpoint) (*transport.ExpertServer, erro
 	w.loadExpert = func(id expert.ID) (*expert.FFN, error) {
 		return model.LoadExpert(ck.Config, ck.Source, id, w.cfg.KeepBF16)
 	}
-	srv, err := transport.NewExpertServer(w.store, transport.ServerConfig{
-		Worker: w.cfg.ID, Model: ck.Config.Fingerprint(), Protocol: w.cfg.Protocol, Hidden: ck.Config.Hidden,
-		Load: func(_ context.Context, id expert.ID) (*expert.FFN, error) {
-			return w.loadWithin(id)
-		},
-	})
-	if err != nil {
-		return nil, err
-	}
-	w.srv = srv
-	return srv, nil
+	return w.newServer(ck.Config.Fingerprint(), ck.Config.Hidden)
 }
 
 // registerLoop keeps the worker registered until ctx ends (then it revokes

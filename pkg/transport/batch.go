@@ -76,16 +76,7 @@ func (b *batcher) submit(j *job) error {
 	j.enq = time.Now()
 	b.queue = append(b.queue, j)
 	if b.window == 0 && !b.running {
-		b.running = true
-		jobs := b.queue
-		b.queue = nil
-		b.mu.Unlock()
-		b.run(jobs)
-		b.mu.Lock()
-		b.running = false
-		pending := len(b.queue) > 0
-		b.mu.Unlock()
-		if pending {
+		if b.runQueued() {
 			b.poke()
 		}
 	} else {
@@ -98,6 +89,22 @@ func (b *batcher) submit(j *job) error {
 	case <-j.ctx.Done():
 		return j.ctx.Err()
 	}
+}
+
+// runQueued runs everything queued as one batch. It is called with b.mu
+// held and b.running false, and returns with b.mu released, reporting
+// whether more was queued meanwhile.
+func (b *batcher) runQueued() (pending bool) {
+	b.running = true
+	jobs := b.queue
+	b.queue = nil
+	b.mu.Unlock()
+	b.run(jobs)
+	b.mu.Lock()
+	b.running = false
+	pending = len(b.queue) > 0
+	b.mu.Unlock()
+	return pending
 }
 
 func (b *batcher) poke() {
@@ -128,14 +135,7 @@ func (b *batcher) loop() {
 				b.mu.Unlock()
 				break
 			}
-			b.running = true
-			jobs := b.queue
-			b.queue = nil
-			b.mu.Unlock()
-			b.run(jobs)
-			b.mu.Lock()
-			b.running = false
-			b.mu.Unlock()
+			b.runQueued()
 		}
 	}
 }
