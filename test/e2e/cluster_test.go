@@ -401,7 +401,7 @@ func TestStoppedPeer(t *testing.T) {
 }
 
 // TestWorkerRSS: a worker owning 1/N of the experts of a model whose
-// experts dominate holds about dense + 1/N of the expert bytes, measured
+// experts dominate holds about 1/N of the expert bytes (no dense weights), measured
 // as RSS against a worker of the same cluster that holds no expert (its
 // memory budget admits none). So a model larger than one machine can be
 // spread over several.
