@@ -3,7 +3,7 @@
 # (with its embedded etcd on a free port, the model registered) and N worker
 # processes, each in the background with its log in a state folder.
 #
-#   scripts/local-cluster.sh up N [--model DIR] [--dir STATE] [--replicas R] [--lease-ttl D]
+#   scripts/local-cluster.sh up N [--model DIR] [--dir STATE] [--replicas R] [--lease-ttl D] [--tls] [--data-root DIR]
 #   scripts/local-cluster.sh status [--dir STATE] [--json]
 #   scripts/local-cluster.sh down [--dir STATE]
 #
@@ -13,13 +13,22 @@
 # everything listens. down stops every process it started (SIGTERM to each
 # process group, SIGKILL after 5 s) and is idempotent. Defaults: the model
 # testdata/golden/qwen2_moe, STATE ${TMPDIR:-/tmp}/switchyard-local-cluster.
+# Training jobs' paths are relative to the workers' --data-root (default: the
+# directory this script runs from) and confined to it.
+#
+# --tls makes a development CA and certificates in STATE/tls (scripts/dev-ca.sh:
+# coordinator, w1..wN, fe1, fe2, client) and runs everything with mutual TLS:
+# etcd on https:// with client certificates, workers' gRPC and training
+# groups mTLS, gossip encrypted. STATE/tls-flags then holds the flags a
+# client needs (e.g. `switchyard status --etcd $(cat STATE/endpoint)
+# $(cat STATE/tls-flags)`); a front end uses fe1.crt/fe1.key.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cluster=local
 
 usage() {
-	sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 
@@ -37,6 +46,8 @@ state=${TMPDIR:-/tmp}/switchyard-local-cluster
 replicas=1
 lease_ttl=5s
 json=
+tls=
+data_root=
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--model) model=$2; shift 2 ;;
@@ -44,6 +55,8 @@ while [[ $# -gt 0 ]]; do
 	--replicas) replicas=$2; shift 2 ;;
 	--lease-ttl) lease_ttl=$2; shift 2 ;;
 	--json) json=--json; shift ;;
+	--tls) tls=1; shift ;;
+	--data-root) data_root=$2; shift 2 ;;
 	*) echo "local-cluster: unknown argument $1" >&2; usage ;;
 	esac
 done
@@ -90,7 +103,14 @@ down() {
 	[[ ${#stoppers[@]} -eq 0 ]] || wait "${stoppers[@]}"
 	stop "$state/coordinator.pid"
 	shopt -u nullglob
-	rm -rf "$state/etcd" "$state/endpoint"
+	rm -rf "$state/etcd" "$state/endpoint" "$state/tls-flags"
+}
+
+# tlsflags NAME: the --tls-* flags of the process whose certificate is NAME
+# (empty without --tls).
+tlsflags() {
+	[[ -n $tls ]] || return 0
+	echo "--tls-cert $state/tls/$1.crt --tls-key $state/tls/$1.key --tls-ca $state/tls/ca.crt"
 }
 
 # await FILE PATTERN SECONDS PIDFILE: wait until FILE has a line matching
@@ -123,8 +143,13 @@ up() {
 	down # leftovers of a crashed run
 	[[ -f $model/config.json ]] || { echo "local-cluster: $model has no config.json" >&2; exit 1; }
 	model=$(cd "$model" && pwd)
+	[[ -z $data_root ]] || data_root=$(cd "$data_root" && pwd)
 	echo "local-cluster: building binaries into $bin" >&2
 	(cd "$root" && go build -o "$bin/" ./cmd/coordinator ./cmd/worker ./cmd/switchyard)
+	if [[ -n $tls ]]; then
+		"$bin/switchyard" dev-ca "$state/tls" --workers "$n" --frontends 2 >/dev/null
+		tlsflags client >"$state/tls-flags"
+	fi
 
 	# Workers keep bf16 weights as bf16: size the placement's memory model alike.
 	elem=4
@@ -133,7 +158,7 @@ up() {
 	trap 'echo "local-cluster: up failed; stopping what started" >&2; down' ERR
 	setsid "$bin/coordinator" --listen-client-urls 127.0.0.1:0 --listen-peer-urls 127.0.0.1:0 \
 		--data-dir "$state/etcd" --cluster "$cluster" --name local --model "$model" \
-		--elem-bytes "$elem" --replicas "$replicas" --expect-workers "$n" \
+		--elem-bytes "$elem" --replicas "$replicas" --expect-workers "$n" $(tlsflags coordinator) \
 		>"$state/coordinator.out" 2>"$state/coordinator.log" </dev/null &
 	echo $! >"$state/coordinator.pid"
 	line=$(await "$state/coordinator.out" '^coordinator: etcd=' 60 "$state/coordinator.pid")
@@ -143,14 +168,14 @@ up() {
 
 	for ((i = 1; i <= n; i++)); do
 		setsid "$bin/worker" --id "w$i" --model "$model" --etcd "$etcd" --cluster "$cluster" \
-			--listen 127.0.0.1:0 --gossip 127.0.0.1:0 --lease-ttl "$lease_ttl" \
+			--listen 127.0.0.1:0 --gossip 127.0.0.1:0 --lease-ttl "$lease_ttl" $(tlsflags "w$i") ${data_root:+--data-root "$data_root"} \
 			>"$state/w$i.out" 2>"$state/w$i.log" </dev/null &
 		echo $! >"$state/w$i.pid"
 	done
 	for ((i = 1; i <= n; i++)); do
 		await "$state/w$i.out" '^worker: id=' 60 "$state/w$i.pid" >/dev/null
 	done
-	placed=$("$bin/switchyard" wait --etcd "$etcd" --cluster "$cluster" --workers "$n" --timeout 60s)
+	placed=$("$bin/switchyard" wait --etcd "$etcd" --cluster "$cluster" --workers "$n" --timeout 60s $(tlsflags client))
 	trap - ERR
 
 	echo "local cluster \"$cluster\" is up (state and logs in $state)"
@@ -162,13 +187,16 @@ up() {
 	done
 	echo "  model        $fp ($model)"
 	echo "  ${placed}"
-	echo "inspect: $bin/switchyard status --etcd $etcd --cluster $cluster   (or: $0 status --dir $state)"
+	[[ -z $tls ]] || echo "  tls          mutual TLS everywhere; certificates in $state/tls"
+	echo "inspect: $bin/switchyard status --etcd $etcd --cluster $cluster $(tlsflags client)  (or: $0 status --dir $state)"
 	echo "stop:    $0 down --dir $state"
 }
 
 status() {
 	[[ -f $state/endpoint ]] && alive "$state/coordinator.pid" || { echo "local-cluster: not running (state $state)" >&2; exit 1; }
-	"$bin/switchyard" status --etcd "$(cat "$state/endpoint")" --cluster "$cluster" $json
+	local flags=
+	[[ ! -f $state/tls-flags ]] || flags=$(cat "$state/tls-flags")
+	"$bin/switchyard" status --etcd "$(cat "$state/endpoint")" --cluster "$cluster" $json $flags
 }
 
 case $cmd in

@@ -22,6 +22,9 @@ need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 { command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1; } || need+=(iproute2)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
 		echo "missing ${need[*]}: install them (Debian: apt-get install ${need[*]}) or run as root"; exit 1
@@ -80,6 +83,9 @@ SWITCHYARD_E2E=1 SWITCHYARD_E2E_REPORT=$report go test -count=1 -timeout 15m ./t
 cat "$report"
 rm -f "$report"
 
+stage "the official openai npm client against switchyard serve --api-key"
+scripts/openai-client-test.sh
+
 stage "emulated multi-host cluster: network namespaces, tc tbf 1 Gbit/s links"
 if [ "$(id -u)" -eq 0 ]; then
 	scripts/netns/e2e.sh
@@ -91,7 +97,15 @@ else
 fi
 
 stage "fuzz smoke ($FUZZTIME each)"
-for target in "./pkg/safetensors FuzzHeader" "./pkg/tokenizer FuzzEncode" "./pkg/tokenizer FuzzLoad" "./pkg/tokenizer FuzzTrain" "./pkg/wire FuzzUnmarshal" "./pkg/collective FuzzLaneFrame" "./internal/serve FuzzParseRequest" "./internal/serve FuzzChatRender"; do
+# Every fuzz target in the repository (parsers of files, requests, frames,
+# lane hellos, job specs and paths), found rather than listed, so a new one
+# cannot be forgotten.
+targets=$(git grep -h -o '^func Fuzz[A-Za-z0-9_]*' -- '*_test.go' | wc -l)
+echo "$targets fuzz targets"
+git grep -o '^func Fuzz[A-Za-z0-9_]*' -- '*_test.go' | while IFS=: read -r file fn; do
+	echo "./$(dirname "$file") ${fn#func }"
+done >/tmp/switchyard-fuzz-targets
+while read -r target; do
 	set -- $target
 	# (capture first: grep -q in a pipe would SIGPIPE go test under pipefail)
 	list=$(go test -list "^$2\$" "$1")
@@ -116,6 +130,6 @@ for target in "./pkg/safetensors FuzzHeader" "./pkg/tokenizer FuzzEncode" "./pkg
 		fi
 		exit 1
 	done
-done
+done </tmp/switchyard-fuzz-targets
 
 stage "all tests passed"

@@ -33,9 +33,11 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 
+	"github.com/switchyard/switchyard/internal/authflags"
 	"github.com/switchyard/switchyard/internal/coordinator"
 	"github.com/switchyard/switchyard/internal/embedetcd"
 	"github.com/switchyard/switchyard/internal/jobs"
+	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/membership"
 	"github.com/switchyard/switchyard/pkg/registry"
@@ -61,6 +63,7 @@ type options struct {
 	gossipAddr  string
 	grpcAddr    string
 	logLevel    string
+	tls         auth.Files
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -95,6 +98,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	f.StringVar(&o.gossipAddr, "gossip-addr", "", "join the workers' gossip at this host:port for early failure hints (empty: off)")
 	f.StringVar(&o.grpcAddr, "grpc", "", "serve the read-only Coordinator gRPC service (Status, GetPlacement) on this host:port (port 0: a free one; empty: off)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
+	authflags.Register(f, &o.tls)
 	cmd.SetArgs(args)
 	cmd.SetOut(stdout)
 	cmd.SetErr(stderr)
@@ -121,14 +125,28 @@ func serve(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	if migWait == 0 {
 		migWait = -1 // coordinator.Config: negative turns make-before-break off
 	}
+	creds, err := auth.Load(o.tls)
+	if err != nil {
+		return err
+	}
+	scheme := "http://"
+	if creds != nil {
+		if creds.Self.Role != auth.RoleCoordinator {
+			return fmt.Errorf("--tls-cert is for %s; a coordinator needs a coordinator/<name> certificate", creds.Self)
+		}
+		scheme = "https://"
+	}
 
 	endpoints := registry.SplitEndpoints(o.etcd)
 	if len(endpoints) == 0 {
 		cfg := embedetcd.DefaultConfig()
 		cfg.Name = o.name
 		cfg.Dir = o.dataDir
-		cfg.ClientURL = withScheme(o.clientURLs)
-		cfg.PeerURL = withScheme(o.peerURLs)
+		cfg.ClientURL = withScheme(o.clientURLs, scheme)
+		cfg.PeerURL = withScheme(o.peerURLs, scheme)
+		// With TLS the embedded etcd serves with this coordinator's
+		// certificate and requires client certificates of the same CA.
+		cfg.TLS = o.tls
 		srv, err := embedetcd.Start(ctx, cfg)
 		if err != nil {
 			return err
@@ -138,7 +156,7 @@ func serve(ctx context.Context, o options, stdout, stderr io.Writer) error {
 		lg.Info("embedded etcd serving", "endpoints", endpoints, "data-dir", srv.Dir())
 	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	cli, err := registry.Dial(dctx, endpoints)
+	cli, err := registry.DialTLS(dctx, endpoints, creds)
 	cancel()
 	if err != nil {
 		return err
@@ -172,6 +190,11 @@ func serve(ctx context.Context, o options, stdout, stderr io.Writer) error {
 		}
 		gcfg.BindAddr, gcfg.BindPort = host, port
 		gcfg.Meta = membership.Meta{Protocol: cluster.ProtocolVersion, Role: "coordinator"}
+		if creds != nil {
+			if gcfg.SecretKey, err = reg.GossipKey(ctx); err != nil {
+				return err
+			}
+		}
 		if gossip, err = membership.Start(gcfg); err != nil {
 			return err
 		}
@@ -200,7 +223,12 @@ func serve(ctx context.Context, o options, stdout, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("--grpc: %w", err)
 		}
-		gs := grpc.NewServer()
+		var opts []grpc.ServerOption
+		if creds != nil {
+			// Any identity of the cluster's CA may read the status.
+			opts = append(opts, grpc.Creds(creds.ServerCreds(nil)))
+		}
+		gs := grpc.NewServer(opts...)
 		pb.RegisterCoordinatorServer(gs, &coordinator.Service{Registry: reg, Name: o.name})
 		go gs.Serve(lis)
 		defer gs.Stop()
@@ -234,11 +262,17 @@ func serve(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	}
 }
 
-func withScheme(u string) string {
+// withScheme adds scheme ("http://" or "https://") to a URL given as
+// host:port; "http://" given explicitly becomes https:// under TLS (the
+// flags' defaults are http), anything else stays as given.
+func withScheme(u, scheme string) string {
+	if scheme == "https://" && strings.HasPrefix(u, "http://") {
+		return "https://" + strings.TrimPrefix(u, "http://")
+	}
 	if strings.Contains(u, "://") {
 		return u
 	}
-	return "http://" + u
+	return scheme + u
 }
 
 func splitHostPort(s string) (string, int, error) {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/tokenizer"
+	"github.com/switchyard/switchyard/pkg/train"
 )
 
 func generateCmd() *cobra.Command {
@@ -27,9 +28,11 @@ func generateCmd() *cobra.Command {
 		Short: "Continue a prompt; streams only the generated text to stdout",
 		Long: `generate loads DIR (config.json, *.safetensors, tokenizer.json), encodes the
 prompt, and streams the continuation (not the prompt) to stdout as tokens are
-chosen. Diagnostics go to stderr. Temperature 0 (the default) is greedy; otherwise
-tokens are sampled from softmax(logits/T), restricted to the top-p nucleus, with
-a reproducible --seed. Generation stops at max tokens or an end-of-sequence token.`,
+chosen. A Switchyard checkpoint's files are first checked against its
+checksums (a mismatch names the file). Diagnostics go to stderr. Temperature 0
+(the default) is greedy; otherwise tokens are sampled from softmax(logits/T),
+restricted to the top-p nucleus, with a reproducible --seed. Generation stops
+at max tokens or an end-of-sequence token.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if modelDir == "" {
@@ -44,6 +47,10 @@ a reproducible --seed. Generation stops at max tokens or an end-of-sequence toke
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 			defer stop()
 			start := time.Now()
+			// A Switchyard checkpoint's files must match their checksums.
+			if err := train.VerifyCheckpoint(modelDir); err != nil {
+				return fmt.Errorf("generate: %w", err)
+			}
 			if tokPath == "" {
 				tokPath = filepath.Join(modelDir, "tokenizer.json")
 			}

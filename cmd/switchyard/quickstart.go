@@ -132,6 +132,11 @@ func runQuickstart(ctx context.Context, o quickstartOptions, stdout, stderr io.W
 		logf("trained in %v; checkpoint %s, loss curve %s", time.Since(start).Round(time.Second), ckpt, filepath.Join(out, "loss.png"))
 	}
 
+	// Whether just trained or found from an earlier run, the checkpoint
+	// must match its checksums before it is served.
+	if err := train.VerifyCheckpoint(ckpt); err != nil {
+		return fmt.Errorf("quickstart: %w", err)
+	}
 	var demoErr error
 	so := serveOptions{ModelDir: ckpt, Workers: o.Workers, Listen: o.Listen, Grace: 5 * time.Second,
 		Serve: serve.DefaultConfig(o.ServedModel), Stderr: stderr, Prefix: "quickstart"}
@@ -186,18 +191,24 @@ func quickstartTrain(ctx context.Context, cfg train.JobConfig, n int, stderr io.
 	if err != nil {
 		return "", err
 	}
+	// The workers' data root is the output folder, which holds the text
+	// too; the job names both relative to it.
+	root, submit, err := localJob(cfg)
+	if err != nil {
+		return "", err
+	}
 	// Jobs-only workers: each rank loads what it trains when the job starts.
 	lc, err := localcluster.Start(ctx, localcluster.Options{
-		Command: []string{exe, "worker"}, Workers: n, Cluster: "train", WidenBF16: true,
+		Command: []string{exe, "worker"}, Workers: n, Cluster: "train", WidenBF16: true, DataRoot: root,
 	})
 	if err != nil {
 		return "", err
 	}
 	defer lc.Close()
-	logf("local cluster: %s", lc.Describe())
+	logf("local cluster: %s; data root %s", lc.Describe(), root)
 	store := jobs.NewStore(lc.Client, "train")
 	id := strings.NewReplacer(".", "-").Replace("quickstart-" + time.Now().UTC().Format("20060102-150405.000"))
-	if err := store.Submit(ctx, jobs.Spec{ID: id, Job: cfg, Workers: n}); err != nil {
+	if err := store.Submit(ctx, jobs.Spec{ID: id, Job: submit, Workers: n}); err != nil {
 		return "", err
 	}
 	startStep := 0

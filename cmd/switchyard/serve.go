@@ -20,16 +20,19 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
+	"github.com/switchyard/switchyard/internal/authflags"
 	"github.com/switchyard/switchyard/internal/frontend"
 	"github.com/switchyard/switchyard/internal/localcluster"
 	"github.com/switchyard/switchyard/internal/serve"
 	"github.com/switchyard/switchyard/internal/workercmd"
+	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/placement"
 	"github.com/switchyard/switchyard/pkg/registry"
 	"github.com/switchyard/switchyard/pkg/tokenizer"
+	"github.com/switchyard/switchyard/pkg/train"
 	"github.com/switchyard/switchyard/pkg/transport"
 )
 
@@ -56,11 +59,15 @@ type serveOptions struct {
 	// Overlap runs each step of 2+ sequences as two overlapped
 	// micro-batches (serve.FromModelOverlapped); only with remote experts.
 	Overlap bool
-	Listen  string        // host:port; port 0 picks a free one
-	Grace   time.Duration // how long in-flight requests may finish after a signal
-	Serve   serve.Config  // ModelName empty: ModelDir as given (as vLLM names models)
-	Stderr  io.Writer
-	Prefix  string // of every line printed ("serve")
+	// TLS are the front end's certificate files with Etcd (--tls-*): etcd
+	// and the expert connections become mutual TLS. The embedded default
+	// (Workers) runs plaintext on loopback and refuses them.
+	TLS    auth.Files
+	Listen string        // host:port; port 0 picks a free one
+	Grace  time.Duration // how long in-flight requests may finish after a signal
+	Serve  serve.Config  // ModelName empty: ModelDir as given (as vLLM names models)
+	Stderr io.Writer
+	Prefix string // of every line printed ("serve")
 	// OnReady, if set, runs in its own goroutine once the API answers, with
 	// the base URL (http://host:port) and a context that ends when shutdown
 	// begins. It may call stop to shut the server down as a signal would.
@@ -71,6 +78,7 @@ type serveOptions struct {
 func serveCmd() *cobra.Command {
 	o := serveOptions{Serve: serve.DefaultConfig(""), Prefix: "serve"}
 	var etcd, workerMem string
+	var keys apiKeyFlags
 	cmd := &cobra.Command{
 		Use:   "serve --model DIR [--workers N | --etcd URLS --cluster NAME] [--listen ADDR]",
 		Short: "Serve a model over the OpenAI-compatible HTTP API, experts on workers",
@@ -103,6 +111,14 @@ The API:
                                503 naming what is missing otherwise)
   GET  /metrics               (Prometheus)
 
+With --api-key KEY (repeatable), --api-key-file FILE or $SWITCHYARD_API_KEY
+(comma-separated; used when neither flag is given), /v1/* needs
+"Authorization: Bearer KEY" with any one of the keys (401 invalid_api_key
+otherwise); /health and /metrics stay open unless --auth-health or
+--auth-metrics. Slow clients are cut (request headers 10 s, whole request
+60 s, each write of an answer 30 s, idle connections 120 s), and at most
+--max-conns connections are open at once.
+
 Requests are batched continuously: up to --max-seqs sequences advance together,
 one model step each, and new requests join between steps; up to --max-queue
 more wait, and beyond that requests get 429. A step feeds at most
@@ -125,6 +141,14 @@ short), and stop the workers and etcd.`,
 			if len(o.Etcd) > 0 && cmd.Flags().Changed("workers") {
 				return errors.New("serve: --workers starts local workers; --etcd joins a running cluster: give one")
 			}
+			if len(o.Etcd) == 0 && o.TLS.Configured() {
+				return errors.New("serve: --tls-* secure a front end joining a cluster (--etcd); the embedded default (--workers) runs plaintext on loopback")
+			}
+			apiKeys, err := keys.resolve(os.Getenv(apiKeyEnv))
+			if err != nil {
+				return fmt.Errorf("serve: %w", err)
+			}
+			o.Serve.APIKeys = apiKeys
 			if workerMem != "auto" {
 				var err error
 				if o.WorkerMem, err = workercmd.ParseBytes(workerMem); err != nil {
@@ -143,13 +167,17 @@ short), and stop the workers and etcd.`,
 	f.StringVar(&o.Cluster, "cluster", registry.DefaultCluster, "cluster name (etcd key prefix) with --etcd")
 	f.StringVar(&workerMem, "worker-mem", "auto", "hard memory limit of each local worker, e.g. 2GiB: each runs in a memory cgroup of its own with it (passed as --mem if cgroups cannot be made); auto: no cgroup of their own, they read this process's")
 	f.IntVar(&o.Replicas, "replicas", 1, "copies of each expert on distinct local workers (embedded default)")
-	f.StringVar(&o.Serve.APIKey, "api-key", os.Getenv("SWITCHYARD_API_KEY"), "require \"Authorization: Bearer KEY\" on /v1/* (default $SWITCHYARD_API_KEY; empty: open)")
+	keys.register(cmd)
+	f.BoolVar(&o.Serve.AuthHealth, "auth-health", false, "require an API key on /health too (default: open, for probes)")
+	f.BoolVar(&o.Serve.AuthMetrics, "auth-metrics", false, "require an API key on /metrics too (default: open, for scrapers)")
+	f.IntVar(&o.Serve.MaxConns, "max-conns", o.Serve.MaxConns, "most open HTTP connections (idle keep-alive ones included); more wait to be accepted")
 	f.BoolVar(&o.Overlap, "overlap", false, "two-micro-batch overlap: one half of a step's sequences computes attention while the other waits for its experts (remote experts only)")
 	f.StringVar(&o.Listen, "listen", "127.0.0.1:8000", "HTTP address (port 0: a free port)")
 	f.IntVar(&o.Serve.MaxSeqs, "max-seqs", o.Serve.MaxSeqs, "sequences generated together (one batch per step)")
 	f.IntVar(&o.Serve.MaxQueue, "max-queue", o.Serve.MaxQueue, "requests that may wait for a free sequence slot; more get 429")
 	f.IntVar(&o.Serve.MaxStepTokens, "max-step-tokens", o.Serve.MaxStepTokens, "token budget of a model step: one per decoding sequence, the rest to prompts, long ones in chunks (at least --max-seqs)")
 	f.DurationVar(&o.Grace, "shutdown-grace", 10*time.Second, "on SIGINT/SIGTERM, how long in-flight requests may finish")
+	authflags.Register(f, &o.TLS)
 	return cmd
 }
 
@@ -176,6 +204,11 @@ func runServe(ctx context.Context, o serveOptions) error {
 	}
 	o.Serve.ChatTemplate = template
 	start := time.Now()
+	// A Switchyard checkpoint's checksums are verified before any weight
+	// is read (a folder without checksums.json, e.g. from the Hub, passes).
+	if err := train.VerifyCheckpoint(o.ModelDir); err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
 	ck, err := model.Open(o.ModelDir)
 	if err != nil {
 		return err
@@ -238,10 +271,12 @@ func runServe(ctx context.Context, o serveOptions) error {
 		return fmt.Errorf("%s: %w", p, err)
 	}
 	url := "http://" + displayAddr(ln.Addr().(*net.TCPAddr))
-	// Bounded reads (headers, and the body: at most 1 MiB) and idle
-	// keep-alives; no write timeout, since a streamed completion writes
-	// for as long as it generates (its client going away ends it).
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 60 * time.Second, IdleTimeout: 120 * time.Second}
+	// Bounded reads (headers, and the body: at most 1 MiB), idle
+	// keep-alives and connections, and a deadline on each write rather
+	// than on a whole answer, since a stream writes for as long as it
+	// generates (serve.Config's timeouts and MaxConns).
+	hs := srv.HTTPServer()
+	ln = srv.Listener(ln)
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
 	logf("chat format: %s; up to %d sequences per step, %d more queued", srv.ChatFormat(), srv.Config().MaxSeqs, srv.Config().MaxQueue)
@@ -344,9 +379,13 @@ func (p *prefixLines) Write(b []byte) (int, error) {
 
 // joinCluster joins the running cluster at o.Etcd as a front end for rec.
 func joinCluster(ctx context.Context, o serveOptions, rec registry.ModelRecord, logf func(string, ...any)) (*frontend.Frontend, error) {
+	creds, err := auth.Load(o.TLS)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", o.Prefix, err)
+	}
 	fe, err := frontend.Join(ctx, frontend.Options{
 		Endpoints: o.Etcd, Cluster: o.Cluster, Model: rec, Logger: frontendLogger(o.Stderr, o.Prefix),
-		Client: transport.ClientConfig{AttemptTimeout: 2 * time.Second},
+		Client: transport.ClientConfig{AttemptTimeout: 2 * time.Second}, TLS: creds,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", o.Prefix, err)

@@ -7,8 +7,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/switchyard/switchyard/internal/authflags"
 	"github.com/switchyard/switchyard/internal/cli"
 	"github.com/switchyard/switchyard/internal/status"
+	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/registry"
 )
 
@@ -25,6 +27,7 @@ func statusCmd() *cobra.Command {
 		clusterN  string
 		asJSON    bool
 		timeout   time.Duration
+		tlsFiles  auth.Files
 	)
 	cmd := &cobra.Command{
 		Use:   "status",
@@ -35,7 +38,11 @@ func statusCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			etcd, err := registry.Dial(ctx, registry.SplitEndpoints(endpoints))
+			creds, err := auth.Load(tlsFiles)
+			if err != nil {
+				return err
+			}
+			etcd, err := registry.DialTLS(ctx, registry.SplitEndpoints(endpoints), creds)
 			if err != nil {
 				return err
 			}
@@ -58,6 +65,7 @@ func statusCmd() *cobra.Command {
 	f.StringVar(&endpoints, "etcd", defaultEndpoint, "etcd endpoints, comma-separated (a coordinator prints its own)")
 	f.StringVar(&clusterN, "cluster", registry.DefaultCluster, "cluster name (etcd key prefix)")
 	f.BoolVar(&asJSON, "json", false, "print JSON instead of text")
+	authflags.Register(f, &tlsFiles)
 	f.DurationVar(&timeout, "timeout", 10*time.Second, "give up after this long")
 	return cmd
 }

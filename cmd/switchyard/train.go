@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/switchyard/switchyard/internal/authflags"
+	"github.com/switchyard/switchyard/pkg/auth"
 	"io"
 	"os"
 	"os/signal"
@@ -22,6 +24,7 @@ func trainCmd() *cobra.Command {
 	var lr, minLR float64
 	var warmup, workers int
 	var etcd, clusterName string
+	var tlsFiles auth.Files
 	cmd := &cobra.Command{
 		Use:   "train --text FILE --out DIR (--preset NAME | --init-from DIR) [flags]",
 		Short: "Train a MoE model on a text file (in this process or on N workers)",
@@ -38,9 +41,13 @@ checkpoint in OUT and reproduces the uninterrupted loss curve exactly.
 takes its share of every batch, routed experts are split among them (tokens
 travel to their owners over gRPC, forward and backward) and dense gradients
 are ring-all-reduced. Without --etcd a local cluster is started (embedded
-etcd, coordinator, N workers); with --etcd the job is submitted to that
-cluster's coordinator and runs on its registered workers (paths must be
-valid on the workers). N workers reproduce the single-process loss curve.
+etcd, coordinator, N workers) whose workers' data root is the deepest folder
+holding --out, --text, --tokenizer and --init-from. With --etcd the job is
+submitted to that cluster's coordinator and runs on its registered workers:
+its paths are then relative to each worker's data root (worker --data-root,
+default the worker's working directory), and a path outside it (an absolute
+path elsewhere, a ../ escape, a link leading out) fails the job. N workers
+reproduce the single-process loss curve.
 OUT/loss.png is the loss curve. Ctrl-C saves a checkpoint and stops.
 
 Presets: ` + fmt.Sprint(train.PresetNames()),
@@ -57,7 +64,14 @@ Presets: ` + fmt.Sprint(train.PresetNames()),
 				return fmt.Errorf("train: --workers %d must be >= 1", workers)
 			}
 			if workers > 1 || etcd != "" {
-				return trainDistributed(ctx, cfg, workers, registry.SplitEndpoints(etcd), clusterName, cmd.OutOrStdout(), cmd.ErrOrStderr())
+				creds, err := auth.Load(tlsFiles)
+				if err != nil {
+					return err
+				}
+				if creds != nil && etcd == "" {
+					return errors.New("train: --tls-* secure a job submitted to a cluster (--etcd); the local cluster of --workers runs plaintext on loopback")
+				}
+				return trainDistributed(ctx, cfg, workers, registry.SplitEndpoints(etcd), clusterName, creds, cmd.OutOrStdout(), cmd.ErrOrStderr())
 			}
 			prog, curve := localProgress(cmd.ErrOrStderr(), cfg)
 			res, err := train.Run(ctx, cfg, prog)
@@ -106,15 +120,16 @@ Presets: ` + fmt.Sprint(train.PresetNames()),
 	f.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed for initialization and data order")
 	f.IntVar(&workers, "workers", 1, "train data- and expert-parallel on N workers (a local cluster unless --etcd is given)")
 	f.IntVar(&cfg.ExpertReplicas, "expert-replicas", 1, "with --workers: workers holding a copy of each routed expert")
-	f.StringVar(&etcd, "etcd", "", "submit the job to the cluster at these etcd endpoints (comma-separated)")
+	f.StringVar(&etcd, "etcd", "", "submit the job to the cluster at these etcd endpoints (comma-separated); its paths are relative to the workers' --data-root")
 	f.StringVar(&clusterName, "cluster", "switchyard", "cluster key prefix in etcd (with --etcd)")
+	authflags.Register(f, &tlsFiles)
 	return cmd
 }
 
 // lossCurve draws OUT/loss.png from each new checkpoint of a run (its
 // trainer_state.json) and keeps the first failure.
 type lossCurve struct {
-	out  string
+	out  string // folder of loss.png ("": the checkpoint's parent)
 	last string // the checkpoint drawn last
 	err  error
 }
@@ -124,7 +139,11 @@ func (c *lossCurve) checkpoint(dir string) {
 		return
 	}
 	c.last = dir
-	if _, err := cli.WriteLossCurve(c.out, dir); err != nil && c.err == nil {
+	out := c.out
+	if out == "" {
+		out = filepath.Dir(dir)
+	}
+	if _, err := cli.WriteLossCurve(out, dir); err != nil && c.err == nil {
 		c.err = err
 	}
 }

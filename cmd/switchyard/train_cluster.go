@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/switchyard/switchyard/pkg/auth"
 	"io"
 	"os"
 	"path/filepath"
@@ -14,25 +15,27 @@ import (
 	"github.com/switchyard/switchyard/internal/localcluster"
 	"github.com/switchyard/switchyard/pkg/registry"
 	"github.com/switchyard/switchyard/pkg/train"
+	"github.com/switchyard/switchyard/pkg/train/dataroot"
 )
 
 // trainDistributed runs a job on workers: on a local cluster it starts
 // (embedded etcd, coordinator, N worker processes) when endpoints is
 // empty, else on the running cluster at endpoints.
-func trainDistributed(ctx context.Context, cfg train.JobConfig, workers int, endpoints []string, clusterName string, stdout, stderr io.Writer) error {
-	var err error
-	for _, p := range []*string{&cfg.Out, &cfg.Text, &cfg.Tokenizer, &cfg.InitFrom} {
-		if *p != "" {
-			if *p, err = filepath.Abs(*p); err != nil {
-				return err
-			}
-		}
-	}
-	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
-		return fmt.Errorf("train: %w", err)
-	}
+//
+// The local cluster's workers get the narrowest data root that holds
+// every path of cfg (localJob), and the job names its paths relative to
+// it. A job for the cluster at endpoints is submitted with its paths as
+// given: they are relative to the data root of each of its workers
+// (worker --data-root), where they must lie.
+func trainDistributed(ctx context.Context, cfg train.JobConfig, workers int, endpoints []string, clusterName string, creds *auth.Credentials, stdout, stderr io.Writer) error {
 	var store *jobs.Store
+	submit := cfg
 	if len(endpoints) == 0 {
+		var root string
+		var err error
+		if root, submit, err = localJob(cfg); err != nil {
+			return err
+		}
 		// Jobs-only workers: they load what each rank needs when the job
 		// starts (the preset's step-0 weights, a checkpoint to resume or a
 		// folder to fine-tune) and serve no model.
@@ -40,9 +43,9 @@ func trainDistributed(ctx context.Context, cfg train.JobConfig, workers int, end
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(stderr, "train: starting a local cluster: embedded etcd, coordinator, %d workers\n", workers)
+		fmt.Fprintf(stderr, "train: starting a local cluster: embedded etcd, coordinator, %d workers (data root %s)\n", workers, root)
 		lc, err := localcluster.Start(ctx, localcluster.Options{
-			Command: []string{exe, "worker"}, Workers: workers, Cluster: "train", WidenBF16: true,
+			Command: []string{exe, "worker"}, Workers: workers, Cluster: "train", WidenBF16: true, DataRoot: root,
 		})
 		if err != nil {
 			return err
@@ -50,8 +53,11 @@ func trainDistributed(ctx context.Context, cfg train.JobConfig, workers int, end
 		defer lc.Close()
 		fmt.Fprintf(stderr, "train: etcd %s\n", strings.Join(lc.Endpoints, ","))
 		store = jobs.NewStore(lc.Client, "train")
+		if cfg.Out, err = filepath.Abs(cfg.Out); err != nil { // for the loss curve
+			return err
+		}
 	} else {
-		cli, err := registry.Dial(ctx, endpoints)
+		cli, err := registry.DialTLS(ctx, endpoints, creds)
 		if err != nil {
 			return err
 		}
@@ -60,11 +66,14 @@ func trainDistributed(ctx context.Context, cfg train.JobConfig, workers int, end
 	}
 	id := fmt.Sprintf("train-%s", time.Now().UTC().Format("20060102-150405.000"))
 	id = strings.ReplaceAll(id, ".", "-")
-	if err := store.Submit(ctx, jobs.Spec{ID: id, Job: cfg, Workers: workers}); err != nil {
+	if err := store.Submit(ctx, jobs.Spec{ID: id, Job: submit, Workers: workers}); err != nil {
 		return err
 	}
 	fmt.Fprintf(stderr, "train: submitted job %s for %d workers\n", id, workers)
-	err = followJob(ctx, store, id, cfg, stdout, stderr)
+	if len(endpoints) != 0 {
+		cfg.Out = "" // the loss curve goes beside the checkpoints the workers report
+	}
+	err := followJob(ctx, store, id, cfg, stdout, stderr)
 	if err != nil && ctx.Err() != nil {
 		if len(endpoints) == 0 {
 			return fmt.Errorf("train: interrupted; the local cluster stops now (continue from the last checkpoint with --resume): %w", ctx.Err())
@@ -75,7 +84,8 @@ func trainDistributed(ctx context.Context, cfg train.JobConfig, workers int, end
 }
 
 // followJob prints a job's progress until it is done or abandoned, and
-// draws the loss curve (cfg.Out/loss.png) from each checkpoint the job
+// draws the loss curve (cfg.Out/loss.png; with an empty cfg.Out, in the
+// folder of the checkpoint the job reports) from each checkpoint the job
 // reports; a curve it cannot draw (e.g. --etcd workers whose --out this
 // machine does not see) is reported once and does not fail the job.
 func followJob(ctx context.Context, store *jobs.Store, id string, cfg train.JobConfig, stdout, stderr io.Writer) error {
@@ -127,4 +137,34 @@ func followJob(ctx context.Context, store *jobs.Store, id string, cfg train.JobC
 			return errors.New("train: job " + id + " abandoned: " + sp.Error)
 		}
 	}
+}
+
+// localJob prepares cfg for the workers of a local cluster: it creates
+// cfg.Out, and returns the narrowest directory that holds every path cfg
+// names, links resolved (dataroot.Cover: the output folder, the init-from
+// folder, the folders of the text and the tokenizer), to be the workers'
+// data root, and cfg with its paths relative to that root, to submit. So
+// the workers can reach what this job names and nothing beside it.
+func localJob(cfg train.JobConfig) (string, train.JobConfig, error) {
+	if cfg.Out == "" {
+		return "", cfg, errors.New("train: --out is required")
+	}
+	if err := os.MkdirAll(cfg.Out, 0o755); err != nil {
+		return "", cfg, fmt.Errorf("train: %w", err)
+	}
+	var fields []*string
+	var paths []string
+	for _, p := range []*string{&cfg.Out, &cfg.Text, &cfg.Tokenizer, &cfg.InitFrom} {
+		if *p != "" {
+			fields, paths = append(fields, p), append(paths, *p)
+		}
+	}
+	root, rel, err := dataroot.Cover(paths...)
+	if err != nil {
+		return "", cfg, fmt.Errorf("train: %w", err)
+	}
+	for i, p := range fields {
+		*p = rel[i]
+	}
+	return root, cfg, nil
 }

@@ -8,7 +8,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/switchyard/switchyard/internal/authflags"
 	"github.com/switchyard/switchyard/internal/worker"
+	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/placement"
 	"github.com/switchyard/switchyard/pkg/registry"
@@ -26,6 +28,7 @@ func waitCmd() *cobra.Command {
 		endpoints, clusterName, fp string
 		workers                    int
 		timeout                    time.Duration
+		tlsFiles                   auth.Files
 	)
 	cmd := &cobra.Command{
 		Use:    "wait --workers N [--etcd URLS] [--cluster NAME] [--model FINGERPRINT]",
@@ -35,7 +38,11 @@ func waitCmd() *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			cli, err := registry.Dial(ctx, splitCommas(endpoints))
+			creds, err := auth.Load(tlsFiles)
+			if err != nil {
+				return err
+			}
+			cli, err := registry.DialTLS(ctx, splitCommas(endpoints), creds)
 			if err != nil {
 				return err
 			}
@@ -54,7 +61,7 @@ func waitCmd() *cobra.Command {
 				}
 				fp = models[0].Fingerprint
 			}
-			pool, err := transport.NewPool(transport.ClientConfig{Worker: "wait", Model: fp})
+			pool, err := transport.NewPool(transport.ClientConfig{Worker: "wait", Model: fp, TLS: creds})
 			if err != nil {
 				return err
 			}
@@ -77,6 +84,7 @@ func waitCmd() *cobra.Command {
 	f.StringVar(&clusterName, "cluster", registry.DefaultCluster, "cluster name (etcd key prefix)")
 	f.StringVar(&fp, "model", "", "model fingerprint (default: the cluster's only model)")
 	f.IntVar(&workers, "workers", 1, "number of workers the placement must span")
+	authflags.Register(f, &tlsFiles)
 	f.DurationVar(&timeout, "timeout", time.Minute, "give up after this long")
 	return cmd
 }

@@ -35,8 +35,22 @@ func containerEnv(w *workload, pod string, c container) (env map[string]string, 
 			env[e.Name] = v
 			continue
 		}
-		switch f, r := e.ValueFrom.FieldRef, e.ValueFrom.ResourceFieldRef; {
-		case f != nil && r == nil:
+		f, r, sk := e.ValueFrom.FieldRef, e.ValueFrom.ResourceFieldRef, e.ValueFrom.SecretKeyRef
+		sources := 0
+		for _, set := range []bool{f != nil, r != nil, sk != nil} {
+			if set {
+				sources++
+			}
+		}
+		switch {
+		case sources != 1:
+			problems = append(problems, fmt.Sprintf("env %s: want exactly one of fieldRef, resourceFieldRef and secretKeyRef", e.Name))
+		case sk != nil:
+			if sk.Name == "" || sk.Key == "" {
+				problems = append(problems, fmt.Sprintf("env %s: secretKeyRef needs a name and a key", e.Name))
+			}
+			env[e.Name] = "sample-" + sk.Name + "-" + sk.Key // what the kubelet would read from the Secret
+		case f != nil:
 			v, ok := map[string]string{
 				"metadata.name": pod, "metadata.namespace": w.namespace,
 				"status.podIP": samplePodIP, "status.hostIP": sampleHostIP, "spec.nodeName": sampleNode,
@@ -45,7 +59,7 @@ func containerEnv(w *workload, pod string, c container) (env map[string]string, 
 				problems = append(problems, fmt.Sprintf("env %s: fieldPath %q has no sample value in this test", e.Name, f.FieldPath))
 			}
 			env[e.Name] = v
-		case r != nil && f == nil:
+		case r != nil:
 			kind, res, _ := strings.Cut(r.Resource, ".")
 			var q quantity
 			switch kind {
@@ -70,8 +84,6 @@ func containerEnv(w *workload, pod string, c container) (env map[string]string, 
 				ceil.Add(ceil, big.NewInt(1))
 			}
 			env[e.Name] = ceil.String()
-		default:
-			problems = append(problems, fmt.Sprintf("env %s: want exactly one of fieldRef and resourceFieldRef", e.Name))
 		}
 	}
 	return env, problems

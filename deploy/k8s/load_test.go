@@ -52,6 +52,8 @@ var kinds = map[string]func() any{
 	"batch/v1 Job":                       func() any { return new(jobObj) },
 	"policy/v1 PodDisruptionBudget":      func() any { return new(pdb) },
 	"networking.k8s.io/v1 NetworkPolicy": func() any { return new(networkPolicy) },
+	"cert-manager.io/v1 Issuer":          func() any { return new(issuer) },
+	"cert-manager.io/v1 Certificate":     func() any { return new(certificate) },
 }
 
 // load reads every YAML file here and in examples/ (a few milliseconds).

@@ -199,7 +199,8 @@ func TestPodDisruptionBudgets(t *testing.T) {
 }
 
 // TestVolumes: mounts name volumes (or claim templates), claims exist, the
-// model is mounted read-only wherever a Switchyard daemon runs.
+// model is mounted read-only wherever a Switchyard daemon runs (front ends
+// included).
 func TestVolumes(t *testing.T) {
 	m := load(t)
 	claims := map[string]bool{}
@@ -219,8 +220,10 @@ func TestVolumes(t *testing.T) {
 					t.Errorf("%s: volume %s: no PersistentVolumeClaim %q", w, v.Name, v.PersistentVolumeClaim.ClaimName)
 				}
 			}
-			if v.EmptyDir != nil {
-				n++
+			for _, set := range []bool{v.EmptyDir != nil, v.Secret != nil, v.CSI != nil} {
+				if set {
+					n++
+				}
 			}
 			if n != 1 {
 				t.Errorf("%s: volume %s: want exactly one source", w, v.Name)
@@ -238,7 +241,7 @@ func TestVolumes(t *testing.T) {
 				if !ok {
 					t.Errorf("%s: container %s mounts %q: no such volume", w, c.Name, vm.Name)
 				}
-				if binaryOf(c) == binCoordinator || binaryOf(c) == binWorker {
+				if b := binaryOf(c); b == binCoordinator || b == binWorker || b == binSwitchyard {
 					if vm.MountPath == "/model" && (!vm.ReadOnly || v.PersistentVolumeClaim == nil || !v.PersistentVolumeClaim.ReadOnly) {
 						t.Errorf("%s: container %s: mount /model and its claim read-only", w, c.Name)
 					}
@@ -309,122 +312,34 @@ func mustQ(t *testing.T, q quantity) *big.Rat {
 	return v
 }
 
-// TestNetworkPolicies: policies select workloads, and the traffic the
-// cluster needs gets through: etcd clients to etcd's client port, members
-// to each other, workers and coordinators to each other on every port
-// (job ranks listen on ports the kernel picks), and anyone to etcd's
-// metrics.
-func TestNetworkPolicies(t *testing.T) {
-	m := load(t)
-	for _, p := range objectsOf[*networkPolicy](m) {
-		o := m.object(p)
-		if len(m.selected(p.Spec.PodSelector)) == 0 {
-			t.Errorf("%s: podSelector matches no workload", o)
-		}
-		for _, in := range p.Spec.Ingress {
-			for _, f := range in.From {
-				if f.PodSelector != nil && len(m.selected(*f.PodSelector)) == 0 {
-					t.Errorf("%s: from podSelector %v matches no workload", o, *f.PodSelector)
-				}
-			}
-		}
-	}
-	var etcd []*workload
-	var daemons []*workload
-	for _, w := range m.workloads {
-		switch b := binaryOf(w.template.Spec.Containers[0]); {
-		case w.kustomized && b == binEtcd:
-			etcd = append(etcd, w)
-		case w.kustomized && (b == binWorker || b == binCoordinator):
-			daemons = append(daemons, w)
-		}
-	}
-	if len(etcd) != 1 || len(daemons) != 2 {
-		t.Fatalf("want one etcd StatefulSet and two Switchyard daemons (coordinator, worker); got %d and %d", len(etcd), len(daemons))
-	}
-	type flow struct {
-		from  *workload
-		to    *workload
-		port  int32
-		proto string
-	}
-	etcdPort := func(name string) int32 {
-		p, ok := findPort(etcd[0].template.Spec.Containers, intOrString{Str: name, IsStr: true}, "TCP")
-		if !ok {
-			t.Fatalf("%s: no container port named %s", etcd[0], name)
-		}
-		return p.ContainerPort
-	}
-	var flows []flow
-	for _, w := range m.workloads {
-		for _, c := range w.template.Spec.Containers {
-			if _, ok := flagValue(c.Args, "etcd"); ok {
-				flows = append(flows, flow{w, etcd[0], etcdPort("client"), "TCP"})
-			}
-		}
-	}
-	flows = append(flows, flow{etcd[0], etcd[0], etcdPort("peer"), "TCP"})
-	for _, a := range daemons {
-		for _, b := range daemons {
-			// Every declared port, and one the kernel might pick for a job rank.
-			flows = append(flows, flow{a, b, 40123, "TCP"})
-			for _, c := range b.template.Spec.Containers {
-				for _, p := range c.Ports {
-					flows = append(flows, flow{a, b, p.ContainerPort, protocol(p.Protocol)})
-				}
-			}
-		}
-	}
-	for _, f := range flows {
-		if !admitted(m, f.from.template.Metadata.Labels, f.to.template.Metadata.Labels, f.port, f.proto) {
-			t.Errorf("network policies block %s -> %s port %d/%s", f.from, f.to, f.port, f.proto)
-		}
-	}
-	if !admitted(m, map[string]string{"app": "prometheus"}, etcd[0].template.Metadata.Labels, etcdPort("metrics"), "TCP") {
-		t.Errorf("network policies block Prometheus from etcd's metrics port")
-	}
-}
-
-// admitted applies the namespace's NetworkPolicies (same-namespace pod
-// selectors only) to one flow.
-func admitted(m *manifests, from, to map[string]string, port int32, proto string) bool {
-	isolated := false
-	for _, p := range objectsOf[*networkPolicy](m) {
-		if !p.Spec.PodSelector.matches(to) {
-			continue
-		}
-		isolated = true
-		for _, in := range p.Spec.Ingress {
-			peerOK := len(in.From) == 0
-			for _, f := range in.From {
-				peerOK = peerOK || (f.PodSelector != nil && f.NamespaceSelector == nil && f.PodSelector.matches(from))
-			}
-			portOK := len(in.Ports) == 0
-			for _, pp := range in.Ports {
-				portOK = portOK || (protocol(pp.Protocol) == proto && (pp.Port == nil || (!pp.Port.IsStr && pp.Port.Int == port)))
-			}
-			if peerOK && portOK {
-				return true
-			}
-		}
-	}
-	return !isolated
-}
-
-// TestImages: Switchyard containers use the image kustomization.yaml
-// names and a binary the Dockerfile installs; etcd's image is the release
-// of the etcd server library in go.mod (the one the flag check builds);
-// the Dockerfile builds with the Go version of go.mod.
+// TestImages: every image runs by digest, never by a tag that can be
+// moved: kustomization.yaml's images entries all carry a sha256 digest (no
+// newTag), every kustomized container's image is the name of one of them
+// (kustomize rewrites it to newName@digest), and every image in examples/
+// (not rewritten) carries a digest itself, the Switchyard one exactly the
+// kustomization's. Switchyard containers run a binary the Dockerfile
+// installs; etcd's image tag is the release of the etcd server library in
+// go.mod (the one the flag check builds); the Dockerfile builds with the
+// Go version of go.mod.
 func TestImages(t *testing.T) {
 	m := load(t)
-	var ours *kustImage
-	for i, im := range m.kust.Images {
-		if im.Name == "switchyard" {
-			ours = &m.kust.Images[i]
+	byName := map[string]kustImage{}
+	used := map[string]bool{}
+	for _, im := range m.kust.Images {
+		if _, dup := byName[im.Name]; dup || im.Name == "" {
+			t.Errorf("kustomization.yaml: images: name %q empty or listed twice", im.Name)
+		}
+		byName[im.Name] = im
+		if !sha256Digest.MatchString(im.Digest) {
+			t.Errorf("kustomization.yaml: images %q: digest %q: want sha256:<64 hex> (pin-images.sh)", im.Name, im.Digest)
+		}
+		if im.NewTag != "" {
+			t.Errorf("kustomization.yaml: images %q: newTag %q: a tag can be moved; pin a digest instead", im.Name, im.NewTag)
 		}
 	}
-	if ours == nil || ours.NewName == "" || ours.NewTag == "" {
-		t.Fatalf("kustomization.yaml: want an images entry for %q with newName and newTag", "switchyard")
+	ours, ok := byName["switchyard"]
+	if !ok || ours.NewName == "" {
+		t.Fatalf("kustomization.yaml: want an images entry for %q with newName (the registry) and digest", "switchyard")
 	}
 	df, err := os.ReadFile("../../Dockerfile")
 	if err != nil {
@@ -436,35 +351,65 @@ func TestImages(t *testing.T) {
 			t.Errorf("Dockerfile: no %q (go.mod: go %s)", want, m.goMod.goVersion)
 		}
 	}
-	wantEtcd := "gcr.io/etcd-development/etcd:" + m.goMod.etcdVersion
+	const etcdRepo = "gcr.io/etcd-development/etcd"
 	for _, w := range m.workloads {
 		for _, c := range w.template.Spec.Containers {
+			repo, tag, digest := splitImage(c.Image)
 			bin := binaryOf(c)
+			ourBinary := bin == binCoordinator || bin == binWorker || bin == binSwitchyard
 			switch {
-			case bin == binEtcd:
-				if c.Image != wantEtcd {
-					t.Errorf("%s: container %s: image %s, want %s (go.mod's go.etcd.io/etcd/server/v3)", w, c.Name, c.Image, wantEtcd)
+			case w.kustomized:
+				im, ok := byName[repo]
+				if !ok {
+					t.Errorf("%s: container %s: image %s has no images entry in kustomization.yaml: it would run by tag", w, c.Name, c.Image)
+					break
 				}
-			case bin == binCoordinator || bin == binWorker || bin == binSwitchyard:
-				want := ours.Name // kustomize rewrites it
-				if !w.kustomized {
-					want = ours.NewName + ":" + ours.NewTag
+				used[repo] = true
+				if digest != "" {
+					t.Errorf("%s: container %s: image %s: give the digest in kustomization.yaml only (kustomize would replace this one)", w, c.Name, c.Image)
 				}
-				if c.Image != want {
-					t.Errorf("%s: container %s: image %s, want %s", w, c.Name, c.Image, want)
+				if ourBinary && c.Image != ours.Name {
+					t.Errorf("%s: container %s: image %s, want %s (kustomization.yaml pins it)", w, c.Name, c.Image, ours.Name)
 				}
+				if bin == binEtcd && (repo != etcdRepo || tag != m.goMod.etcdVersion || im.Name != etcdRepo) {
+					t.Errorf("%s: container %s: image %s, want %s:%s (go.mod's go.etcd.io/etcd/server/v3), pinned in kustomization.yaml", w, c.Name, c.Image, etcdRepo, m.goMod.etcdVersion)
+				}
+			default:
+				if !sha256Digest.MatchString(digest) {
+					t.Errorf("%s: container %s: image %s: want REPO[:TAG]@sha256:<64 hex> (examples are not rewritten by kustomize; pin-images.sh)", w, c.Name, c.Image)
+				}
+				if want := ours.NewName + "@" + ours.Digest; ourBinary && c.Image != want {
+					t.Errorf("%s: container %s: image %s, want %s (kustomization.yaml's; pin-images.sh rewrites both)", w, c.Name, c.Image, want)
+				}
+			}
+			if ourBinary {
 				name := path.Base(bin)
 				if !strings.Contains(dockerfile, buildPkgs[bin]) || !strings.Contains(dockerfile, "/out/"+name) {
 					t.Errorf("Dockerfile does not build %s and install it in %s", buildPkgs[bin], path.Dir(bin))
 				}
-			case c.Image == ours.Name || strings.HasPrefix(c.Image, ours.NewName+":"):
+			} else if repo == ours.Name || repo == ours.NewName {
 				t.Errorf("%s: container %s runs %q from the Switchyard image, which has no such binary", w, c.Name, bin)
-			}
-			if strings.HasSuffix(c.Image, ":latest") || (!strings.Contains(c.Image, ":") && c.Image != ours.Name) {
-				t.Errorf("%s: container %s: pin the image %q to a version", w, c.Name, c.Image)
 			}
 		}
 	}
+	for name := range byName {
+		if !used[name] {
+			t.Errorf("kustomization.yaml: images entry %q matches no container", name)
+		}
+	}
+}
+
+var sha256Digest = regexp.MustCompile(`^sha256:[0-9a-f]{64}$`)
+
+// splitImage splits an image reference into repository, tag and digest
+// ("busybox:1.37@sha256:ab..." -> "busybox", "1.37", "sha256:ab..."); a
+// ':' before the last '/' belongs to a registry's port.
+func splitImage(ref string) (repo, tag, digest string) {
+	repo, digest, _ = strings.Cut(ref, "@")
+	if i := strings.LastIndex(repo, ":"); i > strings.LastIndex(repo, "/") {
+		repo, tag = repo[:i], repo[i+1:]
+	}
+	return repo, tag, digest
 }
 
 // TestEnvReferencesDefined: every $(VAR) in a command, an argument or an
@@ -535,20 +480,20 @@ func TestEtcdInitialCluster(t *testing.T) {
 			if i == 0 && !slices.Equal(members, w.podNames) {
 				t.Errorf("%s: --initial-cluster names %v; the %d replicas are %v", w, members, w.replicas, w.podNames)
 			}
-			want := fmt.Sprintf("%s=http://%s:%d", pod, host, peer.ContainerPort)
+			want := fmt.Sprintf("%s=https://%s:%d", pod, host, peer.ContainerPort)
 			if !slices.Contains(strings.Split(get("initial-cluster"), ","), want) {
 				t.Errorf("%s: --initial-cluster lacks %s (the pod's DNS name under Service %s)", w, want, w.serviceName)
 			}
-			if got, want := get("initial-advertise-peer-urls"), fmt.Sprintf("http://%s:%d", host, peer.ContainerPort); got != want {
+			if got, want := get("initial-advertise-peer-urls"), fmt.Sprintf("https://%s:%d", host, peer.ContainerPort); got != want {
 				t.Errorf("%s: pod %s: --initial-advertise-peer-urls=%s, want %s", w, pod, got, want)
 			}
-			if got, want := get("advertise-client-urls"), fmt.Sprintf("http://%s:%d", host, client.ContainerPort); got != want {
+			if got, want := get("advertise-client-urls"), fmt.Sprintf("https://%s:%d", host, client.ContainerPort); got != want {
 				t.Errorf("%s: pod %s: --advertise-client-urls=%s, want %s", w, pod, got, want)
 			}
 			for flag, port := range map[string]int32{"listen-peer-urls": peer.ContainerPort, "listen-client-urls": client.ContainerPort} {
 				u, err := url.Parse(get(flag))
-				if err != nil || u.Port() != strconv.Itoa(int(port)) {
-					t.Errorf("%s: --%s=%s: want port %d", w, flag, get(flag), port)
+				if err != nil || u.Port() != strconv.Itoa(int(port)) || u.Scheme != "https" {
+					t.Errorf("%s: --%s=%s: want https on port %d", w, flag, get(flag), port)
 				}
 			}
 			if i == 0 && get("initial-cluster-state") != "new" {
@@ -573,8 +518,9 @@ func TestEtcdInitialCluster(t *testing.T) {
 
 // TestDaemonAddressing: what workers and coordinators advertise is their
 // own pod's address (peers dial it), identities are per pod, ports match
-// the declared container ports, --etcd names a Service port, and the
-// memory flags fit the container's limit.
+// the declared container ports (a front end's --listen too), --etcd names
+// an https Service port, the memory flags fit the container's limit, and
+// grace periods cover the drains.
 func TestDaemonAddressing(t *testing.T) {
 	m := load(t)
 	for _, w := range m.workloads {
@@ -650,18 +596,29 @@ func TestDaemonAddressing(t *testing.T) {
 				if get("model") == "" {
 					t.Errorf("%s: --model: the coordinator registers the served model", w)
 				}
+			case binSwitchyard:
+				if len(args) == 0 || args[0] != "serve" {
+					continue // a client (train, status): --etcd is all it needs
+				}
+				_, p := hostPort("listen")
+				declared("listen", p, "TCP")
+				shutdown, err := time.ParseDuration(get("shutdown-grace"))
+				grace := w.template.Spec.TerminationGracePeriodSeconds
+				if err != nil || grace == nil || time.Duration(*grace)*time.Second < shutdown+5*time.Second {
+					t.Errorf("%s: terminationGracePeriodSeconds must exceed --shutdown-grace (%s) by a few seconds", w, get("shutdown-grace"))
+				}
 			}
 		}
 	}
 }
 
-// checkEtcdEndpoint: an --etcd endpoint is http://<Service>:<port> (short
+// checkEtcdEndpoint: an --etcd endpoint is https://<Service>:<port> (short
 // name or FQDN in the namespace) of a Service that selects etcd pods.
 func checkEtcdEndpoint(t *testing.T, m *manifests, w *workload, ep string) {
 	t.Helper()
 	u, err := url.Parse(ep)
-	if err != nil || u.Scheme != "http" {
-		t.Errorf("%s: --etcd endpoint %q: want http://SERVICE:PORT", w, ep)
+	if err != nil || u.Scheme != "https" {
+		t.Errorf("%s: --etcd endpoint %q: want https://SERVICE:PORT (etcd speaks only TLS)", w, ep)
 		return
 	}
 	name := strings.TrimSuffix(strings.TrimSuffix(u.Hostname(), ".svc.cluster.local"), ".svc")

@@ -36,10 +36,13 @@ type kustomization struct {
 	Images    []kustImage `json:"images"`
 }
 
+// kustImage is an images[] entry: kustomize replaces the image Name (any
+// tag or digest dropped) with NewName (default Name) and Digest, or NewTag.
 type kustImage struct {
 	Name    string `json:"name"`
-	NewName string `json:"newName"`
-	NewTag  string `json:"newTag"`
+	NewName string `json:"newName,omitempty"`
+	NewTag  string `json:"newTag,omitempty"`
+	Digest  string `json:"digest,omitempty"`
 }
 
 type namespaceObj struct {
@@ -208,6 +211,11 @@ type envVar struct {
 		FieldRef *struct {
 			FieldPath string `json:"fieldPath"`
 		} `json:"fieldRef,omitempty"`
+		SecretKeyRef *struct {
+			Name     string `json:"name"`
+			Key      string `json:"key"`
+			Optional *bool  `json:"optional,omitempty"`
+		} `json:"secretKeyRef,omitempty"`
 		ResourceFieldRef *struct {
 			ContainerName string    `json:"containerName,omitempty"`
 			Resource      string    `json:"resource"`
@@ -269,6 +277,21 @@ type volume struct {
 		Medium    string    `json:"medium,omitempty"`
 		SizeLimit *quantity `json:"sizeLimit,omitempty"`
 	} `json:"emptyDir,omitempty"`
+	Secret *struct {
+		SecretName  string `json:"secretName"`
+		DefaultMode *int32 `json:"defaultMode,omitempty"`
+		Optional    *bool  `json:"optional,omitempty"`
+		Items       []struct {
+			Key  string `json:"key"`
+			Path string `json:"path"`
+			Mode *int32 `json:"mode,omitempty"`
+		} `json:"items,omitempty"`
+	} `json:"secret,omitempty"`
+	CSI *struct {
+		Driver           string            `json:"driver"`
+		ReadOnly         *bool             `json:"readOnly,omitempty"`
+		VolumeAttributes map[string]string `json:"volumeAttributes,omitempty"`
+	} `json:"csi,omitempty"`
 }
 
 type pdb struct {
@@ -288,15 +311,64 @@ type networkPolicy struct {
 		PodSelector labelSelector `json:"podSelector"`
 		PolicyTypes []string      `json:"policyTypes,omitempty"`
 		Ingress     []struct {
-			From []struct {
-				PodSelector       *labelSelector `json:"podSelector,omitempty"`
-				NamespaceSelector *labelSelector `json:"namespaceSelector,omitempty"`
-			} `json:"from,omitempty"`
-			Ports []struct {
-				Port     *intOrString `json:"port,omitempty"`
-				Protocol string       `json:"protocol,omitempty"`
-			} `json:"ports,omitempty"`
+			From  []policyPeer `json:"from,omitempty"`
+			Ports []policyPort `json:"ports,omitempty"`
 		} `json:"ingress,omitempty"`
+		Egress []struct {
+			To    []policyPeer `json:"to,omitempty"`
+			Ports []policyPort `json:"ports,omitempty"`
+		} `json:"egress,omitempty"`
+	} `json:"spec"`
+}
+
+// policyPeer is a NetworkPolicyPeer (no ipBlock: these manifests name
+// pods, never addresses).
+type policyPeer struct {
+	PodSelector       *labelSelector `json:"podSelector,omitempty"`
+	NamespaceSelector *labelSelector `json:"namespaceSelector,omitempty"`
+}
+
+type policyPort struct {
+	Port     *intOrString `json:"port,omitempty"`
+	Protocol string       `json:"protocol,omitempty"`
+}
+
+// cert-manager's Issuer and Certificate (cert-manager.io/v1), the fields
+// examples/cert-manager.yaml uses.
+type issuer struct {
+	typeMeta
+	Metadata objectMeta `json:"metadata"`
+	Spec     struct {
+		SelfSigned *struct{} `json:"selfSigned,omitempty"`
+		CA         *struct {
+			SecretName string `json:"secretName"`
+		} `json:"ca,omitempty"`
+	} `json:"spec"`
+}
+
+type certificate struct {
+	typeMeta
+	Metadata objectMeta `json:"metadata"`
+	Spec     struct {
+		SecretName  string   `json:"secretName"`
+		IsCA        bool     `json:"isCA,omitempty"`
+		CommonName  string   `json:"commonName,omitempty"`
+		DNSNames    []string `json:"dnsNames,omitempty"`
+		IPAddresses []string `json:"ipAddresses,omitempty"`
+		URIs        []string `json:"uris,omitempty"`
+		Usages      []string `json:"usages,omitempty"`
+		Duration    string   `json:"duration,omitempty"`
+		RenewBefore string   `json:"renewBefore,omitempty"`
+		PrivateKey  *struct {
+			Algorithm      string `json:"algorithm,omitempty"`
+			Size           int    `json:"size,omitempty"`
+			RotationPolicy string `json:"rotationPolicy,omitempty"`
+		} `json:"privateKey,omitempty"`
+		IssuerRef struct {
+			Name  string `json:"name"`
+			Kind  string `json:"kind,omitempty"`
+			Group string `json:"group,omitempty"`
+		} `json:"issuerRef"`
 	} `json:"spec"`
 }
 

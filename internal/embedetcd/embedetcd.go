@@ -24,7 +24,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
+
+	"github.com/switchyard/switchyard/pkg/auth"
 )
 
 // Config configures the embedded server. The zero value is not usable; start
@@ -57,6 +60,12 @@ type Config struct {
 	// UnsafeNoFsync skips fsync: faster, loses data on power failure. For
 	// tests.
 	UnsafeNoFsync bool
+	// TLS, when set, serves clients and peers over TLS only (ClientURL and
+	// PeerURL must be https://) and requires client certificates chaining
+	// to TLS.CA on both (etcd's --client-cert-auth and
+	// --peer-client-cert-auth). The certificate must name the hosts clients
+	// dial (etcd clients check host names). Zero: plaintext.
+	TLS auth.Files
 }
 
 // DefaultConfig is a production-leaning single node on the standard ports:
@@ -116,6 +125,16 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	if err != nil || purl.Host == "" {
 		errs = append(errs, fmt.Errorf("PeerURL %q: want scheme://host:port (%v)", cfg.PeerURL, err))
 	}
+	if cfg.TLS.Configured() {
+		if cfg.TLS.Cert == "" || cfg.TLS.Key == "" || cfg.TLS.CA == "" {
+			errs = append(errs, errors.New("TLS needs a certificate, a key and a CA"))
+		}
+		if (curl != nil && curl.Scheme != "https") || (purl != nil && purl.Scheme != "https") {
+			errs = append(errs, fmt.Errorf("TLS is configured: ClientURL %q and PeerURL %q must be https://", cfg.ClientURL, cfg.PeerURL))
+		}
+	} else if (curl != nil && curl.Scheme == "https") || (purl != nil && purl.Scheme == "https") {
+		errs = append(errs, errors.New("https:// URLs need TLS certificates"))
+	}
 	if cfg.TickMs == 0 || cfg.ElectionMs < 5*cfg.TickMs {
 		errs = append(errs, fmt.Errorf("TickMs %d, ElectionMs %d: want TickMs > 0 and ElectionMs >= 5 x TickMs", cfg.TickMs, cfg.ElectionMs))
 	}
@@ -153,6 +172,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	ec.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg)
 	ec.UnsafeNoFsync = cfg.UnsafeNoFsync
+	if cfg.TLS.Configured() {
+		ti := transport.TLSInfo{CertFile: cfg.TLS.Cert, KeyFile: cfg.TLS.Key, TrustedCAFile: cfg.TLS.CA, ClientCertAuth: true}
+		ec.ClientTLSInfo = ti
+		ec.PeerTLSInfo = ti
+		ec.ClientAutoTLS, ec.PeerAutoTLS = false, false
+	}
 	if cfg.CompactionRetention > 0 {
 		ec.AutoCompactionMode = embed.CompactorModePeriodic
 		ec.AutoCompactionRetention = cfg.CompactionRetention.String()

@@ -30,6 +30,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/switchyard/switchyard/internal/worker"
+	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/registry"
@@ -50,9 +51,14 @@ type Options struct {
 	// Name identifies this front end in expert requests and logs (default
 	// "frontend-<host>-<pid>").
 	Name string
-	// Client configures the expert connections; Model and Worker are
+	// Client configures the expert connections; Model, Worker and TLS are
 	// filled in.
 	Client transport.ClientConfig
+	// TLS, when set, makes the etcd client (https:// endpoints) and every
+	// expert connection mutual TLS with these credentials, which must be a
+	// front end's (frontend/<name>; the name becomes Name). Nil:
+	// plaintext.
+	TLS *auth.Credentials
 	// Logger receives what the front end sees happen: workers leaving and
 	// joining, placement epochs, the leader's verdicts (nil: discarded).
 	Logger *slog.Logger
@@ -93,6 +99,12 @@ func Join(ctx context.Context, o Options) (_ *Frontend, err error) {
 	if o.Model.Fingerprint == "" {
 		return nil, errors.New("frontend: no model")
 	}
+	if o.TLS != nil {
+		if o.TLS.Self.Role != auth.RoleFrontend {
+			return nil, fmt.Errorf("frontend: the TLS certificate is for %s; a front end needs a frontend/<name> certificate", o.TLS.Self)
+		}
+		o.Name = o.TLS.Self.Name
+	}
 	if o.Name == "" {
 		host, _ := os.Hostname()
 		o.Name = fmt.Sprintf("frontend-%s-%d", host, os.Getpid())
@@ -102,7 +114,7 @@ func Join(ctx context.Context, o Options) (_ *Frontend, err error) {
 		lg = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	cli, err := registry.Dial(dctx, o.Endpoints)
+	cli, err := registry.DialTLS(dctx, o.Endpoints, o.TLS)
 	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("frontend: etcd %s: %w", strings.Join(o.Endpoints, ","), err)
@@ -129,7 +141,7 @@ func Join(ctx context.Context, o Options) (_ *Frontend, err error) {
 	}
 	f.Model = rec
 	cc := o.Client
-	cc.Model, cc.Worker = rec.Fingerprint, cluster.WorkerID(o.Name)
+	cc.Model, cc.Worker, cc.TLS = rec.Fingerprint, cluster.WorkerID(o.Name), o.TLS
 	if f.Pool, err = transport.NewPool(cc); err != nil {
 		return nil, err
 	}

@@ -12,6 +12,11 @@
 // starts it; it is the only link from a worker to the trainer, and the
 // coordinator, which only schedules, never imports it
 // (docs/ARCHITECTURE.md, sections 1 and 7).
+//
+// A spec in etcd is untrusted: before a rank reads or writes anything it
+// validates the spec (jobs.Spec.Validate) and resolves every path it names
+// inside the worker's data root (Config.DataRoot, jobs.Spec.ResolvePaths);
+// a violation fails the rank, its reason in the spec's error.
 package jobrunner
 
 import (
@@ -20,9 +25,11 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"time"
 
 	"github.com/switchyard/switchyard/internal/jobs"
+	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/collective"
 	"github.com/switchyard/switchyard/pkg/expert"
@@ -51,7 +58,19 @@ type Config struct {
 	// rank that stops answering fails the step instead of hanging
 	// (default 60 s).
 	StepTimeout time.Duration
-	Log         *slog.Logger
+	// TLS, when set, secures the ranks' connections: the collective group
+	// and the expert exchanges are mutual TLS, and rank i must present the
+	// certificate of the worker the scheduler assigned it (Spec.Assigned
+	// in etcd), not merely claim rank i; the job's expert scope answers
+	// only those workers. Nil: plaintext.
+	TLS *auth.Credentials
+	// DataRoot is the directory every path a job spec names is confined to
+	// (jobs.Spec.ResolvePaths): relative paths are relative to it, and a
+	// path that leads outside it, even through a symbolic link, fails the
+	// rank with an error naming the path and the root, before anything is
+	// read or written. Default: the working directory when Run starts.
+	DataRoot string
+	Log      *slog.Logger
 }
 
 // Runner runs, one at a time, the job ranks the scheduler assigns to a
@@ -86,6 +105,13 @@ func (r *Runner) Run(ctx context.Context) error {
 	}
 	if cfg.Log == nil {
 		cfg.Log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.DataRoot == "" {
+		wd, err := os.Getwd()
+		if err != nil {
+			return fmt.Errorf("jobrunner: no data root given and no working directory: %w", err)
+		}
+		cfg.DataRoot = wd
 	}
 	r.Cfg = cfg
 	type running struct {
@@ -216,15 +242,26 @@ func holds(id expert.ID, experts, ranks, replicas, rank int) bool {
 }
 
 func (r *Runner) rank(ctx context.Context, sp jobs.Spec, rank int, lg *slog.Logger) (*train.Result, error) {
+	// The spec comes from etcd: check it, and from here on use only the
+	// paths it names as resolved inside the data root.
+	if err := sp.Validate(); err != nil {
+		return nil, err
+	}
+	sp, err := sp.ResolvePaths(r.Cfg.DataRoot)
+	if err != nil {
+		return nil, err
+	}
 	n := len(sp.Assigned)
 	var (
 		p     *train.Prepared
 		m     *model.Model
 		owned *expert.Store
 		mcfg  *model.Config
-		err   error
 	)
 	if g := sp.Golden; g != nil {
+		if err := train.VerifyCheckpoint(g.ModelDir); err != nil {
+			return nil, err
+		}
 		ck, err := model.Open(g.ModelDir)
 		if err != nil {
 			return nil, err
@@ -285,13 +322,28 @@ func (r *Runner) rank(ctx context.Context, sp jobs.Spec, rank int, lg *slog.Logg
 		return nil, err
 	}
 	peers := make([]string, n)
+	idents := make([]auth.Identity, n)
+	members := make([]cluster.WorkerID, n)
 	for i, ri := range ranks {
+		// Who holds rank i is the scheduler's word (Spec.Assigned), not the
+		// rank's own record: with TLS its certificate must say the same.
+		if ri.Worker != sp.Assigned[i] {
+			glis.Close()
+			return nil, fmt.Errorf("rank %d is published by worker %s, but the scheduler assigned it to %s", i, ri.Worker, sp.Assigned[i])
+		}
 		peers[i] = ri.GroupAddr
+		idents[i] = auth.Identity{Role: auth.RoleWorker, Name: string(sp.Assigned[i])}
+		members[i] = sp.Assigned[i]
 	}
-	group, err := collective.New(collective.Config{
+	scope.SetMembers(members)
+	gcfg := collective.Config{
 		Group: fmt.Sprintf("job-%s/attempt-%d", sp.ID, sp.Attempt), Rank: rank, Peers: peers,
 		OpTimeout: r.Cfg.StepTimeout,
-	}, glis)
+	}
+	if r.Cfg.TLS != nil {
+		gcfg.TLS, gcfg.Identities = r.Cfg.TLS, idents
+	}
+	group, err := collective.New(gcfg, glis)
 	if err != nil {
 		return nil, err
 	}
@@ -329,6 +381,7 @@ func (r *Runner) rank(ctx context.Context, sp jobs.Spec, rank int, lg *slog.Logg
 	}
 	ccfg := transport.DefaultClientConfig()
 	ccfg.Worker, ccfg.Model, ccfg.Job, ccfg.CallTimeout = self, fp, job, r.Cfg.StepTimeout
+	ccfg.TLS = r.Cfg.TLS
 	pool, err := transport.NewPool(ccfg)
 	if err != nil {
 		return nil, err

@@ -31,7 +31,7 @@ func TestRetryLandsAcrossAnEtcdRestart(t *testing.T) {
 	}
 	defer cli.Close()
 	st := NewStore(cli, "retry")
-	if err := st.Submit(ctx, Spec{ID: "j1", Workers: 1, State: Running}); err != nil {
+	if err := st.Submit(ctx, Spec{ID: "j1", Workers: 1, Job: validJob()}); err != nil {
 		t.Fatal(err)
 	}
 

@@ -19,7 +19,10 @@ import (
 //   - an Assigned or Running job whose ranks include a worker that left the
 //     cluster fails ("worker X left");
 //   - a Failed job is resubmitted, resuming from its last checkpoint, until
-//     MaxAttempts; then it is Abandoned.
+//     MaxAttempts; then it is Abandoned;
+//   - a job not yet ended whose ID, worker count, attempts, state or ranks
+//     are out of range (a spec written into etcd by hand) is Abandoned,
+//     the problems in its Error.
 func Decide(jobs []*Spec, live []cluster.WorkerID) []*Spec {
 	isLive := map[cluster.WorkerID]bool{}
 	for _, w := range live {
@@ -35,6 +38,15 @@ func Decide(jobs []*Spec, live []cluster.WorkerID) []*Spec {
 	}
 	var out []*Spec
 	for _, j := range jobs {
+		if !j.State.Terminal() {
+			if err := errors.Join(j.validateScheduling()...); err != nil {
+				c := *j
+				c.State = Abandoned
+				c.Error = fmt.Sprintf("invalid job spec: %v", strings.ReplaceAll(err.Error(), "\n", "; "))
+				out = append(out, &c)
+				continue
+			}
+		}
 		switch j.State {
 		case Assigned, Running:
 			var lost []string

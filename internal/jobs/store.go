@@ -61,7 +61,7 @@ const DefaultMaxAttempts = 3
 // Spec is a job as stored in etcd.
 type Spec struct {
 	ID          string              `json:"id"`
-	Job         trainconf.JobConfig `json:"job"` // paths must be valid on every worker
+	Job         trainconf.JobConfig `json:"job"` // paths are relative to each worker's data root (ResolvePaths)
 	Workers     int                 `json:"workers"`
 	MaxAttempts int                 `json:"max_attempts"`
 	State       State               `json:"state"`
@@ -80,8 +80,8 @@ type Spec struct {
 // train.RunGoldenRank): the gradients and AdamW trajectory of the batch in
 // a golden file, data- and expert-parallel over the job's ranks.
 type GoldenTask struct {
-	ModelDir string            `json:"model_dir"`
-	IDs      [][]int32         `json:"ids"` // the golden batch
+	ModelDir string            `json:"model_dir"` // relative to each worker's data root, as Out
+	IDs      [][]int32         `json:"ids"`       // the golden batch
 	AdamW    optim.AdamWConfig `json:"adamw"`
 	Steps    int               `json:"steps"`
 	Out      string            `json:"out"` // result directory (shared filesystem)
@@ -132,18 +132,16 @@ var ErrConflict = errors.New("jobs: the job changed concurrently")
 // ErrNotFound is returned for an unknown job.
 var ErrNotFound = errors.New("jobs: no such job")
 
-// Submit stores a new job (state Submitted). The ID must be new.
+// Submit stores a new job (state Submitted) once it validates (Validate:
+// every number in range, paths well formed). The ID must be new.
 func (s *Store) Submit(ctx context.Context, sp Spec) error {
-	if sp.ID == "" || path.Base(sp.ID) != sp.ID {
-		return fmt.Errorf("jobs: bad job id %q", sp.ID)
-	}
-	if sp.Workers < 1 {
-		return fmt.Errorf("jobs: job %s asks for %d workers", sp.ID, sp.Workers)
-	}
 	if sp.MaxAttempts == 0 {
 		sp.MaxAttempts = DefaultMaxAttempts
 	}
 	sp.State, sp.Attempt, sp.Assigned = Submitted, 0, nil
+	if err := sp.Validate(); err != nil {
+		return err
+	}
 	now := time.Now()
 	sp.Submitted, sp.Updated = now, now
 	b, err := json.Marshal(sp)
@@ -161,7 +159,11 @@ func (s *Store) Submit(ctx context.Context, sp Spec) error {
 	return nil
 }
 
-// Get returns a job and the mod revision of its spec.
+// Get returns a job and the mod revision of its spec. Get and List only
+// decode specs: whoever can write etcd can store any spec, so the
+// scheduler abandons one whose scheduling fields are out of range
+// (Decide), and a worker validates a spec (Validate) and confines its
+// paths to its data root (ResolvePaths) before it runs a rank of it.
 func (s *Store) Get(ctx context.Context, id string) (*Spec, int64, error) {
 	resp, err := s.cli.Get(ctx, s.specKey(id))
 	if err != nil {

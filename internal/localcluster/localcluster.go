@@ -37,14 +37,16 @@ import (
 	"github.com/switchyard/switchyard/pkg/membership"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/registry"
+	"github.com/switchyard/switchyard/pkg/train"
 	"github.com/switchyard/switchyard/pkg/transport"
 )
 
 // Options configures a local cluster.
 type Options struct {
 	// ModelDir is the model folder the coordinator registers and the
-	// workers serve. Empty starts jobs-only workers (no model: they run
-	// training jobs only) and registers no model.
+	// workers serve; a Switchyard checkpoint's checksums are verified
+	// first (train.VerifyCheckpoint). Empty starts jobs-only workers (no
+	// model: they run training jobs only) and registers no model.
 	ModelDir string
 	// Command is the argv prefix that runs the worker command, e.g.
 	// {"/path/to/switchyard", "worker"} (required).
@@ -56,6 +58,13 @@ type Options struct {
 	Workers int
 	// WorkerArgs are extra flags for every worker.
 	WorkerArgs []string
+	// DataRoot is every worker's --data-root: the paths of the training
+	// jobs they run are resolved relative to it and must lie inside it
+	// (jobrunner.Config.DataRoot). Callers that know what their jobs name
+	// set it to the narrowest folder holding those paths
+	// (dataroot.Cover), as `train --workers N` and quickstart do. Empty
+	// means DefaultDataRoot.
+	DataRoot string
 	// Cluster is the etcd key prefix (default "local").
 	Cluster string
 	// LeaseTTL is the workers' lease TTL (default 5 s).
@@ -90,6 +99,14 @@ type Options struct {
 	// Logger receives the coordinator's log (nil discards it).
 	Logger *slog.Logger
 }
+
+// DefaultDataRoot is the workers' data root when Options.DataRoot is
+// empty: the whole filesystem, as before workers had data roots. It keeps
+// callers whose jobs name both temporary and source folders (`verify
+// --workers`, the end-to-end tests) working; the workers are this user's
+// processes on this machine, taking jobs from this process's own etcd on
+// loopback, so they reach no file this user could not.
+const DefaultDataRoot = "/"
 
 // Cluster is a running local cluster.
 type Cluster struct {
@@ -134,6 +151,9 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if opts.StatsInterval == 0 {
 		opts.StatsInterval = 2 * time.Second
 	}
+	if opts.DataRoot == "" {
+		opts.DataRoot = DefaultDataRoot
+	}
 	elem := 4
 	if opts.ModelDir != "" {
 		abs, err := filepath.Abs(opts.ModelDir)
@@ -141,6 +161,11 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			return nil, err
 		}
 		opts.ModelDir = abs
+		// A Switchyard checkpoint's files must match its checksums before
+		// the workers serve it.
+		if err := train.VerifyCheckpoint(opts.ModelDir); err != nil {
+			return nil, err
+		}
 		ck, err := model.Open(opts.ModelDir)
 		if err != nil {
 			return nil, err
@@ -322,7 +347,7 @@ func (c *Cluster) StartWorker(ctx context.Context, id cluster.WorkerID, extra ..
 		"--id", string(id), "--model", o.ModelDir, "--etcd", strings.Join(c.Endpoints, ","), "--cluster", o.Cluster,
 		"--listen", "127.0.0.1:0", "--gossip", "127.0.0.1:0",
 		"--lease-ttl", o.LeaseTTL.String(), "--stats-interval", o.StatsInterval.String(),
-		"--keep-bf16="+strconv.FormatBool(!o.WidenBF16),
+		"--keep-bf16="+strconv.FormatBool(!o.WidenBF16), "--data-root", o.DataRoot,
 	)
 	if o.WorkerMemCap > 0 && c.cgParent.dir == "" {
 		args = append(args, "--mem", strconv.FormatInt(o.WorkerMemCap, 10))

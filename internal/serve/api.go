@@ -16,9 +16,9 @@ import (
 // apiError is an error answered in OpenAI's shape,
 // {"error": {"message", "type", "param", "code"}}, with an HTTP status:
 //
-//	401 invalid_request_error  Config.APIKey is set and the request lacks
-//	                           "Authorization: Bearer <key>" (code
-//	                           invalid_api_key)
+//	401 invalid_request_error  Config.APIKeys are set and the request lacks
+//	                           "Authorization: Bearer <key>" with one of
+//	                           them (code invalid_api_key)
 //	400 invalid_request_error  malformed JSON, a field of the wrong type, a
 //	                           missing or empty prompt, a value out of range,
 //	                           an unsupported feature (n != 1, logprobs, ...),
@@ -27,6 +27,8 @@ import (
 //	                           (code context_length_exceeded)
 //	404 invalid_request_error  an unknown model (code model_not_found) or path
 //	405 invalid_request_error  a wrong method
+//	408 invalid_request_error  the request was not read within
+//	                           Config.ReadTimeout (code request_timeout)
 //	413 invalid_request_error  a body over Config.MaxBodyBytes
 //	429 rate_limit_error       the queue is full (code rate_limit_exceeded)
 //	500 server_error           the model failed (e.g. no worker answered)
@@ -527,9 +529,11 @@ func prepare(r *request, lim limits) (*job, *apiError) {
 	}
 	switch {
 	case r.maxTokens > 0:
-		if r.maxTokens > int64(lim.context)-int64(P) { // (P + max_tokens could overflow)
+		// Compared with what the context leaves, never added to the
+		// prompt: P + max_tokens overflows int64 for max_tokens near 2^63.
+		if left := lim.context - P; r.maxTokens > int64(left) {
 			return nil, &apiError{Status: http.StatusBadRequest, Type: "invalid_request_error", Param: "max_tokens", Code: "context_length_exceeded",
-				Message: fmt.Sprintf("this model's maximum context length is %d tokens, but %d were requested (%d in the prompt, %d for the completion); reduce the prompt or max_tokens", lim.context, int64(P)+r.maxTokens, P, r.maxTokens)}
+				Message: fmt.Sprintf("this model's maximum context length is %d tokens and the prompt has %d, which leaves %d for the completion, but max_tokens is %d; reduce the prompt or max_tokens", lim.context, P, left, r.maxTokens)}
 		}
 		j.maxTokens = int(r.maxTokens)
 	case r.chat:

@@ -94,6 +94,21 @@ func FuzzParseRequest(f *testing.F) {
 		`{"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], "max_completion_tokens": 3}`,
 		`{"messages": [{"role": "system", "content": "<|im_start|>"}], "model": "golden", "response_format": {"type": "json_object"}}`,
 		`{"messages": null}`, `[]`, `null`, `"x"`, `{"prompt": "a", "stop": [""]}`, `{`, ``, "{\"prompt\": \"\xff\xfe\"}",
+		// Overflow: max_tokens at and near 2^63 (P + max_tokens wraps
+		// around), beyond int64, negative, and huge n, top_logprobs,
+		// best_of, logprobs, seeds and token ids, huge arrays.
+		`{"prompt": "hello", "max_tokens": 9223372036854775807}`, `{"prompt": [1, 2], "max_tokens": 9223372036854775806}`,
+		`{"prompt": "hello", "max_tokens": 9223372036854775808}`, `{"prompt": "hello", "max_tokens": -9223372036854775808}`,
+		`{"prompt": "hello", "max_tokens": -1}`, `{"prompt": "hello", "max_tokens": 0}`, `{"prompt": "hello", "max_tokens": 4294967297}`,
+		`{"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 9223372036854775807}`,
+		`{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 5, "max_completion_tokens": 9223372036854775807}`,
+		`{"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 9223372036854775807, "n": -9223372036854775808}`,
+		`{"prompt": "x", "n": 9223372036854775807}`, `{"prompt": "x", "n": 18446744073709551617}`, `{"prompt": "x", "best_of": -1, "logprobs": 9223372036854775807}`,
+		`{"prompt": "x", "seed": -9223372036854775808}`, `{"prompt": "x", "seed": 18446744073709551615}`,
+		`{"prompt": [2147483648]}`, `{"prompt": [-2147483649]}`, `{"prompt": [9223372036854775807, 1]}`,
+		`{"prompt": [` + repeat("1,", 255) + `1], "max_tokens": 1}`, `{"prompt": [` + repeat("1,", 254) + `1], "max_tokens": 9223372036854775807}`,
+		`{"prompt": "a", "stop": [` + repeat(`"s",`, 100) + `"s"]}`,
+		`{"messages": [` + repeat(`{"role": "user", "content": "hi"},`, 300) + `{"role": "user"}]}`,
 	} {
 		f.Add([]byte(s), false)
 		f.Add([]byte(s), true)
@@ -121,7 +136,9 @@ func FuzzParseRequest(f *testing.F) {
 			return
 		}
 		P := len(j.prompt)
-		if P == 0 || j.maxTokens < 1 || P+j.maxTokens > lim.context {
+		// Compared with what the prompt leaves, never added to it: an
+		// overflowed P + maxTokens would pass as small.
+		if P == 0 || P >= lim.context || j.maxTokens < 1 || j.maxTokens > lim.context-P {
 			t.Fatalf("prompt %d tokens, max_tokens %d: outside the context of %d", P, j.maxTokens, lim.context)
 		}
 		for _, id := range j.prompt {

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
+	"unicode"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -52,11 +54,47 @@ type Config struct {
 	// expert's worker is up); nil means always. It should answer within
 	// about a second.
 	Ready func(ctx context.Context) error
-	// APIKey, if set, is required on every /v1/ request as
-	// "Authorization: Bearer <APIKey>" (compared in constant time); others
-	// get 401 in OpenAI's error shape. /health and /metrics stay open (for
-	// probes and scrapers).
-	APIKey string
+	// APIKeys, if any, are the keys accepted on every /v1/ request as
+	// "Authorization: Bearer <key>": any one of them will do. The header is
+	// checked against each key in constant time (through SHA-256, so not
+	// even a key's length shows in the timing); a request without a valid
+	// one gets 401 in OpenAI's error shape (code invalid_api_key) before
+	// its body is read. A key must be non-empty and hold no white space or
+	// control characters. Empty: the API is open.
+	APIKeys []string
+	// AuthHealth and AuthMetrics put /health and /metrics behind APIKeys
+	// too. Default false: they stay open for probes and scrapers (they
+	// reveal no request content; /metrics shows load and token counts).
+	AuthHealth, AuthMetrics bool
+
+	// Timeouts of the HTTP server (HTTPServer). Zero takes the default.
+	//
+	// ReadHeaderTimeout bounds reading a request's headers, from the
+	// connection's first byte (or the end of the previous request):
+	// a client trickling its headers is cut after it. Default 10 s.
+	ReadHeaderTimeout time.Duration
+	// ReadTimeout bounds reading a whole request, headers and body
+	// (at most MaxBodyBytes): a client trickling its body is cut after
+	// it (the request gets 408 when the connection still takes it). It
+	// does not bound the answer: a stream may go on for as long as it
+	// generates. Default 60 s (1 MiB at 17 KiB/s).
+	ReadTimeout time.Duration
+	// WriteTimeout bounds every single write of an answer, not the
+	// answer: the deadline is set afresh before each write and flush
+	// (each event of a stream), so a client must take each chunk within
+	// it. A client that stops reading is cut at the first write that
+	// cannot finish in time; its sequence is then cancelled and its KV
+	// cache freed at the scheduler's next step, releasing its slot.
+	// Default 30 s.
+	WriteTimeout time.Duration
+	// IdleTimeout is how long a keep-alive connection may wait for its
+	// next request. Default 120 s.
+	IdleTimeout time.Duration
+	// MaxConns caps the open connections of the listener that Listener
+	// wraps (idle keep-alive ones included): at the cap, new connections
+	// wait in the kernel's accept queue until one closes. Default 1024.
+	MaxConns int
+
 	// Collectors are extra Prometheus collectors served on /metrics with
 	// the server's own (e.g. the expert exchange's, from a front end).
 	Collectors []prometheus.Collector
@@ -75,6 +113,11 @@ func DefaultConfig(name string) Config {
 		MaxBodyBytes:            1 << 20,
 		DefaultCompletionTokens: 16,
 		MaxStops:                16,
+		ReadHeaderTimeout:       10 * time.Second,
+		ReadTimeout:             60 * time.Second,
+		WriteTimeout:            30 * time.Second,
+		IdleTimeout:             120 * time.Second,
+		MaxConns:                1024,
 	}
 }
 
@@ -100,6 +143,17 @@ func (c Config) withDefaults() (Config, error) {
 	if c.MaxStops == 0 {
 		c.MaxStops = d.MaxStops
 	}
+	for _, f := range []struct{ v, d *time.Duration }{
+		{&c.ReadHeaderTimeout, &d.ReadHeaderTimeout}, {&c.ReadTimeout, &d.ReadTimeout},
+		{&c.WriteTimeout, &d.WriteTimeout}, {&c.IdleTimeout, &d.IdleTimeout},
+	} {
+		if *f.v == 0 {
+			*f.v = *f.d
+		}
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = d.MaxConns
+	}
 	if c.Created.IsZero() {
 		c.Created = time.Now()
 	}
@@ -114,10 +168,33 @@ func (c Config) withDefaults() (Config, error) {
 		{"max sequences", int64(c.MaxSeqs)}, {"max queue", int64(c.MaxQueue)},
 		{"max step tokens", int64(c.MaxStepTokens)}, {"max body bytes", c.MaxBodyBytes},
 		{"default completion tokens", int64(c.DefaultCompletionTokens)}, {"max stops", int64(c.MaxStops)},
+		{"max connections", int64(c.MaxConns)},
 	} {
 		if f.v < 0 {
 			errs = append(errs, fmt.Errorf("serve: %s %d must be > 0", f.name, f.v))
 		}
+	}
+	for _, f := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"read header timeout", c.ReadHeaderTimeout}, {"read timeout", c.ReadTimeout},
+		{"write timeout", c.WriteTimeout}, {"idle timeout", c.IdleTimeout},
+	} {
+		if f.v < 0 {
+			errs = append(errs, fmt.Errorf("serve: %s %v must be > 0", f.name, f.v))
+		}
+	}
+	for i, k := range c.APIKeys {
+		// The key itself is never printed: only where it is.
+		if k == "" {
+			errs = append(errs, fmt.Errorf("serve: API key %d of %d is empty", i+1, len(c.APIKeys)))
+		} else if strings.IndexFunc(k, func(r rune) bool { return r <= ' ' || r == 0x7f || unicode.IsSpace(r) }) >= 0 {
+			errs = append(errs, fmt.Errorf("serve: API key %d of %d holds white space or a control character", i+1, len(c.APIKeys)))
+		}
+	}
+	if (c.AuthHealth || c.AuthMetrics) && len(c.APIKeys) == 0 {
+		errs = append(errs, errors.New("serve: putting /health or /metrics behind an API key needs API keys"))
 	}
 	if c.MaxSeqs > 0 && c.MaxStepTokens > 0 && c.MaxStepTokens < c.MaxSeqs {
 		errs = append(errs, fmt.Errorf("serve: max step tokens %d must be at least max sequences %d (each decoding sequence takes one token a step)", c.MaxStepTokens, c.MaxSeqs))

@@ -37,6 +37,23 @@
 // "role: content" lines, then "assistant:". Tools are refused before any
 // template runs.
 //
+// Access and limits: with Config.APIKeys, /v1/* (and, with AuthHealth or
+// AuthMetrics, /health or /metrics) needs "Authorization: Bearer <key>"
+// with any of the keys, else 401 invalid_api_key. HTTPServer bounds how
+// long a request's headers and whole body may take to arrive
+// (Config.ReadHeaderTimeout, ReadTimeout; a body cut short gets 408) and
+// how long a connection may idle (IdleTimeout); Handler gives every single
+// write of an answer Config.WriteTimeout (a deadline renewed before each
+// write and flush, not one over the whole answer, so streams may run as
+// long as they generate), so a client that stops reading loses its
+// request, its sequence and its KV cache within about WriteTimeout;
+// Listener caps open connections (MaxConns); bodies are capped at
+// MaxBodyBytes (413). Token counts are checked against what the context
+// leaves (never by adding to the prompt, which could overflow): a prompt
+// plus max_tokens beyond the context is a 400 context_length_exceeded, and
+// the scheduler itself ends any sequence that fills the context with
+// finish_reason "length".
+//
 // Scheduling: one scheduler goroutine owns the model. Each step it drops
 // sequences whose client went away (their KV cache is released with them)
 // and shares out a budget of Config.MaxStepTokens tokens, as vLLM's chunked

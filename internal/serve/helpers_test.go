@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -99,8 +100,16 @@ type testServer struct {
 }
 
 // start serves m under the name "golden" (cfg's other fields as given) and
-// stops everything, checking for leaked goroutines, when the test ends.
+// stops everything, checking for leaked goroutines, when the test ends. It
+// serves as `switchyard serve` does: HTTPServer on Listener, on loopback.
 func start(t *testing.T, m Model, cfg Config) *testServer {
+	t.Helper()
+	return startOn(t, m, cfg, nil)
+}
+
+// startOn is start with the loopback listener wrapped by wrap (nil: as
+// it is) inside Server.Listener's cap.
+func startOn(t *testing.T, m Model, cfg Config, wrap func(net.Listener) net.Listener) *testServer {
 	t.Helper()
 	leakcheck.Check(t)
 	if cfg.ModelName == "" {
@@ -110,7 +119,14 @@ func start(t *testing.T, m Model, cfg Config) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ts := &testServer{Server: s, srv: httptest.NewServer(s.Handler())}
+	hs := httptest.NewUnstartedServer(nil)
+	hs.Config = s.HTTPServer()
+	if wrap != nil {
+		hs.Listener = wrap(hs.Listener)
+	}
+	hs.Listener = s.Listener(hs.Listener)
+	hs.Start()
+	ts := &testServer{Server: s, srv: hs}
 	t.Cleanup(func() {
 		s.Close()
 		ts.srv.Close()

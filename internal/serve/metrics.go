@@ -66,7 +66,10 @@ func newMetrics(s *Server) *metrics {
 	kv := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "switchyard_serve_kv_cache_bytes", Help: "Bytes held by the KV caches of the active sequences.",
 	}, func() float64 { return float64(s.kvBytes.Load()) })
-	m.reg.MustRegister(m.requests, m.promptToks, m.genToks, m.ttft, m.tpot, m.e2e, m.batch, m.parts, active, queued, kv,
+	conns := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "switchyard_serve_open_connections", Help: "Open HTTP connections (at most Config.MaxConns; see Server.Listener).",
+	}, func() float64 { return float64(s.conns.Load()) })
+	m.reg.MustRegister(m.requests, m.promptToks, m.genToks, m.ttft, m.tpot, m.e2e, m.batch, m.parts, active, queued, kv, conns,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(s.cfg.Collectors...)
 	return m

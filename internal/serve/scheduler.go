@@ -82,9 +82,16 @@ type slot struct {
 
 func (sl *slot) prefilling() bool { return sl.fed < len(sl.req.job.prompt) }
 
-// submit queues r, or refuses it (429 when the queue is full, 503 when
-// shutting down).
+// submit queues r, or refuses it (400 when its prompt is empty or leaves
+// no room in the context, 429 when the queue is full, 503 when shutting
+// down). The prompt is checked here as well as by prepare so that no
+// sequence outgrows the model whatever its caller checked; emit ends one
+// whose prompt and generated tokens fill the context.
 func (s *Server) submit(r *genRequest) *apiError {
+	if P := len(r.job.prompt); P == 0 || P >= s.lim.context {
+		return &apiError{Status: 400, Type: "invalid_request_error", Code: "context_length_exceeded",
+			Message: fmt.Sprintf("a prompt of %d tokens does not fit: the model's context is %d tokens, at least one of them left to generate", P, s.lim.context)}
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.draining {
@@ -323,7 +330,11 @@ func (s *Server) emit(sl *slot, id int32, now time.Time) bool {
 	switch {
 	case stopped || stopID:
 		ev.Finish = "stop"
-	case sl.gen >= j.maxTokens:
+	case sl.gen >= j.maxTokens, sl.gen >= s.lim.context-len(j.prompt):
+		// max_tokens, or the context is full: the prompt and the tokens
+		// generated are as many as the model holds (whatever max_tokens
+		// said; submit saw to it that the prompt leaves room). Compared
+		// with what the prompt leaves, never added to it.
 		ev.Finish = "length"
 	default:
 		sl.next = id

@@ -3,6 +3,7 @@ package serve
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -10,7 +11,9 @@ import (
 	"io"
 	"math/rand/v2"
 	"net/http"
+	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,7 +42,10 @@ type Server struct {
 	waiting  []*genRequest // FIFO, at most cfg.MaxQueue
 	draining bool          // no new requests
 
+	keys [][sha256.Size]byte // SHA-256 of each of Config.APIKeys
+
 	inflight sync.WaitGroup // accepted requests that have not ended
+	conns    atomic.Int64   // open connections of the listeners Listener wrapped
 	active   atomic.Int64   // sequences in the scheduler
 	kvBytes  atomic.Int64   // their KV cache bytes
 	steps    atomic.Int64   // Forward calls
@@ -60,6 +66,9 @@ func New(m Model, tok *tokenizer.Tokenizer, cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg, model: m, tok: tok, done: make(chan struct{}), wake: make(chan struct{}, 1)}
+	for _, k := range cfg.APIKeys {
+		s.keys = append(s.keys, sha256.Sum256([]byte(k)))
+	}
 	eos := m.EOS()
 	if len(eos) == 0 {
 		if id := tok.Special().EOS; id >= 0 {
@@ -127,41 +136,112 @@ func (s *Server) Close() {
 	_ = s.Shutdown(ctx)
 }
 
-// Handler returns the HTTP API.
+// Handler returns the HTTP API. Every write of every answer must end
+// within Config.WriteTimeout (see deadlineWriter); the read and idle
+// timeouts and the connection cap are the http.Server's and the
+// listener's (HTTPServer, Listener).
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/v1/models", s.authorized(s.handleModels))
-	mux.HandleFunc("/v1/completions", s.authorized(func(w http.ResponseWriter, r *http.Request) { s.handleGenerate(w, r, false) }))
-	mux.HandleFunc("/v1/chat/completions", s.authorized(func(w http.ResponseWriter, r *http.Request) { s.handleGenerate(w, r, true) }))
-	mux.HandleFunc("/health", s.handleHealth)
-	mux.Handle("/metrics", promhttp.HandlerFor(s.met.reg, promhttp.HandlerOpts{}))
+	mux.Handle("/v1/models", s.authorized(http.HandlerFunc(s.handleModels)))
+	mux.Handle("/v1/completions", s.authorized(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.handleGenerate(w, r, false) })))
+	mux.Handle("/v1/chat/completions", s.authorized(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.handleGenerate(w, r, true) })))
+	var health, metrics http.Handler = http.HandlerFunc(s.handleHealth), promhttp.HandlerFor(s.met.reg, promhttp.HandlerOpts{})
+	if s.cfg.AuthHealth {
+		health = s.authorized(health)
+	}
+	if s.cfg.AuthMetrics {
+		metrics = s.authorized(metrics)
+	}
+	mux.Handle("/health", health)
+	mux.Handle("/metrics", metrics)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &apiError{Status: http.StatusNotFound, Type: "invalid_request_error", Message: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path)})
 	})
-	return mux
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		dw := &deadlineWriter{ResponseWriter: w, rc: http.NewResponseController(w), d: s.cfg.WriteTimeout}
+		dw.extend() // the connection's deadline outlives a keep-alive request: renew it for this one
+		mux.ServeHTTP(dw, r)
+	})
 }
 
-// authorized wraps an API handler with the Config.APIKey check (none when
-// no key is set).
-func (s *Server) authorized(h http.HandlerFunc) http.HandlerFunc {
-	if s.cfg.APIKey == "" {
+// HTTPServer returns an http.Server for Handler with Config's read and idle
+// timeouts (ReadHeaderTimeout, ReadTimeout, IdleTimeout). It has no
+// http.Server.WriteTimeout, which would bound a whole answer and so every
+// stream: Handler sets a deadline before each write instead
+// (Config.WriteTimeout). The caller may add TLS and serves it on
+// Listener(ln).
+func (s *Server) HTTPServer() *http.Server {
+	return &http.Server{Handler: s.Handler(), ReadHeaderTimeout: s.cfg.ReadHeaderTimeout,
+		ReadTimeout: s.cfg.ReadTimeout, IdleTimeout: s.cfg.IdleTimeout}
+}
+
+// deadlineWriter is a ResponseWriter every Write and Flush of which must
+// end within d: the connection's write deadline is set afresh before each
+// (http.ResponseController.SetWriteDeadline), so a stream may last as long
+// as it generates but a client that stops reading makes the write fail
+// within d and the handler return (ending its sequence).
+type deadlineWriter struct {
+	http.ResponseWriter
+	rc *http.ResponseController // of ResponseWriter
+	d  time.Duration
+}
+
+// extend moves the write deadline to d from now. Writers without
+// deadlines (httptest.ResponseRecorder) answer ErrNotSupported: no
+// deadline then.
+func (w *deadlineWriter) extend() { _ = w.rc.SetWriteDeadline(time.Now().Add(w.d)) }
+
+func (w *deadlineWriter) Write(b []byte) (int, error) {
+	w.extend()
+	return w.ResponseWriter.Write(b)
+}
+
+// FlushError is what http.ResponseController.Flush calls.
+func (w *deadlineWriter) FlushError() error {
+	w.extend()
+	return w.rc.Flush()
+}
+
+// Unwrap lets http.ResponseController reach the connection's own writer
+// (read deadlines).
+func (w *deadlineWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// authorized wraps h with the Config.APIKeys check (none when there are no
+// keys): a request without "Authorization: Bearer <one of the keys>" gets
+// 401 invalid_api_key and never reaches h.
+func (s *Server) authorized(h http.Handler) http.Handler {
+	if len(s.keys) == 0 {
 		return h
 	}
-	want := []byte("Bearer " + s.cfg.APIKey)
-	return func(w http.ResponseWriter, r *http.Request) {
-		got := []byte(r.Header.Get("Authorization"))
-		if subtle.ConstantTimeCompare(got, want) != 1 {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got := r.Header.Get("Authorization")
+		if !s.keyOK(got) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="switchyard"`)
 			msg := "Incorrect API key provided: send it as \"Authorization: Bearer <key>\""
-			if len(got) == 0 {
+			if got == "" {
 				msg = "You didn't provide an API key: send it as \"Authorization: Bearer <key>\""
 			}
 			writeError(w, &apiError{Status: http.StatusUnauthorized, Type: "invalid_request_error", Code: "invalid_api_key", Message: msg})
 			s.count("unauthorized", http.StatusUnauthorized)
 			return
 		}
-		h(w, r)
+		h.ServeHTTP(w, r)
+	})
+}
+
+// keyOK reports whether an Authorization header value is "Bearer <key>"
+// (the scheme in any case) for one of Config.APIKeys. The token's SHA-256
+// is compared with every key's in constant time, with no early exit, so
+// the time taken shows neither which key matched nor how much of one did,
+// nor a key's length.
+func (s *Server) keyOK(header string) bool {
+	scheme, token, _ := strings.Cut(header, " ")
+	sum := sha256.Sum256([]byte(token))
+	match := 0
+	for i := range s.keys {
+		match |= subtle.ConstantTimeCompare(sum[:], s.keys[i][:])
 	}
+	return match == 1 && strings.EqualFold(scheme, "Bearer")
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -252,10 +332,15 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, chat bool) int
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
 	if err != nil {
 		var mb *http.MaxBytesError
-		if errors.As(err, &mb) {
+		switch {
+		case errors.As(err, &mb):
 			writeError(w, &apiError{Status: http.StatusRequestEntityTooLarge, Type: "invalid_request_error",
 				Message: fmt.Sprintf("the request body is over %d bytes", s.cfg.MaxBodyBytes)})
 			return http.StatusRequestEntityTooLarge
+		case errors.Is(err, os.ErrDeadlineExceeded): // Config.ReadTimeout: a trickling body
+			writeError(w, &apiError{Status: http.StatusRequestTimeout, Type: "invalid_request_error", Code: "request_timeout",
+				Message: fmt.Sprintf("the request was not received within %v", s.cfg.ReadTimeout)})
+			return http.StatusRequestTimeout
 		}
 		return 499
 	}
@@ -277,7 +362,14 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, chat bool) int
 	if !req.seeded {
 		j.sampler.Seed = rand.Uint64()
 	}
-	g := &genRequest{ctx: r.Context(), job: j, arrived: arrived, out: newMailbox()}
+	// The sequence lives while ctx does: the client going away ends it,
+	// and so does this handler returning early, as when a write of the
+	// answer did not finish within Config.WriteTimeout (the client stopped
+	// reading); the scheduler then drops it, and its KV cache, at its next
+	// step.
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	g := &genRequest{ctx: ctx, job: j, arrived: arrived, out: newMailbox()}
 	if e := s.submit(g); e != nil {
 		writeError(w, e)
 		return e.Status
@@ -289,9 +381,9 @@ func (s *Server) generate(w http.ResponseWriter, r *http.Request, chat bool) int
 		o.id = fmt.Sprintf("cmpl-%016x%016x", rand.Uint64(), rand.Uint64())
 	}
 	if req.stream {
-		return o.stream(w, r.Context(), g.out)
+		return o.stream(w, ctx, g.out)
 	}
-	return o.whole(w, r.Context(), g.out)
+	return o.whole(w, ctx, g.out)
 }
 
 // output writes one request's answer.

@@ -98,6 +98,9 @@ func Model(ctx context.Context, opt ModelOptions) (*Report, error) {
 	}
 	defer gf.Close()
 
+	if err := train.VerifyCheckpoint(opt.Dir); err != nil {
+		return nil, err
+	}
 	ck, err := model.Open(opt.Dir)
 	if err != nil {
 		return nil, err

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/membership"
 	"github.com/switchyard/switchyard/pkg/registry"
@@ -79,6 +80,20 @@ type Config struct {
 	// JobStepTimeout bounds every collective of a job's training step: a
 	// rank that stops answering fails the step within it (default 60 s).
 	JobStepTimeout time.Duration
+	// DataRoot confines the training jobs: every path a job spec names
+	// (text, tokenizer, model, output) is resolved relative to it, and one
+	// that leads outside it (.., an absolute path elsewhere, a symbolic
+	// link out) fails the job's rank before anything is read or written
+	// (jobrunner.Config.DataRoot). Empty: the process's working directory.
+	DataRoot string
+
+	// TLS, when set, secures every connection of the worker: its gRPC
+	// server (mutual TLS only; callers authorized by their certificates),
+	// its etcd client (https:// endpoints), its training ranks' groups and
+	// exchanges, and gossip (encrypted with the cluster's key from etcd).
+	// The certificate must be worker/<ID>: a worker cannot present itself
+	// as another. Nil: plaintext (the embedded default on loopback).
+	TLS *auth.Credentials
 
 	// Protocol is the wire protocol version the worker announces; 0 means
 	// cluster.ProtocolVersion. Only tests set another (to be refused).
@@ -133,6 +148,11 @@ func (c Config) withDefaults() (Config, error) {
 	if c.GossipAddr != "" {
 		if _, _, err := net.SplitHostPort(c.GossipAddr); err != nil {
 			errs = append(errs, fmt.Errorf("GossipAddr %q: %v", c.GossipAddr, err))
+		}
+	}
+	if c.TLS != nil {
+		if want := (auth.Identity{Role: auth.RoleWorker, Name: string(c.ID)}); c.TLS.Self != want {
+			errs = append(errs, fmt.Errorf("ID %q: the TLS certificate is for %s, want %s", c.ID, c.TLS.Self, want))
 		}
 	}
 	if c.MemBytes < 0 || c.Cores < 0 {

@@ -21,11 +21,13 @@ import (
 	"github.com/switchyard/switchyard/internal/backoff"
 	"github.com/switchyard/switchyard/internal/jobrunner"
 	"github.com/switchyard/switchyard/internal/jobs"
+	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/membership"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/registry"
+	"github.com/switchyard/switchyard/pkg/train"
 	"github.com/switchyard/switchyard/pkg/transport"
 )
 
@@ -118,6 +120,11 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	var fp string // the served model's fingerprint; "" for a jobs-only worker
 	var srv *transport.ExpertServer
 	if cfg.ModelDir != "" {
+		// Checksums of a Switchyard checkpoint are verified before any
+		// expert is read from it.
+		if err := train.VerifyCheckpoint(cfg.ModelDir); err != nil {
+			return fmt.Errorf("worker %s: %w", cfg.ID, err)
+		}
 		ck, err := model.Open(cfg.ModelDir)
 		if err != nil {
 			return fmt.Errorf("worker %s: %w", cfg.ID, err)
@@ -162,10 +169,31 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	}()
 	addr := advertise(cfg.AdvertiseAddr, lis.Addr().String())
 
+	cli, err := dial(ctx, cfg.Etcd, cfg.TLS, lg)
+	if err != nil {
+		return nil // ctx ended before etcd answered: a normal stop
+	}
+	defer cli.Close() // after every goroutine using it has stopped (below)
+	reg, err := registry.New(cli, cfg.Cluster)
+	if err != nil {
+		return fmt.Errorf("worker %s: %w", cfg.ID, err)
+	}
+
 	var gossip *membership.Node
 	var gwg sync.WaitGroup
 	if cfg.GossipAddr != "" {
-		if gossip, err = startGossip(cfg, addr); err != nil {
+		var key []byte
+		if cfg.TLS != nil {
+			// Gossip under TLS is encrypted with the cluster's key, which
+			// only holders of the CA's certificates can read from etcd.
+			if key, err = reg.GossipKey(ctx); err != nil {
+				if ctx.Err() != nil {
+					return nil // stopped while starting: a normal stop
+				}
+				return fmt.Errorf("worker %s: %w", cfg.ID, err)
+			}
+		}
+		if gossip, err = startGossip(cfg, addr, key); err != nil {
 			return fmt.Errorf("worker %s: %w", cfg.ID, err)
 		}
 		gwg.Add(1)
@@ -200,16 +228,6 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 		w.info.GossipAddr = gossip.Addr()
 	}
 
-	cli, err := dial(ctx, cfg.Etcd, lg)
-	if err != nil {
-		return nil // ctx ended before etcd answered: a normal stop
-	}
-	defer cli.Close() // after every goroutine using it has stopped (below)
-	reg, err := registry.New(cli, cfg.Cluster)
-	if err != nil {
-		return fmt.Errorf("worker %s: %w", cfg.ID, err)
-	}
-
 	fctx, stopFollow := context.WithCancel(ctx)
 	var fwg sync.WaitGroup
 	if fp != "" {
@@ -232,7 +250,7 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 			defer fwg.Done()
 			host, _, _ := net.SplitHostPort(w.info.Addr)
 			r := &jobrunner.Runner{Jobs: jobs.NewStore(cli, reg.Cluster()), Cfg: jobrunner.Config{
-				Self: cfg.ID, Server: srv, ExpertAddr: w.info.Addr, Host: host, StepTimeout: cfg.JobStepTimeout, Log: lg,
+				Self: cfg.ID, Server: srv, ExpertAddr: w.info.Addr, Host: host, StepTimeout: cfg.JobStepTimeout, Log: lg, TLS: cfg.TLS, DataRoot: cfg.DataRoot,
 			}}
 			if err := r.Run(fctx); err != nil {
 				lg.Error("job runner stopped", "err", err)
@@ -259,13 +277,11 @@ func (w *Worker) serveNoModel() (*transport.ExpertServer, error) {
 }
 
 // newServer makes the worker's expert server over its store for a model
-// (fingerprint, hidden size); Control loads go through loadWithin.
+// (fingerprint, hidden size). What it holds changes only through the
+// placement follower (apply), never through a peer's call.
 func (w *Worker) newServer(fp string, hidden int) (*transport.ExpertServer, error) {
 	srv, err := transport.NewExpertServer(w.store, transport.ServerConfig{
-		Worker: w.cfg.ID, Model: fp, Protocol: w.cfg.Protocol, Hidden: hidden,
-		Load: func(_ context.Context, id expert.ID) (*expert.FFN, error) {
-			return w.loadWithin(id)
-		},
+		Worker: w.cfg.ID, Model: fp, Protocol: w.cfg.Protocol, Hidden: hidden, TLS: w.cfg.TLS,
 	})
 	if err != nil {
 		return nil, err
@@ -275,8 +291,7 @@ func (w *Worker) newServer(fp string, hidden int) (*transport.ExpertServer, erro
 }
 
 // serveModel sets the worker up to hold experts of ck: an empty store,
-// the expert loader and sizes, and the expert server (not serving yet; its
-// Control loads go through loadWithin too).
+// the expert loader and sizes, and the expert server (not serving yet).
 func (w *Worker) serveModel(ck *model.Checkpoint) (*transport.ExpertServer, error) {
 	sizes := expertSizes(ck.Config, ck.Source, w.cfg.KeepBF16)
 	w.store = expert.NewStore()
@@ -597,7 +612,7 @@ func advertise(configured, bound string) string {
 }
 
 // startGossip starts memberlist on cfg.GossipAddr with the worker's meta.
-func startGossip(cfg Config, grpcAddr string) (*membership.Node, error) {
+func startGossip(cfg Config, grpcAddr string, key []byte) (*membership.Node, error) {
 	host, p, err := net.SplitHostPort(cfg.GossipAddr)
 	if err != nil {
 		return nil, fmt.Errorf("gossip address %q: %w", cfg.GossipAddr, err)
@@ -618,6 +633,7 @@ func startGossip(cfg Config, grpcAddr string) (*membership.Node, error) {
 	gc.Name = string(cfg.ID)
 	gc.BindAddr, gc.BindPort = host, port
 	gc.Meta = membership.Meta{Worker: cfg.ID, Addr: grpcAddr, Protocol: cfg.Protocol, Role: "worker"}
+	gc.SecretKey = key
 	return membership.Start(gc)
 }
 
@@ -631,12 +647,12 @@ func isLoopback(host string) bool {
 
 // dial connects to etcd, retrying with backoff until it answers or ctx
 // ends (a worker may start before its coordinator's embedded etcd).
-func dial(ctx context.Context, endpoints []string, lg *slog.Logger) (*clientv3.Client, error) {
+func dial(ctx context.Context, endpoints []string, creds *auth.Credentials, lg *slog.Logger) (*clientv3.Client, error) {
 	bo := backoff.New(100*time.Millisecond, 2*time.Second)
 	logged := false
 	for {
 		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		cli, err := registry.Dial(dctx, endpoints)
+		cli, err := registry.DialTLS(dctx, endpoints, creds)
 		cancel()
 		if err == nil {
 			return cli, nil

@@ -35,7 +35,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/switchyard/switchyard/internal/authflags"
 	"github.com/switchyard/switchyard/internal/worker"
+	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/registry"
 )
@@ -61,6 +63,7 @@ func Command() *cobra.Command {
 	var (
 		etcd, id, gossip, mem, logLevel string
 		cfg                             = d
+		tlsFiles                        = new(auth.Files)
 	)
 	cmd := &cobra.Command{
 		Use:   "worker [--model DIR] [--etcd URLS] [--id ID]",
@@ -90,6 +93,18 @@ SIGINT or SIGTERM leaves the cluster gracefully.`,
 			cfg.Logger = slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: level}))
 			cfg.Etcd = registry.SplitEndpoints(etcd)
 			cfg.ID = cluster.WorkerID(id)
+			creds, err := auth.Load(*tlsFiles)
+			if err != nil {
+				return err
+			}
+			if creds != nil {
+				// The certificate names the worker: --id defaults to it and
+				// may not differ from it.
+				if !cmd.Flags().Changed("id") {
+					cfg.ID = cluster.WorkerID(creds.Self.Name)
+				}
+				cfg.TLS = creds
+			}
 			cfg.GossipAddr = gossip
 			if gossip == "off" || gossip == "-" {
 				cfg.GossipAddr = ""
@@ -129,7 +144,7 @@ SIGINT or SIGTERM leaves the cluster gracefully.`,
 	f := cmd.Flags()
 	f.StringVar(&etcd, "etcd", strings.Join(d.Etcd, ","), "etcd endpoints, comma-separated (a coordinator prints its own)")
 	f.StringVar(&cfg.Cluster, "cluster", registry.DefaultCluster, "cluster name (etcd key prefix)")
-	f.StringVar(&id, "id", fmt.Sprintf("%s-%d", host, os.Getpid()), "worker ID, unique in the cluster")
+	f.StringVar(&id, "id", fmt.Sprintf("%s-%d", host, os.Getpid()), "worker ID, unique in the cluster (with TLS: the name in the certificate, the default then)")
 	f.StringVar(&cfg.ListenAddr, "listen", d.ListenAddr, "gRPC listen address (port 0 picks a free port)")
 	f.StringVar(&cfg.AdvertiseAddr, "advertise", "", "gRPC address peers dial (default: the listen address)")
 	f.StringVar(&gossip, "gossip", d.GossipAddr, `gossip (memberlist) bind address; "off" disables gossip`)
@@ -141,8 +156,10 @@ SIGINT or SIGTERM leaves the cluster gracefully.`,
 	f.DurationVar(&cfg.StatsInterval, "stats-interval", d.StatsInterval, "how often token counts are written to etcd")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", d.DrainTimeout, "how long in-flight requests may take at shutdown")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	authflags.Register(f, tlsFiles)
 	f.IntVar(&cfg.Protocol, "protocol", 0, "protocol version to announce (tests only; 0: this binary's)")
 	f.BoolVar(&cfg.NoJobs, "no-jobs", false, "only serve; do not run training jobs")
+	f.StringVar(&cfg.DataRoot, "data-root", "", "directory that training jobs' paths are relative to and confined to (default: the current directory)")
 	f.DurationVar(&cfg.JobStepTimeout, "job-step-timeout", 60*time.Second, "bound on every collective of a training step: a rank that stops answering fails the step within it")
 	_ = f.MarkHidden("protocol")
 	return cmd

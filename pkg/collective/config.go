@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/switchyard/switchyard/pkg/allreduce"
+	"github.com/switchyard/switchyard/pkg/auth"
 )
 
 // Defaults for the zero fields of Config.
@@ -40,6 +41,10 @@ const (
 	// connection (gRPC's default is 32 KiB): larger buffers mean fewer
 	// system calls per chunk.
 	DefaultIOBufferBytes = 256 << 10
+	// DefaultHandshakeTimeout is Config.HandshakeTimeout's default: a
+	// member that connects sends its TLS handshake, first bytes and hello
+	// at once, so only a stranger or a stopped process takes this long.
+	DefaultHandshakeTimeout = 10 * time.Second
 )
 
 // Config configures one member of a Group. Zero fields take the defaults
@@ -111,8 +116,32 @@ type Config struct {
 	// Default DefaultIOBufferBytes.
 	IOBufferBytes int
 	// Dial opens a connection to a peer's address; nil means a plain TCP
-	// net.Dialer. Tests use it to inject faults.
+	// net.Dialer. Tests use it to inject faults. With TLS it is the raw
+	// connection underneath: the group runs the handshake over it.
 	Dial func(ctx context.Context, addr string) (net.Conn, error)
+
+	// TLS, when set, secures the group with mutual TLS 1.3 (see doc.go,
+	// "Security"): every connection to this member's listener, gRPC or
+	// lane, must present a certificate from TLS's CA naming one of
+	// Identities, and a peer may speak only for the rank whose identity
+	// its certificate names; this member dials rank r expecting
+	// Identities[r]. Pass the process's credentials (auth.Load of its
+	// --tls-* files). Nil means plaintext: anyone who can reach the
+	// listener may join as any rank (trusted networks only).
+	TLS *auth.Credentials
+	// Identities holds every member's identity by rank, as its
+	// certificate names it. Training ranks are workers: Identities[r] =
+	// auth.Identity{Role: auth.RoleWorker, Name: <the worker ID the
+	// scheduler assigned rank r>}, and Identities[Rank] must be TLS.Self.
+	// Required with TLS (len(Identities) == len(Peers), no duplicates);
+	// ignored without.
+	Identities []auth.Identity
+	// HandshakeTimeout bounds how long this member's listener waits for
+	// a new connection's TLS handshake, its first bytes and, for a lane,
+	// its hello; a connection that takes longer is closed. Each
+	// connection waits in its own goroutine, so a slow one never holds up
+	// others. Default DefaultHandshakeTimeout.
+	HandshakeTimeout time.Duration
 }
 
 // withDefaults returns c with zero fields set to their defaults.
@@ -140,6 +169,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.IOBufferBytes == 0 {
 		c.IOBufferBytes = DefaultIOBufferBytes
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = DefaultHandshakeTimeout
 	}
 	if c.LanePoll == 0 {
 		c.LanePoll = DefaultLanePoll
@@ -189,5 +221,37 @@ func (c Config) validate() error {
 	if c.IOBufferBytes < 4<<10 {
 		bad("IOBufferBytes = %d, want >= 4 KiB", c.IOBufferBytes)
 	}
+	if c.HandshakeTimeout < 0 {
+		bad("HandshakeTimeout = %v, want >= 0", c.HandshakeTimeout)
+	}
+	if c.TLS != nil {
+		errs = append(errs, c.validateIdentities()...)
+	}
 	return errors.Join(errs...)
+}
+
+// validateIdentities checks Identities against Peers and TLS.Self (TLS
+// set).
+func (c Config) validateIdentities() []error {
+	var errs []error
+	bad := func(format string, args ...any) { errs = append(errs, fmt.Errorf("collective: "+format, args...)) }
+	if len(c.Identities) != len(c.Peers) {
+		bad("TLS needs Identities for every rank: %d Identities, %d Peers", len(c.Identities), len(c.Peers))
+		return errs
+	}
+	rankOf := make(map[auth.Identity]int, len(c.Identities))
+	for r, id := range c.Identities {
+		if err := id.Validate(); err != nil {
+			bad("Identities[%d] = %q: %v", r, id, err)
+			continue
+		}
+		if s, dup := rankOf[id]; dup {
+			bad("Identities[%d] = Identities[%d] = %s: each rank needs its own identity", s, r, id)
+		}
+		rankOf[id] = r
+	}
+	if c.Rank >= 0 && c.Rank < len(c.Identities) && c.Identities[c.Rank] != c.TLS.Self {
+		bad("Identities[%d] = %s, but this member's certificate is %s", c.Rank, c.Identities[c.Rank], c.TLS.Self)
+	}
+	return errs
 }

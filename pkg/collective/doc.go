@@ -39,10 +39,21 @@
 // cannot hang it, and peers fail fast too) and the Group is broken: form a
 // new one, as training steps do (docs/ARCHITECTURE.md, "Failure model").
 //
+// Security: with Config.TLS every connection to a member's listener, gRPC
+// or lane, is mutual TLS 1.3 with a certificate from the cluster's CA
+// (pkg/auth) naming one of Config.Identities; plaintext connections and
+// other certificates fail the handshake. A hello, which claims a source
+// rank, is accepted only from the identity of that rank, so a member cannot
+// speak for another, and a member dials rank r expecting Identities[r].
+// Lanes then read and write through crypto/tls (no raw system calls, no
+// polling; see tls.go). Without TLS anyone who reaches the listener may
+// join as any rank: plaintext is for trusted networks only.
+//
 // Usage, on every member:
 //
 //	lis, _ := net.Listen("tcp", ":7070")
-//	g, err := collective.New(collective.Config{Group: "job-1/epoch-0", Rank: r, Peers: addrs}, lis)
+//	g, err := collective.New(collective.Config{Group: "job-1/epoch-0", Rank: r, Peers: addrs,
+//		TLS: creds, Identities: ids}, lis) // ids[r]: worker/<rank r's worker ID>; nil TLS: plaintext
 //	...
 //	defer g.Close()
 //	if err := g.Connect(ctx); err != nil { ... }

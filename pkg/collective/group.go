@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/switchyard/switchyard/pkg/allreduce"
+	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/wire"
 	pb "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -95,8 +96,8 @@ func New(cfg Config, lis net.Listener) (*Group, error) {
 	// Aborting (or closing) the group closes the lanes, which unblocks a
 	// send stuck on a stopped peer or a read waiting for one.
 	context.AfterFunc(g.streamCtx, g.closeLanes)
-	g.dmx = newDemux(lis, g.serveLane)
-	g.srv = grpc.NewServer(
+	g.dmx = newDemux(lis, g.serveLane, cfg.serverTLS(), cfg.HandshakeTimeout)
+	opts := []grpc.ServerOption{
 		grpc.ForceServerCodecV2(wire.Codec{}),
 		grpc.MaxRecvMsgSize(g.maxMsg()),
 		grpc.MaxSendMsgSize(g.maxMsg()),
@@ -105,7 +106,13 @@ func New(cfg Config, lis net.Listener) (*Group, error) {
 		grpc.WriteBufferSize(cfg.IOBufferBytes),
 		grpc.ReadBufferSize(cfg.IOBufferBytes),
 		grpc.WaitForHandlers(true), // Stop waits for Exchange handlers
-	)
+	}
+	if cfg.TLS != nil {
+		// The demux ran the handshake; the handlers read the caller's
+		// identity from it.
+		opts = append(opts, grpc.Creds(auth.Terminated()))
+	}
+	g.srv = grpc.NewServer(opts...)
 	pb.RegisterCollectiveServer(g.srv, &service{g: g})
 	g.wg.Add(1)
 	go func() {
@@ -131,8 +138,14 @@ func (g *Group) Size() int { return g.n }
 // Config returns the configuration in effect (defaults filled in).
 func (g *Group) Config() Config { return g.cfg }
 
-// peerName formats a rank with its address for error messages.
-func (g *Group) peerName(r int) string { return fmt.Sprintf("rank %d (%s)", r, g.cfg.Peers[r]) }
+// peerName formats a rank with its address (and identity, with TLS) for
+// error messages.
+func (g *Group) peerName(r int) string {
+	if g.cfg.TLS != nil {
+		return fmt.Sprintf("rank %d (%s, %s)", r, g.cfg.Peers[r], g.cfg.Identities[r])
+	}
+	return fmt.Sprintf("rank %d (%s)", r, g.cfg.Peers[r])
+}
 
 // Connect dials every other member and opens the Exchange streams. It
 // retries until each peer answers the hello or ctx ends, so members may
@@ -166,8 +179,12 @@ func (g *Group) Connect(ctx context.Context) error {
 
 func (g *Group) connect(ctx context.Context, r int) error {
 	addr := g.cfg.Peers[r]
+	creds := insecure.NewCredentials()
+	if g.cfg.TLS != nil {
+		creds = g.cfg.TLS.ClientCreds(auth.Is(g.cfg.Identities[r]))
+	}
 	conn, err := grpc.NewClient("passthrough:///"+addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithContextDialer(g.cfg.Dial),
 		grpc.WithDefaultCallOptions(
 			grpc.ForceCodecV2(wire.Codec{}),
@@ -242,7 +259,7 @@ func (g *Group) connect(ctx context.Context, r int) error {
 	g.mu.Lock()
 	if g.isClosed || g.failure != nil {
 		g.mu.Unlock()
-		lane.conn.Close()
+		closeConn(lane.conn)
 		return g.usable()
 	}
 	g.lanes[r] = lane
@@ -256,12 +273,12 @@ func (g *Group) closeLanes() {
 	defer g.mu.Unlock()
 	for _, l := range g.lanes {
 		if l != nil {
-			l.conn.Close()
+			closeConn(l.conn)
 		}
 	}
 	for _, l := range g.lin {
 		if l != nil && l.conn != nil {
-			l.conn.Close()
+			closeConn(l.conn)
 		}
 	}
 }
@@ -601,7 +618,16 @@ type service struct {
 	g *Group
 }
 
-func (s *service) Ping(_ context.Context, p *pb.CollectivePing) (*pb.CollectivePing, error) {
+// Ping answers members only (with TLS: callers whose certificate names
+// one of Identities).
+func (s *service) Ping(ctx context.Context, p *pb.CollectivePing) (*pb.CollectivePing, error) {
+	peer, err := s.g.callIdentity(ctx)
+	if err == nil {
+		err = s.g.checkMember(peer)
+	}
+	if err != nil {
+		return nil, status.Error(codes.PermissionDenied, err.Error())
+	}
 	return p, nil
 }
 
@@ -612,8 +638,12 @@ func (s *service) Exchange(stream grpc.BidiStreamingServer[pb.CollectiveChunk, p
 		return err
 	}
 	h := hello.GetHello()
-	if err := g.checkHello(h); err != nil {
-		return status.Error(codes.FailedPrecondition, err.Error())
+	peer, err := g.callIdentity(stream.Context())
+	if err == nil {
+		err = g.checkHello(h, peer)
+	}
+	if err != nil {
+		return status.Error(helloCode(err), err.Error())
 	}
 	b := g.in[h.SourceRank]
 	b.mu.Lock()
@@ -635,6 +665,14 @@ func (s *service) Exchange(stream grpc.BidiStreamingServer[pb.CollectiveChunk, p
 		return nil
 	}
 	return err
+}
+
+// helloCode is the gRPC status code of a refused hello.
+func helloCode(err error) codes.Code {
+	if errors.Is(err, errPeerIdentity) {
+		return codes.PermissionDenied
+	}
+	return codes.FailedPrecondition
 }
 
 // pump moves chunks from the stream into the inbox and acknowledges them

@@ -2,6 +2,7 @@ package collective
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	pb "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -44,7 +46,10 @@ import (
 // listener answers with a length-prefixed reason, empty when accepted.
 // gRPC clients open their connections with the HTTP/2 preface ("PRI *
 // HTTP/2.0..."), so the first eight bytes of a connection tell the two
-// apart (see demux).
+// apart (see demux). With Config.TLS the lane is a TLS connection (tls.go)
+// and everything above runs inside it: the demux peeks the first eight
+// decrypted bytes, and the raw system calls (rawWriter, rawRead) are off,
+// since the socket carries TLS records, not frames.
 //
 // Frame: laneHeader bytes, little-endian, then the payload:
 //
@@ -62,8 +67,6 @@ const (
 
 	// laneHelloMax bounds a hello or its answer, bytes.
 	laneHelloMax = 4 << 10
-	// laneHandshakeTimeout bounds the accepting side's wait for a hello.
-	laneHandshakeTimeout = 10 * time.Second
 	// laneReadBuffer is the initial receive buffer: a small message and
 	// its header arrive in one read(2).
 	laneReadBuffer = 64 << 10
@@ -81,13 +84,16 @@ const (
 // from the operation running under the group's opMu, and Shutdown (which
 // also holds it), so mu only orders them against Close.
 type laneOut struct {
-	conn  net.Conn
+	conn  net.Conn                  // *tls.Conn with TLS
 	write func([]byte) (int, error) // conn.Write, or rawWriter's
-	raw   bool                      // write is rawWriter's
+	raw   bool                      // write is rawWriter's: conn is a *net.TCPConn
 	mu    sync.Mutex
 	buf   []byte // frame buffer of the running operation (see frame)
 }
 
+// newLaneOut wraps the dialed connection. rawWriter applies only to a
+// plain *net.TCPConn, never to a *tls.Conn (nor to the TCP connection
+// under it, which carries TLS records).
 func newLaneOut(conn net.Conn) *laneOut {
 	l := &laneOut{conn: conn, write: rawWriter(conn)}
 	l.raw = l.write != nil
@@ -181,21 +187,32 @@ func readLaneMsg(r io.Reader) ([]byte, error) {
 	return b, err
 }
 
-// dialLane opens the lane to peer r: magic, hello, and the peer's answer,
-// all bounded by ctx.
+// dialLane opens the lane to peer r: with TLS the handshake (the peer
+// must be Identities[r]), then magic, hello, and the peer's answer, all
+// bounded by ctx.
 func (g *Group) dialLane(ctx context.Context, r int) (*laneOut, error) {
 	conn, err := g.cfg.Dial(ctx, g.cfg.Peers[r])
 	if err != nil {
 		return nil, err
 	}
+	var tc *tls.Conn
+	if g.cfg.TLS != nil {
+		tc = tls.Client(conn, g.cfg.laneTLS(r))
+		conn = tc
+	}
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
 	fail := func(err error) (*laneOut, error) {
 		stop()
-		conn.Close()
+		closeConn(conn)
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%w (last error: %v)", ctx.Err(), err)
 		}
 		return nil, err
+	}
+	if tc != nil {
+		if err := tc.Handshake(); err != nil {
+			return fail(fmt.Errorf("lane TLS handshake: %w", err))
+		}
 	}
 	hello, err := proto.Marshal(g.hello(r))
 	if err != nil {
@@ -228,8 +245,10 @@ func (g *Group) hello(r int) *pb.CollectiveHello {
 	}
 }
 
-// checkHello validates a peer's hello (gRPC stream or lane).
-func (g *Group) checkHello(h *pb.CollectiveHello) error {
+// checkHello validates a peer's hello (gRPC stream or lane) that came
+// over a connection whose verified certificate names peer (zero without
+// TLS): with TLS, peer must be the identity of the rank the hello claims.
+func (g *Group) checkHello(h *pb.CollectiveHello, peer auth.Identity) error {
 	switch {
 	case h == nil:
 		return errors.New("collective: first message is not a hello")
@@ -239,32 +258,49 @@ func (g *Group) checkHello(h *pb.CollectiveHello) error {
 		return fmt.Errorf("collective: hello for group %q, this member is in %q", h.Group, g.cfg.Group)
 	case int(h.Size) != g.n || int(h.DestRank) != g.rank:
 		return fmt.Errorf("collective: hello for rank %d of %d, this member is rank %d of %d", h.DestRank, h.Size, g.rank, g.n)
-	case int(h.SourceRank) >= g.n || int(h.SourceRank) == g.rank:
+	case uint64(h.SourceRank) >= uint64(g.n) || int(h.SourceRank) == g.rank: // uint64: int may be 32 bits
 		return fmt.Errorf("collective: hello from rank %d", h.SourceRank)
 	}
-	return nil
+	return g.checkPeer(int(h.SourceRank), peer)
 }
 
-// serveLane runs an accepted lane connection's handshake and attaches it
-// to the source's laneIn, which owns it from then on (closeLanes closes
-// it).
+// parseLaneHello decodes and checks a lane hello (readLaneMsg's message)
+// that came over a connection from peer (see checkHello). An accepted
+// hello's SourceRank is a valid peer rank.
+func (g *Group) parseLaneHello(raw []byte, peer auth.Identity) (*pb.CollectiveHello, error) {
+	h := &pb.CollectiveHello{}
+	if err := proto.Unmarshal(raw, h); err != nil {
+		return nil, fmt.Errorf("collective: malformed lane hello: %w", err)
+	}
+	if err := g.checkHello(h, peer); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// serveLane runs an accepted lane connection's handshake (after the magic;
+// with TLS, conn is the *tls.Conn whose handshake the demux ran) and
+// attaches it to the source's laneIn, which owns it from then on
+// (closeLanes closes it).
 func (g *Group) serveLane(conn net.Conn) {
-	conn.SetReadDeadline(time.Now().Add(laneHandshakeTimeout))
+	conn.SetReadDeadline(time.Now().Add(g.cfg.HandshakeTimeout))
 	raw, err := readLaneMsg(conn)
 	if err != nil {
-		conn.Close()
+		closeConn(conn)
 		return // not a member (or a dead one): nothing to tell
 	}
 	refuse := func(reason string) {
+		conn.SetWriteDeadline(time.Now().Add(g.cfg.HandshakeTimeout))
 		_ = writeLaneMsg(conn, []byte(reason))
-		conn.Close()
+		closeConn(conn)
 	}
-	h := &pb.CollectiveHello{}
-	if err := proto.Unmarshal(raw, h); err != nil {
-		refuse("collective: malformed lane hello: " + err.Error())
+	peer, err := g.connIdentity(conn)
+	if err != nil {
+		refuse(err.Error())
 		return
 	}
-	if err := g.checkHello(h); err != nil {
+	h, err := g.parseLaneHello(raw, peer)
+	if err != nil {
 		refuse(err.Error())
 		return
 	}
@@ -294,9 +330,9 @@ func (g *Group) serveLane(conn net.Conn) {
 // group's opMu, so reads never overlap.
 type laneIn struct {
 	src   int
-	ready chan struct{} // closed once conn is attached (under g.mu)
-	conn  net.Conn
-	rc    syscall.RawConn // conn's, if it is a plain TCP connection
+	ready chan struct{}   // closed once conn is attached (under g.mu)
+	conn  net.Conn        // *tls.Conn with TLS
+	rc    syscall.RawConn // conn's, if it is a plain *net.TCPConn: never with TLS
 	buf   []byte          // received bytes: buf[r:w] not yet parsed
 	r, w  int
 	err   error // sticky: the lane failed or ended
@@ -308,7 +344,11 @@ type laneIn struct {
 
 func newLaneIn(src int) *laneIn { return &laneIn{src: src, ready: make(chan struct{})} }
 
-// attach gives the lane its connection (caller holds g.mu).
+// attach gives the lane its connection (caller holds g.mu). Raw reads
+// (rawRead, which polls the socket) apply only to a plain *net.TCPConn: a
+// *tls.Conn is read through its Read, which decrypts, and the socket
+// under it is never read directly (its bytes are TLS records, and the
+// tls.Conn may hold buffered records the socket no longer has).
 func (l *laneIn) attach(conn net.Conn) {
 	l.conn = conn
 	if tc, ok := conn.(*net.TCPConn); ok && rawIO {
@@ -336,7 +376,8 @@ func (l *laneIn) fail(err error) {
 // next returns the next frame from the lane: a chunk whose payload
 // aliases the lane's buffer until the next call, or bye for a goodbye.
 // It waits for the lane to be attached and for data, polling the socket
-// for up to poll before sleeping (see Config.LanePoll). ctx's end (which
+// for up to poll before sleeping (see Config.LanePoll; raw TCP lanes only,
+// a TLS lane sleeps in its Read at once). ctx's end (which
 // also closes the lanes: the operation aborts) or the connection's gives
 // an error.
 func (l *laneIn) next(ctx context.Context, maxPayload int, poll time.Duration) (m *pb.CollectiveChunk, bye bool, err error) {
@@ -433,10 +474,18 @@ func (g *Group) laneLink(r int) (*laneOut, error) {
 // demux splits one listener between gRPC and lanes by the first eight
 // bytes of each connection: laneMagic goes to lane, anything else (the
 // HTTP/2 preface) is handed, bytes intact, to the gRPC server through
-// Accept. Close closes the underlying listener and ends Accept.
+// Accept. With a TLS configuration every connection first runs the TLS
+// handshake as the server, and the eight bytes are the first decrypted
+// ones; a connection that fails it (plaintext, a certificate from another
+// CA or naming a non-member) is closed. Each accepted connection is
+// handshaken and classified in its own goroutine, bounded by timeout, so a
+// slow or silent one never holds up Accept for others. Close closes the
+// underlying listener and ends Accept.
 type demux struct {
 	net.Listener
 	lane    func(net.Conn)
+	tls     *tls.Config   // nil: plaintext
+	timeout time.Duration // bounds a connection's handshake and first bytes
 	conns   chan net.Conn
 	done    chan struct{}
 	closing context.Context // ends at Close
@@ -447,8 +496,8 @@ type demux struct {
 	accErr  error
 }
 
-func newDemux(lis net.Listener, lane func(net.Conn)) *demux {
-	d := &demux{Listener: lis, lane: lane, conns: make(chan net.Conn), done: make(chan struct{})}
+func newDemux(lis net.Listener, lane func(net.Conn), tlsConf *tls.Config, timeout time.Duration) *demux {
+	d := &demux{Listener: lis, lane: lane, tls: tlsConf, timeout: timeout, conns: make(chan net.Conn), done: make(chan struct{})}
 	d.closing, d.cancel = context.WithCancel(context.Background())
 	d.wg.Add(1)
 	go d.loop()
@@ -478,18 +527,27 @@ func (d *demux) loop() {
 	}
 }
 
-// classify reads the first bytes of c (bounded by laneHandshakeTimeout)
-// and routes it.
-func (d *demux) classify(c net.Conn) {
-	stop := context.AfterFunc(d.closing, func() { c.SetReadDeadline(time.Now()) })
-	c.SetReadDeadline(time.Now().Add(laneHandshakeTimeout))
+// classify runs c's TLS handshake (with d.tls), reads its first bytes,
+// all bounded by d.timeout, and routes it.
+func (d *demux) classify(raw net.Conn) {
+	stop := context.AfterFunc(d.closing, func() { raw.SetDeadline(time.Now()) })
+	raw.SetDeadline(time.Now().Add(d.timeout))
+	c := raw
+	var err error
+	if d.tls != nil {
+		tc := tls.Server(raw, d.tls)
+		err = tc.Handshake()
+		c = tc
+	}
 	head := make([]byte, len(laneMagic))
-	_, err := io.ReadFull(c, head)
+	if err == nil {
+		_, err = io.ReadFull(c, head)
+	}
 	if !stop() || err != nil {
-		c.Close()
+		raw.Close()
 		return
 	}
-	c.SetReadDeadline(time.Time{})
+	c.SetDeadline(time.Time{})
 	if string(head) == laneMagic {
 		d.lane(c)
 		return
@@ -531,11 +589,23 @@ func (d *demux) Close() error {
 // handler) to return. Call after Close and after aborting the lanes.
 func (d *demux) wait() { d.wg.Wait() }
 
-// prefixConn is a connection whose first bytes were already read.
+// prefixConn is a connection whose first bytes were already read. With
+// TLS, Conn is the *tls.Conn, which auth.Terminated finds through
+// TLSConn.
 type prefixConn struct {
 	net.Conn
 	prefix []byte
 }
+
+// TLSConn implements auth.TLSConner: the TLS connection, or nil.
+func (c *prefixConn) TLSConn() *tls.Conn {
+	tc, _ := c.Conn.(*tls.Conn)
+	return tc
+}
+
+// Close closes the connection (a TLS one without close_notify: see
+// closeConn).
+func (c *prefixConn) Close() error { return closeConn(c.Conn) }
 
 func (c *prefixConn) Read(p []byte) (int, error) {
 	if len(c.prefix) > 0 {

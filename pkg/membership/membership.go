@@ -73,6 +73,12 @@ type Config struct {
 	PushPullInterval time.Duration
 	// TCPTimeout bounds a TCP exchange (join, push-pull, fallback probe).
 	TCPTimeout time.Duration
+	// SecretKey, when set, encrypts and authenticates every gossip message
+	// (memberlist's AES-GCM keyring; 16, 24 or 32 bytes): messages without
+	// it, or with another key, are dropped, in both directions. Secured
+	// clusters share one key through etcd (registry.GossipKey). Nil:
+	// plaintext gossip.
+	SecretKey []byte
 	// Logger receives memberlist's log lines; nil discards them.
 	Logger *log.Logger
 }
@@ -209,6 +215,10 @@ func Start(cfg Config) (*Node, error) {
 	mc.GossipInterval = cfg.GossipInterval
 	mc.PushPullInterval = cfg.PushPullInterval
 	mc.TCPTimeout = cfg.TCPTimeout
+	if len(cfg.SecretKey) > 0 {
+		mc.SecretKey = cfg.SecretKey
+		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	}
 	mc.Delegate = (*delegate)(n)
 	mc.Events = (*eventDelegate)(n)
 	if cfg.Logger != nil {

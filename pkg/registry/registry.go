@@ -26,6 +26,7 @@ package registry
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -38,6 +39,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/switchyard/switchyard/internal/backoff"
+	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/cluster"
 )
 
@@ -63,13 +65,34 @@ func New(cli *clientv3.Client, clusterName string) (*Registry, error) {
 	return &Registry{cli: cli, cluster: clusterName}, nil
 }
 
-// Dial connects to etcd at endpoints with a silent client logger and checks
-// that the cluster answers within ctx. The caller closes the client.
+// Dial connects to etcd at endpoints in plaintext (DialTLS with nil
+// credentials).
 func Dial(ctx context.Context, endpoints []string) (*clientv3.Client, error) {
+	return DialTLS(ctx, endpoints, nil)
+}
+
+// DialTLS connects to etcd at endpoints with a silent client logger and
+// checks that the cluster answers within ctx. With creds, every endpoint
+// must be https:// and the client presents creds' certificate (etcd's
+// --client-cert-auth) and verifies etcd's against the CA, host name
+// included; plaintext endpoints are refused. Without creds, https://
+// endpoints are refused (say --tls-cert, --tls-key and --tls-ca). The
+// caller closes the client.
+func DialTLS(ctx context.Context, endpoints []string, creds *auth.Credentials) (*clientv3.Client, error) {
 	if len(endpoints) == 0 {
 		return nil, errors.New("registry: dial etcd: no endpoints")
 	}
+	for _, e := range endpoints {
+		secure := strings.HasPrefix(e, "https://") || strings.HasPrefix(e, "unixs://")
+		switch {
+		case creds != nil && !secure:
+			return nil, fmt.Errorf("registry: dial etcd: %q is plaintext and TLS is configured (use https://)", e)
+		case creds == nil && secure:
+			return nil, fmt.Errorf("registry: dial etcd: %q needs TLS: give --tls-cert, --tls-key and --tls-ca", e)
+		}
+	}
 	cli, err := clientv3.New(clientv3.Config{
+		TLS:         creds.EtcdClientConfig(),
 		Endpoints:   endpoints,
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
@@ -365,4 +388,35 @@ func SplitEndpoints(s string) []string {
 		}
 	}
 	return out
+}
+
+// GossipKeyBytes is the length of the gossip key (AES-256).
+const GossipKeyBytes = 32
+
+// GossipKey returns the cluster's gossip encryption key, stored at
+// /<cluster>/gossip-key; the first caller creates it (32 random bytes, put
+// only if absent, so every process gets the same key). Only clients etcd
+// admits can read it: on a cluster with TLS, the holders of the CA's
+// certificates.
+func (r *Registry) GossipKey(ctx context.Context) ([]byte, error) {
+	k := r.key("gossip-key")
+	key := make([]byte, GossipKeyBytes)
+	if _, err := rand.Read(key); err != nil {
+		return nil, err
+	}
+	resp, err := r.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
+		Then(clientv3.OpPut(k, string(key))).
+		Else(clientv3.OpGet(k)).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("registry: gossip key %s: %w", k, err)
+	}
+	if resp.Succeeded {
+		return key, nil
+	}
+	kvs := resp.Responses[0].GetResponseRange().Kvs
+	if len(kvs) != 1 || len(kvs[0].Value) != GossipKeyBytes {
+		return nil, fmt.Errorf("registry: gossip key %s is not %d bytes", k, GossipKeyBytes)
+	}
+	return kvs[0].Value, nil
 }

@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"sort"
 	"strconv"
 	"strings"
 
@@ -35,8 +34,9 @@ import (
 // One file per logical expert means a checkpoint does not depend on how
 // many workers wrote it: any worker count can resume it, each worker
 // reading only the experts it owns. The checkpoint is assembled in
-// <dir>.tmp (every file fsynced), then renamed to <dir> and the parent
-// fsynced, so a crash never leaves a partial checkpoint under its name.
+// <dir>.tmp (every file fsynced), then put in <dir>'s place (replaceDir,
+// swap.go), so a crash never leaves a partial checkpoint under its name
+// nor a moment without a complete one.
 // Optimizer files hold exp_avg.<name>, exp_avg_sq.<name> (float32, the
 // parameter's shape) and step.<name> (int64 scalar).
 
@@ -210,9 +210,15 @@ func WriteExperts(tmp string, s *Stepper, only func(expert.ID) bool) error {
 }
 
 // FinishCheckpoint completes a checkpoint once every part is written: it
-// checks that every tensor cfg needs is present, writes the index and the
-// trainer state, and renames tmp to dir atomically.
+// checks that every tensor cfg needs is present, writes the index, the
+// trainer state and the checksums, and puts tmp in dir's place so that a
+// complete checkpoint, the old or the new, is found at every instant
+// (replaceDir).
 func FinishCheckpoint(tmp, dir string, cfg *model.Config, state TrainerState) error {
+	return finishCheckpoint(tmp, dir, cfg, state, swapHooks{})
+}
+
+func finishCheckpoint(tmp, dir string, cfg *model.Config, state TrainerState, hooks swapHooks) error {
 	weightMap := map[string]string{}
 	var total int64
 	for _, spec := range cfg.Tensors() {
@@ -241,7 +247,7 @@ func FinishCheckpoint(tmp, dir string, cfg *model.Config, state TrainerState) er
 		return err
 	}
 	// Checksums of every file, written last: a checkpoint whose files do not
-	// match them is refused on resume (VerifyCheckpoint).
+	// match them is refused wherever it is loaded (VerifyCheckpoint).
 	sums, err := checksumDir(tmp)
 	if err != nil {
 		return err
@@ -253,18 +259,7 @@ func FinishCheckpoint(tmp, dir string, cfg *model.Config, state TrainerState) er
 	if err := syncDir(tmp); err != nil {
 		return err
 	}
-	if _, err := os.Stat(dir); err == nil {
-		old := dir + ".old"
-		os.RemoveAll(old)
-		if err := os.Rename(dir, old); err != nil {
-			return fmt.Errorf("train: checkpoint: %w", err)
-		}
-		defer os.RemoveAll(old)
-	}
-	if err := os.Rename(tmp, dir); err != nil {
-		return fmt.Errorf("train: checkpoint: %w", err)
-	}
-	return syncDir(filepath.Dir(dir))
+	return replaceDir(tmp, dir, hooks)
 }
 
 func writeFileSync(path string, data []byte) error {
@@ -296,7 +291,9 @@ func syncDir(dir string) error {
 }
 
 // LatestCheckpoint returns the complete checkpoint with the most steps in
-// out ("" if none). Directories still named .tmp are ignored.
+// out ("" if none). Directories named .tmp are ignored; a checkpoint-N.old
+// stands for checkpoint-N while a crash left it set aside with nothing
+// under its own name (replaceDir).
 func LatestCheckpoint(out string) (string, error) {
 	ents, err := os.ReadDir(out)
 	if err != nil {
@@ -305,25 +302,35 @@ func LatestCheckpoint(out string) (string, error) {
 		}
 		return "", err
 	}
-	var steps []int
+	found := map[int]string{} // step -> directory name
 	for _, e := range ents {
 		n := e.Name()
-		if !e.IsDir() || !strings.HasPrefix(n, checkpointPrefix) || strings.Contains(n, ".") {
+		if !e.IsDir() || !strings.HasPrefix(n, checkpointPrefix) {
 			continue
 		}
-		st, err := strconv.Atoi(strings.TrimPrefix(n, checkpointPrefix))
-		if err != nil {
+		base, aside := strings.CutSuffix(n, ".old")
+		if strings.Contains(base, ".") {
 			continue
 		}
-		if _, err := os.Stat(filepath.Join(out, n, "trainer_state.json")); err == nil {
-			steps = append(steps, st)
+		st, err := strconv.Atoi(strings.TrimPrefix(base, checkpointPrefix))
+		if err != nil || st < 0 {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(out, n, "trainer_state.json")); err != nil {
+			continue
+		}
+		if _, have := found[st]; !have || !aside {
+			found[st] = n // the name itself wins over its .old
 		}
 	}
-	if len(steps) == 0 {
+	best := -1
+	for st := range found {
+		best = max(best, st)
+	}
+	if best < 0 {
 		return "", nil
 	}
-	sort.Ints(steps)
-	return CheckpointDir(out, steps[len(steps)-1]), nil
+	return filepath.Join(out, found[best]), nil
 }
 
 // ReadTrainerState reads dir/trainer_state.json.
@@ -391,8 +398,12 @@ func loadOptimFile(path string, opt *optim.AdamW) error {
 }
 
 // LoadModel loads a checkpoint (or any HF folder) as a float32 model for
-// training, with all of its experts in a local store.
+// training, with all of its experts in a local store; a checkpoint's
+// checksums are verified first (VerifyCheckpoint).
 func LoadModel(dir string) (*model.Model, *expert.Store, error) {
+	if err := VerifyCheckpoint(dir); err != nil {
+		return nil, nil, err
+	}
 	ck, err := model.Open(dir)
 	if err != nil {
 		return nil, nil, err
@@ -443,6 +454,10 @@ func checksumDir(dir string) (map[string]string, error) {
 		if e.IsDir() || e.Name() == ChecksumFile {
 			continue
 		}
+		if !e.Type().IsRegular() {
+			// A link or a device could lead anywhere, or never end.
+			return nil, fmt.Errorf("%w: %s is not a regular file", ErrCorruptCheckpoint, e.Name())
+		}
 		f, err := os.Open(filepath.Join(dir, e.Name()))
 		if err != nil {
 			return nil, err
@@ -458,10 +473,22 @@ func checksumDir(dir string) (map[string]string, error) {
 	return sums, nil
 }
 
-// VerifyCheckpoint checks every file of a checkpoint against its
-// checksums: a missing, extra or altered file is an error naming it.
-func VerifyCheckpoint(dir string) error {
+// VerifyCheckpoint checks every file of a Switchyard checkpoint against
+// its checksums (ChecksumFile): a missing, extra, altered or non-regular
+// file is an error naming it and wrapping ErrCorruptCheckpoint. A folder
+// without ChecksumFile is not a Switchyard checkpoint (a Hugging Face
+// model, say) and passes. Call it wherever a model folder is loaded,
+// before reading its weights: training does (resume, --init-from,
+// LoadModel), and so do generate and the job runner's golden task.
+func VerifyCheckpoint(dir string) error { return verifyCheckpoint(dir, false) }
+
+// verifyCheckpoint is VerifyCheckpoint; with requireSums a folder without
+// checksums is an error too (a checkpoint to resume must be ours).
+func verifyCheckpoint(dir string, requireSums bool) error {
 	b, err := os.ReadFile(filepath.Join(dir, ChecksumFile))
+	if errors.Is(err, os.ErrNotExist) && !requireSums {
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("train: %s: %w: %v", dir, ErrCorruptCheckpoint, err)
 	}

@@ -90,7 +90,7 @@ func Prepare(cfg JobConfig, logf func(format string, args ...any)) (*Prepared, e
 	switch {
 	case p.ResumeDir != "":
 		dir := p.ResumeDir
-		if err := VerifyCheckpoint(dir); err != nil {
+		if err := verifyCheckpoint(dir, true); err != nil {
 			return nil, err
 		}
 		if p.State, err = ReadTrainerState(dir); err != nil {
@@ -123,6 +123,9 @@ func Prepare(cfg JobConfig, logf func(format string, args ...any)) (*Prepared, e
 		p.weightsDir = dir
 		logf("train: resuming from %s (step %d)", dir, st.Step)
 	case cfg.InitFrom != "":
+		if err := VerifyCheckpoint(cfg.InitFrom); err != nil {
+			return nil, err
+		}
 		if p.HFConfig, err = os.ReadFile(filepath.Join(cfg.InitFrom, "config.json")); err != nil {
 			return nil, fmt.Errorf("train: %w", err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/switchyard/switchyard/pkg/auth"
 	"io"
 	"slices"
 	"strings"
@@ -130,7 +131,6 @@ func NewPool(cfg ClientConfig) (*Pool, error) {
 	id := identity{protocol: cfg.Protocol, model: cfg.Model, job: cfg.Job}
 	sw, cw := windows(cfg.ChunkBytes, cfg.WindowChunks)
 	opts := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(
 			grpc.ForceCodecV2(wire.Codec{}),
 			grpc.MaxCallRecvMsgSize(cfg.MaxMessageBytes),
@@ -174,7 +174,11 @@ func (p *Pool) peer(w cluster.WorkerID, addr string) (*peer, error) {
 		pr.closeStreams()
 		pr.cc.Close() // the worker moved; calls in flight to the old address fail over
 	}
-	cc, err := grpc.NewClient(addr, p.opts...)
+	creds := insecure.NewCredentials()
+	if p.cfg.TLS != nil {
+		creds = p.cfg.TLS.ClientCreds(auth.Is(auth.Identity{Role: auth.RoleWorker, Name: string(w)}))
+	}
+	cc, err := grpc.NewClient(addr, append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, p.opts...)...)
 	if err != nil {
 		return nil, fmt.Errorf("transport: worker %s (%s): %w", w, addr, err)
 	}

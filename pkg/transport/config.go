@@ -1,15 +1,14 @@
 package transport
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"time"
 
 	"google.golang.org/grpc"
 
+	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/cluster"
-	"github.com/switchyard/switchyard/pkg/expert"
 )
 
 const (
@@ -80,9 +79,15 @@ type ClientConfig struct {
 	// Servers permit pings this frequent (ServerConfig.KeepaliveMinTime).
 	KeepaliveTime, KeepaliveTimeout time.Duration
 
+	// TLS, when set, makes every connection mutual TLS with these
+	// credentials, and a worker dialled as ID w must present the
+	// certificate of worker/w (auth.Is): an address in etcd that another
+	// process answers on is refused. Nil: plaintext (the embedded default
+	// on loopback).
+	TLS *auth.Credentials
+
 	// DialOptions are appended to the pool's own options (e.g. a custom
-	// dialer in tests, or transport credentials; the default is insecure,
-	// for a trusted cluster network).
+	// dialer in tests).
 	DialOptions []grpc.DialOption
 }
 
@@ -195,6 +200,25 @@ type ServerConfig struct {
 	// MaxRequestBytes bounds one request's tensor (default 256 MiB);
 	// larger requests are refused before any buffer is allocated.
 	MaxRequestBytes int64
+	// MaxInFlightBytes bounds the request and answer bytes of the requests
+	// a server holds at once, over every stream and caller (default 1 GiB,
+	// at least 2 x MaxRequestBytes): a request waits, unread (gRPC flow
+	// control then holds its sender), until its share fits, so no number of
+	// callers or open streams can make a worker hold more. A request larger
+	// than the budget runs alone.
+	MaxInFlightBytes int64
+	// MaxConcurrentStreams bounds the gRPC streams one connection may have
+	// open (default 256): a front end keeps about one persistent stream per
+	// concurrent exchange; a peer opening more waits for one to end.
+	MaxConcurrentStreams uint32
+
+	// TLS, when set, serves mutual TLS only (plaintext connections fail
+	// the handshake) and authorizes each call by the caller's certificate:
+	// the serving scope answers front ends and clients (auth.RoleFrontend,
+	// auth.RoleClient), a training job's scope only the workers its rank
+	// named (JobScope.SetMembers), Health and Stats any identity of the
+	// cluster's CA. Nil: plaintext, no authorization.
+	TLS *auth.Credentials
 
 	// BatchWindow is how long the GEMM goroutine may wait, after the first
 	// request of a batch arrived, for more requests before it runs. Zero
@@ -206,11 +230,6 @@ type ServerConfig struct {
 	// runs as soon as this many requests for one layer are queued (e.g. the
 	// number of peers in a lockstep group). Zero waits the whole window.
 	BatchRequests int
-
-	// Load reads one routed expert for Control's load requests (e.g.
-	// model.LoadExpert over the worker's checkpoint). Nil refuses loads
-	// with UNIMPLEMENTED.
-	Load func(ctx context.Context, id expert.ID) (*expert.FFN, error)
 
 	// KeepaliveTime is the idle time after which the server pings a client
 	// (default 30 s) and KeepaliveTimeout how long it waits for the answer
@@ -224,14 +243,16 @@ type ServerConfig struct {
 // unset.
 func DefaultServerConfig() ServerConfig {
 	return ServerConfig{
-		Protocol:         cluster.ProtocolVersion,
-		ChunkBytes:       DefaultChunkBytes,
-		MaxMessageBytes:  DefaultMaxMessageBytes,
-		WindowChunks:     DefaultWindowChunks,
-		MaxRequestBytes:  256 << 20,
-		KeepaliveTime:    30 * time.Second,
-		KeepaliveTimeout: 10 * time.Second,
-		KeepaliveMinTime: 5 * time.Second,
+		Protocol:             cluster.ProtocolVersion,
+		ChunkBytes:           DefaultChunkBytes,
+		MaxMessageBytes:      DefaultMaxMessageBytes,
+		WindowChunks:         DefaultWindowChunks,
+		MaxRequestBytes:      256 << 20,
+		MaxConcurrentStreams: 256,
+		MaxInFlightBytes:     1 << 30,
+		KeepaliveTime:        30 * time.Second,
+		KeepaliveTimeout:     10 * time.Second,
+		KeepaliveMinTime:     5 * time.Second,
 	}
 }
 
@@ -251,6 +272,12 @@ func (c ServerConfig) withDefaults() (ServerConfig, error) {
 	}
 	if c.MaxRequestBytes == 0 {
 		c.MaxRequestBytes = d.MaxRequestBytes
+	}
+	if c.MaxConcurrentStreams == 0 {
+		c.MaxConcurrentStreams = d.MaxConcurrentStreams
+	}
+	if c.MaxInFlightBytes == 0 {
+		c.MaxInFlightBytes = max(d.MaxInFlightBytes, 2*c.MaxRequestBytes)
 	}
 	if c.KeepaliveTime == 0 {
 		c.KeepaliveTime = d.KeepaliveTime
@@ -279,6 +306,9 @@ func (c ServerConfig) withDefaults() (ServerConfig, error) {
 	}
 	if c.MaxRequestBytes < 0 {
 		errs = append(errs, fmt.Errorf("transport: server config: MaxRequestBytes %d < 0", c.MaxRequestBytes))
+	}
+	if c.MaxInFlightBytes < 0 {
+		errs = append(errs, fmt.Errorf("transport: server config: MaxInFlightBytes %d < 0", c.MaxInFlightBytes))
 	}
 	if c.BatchWindow < 0 || c.BatchRequests < 0 {
 		errs = append(errs, fmt.Errorf("transport: server config: BatchWindow %v / BatchRequests %d < 0", c.BatchWindow, c.BatchRequests))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/switchyard/switchyard/pkg/auth"
 	"io"
 	"net"
 	"slices"
@@ -60,9 +61,11 @@ type ExpertServer struct {
 	active   atomic.Int64  // expert requests being served (first frame read, answer not yet sent)
 	streams  atomic.Uint64 // Experts streams opened by callers, every scope
 
-	batch   *batcher
-	bufs    f32Pool // request buffers and batch gather buffers
-	batches atomic.Uint64
+	batch *batcher
+	bufs  f32Pool // request buffers and batch gather buffers
+	// inflight is the budget of request bytes held (MaxInFlightBytes).
+	inflight byteBudget
+	batches  atomic.Uint64
 
 	// compute runs one expert of the serving scope over contiguous rows
 	// x [n, D] into y [n, D]. Tests replace it (before serving) to tag rows
@@ -89,7 +92,10 @@ type scope struct {
 
 	epoch       atomic.Uint64 // placement epoch accepted (0: any; job scopes stay 0)
 	maxReqEpoch atomic.Uint64
-	removed     atomic.Bool // a job scope whose job ended (JobScope.Close)
+	// members are the worker IDs whose certificates may call a job scope
+	// under mutual TLS (JobScope.SetMembers); nil: nobody.
+	members atomic.Pointer[map[string]bool]
+	removed atomic.Bool // a job scope whose job ended (JobScope.Close)
 
 	streams  atomic.Uint64 // Experts streams opened on this scope
 	requests atomic.Uint64 // requests answered over the network (results or errors)
@@ -140,6 +146,7 @@ func NewExpertServer(store *expert.Store, cfg ServerConfig) (*ExpertServer, erro
 		jobs:    map[string]*scope{},
 	}
 	s.id = s.serving.id
+	s.inflight.max = cfg.MaxInFlightBytes
 	if s.who == "" {
 		s.who = "(unnamed)"
 	}
@@ -197,6 +204,18 @@ func (s *ExpertServer) AddJob(job string, store *expert.Store, model string, hid
 	return &JobScope{s: s, sc: sc}, nil
 }
 
+// SetMembers names the workers whose certificates may call the job's
+// scope when the server runs mutual TLS (ServerConfig.TLS): the job's
+// ranks, as the scheduler assigned them in etcd. Until it is called, no
+// remote caller may. Without TLS it has no effect.
+func (j *JobScope) SetMembers(ids []cluster.WorkerID) {
+	m := make(map[string]bool, len(ids))
+	for _, id := range ids {
+		m[string(id)] = true
+	}
+	j.sc.members.Store(&m)
+}
+
 // Job is the scope's job id.
 func (j *JobScope) Job() string { return j.sc.job }
 
@@ -244,8 +263,9 @@ func (s *ExpertServer) scopeOf(ctx context.Context) (*scope, error) {
 // windows of several chunks and keepalive settings.
 func (s *ExpertServer) ServerOptions() []grpc.ServerOption {
 	sw, cw := windows(s.cfg.ChunkBytes, s.cfg.WindowChunks)
-	return []grpc.ServerOption{
+	opts := []grpc.ServerOption{
 		grpc.ForceServerCodecV2(wire.Codec{}),
+		grpc.MaxConcurrentStreams(s.cfg.MaxConcurrentStreams),
 		grpc.MaxRecvMsgSize(s.cfg.MaxMessageBytes),
 		grpc.MaxSendMsgSize(s.cfg.MaxMessageBytes),
 		grpc.InitialWindowSize(sw),
@@ -253,6 +273,10 @@ func (s *ExpertServer) ServerOptions() []grpc.ServerOption {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.KeepaliveTime, Timeout: s.cfg.KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: s.cfg.KeepaliveMinTime, PermitWithoutStream: true}),
 	}
+	if s.cfg.TLS != nil {
+		opts = append(opts, grpc.Creds(s.cfg.TLS.ServerCreds(nil)))
+	}
+	return opts
 }
 
 // Register registers the Worker service on r (built with ServerOptions).
@@ -354,6 +378,9 @@ func (s *ExpertServer) accept(ctx context.Context) (*scope, error) {
 	if err != nil {
 		return nil, statusError(err)
 	}
+	if err := s.authorize(ctx, sc); err != nil {
+		return nil, err
+	}
 	_ = grpc.SetHeader(ctx, metadata.Pairs(sc.id.pairs()...))
 	if err := sc.id.checkCaller(ctx, s.who); err != nil {
 		return nil, statusError(err)
@@ -408,6 +435,14 @@ func (s *ExpertServer) serveRequest(ctx context.Context, sc *scope, stream pb.Wo
 		}
 		return s.readPayload(sc, stream, first, nil, n*d*4)
 	}
+	// The request's share of the in-flight budget (its rows in and out)
+	// is reserved before its payload is read: while it waits, its stream
+	// is not read and flow control holds the sender.
+	share := int64(n) * int64(d) * 8
+	if err := s.inflight.acquire(ctx, share); err != nil {
+		return err
+	}
+	defer s.inflight.release(share)
 	// The request's buffer is taken only once its whole payload has
 	// arrived: a header alone (declaring up to MaxRequestBytes) costs the
 	// owner nothing but the chunks actually received.
@@ -494,6 +529,9 @@ func (s *ExpertServer) checkHeader(sc *scope, f *pb.ExpertFrame) (int, error) {
 	if len(f.Experts) == 0 || len(f.Experts) != len(f.Rows) {
 		return bad("%d experts with %d row counts", len(f.Experts), len(f.Rows))
 	}
+	// The most rows a request may carry: compared by division, so no
+	// product of attacker-chosen numbers can overflow past the limit.
+	maxRows := s.cfg.MaxRequestBytes / (int64(sc.hidden) * 4)
 	n := int64(0)
 	for i, e := range f.Experts {
 		if e < 0 || (i > 0 && e <= f.Experts[i-1]) {
@@ -501,6 +539,9 @@ func (s *ExpertServer) checkHeader(sc *scope, f *pb.ExpertFrame) (int, error) {
 		}
 		if f.Rows[i] <= 0 {
 			return bad("expert %d has %d rows", e, f.Rows[i])
+		}
+		if int64(f.Rows[i]) > maxRows-n {
+			return bad("more than %d rows (%d bytes, the limit)", maxRows, s.cfg.MaxRequestBytes)
 		}
 		n += int64(f.Rows[i])
 	}
@@ -529,10 +570,7 @@ func (s *ExpertServer) checkHeader(sc *scope, f *pb.ExpertFrame) (int, error) {
 	if len(f.Shape) != 2 || f.Shape[0] != n || f.Shape[1] != int64(sc.hidden) {
 		return bad("shape %v, want [%d %d] (rows, hidden)", f.Shape, n, sc.hidden)
 	}
-	if bytes := n * int64(sc.hidden) * 4; bytes > s.cfg.MaxRequestBytes {
-		return bad("%d bytes exceed the limit of %d", bytes, s.cfg.MaxRequestBytes)
-	}
-	return int(n), nil
+	return int(n), nil // n <= maxRows: n x hidden x 4 <= MaxRequestBytes
 }
 
 // admit checks the request's scope and epoch and resolves its experts.
@@ -874,6 +912,9 @@ func (sc *scope) counter(id expert.ID) *expertCounters {
 // Health implements the Worker service. It needs no handshake and
 // reports the serving scope.
 func (s *ExpertServer) Health(ctx context.Context, _ *pb.HealthRequest) (*pb.HealthResponse, error) {
+	if err := s.authorize(ctx, nil); err != nil {
+		return nil, err
+	}
 	_ = grpc.SetHeader(ctx, metadata.Pairs(s.id.pairs()...))
 	st := pb.ServingStatus_SERVING_STATUS_SERVING
 	if s.draining.Load() {
@@ -933,43 +974,80 @@ func (s *ExpertServer) snapshot(sc *scope) *pb.StatsResponse {
 	return out
 }
 
-// Control implements the Worker service: set the epoch, then load, then
-// drop experts, in the serving scope (a call naming a job is refused: a
-// job's experts are its rank's).
-func (s *ExpertServer) Control(ctx context.Context, req *pb.ControlRequest) (*pb.ControlResponse, error) {
-	sc, err := s.accept(ctx)
+// authorize checks, under mutual TLS, that the caller's certificate may
+// call scope sc (see ServerConfig.TLS); nil scope means the call needs only
+// an identity of the cluster's CA (Health, Stats).
+func (s *ExpertServer) authorize(ctx context.Context, sc *scope) error {
+	if s.cfg.TLS == nil {
+		return nil
+	}
+	id, err := auth.FromContext(ctx)
 	if err != nil {
-		return nil, err
+		return status.Errorf(codes.Unauthenticated, "worker %s: %v", s.who, err)
 	}
-	if sc != s.serving {
-		return nil, status.Errorf(codes.FailedPrecondition, "worker %s: Control changes the serving placement; %s is not controlled", s.who, sc.name())
-	}
-	store := sc.store
-	if req.SetEpoch != 0 {
-		s.SetEpoch(cluster.Epoch(req.SetEpoch))
-	}
-	if len(req.Load) > 0 && s.cfg.Load == nil {
-		return nil, status.Errorf(codes.Unimplemented, "worker %s: no expert loader configured", s.who)
-	}
-	for _, r := range req.Load {
-		id := expert.ID{Layer: int(r.Layer), Expert: int(r.Expert)}
-		if store.Get(id) != nil {
-			continue
+	switch {
+	case sc == nil:
+		return nil
+	case sc.job == "":
+		if id.Role == auth.RoleFrontend || id.Role == auth.RoleClient {
+			return nil
 		}
-		f, err := s.cfg.Load(ctx, id)
-		if err != nil {
-			return nil, status.Errorf(codes.FailedPrecondition, "worker %s: load expert %v: %v", s.who, id, err)
+		return status.Errorf(codes.PermissionDenied, "worker %s: %s may not call the serving experts (front ends and clients may)", s.who, id)
+	default:
+		if m := sc.members.Load(); m != nil && id.Role == auth.RoleWorker && (*m)[id.Name] {
+			return nil
 		}
-		store.Put(id, f)
+		return status.Errorf(codes.PermissionDenied, "worker %s: %s is not a rank of training job %q", s.who, id, sc.job)
 	}
-	for _, r := range req.Drop {
-		store.Delete(expert.ID{Layer: int(r.Layer), Expert: int(r.Expert)})
+}
+
+// InFlightBytes is the request and answer bytes the server holds now
+// (bounded by ServerConfig.MaxInFlightBytes).
+func (s *ExpertServer) InFlightBytes() int64 { return s.inflight.inUse() }
+
+// byteBudget is a counting semaphore of bytes: acquire waits until n more
+// fit under max (or nothing is held: a request larger than the budget runs
+// alone), release gives them back.
+type byteBudget struct {
+	mu   sync.Mutex
+	max  int64
+	used int64
+	wake chan struct{} // closed and replaced on every release
+}
+
+func (b *byteBudget) acquire(ctx context.Context, n int64) error {
+	for {
+		b.mu.Lock()
+		if b.used == 0 || b.used+n <= b.max {
+			b.used += n
+			b.mu.Unlock()
+			return nil
+		}
+		if b.wake == nil {
+			b.wake = make(chan struct{})
+		}
+		ch := b.wake
+		b.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
-	ids := store.IDs()
-	slices.SortFunc(ids, expert.Compare)
-	resp := &pb.ControlResponse{Epoch: sc.epoch.Load()}
-	for _, id := range ids {
-		resp.Held = append(resp.Held, &pb.ExpertRef{Layer: int32(id.Layer), Expert: int32(id.Expert)})
+}
+
+func (b *byteBudget) release(n int64) {
+	b.mu.Lock()
+	b.used -= n
+	if b.wake != nil {
+		close(b.wake)
+		b.wake = nil
 	}
-	return resp, nil
+	b.mu.Unlock()
+}
+
+func (b *byteBudget) inUse() int64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.used
 }

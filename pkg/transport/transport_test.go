@@ -386,9 +386,8 @@ func TestStalePlacementRefreshesAndRetries(t *testing.T) {
 	for e := 0; e < E; e++ {
 		ids[e/4] = append(ids[e/4], expert.ID{Layer: layer, Expert: e})
 	}
-	loader := func(_ context.Context, id expert.ID) (*expert.FFN, error) { return &expert.FFN{}, nil }
-	w0 := startWorker(t, "w0", taggedStore(ids[0]...), ServerConfig{Hidden: D, Load: loader}, tagHook(0))
-	w1 := startWorker(t, "w1", taggedStore(ids[1]...), ServerConfig{Hidden: D, Load: loader}, tagHook(1))
+	w0 := startWorker(t, "w0", taggedStore(ids[0]...), ServerConfig{Hidden: D}, tagHook(0))
+	w1 := startWorker(t, "w1", taggedStore(ids[1]...), ServerConfig{Hidden: D}, tagHook(1))
 	workers := []*testWorker{w0, w1}
 	before := func(_, e int) []int { return []int{e / 4} }
 	after := func(_, e int) []int { // expert 2 moved to w1
@@ -398,16 +397,6 @@ func TestStalePlacementRefreshesAndRetries(t *testing.T) {
 		return []int{e / 4}
 	}
 	pool := newPool(t, ClientConfig{Worker: "c0", MaxStaleRetries: 2, LoadWait: 300 * time.Millisecond})
-	ctl := func(w *testWorker, req *pb.ControlRequest) {
-		t.Helper()
-		cli, err := pool.Client(w.id, w.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := cli.Control(context.Background(), req); err != nil {
-			t.Fatal(err)
-		}
-	}
 	plan := route(40, E, 2, 3) // 80 rows: every expert has some
 	x := taggedInput(0, 40, D, 1)
 	run := func(src PlacementSource, owners func(l, e int) []int) error {
@@ -420,8 +409,9 @@ func TestStalePlacementRefreshesAndRetries(t *testing.T) {
 	}
 
 	// 1. w1 loads expert 2 and w0 drops it, before the caller hears of it.
-	ctl(w1, &pb.ControlRequest{Load: []*pb.ExpertRef{{Layer: layer, Expert: 2}}})
-	ctl(w0, &pb.ControlRequest{Drop: []*pb.ExpertRef{{Layer: layer, Expert: 2}}})
+	// (What a worker's placement follower does on a new placement.)
+	w1.store.Put(expert.ID{Layer: layer, Expert: 2}, &expert.FFN{})
+	w0.store.Delete(expert.ID{Layer: layer, Expert: 2})
 	old, moved := placement(1, L, E, moe, workers, before), placement(2, L, E, moe, workers, after)
 	src := NewCachedPlacement(old, func(context.Context) (*cluster.Placement, error) { return moved, nil })
 	if err := run(src, after); err != nil {
@@ -432,8 +422,8 @@ func TestStalePlacementRefreshesAndRetries(t *testing.T) {
 	}
 
 	// 2. The workers move to epoch 3 (no owner changes): epoch-2 callers are stale.
-	ctl(w0, &pb.ControlRequest{SetEpoch: 3})
-	ctl(w1, &pb.ControlRequest{SetEpoch: 3})
+	w0.srv.SetEpoch(3)
+	w1.srv.SetEpoch(3)
 	epoch3 := placement(3, L, E, moe, workers, after)
 	src = NewCachedPlacement(moved, func(context.Context) (*cluster.Placement, error) { return epoch3, nil })
 	if err := run(src, after); err != nil {

@@ -111,11 +111,12 @@ func startProcess(t *testing.T, args ...string) *process {
 var frontEndReady = regexp.MustCompile(`(?m)^serve: ready: (http://\S+) `)
 
 // startFrontEnd runs `switchyard serve --etcd ... --cluster ...` for dir
-// and waits until its /health answers 200; it returns the API's URL.
-func startFrontEnd(t *testing.T, ctx context.Context, etcd, clusterName, dir string) (string, *process) {
+// (with extra flags) and waits until its /health answers 200; it returns
+// the API's URL.
+func startFrontEnd(t *testing.T, ctx context.Context, etcd, clusterName, dir string, extra ...string) (string, *process) {
 	t.Helper()
-	p := startProcess(t, "serve", "--model", dir, "--tokenizer", gpt2Tok, "--etcd", etcd, "--cluster", clusterName,
-		"--listen", "127.0.0.1:0", "--served-model-name", "m")
+	p := startProcess(t, append([]string{"serve", "--model", dir, "--tokenizer", gpt2Tok, "--etcd", etcd, "--cluster", clusterName,
+		"--listen", "127.0.0.1:0", "--served-model-name", "m"}, extra...)...)
 	var url string
 	waitUntil(t, ctx, "the front end's ready line", func() bool {
 		select {

@@ -967,183 +967,6 @@ func (x *StatsResponse) GetBytesOut() uint64 {
 	return 0
 }
 
-// ExpertRef names one routed expert.
-type ExpertRef struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// Decoder layer index.
-	Layer int32 `protobuf:"varint,1,opt,name=layer,proto3" json:"layer,omitempty"`
-	// Expert index within the layer.
-	Expert        int32 `protobuf:"varint,2,opt,name=expert,proto3" json:"expert,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ExpertRef) Reset() {
-	*x = ExpertRef{}
-	mi := &file_switchyard_v1_worker_proto_msgTypes[7]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ExpertRef) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ExpertRef) ProtoMessage() {}
-
-func (x *ExpertRef) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_worker_proto_msgTypes[7]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ExpertRef.ProtoReflect.Descriptor instead.
-func (*ExpertRef) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_worker_proto_rawDescGZIP(), []int{7}
-}
-
-func (x *ExpertRef) GetLayer() int32 {
-	if x != nil {
-		return x.Layer
-	}
-	return 0
-}
-
-func (x *ExpertRef) GetExpert() int32 {
-	if x != nil {
-		return x.Expert
-	}
-	return 0
-}
-
-// ControlRequest asks the worker to change what it serves. Set the fields
-// needed; they apply in field order (epoch, then loads, then drops).
-type ControlRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// When non-zero, the placement epoch the worker accepts from now on:
-	// requests routed with an older epoch get STALE_PLACEMENT. The epoch
-	// never moves backwards: a lower value is ignored.
-	SetEpoch uint64 `protobuf:"varint,1,opt,name=set_epoch,json=setEpoch,proto3" json:"set_epoch,omitempty"`
-	// Experts to load from the worker's checkpoint (if not held).
-	Load []*ExpertRef `protobuf:"bytes,2,rep,name=load,proto3" json:"load,omitempty"`
-	// Experts to drop (in-flight computations that use one finish first).
-	Drop          []*ExpertRef `protobuf:"bytes,3,rep,name=drop,proto3" json:"drop,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ControlRequest) Reset() {
-	*x = ControlRequest{}
-	mi := &file_switchyard_v1_worker_proto_msgTypes[8]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ControlRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ControlRequest) ProtoMessage() {}
-
-func (x *ControlRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_worker_proto_msgTypes[8]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ControlRequest.ProtoReflect.Descriptor instead.
-func (*ControlRequest) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_worker_proto_rawDescGZIP(), []int{8}
-}
-
-func (x *ControlRequest) GetSetEpoch() uint64 {
-	if x != nil {
-		return x.SetEpoch
-	}
-	return 0
-}
-
-func (x *ControlRequest) GetLoad() []*ExpertRef {
-	if x != nil {
-		return x.Load
-	}
-	return nil
-}
-
-func (x *ControlRequest) GetDrop() []*ExpertRef {
-	if x != nil {
-		return x.Drop
-	}
-	return nil
-}
-
-// ControlResponse reports the worker's state after a ControlRequest.
-type ControlResponse struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	// The epoch the worker now accepts.
-	Epoch uint64 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	// Every expert the worker holds, in (layer, expert) order.
-	Held          []*ExpertRef `protobuf:"bytes,2,rep,name=held,proto3" json:"held,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ControlResponse) Reset() {
-	*x = ControlResponse{}
-	mi := &file_switchyard_v1_worker_proto_msgTypes[9]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ControlResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ControlResponse) ProtoMessage() {}
-
-func (x *ControlResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_switchyard_v1_worker_proto_msgTypes[9]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ControlResponse.ProtoReflect.Descriptor instead.
-func (*ControlResponse) Descriptor() ([]byte, []int) {
-	return file_switchyard_v1_worker_proto_rawDescGZIP(), []int{9}
-}
-
-func (x *ControlResponse) GetEpoch() uint64 {
-	if x != nil {
-		return x.Epoch
-	}
-	return 0
-}
-
-func (x *ControlResponse) GetHeld() []*ExpertRef {
-	if x != nil {
-		return x.Held
-	}
-	return nil
-}
-
 var File_switchyard_v1_worker_proto protoreflect.FileDescriptor
 
 const file_switchyard_v1_worker_proto_rawDesc = "" +
@@ -1198,17 +1021,7 @@ const file_switchyard_v1_worker_proto_rawDesc = "" +
 	"\brequests\x18\x06 \x01(\x04R\brequests\x12\x18\n" +
 	"\abatches\x18\a \x01(\x04R\abatches\x12\x19\n" +
 	"\bbytes_in\x18\b \x01(\x04R\abytesIn\x12\x1b\n" +
-	"\tbytes_out\x18\t \x01(\x04R\bbytesOut\"9\n" +
-	"\tExpertRef\x12\x14\n" +
-	"\x05layer\x18\x01 \x01(\x05R\x05layer\x12\x16\n" +
-	"\x06expert\x18\x02 \x01(\x05R\x06expert\"\x89\x01\n" +
-	"\x0eControlRequest\x12\x1b\n" +
-	"\tset_epoch\x18\x01 \x01(\x04R\bsetEpoch\x12,\n" +
-	"\x04load\x18\x02 \x03(\v2\x18.switchyard.v1.ExpertRefR\x04load\x12,\n" +
-	"\x04drop\x18\x03 \x03(\v2\x18.switchyard.v1.ExpertRefR\x04drop\"U\n" +
-	"\x0fControlResponse\x12\x14\n" +
-	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12,\n" +
-	"\x04held\x18\x02 \x03(\v2\x18.switchyard.v1.ExpertRefR\x04held*=\n" +
+	"\tbytes_out\x18\t \x01(\x04R\bbytesOut*=\n" +
 	"\x05DType\x12\x15\n" +
 	"\x11DTYPE_UNSPECIFIED\x10\x00\x12\r\n" +
 	"\tDTYPE_F32\x10\x01\x12\x0e\n" +
@@ -1230,12 +1043,11 @@ const file_switchyard_v1_worker_proto_rawDesc = "" +
 	"\rServingStatus\x12\x1e\n" +
 	"\x1aSERVING_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n" +
 	"\x16SERVING_STATUS_SERVING\x10\x01\x12\x1b\n" +
-	"\x17SERVING_STATUS_DRAINING\x10\x022\xa4\x02\n" +
+	"\x17SERVING_STATUS_DRAINING\x10\x022\xda\x01\n" +
 	"\x06Worker\x12E\n" +
 	"\aExperts\x12\x1a.switchyard.v1.ExpertFrame\x1a\x1a.switchyard.v1.ExpertFrame(\x010\x01\x12E\n" +
 	"\x06Health\x12\x1c.switchyard.v1.HealthRequest\x1a\x1d.switchyard.v1.HealthResponse\x12B\n" +
-	"\x05Stats\x12\x1b.switchyard.v1.StatsRequest\x1a\x1c.switchyard.v1.StatsResponse\x12H\n" +
-	"\aControl\x12\x1d.switchyard.v1.ControlRequest\x1a\x1e.switchyard.v1.ControlResponseBCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
+	"\x05Stats\x12\x1b.switchyard.v1.StatsRequest\x1a\x1c.switchyard.v1.StatsResponseBCZAgithub.com/switchyard/switchyard/proto/switchyard/v1;switchyardv1b\x06proto3"
 
 var (
 	file_switchyard_v1_worker_proto_rawDescOnce sync.Once
@@ -1250,22 +1062,19 @@ func file_switchyard_v1_worker_proto_rawDescGZIP() []byte {
 }
 
 var file_switchyard_v1_worker_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_switchyard_v1_worker_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_switchyard_v1_worker_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_switchyard_v1_worker_proto_goTypes = []any{
-	(DType)(0),              // 0: switchyard.v1.DType
-	(ErrorReason)(0),        // 1: switchyard.v1.ErrorReason
-	(Phase)(0),              // 2: switchyard.v1.Phase
-	(ServingStatus)(0),      // 3: switchyard.v1.ServingStatus
-	(*ErrorStatus)(nil),     // 4: switchyard.v1.ErrorStatus
-	(*ExpertFrame)(nil),     // 5: switchyard.v1.ExpertFrame
-	(*HealthRequest)(nil),   // 6: switchyard.v1.HealthRequest
-	(*HealthResponse)(nil),  // 7: switchyard.v1.HealthResponse
-	(*StatsRequest)(nil),    // 8: switchyard.v1.StatsRequest
-	(*ExpertStats)(nil),     // 9: switchyard.v1.ExpertStats
-	(*StatsResponse)(nil),   // 10: switchyard.v1.StatsResponse
-	(*ExpertRef)(nil),       // 11: switchyard.v1.ExpertRef
-	(*ControlRequest)(nil),  // 12: switchyard.v1.ControlRequest
-	(*ControlResponse)(nil), // 13: switchyard.v1.ControlResponse
+	(DType)(0),             // 0: switchyard.v1.DType
+	(ErrorReason)(0),       // 1: switchyard.v1.ErrorReason
+	(Phase)(0),             // 2: switchyard.v1.Phase
+	(ServingStatus)(0),     // 3: switchyard.v1.ServingStatus
+	(*ErrorStatus)(nil),    // 4: switchyard.v1.ErrorStatus
+	(*ExpertFrame)(nil),    // 5: switchyard.v1.ExpertFrame
+	(*HealthRequest)(nil),  // 6: switchyard.v1.HealthRequest
+	(*HealthResponse)(nil), // 7: switchyard.v1.HealthResponse
+	(*StatsRequest)(nil),   // 8: switchyard.v1.StatsRequest
+	(*ExpertStats)(nil),    // 9: switchyard.v1.ExpertStats
+	(*StatsResponse)(nil),  // 10: switchyard.v1.StatsResponse
 }
 var file_switchyard_v1_worker_proto_depIdxs = []int32{
 	1,  // 0: switchyard.v1.ErrorStatus.reason:type_name -> switchyard.v1.ErrorReason
@@ -1274,22 +1083,17 @@ var file_switchyard_v1_worker_proto_depIdxs = []int32{
 	2,  // 3: switchyard.v1.ExpertFrame.phase:type_name -> switchyard.v1.Phase
 	3,  // 4: switchyard.v1.HealthResponse.status:type_name -> switchyard.v1.ServingStatus
 	9,  // 5: switchyard.v1.StatsResponse.experts:type_name -> switchyard.v1.ExpertStats
-	11, // 6: switchyard.v1.ControlRequest.load:type_name -> switchyard.v1.ExpertRef
-	11, // 7: switchyard.v1.ControlRequest.drop:type_name -> switchyard.v1.ExpertRef
-	11, // 8: switchyard.v1.ControlResponse.held:type_name -> switchyard.v1.ExpertRef
-	5,  // 9: switchyard.v1.Worker.Experts:input_type -> switchyard.v1.ExpertFrame
-	6,  // 10: switchyard.v1.Worker.Health:input_type -> switchyard.v1.HealthRequest
-	8,  // 11: switchyard.v1.Worker.Stats:input_type -> switchyard.v1.StatsRequest
-	12, // 12: switchyard.v1.Worker.Control:input_type -> switchyard.v1.ControlRequest
-	5,  // 13: switchyard.v1.Worker.Experts:output_type -> switchyard.v1.ExpertFrame
-	7,  // 14: switchyard.v1.Worker.Health:output_type -> switchyard.v1.HealthResponse
-	10, // 15: switchyard.v1.Worker.Stats:output_type -> switchyard.v1.StatsResponse
-	13, // 16: switchyard.v1.Worker.Control:output_type -> switchyard.v1.ControlResponse
-	13, // [13:17] is the sub-list for method output_type
-	9,  // [9:13] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	5,  // 6: switchyard.v1.Worker.Experts:input_type -> switchyard.v1.ExpertFrame
+	6,  // 7: switchyard.v1.Worker.Health:input_type -> switchyard.v1.HealthRequest
+	8,  // 8: switchyard.v1.Worker.Stats:input_type -> switchyard.v1.StatsRequest
+	5,  // 9: switchyard.v1.Worker.Experts:output_type -> switchyard.v1.ExpertFrame
+	7,  // 10: switchyard.v1.Worker.Health:output_type -> switchyard.v1.HealthResponse
+	10, // 11: switchyard.v1.Worker.Stats:output_type -> switchyard.v1.StatsResponse
+	9,  // [9:12] is the sub-list for method output_type
+	6,  // [6:9] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_switchyard_v1_worker_proto_init() }
@@ -1303,7 +1107,7 @@ func file_switchyard_v1_worker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_switchyard_v1_worker_proto_rawDesc), len(file_switchyard_v1_worker_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   10,
+			NumMessages:   7,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

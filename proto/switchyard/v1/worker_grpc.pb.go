@@ -59,7 +59,6 @@ const (
 	Worker_Experts_FullMethodName = "/switchyard.v1.Worker/Experts"
 	Worker_Health_FullMethodName  = "/switchyard.v1.Worker/Health"
 	Worker_Stats_FullMethodName   = "/switchyard.v1.Worker/Stats"
-	Worker_Control_FullMethodName = "/switchyard.v1.Worker/Control"
 )
 
 // WorkerClient is the client API for Worker service.
@@ -82,10 +81,6 @@ type WorkerClient interface {
 	Health(ctx context.Context, in *HealthRequest, opts ...grpc.CallOption) (*HealthResponse, error)
 	// Stats reports the worker's expert counters and memory.
 	Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error)
-	// Control changes what the worker serves: the placement epoch it accepts
-	// and the experts it holds. It is called by the coordinator (or the worker
-	// runtime acting on a placement change).
-	Control(ctx context.Context, in *ControlRequest, opts ...grpc.CallOption) (*ControlResponse, error)
 }
 
 type workerClient struct {
@@ -129,16 +124,6 @@ func (c *workerClient) Stats(ctx context.Context, in *StatsRequest, opts ...grpc
 	return out, nil
 }
 
-func (c *workerClient) Control(ctx context.Context, in *ControlRequest, opts ...grpc.CallOption) (*ControlResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(ControlResponse)
-	err := c.cc.Invoke(ctx, Worker_Control_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
 // WorkerServer is the server API for Worker service.
 // All implementations must embed UnimplementedWorkerServer
 // for forward compatibility.
@@ -159,10 +144,6 @@ type WorkerServer interface {
 	Health(context.Context, *HealthRequest) (*HealthResponse, error)
 	// Stats reports the worker's expert counters and memory.
 	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
-	// Control changes what the worker serves: the placement epoch it accepts
-	// and the experts it holds. It is called by the coordinator (or the worker
-	// runtime acting on a placement change).
-	Control(context.Context, *ControlRequest) (*ControlResponse, error)
 	mustEmbedUnimplementedWorkerServer()
 }
 
@@ -181,9 +162,6 @@ func (UnimplementedWorkerServer) Health(context.Context, *HealthRequest) (*Healt
 }
 func (UnimplementedWorkerServer) Stats(context.Context, *StatsRequest) (*StatsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Stats not implemented")
-}
-func (UnimplementedWorkerServer) Control(context.Context, *ControlRequest) (*ControlResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method Control not implemented")
 }
 func (UnimplementedWorkerServer) mustEmbedUnimplementedWorkerServer() {}
 func (UnimplementedWorkerServer) testEmbeddedByValue()                {}
@@ -249,24 +227,6 @@ func _Worker_Stats_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
-func _Worker_Control_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(ControlRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(WorkerServer).Control(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: Worker_Control_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(WorkerServer).Control(ctx, req.(*ControlRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
 // Worker_ServiceDesc is the grpc.ServiceDesc for Worker service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -281,10 +241,6 @@ var Worker_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Stats",
 			Handler:    _Worker_Stats_Handler,
-		},
-		{
-			MethodName: "Control",
-			Handler:    _Worker_Control_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
