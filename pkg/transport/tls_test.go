@@ -176,3 +176,43 @@ func TestInFlightBytesAreBounded(t *testing.T) {
 		t.Fatalf("%d bytes still held after every request answered", got)
 	}
 }
+
+// TestNoCallerSetsTheEpoch: the attack that broke serving for good (a
+// Control call with a huge set_epoch, after which every request was
+// "stale") has no way in: the Worker service has no method that changes
+// the epoch or the experts held, and an expert request routed with a huge
+// epoch changes nothing for the callers that follow.
+func TestNoCallerSetsTheEpoch(t *testing.T) {
+	for _, m := range pb.Worker_ServiceDesc.Methods {
+		if m.MethodName != "Health" && m.MethodName != "Stats" {
+			t.Errorf("the Worker service has method %s: only Health and Stats (and the Experts stream) are expected", m.MethodName)
+		}
+	}
+	const E, T, D, layer = 2, 4, 8, 0
+	rng := rand.New(rand.NewPCG(1, 2))
+	store := expert.NewStore()
+	for e := 0; e < E; e++ {
+		store.Put(expert.ID{Layer: layer, Expert: e}, randomFFN(rng, D, 8))
+	}
+	w := startWorker(t, "w1", store, ServerConfig{Hidden: D}, nil)
+	w.srv.SetEpoch(5) // the leader's placement, as the follower applies it
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	owners := func(int, int) []int { return []int{0} }
+	plan := route(T, E, 1, 3)
+	x := taggedInput(0, T, D, 4)
+	run := func(epoch cluster.Epoch) error {
+		pl := placement(epoch, 1, E, func(int) bool { return true }, []*testWorker{w}, owners)
+		y := make([]float32, plan.Len()*D)
+		return NewRemoteExecutor(NewStaticPlacement(pl), newPool(t, ClientConfig{Worker: "c"})).Compute(ctx, layer, plan, x, D, y)
+	}
+	if err := run(1 << 62); err != nil {
+		t.Fatalf("a request routed with epoch 2^62: %v", err)
+	}
+	if got := w.srv.Epoch(); got != 5 {
+		t.Fatalf("after a request routed with epoch 2^62 the worker accepts epoch %d, want 5 (the placement's)", got)
+	}
+	if err := run(5); err != nil {
+		t.Fatalf("a request at the placement's epoch after the attack: %v", err)
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/membership"
+	"github.com/switchyard/switchyard/pkg/train"
 	pb "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
 
@@ -35,8 +37,20 @@ func TestTLSLocalCluster(t *testing.T) {
 	defer cancel()
 	dir, _ := filepath.Abs(filepath.Join(goldenDir, "qwen2_moe"))
 	state := t.TempDir()
+	// The workers' data root for the training job below: its text and
+	// tokenizer are copied in, its checkpoints land there.
+	dataRoot := t.TempDir()
+	for src, dst := range map[string]string{bookPath: "book.txt", gpt2Tok: "tokenizer.json"} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dataRoot, dst), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	script, _ := filepath.Abs("../../scripts/local-cluster.sh")
-	up := exec.CommandContext(ctx, script, "up", "2", "--model", dir, "--dir", state, "--tls")
+	up := exec.CommandContext(ctx, script, "up", "2", "--model", dir, "--dir", state, "--tls", "--data-root", dataRoot)
 	if out, err := up.CombinedOutput(); err != nil {
 		t.Fatalf("local-cluster.sh up 2 --tls: %v\n%s", err, out)
 	} else {
@@ -196,6 +210,36 @@ func TestTLSLocalCluster(t *testing.T) {
 	jcancel()
 	if err == nil && n > 0 {
 		t.Fatalf("a node without the gossip key joined w1's gossip (%d)", n)
+	}
+
+	// Training over TLS: the CLI submits with the client certificate, the
+	// ranks form their group and exchange experts over mutual TLS (each
+	// rank's certificate checked against the scheduler's assignment); the
+	// losses equal one process's.
+	const steps = 6
+	tr := exec.CommandContext(ctx, switchyardBin(t), append([]string{"train", "--etcd", etcd, "--cluster", "local", "--workers", "2",
+		"--preset", "dsv3-micro", "--text", "book.txt", "--tokenizer", "tokenizer.json", "--out", "run",
+		"--steps", "6", "--batch", "4", "--seq-len", "32", "--eval-every", "0", "--save-every", "4", "--warmup", "4"}, flags("client")...)...)
+	if out, err := tr.CombinedOutput(); err != nil {
+		t.Fatalf("train over TLS: %v\n%s", err, out)
+	}
+	ckpt, err := train.LatestCheckpoint(filepath.Join(dataRoot, "run"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := readLosses(t, ckpt)
+	ref, err := train.Run(ctx, jobConfig(t, t.TempDir(), steps), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != steps {
+		t.Fatalf("TLS training recorded %d losses, want %d", len(got), steps)
+	}
+	report(t, "tls: 2-worker training over mutual TLS, %d steps: losses %.4f -> %.4f (one process %.4f -> %.4f)", steps, got[0], got[steps-1], ref.Losses[0], ref.Losses[steps-1])
+	for i := range ref.Losses {
+		if d := math.Abs(got[i] - ref.Losses[i]); d > 1e-4 {
+			t.Errorf("TLS training step %d: loss %.6f, one process %.6f", i+1, got[i], ref.Losses[i])
+		}
 	}
 
 	// After all that, the cluster still serves correctly.
