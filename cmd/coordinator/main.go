@@ -64,6 +64,7 @@ type options struct {
 	grpcAddr    string
 	logLevel    string
 	tls         auth.Files
+	etcdRBAC    bool
 }
 
 func run(args []string, stdout, stderr io.Writer) int {
@@ -99,6 +100,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	f.StringVar(&o.grpcAddr, "grpc", "", "serve the read-only Coordinator gRPC service (Status, GetPlacement) on this host:port (port 0: a free one; empty: off)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	authflags.Register(f, &o.tls)
+	f.BoolVar(&o.etcdRBAC, "etcd-rbac", false, "with TLS and an external --etcd whose authentication is off: create the Switchyard roles and users and turn it on (the embedded etcd always gets them)")
 	cmd.SetArgs(args)
 	cmd.SetOut(stdout)
 	cmd.SetErr(stderr)
@@ -165,6 +167,22 @@ func serve(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	reg, err := registry.New(cli, o.clusterName)
 	if err != nil {
 		return err
+	}
+	if creds != nil {
+		// Role-based access in etcd: only coordinators may write
+		// placements (see registry.EnableRBAC). The embedded etcd is set up
+		// at its first start; an external one with --etcd-rbac (or by its
+		// administrator).
+		if len(registry.SplitEndpoints(o.etcd)) == 0 || o.etcdRBAC {
+			if err := reg.EnableRBAC(ctx); err != nil {
+				return err
+			}
+		}
+		// The gossip key exists before any worker asks for it (workers
+		// may read it, not create it).
+		if _, err := reg.GossipKey(ctx); err != nil {
+			return err
+		}
 	}
 
 	fp := "-"

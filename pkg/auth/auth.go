@@ -44,6 +44,15 @@ const (
 	RoleClient      Role = "client"
 )
 
+// EtcdRootUser is etcd's administrator, the common name of the
+// certificate CA.IssueRoot signs.
+const EtcdRootUser = "root"
+
+// EtcdUser is the etcd user of a role: the common name of its
+// certificates ("switchyard-worker", ...), which etcd maps to a user when
+// its authentication is on.
+func EtcdUser(r Role) string { return "switchyard-" + string(r) }
+
 // Roles lists every role.
 var Roles = []Role{RoleWorker, RoleFrontend, RoleCoordinator, RoleClient}
 

@@ -69,7 +69,22 @@ func serial() *big.Int {
 // (every Switchyard process is both). hosts become DNS or IP SANs: only
 // connections to etcd check them (the coordinator's certificate serves the
 // embedded etcd). It returns the certificate and its private key, PEM.
+//
+// The certificate's common name is EtcdUser(id.Role): etcd, with its
+// authentication on, takes a client's user name from it (see
+// registry.EnableRBAC).
 func (ca *CA) Issue(id Identity, hosts []string, validFor time.Duration) (certPEM, keyPEM []byte, err error) {
+	return ca.issue(id, EtcdUser(id.Role), hosts, validFor)
+}
+
+// IssueRoot signs the administrator's certificate: identity client/root,
+// common name EtcdRootUser (etcd's root user, who may change users and
+// roles once etcd's authentication is on).
+func (ca *CA) IssueRoot(validFor time.Duration) (certPEM, keyPEM []byte, err error) {
+	return ca.issue(Identity{RoleClient, EtcdRootUser}, EtcdRootUser, LocalHosts, validFor)
+}
+
+func (ca *CA) issue(id Identity, cn string, hosts []string, validFor time.Duration) (certPEM, keyPEM []byte, err error) {
 	if err := id.Validate(); err != nil {
 		return nil, nil, err
 	}
@@ -83,7 +98,7 @@ func (ca *CA) Issue(id Identity, hosts []string, validFor time.Duration) (certPE
 	now := time.Now()
 	tmpl := &x509.Certificate{
 		SerialNumber: serial(),
-		Subject:      pkix.Name{CommonName: id.String(), Organization: []string{"Switchyard"}},
+		Subject:      pkix.Name{CommonName: cn, Organization: []string{"Switchyard"}},
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     now.Add(validFor),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
@@ -142,6 +157,7 @@ var LocalHosts = []string{"localhost", "127.0.0.1", "::1"}
 //	w<i>.crt w<i>.key                   worker/w<i>, i = 1..Workers
 //	fe<i>.crt fe<i>.key                 frontend/fe<i>, i = 1..Frontends
 //	client.crt client.key               client/admin (the CLI: train, status)
+//	root.crt root.key                   client/root, etcd's root user (administration)
 //
 // Keys are written 0600. An existing CA in dir (ca.crt + ca.key) is reused,
 // so adding workers keeps the certificates already handed out valid.
@@ -177,6 +193,16 @@ func WriteDevCA(dir string, d DevCA) error {
 		return err
 	}
 	if err := write("client", Identity{RoleClient, "admin"}, LocalHosts); err != nil {
+		return err
+	}
+	rc, rk, err := ca.IssueRoot(0)
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "root.crt"), rc, 0o644); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "root.key"), rk, 0o600); err != nil {
 		return err
 	}
 	for i := 1; i <= d.Workers; i++ {

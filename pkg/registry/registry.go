@@ -35,6 +35,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
@@ -104,7 +105,10 @@ func DialTLS(ctx context.Context, endpoints []string, creds *auth.Credentials) (
 	if err != nil {
 		return nil, fmt.Errorf("registry: dial etcd %v: %w", endpoints, err)
 	}
-	if _, err := cli.Get(ctx, "/", clientv3.WithCountOnly(), clientv3.WithLimit(1)); err != nil {
+	// Any answer proves etcd is reachable and accepted us; with its
+	// role-based access on (EnableRBAC), reading "/" is refused to
+	// everyone but root, and that refusal is such an answer.
+	if _, err := cli.Get(ctx, "/", clientv3.WithCountOnly(), clientv3.WithLimit(1)); err != nil && !errors.Is(err, rpctypes.ErrPermissionDenied) {
 		cli.Close()
 		return nil, fmt.Errorf("registry: dial etcd %v: %w", endpoints, err)
 	}
@@ -394,11 +398,30 @@ func SplitEndpoints(s string) []string {
 const GossipKeyBytes = 32
 
 // GossipKey returns the cluster's gossip encryption key, stored at
-// /<cluster>/gossip-key; the first caller creates it (32 random bytes, put
-// only if absent, so every process gets the same key). Only clients etcd
-// admits can read it: on a cluster with TLS, the holders of the CA's
-// certificates.
+// /<cluster>/gossip-key; the first caller allowed to write it creates it
+// (32 random bytes, put only if absent, so every process gets the same
+// key). Only clients etcd admits can read it: on a cluster with TLS, the
+// holders of the CA's certificates. A caller whose role may not write it
+// (a worker under EnableRBAC) waits until a coordinator has, or ctx ends.
 func (r *Registry) GossipKey(ctx context.Context) ([]byte, error) {
+	for {
+		key, err := r.gossipKey(ctx)
+		if !errors.Is(err, rpctypes.ErrPermissionDenied) {
+			return key, err
+		}
+		resp, gerr := r.cli.Get(ctx, r.key("gossip-key"))
+		if gerr == nil && len(resp.Kvs) == 1 && len(resp.Kvs[0].Value) == GossipKeyBytes {
+			return resp.Kvs[0].Value, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("registry: gossip key: waiting for a coordinator to create it: %w", ctx.Err())
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func (r *Registry) gossipKey(ctx context.Context) ([]byte, error) {
 	k := r.key("gossip-key")
 	key := make([]byte, GossipKeyBytes)
 	if _, err := rand.Read(key); err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
 	pb "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -19,7 +20,29 @@ import (
 // floor a layer's exchange (one round trip to each of 4 workers, all sent
 // before any answer is read) is compared with.
 func BenchmarkExchange(b *testing.B) {
+	ca, err := auth.NewCA("bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, mode := range []string{"plain", "tls"} {
+		b.Run(mode, func(b *testing.B) { benchExchange(b, ca, mode == "tls") })
+	}
+}
+
+// benchExchange is BenchmarkExchange over plaintext or mutual TLS (every
+// worker and the caller with a certificate of ca).
+func benchExchange(b *testing.B, ca *auth.CA, secure bool) {
 	const E, K, D = 16, 4, 1024
+	creds := func(role auth.Role, name string) *auth.Credentials {
+		if !secure {
+			return nil
+		}
+		c, err := ca.Credentials(auth.Identity{Role: role, Name: name})
+		if err != nil {
+			b.Fatal(err)
+		}
+		return c
+	}
 	copyRows := func(_ expert.ID, _ *expert.FFN, x []float32, _ int, y []float32) { copy(y, x) }
 	var workers []*testWorker
 	for w := 0; w < 4; w++ {
@@ -27,11 +50,13 @@ func BenchmarkExchange(b *testing.B) {
 		for e := w; e < E; e += 4 {
 			ids = append(ids, expert.ID{Layer: 0, Expert: e})
 		}
-		workers = append(workers, startWorker(b, cluster.WorkerID(fmt.Sprintf("w%d", w)), taggedStore(ids...), ServerConfig{Hidden: D}, copyRows))
+		id := fmt.Sprintf("w%d", w)
+		workers = append(workers, startWorker(b, cluster.WorkerID(id), taggedStore(ids...), ServerConfig{Hidden: D, TLS: creds(auth.RoleWorker, id)}, copyRows))
 	}
 	pl := placement(1, 1, E, func(int) bool { return true }, workers, func(_, e int) []int { return []int{e % 4} })
-	ex := NewRemoteExecutor(NewStaticPlacement(pl), newPool(b, ClientConfig{Worker: "bench"}))
-	pool := newPool(b, ClientConfig{Worker: "bench-ping"})
+	fe := creds(auth.RoleFrontend, "bench")
+	ex := NewRemoteExecutor(NewStaticPlacement(pl), newPool(b, ClientConfig{Worker: "bench", TLS: fe}))
+	pool := newPool(b, ClientConfig{Worker: "bench-ping", TLS: fe})
 	b.Run("ping", func(b *testing.B) {
 		c, err := pool.Client(workers[0].id, workers[0].addr)
 		if err != nil {

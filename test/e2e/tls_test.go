@@ -193,6 +193,26 @@ func TestTLSLocalCluster(t *testing.T) {
 		t.Fatal("etcd accepted a plaintext client")
 	}
 
+	// Role-based access in etcd: valid certificates of a worker, a front
+	// end and the CLI may not write a placement or the gossip key (only a
+	// coordinator's may), and nobody but root may read outside the
+	// cluster's prefix.
+	for _, who := range []string{"w1", "fe1", "client"} {
+		for _, key := range []string{"/local/placement/attack", "/local/placement-status/attack", "/local/gossip-key", "/other/x"} {
+			cli, err := clientv3.New(clientv3.Config{Endpoints: []string{etcd}, TLS: creds(certs, who).EtcdClientConfig(), DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+			_, err = cli.Put(pctx, key, "x")
+			pcancel()
+			cli.Close()
+			if err == nil || !strings.Contains(err.Error(), "permission denied") {
+				t.Fatalf("%s writing %s: %v, want permission denied", who, key, err)
+			}
+		}
+	}
+
 	// Gossip: a node without the cluster's key cannot join w1.
 	gc := membership.LocalConfig("intruder")
 	gc.Meta = membership.Meta{Worker: "intruder", Addr: "127.0.0.1:1", Protocol: cluster.ProtocolVersion}
