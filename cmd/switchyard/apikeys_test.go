@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"io"
 	"net/http"
 	"os"
@@ -9,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/switchyard/switchyard/pkg/auth"
 )
 
 // The keys serve accepts: every --api-key and every key line of
@@ -157,6 +161,57 @@ func TestServeAPIKeysCLI(t *testing.T) {
 		code, _, stderr := runCLI(append(slices.Clone(serveArgs), "--api-key-file", file)...)
 		if code == 0 || !strings.Contains(stderr, "--api-key-file") || strings.Contains(stderr, "ready:") {
 			t.Errorf("--api-key-file %s: exit %d, stderr:\n%s", file, code, stderr)
+		}
+	}
+}
+
+// TestServeAPIOverHTTPS: --api-tls-cert/--api-tls-key serve the API over
+// HTTPS; a client trusting the certificate's CA is served (with its key),
+// a plaintext client is not.
+func TestServeAPIOverHTTPS(t *testing.T) {
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SWITCHYARD_CLI_MAIN", "1")
+	t.Setenv(apiKeyEnv, "")
+	certs := t.TempDir()
+	if err := auth.WriteDevCA(certs, auth.DevCA{Workers: 1, Frontends: 1}); err != nil {
+		t.Fatal(err)
+	}
+	model, _ := filepath.Abs(filepath.Join(goldenRoot, "mixtral"))
+	tok, _ := filepath.Abs(gpt2TokPath)
+	p := startBinary(t, exe, t.TempDir(), "serve", "--model", model, "--tokenizer", tok, "--workers", "0", "--listen", "127.0.0.1:0",
+		"--api-key", "k1", "--api-tls-cert", filepath.Join(certs, "fe1.crt"), "--api-tls-key", filepath.Join(certs, "fe1.key"))
+	url := p.waitReady(t, 60*time.Second)
+	if !strings.HasPrefix(url, "https://") {
+		t.Fatalf("ready URL %s: want https://", url)
+	}
+	pool := x509.NewCertPool()
+	caPEM, err := os.ReadFile(filepath.Join(certs, "ca.crt"))
+	if err != nil || !pool.AppendCertsFromPEM(caPEM) {
+		t.Fatalf("ca.crt: %v", err)
+	}
+	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	req, _ := http.NewRequest(http.MethodPost, url+"/v1/completions", strings.NewReader(`{"prompt": "hello", "max_tokens": 2}`))
+	req.Header.Set("Authorization", "Bearer k1")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("HTTPS completion: %d %s", resp.StatusCode, b)
+	}
+	if resp.TLS == nil || resp.TLS.Version < tls.VersionTLS12 {
+		t.Fatalf("answered without TLS 1.2+: %+v", resp.TLS)
+	}
+	plain := "http://" + strings.TrimPrefix(url, "https://")
+	if resp, err := (&http.Client{Timeout: 10 * time.Second}).Get(plain + "/health"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK {
+			t.Fatal("the HTTPS port answered a plaintext request with 200")
 		}
 	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -62,12 +63,16 @@ type serveOptions struct {
 	// TLS are the front end's certificate files with Etcd (--tls-*): etcd
 	// and the expert connections become mutual TLS. The embedded default
 	// (Workers) runs plaintext on loopback and refuses them.
-	TLS    auth.Files
-	Listen string        // host:port; port 0 picks a free one
-	Grace  time.Duration // how long in-flight requests may finish after a signal
-	Serve  serve.Config  // ModelName empty: ModelDir as given (as vLLM names models)
-	Stderr io.Writer
-	Prefix string // of every line printed ("serve")
+	TLS auth.Files
+	// APICert and APIKeyPEM (--api-tls-cert, --api-tls-key), when set,
+	// serve the OpenAI API over HTTPS (TLS 1.2+) with that certificate:
+	// what the API's callers see, unrelated to the cluster's mutual TLS.
+	APICert, APIKeyPEM string
+	Listen             string        // host:port; port 0 picks a free one
+	Grace              time.Duration // how long in-flight requests may finish after a signal
+	Serve              serve.Config  // ModelName empty: ModelDir as given (as vLLM names models)
+	Stderr             io.Writer
+	Prefix             string // of every line printed ("serve")
 	// OnReady, if set, runs in its own goroutine once the API answers, with
 	// the base URL (http://host:port) and a context that ends when shutdown
 	// begins. It may call stop to shut the server down as a signal would.
@@ -170,6 +175,8 @@ short), and stop the workers and etcd.`,
 	keys.register(cmd)
 	f.BoolVar(&o.Serve.AuthHealth, "auth-health", false, "require an API key on /health too (default: open, for probes)")
 	f.BoolVar(&o.Serve.AuthMetrics, "auth-metrics", false, "require an API key on /metrics too (default: open, for scrapers)")
+	f.StringVar(&o.APICert, "api-tls-cert", "", "serve the API over HTTPS with this certificate (PEM; with --api-tls-key)")
+	f.StringVar(&o.APIKeyPEM, "api-tls-key", "", "the private key of --api-tls-cert (PEM)")
 	f.IntVar(&o.Serve.MaxConns, "max-conns", o.Serve.MaxConns, "most open HTTP connections (idle keep-alive ones included); more wait to be accepted")
 	f.BoolVar(&o.Overlap, "overlap", false, "two-micro-batch overlap: one half of a step's sequences computes attention while the other waits for its experts (remote experts only)")
 	f.StringVar(&o.Listen, "listen", "127.0.0.1:8000", "HTTP address (port 0: a free port)")
@@ -265,18 +272,41 @@ func runServe(ctx context.Context, o serveOptions) error {
 	if err != nil {
 		return err
 	}
+	var apiTLS *tls.Config
 	ln, err := net.Listen("tcp", o.Listen)
 	if err != nil {
 		srv.Close()
 		return fmt.Errorf("%s: %w", p, err)
 	}
-	url := "http://" + displayAddr(ln.Addr().(*net.TCPAddr))
+	scheme := "http://"
+	if o.APICert != "" || o.APIKeyPEM != "" {
+		if o.APICert == "" || o.APIKeyPEM == "" {
+			ln.Close()
+			srv.Close()
+			return fmt.Errorf("%s: --api-tls-cert and --api-tls-key go together", p)
+		}
+		cert, err := tls.LoadX509KeyPair(o.APICert, o.APIKeyPEM)
+		if err != nil {
+			ln.Close()
+			srv.Close()
+			return fmt.Errorf("%s: --api-tls-cert/--api-tls-key: %w", p, err)
+		}
+		// The connection cap counts TCP connections (below); each TLS
+		// handshake runs under the server's read timeouts.
+		apiTLS = &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}}
+		scheme = "https://"
+	}
+	url := scheme + displayAddr(ln.Addr().(*net.TCPAddr))
 	// Bounded reads (headers, and the body: at most 1 MiB), idle
 	// keep-alives and connections, and a deadline on each write rather
 	// than on a whole answer, since a stream writes for as long as it
 	// generates (serve.Config's timeouts and MaxConns).
 	hs := srv.HTTPServer()
 	ln = srv.Listener(ln)
+	if apiTLS != nil {
+		hs.TLSConfig = apiTLS
+		ln = tls.NewListener(ln, apiTLS)
+	}
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
 	logf("chat format: %s; up to %d sequences per step, %d more queued", srv.ChatFormat(), srv.Config().MaxSeqs, srv.Config().MaxQueue)

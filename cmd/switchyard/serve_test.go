@@ -241,7 +241,7 @@ func (p *proc) waitExit(t *testing.T, d time.Duration) {
 	}
 }
 
-var readyRE = regexp.MustCompile(`(?m)^(?:serve|quickstart): ready: (http://127\.0\.0\.1:\d+) `)
+var readyRE = regexp.MustCompile(`(?m)^(?:serve|quickstart): ready: (https?://127\.0\.0\.1:\d+) `)
 
 // waitReady waits for the ready line and returns its URL.
 func (p *proc) waitReady(t *testing.T, d time.Duration) string {
