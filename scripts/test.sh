@@ -46,6 +46,8 @@ go vet ./...
 
 stage "go test"
 go test -count=1 -timeout 15m ./...
+# The image builder is a module of its own (scripts/k8s/oci).
+(cd scripts/k8s/oci && go vet ./... && go test -count=1 ./...)
 
 stage "go test -race (concurrent packages)"
 go test -count=1 -race -timeout 15m ./pkg/expert/ ./pkg/tensor/ ./pkg/safetensors/ ./pkg/transport/ ./pkg/registry/ ./internal/coordinator/ ./internal/worker/ ./pkg/train/ ./pkg/allreduce/ ./pkg/collective/ ./internal/jobs/
@@ -93,6 +95,14 @@ if [ "$(id -u)" -eq 0 ]; then
 	scripts/netns/serve-e2e.sh
 else
 	echo "not root: network namespaces need root (CI runs as root)"
+	[ -z "${CI:-}" ] || exit 1
+fi
+
+stage "Kubernetes from source: scripts/k8s/e2e.sh (the manifests on a real single-node cluster)"
+if [ "$(id -u)" -eq 0 ]; then
+	scripts/k8s/e2e.sh
+else
+	echo "not root: containerd and the kubelet need root (CI runs as root)"
 	[ -z "${CI:-}" ] || exit 1
 fi
 

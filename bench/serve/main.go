@@ -16,6 +16,9 @@
 //	tcpping -listen ADDR | -addr ADDR  raw-TCP ping-pong round trip
 //	report  -out FILE RESULT.json...   the markdown table of load results
 //
+// Every request sends $SWITCHYARD_API_KEY (if set) as its bearer key and
+// $SWITCHYARD_MODEL_NAME (default "m") as the model.
+//
 // Latencies are measured at the client: TTFT from sending the request to
 // the first streamed chunk carrying a token, inter-token latency (ITL) as
 // the gap between consecutive chunks divided by the tokens the later chunk
@@ -250,8 +253,22 @@ type answer struct {
 	nTokens  int
 }
 
+// apiKey and modelName are what every request sends: the key from
+// $SWITCHYARD_API_KEY (the first, if comma-separated; none: no
+// Authorization header) and the served model's name from
+// $SWITCHYARD_MODEL_NAME (default "m", what the scripts serve with
+// --served-model-name).
+var apiKey, modelName = func() (string, string) {
+	k, _, _ := strings.Cut(os.Getenv("SWITCHYARD_API_KEY"), ",")
+	m := os.Getenv("SWITCHYARD_MODEL_NAME")
+	if m == "" {
+		m = "m"
+	}
+	return strings.TrimSpace(k), m
+}()
+
 func complete(ctx context.Context, url string, r request) answer {
-	body := map[string]any{"model": "m", "prompt": r.prompt, "max_tokens": r.maxTokens, "temperature": 0,
+	body := map[string]any{"model": modelName, "prompt": r.prompt, "max_tokens": r.maxTokens, "temperature": 0,
 		"stream": r.stream, "return_token_ids": true}
 	if r.ignoreEOS {
 		body["ignore_eos"] = true
@@ -260,6 +277,9 @@ func complete(ctx context.Context, url string, r request) answer {
 	a := answer{sent: time.Now()}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, url+"/v1/completions", bytes.NewReader(raw))
 	req.Header.Set("Content-Type", "application/json")
+	if apiKey != "" {
+		req.Header.Set("Authorization", "Bearer "+apiKey)
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		a.err, a.canceled = err.Error(), ctx.Err() != nil
