@@ -37,14 +37,22 @@ computed in-process (their lines say so). Where etcd and the workers listen is
 printed to stderr.
 
 One line per quantity (error, tolerance, ok/FAIL/skipped), then a last line
-"verify: PASS" or "verify: FAIL". Exit status 0 only on PASS; a skipped quantity
-never makes a PASS by itself.`,
+"verify: PASS" or "verify: FAIL" (anything else, e.g. the rows each worker
+computed, is printed before it). Exit status 0 only on PASS. A required quantity
+missing from the golden files (logits, hidden states, greedy tokens, loss, the
+AdamW trajectory, aux loss for the families that have one in transformers, and a
+grad.<param> for every parameter with a gradient) is a FAIL line naming it; the
+aux loss of DeepSeek (none in transformers) is a skipped line, and a skipped
+quantity never makes a PASS by itself.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 			defer stop()
-			var rep *verify.Report
-			var err error
+			var (
+				rep *verify.Report
+				lc  *verifyCluster
+				err error
+			)
 			switch {
 			case tokDir != "" && modelDir != "":
 				return errors.New("verify: give --model or --tokenizer, not both")
@@ -56,13 +64,11 @@ never makes a PASS by itself.`,
 				}
 				opt := verify.ModelOptions{Dir: modelDir, Golden: golden, Dump: dump, AllGrads: allGrads}
 				if workers > 1 {
-					lc, err := startLocalCluster(ctx, modelDir, workers, cmd.ErrOrStderr())
-					if err != nil {
+					if lc, err = startLocalCluster(ctx, modelDir, workers, cmd.ErrOrStderr()); err != nil {
 						fmt.Fprintln(cmd.OutOrStdout(), "verify: FAIL:", err)
 						return exitError{1}
 					}
 					defer lc.close()
-					defer lc.reportServed(ctx)
 					opt.Workers = workers
 					opt.Experts = lc.experts
 					opt.Train = lc.goldenTraining
@@ -71,6 +77,11 @@ never makes a PASS by itself.`,
 				rep, err = verify.Model(ctx, opt)
 			default:
 				return errors.New("verify: need --model DIR or --tokenizer DIR")
+			}
+			if lc != nil {
+				// Everything else goes before the report: its last line
+				// is the verdict (the verify contract; README, "Try it").
+				lc.reportServed(ctx)
 			}
 			if err != nil {
 				fmt.Fprintln(cmd.OutOrStdout(), "verify: FAIL:", err)

@@ -3,10 +3,12 @@ package verify
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/switchyard/switchyard/pkg/expert"
@@ -29,9 +31,33 @@ const (
 	TolSame = 1e-5
 )
 
-// GoldenJSON is the part of golden.json that verify reads.
+// What verify requires of a golden model (a required quantity missing from
+// the golden files is a FAIL line naming it; the verdict is PASS only when
+// every required quantity is present and ok):
+//
+//	golden.safetensors  input_ids, logits, hidden_states, prompt_ids,
+//	                    generated_ids, and grad.<param> for every parameter
+//	                    the model computes a gradient for
+//	golden.json         loss; adamw (lr, betas, eps, weight_decay, steps,
+//	                    steps+1 losses); aux for the families in
+//	                    hasSwitchAux
+//
+// The one quantity that is optional by family is aux: DeepSeek-V2/V3 have
+// no Switch-style load-balancing loss in transformers (golden aux is null),
+// so there aux_loss and loss_with_aux are skipped lines with that reason; a
+// skipped line never makes a PASS by itself.
+
+// hasSwitchAux: families whose transformers model computes the Switch-style
+// load-balancing loss (load_balancing_loss_func over the router logits);
+// their golden.json must hold aux.
+var hasSwitchAux = map[model.Family]bool{
+	model.Mixtral: true, model.Qwen2MoE: true, model.Qwen3MoE: true, model.OLMoE: true,
+}
+
+// GoldenJSON is the part of golden.json that verify reads. A nil field is
+// absent from the file (or null).
 type GoldenJSON struct {
-	Loss  float64 `json:"loss"`
+	Loss  *float64 `json:"loss"`
 	AdamW *struct {
 		LR          float64   `json:"lr"`
 		Betas       []float64 `json:"betas"`
@@ -124,13 +150,15 @@ func Model(ctx context.Context, opt ModelOptions) (*Report, error) {
 	if err != nil {
 		return nil, err
 	}
-	promptIDs, err := readIDs(gf, "prompt_ids")
-	if err != nil {
-		return nil, err
-	}
-	wantGen, err := readIDs(gf, "generated_ids")
-	if err != nil {
-		return nil, err
+	// prompt_ids and generated_ids are required, but without them the other
+	// quantities can still be computed (and dumped): their absence is the
+	// generated_ids FAIL line.
+	promptIDs, wantGen, goldenGenErr := readGeneration(gf)
+	// A malformed adamw entry is judged as a missing one: the gradients are
+	// still computed, the AdamW trajectory is not.
+	adamwErr := checkAdamW(gj)
+	if adamwErr != nil {
+		gj.AdamW = nil
 	}
 
 	// Compute everything first.
@@ -150,7 +178,13 @@ func Model(ctx context.Context, opt ModelOptions) (*Report, error) {
 		}
 	}
 	aux := router.LoadBalancingLoss(moeRoutings)
-	gen, genErr := m.Generate(ctx, promptIDs, model.GenerateConfig{MaxTokens: len(wantGen[0])}, nil)
+	var gen [][]int32
+	genTokens := 0
+	genErr := goldenGenErr
+	if genErr == nil {
+		genTokens = len(wantGen[0])
+		gen, genErr = m.Generate(ctx, promptIDs, model.GenerateConfig{MaxTokens: genTokens}, nil)
+	}
 	var tq *TrainOut
 	var trainErr error
 	if opt.Train != nil {
@@ -161,7 +195,7 @@ func Model(ctx context.Context, opt ModelOptions) (*Report, error) {
 	var ref *reference
 	var refErr error
 	if opt.Experts != nil {
-		ref, refErr = inProcess(ctx, ck, inputIDs, promptIDs, len(wantGen[0]))
+		ref, refErr = inProcess(ctx, ck, inputIDs, promptIDs, genTokens)
 	}
 
 	if opt.Dump != "" {
@@ -172,14 +206,13 @@ func Model(ctx context.Context, opt ModelOptions) (*Report, error) {
 
 	// Judge.
 	r := &Report{}
-	wantLogits, err := gf.Float32("logits")
-	if err != nil {
-		r.Failf("logits", "golden: %v", err)
+	if wantLogits, err := gf.Float32("logits"); err != nil {
+		r.Failf("logits", "%s", goldenMissing(err))
 	} else {
 		r.Add("logits", "rel_l2", RelL2(out.Logits, wantLogits), TolLogits, "")
 	}
 	if hs, err := gf.Float32("hidden_states"); err != nil {
-		r.Failf("hidden_states", "golden: %v", err)
+		r.Failf("hidden_states", "%s", goldenMissing(err))
 	} else if len(hs) != len(out.Hidden)*len(out.Hidden[0]) {
 		r.Failf("hidden_states", "golden holds %d values, computed %d x %d", len(hs), len(out.Hidden), len(out.Hidden[0]))
 	} else {
@@ -189,24 +222,37 @@ func Model(ctx context.Context, opt ModelOptions) (*Report, error) {
 		}
 	}
 	if genErr != nil {
-		r.Failf("generated_ids", "%v", genErr)
+		r.Failf("generated_ids", "%s", goldenMissing(genErr))
 	} else {
 		mis, total := 0, 0
 		for b := range wantGen {
 			for i := range wantGen[b] {
 				total++
-				if i >= len(gen[b]) || gen[b][i] != wantGen[b][i] {
+				if b >= len(gen) || i >= len(gen[b]) || gen[b][i] != wantGen[b][i] {
 					mis++
 				}
 			}
 		}
 		r.Add("generated_ids", "mismatch", float64(mis), 0, fmt.Sprintf("%d tokens, greedy, KV cache", total))
 	}
-	r.Add("loss", "abs", math.Abs(loss-gj.Loss), TolLoss, "")
-	if gj.Aux != nil {
+	if gj.Loss == nil {
+		r.Failf("loss", "golden.json has no loss; required")
+	} else {
+		r.Add("loss", "abs", math.Abs(loss-*gj.Loss), TolLoss, "")
+	}
+	switch {
+	case gj.Aux != nil:
 		r.Add("aux_loss", "abs", math.Abs(aux-gj.Aux.AuxLoss), TolLoss, "")
 		withAux := loss + float64(float32(gj.Aux.Coef))*aux
 		r.Add("loss_with_aux", "abs", math.Abs(withAux-gj.Aux.LossWithAux), TolLoss, "")
+	case hasSwitchAux[cfg.Family]:
+		why := fmt.Sprintf("golden.json has no aux, required: %s has a load-balancing loss in transformers", cfg.Family)
+		r.Failf("aux_loss", "%s", why)
+		r.Failf("loss_with_aux", "%s", why)
+	default:
+		why := fmt.Sprintf("%s has no load-balancing loss in transformers; golden aux is null", cfg.Family)
+		r.Skip("aux_loss", why)
+		r.Skip("loss_with_aux", why)
 	}
 	if opt.Experts != nil {
 		judgeSame(r, opt.Workers, ref, refErr, out, gen, genErr, loss, aux, len(moeRoutings) > 0)
@@ -219,24 +265,65 @@ func Model(ctx context.Context, opt ModelOptions) (*Report, error) {
 	}
 	if trainErr != nil {
 		r.Failf("grad.*", "%v", trainErr)
+		r.Failf("adamw_losses", "not computed: %v", trainErr)
 		return r, nil
 	}
 	judgeGrads(r, gf, tq.Grads, opt.AllGrads)
-	if gj.AdamW != nil {
+	switch {
+	case adamwErr != nil:
+		r.Failf("adamw_losses", "%v", adamwErr)
+	case len(tq.AdamW) != len(gj.AdamW.Losses):
+		r.Failf("adamw_losses", "computed %d losses, golden has %d", len(tq.AdamW), len(gj.AdamW.Losses))
+	default:
 		want := gj.AdamW.Losses
-		if len(tq.AdamW) != len(want) {
-			r.Failf("adamw_losses", "computed %d losses, golden has %d", len(tq.AdamW), len(want))
-		} else {
-			worst, at := 0.0, 0
-			for i := range want {
-				if d := math.Abs(tq.AdamW[i] - want[i]); d > worst || math.IsNaN(d) {
-					worst, at = d, i
-				}
+		worst, at := 0.0, 0
+		for i := range want {
+			if d := math.Abs(tq.AdamW[i] - want[i]); d > worst || math.IsNaN(d) {
+				worst, at = d, i
 			}
-			r.Add("adamw_losses", "abs", worst, TolLoss, fmt.Sprintf("%d steps, worst at loss %d: %.6f vs %.6f", gj.AdamW.Steps, at, tq.AdamW[at], want[at]))
 		}
+		r.Add("adamw_losses", "abs", worst, TolLoss, fmt.Sprintf("%d steps, worst at loss %d: %.6f vs %.6f", gj.AdamW.Steps, at, tq.AdamW[at], want[at]))
 	}
 	return r, nil
+}
+
+// readGeneration reads the greedy-generation reference: prompt_ids [B, P]
+// and generated_ids [B, N] with the same B.
+func readGeneration(gf *safetensors.File) (prompt, gen [][]int32, err error) {
+	if prompt, err = readIDs(gf, "prompt_ids"); err != nil {
+		return nil, nil, err
+	}
+	if gen, err = readIDs(gf, "generated_ids"); err != nil {
+		return nil, nil, err
+	}
+	if len(prompt) != len(gen) {
+		return nil, nil, fmt.Errorf("verify: golden prompt_ids has %d rows, generated_ids %d", len(prompt), len(gen))
+	}
+	return prompt, gen, nil
+}
+
+// checkAdamW says what is missing from or wrong with golden.json's adamw
+// entry (nil when it describes a trajectory verify can recompute).
+func checkAdamW(gj GoldenJSON) error {
+	a := gj.AdamW
+	switch {
+	case a == nil:
+		return errors.New("golden.json has no adamw entry; required")
+	case len(a.Betas) != 2 || a.Steps <= 0:
+		return fmt.Errorf("golden.json adamw has betas %v and %d steps", a.Betas, a.Steps)
+	case len(a.Losses) != a.Steps+1:
+		return fmt.Errorf("golden.json adamw has %d losses for %d steps, want %d", len(a.Losses), a.Steps, a.Steps+1)
+	}
+	return nil
+}
+
+// goldenMissing turns a golden tensor that is not there into a reason that
+// says so; other errors are returned as they are.
+func goldenMissing(err error) string {
+	if errors.Is(err, safetensors.ErrNotFound) {
+		return fmt.Sprintf("missing from the golden file; required (%v)", err)
+	}
+	return err.Error()
 }
 
 // reference is the in-process run a run with remote experts is compared
@@ -248,7 +335,7 @@ type reference struct {
 }
 
 // inProcess recomputes the forward quantities with every expert loaded in
-// this process (the single-process run).
+// this process (the single-process run); no generation when genTokens is 0.
 func inProcess(ctx context.Context, ck *model.Checkpoint, ids, prompt [][]int32, genTokens int) (*reference, error) {
 	m, err := ck.Load(model.LoadOptions{KeepBF16: true})
 	if err != nil {
@@ -268,9 +355,11 @@ func inProcess(ctx context.Context, ck *model.Checkpoint, ids, prompt [][]int32,
 			rs = append(rs, r)
 		}
 	}
-	gen, err := m.Generate(ctx, prompt, model.GenerateConfig{MaxTokens: genTokens}, nil)
-	if err != nil {
-		return nil, fmt.Errorf("verify: in-process generate: %w", err)
+	var gen [][]int32
+	if genTokens > 0 {
+		if gen, err = m.Generate(ctx, prompt, model.GenerateConfig{MaxTokens: genTokens}, nil); err != nil {
+			return nil, fmt.Errorf("verify: in-process generate: %w", err)
+		}
 	}
 	return &reference{out: out, gen: gen, loss: model.CrossEntropy(out.Logits, ids, m.Cfg.Vocab), aux: router.LoadBalancingLoss(rs)}, nil
 }
@@ -343,9 +432,31 @@ func noteTraining(r *Report, trainNote string) {
 	}
 }
 
-// judgeGrads compares every golden grad.<name> with ours: a summary line
-// (worst error) and a line per failing tensor, or a line per tensor.
+// judgeGrads compares every golden grad.<name> with ours, in both
+// directions: a golden gradient we did not compute and a gradient we
+// computed without a golden counterpart are each a FAIL line naming the
+// parameter, and a golden file with no grad.* tensors at all fails. The
+// output is a summary line (worst error) and a line per failing tensor, or
+// with all a line per tensor.
 func judgeGrads(r *Report, gf *safetensors.File, grads map[string][]float32, all bool) {
+	inGolden := map[string]bool{}
+	for _, name := range gf.Names() {
+		if strings.HasPrefix(name, "grad.") {
+			inGolden[strings.TrimPrefix(name, "grad.")] = true
+		}
+	}
+	if len(inGolden) == 0 {
+		r.Failf("grad.*", "the golden file has no grad.* tensors; required: the model computes gradients for %d parameters", len(grads))
+		return
+	}
+	var missing []string // computed, no golden counterpart
+	for p := range grads {
+		if !inGolden[p] {
+			missing = append(missing, p)
+		}
+	}
+	slices.Sort(missing)
+
 	n, worst, worstName := 0, 0.0, ""
 	var failed []Check
 	for _, name := range gf.Names() {
@@ -359,11 +470,8 @@ func judgeGrads(r *Report, gf *safetensors.File, grads map[string][]float32, all
 			continue
 		}
 		got, ok := grads[strings.TrimPrefix(name, "grad.")]
-		var e float64
-		switch {
-		case !ok:
-			e = math.NaN()
-		default:
+		e := math.NaN()
+		if ok {
 			e = RelL2(got, want)
 		}
 		c := Check{Name: name, Metric: "rel_l2", Err: e, Tol: TolGrad, Status: OK}
@@ -381,10 +489,24 @@ func judgeGrads(r *Report, gf *safetensors.File, grads map[string][]float32, all
 			worst, worstName = e, name
 		}
 	}
+	for _, p := range missing {
+		c := Check{Name: "grad." + p, Err: math.NaN(), Status: Fail,
+			Note: "missing from the golden file; required: the model computes this gradient"}
+		if all {
+			r.Checks = append(r.Checks, c)
+		} else {
+			failed = append(failed, c)
+		}
+	}
 	if all {
 		return
 	}
 	r.Add(fmt.Sprintf("grad.* (%d tensors)", n), "rel_l2", worst, TolGrad, "worst: "+worstName)
+	if len(missing) > 0 {
+		sum := &r.Checks[len(r.Checks)-1]
+		sum.Status = Fail
+		sum.Note += fmt.Sprintf("; %d computed gradient(s) missing from the golden file", len(missing))
+	}
 	r.Checks = append(r.Checks, failed...)
 }
 
@@ -493,8 +615,8 @@ func trainQuantities(ctx context.Context, ck *model.Checkpoint, ids [][]int32, g
 		return tq, nil
 	}
 	a := gj.AdamW
-	if len(a.Betas) != 2 || a.Steps <= 0 {
-		return nil, fmt.Errorf("verify: golden.json adamw has betas %v and %d steps", a.Betas, a.Steps)
+	if err := checkAdamW(gj); err != nil {
+		return nil, fmt.Errorf("verify: %w", err)
 	}
 	m, store, err = model.Load(ck.Config, ck.Source, model.LoadOptions{})
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"strings"
 )
 
 // Status of one check.
@@ -72,7 +73,9 @@ func (r *Report) Counts() (ok, fail, skipped int) {
 }
 
 // Passed reports whether nothing failed and at least one check passed: a
-// skipped check never makes a pass by itself.
+// skipped check never makes a pass by itself. A required quantity missing
+// from the golden files is a failed check (see Model), so a PASS means
+// every required quantity was present and within its tolerance.
 func (r *Report) Passed() bool {
 	ok, fail, _ := r.Counts()
 	return fail == 0 && ok > 0
@@ -98,12 +101,32 @@ func (r *Report) Print(w io.Writer) {
 			fmt.Fprintln(w, line)
 		}
 	}
+	fmt.Fprintln(w, r.Verdict())
+}
+
+// Verdict is the report's last line: "verify: PASS (n ok, 0 FAIL, m
+// skipped)", or "verify: FAIL (...)" followed by the first failed
+// quantities (or, with nothing ok, that nothing was checked).
+func (r *Report) Verdict() string {
 	ok, fail, skipped := r.Counts()
-	verdict := "PASS"
-	if !r.Passed() {
-		verdict = "FAIL"
+	counts := fmt.Sprintf("(%d ok, %d FAIL, %d skipped)", ok, fail, skipped)
+	if r.Passed() {
+		return "verify: PASS " + counts
 	}
-	fmt.Fprintf(w, "verify: %s (%d ok, %d FAIL, %d skipped)\n", verdict, ok, fail, skipped)
+	var names []string
+	for _, c := range r.Checks {
+		if c.Status == Fail {
+			names = append(names, c.Name)
+		}
+	}
+	why := "nothing was checked"
+	switch {
+	case len(names) > 3:
+		why = strings.Join(names[:3], ", ") + fmt.Sprintf(" and %d more", len(names)-3)
+	case len(names) > 0:
+		why = strings.Join(names, ", ")
+	}
+	return "verify: FAIL " + counts + ": " + why
 }
 
 func fmtNum(metric string, v float64) string {

@@ -14,6 +14,9 @@ func Tokenizer(dir string) (*Report, error) {
 		return nil, err
 	}
 	r := &Report{}
+	if len(cases) == 0 {
+		r.Failf("cases", "%s/golden.json has no cases", dir)
+	}
 	for i, c := range cases {
 		name := fmt.Sprintf("case[%d]", i)
 		mis := 0

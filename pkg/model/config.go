@@ -88,6 +88,11 @@ type Config struct {
 	LayerIsMoE   []bool  // [L]
 	MoE          MoEConfig
 	DenseMLPBias bool // mlp_bias (DeepSeek-V2)
+
+	// PadID is pad_token_id, embed_tokens' padding_idx: the row that
+	// receives no gradient through the embedding lookup; -1 = none. Not
+	// part of the fingerprint: it changes no forward computation.
+	PadID int `json:"-"`
 }
 
 // MoEConfig holds the sparse-layer settings.
@@ -265,6 +270,7 @@ func ParseConfig(data []byte) (*Config, error) {
 	c.MaxPos = r.int("max_position_embeddings", 4096)
 	c.BOS = r.ints("bos_token_id")
 	c.EOS = r.ints("eos_token_id")
+	c.PadID = parsePad(r, fam, c.Vocab)
 	c.RouterAux = float32(r.float("router_aux_loss_coef", 0.001))
 	if c.Heads > 0 {
 		c.HeadDim = r.int("head_dim", c.Hidden/c.Heads)
@@ -390,6 +396,30 @@ func ParseConfig(data []byte) (*Config, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// parsePad reads pad_token_id with the default of the family's
+// transformers config class when the key is absent (OlmoeConfig: 1; the
+// others: None); an explicit null means none. A negative id counts from the
+// end of the vocabulary, as nn.Embedding's padding_idx does; one outside
+// [-V, V) is an error, as nn.Embedding refuses it.
+func parsePad(r *raw, fam Family, vocab int) int {
+	_, present := r.m["pad_token_id"]
+	if present && !r.has("pad_token_id") || !present && fam != OLMoE {
+		return -1 // explicit null, or the class default None
+	}
+	pad := r.int("pad_token_id", 1)
+	if vocab <= 0 {
+		return -1 // vocab_size itself is reported
+	}
+	if pad < -vocab || pad >= vocab {
+		r.errs = append(r.errs, fmt.Errorf("pad_token_id = %d is outside [-%d, %d) (vocab_size %d)", pad, vocab, vocab, vocab))
+		return -1
+	}
+	if pad < 0 {
+		pad += vocab
+	}
+	return pad
 }
 
 // parseSliding reads the sliding-window settings. Mixtral and Qwen3-MoE

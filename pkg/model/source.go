@@ -36,14 +36,21 @@ func (s readerSource) File(name string) string {
 type Checkpoint struct {
 	Dir    string
 	Config *Config
+	Quant  *QuantConfig // config.json's quantization_config; nil if unquantized
 	Set    *safetensors.Set
-	Source Source
+	Source Source // dequantizes FP8 weights as they are read when Quant is set
 }
 
 // Open reads dir/config.json and opens the folder's safetensors (single file
 // or sharded with model.safetensors.index.json) without reading weights.
+// An FP8 block-quantized checkpoint (see QuantConfig) gets a Source that
+// dequantizes each weight when it is read.
 func Open(dir string) (*Checkpoint, error) {
 	cfg, err := LoadConfig(dir)
+	if err != nil {
+		return nil, err
+	}
+	q, err := LoadQuantConfig(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -51,7 +58,11 @@ func Open(dir string) (*Checkpoint, error) {
 	if err != nil {
 		return nil, fmt.Errorf("model: %w", err)
 	}
-	return &Checkpoint{Dir: dir, Config: cfg, Set: set, Source: NewSource(set, dir)}, nil
+	src := NewSource(set, dir)
+	if q != nil {
+		src = NewFP8Source(src, q)
+	}
+	return &Checkpoint{Dir: dir, Config: cfg, Quant: q, Set: set, Source: src}, nil
 }
 
 // Close releases the open files.

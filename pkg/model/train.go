@@ -419,9 +419,14 @@ func (m *Model) TrainBackward(ctx context.Context, st *TrainState, g *Grads) err
 			st.OnGrads(l)
 		}
 	}
-	// embeddings
+	// embeddings: nn.Embedding's backward, which gives its padding_idx row
+	// nothing. With tied embeddings that row still has lm_head's gradient,
+	// added above into the same buffer.
 	for b, row := range st.ids {
 		for t, id := range row {
+			if int(id) == c.PadID {
+				continue
+			}
 			tensor.Add(gm.Embed.F32[int(id)*D:int(id+1)*D], dx[(b*T+t)*D:(b*T+t+1)*D])
 		}
 	}

@@ -138,6 +138,8 @@ func (ld *loader) check(name string, want []int) (string, error) {
 	}
 	switch dtype {
 	case "F32", "BF16", "F16", "F64":
+	case "F8_E4M3", "F8_E5M2":
+		return "", ld.fail(name, "dtype %s: FP8 weights load only as F8_E4M3 with block scales, under an fp8 quantization_config in config.json", dtype)
 	default:
 		return "", ld.fail(name, "dtype %s, want F32, BF16 or F16", dtype)
 	}

@@ -38,8 +38,9 @@ type Reader interface {
 	Raw(name string) ([]byte, error)
 	// ReadRaw reads the tensor's bytes into dst; len(dst) must be its size.
 	ReadRaw(name string, dst []byte) error
-	// Float32 reads an F32, BF16, F16 or F64 tensor as float32 (F64 is
-	// rounded; the others convert exactly).
+	// Float32 reads an F32, BF16, F16, F64, F8_E4M3 or F8_E5M2 tensor as
+	// float32 (F64 is rounded; the others convert exactly). F8 tensors are
+	// returned as stored: any block scales are the caller's to apply.
 	Float32(name string, wantShape ...int) ([]float32, error)
 	ReadFloat32(name string, dst []float32, wantShape ...int) error
 	// BF16 reads a BF16 tensor as raw bfloat16 bits.
@@ -225,8 +226,18 @@ func (f *File) ReadRaw(name string, dst []byte) error {
 	return f.readAt(e.name, dst, f.dataOff+e.begin)
 }
 
-func isFloat(d DType) bool { return d == F32 || d == BF16 || d == F16 || d == F64 }
-func isBF16(d DType) bool  { return d == BF16 }
+func isFloat(d DType) bool {
+	switch d {
+	case F32, BF16, F16, F64, F8_E4M3, F8_E5M2:
+		return true
+	}
+	return false
+}
+
+// floatDTypes names the dtypes Float32 reads, for error messages.
+const floatDTypes = "F32, BF16, F16, F64, F8_E4M3 or F8_E5M2"
+
+func isBF16(d DType) bool { return d == BF16 }
 func isInt(d DType) bool {
 	switch d {
 	case I64, I32, I16, I8, U32, U16, U8:
@@ -237,7 +248,7 @@ func isInt(d DType) bool {
 
 // Float32 implements Reader.
 func (f *File) Float32(name string, wantShape ...int) ([]float32, error) {
-	e, err := f.check(name, isFloat, "F32, BF16, F16 or F64", wantShape)
+	e, err := f.check(name, isFloat, floatDTypes, wantShape)
 	if err != nil {
 		return nil, err
 	}
@@ -250,7 +261,7 @@ func (f *File) Float32(name string, wantShape ...int) ([]float32, error) {
 
 // ReadFloat32 implements Reader.
 func (f *File) ReadFloat32(name string, dst []float32, wantShape ...int) error {
-	e, err := f.check(name, isFloat, "F32, BF16, F16 or F64", wantShape)
+	e, err := f.check(name, isFloat, floatDTypes, wantShape)
 	if err != nil {
 		return err
 	}
@@ -418,6 +429,20 @@ func (f *File) readFloat32(e *entry, dst []float32) error {
 			d := dst[first : first+len(b)/8]
 			for i := range d {
 				d[i] = float32(math.Float64frombits(le.Uint64(b[8*i:])))
+			}
+		})
+	case F8_E4M3:
+		return f.readChunks(e, sc, func(b []byte, first int) {
+			d := dst[first : first+len(b)]
+			for i := range d {
+				d[i] = f8e4m3[b[i]]
+			}
+		})
+	case F8_E5M2:
+		return f.readChunks(e, sc, func(b []byte, first int) {
+			d := dst[first : first+len(b)]
+			for i := range d {
+				d[i] = F8E5M2ToF32(b[i])
 			}
 		})
 	}

@@ -6,11 +6,12 @@
 # coordinator; every worker trains its share of each batch, experts travel
 # between hosts over gRPC and dense gradients are ring-all-reduced over the
 # shaped links. The job's loss curve must match a single-process run of the
-# same job (|diff| <= 1e-4 per step). Every connection is mutual TLS
-# (scripts/dev-ca.sh certificates; etcd on https with client certificates,
-# workers' gRPC, the ranks' collective groups and lanes, encrypted gossip),
-# and the job's paths lie in the workers' --data-root. Everything is torn
-# down on exit.
+# same job (|diff| <= 1e-6 per step; measured 4e-8 to 8e-8, also with the
+# machine busy; test/e2e/train_test.go says why they differ at all). Every
+# connection is mutual TLS (scripts/dev-ca.sh certificates; etcd on https
+# with client certificates, workers' gRPC, the ranks' collective groups and
+# lanes, encrypted gossip), and the job's paths lie in the workers'
+# --data-root. Everything is torn down on exit.
 #
 #   scripts/netns/e2e.sh            (needs root; about a minute)
 set -euo pipefail
@@ -80,6 +81,6 @@ s = json.load(open(sys.argv[2]))["losses"]
 assert len(d) == len(s), (len(d), len(s))
 worst = max(abs(a - b) for a, b in zip(d, s))
 print(f"netns e2e: 3 workers on 3 emulated hosts, mutual TLS, vs one process, {len(d)} steps: worst |loss diff| {worst:.2e}")
-sys.exit(0 if worst <= 1e-4 else 1)
+sys.exit(0 if worst <= 1e-6 else 1)
 PY
 echo "netns e2e: PASS"

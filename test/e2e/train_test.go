@@ -72,11 +72,30 @@ func waitJob(t *testing.T, ctx context.Context, js *jobs.Store, id string, until
 	}
 }
 
+// Loss-curve tolerances: |loss - single-process loss| at every step. A
+// distributed step is the same float32 arithmetic grouped differently
+// (each rank's share of the batch, ring all-reduce, expert rows arriving
+// from the ranks in any order), so the curves agree to rounding; the
+// bounds leave a few times the worst seen over repeated runs, on an idle
+// machine and on a busy one (two runs at once plus a CPU hog, GOMAXPROCS 1
+// to 16).
+const (
+	// distLossTol: 20 steps on 2, 4 and 3x2 workers. Measured worst over
+	// 44 runs: 1.4e-6 (4 workers, preset; the only case that varies
+	// between runs, median 4.3e-7); the others are exact repeats: 4.2e-7
+	// (2 workers, preset), 2.2e-7 (3 workers x 2 copies, preset), <=
+	// 1.7e-7 (qwen2_moe).
+	distLossTol = 5e-6
+	// resumeLossTol: 24 steps on 2 workers, interrupted and resumed from a
+	// checkpoint. Measured 2.1e-6 in each of 19 runs.
+	resumeLossTol = 1e-5
+)
+
 // TestDistributedTrainingReproducesOneProcess runs the same job in one
 // process and on 2 and 4 worker processes (data parallel over the batch,
 // experts split among the workers, gRPC expert exchange and ring
 // all-reduce), and on 3 workers with every expert on 2 of them: every
-// step's loss agrees within 1e-4.
+// step's loss agrees within distLossTol.
 func TestDistributedTrainingReproducesOneProcess(t *testing.T) {
 	needE2E(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -119,8 +138,8 @@ func TestDistributedTrainingReproducesOneProcess(t *testing.T) {
 				for i := range ref.Losses {
 					d := math.Abs(got[i] - ref.Losses[i])
 					worst = math.Max(worst, d)
-					if d > 1e-4 {
-						t.Errorf("%d workers, step %d: loss %.6f, one process %.6f", n, i+1, got[i], ref.Losses[i])
+					if !(d <= distLossTol) {
+						t.Errorf("%d workers, step %d: loss %.8f, one process %.8f: |diff| %.2g > %g", n, i+1, got[i], ref.Losses[i], d, distLossTol)
 					}
 				}
 				t.Logf("%d worker processes, %d cop(ies) of each expert: %d steps in %v, worst |loss - one process| %.2g (%.4f -> %.4f)",
@@ -161,7 +180,8 @@ func writeInit(t *testing.T, cfg train.JobConfig) string {
 // the collective deadline with an error naming the stopped worker (no
 // hang); the stopped worker's lease expires; the scheduler re-forms the job
 // on the two live workers, resuming from the last checkpoint; the job
-// finishes and its loss curve is the uninterrupted one.
+// finishes and its loss curve is the uninterrupted one (within
+// resumeLossTol).
 func TestTrainingSurvivesAStoppedWorker(t *testing.T) {
 	needE2E(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -213,11 +233,14 @@ func TestTrainingSurvivesAStoppedWorker(t *testing.T) {
 	if len(got) != steps {
 		t.Fatalf("%d losses, want %d", len(got), steps)
 	}
+	worst := 0.0
 	for i := range ref.Losses {
-		if d := math.Abs(got[i] - ref.Losses[i]); d > 1e-4 {
-			t.Errorf("step %d: loss %.6f, uninterrupted one process %.6f", i+1, got[i], ref.Losses[i])
+		d := math.Abs(got[i] - ref.Losses[i])
+		worst = math.Max(worst, d)
+		if !(d <= resumeLossTol) {
+			t.Errorf("step %d: loss %.8f, uninterrupted one process %.8f: |diff| %.2g > %g", i+1, got[i], ref.Losses[i], d, resumeLossTol)
 		}
 	}
-	t.Logf("worker %s stopped at step >= 6; attempt 1 failed after %v: %s\nre-formed on %v (attempt %d) from the last checkpoint; finished %d steps",
-		victim, failAfter.Round(time.Millisecond), msg, final.Assigned, final.Attempt, steps)
+	t.Logf("worker %s stopped at step >= 6; attempt 1 failed after %v: %s\nre-formed on %v (attempt %d) from the last checkpoint; finished %d steps, worst |loss - one process| %.2g",
+		victim, failAfter.Round(time.Millisecond), msg, final.Assigned, final.Attempt, steps, worst)
 }
