@@ -186,7 +186,12 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 		if cfg.TLS != nil {
 			// Gossip under TLS is encrypted with the cluster's key, which
 			// only holders of the CA's certificates can read from etcd.
-			if key, err = reg.GossipKey(ctx); err != nil {
+			slow := time.AfterFunc(5*time.Second, func() {
+				lg.Warn("waiting for a coordinator to create the cluster's gossip key in etcd (is a coordinator running with TLS?)")
+			})
+			key, err = reg.GossipKey(ctx)
+			slow.Stop()
+			if err != nil {
 				if ctx.Err() != nil {
 					return nil // stopped while starting: a normal stop
 				}

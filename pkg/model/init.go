@@ -59,7 +59,8 @@ type InitOptions struct {
 
 // NewRandom initializes a float32 model for training from scratch the way
 // transformers' _init_weights does: matrices and embeddings N(0, Std^2),
-// RMSNorm weights 1, biases 0, DeepSeek-V3's score correction bias 0. Each
+// the embedding's padding row (Config.PadID, when set) zero, RMSNorm
+// weights 1, biases 0, DeepSeek-V3's score correction bias 0. Each
 // tensor's values depend only on (Seed, name).
 func NewRandom(cfg *Config, opt InitOptions) (*Model, *expert.Store, error) {
 	std := opt.Std
@@ -85,6 +86,10 @@ func NewRandom(cfg *Config, opt InitOptions) (*Model, *expert.Store, error) {
 			r := rand.New(rand.NewPCG(opt.Seed, h.Sum64()))
 			for i := range v {
 				v[i] = float32(r.NormFloat64() * std)
+			}
+			if s.Name == "model.embed_tokens.weight" && cfg.PadID >= 0 {
+				// nn.Embedding(padding_idx=pad) starts with that row zero.
+				clear(v[cfg.PadID*cfg.Hidden : (cfg.PadID+1)*cfg.Hidden])
 			}
 		}
 		src.T[s.Name] = MemTensor{Shape: s.Shape, Data: v}

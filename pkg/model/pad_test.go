@@ -289,3 +289,32 @@ func TestPadRowGradientTied(t *testing.T) {
 		})
 	}
 }
+
+// TestNewRandomZeroesThePadRow: as transformers' _init_weights, a model
+// initialized from scratch starts with the padding row of embed_tokens
+// zero (OLMoE: pad_token_id 1 by default) and every other row random.
+func TestNewRandomZeroesThePadRow(t *testing.T) {
+	cfg, err := LoadConfig(filepath.Join("..", "..", "testdata", "golden", "olmoe"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.PadID < 0 {
+		t.Fatalf("olmoe golden config: no pad id")
+	}
+	m, _, err := NewRandom(cfg, InitOptions{Seed: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	D := cfg.Hidden
+	for r := 0; r < cfg.Vocab; r++ {
+		nonzero := 0
+		for _, v := range m.Embed.F32[r*D : (r+1)*D] {
+			if v != 0 {
+				nonzero++
+			}
+		}
+		if (r == cfg.PadID) != (nonzero == 0) {
+			t.Fatalf("row %d: %d non-zero values (pad id %d)", r, nonzero, cfg.PadID)
+		}
+	}
+}
