@@ -111,8 +111,10 @@ func TestSlowClientCut(t *testing.T) {
 		{"body", "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000000\r\n\r\n{\"prompt\": \"", "a", readTimeout},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c := dialRaw(t, ts, 0)
+			// The server's timeouts start when it accepts the connection,
+			// which is after the dial began: time from before the dial.
 			t0 := time.Now()
+			c := dialRaw(t, ts, 0)
 			if _, err := io.WriteString(c, tc.head); err != nil {
 				t.Fatal(err)
 			}
