@@ -131,8 +131,19 @@ func TestHostileJobSpecsStayInTheDataRoot(t *testing.T) {
 	if got := await(t, ctx, store, ok.ID); got.State != jobs.Done {
 		t.Fatalf("a job inside the data root: state %s, error %q", got.State, got.Error)
 	}
-	st, _ := store.Status(ctx, ok.ID)
-	if want := filepath.Join(root, "runs", "job", "checkpoint-0000002"); st.Checkpoint != want {
+	// The rank's last status (with its checkpoint) and the job's Done are
+	// separate writes: wait for the status rather than assume its order
+	// on a busy machine.
+	want := filepath.Join(root, "runs", "job", "checkpoint-0000002")
+	var st jobs.Status
+	for deadline := time.Now().Add(30 * time.Second); ; {
+		st, _ = store.Status(ctx, ok.ID)
+		if st.Checkpoint == want || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st.Checkpoint != want {
 		t.Errorf("checkpoint %q, want %q", st.Checkpoint, want)
 	}
 	if added := newPaths(t, outside, outsideBefore); len(added) > 0 {
