@@ -69,7 +69,14 @@ func TestEnableRBAC(t *testing.T) {
 		}
 		got <- k
 	}()
+	// Whatever the machine's speed, the worker cannot have a key before
+	// the coordinator made one.
 	time.Sleep(300 * time.Millisecond)
+	select {
+	case <-got:
+		t.Fatal("the worker got a gossip key before any coordinator made one")
+	default:
+	}
 	want, err := coord.GossipKey(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -256,24 +256,7 @@ func TestFrontEndsJoinLocalCluster(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	dir, _ := filepath.Abs(filepath.Join(goldenDir, "qwen2_moe"))
-	state := t.TempDir()
-	script, _ := filepath.Abs("../../scripts/local-cluster.sh")
-	up := exec.CommandContext(ctx, script, "up", "3", "--model", dir, "--dir", state)
-	if out, err := up.CombinedOutput(); err != nil {
-		t.Fatalf("local-cluster.sh up 3: %v\n%s", err, out)
-	} else {
-		t.Logf("local-cluster.sh up 3:\n%s", out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command(script, "down", "--dir", state).CombinedOutput(); err != nil {
-			t.Errorf("local-cluster.sh down: %v\n%s", err, out)
-		}
-	})
-	b, err := os.ReadFile(filepath.Join(state, "endpoint"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	etcd := strings.TrimSpace(string(b))
+	etcd := localClusterUp(t, ctx, t.TempDir(), "3", "--model", dir)
 	urlA, _ := startFrontEnd(t, ctx, etcd, "local", dir)
 	urlB, _ := startFrontEnd(t, ctx, etcd, "local", dir)
 	ref := map[string]string{}
@@ -308,6 +291,31 @@ func TestFrontEndsJoinLocalCluster(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// localClusterUp runs `scripts/local-cluster.sh up N ARGS... --dir state`,
+// takes it down when the test ends, and returns the etcd endpoint it
+// wrote to state/endpoint.
+func localClusterUp(t *testing.T, ctx context.Context, state string, args ...string) string {
+	t.Helper()
+	script, _ := filepath.Abs("../../scripts/local-cluster.sh")
+	what := "local-cluster.sh up " + strings.Join(args, " ")
+	up := exec.CommandContext(ctx, script, append(append([]string{"up"}, args...), "--dir", state)...)
+	if out, err := up.CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", what, err, out)
+	} else {
+		t.Logf("%s:\n%s", what, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command(script, "down", "--dir", state).CombinedOutput(); err != nil {
+			t.Errorf("local-cluster.sh down: %v\n%s", err, out)
+		}
+	})
+	b, err := os.ReadFile(filepath.Join(state, "endpoint"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
 }
 
 // report logs a result line and, when SWITCHYARD_E2E_REPORT names a file,

@@ -49,23 +49,7 @@ func TestTLSLocalCluster(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	script, _ := filepath.Abs("../../scripts/local-cluster.sh")
-	up := exec.CommandContext(ctx, script, "up", "2", "--model", dir, "--dir", state, "--tls", "--data-root", dataRoot)
-	if out, err := up.CombinedOutput(); err != nil {
-		t.Fatalf("local-cluster.sh up 2 --tls: %v\n%s", err, out)
-	} else {
-		t.Logf("local-cluster.sh up 2 --tls:\n%s", out)
-	}
-	t.Cleanup(func() {
-		if out, err := exec.Command(script, "down", "--dir", state).CombinedOutput(); err != nil {
-			t.Errorf("local-cluster.sh down: %v\n%s", err, out)
-		}
-	})
-	b, err := os.ReadFile(filepath.Join(state, "endpoint"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	etcd := strings.TrimSpace(string(b))
+	etcd := localClusterUp(t, ctx, state, "2", "--model", dir, "--tls", "--data-root", dataRoot)
 	if !strings.HasPrefix(etcd, "https://") {
 		t.Fatalf("etcd endpoint %s: want https://", etcd)
 	}
