@@ -12,7 +12,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/switchyard/switchyard/internal/cli"
 	"github.com/switchyard/switchyard/pkg/model"
+	"github.com/switchyard/switchyard/pkg/tensor"
 	"github.com/switchyard/switchyard/pkg/tokenizer"
 	"github.com/switchyard/switchyard/pkg/train"
 )
@@ -22,6 +24,7 @@ func generateCmd() *cobra.Command {
 		modelDir, prompt, tokPath string
 		maxTokens                 int
 		samp                      model.SamplerConfig
+		quant                     tensor.QFormat
 	)
 	cmd := &cobra.Command{
 		Use:   "generate --model DIR --prompt TEXT --max-tokens N [--temperature T --top-p P --seed S]",
@@ -63,7 +66,7 @@ at max tokens or an end-of-sequence token.`,
 				return err
 			}
 			defer ck.Close()
-			m, err := ck.Load(model.LoadOptions{KeepBF16: true})
+			m, err := ck.Load(model.LoadOptions{KeepBF16: true, Quantize: quant})
 			if err != nil {
 				return err
 			}
@@ -82,8 +85,8 @@ at max tokens or an end-of-sequence token.`,
 			for _, e := range m.Cfg.EOS {
 				stops = append(stops, int32(e))
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "generate: %s (%s, %d layers), loaded in %v; prompt %d tokens\n",
-				modelDir, m.Cfg.Family, m.Cfg.Layers, time.Since(start).Round(time.Millisecond), len(p))
+			fmt.Fprintf(cmd.ErrOrStderr(), "generate: %s (%s, %d layers%s), loaded in %v; prompt %d tokens\n",
+				modelDir, m.Cfg.Family, m.Cfg.Layers, quantNote(quant), time.Since(start).Round(time.Millisecond), len(p))
 			out := bufio.NewWriter(cmd.OutOrStdout())
 			dec := tok.NewStreamDecoder(true)
 			var decErr error
@@ -114,9 +117,19 @@ at max tokens or an end-of-sequence token.`,
 	f.StringVar(&modelDir, "model", "", "model folder (config.json, *.safetensors, tokenizer.json)")
 	f.StringVar(&prompt, "prompt", "", "text to continue")
 	f.StringVar(&tokPath, "tokenizer", "", "tokenizer.json to use (default MODEL/tokenizer.json)")
+	f.Var(cli.QuantFlag(&quant), "quantize", cli.QuantizeUsage)
 	f.IntVar(&maxTokens, "max-tokens", 64, "new tokens to generate")
 	f.Float64Var(&samp.Temperature, "temperature", 0, "sampling temperature; 0 is greedy")
 	f.Float64Var(&samp.TopP, "top-p", 1, "nucleus sampling threshold in (0, 1]")
 	f.Uint64Var(&samp.Seed, "seed", 0, "random seed for sampling")
 	return cmd
+}
+
+// quantNote describes --quantize in a load line: "" or ", experts int8
+// (kernel avx512-vnni)".
+func quantNote(q tensor.QFormat) string {
+	if q == tensor.QNone {
+		return ""
+	}
+	return fmt.Sprintf(", routed experts %v (%s kernels)", q, tensor.QuantKernel())
 }

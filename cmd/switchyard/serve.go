@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard/switchyard/internal/authflags"
+	"github.com/switchyard/switchyard/internal/cli"
 	"github.com/switchyard/switchyard/internal/frontend"
 	"github.com/switchyard/switchyard/internal/localcluster"
 	"github.com/switchyard/switchyard/internal/serve"
@@ -32,6 +33,7 @@ import (
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/placement"
 	"github.com/switchyard/switchyard/pkg/registry"
+	"github.com/switchyard/switchyard/pkg/tensor"
 	"github.com/switchyard/switchyard/pkg/tokenizer"
 	"github.com/switchyard/switchyard/pkg/train"
 	"github.com/switchyard/switchyard/pkg/transport"
@@ -57,6 +59,10 @@ type serveOptions struct {
 	// Replicas is the coordinator's R on the embedded default (copies of
 	// each expert on distinct local workers).
 	Replicas int
+	// Quantize holds the routed experts in this format (loaded and
+	// quantized by whoever holds them: this process, or the local workers).
+	// Joining a cluster (Etcd), it must match the model record's.
+	Quantize tensor.QFormat
 	// Overlap runs each step of 2+ sequences as two overlapped
 	// micro-batches (serve.FromModelOverlapped); only with remote experts.
 	Overlap bool
@@ -172,6 +178,7 @@ short), and stop the workers and etcd.`,
 	f.StringVar(&o.Cluster, "cluster", registry.DefaultCluster, "cluster name (etcd key prefix) with --etcd")
 	f.StringVar(&workerMem, "worker-mem", "auto", "hard memory limit of each local worker, e.g. 2GiB: each runs in a memory cgroup of its own with it (passed as --mem if cgroups cannot be made); auto: no cgroup of their own, they read this process's")
 	f.IntVar(&o.Replicas, "replicas", 1, "copies of each expert on distinct local workers (embedded default)")
+	f.Var(cli.QuantFlag(&o.Quantize), "quantize", cli.QuantizeUsage+" (with --etcd: the cluster's format, checked)")
 	keys.register(cmd)
 	f.BoolVar(&o.Serve.AuthHealth, "auth-health", false, "require an API key on /health too (default: open, for probes)")
 	f.BoolVar(&o.Serve.AuthMetrics, "auth-metrics", false, "require an API key on /metrics too (default: open, for scrapers)")
@@ -222,17 +229,18 @@ func runServe(ctx context.Context, o serveOptions) error {
 	}
 	defer ck.Close()
 	local := o.Workers == 0 && len(o.Etcd) == 0
-	m, err := ck.Load(model.LoadOptions{KeepBF16: true, Experts: func(expert.ID) bool { return local }})
+	m, err := ck.Load(model.LoadOptions{KeepBF16: true, Quantize: o.Quantize, Experts: func(expert.ID) bool { return local }})
 	if err != nil {
 		return err
 	}
-	logf("%s (%s, %d layers, context %d, vocabulary %d) loaded in %v",
-		o.ModelDir, m.Cfg.Family, m.Cfg.Layers, m.Cfg.MaxPos, m.Cfg.Vocab, time.Since(start).Round(time.Millisecond))
+	logf("%s (%s, %d layers, context %d, vocabulary %d%s) loaded in %v",
+		o.ModelDir, m.Cfg.Family, m.Cfg.Layers, m.Cfg.MaxPos, m.Cfg.Vocab, quantNote(o.Quantize), time.Since(start).Round(time.Millisecond))
 	where := "experts in this process"
 	var fe *frontend.Frontend
 	switch {
 	case len(o.Etcd) > 0:
 		rec := registry.NewModelRecord(ck.Config, o.ModelDir, localcluster.ElemBytes(ck, true))
+		rec.SetQuantize(ck.Config, o.Quantize)
 		if fe, err = joinCluster(ctx, o, rec, logf); err != nil {
 			return err
 		}
@@ -437,7 +445,7 @@ func startServeCluster(ctx context.Context, o serveOptions, logf func(string, ..
 	defer cancel()
 	lc, err := localcluster.Start(sctx, localcluster.Options{
 		ModelDir: o.ModelDir, Command: []string{exe, "worker"}, Workers: o.Workers, Cluster: "serve",
-		Replicas: o.Replicas, WorkerMemCap: o.WorkerMem, ExpectWorkers: o.Workers,
+		Replicas: o.Replicas, WorkerMemCap: o.WorkerMem, ExpectWorkers: o.Workers, Quantize: o.Quantize,
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: start %d workers: %w", o.Prefix, o.Workers, err)

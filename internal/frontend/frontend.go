@@ -138,6 +138,11 @@ func Join(ctx context.Context, o Options) (_ *Frontend, err error) {
 		rec = o.Model
 	case err != nil:
 		return nil, fmt.Errorf("frontend: read model %s in cluster %q: %w", o.Model.Fingerprint, o.Cluster, err)
+	case o.Model.Quantize != "" && rec.Quantize != o.Model.Quantize:
+		// The workers quantize at load as the record says; a front end
+		// cannot change that, only notice it asked for something else.
+		return nil, fmt.Errorf("frontend: --quantize %s, but cluster %q serves model %s with routed experts as %s (set by the coordinator's --quantize): %w",
+			o.Model.Quantize, o.Cluster, o.Model.Fingerprint, orNone(rec.Quantize), registry.ErrModelMismatch)
 	}
 	f.Model = rec
 	cc := o.Client
@@ -422,4 +427,11 @@ func formatIDs(ids []expert.ID) string {
 		parts = append(parts, id.String())
 	}
 	return fmt.Sprintf("%s (%d experts)", strings.Join(parts, ","), len(s))
+}
+
+func orNone(q string) string {
+	if q == "" {
+		return "none"
+	}
+	return q
 }

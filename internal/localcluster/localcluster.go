@@ -37,6 +37,7 @@ import (
 	"github.com/switchyard/switchyard/pkg/membership"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/registry"
+	"github.com/switchyard/switchyard/pkg/tensor"
 	"github.com/switchyard/switchyard/pkg/train"
 	"github.com/switchyard/switchyard/pkg/transport"
 )
@@ -82,6 +83,9 @@ type Options struct {
 	// they keep bf16); it also sets the element size in the model record,
 	// so memory budgets are computed right.
 	WidenBF16 bool
+	// Quantize makes workers hold routed experts in this format (and the
+	// model record say so, sizing the placement for it).
+	Quantize tensor.QFormat
 	// WorkerMemCap, when > 0, is a hard memory limit in bytes for each
 	// worker process: every worker starts inside a memory cgroup of its
 	// own with that limit (cgroup v1 or v2, a child of this process's
@@ -198,6 +202,13 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if opts.ModelDir != "" {
 		if c.Model, err = registry.ModelRecordFromDir(opts.ModelDir, elem); err != nil {
 			return nil, err
+		}
+		if opts.Quantize != tensor.QNone {
+			cfg, err := model.LoadConfig(opts.ModelDir)
+			if err != nil {
+				return nil, err
+			}
+			c.Model.SetQuantize(cfg, opts.Quantize)
 		}
 		if err = c.Registry.PutModel(ctx, c.Model); err != nil {
 			return nil, err
@@ -347,7 +358,7 @@ func (c *Cluster) StartWorker(ctx context.Context, id cluster.WorkerID, extra ..
 		"--id", string(id), "--model", o.ModelDir, "--etcd", strings.Join(c.Endpoints, ","), "--cluster", o.Cluster,
 		"--listen", "127.0.0.1:0", "--gossip", "127.0.0.1:0",
 		"--lease-ttl", o.LeaseTTL.String(), "--stats-interval", o.StatsInterval.String(),
-		"--keep-bf16="+strconv.FormatBool(!o.WidenBF16), "--data-root", o.DataRoot,
+		"--keep-bf16="+strconv.FormatBool(!o.WidenBF16), "--quantize", o.Quantize.String(), "--data-root", o.DataRoot,
 	)
 	if o.WorkerMemCap > 0 && c.cgParent.dir == "" {
 		args = append(args, "--mem", strconv.FormatInt(o.WorkerMemCap, 10))

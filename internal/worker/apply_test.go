@@ -36,7 +36,7 @@ func newApplyRig(t *testing.T, budgetExperts int) *applyRig {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ck.Close() })
-	f, err := model.LoadExpert(ck.Config, ck.Source, expert.ID{Layer: 0, Expert: 0}, true)
+	f, err := model.LoadExpert(ck.Config, ck.Source, expert.ID{Layer: 0, Expert: 0}, model.LoadOptions{KeepBF16: true})
 	if err != nil {
 		t.Fatal(err)
 	}

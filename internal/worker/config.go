@@ -12,6 +12,7 @@ import (
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/membership"
 	"github.com/switchyard/switchyard/pkg/registry"
+	"github.com/switchyard/switchyard/pkg/tensor"
 )
 
 // Config configures a Worker. Start from DefaultConfig and set at least
@@ -51,6 +52,12 @@ type Config struct {
 	// KeepBF16 keeps bf16 weights as bf16 in memory, widened inside the
 	// kernels (DefaultConfig: true; halves the memory of a bf16 model).
 	KeepBF16 bool
+	// Quantize is the format the worker holds routed experts in
+	// (tensor.QNone: as the checkpoint, per KeepBF16). It must be the
+	// format of the cluster's model record (registry.ModelRecord.Quantize),
+	// which sized the placement: a worker of another format is refused at
+	// registration.
+	Quantize tensor.QFormat
 	// MemBytes is the memory limit of the worker (its process's, e.g. the
 	// cgroup limit; workercmd's --mem). The worker registers
 	// ExpertBudget(MemBytes) = MemBytes - RuntimeReserve as

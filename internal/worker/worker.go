@@ -27,6 +27,7 @@ import (
 	"github.com/switchyard/switchyard/pkg/membership"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/registry"
+	"github.com/switchyard/switchyard/pkg/tensor"
 	"github.com/switchyard/switchyard/pkg/train"
 	"github.com/switchyard/switchyard/pkg/transport"
 )
@@ -232,6 +233,9 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	if gossip != nil {
 		w.info.GossipAddr = gossip.Addr()
 	}
+	if fp != "" && cfg.Quantize != tensor.QNone {
+		w.info.Quantize = cfg.Quantize.String()
+	}
 
 	fctx, stopFollow := context.WithCancel(ctx)
 	var fwg sync.WaitGroup
@@ -298,11 +302,12 @@ func (w *Worker) newServer(fp string, hidden int) (*transport.ExpertServer, erro
 // serveModel sets the worker up to hold experts of ck: an empty store,
 // the expert loader and sizes, and the expert server (not serving yet).
 func (w *Worker) serveModel(ck *model.Checkpoint) (*transport.ExpertServer, error) {
-	sizes := expertSizes(ck.Config, ck.Source, w.cfg.KeepBF16)
+	lo := model.LoadOptions{KeepBF16: w.cfg.KeepBF16, Quantize: w.cfg.Quantize}
+	sizes := expertSizes(ck.Config, ck.Source, lo)
 	w.store = expert.NewStore()
 	w.sizeOf = func(id expert.ID) int64 { return sizes[id] }
 	w.loadExpert = func(id expert.ID) (*expert.FFN, error) {
-		return model.LoadExpert(ck.Config, ck.Source, id, w.cfg.KeepBF16)
+		return model.LoadExpert(ck.Config, ck.Source, id, lo)
 	}
 	return w.newServer(ck.Config.Fingerprint(), ck.Config.Hidden)
 }
@@ -536,19 +541,15 @@ func (w *Worker) loadWithin(id expert.ID) (*expert.FFN, error) {
 }
 
 // expertSizes is the memory each routed expert of cfg takes once loaded
-// from src: its three matrices at 2 bytes an element when the checkpoint
-// holds them as BF16 and keepBF16, 4 otherwise (model.LoadExpert's rule).
-func expertSizes(cfg *model.Config, src model.Source, keepBF16 bool) map[expert.ID]int64 {
+// from src with opts (model.ExpertBytes).
+func expertSizes(cfg *model.Config, src model.Source, opts model.LoadOptions) map[expert.ID]int64 {
 	sizes := map[expert.ID]int64{}
 	for _, t := range cfg.Tensors() {
-		if t.Role != model.RoleExpert {
-			continue
+		if t.Role == model.RoleExpert {
+			if _, ok := sizes[t.Expert]; !ok {
+				sizes[t.Expert] = model.ExpertBytes(cfg, src, t.Expert, opts)
+			}
 		}
-		elem := int64(4)
-		if dtype, _, ok := src.Info(t.Name); ok && dtype == "BF16" && keepBF16 {
-			elem = 2
-		}
-		sizes[t.Expert] += t.Elems() * elem
 	}
 	return sizes
 }

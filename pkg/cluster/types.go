@@ -36,7 +36,10 @@ type WorkerInfo struct {
 	MemBytes   int64    `json:"mem_bytes"` // memory the worker may use for weights
 	Protocol   int      `json:"protocol"`  // ProtocolVersion of the binary
 	Model      string   `json:"model"`     // ModelFingerprint of the model it serves
-	Version    string   `json:"version"`   // build version, informational
+	// Quantize is the format it holds routed experts in ("int8", "q4";
+	// empty: the checkpoint's precision). It must match the model record's.
+	Quantize string `json:"quantize,omitempty"`
+	Version  string `json:"version"` // build version, informational
 }
 
 // Placement maps every routed expert of a model to the workers that hold a

@@ -55,6 +55,23 @@ type FFN struct {
 	Down tensor.Mat // [D, F]
 }
 
+// Quantize replaces the three matrices with their q-format copies (see
+// tensor.Quantize); the originals are dropped. QNone leaves f as it is.
+// A quantized FFN serves inference only.
+func (f *FFN) Quantize(q tensor.QFormat) error {
+	if q == tensor.QNone {
+		return nil
+	}
+	for _, m := range []*tensor.Mat{&f.Gate, &f.Up, &f.Down} {
+		qm, err := tensor.Quantize(m, q)
+		if err != nil {
+			return err
+		}
+		*m = tensor.Mat{Rows: m.Rows, Cols: m.Cols, Q: qm}
+	}
+	return nil
+}
+
 // Dims returns D (model width) and F (intermediate width).
 func (f *FFN) Dims() (d, ff int) { return f.Gate.Cols, f.Gate.Rows }
 

@@ -311,7 +311,7 @@ func testFP8Golden(t *testing.T, name string, b0, b1 int) {
 			}
 		}
 		for _, id := range ids2 {
-			f, err := LoadExpert(ck.Config, ck.Source, id, keep)
+			f, err := LoadExpert(ck.Config, ck.Source, id, LoadOptions{KeepBF16: keep})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -451,10 +451,10 @@ func TestFP8BadInput(t *testing.T) {
 			if !tc.expertW {
 				return
 			}
-			if _, err := LoadExpert(ck.Config, ck.Source, expert.ID{Layer: 1, Expert: 3}, true); err == nil || !strings.Contains(err.Error(), victim) {
+			if _, err := LoadExpert(ck.Config, ck.Source, expert.ID{Layer: 1, Expert: 3}, LoadOptions{KeepBF16: true}); err == nil || !strings.Contains(err.Error(), victim) {
 				t.Errorf("LoadExpert of the victim: %v", err)
 			}
-			if _, err := LoadExpert(ck.Config, ck.Source, expert.ID{Layer: 1, Expert: 2}, true); err != nil {
+			if _, err := LoadExpert(ck.Config, ck.Source, expert.ID{Layer: 1, Expert: 2}, LoadOptions{KeepBF16: true}); err != nil {
 				t.Errorf("LoadExpert of a sound expert: %v", err)
 			}
 		})

@@ -48,6 +48,9 @@ func Load(cfg *Config, src Source, opts LoadOptions) (*Model, *expert.Store, err
 			if err := ld.into(s, Slot{Mat: s.InFFN(f)}); err != nil {
 				return nil, nil, err
 			}
+			if err := quantizeLoaded(f, s.Expert, opts.Quantize); err != nil {
+				return nil, nil, err
+			}
 			continue
 		}
 		before := ld.bytes
@@ -68,17 +71,53 @@ func Load(cfg *Config, src Source, opts LoadOptions) (*Model, *expert.Store, err
 }
 
 // LoadExpert reads one routed expert from src (a worker picking up an
-// expert after a placement change).
-func LoadExpert(cfg *Config, src Source, id expert.ID, keepBF16 bool) (*expert.FFN, error) {
+// expert after a placement change), kept as opts.KeepBF16 and
+// opts.Quantize say (opts.Experts is ignored).
+func LoadExpert(cfg *Config, src Source, id expert.ID, opts LoadOptions) (*expert.FFN, error) {
 	if id.Layer < 0 || id.Layer >= cfg.Layers || !cfg.LayerIsMoE[id.Layer] || id.Expert < 0 || id.Expert >= cfg.MoE.Router.NumExperts {
 		return nil, fmt.Errorf("model: %v is not a routed expert of this %s model", id, cfg.Family)
 	}
-	ld := &loader{src: src, keepBF16: keepBF16}
+	ld := &loader{src: src, keepBF16: opts.KeepBF16}
 	f := new(expert.FFN)
 	for _, s := range cfg.ExpertTensors(id) {
 		if err := ld.into(s, Slot{Mat: s.InFFN(f)}); err != nil {
 			return nil, err
 		}
 	}
+	if err := f.Quantize(opts.Quantize); err != nil {
+		return nil, fmt.Errorf("model: quantize expert %v to %v: %w", id, opts.Quantize, err)
+	}
 	return f, nil
+}
+
+// quantizeLoaded quantizes expert f once its three matrices are loaded
+// (Load reads an expert's tensors one after another).
+func quantizeLoaded(f *expert.FFN, id expert.ID, q tensor.QFormat) error {
+	if q == tensor.QNone || f.Gate.Empty() || f.Up.Empty() || f.Down.Empty() || f.Gate.Q != nil {
+		return nil
+	}
+	if err := f.Quantize(q); err != nil {
+		return fmt.Errorf("model: quantize expert %v to %v: %w", id, q, err)
+	}
+	return nil
+}
+
+// ExpertBytes is the memory one routed expert of cfg takes once loaded
+// from src with opts (model.LoadExpert's rule): bf16 tensors kept as bf16
+// at 2 bytes an element, others at 4, or opts.Quantize's size.
+func ExpertBytes(cfg *Config, src Source, id expert.ID, opts LoadOptions) int64 {
+	var n int64
+	for _, s := range cfg.ExpertTensors(id) {
+		switch {
+		case opts.Quantize != tensor.QNone:
+			n += tensor.QBytes(opts.Quantize, s.Shape[0], s.Shape[1])
+		default:
+			elem := int64(4)
+			if dtype, _, ok := src.Info(s.Name); ok && dtype == "BF16" && opts.KeepBF16 {
+				elem = 2
+			}
+			n += s.Elems() * elem
+		}
+	}
+	return n
 }

@@ -74,6 +74,10 @@ type LoadOptions struct {
 	// kernels widen on the fly, exactly). False widens them to float32 at
 	// load. Norm weights and biases are always float32.
 	KeepBF16 bool
+	// Quantize, when not tensor.QNone, quantizes every routed expert as it
+	// is loaded (serving only: a quantized model cannot train). Dense
+	// weights, shared experts included, keep their precision.
+	Quantize tensor.QFormat
 }
 
 // names maps parts of a layer to hub tensor names for a family.

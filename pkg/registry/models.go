@@ -16,6 +16,7 @@ import (
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/placement"
+	"github.com/switchyard/switchyard/pkg/tensor"
 )
 
 // ModelRecord describes a model the cluster serves: enough for the leader
@@ -33,7 +34,12 @@ type ModelRecord struct {
 	// float32 (the default) or 2 when workers keep bf16.
 	ElemBytes   int   `json:"elem_bytes"`
 	ExpertBytes int64 `json:"expert_bytes"` // one routed expert copy in worker memory
-	DenseBytes  int64 `json:"dense_bytes"`  // everything else: the dense replica every worker holds
+	// Quantize is the format workers hold the routed experts in: "int8" or
+	// "q4" (tensor.QFormat), empty for the checkpoint's precision (per
+	// ElemBytes). ExpertBytes is that format's size; a worker holding
+	// another format is refused (ErrModelMismatch).
+	Quantize   string `json:"quantize,omitempty"`
+	DenseBytes int64  `json:"dense_bytes"` // everything else: the dense replica every worker holds
 	// Protocol is the cluster.ProtocolVersion of the coordinator that wrote
 	// the record; workers of another version are refused.
 	Protocol int `json:"protocol"`
@@ -74,6 +80,21 @@ func NewModelRecord(cfg *model.Config, path string, elemBytes int) ModelRecord {
 		}
 	}
 	return rec
+}
+
+// SetQuantize records that workers hold the routed experts of cfg (the
+// model m describes) in format q, and sizes ExpertBytes for it.
+func (m *ModelRecord) SetQuantize(cfg *model.Config, q tensor.QFormat) {
+	if q == tensor.QNone {
+		return
+	}
+	m.Quantize = q.String()
+	m.ExpertBytes = 0
+	if len(m.MoELayers) > 0 {
+		for _, s := range cfg.ExpertTensors(expert.ID{Layer: m.MoELayers[0]}) {
+			m.ExpertBytes += tensor.QBytes(q, s.Shape[0], s.Shape[1])
+		}
+	}
 }
 
 // ModelRecordFromDir reads dir/config.json and describes it.

@@ -17,6 +17,7 @@ import (
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/placement"
+	"github.com/switchyard/switchyard/pkg/tensor"
 )
 
 // tinyConfig is a 2-layer Qwen2-MoE with 4 experts of F=16 over D=32.
@@ -190,6 +191,34 @@ func TestRegisterRefused(t *testing.T) {
 		t.Fatalf("model: %v", err)
 	}
 	t.Logf("model refusal: %v", err)
+
+	// A worker holding its experts in another format than the record's:
+	// the placement was sized for the record's, so it is refused, and the
+	// error says which flag to set.
+	bad = e.worker("w1")
+	bad.Quantize = "int8"
+	_, err = e.reg.Register(e.ctx, bad, time.Second)
+	if !errors.Is(err, ErrModelMismatch) || !strings.Contains(err.Error(), "as int8, the cluster serves them as none") || !strings.Contains(err.Error(), "--quantize none") {
+		t.Fatalf("quantize: %v", err)
+	}
+	t.Logf("quantize refusal: %v", err)
+	q4 := e.rec
+	q4.Fingerprint = "q4-model"
+	cfg := tinyConfig(t, 8)
+	q4.SetQuantize(cfg, tensor.QQ4)
+	if q4.Quantize != "q4" || q4.ExpertBytes >= e.rec.ExpertBytes {
+		t.Fatalf("SetQuantize(q4): %q, %d expert bytes (unquantized %d)", q4.Quantize, q4.ExpertBytes, e.rec.ExpertBytes)
+	}
+	if err := e.reg.PutModel(e.ctx, q4); err != nil {
+		t.Fatal(err)
+	}
+	good := e.worker("wq")
+	good.Model, good.Quantize = "q4-model", "q4"
+	if g, err := e.reg.Register(e.ctx, good, time.Second); err != nil {
+		t.Fatalf("matching quantization refused: %v", err)
+	} else {
+		g.Close()
+	}
 
 	// The coordinator that registered the model speaks another protocol.
 	old := e.rec

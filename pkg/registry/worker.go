@@ -82,6 +82,10 @@ func (r *Registry) Register(ctx context.Context, info cluster.WorkerInfo, ttl ti
 	if err != nil {
 		return nil, err
 	}
+	if rec.Quantize != info.Quantize {
+		return nil, fmt.Errorf("%s: it holds the experts of model %s as %s, the cluster serves them as %s (the --quantize of the coordinator or serve that registered the model): start the worker with --quantize %s: %w",
+			who, info.Model, quantName(info.Quantize), quantName(rec.Quantize), quantName(rec.Quantize), ErrModelMismatch)
+	}
 	if rec.Protocol != info.Protocol {
 		return nil, fmt.Errorf("%s: it speaks protocol %d, the coordinator that registered model %s speaks %d: %w", who, info.Protocol, info.Model, rec.Protocol, ErrProtocolMismatch)
 	}
@@ -271,4 +275,12 @@ func (r *Registry) Stats(ctx context.Context) ([]WorkerStats, error) {
 		return 0
 	})
 	return out, nil
+}
+
+// quantName is a --quantize value as the flag spells it.
+func quantName(q string) string {
+	if q == "" {
+		return "none"
+	}
+	return q
 }

@@ -1,0 +1,487 @@
+//go:build amd64
+
+#include "textflag.h"
+
+// Quantized dot-product kernels; see quant_amd64.go for the contracts.
+// Each kernel covers the rows in blocks of 4 (sharing every activation
+// block's loads and abs/sign work), then one row at a time; each row keeps
+// a vector of float partial sums, added horizontally into out[r] at the end.
+
+// HSUM512 adds the 16 floats of z (whose low half is y) and stores the sum
+// at dst. Clobbers Y13, Y14.
+#define HSUM512(z, y, dst) \
+	VEXTRACTF64X4 $1, z, Y13; \
+	VADDPS        Y13, y, Y13; \
+	VEXTRACTF128  $1, Y13, X14; \
+	VADDPS        X14, X13, X13; \
+	VMOVHLPS      X13, X13, X14; \
+	VADDPS        X14, X13, X13; \
+	VMOVSHDUP     X13, X14; \
+	VADDSS        X14, X13, X13; \
+	VMOVSS        X13, dst
+
+// HSUM256 adds the 8 floats of y (whose low half is x) and stores the sum
+// at dst, using the X temporaries t1, t2.
+#define HSUM256(y, x, t1, t2, dst) \
+	VEXTRACTF128 $1, y, t1; \
+	VADDPS       t1, x, t1; \
+	VMOVHLPS     t1, t1, t2; \
+	VADDPS       t2, t1, t1; \
+	VMOVSHDUP    t1, t2; \
+	VADDSS       t2, t1, t1; \
+	VMOVSS       t1, dst
+
+// ---------------------------------------------------------------------------
+// AVX-512 VNNI, int8 weights.
+//
+// Per 64-byte block: Z0 = activation codes, K1 = their sign bits, Z1 = |x|,
+// Z2 = the block scale broadcast, Z31 = 0. For one row, the weight codes with
+// their sign flipped where x < 0 (merge-masked 0 - w) are the signed operand
+// of VPDPBUSD against |x|; the int32 lanes are converted and scaled into the
+// row's float accumulator.
+#define Q8ROW512(wp, acc) \
+	VMOVDQU64 wp, Z8; \
+	VPSUBB    Z8, Z31, K1, Z8; \
+	VPXORD    Z12, Z12, Z12; \
+	VPDPBUSD  Z8, Z1, Z12; \
+	VCVTDQ2PS Z12, Z12; \
+	VFMADD231PS Z2, Z12, acc
+
+// func q8DotsAvx512(rows, groups int, w *byte, stride int, xq *int8, xs *float32, out *float32)
+TEXT ·q8DotsAvx512(SB), NOSPLIT, $0-56
+	MOVQ rows+0(FP), CX
+	MOVQ w+16(FP), DI
+	MOVQ stride+24(FP), SI
+	MOVQ xs+40(FP), R8
+	MOVQ out+48(FP), R9
+	LEAQ (SI)(SI*2), R11
+	VPXORD Z31, Z31, Z31
+	CMPQ CX, $4
+	JLT  q8z_tail
+
+q8z_loop4:
+	MOVQ   DI, R10
+	MOVQ   xq+32(FP), AX
+	XORQ   BX, BX
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+
+q8z_g4:
+	VMOVDQU64    (AX), Z0
+	VPMOVB2M     Z0, K1
+	VPABSB       Z0, Z1
+	VBROADCASTSS (R8)(BX*4), Z2
+	Q8ROW512((R10), Z4)
+	Q8ROW512((R10)(SI*1), Z5)
+	Q8ROW512((R10)(SI*2), Z6)
+	Q8ROW512((R10)(R11*1), Z7)
+	ADDQ $64, AX
+	ADDQ $64, R10
+	INCQ BX
+	CMPQ BX, groups+8(FP)
+	JLT  q8z_g4
+
+	HSUM512(Z4, Y4, 0(R9))
+	HSUM512(Z5, Y5, 4(R9))
+	HSUM512(Z6, Y6, 8(R9))
+	HSUM512(Z7, Y7, 12(R9))
+	LEAQ (DI)(SI*4), DI
+	ADDQ $16, R9
+	SUBQ $4, CX
+	CMPQ CX, $4
+	JGE  q8z_loop4
+
+q8z_tail:
+	TESTQ CX, CX
+	JZ    q8z_done
+
+q8z_loop1:
+	MOVQ   DI, R10
+	MOVQ   xq+32(FP), AX
+	XORQ   BX, BX
+	VPXORD Z4, Z4, Z4
+
+q8z_g1:
+	VMOVDQU64    (AX), Z0
+	VPMOVB2M     Z0, K1
+	VPABSB       Z0, Z1
+	VBROADCASTSS (R8)(BX*4), Z2
+	Q8ROW512((R10), Z4)
+	ADDQ $64, AX
+	ADDQ $64, R10
+	INCQ BX
+	CMPQ BX, groups+8(FP)
+	JLT  q8z_g1
+
+	HSUM512(Z4, Y4, 0(R9))
+	ADDQ SI, DI
+	ADDQ $4, R9
+	DECQ CX
+	JNZ  q8z_loop1
+
+q8z_done:
+	VZEROUPPER
+	RET
+
+// ---------------------------------------------------------------------------
+// AVX-512 VNNI, 4-bit weights.
+//
+// Blocks of 4 rows go two rows per zmm (Q4PAIR512); the 1-row tail uses
+// Q4ROW512: Z0 = activation codes (signed), Z2 = xs[b] broadcast,
+// Z3 = {-8*xsum[b], 0, ..., 0} (the zero point, in lane 0), Z30 = 0x0F bytes.
+// The row's 32 code bytes become 64 unsigned codes in input order (low
+// nibbles, then high nibbles), VPDPBUSD against x onto a copy of Z3, then
+// convert and FMA with f16(d) * xs[b].
+#define Q4ROW512(wp, dp, acc) \
+	VMOVDQU      wp, Y8; \
+	VPSRLW       $4, Y8, Y9; \
+	VINSERTI64X4 $1, Y9, Z8, Z8; \
+	VPANDD       Z30, Z8, Z8; \
+	VMOVDQA64    Z3, Z10; \
+	VPDPBUSD     Z0, Z8, Z10; \
+	VCVTDQ2PS    Z10, Z10; \
+	VPBROADCASTW dp, Y11; \
+	VCVTPH2PS    Y11, Z11; \
+	VMULPS       Z2, Z11, Z11; \
+	VFMADD231PS  Z11, Z10, acc
+
+// Q4PAIR512 does one group of two rows A, B in one zmm: the lower 256 bits
+// of every vector belong to row A, the upper to row B. Z0 / Z1 = x[0:32] /
+// x[32:64] in both halves, Z3 = -8*xsum[b] in lanes 0 and 8; the 32 code
+// bytes of both rows give the low nibbles (inputs 0..31) and the high
+// nibbles (inputs 32..63), each VPDPBUSD'd against its half of x; the
+// scales are [f16(dA) x 8, f16(dB) x 8] * xs[b].
+#define Q4PAIR512(wa, wb, da, db, acc) \
+	VMOVDQU      wa, Y8; \
+	VINSERTI64X4 $1, wb, Z8, Z8; \
+	VPSRLW       $4, Z8, Z9; \
+	VPANDD       Z30, Z8, Z8; \
+	VPANDD       Z30, Z9, Z9; \
+	VMOVDQA64    Z3, Z10; \
+	VPDPBUSD     Z0, Z8, Z10; \
+	VPDPBUSD     Z1, Z9, Z10; \
+	VCVTDQ2PS    Z10, Z10; \
+	VPBROADCASTW da, X11; \
+	VPBROADCASTW db, X12; \
+	VINSERTI128  $1, X12, Y11, Y11; \
+	VCVTPH2PS    Y11, Z11; \
+	VMULPS       Z2, Z11, Z11; \
+	VFMADD231PS  Z11, Z10, acc
+
+// Z3 = {-8*xsum[BX], 0, ...}; needs Z31 = 0.
+#define Q4ZP512 \
+	VMOVD  (DX)(BX*4), X3; \
+	VPSLLD $3, X3, X3; \
+	VPSUBD Z3, Z31, Z3
+
+// func q4DotsAvx512(rows, groups int, w *byte, stride int, d *uint16, xq *int8, xs *float32, xsum *int32, out *float32)
+TEXT ·q4DotsAvx512(SB), NOSPLIT, $0-72
+	MOVQ rows+0(FP), CX
+	MOVQ groups+8(FP), R13
+	MOVQ w+16(FP), DI
+	MOVQ stride+24(FP), SI
+	MOVQ d+32(FP), R12
+	MOVQ xs+48(FP), R8
+	MOVQ xsum+56(FP), DX
+	MOVQ out+64(FP), R9
+	SHLQ $1, R13              // bytes of scales per row
+	LEAQ (R13)(R13*2), R14    // 3 rows of scales
+	LEAQ (SI)(SI*2), R11      // 3 rows of codes
+	VPXORD Z31, Z31, Z31
+	MOVL $0x0f0f0f0f, AX
+	VMOVD AX, X30
+	VPBROADCASTD X30, Z30
+	MOVL $0x0101, AX
+	KMOVW AX, K2
+	CMPQ CX, $4
+	JLT  q4z_tail
+
+q4z_loop4:
+	MOVQ   DI, R10
+	MOVQ   xq+40(FP), AX
+	XORQ   BX, BX
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+
+q4z_g4:
+	VBROADCASTI64X4 (AX), Z0        // x[0:32] in both halves
+	VBROADCASTI64X4 32(AX), Z1      // x[32:64] in both halves
+	VBROADCASTSS    (R8)(BX*4), Z2
+	VPBROADCASTD.Z  (DX)(BX*4), K2, Z3
+	VPSLLD          $3, Z3, Z3
+	VPSUBD          Z3, Z31, Z3     // -8*xsum in lanes 0 and 8
+	Q4PAIR512((R10), (R10)(SI*1), (R12), (R12)(R13*1), Z4)
+	Q4PAIR512((R10)(SI*2), (R10)(R11*1), (R12)(R13*2), (R12)(R14*1), Z5)
+	ADDQ $64, AX
+	ADDQ $32, R10
+	ADDQ $2, R12
+	INCQ BX
+	CMPQ BX, groups+8(FP)
+	JLT  q4z_g4
+
+	VEXTRACTF64X4 $1, Z4, Y6
+	VEXTRACTF64X4 $1, Z5, Y7
+	HSUM256(Y4, X4, X10, X11, 0(R9))
+	HSUM256(Y6, X6, X10, X11, 4(R9))
+	HSUM256(Y5, X5, X10, X11, 8(R9))
+	HSUM256(Y7, X7, X10, X11, 12(R9))
+	LEAQ (DI)(SI*4), DI
+	ADDQ R14, R12             // R12 moved one row of scales already
+	ADDQ $16, R9
+	SUBQ $4, CX
+	CMPQ CX, $4
+	JGE  q4z_loop4
+
+q4z_tail:
+	TESTQ CX, CX
+	JZ    q4z_done
+
+q4z_loop1:
+	MOVQ   DI, R10
+	MOVQ   xq+40(FP), AX
+	XORQ   BX, BX
+	VPXORD Z4, Z4, Z4
+
+q4z_g1:
+	VMOVDQU64    (AX), Z0
+	VBROADCASTSS (R8)(BX*4), Z2
+	Q4ZP512
+	Q4ROW512((R10), (R12), Z4)
+	ADDQ $64, AX
+	ADDQ $32, R10
+	ADDQ $2, R12
+	INCQ BX
+	CMPQ BX, groups+8(FP)
+	JLT  q4z_g1
+
+	HSUM512(Z4, Y4, 0(R9))
+	ADDQ SI, DI
+	ADDQ $4, R9
+	DECQ CX
+	JNZ  q4z_loop1
+
+q4z_done:
+	VZEROUPPER
+	RET
+
+// ---------------------------------------------------------------------------
+// AVX2, int8 weights.
+//
+// Per 64-byte block: Y0, Y1 = activation codes (two halves), Y2, Y3 = |x|,
+// Y14 = block scale broadcast, Y15 = int16 ones. For one row:
+// VPSIGNB moves x's sign onto w (and zeroes w where x = 0), VPMADDUBSW
+// (|x| unsigned, w' signed) gives int16 pairs (|.| <= 2*127*127, no
+// saturation), VPMADDWD with ones gives int32.
+#define Q8ROW256(m0, m1, acc) \
+	VMOVDQU    m0, Y8; \
+	VMOVDQU    m1, Y9; \
+	VPSIGNB    Y0, Y8, Y8; \
+	VPSIGNB    Y1, Y9, Y9; \
+	VPMADDUBSW Y8, Y2, Y8; \
+	VPMADDUBSW Y9, Y3, Y9; \
+	VPMADDWD   Y15, Y8, Y8; \
+	VPMADDWD   Y15, Y9, Y9; \
+	VPADDD     Y9, Y8, Y8; \
+	VCVTDQ2PS  Y8, Y8; \
+	VFMADD231PS Y14, Y8, acc
+
+#define Q8X256 \
+	VMOVDQU      (AX), Y0; \
+	VMOVDQU      32(AX), Y1; \
+	VPABSB       Y0, Y2; \
+	VPABSB       Y1, Y3; \
+	VBROADCASTSS (R8)(BX*4), Y14
+
+// func q8DotsAvx2(rows, groups int, w *byte, stride int, xq *int8, xs *float32, out *float32)
+TEXT ·q8DotsAvx2(SB), NOSPLIT, $0-56
+	MOVQ rows+0(FP), CX
+	MOVQ w+16(FP), DI
+	MOVQ stride+24(FP), SI
+	MOVQ xs+40(FP), R8
+	MOVQ out+48(FP), R9
+	LEAQ (SI)(SI*2), R11
+	MOVL $0x00010001, AX
+	VMOVD AX, X15
+	VPBROADCASTD X15, Y15
+	CMPQ CX, $4
+	JLT  q8y_tail
+
+q8y_loop4:
+	MOVQ  DI, R10
+	MOVQ  xq+32(FP), AX
+	XORQ  BX, BX
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+
+q8y_g4:
+	Q8X256
+	Q8ROW256((R10), 32(R10), Y4)
+	Q8ROW256((R10)(SI*1), 32(R10)(SI*1), Y5)
+	Q8ROW256((R10)(SI*2), 32(R10)(SI*2), Y6)
+	Q8ROW256((R10)(R11*1), 32(R10)(R11*1), Y7)
+	ADDQ $64, AX
+	ADDQ $64, R10
+	INCQ BX
+	CMPQ BX, groups+8(FP)
+	JLT  q8y_g4
+
+	HSUM256(Y4, X4, X10, X11, 0(R9))
+	HSUM256(Y5, X5, X10, X11, 4(R9))
+	HSUM256(Y6, X6, X10, X11, 8(R9))
+	HSUM256(Y7, X7, X10, X11, 12(R9))
+	LEAQ (DI)(SI*4), DI
+	ADDQ $16, R9
+	SUBQ $4, CX
+	CMPQ CX, $4
+	JGE  q8y_loop4
+
+q8y_tail:
+	TESTQ CX, CX
+	JZ    q8y_done
+
+q8y_loop1:
+	MOVQ   DI, R10
+	MOVQ   xq+32(FP), AX
+	XORQ   BX, BX
+	VXORPS Y4, Y4, Y4
+
+q8y_g1:
+	Q8X256
+	Q8ROW256((R10), 32(R10), Y4)
+	ADDQ $64, AX
+	ADDQ $64, R10
+	INCQ BX
+	CMPQ BX, groups+8(FP)
+	JLT  q8y_g1
+
+	HSUM256(Y4, X4, X10, X11, 0(R9))
+	ADDQ SI, DI
+	ADDQ $4, R9
+	DECQ CX
+	JNZ  q8y_loop1
+
+q8y_done:
+	VZEROUPPER
+	RET
+
+// ---------------------------------------------------------------------------
+// AVX2, 4-bit weights.
+//
+// Per group: Y0, Y1 = activation codes for inputs 0..31 and 32..63,
+// Y3 = {-8*xsum[b], 0, ...}, Y12 = 0, Y13 = 0x0F bytes, Y14 = xs[b]
+// broadcast, Y15 = int16 ones. For one row: low and high nibbles are the
+// unsigned operands of VPMADDUBSW against x (|pair| <= 2*15*127), the two
+// halves add in int16 (<= 4*15*127), VPMADDWD with ones gives int32.
+#define Q4ROW256(wp, dp, acc) \
+	VMOVDQU      wp, Y8; \
+	VPSRLW       $4, Y8, Y9; \
+	VPAND        Y13, Y8, Y8; \
+	VPAND        Y13, Y9, Y9; \
+	VPMADDUBSW   Y0, Y8, Y8; \
+	VPMADDUBSW   Y1, Y9, Y9; \
+	VPADDW       Y9, Y8, Y8; \
+	VPMADDWD     Y15, Y8, Y8; \
+	VPADDD       Y3, Y8, Y8; \
+	VCVTDQ2PS    Y8, Y8; \
+	VPBROADCASTW dp, X10; \
+	VCVTPH2PS    X10, Y10; \
+	VMULPS       Y14, Y10, Y10; \
+	VFMADD231PS  Y10, Y8, acc
+
+#define Q4X256 \
+	VMOVDQU      (AX), Y0; \
+	VMOVDQU      32(AX), Y1; \
+	VBROADCASTSS (R8)(BX*4), Y14; \
+	VMOVD        (DX)(BX*4), X3; \
+	VPSLLD       $3, X3, X3; \
+	VPSUBD       Y3, Y12, Y3
+
+// func q4DotsAvx2(rows, groups int, w *byte, stride int, d *uint16, xq *int8, xs *float32, xsum *int32, out *float32)
+TEXT ·q4DotsAvx2(SB), NOSPLIT, $0-72
+	MOVQ rows+0(FP), CX
+	MOVQ groups+8(FP), R13
+	MOVQ w+16(FP), DI
+	MOVQ stride+24(FP), SI
+	MOVQ d+32(FP), R12
+	MOVQ xs+48(FP), R8
+	MOVQ xsum+56(FP), DX
+	MOVQ out+64(FP), R9
+	SHLQ $1, R13
+	LEAQ (R13)(R13*2), R14
+	LEAQ (SI)(SI*2), R11
+	VPXOR Y12, Y12, Y12
+	MOVL $0x0f0f0f0f, AX
+	VMOVD AX, X13
+	VPBROADCASTD X13, Y13
+	MOVL $0x00010001, AX
+	VMOVD AX, X15
+	VPBROADCASTD X15, Y15
+	CMPQ CX, $4
+	JLT  q4y_tail
+
+q4y_loop4:
+	MOVQ   DI, R10
+	MOVQ   xq+40(FP), AX
+	XORQ   BX, BX
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+
+q4y_g4:
+	Q4X256
+	Q4ROW256((R10), (R12), Y4)
+	Q4ROW256((R10)(SI*1), (R12)(R13*1), Y5)
+	Q4ROW256((R10)(SI*2), (R12)(R13*2), Y6)
+	Q4ROW256((R10)(R11*1), (R12)(R14*1), Y7)
+	ADDQ $64, AX
+	ADDQ $32, R10
+	ADDQ $2, R12
+	INCQ BX
+	CMPQ BX, groups+8(FP)
+	JLT  q4y_g4
+
+	HSUM256(Y4, X4, X10, X11, 0(R9))
+	HSUM256(Y5, X5, X10, X11, 4(R9))
+	HSUM256(Y6, X6, X10, X11, 8(R9))
+	HSUM256(Y7, X7, X10, X11, 12(R9))
+	LEAQ (DI)(SI*4), DI
+	ADDQ R14, R12
+	ADDQ $16, R9
+	SUBQ $4, CX
+	CMPQ CX, $4
+	JGE  q4y_loop4
+
+q4y_tail:
+	TESTQ CX, CX
+	JZ    q4y_done
+
+q4y_loop1:
+	MOVQ   DI, R10
+	MOVQ   xq+40(FP), AX
+	XORQ   BX, BX
+	VXORPS Y4, Y4, Y4
+
+q4y_g1:
+	Q4X256
+	Q4ROW256((R10), (R12), Y4)
+	ADDQ $64, AX
+	ADDQ $32, R10
+	ADDQ $2, R12
+	INCQ BX
+	CMPQ BX, groups+8(FP)
+	JLT  q4y_g1
+
+	HSUM256(Y4, X4, X10, X11, 0(R9))
+	ADDQ SI, DI
+	ADDQ $4, R9
+	DECQ CX
+	JNZ  q4y_loop1
+
+q4y_done:
+	VZEROUPPER
+	RET
