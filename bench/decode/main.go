@@ -12,7 +12,13 @@
 // plus writes, so the run also reports the weight-stream bandwidth (the bf16
 // GEMV kernel alone over 1 GiB) and the bound it implies.
 //
-// Usage: go run ./bench/decode [-dir DIR] [-tokens N]
+// With -formats (default bf16,int8,q4) the same model decodes with its
+// routed experts as loaded (bf16) and quantized as serve --quantize does,
+// in interleaved rounds, and the table gives each format's tokens/s, the
+// fraction of its own bandwidth bound (its bytes per token are smaller) and
+// its speed-up over bf16.
+//
+// Usage: go run ./bench/decode [-dir DIR] [-tokens N] [-formats bf16,int8,q4] [-rounds R]
 package main
 
 import (
@@ -23,9 +29,12 @@ import (
 	"path/filepath"
 	"runtime"
 	"runtime/pprof"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
+	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/tensor"
 )
@@ -40,6 +49,8 @@ func main() {
 	inter := flag.Int("inter", 2816, "expert intermediate size")
 	vocab := flag.Int("vocab", 32000, "vocabulary size")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the timed decode steps")
+	formatList := flag.String("formats", "bf16,int8,q4", "routed-expert formats to decode with, side by side: bf16 (as loaded) first, then --quantize values")
+	rounds := flag.Int("rounds", 3, "interleaved rounds over the formats")
 	flag.Parse()
 
 	hf := map[string]any{
@@ -68,29 +79,74 @@ func main() {
 		fail(err)
 	}
 	c := m.Cfg
+	formats, err := parseFormats(*formatList)
+	if err != nil {
+		fail(err)
+	}
 
-	// Weight bytes read per decode token: dense weights except the embedding
-	// table (one row is read), plus K experts per MoE layer.
-	expertBytes := int64(3*c.Hidden*c.MoE.Inter) * 2
-	perToken := m.DenseBytes - m.Embed.Bytes() + int64(c.Hidden)*2
-	perToken += int64(c.NumMoELayers()*c.MoE.Router.TopK) * expertBytes
+	// One model per format: the same dense weights, the routed experts as
+	// loaded (bf16) or quantized from them, as serve --quantize does.
+	bf16Store := m.Experts.(*expert.Store)
+	type variant struct {
+		name     string
+		m        *model.Model
+		perToken int64 // weight bytes read per decode token
+		tps      []float64
+	}
+	var vs []*variant
+	for _, f := range formats {
+		mv := m
+		if f != tensor.QNone {
+			t0 := time.Now()
+			qs, err := quantizeStore(bf16Store, f)
+			if err != nil {
+				fail(err)
+			}
+			cp := *m
+			cp.Experts = qs
+			mv = &cp
+			fmt.Fprintf(os.Stderr, "quantized the routed experts to %v in %v\n", f, time.Since(t0).Round(time.Millisecond))
+		}
+		// Weight bytes read per decode token: dense weights except the
+		// embedding table (one row is read), plus K experts per MoE layer.
+		eb := int64(3*c.Hidden*c.MoE.Inter) * 2
+		if f != tensor.QNone {
+			eb = 2*tensor.QBytes(f, c.MoE.Inter, c.Hidden) + tensor.QBytes(f, c.Hidden, c.MoE.Inter)
+		}
+		per := m.DenseBytes - m.Embed.Bytes() + int64(c.Hidden)*2 + int64(c.NumMoELayers()*c.MoE.Router.TopK)*eb
+		name := f.String()
+		if f == tensor.QNone {
+			name = "bf16"
+		}
+		vs = append(vs, &variant{name: name, m: mv, perToken: per})
+	}
 
 	bw := copyBandwidth(1 << 30)
 	rbw := streamBandwidth(1 << 30)
 
 	ctx := context.Background()
-	seq := m.NewSeq()
-	prompt := []int32{1, 2, 3, 4}
-	out, err := m.Forward(ctx, []*model.Seq{seq}, [][]int32{prompt}, model.Options{})
-	if err != nil {
-		fail(err)
+	// decode runs a fresh sequence: a 4-token prompt, one warm-up step,
+	// then n timed steps; it returns tokens/s.
+	decode := func(m *model.Model, n int, prof *model.Profile) float64 {
+		seq := m.NewSeq()
+		out, err := m.Forward(ctx, []*model.Seq{seq}, [][]int32{{1, 2, 3, 4}}, model.Options{})
+		if err != nil {
+			fail(err)
+		}
+		next := model.Argmax(out.Logits)
+		if out, err = m.Forward(ctx, []*model.Seq{seq}, [][]int32{{next}}, model.Options{}); err != nil {
+			fail(err)
+		}
+		next = model.Argmax(out.Logits)
+		t0 := time.Now()
+		for i := 0; i < n; i++ {
+			if out, err = m.Forward(ctx, []*model.Seq{seq}, [][]int32{{next}}, model.Options{Prof: prof}); err != nil {
+				fail(err)
+			}
+			next = model.Argmax(out.Logits)
+		}
+		return float64(n) / time.Since(t0).Seconds()
 	}
-	next := model.Argmax(out.Logits)
-	// one warm-up step, then timed steps
-	if out, err = m.Forward(ctx, []*model.Seq{seq}, [][]int32{{next}}, model.Options{}); err != nil {
-		fail(err)
-	}
-	next = model.Argmax(out.Logits)
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
 		if err != nil {
@@ -99,30 +155,105 @@ func main() {
 		pprof.StartCPUProfile(f)
 		defer pprof.StopCPUProfile()
 	}
-	t0 := time.Now()
-	for i := 0; i < *tokens; i++ {
-		out, err = m.Forward(ctx, []*model.Seq{seq}, [][]int32{{next}}, model.Options{})
-		if err != nil {
-			fail(err)
+	// Interleaved rounds: each round decodes with every format in turn, so
+	// a slow stretch of a noisy machine hits them alike.
+	for r := 0; r < *rounds; r++ {
+		for _, v := range vs {
+			v.tps = append(v.tps, decode(v.m, *tokens, nil))
 		}
-		next = model.Argmax(out.Logits)
 	}
-	el := time.Since(t0)
-	tps := float64(*tokens) / el.Seconds()
-	bound := bw / float64(perToken)
+	// One more pass per format with the model's profile: where a token's
+	// time goes (attention, routed experts, lm_head, the rest).
+	profs := make([]model.Profile, len(vs))
+	for i, v := range vs {
+		decode(v.m, *tokens, &profs[i])
+	}
+
 	fmt.Printf("decode model: mixtral-style, %d layers, hidden %d, %d experts top-%d, expert inter %d, vocab %d, bf16 weights (%.2f GB)\n",
 		c.Layers, c.Hidden, c.MoE.Router.NumExperts, c.MoE.Router.TopK, c.MoE.Inter, c.Vocab,
-		float64(m.DenseBytes+int64(c.NumMoELayers()*c.MoE.Router.NumExperts)*expertBytes)/1e9)
+		float64(m.DenseBytes+bf16Store.Bytes())/1e9)
 	fmt.Printf("threads (GOMAXPROCS)          %d\n", runtime.GOMAXPROCS(0))
-	fmt.Printf("weight bytes read per token   %.1f MB\n", float64(perToken)/1e6)
+	fmt.Printf("quantized kernels             %s\n", tensor.QuantKernel())
 	fmt.Printf("copy bandwidth (STREAM copy)  %.2f GB/s\n", bw/1e9)
-	fmt.Printf("bandwidth bound               %.2f tokens/s\n", bound)
-	fmt.Printf("decode                        %.2f tokens/s (%d tokens in %v)\n", tps, *tokens, el.Round(time.Millisecond))
-	fmt.Printf("decode / bound                %.2f\n", tps/bound)
-	rbound := rbw / float64(perToken)
 	fmt.Printf("weight-stream bandwidth       %.2f GB/s (bf16 GEMV over 1 GiB, read only)\n", rbw/1e9)
-	fmt.Printf("weight-stream bound           %.2f tokens/s\n", rbound)
-	fmt.Printf("decode / weight-stream bound  %.2f\n", tps/rbound)
+	fmt.Printf("rounds                        %d interleaved, %d tokens each; tokens/s is the median\n\n", *rounds, *tokens)
+	fmt.Println("| routed experts | weight bytes read per token | tokens/s | fraction of copy bound | fraction of weight-stream bound | vs bf16 |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|")
+	for _, v := range vs {
+		tps := median(v.tps)
+		// The speed-up is the median of the per-round ratios (each round
+		// measures both formats within seconds of each other).
+		ratios := make([]float64, len(v.tps))
+		for r := range v.tps {
+			ratios[r] = v.tps[r] / vs[0].tps[r]
+		}
+		fmt.Printf("| %s | %.1f MB | %.2f | %.2f | %.2f | %.2fx |\n", v.name, float64(v.perToken)/1e6, tps,
+			tps/(bw/float64(v.perToken)), tps/(rbw/float64(v.perToken)), median(ratios))
+	}
+	fmt.Println()
+	fmt.Println("time per token (profiled pass), ms:")
+	fmt.Println("| routed experts | attention | router | routed experts | lm_head + final norm | rest | total |")
+	fmt.Println("|---|---:|---:|---:|---:|---:|---:|")
+	for i, v := range vs {
+		p := profs[i]
+		ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) / float64(*tokens) }
+		rest := p.Total - p.Attention - p.Router - p.Experts - p.Head - p.SharedExperts - p.DenseMLP
+		fmt.Printf("| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", v.name, ms(p.Attention), ms(p.Router), ms(p.Experts), ms(p.Head), ms(rest), ms(p.Total))
+	}
+}
+
+// parseFormats parses -formats: bf16 (the checkpoint's experts) and
+// --quantize values.
+func parseFormats(list string) ([]tensor.QFormat, error) {
+	var out []tensor.QFormat
+	for _, s := range strings.Split(list, ",") {
+		if s == "bf16" {
+			out = append(out, tensor.QNone)
+			continue
+		}
+		f, err := tensor.ParseQFormat(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, f)
+	}
+	if len(out) == 0 || out[0] != tensor.QNone {
+		return nil, fmt.Errorf("-formats must start with bf16 (the reference of the speed-ups)")
+	}
+	return out, nil
+}
+
+// quantizeStore returns a store of every expert of s quantized to f,
+// quantized in parallel.
+func quantizeStore(s *expert.Store, f tensor.QFormat) (*expert.Store, error) {
+	ids := s.IDs()
+	out := make([]*expert.FFN, len(ids))
+	errs := make([]error, len(ids))
+	tensor.ParallelFor(len(ids), 1, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			src := s.Get(ids[i])
+			q := &expert.FFN{Gate: src.Gate, Up: src.Up, Down: src.Down}
+			errs[i] = q.Quantize(f)
+			out[i] = q
+		}
+	})
+	qs := expert.NewStore()
+	for i, id := range ids {
+		if errs[i] != nil {
+			return nil, errs[i]
+		}
+		qs.Put(id, out[i])
+	}
+	return qs, nil
+}
+
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	if len(s)%2 == 1 {
+		return s[len(s)/2]
+	}
+	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 // streamBandwidth returns the best rate (bytes read per second) at which

@@ -14,7 +14,10 @@ const (
 	QNone QFormat = iota
 	// QInt8 holds each weight as int8 with one float32 scale per output row
 	// (per output channel): w[r][k] ~= Scale[r] * q[r][k], q in [-127, 127],
-	// Scale[r] = max_k |w[r][k]| / 127. 8 bits per weight plus 32 per row.
+	// Scale[r] = max_k |w[r][k]| / 127. 8 bits per weight plus 64 per row
+	// (the scale and the codes' sum). Activations are quantized per token
+	// (one int8 scale per row of x, as vLLM's W8A8 int8), so a product is one
+	// exact int32 dot product per output: at most QInt8MaxCols inputs.
 	QInt8
 	// QQ4 holds each weight as 4 bits in groups of QGroup consecutive inputs
 	// of a row, one IEEE binary16 scale per group: w ~= d * (q - 8), q in
@@ -26,8 +29,13 @@ const (
 
 // QGroup is the block width along the input dimension shared by every
 // quantized kernel: QQ4's scale group, and the block over which an
-// activation row shares one int8 scale. Rows are padded to a multiple of it.
+// activation row shares one int8 scale for QQ4. Rows are padded to a
+// multiple of it.
 const QGroup = 64
+
+// QInt8MaxCols is the most inputs a QInt8 matrix may have: its exact int32
+// dot products must not overflow (cols * 127 * 127 < 2^31).
+const QInt8MaxCols = 1 << 17
 
 // String is the name used on the command line (--quantize).
 func (f QFormat) String() string {
@@ -60,7 +68,7 @@ func ParseQFormat(s string) (QFormat, error) {
 // encodes zero weights.
 //
 //	QInt8: Stride = Cols rounded up to QGroup bytes, one int8 per weight;
-//	       Scale [Rows] float32.
+//	       Scale [Rows] float32; RowSum [Rows] the sum of each row's codes.
 //	QQ4:   Stride = Cols rounded up to QGroup, halved: in group g of a row
 //	       (32 bytes), byte j holds input 64g+j in its low nibble and input
 //	       64g+32+j in its high nibble; F16 [Rows * Groups] binary16 scales,
@@ -71,6 +79,7 @@ type QMat struct {
 	Stride     int       // bytes per row of Data
 	Data       []byte    // [Rows*Stride]
 	Scale      []float32 // QInt8: [Rows]
+	RowSum     []int32   // QInt8: [Rows]
 	F16        []uint16  // QQ4: [Rows*Groups()]
 }
 
@@ -79,7 +88,7 @@ func (q *QMat) Groups() int { return (q.Cols + QGroup - 1) / QGroup }
 
 // Bytes is the memory the codes and scales occupy.
 func (q *QMat) Bytes() int64 {
-	return int64(len(q.Data)) + 4*int64(len(q.Scale)) + 2*int64(len(q.F16))
+	return int64(len(q.Data)) + 4*int64(len(q.Scale)) + 4*int64(len(q.RowSum)) + 2*int64(len(q.F16))
 }
 
 // Quantize returns m in format f. Every weight must be finite.
@@ -94,8 +103,12 @@ func Quantize(m *Mat, f QFormat) (*QMat, error) {
 	q := &QMat{Format: f, Rows: m.Rows, Cols: m.Cols}
 	switch f {
 	case QInt8:
+		if m.Cols > QInt8MaxCols {
+			return nil, fmt.Errorf("tensor: int8 quantization takes at most %d inputs, the matrix has %d", QInt8MaxCols, m.Cols)
+		}
 		q.Stride = g * QGroup
 		q.Scale = make([]float32, m.Rows)
+		q.RowSum = make([]int32, m.Rows)
 	case QQ4:
 		q.Stride = g * QGroup / 2
 		q.F16 = make([]uint16, m.Rows*g)
@@ -115,6 +128,9 @@ func Quantize(m *Mat, f QFormat) (*QMat, error) {
 		data := q.Data[r*q.Stride : (r+1)*q.Stride]
 		if f == QInt8 {
 			q.Scale[r] = quantRowInt8(data, row)
+			for _, c := range data {
+				q.RowSum[r] += int32(int8(c))
+			}
 		} else {
 			quantRowQ4(data, q.F16[r*g:(r+1)*g], row)
 		}
@@ -208,25 +224,28 @@ func (q *QMat) DequantizeRow(dst []float32, r int) {
 }
 
 // QActs is one activation row quantized for the integer kernels: int8
-// codes in QGroup-wide blocks, each block with its own float32 scale
-// (x[k] ~= Scale[k/QGroup] * Q[k]) and the sum of its codes (QQ4's zero
-// point correction). Q is padded with zeros to the weights' Stride.
+// codes padded with zeros to the weights' Stride, in blocks of `block`
+// inputs (QGroup for QQ4, the whole row for QInt8), each block with its
+// own float32 scale (x[k] ~= Scale[k/block] * Q[k]) and the sum of its
+// codes (QQ4's zero point correction).
 type QActs struct {
 	Q     []int8    // [Groups*QGroup]
-	Scale []float32 // [Groups]
-	Sum   []int32   // [Groups]
+	Scale []float32 // [blocks]
+	Sum   []int32   // [blocks]
 }
 
-// quantizeActs fills a with x [cols] quantized per block: scale =
-// max|x|/127 over the block, code = round(x/scale).
-func quantizeActs(a *QActs, x []float32, groups int) {
+// quantizeActs fills a with x [cols] quantized per block of `block`
+// inputs (a multiple of QGroup): scale = max|x|/127 over the block, code =
+// round(x/scale).
+func quantizeActs(a *QActs, x []float32, groups, block int) {
+	blocks := (groups*QGroup + block - 1) / block
 	a.Q = grow(a.Q, groups*QGroup)
-	a.Scale = grow(a.Scale, groups)
-	a.Sum = grow(a.Sum, groups)
-	for g := 0; g < groups; g++ {
-		lo := g * QGroup
-		hi := min(lo+QGroup, len(x))
-		q := a.Q[lo : lo+QGroup]
+	a.Scale = grow(a.Scale, blocks)
+	a.Sum = grow(a.Sum, blocks)
+	for g := 0; g < blocks; g++ {
+		lo := g * block
+		hi := min(lo+block, len(x))
+		q := a.Q[lo:min(lo+block, groups*QGroup)]
 		var amax float32
 		if lo < hi {
 			for _, v := range x[lo:hi] {
@@ -269,11 +288,12 @@ func grow[T any](s []T, n int) []T {
 const qRowsPerCall = 32
 
 // QLinear computes y = x W^T (+ beta y) for a quantized W: x [n, W.Cols],
-// y [n, W.Rows], as Linear. Each activation row is quantized to int8 per
-// QGroup block and multiplied with integer dot products (AVX-512 VNNI or
-// AVX2 where present); the result for a row does not depend on n or on
-// the other rows (batch invariant), and it costs about 1 (QInt8) or 0.53
-// (QQ4) bytes of weight traffic per weight against bf16's 2.
+// y [n, W.Rows], as Linear. Each activation row is quantized to int8 (per
+// token for QInt8, per QGroup block for QQ4) and multiplied with integer
+// dot products (AVX-512 VNNI or AVX2 where present); the result for a row
+// does not depend on n or on the other rows (batch invariant; for QInt8
+// it is also the same bits on every kernel family), and it costs about 1
+// (QInt8) or 0.53 (QQ4) bytes of weight traffic per weight against bf16's 2.
 func QLinear(y, x []float32, n int, w *QMat, beta float32) {
 	if len(x) < n*w.Cols || len(y) < n*w.Rows {
 		panic(fmt.Sprintf("tensor: QLinear x %d / y %d values too small for n=%d, W %dx%d", len(x), len(y), n, w.Rows, w.Cols))
@@ -283,9 +303,13 @@ func QLinear(y, x []float32, n int, w *QMat, beta float32) {
 	}
 	t := qPool.Get().(*qTask)
 	groups := w.Groups()
+	block := QGroup
+	if w.Format == QInt8 {
+		block = groups * QGroup // per token
+	}
 	t.acts = grow(t.acts, n)
 	for i := 0; i < n; i++ {
-		quantizeActs(&t.acts[i], x[i*w.Cols:(i+1)*w.Cols], groups)
+		quantizeActs(&t.acts[i], x[i*w.Cols:(i+1)*w.Cols], groups, block)
 	}
 	t.w, t.y, t.n, t.beta = w, y, n, beta
 	// Each goroutine streams at least ~256 KB of codes (per activation
@@ -310,6 +334,7 @@ var qPool = sync.Pool{New: func() any { return new(qTask) }}
 // Range computes y[:, lo:hi] in blocks of qRowsPerCall weight rows.
 func (t *qTask) Range(lo, hi int) {
 	var out [qRowsPerCall]float32
+	var iout [qRowsPerCall]int32
 	w := t.w
 	g := w.Groups()
 	for r0 := lo; r0 < hi; r0 += qRowsPerCall {
@@ -318,9 +343,10 @@ func (t *qTask) Range(lo, hi int) {
 		for i := 0; i < t.n; i++ {
 			a := &t.acts[i]
 			if w.Format == QInt8 {
-				q8Dots(rows, g, data, w.Stride, a.Q, a.Scale, out[:rows])
+				q8Dots(rows, g, data, w.Stride, a.Q, w.RowSum[r0:r0+rows], iout[:rows])
+				xs := a.Scale[0]
 				for j, s := range w.Scale[r0 : r0+rows] {
-					out[j] *= s
+					out[j] = xs * s * float32(iout[j])
 				}
 			} else {
 				q4Dots(rows, g, data, w.Stride, w.F16[r0*g:(r0+rows)*g], a.Q, a.Scale, a.Sum, out[:rows])
@@ -337,23 +363,18 @@ func (t *qTask) Range(lo, hi int) {
 	}
 }
 
-// q8DotsRef is the reference for the int8 kernels: for r < rows,
+// q8DotsRef is the reference for the int8 kernels: for r < rows, the
+// exact integer dot product
 //
-//	out[r] = sum_{b<groups} xs[b] * float32(sum_{j<QGroup} int8(w[r*stride+QGroup*b+j]) * xq[QGroup*b+j])
-//
-// with the integer sums exact and the float sum in b order.
-func q8DotsRef(rows, groups int, w []byte, stride int, xq []int8, xs []float32, out []float32) {
+//	out[r] = sum_{k<groups*QGroup} int8(w[r*stride+k]) * xq[k]
+func q8DotsRef(rows, groups int, w []byte, stride int, xq []int8, out []int32) {
 	for r := 0; r < rows; r++ {
-		wr := w[r*stride:]
-		var acc float32
-		for b := 0; b < groups; b++ {
-			var s int32
-			for j := b * QGroup; j < (b+1)*QGroup; j++ {
-				s += int32(int8(wr[j])) * int32(xq[j])
-			}
-			acc += xs[b] * float32(s)
+		wr := w[r*stride : r*stride+groups*QGroup]
+		var s int32
+		for k, c := range wr {
+			s += int32(int8(c)) * int32(xq[k])
 		}
-		out[r] = acc
+		out[r] = s
 	}
 }
 
@@ -424,7 +445,7 @@ func QBytes(f QFormat, rows, cols int) int64 {
 	r := int64(rows)
 	switch f {
 	case QInt8:
-		return r*g*QGroup + 4*r
+		return r*g*QGroup + 8*r
 	case QQ4:
 		return r*g*QGroup/2 + 2*r*g
 	}

@@ -9,20 +9,22 @@ import (
 )
 
 // Assembly in quant_amd64.s. Each computes, for r < rows, what q8DotsRef /
-// q4DotsRef do (the integer block sums exactly; the float sums in another
-// order): w points at row 0's codes, rows are stride bytes apart; xq holds
-// groups*QGroup activation codes, xs (and xsum) groups values; d holds the
-// rows' binary16 scales, groups per row; out[r] gets row r's sum. rows >= 1,
+// q4DotsRef do (q8: exactly; q4: the integer block sums exactly, the float
+// sums in another order): w points at row 0's codes, rows are stride bytes
+// apart; xq holds groups*QGroup activation codes, xs (and xsum) groups
+// values; wsum holds the rows' code sums (QMat.RowSum; the AVX-512 int8
+// kernel offsets x by 128 and takes 128*wsum back out); d holds the rows'
+// binary16 scales, groups per row; out[r] gets row r's sum. rows >= 1,
 // groups >= 1; the callers check the slices.
 
 //go:noescape
-func q8DotsAvx512(rows, groups int, w *byte, stride int, xq *int8, xs *float32, out *float32)
+func q8DotsAvx512(rows, groups int, w *byte, stride int, xq *int8, wsum *int32, out *int32)
 
 //go:noescape
 func q4DotsAvx512(rows, groups int, w *byte, stride int, d *uint16, xq *int8, xs *float32, xsum *int32, out *float32)
 
 //go:noescape
-func q8DotsAvx2(rows, groups int, w *byte, stride int, xq *int8, xs *float32, out *float32)
+func q8DotsAvx2(rows, groups int, w *byte, stride int, xq *int8, wsum *int32, out *int32)
 
 //go:noescape
 func q4DotsAvx2(rows, groups int, w *byte, stride int, d *uint16, xq *int8, xs *float32, xsum *int32, out *float32)
@@ -103,20 +105,20 @@ func forceQuantArch(a quantArchT) (restore func()) {
 // QuantKernel names the kernels QLinear uses on this CPU.
 func QuantKernel() string { return quantArchT(quantArch.Load()).String() }
 
-func q8Dots(rows, groups int, w []byte, stride int, xq []int8, xs []float32, out []float32) {
+func q8Dots(rows, groups int, w []byte, stride int, xq []int8, wsum []int32, out []int32) {
 	a := quantArchT(quantArch.Load())
 	if a == qArchGeneric || rows <= 0 || groups <= 0 {
-		q8DotsRef(rows, groups, w, stride, xq, xs, out)
+		q8DotsRef(rows, groups, w, stride, xq, out)
 		return
 	}
 	_ = out[rows-1]
+	_ = wsum[rows-1]
 	_ = xq[groups*QGroup-1]
-	_ = xs[groups-1]
 	_ = w[(rows-1)*stride+groups*QGroup-1]
 	if a == qArchAVX512VNNI {
-		q8DotsAvx512(rows, groups, &w[0], stride, &xq[0], &xs[0], &out[0])
+		q8DotsAvx512(rows, groups, &w[0], stride, &xq[0], &wsum[0], &out[0])
 	} else {
-		q8DotsAvx2(rows, groups, &w[0], stride, &xq[0], &xs[0], &out[0])
+		q8DotsAvx2(rows, groups, &w[0], stride, &xq[0], &wsum[0], &out[0])
 	}
 }
 

@@ -32,62 +32,73 @@
 	VMOVSS       t1, dst
 
 // ---------------------------------------------------------------------------
-// AVX-512 VNNI, int8 weights.
+// AVX-512 VNNI, int8 weights: exact int32 dot products.
 //
-// Per 64-byte block: Z0 = activation codes, K1 = their sign bits, Z1 = |x|,
-// Z2 = the block scale broadcast, Z31 = 0. For one row, the weight codes with
-// their sign flipped where x < 0 (merge-masked 0 - w) are the signed operand
-// of VPDPBUSD against |x|; the int32 lanes are converted and scaled into the
-// row's float accumulator.
-#define Q8ROW512(wp, acc) \
-	VMOVDQU64 wp, Z8; \
-	VPSUBB    Z8, Z31, K1, Z8; \
-	VPXORD    Z12, Z12, Z12; \
-	VPDPBUSD  Z8, Z1, Z12; \
-	VCVTDQ2PS Z12, Z12; \
-	VFMADD231PS Z2, Z12, acc
+// Per 64 inputs: Z0 = the activation codes with their top bit flipped
+// (x ^ 0x80 = x + 128 as an unsigned byte), the unsigned operand of one
+// VPDPBUSD per row whose signed operand is the row's 64 weight codes,
+// straight from memory: the accumulator gains sum (x+128)*w, and the
+// row's 128*sum(w) (wsum, from quantization) is taken out at the end. Four
+// rows share each activation load; the int32 sums wrap, which is harmless
+// because the true result fits in an int32 (see QInt8's column limit).
 
-// func q8DotsAvx512(rows, groups int, w *byte, stride int, xq *int8, xs *float32, out *float32)
+// HSUMD512 adds the 16 int32 lanes of z (whose low half is y), subtracts
+// 128*(*ws) and stores the result at dst. Clobbers Y13, X14, R12, R13.
+#define HSUMD512(z, y, ws, dst) \
+	VEXTRACTI64X4 $1, z, Y13; \
+	VPADDD        Y13, y, Y13; \
+	VEXTRACTI128  $1, Y13, X14; \
+	VPADDD        X14, X13, X13; \
+	VPSHUFD       $0x4e, X13, X14; \
+	VPADDD        X14, X13, X13; \
+	VPSHUFD       $0xb1, X13, X14; \
+	VPADDD        X14, X13, X13; \
+	VMOVD         X13, R12; \
+	MOVL          ws, R13; \
+	SHLL          $7, R13; \
+	SUBL          R13, R12; \
+	MOVL          R12, dst
+
+// func q8DotsAvx512(rows, groups int, w *byte, stride int, xq *int8, wsum *int32, out *int32)
 TEXT ·q8DotsAvx512(SB), NOSPLIT, $0-56
 	MOVQ rows+0(FP), CX
 	MOVQ w+16(FP), DI
 	MOVQ stride+24(FP), SI
-	MOVQ xs+40(FP), R8
+	MOVQ wsum+40(FP), R8
 	MOVQ out+48(FP), R9
 	LEAQ (SI)(SI*2), R11
-	VPXORD Z31, Z31, Z31
+	MOVL $0x80808080, AX
+	VMOVD AX, X30
+	VPBROADCASTD X30, Z30
 	CMPQ CX, $4
 	JLT  q8z_tail
 
 q8z_loop4:
 	MOVQ   DI, R10
 	MOVQ   xq+32(FP), AX
-	XORQ   BX, BX
+	MOVQ   groups+8(FP), BX
 	VPXORD Z4, Z4, Z4
 	VPXORD Z5, Z5, Z5
 	VPXORD Z6, Z6, Z6
 	VPXORD Z7, Z7, Z7
 
 q8z_g4:
-	VMOVDQU64    (AX), Z0
-	VPMOVB2M     Z0, K1
-	VPABSB       Z0, Z1
-	VBROADCASTSS (R8)(BX*4), Z2
-	Q8ROW512((R10), Z4)
-	Q8ROW512((R10)(SI*1), Z5)
-	Q8ROW512((R10)(SI*2), Z6)
-	Q8ROW512((R10)(R11*1), Z7)
+	VPXORD   (AX), Z30, Z0
+	VPDPBUSD (R10), Z0, Z4
+	VPDPBUSD (R10)(SI*1), Z0, Z5
+	VPDPBUSD (R10)(SI*2), Z0, Z6
+	VPDPBUSD (R10)(R11*1), Z0, Z7
 	ADDQ $64, AX
 	ADDQ $64, R10
-	INCQ BX
-	CMPQ BX, groups+8(FP)
-	JLT  q8z_g4
+	DECQ BX
+	JNZ  q8z_g4
 
-	HSUM512(Z4, Y4, 0(R9))
-	HSUM512(Z5, Y5, 4(R9))
-	HSUM512(Z6, Y6, 8(R9))
-	HSUM512(Z7, Y7, 12(R9))
+	HSUMD512(Z4, Y4, 0(R8), 0(R9))
+	HSUMD512(Z5, Y5, 4(R8), 4(R9))
+	HSUMD512(Z6, Y6, 8(R8), 8(R9))
+	HSUMD512(Z7, Y7, 12(R8), 12(R9))
 	LEAQ (DI)(SI*4), DI
+	ADDQ $16, R8
 	ADDQ $16, R9
 	SUBQ $4, CX
 	CMPQ CX, $4
@@ -100,23 +111,20 @@ q8z_tail:
 q8z_loop1:
 	MOVQ   DI, R10
 	MOVQ   xq+32(FP), AX
-	XORQ   BX, BX
+	MOVQ   groups+8(FP), BX
 	VPXORD Z4, Z4, Z4
 
 q8z_g1:
-	VMOVDQU64    (AX), Z0
-	VPMOVB2M     Z0, K1
-	VPABSB       Z0, Z1
-	VBROADCASTSS (R8)(BX*4), Z2
-	Q8ROW512((R10), Z4)
+	VPXORD   (AX), Z30, Z0
+	VPDPBUSD (R10), Z0, Z4
 	ADDQ $64, AX
 	ADDQ $64, R10
-	INCQ BX
-	CMPQ BX, groups+8(FP)
-	JLT  q8z_g1
+	DECQ BX
+	JNZ  q8z_g1
 
-	HSUM512(Z4, Y4, 0(R9))
+	HSUMD512(Z4, Y4, 0(R8), 0(R9))
 	ADDQ SI, DI
+	ADDQ $4, R8
 	ADDQ $4, R9
 	DECQ CX
 	JNZ  q8z_loop1
@@ -267,13 +275,13 @@ q4z_done:
 	RET
 
 // ---------------------------------------------------------------------------
-// AVX2, int8 weights.
+// AVX2, int8 weights: exact int32 dot products.
 //
-// Per 64-byte block: Y0, Y1 = activation codes (two halves), Y2, Y3 = |x|,
-// Y14 = block scale broadcast, Y15 = int16 ones. For one row:
-// VPSIGNB moves x's sign onto w (and zeroes w where x = 0), VPMADDUBSW
-// (|x| unsigned, w' signed) gives int16 pairs (|.| <= 2*127*127, no
-// saturation), VPMADDWD with ones gives int32.
+// Per 64 inputs: Y0, Y1 = activation codes (two halves), Y2, Y3 = |x|,
+// Y15 = int16 ones. For one row: VPSIGNB moves x's sign onto w (and zeroes
+// w where x = 0), VPMADDUBSW (|x| unsigned, w' signed) gives int16 pairs
+// (|.| <= 2*127*127, no saturation), VPMADDWD with ones gives int32, added
+// into the row's accumulator. wsum is not needed (no offset).
 #define Q8ROW256(m0, m1, acc) \
 	VMOVDQU    m0, Y8; \
 	VMOVDQU    m1, Y9; \
@@ -283,23 +291,32 @@ q4z_done:
 	VPMADDUBSW Y9, Y3, Y9; \
 	VPMADDWD   Y15, Y8, Y8; \
 	VPMADDWD   Y15, Y9, Y9; \
-	VPADDD     Y9, Y8, Y8; \
-	VCVTDQ2PS  Y8, Y8; \
-	VFMADD231PS Y14, Y8, acc
+	VPADDD     Y8, acc, acc; \
+	VPADDD     Y9, acc, acc
 
 #define Q8X256 \
-	VMOVDQU      (AX), Y0; \
-	VMOVDQU      32(AX), Y1; \
-	VPABSB       Y0, Y2; \
-	VPABSB       Y1, Y3; \
-	VBROADCASTSS (R8)(BX*4), Y14
+	VMOVDQU (AX), Y0; \
+	VMOVDQU 32(AX), Y1; \
+	VPABSB  Y0, Y2; \
+	VPABSB  Y1, Y3
 
-// func q8DotsAvx2(rows, groups int, w *byte, stride int, xq *int8, xs *float32, out *float32)
+// HSUMD256 adds the 8 int32 lanes of y (whose low half is x) and stores the
+// sum at dst. Clobbers X10, X11, R12.
+#define HSUMD256(y, x, dst) \
+	VEXTRACTI128 $1, y, X10; \
+	VPADDD       X10, x, X10; \
+	VPSHUFD      $0x4e, X10, X11; \
+	VPADDD       X11, X10, X10; \
+	VPSHUFD      $0xb1, X10, X11; \
+	VPADDD       X11, X10, X10; \
+	VMOVD        X10, R12; \
+	MOVL         R12, dst
+
+// func q8DotsAvx2(rows, groups int, w *byte, stride int, xq *int8, wsum *int32, out *int32)
 TEXT ·q8DotsAvx2(SB), NOSPLIT, $0-56
 	MOVQ rows+0(FP), CX
 	MOVQ w+16(FP), DI
 	MOVQ stride+24(FP), SI
-	MOVQ xs+40(FP), R8
 	MOVQ out+48(FP), R9
 	LEAQ (SI)(SI*2), R11
 	MOVL $0x00010001, AX
@@ -311,11 +328,11 @@ TEXT ·q8DotsAvx2(SB), NOSPLIT, $0-56
 q8y_loop4:
 	MOVQ  DI, R10
 	MOVQ  xq+32(FP), AX
-	XORQ  BX, BX
-	VXORPS Y4, Y4, Y4
-	VXORPS Y5, Y5, Y5
-	VXORPS Y6, Y6, Y6
-	VXORPS Y7, Y7, Y7
+	MOVQ  groups+8(FP), BX
+	VPXOR Y4, Y4, Y4
+	VPXOR Y5, Y5, Y5
+	VPXOR Y6, Y6, Y6
+	VPXOR Y7, Y7, Y7
 
 q8y_g4:
 	Q8X256
@@ -325,14 +342,13 @@ q8y_g4:
 	Q8ROW256((R10)(R11*1), 32(R10)(R11*1), Y7)
 	ADDQ $64, AX
 	ADDQ $64, R10
-	INCQ BX
-	CMPQ BX, groups+8(FP)
-	JLT  q8y_g4
+	DECQ BX
+	JNZ  q8y_g4
 
-	HSUM256(Y4, X4, X10, X11, 0(R9))
-	HSUM256(Y5, X5, X10, X11, 4(R9))
-	HSUM256(Y6, X6, X10, X11, 8(R9))
-	HSUM256(Y7, X7, X10, X11, 12(R9))
+	HSUMD256(Y4, X4, 0(R9))
+	HSUMD256(Y5, X5, 4(R9))
+	HSUMD256(Y6, X6, 8(R9))
+	HSUMD256(Y7, X7, 12(R9))
 	LEAQ (DI)(SI*4), DI
 	ADDQ $16, R9
 	SUBQ $4, CX
@@ -344,21 +360,20 @@ q8y_tail:
 	JZ    q8y_done
 
 q8y_loop1:
-	MOVQ   DI, R10
-	MOVQ   xq+32(FP), AX
-	XORQ   BX, BX
-	VXORPS Y4, Y4, Y4
+	MOVQ  DI, R10
+	MOVQ  xq+32(FP), AX
+	MOVQ  groups+8(FP), BX
+	VPXOR Y4, Y4, Y4
 
 q8y_g1:
 	Q8X256
 	Q8ROW256((R10), 32(R10), Y4)
 	ADDQ $64, AX
 	ADDQ $64, R10
-	INCQ BX
-	CMPQ BX, groups+8(FP)
-	JLT  q8y_g1
+	DECQ BX
+	JNZ  q8y_g1
 
-	HSUM256(Y4, X4, X10, X11, 0(R9))
+	HSUMD256(Y4, X4, 0(R9))
 	ADDQ SI, DI
 	ADDQ $4, R9
 	DECQ CX

@@ -16,6 +16,7 @@ type qDotsCase struct {
 	stride8      int // bytes per row, int8 codes
 	stride4      int // bytes per row, 4-bit codes
 	w8, w4       []byte
+	wsum         []int32 // [rows] sum of each row's int8 codes
 	d            []uint16
 	xq           []int8
 	xs           []float32
@@ -49,6 +50,12 @@ func newQDotsCase(rng *rand.Rand, rows, groups, pad int, fill qFill) *qDotsCase 
 	for i := range c.w8 {
 		c.w8[i] = byte(code8())
 	}
+	c.wsum = make([]int32, rows)
+	for r := range c.wsum {
+		for _, v := range c.w8[r*c.stride8 : r*c.stride8+groups*QGroup] {
+			c.wsum[r] += int32(int8(v))
+		}
+	}
 	for i := range c.w4 {
 		if fill == qFillExtreme {
 			c.w4[i] = byte(15*rng.IntN(2)) | byte(15*rng.IntN(2))<<4
@@ -75,20 +82,8 @@ func newQDotsCase(rng *rand.Rand, rows, groups, pad int, fill qFill) *qDotsCase 
 	return c
 }
 
-// q8Tol and q4Tol are 1e-5 of the sum of the absolute values of all terms
-// of row r's dot product.
-func (c *qDotsCase) q8Tol(r int) float64 {
-	var t float64
-	for b := 0; b < c.groups; b++ {
-		var s float64
-		for j := b * QGroup; j < (b+1)*QGroup; j++ {
-			s += math.Abs(float64(int8(c.w8[r*c.stride8+j])) * float64(c.xq[j]))
-		}
-		t += math.Abs(float64(c.xs[b])) * s
-	}
-	return 1e-5 * t
-}
-
+// q4Tol is 1e-5 of the sum of the absolute values of all terms of row r's
+// dot product.
 func (c *qDotsCase) q4Tol(r int) float64 {
 	var t float64
 	for b := 0; b < c.groups; b++ {
@@ -148,18 +143,18 @@ func TestQ8DotsArch(t *testing.T) {
 		t.Run(a.String(), func(t *testing.T) {
 			defer forceQuantArch(a)()
 			for _, c := range cases {
-				want := make([]float32, c.rows)
-				q8DotsRef(c.rows, c.groups, c.w8, c.stride8, c.xq, c.xs, want)
+				want := make([]int32, c.rows)
+				q8DotsRef(c.rows, c.groups, c.w8, c.stride8, c.xq, want)
 				// The last row need not have its padding.
 				w := exactSlice(c.w8[:(c.rows-1)*c.stride8+c.groups*QGroup])
-				got := make([]float32, c.rows)
+				got := make([]int32, c.rows)
 				for i := range got {
-					got[i] = float32(math.NaN()) // must be overwritten
+					got[i] = math.MinInt32 // must be overwritten
 				}
-				q8Dots(c.rows, c.groups, w, c.stride8, exactSlice(c.xq), exactSlice(c.xs), got)
+				q8Dots(c.rows, c.groups, w, c.stride8, exactSlice(c.xq), exactSlice(c.wsum), got)
 				for r := range want {
-					if d := math.Abs(float64(got[r] - want[r])); !(d <= c.q8Tol(r)) {
-						t.Fatalf("%s: row %d: got %v, want %v (tol %g)", c.name, r, got[r], want[r], c.q8Tol(r))
+					if got[r] != want[r] { // integer dot products: exact
+						t.Fatalf("%s: row %d: got %d, want %d", c.name, r, got[r], want[r])
 					}
 				}
 			}
@@ -215,13 +210,18 @@ func TestQuantDotsExact(t *testing.T) {
 	xsum := []int32{-127 * 64, -127 * 64, -127 * 64}
 	for _, a := range supportedQuantArchs() {
 		restore := forceQuantArch(a)
-		out := make([]float32, rows)
-		q8Dots(rows, groups, w, groups*QGroup, xq, xs, out)
-		for r, v := range out {
-			if want := float32(-64 * 127 * 127 * 1.75); v != want {
+		iout := make([]int32, rows)
+		wsum := make([]int32, rows)
+		for r := range wsum {
+			wsum[r] = 127 * groups * QGroup
+		}
+		q8Dots(rows, groups, w, groups*QGroup, xq, wsum, iout)
+		for r, v := range iout {
+			if want := int32(-groups * 64 * 127 * 127); v != want {
 				t.Errorf("%v: q8 row %d = %v, want %v", a, r, v, want)
 			}
 		}
+		out := make([]float32, rows)
 		q4Dots(rows, groups, w4, groups*QGroup/2, d, xq, xs, xsum, out)
 		for r, v := range out {
 			if want := float32(-64 * 7 * 127 * 1.75); v != want {
@@ -347,8 +347,13 @@ func benchQKernel(b *testing.B, f QFormat) {
 	}
 	g := q.Groups()
 	var acts QActs
-	quantizeActs(&acts, x, g)
+	if f == QInt8 {
+		quantizeActs(&acts, x, g, g*QGroup)
+	} else {
+		quantizeActs(&acts, x, g, QGroup)
+	}
 	out := make([]float32, qRowsPerCall)
+	iout := make([]int32, qRowsPerCall)
 	for _, a := range supportedQuantArchs() {
 		b.Run(a.String(), func(b *testing.B) {
 			defer forceQuantArch(a)()
@@ -358,7 +363,7 @@ func benchQKernel(b *testing.B, f QFormat) {
 					rows := min(qRowsPerCall, q.Rows-r0)
 					data := q.Data[r0*q.Stride : (r0+rows)*q.Stride]
 					if f == QInt8 {
-						q8Dots(rows, g, data, q.Stride, acts.Q, acts.Scale, out[:rows])
+						q8Dots(rows, g, data, q.Stride, acts.Q, q.RowSum[r0:r0+rows], iout[:rows])
 					} else {
 						q4Dots(rows, g, data, q.Stride, q.F16[r0*g:(r0+rows)*g], acts.Q, acts.Scale, acts.Sum, out[:rows])
 					}

@@ -115,12 +115,16 @@ func qlinearWant(x []float32, n int, q *QMat) (want, mag []float64) {
 	deq := q.Dequantize()
 	want, mag = make([]float64, n*q.Rows), make([]float64, n*q.Rows)
 	var a QActs
+	block := QGroup
+	if q.Format == QInt8 {
+		block = q.Groups() * QGroup // per token
+	}
 	for i := 0; i < n; i++ {
-		quantizeActs(&a, x[i*q.Cols:(i+1)*q.Cols], q.Groups())
+		quantizeActs(&a, x[i*q.Cols:(i+1)*q.Cols], q.Groups(), block)
 		for r := 0; r < q.Rows; r++ {
 			var s, m float64
 			for k := 0; k < q.Cols; k++ {
-				v := float64(a.Scale[k/QGroup]) * float64(a.Q[k]) * float64(deq[r*q.Cols+k])
+				v := float64(a.Scale[k/block]) * float64(a.Q[k]) * float64(deq[r*q.Cols+k])
 				s += v
 				m += math.Abs(v)
 			}
@@ -163,7 +167,11 @@ func TestQLinear(t *testing.T) {
 			Linear(exact, x, n, m, 0)
 			rel := relErr(y, exact)
 			t.Logf("%v n=%d %dx%d: rel L2 vs float product %.4f", f, n, rows, cols, rel)
-			bound := map[QFormat]float64{QInt8: 0.02, QQ4: 0.15}[f]
+			// int8 quantizes each activation row with one scale, so the
+			// outlier x[0] = 9 (the rest N(0, 1)) sets a step of 9/127 and
+			// a rounding error of about 9/127/sqrt(12) = 2% of rms(x);
+			// q4's 4-bit weights cost about 10% (Gaussian weights).
+			bound := map[QFormat]float64{QInt8: 0.04, QQ4: 0.15}[f]
 			if rel > bound {
 				t.Errorf("%v %v: rel L2 error vs float %.4f > %g", f, shape, rel, bound)
 			}
@@ -215,7 +223,7 @@ func TestQuantizeActs(t *testing.T) {
 	}
 	x[140] = float32(math.NaN())
 	var a QActs
-	quantizeActs(&a, x, 3)
+	quantizeActs(&a, x, 3, QGroup)
 	if a.Scale[1] != 0 || a.Sum[1] != 0 {
 		t.Errorf("zero block: scale %g sum %d", a.Scale[1], a.Sum[1])
 	}
