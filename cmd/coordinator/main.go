@@ -34,10 +34,10 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/switchyard/switchyard/internal/authflags"
-	"github.com/switchyard/switchyard/internal/cli"
 	"github.com/switchyard/switchyard/internal/coordinator"
 	"github.com/switchyard/switchyard/internal/embedetcd"
 	"github.com/switchyard/switchyard/internal/jobs"
+	"github.com/switchyard/switchyard/internal/quantflag"
 	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/membership"
@@ -94,7 +94,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	f.StringVar(&o.clusterName, "cluster", registry.DefaultCluster, "cluster name (etcd key prefix)")
 	f.StringVar(&o.modelDir, "model", "", "model folder (config.json) to register and place")
 	f.IntVar(&o.elemBytes, "elem-bytes", 4, "bytes per weight element as workers hold them (4: float32, 2: bf16)")
-	f.Var(cli.QuantFlag(&o.quantize), "quantize", "workers hold the routed experts quantized: int8 or q4 (placement is sized for it; start the workers with the same --quantize)")
+	f.Var(quantflag.Value(&o.quantize), "quantize", "workers hold the routed experts quantized: int8 or q4 (placement is sized for it; start the workers with the same --quantize)")
 	f.IntVar(&o.replicas, "replicas", 1, "copies of each expert on distinct workers")
 	f.IntVar(&o.expect, "expect-workers", 0, "place a model that has no placement yet only once this many of its workers registered (or --placement-grace passed); 0: at once")
 	f.DurationVar(&o.grace, "placement-grace", coordinator.DefaultPlacementGrace, "longest wait for --expect-workers after becoming leader")

@@ -22,9 +22,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard/switchyard/internal/authflags"
-	"github.com/switchyard/switchyard/internal/cli"
 	"github.com/switchyard/switchyard/internal/frontend"
 	"github.com/switchyard/switchyard/internal/localcluster"
+	"github.com/switchyard/switchyard/internal/quantflag"
 	"github.com/switchyard/switchyard/internal/serve"
 	"github.com/switchyard/switchyard/internal/workercmd"
 	"github.com/switchyard/switchyard/pkg/auth"
@@ -178,7 +178,7 @@ short), and stop the workers and etcd.`,
 	f.StringVar(&o.Cluster, "cluster", registry.DefaultCluster, "cluster name (etcd key prefix) with --etcd")
 	f.StringVar(&workerMem, "worker-mem", "auto", "hard memory limit of each local worker, e.g. 2GiB: each runs in a memory cgroup of its own with it (passed as --mem if cgroups cannot be made); auto: no cgroup of their own, they read this process's")
 	f.IntVar(&o.Replicas, "replicas", 1, "copies of each expert on distinct local workers (embedded default)")
-	f.Var(cli.QuantFlag(&o.Quantize), "quantize", cli.QuantizeUsage+" (with --etcd: the cluster's format, checked)")
+	f.Var(quantflag.Value(&o.Quantize), "quantize", quantflag.Usage+" (with --etcd: the cluster's format, checked)")
 	keys.register(cmd)
 	f.BoolVar(&o.Serve.AuthHealth, "auth-health", false, "require an API key on /health too (default: open, for probes)")
 	f.BoolVar(&o.Serve.AuthMetrics, "auth-metrics", false, "require an API key on /metrics too (default: open, for scrapers)")

@@ -21,6 +21,10 @@ var ignored = []string{
 	"testing.Main(",
 	"testing.(*M).",
 	"testing.tRunner",
+	// pkg/tensor's worker pool: Threads()-1 goroutines started on the
+	// first parallel kernel and kept (parked when idle) for the process's
+	// life, so a decode step does not pay a thread wake-up per fork.
+	"tensor.poolWorker",
 }
 
 // grace is how long goroutines get to exit after the test.

@@ -3,6 +3,8 @@ package tensor
 import (
 	"runtime"
 	"sync"
+	"sync/atomic"
+	"time"
 )
 
 // Threads reports how many goroutines the parallel kernels split work over:
@@ -16,13 +18,14 @@ func Threads() int { return runtime.GOMAXPROCS(0) }
 // fn must be safe to call concurrently on disjoint ranges. ParallelFor
 // returns after every call has returned. Calls may nest.
 //
-// Each call starts fresh goroutines rather than feeding a persistent pool:
-// on this machine class a pool measured no faster (~3 us either way for a
-// two-way split, dominated by waking an idle thread, not by creating the
-// goroutine), and fresh goroutines leave nothing running between calls for
-// leak checks to trip on. Kernels size grain so a split is worth ~3 us.
+// The ranges run on the caller and on a pool of Threads()-1 persistent
+// worker goroutines that spin briefly (workerSpin) after their last range
+// before parking: a decode step forks about a hundred small GEMVs a token,
+// and waking a parked thread for each cost ~25 us per fork on the 2-vCPU
+// VM this was measured on (a fork-join of two 20 us halves took 45 us
+// with fresh goroutines, ~22 us with the pool; BenchmarkForkJoin).
 //
-// A closure passed as fn escapes to the heap (the goroutines see it), one
+// A closure passed as fn escapes to the heap (the workers see it), one
 // allocation per call when it captures variables; code that must not
 // allocate uses ParallelRange with a body that already lives on the heap.
 func ParallelFor(n, grain int, fn func(lo, hi int)) {
@@ -61,11 +64,16 @@ func split(n, grain int) (chunk, count int) {
 }
 
 // ParallelRange is ParallelFor with the body held in r. It allocates
-// nothing in steady state: the spans go to fresh goroutines through a
-// package queue (a go statement with arguments would allocate a closure),
-// and the join is pooled. So a call whose r points to a struct that already
-// lives on the heap (pooled, or kept in a caller's workspace) allocates
-// nothing, where a capturing closure given to ParallelFor allocates once.
+// nothing in steady state (the call's job is pooled), so a call whose r
+// points to a struct that already lives on the heap (pooled, or kept in a
+// caller's workspace) allocates nothing, where a capturing closure given
+// to ParallelFor allocates once.
+//
+// The caller publishes the call as a job, wakes parked workers, and claims
+// ranges itself like any worker until none are left; then it waits for the
+// ranges workers took (spinning up to callerSpin, then blocking). A nested
+// call from inside a range works the same way: whatever no idle worker
+// takes, its caller runs, so nesting cannot deadlock.
 func ParallelRange(n, grain int, r Ranger) {
 	chunk, count := split(n, grain)
 	if count == 0 {
@@ -75,36 +83,163 @@ func ParallelRange(n, grain int, r Ranger) {
 		r.Range(0, n)
 		return
 	}
-	j := joinPool.Get().(*join)
-	for lo := chunk; lo < n; lo += chunk {
-		j.wg.Add(1)
-		go runSpan() // started before the send: every queued span has a taker
-		spans <- span{r: r, lo: lo, hi: min(lo+chunk, n), j: j}
+	startWorkers(Threads() - 1)
+	j := jobPool.Get().(*job)
+	j.r, j.n, j.chunk = r, n, chunk
+	j.next.Store(0)
+	j.wg.Add(count)
+	j.count.Store(int32(count)) // last: a worker attaches only to a job with spans left
+	slot := publish(j)
+	if slot >= 0 {
+		wakeWorkers(count - 1)
 	}
-	r.Range(0, chunk)
-	j.wg.Wait()
-	joinPool.Put(j)
+	j.run()
+	if slot >= 0 {
+		slots[slot].CompareAndSwap(j, nil)
+	}
+	j.wait()
+	j.r = nil
+	jobPool.Put(j)
 }
 
-// span is one range of a ParallelRange call, handed to a fresh goroutine.
-type span struct {
-	r      Ranger
-	lo, hi int
-	j      *join
+// job is one ParallelRange call as the workers see it.
+type job struct {
+	r        Ranger
+	n, chunk int
+	count    atomic.Int32 // ranges; 0 while the job is being set up
+	next     atomic.Int32 // next range to claim
+	refs     atomic.Int32 // workers attached (they may claim ranges)
+	wg       sync.WaitGroup
 }
 
-// join counts a call's spans still running.
-type join struct{ wg sync.WaitGroup }
+var jobPool = sync.Pool{New: func() any { return new(job) }}
 
-var joinPool = sync.Pool{New: func() any { return new(join) }}
+// run claims and runs ranges until none are left.
+func (j *job) run() {
+	count := int(j.count.Load())
+	for {
+		i := int(j.next.Add(1)) - 1
+		if i >= count {
+			return
+		}
+		lo := i * j.chunk
+		j.r.Range(lo, min(lo+j.chunk, j.n))
+		j.wg.Done()
+	}
+}
 
-// spans carries spans to the goroutines ParallelRange starts, one each. A
-// goroutine may run another call's span (they are started and queued in
-// pairs, so every span is taken); the buffer only saves the sender a wait.
-var spans = make(chan span, 256)
+// callerSpin is how long a caller whose ranges are done polls for the
+// workers' before blocking: ranges are equal, so the wait is usually
+// shorter than one range, and blocking would cost a wake-up.
+const callerSpin = 500 * time.Microsecond
 
-func runSpan() {
-	s := <-spans
-	s.r.Range(s.lo, s.hi)
-	s.j.wg.Done()
+// wait returns when every range has run and no worker holds j.
+func (j *job) wait() {
+	start := time.Now()
+	for i := 0; j.refs.Load() != 0; i++ {
+		if i%64 == 63 && time.Since(start) > callerSpin {
+			j.wg.Wait()
+			for j.refs.Load() != 0 { // a worker between its last Done and detaching
+				runtime.Gosched()
+			}
+			return
+		}
+		runtime.Gosched()
+	}
+	// Every range was claimed (the caller ran out), and every claimer has
+	// detached: all Done calls have happened.
+}
+
+// slots holds the published jobs workers look for; nested calls can have
+// several at once. A call that finds no free slot runs all its ranges
+// itself.
+var slots [64]atomic.Pointer[job]
+
+func publish(j *job) int {
+	for i := range slots {
+		if slots[i].CompareAndSwap(nil, j) {
+			return i
+		}
+	}
+	return -1
+}
+
+// The worker pool: started lazily, never stopped (its goroutines are
+// parked when idle; leakcheck ignores them).
+var (
+	workersMu sync.Mutex
+	workers   int          // started
+	parked    atomic.Int32 // workers blocked on wake
+	wake      = make(chan struct{}, 1024)
+)
+
+// workerSpin is how long an idle worker keeps looking for jobs before it
+// parks (yielding its P between looks, so other goroutines still run).
+const workerSpin = 300 * time.Microsecond
+
+func startWorkers(want int) {
+	if workersStarted.Load() >= int32(want) {
+		return
+	}
+	workersMu.Lock()
+	for workers < want {
+		workers++
+		go poolWorker()
+	}
+	workersStarted.Store(int32(workers))
+	workersMu.Unlock()
+}
+
+var workersStarted atomic.Int32
+
+// wakeWorkers hands up to k parked workers a wake-up.
+func wakeWorkers(k int) {
+	for p := int(parked.Load()); p > 0 && k > 0; p, k = p-1, k-1 {
+		select {
+		case wake <- struct{}{}:
+		default:
+			return
+		}
+	}
+}
+
+func poolWorker() {
+	for {
+		start := time.Now()
+		for i := 0; ; i++ {
+			if findWork() {
+				start = time.Now()
+				continue
+			}
+			if i%64 == 63 && time.Since(start) > workerSpin {
+				break
+			}
+			runtime.Gosched()
+		}
+		parked.Add(1)
+		if !findWork() { // a job published before parked was raised sent no wake-up
+			<-wake
+		}
+		parked.Add(-1)
+	}
+}
+
+// findWork attaches to a published job with ranges left and runs them; it
+// reports whether it found one.
+func findWork() bool {
+	for i := range slots {
+		j := slots[i].Load()
+		if j == nil || j.next.Load() >= j.count.Load() {
+			continue
+		}
+		j.refs.Add(1)
+		if slots[i].Load() != j { // finished (and maybe reused) meanwhile
+			j.refs.Add(-1)
+			continue
+		}
+		j.run()
+		j.refs.Add(-1)
+		return true
+	}
+	return false
 }

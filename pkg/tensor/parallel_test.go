@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // TestParallelForCovers checks the contract: ranges are disjoint, cover
@@ -59,5 +60,72 @@ func TestParallelForNested(t *testing.T) {
 	})
 	if got := total.Load(); got != 800 {
 		t.Fatalf("nested ParallelFor visited %d items, want 800", got)
+	}
+}
+
+// TestParallelRangeBlockingSpan: a range that blocks longer than the
+// caller's spin (here on a channel the caller's own range closes late) is
+// waited for, not lost.
+func TestParallelRangeBlockingSpan(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(2))
+	var done atomic.Int32
+	release := make(chan struct{})
+	ParallelFor(2, 1, func(lo, hi int) {
+		if lo == 0 {
+			time.Sleep(2 * callerSpin)
+			close(release)
+		} else {
+			<-release
+		}
+		done.Add(1)
+	})
+	if done.Load() != 2 {
+		t.Fatalf("%d ranges done at return, want 2", done.Load())
+	}
+}
+
+// TestParallelRangeConcurrentCallers: many goroutines forking at once
+// (serving's concurrent requests) each get all their ranges run exactly
+// once, with more calls than job slots.
+func TestParallelRangeConcurrentCallers(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(4))
+	var wg sync.WaitGroup
+	for g := 0; g < 100; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for it := 0; it < 50; it++ {
+				hits := make([]int32, 37)
+				ParallelFor(len(hits), 1, func(lo, hi int) {
+					for i := lo; i < hi; i++ {
+						atomic.AddInt32(&hits[i], 1)
+					}
+				})
+				for i, h := range hits {
+					if h != 1 {
+						t.Errorf("item %d visited %d times", i, h)
+						return
+					}
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// BenchmarkForkJoin is one ParallelFor of two ~20 us halves after a serial
+// gap: the fork-join overhead a decode step pays per parallel GEMV.
+func BenchmarkForkJoin(b *testing.B) {
+	spin := func(d time.Duration) {
+		for t := time.Now(); time.Since(t) < d; {
+		}
+	}
+	for _, gap := range []time.Duration{0, 5 * time.Microsecond, 50 * time.Microsecond} {
+		b.Run(gap.String(), func(b *testing.B) {
+			for b.Loop() {
+				spin(gap)
+				ParallelFor(2, 1, func(lo, hi int) { spin(20 * time.Microsecond) })
+			}
+		})
 	}
 }
