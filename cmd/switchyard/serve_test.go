@@ -120,8 +120,13 @@ func inProcess(t *testing.T, name string) string { return inProcessQ(t, name, te
 
 // inProcessQ is inProcess with the routed experts quantized to q.
 func inProcessQ(t *testing.T, name string, q tensor.QFormat) string {
+	return inProcessDir(t, filepath.Join(goldenRoot, name), q)
+}
+
+// inProcessDir serves the model folder dir in this process.
+func inProcessDir(t *testing.T, dir string, q tensor.QFormat) string {
 	t.Helper()
-	ck, err := model.Open(filepath.Join(goldenRoot, name))
+	ck, err := model.Open(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -441,5 +446,47 @@ func TestServeQuantizedE2E(t *testing.T) {
 	p.waitExit(t, 30*time.Second)
 	if p.err != nil {
 		t.Fatalf("exit after SIGINT: %v\nstderr:\n%s", p.err, p.stderr.String())
+	}
+}
+
+// TestServeFP8E2E: an FP8 block-quantized copy of every golden model
+// (model.WriteFP8: e4m3 weights with 128x128 scale blocks, sharded so
+// weights and scales sit in different files) served with its routed
+// experts on 2 worker processes, each dequantizing only the experts it
+// loads, answers exactly as the same copy served in one process.
+func TestServeFP8E2E(t *testing.T) {
+	if os.Getenv("SWITCHYARD_E2E") != "1" {
+		t.Skip("end-to-end cluster test: set SWITCHYARD_E2E=1")
+	}
+	exe := switchyardBinary(t)
+	tok, _ := filepath.Abs(gpt2TokPath)
+	for _, name := range []string{"mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2_lite", "deepseek_v3_bf16"} {
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			if err := model.WriteFP8(filepath.Join(goldenRoot, name), dir, [2]int{128, 128}, 64<<10); err != nil {
+				t.Fatal(err)
+			}
+			if ck, err := model.Open(dir); err != nil || ck.Quant == nil || len(ck.Set.Files()) < 2 {
+				t.Fatalf("FP8 copy: %v (quantization %+v)", err, ck)
+			} else {
+				ck.Close()
+			}
+			p := startBinary(t, exe, t.TempDir(), "serve", "--model", dir, "--tokenizer", tok, "--workers", "2", "--listen", "127.0.0.1:0")
+			url := p.waitReady(t, 90*time.Second)
+			ref := inProcessDir(t, dir, tensor.QNone)
+			for i, r := range []map[string]any{
+				{"prompt": [][]int32{{3, 141, 59, 200, 17}}, "max_tokens": 12, "temperature": 0, "return_token_ids": true},
+				{"prompt": "Of the Refractions of Light", "max_tokens": 12, "temperature": 0.8, "seed": 4, "return_token_ids": true},
+			} {
+				got, want := completeAt(t, url, r), completeAt(t, ref, r)
+				if !slices.Equal(got.IDs, want.IDs) || len(got.IDs) == 0 {
+					t.Errorf("request %d: 2 workers %v, one process %v", i, got.IDs, want.IDs)
+				}
+			}
+			if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
+				t.Fatal(err)
+			}
+			p.waitExit(t, 30*time.Second)
+		})
 	}
 }

@@ -17,53 +17,6 @@ import (
 	"github.com/switchyard/switchyard/pkg/safetensors"
 )
 
-// fp8Eligible reports whether a checkpoint tensor is one an FP8 checkpoint
-// quantizes: the Linear weights of attention, dense and shared MLPs and
-// routed experts. Embeddings, lm_head, the router gates (DeepSeek-V3 ships
-// mlp.gate.weight in BF16; Qwen3-FP8 lists the gates in
-// modules_to_not_convert) and Qwen2-MoE's [1, D] shared_expert_gate stay as
-// they are, as do norms and biases.
-func fp8Eligible(s TensorSpec) bool {
-	if s.Role != RoleMatrix && s.Role != RoleExpert {
-		return false
-	}
-	n := s.Name
-	return !strings.Contains(n, "embed_tokens") && !strings.HasPrefix(n, "lm_head") &&
-		!strings.HasSuffix(n, ".gate.weight") && !strings.HasSuffix(n, "shared_expert_gate.weight")
-}
-
-// quantizeFP8 block-quantizes w [rows, cols] the way DeepSeek's
-// weight_quant does: per block, scale_inv = amax/448 and q = w/scale_inv
-// rounded to nearest even and saturated (an all-zero block gets scale 1).
-// It returns the e4m3 bytes, the scales [ceil(rows/b0), ceil(cols/b1)] and
-// q×scale_inv in float32, what the loader must reproduce.
-func quantizeFP8(w []float32, rows, cols, b0, b1 int) (q []byte, scale, deq []float32) {
-	sr, sc := (rows+b0-1)/b0, (cols+b1-1)/b1
-	scale = make([]float32, sr*sc)
-	for i := range rows {
-		for j := range cols {
-			s := &scale[(i/b0)*sc+j/b1]
-			*s = max(*s, float32(math.Abs(float64(w[i*cols+j]))))
-		}
-	}
-	for k, a := range scale {
-		if a == 0 {
-			scale[k] = 1
-		} else {
-			scale[k] = a / safetensors.F8E4M3Max
-		}
-	}
-	q, deq = make([]byte, len(w)), make([]float32, len(w))
-	for i := range rows {
-		for j := range cols {
-			s := scale[(i/b0)*sc+j/b1]
-			q[i*cols+j] = safetensors.F32ToF8E4M3(w[i*cols+j] / s)
-			deq[i*cols+j] = safetensors.F8E4M3ToF32(q[i*cols+j]) * s
-		}
-	}
-	return q, scale, deq
-}
-
 // fp8Copies holds an FP8 copy of a golden model and two ordinary
 // checkpoints of the same dequantized weights.
 type fp8Copies struct {

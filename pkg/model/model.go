@@ -48,7 +48,7 @@ func Load(cfg *Config, src Source, opts LoadOptions) (*Model, *expert.Store, err
 			if err := ld.into(s, Slot{Mat: s.InFFN(f)}); err != nil {
 				return nil, nil, err
 			}
-			if err := quantizeLoaded(f, s.Expert, opts.Quantize); err != nil {
+			if err := quantizeLoaded(cfg, f, s.Expert, opts.Quantize); err != nil {
 				return nil, nil, err
 			}
 			continue
@@ -84,20 +84,21 @@ func LoadExpert(cfg *Config, src Source, id expert.ID, opts LoadOptions) (*exper
 			return nil, err
 		}
 	}
-	if err := f.Quantize(opts.Quantize); err != nil {
-		return nil, fmt.Errorf("model: quantize expert %v to %v: %w", id, opts.Quantize, err)
+	if err := quantizeLoaded(cfg, f, id, opts.Quantize); err != nil {
+		return nil, err
 	}
 	return f, nil
 }
 
 // quantizeLoaded quantizes expert f once its three matrices are loaded
 // (Load reads an expert's tensors one after another).
-func quantizeLoaded(f *expert.FFN, id expert.ID, q tensor.QFormat) error {
+func quantizeLoaded(cfg *Config, f *expert.FFN, id expert.ID, q tensor.QFormat) error {
 	if q == tensor.QNone || f.Gate.Empty() || f.Up.Empty() || f.Down.Empty() || f.Gate.Q != nil {
 		return nil
 	}
 	if err := f.Quantize(q); err != nil {
-		return fmt.Errorf("model: quantize expert %v to %v: %w", id, q, err)
+		n := ExpertTensorNames(cfg.Family, id.Layer, id.Expert)
+		return fmt.Errorf("model: --quantize %v: expert %v (%s, %s, %s): %w", q, id, n[0], n[1], n[2], err)
 	}
 	return nil
 }

@@ -94,6 +94,13 @@ func TestQuantizeRejects(t *testing.T) {
 	if _, err := Quantize(m, QInt8); err == nil || !strings.Contains(err.Error(), "[1, 1]") {
 		t.Errorf("infinite weight: err %v, want one naming [1, 1]", err)
 	}
+	wide := &Mat{Rows: 1, Cols: QInt8MaxCols + 1, F32: make([]float32, QInt8MaxCols+1)}
+	if _, err := Quantize(wide, QInt8); err == nil || !strings.Contains(err.Error(), "at most 131072 inputs") {
+		t.Errorf("int8 with %d inputs: err %v", wide.Cols, err)
+	}
+	if _, err := Quantize(wide, QQ4); err != nil { // q4's float sums have no such limit
+		t.Errorf("q4 with %d inputs: %v", wide.Cols, err)
+	}
 	if _, err := Quantize(&Mat{Rows: 1, Cols: 1, F32: []float32{1}}, QNone); err == nil {
 		t.Error("QNone: no error")
 	}
