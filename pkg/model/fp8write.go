@@ -58,7 +58,6 @@ func quantizeFP8(w []float32, rows, cols, b0, b1 int) (q []byte, scale, deq []fl
 	return q, scale, deq
 }
 
-
 // WriteFP8 writes into dst (an existing folder) an FP8 copy of the
 // checkpoint in src, as DeepSeek-V3 and the Qwen3 FP8 releases ship them:
 // every eligible linear weight (fp8Eligible) block-quantized to e4m3 with
