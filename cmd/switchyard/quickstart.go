@@ -200,6 +200,7 @@ func quickstartTrain(ctx context.Context, cfg train.JobConfig, n int, stderr io.
 	// Jobs-only workers: each rank loads what it trains when the job starts.
 	lc, err := localcluster.Start(ctx, localcluster.Options{
 		Command: []string{exe, "worker"}, Workers: n, Cluster: "train", WidenBF16: true, DataRoot: root,
+		Restart: true, // a worker that dies comes back, as under a supervisor
 	})
 	if err != nil {
 		return "", err

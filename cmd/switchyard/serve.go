@@ -446,6 +446,7 @@ func startServeCluster(ctx context.Context, o serveOptions, logf func(string, ..
 	lc, err := localcluster.Start(sctx, localcluster.Options{
 		ModelDir: o.ModelDir, Command: []string{exe, "worker"}, Workers: o.Workers, Cluster: "serve",
 		Replicas: o.Replicas, WorkerMemCap: o.WorkerMem, ExpectWorkers: o.Workers, Quantize: o.Quantize,
+		Restart: true, // a worker that dies comes back (with backoff), as under a supervisor
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: start %d workers: %w", o.Prefix, o.Workers, err)
@@ -513,7 +514,7 @@ func reportExits(ctx context.Context, lc *localcluster.Cluster, logf func(string
 			select {
 			case <-p.Exited():
 				if ctx.Err() == nil {
-					logf("worker %s (pid %d) died: %v; its experts' other copies serve, the coordinator re-places the rest; its log ends:\n%s",
+					logf("worker %s (pid %d) died: %v; its experts' other copies serve, the coordinator re-places the rest, and it is restarted with backoff; its log ends:\n%s",
 						p.ID, p.Pid(), exitCause(p), tailLines(p.Log(), 10))
 				}
 			case <-ctx.Done():

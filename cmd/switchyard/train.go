@@ -22,7 +22,7 @@ import (
 func trainCmd() *cobra.Command {
 	cfg := train.DefaultJobConfig()
 	var lr, minLR float64
-	var warmup, workers int
+	var warmup, workers, minWorkers, maxWorkers int
 	var etcd, clusterName string
 	var tlsFiles auth.Files
 	cmd := &cobra.Command{
@@ -63,7 +63,16 @@ Presets: ` + fmt.Sprint(train.PresetNames()),
 			if workers < 1 {
 				return fmt.Errorf("train: --workers %d must be >= 1", workers)
 			}
-			if workers > 1 || etcd != "" {
+			if maxWorkers == 0 {
+				maxWorkers = workers
+			}
+			if minWorkers == 0 {
+				minWorkers = min(workers, maxWorkers)
+			}
+			if minWorkers < 1 || minWorkers > maxWorkers {
+				return fmt.Errorf("train: want 1 <= --min-workers (%d) <= --max-workers (%d)", minWorkers, maxWorkers)
+			}
+			if maxWorkers > 1 || etcd != "" {
 				creds, err := auth.Load(tlsFiles)
 				if err != nil {
 					return err
@@ -71,7 +80,7 @@ Presets: ` + fmt.Sprint(train.PresetNames()),
 				if creds != nil && etcd == "" {
 					return errors.New("train: --tls-* secure a job submitted to a cluster (--etcd); the local cluster of --workers runs plaintext on loopback")
 				}
-				return trainDistributed(ctx, cfg, workers, registry.SplitEndpoints(etcd), clusterName, creds, cmd.OutOrStdout(), cmd.ErrOrStderr())
+				return trainDistributed(ctx, cfg, elastic{min: minWorkers, max: maxWorkers}, registry.SplitEndpoints(etcd), clusterName, creds, cmd.OutOrStdout(), cmd.ErrOrStderr())
 			}
 			prog, curve := localProgress(cmd.ErrOrStderr(), cfg)
 			res, err := train.Run(ctx, cfg, prog)
@@ -119,6 +128,8 @@ Presets: ` + fmt.Sprint(train.PresetNames()),
 	f.Float64Var(&cfg.HeldOut, "held-out", cfg.HeldOut, "fraction of the text held out for evaluation")
 	f.Uint64Var(&cfg.Seed, "seed", cfg.Seed, "seed for initialization and data order")
 	f.IntVar(&workers, "workers", 1, "train data- and expert-parallel on N workers (a local cluster unless --etcd is given)")
+	f.IntVar(&minWorkers, "min-workers", 0, "elastic training: an attempt may start (and re-form after a worker dies) on as few as this many workers (default --workers: a fixed size)")
+	f.IntVar(&maxWorkers, "max-workers", 0, "elastic training: an attempt takes up to this many workers (default --workers; the local cluster starts this many)")
 	f.IntVar(&cfg.ExpertReplicas, "expert-replicas", 1, "with --workers: workers holding a copy of each routed expert")
 	f.StringVar(&etcd, "etcd", "", "submit the job to the cluster at these etcd endpoints (comma-separated); its paths are relative to the workers' --data-root")
 	f.StringVar(&clusterName, "cluster", "switchyard", "cluster key prefix in etcd (with --etcd)")

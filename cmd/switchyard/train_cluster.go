@@ -27,7 +27,11 @@ import (
 // it. A job for the cluster at endpoints is submitted with its paths as
 // given: they are relative to the data root of each of its workers
 // (worker --data-root), where they must lie.
-func trainDistributed(ctx context.Context, cfg train.JobConfig, workers int, endpoints []string, clusterName string, creds *auth.Credentials, stdout, stderr io.Writer) error {
+// elastic is a job's worker range: min <= ranks <= max.
+type elastic struct{ min, max int }
+
+func trainDistributed(ctx context.Context, cfg train.JobConfig, size elastic, endpoints []string, clusterName string, creds *auth.Credentials, stdout, stderr io.Writer) error {
+	workers := size.max
 	var store *jobs.Store
 	submit := cfg
 	if len(endpoints) == 0 {
@@ -46,6 +50,7 @@ func trainDistributed(ctx context.Context, cfg train.JobConfig, workers int, end
 		fmt.Fprintf(stderr, "train: starting a local cluster: embedded etcd, coordinator, %d workers (data root %s)\n", workers, root)
 		lc, err := localcluster.Start(ctx, localcluster.Options{
 			Command: []string{exe, "worker"}, Workers: workers, Cluster: "train", WidenBF16: true, DataRoot: root,
+			Restart: true, // a dead worker process comes back, and the job grows onto it at its next attempt
 		})
 		if err != nil {
 			return err
@@ -66,10 +71,18 @@ func trainDistributed(ctx context.Context, cfg train.JobConfig, workers int, end
 	}
 	id := fmt.Sprintf("train-%s", time.Now().UTC().Format("20060102-150405.000"))
 	id = strings.ReplaceAll(id, ".", "-")
-	if err := store.Submit(ctx, jobs.Spec{ID: id, Job: submit, Workers: workers}); err != nil {
+	sp := jobs.Spec{ID: id, Job: submit, Workers: workers}
+	if size.min < size.max {
+		sp.MinWorkers = size.min
+	}
+	if err := store.Submit(ctx, sp); err != nil {
 		return err
 	}
-	fmt.Fprintf(stderr, "train: submitted job %s for %d workers\n", id, workers)
+	if size.min < size.max {
+		fmt.Fprintf(stderr, "train: submitted job %s for %d to %d workers\n", id, size.min, size.max)
+	} else {
+		fmt.Fprintf(stderr, "train: submitted job %s for %d workers\n", id, workers)
+	}
 	if len(endpoints) != 0 {
 		cfg.Out = "" // the loss curve goes beside the checkpoints the workers report
 	}
@@ -93,7 +106,7 @@ func followJob(ctx context.Context, store *jobs.Store, id string, cfg train.JobC
 	curve, warned := &lossCurve{out: cfg.Out}, false
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
-	lastStep, lastState, lastAttempt := -1, jobs.State(""), 0
+	lastStep, lastState, lastAttempt, told := -1, jobs.State(""), 0, 0
 	var lastPrint time.Time
 	for {
 		select {
@@ -106,10 +119,26 @@ func followJob(ctx context.Context, store *jobs.Store, id string, cfg train.JobC
 			return err
 		}
 		st, _ := store.Status(ctx, id)
+		// Every failed attempt's cause, even when the job re-formed
+		// between two polls.
+		for ; told < len(sp.History); told++ {
+			fmt.Fprintf(stderr, "train: failed: %s\n", sp.History[told])
+		}
+		if sp.State == jobs.Failed && lastState != jobs.Failed {
+			fmt.Fprintf(stderr, "train: failed: %s\n", sp.Error)
+			told++ // the scheduler moves it into History next
+		}
 		if sp.State != lastState || sp.Attempt != lastAttempt {
 			fmt.Fprintf(stderr, "train: job %s %s (attempt %d, ranks %v)\n", id, sp.State, sp.Attempt, sp.Assigned)
-			if sp.Error != "" {
+			if sp.Error != "" && sp.State != jobs.Failed {
 				fmt.Fprintf(stderr, "train: %s\n", sp.Error)
+			}
+			if len(sp.Suspects) > 0 && sp.State == jobs.Assigned {
+				var names []string
+				for _, s := range sp.Suspects {
+					names = append(names, string(s.Worker))
+				}
+				fmt.Fprintf(stderr, "train: attempt %d avoids %s (blamed for the last failure)\n", sp.Attempt, strings.Join(names, ", "))
 			}
 			lastState, lastAttempt = sp.State, sp.Attempt
 		}

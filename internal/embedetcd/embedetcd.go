@@ -36,7 +36,10 @@ type Config struct {
 	// Name is the member name, also used in the initial cluster string.
 	Name string
 	// Dir is the data directory. Empty means a fresh temporary directory
-	// that Close removes (nothing survives a restart).
+	// under TempParent() that Close removes (nothing survives a restart);
+	// it is locked for the server's life, and one left by a killed
+	// process is removed by the next Start with an empty Dir (see
+	// tempdir.go).
 	Dir string
 	// ClientURL is where clients connect, e.g. "http://127.0.0.1:2379".
 	// Port 0 picks a free port; Server.Endpoints reports the real one.
@@ -105,7 +108,9 @@ func TestConfig(dir string) Config {
 type Server struct {
 	etcd      *embed.Etcd
 	endpoints []string
-	tmpDir    string
+	tmp       *tempDir // Dir was empty: our locked temporary directory
+	tmpDir    string   // fallback temporary directory (TempParent unusable)
+	reclaimed []string
 	closeOnce sync.Once
 	closing   atomic.Bool // silences shutdown noise in the logger
 }
@@ -145,10 +150,19 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	s := &Server{}
 	dir := cfg.Dir
 	if dir == "" {
-		if dir, err = os.MkdirTemp("", "switchyard-etcd-"); err != nil {
-			return nil, fmt.Errorf("embedetcd: %w", err)
+		td, reclaimed, terr := newTempDir()
+		s.reclaimed = reclaimed
+		if terr == nil {
+			s.tmp, dir = td, td.data
+		} else {
+			// TempParent is unusable (e.g. another user's): a plain
+			// temporary directory, removed by Close but not reclaimed
+			// after a crash.
+			if dir, err = os.MkdirTemp("", "switchyard-etcd-"); err != nil {
+				return nil, fmt.Errorf("embedetcd: %w (and %s: %v)", err, TempParent(), terr)
+			}
+			s.tmpDir = dir
 		}
-		s.tmpDir = dir
 	}
 	ec := embed.NewConfig()
 	ec.Name = cfg.Name
@@ -217,6 +231,11 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 // ["http://127.0.0.1:40321"].
 func (s *Server) Endpoints() []string { return append([]string(nil), s.endpoints...) }
 
+// Reclaimed lists the temporary data directories of dead servers (killed
+// without Close) that Start removed, as absolute paths; nil when Dir was
+// set or there were none.
+func (s *Server) Reclaimed() []string { return append([]string(nil), s.reclaimed...) }
+
 // Dir is the data directory in use.
 func (s *Server) Dir() string { return s.etcd.Config().Dir }
 
@@ -224,7 +243,8 @@ func (s *Server) Dir() string { return s.etcd.Config().Dir }
 // stops.
 func (s *Server) Err() <-chan error { return s.etcd.Err() }
 
-// Close stops the server and removes a temporary data directory. Close
+// Close stops the server and removes a temporary data directory (with its
+// lock). Close
 // clients with open watches first (see the package comment). It is safe to
 // call more than once.
 func (s *Server) Close() {
@@ -238,6 +258,10 @@ func (s *Server) Close() {
 }
 
 func (s *Server) removeTmp() {
+	if s.tmp != nil {
+		s.tmp.release()
+		s.tmp = nil
+	}
 	if s.tmpDir != "" {
 		os.RemoveAll(s.tmpDir)
 		s.tmpDir = ""

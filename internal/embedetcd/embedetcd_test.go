@@ -3,6 +3,7 @@ package embedetcd
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -64,8 +65,10 @@ func TestTempDirRemoved(t *testing.T) {
 	}
 	dir := srv.Dir()
 	srv.Close()
-	if _, err := os.Stat(dir); !os.IsNotExist(err) {
-		t.Fatalf("temporary data dir %s left behind (%v)", dir, err)
+	for _, d := range []string{dir, filepath.Dir(dir)} {
+		if _, err := os.Stat(d); !os.IsNotExist(err) {
+			t.Fatalf("temporary data dir %s left behind (%v)", d, err)
+		}
 	}
 }
 

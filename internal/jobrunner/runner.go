@@ -157,6 +157,48 @@ func (r *Runner) Run(ctx context.Context) error {
 	return nil
 }
 
+// blame names the workers a failed rank's error points at (never self):
+// the peers a collective operation found unresponsive when it failed
+// (probed: they did not answer a ping), else the peer it was waiting for
+// when the connection to it broke; or the worker an expert exchange could
+// not reach. Nil when the error names no peer (the rank failed on its own,
+// a timeout, or the cause is unknown): then nobody is excluded, and the
+// scheduler's lease check still keeps a dead worker out.
+func blame(err error, ranks []cluster.WorkerID, self cluster.WorkerID) []jobs.Suspect {
+	var out []jobs.Suspect
+	add := func(w cluster.WorkerID) {
+		if w == "" || w == self {
+			return
+		}
+		for _, s := range out {
+			if s.Worker == w {
+				return
+			}
+		}
+		out = append(out, jobs.Suspect{Worker: w})
+	}
+	at := func(rank int) cluster.WorkerID {
+		if rank >= 0 && rank < len(ranks) {
+			return ranks[rank]
+		}
+		return ""
+	}
+	var op *collective.OpError
+	if errors.As(err, &op) {
+		for _, p := range op.Unresponsive {
+			add(at(p.Rank))
+		}
+		if len(out) == 0 && !errors.Is(err, context.DeadlineExceeded) {
+			add(at(op.Peer))
+		}
+	}
+	var pe *transport.PeerError
+	if len(out) == 0 && errors.As(err, &pe) && errors.Is(pe, transport.ErrPeerUnavailable) {
+		add(pe.Worker)
+	}
+	return out
+}
+
 func indexOf(ws []cluster.WorkerID, w cluster.WorkerID) int {
 	for i, x := range ws {
 		if x == w {
@@ -177,7 +219,9 @@ func (r *Runner) runRank(ctx context.Context, sp jobs.Spec, rank int) {
 			return
 		}
 		msg := fmt.Sprintf("attempt %d, rank %d (worker %s): %v", sp.Attempt, rank, r.Cfg.Self, err)
-		lg.Warn("rank failed", "err", err)
+		suspects := blame(err, sp.Assigned, r.Cfg.Self)
+		permanent := train.Permanent(err)
+		lg.Warn("rank failed", "err", err, "suspects", suspects, "permanent", permanent)
 		// The final state must land even if etcd blinks right now (each
 		// try bounded, retried with backoff): a job must never stay
 		// "running" with no rank left to end it.
@@ -187,6 +231,7 @@ func (r *Runner) runRank(ctx context.Context, sp jobs.Spec, rank int) {
 					return false // someone else already recorded the failure
 				}
 				cur.State, cur.Error = jobs.Failed, msg
+				cur.Suspects, cur.Permanent = suspects, permanent
 				return true
 			})
 			return err

@@ -60,20 +60,54 @@ const DefaultMaxAttempts = 3
 
 // Spec is a job as stored in etcd.
 type Spec struct {
-	ID          string              `json:"id"`
-	Job         trainconf.JobConfig `json:"job"` // paths are relative to each worker's data root (ResolvePaths)
-	Workers     int                 `json:"workers"`
-	MaxAttempts int                 `json:"max_attempts"`
-	State       State               `json:"state"`
-	Attempt     int                 `json:"attempt"`  // 1 for the first assignment
-	Assigned    []cluster.WorkerID  `json:"assigned"` // ranks, in order
-	Error       string              `json:"error,omitempty"`
-	History     []string            `json:"history,omitempty"` // one line per failed attempt
+	ID      string              `json:"id"`
+	Job     trainconf.JobConfig `json:"job"`     // paths are relative to each worker's data root (ResolvePaths)
+	Workers int                 `json:"workers"` // ranks of an attempt at most (and at least, unless MinWorkers)
+	// MinWorkers makes the job elastic (TorchElastic's --nnodes MIN:MAX,
+	// with Workers the maximum): an attempt starts on every eligible idle
+	// live worker, up to Workers, once at least MinWorkers are; after a
+	// worker's death the job re-forms on the survivors. The global batch
+	// and the loss normalization do not depend on the count. 0 means
+	// Workers (a fixed size).
+	MinWorkers  int                `json:"min_workers,omitempty"`
+	MaxAttempts int                `json:"max_attempts"`
+	State       State              `json:"state"`
+	Attempt     int                `json:"attempt"`  // 1 for the first assignment
+	Assigned    []cluster.WorkerID `json:"assigned"` // ranks, in order
+	Error       string             `json:"error,omitempty"`
+	History     []string           `json:"history,omitempty"` // one line per failed attempt
+	// Suspects are the workers blamed for the last failed attempt (the
+	// peers a failing rank found unresponsive, or a rank that left the
+	// cluster), with the etcd lease each held then (filled in by the
+	// scheduler; 0 until it has): the next attempts avoid a suspect while
+	// it holds that lease, so a dead worker whose lease has not expired yet
+	// is not picked again, and a restarted one (a new lease) is.
+	Suspects []Suspect `json:"suspects,omitempty"`
+	// Permanent marks the failure of the attempt as one retrying cannot fix
+	// (no space left, permission denied): the scheduler abandons the job
+	// at once instead of recomputing the steps since the last checkpoint.
+	Permanent bool `json:"permanent,omitempty"`
 	// Golden, if set, makes this a verification job instead of training:
 	// the ranks recompute a golden file's gradients and AdamW losses.
 	Golden    *GoldenTask `json:"golden,omitempty"`
 	Submitted time.Time   `json:"submitted"`
 	Updated   time.Time   `json:"updated"`
+}
+
+// Suspect is a worker blamed for a failed attempt, with the lease of the
+// registration it had then (0: not known yet).
+type Suspect struct {
+	Worker cluster.WorkerID `json:"worker"`
+	Lease  int64            `json:"lease,omitempty"`
+}
+
+// Min is the fewest ranks an attempt may start with: MinWorkers, or
+// Workers for a fixed-size job.
+func (sp *Spec) Min() int {
+	if sp.MinWorkers > 0 {
+		return sp.MinWorkers
+	}
+	return sp.Workers
 }
 
 // GoldenTask is what a verification job recomputes (see

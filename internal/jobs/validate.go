@@ -76,11 +76,14 @@ func (sp *Spec) validateScheduling() []error {
 	default:
 		errs = append(errs, fmt.Errorf("unknown state %q", sp.State))
 	}
+	if sp.MinWorkers < 0 || sp.MinWorkers > sp.Workers {
+		errs = append(errs, fmt.Errorf("min workers %d is out of range [0, workers %d]", sp.MinWorkers, sp.Workers))
+	}
 	if len(sp.Assigned) > max(sp.Workers, 0) {
 		errs = append(errs, fmt.Errorf("%d ranks assigned for %d workers", len(sp.Assigned), sp.Workers))
 	}
-	if (sp.State == Assigned || sp.State == Running) && len(sp.Assigned) != sp.Workers {
-		errs = append(errs, fmt.Errorf("state %s with %d ranks assigned for %d workers", sp.State, len(sp.Assigned), sp.Workers))
+	if (sp.State == Assigned || sp.State == Running) && (len(sp.Assigned) < sp.Min() || len(sp.Assigned) > sp.Workers) {
+		errs = append(errs, fmt.Errorf("state %s with %d ranks assigned for %d to %d workers", sp.State, len(sp.Assigned), sp.Min(), sp.Workers))
 	}
 	seen := map[string]bool{}
 	for i, w := range sp.Assigned {

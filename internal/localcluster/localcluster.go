@@ -24,6 +24,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -100,9 +101,33 @@ type Options struct {
 	// Logs, if set, receives every worker's stderr, each line prefixed with
 	// the worker ID. Each Proc keeps its own log too.
 	Logs io.Writer
-	// Logger receives the coordinator's log (nil discards it).
+	// Logger receives the coordinator's log (nil discards it), and the
+	// supervisor's restarts (Restart).
 	Logger *slog.Logger
+	// Restart makes the cluster supervise its worker processes: a worker
+	// that exits unexpectedly (for any reason other than Proc.Stop or
+	// Cluster.Close: a crash, an OOM kill, a SIGKILL, Proc.Kill) is
+	// started again with the same ID and arguments, as a new Proc (see
+	// Cluster.Proc; its new gRPC port and etcd lease are its own), after
+	// a backoff of RestartBackoffMin doubling with every restart up to
+	// RestartBackoffMax; the backoff falls back to RestartBackoffMin once
+	// a process stayed up RestartResetAfter. A process is supervised once
+	// it printed its ready line (a worker that cannot start at all fails
+	// StartWorker instead) or if it is itself a restart. Each restart is
+	// logged (Logger) with the exit cause; Cluster.Restarts counts them.
+	Restart bool
 }
+
+// The supervisor's backoff (Options.Restart).
+const (
+	// RestartBackoffMin is the wait before the first restart of a worker.
+	RestartBackoffMin = 200 * time.Millisecond
+	// RestartBackoffMax caps the wait, which doubles with each restart.
+	RestartBackoffMax = 5 * time.Second
+	// RestartResetAfter is how long a worker must stay up for its next
+	// restart to wait only RestartBackoffMin again.
+	RestartResetAfter = 30 * time.Second
+)
 
 // DefaultDataRoot is the workers' data root when Options.DataRoot is
 // empty: the whole filesystem, as before workers had data roots. It keeps
@@ -136,6 +161,11 @@ type Cluster struct {
 	cgParent   cgroupParent
 	capMode    string // see MemCapMode
 	cgStarts   map[cluster.WorkerID]int
+	closed     bool          // Close began: start no more workers (under mu)
+	done       chan struct{} // closed when Close begins
+	restarts   map[cluster.WorkerID]int
+	backoff    map[cluster.WorkerID]time.Duration // the next restart's wait
+	supervisor sync.WaitGroup                     // pending restarts
 }
 
 // Start launches etcd, the coordinator (registering the model) and
@@ -178,7 +208,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		ck.Close()
 	}
 
-	c := &Cluster{opts: opts}
+	c := &Cluster{opts: opts, done: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			c.Close()
@@ -191,6 +221,9 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	ecfg.Name = "switchyard-local"
 	if c.Etcd, err = embedetcd.Start(ctx, ecfg); err != nil {
 		return nil, err
+	}
+	if r := c.Etcd.Reclaimed(); len(r) > 0 && opts.Logger != nil {
+		opts.Logger.Info("removed embedded etcd data left by killed processes", "dirs", r)
 	}
 	c.Endpoints = c.Etcd.Endpoints()
 	if c.Client, err = registry.Dial(ctx, c.Endpoints); err != nil {
@@ -298,12 +331,18 @@ type Proc struct {
 	// 0: unlimited): with Options.WorkerMemCap, its cgroup's.
 	Mem int64
 	Cmd *exec.Cmd
+	// Restart is how many restarts of this worker ID came before this
+	// process (0: the first start; Options.Restart).
+	Restart int
 
-	cg     *memCgroup // nil: no memory cgroup of its own
-	log    *syncBuffer
-	ready  chan struct{}
-	exited chan struct{}
-	err    error // Wait's result, once exited is closed
+	extra    []string    // StartWorker's extra flags, kept for restarts
+	started  time.Time   // when the process started
+	stopping atomic.Bool // Stop was called: an exit is expected
+	cg       *memCgroup  // nil: no memory cgroup of its own
+	log      *syncBuffer
+	ready    chan struct{}
+	exited   chan struct{}
+	err      error // Wait's result, once exited is closed
 }
 
 // Pid is the worker's process ID.
@@ -331,7 +370,10 @@ func (p *Proc) Kill() {
 
 // Stop sends SIGTERM (SIGCONT first, in case it was stopped), waits up to
 // grace for a clean exit, then kills.
+//
+// The exit is expected: with Options.Restart the worker is not restarted.
 func (p *Proc) Stop(grace time.Duration) {
+	p.stopping.Store(true)
 	select {
 	case <-p.exited:
 		return
@@ -348,10 +390,33 @@ func (p *Proc) Stop(grace time.Duration) {
 	}
 }
 
+// errClosed is launch's error once Close began.
+var errClosed = errors.New("localcluster: the cluster is closed")
+
 // StartWorker launches worker id (extra flags override the defaults) and
 // waits for its ready line. If the worker exits first, the error holds
 // its exit status and log, and the Proc is returned too.
 func (c *Cluster) StartWorker(ctx context.Context, id cluster.WorkerID, extra ...string) (*Proc, error) {
+	p, err := c.launch(id, extra, 0)
+	if err != nil {
+		return nil, err
+	}
+	select {
+	case <-p.ready:
+		return p, nil
+	case <-p.exited:
+		return p, fmt.Errorf("localcluster: worker %s exited before it was ready (%v):\n%s", id, p.err, tail(p.Log(), 20))
+	case <-ctx.Done():
+		p.stopping.Store(true) // the caller gave up on it: no restart
+		p.Kill()
+		return p, fmt.Errorf("localcluster: worker %s not ready: %w\n%s", id, ctx.Err(), tail(p.Log(), 20))
+	}
+}
+
+// launch starts worker id's process (restart: how many restarts of id
+// came before) and returns without waiting for its ready line. It fails
+// with errClosed once Close began.
+func (c *Cluster) launch(id cluster.WorkerID, extra []string, restart int) (*Proc, error) {
 	o := c.opts
 	args := append([]string{}, o.Command[1:]...)
 	args = append(args,
@@ -381,7 +446,7 @@ func (c *Cluster) StartWorker(ctx context.Context, id cluster.WorkerID, extra ..
 		cmd.SysProcAttr = sysProcAttr()
 	}
 	cmd.Env = append(os.Environ(), o.Env...)
-	p := &Proc{ID: id, Cmd: cmd, cg: cg, log: &syncBuffer{}, ready: make(chan struct{}), exited: make(chan struct{})}
+	p := &Proc{ID: id, Cmd: cmd, Restart: restart, extra: extra, cg: cg, log: &syncBuffer{}, ready: make(chan struct{}), exited: make(chan struct{})}
 	var errOut io.Writer = p.log
 	if o.Logs != nil {
 		errOut = io.MultiWriter(p.log, &prefixWriter{w: o.Logs, prefix: string(id) + " | "})
@@ -398,32 +463,131 @@ func (c *Cluster) StartWorker(ctx context.Context, id cluster.WorkerID, extra ..
 			})
 		}
 	}}
+	// Start and record the process under mu, so that Close (which sets
+	// closed under mu first) stops every process ever started.
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		if cg != nil {
+			_ = cg.remove()
+		}
+		return nil, errClosed
+	}
 	err := cmd.Start()
 	if cg != nil {
 		cg.started()
 	}
 	if err != nil {
+		c.mu.Unlock()
 		if cg != nil {
 			_ = cg.remove()
 		}
 		return nil, fmt.Errorf("localcluster: start worker %s: %w", id, err)
 	}
+	p.started = time.Now()
+	c.procs = append(c.procs, p)
+	if o.Restart {
+		c.supervisor.Add(1) // for the exit handler below
+	}
+	c.mu.Unlock()
 	go func() {
 		p.err = cmd.Wait()
 		close(p.exited)
+		if o.Restart {
+			defer c.supervisor.Done()
+			c.supervise(p)
+		}
 	}()
-	c.mu.Lock()
-	c.procs = append(c.procs, p)
-	c.mu.Unlock()
+	return p, nil
+}
+
+// supervise restarts p's worker after p exited, unless the exit was
+// expected (Stop, Close) or p never got ready on its first start
+// (Options.Restart).
+func (c *Cluster) supervise(p *Proc) {
 	select {
 	case <-p.ready:
-		return p, nil
-	case <-p.exited:
-		return p, fmt.Errorf("localcluster: worker %s exited before it was ready (%v):\n%s", id, p.err, tail(p.Log(), 20))
-	case <-ctx.Done():
-		p.Kill()
-		return p, fmt.Errorf("localcluster: worker %s not ready: %w\n%s", id, ctx.Err(), tail(p.Log(), 20))
+	default:
+		if p.Restart == 0 {
+			return // StartWorker reports it
+		}
 	}
+	if p.stopping.Load() {
+		return
+	}
+	up := time.Since(p.started)
+	for {
+		c.mu.Lock()
+		if c.closed {
+			c.mu.Unlock()
+			return
+		}
+		if c.backoff == nil {
+			c.backoff = map[cluster.WorkerID]time.Duration{}
+			c.restarts = map[cluster.WorkerID]int{}
+		}
+		wait, next := restartBackoff(c.backoff[p.ID], up)
+		c.backoff[p.ID] = next
+		n := c.restarts[p.ID] + 1
+		c.mu.Unlock()
+		if lg := c.opts.Logger; lg != nil {
+			lg.Warn("worker exited unexpectedly; restarting it", "worker", p.ID, "pid", p.Pid(), "cause", exitCause(p.err),
+				"uptime", up.Round(time.Millisecond), "restart", n, "backoff", wait, "log", tail(p.Log(), 3))
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-c.done:
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		np, err := c.launch(p.ID, p.extra, n)
+		if errors.Is(err, errClosed) {
+			return
+		}
+		if err == nil {
+			c.mu.Lock()
+			c.restarts[p.ID] = n
+			c.mu.Unlock()
+			if lg := c.opts.Logger; lg != nil {
+				lg.Info("worker restarted", "worker", p.ID, "pid", np.Pid(), "restart", n)
+			}
+			return // np's own exit handler supervises it
+		}
+		// Not even started (e.g. the binary is gone): try again later.
+		if lg := c.opts.Logger; lg != nil {
+			lg.Warn("worker restart failed", "worker", p.ID, "restart", n, "err", err)
+		}
+		up = 0
+	}
+}
+
+// restartBackoff returns the wait before a restart and the wait to keep
+// for the one after, given the kept wait (0: none yet) and how long the
+// process was up.
+func restartBackoff(kept, up time.Duration) (wait, next time.Duration) {
+	wait = kept
+	if wait == 0 || up >= RestartResetAfter {
+		wait = RestartBackoffMin
+	}
+	return wait, min(2*wait, RestartBackoffMax)
+}
+
+// exitCause describes a process's exit status: "signal: killed", "exit
+// status 2", or "exit status 0" for a clean exit.
+func exitCause(err error) string {
+	if err == nil {
+		return "exit status 0"
+	}
+	return err.Error()
+}
+
+// Restarts is how many times the supervisor restarted worker id
+// (Options.Restart); 0 without it.
+func (c *Cluster) Restarts(id cluster.WorkerID) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.restarts[id]
 }
 
 // parseReady parses "worker: id=... grpc=... gossip=... model=... mem=...".
@@ -544,6 +708,12 @@ func (c *Cluster) Describe() string {
 func (c *Cluster) Close() error {
 	var err error
 	c.closeOnce.Do(func() {
+		// No worker starts after this (launch checks closed under mu),
+		// and pending restarts are abandoned.
+		c.mu.Lock()
+		c.closed = true
+		close(c.done)
+		c.mu.Unlock()
 		var wg sync.WaitGroup
 		for _, p := range c.Procs() {
 			wg.Add(1)
@@ -553,6 +723,7 @@ func (c *Cluster) Close() error {
 			}()
 		}
 		wg.Wait()
+		c.supervisor.Wait()
 		for _, p := range c.Procs() {
 			if p.cg != nil {
 				if rerr := p.cg.remove(); rerr != nil && c.opts.Logger != nil {

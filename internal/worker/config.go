@@ -82,6 +82,29 @@ type Config struct {
 	// shutdown (default 5 s); connections still open then are closed.
 	DrainTimeout time.Duration
 
+	// ConnectTimeout bounds how long Run tries to reach etcd at start
+	// (default 30 s, DefaultConnectTimeout): then it fails with an error
+	// naming the endpoints and the last dial error (ErrGaveUp,
+	// ErrEtcdUnreachable). Ignored with Wait.
+	ConnectTimeout time.Duration
+	// RegisterTimeout bounds how long Run, once etcd answers, tries to
+	// register for the first time (default 60 s, DefaultRegisterTimeout):
+	// a cluster that serves no model by then (a wrong Cluster name, or
+	// no coordinator --model nor front end registered one) fails Run
+	// (ErrGaveUp, registry.ErrNoModel) saying which clusters this etcd
+	// has; so does any other transient failure that lasts that long (with
+	// TLS, the wait for the cluster's gossip key included). An ID held by
+	// another lease is waited for up to that lease's TTL plus
+	// DuplicateIDMargin instead (a killed predecessor's key expires by
+	// then; a live one's does not: ErrGaveUp, registry.ErrWorkerExists).
+	// Ignored with Wait. Once registered, a worker that loses its lease
+	// registers again until ctx ends, unbounded.
+	RegisterTimeout time.Duration
+	// Wait makes Run retry all of the above until ctx ends (for
+	// deployments that start workers before etcd or before the coordinator
+	// registers the model).
+	Wait bool
+
 	// NoJobs disables running training jobs (the worker only serves).
 	NoJobs bool
 	// JobStepTimeout bounds every collective of a job's training step: a
@@ -110,7 +133,8 @@ type Config struct {
 }
 
 // DefaultConfig returns a worker on loopback with free ports (gRPC and
-// gossip), the local etcd, bf16 kept as bf16, a 5 s lease, stats every 2 s.
+// gossip), the local etcd, bf16 kept as bf16, a 5 s lease, stats every 2 s,
+// 30 s to reach etcd and 60 s to register.
 func DefaultConfig() Config {
 	return Config{
 		Etcd:          []string{"http://127.0.0.1:2379"},
@@ -121,6 +145,9 @@ func DefaultConfig() Config {
 		LeaseTTL:      registry.DefaultTTL,
 		StatsInterval: 2 * time.Second,
 		DrainTimeout:  5 * time.Second,
+
+		ConnectTimeout:  DefaultConnectTimeout,
+		RegisterTimeout: DefaultRegisterTimeout,
 	}
 }
 
@@ -138,6 +165,12 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.DrainTimeout == 0 {
 		c.DrainTimeout = d.DrainTimeout
+	}
+	if c.ConnectTimeout == 0 {
+		c.ConnectTimeout = d.ConnectTimeout
+	}
+	if c.RegisterTimeout == 0 {
+		c.RegisterTimeout = d.RegisterTimeout
 	}
 	if c.Protocol == 0 {
 		c.Protocol = cluster.ProtocolVersion
@@ -167,6 +200,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.LeaseTTL < 0 || c.StatsInterval < 0 || c.DrainTimeout < 0 {
 		errs = append(errs, fmt.Errorf("LeaseTTL %v, StatsInterval %v, DrainTimeout %v: must not be negative", c.LeaseTTL, c.StatsInterval, c.DrainTimeout))
+	}
+	if c.ConnectTimeout < 0 || c.RegisterTimeout < 0 {
+		errs = append(errs, fmt.Errorf("ConnectTimeout %v, RegisterTimeout %v: must not be negative", c.ConnectTimeout, c.RegisterTimeout))
 	}
 	if err := errors.Join(errs...); err != nil {
 		return c, fmt.Errorf("worker: config: %w", err)

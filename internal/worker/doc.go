@@ -20,7 +20,15 @@
 //     client keeps alive (pkg/registry), retrying while the cluster has no
 //     model yet or a dead predecessor's key still holds the ID, and
 //     registering again whenever the lease is lost; it then joins the
-//     gossip of the workers it finds in etcd;
+//     gossip of the workers it finds in etcd. Joining is bounded unless
+//     Config.Wait: etcd must answer within Config.ConnectTimeout (30 s),
+//     the first registration succeed within Config.RegisterTimeout (60 s;
+//     a cluster that serves no model fails with the clusters this etcd
+//     has, so a wrong name shows), and an ID held by another lease must be
+//     freed within that lease's TTL plus DuplicateIDMargin (a killed
+//     predecessor's is; a live worker's is not); else Run fails with one
+//     error wrapping ErrGaveUp. Retries log each new failure at once, then
+//     one line every RetryLogInterval with the time elapsed;
 //  5. watches its model's placement: for every new epoch it loads the
 //     experts it now owns and does not hold (model.LoadExpert reads only
 //     their tensors), then raises the server's epoch, then drops the

@@ -16,12 +16,9 @@ import (
 	"sync/atomic"
 	"time"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/switchyard/switchyard/internal/backoff"
 	"github.com/switchyard/switchyard/internal/jobrunner"
 	"github.com/switchyard/switchyard/internal/jobs"
-	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/membership"
@@ -74,6 +71,16 @@ func New(cfg Config) (*Worker, error) {
 	return &Worker{cfg: cfg, log: lg.With("worker", string(cfg.ID)), ready: make(chan struct{}), budget: ExpertBudget(cfg.MemBytes)}, nil
 }
 
+// isReady reports whether Ready is closed.
+func (w *Worker) isReady() bool {
+	select {
+	case <-w.ready:
+		return true
+	default:
+		return false
+	}
+}
+
 // Ready is closed once the worker has opened its model, serves gRPC and is
 // registered in etcd for the first time.
 func (w *Worker) Ready() <-chan struct{} { return w.ready }
@@ -108,8 +115,10 @@ var ErrRefused = errors.New("worker refused by the cluster")
 // reports statistics until ctx ends; then it leaves gracefully and returns
 // nil. It returns an error when the model cannot be opened, a listener
 // cannot be bound, or the cluster refuses the worker
-// (ErrRefused). Etcd being unreachable is not an error: Run keeps retrying
-// until ctx ends.
+// (ErrRefused), or it gives up joining the cluster (ErrGaveUp: etcd not
+// reachable within Config.ConnectTimeout, no model or another failure for
+// Config.RegisterTimeout, the ID held by another live worker); with
+// Config.Wait it keeps retrying those until ctx ends.
 func (w *Worker) Run(ctx context.Context) (err error) {
 	if !w.started.CompareAndSwap(false, true) {
 		return errors.New("worker: Run called twice")
@@ -170,9 +179,12 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 	}()
 	addr := advertise(cfg.AdvertiseAddr, lis.Addr().String())
 
-	cli, err := dial(ctx, cfg.Etcd, cfg.TLS, lg)
+	cli, err := w.dialEtcd(ctx)
 	if err != nil {
-		return nil // ctx ended before etcd answered: a normal stop
+		if ctx.Err() != nil {
+			return nil // ctx ended before etcd answered: a normal stop
+		}
+		return err
 	}
 	defer cli.Close() // after every goroutine using it has stopped (below)
 	reg, err := registry.New(cli, cfg.Cluster)
@@ -190,11 +202,20 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 			slow := time.AfterFunc(5*time.Second, func() {
 				lg.Warn("waiting for a coordinator to create the cluster's gossip key in etcd (is a coordinator running with TLS?)")
 			})
-			key, err = reg.GossipKey(ctx)
+			kctx, cancel := ctx, context.CancelFunc(func() {})
+			if !cfg.Wait {
+				kctx, cancel = context.WithTimeout(ctx, cfg.RegisterTimeout)
+			}
+			key, err = reg.GossipKey(kctx)
+			cancel()
 			slow.Stop()
 			if err != nil {
 				if ctx.Err() != nil {
 					return nil // stopped while starting: a normal stop
+				}
+				if kctx.Err() != nil {
+					return fmt.Errorf("worker %s: no coordinator created cluster %q's gossip key in etcd within %v (is a coordinator of this cluster running with TLS? --register-timeout; --wait keeps waiting): %w: %w",
+						cfg.ID, cfg.Cluster, cfg.RegisterTimeout, err, ErrGaveUp)
 				}
 				return fmt.Errorf("worker %s: %w", cfg.ID, err)
 			}
@@ -317,9 +338,19 @@ func (w *Worker) serveModel(ck *model.Checkpoint) (*transport.ExpertServer, erro
 func (w *Worker) registerLoop(ctx context.Context, reg *registry.Registry, gossip *membership.Node) error {
 	lg := w.log
 	bo := backoff.New(100*time.Millisecond, 2*time.Second)
-	lastErr := ""
+	rl := newRetryLog(lg)
+	var join *joinState // until the first registration
+	if !w.isReady() {
+		join = &joinState{w: w, reg: reg, start: rl.start}
+	}
 	for {
-		g, err := reg.Register(ctx, w.info, w.cfg.LeaseTTL)
+		actx, cancel := ctx, context.CancelFunc(func() {})
+		if join != nil && !w.cfg.Wait {
+			// One attempt may not hang past the bounds (etcd gone).
+			actx, cancel = context.WithTimeout(ctx, 5*time.Second)
+		}
+		g, err := reg.Register(actx, w.info, w.cfg.LeaseTTL)
+		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
@@ -329,17 +360,30 @@ func (w *Worker) registerLoop(ctx context.Context, reg *registry.Registry, gossi
 			}
 			// No model registered yet, or a killed predecessor's lease still
 			// holds the ID (it expires within its TTL), or etcd trouble.
-			if msg := err.Error(); msg != lastErr {
-				lg.Warn("not registered yet; retrying", "err", err)
-				lastErr = msg
+			if join != nil {
+				if gerr := join.failed(ctx, err); gerr != nil {
+					return gerr
+				}
 			}
+			kind := "other"
+			switch {
+			case errors.Is(err, registry.ErrNoModel):
+				kind = "no-model"
+			case errors.Is(err, registry.ErrWorkerExists):
+				kind = "id-held"
+			}
+			rl.note(kind, "not registered yet; retrying", "err", err)
 			if !bo.Wait(ctx) {
 				return nil
 			}
 			continue
 		}
 		bo.Reset()
-		lastErr = ""
+		if len(rl.seen) > 0 {
+			lg.Info("registered after retrying", "after", time.Since(rl.start).Round(100*time.Millisecond))
+		}
+		rl.reset()
+		join = nil
 		w.reg.Store(g)
 		lg.Info("registered", "lease", strconv.FormatInt(int64(g.Lease()), 16), "ttl", g.TTL(), "addr", w.info.Addr, "gossip", w.info.GossipAddr)
 		w.readyOnce.Do(func() { close(w.ready) })
@@ -649,31 +693,6 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
-}
-
-// dial connects to etcd, retrying with backoff until it answers or ctx
-// ends (a worker may start before its coordinator's embedded etcd).
-func dial(ctx context.Context, endpoints []string, creds *auth.Credentials, lg *slog.Logger) (*clientv3.Client, error) {
-	bo := backoff.New(100*time.Millisecond, 2*time.Second)
-	logged := false
-	for {
-		dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		cli, err := registry.DialTLS(dctx, endpoints, creds)
-		cancel()
-		if err == nil {
-			return cli, nil
-		}
-		if ctx.Err() != nil {
-			return nil, ctx.Err()
-		}
-		if !logged {
-			lg.Warn("etcd not reachable yet; retrying", "endpoints", endpoints, "err", err)
-			logged = true
-		}
-		if !bo.Wait(ctx) {
-			return nil, ctx.Err()
-		}
-	}
 }
 
 // version is the build's module version or VCS revision (informational).

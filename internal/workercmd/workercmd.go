@@ -18,6 +18,16 @@
 // version) exits with status 1 and the reason on stderr; SIGINT or SIGTERM
 // leaves gracefully (lease revoked, gossip left, requests drained) and
 // exits 0.
+//
+// Joining the cluster is bounded unless --wait: no etcd answer within
+// --connect-timeout (default 30s), no registration within
+// --register-timeout (default 60s; the usual cause is a --cluster that
+// serves no model, and the error lists the clusters etcd has), or an --id
+// still held by another live worker after that worker's lease TTL plus
+// worker.DuplicateIDMargin, each exit with status 1 and one error (see
+// worker.Config.ConnectTimeout, RegisterTimeout, Wait). Deployments that
+// start workers before etcd or before the coordinator registers the model
+// pass --wait.
 package workercmd
 
 import (
@@ -82,6 +92,18 @@ holds more, and sets the Go soft memory limit ` + fmt.Sprint(worker.SoftLimitMar
 GOMEMLIMIT is set). It prints one line when ready:
 
   worker: id=<id> grpc=<host:port> gossip=<host:port or -> model=<fingerprint, or - for a jobs-only worker> mem=<bytes or 0>
+
+Joining is bounded: the worker exits with status 1 and one error when no
+etcd endpoint answers within --connect-timeout (default ` + worker.DefaultConnectTimeout.String() + `), when
+its --cluster serves no model within --register-timeout (default ` + worker.DefaultRegisterTimeout.String() + `; the
+error lists the clusters this etcd has: a wrong --cluster shows), or when
+its --id stays held by another live worker for longer than that worker's
+lease TTL + ` + worker.DuplicateIDMargin.String() + ` (a killed predecessor's lease expires within its TTL, so a
+restarted worker under the same ID still registers). With --wait it keeps
+retrying instead, for deployments that start workers before etcd or before
+the coordinator registers the model. While retrying it logs each new
+failure at once and then one line every ` + worker.RetryLogInterval.String() + ` with the time elapsed. A
+worker of another model, protocol or quantization is refused at once.
 
 SIGINT or SIGTERM leaves the cluster gracefully.`,
 		Args:         cobra.NoArgs,
@@ -155,6 +177,9 @@ SIGINT or SIGTERM leaves the cluster gracefully.`,
 	f.StringVar(&mem, "mem", "auto", `the process's memory limit (e.g. 8GiB, 512MiB; "auto": the cgroup's; 0: unlimited); experts get it minus a runtime reserve`)
 	f.IntVar(&cfg.Cores, "cores", 0, "cores to announce (0: all of this machine's)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", d.LeaseTTL, "etcd lease TTL: a killed worker leaves the cluster within it")
+	f.DurationVar(&cfg.ConnectTimeout, "connect-timeout", d.ConnectTimeout, "give up (exit 1) when no etcd endpoint answers within this time at start, naming the endpoints and the last dial error")
+	f.DurationVar(&cfg.RegisterTimeout, "register-timeout", d.RegisterTimeout, "give up (exit 1) when the worker cannot register within this time once etcd answers: its --cluster serves no model (the error lists the clusters this etcd has), or etcd keeps failing; an --id held by another live worker gives up after that worker's lease TTL + "+worker.DuplicateIDMargin.String())
+	f.BoolVar(&cfg.Wait, "wait", false, "keep retrying forever instead of giving up after --connect-timeout, --register-timeout or a held --id (for deployments that start workers before etcd or the coordinator)")
 	f.DurationVar(&cfg.StatsInterval, "stats-interval", d.StatsInterval, "how often token counts are written to etcd")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", d.DrainTimeout, "how long in-flight requests may take at shutdown")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")

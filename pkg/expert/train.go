@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/switchyard/switchyard/pkg/router"
@@ -123,16 +124,23 @@ type trainKey struct {
 
 // trainState is the training side of a Store.
 type trainState struct {
-	mu      sync.Mutex
-	layers  map[trainKey]*storeLayerTrain
-	grads   map[ID]*FFN
-	gradMu  map[ID]*sync.Mutex // serializes accumulation into one expert's gradient
+	mu     sync.Mutex
+	layers map[trainKey]*storeLayerTrain
+	grads  map[ID]*FFN // the gradients Grad returns (stable buffers)
+	// parts holds each caller's contribution to an expert's gradient since
+	// the last ZeroGrad; FinishGrads adds them into grads in caller order,
+	// so the sum does not depend on the order the callers' backward calls
+	// arrived in (bitwise reproducible distributed training).
+	parts   map[ID]map[string]*FFN
+	dirty   map[ID]bool        // parts changed since grads was last summed
+	gradMu  map[ID]*sync.Mutex // serializes accumulation into one (expert, caller) part
 	touched map[ID]bool        // received rows since the last ZeroGrad
 }
 
 func (s *Store) ts() *trainState {
 	s.trainOnce.Do(func() {
-		s.train = &trainState{layers: map[trainKey]*storeLayerTrain{}, grads: map[ID]*FFN{}, gradMu: map[ID]*sync.Mutex{}, touched: map[ID]bool{}}
+		s.train = &trainState{layers: map[trainKey]*storeLayerTrain{}, grads: map[ID]*FFN{}, parts: map[ID]map[string]*FFN{},
+			dirty: map[ID]bool{}, gradMu: map[ID]*sync.Mutex{}, touched: map[ID]bool{}}
 	})
 	return s.train
 }
@@ -148,7 +156,12 @@ func (s *Store) Grad(id ID) *FFN {
 	if f == nil {
 		return nil
 	}
-	return s.grad(id, f)
+	g := s.grad(id, f)
+	t := s.ts()
+	t.mu.Lock()
+	t.finish(id)
+	t.mu.Unlock()
+	return g
 }
 
 // Touched reports whether an expert received rows since the last ZeroGrad.
@@ -165,11 +178,77 @@ func (s *Store) ZeroGrad() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for id, g := range t.grads {
-		clear(g.Gate.F32)
-		clear(g.Up.F32)
-		clear(g.Down.F32)
+		zeroFFN(g)
 		delete(t.touched, id)
+		delete(t.dirty, id)
 	}
+	for _, ps := range t.parts {
+		for _, p := range ps {
+			zeroFFN(p)
+		}
+	}
+}
+
+func zeroFFN(g *FFN) {
+	clear(g.Gate.F32)
+	clear(g.Up.F32)
+	clear(g.Down.F32)
+}
+
+// FinishGrads makes the gradient buffers (those Grad returns, which
+// optimizers hold on to) the sum of every caller's contribution since the
+// last ZeroGrad, added in caller order (sorted caller names; the local
+// model's "" first), so the result does not depend on the order in which
+// the callers' backward calls arrived: call it once all backward calls of
+// a step have returned, before the buffers are read. Grad does the same
+// for its expert. The first caller's part is copied and the others added,
+// so a single caller's gradient is exactly what its backward computed.
+func (s *Store) FinishGrads() {
+	t := s.ts()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for id := range t.dirty {
+		t.finish(id)
+	}
+}
+
+// finish sums id's parts into its gradient if they changed; t.mu held.
+func (t *trainState) finish(id ID) {
+	g, ps := t.grads[id], t.parts[id]
+	if !t.dirty[id] || g == nil {
+		return
+	}
+	delete(t.dirty, id)
+	callers := make([]string, 0, len(ps))
+	for c := range ps {
+		callers = append(callers, c)
+	}
+	slices.Sort(callers)
+	for i, c := range callers {
+		p := ps[c]
+		for _, m := range [][2][]float32{{g.Gate.F32, p.Gate.F32}, {g.Up.F32, p.Up.F32}, {g.Down.F32, p.Down.F32}} {
+			if i == 0 {
+				copy(m[0], m[1])
+			} else {
+				tensor.Add(m[0], m[1])
+			}
+		}
+	}
+}
+
+// part returns (creating, zeroed) caller's gradient part of an expert.
+func (t *trainState) part(id ID, caller string, f *FFN) *FFN {
+	ps := t.parts[id]
+	if ps == nil {
+		ps = map[string]*FFN{}
+		t.parts[id] = ps
+	}
+	p := ps[caller]
+	if p == nil {
+		p = NewFFNLike(f)
+		ps[caller] = p
+	}
+	return p
 }
 
 // grad returns (creating) the gradient buffer of an expert.
@@ -284,9 +363,11 @@ func (s *Store) BackwardTrainFor(ctx context.Context, caller string, layer int, 
 	locks := make([]*sync.Mutex, E)
 	for e, f := range st.ffns {
 		if f != nil {
-			grads[e] = s.grad(ID{layer, e}, f)
+			s.grad(ID{layer, e}, f) // the buffer Grad returns exists
 			t.mu.Lock()
+			grads[e] = t.part(ID{layer, e}, caller, f)
 			t.touched[ID{layer, e}] = true
+			t.dirty[ID{layer, e}] = true
 			locks[e] = t.gradMu[ID{layer, e}]
 			t.mu.Unlock()
 		}
@@ -309,7 +390,7 @@ func (s *Store) BackwardTrainFor(ctx context.Context, caller string, layer int, 
 			n := hi - lo
 			_, F := f.Dims()
 			scratch = growF(scratch, 3*n*F)
-			locks[e].Lock() // other callers may be accumulating into this expert
+			locks[e].Lock() // one caller's calls for a layer do not overlap; be safe
 			f.Backward(dx[lo*d:hi*d], dy[lo*d:hi*d], n, &st.acts[e], grads[e], scratch)
 			locks[e].Unlock()
 		}

@@ -250,7 +250,7 @@ func finishCheckpoint(tmp, dir string, cfg *model.Config, state TrainerState, ho
 	// match them is refused wherever it is loaded (VerifyCheckpoint).
 	sums, err := checksumDir(tmp)
 	if err != nil {
-		return err
+		return fmt.Errorf("train: checkpoint: checksums of %s: %w", tmp, err)
 	}
 	sb, _ := json.MarshalIndent(sums, "", "  ")
 	if err := writeFileSync(filepath.Join(tmp, ChecksumFile), sb); err != nil {
@@ -275,7 +275,10 @@ func writeFileSync(path string, data []byte) error {
 		f.Close()
 		return fmt.Errorf("train: checkpoint: %s: %w", path, err)
 	}
-	return f.Close()
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("train: checkpoint: %s: %w", path, err)
+	}
+	return nil
 }
 
 func syncDir(dir string) error {
@@ -288,6 +291,55 @@ func syncDir(dir string) error {
 		return fmt.Errorf("train: checkpoint: sync %s: %w", dir, err)
 	}
 	return nil
+}
+
+// RemoveStaleCheckpointTemps removes the unfinished checkpoints a crash
+// left in out: directories named checkpoint-<digits>.tmp (BeginCheckpoint's
+// temporary directories; nothing else is touched, not even other *.tmp
+// names). It returns the paths it removed; a missing out is no error. Call
+// it when a run starts, before any rank of it begins a checkpoint: a .tmp
+// is never the only copy of a complete checkpoint (replaceDir), so
+// removing one loses nothing a resume could use.
+func RemoveStaleCheckpointTemps(out string) ([]string, error) {
+	ents, err := os.ReadDir(out)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("train: %w", err)
+	}
+	var removed []string
+	var errs []error
+	for _, e := range ents {
+		if !e.IsDir() || !isCheckpointTemp(e.Name()) {
+			continue
+		}
+		path := filepath.Join(out, e.Name())
+		if err := os.RemoveAll(path); err != nil {
+			errs = append(errs, fmt.Errorf("train: remove unfinished checkpoint: %w", err))
+			continue
+		}
+		removed = append(removed, path)
+	}
+	return removed, errors.Join(errs...)
+}
+
+// isCheckpointTemp reports whether name is checkpoint-<digits>.tmp.
+func isCheckpointTemp(name string) bool {
+	rest, ok := strings.CutPrefix(name, checkpointPrefix)
+	if !ok {
+		return false
+	}
+	digits, ok := strings.CutSuffix(rest, ".tmp")
+	if !ok || digits == "" {
+		return false
+	}
+	for _, c := range digits {
+		if c < '0' || c > '9' {
+			return false
+		}
+	}
+	return true
 }
 
 // LatestCheckpoint returns the complete checkpoint with the most steps in

@@ -236,6 +236,10 @@ func (s *DistStepper) gradients(ctx context.Context, ids [][]int32) (*model.Step
 	if arErr != nil {
 		return nil, arErr
 	}
+	// Every rank finished its backward (the all-reduce's last bucket
+	// follows it), so every caller's expert gradients have arrived: add
+	// them up in a fixed order.
+	s.Store.FinishGrads()
 	if err := s.replicatedGrads(ctx); err != nil {
 		return nil, err
 	}

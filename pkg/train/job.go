@@ -68,7 +68,9 @@ type Prepared struct {
 
 // Prepare validates cfg, reads and tokenizes the text, and decides where
 // the weights come from (latest checkpoint if resuming, --init-from, or a
-// preset). logf receives progress messages (may be nil).
+// preset). It first removes the unfinished checkpoints a crash left in
+// cfg.Out (RemoveStaleCheckpointTemps), logging each. logf receives
+// progress messages (may be nil).
 func Prepare(cfg JobConfig, logf func(format string, args ...any)) (*Prepared, error) {
 	if logf == nil {
 		logf = func(string, ...any) {}
@@ -82,6 +84,16 @@ func Prepare(cfg JobConfig, logf func(format string, args ...any)) (*Prepared, e
 	}
 	sum := sha256.Sum256([]byte(text))
 	p := &Prepared{Cfg: cfg, TextHash: hex.EncodeToString(sum[:]), log: logf}
+	// A crash (of this run's predecessor) may have left unfinished
+	// checkpoints behind; they would only fill the disk.
+	removed, err := RemoveStaleCheckpointTemps(cfg.Out)
+	for _, dir := range removed {
+		logf("train: removed unfinished checkpoint %s (left by an interrupted run)", dir)
+	}
+	if err != nil {
+		// Not fatal here: a checkpoint that cannot be written fails later.
+		logf("train: %v", err)
+	}
 	if cfg.Resume {
 		if p.ResumeDir, err = LatestCheckpoint(cfg.Out); err != nil {
 			return nil, err

@@ -128,6 +128,7 @@ func (s *Stepper) TrainStep(ctx context.Context, ids [][]int32) (*StepOut, error
 	if err := s.Model.TrainBackward(ctx, s.state, s.Grads); err != nil {
 		return nil, err
 	}
+	s.Store.FinishGrads()
 	t0 := time.Now()
 	params := s.Params()
 	out := &StepOut{StepResult: *res, LR: s.Cfg.LR(s.Step), GradNorm: optim.GradNorm(params)}
@@ -205,6 +206,7 @@ func (s *Stepper) Gradients(ctx context.Context, ids [][]int32) ([]NamedGrad, er
 	if err := s.Model.TrainBackward(ctx, s.state, s.Grads); err != nil {
 		return nil, err
 	}
+	s.Store.FinishGrads()
 	var out []NamedGrad
 	for i, r := range s.dense {
 		if r.Trained {

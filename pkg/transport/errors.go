@@ -181,3 +181,21 @@ func fromRPCError(err error) error {
 	}
 	return err
 }
+
+// PeerError is a training exchange that failed on one worker: which
+// worker, at which address ("in process" for the caller's own scope), in
+// which operation. errors.Is(err, ErrPeerUnavailable) tells whether the
+// worker could not be reached (its process or host is likely gone) from an
+// answer it gave.
+type PeerError struct {
+	Worker cluster.WorkerID
+	Addr   string
+	Op     string // e.g. "forward of layer 3"
+	Err    error
+}
+
+func (e *PeerError) Error() string {
+	return fmt.Sprintf("transport: %s on worker %s (%s): %v", e.Op, e.Worker, e.Addr, e.Err)
+}
+
+func (e *PeerError) Unwrap() error { return e.Err }

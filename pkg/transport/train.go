@@ -309,7 +309,7 @@ func (t *RemoteTrainer) each(ctx context.Context, phase pb.Phase, layer int, fw 
 		if dst.peer != nil {
 			where = dst.peer.addr
 		}
-		err = fmt.Errorf("transport: %s of layer %d on worker %s (%s): %w", phaseName(phase), layer, dst.w, where, err)
+		err = &PeerError{Worker: dst.w, Addr: where, Op: fmt.Sprintf("%s of layer %d", phaseName(phase), layer), Err: err}
 		if ctx.Err() == nil && errors.Is(err, context.Canceled) {
 			cancelled = append(cancelled, err) // stopped because another owner failed
 			continue

@@ -1,8 +1,10 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"math"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -243,4 +245,107 @@ func TestTrainingSurvivesAStoppedWorker(t *testing.T) {
 	}
 	t.Logf("worker %s stopped at step >= 6; attempt 1 failed after %v: %s\nre-formed on %v (attempt %d) from the last checkpoint; finished %d steps, worst |loss - one process| %.2g",
 		victim, failAfter.Round(time.Millisecond), msg, final.Assigned, final.Attempt, steps, worst)
+}
+
+// TestElasticTrainingReformsAfterSIGKILL is the user's report turned into
+// a test: a job of 2 to 3 workers (--min-workers 2) on 3 jobs-only worker
+// processes; one is SIGKILLed mid-job. Its etcd lease lives on for up to
+// the TTL (5 s), yet the next attempt must not wait for it nor pick it:
+// the job re-forms on the two survivors, resumes from its last
+// checkpoint, and finishes with every step's loss equal to one process's
+// (the global batch does not depend on the worker count).
+func TestElasticTrainingReformsAfterSIGKILL(t *testing.T) {
+	needE2E(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	const steps = 24
+	ref, err := train.Run(ctx, jobConfig(t, t.TempDir(), steps), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lc := startCluster(t, ctx, localcluster.Options{Workers: 3, WidenBF16: true})
+	js := jobs.NewStore(lc.Client, lc.Registry.Cluster())
+	out := t.TempDir()
+	if err := js.Submit(ctx, jobs.Spec{ID: "job", Job: jobConfig(t, out, steps), Workers: 3, MinWorkers: 2}); err != nil {
+		t.Fatal(err)
+	}
+	sp, _ := waitJob(t, ctx, js, "job", func(sp *jobs.Spec, st jobs.Status) bool { return sp.State == jobs.Running && st.Step >= 6 })
+	if len(sp.Assigned) != 3 {
+		t.Fatalf("first attempt on %v, want all 3 workers", sp.Assigned)
+	}
+	victim := sp.Assigned[2]
+	lc.Proc(victim).Kill() // SIGKILL
+	killed := time.Now()
+	re, _ := waitJob(t, ctx, js, "job", func(sp *jobs.Spec, _ jobs.Status) bool { return sp.Attempt >= 2 && sp.State == jobs.Running })
+	reform := time.Since(killed)
+	if slices.Contains(re.Assigned, victim) || len(re.Assigned) != 2 {
+		t.Errorf("attempt %d on %v: want the 2 survivors, not %s", re.Attempt, re.Assigned, victim)
+	}
+	if re.Attempt != 2 {
+		t.Errorf("re-formed at attempt %d (history %v): an attempt was wasted on the dead worker", re.Attempt, re.History)
+	}
+	if reform > 30*time.Second {
+		t.Errorf("re-formed %v after the kill", reform)
+	}
+	final, st := waitJob(t, ctx, js, "job", func(sp *jobs.Spec, _ jobs.Status) bool { return sp.State == jobs.Done })
+	got := readLosses(t, st.Checkpoint)
+	if len(got) != steps {
+		t.Fatalf("%d losses, want %d", len(got), steps)
+	}
+	worst := 0.0
+	for i := range ref.Losses {
+		d := math.Abs(got[i] - ref.Losses[i])
+		worst = math.Max(worst, d)
+		if !(d <= resumeLossTol) {
+			t.Errorf("step %d: loss %.8f, uninterrupted one process %.8f: |diff| %.2g > %g", i+1, got[i], ref.Losses[i], d, resumeLossTol)
+		}
+	}
+	t.Logf("SIGKILL of %s at step >= 6; attempt 2 running on %v %v later (cause: %v; suspects %v); done at attempt %d, worst |loss - one process| %.2g",
+		victim, re.Assigned, reform.Round(time.Millisecond), re.History, re.Suspects, final.Attempt, worst)
+}
+
+// TestDistributedTrainingIsBitwiseReproducible runs the same 3-worker job
+// twice (fresh job, same cluster): every loss and the final checkpoint's
+// weights are bit-identical. Expert gradients from the three ranks are
+// added in rank order whatever order they arrive in (expert.Store
+// FinishGrads), and the ring all-reduce sums in a fixed order.
+func TestDistributedTrainingIsBitwiseReproducible(t *testing.T) {
+	needE2E(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	const steps = 12
+	lc := startCluster(t, ctx, localcluster.Options{Workers: 3, WidenBF16: true})
+	js := jobs.NewStore(lc.Client, lc.Registry.Cluster())
+	var losses [][]float64
+	var weights [][]byte
+	for i, id := range []string{"run1", "run2"} {
+		out := t.TempDir()
+		if err := js.Submit(ctx, jobs.Spec{ID: id, Job: jobConfig(t, out, steps), Workers: 3}); err != nil {
+			t.Fatal(err)
+		}
+		_, st := waitJob(t, ctx, js, id, func(sp *jobs.Spec, _ jobs.Status) bool { return sp.State == jobs.Done })
+		losses = append(losses, readLosses(t, st.Checkpoint))
+		files, err := filepath.Glob(filepath.Join(st.Checkpoint, "model-*.safetensors"))
+		if err != nil || len(files) < 2 {
+			t.Fatalf("checkpoint %s: weight files %v (%v)", st.Checkpoint, files, err)
+		}
+		var all []byte
+		for _, f := range files { // Glob sorts
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			all = append(append(all, filepath.Base(f)...), b...)
+		}
+		weights = append(weights, all)
+		t.Logf("run %d: losses %v", i+1, losses[i])
+	}
+	for i := range losses[0] {
+		if math.Float64bits(losses[0][i]) != math.Float64bits(losses[1][i]) {
+			t.Errorf("step %d: loss %.17g then %.17g", i+1, losses[0][i], losses[1][i])
+		}
+	}
+	if !bytes.Equal(weights[0], weights[1]) {
+		t.Error("the two runs' final checkpoints differ")
+	}
 }
