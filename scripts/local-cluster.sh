@@ -3,7 +3,7 @@
 # (with its embedded etcd on a free port, the model registered) and N worker
 # processes, each in the background with its log in a state folder.
 #
-#   scripts/local-cluster.sh up N [--model DIR] [--dir STATE] [--replicas R] [--lease-ttl D] [--tls] [--data-root DIR]
+#   scripts/local-cluster.sh up N [--model DIR] [--dir STATE] [--replicas R] [--lease-ttl D] [--tls] [--data-root DIR] [--coordinators K]
 #   scripts/local-cluster.sh status [--dir STATE] [--json]
 #   scripts/local-cluster.sh down [--dir STATE]
 #
@@ -15,6 +15,12 @@
 # testdata/golden/qwen2_moe, STATE ${TMPDIR:-/tmp}/switchyard-local-cluster.
 # Training jobs' paths are relative to the workers' --data-root (default: the
 # directory this script runs from) and confined to it.
+#
+# --coordinators K (K >= 2) runs etcd in a process of its own (switchyard
+# etcd; STATE/etcd.pid) and K coordinators c1..cK on it (STATE/coordinator.pid,
+# STATE/coordinator2.pid, ...): one leads, the others take over within the
+# leader's session TTL (5 s) when it dies, so a coordinator's death stalls
+# neither a training job nor the serving placement.
 #
 # --tls makes a development CA and certificates in STATE/tls (scripts/dev-ca.sh:
 # coordinator, w1..wN, fe1, fe2, client) and runs everything with mutual TLS:
@@ -28,7 +34,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cluster=local
 
 usage() {
-	sed -n '2,24p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 
@@ -48,6 +54,7 @@ lease_ttl=5s
 json=
 tls=
 data_root=
+coordinators=1
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--model) model=$2; shift 2 ;;
@@ -57,6 +64,7 @@ while [[ $# -gt 0 ]]; do
 	--json) json=--json; shift ;;
 	--tls) tls=1; shift ;;
 	--data-root) data_root=$2; shift 2 ;;
+	--coordinators) coordinators=$2; shift 2 ;;
 	*) echo "local-cluster: unknown argument $1" >&2; usage ;;
 	esac
 done
@@ -101,7 +109,10 @@ down() {
 		stoppers+=($!)
 	done
 	[[ ${#stoppers[@]} -eq 0 ]] || wait "${stoppers[@]}"
-	stop "$state/coordinator.pid"
+	for f in "$state"/coordinator*.pid; do
+		stop "$f"
+	done
+	stop "$state/etcd.pid"
 	shopt -u nullglob
 	rm -rf "$state/etcd" "$state/endpoint" "$state/tls-flags"
 }
@@ -136,7 +147,7 @@ await() {
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
 
 up() {
-	if alive "$state/coordinator.pid"; then
+	if alive "$state/coordinator.pid" || alive "$state/etcd.pid"; then
 		echo "local-cluster: already running (state in $state); run: $0 down --dir $state" >&2
 		exit 1
 	fi
@@ -156,12 +167,35 @@ up() {
 	grep -q '"bfloat16"' "$model/config.json" && elem=2
 
 	trap 'echo "local-cluster: up failed; stopping what started" >&2; down' ERR
-	setsid "$bin/coordinator" --listen-client-urls 127.0.0.1:0 --listen-peer-urls 127.0.0.1:0 \
-		--data-dir "$state/etcd" --cluster "$cluster" --name local --model "$model" \
-		--elem-bytes "$elem" --replicas "$replicas" --expect-workers "$n" $(tlsflags coordinator) \
-		>"$state/coordinator.out" 2>"$state/coordinator.log" </dev/null &
-	echo $! >"$state/coordinator.pid"
-	line=$(await "$state/coordinator.out" '^coordinator: etcd=' 60 "$state/coordinator.pid")
+	if [[ $coordinators -le 1 ]]; then
+		setsid "$bin/coordinator" --listen-client-urls 127.0.0.1:0 --listen-peer-urls 127.0.0.1:0 \
+			--data-dir "$state/etcd" --cluster "$cluster" --name local --model "$model" \
+			--elem-bytes "$elem" --replicas "$replicas" --expect-workers "$n" $(tlsflags coordinator) \
+			>"$state/coordinator.out" 2>"$state/coordinator.log" </dev/null &
+		echo $! >"$state/coordinator.pid"
+		line=$(await "$state/coordinator.out" '^coordinator: etcd=' 60 "$state/coordinator.pid")
+	else
+		scheme=http
+		[[ -z $tls ]] || scheme=https
+		setsid "$bin/switchyard" etcd --name local --data-dir "$state/etcd" \
+			--listen-client-urls "$scheme://127.0.0.1:0" --listen-peer-urls "$scheme://127.0.0.1:0" $(tlsflags coordinator) \
+			>"$state/etcd.out" 2>"$state/etcd.log" </dev/null &
+		echo $! >"$state/etcd.pid"
+		etcd=$(await "$state/etcd.out" '^etcd: ready' 60 "$state/etcd.pid" | field client)
+		rbac=
+		[[ -z $tls ]] || rbac=--etcd-rbac
+		for ((c = 1; c <= coordinators; c++)); do
+			pidf=$state/coordinator.pid out=$state/coordinator.out log=$state/coordinator.log
+			[[ $c -eq 1 ]] || pidf=$state/coordinator$c.pid out=$state/coordinator$c.out log=$state/coordinator$c.log
+			setsid "$bin/coordinator" --etcd "$etcd" --cluster "$cluster" --name "c$c" --model "$model" \
+				--elem-bytes "$elem" --replicas "$replicas" --expect-workers "$n" $(tlsflags coordinator) $rbac \
+				>"$out" 2>"$log" </dev/null &
+			echo $! >"$pidf"
+			line=$(await "$out" '^coordinator: etcd=' 60 "$pidf")
+			rbac= # once is enough
+		done
+		line=$(grep -m1 '^coordinator: etcd=' "$state/coordinator.out")
+	fi
 	etcd=$(echo "$line" | sed -n 's/^coordinator: etcd=\([^ ]*\).*/\1/p')
 	fp=$(echo "$line" | field model)
 	echo "$etcd" >"$state/endpoint"
@@ -179,7 +213,16 @@ up() {
 	trap - ERR
 
 	echo "local cluster \"$cluster\" is up (state and logs in $state)"
-	printf '  %-12s %-28s pid %-7s log %s\n' etcd "$etcd" "$(cat "$state/coordinator.pid")" "$state/coordinator.log"
+	if [[ -f $state/etcd.pid ]]; then
+		printf '  %-12s %-28s pid %-7s log %s\n' etcd "$etcd" "$(cat "$state/etcd.pid")" "$state/etcd.log"
+		for ((c = 1; c <= coordinators; c++)); do
+			pidf=$state/coordinator.pid log=$state/coordinator.log
+			[[ $c -eq 1 ]] || pidf=$state/coordinator$c.pid log=$state/coordinator$c.log
+			printf '  %-12s %-28s pid %-7s log %s\n' "c$c" "coordinator" "$(cat "$pidf")" "$log"
+		done
+	else
+		printf '  %-12s %-28s pid %-7s log %s\n' etcd "$etcd" "$(cat "$state/coordinator.pid")" "$state/coordinator.log"
+	fi
 	for ((i = 1; i <= n; i++)); do
 		line=$(grep -m1 '^worker: id=' "$state/w$i.out")
 		printf '  %-12s grpc=%-22s gossip=%-22s pid %-7s log %s\n' "w$i" "$(echo "$line" | field grpc)" \
@@ -193,7 +236,7 @@ up() {
 }
 
 status() {
-	[[ -f $state/endpoint ]] && alive "$state/coordinator.pid" || { echo "local-cluster: not running (state $state)" >&2; exit 1; }
+	[[ -f $state/endpoint ]] && { alive "$state/coordinator.pid" || alive "$state/etcd.pid"; } || { echo "local-cluster: not running (state $state)" >&2; exit 1; }
 	local flags=
 	[[ ! -f $state/tls-flags ]] || flags=$(cat "$state/tls-flags")
 	"$bin/switchyard" status --etcd "$(cat "$state/endpoint")" --cluster "$cluster" $json $flags

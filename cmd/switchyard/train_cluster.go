@@ -107,16 +107,36 @@ func followJob(ctx context.Context, store *jobs.Store, id string, cfg train.JobC
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
 	lastStep, lastState, lastAttempt, told := -1, jobs.State(""), 0, 0
-	var lastPrint time.Time
+	var lastPrint, lost, lostSaid time.Time
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-t.C:
 		}
-		sp, _, err := store.Get(ctx, id)
+		gctx, gcancel := context.WithTimeout(ctx, 3*time.Second)
+		sp, _, err := store.Get(gctx, id)
+		gcancel()
 		if err != nil {
-			return err
+			if errors.Is(err, jobs.ErrNotFound) || ctx.Err() != nil {
+				return err
+			}
+			// etcd unreachable (or no quorum): the job goes on without this
+			// client; say so once, then every 30 s, and carry on.
+			if lost.IsZero() {
+				lost = time.Now()
+				fmt.Fprintf(stderr, "train: lost etcd: %v (the job keeps running on the cluster; retrying)\n", err)
+			} else if time.Since(lostSaid) > 30*time.Second {
+				fmt.Fprintf(stderr, "train: etcd unreachable for %v: %v\n", time.Since(lost).Round(time.Second), err)
+			} else {
+				continue
+			}
+			lostSaid = time.Now()
+			continue
+		}
+		if !lost.IsZero() {
+			fmt.Fprintf(stderr, "train: etcd reachable again after %v\n", time.Since(lost).Round(100*time.Millisecond))
+			lost = time.Time{}
 		}
 		st, _ := store.Status(ctx, id)
 		// Every failed attempt's cause, even when the job re-formed

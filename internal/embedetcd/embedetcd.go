@@ -63,6 +63,14 @@ type Config struct {
 	// UnsafeNoFsync skips fsync: faster, loses data on power failure. For
 	// tests.
 	UnsafeNoFsync bool
+	// InitialCluster, when set, makes the server one member of a cluster
+	// of several: "name1=peerURL1,name2=peerURL2,..." (etcd's
+	// --initial-cluster, this member's Name and PeerURL among them; peer
+	// ports must be fixed). Empty: a single-node cluster.
+	InitialCluster string
+	// ClusterState is "new" (default) to form InitialCluster, or
+	// "existing" for a member that joins a running cluster.
+	ClusterState string
 	// TLS, when set, serves clients and peers over TLS only (ClientURL and
 	// PeerURL must be https://) and requires client certificates chaining
 	// to TLS.CA on both (etcd's --client-cert-auth and
@@ -172,6 +180,13 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	ec.ListenPeerUrls = []url.URL{*purl}
 	ec.AdvertisePeerUrls = []url.URL{*purl}
 	ec.InitialCluster = ec.InitialClusterFromName(cfg.Name)
+	if cfg.InitialCluster != "" {
+		ec.InitialCluster = cfg.InitialCluster
+		ec.InitialClusterToken = "switchyard"
+	}
+	if cfg.ClusterState != "" {
+		ec.ClusterState = cfg.ClusterState
+	}
 	ec.TickMs = cfg.TickMs
 	ec.ElectionMs = cfg.ElectionMs
 	ec.Logger = "zap"

@@ -349,3 +349,56 @@ func TestDistributedTrainingIsBitwiseReproducible(t *testing.T) {
 		t.Error("the two runs' final checkpoints differ")
 	}
 }
+
+// TestResumeAfterAFaultIsBitwiseExact: a fixed-size job of 3 ranks on 4
+// workers loses a rank to SIGKILL mid-job; it re-forms on 3 (the spare
+// joins), resumes from its last checkpoint, and ends with exactly the
+// losses and weights of the same job run without a fault.
+func TestResumeAfterAFaultIsBitwiseExact(t *testing.T) {
+	needE2E(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	const steps = 24
+	lc := startCluster(t, ctx, localcluster.Options{Workers: 4, WidenBF16: true})
+	js := jobs.NewStore(lc.Client, lc.Registry.Cluster())
+	run := func(id string, fault bool) ([]float64, []byte, *jobs.Spec) {
+		if err := js.Submit(ctx, jobs.Spec{ID: id, Job: jobConfig(t, t.TempDir(), steps), Workers: 3}); err != nil {
+			t.Fatal(err)
+		}
+		if fault {
+			sp, _ := waitJob(t, ctx, js, id, func(sp *jobs.Spec, st jobs.Status) bool { return sp.State == jobs.Running && st.Step >= 10 })
+			lc.Proc(sp.Assigned[1]).Kill()
+		}
+		sp, st := waitJob(t, ctx, js, id, func(sp *jobs.Spec, _ jobs.Status) bool { return sp.State == jobs.Done })
+		files, err := filepath.Glob(filepath.Join(st.Checkpoint, "model-*.safetensors"))
+		if err != nil || len(files) < 2 {
+			t.Fatalf("checkpoint %s: %v %v", st.Checkpoint, files, err)
+		}
+		var all []byte
+		for _, f := range files {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			all = append(append(all, filepath.Base(f)...), b...)
+		}
+		return readLosses(t, st.Checkpoint), all, sp
+	}
+	refLoss, refW, _ := run("clean", false)
+	gotLoss, gotW, sp := run("faulted", true)
+	if sp.Attempt < 2 || len(sp.Assigned) != 3 {
+		t.Fatalf("faulted job: attempt %d on %v; want a second attempt on 3 workers", sp.Attempt, sp.Assigned)
+	}
+	if len(gotLoss) != steps {
+		t.Fatalf("%d losses, want %d", len(gotLoss), steps)
+	}
+	for i := range refLoss {
+		if math.Float64bits(refLoss[i]) != math.Float64bits(gotLoss[i]) {
+			t.Errorf("step %d: loss %.17g after the fault, %.17g without", i+1, gotLoss[i], refLoss[i])
+		}
+	}
+	if !bytes.Equal(refW, gotW) {
+		t.Error("the final weights differ from the run without a fault")
+	}
+	t.Logf("attempt %d on %v after %v; %d losses and the final weights bit-identical to the clean run", sp.Attempt, sp.Assigned, sp.History, steps)
+}

@@ -1,0 +1,162 @@
+package e2e
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/switchyard/switchyard/internal/jobs"
+	"github.com/switchyard/switchyard/pkg/registry"
+	"github.com/switchyard/switchyard/pkg/train"
+)
+
+// TestControlPlaneSurvivesItsCrashes runs scripts/local-cluster.sh with
+// etcd in a process of its own and two coordinators (--coordinators 2),
+// and a training job submitted by `switchyard train --etcd`. Mid-job the
+// leading coordinator is SIGKILLed: the other leads within the session
+// TTL and the job keeps stepping; then etcd itself is frozen (SIGSTOP) for
+// 4 s: the train client reports the loss within seconds and its return,
+// and the job still finishes with every step recorded once.
+func TestControlPlaneSurvivesItsCrashes(t *testing.T) {
+	needE2E(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	state, dataRoot := t.TempDir(), t.TempDir()
+	for src, dst := range map[string]string{bookPath: "book.txt", gpt2Tok: "tokenizer.json"} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dataRoot, dst), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	etcd := localClusterUp(t, ctx, state, "3", "--coordinators", "2", "--data-root", dataRoot)
+	cli, err := registry.Dial(ctx, []string{etcd})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	reg, err := registry.New(cli, "local")
+	if err != nil {
+		t.Fatal(err)
+	}
+	js := jobs.NewStore(cli, "local")
+
+	const steps = 1000 // ~25 s on 2 cores: long enough for both faults
+	tr := startProcess(t, "train", "--etcd", etcd, "--cluster", "local", "--workers", "2",
+		"--preset", "dsv3-micro", "--text", "book.txt", "--tokenizer", "tokenizer.json", "--out", "run",
+		"--steps", strconv.Itoa(steps), "--batch", "4", "--seq-len", "32", "--eval-every", "0", "--save-every", "100", "--warmup", "4")
+	// The job's ID is in the client's output.
+	var id string
+	waitFor(t, ctx, "the job submitted", func() bool {
+		out := tr.out.String()
+		if i := strings.Index(out, "submitted job "); i >= 0 {
+			id = strings.Fields(out[i+len("submitted job "):])[0]
+			return true
+		}
+		return false
+	})
+	step := func() int {
+		st, _ := js.Status(ctx, id)
+		return st.Step
+	}
+	waitForWhile(t, ctx, "step 5", tr, func() bool { return step() >= 5 })
+
+	leader, _, err := reg.Leader(ctx)
+	if err != nil || (leader != "c1" && leader != "c2") {
+		t.Fatalf("leader %q (%v), want c1 or c2", leader, err)
+	}
+	pidFile := map[string]string{"c1": "coordinator.pid", "c2": "coordinator2.pid"}[leader]
+	b, err := os.ReadFile(filepath.Join(state, pidFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	before := step()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	// The ranks need no coordinator to step: the job goes on at once.
+	waitForWhile(t, ctx, "the job stepping on", tr, func() bool { return step() >= before+3 })
+	stepping := time.Since(killed)
+	var next string
+	waitFor(t, ctx, "another coordinator leading", func() bool {
+		next, _, _ = reg.Leader(ctx)
+		return next != "" && next != leader
+	})
+	takeover := time.Since(killed)
+	if takeover > 20*time.Second {
+		t.Errorf("%s took over %v after %s died (session TTL 5 s)", next, takeover, leader)
+	}
+
+	// etcd freezes for 4 s: the client says so, then that it is back.
+	b, err = os.ReadFile(filepath.Join(state, "etcd.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	epid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err := syscall.Kill(epid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	frozen := time.Now()
+	waitForWhile(t, ctx, "the client reporting the lost etcd", tr, func() bool { return strings.Contains(tr.out.String(), "train: lost etcd") })
+	reported := time.Since(frozen)
+	time.Sleep(4*time.Second - time.Since(frozen))
+	if err := syscall.Kill(epid, syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	waitForWhile(t, ctx, "the client reporting etcd back", tr, func() bool { return strings.Contains(tr.out.String(), "etcd reachable again") })
+
+	select {
+	case <-tr.exited:
+	case <-ctx.Done():
+		t.Fatalf("train did not finish:\n%s", tr.out.String())
+	}
+	if tr.err != nil {
+		t.Fatalf("train: %v\n%s", tr.err, tr.out.String())
+	}
+	ckpt, err := train.LatestCheckpoint(filepath.Join(dataRoot, "run"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := readLosses(t, ckpt); len(got) != steps {
+		t.Errorf("%d losses recorded, want %d (no step lost or repeated)", len(got), steps)
+	}
+	report(t, "control plane: leader %s SIGKILLed at step %d: the job stepped on (3 steps) within %v, %s led %v later; etcd frozen 4 s: the train client reported it after %v; %d steps done, none lost or repeated",
+		leader, before, stepping.Round(time.Millisecond), next, takeover.Round(time.Millisecond), reported.Round(time.Millisecond), steps)
+}
+
+// waitFor polls cond every 50 ms until it holds or ctx ends (a failure
+// naming what).
+func waitFor(t *testing.T, ctx context.Context, what string, cond func() bool) {
+	t.Helper()
+	waitForWhile(t, ctx, what, nil, cond)
+}
+
+// waitForWhile is waitFor that also fails at once if p exits first.
+func waitForWhile(t *testing.T, ctx context.Context, what string, p *process, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		var exited <-chan struct{}
+		if p != nil {
+			exited = p.exited
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("waiting for %s: %v", what, ctx.Err())
+		case <-exited:
+			if !cond() {
+				t.Fatalf("waiting for %s: %s exited (%v):\n%s", what, p.cmd.Args[1], p.err, p.out.String())
+			}
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
