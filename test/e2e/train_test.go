@@ -5,6 +5,7 @@ import (
 	"context"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -401,4 +402,49 @@ func TestResumeAfterAFaultIsBitwiseExact(t *testing.T) {
 		t.Error("the final weights differ from the run without a fault")
 	}
 	t.Logf("attempt %d on %v after %v; %d losses and the final weights bit-identical to the clean run", sp.Attempt, sp.Assigned, sp.History, steps)
+}
+
+// TestFullDiskFailsTheJobAtOnce: a job whose output folder is a full
+// file system (a 256 KiB tmpfs) fails with ENOSPC at its first checkpoint;
+// retrying cannot fix that, so the job is abandoned at once, naming the
+// file, instead of being retried (and its steps recomputed) MaxAttempts
+// times.
+func TestFullDiskFailsTheJobAtOnce(t *testing.T) {
+	needE2E(t)
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a small tmpfs")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	out := t.TempDir()
+	if b, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", out).CombinedOutput(); err != nil {
+		t.Skipf("mount tmpfs: %v: %s", err, b)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", out).Run() })
+	lc := startCluster(t, ctx, localcluster.Options{Workers: 2, WidenBF16: true})
+	js := jobs.NewStore(lc.Client, lc.Registry.Cluster())
+	cfg := jobConfig(t, out, 12)
+	if err := js.Submit(ctx, jobs.Spec{ID: "full", Job: cfg, Workers: 2, MaxAttempts: 3}); err != nil {
+		t.Fatal(err)
+	}
+	var sp *jobs.Spec
+	for {
+		var err error
+		if sp, _, err = js.Get(ctx, "full"); err != nil {
+			t.Fatal(err)
+		}
+		if sp.State == jobs.Abandoned || sp.State == jobs.Done {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("job never ended: %+v", sp)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	if sp.State != jobs.Abandoned || sp.Attempt != 1 || !strings.Contains(sp.Error, "not retried") ||
+		!strings.Contains(sp.Error, "no space left on device") || !strings.Contains(sp.Error, "checkpoint-") {
+		t.Fatalf("job %s at attempt %d: %s (want abandoned at attempt 1 with ENOSPC naming the checkpoint file)", sp.State, sp.Attempt, sp.Error)
+	}
+	t.Logf("abandoned at attempt %d: %s", sp.Attempt, sp.Error)
 }
