@@ -142,7 +142,11 @@ func followJob(ctx context.Context, store *jobs.Store, id string, cfg train.JobC
 		// Every failed attempt's cause, even when the job re-formed
 		// between two polls.
 		for ; told < len(sp.History); told++ {
-			fmt.Fprintf(stderr, "train: failed: %s\n", sp.History[told])
+			if h := sp.History[told]; strings.Contains(h, "to grow onto more workers") {
+				fmt.Fprintf(stderr, "train: %s\n", h)
+			} else {
+				fmt.Fprintf(stderr, "train: failed: %s\n", h)
+			}
 		}
 		if sp.State == jobs.Failed && lastState != jobs.Failed {
 			fmt.Fprintf(stderr, "train: failed: %s\n", sp.Error)

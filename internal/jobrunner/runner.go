@@ -26,6 +26,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"sync/atomic"
 	"time"
 
 	"github.com/switchyard/switchyard/internal/jobs"
@@ -119,6 +120,7 @@ func (r *Runner) Run(ctx context.Context) error {
 		attempt int
 		cancel  context.CancelFunc
 		done    chan struct{}
+		grow    *atomic.Bool // the scheduler asked the job to grow
 	}
 	var cur *running
 	defer func() {
@@ -127,10 +129,33 @@ func (r *Runner) Run(ctx context.Context) error {
 			<-cur.done
 		}
 	}()
-	for list := range r.Jobs.Watch(ctx) {
+	// ran is the last attempt of each job this worker ran a rank of to its
+	// end: a rank that finished (or failed) is not started again while the
+	// spec still shows its attempt (rank 0 records the outcome a moment
+	// later).
+	ran := map[string]int{}
+	watch := r.Jobs.Watch(ctx)
+	var list []*jobs.Spec
+	for {
+		var ended <-chan struct{}
+		if cur != nil {
+			ended = cur.done
+		}
+		select {
+		case l, ok := <-watch:
+			if !ok {
+				return nil
+			}
+			list = l
+		case <-ended:
+			// The running rank ended (e.g. cancelled because its attempt
+			// was replaced): look at the latest specs again, where the new
+			// attempt may already be waiting for this worker.
+		}
 		if cur != nil {
 			select {
 			case <-cur.done:
+				ran[cur.id] = cur.attempt
 				cur = nil
 			default:
 			}
@@ -141,20 +166,26 @@ func (r *Runner) Run(ctx context.Context) error {
 			if cur != nil && cur.id == sp.ID && (!active || sp.Attempt != cur.attempt) {
 				cur.cancel() // the attempt failed elsewhere or was replaced
 			}
+			if cur != nil && cur.id == sp.ID && sp.Attempt == cur.attempt && sp.Grow {
+				cur.grow.Store(true) // vote to stop at the next step
+			}
+			if a, ok := ran[sp.ID]; ok && a == sp.Attempt {
+				continue
+			}
 			if cur != nil || !active || rank < 0 {
 				continue
 			}
 			rctx, cancel := context.WithCancel(ctx)
-			c := &running{id: sp.ID, attempt: sp.Attempt, cancel: cancel, done: make(chan struct{})}
+			c := &running{id: sp.ID, attempt: sp.Attempt, cancel: cancel, done: make(chan struct{}), grow: new(atomic.Bool)}
+			c.grow.Store(sp.Grow)
 			cur = c
 			go func(sp jobs.Spec, rank int) {
 				defer close(c.done)
 				defer cancel()
-				r.runRank(rctx, sp, rank)
+				r.runRank(rctx, sp, rank, c.grow)
 			}(*sp, rank)
 		}
 	}
-	return nil
 }
 
 // blame names the workers a failed rank's error points at (never self):
@@ -209,10 +240,33 @@ func indexOf(ws []cluster.WorkerID, w cluster.WorkerID) int {
 }
 
 // runRank runs one rank of one attempt and records its outcome in etcd.
-func (r *Runner) runRank(ctx context.Context, sp jobs.Spec, rank int) {
+func (r *Runner) runRank(ctx context.Context, sp jobs.Spec, rank int, grow *atomic.Bool) {
 	lg := r.Cfg.Log.With("job", sp.ID, "attempt", sp.Attempt, "rank", rank)
 	lg.Info("starting rank")
-	res, err := r.rank(ctx, sp, rank, lg)
+	res, err := r.rank(ctx, sp, rank, lg, grow)
+	if errors.Is(err, train.ErrStopped) {
+		// The group stopped together after a checkpoint to grow: rank 0
+		// hands the job back to the scheduler for a bigger attempt.
+		lg.Info("rank stopped to grow", "steps", res.Steps)
+		if rank == 0 {
+			if werr := jobs.Retry(context.Background(), jobs.RetryConfig{}, func(ctx context.Context) error {
+				_, err := r.Jobs.Transition(ctx, sp.ID, func(cur *jobs.Spec) bool {
+					if cur.Attempt != sp.Attempt || (cur.State != jobs.Assigned && cur.State != jobs.Running) {
+						return false
+					}
+					cur.History = append(cur.History, fmt.Sprintf("attempt %d: stopped after step %d to grow onto more workers", sp.Attempt, res.Steps))
+					cur.State, cur.Error, cur.Grow, cur.Assigned = jobs.Submitted, "", false, nil
+					cur.Job.Resume = true
+					cur.MaxAttempts++ // a growth does not use up the failure budget
+					return true
+				})
+				return err
+			}); werr != nil {
+				lg.Error("could not hand the job back to grow", "err", werr)
+			}
+		}
+		return
+	}
 	if err != nil {
 		if errors.Is(err, context.Canceled) && ctx.Err() != nil {
 			lg.Info("rank stopped", "err", err)
@@ -286,7 +340,7 @@ func holds(id expert.ID, experts, ranks, replicas, rank int) bool {
 	return false
 }
 
-func (r *Runner) rank(ctx context.Context, sp jobs.Spec, rank int, lg *slog.Logger) (*train.Result, error) {
+func (r *Runner) rank(ctx context.Context, sp jobs.Spec, rank int, lg *slog.Logger, grow *atomic.Bool) (*train.Result, error) {
 	// The spec comes from etcd: check it, and from here on use only the
 	// paths it names as resolved inside the data root.
 	if err := sp.Validate(); err != nil {
@@ -465,7 +519,7 @@ func (r *Runner) rank(ctx context.Context, sp jobs.Spec, rank int, lg *slog.Logg
 		return &train.Result{Steps: g.Steps}, shutdown(err)
 	}
 	pub := &publisher{ctx: ctx, jobs: r.Jobs, id: sp.ID, log: lg, last: jobs.Status{Attempt: sp.Attempt, Steps: sp.Job.Steps}}
-	rj := train.RankJob{Prepared: p, Comm: group, Model: m, Owned: owned, Progress: pub}
+	rj := train.RankJob{Prepared: p, Comm: group, Model: m, Owned: owned, Progress: pub, Stop: grow.Load}
 	if replicas > 1 {
 		rj.Replicas = &train.Replicas{Experts: allExperts, Holders: func(id expert.ID) []int { return holders(id, E, n, replicas) }}
 	}

@@ -41,6 +41,8 @@ func Decide(jobs []*Spec, live []cluster.WorkerID) []*Spec {
 //     Assigned;
 //   - an Assigned or Running job whose ranks include a worker that left the
 //     cluster fails ("worker X left"), X its suspect;
+//   - a Running elastic job (MinWorkers set) with fewer than Workers ranks
+//     is asked to Grow when an eligible idle worker is left over;
 //   - a Failed job is resubmitted, resuming from its last checkpoint, with
 //     its suspects' current leases recorded, until MaxAttempts; then, or at
 //     once when the failure is Permanent, it is Abandoned;
@@ -154,8 +156,27 @@ func DecideWorkers(jobs []*Spec, live []Worker) []*Spec {
 		c := *j
 		c.Assigned = pick
 		c.Attempt++
-		c.State, c.Error, c.Permanent = Assigned, "", false
+		c.State, c.Error, c.Permanent, c.Grow = Assigned, "", false, false
 		out = replace(out, &c)
+	}
+	// Grow running elastic jobs onto idle eligible workers left over (the
+	// submitted jobs came first): their ranks stop at the next step,
+	// checkpoint and come back as a bigger attempt.
+	for _, j := range jobs {
+		if j.State != Running || j.MinWorkers == 0 || len(j.Assigned) >= j.Workers || j.Grow {
+			continue
+		}
+		if slices.ContainsFunc(out, func(o *Spec) bool { return o.ID == j.ID }) {
+			continue
+		}
+		for _, w := range order {
+			if idle[w.ID] && !suspected(j, w) {
+				c := *j
+				c.Grow = true
+				out = append(out, &c)
+				break
+			}
+		}
 	}
 	return out
 }

@@ -87,6 +87,11 @@ type Spec struct {
 	// (no space left, permission denied): the scheduler abandons the job
 	// at once instead of recomputing the steps since the last checkpoint.
 	Permanent bool `json:"permanent,omitempty"`
+	// Grow asks the ranks of a running elastic job to stop at the next
+	// step, checkpoint, and come back as a new attempt on more workers
+	// (set by the scheduler when eligible idle workers exist and the job
+	// has fewer than Workers ranks). A growth does not use up MaxAttempts.
+	Grow bool `json:"grow,omitempty"`
 	// Golden, if set, makes this a verification job instead of training:
 	// the ranks recompute a golden file's gradients and AdamW losses.
 	Golden    *GoldenTask `json:"golden,omitempty"`

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -53,6 +54,11 @@ type DistStepper struct {
 	// the rows routed to it), so every copy takes the same AdamW step and
 	// the replicas stay identical. Nil: every expert has one owner.
 	Replicas *Replicas
+	// StopRequest, if set, is this rank's vote, taken in every step's
+	// statistics all-reduce, to stop after the step; stopAgreed is the
+	// group's answer for the last step (any rank voted).
+	StopRequest func() bool
+	stopAgreed  bool
 }
 
 // Replicas describes replicated experts for training.
@@ -175,9 +181,18 @@ func (s *DistStepper) gradients(ctx context.Context, ids [][]int32) (*model.Step
 		}
 		stats = st.Stats()
 	}
+	// One more element carries the ranks' stop votes (a count: > 0 when
+	// any rank asked), so stopping costs no collective of its own.
+	vote := 0.0
+	if s.StopRequest != nil && s.StopRequest() {
+		vote = 1
+	}
+	stats = append(slices.Clone(stats), vote)
 	if err := s.Comm.AllReduceFloat64(ctx, stats); err != nil {
 		return nil, fmt.Errorf("train: rank %d: loss statistics all-reduce: %w", s.Comm.Rank(), err)
 	}
+	s.stopAgreed = stats[len(stats)-1] > 0
+	stats = stats[:len(stats)-1]
 	if empty {
 		st.SetEmpty(m, stats, s.Cfg.Loss)
 	} else if err := st.SetGlobalStats(m, stats); err != nil {

@@ -240,6 +240,9 @@ type stepRunner interface {
 	eval(ctx context.Context, windows [][]int32) (float64, error)
 	save(dir string, state TrainerState) error
 	rank() int
+	// stopAgreed reports whether the group agreed, in the step just
+	// taken, to stop after it (RankJob.Stop); always false in one process.
+	stopAgreed() bool
 }
 
 // loop runs steps from p.State.Step to the configured total, evaluating
@@ -304,6 +307,17 @@ func (p *Prepared) loop(ctx context.Context, r stepRunner, prog Progress, worker
 				return res, err
 			}
 		}
+		if r.stopAgreed() && step < cfg.Steps {
+			// Every rank saw the same agreement in this step's statistics
+			// all-reduce: all save the same step and stop together.
+			state.Seconds += time.Since(start).Seconds()
+			if err := save(); err != nil {
+				return res, err
+			}
+			res.Steps = step
+			res.Losses = state.Losses
+			return res, fmt.Errorf("%w after step %d", ErrStopped, step)
+		}
 		if cfg.SaveEvery > 0 && step%cfg.SaveEvery == 0 && step < cfg.Steps {
 			state.Seconds += time.Since(start).Seconds()
 			start, startStep = time.Now(), step
@@ -366,7 +380,8 @@ type localRunner struct {
 	s *Stepper
 }
 
-func (l *localRunner) rank() int { return 0 }
+func (l *localRunner) rank() int        { return 0 }
+func (l *localRunner) stopAgreed() bool { return false }
 func (l *localRunner) trainStep(ctx context.Context, step int) (*StepOut, error) {
 	return l.s.TrainStep(ctx, l.p.Data.BatchAt(step))
 }
@@ -394,7 +409,16 @@ type RankJob struct {
 	Progress Progress
 	// Replicas describes experts held by several ranks (nil: one owner each).
 	Replicas *Replicas
+	// Stop, if set, is asked once per step whether this rank wants the job
+	// to stop (e.g. to re-form on more workers). The ranks' answers are
+	// OR-ed in the step's statistics all-reduce, so all of them finish the
+	// same step, write one coordinated checkpoint and return ErrStopped.
+	Stop func() bool
 }
+
+// ErrStopped is returned (wrapped) by RunRank when the group stopped at a
+// rank's request (RankJob.Stop) after writing a checkpoint to resume from.
+var ErrStopped = errors.New("train: stopped on request")
 
 // RunRank runs one rank of a distributed job until the last step. Ranks
 // take their rows of each global batch (RankRows), all-reduce statistics
@@ -408,6 +432,7 @@ func RunRank(ctx context.Context, rj RankJob) (*Result, error) {
 		return nil, err
 	}
 	s.Replicas = rj.Replicas
+	s.StopRequest = rj.Stop
 	if p.ResumeDir != "" {
 		if err := LoadOptimizer(p.ResumeDir, s.Opt, rj.Owned); err != nil {
 			return nil, err
@@ -428,7 +453,8 @@ type distRunner struct {
 	s *DistStepper
 }
 
-func (d *distRunner) rank() int { return d.s.Comm.Rank() }
+func (d *distRunner) rank() int        { return d.s.Comm.Rank() }
+func (d *distRunner) stopAgreed() bool { return d.s.stopAgreed }
 
 func (d *distRunner) trainStep(ctx context.Context, step int) (*StepOut, error) {
 	b := d.p.Data.BatchAt(step)
