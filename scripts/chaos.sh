@@ -27,7 +27,9 @@
 # Prints a table (one row per fault), the invariants, and the last line
 # "chaos: <faults> faults, <violations> invariant violations"; the same goes
 # to bench/results/chaos.txt. Exit 0 only with 0 violations. Everything is
-# torn down on exit; CHAOS_KEEP=1 keeps the work folder (logs) of a run.
+# torn down on exit; CHAOS_KEEP=1 keeps the work folder (logs) of a run;
+# CHAOS_OUT=FILE writes the results there instead (CI's short run). A
+# failed run prints the end of the driver's log.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -77,13 +79,13 @@ $net up 6 1gbit >/dev/null
 
 set +e
 $net run h0 "$work/chaos" --work "$work" --bin "$work" --net "$SY_CLUSTER" --subnet "$SY_SUBNET" \
-	--faults "$faults" --seconds "$seconds" --seed "$seed" --report "$root/bench/results/chaos.txt" 2>"$work/driver.log" &
+	--faults "$faults" --seconds "$seconds" --seed "$seed" --report "${CHAOS_OUT:-$root/bench/results/chaos.txt}" 2>"$work/driver.log" &
 driver=$!
 wait $driver
 rc=$?
 driver=""
 set -e
-if [ $rc -ne 0 ] && [ -n "${CHAOS_VERBOSE:-}" ]; then
+if [ $rc -ne 0 ]; then
 	tail -n 30 "$work/driver.log" >&2
 fi
 exit $rc
