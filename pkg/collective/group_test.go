@@ -208,7 +208,8 @@ func TestPeerCrash(t *testing.T) {
 	c.nets[crashed].PauseAfter(200 << 10)
 	go func() {
 		<-c.nets[crashed].paused
-		c.groups[crashed].Close() // closes its connections: a crash, as peers see it
+		c.nets[crashed].CloseAll() // the process dies: the kernel closes its sockets
+		c.groups[crashed].Close()
 	}()
 	start := time.Now()
 	errs := c.try(func(r int, g *Group) error {

@@ -23,6 +23,20 @@ type faultNet struct {
 	read       atomic.Int64
 	paused     chan struct{} // closed at the first pause
 	pausedOnce sync.Once
+	conns      []*faultConn // every connection made through it
+}
+
+// CloseAll closes every connection the member has, as the kernel does
+// when a process dies: a crash, unlike Group.Close, leaves no connection
+// half-open (say, one in a lane handshake its paused reader never
+// finished).
+func (f *faultNet) CloseAll() {
+	f.mu.Lock()
+	conns := append([]*faultConn(nil), f.conns...)
+	f.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
 }
 
 func newFaultNet() *faultNet { return &faultNet{paused: make(chan struct{})} }
@@ -89,7 +103,11 @@ type faultConn struct {
 }
 
 func (f *faultNet) wrap(c net.Conn) net.Conn {
-	return &faultConn{Conn: c, f: f, closed: make(chan struct{})}
+	fc := &faultConn{Conn: c, f: f, closed: make(chan struct{})}
+	f.mu.Lock()
+	f.conns = append(f.conns, fc)
+	f.mu.Unlock()
+	return fc
 }
 
 func (c *faultConn) Read(p []byte) (int, error) {
