@@ -392,6 +392,10 @@ func TestTLSHandshakeDeadline(t *testing.T) {
 	const timeout = time.Second
 	s := newSecured(t, 3, mustCA(t, "test"), func(c *Config) { c.HandshakeTimeout = timeout })
 	var stalled []net.Conn
+	// Timed from before the first dial: the server's deadline starts at
+	// its accept, which may come before this goroutine is scheduled again
+	// on a busy machine.
+	opened := time.Now()
 	for _, addr := range s.addrs {
 		for _, first := range [][]byte{nil, {0x16, 0x03, 0x01, 0x02, 0x00, 0x01}} { // silent; a record header and 1 byte of 512
 			conn, err := net.Dial("tcp", addr)
@@ -405,7 +409,6 @@ func TestTLSHandshakeDeadline(t *testing.T) {
 			stalled = append(stalled, conn)
 		}
 	}
-	opened := time.Now()
 	s.connect(t)
 	runOps(t, s.members)
 	for i, conn := range stalled {
@@ -416,6 +419,8 @@ func TestTLSHandshakeDeadline(t *testing.T) {
 			t.Errorf("stalled connection %d still open after %v", i, time.Since(opened))
 		}
 	}
+	// Every stalled connection was dialed after opened, so it cannot have
+	// been closed for its deadline sooner than timeout after opened.
 	if d := time.Since(opened); d < timeout {
 		t.Errorf("stalled connections closed after %v, before HandshakeTimeout %v", d, timeout)
 	}
