@@ -207,18 +207,38 @@ func (s *Store) FinishGrads() {
 	t := s.ts()
 	t.mu.Lock()
 	defer t.mu.Unlock()
+	ids := make([]ID, 0, len(t.dirty))
 	for id := range t.dirty {
-		t.finish(id)
+		ids = append(ids, id)
+	}
+	// Experts are independent: sum them in parallel (each id's grads and
+	// parts are touched by one goroutine; t.mu is held throughout, so no
+	// backward call changes them meanwhile).
+	tensor.ParallelFor(len(ids), 1, func(lo, hi int) {
+		for _, id := range ids[lo:hi] {
+			t.sum(id)
+		}
+	})
+	for _, id := range ids {
+		delete(t.dirty, id)
 	}
 }
 
 // finish sums id's parts into its gradient if they changed; t.mu held.
 func (t *trainState) finish(id ID) {
+	if t.dirty[id] {
+		t.sum(id)
+		delete(t.dirty, id)
+	}
+}
+
+// sum sets id's gradient to its parts added in caller order; t.mu held
+// (the maps are only read).
+func (t *trainState) sum(id ID) {
 	g, ps := t.grads[id], t.parts[id]
-	if !t.dirty[id] || g == nil {
+	if g == nil {
 		return
 	}
-	delete(t.dirty, id)
 	callers := make([]string, 0, len(ps))
 	for c := range ps {
 		callers = append(callers, c)
