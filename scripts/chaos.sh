@@ -22,7 +22,7 @@
 # checkpoint it wrote verifies and loads; (d) its final checkpoint equals
 # the reference's bit for bit (SHA-256 of every model*.safetensors).
 #
-#   scripts/chaos.sh [--faults N] [--seconds S] [--seed X]   (root; defaults 30, 240, from the clock)
+#   scripts/chaos.sh [--faults N] [--seconds S] [--seed X]   (root; defaults 30, 300, from the clock; a fault starts only once the last one has recovered, so S bounds the run and N the faults)
 #
 # Prints a table (one row per fault), the invariants, and the last line
 # "chaos: <faults> faults, <violations> invariant violations"; the same goes
@@ -34,7 +34,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 faults=30
-seconds=240
+seconds=300
 seed=0
 while [ $# -gt 0 ]; do
 	case "$1" in
