@@ -52,6 +52,44 @@ func readLosses(t *testing.T, ckpt string) []float64 {
 	return st.Losses
 }
 
+// compareLosses checks got against want step by step within tol (and
+// that no step is missing) and returns the worst difference.
+func compareLosses(t *testing.T, got, want []float64, tol float64) float64 {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%d losses, want %d", len(got), len(want))
+	}
+	worst := 0.0
+	for i := range want {
+		d := math.Abs(got[i] - want[i])
+		worst = math.Max(worst, d)
+		if !(d <= tol) {
+			t.Errorf("step %d: loss %.8f, uninterrupted one process %.8f: |diff| %.2g > %g", i+1, got[i], want[i], d, tol)
+		}
+	}
+	return worst
+}
+
+// checkpointWeights is every model-*.safetensors file of a checkpoint,
+// each name followed by its bytes, in name order: two checkpoints hold the
+// same weights exactly when these are equal.
+func checkpointWeights(t *testing.T, ckpt string) []byte {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(ckpt, "model-*.safetensors"))
+	if err != nil || len(files) < 2 {
+		t.Fatalf("checkpoint %s: weight files %v (%v)", ckpt, files, err)
+	}
+	var all []byte
+	for _, f := range files { // Glob sorts
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		all = append(append(all, filepath.Base(f)...), b...)
+	}
+	return all
+}
+
 // waitJob waits until a job is done (or the deadline) and returns it.
 func waitJob(t *testing.T, ctx context.Context, js *jobs.Store, id string, until func(*jobs.Spec, jobs.Status) bool) (*jobs.Spec, jobs.Status) {
 	t.Helper()
@@ -232,18 +270,7 @@ func TestTrainingSurvivesAStoppedWorker(t *testing.T) {
 	if final.Attempt < 2 || slices.Contains(final.Assigned, victim) {
 		t.Errorf("final attempt %d on %v; want a new attempt without %s", final.Attempt, final.Assigned, victim)
 	}
-	got := readLosses(t, st.Checkpoint)
-	if len(got) != steps {
-		t.Fatalf("%d losses, want %d", len(got), steps)
-	}
-	worst := 0.0
-	for i := range ref.Losses {
-		d := math.Abs(got[i] - ref.Losses[i])
-		worst = math.Max(worst, d)
-		if !(d <= resumeLossTol) {
-			t.Errorf("step %d: loss %.8f, uninterrupted one process %.8f: |diff| %.2g > %g", i+1, got[i], ref.Losses[i], d, resumeLossTol)
-		}
-	}
+	worst := compareLosses(t, readLosses(t, st.Checkpoint), ref.Losses, resumeLossTol)
 	t.Logf("worker %s stopped at step >= 6; attempt 1 failed after %v: %s\nre-formed on %v (attempt %d) from the last checkpoint; finished %d steps, worst |loss - one process| %.2g",
 		victim, failAfter.Round(time.Millisecond), msg, final.Assigned, final.Attempt, steps, worst)
 }
@@ -289,18 +316,7 @@ func TestElasticTrainingReformsAfterSIGKILL(t *testing.T) {
 		t.Errorf("re-formed %v after the kill", reform)
 	}
 	final, st := waitJob(t, ctx, js, "job", func(sp *jobs.Spec, _ jobs.Status) bool { return sp.State == jobs.Done })
-	got := readLosses(t, st.Checkpoint)
-	if len(got) != steps {
-		t.Fatalf("%d losses, want %d", len(got), steps)
-	}
-	worst := 0.0
-	for i := range ref.Losses {
-		d := math.Abs(got[i] - ref.Losses[i])
-		worst = math.Max(worst, d)
-		if !(d <= resumeLossTol) {
-			t.Errorf("step %d: loss %.8f, uninterrupted one process %.8f: |diff| %.2g > %g", i+1, got[i], ref.Losses[i], d, resumeLossTol)
-		}
-	}
+	worst := compareLosses(t, readLosses(t, st.Checkpoint), ref.Losses, resumeLossTol)
 	t.Logf("SIGKILL of %s at step >= 6; attempt 2 running on %v %v later (cause: %v; suspects %v); done at attempt %d, worst |loss - one process| %.2g",
 		victim, re.Assigned, reform.Round(time.Millisecond), re.History, re.Suspects, final.Attempt, worst)
 }
@@ -326,19 +342,7 @@ func TestDistributedTrainingIsBitwiseReproducible(t *testing.T) {
 		}
 		_, st := waitJob(t, ctx, js, id, func(sp *jobs.Spec, _ jobs.Status) bool { return sp.State == jobs.Done })
 		losses = append(losses, readLosses(t, st.Checkpoint))
-		files, err := filepath.Glob(filepath.Join(st.Checkpoint, "model-*.safetensors"))
-		if err != nil || len(files) < 2 {
-			t.Fatalf("checkpoint %s: weight files %v (%v)", st.Checkpoint, files, err)
-		}
-		var all []byte
-		for _, f := range files { // Glob sorts
-			b, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			all = append(append(all, filepath.Base(f)...), b...)
-		}
-		weights = append(weights, all)
+		weights = append(weights, checkpointWeights(t, st.Checkpoint))
 		t.Logf("run %d: losses %v", i+1, losses[i])
 	}
 	for i := range losses[0] {
@@ -371,19 +375,7 @@ func TestResumeAfterAFaultIsBitwiseExact(t *testing.T) {
 			lc.Proc(sp.Assigned[1]).Kill()
 		}
 		sp, st := waitJob(t, ctx, js, id, func(sp *jobs.Spec, _ jobs.Status) bool { return sp.State == jobs.Done })
-		files, err := filepath.Glob(filepath.Join(st.Checkpoint, "model-*.safetensors"))
-		if err != nil || len(files) < 2 {
-			t.Fatalf("checkpoint %s: %v %v", st.Checkpoint, files, err)
-		}
-		var all []byte
-		for _, f := range files {
-			b, err := os.ReadFile(f)
-			if err != nil {
-				t.Fatal(err)
-			}
-			all = append(append(all, filepath.Base(f)...), b...)
-		}
-		return readLosses(t, st.Checkpoint), all, sp
+		return readLosses(t, st.Checkpoint), checkpointWeights(t, st.Checkpoint), sp
 	}
 	refLoss, refW, _ := run("clean", false)
 	gotLoss, gotW, sp := run("faulted", true)
