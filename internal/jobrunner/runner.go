@@ -26,6 +26,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -272,9 +273,16 @@ func (r *Runner) runRank(ctx context.Context, sp jobs.Spec, rank int, grow *atom
 			lg.Info("rank stopped", "err", err)
 			return
 		}
-		msg := fmt.Sprintf("attempt %d, rank %d (worker %s): %v", sp.Attempt, rank, r.Cfg.Self, err)
 		suspects := blame(err, sp.Assigned, r.Cfg.Self)
 		permanent := train.Permanent(err)
+		msg := fmt.Sprintf("attempt %d, rank %d (worker %s): %v", sp.Attempt, rank, r.Cfg.Self, err)
+		if len(suspects) > 0 {
+			names := make([]string, len(suspects))
+			for i, s := range suspects {
+				names[i] = string(s.Worker)
+			}
+			msg += fmt.Sprintf(" [not answering: worker %s]", strings.Join(names, ", "))
+		}
 		lg.Warn("rank failed", "err", err, "suspects", suspects, "permanent", permanent)
 		// The final state must land even if etcd blinks right now (each
 		// try bounded, retried with backoff): a job must never stay

@@ -112,6 +112,9 @@ func DecideWorkers(jobs []*Spec, live []Worker) []*Spec {
 						if sw.Lease == 0 {
 							sw.Lease = l
 						}
+						if sw.Since.IsZero() {
+							sw.Since = time.Now()
+						}
 						c.Suspects = append(c.Suspects, sw)
 					}
 				}
@@ -182,10 +185,13 @@ func DecideWorkers(jobs []*Spec, live []Worker) []*Spec {
 }
 
 // suspected reports whether w is blamed for j's last failure under the
-// lease it holds now (a suspect whose lease is not known yet counts).
+// lease it holds now (a suspect whose lease is not known yet counts), for
+// at most SuspectFor after the blame was pinned: by then a dead worker's
+// lease has lapsed, so a suspect still holding it is alive.
 func suspected(j *Spec, w Worker) bool {
 	for _, s := range j.Suspects {
-		if s.Worker == w.ID && (s.Lease == 0 || w.Lease == 0 || s.Lease == w.Lease) {
+		if s.Worker == w.ID && (s.Lease == 0 || w.Lease == 0 || s.Lease == w.Lease) &&
+			(s.Since.IsZero() || time.Since(s.Since) < SuspectFor) {
 			return true
 		}
 	}

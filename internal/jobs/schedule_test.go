@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/switchyard/switchyard/pkg/cluster"
 )
@@ -105,6 +106,14 @@ func TestDecideElastic(t *testing.T) {
 	}
 	if len(b.Suspects) != 1 || b.Suspects[0].Lease != 2 || len(b.History) != 1 {
 		t.Fatalf("suspect not pinned to its lease: %+v", b.Suspects)
+	}
+	// A suspect still renewing the same lease SuspectFor after the blame is
+	// alive (it only aborted its group): taken back rather than waited for.
+	stale := *b
+	stale.State, stale.Attempt, stale.Assigned = Submitted, 1, nil
+	stale.Suspects = []Suspect{{Worker: "w2", Lease: 2, Since: time.Now().Add(-SuspectFor - time.Second)}}
+	if c := find(DecideWorkers([]*Spec{&stale}, live), "e"); c == nil || !slices.Equal(c.Assigned, ids("w1", "w2", "w3")) {
+		t.Fatalf("a suspect alive after SuspectFor not taken back: %+v", c)
 	}
 	// The next failure: w2 has re-registered (lease 7): eligible again.
 	b.State, b.Error = Failed, "boom"

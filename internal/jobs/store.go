@@ -104,7 +104,17 @@ type Spec struct {
 type Suspect struct {
 	Worker cluster.WorkerID `json:"worker"`
 	Lease  int64            `json:"lease,omitempty"`
+	// Since is when the scheduler pinned the lease (zero until then).
+	Since time.Time `json:"since,omitempty"`
 }
+
+// SuspectFor bounds how long a suspect is avoided under the same lease:
+// a dead worker's lease lapses within its TTL (5 s by default), so one
+// whose lease is still renewed this long after the failure is alive (a
+// rank that only aborted its group looks dead to its peers' pings) and
+// may be given ranks again: a job never waits forever for workers it
+// wrongly blamed.
+const SuspectFor = 10 * time.Second
 
 // Min is the fewest ranks an attempt may start with: MinWorkers, or
 // Workers for a fixed-size job.
