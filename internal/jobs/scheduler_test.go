@@ -37,45 +37,51 @@ func TestSchedulerSkipsDyingWorkers(t *testing.T) {
 		}
 	}()
 	regs[1].Abandon() // w2's process "dies": nobody renews its lease
-	// Wait (on the condition, not a fixed sleep: the machine may be busy)
-	// until etcd shows its lease past the dying mark.
-	for {
-		r, err := e.Client(t).TimeToLive(ctx, regs[1].Lease())
+	cli := e.Client(t)
+	ttl2 := func() (int64, int64) {
+		r, err := cli.TimeToLive(ctx, regs[1].Lease())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if 2*r.TTL < r.GrantedTTL {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatal("w2's lease never ran down")
-		}
-		time.Sleep(100 * time.Millisecond)
+		return r.TTL, r.GrantedTTL
 	}
-	js := NewStore(e.Client(t), "sched")
+	// Wait (on the condition, bounded by ctx: the machine may be busy)
+	// until etcd shows w2's lease past the dying mark.
+	poll(t, ctx, "w2's lease running down", func() bool {
+		left, granted := ttl2()
+		return 2*left < granted
+	})
+	js := NewStore(cli, "sched")
 	go (&Scheduler{Jobs: js, Registry: reg, Tick: 200 * time.Millisecond}).Run(ctx)
 	if err := js.Submit(ctx, Spec{ID: "j", Workers: 3, MinWorkers: 2, Job: validJob()}); err != nil {
 		t.Fatal(err)
 	}
-	for {
-		sp, _, err := js.Get(ctx, "j")
-		if err != nil {
+	var sp *Spec
+	poll(t, ctx, "the job assigned", func() bool {
+		var err error
+		if sp, _, err = js.Get(ctx, "j"); err != nil {
 			t.Fatal(err)
 		}
-		if sp.State == Assigned {
-			if !slices.Equal(sp.Assigned, ids("w1", "w3")) {
-				t.Fatalf("assigned %v, want [w1 w3] (w2 is dying)", sp.Assigned)
-			}
-			// The check meant something only if w2 was still registered.
-			r, err := e.Client(t).TimeToLive(ctx, regs[1].Lease())
-			if err != nil || r.TTL <= 0 {
-				t.Fatalf("w2's lease expired before the job was assigned (%v, %+v): the test proves nothing on a machine this slow", err, r)
-			}
-			return
+		return sp.State == Assigned
+	})
+	if !slices.Equal(sp.Assigned, ids("w1", "w3")) {
+		t.Fatalf("assigned %v, want [w1 w3] (w2 is dying)", sp.Assigned)
+	}
+	// The check meant something only if w2 was still registered.
+	if left, _ := ttl2(); left <= 0 {
+		t.Fatal("w2's lease expired before the job was assigned: the test proves nothing on a machine this slow")
+	}
+}
+
+// poll checks cond every 50 ms until it holds, failing the test (naming
+// what it waited for) when ctx ends first.
+func poll(t *testing.T, ctx context.Context, what string, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("waiting for %s: %v", what, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
 		}
-		if ctx.Err() != nil {
-			t.Fatalf("job never assigned: %+v", sp)
-		}
-		time.Sleep(50 * time.Millisecond)
 	}
 }

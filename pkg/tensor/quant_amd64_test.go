@@ -297,8 +297,10 @@ func TestQuantQLinearArch(t *testing.T) {
 
 const qBenchRows, qBenchCols = 2816, 1024
 
-func benchQLinear(b *testing.B, f QFormat) {
-	rng := rand.New(rand.NewPCG(1, 1))
+// qBenchInputs is the benchmarks' qBenchRows x qBenchCols matrix in format
+// f and one activation row, uniform in [-0.5, 0.5).
+func qBenchInputs(b *testing.B, f QFormat, seed uint64) (*QMat, []float32) {
+	rng := rand.New(rand.NewPCG(1, seed))
 	wf := make([]float32, qBenchRows*qBenchCols)
 	for i := range wf {
 		wf[i] = rng.Float32() - 0.5
@@ -311,6 +313,11 @@ func benchQLinear(b *testing.B, f QFormat) {
 	for i := range x {
 		x[i] = rng.Float32() - 0.5
 	}
+	return q, x
+}
+
+func benchQLinear(b *testing.B, f QFormat) {
+	q, x := qBenchInputs(b, f, 1)
 	y := make([]float32, qBenchRows)
 	for _, a := range supportedQuantArchs() {
 		b.Run(a.String(), func(b *testing.B) {
@@ -332,19 +339,7 @@ func BenchmarkQ4Dots(b *testing.B) { benchQLinear(b, QQ4) }
 // BenchmarkQ8DotsKernel / BenchmarkQ4DotsKernel time the kernels alone on
 // one thread over the same matrix in qRowsPerCall-row calls.
 func benchQKernel(b *testing.B, f QFormat) {
-	rng := rand.New(rand.NewPCG(1, 2))
-	wf := make([]float32, qBenchRows*qBenchCols)
-	for i := range wf {
-		wf[i] = rng.Float32() - 0.5
-	}
-	q, err := Quantize(&Mat{Rows: qBenchRows, Cols: qBenchCols, F32: wf}, f)
-	if err != nil {
-		b.Fatal(err)
-	}
-	x := make([]float32, qBenchCols)
-	for i := range x {
-		x[i] = rng.Float32() - 0.5
-	}
+	q, x := qBenchInputs(b, f, 2)
 	g := q.Groups()
 	var acts QActs
 	if f == QInt8 {
