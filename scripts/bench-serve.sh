@@ -16,7 +16,16 @@
 #   2 workers, overlap  the same with --overlap (two-micro-batch overlap)
 #   4 workers     serve --workers 4
 #   netns 1gbit   4 emulated hosts h1..h4 with a worker each, the coordinator
-#   netns 10gbit  and the front end on h0 (scripts/netns/cluster.sh, tc tbf)
+#   netns 10gbit  and the front end on h0 (scripts/netns/cluster.sh, tc tbf);
+#                 every process with SWITCHYARD_SPIN=0, as `serve --workers N`
+#                 gives its own workers: 5 processes share this machine's cores
+#   netns 2 hosts, 1 core each   2 emulated worker hosts at 1 Gbit/s, each
+#                 worker with GOMAXPROCS=1: the closest a 2-core machine gets
+#                 to one host per worker (no two threads wanting one core
+#                 while the front end waits for the owners)
+#
+# BENCH_SERVE_CLIENTS ("1 16") and BENCH_SERVE_RATES ("1gbit 10gbit", the
+# 4-host runs) narrow a run.
 #
 # Every request asks for 64 tokens (ignore_eos), but the first of each of N
 # clients asks for (c+1)/N of them, so that the clients do not start and end
@@ -89,7 +98,7 @@ measure() {
 	while [ $# -gt 0 ] && [ "$1" != -- ]; do runner+=("$1"); shift; done
 	[ "${1:-}" = -- ] && shift && extra=("$@")
 	log "$(stamp)"
-	for c in 1 16; do
+	for c in ${BENCH_SERVE_CLIENTS:-1 16}; do
 		file=$work/result-$(printf %02d "${#results[@]}").json
 		"${runner[@]}" "$work/bs" load -url "$url" -clients $c -warmup "${warm}s" -duration "${secs}s" -drain=false \
 			-max-tokens $tokens -ignore-eos -stagger -stream always -metrics -config "$name" -model "$model" \
@@ -118,24 +127,27 @@ run_local() {
 	cleanup
 }
 
-# netns RATE: front end + coordinator on h0, a worker on each of h1..h4.
+# run_netns RATE [HOSTS [NAME-SUFFIX]]: front end + coordinator on h0, a
+# worker on each of h1..hHOSTS (4); BENCH_SERVE_WORKER_ENV and
+# BENCH_SERVE_FRONTEND_ENV add environment variables to those processes.
 run_netns() {
-	local rate=$1 name="netns 4 hosts $1" ip0 etcd url i ip rtt
-	$net up 5 "$rate" >/dev/null
+	local rate=$1 hosts=${2:-4} name ip0 etcd url i ip rtt
+	name="netns $hosts hosts $rate${3:-}"
+	$net up $((hosts + 1)) "$rate" >/dev/null
 	nsrun() { local h=$1; shift; nsenter --net="/var/run/netns/$SY_CLUSTER-$h" -- "$@"; }
 	ip0=$($net ip h0)
 	etcd="http://$ip0:2379"
 	nsrun h0 "$work/coordinator" --listen-client-urls "$etcd" --listen-peer-urls "http://$ip0:2380" \
-		--data-dir "$work/etcd-$rate" --cluster bench --model "$model" --elem-bytes 2 --expect-workers 4 \
+		--data-dir "$work/etcd-$rate" --cluster bench --model "$model" --elem-bytes 2 --expect-workers "$hosts" \
 		--name c0 >"$work/coord-$rate.out" 2>"$work/coord-$rate.log" &
 	pids+=($!)
-	for i in 1 2 3 4; do
+	for i in $(seq "$hosts"); do
 		ip=$($net ip h$i)
-		nsrun h$i "$work/switchyard" worker --etcd "$etcd" --cluster bench --id "h$i" --listen "$ip:7070" \
+		nsrun h$i env ${BENCH_SERVE_WORKER_ENV:-} "$work/switchyard" worker --etcd "$etcd" --cluster bench --id "h$i" --listen "$ip:7070" \
 			--gossip "$ip:7946" --model "$model" --no-jobs >"$work/w$i-$rate.out" 2>"$work/w$i-$rate.log" &
 		pids+=($!)
 	done
-	nsrun h0 "$work/switchyard" serve --model "$model" --etcd "$etcd" --cluster bench --listen "$ip0:8000" \
+	nsrun h0 env ${BENCH_SERVE_FRONTEND_ENV:-} "$work/switchyard" serve --model "$model" --etcd "$etcd" --cluster bench --listen "$ip0:8000" \
 		--served-model-name m >"$work/fe-$rate.log" 2>&1 &
 	pids+=($!)
 	url="http://$ip0:8000"
@@ -161,8 +173,10 @@ case "$only" in "" | workers)
 esac
 case "$only" in "" | netns)
 	if [ "$(id -u)" = 0 ]; then
-		run_netns 1gbit
-		run_netns 10gbit
+		for rate in ${BENCH_SERVE_RATES:-1gbit 10gbit}; do
+			SWITCHYARD_SPIN=0 run_netns "$rate" 4
+		done
+		SWITCHYARD_SPIN=0 BENCH_SERVE_WORKER_ENV=GOMAXPROCS=1 run_netns 1gbit 2 ", 1 core each"
 	else
 		log "# netns configurations skipped: need root"
 	fi

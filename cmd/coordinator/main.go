@@ -64,6 +64,8 @@ type options struct {
 	migWait     time.Duration
 	name        string
 	sessionTTL  time.Duration
+	probeEvery  time.Duration
+	evictAfter  time.Duration
 	gossipAddr  string
 	grpcAddr    string
 	logLevel    string
@@ -101,6 +103,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 	f.DurationVar(&o.migWait, "migration-wait", coordinator.DefaultMigrationWait, "make-before-break: keep moved experts' old copies until the new owners report them loaded, at most this long; 0: drop them at once")
 	f.StringVar(&o.name, "name", fmt.Sprintf("%s-%d", host, os.Getpid()), "this coordinator's name in the election")
 	f.DurationVar(&o.sessionTTL, "session-ttl", coordinator.DefaultSessionTTL, "leader lease TTL: a dead leader is replaced within it")
+	f.DurationVar(&o.probeEvery, "probe-interval", coordinator.DefaultProbeInterval, "how often the leader asks each worker for its health")
+	f.DurationVar(&o.evictAfter, "evict-after", coordinator.DefaultEvictAfter, "revoke the lease of a worker that answered no health probe for this long while others answered (0: no probes; a worker is gone when its lease runs out)")
 	f.StringVar(&o.gossipAddr, "gossip-addr", "", "join the workers' gossip at this host:port for early failure hints (empty: off)")
 	f.StringVar(&o.grpcAddr, "grpc", "", "serve the read-only Coordinator gRPC service (Status, GetPlacement) on this host:port (port 0: a free one; empty: off)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -124,6 +128,9 @@ func serve(ctx context.Context, o options, stdout, stderr io.Writer) error {
 	lg := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
 	if o.elemBytes != 2 && o.elemBytes != 4 {
 		return fmt.Errorf("--elem-bytes %d: want 4 or 2", o.elemBytes)
+	}
+	if o.probeEvery <= 0 || o.evictAfter < 0 {
+		return fmt.Errorf("--probe-interval %v, --evict-after %v: want > 0, >= 0", o.probeEvery, o.evictAfter)
 	}
 	if o.expect < 0 || o.grace <= 0 || o.migWait < 0 {
 		return fmt.Errorf("--expect-workers %d, --placement-grace %v, --migration-wait %v: want >= 0, > 0, >= 0", o.expect, o.grace, o.migWait)
@@ -232,13 +239,22 @@ func serve(ctx context.Context, o options, stdout, stderr io.Writer) error {
 		lg.Info("gossip", "addr", gossip.Addr())
 	}
 
+	var probe coordinator.Prober
+	if o.evictAfter > 0 {
+		hp := coordinator.NewHealthProbe(creds)
+		defer hp.Close()
+		probe = hp
+	}
 	c, err := coordinator.New(coordinator.Config{
-		Registry:   reg,
-		Name:       o.name,
-		SessionTTL: o.sessionTTL,
-		Replicas:   o.replicas,
-		Gossip:     gossip,
-		Logger:     lg,
+		Probe:         probe,
+		ProbeInterval: o.probeEvery,
+		EvictAfter:    o.evictAfter,
+		Registry:      reg,
+		Name:          o.name,
+		SessionTTL:    o.sessionTTL,
+		Replicas:      o.replicas,
+		Gossip:        gossip,
+		Logger:        lg,
 
 		ExpectWorkers:  o.expect,
 		PlacementGrace: o.grace,

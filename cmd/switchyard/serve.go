@@ -443,6 +443,11 @@ func startServeCluster(ctx context.Context, o serveOptions, logf func(string, ..
 	}
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
+	if len(localcluster.SharedHostEnv(o.Workers, nil)) > 0 {
+		// The front end shares the cores with its workers too: its pool
+		// threads polling after attention would slow the owners' GEMMs.
+		tensor.SetSpin(0)
+	}
 	lc, err := localcluster.Start(sctx, localcluster.Options{
 		ModelDir: o.ModelDir, Command: []string{exe, "worker"}, Workers: o.Workers, Cluster: "serve",
 		Replicas: o.Replicas, WorkerMemCap: o.WorkerMem, ExpectWorkers: o.Workers, Quantize: o.Quantize,

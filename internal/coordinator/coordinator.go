@@ -21,8 +21,11 @@ import (
 )
 
 // DefaultSessionTTL is the lease TTL of a coordinator's election session:
-// when a leader process dies, another takes over within about this time.
-const DefaultSessionTTL = 5 * time.Second
+// when a leader process dies, another takes over within about this time
+// (etcd's client renews the lease every third of it, so a leader whose
+// renewals stop for the whole TTL, e.g. a starved process, loses its term
+// and campaigns again; fenced writes keep that safe).
+const DefaultSessionTTL = 3 * time.Second
 
 // DefaultPlacementGrace is how long a new leader waits for ExpectWorkers
 // before placing a model that has no placement yet on the workers there are.
@@ -68,6 +71,15 @@ type Config struct {
 	// re-read the workers from etcd at once. etcd stays the authority: a
 	// hint never removes a worker whose lease is alive.
 	Gossip *membership.Node
+	// Probe, if set, makes the leader probe every registered worker every
+	// ProbeInterval (each probe bounded by ProbeTimeout) and revoke the
+	// lease of a worker that answered none for EvictAfter while others
+	// answered (see probe.go; NewHealthProbe makes one). Nil: no probes,
+	// a worker is gone when its lease runs out.
+	Probe Prober
+	// ProbeInterval, ProbeTimeout and EvictAfter tune Probe (0 means
+	// DefaultProbeInterval, DefaultProbeTimeout, DefaultEvictAfter).
+	ProbeInterval, ProbeTimeout, EvictAfter time.Duration
 	// Logger receives one line per decision (nil discards).
 	Logger *slog.Logger
 }
@@ -90,7 +102,7 @@ type Coordinator struct {
 
 	recheck chan struct{} // coalesced gossip hints
 
-	terms, writes, rechecks, transitions, migrationTimeouts atomic.Int64
+	terms, writes, rechecks, transitions, migrationTimeouts, evictions atomic.Int64
 }
 
 // Counters are a coordinator's activity since it started.
@@ -100,12 +112,13 @@ type Counters struct {
 	Rechecks          int64 // worker re-reads triggered by gossip hints
 	Transitions       int64 // of Writes, transitional (make-before-break) placements
 	MigrationTimeouts int64 // migration waits that ran out before the loads were reported
+	Evictions         int64 // worker leases revoked after failed health probes (Config.Probe)
 }
 
 // Counters returns the activity counters.
 func (c *Coordinator) Counters() Counters {
 	return Counters{Terms: c.terms.Load(), Writes: c.writes.Load(), Rechecks: c.rechecks.Load(),
-		Transitions: c.transitions.Load(), MigrationTimeouts: c.migrationTimeouts.Load()}
+		Transitions: c.transitions.Load(), MigrationTimeouts: c.migrationTimeouts.Load(), Evictions: c.evictions.Load()}
 }
 
 // New validates cfg and returns a coordinator; Run starts it.
@@ -116,6 +129,9 @@ func New(cfg Config) (*Coordinator, error) {
 	}
 	if cfg.Name == "" {
 		errs = append(errs, errors.New("empty Name"))
+	}
+	if cfg.ProbeInterval < 0 || cfg.ProbeTimeout < 0 || cfg.EvictAfter < 0 {
+		errs = append(errs, fmt.Errorf("ProbeInterval %v, ProbeTimeout %v, EvictAfter %v: must not be negative", cfg.ProbeInterval, cfg.ProbeTimeout, cfg.EvictAfter))
 	}
 	if cfg.SessionTTL < 0 || cfg.Replicas < 0 || cfg.ExpectWorkers < 0 || cfg.PlacementGrace < 0 {
 		errs = append(errs, fmt.Errorf("SessionTTL %v, Replicas %d, ExpectWorkers %d, PlacementGrace %v: must not be negative",
@@ -132,6 +148,15 @@ func New(cfg Config) (*Coordinator, error) {
 	}
 	if cfg.MigrationWait == 0 {
 		cfg.MigrationWait = DefaultMigrationWait
+	}
+	if cfg.ProbeInterval == 0 {
+		cfg.ProbeInterval = DefaultProbeInterval
+	}
+	if cfg.ProbeTimeout == 0 {
+		cfg.ProbeTimeout = DefaultProbeTimeout
+	}
+	if cfg.EvictAfter == 0 {
+		cfg.EvictAfter = DefaultEvictAfter
 	}
 	lg := cfg.Logger
 	if lg == nil {
@@ -309,6 +334,11 @@ func (c *Coordinator) lead(ctx context.Context, sess *concurrency.Session, el *c
 	}()
 	joined := map[string]bool{}
 	var applied map[cluster.WorkerID]appliedEpoch // last sent to Core
+	var probes *prober
+	if c.cfg.Probe != nil {
+		probes = newProber(lctx, c)
+		defer probes.stop()
+	}
 
 	queue := []Event{LeadershipChanged{Leader: true}}
 	for {
@@ -339,6 +369,9 @@ func (c *Coordinator) lead(ctx context.Context, sess *concurrency.Session, el *c
 			}
 			queue = append(queue, WorkersChanged{Workers: set.Workers, Rev: set.Rev})
 			c.joinGossip(lctx, &wg, set, joined)
+			if probes != nil {
+				probes.update(set)
+			}
 		case recs, ok := <-models:
 			if !ok {
 				return errors.New("model watch closed")

@@ -189,6 +189,10 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	ec.TickMs = cfg.TickMs
 	ec.ElectionMs = cfg.ElectionMs
+	// Clients ping every registry.KeepAliveTime to notice a dead member
+	// within a lease TTL; etcd's default minimum (5 s) would answer pings
+	// that frequent on an idle connection with GOAWAY.
+	ec.GRPCKeepAliveMinTime = time.Second
 	ec.Logger = "zap"
 	ec.LogLevel = cfg.LogLevel
 	if ec.LogLevel == "" {

@@ -165,11 +165,13 @@ func probeEndpoints(endpoints []string) string {
 }
 
 // joinState tracks the failures of registration attempts until the
-// worker first registers, and decides when to give up.
+// worker first registers (or registers again after losing its lease:
+// rejoin), and decides when to give up.
 type joinState struct {
 	w        *Worker
 	reg      *registry.Registry
 	start    time.Time
+	rejoin   bool          // the worker was registered and lost its lease at start
 	dupSince time.Time     // start of the current run of ErrWorkerExists, zero if none
 	dupLimit time.Duration // how long that run may last: the holder's TTL + margin
 	dupInfo  string        // what the key's holder is (address, lease)
@@ -213,6 +215,9 @@ func (j *joinState) failed(ctx context.Context, err error) error {
 	case errors.Is(err, registry.ErrNoModel):
 		return fmt.Errorf("worker %s: cluster %q serves no model: %s (gave up after %v, --register-timeout; --wait keeps waiting): %w: %w",
 			cfg.ID, cfg.Cluster, j.noModelWhy(ctx), cfg.RegisterTimeout, registry.ErrNoModel, ErrGaveUp)
+	case j.rejoin:
+		return fmt.Errorf("worker %s: lost its lease in cluster %q and could not register again within %v (--register-timeout; --wait keeps trying): last error: %w: %w",
+			cfg.ID, cfg.Cluster, cfg.RegisterTimeout, err, ErrGaveUp)
 	default:
 		return fmt.Errorf("worker %s: not registered in cluster %q within %v (--register-timeout; --wait keeps trying): last error: %w: %w",
 			cfg.ID, cfg.Cluster, cfg.RegisterTimeout, err, ErrGaveUp)

@@ -203,3 +203,47 @@ func TestListClusters(t *testing.T) {
 		t.Fatalf("listClusters = %v, %v, %v", names, more, err)
 	}
 }
+
+// TestGivesUpRejoining: a worker that lost its lease after registering
+// (revoked here) and cannot register again (its model record is gone) ends
+// in one error after RegisterTimeout, saying it lost its lease, instead of
+// retrying forever.
+func TestGivesUpRejoining(t *testing.T) {
+	h := newHarness(t)
+	r := h.start("w1", func(c *Config) { c.RegisterTimeout = joinTimeout })
+	h.ready(r)
+	set, err := h.reg.Workers(h.ctx)
+	if err != nil || len(set.Leases) != 1 {
+		t.Fatalf("workers %+v: %v", set, err)
+	}
+	if _, err := h.reg.Client().Delete(h.ctx, h.reg.ModelKey(h.fp)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, err := h.reg.Client().Revoke(h.ctx, set.Leases[0]); err != nil {
+		t.Fatal(err)
+	}
+	err = gaveUp(t, r, start, joinTimeout, joinTimeout, registry.ErrNoModel)
+	if !strings.Contains(err.Error(), "serves no model") {
+		t.Errorf("error does not say why: %v", err)
+	}
+	// With Wait, the same worker keeps trying.
+	h2 := newHarness(t)
+	r2 := h2.start("w1", func(c *Config) { c.RegisterTimeout = joinTimeout; c.Wait = true })
+	h2.ready(r2)
+	set, err = h2.reg.Workers(h2.ctx)
+	if err != nil || len(set.Leases) != 1 {
+		t.Fatalf("workers %+v: %v", set, err)
+	}
+	if _, err := h2.reg.Client().Delete(h2.ctx, h2.reg.ModelKey(h2.fp)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h2.reg.Client().Revoke(h2.ctx, set.Leases[0]); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-r2.done:
+		t.Fatalf("worker with Wait ended: %v", err)
+	case <-time.After(2*joinTimeout + time.Second):
+	}
+}

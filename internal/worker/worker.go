@@ -417,7 +417,12 @@ func (w *Worker) registerLoop(ctx context.Context, reg *registry.Registry, gossi
 			stop()
 			wg.Wait()
 			w.reg.Store(nil)
-			lg.Warn("lease lost (etcd unreachable for longer than the TTL?); registering again")
+			lg.Warn("lease lost (etcd unreachable for longer than the TTL, or revoked by the leader after failed health probes); registering again")
+			// Registering again is bounded like the first join (unless
+			// Config.Wait): the worker keeps serving what it holds
+			// meanwhile, but a cluster it cannot rejoin ends it.
+			join = &joinState{w: w, reg: reg, start: time.Now(), rejoin: true}
+			rl.reset()
 		}
 	}
 }

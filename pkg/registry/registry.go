@@ -72,6 +72,18 @@ func Dial(ctx context.Context, endpoints []string) (*clientv3.Client, error) {
 	return DialTLS(ctx, endpoints, nil)
 }
 
+// KeepAliveTime and KeepAliveTimeout are the etcd clients' gRPC keepalive:
+// a connection silent for KeepAliveTime is pinged, and closed when the
+// ping is not answered within KeepAliveTimeout. An external etcd should
+// allow pings that often (--grpc-keepalive-min-time 1s; the embedded one
+// does); its default minimum, 5 s, tolerates them while the server sends
+// data in between (lease renewals, watch events), as it does for a
+// worker.
+const (
+	KeepAliveTime    = 2 * time.Second
+	KeepAliveTimeout = time.Second
+)
+
 // DialTLS connects to etcd at endpoints with a silent client logger and
 // checks that the cluster answers within ctx. With creds, every endpoint
 // must be https:// and the client presents creds' certificate (etcd's
@@ -97,10 +109,15 @@ func DialTLS(ctx context.Context, endpoints []string, creds *auth.Credentials) (
 		Endpoints:   endpoints,
 		DialTimeout: 5 * time.Second,
 		Logger:      zap.NewNop(),
-		// Keepalive probes let a client notice a dead etcd instead of
-		// waiting on a half-open connection.
-		DialKeepAliveTime:    5 * time.Second,
-		DialKeepAliveTimeout: 5 * time.Second,
+		// Keepalive probes let a client notice a dead or cut-off member
+		// instead of waiting on a half-open connection, and move to
+		// another: within KeepAliveTime + KeepAliveTimeout (3 s), less
+		// than a worker's lease TTL (DefaultTTL), which its lease
+		// renewals would otherwise miss (found by scripts/chaos.sh: a
+		// worker connected to a member whose link went down lost its
+		// lease).
+		DialKeepAliveTime:    KeepAliveTime,
+		DialKeepAliveTimeout: KeepAliveTimeout,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("registry: dial etcd %v: %w", endpoints, err)

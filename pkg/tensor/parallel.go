@@ -1,6 +1,7 @@
 package tensor
 
 import (
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -130,14 +131,15 @@ func (j *job) run() {
 
 // callerSpin is how long a caller whose ranges are done polls for the
 // workers' before blocking: ranges are equal, so the wait is usually
-// shorter than one range, and blocking would cost a wake-up.
-const callerSpin = 500 * time.Microsecond
+// shorter than one range, and blocking would cost a wake-up. SetSpin
+// changes it.
+var callerSpin atomic.Int64 // nanoseconds; DefaultSpin * 5 / 3 unless set
 
 // wait returns when every range has run and no worker holds j.
 func (j *job) wait() {
-	start := time.Now()
+	start, spin := time.Now(), time.Duration(callerSpin.Load())
 	for i := 0; j.refs.Load() != 0; i++ {
-		if i%64 == 63 && time.Since(start) > callerSpin {
+		if (spin == 0 || i%64 == 63) && time.Since(start) >= spin {
 			j.wg.Wait()
 			for j.refs.Load() != 0 { // a worker between its last Done and detaching
 				runtime.Gosched()
@@ -175,7 +177,43 @@ var (
 
 // workerSpin is how long an idle worker keeps looking for jobs before it
 // parks (yielding its P between looks, so other goroutines still run).
-const workerSpin = 300 * time.Microsecond
+// SetSpin changes it.
+var workerSpin atomic.Int64 // nanoseconds; DefaultSpin unless set
+
+// DefaultSpin is how long the kernels' idle pool workers poll for the
+// next parallel call before parking (callers whose share is done poll 5/3
+// of it for the workers'). Polling saves a wake-up (~25 us) per fork when
+// the process has its cores to itself; where more runnable threads than
+// cores share a host (several workers on one machine), every poll takes
+// CPU time from a process that has real work, and SetSpin(0) is better.
+const DefaultSpin = 300 * time.Microsecond
+
+// SpinEnv names the environment variable that sets the spin at start-up
+// (a Go duration, e.g. "0" or "300us"); an invalid value is ignored with
+// the default kept.
+const SpinEnv = "SWITCHYARD_SPIN"
+
+func init() {
+	d := DefaultSpin
+	if v, ok := os.LookupEnv(SpinEnv); ok {
+		if e, err := time.ParseDuration(v); err == nil && e >= 0 {
+			d = e
+		}
+	}
+	SetSpin(d)
+}
+
+// SetSpin sets how long idle pool workers poll before parking (d) and how
+// long a caller polls for its workers' ranges before blocking (d * 5/3).
+// 0 parks and blocks at once. Safe to call at any time.
+func SetSpin(d time.Duration) {
+	d = max(d, 0)
+	workerSpin.Store(int64(d))
+	callerSpin.Store(int64(d * 5 / 3))
+}
+
+// Spin reports the pool workers' spin set by SetSpin.
+func Spin() time.Duration { return time.Duration(workerSpin.Load()) }
 
 func startWorkers(want int) {
 	if workersStarted.Load() >= int32(want) {
@@ -205,13 +243,13 @@ func wakeWorkers(k int) {
 
 func poolWorker() {
 	for {
-		start := time.Now()
+		start, spin := time.Now(), time.Duration(workerSpin.Load())
 		for i := 0; ; i++ {
 			if findWork() {
 				start = time.Now()
 				continue
 			}
-			if i%64 == 63 && time.Since(start) > workerSpin {
+			if (spin == 0 || i%64 == 63) && time.Since(start) >= spin {
 				break
 			}
 			runtime.Gosched()

@@ -72,7 +72,7 @@ func TestParallelRangeBlockingSpan(t *testing.T) {
 	release := make(chan struct{})
 	ParallelFor(2, 1, func(lo, hi int) {
 		if lo == 0 {
-			time.Sleep(2 * callerSpin)
+			time.Sleep(2 * time.Duration(callerSpin.Load()))
 			close(release)
 		} else {
 			<-release
@@ -128,4 +128,19 @@ func BenchmarkForkJoin(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestParallelRangeNoSpin: with SetSpin(0) (workers park at once, callers
+// block at once) every range still runs exactly once, nested and from
+// many callers at once.
+func TestParallelRangeNoSpin(t *testing.T) {
+	defer SetSpin(Spin())
+	SetSpin(0)
+	if Spin() != 0 {
+		t.Fatalf("Spin() = %v after SetSpin(0)", Spin())
+	}
+	t.Run("nested", TestParallelForNested)
+	t.Run("blocking", TestParallelRangeBlockingSpan)
+	t.Run("concurrent", TestParallelRangeConcurrentCallers)
+	t.Run("covers", TestParallelForCovers)
 }

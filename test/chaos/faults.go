@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"math/rand"
 	"os/exec"
@@ -12,7 +13,7 @@ import (
 // fault is one injected fault and what was measured about it.
 type fault struct {
 	n       int
-	kind    string // kill-worker, stop-worker, kill-leader, link-down, throttle
+	kind    string // kill-worker, stop-worker, kill-leader, restart-etcd, link-down, throttle
 	target  string // process name or host
 	host    int
 	proc    *proc
@@ -22,7 +23,7 @@ type fault struct {
 	outcome string
 }
 
-var kinds = []string{"kill-worker", "stop-worker", "kill-leader", "link-down", "throttle"}
+var kinds = []string{"kill-worker", "stop-worker", "kill-leader", "restart-etcd", "link-down", "throttle"}
 
 // Hold times of the faults that are undone.
 const (
@@ -47,6 +48,9 @@ func (e *env) pickFault(rng *rand.Rand, o *obs) *fault {
 			f.target = wnames[rng.Intn(len(wnames))]
 			f.proc, f.host = e.workers[f.target], e.hostOf[f.target]
 		}
+	case "restart-etcd":
+		f.target = fmt.Sprintf("e%d", rng.Intn(etcdMembers))
+		f.proc, f.host = e.etcds[f.target], e.hostOf[f.target]
 	case "link-down", "throttle":
 		f.host = 1 + rng.Intn(5) // never h0: etcd, the front end and the driver live there
 		name := "c2"
@@ -89,6 +93,23 @@ func (e *env) act(f *fault) error {
 		}
 		time.Sleep(restartDelay)
 		return e.sup.start(f.proc)
+	case "restart-etcd":
+		// SIGKILL one member; a supervisor starts it again on its data
+		// directory, and the fault is undone once it answers again.
+		if err := f.proc.kill(); err != nil {
+			return err
+		}
+		time.Sleep(restartDelay)
+		if err := e.sup.start(f.proc); err != nil {
+			return err
+		}
+		url := e.etcdURLs[f.host]
+		return waitFor(60*time.Second, func() bool {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			_, err := e.cli.Status(ctx, url)
+			return err == nil
+		})
 	case "stop-worker":
 		if err := f.proc.signal(syscall.SIGSTOP, false); err != nil {
 			return err

@@ -59,9 +59,16 @@ var (
 
 const clusterName = "chaos"
 
+// etcdMembers is the size of the etcd cluster, one member on each of the
+// hosts h0..h(etcdMembers-1): a member restart or a member's link going
+// down leaves a quorum.
+const etcdMembers = 3
+
 type env struct {
 	work, bin, net, subnet string
-	etcdURL                string
+	etcdURL                string           // every member's client URL, comma-separated (--etcd)
+	etcdURLs               []string         // the same, one each
+	etcds                  map[string]*proc // e0..e2
 	sup                    *supervisor
 	workers                map[string]*proc // w2..w5
 	coords                 map[string]*proc // c1, c2
@@ -253,19 +260,32 @@ func run() error {
 	}
 	sy := filepath.Join(e.bin, "switchyard")
 	model := filepath.Join(e.work, "in", "model")
-	e.etcdURL = "http://" + e.ip(0) + ":2379"
-
-	// --- control plane: etcd on h0, coordinators c1 (h0) and c2 (h1).
-	etcd := e.sup.add("etcd", e.ns(0), filepath.Join(logs, "etcd.log"), sy, "etcd", "--name", "etcd",
-		"--listen-client-urls", e.etcdURL, "--listen-peer-urls", "http://"+e.ip(0)+":2380", "--data-dir", filepath.Join(e.work, "etcd"))
-	if err := e.sup.start(etcd); err != nil {
-		return err
+	// --- control plane: a 3-member etcd (e0 on h0, e1 on h1, e2 on h2),
+	// coordinators c1 (h0) and c2 (h1).
+	e.etcds = map[string]*proc{}
+	e.hostOf = map[string]int{}
+	var initial []string
+	for h := range etcdMembers {
+		initial = append(initial, fmt.Sprintf("e%d=http://%s:2380", h, e.ip(h)))
+		e.etcdURLs = append(e.etcdURLs, "http://"+e.ip(h)+":2379")
 	}
-	if err := waitLog(etcd.log, "etcd: ready", 30*time.Second); err != nil {
-		return err
+	e.etcdURL = strings.Join(e.etcdURLs, ",")
+	for h := range etcdMembers {
+		name := fmt.Sprintf("e%d", h)
+		m := e.sup.add(name, e.ns(h), filepath.Join(logs, name+".log"), sy, "etcd", "--name", name,
+			"--listen-client-urls", e.etcdURLs[h], "--listen-peer-urls", fmt.Sprintf("http://%s:2380", e.ip(h)),
+			"--initial-cluster", strings.Join(initial, ","), "--data-dir", filepath.Join(e.work, name))
+		if err := e.sup.start(m); err != nil {
+			return err
+		}
+		e.etcds[name], e.hostOf[name] = m, h
+	}
+	for _, m := range e.etcds { // members wait for each other's quorum
+		if err := waitLog(m.log, "etcd: ready", 60*time.Second); err != nil {
+			return err
+		}
 	}
 	e.coords = map[string]*proc{}
-	e.hostOf = map[string]int{}
 	for i, name := range []string{"c1", "c2"} {
 		c := e.sup.add(name, e.ns(i), filepath.Join(logs, name+".log"), filepath.Join(e.bin, "coordinator"),
 			"--etcd", e.etcdURL, "--cluster", clusterName, "--model", model, "--replicas", "2", "--expect-workers", "4", "--name", name)
@@ -289,7 +309,7 @@ func run() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var err error
-	if e.cli, err = registry.DialTLS(ctx, []string{e.etcdURL}, nil); err != nil {
+	if e.cli, err = registry.DialTLS(ctx, e.etcdURLs, nil); err != nil {
 		return err
 	}
 	defer e.cli.Close()
