@@ -3,7 +3,7 @@
 # (with its embedded etcd on a free port, the model registered) and N worker
 # processes, each in the background with its log in a state folder.
 #
-#   scripts/local-cluster.sh up N [--model DIR] [--dir STATE] [--replicas R] [--lease-ttl D] [--tls] [--data-root DIR] [--coordinators K]
+#   scripts/local-cluster.sh up N [--model DIR] [--dir STATE] [--replicas R] [--lease-ttl D] [--tls] [--data-root DIR] [--coordinators K] [--etcd-members M]
 #   scripts/local-cluster.sh status [--dir STATE] [--json]
 #   scripts/local-cluster.sh down [--dir STATE]
 #
@@ -19,8 +19,15 @@
 # --coordinators K (K >= 2) runs etcd in a process of its own (switchyard
 # etcd; STATE/etcd.pid) and K coordinators c1..cK on it (STATE/coordinator.pid,
 # STATE/coordinator2.pid, ...): one leads, the others take over within the
-# leader's session TTL (5 s) when it dies, so a coordinator's death stalls
+# leader's session TTL (3 s) when it dies, so a coordinator's death stalls
 # neither a training job nor the serving placement.
+#
+# --etcd-members M (M >= 2; 3 is the usual) runs etcd as M members of one
+# cluster, each a `switchyard etcd` process of its own on fixed free ports
+# (STATE/etcd.pid, STATE/etcd2.pid, ...; the command that starts member I
+# again on its data directory in STATE/etcdI.cmd), so any one of them may
+# die or restart while the cluster keeps its quorum; STATE/endpoint holds
+# every member's client URL, comma-separated.
 #
 # --tls makes a development CA and certificates in STATE/tls (scripts/dev-ca.sh:
 # coordinator, w1..wN, fe1, fe2, client) and runs everything with mutual TLS:
@@ -55,6 +62,7 @@ json=
 tls=
 data_root=
 coordinators=1
+members=1
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--model) model=$2; shift 2 ;;
@@ -65,6 +73,7 @@ while [[ $# -gt 0 ]]; do
 	--tls) tls=1; shift ;;
 	--data-root) data_root=$2; shift 2 ;;
 	--coordinators) coordinators=$2; shift 2 ;;
+	--etcd-members) members=$2; shift 2 ;;
 	*) echo "local-cluster: unknown argument $1" >&2; usage ;;
 	esac
 done
@@ -112,9 +121,15 @@ down() {
 	for f in "$state"/coordinator*.pid; do
 		stop "$f"
 	done
-	stop "$state/etcd.pid"
+	for f in "$state"/etcd*.pid; do
+		stop "$f"
+	done
+	for f in "$state"/etcd "$state"/etcd[0-9]*; do # data directories (logs stay)
+		[[ ! -d $f ]] || rm -rf "$f"
+	done
+	rm -f "$state"/etcd*.cmd
 	shopt -u nullglob
-	rm -rf "$state/etcd" "$state/endpoint" "$state/tls-flags"
+	rm -rf "$state/endpoint" "$state/tls-flags"
 }
 
 # tlsflags NAME: the --tls-* flags of the process whose certificate is NAME
@@ -146,6 +161,43 @@ await() {
 
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
 
+# freeport: a loopback TCP port nothing listens on now (probed by connecting).
+freeport() {
+	local p
+	while :; do
+		p=$((20000 + RANDOM % 30000))
+		(exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
+	done
+}
+
+# member I: the suffix of member I's files (etcd, etcd2, etcd3, ...).
+member() { [[ $1 -eq 1 ]] && echo etcd || echo "etcd$1"; }
+
+# start_members: $members etcd members e1..eM on fixed free ports, one
+# cluster; sets etcd to their client URLs.
+start_members() {
+	local i f initial="" clients=() peers=()
+	for ((i = 1; i <= members; i++)); do
+		clients+=("$scheme://127.0.0.1:$(freeport)")
+		peers+=("$scheme://127.0.0.1:$(freeport)")
+		initial+="${initial:+,}e$i=${peers[i - 1]}"
+	done
+	for ((i = 1; i <= members; i++)); do
+		f=$state/$(member "$i")
+		printf '%q ' setsid "$bin/switchyard" etcd --name "e$i" --data-dir "$f" \
+			--listen-client-urls "${clients[i - 1]}" --listen-peer-urls "${peers[i - 1]}" \
+			--initial-cluster "$initial" $(tlsflags coordinator) >"$f.cmd"
+		echo >>"$f.cmd"
+		bash -c "exec $(cat "$f.cmd") >>$(printf %q "$f.out") 2>>$(printf %q "$f.log") </dev/null" &
+		echo $! >"$f.pid"
+	done
+	for ((i = 1; i <= members; i++)); do # each waits for a quorum
+		f=$state/$(member "$i")
+		await "$f.out" '^etcd: ready' 60 "$f.pid" >/dev/null
+	done
+	etcd=$(IFS=,; echo "${clients[*]}")
+}
+
 up() {
 	if alive "$state/coordinator.pid" || alive "$state/etcd.pid"; then
 		echo "local-cluster: already running (state in $state); run: $0 down --dir $state" >&2
@@ -167,7 +219,7 @@ up() {
 	grep -q '"bfloat16"' "$model/config.json" && elem=2
 
 	trap 'echo "local-cluster: up failed; stopping what started" >&2; down' ERR
-	if [[ $coordinators -le 1 ]]; then
+	if [[ $coordinators -le 1 && $members -le 1 ]]; then
 		setsid "$bin/coordinator" --listen-client-urls 127.0.0.1:0 --listen-peer-urls 127.0.0.1:0 \
 			--data-dir "$state/etcd" --cluster "$cluster" --name local --model "$model" \
 			--elem-bytes "$elem" --replicas "$replicas" --expect-workers "$n" $(tlsflags coordinator) \
@@ -177,11 +229,15 @@ up() {
 	else
 		scheme=http
 		[[ -z $tls ]] || scheme=https
-		setsid "$bin/switchyard" etcd --name local --data-dir "$state/etcd" \
-			--listen-client-urls "$scheme://127.0.0.1:0" --listen-peer-urls "$scheme://127.0.0.1:0" $(tlsflags coordinator) \
-			>"$state/etcd.out" 2>"$state/etcd.log" </dev/null &
-		echo $! >"$state/etcd.pid"
-		etcd=$(await "$state/etcd.out" '^etcd: ready' 60 "$state/etcd.pid" | field client)
+		if [[ $members -le 1 ]]; then
+			setsid "$bin/switchyard" etcd --name local --data-dir "$state/etcd" \
+				--listen-client-urls "$scheme://127.0.0.1:0" --listen-peer-urls "$scheme://127.0.0.1:0" $(tlsflags coordinator) \
+				>"$state/etcd.out" 2>"$state/etcd.log" </dev/null &
+			echo $! >"$state/etcd.pid"
+			etcd=$(await "$state/etcd.out" '^etcd: ready' 60 "$state/etcd.pid" | field client)
+		else
+			start_members
+		fi
 		rbac=
 		[[ -z $tls ]] || rbac=--etcd-rbac
 		for ((c = 1; c <= coordinators; c++)); do
@@ -214,7 +270,10 @@ up() {
 
 	echo "local cluster \"$cluster\" is up (state and logs in $state)"
 	if [[ -f $state/etcd.pid ]]; then
-		printf '  %-12s %-28s pid %-7s log %s\n' etcd "$etcd" "$(cat "$state/etcd.pid")" "$state/etcd.log"
+		for ((i = 1; i <= members; i++)); do
+			f=$state/$(member "$i")
+			printf '  %-12s %-28s pid %-7s log %s\n' "etcd e$i" "$(field client <"$f.out" | head -n1)" "$(cat "$f.pid")" "$f.log"
+		done
 		for ((c = 1; c <= coordinators; c++)); do
 			pidf=$state/coordinator.pid log=$state/coordinator.log
 			[[ $c -eq 1 ]] || pidf=$state/coordinator$c.pid log=$state/coordinator$c.log

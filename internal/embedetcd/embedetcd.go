@@ -189,10 +189,12 @@ func Start(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	ec.TickMs = cfg.TickMs
 	ec.ElectionMs = cfg.ElectionMs
-	// Clients ping every registry.KeepAliveTime to notice a dead member
-	// within a lease TTL; etcd's default minimum (5 s) would answer pings
-	// that frequent on an idle connection with GOAWAY.
-	ec.GRPCKeepAliveMinTime = time.Second
+	// Clients ping every registry.KeepAliveTime (1 s) to notice a dead
+	// member within a session TTL; etcd's default minimum (5 s) would
+	// answer pings that frequent on an idle connection with GOAWAY, and a
+	// minimum equal to the interval would count a slightly early ping as
+	// a strike.
+	ec.GRPCKeepAliveMinTime = 500 * time.Millisecond
 	ec.Logger = "zap"
 	ec.LogLevel = cfg.LogLevel
 	if ec.LogLevel == "" {

@@ -75,12 +75,12 @@ func Dial(ctx context.Context, endpoints []string) (*clientv3.Client, error) {
 // KeepAliveTime and KeepAliveTimeout are the etcd clients' gRPC keepalive:
 // a connection silent for KeepAliveTime is pinged, and closed when the
 // ping is not answered within KeepAliveTimeout. An external etcd should
-// allow pings that often (--grpc-keepalive-min-time 1s; the embedded one
-// does); its default minimum, 5 s, tolerates them while the server sends
-// data in between (lease renewals, watch events), as it does for a
-// worker.
+// allow pings that often (--grpc-keepalive-min-time 500ms; the embedded
+// one does, and deploy/k8s/etcd.yaml); its default minimum, 5 s,
+// tolerates them only while the server sends data in between (lease
+// renewals, watch events), as it does for a worker.
 const (
-	KeepAliveTime    = 2 * time.Second
+	KeepAliveTime    = time.Second
 	KeepAliveTimeout = time.Second
 )
 
@@ -111,8 +111,9 @@ func DialTLS(ctx context.Context, endpoints []string, creds *auth.Credentials) (
 		Logger:      zap.NewNop(),
 		// Keepalive probes let a client notice a dead or cut-off member
 		// instead of waiting on a half-open connection, and move to
-		// another: within KeepAliveTime + KeepAliveTimeout (3 s), less
-		// than a worker's lease TTL (DefaultTTL), which its lease
+		// another: within KeepAliveTime + KeepAliveTimeout (2 s), less
+		// than a coordinator's session TTL (3 s) and a worker's lease
+		// TTL (DefaultTTL, 5 s), which its lease
 		// renewals would otherwise miss (found by scripts/chaos.sh: a
 		// worker connected to a member whose link went down lost its
 		// lease).

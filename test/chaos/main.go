@@ -24,6 +24,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand"
 	"net/http"
 	"os"
@@ -553,7 +554,7 @@ func run() error {
 	// --- report.
 	var b strings.Builder
 	fmt.Fprintf(&b, "chaos: %s, %s, load average %s\n", time.Now().UTC().Format(time.RFC3339), cpuModel(), loadAvg())
-	fmt.Fprintf(&b, "chaos: seed %d, --faults %d --seconds %d; cluster %s-h0..h5 (%s.1-6, 1gbit tbf): h0 etcd+c1+front end, h1 c2, h2..h5 workers w2..w5, qwen2_moe golden, --replicas 2\n",
+	fmt.Fprintf(&b, "chaos: seed %d, --faults %d --seconds %d; cluster %s-h0..h5 (%s.1-6, 1gbit tbf): etcd members e0..e2 on h0..h2, h0 c1+front end, h1 c2, h2..h5 workers w2..w5, qwen2_moe golden, --replicas 2\n",
 		seed, *flagFaults, *flagSeconds, e.net, e.subnet)
 	fmt.Fprintf(&b, "chaos: job dsv3-micro steps %d batch 4 seq-len 32 save-every 4 on 3 of 4 workers; reference run %.0f s; chaos phase %.0f s; %d serving clients\n",
 		steps, refDur.Seconds(), chaosDur.Seconds(), *flagClients)
@@ -561,6 +562,7 @@ func run() error {
 	for _, f := range faults {
 		fmt.Fprintf(&b, "%-3d %7.1f  %-13s %-8s %9s %10s  %s\n", f.n, f.at.Sub(chaosStart).Seconds(), f.kind, f.target, secs(f.detect), secs(f.recover), f.outcome)
 	}
+	fmt.Fprintln(&b, summary(faults))
 	if recoveryFailed {
 		viol(false, "(e) recovery: the cluster did not return to 2 live copies on 4 workers within %v", *flagRecovery)
 	}
@@ -583,6 +585,40 @@ func run() error {
 		os.Exit(1)
 	}
 	return nil
+}
+
+// summary is the line of detection and recovery statistics: the median
+// and the largest detection time over the faults etcd showed, the same for
+// recovery over every fault, and detection by kind.
+func summary(faults []*fault) string {
+	var det, rec []time.Duration
+	byKind := map[string][]time.Duration{}
+	for _, f := range faults {
+		if f.detect >= 0 {
+			det = append(det, f.detect)
+			byKind[f.kind] = append(byKind[f.kind], f.detect)
+		}
+		if f.recover >= 0 {
+			rec = append(rec, f.recover)
+		}
+	}
+	med := func(ds []time.Duration) string {
+		if len(ds) == 0 {
+			return "-"
+		}
+		slices.Sort(ds)
+		m := ds[len(ds)/2]
+		if len(ds)%2 == 0 {
+			m = (ds[len(ds)/2-1] + ds[len(ds)/2]) / 2
+		}
+		return fmt.Sprintf("median %.2f s, max %.2f s", m.Seconds(), ds[len(ds)-1].Seconds())
+	}
+	var kinds []string
+	for _, k := range slices.Sorted(maps.Keys(byKind)) {
+		kinds = append(kinds, fmt.Sprintf("%s %s (%d)", k, med(byKind[k]), len(byKind[k])))
+	}
+	return fmt.Sprintf("summary: detection (where etcd showed the fault, %d of %d) %s; recovery (%d) %s; detection by kind: %s",
+		len(det), len(faults), med(det), len(rec), med(rec), strings.Join(kinds, "; "))
 }
 
 func secs(d time.Duration) string {
