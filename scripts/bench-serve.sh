@@ -25,7 +25,8 @@
 #                 while the front end waits for the owners)
 #
 # BENCH_SERVE_CLIENTS ("1 16") and BENCH_SERVE_RATES ("1gbit 10gbit", the
-# 4-host runs) narrow a run.
+# 4-host runs) narrow a run; BENCH_SERVE_ONLY_2HOSTS=1 runs only the 2-host
+# one; BENCH_SERVE_KEEP=1 keeps the work folder (every process's log).
 #
 # Every request asks for 64 tokens (ignore_eos), but the first of each of N
 # clients asks for (c+1)/N of them, so that the clients do not start and end
@@ -69,7 +70,7 @@ cleanup() {
 	pids=()
 	$net down >/dev/null 2>&1 || true
 }
-trap 'cleanup; rm -rf "$work"' EXIT
+trap 'cleanup; if [ -n "${BENCH_SERVE_KEEP:-}" ]; then echo "bench-serve: work folder kept: $work" >&2; else rm -rf "$work"; fi' EXIT
 trap 'exit 130' INT TERM
 
 cpu="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cores"
@@ -173,9 +174,11 @@ case "$only" in "" | workers)
 esac
 case "$only" in "" | netns)
 	if [ "$(id -u)" = 0 ]; then
-		for rate in ${BENCH_SERVE_RATES:-1gbit 10gbit}; do
-			SWITCHYARD_SPIN=0 run_netns "$rate" 4
-		done
+		if [ -z "${BENCH_SERVE_ONLY_2HOSTS:-}" ]; then
+			for rate in ${BENCH_SERVE_RATES:-1gbit 10gbit}; do
+				SWITCHYARD_SPIN=0 run_netns "$rate" 4
+			done
+		fi
 		SWITCHYARD_SPIN=0 BENCH_SERVE_WORKER_ENV=GOMAXPROCS=1 run_netns 1gbit 2 ", 1 core each"
 	else
 		log "# netns configurations skipped: need root"

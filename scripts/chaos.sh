@@ -3,11 +3,13 @@
 # (scripts/netns/cluster.sh, SY_CLUSTER=chaos, SY_SUBNET=10.99.0, 1 Gbit/s
 # tbf both ways per host):
 #
-#   h0      etcd (`switchyard etcd`), coordinator c1, front end
+#   h0      etcd member e0 (`switchyard etcd`; a 3-member cluster with e1
+#           on h1 and e2 on h2), coordinator c1, front end
 #           (`switchyard serve --etcd`), and the driver (test/chaos)
-#   h1      coordinator c2
+#   h1      coordinator c2, etcd member e1
 #   h2..h5  workers w2..w5 (qwen2_moe golden model, --replicas 2: every
-#           expert on two workers; --data-root the work folder; --wait)
+#           expert on two workers; --data-root the work folder; --wait);
+#           etcd member e2 on h2
 #
 # The driver first runs a dsv3-micro training job on the book (40 steps,
 # batch 4, seq-len 32, save-every 4, fixed size: 3 of the 4 workers)
@@ -15,8 +17,9 @@
 # serving load (3 clients looping on /v1/completions) runs and seeded
 # random faults are injected one at a time: SIGKILL of a worker (restarted
 # 1 s later), SIGSTOP/SIGCONT of a worker (4 s), SIGKILL of the leader
-# coordinator (restarted), a host's link down (6 s, on the bridge side),
-# a host's link throttled to 1% (5 s). Each fault's detection and recovery
+# coordinator (restarted), SIGKILL of an etcd member (restarted 1 s later
+# on its data directory; undone once it answers), a host's link down (6 s,
+# on the bridge side), a host's link throttled to 1% (5 s). Each fault's detection and recovery
 # times are read from etcd. Invariants: (a) no serving request fails;
 # (b) the job reaches Done with exactly `steps` losses; (c) every
 # checkpoint it wrote verifies and loads; (d) its final checkpoint equals

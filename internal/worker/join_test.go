@@ -247,3 +247,27 @@ func TestGivesUpRejoining(t *testing.T) {
 	case <-time.After(2*joinTimeout + time.Second):
 	}
 }
+
+// TestGivesUpUnplaceable: a worker whose memory holds no expert (so the
+// leader's verdict is a shortfall) ends in one error after RegisterTimeout
+// quoting the verdict; with Wait it keeps waiting.
+func TestGivesUpUnplaceable(t *testing.T) {
+	h := newHarness(t)
+	start := time.Now()
+	r := h.start("w1", func(c *Config) { c.MemBytes = RuntimeReserve + 1; c.RegisterTimeout = joinTimeout })
+	h.ready(r)
+	err := gaveUp(t, r, start, joinTimeout, joinTimeout+5*time.Second, ErrUnplaceable)
+	for _, s := range []string{"cannot be placed", "holds none of its experts", "--register-timeout"} {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("error lacks %q", s)
+		}
+	}
+	h2 := newHarness(t)
+	r2 := h2.start("w1", func(c *Config) { c.MemBytes = RuntimeReserve + 1; c.RegisterTimeout = joinTimeout; c.Wait = true })
+	h2.ready(r2)
+	select {
+	case err := <-r2.done:
+		t.Fatalf("worker with Wait ended: %v", err)
+	case <-time.After(2*joinTimeout + 2*time.Second):
+	}
+}

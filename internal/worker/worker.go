@@ -12,11 +12,13 @@ import (
 	"runtime/debug"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/switchyard/switchyard/internal/backoff"
+	"github.com/switchyard/switchyard/internal/coordinator"
 	"github.com/switchyard/switchyard/internal/jobrunner"
 	"github.com/switchyard/switchyard/internal/jobs"
 	"github.com/switchyard/switchyard/pkg/cluster"
@@ -39,6 +41,7 @@ type Worker struct {
 	started   atomic.Bool
 	ready     chan struct{}
 	readyOnce sync.Once
+	fatal     chan error // a reason to stop for good found while registered (watchVerdict)
 
 	// budget is the expert bytes the worker may hold, ExpertBudget of
 	// Config.MemBytes (0: unlimited); registered as WorkerInfo.MemBytes.
@@ -68,7 +71,7 @@ func New(cfg Config) (*Worker, error) {
 	if lg == nil {
 		lg = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Worker{cfg: cfg, log: lg.With("worker", string(cfg.ID)), ready: make(chan struct{}), budget: ExpertBudget(cfg.MemBytes)}, nil
+	return &Worker{cfg: cfg, log: lg.With("worker", string(cfg.ID)), ready: make(chan struct{}), fatal: make(chan error, 1), budget: ExpertBudget(cfg.MemBytes)}, nil
 }
 
 // isReady reports whether Ready is closed.
@@ -273,6 +276,13 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 		fwg.Wait()
 		lg.Debug("shutdown: placement watch stopped", "took", time.Since(t).Round(time.Millisecond))
 	}()
+	if fp != "" && !cfg.Wait {
+		fwg.Add(1)
+		go func() {
+			defer fwg.Done()
+			w.watchVerdict(fctx, reg, fp)
+		}()
+	}
 	// Training jobs the scheduler assigns to this worker.
 	if !cfg.NoJobs {
 		fwg.Add(1)
@@ -413,6 +423,14 @@ func (w *Worker) registerLoop(ctx context.Context, reg *registry.Registry, gossi
 				lg.Info("deregistered (lease revoked)")
 			}
 			return nil
+		case err := <-w.fatal:
+			stop()
+			wg.Wait()
+			w.reg.Store(nil)
+			if cerr := g.Close(); cerr != nil {
+				lg.Warn("deregister", "err", cerr)
+			}
+			return err
 		case <-g.Done():
 			stop()
 			wg.Wait()
@@ -715,4 +733,53 @@ func version() string {
 		return v
 	}
 	return "devel"
+}
+
+// ErrUnplaceable is wrapped (with ErrGaveUp) when the worker stopped
+// because the leader's verdict said its model cannot be placed, for
+// longer than Config.RegisterTimeout, while the worker held no expert.
+var ErrUnplaceable = errors.New("model cannot be placed")
+
+// watchVerdict follows the leader's verdict on the model (unless
+// Config.Wait): when it has said for RegisterTimeout that the model cannot
+// be placed (e.g. the workers' memory falls short; not the start-up wait
+// for the expected workers) and this worker holds no expert, it sends one
+// clear error to w.fatal, which ends Run. A worker that holds experts
+// keeps serving them: the cluster serves what it can (503 naming the
+// missing experts) and is not made worse by its leaving.
+func (w *Worker) watchVerdict(ctx context.Context, reg *registry.Registry, fp string) {
+	var since time.Time
+	var why string
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	ch := reg.WatchPlacementStatus(ctx, fp)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case st, ok := <-ch:
+			if !ok {
+				return
+			}
+			if st != nil && st.Error != "" && !strings.Contains(st.Error, coordinator.ErrAwaitingWorkers.Error()) {
+				if since.IsZero() {
+					since = time.Now()
+					w.log.Warn("the leader says the model cannot be placed", "verdict", st.Error)
+				}
+				why = st.Error
+			} else {
+				since = time.Time{}
+			}
+		case <-t.C:
+		}
+		if since.IsZero() || time.Since(since) < w.cfg.RegisterTimeout || (w.store != nil && len(w.store.IDs()) > 0) {
+			continue
+		}
+		select {
+		case w.fatal <- fmt.Errorf("worker %s: the leader has said for %v that model %s cannot be placed, and this worker holds none of its experts (--register-timeout; --wait keeps waiting): %s: %w: %w",
+			w.cfg.ID, time.Since(since).Round(100*time.Millisecond), fp, why, ErrUnplaceable, ErrGaveUp):
+		default:
+		}
+		return
+	}
 }
