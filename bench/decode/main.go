@@ -18,7 +18,22 @@
 // fraction of its own bandwidth bound (its bytes per token are smaller) and
 // its speed-up over bf16.
 //
-// Usage: go run ./bench/decode [-dir DIR] [-tokens N] [-formats bf16,int8,q4] [-rounds R]
+// With -prefill N each round also times one forward of an N-token prompt
+// (pseudo-random token ids, one batch: prefill) per format. With -brief the
+// run prints only machine-readable lines, one per measurement, and skips
+// the bandwidth measurements (unless -copybw), the table and the profiled
+// pass; -formats may then be any list. scripts/bench-peers.sh runs it so,
+// one measurement per process, interleaved with llama.cpp's:
+//
+//	switchyard: threads=2 format=bf16 round=1 decode_tokens=32 decode_tok_s=33.10
+//	switchyard: threads=2 format=bf16 round=1 prefill_tokens=512 prefill_tok_s=150.2
+//	switchyard: format=bf16 bytes_per_token=661700000
+//	switchyard: threads=2 copy_bw_gbs=28.42
+//
+// Usage:
+//
+//	go run ./bench/decode [-dir DIR] [-tokens N] [-formats bf16,int8,q4] [-rounds R]
+//	    [-prefill N] [-threads T] [-brief [-copybw]]
 package main
 
 import (
@@ -51,7 +66,14 @@ func main() {
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the timed decode steps")
 	formatList := flag.String("formats", "bf16,int8,q4", "routed-expert formats to decode with, side by side: bf16 (as loaded) first, then --quantize values")
 	rounds := flag.Int("rounds", 3, "interleaved rounds over the formats")
+	prefill := flag.Int("prefill", 0, "also time one forward of a prompt of this many tokens per format and round (0: no prefill)")
+	threads := flag.Int("threads", 0, "set GOMAXPROCS (the kernels' threads) to this (0: leave it)")
+	brief := flag.Bool("brief", false, "print only machine-readable lines (\"switchyard: ...\"), after an untimed warm-up; no table, no profile, no bandwidths unless -copybw")
+	copyBW := flag.Bool("copybw", false, "with -brief: measure the copy bandwidth and print it")
 	flag.Parse()
+	if *threads > 0 {
+		runtime.GOMAXPROCS(*threads)
+	}
 
 	hf := map[string]any{
 		"model_type": "mixtral", "vocab_size": *vocab, "hidden_size": *hidden,
@@ -79,7 +101,7 @@ func main() {
 		fail(err)
 	}
 	c := m.Cfg
-	formats, err := parseFormats(*formatList)
+	formats, err := parseFormats(*formatList, *brief)
 	if err != nil {
 		fail(err)
 	}
@@ -121,12 +143,20 @@ func main() {
 		vs = append(vs, &variant{name: name, m: mv, perToken: per})
 	}
 
-	bw := copyBandwidth(1 << 30)
-	rbw := streamBandwidth(1 << 30)
+	nthreads := runtime.GOMAXPROCS(0)
+	var bw, rbw float64
+	if !*brief || *copyBW {
+		bw = copyBandwidth(1 << 30)
+	}
+	if !*brief {
+		rbw = streamBandwidth(1 << 30)
+	}
 
 	ctx := context.Background()
 	// decode runs a fresh sequence: a 4-token prompt, one warm-up step,
-	// then n timed steps; it returns tokens/s.
+	// then n timed steps; it returns tokens/s. greedy holds the last run's
+	// tokens (the prompt's argmax, the warm-up step's, then the timed ones).
+	var greedy []int32
 	decode := func(m *model.Model, n int, prof *model.Profile) float64 {
 		seq := m.NewSeq()
 		out, err := m.Forward(ctx, []*model.Seq{seq}, [][]int32{{1, 2, 3, 4}}, model.Options{})
@@ -134,18 +164,80 @@ func main() {
 			fail(err)
 		}
 		next := model.Argmax(out.Logits)
+		greedy = append(greedy[:0], next)
 		if out, err = m.Forward(ctx, []*model.Seq{seq}, [][]int32{{next}}, model.Options{}); err != nil {
 			fail(err)
 		}
 		next = model.Argmax(out.Logits)
+		greedy = append(greedy, next)
 		t0 := time.Now()
 		for i := 0; i < n; i++ {
 			if out, err = m.Forward(ctx, []*model.Seq{seq}, [][]int32{{next}}, model.Options{Prof: prof}); err != nil {
 				fail(err)
 			}
 			next = model.Argmax(out.Logits)
+			greedy = append(greedy, next)
 		}
 		return float64(n) / time.Since(t0).Seconds()
+	}
+	// prompt returns n pseudo-random token ids in [1, vocab) (a fixed LCG,
+	// the one bench/peers/llama_bench.c uses).
+	prompt := func(n int) []int32 {
+		ids := make([]int32, n)
+		x := uint32(12345)
+		for i := range ids {
+			x = x*1103515245 + 12345
+			ids[i] = int32(1 + (x>>8)%uint32(c.Vocab-1))
+		}
+		return ids
+	}
+	// prefillRate runs one forward of an n-token prompt on a fresh sequence
+	// (logits of the last token only, as in serving); it returns tokens/s.
+	prefillRate := func(m *model.Model, n int) float64 {
+		ids := prompt(n)
+		seq := m.NewSeq()
+		t0 := time.Now()
+		out, err := m.Forward(ctx, []*model.Seq{seq}, [][]int32{ids}, model.Options{})
+		if err != nil {
+			fail(err)
+		}
+		el := time.Since(t0)
+		_ = model.Argmax(out.Logits)
+		return float64(n) / el.Seconds()
+	}
+	if *brief {
+		if *copyBW {
+			fmt.Printf("switchyard: threads=%d copy_bw_gbs=%.2f\n", nthreads, bw/1e9)
+		}
+		for _, v := range vs {
+			fmt.Printf("switchyard: format=%s bytes_per_token=%d\n", v.name, v.perToken)
+		}
+		// Untimed warm-up, as llama_bench.c does: a short prompt (which
+		// reaches most experts) and a few decode steps.
+		for _, v := range vs {
+			if *prefill > 0 {
+				prefillRate(v.m, min(*prefill, 64))
+			}
+			if *tokens > 0 {
+				decode(v.m, min(*tokens, 4), nil)
+			}
+		}
+		for r := 0; r < *rounds; r++ {
+			for _, v := range vs {
+				if *tokens > 0 {
+					fmt.Printf("switchyard: threads=%d format=%s round=%d decode_tokens=%d decode_tok_s=%.3f\n",
+						nthreads, v.name, r+1, *tokens, decode(v.m, *tokens, nil))
+					if r == 0 {
+						fmt.Printf("switchyard: format=%s greedy=%s\n", v.name, joinIDs(greedy[:min(len(greedy), 16)]))
+					}
+				}
+				if *prefill > 0 {
+					fmt.Printf("switchyard: threads=%d format=%s round=%d prefill_tokens=%d prefill_tok_s=%.3f\n",
+						nthreads, v.name, r+1, *prefill, prefillRate(v.m, *prefill))
+				}
+			}
+		}
+		return
 	}
 	if *cpuprofile != "" {
 		f, err := os.Create(*cpuprofile)
@@ -157,9 +249,13 @@ func main() {
 	}
 	// Interleaved rounds: each round decodes with every format in turn, so
 	// a slow stretch of a noisy machine hits them alike.
+	pre := make([][]float64, len(vs)) // prefill tokens/s per format and round
 	for r := 0; r < *rounds; r++ {
-		for _, v := range vs {
+		for i, v := range vs {
 			v.tps = append(v.tps, decode(v.m, *tokens, nil))
+			if *prefill > 0 {
+				pre[i] = append(pre[i], prefillRate(v.m, *prefill))
+			}
 		}
 	}
 	// One more pass per format with the model's profile: where a token's
@@ -172,7 +268,7 @@ func main() {
 	fmt.Printf("decode model: mixtral-style, %d layers, hidden %d, %d experts top-%d, expert inter %d, vocab %d, bf16 weights (%.2f GB)\n",
 		c.Layers, c.Hidden, c.MoE.Router.NumExperts, c.MoE.Router.TopK, c.MoE.Inter, c.Vocab,
 		float64(m.DenseBytes+bf16Store.Bytes())/1e9)
-	fmt.Printf("threads (GOMAXPROCS)          %d\n", runtime.GOMAXPROCS(0))
+	fmt.Printf("threads (GOMAXPROCS)          %d\n", nthreads)
 	fmt.Printf("quantized kernels             %s\n", tensor.QuantKernel())
 	fmt.Printf("copy bandwidth (STREAM copy)  %.2f GB/s\n", bw/1e9)
 	fmt.Printf("weight-stream bandwidth       %.2f GB/s (bf16 GEMV over 1 GiB, read only)\n", rbw/1e9)
@@ -200,11 +296,25 @@ func main() {
 		rest := p.Total - p.Attention - p.Router - p.Experts - p.Head - p.SharedExperts - p.DenseMLP
 		fmt.Printf("| %s | %.2f | %.2f | %.2f | %.2f | %.2f | %.2f |\n", v.name, ms(p.Attention), ms(p.Router), ms(p.Experts), ms(p.Head), ms(rest), ms(p.Total))
 	}
+	if *prefill > 0 {
+		fmt.Println()
+		fmt.Printf("prefill: one forward of a %d-token prompt per round, tokens/s (median of %d):\n", *prefill, *rounds)
+		fmt.Println("| routed experts | prefill tokens/s | vs bf16 |")
+		fmt.Println("|---|---:|---:|")
+		for i, v := range vs {
+			ratios := make([]float64, len(pre[i]))
+			for r := range pre[i] {
+				ratios[r] = pre[i][r] / pre[0][r]
+			}
+			fmt.Printf("| %s | %.1f | %.2fx |\n", v.name, median(pre[i]), median(ratios))
+		}
+	}
 }
 
 // parseFormats parses -formats: bf16 (the checkpoint's experts) and
-// --quantize values.
-func parseFormats(list string) ([]tensor.QFormat, error) {
+// --quantize values; bf16 must come first unless anyFirst (-brief: no
+// speed-ups are computed).
+func parseFormats(list string, anyFirst bool) ([]tensor.QFormat, error) {
 	var out []tensor.QFormat
 	for _, s := range strings.Split(list, ",") {
 		if s == "bf16" {
@@ -217,7 +327,7 @@ func parseFormats(list string) ([]tensor.QFormat, error) {
 		}
 		out = append(out, f)
 	}
-	if len(out) == 0 || out[0] != tensor.QNone {
+	if len(out) == 0 || (!anyFirst && out[0] != tensor.QNone) {
 		return nil, fmt.Errorf("-formats must start with bf16 (the reference of the speed-ups)")
 	}
 	return out, nil
@@ -245,6 +355,15 @@ func quantizeStore(s *expert.Store, f tensor.QFormat) (*expert.Store, error) {
 		qs.Put(id, out[i])
 	}
 	return qs, nil
+}
+
+// joinIDs writes token ids as 1,2,3.
+func joinIDs(ids []int32) string {
+	s := make([]string, len(ids))
+	for i, id := range ids {
+		s[i] = fmt.Sprint(id)
+	}
+	return strings.Join(s, ",")
 }
 
 func median(v []float64) float64 {
