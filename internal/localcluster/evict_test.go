@@ -28,28 +28,8 @@ func TestStoppedWorkerIsEvicted(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lc.Close()
-	lease := func(id cluster.WorkerID) int64 {
-		set, err := lc.Registry.Workers(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i, w := range set.Workers {
-			if w.ID == id {
-				return int64(set.Leases[i])
-			}
-		}
-		return 0
-	}
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		for !cond() {
-			select {
-			case <-ctx.Done():
-				t.Fatalf("%s: %v", what, ctx.Err())
-			case <-time.After(20 * time.Millisecond):
-			}
-		}
-	}
+	lease := func(id cluster.WorkerID) int64 { return leaseOf(t, ctx, lc, id) }
+	waitFor := func(what string, cond func() bool) { t.Helper(); waitUntil(t, ctx, what, cond) }
 	const id = cluster.WorkerID("w2")
 	var first int64
 	waitFor("w2 registered", func() bool { first = lease(id); return first != 0 })

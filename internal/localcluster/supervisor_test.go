@@ -74,28 +74,8 @@ func TestSupervisorRestartsKilledWorker(t *testing.T) {
 		}
 	}()
 	const id = cluster.WorkerID("w1")
-	lease := func() int64 {
-		set, err := lc.Registry.Workers(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i, w := range set.Workers {
-			if w.ID == id {
-				return int64(set.Leases[i])
-			}
-		}
-		return 0
-	}
-	waitFor := func(what string, cond func() bool) {
-		t.Helper()
-		for !cond() {
-			select {
-			case <-ctx.Done():
-				t.Fatalf("%s: %v", what, ctx.Err())
-			case <-time.After(50 * time.Millisecond):
-			}
-		}
-	}
+	lease := func() int64 { return leaseOf(t, ctx, lc, id) }
+	waitFor := func(what string, cond func() bool) { t.Helper(); waitUntil(t, ctx, what, cond) }
 	var first int64
 	waitFor("w1 registered", func() bool { first = lease(); return first != 0 })
 	p1 := lc.Proc(id)

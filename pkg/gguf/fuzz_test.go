@@ -3,6 +3,7 @@ package gguf
 import (
 	"bytes"
 	"errors"
+	"slices"
 	"testing"
 )
 
@@ -64,7 +65,7 @@ func FuzzRead(f *testing.F) {
 		}
 		for i, ti := range g.Tensors {
 			hi := h.Tensors[i]
-			if hi.Name != ti.Name || hi.Type != ti.Type || !equalDims(hi.Dims, ti.Dims) || hi.Offset != ti.Offset {
+			if hi.Name != ti.Name || hi.Type != ti.Type || !slices.Equal(hi.Dims, ti.Dims) || hi.Offset != ti.Offset {
 				t.Fatalf("round trip: tensor %q info differs", ti.Name)
 			}
 			d, err := h.ReadTensor(ti.Name)

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -113,7 +114,7 @@ func TestRoundTrip(t *testing.T) {
 		if !ok {
 			t.Fatalf("tensor %q missing", ti.Name)
 		}
-		if got.Type != ti.Type || !equalDims(got.Dims, ti.Dims) || got.Offset != off {
+		if got.Type != ti.Type || !slices.Equal(got.Dims, ti.Dims) || got.Offset != off {
 			t.Errorf("tensor %q: got %v %v offset %d, want %v %v offset %d", ti.Name, got.Type, got.Dims, got.Offset, ti.Type, ti.Dims, off)
 		}
 		if got.Offset%DefaultAlignment != 0 {
@@ -150,18 +151,6 @@ func mustGet(t *testing.T, f *File, key string) Value {
 		t.Fatalf("key %q missing", key)
 	}
 	return v
-}
-
-func equalDims(a, b []uint64) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // TestCustomAlignment: general.alignment changes the padding of the header

@@ -76,11 +76,7 @@ func TestControlPlaneSurvivesItsCrashes(t *testing.T) {
 		t.Fatalf("leader %q (%v), want c1 or c2", leader, err)
 	}
 	pidFile := map[string]string{"c1": "coordinator.pid", "c2": "coordinator2.pid"}[leader]
-	b, err := os.ReadFile(filepath.Join(state, pidFile))
-	if err != nil {
-		t.Fatal(err)
-	}
-	pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	pid := readPid(t, filepath.Join(state, pidFile))
 	before := step()
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -100,11 +96,7 @@ func TestControlPlaneSurvivesItsCrashes(t *testing.T) {
 	}
 
 	// etcd freezes for 4 s: the client says so, then that it is back.
-	b, err = os.ReadFile(filepath.Join(state, "etcd.pid"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	epid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
+	epid := readPid(t, filepath.Join(state, "etcd.pid"))
 	if err := syscall.Kill(epid, syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
@@ -134,6 +126,20 @@ func TestControlPlaneSurvivesItsCrashes(t *testing.T) {
 	}
 	report(t, "control plane: leader %s SIGKILLed at step %d: the job stepped on (3 steps) within %v, %s led %v later; etcd frozen 4 s: the train client reported it after %v; %d steps done, none lost or repeated",
 		leader, before, stepping.Round(time.Millisecond), next, takeover.Round(time.Millisecond), reported.Round(time.Millisecond), steps)
+}
+
+// readPid reads the process ID a pid file (local-cluster.sh's) holds.
+func readPid(t *testing.T, path string) int {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return pid
 }
 
 // waitFor polls cond every 50 ms until it holds or ctx ends (a failure
@@ -204,12 +210,7 @@ func TestThreeMemberEtcdSurvivesMemberRestarts(t *testing.T) {
 	}
 	members := []string{"etcd", "etcd2", "etcd3"}
 	for i, m := range members {
-		b, err := os.ReadFile(filepath.Join(state, m+".pid"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		pid, _ := strconv.Atoi(strings.TrimSpace(string(b)))
-		if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		if err := syscall.Kill(readPid(t, filepath.Join(state, m+".pid")), syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
 		killed := time.Now()
