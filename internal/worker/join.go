@@ -185,6 +185,9 @@ func (j *joinState) failed(ctx context.Context, err error) error {
 	if !errors.Is(err, registry.ErrWorkerExists) {
 		j.dupSince = time.Time{}
 	}
+	if errors.Is(err, registry.ErrWorkerExists) && j.takeOver(ctx) {
+		return nil // retry at once: the predecessor's key is gone
+	}
 	if cfg.Wait {
 		return nil
 	}
@@ -222,6 +225,38 @@ func (j *joinState) failed(ctx context.Context, err error) error {
 		return fmt.Errorf("worker %s: not registered in cluster %q within %v (--register-timeout; --wait keeps trying): last error: %w: %w",
 			cfg.ID, cfg.Cluster, cfg.RegisterTimeout, err, ErrGaveUp)
 	}
+}
+
+// takeOver revokes the lease that holds the worker's ID when its holder
+// registered this worker's own address and this process listens on that
+// concrete IP:port now (Worker.ownsAddr): no other live process can, so
+// the holder is this worker's dead predecessor (killed and restarted on
+// the same address, as a supervisor or a StatefulSet does), whose lease
+// would otherwise hold the ID until its TTL ran out. It reports whether it
+// revoked one.
+func (j *joinState) takeOver(ctx context.Context) bool {
+	if !j.w.ownsAddr {
+		return false
+	}
+	cli := j.reg.Client()
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	resp, err := cli.Get(rctx, j.reg.WorkerKey(j.w.cfg.ID))
+	if err != nil || len(resp.Kvs) == 0 || resp.Kvs[0].Lease == 0 {
+		return false
+	}
+	var info cluster.WorkerInfo
+	if json.Unmarshal(resp.Kvs[0].Value, &info) != nil || info.Addr != j.w.info.Addr {
+		return false
+	}
+	lease := clientv3.LeaseID(resp.Kvs[0].Lease)
+	if _, err := cli.Revoke(rctx, lease); err != nil {
+		j.w.log.Warn("revoke the lease of this worker's predecessor", "lease", fmt.Sprintf("%x", int64(lease)), "err", err)
+		return false
+	}
+	j.w.log.Info("took over the ID from this worker's predecessor at the same address (it is gone: this process listens there)",
+		"addr", info.Addr, "lease", fmt.Sprintf("%x", int64(lease)))
+	return true
 }
 
 // holder reads the worker key's current holder: its lease's granted TTL

@@ -271,3 +271,39 @@ func TestGivesUpUnplaceable(t *testing.T) {
 	case <-time.After(2*joinTimeout + 2*time.Second):
 	}
 }
+
+// TestRestartOnSameAddressTakesOver: a predecessor killed without revoking
+// its lease (30 s TTL) registered the very IP:port the restarted worker
+// listens on: no live process can hold that address, so the newcomer
+// revokes the predecessor's lease and registers at once instead of
+// waiting for the TTL.
+func TestRestartOnSameAddressTakesOver(t *testing.T) {
+	h := newHarness(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close()
+	cli := h.etcd.Client(t)
+	reg, err := registry.New(cli, "wt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ttl = 30 * time.Second
+	if _, err := reg.Register(h.ctx, cluster.WorkerInfo{ID: "w1", Addr: addr, Protocol: cluster.ProtocolVersion, Model: h.fp}, ttl); err != nil {
+		t.Fatal(err)
+	}
+	cli.Close() // "SIGKILL": no revoke
+	start := time.Now()
+	r := h.start("w1", func(c *Config) { c.ListenAddr = addr })
+	h.ready(r)
+	took := time.Since(start)
+	t.Logf("registered %v after start (the predecessor's lease had %v)", took.Round(time.Millisecond), ttl)
+	if took >= ttl {
+		t.Fatalf("registered only after %v: it waited for the predecessor's lease", took)
+	}
+	if got := r.w.Info().Addr; got != addr {
+		t.Fatalf("registered address %s, want %s", got, addr)
+	}
+}

@@ -42,6 +42,7 @@ type Worker struct {
 	ready     chan struct{}
 	readyOnce sync.Once
 	fatal     chan error // a reason to stop for good found while registered (watchVerdict)
+	ownsAddr  bool       // the registered address is the concrete IP:port this process listens on
 
 	// budget is the expert bytes the worker may hold, ExpertBudget of
 	// Config.MemBytes (0: unlimited); registered as WorkerInfo.MemBytes.
@@ -181,6 +182,7 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 		}
 	}()
 	addr := advertise(cfg.AdvertiseAddr, lis.Addr().String())
+	w.ownsAddr = cfg.AdvertiseAddr == "" && addr == lis.Addr().String() && concreteIP(addr)
 
 	cli, err := w.dialEtcd(ctx)
 	if err != nil {
@@ -682,6 +684,17 @@ func advertise(configured, bound string) string {
 		}
 	}
 	return bound
+}
+
+// concreteIP reports whether addr is IP:port with a specific (not
+// unspecified) IP: an address that only one live process can listen on.
+func concreteIP(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && !ip.IsUnspecified()
 }
 
 // startGossip starts memberlist on cfg.GossipAddr with the worker's meta.
