@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/switchyard/switchyard/internal/atomicfile"
 	"github.com/switchyard/switchyard/pkg/gguf"
 	"github.com/switchyard/switchyard/pkg/gguf/convert"
 	"github.com/switchyard/switchyard/pkg/model"
@@ -110,7 +111,7 @@ func runExport(o exportOptions, log io.Writer) error {
 		bytes += size
 		fmt.Fprintf(log, "export: [%d/%d] %-32s %-5s %v\n", done, len(plan.Tensors), t.Name, t.Type, t.Dims)
 	}
-	if err := writeAtomic(o.GGUF, func(w io.Writer) error { return plan.Write(w, progress) }); err != nil {
+	if err := atomicfile.Write(o.GGUF, 0o644, func(w io.Writer) error { return plan.Write(w, progress) }); err != nil {
 		return fmt.Errorf("export: %w", err)
 	}
 	fmt.Fprintf(log, "export: wrote %s: %.1f MiB of tensor data in %s\n", o.GGUF, float64(bytes)/(1<<20), time.Since(start).Round(time.Millisecond))
@@ -141,42 +142,4 @@ func loadVocab(dir string) (*convert.Vocab, error) {
 		return nil, err
 	}
 	return v, nil
-}
-
-// writeAtomic writes path through fill: to a temporary file in the same
-// folder, fsynced, then renamed over path (and the folder fsynced). On any
-// error the temporary file is removed and path is left as it was.
-func writeAtomic(path string, fill func(io.Writer) error) (err error) {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(tmp)
-		}
-	}()
-	if err = fill(f); err != nil {
-		return err
-	}
-	if err = f.Sync(); err != nil {
-		return err
-	}
-	if err = f.Close(); err != nil {
-		return err
-	}
-	if err = os.Chmod(tmp, 0o644); err != nil {
-		return err
-	}
-	if err = os.Rename(tmp, path); err != nil {
-		return err
-	}
-	if d, derr := os.Open(dir); derr == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
 }

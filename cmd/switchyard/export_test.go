@@ -15,6 +15,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/switchyard/switchyard/internal/atomicfile"
 	"github.com/switchyard/switchyard/pkg/gguf"
 	"github.com/switchyard/switchyard/pkg/safetensors"
 	"github.com/switchyard/switchyard/pkg/tensor"
@@ -670,7 +671,7 @@ func TestWriteAtomicCleansUp(t *testing.T) {
 	dir := t.TempDir()
 	out := filepath.Join(dir, "m.gguf")
 	boom := errors.New("boom")
-	err := writeAtomic(out, func(w io.Writer) error {
+	err := atomicfile.Write(out, 0o644, func(w io.Writer) error {
 		w.Write([]byte("partial data"))
 		return boom
 	})
@@ -680,7 +681,7 @@ func TestWriteAtomicCleansUp(t *testing.T) {
 	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
 		t.Errorf("left behind: %v", entries)
 	}
-	if err := writeAtomic(out, func(w io.Writer) error { _, err := w.Write([]byte("ok")); return err }); err != nil {
+	if err := atomicfile.Write(out, 0o644, func(w io.Writer) error { _, err := w.Write([]byte("ok")); return err }); err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(out); string(b) != "ok" {

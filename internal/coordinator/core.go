@@ -395,6 +395,7 @@ func (c *Core) report(acts []Action, fp string, st *modelState, live map[cluster
 	}
 	if err != nil {
 		s.Error = err.Error()
+		s.Awaiting = errors.Is(err, ErrAwaitingWorkers)
 		var me *placement.MemoryError
 		if errors.As(err, &me) {
 			s.NeedBytes, s.HaveBytes = me.Need, me.Have

@@ -176,7 +176,7 @@ func TestCoreReportsMemoryOnce(t *testing.T) {
 	if !ok || !errors.Is(r.Err, placement.ErrInsufficientMemory) {
 		t.Fatalf("action %+v", acts[0])
 	}
-	if s := r.Status; s.OK || s.NeedBytes != 1600 || s.HaveBytes != 600 || s.Error != r.Err.Error() || s.Epoch != 0 || s.Unplaced != nil {
+	if s := r.Status; s.OK || s.Awaiting || s.NeedBytes != 1600 || s.HaveBytes != 600 || s.Error != r.Err.Error() || s.Epoch != 0 || s.Unplaced != nil {
 		t.Fatalf("status %+v", s)
 	}
 	t.Logf("report: %v", r.Err)
@@ -210,7 +210,7 @@ func TestCoreStartupGrace(t *testing.T) {
 	// Enough workers arrive in time: one placement, on all three.
 	c := start()
 	r := report(t, c.Step(WorkersChanged{Workers: ws("a")}))
-	if !errors.Is(r.Err, ErrAwaitingWorkers) || r.Status.OK || !strings.Contains(r.Status.Error, "1 of 3 registered") {
+	if !errors.Is(r.Err, ErrAwaitingWorkers) || r.Status.OK || !r.Status.Awaiting || !strings.Contains(r.Status.Error, "1 of 3 registered") {
 		t.Fatalf("waiting: %+v", r)
 	}
 	none(t, c.Step(WorkersChanged{Workers: ws("a", "b")}))

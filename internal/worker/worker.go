@@ -12,13 +12,11 @@ import (
 	"runtime/debug"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/switchyard/switchyard/internal/backoff"
-	"github.com/switchyard/switchyard/internal/coordinator"
 	"github.com/switchyard/switchyard/internal/jobrunner"
 	"github.com/switchyard/switchyard/internal/jobs"
 	"github.com/switchyard/switchyard/pkg/cluster"
@@ -774,7 +772,7 @@ func (w *Worker) watchVerdict(ctx context.Context, reg *registry.Registry, fp st
 			if !ok {
 				return
 			}
-			if st != nil && st.Error != "" && !strings.Contains(st.Error, coordinator.ErrAwaitingWorkers.Error()) {
+			if st != nil && st.Error != "" && !st.Awaiting {
 				if since.IsZero() {
 					since = time.Now()
 					w.log.Warn("the leader says the model cannot be placed", "verdict", st.Error)

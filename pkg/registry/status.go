@@ -24,6 +24,7 @@ type PlacementStatus struct {
 	Model     string        `json:"model"`
 	OK        bool          `json:"ok"`                   // the stored placement is what the leader wants
 	Error     string        `json:"error,omitempty"`      // why the model cannot be placed (e.g. memory shortfall)
+	Awaiting  bool          `json:"awaiting,omitempty"`   // Error is only the start-up wait for the expected workers (it ends by itself)
 	NeedBytes int64         `json:"need_bytes,omitempty"` // expert bytes all copies need
 	HaveBytes int64         `json:"have_bytes,omitempty"` // expert budget of the live workers (-1: some worker is unlimited)
 	Unplaced  []expert.ID   `json:"unplaced,omitempty"`   // experts with no live copy in the stored placement (their owners all left)
@@ -33,7 +34,7 @@ type PlacementStatus struct {
 
 // SameVerdict reports whether a and b say the same thing (Time aside).
 func (s PlacementStatus) SameVerdict(o PlacementStatus) bool {
-	return s.Model == o.Model && s.OK == o.OK && s.Error == o.Error && s.NeedBytes == o.NeedBytes &&
+	return s.Model == o.Model && s.OK == o.OK && s.Error == o.Error && s.Awaiting == o.Awaiting && s.NeedBytes == o.NeedBytes &&
 		s.HaveBytes == o.HaveBytes && slices.Equal(s.Unplaced, o.Unplaced) && s.Epoch == o.Epoch
 }
 
