@@ -278,6 +278,39 @@ func TestReadRejects(t *testing.T) {
 	corrupt("value type", 52, u32(77), "unknown value type")
 }
 
+// TestReadRejectsWhatWriteRejects: an empty key or tensor name, which
+// NewWriter refuses, is corrupt on input too (found by FuzzRead).
+func TestReadRejectsWhatWriteRejects(t *testing.T) {
+	hdr := func(nt, nkv uint64) []byte {
+		b := []byte("GGUF")
+		b = binary.LittleEndian.AppendUint32(b, 3)
+		b = binary.LittleEndian.AppendUint64(b, nt)
+		return binary.LittleEndian.AppendUint64(b, nkv)
+	}
+	str := func(b []byte, s string) []byte {
+		return append(binary.LittleEndian.AppendUint64(b, uint64(len(s))), s...)
+	}
+	emptyKey := str(hdr(0, 1), "")
+	emptyKey = binary.LittleEndian.AppendUint32(emptyKey, uint32(TypeBool))
+	emptyKey = append(emptyKey, 1)
+	emptyName := str(hdr(1, 0), "")
+	emptyName = binary.LittleEndian.AppendUint32(emptyName, 1)           // n_dims
+	emptyName = binary.LittleEndian.AppendUint64(emptyName, 4)           // ne[0]
+	emptyName = binary.LittleEndian.AppendUint32(emptyName, uint32(F32)) // type
+	emptyName = binary.LittleEndian.AppendUint64(emptyName, 0)           // offset
+	emptyName = append(emptyName, make([]byte, 64)...)
+	for _, c := range []struct {
+		name string
+		b    []byte
+		want string
+	}{{"empty key", emptyKey, "key 0 is empty"}, {"empty tensor name", emptyName, "empty name"}} {
+		_, err := Read(bytes.NewReader(c.b), int64(len(c.b)))
+		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: err = %v, want ErrCorrupt mentioning %q", c.name, err, c.want)
+		}
+	}
+}
+
 func TestQ8_0MatchesReference(t *testing.T) {
 	// Hand-computed block: amax 127 gives d = 1, codes are roundf(x): halves
 	// go away from zero.

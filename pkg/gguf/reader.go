@@ -208,6 +208,9 @@ func (d *dec) file() (*File, error) {
 		if err != nil {
 			return nil, err
 		}
+		if key == "" {
+			return nil, d.corrupt("key %d is empty", i)
+		}
 		if _, dup := f.kvIndex[key]; dup {
 			return nil, d.corrupt("duplicate key %q", key)
 		}
@@ -275,6 +278,9 @@ func (d *dec) tensorInfo(i int) (TensorInfo, error) {
 	var err error
 	if t.Name, err = d.str(fmt.Sprintf("tensor %d name", i)); err != nil {
 		return t, err
+	}
+	if t.Name == "" {
+		return t, d.corrupt("tensor %d has an empty name", i)
 	}
 	nd, err := d.u32(fmt.Sprintf("tensor %q n_dims", t.Name))
 	if err != nil {
