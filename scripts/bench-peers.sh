@@ -294,6 +294,11 @@ run() {
 	fi
 }
 sy_bf16() { sy "$1" "$2" bf16 "$3"; }
+sy_bf16c() { # prefill with --compute bf16 (batched products on bf16-rounded operands)
+	GOMAXPROCS=$2 dec -threads "$2" -formats bf16 -compute bf16 -tokens 0 -prefill "$PREFILL" >"$tmp/bf16c.out"
+	sed -n 's/^switchyard: compute=bf16 kernel=//p' "$tmp/bf16c.out" | head -1 >"$tmp/bf16c.kernel"
+	record "$1" "$2" switchyard bf16c "$3" <"$tmp/bf16c.out"
+}
 ll_bf16() { ll "$1" "$2" BF16 "$3"; }
 sy_int8() { sy "$1" "$2" int8 "$3"; }
 ll_q8() { ll "$1" "$2" Q8_0 "$3"; }
@@ -314,7 +319,7 @@ for r in $(seq 1 "$ROUNDS"); do
 	for t in $THREADS; do
 		say "round $r/$ROUNDS, $t thread(s)"
 		run "$r" "$t" decode sy_bf16 ll_bf16
-		run "$r" "$t" prefill sy_bf16 ll_bf16
+		run "$r" "$t" prefill sy_bf16 sy_bf16c ll_bf16
 		if [ -n "$gguf_q8x" ]; then
 			run "$r" "$t" decode sy_int8 ll_q8 ll_q8x
 		else
@@ -362,6 +367,7 @@ table=$(awk -v bw_="" -v sb="$bpt_bf16" -v si="$bpt_int8" -v lb="$lbpt_bf16" -v 
 		print "|---|---:|---:|---:|---:|---:|---:|---:|"
 		for (i = 1; i <= nt; i++) row("decode tok/s (" T " tokens, greedy): bf16 weights, f32 activations (Switchyard exact) vs " l_bf16, tl[i], "bf16", "BF16", "decode", sb, lb)
 		for (i = 1; i <= nt; i++) row("prefill tok/s (" P "-token prompt, one batch): bf16 weights, f32 activations (Switchyard exact) vs " l_bf16, tl[i], "bf16", "BF16", "prefill", 0, 0)
+		for (i = 1; i <= nt; i++) row("prefill tok/s (" P "-token prompt, one batch): Switchyard --compute bf16 (batched products on bf16-rounded activations and weights, f32 sums) vs " l_bf16, tl[i], "bf16c", "BF16", "prefill", 0, 0)
 		for (i = 1; i <= nt; i++) row("decode tok/s (" T " tokens): routed experts int8 (--quantize int8: a scale per output channel, activations int8 per token), the rest bf16 vs " l_q8, tl[i], "int8", "Q8_0", "decode", si, lq)
 		if (lx > 0) for (i = 1; i <= nt; i++) row("decode tok/s (" T " tokens): routed experts int8 (--quantize int8), the rest bf16 vs " l_q8x, tl[i], "int8", "Q8_0-experts", "decode", si, lx)
 	}' "$raw")
@@ -388,6 +394,7 @@ dur=$(($(date +%s) - t_start))
 	echo "# threads:   GOMAXPROCS (and bench/decode -threads) = llama.cpp n_threads = n_threads_batch = the threads column"
 	echo "# settings:  llama.cpp: CPU only, mmap, its defaults otherwise (flash attention auto, KV cache f16, CPU variant"
 	echo "#            $(grep -ho 'libggml-cpu-[a-z0-9]*' "$gguf_bf16.load.log" 2>/dev/null | head -1 || echo '?') chosen at run time); Switchyard: weights in memory, KV cache f32"
+	echo "# --compute bf16 kernel on this CPU: $(cat "$tmp/bf16c.kernel" 2>/dev/null || echo '?')"
 	echo "# bytes/token (weights read per decode token): Switchyard bf16 $bpt_bf16, int8 experts $bpt_int8;"
 	echo "#            llama.cpp BF16 $lbpt_bf16, Q8_0 $lbpt_q8$([ -n "$gguf_q8x" ] && echo ", Q8_0 experts only $lbpt_q8x") (from the GGUF's tensor table)"
 	echo "# copy-bandwidth bound = copy bandwidth (STREAM copy, (read+written bytes)/s of a 1 GiB memory copy over"

@@ -33,7 +33,7 @@
 // Usage:
 //
 //	go run ./bench/decode [-dir DIR] [-tokens N] [-formats bf16,int8,q4] [-rounds R]
-//	    [-prefill N] [-threads T] [-brief [-copybw]]
+//	    [-prefill N] [-compute exact|bf16] [-threads T] [-brief [-copybw]]
 package main
 
 import (
@@ -70,7 +70,13 @@ func main() {
 	threads := flag.Int("threads", 0, "set GOMAXPROCS (the kernels' threads) to this (0: leave it)")
 	brief := flag.Bool("brief", false, "print only machine-readable lines (\"switchyard: ...\"), after an untimed warm-up; no table, no profile, no bandwidths unless -copybw")
 	copyBW := flag.Bool("copybw", false, "with -brief: measure the copy bandwidth and print it")
+	computeName := flag.String("compute", "exact", "arithmetic of the batched products (prefill): exact or bf16 (tensor.ComputeBF16); single-token decode is exact in both")
 	flag.Parse()
+	compute, err := tensor.ParseCompute(*computeName)
+	if err != nil {
+		fail(err)
+	}
+	tensor.SetCompute(compute)
 	if *threads > 0 {
 		runtime.GOMAXPROCS(*threads)
 	}
@@ -212,6 +218,9 @@ func main() {
 		for _, v := range vs {
 			fmt.Printf("switchyard: format=%s bytes_per_token=%d\n", v.name, v.perToken)
 		}
+		if compute == tensor.ComputeBF16 {
+			fmt.Printf("switchyard: compute=bf16 kernel=%q\n", tensor.BF16DotKernel())
+		}
 		// Untimed warm-up, as llama_bench.c does: a short prompt (which
 		// reaches most experts) and a few decode steps.
 		for _, v := range vs {
@@ -232,8 +241,8 @@ func main() {
 					}
 				}
 				if *prefill > 0 {
-					fmt.Printf("switchyard: threads=%d format=%s round=%d prefill_tokens=%d prefill_tok_s=%.3f\n",
-						nthreads, v.name, r+1, *prefill, prefillRate(v.m, *prefill))
+					fmt.Printf("switchyard: threads=%d format=%s compute=%s round=%d prefill_tokens=%d prefill_tok_s=%.3f\n",
+						nthreads, v.name, compute, r+1, *prefill, prefillRate(v.m, *prefill))
 				}
 			}
 		}

@@ -12,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/switchyard/switchyard/internal/computeflag"
 	"github.com/switchyard/switchyard/internal/quantflag"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/tensor"
@@ -118,6 +119,7 @@ at max tokens or an end-of-sequence token.`,
 	f.StringVar(&prompt, "prompt", "", "text to continue")
 	f.StringVar(&tokPath, "tokenizer", "", "tokenizer.json to use (default MODEL/tokenizer.json)")
 	f.Var(quantflag.Value(&quant), "quantize", quantflag.Usage)
+	computeflag.Register(f)
 	f.IntVar(&maxTokens, "max-tokens", 64, "new tokens to generate")
 	f.Float64Var(&samp.Temperature, "temperature", 0, "sampling temperature; 0 is greedy")
 	f.Float64Var(&samp.TopP, "top-p", 1, "nucleus sampling threshold in (0, 1]")

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/switchyard/switchyard/internal/authflags"
+	"github.com/switchyard/switchyard/internal/computeflag"
 	"github.com/switchyard/switchyard/internal/frontend"
 	"github.com/switchyard/switchyard/internal/localcluster"
 	"github.com/switchyard/switchyard/internal/quantflag"
@@ -179,6 +180,7 @@ short), and stop the workers and etcd.`,
 	f.StringVar(&workerMem, "worker-mem", "auto", "hard memory limit of each local worker, e.g. 2GiB: each runs in a memory cgroup of its own with it (passed as --mem if cgroups cannot be made); auto: no cgroup of their own, they read this process's")
 	f.IntVar(&o.Replicas, "replicas", 1, "copies of each expert on distinct local workers (embedded default)")
 	f.Var(quantflag.Value(&o.Quantize), "quantize", quantflag.Usage+" (with --etcd: the cluster's format, checked)")
+	computeflag.Register(f)
 	keys.register(cmd)
 	f.BoolVar(&o.Serve.AuthHealth, "auth-health", false, "require an API key on /health too (default: open, for probes)")
 	f.BoolVar(&o.Serve.AuthMetrics, "auth-metrics", false, "require an API key on /metrics too (default: open, for scrapers)")

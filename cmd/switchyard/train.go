@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/switchyard/switchyard/internal/authflags"
-	"github.com/switchyard/switchyard/pkg/auth"
 	"io"
 	"os"
 	"os/signal"
@@ -14,7 +12,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/switchyard/switchyard/internal/authflags"
 	"github.com/switchyard/switchyard/internal/cli"
+	"github.com/switchyard/switchyard/internal/computeflag"
+	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/registry"
 	"github.com/switchyard/switchyard/pkg/train"
 )
@@ -105,6 +106,7 @@ Presets: ` + fmt.Sprint(train.PresetNames()),
 	}
 	f := cmd.Flags()
 	f.StringVar(&cfg.Text, "text", "", "training text file (UTF-8)")
+	computeflag.Register(f)
 	f.StringVar(&cfg.Out, "out", "", "output directory for checkpoints and the loss curve")
 	f.StringVar(&cfg.Preset, "preset", "", "train from scratch with this model preset")
 	f.StringVar(&cfg.InitFrom, "init-from", "", "fine-tune this Hugging Face model folder")

@@ -46,6 +46,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/switchyard/switchyard/internal/authflags"
+	"github.com/switchyard/switchyard/internal/computeflag"
 	"github.com/switchyard/switchyard/internal/quantflag"
 	"github.com/switchyard/switchyard/internal/worker"
 	"github.com/switchyard/switchyard/pkg/auth"
@@ -174,6 +175,7 @@ SIGINT or SIGTERM leaves the cluster gracefully.`,
 	f.StringVar(&cfg.ModelDir, "model", "", "model folder (config.json, *.safetensors) whose experts this worker serves; empty: a jobs-only worker (it runs training jobs, serves no model)")
 	f.BoolVar(&cfg.KeepBF16, "keep-bf16", d.KeepBF16, "keep bf16 weights as bf16 in memory")
 	f.Var(quantflag.Value(&cfg.Quantize), "quantize", "hold routed experts quantized: int8 or q4 (must be the model record's, as the coordinator or serve registered it)")
+	computeflag.Register(f)
 	f.StringVar(&mem, "mem", "auto", `the process's memory limit (e.g. 8GiB, 512MiB; "auto": the cgroup's; 0: unlimited); experts get it minus a runtime reserve`)
 	f.IntVar(&cfg.Cores, "cores", 0, "cores to announce (0: all of this machine's)")
 	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", d.LeaseTTL, "etcd lease TTL: a killed worker leaves the cluster within it")

@@ -297,7 +297,7 @@ func (m *Model) moe(ctx context.Context, ws *Workspace, l int, h []float32, N in
 	D := c.Hidden
 	E := c.MoE.Router.NumExperts
 	logits := fit(&ws.gate, N*E)
-	tensor.Linear(logits, h, N, &L.Gate, 0)
+	tensor.LinearExact(logits, h, N, &L.Gate, 0) // routing: exact in every compute mode
 	c.MoE.Router.Route(logits, N, L.ScoreBias, r)
 	plan := &ws.plan
 	plan.Build(r)

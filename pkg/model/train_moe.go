@@ -18,7 +18,7 @@ func (m *Model) trainMoEForward(ctx context.Context, tr expert.Trainer, l int, a
 	L := &m.Layers[l]
 	D, E, K := c.Hidden, c.MoE.Router.NumExperts, c.MoE.Router.TopK
 	a.logits = grow(a.logits, N*E)
-	tensor.Linear(a.logits, a.h2, N, &L.Gate, 0)
+	tensor.LinearExact(a.logits, a.h2, N, &L.Gate, 0) // routing: exact in every compute mode
 	c.MoE.Router.Route(a.logits, N, L.ScoreBias, &a.routing)
 	a.plan.Build(&a.routing)
 	dropped := 0

@@ -23,7 +23,7 @@ import (
 // gemmPacked). alpha == 0 or k == 0 only scales C by beta, as in BLAS.
 func Gemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b []float32, ldb int, beta float32, c []float32, ldc int) {
 	checkGemm(transA, transB, m, n, k, len(a), lda, len(b), ldb, len(c), ldc)
-	gemm(transA, transB, m, n, k, alpha, a, lda, b, nil, ldb, beta, c, ldc)
+	gemm(CurrentCompute(), transA, transB, m, n, k, alpha, a, lda, b, nil, ldb, beta, c, ldc)
 }
 
 // GemmBF16 is Gemm with B stored as bfloat16 bits (the upper 16 bits of an
@@ -35,7 +35,7 @@ func GemmBF16(transA, transB bool, m, n, k int, alpha float32, a []float32, lda 
 	if b == nil {
 		b = []uint16{} // nil b16 selects the float32 path below
 	}
-	gemm(transA, transB, m, n, k, alpha, a, lda, nil, b, ldb, beta, c, ldc)
+	gemm(CurrentCompute(), transA, transB, m, n, k, alpha, a, lda, nil, b, ldb, beta, c, ldc)
 }
 
 func checkGemm(transA, transB bool, m, n, k, la, lda, lb, ldb, lc, ldc int) {
@@ -143,8 +143,9 @@ func forceArch(a gemmArch) (restore func()) {
 // of kernel time.
 const minWorkerFlops = 1 << 20
 
-// gemm dispatches a checked call; exactly one of b32 and b16 is non-nil.
-func gemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b32 []float32, b16 []uint16, ldb int, beta float32, c []float32, ldc int) {
+// gemm dispatches a checked call in compute mode cm; exactly one of b32 and
+// b16 is non-nil.
+func gemm(cm Compute, transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b32 []float32, b16 []uint16, ldb int, beta float32, c []float32, ldc int) {
 	if m == 0 || n == 0 {
 		return
 	}
@@ -181,7 +182,32 @@ func gemm(transA, transB bool, m, n, k int, alpha float32, a []float32, lda int,
 		gemmColumn(arch, transB, m, k, alpha, a, lda, b32, b16, ldb, beta, c, ldc)
 		return
 	}
-	gemmPacked(arch, transA, transB, m, n, k, alpha, a, lda, b32, b16, ldb, beta, c, ldc)
+	mode := dotOff
+	if cm == ComputeBF16 {
+		mode = dotRound
+		if bf16DotSupported(arch) && bf16DotPreferred.Load() {
+			mode = dotHW
+		}
+	}
+	gemmPacked(arch, mode, transA, transB, m, n, k, alpha, a, lda, b32, b16, ldb, beta, c, ldc)
+}
+
+// dotMode is how gemmPacked multiplies (see Compute).
+type dotMode uint8
+
+const (
+	dotOff   dotMode = iota // float32 products (ComputeExact)
+	dotHW                   // ComputeBF16 on kernDotAvx512: panels of bf16 pairs
+	dotRound                // ComputeBF16 elsewhere: float32 panels rounded to bf16
+)
+
+// kSteps is the number of kernel steps of a kc-deep slab: k pairs for
+// dotHW (an odd last k pairs with a zero), k itself otherwise.
+func (d dotMode) kSteps(kc int) int {
+	if d == dotHW {
+		return (kc + 1) / 2
+	}
+	return kc
 }
 
 // scaleRows sets C[m x n] = beta*C (beta == 0: zero, NaNs included).
@@ -259,12 +285,21 @@ const packABudget = 2 << 20
 // when there are too few column chunks to keep every worker busy. Tiles cut
 // by the right edge of C go through a scratch tile; tiles cut by the bottom
 // edge use the micro-kernel of that height.
-func gemmPacked(arch gemmArch, transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b32 []float32, b16 []uint16, ldb int, beta float32, c []float32, ldc int) {
+func gemmPacked(arch gemmArch, mode dotMode, transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b32 []float32, b16 []uint16, ldb int, beta float32, c []float32, ldc int) {
 	pr := archParams[arch]
 	mr, nr := pr.mr, pr.nr
 
 	// Equal-depth slabs rather than a short last one; likewise row blocks.
-	kc := ceilDiv(k, ceilDiv(k, pr.kc))
+	// A pair panel (dotHW) holds twice the depth in the same bytes, and
+	// its slabs start at even k so that bf16 B can be packed as dwords.
+	kcMax := pr.kc
+	if mode == dotHW {
+		kcMax *= 2
+	}
+	kc := ceilDiv(k, ceilDiv(k, kcMax))
+	if mode == dotHW && kc < k {
+		kc += kc & 1
+	}
 	slabs := ceilDiv(k, kc)
 	mc := m
 	if maxRows := max(mr, packABudget/k/mr*mr); m > maxRows {
@@ -292,17 +327,17 @@ func gemmPacked(arch gemmArch, transA, transB bool, m, n, k int, alpha float32, 
 		if workers > 1 && colChunks < 2*workers {
 			rowChunks = min(panelsM, ceilDiv(2*workers, colChunks))
 		}
-		slabFloats := panelsM * kc * mr // slab s of packed A starts at s*slabFloats
+		slabFloats := panelsM * mode.kSteps(kc) * mr // slab s of packed A starts at s*slabFloats
 		ab := getPackBuf(slabs * slabFloats)
 		aPack := ab.f
 		// A tasks: groups of panels of about 32K floats within one slab.
-		groupPanels := max(1, (32<<10)/(kc*mr))
+		groupPanels := max(1, (32<<10)/(mode.kSteps(kc)*mr))
 		groups := ceilDiv(panelsM, groupPanels)
 		nA := slabs * groups
 		nTasks := nA + rowChunks*colChunks
 
 		t := packedPool.Get().(*packedTask)
-		*t = packedTask{arch: arch, transA: transA, transB: transB, n: n, k: k, kc: kc, alpha: alpha, beta: beta,
+		*t = packedTask{arch: arch, mode: mode, transA: transA, transB: transB, n: n, k: k, kc: kc, alpha: alpha, beta: beta,
 			a: a, lda: lda, b32: b32, b16: b16, ldb: ldb, c: c, ldc: ldc, ic: ic, mcur: mcur,
 			aPack: aPack, slabFloats: slabFloats, panelsM: panelsM, panelsN: panelsN, groups: groups,
 			groupPanels: groupPanels, nA: nA, nTasks: nTasks, rowChunks: rowChunks, colChunks: colChunks,
@@ -321,6 +356,7 @@ func gemmPacked(arch gemmArch, transA, transB bool, m, n, k int, alpha float32, 
 // left. Pooled, so that a steady stream of GEMMs allocates nothing.
 type packedTask struct {
 	arch                    gemmArch
+	mode                    dotMode
 	transA, transB          bool
 	n, k, kc                int
 	alpha, beta             float32
@@ -349,7 +385,7 @@ var packedPool = sync.Pool{New: func() any { return new(packedTask) }}
 func (t *packedTask) Range(_, _ int) {
 	pr := archParams[t.arch]
 	mr, nr := pr.mr, pr.nr
-	var bb *packBuf
+	var bb, ab *packBuf
 	for {
 		i := int(t.next.Add(1) - 1)
 		if i >= t.nTasks {
@@ -359,16 +395,35 @@ func (t *packedTask) Range(_, _ int) {
 			s, g := i/t.groups, i%t.groups
 			pc := s * t.kc
 			kcur := min(t.kc, t.k-pc)
+			steps := t.mode.kSteps(kcur)
 			for ip := g * t.groupPanels; ip < min(t.panelsM, (g+1)*t.groupPanels); ip++ {
-				off := s*t.slabFloats + ip*kcur*mr
-				packAPanel(t.arch, t.aPack[off:off+kcur*mr], t.a, t.lda, t.transA, t.ic+ip*mr, pc, min(mr, t.mcur-ip*mr), kcur)
+				off := s*t.slabFloats + ip*steps*mr
+				dst := t.aPack[off : off+steps*mr]
+				rows := min(mr, t.mcur-ip*mr)
+				switch t.mode {
+				case dotHW:
+					// float32 panel first, then pairs (an odd last k
+					// pairs with a zero row).
+					if ab == nil {
+						ab = getPackBuf((t.kc + 1) * mr)
+					}
+					tmp := ab.f[:2*steps*mr]
+					packAPanel(t.arch, tmp, t.a, t.lda, t.transA, t.ic+ip*mr, pc, rows, kcur)
+					clear(tmp[kcur*mr:])
+					pairBF16(dst, tmp, mr, steps)
+				case dotRound:
+					packAPanel(t.arch, dst, t.a, t.lda, t.transA, t.ic+ip*mr, pc, rows, kcur)
+					roundBF16Slice(dst)
+				default:
+					packAPanel(t.arch, dst, t.a, t.lda, t.transA, t.ic+ip*mr, pc, rows, kcur)
+				}
 			}
 			t.aDone.Done()
 			continue
 		}
 		t.aDone.Wait() // free once A is packed; else another worker is finishing an A task
 		if bb == nil {
-			bb = getPackBuf(t.maxChunkPanels*t.kc*nr + mr*nr)
+			bb = getPackBuf(chunkBufFloats(t.mode, mr, nr, t.kc, t.maxChunkPanels))
 		}
 		i -= t.nA
 		// i walks a column chunk's row ranges consecutively.
@@ -382,11 +437,25 @@ func (t *packedTask) Range(_, _ int) {
 			ncc := nt / t.rowChunks
 			nq0, nq1 = ncc*t.panelsN/t.colChunks, (ncc+1)*t.panelsN/t.colChunks
 		}
-		gemmChunk(t.arch, t.transB, t.n, t.k, t.kc, t.alpha, t.aPack, t.slabFloats, t.mcur, t.ic, r0, r1, t.b32, t.b16, t.ldb, q0, q1, nq0, nq1, t.beta, t.c, t.ldc, bb.f)
+		gemmChunk(t.arch, t.mode, t.transB, t.n, t.k, t.kc, t.alpha, t.aPack, t.slabFloats, t.mcur, t.ic, r0, r1, t.b32, t.b16, t.ldb, q0, q1, nq0, nq1, t.beta, t.c, t.ldc, bb.f)
 	}
 	if bb != nil {
 		putPackBuf(bb)
 	}
+	if ab != nil {
+		putPackBuf(ab)
+	}
+}
+
+// chunkBufFloats is the size of gemmChunk's buffer: the packed B of a
+// chunk (panels micro-panels of one slab), for dotHW a float32 panel to
+// pair from (kc+1 rows), and the MR x NR scratch tile.
+func chunkBufFloats(mode dotMode, mr, nr, kc, panels int) int {
+	n := panels*mode.kSteps(kc)*nr + mr*nr
+	if mode == dotHW {
+		n += (kc + 1) * nr
+	}
+	return n
 }
 
 // gemmChunk computes C rows ic + [r0*MR, min(r1*MR, mcur)) x columns
@@ -398,19 +467,23 @@ func (t *packedTask) Range(_, _ int) {
 // and would stall on it; so while the micro-kernels run on slab s they
 // prefetch into L2 the source of slab s+1 (during the last slab: the first
 // slab of B panels [nq0, nq1), the next chunk; none if nq0 == nq1).
-func gemmChunk(arch gemmArch, transB bool, n, k, kc int, alpha float32, aPack []float32, slabFloats, mcur, ic, r0, r1 int, b32 []float32, b16 []uint16, ldb int, q0, q1, nq0, nq1 int, beta float32, c []float32, ldc int, buf []float32) {
+func gemmChunk(arch gemmArch, mode dotMode, transB bool, n, k, kc int, alpha float32, aPack []float32, slabFloats, mcur, ic, r0, r1 int, b32 []float32, b16 []uint16, ldb int, q0, q1, nq0, nq1 int, beta float32, c []float32, ldc int, buf []float32) {
 	pr := archParams[arch]
 	mr, nr := pr.mr, pr.nr
-	bPack := buf[:(q1-q0)*kc*nr]
+	bPack := buf[:(q1-q0)*mode.kSteps(kc)*nr]
 	scratch := buf[len(buf)-mr*nr:]
 	var pf prefetchCursor
 	for s, pc := 0, 0; pc < k; s, pc = s+1, pc+kc {
 		kcur := min(kc, k-pc)
+		steps := mode.kSteps(kcur)
 		betaEff := beta
 		if s > 0 {
 			betaEff = 1
 		}
-		if transB {
+		if mode == dotHW {
+			tmp := buf[len(bPack) : len(bPack)+2*steps*nr]
+			packBPairs(arch, bPack, tmp, transB, b32, b16, ldb, n, pc, kcur, q0, q1)
+		} else if transB {
 			for q := q0; q < q1; q++ {
 				j0 := q * nr
 				off := (q - q0) * kcur * nr
@@ -418,6 +491,9 @@ func gemmChunk(arch gemmArch, transB bool, n, k, kc int, alpha float32, aPack []
 			}
 		} else {
 			packBPanelsN(arch, nr, bPack, b32, b16, ldb, q0*nr, n, pc, kcur, q1-q0)
+		}
+		if mode == dotRound {
+			roundBF16Slice(bPack[:(q1-q0)*kcur*nr])
 		}
 		switch {
 		case pc+kc < k:
@@ -429,19 +505,57 @@ func gemmChunk(arch gemmArch, transB bool, n, k, kc int, alpha float32, aPack []
 		}
 		for ip := r0; ip < r1; ip++ {
 			rows := min(mr, mcur-ip*mr)
-			ap := &aPack[s*slabFloats+ip*kcur*mr]
+			ap := &aPack[s*slabFloats+ip*steps*mr]
 			crow := (ic + ip*mr) * ldc
 			for q := q0; q < q1; q++ {
 				j0 := q * nr
-				bp := &bPack[(q-q0)*kcur*nr]
-				if cols := n - j0; cols >= nr {
-					microKernel(arch, rows, kcur, ap, bp, &c[crow+j0], ldc, alpha, betaEff, &pf)
+				bp := &bPack[(q-q0)*steps*nr]
+				cp, ldcp, al, be := &c[crow+j0], ldc, alpha, betaEff
+				cols := n - j0
+				if cols < nr {
+					cp, ldcp, al, be = &scratch[0], nr, 1, 0
+				}
+				if mode == dotHW {
+					microKernelDot(rows, steps, ap, bp, cp, ldcp, al, be, &pf)
 				} else {
-					microKernel(arch, rows, kcur, ap, bp, &scratch[0], nr, 1, 0, &pf)
+					microKernel(arch, rows, kcur, ap, bp, cp, ldcp, al, be, &pf)
+				}
+				if cols < nr {
 					mergeTile(rows, cols, scratch, nr, alpha, betaEff, c[crow+j0:], ldc)
 				}
 			}
 		}
+	}
+}
+
+// packBPairs packs op(B)[pc:pc+kcur, NR-panels q0..q1) into bPack as
+// pair panels (dotHW): panel q at (q-q0)*steps*NR holds steps rows of NR
+// dwords, each two bfloat16 of consecutive k. Hugging Face weights in
+// bfloat16 (transB, even ldb and kcur) are already pairs in memory and are
+// transposed as dwords; anything else is packed as float32 into tmp
+// (2*steps*NR floats) and paired.
+func packBPairs(arch gemmArch, bPack, tmp []float32, transB bool, b32 []float32, b16 []uint16, ldb, n, pc, kcur, q0, q1 int) {
+	nr := archParams[arch].nr
+	steps := (kcur + 1) / 2
+	if transB && b16 != nil && ldb%2 == 0 && kcur%2 == 0 && pc%2 == 0 {
+		words := unsafe.Slice((*float32)(unsafe.Pointer(unsafe.SliceData(b16))), len(b16)/2)
+		for q := q0; q < q1; q++ {
+			j0 := q * nr
+			off := (q - q0) * steps * nr
+			packBPanelT(arch, bPack[off:off+steps*nr], words, nil, ldb/2, j0, pc/2, min(nr, n-j0), steps)
+		}
+		return
+	}
+	for q := q0; q < q1; q++ {
+		j0 := q * nr
+		if transB {
+			packBPanelT(arch, tmp[:kcur*nr], b32, b16, ldb, j0, pc, min(nr, n-j0), kcur)
+		} else {
+			packBPanelsN(arch, nr, tmp[:kcur*nr], b32, b16, ldb, j0, n, pc, kcur, 1)
+		}
+		clear(tmp[kcur*nr:])
+		off := (q - q0) * steps * nr
+		pairBF16(bPack[off:off+steps*nr], tmp, nr, steps)
 	}
 }
 

@@ -76,6 +76,61 @@ func kernAvx2M5(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *pref
 //go:noescape
 func kernAvx2M6(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
 
+// kernDotAvx512M<mr> is kernAvx512M<mr> with VDPBF16PS (AVX512_BF16):
+// kc counts k pairs; A holds kc steps of MR dwords and B kc steps of NR
+// dwords, each dword two bfloat16 (the even k in the low half); every
+// accumulator lane adds both products of its pair (see pairBF16Avx512).
+
+//go:noescape
+func kernDotAvx512M1(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+
+//go:noescape
+func kernDotAvx512M2(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+
+//go:noescape
+func kernDotAvx512M3(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+
+//go:noescape
+func kernDotAvx512M4(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+
+//go:noescape
+func kernDotAvx512M5(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+
+//go:noescape
+func kernDotAvx512M6(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+
+//go:noescape
+func kernDotAvx512M7(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+
+//go:noescape
+func kernDotAvx512M8(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+
+//go:noescape
+func kernDotAvx512M9(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+
+//go:noescape
+func kernDotAvx512M10(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+
+//go:noescape
+func kernDotAvx512M11(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+
+//go:noescape
+func kernDotAvx512M12(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+
+//go:noescape
+func kernDotAvx512M13(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+
+//go:noescape
+func kernDotAvx512M14(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+
+// pairBF16Avx512 packs a float32 panel of 2*pairs rows of width lanes
+// into pairs rows of width dwords: dst dword [s*width+j] = bf16(src[2s*width
+// + j]) | bf16(src[(2s+1)*width + j]) << 16, rounded to nearest even with
+// denormals flushed to zero (VCVTNE2PS2BF16). Any width >= 1.
+//
+//go:noescape
+func pairBF16Avx512(dst, src *float32, width, pairs int)
+
 // transpose16x16Avx512 transposes one block of at most 16x16:
 // dst[c*ldd + r] = src[r*lds + c] for c < cols and r < lanes, where source
 // rows r >= rows read as zero (and are not touched). rows, cols, lanes <= 16;
@@ -210,6 +265,83 @@ func microKernel(arch gemmArch, rows, kc int, a, b, c *float32, ldc int, alpha, 
 	default:
 		kernelGeneric(rows, kc, a, b, c, ldc, alpha, beta)
 	}
+}
+
+// bf16DotSupported reports whether ComputeBF16 runs kernDotAvx512 (the
+// AVX-512 kernels are active and the CPU has AVX512_BF16 and, for the
+// VPERMW in pairBF16Avx512, AVX512BW).
+func bf16DotSupported(arch gemmArch) bool {
+	return arch == archAVX512 && cpu.X86.HasAVX512BF16 && cpu.X86.HasAVX512BW
+}
+
+// microKernelDot runs kernDotAvx512M<rows> (see microKernel; kc2 counts k
+// pairs).
+func microKernelDot(rows, kc2 int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor) {
+	switch rows {
+	case 14:
+		kernDotAvx512M14(kc2, a, b, c, ldc, alpha, beta, pf)
+	case 13:
+		kernDotAvx512M13(kc2, a, b, c, ldc, alpha, beta, pf)
+	case 12:
+		kernDotAvx512M12(kc2, a, b, c, ldc, alpha, beta, pf)
+	case 11:
+		kernDotAvx512M11(kc2, a, b, c, ldc, alpha, beta, pf)
+	case 10:
+		kernDotAvx512M10(kc2, a, b, c, ldc, alpha, beta, pf)
+	case 9:
+		kernDotAvx512M9(kc2, a, b, c, ldc, alpha, beta, pf)
+	case 8:
+		kernDotAvx512M8(kc2, a, b, c, ldc, alpha, beta, pf)
+	case 7:
+		kernDotAvx512M7(kc2, a, b, c, ldc, alpha, beta, pf)
+	case 6:
+		kernDotAvx512M6(kc2, a, b, c, ldc, alpha, beta, pf)
+	case 5:
+		kernDotAvx512M5(kc2, a, b, c, ldc, alpha, beta, pf)
+	case 4:
+		kernDotAvx512M4(kc2, a, b, c, ldc, alpha, beta, pf)
+	case 3:
+		kernDotAvx512M3(kc2, a, b, c, ldc, alpha, beta, pf)
+	case 2:
+		kernDotAvx512M2(kc2, a, b, c, ldc, alpha, beta, pf)
+	case 1:
+		kernDotAvx512M1(kc2, a, b, c, ldc, alpha, beta, pf)
+	default:
+		panic("tensor: bad AVX-512 tile height")
+	}
+}
+
+// pairBF16 fills dst[:pairs*width] from src[:2*pairs*width] (see
+// pairBF16Avx512).
+func pairBF16(dst, src []float32, width, pairs int) {
+	if pairs == 0 {
+		return
+	}
+	if !cpu.X86.HasAVX512BF16 || !cpu.X86.HasAVX512BW {
+		pairBF16Generic(dst, src, width, pairs)
+		return
+	}
+	_ = dst[pairs*width-1]
+	_ = src[2*pairs*width-1]
+	pairBF16Avx512(&dst[0], &src[0], width, pairs)
+}
+
+// roundBF16Avx512 rounds x[:n] to bfloat16 in place (see roundBF16): AVX-512F
+// integer operations, nearest even, NaN kept quiet, denormals to signed zero.
+//
+//go:noescape
+func roundBF16Avx512(x *float32, n int)
+
+// roundBF16Slice rounds x to bfloat16 values in place (see roundBF16).
+func roundBF16Slice(x []float32) {
+	if len(x) == 0 {
+		return
+	}
+	if archSupported(archAVX512) {
+		roundBF16Avx512(&x[0], len(x))
+		return
+	}
+	roundBF16SliceGeneric(x)
 }
 
 // packAPanel packs rows (<= MR) rows of op(A) starting at (i0, p0), kc

@@ -3546,6 +3546,3548 @@ kAvx512_14_beta:
 	VZEROUPPER
 	RET
 
+// func kernDotAvx512M1(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+TEXT ·kernDotAvx512M1(SB), NOSPLIT, $0-56
+	MOVQ pf+48(FP), R13
+	MOVQ 0(R13), R8
+	MOVQ 8(R13), R9
+	MOVQ 16(R13), R10
+	MOVQ 24(R13), R11
+	MOVQ 32(R13), R12
+	MOVQ kc+0(FP), CX
+	MOVQ a+8(FP), AX
+	MOVQ b+16(FP), BX
+	MOVQ c+24(FP), DI
+	MOVQ ldc+32(FP), SI
+	SHLQ $2, SI
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	MOVQ CX, DX
+	SHRQ $2, DX
+	JZ kDotAvx512_1_tail
+kDotAvx512_1_loop:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	VMOVUPS 128(BX), Z28
+	VMOVUPS 192(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x0e // vdpbf16ps zmm0, zmm28, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x0e // vdpbf16ps zmm1, zmm29, dword ptr [rax+56]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_1_pf1
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_1_pf1
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_1_pf1:
+	VMOVUPS 256(BX), Z28
+	VMOVUPS 320(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x1c // vdpbf16ps zmm0, zmm28, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x1c // vdpbf16ps zmm1, zmm29, dword ptr [rax+112]{1to16}
+	VMOVUPS 384(BX), Z28
+	VMOVUPS 448(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2a // vdpbf16ps zmm0, zmm28, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2a // vdpbf16ps zmm1, zmm29, dword ptr [rax+168]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_1_pf3
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_1_pf3
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_1_pf3:
+	ADDQ $224, AX
+	ADDQ $512, BX
+	DECQ DX
+	JNZ kDotAvx512_1_loop
+kDotAvx512_1_tail:
+	ANDQ $3, CX
+	JZ kDotAvx512_1_done
+kDotAvx512_1_loop1:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	ADDQ $56, AX
+	ADDQ $128, BX
+	DECQ CX
+	JNZ kDotAvx512_1_loop1
+kDotAvx512_1_done:
+	MOVQ R8, 0(R13)
+	MOVQ R9, 8(R13)
+	MOVQ R12, 32(R13)
+	VBROADCASTSS alpha+40(FP), Z30
+	MOVL beta+44(FP), DX
+	ANDL $0x7fffffff, DX
+	JNZ kDotAvx512_1_beta
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	VZEROUPPER
+	RET
+kDotAvx512_1_beta:
+	VBROADCASTSS beta+44(FP), Z31
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VFMADD231PS (DI), Z31, Z0
+	VFMADD231PS 64(DI), Z31, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	VZEROUPPER
+	RET
+
+// func kernDotAvx512M2(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+TEXT ·kernDotAvx512M2(SB), NOSPLIT, $0-56
+	MOVQ pf+48(FP), R13
+	MOVQ 0(R13), R8
+	MOVQ 8(R13), R9
+	MOVQ 16(R13), R10
+	MOVQ 24(R13), R11
+	MOVQ 32(R13), R12
+	MOVQ kc+0(FP), CX
+	MOVQ a+8(FP), AX
+	MOVQ b+16(FP), BX
+	MOVQ c+24(FP), DI
+	MOVQ ldc+32(FP), SI
+	SHLQ $2, SI
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	MOVQ CX, DX
+	SHRQ $2, DX
+	JZ kDotAvx512_2_tail
+kDotAvx512_2_loop:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	VMOVUPS 128(BX), Z28
+	VMOVUPS 192(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x0e // vdpbf16ps zmm0, zmm28, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x0e // vdpbf16ps zmm1, zmm29, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x0f // vdpbf16ps zmm2, zmm28, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x0f // vdpbf16ps zmm3, zmm29, dword ptr [rax+60]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_2_pf1
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_2_pf1
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_2_pf1:
+	VMOVUPS 256(BX), Z28
+	VMOVUPS 320(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x1c // vdpbf16ps zmm0, zmm28, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x1c // vdpbf16ps zmm1, zmm29, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x1d // vdpbf16ps zmm2, zmm28, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x1d // vdpbf16ps zmm3, zmm29, dword ptr [rax+116]{1to16}
+	VMOVUPS 384(BX), Z28
+	VMOVUPS 448(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2a // vdpbf16ps zmm0, zmm28, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2a // vdpbf16ps zmm1, zmm29, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2b // vdpbf16ps zmm2, zmm28, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2b // vdpbf16ps zmm3, zmm29, dword ptr [rax+172]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_2_pf3
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_2_pf3
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_2_pf3:
+	ADDQ $224, AX
+	ADDQ $512, BX
+	DECQ DX
+	JNZ kDotAvx512_2_loop
+kDotAvx512_2_tail:
+	ANDQ $3, CX
+	JZ kDotAvx512_2_done
+kDotAvx512_2_loop1:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	ADDQ $56, AX
+	ADDQ $128, BX
+	DECQ CX
+	JNZ kDotAvx512_2_loop1
+kDotAvx512_2_done:
+	MOVQ R8, 0(R13)
+	MOVQ R9, 8(R13)
+	MOVQ R12, 32(R13)
+	VBROADCASTSS alpha+40(FP), Z30
+	MOVL beta+44(FP), DX
+	ANDL $0x7fffffff, DX
+	JNZ kDotAvx512_2_beta
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	VZEROUPPER
+	RET
+kDotAvx512_2_beta:
+	VBROADCASTSS beta+44(FP), Z31
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VFMADD231PS (DI), Z31, Z0
+	VFMADD231PS 64(DI), Z31, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VFMADD231PS (DI), Z31, Z2
+	VFMADD231PS 64(DI), Z31, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	VZEROUPPER
+	RET
+
+// func kernDotAvx512M3(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+TEXT ·kernDotAvx512M3(SB), NOSPLIT, $0-56
+	MOVQ pf+48(FP), R13
+	MOVQ 0(R13), R8
+	MOVQ 8(R13), R9
+	MOVQ 16(R13), R10
+	MOVQ 24(R13), R11
+	MOVQ 32(R13), R12
+	MOVQ kc+0(FP), CX
+	MOVQ a+8(FP), AX
+	MOVQ b+16(FP), BX
+	MOVQ c+24(FP), DI
+	MOVQ ldc+32(FP), SI
+	SHLQ $2, SI
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	MOVQ CX, DX
+	SHRQ $2, DX
+	JZ kDotAvx512_3_tail
+kDotAvx512_3_loop:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	VMOVUPS 128(BX), Z28
+	VMOVUPS 192(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x0e // vdpbf16ps zmm0, zmm28, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x0e // vdpbf16ps zmm1, zmm29, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x0f // vdpbf16ps zmm2, zmm28, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x0f // vdpbf16ps zmm3, zmm29, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x10 // vdpbf16ps zmm4, zmm28, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x10 // vdpbf16ps zmm5, zmm29, dword ptr [rax+64]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_3_pf1
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_3_pf1
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_3_pf1:
+	VMOVUPS 256(BX), Z28
+	VMOVUPS 320(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x1c // vdpbf16ps zmm0, zmm28, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x1c // vdpbf16ps zmm1, zmm29, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x1d // vdpbf16ps zmm2, zmm28, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x1d // vdpbf16ps zmm3, zmm29, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x1e // vdpbf16ps zmm4, zmm28, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x1e // vdpbf16ps zmm5, zmm29, dword ptr [rax+120]{1to16}
+	VMOVUPS 384(BX), Z28
+	VMOVUPS 448(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2a // vdpbf16ps zmm0, zmm28, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2a // vdpbf16ps zmm1, zmm29, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2b // vdpbf16ps zmm2, zmm28, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2b // vdpbf16ps zmm3, zmm29, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x2c // vdpbf16ps zmm4, zmm28, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x2c // vdpbf16ps zmm5, zmm29, dword ptr [rax+176]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_3_pf3
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_3_pf3
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_3_pf3:
+	ADDQ $224, AX
+	ADDQ $512, BX
+	DECQ DX
+	JNZ kDotAvx512_3_loop
+kDotAvx512_3_tail:
+	ANDQ $3, CX
+	JZ kDotAvx512_3_done
+kDotAvx512_3_loop1:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	ADDQ $56, AX
+	ADDQ $128, BX
+	DECQ CX
+	JNZ kDotAvx512_3_loop1
+kDotAvx512_3_done:
+	MOVQ R8, 0(R13)
+	MOVQ R9, 8(R13)
+	MOVQ R12, 32(R13)
+	VBROADCASTSS alpha+40(FP), Z30
+	MOVL beta+44(FP), DX
+	ANDL $0x7fffffff, DX
+	JNZ kDotAvx512_3_beta
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	VZEROUPPER
+	RET
+kDotAvx512_3_beta:
+	VBROADCASTSS beta+44(FP), Z31
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VFMADD231PS (DI), Z31, Z0
+	VFMADD231PS 64(DI), Z31, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VFMADD231PS (DI), Z31, Z2
+	VFMADD231PS 64(DI), Z31, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VFMADD231PS (DI), Z31, Z4
+	VFMADD231PS 64(DI), Z31, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	VZEROUPPER
+	RET
+
+// func kernDotAvx512M4(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+TEXT ·kernDotAvx512M4(SB), NOSPLIT, $0-56
+	MOVQ pf+48(FP), R13
+	MOVQ 0(R13), R8
+	MOVQ 8(R13), R9
+	MOVQ 16(R13), R10
+	MOVQ 24(R13), R11
+	MOVQ 32(R13), R12
+	MOVQ kc+0(FP), CX
+	MOVQ a+8(FP), AX
+	MOVQ b+16(FP), BX
+	MOVQ c+24(FP), DI
+	MOVQ ldc+32(FP), SI
+	SHLQ $2, SI
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	MOVQ CX, DX
+	SHRQ $2, DX
+	JZ kDotAvx512_4_tail
+kDotAvx512_4_loop:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	VMOVUPS 128(BX), Z28
+	VMOVUPS 192(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x0e // vdpbf16ps zmm0, zmm28, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x0e // vdpbf16ps zmm1, zmm29, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x0f // vdpbf16ps zmm2, zmm28, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x0f // vdpbf16ps zmm3, zmm29, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x10 // vdpbf16ps zmm4, zmm28, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x10 // vdpbf16ps zmm5, zmm29, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x11 // vdpbf16ps zmm6, zmm28, dword ptr [rax+68]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x11 // vdpbf16ps zmm7, zmm29, dword ptr [rax+68]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_4_pf1
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_4_pf1
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_4_pf1:
+	VMOVUPS 256(BX), Z28
+	VMOVUPS 320(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x1c // vdpbf16ps zmm0, zmm28, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x1c // vdpbf16ps zmm1, zmm29, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x1d // vdpbf16ps zmm2, zmm28, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x1d // vdpbf16ps zmm3, zmm29, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x1e // vdpbf16ps zmm4, zmm28, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x1e // vdpbf16ps zmm5, zmm29, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x1f // vdpbf16ps zmm6, zmm28, dword ptr [rax+124]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x1f // vdpbf16ps zmm7, zmm29, dword ptr [rax+124]{1to16}
+	VMOVUPS 384(BX), Z28
+	VMOVUPS 448(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2a // vdpbf16ps zmm0, zmm28, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2a // vdpbf16ps zmm1, zmm29, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2b // vdpbf16ps zmm2, zmm28, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2b // vdpbf16ps zmm3, zmm29, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x2c // vdpbf16ps zmm4, zmm28, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x2c // vdpbf16ps zmm5, zmm29, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x2d // vdpbf16ps zmm6, zmm28, dword ptr [rax+180]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x2d // vdpbf16ps zmm7, zmm29, dword ptr [rax+180]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_4_pf3
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_4_pf3
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_4_pf3:
+	ADDQ $224, AX
+	ADDQ $512, BX
+	DECQ DX
+	JNZ kDotAvx512_4_loop
+kDotAvx512_4_tail:
+	ANDQ $3, CX
+	JZ kDotAvx512_4_done
+kDotAvx512_4_loop1:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	ADDQ $56, AX
+	ADDQ $128, BX
+	DECQ CX
+	JNZ kDotAvx512_4_loop1
+kDotAvx512_4_done:
+	MOVQ R8, 0(R13)
+	MOVQ R9, 8(R13)
+	MOVQ R12, 32(R13)
+	VBROADCASTSS alpha+40(FP), Z30
+	MOVL beta+44(FP), DX
+	ANDL $0x7fffffff, DX
+	JNZ kDotAvx512_4_beta
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	VZEROUPPER
+	RET
+kDotAvx512_4_beta:
+	VBROADCASTSS beta+44(FP), Z31
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VFMADD231PS (DI), Z31, Z0
+	VFMADD231PS 64(DI), Z31, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VFMADD231PS (DI), Z31, Z2
+	VFMADD231PS 64(DI), Z31, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VFMADD231PS (DI), Z31, Z4
+	VFMADD231PS 64(DI), Z31, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VFMADD231PS (DI), Z31, Z6
+	VFMADD231PS 64(DI), Z31, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	VZEROUPPER
+	RET
+
+// func kernDotAvx512M5(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+TEXT ·kernDotAvx512M5(SB), NOSPLIT, $0-56
+	MOVQ pf+48(FP), R13
+	MOVQ 0(R13), R8
+	MOVQ 8(R13), R9
+	MOVQ 16(R13), R10
+	MOVQ 24(R13), R11
+	MOVQ 32(R13), R12
+	MOVQ kc+0(FP), CX
+	MOVQ a+8(FP), AX
+	MOVQ b+16(FP), BX
+	MOVQ c+24(FP), DI
+	MOVQ ldc+32(FP), SI
+	SHLQ $2, SI
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	MOVQ CX, DX
+	SHRQ $2, DX
+	JZ kDotAvx512_5_tail
+kDotAvx512_5_loop:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x04 // vdpbf16ps zmm8, zmm28, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x04 // vdpbf16ps zmm9, zmm29, dword ptr [rax+16]{1to16}
+	VMOVUPS 128(BX), Z28
+	VMOVUPS 192(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x0e // vdpbf16ps zmm0, zmm28, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x0e // vdpbf16ps zmm1, zmm29, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x0f // vdpbf16ps zmm2, zmm28, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x0f // vdpbf16ps zmm3, zmm29, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x10 // vdpbf16ps zmm4, zmm28, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x10 // vdpbf16ps zmm5, zmm29, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x11 // vdpbf16ps zmm6, zmm28, dword ptr [rax+68]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x11 // vdpbf16ps zmm7, zmm29, dword ptr [rax+68]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x12 // vdpbf16ps zmm8, zmm28, dword ptr [rax+72]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x12 // vdpbf16ps zmm9, zmm29, dword ptr [rax+72]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_5_pf1
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_5_pf1
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_5_pf1:
+	VMOVUPS 256(BX), Z28
+	VMOVUPS 320(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x1c // vdpbf16ps zmm0, zmm28, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x1c // vdpbf16ps zmm1, zmm29, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x1d // vdpbf16ps zmm2, zmm28, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x1d // vdpbf16ps zmm3, zmm29, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x1e // vdpbf16ps zmm4, zmm28, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x1e // vdpbf16ps zmm5, zmm29, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x1f // vdpbf16ps zmm6, zmm28, dword ptr [rax+124]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x1f // vdpbf16ps zmm7, zmm29, dword ptr [rax+124]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x20 // vdpbf16ps zmm8, zmm28, dword ptr [rax+128]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x20 // vdpbf16ps zmm9, zmm29, dword ptr [rax+128]{1to16}
+	VMOVUPS 384(BX), Z28
+	VMOVUPS 448(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2a // vdpbf16ps zmm0, zmm28, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2a // vdpbf16ps zmm1, zmm29, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2b // vdpbf16ps zmm2, zmm28, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2b // vdpbf16ps zmm3, zmm29, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x2c // vdpbf16ps zmm4, zmm28, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x2c // vdpbf16ps zmm5, zmm29, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x2d // vdpbf16ps zmm6, zmm28, dword ptr [rax+180]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x2d // vdpbf16ps zmm7, zmm29, dword ptr [rax+180]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2e // vdpbf16ps zmm8, zmm28, dword ptr [rax+184]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2e // vdpbf16ps zmm9, zmm29, dword ptr [rax+184]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_5_pf3
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_5_pf3
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_5_pf3:
+	ADDQ $224, AX
+	ADDQ $512, BX
+	DECQ DX
+	JNZ kDotAvx512_5_loop
+kDotAvx512_5_tail:
+	ANDQ $3, CX
+	JZ kDotAvx512_5_done
+kDotAvx512_5_loop1:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x04 // vdpbf16ps zmm8, zmm28, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x04 // vdpbf16ps zmm9, zmm29, dword ptr [rax+16]{1to16}
+	ADDQ $56, AX
+	ADDQ $128, BX
+	DECQ CX
+	JNZ kDotAvx512_5_loop1
+kDotAvx512_5_done:
+	MOVQ R8, 0(R13)
+	MOVQ R9, 8(R13)
+	MOVQ R12, 32(R13)
+	VBROADCASTSS alpha+40(FP), Z30
+	MOVL beta+44(FP), DX
+	ANDL $0x7fffffff, DX
+	JNZ kDotAvx512_5_beta
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z8, Z8
+	VMULPS Z30, Z9, Z9
+	VMOVUPS Z8, (DI)
+	VMOVUPS Z9, 64(DI)
+	VZEROUPPER
+	RET
+kDotAvx512_5_beta:
+	VBROADCASTSS beta+44(FP), Z31
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VFMADD231PS (DI), Z31, Z0
+	VFMADD231PS 64(DI), Z31, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VFMADD231PS (DI), Z31, Z2
+	VFMADD231PS 64(DI), Z31, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VFMADD231PS (DI), Z31, Z4
+	VFMADD231PS 64(DI), Z31, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VFMADD231PS (DI), Z31, Z6
+	VFMADD231PS 64(DI), Z31, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z8, Z8
+	VMULPS Z30, Z9, Z9
+	VFMADD231PS (DI), Z31, Z8
+	VFMADD231PS 64(DI), Z31, Z9
+	VMOVUPS Z8, (DI)
+	VMOVUPS Z9, 64(DI)
+	VZEROUPPER
+	RET
+
+// func kernDotAvx512M6(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+TEXT ·kernDotAvx512M6(SB), NOSPLIT, $0-56
+	MOVQ pf+48(FP), R13
+	MOVQ 0(R13), R8
+	MOVQ 8(R13), R9
+	MOVQ 16(R13), R10
+	MOVQ 24(R13), R11
+	MOVQ 32(R13), R12
+	MOVQ kc+0(FP), CX
+	MOVQ a+8(FP), AX
+	MOVQ b+16(FP), BX
+	MOVQ c+24(FP), DI
+	MOVQ ldc+32(FP), SI
+	SHLQ $2, SI
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	MOVQ CX, DX
+	SHRQ $2, DX
+	JZ kDotAvx512_6_tail
+kDotAvx512_6_loop:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x04 // vdpbf16ps zmm8, zmm28, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x04 // vdpbf16ps zmm9, zmm29, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x05 // vdpbf16ps zmm10, zmm28, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x05 // vdpbf16ps zmm11, zmm29, dword ptr [rax+20]{1to16}
+	VMOVUPS 128(BX), Z28
+	VMOVUPS 192(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x0e // vdpbf16ps zmm0, zmm28, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x0e // vdpbf16ps zmm1, zmm29, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x0f // vdpbf16ps zmm2, zmm28, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x0f // vdpbf16ps zmm3, zmm29, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x10 // vdpbf16ps zmm4, zmm28, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x10 // vdpbf16ps zmm5, zmm29, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x11 // vdpbf16ps zmm6, zmm28, dword ptr [rax+68]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x11 // vdpbf16ps zmm7, zmm29, dword ptr [rax+68]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x12 // vdpbf16ps zmm8, zmm28, dword ptr [rax+72]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x12 // vdpbf16ps zmm9, zmm29, dword ptr [rax+72]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x13 // vdpbf16ps zmm10, zmm28, dword ptr [rax+76]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x13 // vdpbf16ps zmm11, zmm29, dword ptr [rax+76]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_6_pf1
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_6_pf1
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_6_pf1:
+	VMOVUPS 256(BX), Z28
+	VMOVUPS 320(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x1c // vdpbf16ps zmm0, zmm28, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x1c // vdpbf16ps zmm1, zmm29, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x1d // vdpbf16ps zmm2, zmm28, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x1d // vdpbf16ps zmm3, zmm29, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x1e // vdpbf16ps zmm4, zmm28, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x1e // vdpbf16ps zmm5, zmm29, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x1f // vdpbf16ps zmm6, zmm28, dword ptr [rax+124]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x1f // vdpbf16ps zmm7, zmm29, dword ptr [rax+124]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x20 // vdpbf16ps zmm8, zmm28, dword ptr [rax+128]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x20 // vdpbf16ps zmm9, zmm29, dword ptr [rax+128]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x21 // vdpbf16ps zmm10, zmm28, dword ptr [rax+132]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x21 // vdpbf16ps zmm11, zmm29, dword ptr [rax+132]{1to16}
+	VMOVUPS 384(BX), Z28
+	VMOVUPS 448(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2a // vdpbf16ps zmm0, zmm28, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2a // vdpbf16ps zmm1, zmm29, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2b // vdpbf16ps zmm2, zmm28, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2b // vdpbf16ps zmm3, zmm29, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x2c // vdpbf16ps zmm4, zmm28, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x2c // vdpbf16ps zmm5, zmm29, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x2d // vdpbf16ps zmm6, zmm28, dword ptr [rax+180]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x2d // vdpbf16ps zmm7, zmm29, dword ptr [rax+180]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2e // vdpbf16ps zmm8, zmm28, dword ptr [rax+184]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2e // vdpbf16ps zmm9, zmm29, dword ptr [rax+184]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2f // vdpbf16ps zmm10, zmm28, dword ptr [rax+188]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2f // vdpbf16ps zmm11, zmm29, dword ptr [rax+188]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_6_pf3
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_6_pf3
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_6_pf3:
+	ADDQ $224, AX
+	ADDQ $512, BX
+	DECQ DX
+	JNZ kDotAvx512_6_loop
+kDotAvx512_6_tail:
+	ANDQ $3, CX
+	JZ kDotAvx512_6_done
+kDotAvx512_6_loop1:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x04 // vdpbf16ps zmm8, zmm28, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x04 // vdpbf16ps zmm9, zmm29, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x05 // vdpbf16ps zmm10, zmm28, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x05 // vdpbf16ps zmm11, zmm29, dword ptr [rax+20]{1to16}
+	ADDQ $56, AX
+	ADDQ $128, BX
+	DECQ CX
+	JNZ kDotAvx512_6_loop1
+kDotAvx512_6_done:
+	MOVQ R8, 0(R13)
+	MOVQ R9, 8(R13)
+	MOVQ R12, 32(R13)
+	VBROADCASTSS alpha+40(FP), Z30
+	MOVL beta+44(FP), DX
+	ANDL $0x7fffffff, DX
+	JNZ kDotAvx512_6_beta
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z8, Z8
+	VMULPS Z30, Z9, Z9
+	VMOVUPS Z8, (DI)
+	VMOVUPS Z9, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z10, Z10
+	VMULPS Z30, Z11, Z11
+	VMOVUPS Z10, (DI)
+	VMOVUPS Z11, 64(DI)
+	VZEROUPPER
+	RET
+kDotAvx512_6_beta:
+	VBROADCASTSS beta+44(FP), Z31
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VFMADD231PS (DI), Z31, Z0
+	VFMADD231PS 64(DI), Z31, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VFMADD231PS (DI), Z31, Z2
+	VFMADD231PS 64(DI), Z31, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VFMADD231PS (DI), Z31, Z4
+	VFMADD231PS 64(DI), Z31, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VFMADD231PS (DI), Z31, Z6
+	VFMADD231PS 64(DI), Z31, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z8, Z8
+	VMULPS Z30, Z9, Z9
+	VFMADD231PS (DI), Z31, Z8
+	VFMADD231PS 64(DI), Z31, Z9
+	VMOVUPS Z8, (DI)
+	VMOVUPS Z9, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z10, Z10
+	VMULPS Z30, Z11, Z11
+	VFMADD231PS (DI), Z31, Z10
+	VFMADD231PS 64(DI), Z31, Z11
+	VMOVUPS Z10, (DI)
+	VMOVUPS Z11, 64(DI)
+	VZEROUPPER
+	RET
+
+// func kernDotAvx512M7(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+TEXT ·kernDotAvx512M7(SB), NOSPLIT, $0-56
+	MOVQ pf+48(FP), R13
+	MOVQ 0(R13), R8
+	MOVQ 8(R13), R9
+	MOVQ 16(R13), R10
+	MOVQ 24(R13), R11
+	MOVQ 32(R13), R12
+	MOVQ kc+0(FP), CX
+	MOVQ a+8(FP), AX
+	MOVQ b+16(FP), BX
+	MOVQ c+24(FP), DI
+	MOVQ ldc+32(FP), SI
+	SHLQ $2, SI
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	VPXORD Z12, Z12, Z12
+	VPXORD Z13, Z13, Z13
+	MOVQ CX, DX
+	SHRQ $2, DX
+	JZ kDotAvx512_7_tail
+kDotAvx512_7_loop:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x04 // vdpbf16ps zmm8, zmm28, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x04 // vdpbf16ps zmm9, zmm29, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x05 // vdpbf16ps zmm10, zmm28, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x05 // vdpbf16ps zmm11, zmm29, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x06 // vdpbf16ps zmm12, zmm28, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x06 // vdpbf16ps zmm13, zmm29, dword ptr [rax+24]{1to16}
+	VMOVUPS 128(BX), Z28
+	VMOVUPS 192(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x0e // vdpbf16ps zmm0, zmm28, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x0e // vdpbf16ps zmm1, zmm29, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x0f // vdpbf16ps zmm2, zmm28, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x0f // vdpbf16ps zmm3, zmm29, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x10 // vdpbf16ps zmm4, zmm28, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x10 // vdpbf16ps zmm5, zmm29, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x11 // vdpbf16ps zmm6, zmm28, dword ptr [rax+68]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x11 // vdpbf16ps zmm7, zmm29, dword ptr [rax+68]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x12 // vdpbf16ps zmm8, zmm28, dword ptr [rax+72]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x12 // vdpbf16ps zmm9, zmm29, dword ptr [rax+72]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x13 // vdpbf16ps zmm10, zmm28, dword ptr [rax+76]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x13 // vdpbf16ps zmm11, zmm29, dword ptr [rax+76]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x14 // vdpbf16ps zmm12, zmm28, dword ptr [rax+80]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x14 // vdpbf16ps zmm13, zmm29, dword ptr [rax+80]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_7_pf1
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_7_pf1
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_7_pf1:
+	VMOVUPS 256(BX), Z28
+	VMOVUPS 320(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x1c // vdpbf16ps zmm0, zmm28, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x1c // vdpbf16ps zmm1, zmm29, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x1d // vdpbf16ps zmm2, zmm28, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x1d // vdpbf16ps zmm3, zmm29, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x1e // vdpbf16ps zmm4, zmm28, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x1e // vdpbf16ps zmm5, zmm29, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x1f // vdpbf16ps zmm6, zmm28, dword ptr [rax+124]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x1f // vdpbf16ps zmm7, zmm29, dword ptr [rax+124]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x20 // vdpbf16ps zmm8, zmm28, dword ptr [rax+128]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x20 // vdpbf16ps zmm9, zmm29, dword ptr [rax+128]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x21 // vdpbf16ps zmm10, zmm28, dword ptr [rax+132]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x21 // vdpbf16ps zmm11, zmm29, dword ptr [rax+132]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x22 // vdpbf16ps zmm12, zmm28, dword ptr [rax+136]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x22 // vdpbf16ps zmm13, zmm29, dword ptr [rax+136]{1to16}
+	VMOVUPS 384(BX), Z28
+	VMOVUPS 448(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2a // vdpbf16ps zmm0, zmm28, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2a // vdpbf16ps zmm1, zmm29, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2b // vdpbf16ps zmm2, zmm28, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2b // vdpbf16ps zmm3, zmm29, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x2c // vdpbf16ps zmm4, zmm28, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x2c // vdpbf16ps zmm5, zmm29, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x2d // vdpbf16ps zmm6, zmm28, dword ptr [rax+180]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x2d // vdpbf16ps zmm7, zmm29, dword ptr [rax+180]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2e // vdpbf16ps zmm8, zmm28, dword ptr [rax+184]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2e // vdpbf16ps zmm9, zmm29, dword ptr [rax+184]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2f // vdpbf16ps zmm10, zmm28, dword ptr [rax+188]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2f // vdpbf16ps zmm11, zmm29, dword ptr [rax+188]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x30 // vdpbf16ps zmm12, zmm28, dword ptr [rax+192]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x30 // vdpbf16ps zmm13, zmm29, dword ptr [rax+192]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_7_pf3
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_7_pf3
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_7_pf3:
+	ADDQ $224, AX
+	ADDQ $512, BX
+	DECQ DX
+	JNZ kDotAvx512_7_loop
+kDotAvx512_7_tail:
+	ANDQ $3, CX
+	JZ kDotAvx512_7_done
+kDotAvx512_7_loop1:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x04 // vdpbf16ps zmm8, zmm28, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x04 // vdpbf16ps zmm9, zmm29, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x05 // vdpbf16ps zmm10, zmm28, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x05 // vdpbf16ps zmm11, zmm29, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x06 // vdpbf16ps zmm12, zmm28, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x06 // vdpbf16ps zmm13, zmm29, dword ptr [rax+24]{1to16}
+	ADDQ $56, AX
+	ADDQ $128, BX
+	DECQ CX
+	JNZ kDotAvx512_7_loop1
+kDotAvx512_7_done:
+	MOVQ R8, 0(R13)
+	MOVQ R9, 8(R13)
+	MOVQ R12, 32(R13)
+	VBROADCASTSS alpha+40(FP), Z30
+	MOVL beta+44(FP), DX
+	ANDL $0x7fffffff, DX
+	JNZ kDotAvx512_7_beta
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z8, Z8
+	VMULPS Z30, Z9, Z9
+	VMOVUPS Z8, (DI)
+	VMOVUPS Z9, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z10, Z10
+	VMULPS Z30, Z11, Z11
+	VMOVUPS Z10, (DI)
+	VMOVUPS Z11, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z12, Z12
+	VMULPS Z30, Z13, Z13
+	VMOVUPS Z12, (DI)
+	VMOVUPS Z13, 64(DI)
+	VZEROUPPER
+	RET
+kDotAvx512_7_beta:
+	VBROADCASTSS beta+44(FP), Z31
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VFMADD231PS (DI), Z31, Z0
+	VFMADD231PS 64(DI), Z31, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VFMADD231PS (DI), Z31, Z2
+	VFMADD231PS 64(DI), Z31, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VFMADD231PS (DI), Z31, Z4
+	VFMADD231PS 64(DI), Z31, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VFMADD231PS (DI), Z31, Z6
+	VFMADD231PS 64(DI), Z31, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z8, Z8
+	VMULPS Z30, Z9, Z9
+	VFMADD231PS (DI), Z31, Z8
+	VFMADD231PS 64(DI), Z31, Z9
+	VMOVUPS Z8, (DI)
+	VMOVUPS Z9, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z10, Z10
+	VMULPS Z30, Z11, Z11
+	VFMADD231PS (DI), Z31, Z10
+	VFMADD231PS 64(DI), Z31, Z11
+	VMOVUPS Z10, (DI)
+	VMOVUPS Z11, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z12, Z12
+	VMULPS Z30, Z13, Z13
+	VFMADD231PS (DI), Z31, Z12
+	VFMADD231PS 64(DI), Z31, Z13
+	VMOVUPS Z12, (DI)
+	VMOVUPS Z13, 64(DI)
+	VZEROUPPER
+	RET
+
+// func kernDotAvx512M8(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+TEXT ·kernDotAvx512M8(SB), NOSPLIT, $0-56
+	MOVQ pf+48(FP), R13
+	MOVQ 0(R13), R8
+	MOVQ 8(R13), R9
+	MOVQ 16(R13), R10
+	MOVQ 24(R13), R11
+	MOVQ 32(R13), R12
+	MOVQ kc+0(FP), CX
+	MOVQ a+8(FP), AX
+	MOVQ b+16(FP), BX
+	MOVQ c+24(FP), DI
+	MOVQ ldc+32(FP), SI
+	SHLQ $2, SI
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	VPXORD Z12, Z12, Z12
+	VPXORD Z13, Z13, Z13
+	VPXORD Z14, Z14, Z14
+	VPXORD Z15, Z15, Z15
+	MOVQ CX, DX
+	SHRQ $2, DX
+	JZ kDotAvx512_8_tail
+kDotAvx512_8_loop:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x04 // vdpbf16ps zmm8, zmm28, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x04 // vdpbf16ps zmm9, zmm29, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x05 // vdpbf16ps zmm10, zmm28, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x05 // vdpbf16ps zmm11, zmm29, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x06 // vdpbf16ps zmm12, zmm28, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x06 // vdpbf16ps zmm13, zmm29, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x07 // vdpbf16ps zmm14, zmm28, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x07 // vdpbf16ps zmm15, zmm29, dword ptr [rax+28]{1to16}
+	VMOVUPS 128(BX), Z28
+	VMOVUPS 192(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x0e // vdpbf16ps zmm0, zmm28, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x0e // vdpbf16ps zmm1, zmm29, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x0f // vdpbf16ps zmm2, zmm28, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x0f // vdpbf16ps zmm3, zmm29, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x10 // vdpbf16ps zmm4, zmm28, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x10 // vdpbf16ps zmm5, zmm29, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x11 // vdpbf16ps zmm6, zmm28, dword ptr [rax+68]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x11 // vdpbf16ps zmm7, zmm29, dword ptr [rax+68]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x12 // vdpbf16ps zmm8, zmm28, dword ptr [rax+72]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x12 // vdpbf16ps zmm9, zmm29, dword ptr [rax+72]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x13 // vdpbf16ps zmm10, zmm28, dword ptr [rax+76]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x13 // vdpbf16ps zmm11, zmm29, dword ptr [rax+76]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x14 // vdpbf16ps zmm12, zmm28, dword ptr [rax+80]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x14 // vdpbf16ps zmm13, zmm29, dword ptr [rax+80]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x15 // vdpbf16ps zmm14, zmm28, dword ptr [rax+84]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x15 // vdpbf16ps zmm15, zmm29, dword ptr [rax+84]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_8_pf1
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_8_pf1
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_8_pf1:
+	VMOVUPS 256(BX), Z28
+	VMOVUPS 320(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x1c // vdpbf16ps zmm0, zmm28, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x1c // vdpbf16ps zmm1, zmm29, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x1d // vdpbf16ps zmm2, zmm28, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x1d // vdpbf16ps zmm3, zmm29, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x1e // vdpbf16ps zmm4, zmm28, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x1e // vdpbf16ps zmm5, zmm29, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x1f // vdpbf16ps zmm6, zmm28, dword ptr [rax+124]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x1f // vdpbf16ps zmm7, zmm29, dword ptr [rax+124]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x20 // vdpbf16ps zmm8, zmm28, dword ptr [rax+128]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x20 // vdpbf16ps zmm9, zmm29, dword ptr [rax+128]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x21 // vdpbf16ps zmm10, zmm28, dword ptr [rax+132]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x21 // vdpbf16ps zmm11, zmm29, dword ptr [rax+132]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x22 // vdpbf16ps zmm12, zmm28, dword ptr [rax+136]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x22 // vdpbf16ps zmm13, zmm29, dword ptr [rax+136]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x23 // vdpbf16ps zmm14, zmm28, dword ptr [rax+140]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x23 // vdpbf16ps zmm15, zmm29, dword ptr [rax+140]{1to16}
+	VMOVUPS 384(BX), Z28
+	VMOVUPS 448(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2a // vdpbf16ps zmm0, zmm28, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2a // vdpbf16ps zmm1, zmm29, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2b // vdpbf16ps zmm2, zmm28, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2b // vdpbf16ps zmm3, zmm29, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x2c // vdpbf16ps zmm4, zmm28, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x2c // vdpbf16ps zmm5, zmm29, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x2d // vdpbf16ps zmm6, zmm28, dword ptr [rax+180]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x2d // vdpbf16ps zmm7, zmm29, dword ptr [rax+180]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2e // vdpbf16ps zmm8, zmm28, dword ptr [rax+184]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2e // vdpbf16ps zmm9, zmm29, dword ptr [rax+184]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2f // vdpbf16ps zmm10, zmm28, dword ptr [rax+188]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2f // vdpbf16ps zmm11, zmm29, dword ptr [rax+188]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x30 // vdpbf16ps zmm12, zmm28, dword ptr [rax+192]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x30 // vdpbf16ps zmm13, zmm29, dword ptr [rax+192]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x31 // vdpbf16ps zmm14, zmm28, dword ptr [rax+196]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x31 // vdpbf16ps zmm15, zmm29, dword ptr [rax+196]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_8_pf3
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_8_pf3
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_8_pf3:
+	ADDQ $224, AX
+	ADDQ $512, BX
+	DECQ DX
+	JNZ kDotAvx512_8_loop
+kDotAvx512_8_tail:
+	ANDQ $3, CX
+	JZ kDotAvx512_8_done
+kDotAvx512_8_loop1:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x04 // vdpbf16ps zmm8, zmm28, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x04 // vdpbf16ps zmm9, zmm29, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x05 // vdpbf16ps zmm10, zmm28, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x05 // vdpbf16ps zmm11, zmm29, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x06 // vdpbf16ps zmm12, zmm28, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x06 // vdpbf16ps zmm13, zmm29, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x07 // vdpbf16ps zmm14, zmm28, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x07 // vdpbf16ps zmm15, zmm29, dword ptr [rax+28]{1to16}
+	ADDQ $56, AX
+	ADDQ $128, BX
+	DECQ CX
+	JNZ kDotAvx512_8_loop1
+kDotAvx512_8_done:
+	MOVQ R8, 0(R13)
+	MOVQ R9, 8(R13)
+	MOVQ R12, 32(R13)
+	VBROADCASTSS alpha+40(FP), Z30
+	MOVL beta+44(FP), DX
+	ANDL $0x7fffffff, DX
+	JNZ kDotAvx512_8_beta
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z8, Z8
+	VMULPS Z30, Z9, Z9
+	VMOVUPS Z8, (DI)
+	VMOVUPS Z9, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z10, Z10
+	VMULPS Z30, Z11, Z11
+	VMOVUPS Z10, (DI)
+	VMOVUPS Z11, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z12, Z12
+	VMULPS Z30, Z13, Z13
+	VMOVUPS Z12, (DI)
+	VMOVUPS Z13, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z14, Z14
+	VMULPS Z30, Z15, Z15
+	VMOVUPS Z14, (DI)
+	VMOVUPS Z15, 64(DI)
+	VZEROUPPER
+	RET
+kDotAvx512_8_beta:
+	VBROADCASTSS beta+44(FP), Z31
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VFMADD231PS (DI), Z31, Z0
+	VFMADD231PS 64(DI), Z31, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VFMADD231PS (DI), Z31, Z2
+	VFMADD231PS 64(DI), Z31, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VFMADD231PS (DI), Z31, Z4
+	VFMADD231PS 64(DI), Z31, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VFMADD231PS (DI), Z31, Z6
+	VFMADD231PS 64(DI), Z31, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z8, Z8
+	VMULPS Z30, Z9, Z9
+	VFMADD231PS (DI), Z31, Z8
+	VFMADD231PS 64(DI), Z31, Z9
+	VMOVUPS Z8, (DI)
+	VMOVUPS Z9, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z10, Z10
+	VMULPS Z30, Z11, Z11
+	VFMADD231PS (DI), Z31, Z10
+	VFMADD231PS 64(DI), Z31, Z11
+	VMOVUPS Z10, (DI)
+	VMOVUPS Z11, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z12, Z12
+	VMULPS Z30, Z13, Z13
+	VFMADD231PS (DI), Z31, Z12
+	VFMADD231PS 64(DI), Z31, Z13
+	VMOVUPS Z12, (DI)
+	VMOVUPS Z13, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z14, Z14
+	VMULPS Z30, Z15, Z15
+	VFMADD231PS (DI), Z31, Z14
+	VFMADD231PS 64(DI), Z31, Z15
+	VMOVUPS Z14, (DI)
+	VMOVUPS Z15, 64(DI)
+	VZEROUPPER
+	RET
+
+// func kernDotAvx512M9(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+TEXT ·kernDotAvx512M9(SB), NOSPLIT, $0-56
+	MOVQ pf+48(FP), R13
+	MOVQ 0(R13), R8
+	MOVQ 8(R13), R9
+	MOVQ 16(R13), R10
+	MOVQ 24(R13), R11
+	MOVQ 32(R13), R12
+	MOVQ kc+0(FP), CX
+	MOVQ a+8(FP), AX
+	MOVQ b+16(FP), BX
+	MOVQ c+24(FP), DI
+	MOVQ ldc+32(FP), SI
+	SHLQ $2, SI
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	VPXORD Z12, Z12, Z12
+	VPXORD Z13, Z13, Z13
+	VPXORD Z14, Z14, Z14
+	VPXORD Z15, Z15, Z15
+	VPXORD Z16, Z16, Z16
+	VPXORD Z17, Z17, Z17
+	MOVQ CX, DX
+	SHRQ $2, DX
+	JZ kDotAvx512_9_tail
+kDotAvx512_9_loop:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x04 // vdpbf16ps zmm8, zmm28, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x04 // vdpbf16ps zmm9, zmm29, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x05 // vdpbf16ps zmm10, zmm28, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x05 // vdpbf16ps zmm11, zmm29, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x06 // vdpbf16ps zmm12, zmm28, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x06 // vdpbf16ps zmm13, zmm29, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x07 // vdpbf16ps zmm14, zmm28, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x07 // vdpbf16ps zmm15, zmm29, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x08 // vdpbf16ps zmm16, zmm28, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x08 // vdpbf16ps zmm17, zmm29, dword ptr [rax+32]{1to16}
+	VMOVUPS 128(BX), Z28
+	VMOVUPS 192(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x0e // vdpbf16ps zmm0, zmm28, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x0e // vdpbf16ps zmm1, zmm29, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x0f // vdpbf16ps zmm2, zmm28, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x0f // vdpbf16ps zmm3, zmm29, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x10 // vdpbf16ps zmm4, zmm28, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x10 // vdpbf16ps zmm5, zmm29, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x11 // vdpbf16ps zmm6, zmm28, dword ptr [rax+68]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x11 // vdpbf16ps zmm7, zmm29, dword ptr [rax+68]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x12 // vdpbf16ps zmm8, zmm28, dword ptr [rax+72]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x12 // vdpbf16ps zmm9, zmm29, dword ptr [rax+72]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x13 // vdpbf16ps zmm10, zmm28, dword ptr [rax+76]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x13 // vdpbf16ps zmm11, zmm29, dword ptr [rax+76]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x14 // vdpbf16ps zmm12, zmm28, dword ptr [rax+80]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x14 // vdpbf16ps zmm13, zmm29, dword ptr [rax+80]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x15 // vdpbf16ps zmm14, zmm28, dword ptr [rax+84]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x15 // vdpbf16ps zmm15, zmm29, dword ptr [rax+84]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x16 // vdpbf16ps zmm16, zmm28, dword ptr [rax+88]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x16 // vdpbf16ps zmm17, zmm29, dword ptr [rax+88]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_9_pf1
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_9_pf1
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_9_pf1:
+	VMOVUPS 256(BX), Z28
+	VMOVUPS 320(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x1c // vdpbf16ps zmm0, zmm28, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x1c // vdpbf16ps zmm1, zmm29, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x1d // vdpbf16ps zmm2, zmm28, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x1d // vdpbf16ps zmm3, zmm29, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x1e // vdpbf16ps zmm4, zmm28, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x1e // vdpbf16ps zmm5, zmm29, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x1f // vdpbf16ps zmm6, zmm28, dword ptr [rax+124]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x1f // vdpbf16ps zmm7, zmm29, dword ptr [rax+124]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x20 // vdpbf16ps zmm8, zmm28, dword ptr [rax+128]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x20 // vdpbf16ps zmm9, zmm29, dword ptr [rax+128]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x21 // vdpbf16ps zmm10, zmm28, dword ptr [rax+132]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x21 // vdpbf16ps zmm11, zmm29, dword ptr [rax+132]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x22 // vdpbf16ps zmm12, zmm28, dword ptr [rax+136]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x22 // vdpbf16ps zmm13, zmm29, dword ptr [rax+136]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x23 // vdpbf16ps zmm14, zmm28, dword ptr [rax+140]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x23 // vdpbf16ps zmm15, zmm29, dword ptr [rax+140]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x24 // vdpbf16ps zmm16, zmm28, dword ptr [rax+144]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x24 // vdpbf16ps zmm17, zmm29, dword ptr [rax+144]{1to16}
+	VMOVUPS 384(BX), Z28
+	VMOVUPS 448(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2a // vdpbf16ps zmm0, zmm28, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2a // vdpbf16ps zmm1, zmm29, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2b // vdpbf16ps zmm2, zmm28, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2b // vdpbf16ps zmm3, zmm29, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x2c // vdpbf16ps zmm4, zmm28, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x2c // vdpbf16ps zmm5, zmm29, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x2d // vdpbf16ps zmm6, zmm28, dword ptr [rax+180]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x2d // vdpbf16ps zmm7, zmm29, dword ptr [rax+180]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2e // vdpbf16ps zmm8, zmm28, dword ptr [rax+184]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2e // vdpbf16ps zmm9, zmm29, dword ptr [rax+184]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2f // vdpbf16ps zmm10, zmm28, dword ptr [rax+188]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2f // vdpbf16ps zmm11, zmm29, dword ptr [rax+188]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x30 // vdpbf16ps zmm12, zmm28, dword ptr [rax+192]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x30 // vdpbf16ps zmm13, zmm29, dword ptr [rax+192]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x31 // vdpbf16ps zmm14, zmm28, dword ptr [rax+196]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x31 // vdpbf16ps zmm15, zmm29, dword ptr [rax+196]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x32 // vdpbf16ps zmm16, zmm28, dword ptr [rax+200]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x32 // vdpbf16ps zmm17, zmm29, dword ptr [rax+200]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_9_pf3
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_9_pf3
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_9_pf3:
+	ADDQ $224, AX
+	ADDQ $512, BX
+	DECQ DX
+	JNZ kDotAvx512_9_loop
+kDotAvx512_9_tail:
+	ANDQ $3, CX
+	JZ kDotAvx512_9_done
+kDotAvx512_9_loop1:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x04 // vdpbf16ps zmm8, zmm28, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x04 // vdpbf16ps zmm9, zmm29, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x05 // vdpbf16ps zmm10, zmm28, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x05 // vdpbf16ps zmm11, zmm29, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x06 // vdpbf16ps zmm12, zmm28, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x06 // vdpbf16ps zmm13, zmm29, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x07 // vdpbf16ps zmm14, zmm28, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x07 // vdpbf16ps zmm15, zmm29, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x08 // vdpbf16ps zmm16, zmm28, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x08 // vdpbf16ps zmm17, zmm29, dword ptr [rax+32]{1to16}
+	ADDQ $56, AX
+	ADDQ $128, BX
+	DECQ CX
+	JNZ kDotAvx512_9_loop1
+kDotAvx512_9_done:
+	MOVQ R8, 0(R13)
+	MOVQ R9, 8(R13)
+	MOVQ R12, 32(R13)
+	VBROADCASTSS alpha+40(FP), Z30
+	MOVL beta+44(FP), DX
+	ANDL $0x7fffffff, DX
+	JNZ kDotAvx512_9_beta
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z8, Z8
+	VMULPS Z30, Z9, Z9
+	VMOVUPS Z8, (DI)
+	VMOVUPS Z9, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z10, Z10
+	VMULPS Z30, Z11, Z11
+	VMOVUPS Z10, (DI)
+	VMOVUPS Z11, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z12, Z12
+	VMULPS Z30, Z13, Z13
+	VMOVUPS Z12, (DI)
+	VMOVUPS Z13, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z14, Z14
+	VMULPS Z30, Z15, Z15
+	VMOVUPS Z14, (DI)
+	VMOVUPS Z15, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z16, Z16
+	VMULPS Z30, Z17, Z17
+	VMOVUPS Z16, (DI)
+	VMOVUPS Z17, 64(DI)
+	VZEROUPPER
+	RET
+kDotAvx512_9_beta:
+	VBROADCASTSS beta+44(FP), Z31
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VFMADD231PS (DI), Z31, Z0
+	VFMADD231PS 64(DI), Z31, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VFMADD231PS (DI), Z31, Z2
+	VFMADD231PS 64(DI), Z31, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VFMADD231PS (DI), Z31, Z4
+	VFMADD231PS 64(DI), Z31, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VFMADD231PS (DI), Z31, Z6
+	VFMADD231PS 64(DI), Z31, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z8, Z8
+	VMULPS Z30, Z9, Z9
+	VFMADD231PS (DI), Z31, Z8
+	VFMADD231PS 64(DI), Z31, Z9
+	VMOVUPS Z8, (DI)
+	VMOVUPS Z9, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z10, Z10
+	VMULPS Z30, Z11, Z11
+	VFMADD231PS (DI), Z31, Z10
+	VFMADD231PS 64(DI), Z31, Z11
+	VMOVUPS Z10, (DI)
+	VMOVUPS Z11, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z12, Z12
+	VMULPS Z30, Z13, Z13
+	VFMADD231PS (DI), Z31, Z12
+	VFMADD231PS 64(DI), Z31, Z13
+	VMOVUPS Z12, (DI)
+	VMOVUPS Z13, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z14, Z14
+	VMULPS Z30, Z15, Z15
+	VFMADD231PS (DI), Z31, Z14
+	VFMADD231PS 64(DI), Z31, Z15
+	VMOVUPS Z14, (DI)
+	VMOVUPS Z15, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z16, Z16
+	VMULPS Z30, Z17, Z17
+	VFMADD231PS (DI), Z31, Z16
+	VFMADD231PS 64(DI), Z31, Z17
+	VMOVUPS Z16, (DI)
+	VMOVUPS Z17, 64(DI)
+	VZEROUPPER
+	RET
+
+// func kernDotAvx512M10(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+TEXT ·kernDotAvx512M10(SB), NOSPLIT, $0-56
+	MOVQ pf+48(FP), R13
+	MOVQ 0(R13), R8
+	MOVQ 8(R13), R9
+	MOVQ 16(R13), R10
+	MOVQ 24(R13), R11
+	MOVQ 32(R13), R12
+	MOVQ kc+0(FP), CX
+	MOVQ a+8(FP), AX
+	MOVQ b+16(FP), BX
+	MOVQ c+24(FP), DI
+	MOVQ ldc+32(FP), SI
+	SHLQ $2, SI
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	VPXORD Z12, Z12, Z12
+	VPXORD Z13, Z13, Z13
+	VPXORD Z14, Z14, Z14
+	VPXORD Z15, Z15, Z15
+	VPXORD Z16, Z16, Z16
+	VPXORD Z17, Z17, Z17
+	VPXORD Z18, Z18, Z18
+	VPXORD Z19, Z19, Z19
+	MOVQ CX, DX
+	SHRQ $2, DX
+	JZ kDotAvx512_10_tail
+kDotAvx512_10_loop:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x04 // vdpbf16ps zmm8, zmm28, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x04 // vdpbf16ps zmm9, zmm29, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x05 // vdpbf16ps zmm10, zmm28, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x05 // vdpbf16ps zmm11, zmm29, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x06 // vdpbf16ps zmm12, zmm28, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x06 // vdpbf16ps zmm13, zmm29, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x07 // vdpbf16ps zmm14, zmm28, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x07 // vdpbf16ps zmm15, zmm29, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x08 // vdpbf16ps zmm16, zmm28, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x08 // vdpbf16ps zmm17, zmm29, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x09 // vdpbf16ps zmm18, zmm28, dword ptr [rax+36]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x09 // vdpbf16ps zmm19, zmm29, dword ptr [rax+36]{1to16}
+	VMOVUPS 128(BX), Z28
+	VMOVUPS 192(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x0e // vdpbf16ps zmm0, zmm28, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x0e // vdpbf16ps zmm1, zmm29, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x0f // vdpbf16ps zmm2, zmm28, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x0f // vdpbf16ps zmm3, zmm29, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x10 // vdpbf16ps zmm4, zmm28, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x10 // vdpbf16ps zmm5, zmm29, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x11 // vdpbf16ps zmm6, zmm28, dword ptr [rax+68]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x11 // vdpbf16ps zmm7, zmm29, dword ptr [rax+68]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x12 // vdpbf16ps zmm8, zmm28, dword ptr [rax+72]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x12 // vdpbf16ps zmm9, zmm29, dword ptr [rax+72]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x13 // vdpbf16ps zmm10, zmm28, dword ptr [rax+76]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x13 // vdpbf16ps zmm11, zmm29, dword ptr [rax+76]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x14 // vdpbf16ps zmm12, zmm28, dword ptr [rax+80]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x14 // vdpbf16ps zmm13, zmm29, dword ptr [rax+80]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x15 // vdpbf16ps zmm14, zmm28, dword ptr [rax+84]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x15 // vdpbf16ps zmm15, zmm29, dword ptr [rax+84]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x16 // vdpbf16ps zmm16, zmm28, dword ptr [rax+88]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x16 // vdpbf16ps zmm17, zmm29, dword ptr [rax+88]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x17 // vdpbf16ps zmm18, zmm28, dword ptr [rax+92]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x17 // vdpbf16ps zmm19, zmm29, dword ptr [rax+92]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_10_pf1
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_10_pf1
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_10_pf1:
+	VMOVUPS 256(BX), Z28
+	VMOVUPS 320(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x1c // vdpbf16ps zmm0, zmm28, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x1c // vdpbf16ps zmm1, zmm29, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x1d // vdpbf16ps zmm2, zmm28, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x1d // vdpbf16ps zmm3, zmm29, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x1e // vdpbf16ps zmm4, zmm28, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x1e // vdpbf16ps zmm5, zmm29, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x1f // vdpbf16ps zmm6, zmm28, dword ptr [rax+124]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x1f // vdpbf16ps zmm7, zmm29, dword ptr [rax+124]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x20 // vdpbf16ps zmm8, zmm28, dword ptr [rax+128]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x20 // vdpbf16ps zmm9, zmm29, dword ptr [rax+128]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x21 // vdpbf16ps zmm10, zmm28, dword ptr [rax+132]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x21 // vdpbf16ps zmm11, zmm29, dword ptr [rax+132]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x22 // vdpbf16ps zmm12, zmm28, dword ptr [rax+136]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x22 // vdpbf16ps zmm13, zmm29, dword ptr [rax+136]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x23 // vdpbf16ps zmm14, zmm28, dword ptr [rax+140]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x23 // vdpbf16ps zmm15, zmm29, dword ptr [rax+140]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x24 // vdpbf16ps zmm16, zmm28, dword ptr [rax+144]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x24 // vdpbf16ps zmm17, zmm29, dword ptr [rax+144]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x25 // vdpbf16ps zmm18, zmm28, dword ptr [rax+148]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x25 // vdpbf16ps zmm19, zmm29, dword ptr [rax+148]{1to16}
+	VMOVUPS 384(BX), Z28
+	VMOVUPS 448(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2a // vdpbf16ps zmm0, zmm28, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2a // vdpbf16ps zmm1, zmm29, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2b // vdpbf16ps zmm2, zmm28, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2b // vdpbf16ps zmm3, zmm29, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x2c // vdpbf16ps zmm4, zmm28, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x2c // vdpbf16ps zmm5, zmm29, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x2d // vdpbf16ps zmm6, zmm28, dword ptr [rax+180]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x2d // vdpbf16ps zmm7, zmm29, dword ptr [rax+180]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2e // vdpbf16ps zmm8, zmm28, dword ptr [rax+184]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2e // vdpbf16ps zmm9, zmm29, dword ptr [rax+184]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2f // vdpbf16ps zmm10, zmm28, dword ptr [rax+188]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2f // vdpbf16ps zmm11, zmm29, dword ptr [rax+188]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x30 // vdpbf16ps zmm12, zmm28, dword ptr [rax+192]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x30 // vdpbf16ps zmm13, zmm29, dword ptr [rax+192]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x31 // vdpbf16ps zmm14, zmm28, dword ptr [rax+196]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x31 // vdpbf16ps zmm15, zmm29, dword ptr [rax+196]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x32 // vdpbf16ps zmm16, zmm28, dword ptr [rax+200]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x32 // vdpbf16ps zmm17, zmm29, dword ptr [rax+200]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x33 // vdpbf16ps zmm18, zmm28, dword ptr [rax+204]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x33 // vdpbf16ps zmm19, zmm29, dword ptr [rax+204]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_10_pf3
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_10_pf3
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_10_pf3:
+	ADDQ $224, AX
+	ADDQ $512, BX
+	DECQ DX
+	JNZ kDotAvx512_10_loop
+kDotAvx512_10_tail:
+	ANDQ $3, CX
+	JZ kDotAvx512_10_done
+kDotAvx512_10_loop1:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x04 // vdpbf16ps zmm8, zmm28, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x04 // vdpbf16ps zmm9, zmm29, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x05 // vdpbf16ps zmm10, zmm28, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x05 // vdpbf16ps zmm11, zmm29, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x06 // vdpbf16ps zmm12, zmm28, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x06 // vdpbf16ps zmm13, zmm29, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x07 // vdpbf16ps zmm14, zmm28, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x07 // vdpbf16ps zmm15, zmm29, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x08 // vdpbf16ps zmm16, zmm28, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x08 // vdpbf16ps zmm17, zmm29, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x09 // vdpbf16ps zmm18, zmm28, dword ptr [rax+36]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x09 // vdpbf16ps zmm19, zmm29, dword ptr [rax+36]{1to16}
+	ADDQ $56, AX
+	ADDQ $128, BX
+	DECQ CX
+	JNZ kDotAvx512_10_loop1
+kDotAvx512_10_done:
+	MOVQ R8, 0(R13)
+	MOVQ R9, 8(R13)
+	MOVQ R12, 32(R13)
+	VBROADCASTSS alpha+40(FP), Z30
+	MOVL beta+44(FP), DX
+	ANDL $0x7fffffff, DX
+	JNZ kDotAvx512_10_beta
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z8, Z8
+	VMULPS Z30, Z9, Z9
+	VMOVUPS Z8, (DI)
+	VMOVUPS Z9, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z10, Z10
+	VMULPS Z30, Z11, Z11
+	VMOVUPS Z10, (DI)
+	VMOVUPS Z11, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z12, Z12
+	VMULPS Z30, Z13, Z13
+	VMOVUPS Z12, (DI)
+	VMOVUPS Z13, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z14, Z14
+	VMULPS Z30, Z15, Z15
+	VMOVUPS Z14, (DI)
+	VMOVUPS Z15, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z16, Z16
+	VMULPS Z30, Z17, Z17
+	VMOVUPS Z16, (DI)
+	VMOVUPS Z17, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z18, Z18
+	VMULPS Z30, Z19, Z19
+	VMOVUPS Z18, (DI)
+	VMOVUPS Z19, 64(DI)
+	VZEROUPPER
+	RET
+kDotAvx512_10_beta:
+	VBROADCASTSS beta+44(FP), Z31
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VFMADD231PS (DI), Z31, Z0
+	VFMADD231PS 64(DI), Z31, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VFMADD231PS (DI), Z31, Z2
+	VFMADD231PS 64(DI), Z31, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VFMADD231PS (DI), Z31, Z4
+	VFMADD231PS 64(DI), Z31, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VFMADD231PS (DI), Z31, Z6
+	VFMADD231PS 64(DI), Z31, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z8, Z8
+	VMULPS Z30, Z9, Z9
+	VFMADD231PS (DI), Z31, Z8
+	VFMADD231PS 64(DI), Z31, Z9
+	VMOVUPS Z8, (DI)
+	VMOVUPS Z9, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z10, Z10
+	VMULPS Z30, Z11, Z11
+	VFMADD231PS (DI), Z31, Z10
+	VFMADD231PS 64(DI), Z31, Z11
+	VMOVUPS Z10, (DI)
+	VMOVUPS Z11, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z12, Z12
+	VMULPS Z30, Z13, Z13
+	VFMADD231PS (DI), Z31, Z12
+	VFMADD231PS 64(DI), Z31, Z13
+	VMOVUPS Z12, (DI)
+	VMOVUPS Z13, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z14, Z14
+	VMULPS Z30, Z15, Z15
+	VFMADD231PS (DI), Z31, Z14
+	VFMADD231PS 64(DI), Z31, Z15
+	VMOVUPS Z14, (DI)
+	VMOVUPS Z15, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z16, Z16
+	VMULPS Z30, Z17, Z17
+	VFMADD231PS (DI), Z31, Z16
+	VFMADD231PS 64(DI), Z31, Z17
+	VMOVUPS Z16, (DI)
+	VMOVUPS Z17, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z18, Z18
+	VMULPS Z30, Z19, Z19
+	VFMADD231PS (DI), Z31, Z18
+	VFMADD231PS 64(DI), Z31, Z19
+	VMOVUPS Z18, (DI)
+	VMOVUPS Z19, 64(DI)
+	VZEROUPPER
+	RET
+
+// func kernDotAvx512M11(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+TEXT ·kernDotAvx512M11(SB), NOSPLIT, $0-56
+	MOVQ pf+48(FP), R13
+	MOVQ 0(R13), R8
+	MOVQ 8(R13), R9
+	MOVQ 16(R13), R10
+	MOVQ 24(R13), R11
+	MOVQ 32(R13), R12
+	MOVQ kc+0(FP), CX
+	MOVQ a+8(FP), AX
+	MOVQ b+16(FP), BX
+	MOVQ c+24(FP), DI
+	MOVQ ldc+32(FP), SI
+	SHLQ $2, SI
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	VPXORD Z12, Z12, Z12
+	VPXORD Z13, Z13, Z13
+	VPXORD Z14, Z14, Z14
+	VPXORD Z15, Z15, Z15
+	VPXORD Z16, Z16, Z16
+	VPXORD Z17, Z17, Z17
+	VPXORD Z18, Z18, Z18
+	VPXORD Z19, Z19, Z19
+	VPXORD Z20, Z20, Z20
+	VPXORD Z21, Z21, Z21
+	MOVQ CX, DX
+	SHRQ $2, DX
+	JZ kDotAvx512_11_tail
+kDotAvx512_11_loop:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x04 // vdpbf16ps zmm8, zmm28, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x04 // vdpbf16ps zmm9, zmm29, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x05 // vdpbf16ps zmm10, zmm28, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x05 // vdpbf16ps zmm11, zmm29, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x06 // vdpbf16ps zmm12, zmm28, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x06 // vdpbf16ps zmm13, zmm29, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x07 // vdpbf16ps zmm14, zmm28, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x07 // vdpbf16ps zmm15, zmm29, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x08 // vdpbf16ps zmm16, zmm28, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x08 // vdpbf16ps zmm17, zmm29, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x09 // vdpbf16ps zmm18, zmm28, dword ptr [rax+36]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x09 // vdpbf16ps zmm19, zmm29, dword ptr [rax+36]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x0a // vdpbf16ps zmm20, zmm28, dword ptr [rax+40]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x0a // vdpbf16ps zmm21, zmm29, dword ptr [rax+40]{1to16}
+	VMOVUPS 128(BX), Z28
+	VMOVUPS 192(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x0e // vdpbf16ps zmm0, zmm28, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x0e // vdpbf16ps zmm1, zmm29, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x0f // vdpbf16ps zmm2, zmm28, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x0f // vdpbf16ps zmm3, zmm29, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x10 // vdpbf16ps zmm4, zmm28, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x10 // vdpbf16ps zmm5, zmm29, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x11 // vdpbf16ps zmm6, zmm28, dword ptr [rax+68]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x11 // vdpbf16ps zmm7, zmm29, dword ptr [rax+68]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x12 // vdpbf16ps zmm8, zmm28, dword ptr [rax+72]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x12 // vdpbf16ps zmm9, zmm29, dword ptr [rax+72]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x13 // vdpbf16ps zmm10, zmm28, dword ptr [rax+76]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x13 // vdpbf16ps zmm11, zmm29, dword ptr [rax+76]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x14 // vdpbf16ps zmm12, zmm28, dword ptr [rax+80]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x14 // vdpbf16ps zmm13, zmm29, dword ptr [rax+80]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x15 // vdpbf16ps zmm14, zmm28, dword ptr [rax+84]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x15 // vdpbf16ps zmm15, zmm29, dword ptr [rax+84]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x16 // vdpbf16ps zmm16, zmm28, dword ptr [rax+88]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x16 // vdpbf16ps zmm17, zmm29, dword ptr [rax+88]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x17 // vdpbf16ps zmm18, zmm28, dword ptr [rax+92]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x17 // vdpbf16ps zmm19, zmm29, dword ptr [rax+92]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x18 // vdpbf16ps zmm20, zmm28, dword ptr [rax+96]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x18 // vdpbf16ps zmm21, zmm29, dword ptr [rax+96]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_11_pf1
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_11_pf1
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_11_pf1:
+	VMOVUPS 256(BX), Z28
+	VMOVUPS 320(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x1c // vdpbf16ps zmm0, zmm28, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x1c // vdpbf16ps zmm1, zmm29, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x1d // vdpbf16ps zmm2, zmm28, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x1d // vdpbf16ps zmm3, zmm29, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x1e // vdpbf16ps zmm4, zmm28, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x1e // vdpbf16ps zmm5, zmm29, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x1f // vdpbf16ps zmm6, zmm28, dword ptr [rax+124]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x1f // vdpbf16ps zmm7, zmm29, dword ptr [rax+124]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x20 // vdpbf16ps zmm8, zmm28, dword ptr [rax+128]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x20 // vdpbf16ps zmm9, zmm29, dword ptr [rax+128]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x21 // vdpbf16ps zmm10, zmm28, dword ptr [rax+132]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x21 // vdpbf16ps zmm11, zmm29, dword ptr [rax+132]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x22 // vdpbf16ps zmm12, zmm28, dword ptr [rax+136]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x22 // vdpbf16ps zmm13, zmm29, dword ptr [rax+136]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x23 // vdpbf16ps zmm14, zmm28, dword ptr [rax+140]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x23 // vdpbf16ps zmm15, zmm29, dword ptr [rax+140]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x24 // vdpbf16ps zmm16, zmm28, dword ptr [rax+144]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x24 // vdpbf16ps zmm17, zmm29, dword ptr [rax+144]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x25 // vdpbf16ps zmm18, zmm28, dword ptr [rax+148]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x25 // vdpbf16ps zmm19, zmm29, dword ptr [rax+148]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x26 // vdpbf16ps zmm20, zmm28, dword ptr [rax+152]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x26 // vdpbf16ps zmm21, zmm29, dword ptr [rax+152]{1to16}
+	VMOVUPS 384(BX), Z28
+	VMOVUPS 448(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2a // vdpbf16ps zmm0, zmm28, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2a // vdpbf16ps zmm1, zmm29, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2b // vdpbf16ps zmm2, zmm28, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2b // vdpbf16ps zmm3, zmm29, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x2c // vdpbf16ps zmm4, zmm28, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x2c // vdpbf16ps zmm5, zmm29, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x2d // vdpbf16ps zmm6, zmm28, dword ptr [rax+180]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x2d // vdpbf16ps zmm7, zmm29, dword ptr [rax+180]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2e // vdpbf16ps zmm8, zmm28, dword ptr [rax+184]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2e // vdpbf16ps zmm9, zmm29, dword ptr [rax+184]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2f // vdpbf16ps zmm10, zmm28, dword ptr [rax+188]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2f // vdpbf16ps zmm11, zmm29, dword ptr [rax+188]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x30 // vdpbf16ps zmm12, zmm28, dword ptr [rax+192]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x30 // vdpbf16ps zmm13, zmm29, dword ptr [rax+192]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x31 // vdpbf16ps zmm14, zmm28, dword ptr [rax+196]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x31 // vdpbf16ps zmm15, zmm29, dword ptr [rax+196]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x32 // vdpbf16ps zmm16, zmm28, dword ptr [rax+200]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x32 // vdpbf16ps zmm17, zmm29, dword ptr [rax+200]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x33 // vdpbf16ps zmm18, zmm28, dword ptr [rax+204]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x33 // vdpbf16ps zmm19, zmm29, dword ptr [rax+204]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x34 // vdpbf16ps zmm20, zmm28, dword ptr [rax+208]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x34 // vdpbf16ps zmm21, zmm29, dword ptr [rax+208]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_11_pf3
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_11_pf3
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_11_pf3:
+	ADDQ $224, AX
+	ADDQ $512, BX
+	DECQ DX
+	JNZ kDotAvx512_11_loop
+kDotAvx512_11_tail:
+	ANDQ $3, CX
+	JZ kDotAvx512_11_done
+kDotAvx512_11_loop1:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x04 // vdpbf16ps zmm8, zmm28, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x04 // vdpbf16ps zmm9, zmm29, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x05 // vdpbf16ps zmm10, zmm28, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x05 // vdpbf16ps zmm11, zmm29, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x06 // vdpbf16ps zmm12, zmm28, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x06 // vdpbf16ps zmm13, zmm29, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x07 // vdpbf16ps zmm14, zmm28, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x07 // vdpbf16ps zmm15, zmm29, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x08 // vdpbf16ps zmm16, zmm28, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x08 // vdpbf16ps zmm17, zmm29, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x09 // vdpbf16ps zmm18, zmm28, dword ptr [rax+36]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x09 // vdpbf16ps zmm19, zmm29, dword ptr [rax+36]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x0a // vdpbf16ps zmm20, zmm28, dword ptr [rax+40]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x0a // vdpbf16ps zmm21, zmm29, dword ptr [rax+40]{1to16}
+	ADDQ $56, AX
+	ADDQ $128, BX
+	DECQ CX
+	JNZ kDotAvx512_11_loop1
+kDotAvx512_11_done:
+	MOVQ R8, 0(R13)
+	MOVQ R9, 8(R13)
+	MOVQ R12, 32(R13)
+	VBROADCASTSS alpha+40(FP), Z30
+	MOVL beta+44(FP), DX
+	ANDL $0x7fffffff, DX
+	JNZ kDotAvx512_11_beta
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z8, Z8
+	VMULPS Z30, Z9, Z9
+	VMOVUPS Z8, (DI)
+	VMOVUPS Z9, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z10, Z10
+	VMULPS Z30, Z11, Z11
+	VMOVUPS Z10, (DI)
+	VMOVUPS Z11, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z12, Z12
+	VMULPS Z30, Z13, Z13
+	VMOVUPS Z12, (DI)
+	VMOVUPS Z13, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z14, Z14
+	VMULPS Z30, Z15, Z15
+	VMOVUPS Z14, (DI)
+	VMOVUPS Z15, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z16, Z16
+	VMULPS Z30, Z17, Z17
+	VMOVUPS Z16, (DI)
+	VMOVUPS Z17, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z18, Z18
+	VMULPS Z30, Z19, Z19
+	VMOVUPS Z18, (DI)
+	VMOVUPS Z19, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z20, Z20
+	VMULPS Z30, Z21, Z21
+	VMOVUPS Z20, (DI)
+	VMOVUPS Z21, 64(DI)
+	VZEROUPPER
+	RET
+kDotAvx512_11_beta:
+	VBROADCASTSS beta+44(FP), Z31
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VFMADD231PS (DI), Z31, Z0
+	VFMADD231PS 64(DI), Z31, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VFMADD231PS (DI), Z31, Z2
+	VFMADD231PS 64(DI), Z31, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VFMADD231PS (DI), Z31, Z4
+	VFMADD231PS 64(DI), Z31, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VFMADD231PS (DI), Z31, Z6
+	VFMADD231PS 64(DI), Z31, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z8, Z8
+	VMULPS Z30, Z9, Z9
+	VFMADD231PS (DI), Z31, Z8
+	VFMADD231PS 64(DI), Z31, Z9
+	VMOVUPS Z8, (DI)
+	VMOVUPS Z9, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z10, Z10
+	VMULPS Z30, Z11, Z11
+	VFMADD231PS (DI), Z31, Z10
+	VFMADD231PS 64(DI), Z31, Z11
+	VMOVUPS Z10, (DI)
+	VMOVUPS Z11, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z12, Z12
+	VMULPS Z30, Z13, Z13
+	VFMADD231PS (DI), Z31, Z12
+	VFMADD231PS 64(DI), Z31, Z13
+	VMOVUPS Z12, (DI)
+	VMOVUPS Z13, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z14, Z14
+	VMULPS Z30, Z15, Z15
+	VFMADD231PS (DI), Z31, Z14
+	VFMADD231PS 64(DI), Z31, Z15
+	VMOVUPS Z14, (DI)
+	VMOVUPS Z15, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z16, Z16
+	VMULPS Z30, Z17, Z17
+	VFMADD231PS (DI), Z31, Z16
+	VFMADD231PS 64(DI), Z31, Z17
+	VMOVUPS Z16, (DI)
+	VMOVUPS Z17, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z18, Z18
+	VMULPS Z30, Z19, Z19
+	VFMADD231PS (DI), Z31, Z18
+	VFMADD231PS 64(DI), Z31, Z19
+	VMOVUPS Z18, (DI)
+	VMOVUPS Z19, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z20, Z20
+	VMULPS Z30, Z21, Z21
+	VFMADD231PS (DI), Z31, Z20
+	VFMADD231PS 64(DI), Z31, Z21
+	VMOVUPS Z20, (DI)
+	VMOVUPS Z21, 64(DI)
+	VZEROUPPER
+	RET
+
+// func kernDotAvx512M12(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+TEXT ·kernDotAvx512M12(SB), NOSPLIT, $0-56
+	MOVQ pf+48(FP), R13
+	MOVQ 0(R13), R8
+	MOVQ 8(R13), R9
+	MOVQ 16(R13), R10
+	MOVQ 24(R13), R11
+	MOVQ 32(R13), R12
+	MOVQ kc+0(FP), CX
+	MOVQ a+8(FP), AX
+	MOVQ b+16(FP), BX
+	MOVQ c+24(FP), DI
+	MOVQ ldc+32(FP), SI
+	SHLQ $2, SI
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	VPXORD Z12, Z12, Z12
+	VPXORD Z13, Z13, Z13
+	VPXORD Z14, Z14, Z14
+	VPXORD Z15, Z15, Z15
+	VPXORD Z16, Z16, Z16
+	VPXORD Z17, Z17, Z17
+	VPXORD Z18, Z18, Z18
+	VPXORD Z19, Z19, Z19
+	VPXORD Z20, Z20, Z20
+	VPXORD Z21, Z21, Z21
+	VPXORD Z22, Z22, Z22
+	VPXORD Z23, Z23, Z23
+	MOVQ CX, DX
+	SHRQ $2, DX
+	JZ kDotAvx512_12_tail
+kDotAvx512_12_loop:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x04 // vdpbf16ps zmm8, zmm28, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x04 // vdpbf16ps zmm9, zmm29, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x05 // vdpbf16ps zmm10, zmm28, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x05 // vdpbf16ps zmm11, zmm29, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x06 // vdpbf16ps zmm12, zmm28, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x06 // vdpbf16ps zmm13, zmm29, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x07 // vdpbf16ps zmm14, zmm28, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x07 // vdpbf16ps zmm15, zmm29, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x08 // vdpbf16ps zmm16, zmm28, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x08 // vdpbf16ps zmm17, zmm29, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x09 // vdpbf16ps zmm18, zmm28, dword ptr [rax+36]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x09 // vdpbf16ps zmm19, zmm29, dword ptr [rax+36]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x0a // vdpbf16ps zmm20, zmm28, dword ptr [rax+40]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x0a // vdpbf16ps zmm21, zmm29, dword ptr [rax+40]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x0b // vdpbf16ps zmm22, zmm28, dword ptr [rax+44]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x0b // vdpbf16ps zmm23, zmm29, dword ptr [rax+44]{1to16}
+	VMOVUPS 128(BX), Z28
+	VMOVUPS 192(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x0e // vdpbf16ps zmm0, zmm28, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x0e // vdpbf16ps zmm1, zmm29, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x0f // vdpbf16ps zmm2, zmm28, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x0f // vdpbf16ps zmm3, zmm29, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x10 // vdpbf16ps zmm4, zmm28, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x10 // vdpbf16ps zmm5, zmm29, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x11 // vdpbf16ps zmm6, zmm28, dword ptr [rax+68]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x11 // vdpbf16ps zmm7, zmm29, dword ptr [rax+68]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x12 // vdpbf16ps zmm8, zmm28, dword ptr [rax+72]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x12 // vdpbf16ps zmm9, zmm29, dword ptr [rax+72]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x13 // vdpbf16ps zmm10, zmm28, dword ptr [rax+76]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x13 // vdpbf16ps zmm11, zmm29, dword ptr [rax+76]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x14 // vdpbf16ps zmm12, zmm28, dword ptr [rax+80]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x14 // vdpbf16ps zmm13, zmm29, dword ptr [rax+80]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x15 // vdpbf16ps zmm14, zmm28, dword ptr [rax+84]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x15 // vdpbf16ps zmm15, zmm29, dword ptr [rax+84]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x16 // vdpbf16ps zmm16, zmm28, dword ptr [rax+88]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x16 // vdpbf16ps zmm17, zmm29, dword ptr [rax+88]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x17 // vdpbf16ps zmm18, zmm28, dword ptr [rax+92]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x17 // vdpbf16ps zmm19, zmm29, dword ptr [rax+92]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x18 // vdpbf16ps zmm20, zmm28, dword ptr [rax+96]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x18 // vdpbf16ps zmm21, zmm29, dword ptr [rax+96]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x19 // vdpbf16ps zmm22, zmm28, dword ptr [rax+100]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x19 // vdpbf16ps zmm23, zmm29, dword ptr [rax+100]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_12_pf1
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_12_pf1
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_12_pf1:
+	VMOVUPS 256(BX), Z28
+	VMOVUPS 320(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x1c // vdpbf16ps zmm0, zmm28, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x1c // vdpbf16ps zmm1, zmm29, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x1d // vdpbf16ps zmm2, zmm28, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x1d // vdpbf16ps zmm3, zmm29, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x1e // vdpbf16ps zmm4, zmm28, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x1e // vdpbf16ps zmm5, zmm29, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x1f // vdpbf16ps zmm6, zmm28, dword ptr [rax+124]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x1f // vdpbf16ps zmm7, zmm29, dword ptr [rax+124]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x20 // vdpbf16ps zmm8, zmm28, dword ptr [rax+128]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x20 // vdpbf16ps zmm9, zmm29, dword ptr [rax+128]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x21 // vdpbf16ps zmm10, zmm28, dword ptr [rax+132]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x21 // vdpbf16ps zmm11, zmm29, dword ptr [rax+132]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x22 // vdpbf16ps zmm12, zmm28, dword ptr [rax+136]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x22 // vdpbf16ps zmm13, zmm29, dword ptr [rax+136]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x23 // vdpbf16ps zmm14, zmm28, dword ptr [rax+140]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x23 // vdpbf16ps zmm15, zmm29, dword ptr [rax+140]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x24 // vdpbf16ps zmm16, zmm28, dword ptr [rax+144]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x24 // vdpbf16ps zmm17, zmm29, dword ptr [rax+144]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x25 // vdpbf16ps zmm18, zmm28, dword ptr [rax+148]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x25 // vdpbf16ps zmm19, zmm29, dword ptr [rax+148]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x26 // vdpbf16ps zmm20, zmm28, dword ptr [rax+152]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x26 // vdpbf16ps zmm21, zmm29, dword ptr [rax+152]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x27 // vdpbf16ps zmm22, zmm28, dword ptr [rax+156]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x27 // vdpbf16ps zmm23, zmm29, dword ptr [rax+156]{1to16}
+	VMOVUPS 384(BX), Z28
+	VMOVUPS 448(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2a // vdpbf16ps zmm0, zmm28, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2a // vdpbf16ps zmm1, zmm29, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2b // vdpbf16ps zmm2, zmm28, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2b // vdpbf16ps zmm3, zmm29, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x2c // vdpbf16ps zmm4, zmm28, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x2c // vdpbf16ps zmm5, zmm29, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x2d // vdpbf16ps zmm6, zmm28, dword ptr [rax+180]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x2d // vdpbf16ps zmm7, zmm29, dword ptr [rax+180]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2e // vdpbf16ps zmm8, zmm28, dword ptr [rax+184]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2e // vdpbf16ps zmm9, zmm29, dword ptr [rax+184]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2f // vdpbf16ps zmm10, zmm28, dword ptr [rax+188]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2f // vdpbf16ps zmm11, zmm29, dword ptr [rax+188]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x30 // vdpbf16ps zmm12, zmm28, dword ptr [rax+192]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x30 // vdpbf16ps zmm13, zmm29, dword ptr [rax+192]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x31 // vdpbf16ps zmm14, zmm28, dword ptr [rax+196]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x31 // vdpbf16ps zmm15, zmm29, dword ptr [rax+196]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x32 // vdpbf16ps zmm16, zmm28, dword ptr [rax+200]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x32 // vdpbf16ps zmm17, zmm29, dword ptr [rax+200]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x33 // vdpbf16ps zmm18, zmm28, dword ptr [rax+204]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x33 // vdpbf16ps zmm19, zmm29, dword ptr [rax+204]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x34 // vdpbf16ps zmm20, zmm28, dword ptr [rax+208]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x34 // vdpbf16ps zmm21, zmm29, dword ptr [rax+208]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x35 // vdpbf16ps zmm22, zmm28, dword ptr [rax+212]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x35 // vdpbf16ps zmm23, zmm29, dword ptr [rax+212]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_12_pf3
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_12_pf3
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_12_pf3:
+	ADDQ $224, AX
+	ADDQ $512, BX
+	DECQ DX
+	JNZ kDotAvx512_12_loop
+kDotAvx512_12_tail:
+	ANDQ $3, CX
+	JZ kDotAvx512_12_done
+kDotAvx512_12_loop1:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x04 // vdpbf16ps zmm8, zmm28, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x04 // vdpbf16ps zmm9, zmm29, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x05 // vdpbf16ps zmm10, zmm28, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x05 // vdpbf16ps zmm11, zmm29, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x06 // vdpbf16ps zmm12, zmm28, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x06 // vdpbf16ps zmm13, zmm29, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x07 // vdpbf16ps zmm14, zmm28, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x07 // vdpbf16ps zmm15, zmm29, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x08 // vdpbf16ps zmm16, zmm28, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x08 // vdpbf16ps zmm17, zmm29, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x09 // vdpbf16ps zmm18, zmm28, dword ptr [rax+36]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x09 // vdpbf16ps zmm19, zmm29, dword ptr [rax+36]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x0a // vdpbf16ps zmm20, zmm28, dword ptr [rax+40]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x0a // vdpbf16ps zmm21, zmm29, dword ptr [rax+40]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x0b // vdpbf16ps zmm22, zmm28, dword ptr [rax+44]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x0b // vdpbf16ps zmm23, zmm29, dword ptr [rax+44]{1to16}
+	ADDQ $56, AX
+	ADDQ $128, BX
+	DECQ CX
+	JNZ kDotAvx512_12_loop1
+kDotAvx512_12_done:
+	MOVQ R8, 0(R13)
+	MOVQ R9, 8(R13)
+	MOVQ R12, 32(R13)
+	VBROADCASTSS alpha+40(FP), Z30
+	MOVL beta+44(FP), DX
+	ANDL $0x7fffffff, DX
+	JNZ kDotAvx512_12_beta
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z8, Z8
+	VMULPS Z30, Z9, Z9
+	VMOVUPS Z8, (DI)
+	VMOVUPS Z9, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z10, Z10
+	VMULPS Z30, Z11, Z11
+	VMOVUPS Z10, (DI)
+	VMOVUPS Z11, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z12, Z12
+	VMULPS Z30, Z13, Z13
+	VMOVUPS Z12, (DI)
+	VMOVUPS Z13, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z14, Z14
+	VMULPS Z30, Z15, Z15
+	VMOVUPS Z14, (DI)
+	VMOVUPS Z15, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z16, Z16
+	VMULPS Z30, Z17, Z17
+	VMOVUPS Z16, (DI)
+	VMOVUPS Z17, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z18, Z18
+	VMULPS Z30, Z19, Z19
+	VMOVUPS Z18, (DI)
+	VMOVUPS Z19, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z20, Z20
+	VMULPS Z30, Z21, Z21
+	VMOVUPS Z20, (DI)
+	VMOVUPS Z21, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z22, Z22
+	VMULPS Z30, Z23, Z23
+	VMOVUPS Z22, (DI)
+	VMOVUPS Z23, 64(DI)
+	VZEROUPPER
+	RET
+kDotAvx512_12_beta:
+	VBROADCASTSS beta+44(FP), Z31
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VFMADD231PS (DI), Z31, Z0
+	VFMADD231PS 64(DI), Z31, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VFMADD231PS (DI), Z31, Z2
+	VFMADD231PS 64(DI), Z31, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VFMADD231PS (DI), Z31, Z4
+	VFMADD231PS 64(DI), Z31, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VFMADD231PS (DI), Z31, Z6
+	VFMADD231PS 64(DI), Z31, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z8, Z8
+	VMULPS Z30, Z9, Z9
+	VFMADD231PS (DI), Z31, Z8
+	VFMADD231PS 64(DI), Z31, Z9
+	VMOVUPS Z8, (DI)
+	VMOVUPS Z9, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z10, Z10
+	VMULPS Z30, Z11, Z11
+	VFMADD231PS (DI), Z31, Z10
+	VFMADD231PS 64(DI), Z31, Z11
+	VMOVUPS Z10, (DI)
+	VMOVUPS Z11, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z12, Z12
+	VMULPS Z30, Z13, Z13
+	VFMADD231PS (DI), Z31, Z12
+	VFMADD231PS 64(DI), Z31, Z13
+	VMOVUPS Z12, (DI)
+	VMOVUPS Z13, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z14, Z14
+	VMULPS Z30, Z15, Z15
+	VFMADD231PS (DI), Z31, Z14
+	VFMADD231PS 64(DI), Z31, Z15
+	VMOVUPS Z14, (DI)
+	VMOVUPS Z15, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z16, Z16
+	VMULPS Z30, Z17, Z17
+	VFMADD231PS (DI), Z31, Z16
+	VFMADD231PS 64(DI), Z31, Z17
+	VMOVUPS Z16, (DI)
+	VMOVUPS Z17, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z18, Z18
+	VMULPS Z30, Z19, Z19
+	VFMADD231PS (DI), Z31, Z18
+	VFMADD231PS 64(DI), Z31, Z19
+	VMOVUPS Z18, (DI)
+	VMOVUPS Z19, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z20, Z20
+	VMULPS Z30, Z21, Z21
+	VFMADD231PS (DI), Z31, Z20
+	VFMADD231PS 64(DI), Z31, Z21
+	VMOVUPS Z20, (DI)
+	VMOVUPS Z21, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z22, Z22
+	VMULPS Z30, Z23, Z23
+	VFMADD231PS (DI), Z31, Z22
+	VFMADD231PS 64(DI), Z31, Z23
+	VMOVUPS Z22, (DI)
+	VMOVUPS Z23, 64(DI)
+	VZEROUPPER
+	RET
+
+// func kernDotAvx512M13(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+TEXT ·kernDotAvx512M13(SB), NOSPLIT, $0-56
+	MOVQ pf+48(FP), R13
+	MOVQ 0(R13), R8
+	MOVQ 8(R13), R9
+	MOVQ 16(R13), R10
+	MOVQ 24(R13), R11
+	MOVQ 32(R13), R12
+	MOVQ kc+0(FP), CX
+	MOVQ a+8(FP), AX
+	MOVQ b+16(FP), BX
+	MOVQ c+24(FP), DI
+	MOVQ ldc+32(FP), SI
+	SHLQ $2, SI
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	VPXORD Z12, Z12, Z12
+	VPXORD Z13, Z13, Z13
+	VPXORD Z14, Z14, Z14
+	VPXORD Z15, Z15, Z15
+	VPXORD Z16, Z16, Z16
+	VPXORD Z17, Z17, Z17
+	VPXORD Z18, Z18, Z18
+	VPXORD Z19, Z19, Z19
+	VPXORD Z20, Z20, Z20
+	VPXORD Z21, Z21, Z21
+	VPXORD Z22, Z22, Z22
+	VPXORD Z23, Z23, Z23
+	VPXORD Z24, Z24, Z24
+	VPXORD Z25, Z25, Z25
+	MOVQ CX, DX
+	SHRQ $2, DX
+	JZ kDotAvx512_13_tail
+kDotAvx512_13_loop:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x04 // vdpbf16ps zmm8, zmm28, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x04 // vdpbf16ps zmm9, zmm29, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x05 // vdpbf16ps zmm10, zmm28, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x05 // vdpbf16ps zmm11, zmm29, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x06 // vdpbf16ps zmm12, zmm28, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x06 // vdpbf16ps zmm13, zmm29, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x07 // vdpbf16ps zmm14, zmm28, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x07 // vdpbf16ps zmm15, zmm29, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x08 // vdpbf16ps zmm16, zmm28, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x08 // vdpbf16ps zmm17, zmm29, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x09 // vdpbf16ps zmm18, zmm28, dword ptr [rax+36]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x09 // vdpbf16ps zmm19, zmm29, dword ptr [rax+36]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x0a // vdpbf16ps zmm20, zmm28, dword ptr [rax+40]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x0a // vdpbf16ps zmm21, zmm29, dword ptr [rax+40]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x0b // vdpbf16ps zmm22, zmm28, dword ptr [rax+44]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x0b // vdpbf16ps zmm23, zmm29, dword ptr [rax+44]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x0c // vdpbf16ps zmm24, zmm28, dword ptr [rax+48]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x0c // vdpbf16ps zmm25, zmm29, dword ptr [rax+48]{1to16}
+	VMOVUPS 128(BX), Z28
+	VMOVUPS 192(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x0e // vdpbf16ps zmm0, zmm28, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x0e // vdpbf16ps zmm1, zmm29, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x0f // vdpbf16ps zmm2, zmm28, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x0f // vdpbf16ps zmm3, zmm29, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x10 // vdpbf16ps zmm4, zmm28, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x10 // vdpbf16ps zmm5, zmm29, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x11 // vdpbf16ps zmm6, zmm28, dword ptr [rax+68]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x11 // vdpbf16ps zmm7, zmm29, dword ptr [rax+68]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x12 // vdpbf16ps zmm8, zmm28, dword ptr [rax+72]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x12 // vdpbf16ps zmm9, zmm29, dword ptr [rax+72]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x13 // vdpbf16ps zmm10, zmm28, dword ptr [rax+76]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x13 // vdpbf16ps zmm11, zmm29, dword ptr [rax+76]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x14 // vdpbf16ps zmm12, zmm28, dword ptr [rax+80]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x14 // vdpbf16ps zmm13, zmm29, dword ptr [rax+80]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x15 // vdpbf16ps zmm14, zmm28, dword ptr [rax+84]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x15 // vdpbf16ps zmm15, zmm29, dword ptr [rax+84]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x16 // vdpbf16ps zmm16, zmm28, dword ptr [rax+88]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x16 // vdpbf16ps zmm17, zmm29, dword ptr [rax+88]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x17 // vdpbf16ps zmm18, zmm28, dword ptr [rax+92]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x17 // vdpbf16ps zmm19, zmm29, dword ptr [rax+92]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x18 // vdpbf16ps zmm20, zmm28, dword ptr [rax+96]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x18 // vdpbf16ps zmm21, zmm29, dword ptr [rax+96]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x19 // vdpbf16ps zmm22, zmm28, dword ptr [rax+100]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x19 // vdpbf16ps zmm23, zmm29, dword ptr [rax+100]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x1a // vdpbf16ps zmm24, zmm28, dword ptr [rax+104]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x1a // vdpbf16ps zmm25, zmm29, dword ptr [rax+104]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_13_pf1
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_13_pf1
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_13_pf1:
+	VMOVUPS 256(BX), Z28
+	VMOVUPS 320(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x1c // vdpbf16ps zmm0, zmm28, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x1c // vdpbf16ps zmm1, zmm29, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x1d // vdpbf16ps zmm2, zmm28, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x1d // vdpbf16ps zmm3, zmm29, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x1e // vdpbf16ps zmm4, zmm28, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x1e // vdpbf16ps zmm5, zmm29, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x1f // vdpbf16ps zmm6, zmm28, dword ptr [rax+124]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x1f // vdpbf16ps zmm7, zmm29, dword ptr [rax+124]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x20 // vdpbf16ps zmm8, zmm28, dword ptr [rax+128]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x20 // vdpbf16ps zmm9, zmm29, dword ptr [rax+128]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x21 // vdpbf16ps zmm10, zmm28, dword ptr [rax+132]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x21 // vdpbf16ps zmm11, zmm29, dword ptr [rax+132]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x22 // vdpbf16ps zmm12, zmm28, dword ptr [rax+136]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x22 // vdpbf16ps zmm13, zmm29, dword ptr [rax+136]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x23 // vdpbf16ps zmm14, zmm28, dword ptr [rax+140]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x23 // vdpbf16ps zmm15, zmm29, dword ptr [rax+140]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x24 // vdpbf16ps zmm16, zmm28, dword ptr [rax+144]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x24 // vdpbf16ps zmm17, zmm29, dword ptr [rax+144]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x25 // vdpbf16ps zmm18, zmm28, dword ptr [rax+148]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x25 // vdpbf16ps zmm19, zmm29, dword ptr [rax+148]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x26 // vdpbf16ps zmm20, zmm28, dword ptr [rax+152]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x26 // vdpbf16ps zmm21, zmm29, dword ptr [rax+152]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x27 // vdpbf16ps zmm22, zmm28, dword ptr [rax+156]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x27 // vdpbf16ps zmm23, zmm29, dword ptr [rax+156]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x28 // vdpbf16ps zmm24, zmm28, dword ptr [rax+160]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x28 // vdpbf16ps zmm25, zmm29, dword ptr [rax+160]{1to16}
+	VMOVUPS 384(BX), Z28
+	VMOVUPS 448(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2a // vdpbf16ps zmm0, zmm28, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2a // vdpbf16ps zmm1, zmm29, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2b // vdpbf16ps zmm2, zmm28, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2b // vdpbf16ps zmm3, zmm29, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x2c // vdpbf16ps zmm4, zmm28, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x2c // vdpbf16ps zmm5, zmm29, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x2d // vdpbf16ps zmm6, zmm28, dword ptr [rax+180]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x2d // vdpbf16ps zmm7, zmm29, dword ptr [rax+180]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2e // vdpbf16ps zmm8, zmm28, dword ptr [rax+184]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2e // vdpbf16ps zmm9, zmm29, dword ptr [rax+184]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2f // vdpbf16ps zmm10, zmm28, dword ptr [rax+188]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2f // vdpbf16ps zmm11, zmm29, dword ptr [rax+188]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x30 // vdpbf16ps zmm12, zmm28, dword ptr [rax+192]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x30 // vdpbf16ps zmm13, zmm29, dword ptr [rax+192]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x31 // vdpbf16ps zmm14, zmm28, dword ptr [rax+196]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x31 // vdpbf16ps zmm15, zmm29, dword ptr [rax+196]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x32 // vdpbf16ps zmm16, zmm28, dword ptr [rax+200]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x32 // vdpbf16ps zmm17, zmm29, dword ptr [rax+200]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x33 // vdpbf16ps zmm18, zmm28, dword ptr [rax+204]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x33 // vdpbf16ps zmm19, zmm29, dword ptr [rax+204]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x34 // vdpbf16ps zmm20, zmm28, dword ptr [rax+208]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x34 // vdpbf16ps zmm21, zmm29, dword ptr [rax+208]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x35 // vdpbf16ps zmm22, zmm28, dword ptr [rax+212]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x35 // vdpbf16ps zmm23, zmm29, dword ptr [rax+212]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x36 // vdpbf16ps zmm24, zmm28, dword ptr [rax+216]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x36 // vdpbf16ps zmm25, zmm29, dword ptr [rax+216]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_13_pf3
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_13_pf3
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_13_pf3:
+	ADDQ $224, AX
+	ADDQ $512, BX
+	DECQ DX
+	JNZ kDotAvx512_13_loop
+kDotAvx512_13_tail:
+	ANDQ $3, CX
+	JZ kDotAvx512_13_done
+kDotAvx512_13_loop1:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x04 // vdpbf16ps zmm8, zmm28, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x04 // vdpbf16ps zmm9, zmm29, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x05 // vdpbf16ps zmm10, zmm28, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x05 // vdpbf16ps zmm11, zmm29, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x06 // vdpbf16ps zmm12, zmm28, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x06 // vdpbf16ps zmm13, zmm29, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x07 // vdpbf16ps zmm14, zmm28, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x07 // vdpbf16ps zmm15, zmm29, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x08 // vdpbf16ps zmm16, zmm28, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x08 // vdpbf16ps zmm17, zmm29, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x09 // vdpbf16ps zmm18, zmm28, dword ptr [rax+36]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x09 // vdpbf16ps zmm19, zmm29, dword ptr [rax+36]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x0a // vdpbf16ps zmm20, zmm28, dword ptr [rax+40]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x0a // vdpbf16ps zmm21, zmm29, dword ptr [rax+40]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x0b // vdpbf16ps zmm22, zmm28, dword ptr [rax+44]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x0b // vdpbf16ps zmm23, zmm29, dword ptr [rax+44]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x0c // vdpbf16ps zmm24, zmm28, dword ptr [rax+48]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x0c // vdpbf16ps zmm25, zmm29, dword ptr [rax+48]{1to16}
+	ADDQ $56, AX
+	ADDQ $128, BX
+	DECQ CX
+	JNZ kDotAvx512_13_loop1
+kDotAvx512_13_done:
+	MOVQ R8, 0(R13)
+	MOVQ R9, 8(R13)
+	MOVQ R12, 32(R13)
+	VBROADCASTSS alpha+40(FP), Z30
+	MOVL beta+44(FP), DX
+	ANDL $0x7fffffff, DX
+	JNZ kDotAvx512_13_beta
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z8, Z8
+	VMULPS Z30, Z9, Z9
+	VMOVUPS Z8, (DI)
+	VMOVUPS Z9, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z10, Z10
+	VMULPS Z30, Z11, Z11
+	VMOVUPS Z10, (DI)
+	VMOVUPS Z11, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z12, Z12
+	VMULPS Z30, Z13, Z13
+	VMOVUPS Z12, (DI)
+	VMOVUPS Z13, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z14, Z14
+	VMULPS Z30, Z15, Z15
+	VMOVUPS Z14, (DI)
+	VMOVUPS Z15, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z16, Z16
+	VMULPS Z30, Z17, Z17
+	VMOVUPS Z16, (DI)
+	VMOVUPS Z17, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z18, Z18
+	VMULPS Z30, Z19, Z19
+	VMOVUPS Z18, (DI)
+	VMOVUPS Z19, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z20, Z20
+	VMULPS Z30, Z21, Z21
+	VMOVUPS Z20, (DI)
+	VMOVUPS Z21, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z22, Z22
+	VMULPS Z30, Z23, Z23
+	VMOVUPS Z22, (DI)
+	VMOVUPS Z23, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z24, Z24
+	VMULPS Z30, Z25, Z25
+	VMOVUPS Z24, (DI)
+	VMOVUPS Z25, 64(DI)
+	VZEROUPPER
+	RET
+kDotAvx512_13_beta:
+	VBROADCASTSS beta+44(FP), Z31
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VFMADD231PS (DI), Z31, Z0
+	VFMADD231PS 64(DI), Z31, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VFMADD231PS (DI), Z31, Z2
+	VFMADD231PS 64(DI), Z31, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VFMADD231PS (DI), Z31, Z4
+	VFMADD231PS 64(DI), Z31, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VFMADD231PS (DI), Z31, Z6
+	VFMADD231PS 64(DI), Z31, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z8, Z8
+	VMULPS Z30, Z9, Z9
+	VFMADD231PS (DI), Z31, Z8
+	VFMADD231PS 64(DI), Z31, Z9
+	VMOVUPS Z8, (DI)
+	VMOVUPS Z9, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z10, Z10
+	VMULPS Z30, Z11, Z11
+	VFMADD231PS (DI), Z31, Z10
+	VFMADD231PS 64(DI), Z31, Z11
+	VMOVUPS Z10, (DI)
+	VMOVUPS Z11, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z12, Z12
+	VMULPS Z30, Z13, Z13
+	VFMADD231PS (DI), Z31, Z12
+	VFMADD231PS 64(DI), Z31, Z13
+	VMOVUPS Z12, (DI)
+	VMOVUPS Z13, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z14, Z14
+	VMULPS Z30, Z15, Z15
+	VFMADD231PS (DI), Z31, Z14
+	VFMADD231PS 64(DI), Z31, Z15
+	VMOVUPS Z14, (DI)
+	VMOVUPS Z15, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z16, Z16
+	VMULPS Z30, Z17, Z17
+	VFMADD231PS (DI), Z31, Z16
+	VFMADD231PS 64(DI), Z31, Z17
+	VMOVUPS Z16, (DI)
+	VMOVUPS Z17, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z18, Z18
+	VMULPS Z30, Z19, Z19
+	VFMADD231PS (DI), Z31, Z18
+	VFMADD231PS 64(DI), Z31, Z19
+	VMOVUPS Z18, (DI)
+	VMOVUPS Z19, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z20, Z20
+	VMULPS Z30, Z21, Z21
+	VFMADD231PS (DI), Z31, Z20
+	VFMADD231PS 64(DI), Z31, Z21
+	VMOVUPS Z20, (DI)
+	VMOVUPS Z21, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z22, Z22
+	VMULPS Z30, Z23, Z23
+	VFMADD231PS (DI), Z31, Z22
+	VFMADD231PS 64(DI), Z31, Z23
+	VMOVUPS Z22, (DI)
+	VMOVUPS Z23, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z24, Z24
+	VMULPS Z30, Z25, Z25
+	VFMADD231PS (DI), Z31, Z24
+	VFMADD231PS 64(DI), Z31, Z25
+	VMOVUPS Z24, (DI)
+	VMOVUPS Z25, 64(DI)
+	VZEROUPPER
+	RET
+
+// func kernDotAvx512M14(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+TEXT ·kernDotAvx512M14(SB), NOSPLIT, $0-56
+	MOVQ pf+48(FP), R13
+	MOVQ 0(R13), R8
+	MOVQ 8(R13), R9
+	MOVQ 16(R13), R10
+	MOVQ 24(R13), R11
+	MOVQ 32(R13), R12
+	MOVQ kc+0(FP), CX
+	MOVQ a+8(FP), AX
+	MOVQ b+16(FP), BX
+	MOVQ c+24(FP), DI
+	MOVQ ldc+32(FP), SI
+	SHLQ $2, SI
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	VPXORD Z12, Z12, Z12
+	VPXORD Z13, Z13, Z13
+	VPXORD Z14, Z14, Z14
+	VPXORD Z15, Z15, Z15
+	VPXORD Z16, Z16, Z16
+	VPXORD Z17, Z17, Z17
+	VPXORD Z18, Z18, Z18
+	VPXORD Z19, Z19, Z19
+	VPXORD Z20, Z20, Z20
+	VPXORD Z21, Z21, Z21
+	VPXORD Z22, Z22, Z22
+	VPXORD Z23, Z23, Z23
+	VPXORD Z24, Z24, Z24
+	VPXORD Z25, Z25, Z25
+	VPXORD Z26, Z26, Z26
+	VPXORD Z27, Z27, Z27
+	MOVQ CX, DX
+	SHRQ $2, DX
+	JZ kDotAvx512_14_tail
+kDotAvx512_14_loop:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x04 // vdpbf16ps zmm8, zmm28, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x04 // vdpbf16ps zmm9, zmm29, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x05 // vdpbf16ps zmm10, zmm28, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x05 // vdpbf16ps zmm11, zmm29, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x06 // vdpbf16ps zmm12, zmm28, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x06 // vdpbf16ps zmm13, zmm29, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x07 // vdpbf16ps zmm14, zmm28, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x07 // vdpbf16ps zmm15, zmm29, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x08 // vdpbf16ps zmm16, zmm28, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x08 // vdpbf16ps zmm17, zmm29, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x09 // vdpbf16ps zmm18, zmm28, dword ptr [rax+36]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x09 // vdpbf16ps zmm19, zmm29, dword ptr [rax+36]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x0a // vdpbf16ps zmm20, zmm28, dword ptr [rax+40]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x0a // vdpbf16ps zmm21, zmm29, dword ptr [rax+40]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x0b // vdpbf16ps zmm22, zmm28, dword ptr [rax+44]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x0b // vdpbf16ps zmm23, zmm29, dword ptr [rax+44]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x0c // vdpbf16ps zmm24, zmm28, dword ptr [rax+48]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x0c // vdpbf16ps zmm25, zmm29, dword ptr [rax+48]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x0d // vdpbf16ps zmm26, zmm28, dword ptr [rax+52]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x0d // vdpbf16ps zmm27, zmm29, dword ptr [rax+52]{1to16}
+	VMOVUPS 128(BX), Z28
+	VMOVUPS 192(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x0e // vdpbf16ps zmm0, zmm28, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x0e // vdpbf16ps zmm1, zmm29, dword ptr [rax+56]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x0f // vdpbf16ps zmm2, zmm28, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x0f // vdpbf16ps zmm3, zmm29, dword ptr [rax+60]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x10 // vdpbf16ps zmm4, zmm28, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x10 // vdpbf16ps zmm5, zmm29, dword ptr [rax+64]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x11 // vdpbf16ps zmm6, zmm28, dword ptr [rax+68]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x11 // vdpbf16ps zmm7, zmm29, dword ptr [rax+68]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x12 // vdpbf16ps zmm8, zmm28, dword ptr [rax+72]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x12 // vdpbf16ps zmm9, zmm29, dword ptr [rax+72]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x13 // vdpbf16ps zmm10, zmm28, dword ptr [rax+76]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x13 // vdpbf16ps zmm11, zmm29, dword ptr [rax+76]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x14 // vdpbf16ps zmm12, zmm28, dword ptr [rax+80]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x14 // vdpbf16ps zmm13, zmm29, dword ptr [rax+80]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x15 // vdpbf16ps zmm14, zmm28, dword ptr [rax+84]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x15 // vdpbf16ps zmm15, zmm29, dword ptr [rax+84]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x16 // vdpbf16ps zmm16, zmm28, dword ptr [rax+88]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x16 // vdpbf16ps zmm17, zmm29, dword ptr [rax+88]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x17 // vdpbf16ps zmm18, zmm28, dword ptr [rax+92]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x17 // vdpbf16ps zmm19, zmm29, dword ptr [rax+92]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x18 // vdpbf16ps zmm20, zmm28, dword ptr [rax+96]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x18 // vdpbf16ps zmm21, zmm29, dword ptr [rax+96]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x19 // vdpbf16ps zmm22, zmm28, dword ptr [rax+100]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x19 // vdpbf16ps zmm23, zmm29, dword ptr [rax+100]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x1a // vdpbf16ps zmm24, zmm28, dword ptr [rax+104]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x1a // vdpbf16ps zmm25, zmm29, dword ptr [rax+104]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x1b // vdpbf16ps zmm26, zmm28, dword ptr [rax+108]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x1b // vdpbf16ps zmm27, zmm29, dword ptr [rax+108]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_14_pf1
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_14_pf1
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_14_pf1:
+	VMOVUPS 256(BX), Z28
+	VMOVUPS 320(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x1c // vdpbf16ps zmm0, zmm28, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x1c // vdpbf16ps zmm1, zmm29, dword ptr [rax+112]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x1d // vdpbf16ps zmm2, zmm28, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x1d // vdpbf16ps zmm3, zmm29, dword ptr [rax+116]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x1e // vdpbf16ps zmm4, zmm28, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x1e // vdpbf16ps zmm5, zmm29, dword ptr [rax+120]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x1f // vdpbf16ps zmm6, zmm28, dword ptr [rax+124]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x1f // vdpbf16ps zmm7, zmm29, dword ptr [rax+124]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x20 // vdpbf16ps zmm8, zmm28, dword ptr [rax+128]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x20 // vdpbf16ps zmm9, zmm29, dword ptr [rax+128]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x21 // vdpbf16ps zmm10, zmm28, dword ptr [rax+132]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x21 // vdpbf16ps zmm11, zmm29, dword ptr [rax+132]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x22 // vdpbf16ps zmm12, zmm28, dword ptr [rax+136]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x22 // vdpbf16ps zmm13, zmm29, dword ptr [rax+136]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x23 // vdpbf16ps zmm14, zmm28, dword ptr [rax+140]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x23 // vdpbf16ps zmm15, zmm29, dword ptr [rax+140]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x24 // vdpbf16ps zmm16, zmm28, dword ptr [rax+144]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x24 // vdpbf16ps zmm17, zmm29, dword ptr [rax+144]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x25 // vdpbf16ps zmm18, zmm28, dword ptr [rax+148]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x25 // vdpbf16ps zmm19, zmm29, dword ptr [rax+148]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x26 // vdpbf16ps zmm20, zmm28, dword ptr [rax+152]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x26 // vdpbf16ps zmm21, zmm29, dword ptr [rax+152]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x27 // vdpbf16ps zmm22, zmm28, dword ptr [rax+156]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x27 // vdpbf16ps zmm23, zmm29, dword ptr [rax+156]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x28 // vdpbf16ps zmm24, zmm28, dword ptr [rax+160]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x28 // vdpbf16ps zmm25, zmm29, dword ptr [rax+160]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x29 // vdpbf16ps zmm26, zmm28, dword ptr [rax+164]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x29 // vdpbf16ps zmm27, zmm29, dword ptr [rax+164]{1to16}
+	VMOVUPS 384(BX), Z28
+	VMOVUPS 448(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2a // vdpbf16ps zmm0, zmm28, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2a // vdpbf16ps zmm1, zmm29, dword ptr [rax+168]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2b // vdpbf16ps zmm2, zmm28, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2b // vdpbf16ps zmm3, zmm29, dword ptr [rax+172]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x2c // vdpbf16ps zmm4, zmm28, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x2c // vdpbf16ps zmm5, zmm29, dword ptr [rax+176]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x2d // vdpbf16ps zmm6, zmm28, dword ptr [rax+180]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x2d // vdpbf16ps zmm7, zmm29, dword ptr [rax+180]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x2e // vdpbf16ps zmm8, zmm28, dword ptr [rax+184]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x2e // vdpbf16ps zmm9, zmm29, dword ptr [rax+184]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x2f // vdpbf16ps zmm10, zmm28, dword ptr [rax+188]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x2f // vdpbf16ps zmm11, zmm29, dword ptr [rax+188]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x30 // vdpbf16ps zmm12, zmm28, dword ptr [rax+192]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x30 // vdpbf16ps zmm13, zmm29, dword ptr [rax+192]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x31 // vdpbf16ps zmm14, zmm28, dword ptr [rax+196]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x31 // vdpbf16ps zmm15, zmm29, dword ptr [rax+196]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x32 // vdpbf16ps zmm16, zmm28, dword ptr [rax+200]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x32 // vdpbf16ps zmm17, zmm29, dword ptr [rax+200]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x33 // vdpbf16ps zmm18, zmm28, dword ptr [rax+204]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x33 // vdpbf16ps zmm19, zmm29, dword ptr [rax+204]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x34 // vdpbf16ps zmm20, zmm28, dword ptr [rax+208]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x34 // vdpbf16ps zmm21, zmm29, dword ptr [rax+208]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x35 // vdpbf16ps zmm22, zmm28, dword ptr [rax+212]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x35 // vdpbf16ps zmm23, zmm29, dword ptr [rax+212]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x36 // vdpbf16ps zmm24, zmm28, dword ptr [rax+216]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x36 // vdpbf16ps zmm25, zmm29, dword ptr [rax+216]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x37 // vdpbf16ps zmm26, zmm28, dword ptr [rax+220]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x37 // vdpbf16ps zmm27, zmm29, dword ptr [rax+220]{1to16}
+	TESTQ R12, R12
+	JZ kDotAvx512_14_pf3
+	PREFETCHT1 (R8)(R9*1)
+	ADDQ $64, R9
+	CMPQ R9, R10
+	JLT kDotAvx512_14_pf3
+	XORQ R9, R9
+	ADDQ R11, R8
+	DECQ R12
+kDotAvx512_14_pf3:
+	ADDQ $224, AX
+	ADDQ $512, BX
+	DECQ DX
+	JNZ kDotAvx512_14_loop
+kDotAvx512_14_tail:
+	ANDQ $3, CX
+	JZ kDotAvx512_14_done
+kDotAvx512_14_loop1:
+	VMOVUPS 0(BX), Z28
+	VMOVUPS 64(BX), Z29
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x00 // vdpbf16ps zmm0, zmm28, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x08 // vdpbf16ps zmm1, zmm29, dword ptr [rax+0]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x01 // vdpbf16ps zmm2, zmm28, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x01 // vdpbf16ps zmm3, zmm29, dword ptr [rax+4]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x02 // vdpbf16ps zmm4, zmm28, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x02 // vdpbf16ps zmm5, zmm29, dword ptr [rax+8]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x03 // vdpbf16ps zmm6, zmm28, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0xf2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x03 // vdpbf16ps zmm7, zmm29, dword ptr [rax+12]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x04 // vdpbf16ps zmm8, zmm28, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x04 // vdpbf16ps zmm9, zmm29, dword ptr [rax+16]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x05 // vdpbf16ps zmm10, zmm28, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x05 // vdpbf16ps zmm11, zmm29, dword ptr [rax+20]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x06 // vdpbf16ps zmm12, zmm28, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x06 // vdpbf16ps zmm13, zmm29, dword ptr [rax+24]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x07 // vdpbf16ps zmm14, zmm28, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0x72; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x07 // vdpbf16ps zmm15, zmm29, dword ptr [rax+28]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x08 // vdpbf16ps zmm16, zmm28, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x08 // vdpbf16ps zmm17, zmm29, dword ptr [rax+32]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x09 // vdpbf16ps zmm18, zmm28, dword ptr [rax+36]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x09 // vdpbf16ps zmm19, zmm29, dword ptr [rax+36]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x60; BYTE $0x0a // vdpbf16ps zmm20, zmm28, dword ptr [rax+40]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x68; BYTE $0x0a // vdpbf16ps zmm21, zmm29, dword ptr [rax+40]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x70; BYTE $0x0b // vdpbf16ps zmm22, zmm28, dword ptr [rax+44]{1to16}
+	BYTE $0x62; BYTE $0xe2; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x78; BYTE $0x0b // vdpbf16ps zmm23, zmm29, dword ptr [rax+44]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x40; BYTE $0x0c // vdpbf16ps zmm24, zmm28, dword ptr [rax+48]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x48; BYTE $0x0c // vdpbf16ps zmm25, zmm29, dword ptr [rax+48]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x1e; BYTE $0x50; BYTE $0x52; BYTE $0x50; BYTE $0x0d // vdpbf16ps zmm26, zmm28, dword ptr [rax+52]{1to16}
+	BYTE $0x62; BYTE $0x62; BYTE $0x16; BYTE $0x50; BYTE $0x52; BYTE $0x58; BYTE $0x0d // vdpbf16ps zmm27, zmm29, dword ptr [rax+52]{1to16}
+	ADDQ $56, AX
+	ADDQ $128, BX
+	DECQ CX
+	JNZ kDotAvx512_14_loop1
+kDotAvx512_14_done:
+	MOVQ R8, 0(R13)
+	MOVQ R9, 8(R13)
+	MOVQ R12, 32(R13)
+	VBROADCASTSS alpha+40(FP), Z30
+	MOVL beta+44(FP), DX
+	ANDL $0x7fffffff, DX
+	JNZ kDotAvx512_14_beta
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z8, Z8
+	VMULPS Z30, Z9, Z9
+	VMOVUPS Z8, (DI)
+	VMOVUPS Z9, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z10, Z10
+	VMULPS Z30, Z11, Z11
+	VMOVUPS Z10, (DI)
+	VMOVUPS Z11, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z12, Z12
+	VMULPS Z30, Z13, Z13
+	VMOVUPS Z12, (DI)
+	VMOVUPS Z13, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z14, Z14
+	VMULPS Z30, Z15, Z15
+	VMOVUPS Z14, (DI)
+	VMOVUPS Z15, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z16, Z16
+	VMULPS Z30, Z17, Z17
+	VMOVUPS Z16, (DI)
+	VMOVUPS Z17, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z18, Z18
+	VMULPS Z30, Z19, Z19
+	VMOVUPS Z18, (DI)
+	VMOVUPS Z19, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z20, Z20
+	VMULPS Z30, Z21, Z21
+	VMOVUPS Z20, (DI)
+	VMOVUPS Z21, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z22, Z22
+	VMULPS Z30, Z23, Z23
+	VMOVUPS Z22, (DI)
+	VMOVUPS Z23, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z24, Z24
+	VMULPS Z30, Z25, Z25
+	VMOVUPS Z24, (DI)
+	VMOVUPS Z25, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z26, Z26
+	VMULPS Z30, Z27, Z27
+	VMOVUPS Z26, (DI)
+	VMOVUPS Z27, 64(DI)
+	VZEROUPPER
+	RET
+kDotAvx512_14_beta:
+	VBROADCASTSS beta+44(FP), Z31
+	VMULPS Z30, Z0, Z0
+	VMULPS Z30, Z1, Z1
+	VFMADD231PS (DI), Z31, Z0
+	VFMADD231PS 64(DI), Z31, Z1
+	VMOVUPS Z0, (DI)
+	VMOVUPS Z1, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z2, Z2
+	VMULPS Z30, Z3, Z3
+	VFMADD231PS (DI), Z31, Z2
+	VFMADD231PS 64(DI), Z31, Z3
+	VMOVUPS Z2, (DI)
+	VMOVUPS Z3, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z4, Z4
+	VMULPS Z30, Z5, Z5
+	VFMADD231PS (DI), Z31, Z4
+	VFMADD231PS 64(DI), Z31, Z5
+	VMOVUPS Z4, (DI)
+	VMOVUPS Z5, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z6, Z6
+	VMULPS Z30, Z7, Z7
+	VFMADD231PS (DI), Z31, Z6
+	VFMADD231PS 64(DI), Z31, Z7
+	VMOVUPS Z6, (DI)
+	VMOVUPS Z7, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z8, Z8
+	VMULPS Z30, Z9, Z9
+	VFMADD231PS (DI), Z31, Z8
+	VFMADD231PS 64(DI), Z31, Z9
+	VMOVUPS Z8, (DI)
+	VMOVUPS Z9, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z10, Z10
+	VMULPS Z30, Z11, Z11
+	VFMADD231PS (DI), Z31, Z10
+	VFMADD231PS 64(DI), Z31, Z11
+	VMOVUPS Z10, (DI)
+	VMOVUPS Z11, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z12, Z12
+	VMULPS Z30, Z13, Z13
+	VFMADD231PS (DI), Z31, Z12
+	VFMADD231PS 64(DI), Z31, Z13
+	VMOVUPS Z12, (DI)
+	VMOVUPS Z13, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z14, Z14
+	VMULPS Z30, Z15, Z15
+	VFMADD231PS (DI), Z31, Z14
+	VFMADD231PS 64(DI), Z31, Z15
+	VMOVUPS Z14, (DI)
+	VMOVUPS Z15, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z16, Z16
+	VMULPS Z30, Z17, Z17
+	VFMADD231PS (DI), Z31, Z16
+	VFMADD231PS 64(DI), Z31, Z17
+	VMOVUPS Z16, (DI)
+	VMOVUPS Z17, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z18, Z18
+	VMULPS Z30, Z19, Z19
+	VFMADD231PS (DI), Z31, Z18
+	VFMADD231PS 64(DI), Z31, Z19
+	VMOVUPS Z18, (DI)
+	VMOVUPS Z19, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z20, Z20
+	VMULPS Z30, Z21, Z21
+	VFMADD231PS (DI), Z31, Z20
+	VFMADD231PS 64(DI), Z31, Z21
+	VMOVUPS Z20, (DI)
+	VMOVUPS Z21, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z22, Z22
+	VMULPS Z30, Z23, Z23
+	VFMADD231PS (DI), Z31, Z22
+	VFMADD231PS 64(DI), Z31, Z23
+	VMOVUPS Z22, (DI)
+	VMOVUPS Z23, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z24, Z24
+	VMULPS Z30, Z25, Z25
+	VFMADD231PS (DI), Z31, Z24
+	VFMADD231PS 64(DI), Z31, Z25
+	VMOVUPS Z24, (DI)
+	VMOVUPS Z25, 64(DI)
+	ADDQ SI, DI
+	VMULPS Z30, Z26, Z26
+	VMULPS Z30, Z27, Z27
+	VFMADD231PS (DI), Z31, Z26
+	VFMADD231PS 64(DI), Z31, Z27
+	VMOVUPS Z26, (DI)
+	VMOVUPS Z27, 64(DI)
+	VZEROUPPER
+	RET
+
 // func kernAvx2M1(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
 TEXT ·kernAvx2M1(SB), NOSPLIT, $0-56
 	MOVQ pf+48(FP), R13
@@ -5826,5 +9368,123 @@ gemvTBF16Avx2red1:
 	DECQ CX
 	JMP gemvTBF16Avx2row1
 gemvTBF16Avx2done:
+	VZEROUPPER
+	RET
+DATA pairIdx<>+0(SB)/8, $0x0011000100100000
+DATA pairIdx<>+8(SB)/8, $0x0013000300120002
+DATA pairIdx<>+16(SB)/8, $0x0015000500140004
+DATA pairIdx<>+24(SB)/8, $0x0017000700160006
+DATA pairIdx<>+32(SB)/8, $0x0019000900180008
+DATA pairIdx<>+40(SB)/8, $0x001b000b001a000a
+DATA pairIdx<>+48(SB)/8, $0x001d000d001c000c
+DATA pairIdx<>+56(SB)/8, $0x001f000f001e000e
+GLOBL pairIdx<>(SB), RODATA|NOPTR, $64
+
+// func pairBF16Avx512(dst, src *float32, width, pairs int)
+TEXT ·pairBF16Avx512(SB), NOSPLIT, $0-32
+	MOVQ dst+0(FP), DI
+	MOVQ src+8(FP), SI
+	MOVQ width+16(FP), R8
+	MOVQ pairs+24(FP), DX
+	TESTQ DX, DX
+	JZ pairdone
+	VMOVDQU64 pairIdx<>(SB), Z31
+	MOVQ R8, CX
+	ANDQ $15, CX
+	MOVL $1, AX
+	SHLL CX, AX
+	DECL AX
+	KMOVW AX, K2
+	MOVQ R8, R10
+	SHRQ $4, R10
+	SHLQ $2, R8
+pairloop:
+	LEAQ (SI)(R8*1), R11
+	XORQ R9, R9
+	MOVQ R10, BX
+	TESTQ BX, BX
+	JZ pairtail
+pairfull:
+	VMOVUPS (SI)(R9*1), Z0
+	VMOVUPS (R11)(R9*1), Z1
+	BYTE $0x62; BYTE $0xf2; BYTE $0x77; BYTE $0x48; BYTE $0x72; BYTE $0xd0 // vcvtne2ps2bf16 zmm2, zmm1, zmm0
+	VPERMW Z2, Z31, Z3
+	VMOVDQU32 Z3, (DI)(R9*1)
+	ADDQ $64, R9
+	DECQ BX
+	JNZ pairfull
+pairtail:
+	KORTESTW K2, K2
+	JZ pairnext
+	VMOVUPS.Z (SI)(R9*1), K2, Z0
+	VMOVUPS.Z (R11)(R9*1), K2, Z1
+	BYTE $0x62; BYTE $0xf2; BYTE $0x77; BYTE $0x48; BYTE $0x72; BYTE $0xd0 // vcvtne2ps2bf16 zmm2, zmm1, zmm0
+	VPERMW Z2, Z31, Z3
+	VMOVDQU32 Z3, K2, (DI)(R9*1)
+pairnext:
+	ADDQ R8, DI
+	LEAQ (R11)(R8*1), SI
+	DECQ DX
+	JNZ pairloop
+pairdone:
+	VZEROUPPER
+	RET
+
+// func roundBF16Avx512(x *float32, n int)
+TEXT ·roundBF16Avx512(SB), NOSPLIT, $0-16
+	MOVQ x+0(FP), DI
+	MOVQ n+8(FP), CX
+	MOVL $0x7f800000, AX
+	VPBROADCASTD AX, Z16
+	MOVL $0x7fffffff, AX
+	VPBROADCASTD AX, Z17
+	MOVL $0x00007fff, AX
+	VPBROADCASTD AX, Z18
+	MOVL $0x00000001, AX
+	VPBROADCASTD AX, Z19
+	MOVL $0xffff0000, AX
+	VPBROADCASTD AX, Z20
+	MOVL $0x00400000, AX
+	VPBROADCASTD AX, Z21
+	MOVL $0x80000000, AX
+	VPBROADCASTD AX, Z22
+rbf16loop:
+	CMPQ CX, $16
+	JLT rbf16tail
+	VMOVDQU32 (DI), Z0
+	VPSRLD $16, Z0, Z1
+	VPANDD Z19, Z1, Z1
+	VPADDD Z18, Z1, Z1
+	VPADDD Z1, Z0, Z2
+	VPANDD Z17, Z0, Z3
+	VPCMPUD $6, Z16, Z3, K1
+	VPORD Z21, Z0, K1, Z2
+	VPANDD Z20, Z2, Z2
+	VPTESTNMD Z16, Z0, K2
+	VPANDD Z22, Z0, K2, Z2
+	VMOVDQU32 Z2, (DI)
+	ADDQ $64, DI
+	SUBQ $16, CX
+	JMP rbf16loop
+rbf16tail:
+	TESTQ CX, CX
+	JZ rbf16done
+	MOVL $1, AX
+	SHLL CX, AX
+	DECL AX
+	KMOVW AX, K3
+	VMOVDQU32.Z (DI), K3, Z0
+	VPSRLD $16, Z0, Z1
+	VPANDD Z19, Z1, Z1
+	VPADDD Z18, Z1, Z1
+	VPADDD Z1, Z0, Z2
+	VPANDD Z17, Z0, Z3
+	VPCMPUD $6, Z16, Z3, K1
+	VPORD Z21, Z0, K1, Z2
+	VPANDD Z20, Z2, Z2
+	VPTESTNMD Z16, Z0, K2
+	VPANDD Z22, Z0, K2, Z2
+	VMOVDQU32 Z2, K3, (DI)
+rbf16done:
 	VZEROUPPER
 	RET

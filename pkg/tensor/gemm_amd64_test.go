@@ -92,3 +92,66 @@ func TestTranspose8x8Avx2(t *testing.T) {
 		}
 	}
 }
+
+// TestPairBF16Avx512 checks the assembly against pairBF16Generic bit for
+// bit on widths around the 16-lane chunks, with ties, NaNs, infinities and
+// denormals among the values.
+func TestPairBF16Avx512(t *testing.T) {
+	if !bf16DotSupported(archAVX512) || !archSupported(archAVX512) {
+		t.Skip("no AVX512_BF16 on this CPU") // the generic pairing is tested on its own
+	}
+	rng := rand.New(rand.NewPCG(7, 8))
+	specials := []float32{float32(math.NaN()), float32(math.Inf(-1)), 1e-40, -1e-41, 0,
+		math.Float32frombits(0x3f808000), math.Float32frombits(0x3f818000), math.MaxFloat32}
+	for _, width := range []int{1, 14, 15, 16, 17, 31, 32, 33, 48} {
+		for _, pairs := range []int{1, 2, 5} {
+			src := make([]float32, 2*pairs*width)
+			for i := range src {
+				if rng.IntN(4) == 0 {
+					src[i] = specials[rng.IntN(len(specials))]
+				} else {
+					src[i] = float32(rng.NormFloat64())
+				}
+			}
+			want := make([]float32, pairs*width+1)
+			got := make([]float32, pairs*width+1)
+			want[pairs*width], got[pairs*width] = 7, 7 // past the end: untouched
+			pairBF16Generic(want, src, width, pairs)
+			pairBF16Avx512(&got[0], &src[0], width, pairs)
+			for i := range want {
+				if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+					t.Fatalf("width %d pairs %d: dword %d = %#08x, want %#08x", width, pairs, i, math.Float32bits(got[i]), math.Float32bits(want[i]))
+				}
+			}
+		}
+	}
+}
+
+// TestRoundBF16Avx512 checks the assembly against roundBF16 bit for bit on
+// every length up to 40 (the masked tail) with specials among the values.
+func TestRoundBF16Avx512(t *testing.T) {
+	if !archSupported(archAVX512) {
+		t.Skip("no AVX-512 on this CPU") // roundBF16SliceGeneric is what runs then
+	}
+	rng := rand.New(rand.NewPCG(9, 10))
+	specials := []float32{float32(math.NaN()), math.Float32frombits(0xff800001), float32(math.Inf(-1)), 1e-40, -1e-41, 0,
+		math.Float32frombits(0x3f808000), math.Float32frombits(0x3f818000), math.MaxFloat32, -math.MaxFloat32}
+	for n := 0; n <= 40; n++ {
+		x := make([]float32, n+1)
+		for i := range x {
+			if rng.IntN(3) == 0 {
+				x[i] = specials[rng.IntN(len(specials))]
+			} else {
+				x[i] = float32(rng.NormFloat64() * math.Pow(10, float64(rng.IntN(20)-10)))
+			}
+		}
+		want := append([]float32(nil), x...)
+		roundBF16SliceGeneric(want[:n])
+		roundBF16Avx512(&x[0], n)
+		for i := range x {
+			if math.Float32bits(x[i]) != math.Float32bits(want[i]) {
+				t.Fatalf("n %d: x[%d] = %#08x, want %#08x", n, i, math.Float32bits(x[i]), math.Float32bits(want[i]))
+			}
+		}
+	}
+}

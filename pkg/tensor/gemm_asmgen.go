@@ -1,6 +1,6 @@
 //go:build ignore
 
-// gemm_asmgen writes gemm_amd64.s, the amd64 assembly behind Gemm, GemvT and
+// gemm_asmgen writes gemm_amd64.s (or the file named by -o), the amd64 assembly behind Gemm, GemvT and
 // the packing routines. Run it with `go generate ./pkg/tensor` (see
 // gemm_amd64.go) after editing; the generated file is committed.
 //
@@ -33,10 +33,13 @@ func main() {
 	p("")
 	p("#include \"textflag.h\"")
 	for mr := 1; mr <= mr512; mr++ {
-		kernel(mr, mr512, true)
+		kernel(mr, mr512, true, false)
+	}
+	for mr := 1; mr <= mr512; mr++ {
+		kernel(mr, mr512, true, true)
 	}
 	for mr := 1; mr <= mr256; mr++ {
-		kernel(mr, mr256, false)
+		kernel(mr, mr256, false, false)
 	}
 	transpose16(false)
 	transpose16(true)
@@ -50,10 +53,15 @@ func main() {
 	gemv512(true)
 	gemv256(false)
 	gemv256(true)
-	if _, err := os.Stat("gemm_asmgen.go"); err != nil {
+	pairBF16()
+	roundBF16()
+	dst := "gemm_amd64.s"
+	if len(os.Args) == 3 && os.Args[1] == "-o" {
+		dst = os.Args[2] // TestGeneratedAsmIsCurrent writes elsewhere
+	} else if _, err := os.Stat("gemm_asmgen.go"); err != nil {
 		panic("run gemm_asmgen.go from pkg/tensor (go generate ./pkg/tensor)")
 	}
-	if err := os.WriteFile("gemm_amd64.s", out.Bytes(), 0o644); err != nil {
+	if err := os.WriteFile(dst, out.Bytes(), 0o644); err != nil {
 		panic(err)
 	}
 }
@@ -67,10 +75,19 @@ func main() {
 // also hold alpha and beta in the epilogue. The k loop is unrolled by 4
 // with constant offsets, then a 1-step loop takes the remainder. Every
 // unrolled iteration also issues two steps of the prefetch cursor pf.
-func kernel(mr, mrStride int, z bool) {
+//
+// dot (AVX-512 only) emits kernDotAvx512M<mr> instead: the same tile with
+// VDPBF16PS in place of the FMA, so each "k step" is a pair of k indices:
+// A holds one dword (two bfloat16, k even in the low half) per row, B one
+// dword per column, and each lane of the accumulator adds both products.
+// kc counts pairs.
+func kernel(mr, mrStride int, z, dot bool) {
 	name, reg, vbytes, bReg, sReg := "Avx2", "Y", 32, 12, 14
 	if z {
 		name, reg, vbytes, bReg, sReg = "Avx512", "Z", 64, 28, 30
+	}
+	if dot {
+		name = "DotAvx512"
 	}
 	R := func(i int) string { return fmt.Sprintf("%s%d", reg, i) }
 	lbl := fmt.Sprintf("k%s_%d_", name, mr)
@@ -102,6 +119,13 @@ func kernel(mr, mrStride int, z bool) {
 		p("\tVMOVUPS %d(BX), %s", u*2*vbytes+vbytes, R(bReg+1))
 		for i := 0; i < mr; i++ {
 			off := (u*mrStride + i) * 4
+			if dot {
+				for h := 0; h < 2; h++ {
+					evex(fmt.Sprintf("vdpbf16ps zmm%d, zmm%d, dword ptr [rax+%d]{1to16}", 2*i+h, bReg+h, off),
+						0xF3, 0x52, 2*i+h, bReg+h, evexRM{base: 0, disp: off, mem: true, bcst: true})
+				}
+				continue
+			}
 			if z {
 				// Embedded broadcast: the A scalar is loaded as part of
 				// each FMA (a micro-fused load), which measured ~10%
@@ -673,6 +697,196 @@ func gemv256(bf16 bool) {
 	p("\tDECQ CX")
 	p("\tJMP %srow1", name)
 	p("%sdone:", name)
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// evexRM is the r/m operand of an EVEX instruction: register reg (mem
+// false), or memory at [base + disp] (base a Go register number 0..15 other
+// than SP and R12, which need a SIB byte), optionally a 32-bit element
+// broadcast to all 16 lanes.
+type evexRM struct {
+	reg       int
+	mem, bcst bool
+	base      int
+	disp      int
+}
+
+// evex emits a 512-bit, unmasked EVEX instruction of the 0F38 map as BYTE
+// directives, for AVX512_BF16 instructions the Go assembler does not know;
+// intel is the instruction in Intel syntax for the comment. prefix is the
+// implied SIMD prefix (0x66, 0xF3 or 0xF2), dst the ModRM.reg zmm and src1
+// the EVEX.vvvv zmm. Encoding (Intel SDM vol. 2, 2.7): 62, P0 = R X B R' 0
+// mmm with R/X/B/R' inverted, P1 = W vvvv 1 pp with vvvv inverted, P2 = z
+// L'L b V' aaa with V' inverted, then opcode, ModRM and a displacement
+// (disp8 scaled by the operand size N: 4 bytes broadcast, 64 full).
+func evex(intel string, prefix, opcode, dst, src1 int, rm evexRM) {
+	pp := map[int]int{0x66: 1, 0xF3: 2, 0xF2: 3}[prefix]
+	inv := func(bit int) int { return bit ^ 1 }
+	var x, b, mod, rmBits, bc int
+	var disp []int
+	if rm.mem {
+		if rm.base&7 == 4 {
+			panic("evex: SP/R12 base needs a SIB byte")
+		}
+		b, rmBits = rm.base>>3&1, rm.base&7
+		n := 64
+		if rm.bcst {
+			n, bc = 4, 1
+		}
+		switch {
+		case rm.disp == 0 && rmBits != 5:
+			mod = 0
+		case rm.disp%n == 0 && rm.disp/n >= -128 && rm.disp/n <= 127:
+			mod, disp = 1, []int{rm.disp / n & 0xff}
+		default:
+			mod = 2
+			for i := 0; i < 4; i++ {
+				disp = append(disp, rm.disp>>(8*i)&0xff)
+			}
+		}
+	} else {
+		mod, rmBits, b, x = 3, rm.reg&7, rm.reg>>3&1, rm.reg>>4&1
+	}
+	p0 := inv(dst>>3&1)<<7 | inv(x)<<6 | inv(b)<<5 | inv(dst>>4&1)<<4 | 2
+	p1 := (^src1&15)<<3 | 1<<2 | pp
+	p2 := 2<<5 | bc<<4 | inv(src1>>4&1)<<3
+	code := append([]int{0x62, p0, p1, p2, opcode, mod<<6 | (dst&7)<<3 | rmBits}, disp...)
+	var line bytes.Buffer
+	line.WriteString("\t")
+	for i, v := range code {
+		if i > 0 {
+			line.WriteString("; ")
+		}
+		fmt.Fprintf(&line, "BYTE $0x%02x", v)
+	}
+	p("%s // %s", line.String(), intel)
+}
+
+// pairBF16 emits pairBF16Avx512(dst, src *float32, width, pairs): for
+// s < pairs and j < width, dword dst[s*width+j] holds bfloat16(src[2s*width
+// + j]) in its low half and bfloat16(src[(2s+1)*width + j]) in its high
+// half, each rounded to nearest even (VCVTNE2PS2BF16: NaN stays NaN,
+// denormals become zero). This turns a packed float32 panel (rows = k
+// steps of width lanes) into the pair panel kernDotAvx512 reads.
+func pairBF16() {
+	// VPERMW index interleaving the low (j) and high (16+j) halves.
+	var idx [32]int
+	for j := 0; j < 16; j++ {
+		idx[2*j], idx[2*j+1] = j, 16+j
+	}
+	for q := 0; q < 8; q++ {
+		var v uint64
+		for w := 0; w < 4; w++ {
+			v |= uint64(idx[4*q+w]) << (16 * w)
+		}
+		p("DATA pairIdx<>+%d(SB)/8, $0x%016x", 8*q, v)
+	}
+	p("GLOBL pairIdx<>(SB), RODATA|NOPTR, $64")
+	p("")
+	p("// func pairBF16Avx512(dst, src *float32, width, pairs int)")
+	p("TEXT ·pairBF16Avx512(SB), NOSPLIT, $0-32")
+	p("\tMOVQ dst+0(FP), DI")
+	p("\tMOVQ src+8(FP), SI")
+	p("\tMOVQ width+16(FP), R8")
+	p("\tMOVQ pairs+24(FP), DX")
+	p("\tTESTQ DX, DX")
+	p("\tJZ pairdone")
+	p("\tVMOVDQU64 pairIdx<>(SB), Z31")
+	// K2 masks the last width%16 lanes (none when width%16 == 0).
+	p("\tMOVQ R8, CX")
+	p("\tANDQ $15, CX")
+	p("\tMOVL $1, AX")
+	p("\tSHLL CX, AX")
+	p("\tDECL AX")
+	p("\tKMOVW AX, K2")
+	p("\tMOVQ R8, R10")
+	p("\tSHRQ $4, R10") // full 16-lane chunks per row
+	p("\tSHLQ $2, R8")  // row bytes
+	p("pairloop:")
+	p("\tLEAQ (SI)(R8*1), R11")
+	p("\tXORQ R9, R9")
+	p("\tMOVQ R10, BX")
+	p("\tTESTQ BX, BX")
+	p("\tJZ pairtail")
+	p("pairfull:")
+	p("\tVMOVUPS (SI)(R9*1), Z0")
+	p("\tVMOVUPS (R11)(R9*1), Z1")
+	evex("vcvtne2ps2bf16 zmm2, zmm1, zmm0", 0xF2, 0x72, 2, 1, evexRM{reg: 0})
+	p("\tVPERMW Z2, Z31, Z3")
+	p("\tVMOVDQU32 Z3, (DI)(R9*1)")
+	p("\tADDQ $64, R9")
+	p("\tDECQ BX")
+	p("\tJNZ pairfull")
+	p("pairtail:")
+	p("\tKORTESTW K2, K2")
+	p("\tJZ pairnext")
+	p("\tVMOVUPS.Z (SI)(R9*1), K2, Z0")
+	p("\tVMOVUPS.Z (R11)(R9*1), K2, Z1")
+	evex("vcvtne2ps2bf16 zmm2, zmm1, zmm0", 0xF2, 0x72, 2, 1, evexRM{reg: 0})
+	p("\tVPERMW Z2, Z31, Z3")
+	p("\tVMOVDQU32 Z3, K2, (DI)(R9*1)")
+	p("pairnext:")
+	p("\tADDQ R8, DI")
+	p("\tLEAQ (R11)(R8*1), SI")
+	p("\tDECQ DX")
+	p("\tJNZ pairloop")
+	p("pairdone:")
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// roundBF16 emits roundBF16Avx512(x *float32, n int): x[i] = x[i] rounded
+// to bfloat16 and widened back, for i < n (any n >= 0), with AVX-512F
+// integer operations (no AVX512_BF16 needed): nearest even; NaN stays NaN
+// with the quiet bit set; a zero exponent (zero or denormal) keeps only the
+// sign, as VCVTNE2PS2BF16 and VDPBF16PS treat denormals. This is how
+// ComputeBF16 runs on the float32 kernels.
+func roundBF16() {
+	p("")
+	p("// func roundBF16Avx512(x *float32, n int)")
+	p("TEXT ·roundBF16Avx512(SB), NOSPLIT, $0-16")
+	p("\tMOVQ x+0(FP), DI")
+	p("\tMOVQ n+8(FP), CX")
+	for _, c := range []struct {
+		v   uint32
+		reg int
+	}{{0x7f800000, 16}, {0x7fffffff, 17}, {0x7fff, 18}, {1, 19}, {0xffff0000, 20}, {0x00400000, 21}, {0x80000000, 22}} {
+		p("\tMOVL $0x%08x, AX", c.v)
+		p("\tVPBROADCASTD AX, Z%d", c.reg)
+	}
+	round := func() {
+		p("\tVPSRLD $16, Z0, Z1")
+		p("\tVPANDD Z19, Z1, Z1")      // lsb of the kept half
+		p("\tVPADDD Z18, Z1, Z1")      // 0x7fff + lsb
+		p("\tVPADDD Z1, Z0, Z2")       // bits + rounding
+		p("\tVPANDD Z17, Z0, Z3")      // |bits|
+		p("\tVPCMPUD $6, Z16, Z3, K1") // |bits| > 0x7f800000: NaN
+		p("\tVPORD Z21, Z0, K1, Z2")   // NaN: bits | quiet, no rounding
+		p("\tVPANDD Z20, Z2, Z2")      // keep the upper half
+		p("\tVPTESTNMD Z16, Z0, K2")   // exponent zero
+		p("\tVPANDD Z22, Z0, K2, Z2")  // zero or denormal: sign only
+	}
+	p("rbf16loop:")
+	p("\tCMPQ CX, $16")
+	p("\tJLT rbf16tail")
+	p("\tVMOVDQU32 (DI), Z0")
+	round()
+	p("\tVMOVDQU32 Z2, (DI)")
+	p("\tADDQ $64, DI")
+	p("\tSUBQ $16, CX")
+	p("\tJMP rbf16loop")
+	p("rbf16tail:")
+	p("\tTESTQ CX, CX")
+	p("\tJZ rbf16done")
+	p("\tMOVL $1, AX")
+	p("\tSHLL CX, AX")
+	p("\tDECL AX")
+	p("\tKMOVW AX, K3")
+	p("\tVMOVDQU32.Z (DI), K3, Z0")
+	round()
+	p("\tVMOVDQU32 Z2, K3, (DI)")
+	p("rbf16done:")
 	p("\tVZEROUPPER")
 	p("\tRET")
 }

@@ -109,3 +109,38 @@ func BenchmarkMicroKernel(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkGemmCompute runs the batched shapes under both compute modes
+// side by side (exact float32 products, and ComputeBF16: VDPBF16PS where
+// the CPU has AVX512_BF16), plus a 512-token prefill of one expert layer.
+// GFLOP/s counts 2*m*n*k in both modes.
+func BenchmarkGemmCompute(b *testing.B) {
+	shapes := append([]benchShape{{name: "512x2816x1024_NT_bf16", m: 512, n: 2816, k: 1024, transB: true, bf16: true}}, benchShapes[:4]...)
+	for _, s := range shapes {
+		for _, c := range []Compute{ComputeExact, ComputeBF16} {
+			b.Run(fmt.Sprintf("%s/%s", s.name, c), func(b *testing.B) {
+				defer SetCompute(SetCompute(c))
+				benchGemm(b, s)
+			})
+		}
+	}
+}
+
+// BenchmarkMicroKernelDot is BenchmarkMicroKernel for kernDotAvx512 (kc
+// = 256 pairs, 512 k): FLOP counts both products of a pair.
+func BenchmarkMicroKernelDot(b *testing.B) {
+	if !bf16DotSupported(gemmArch(activeArch.Load())) {
+		b.Skip("no AVX512_BF16")
+	}
+	pr := archParams[archAVX512]
+	const kc2, panels = 256, 8
+	ap := make([]float32, kc2*pr.mr)
+	bp := make([]float32, panels*kc2*pr.nr)
+	c := make([]float32, pr.mr*pr.nr*panels)
+	for b.Loop() {
+		for q := 0; q < panels; q++ {
+			microKernelDot(pr.mr, kc2, &ap[0], &bp[q*kc2*pr.nr], &c[q*pr.nr], pr.nr*panels, 1, 1, &prefetchCursor{})
+		}
+	}
+	b.ReportMetric(4*float64(pr.mr*pr.nr*kc2*panels)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+}

@@ -28,3 +28,13 @@ func widenBF16(arch gemmArch, dst []float32, src []uint16) { BF16ToF32(dst, src)
 func scatterRow(arch gemmArch, dst []float32, stride int, src []float32, panels int) bool {
 	return false
 }
+
+func bf16DotSupported(arch gemmArch) bool { return false }
+
+func microKernelDot(rows, kc2 int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor) {
+	panic("tensor: no bf16 dot kernel on this architecture")
+}
+
+func pairBF16(dst, src []float32, width, pairs int) { pairBF16Generic(dst, src, width, pairs) }
+
+func roundBF16Slice(x []float32) { roundBF16SliceGeneric(x) }

@@ -60,6 +60,18 @@ func (m *Mat) ToF32() []float32 {
 // the forward of a bias-free Hugging Face nn.Linear with weight W (see
 // QLinear for a quantized W).
 func Linear(y, x []float32, n int, w *Mat, beta float32) {
+	linear(CurrentCompute(), y, x, n, w, beta)
+}
+
+// LinearExact is Linear with float32 products whatever the compute mode
+// (see Compute): for small products whose result decides something
+// discrete, such as a MoE router's logits, where a bf16 rounding that
+// flips an expert choice costs more than the product's time.
+func LinearExact(y, x []float32, n int, w *Mat, beta float32) {
+	linear(ComputeExact, y, x, n, w, beta)
+}
+
+func linear(cm Compute, y, x []float32, n int, w *Mat, beta float32) {
 	if w.Empty() {
 		panic("tensor: Linear with an empty weight")
 	}
@@ -71,10 +83,12 @@ func Linear(y, x []float32, n int, w *Mat, beta float32) {
 		return
 	}
 	if w.BF16 != nil {
-		GemmBF16(false, true, n, w.Rows, w.Cols, 1, x, w.Cols, w.BF16, w.Cols, beta, y, w.Rows)
+		checkGemm(false, true, n, w.Rows, w.Cols, len(x), w.Cols, len(w.BF16), w.Cols, len(y), w.Rows)
+		gemm(cm, false, true, n, w.Rows, w.Cols, 1, x, w.Cols, nil, w.BF16, w.Cols, beta, y, w.Rows)
 		return
 	}
-	Gemm(false, true, n, w.Rows, w.Cols, 1, x, w.Cols, w.F32, w.Cols, beta, y, w.Rows)
+	checkGemm(false, true, n, w.Rows, w.Cols, len(x), w.Cols, len(w.F32), w.Cols, len(y), w.Rows)
+	gemm(cm, false, true, n, w.Rows, w.Cols, 1, x, w.Cols, w.F32, nil, w.Cols, beta, y, w.Rows)
 }
 
 // AddBias adds b [d] to each of the n rows of x [n, d].
