@@ -418,8 +418,9 @@ func packBPanelT(arch gemmArch, dst []float32, b32 []float32, b16 []uint16, ldb 
 }
 
 // gemvDots sets out[r] = sum_{p<k} w[r*ldw+p]*x[p] for r < rows with
-// float32 (w32) or bfloat16 (w16) rows.
-func gemvDots(arch gemmArch, rows, k int, w32 []float32, w16 []uint16, ldw int, x []float32, out []float32) {
+// float32 (w32) or bfloat16 (w16) rows. xk is x as the kernel reads it:
+// for bf16 rows on AVX-512, gemvXLayout's copy; x itself otherwise.
+func gemvDots(arch gemmArch, rows, k int, w32 []float32, w16 []uint16, ldw int, x, xk []float32, out []float32) {
 	var vec int
 	switch arch {
 	case archAVX512:
@@ -438,7 +439,8 @@ func gemvDots(arch gemmArch, rows, k int, w32 []float32, w16 []uint16, ldw int, 
 		switch {
 		case w16 != nil && arch == archAVX512:
 			_ = w16[last]
-			gemvTBF16Avx512(rows, kMain, &w16[0], ldw, &x[0], &out[0])
+			_ = xk[kMain-1]
+			gemvTBF16Avx512(rows, kMain, &w16[0], ldw, &xk[0], &out[0])
 		case w16 != nil:
 			_ = w16[last]
 			gemvTBF16Avx2(rows, kMain, &w16[0], ldw, &x[0], &out[0])
@@ -455,6 +457,29 @@ func gemvDots(arch gemmArch, rows, k int, w32 []float32, w16 []uint16, ldw int, 
 	if kMain < k {
 		gemvAddTail(rows, kMain, k, w32, w16, ldw, x, out)
 	}
+}
+
+// evenOddAvx512 writes x in the layout of gemvTBF16Avx512's main loop:
+// for each chunk c of 32 floats, its 16 even elements, then its 16 odd
+// ones (dst[32c+j] = src[32c+2j], dst[32c+16+j] = src[32c+2j+1]).
+//
+//go:noescape
+func evenOddAvx512(dst, src *float32, chunks int)
+
+// gemvXLayout reports whether the GEMV kernel for these operands reads x
+// in a layout of its own, and if so fills xk[:k] with it: for bf16 rows
+// on AVX-512, each whole 32-float chunk of x as evenOddAvx512 writes it,
+// the rest as is. Called once per GEMV, not per row block.
+func gemvXLayout(arch gemmArch, w16 []uint16, k int, x, xk []float32) bool {
+	if arch != archAVX512 || w16 == nil || k < 32 {
+		return false
+	}
+	chunks := k / 32
+	_ = xk[k-1]
+	_ = x[k-1]
+	evenOddAvx512(&xk[0], &x[0], chunks)
+	copy(xk[32*chunks:k], x[32*chunks:k])
+	return true
 }
 
 // widenBF16 sets dst[i] = float32(bf16 src[i]); len(dst) == len(src).

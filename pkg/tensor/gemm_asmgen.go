@@ -55,6 +55,7 @@ func main() {
 	gemv256(true)
 	pairBF16()
 	roundBF16()
+	evenOdd()
 	dst := "gemm_amd64.s"
 	if len(os.Args) == 3 && os.Args[1] == "-o" {
 		dst = os.Args[2] // TestGeneratedAsmIsCurrent writes elsewhere
@@ -453,6 +454,10 @@ func widen256() {
 //
 // Register use: R8..R11 row pointers, DX byte offset into the rows, SI x,
 // DI out, Z0..Z7 accumulators, Z16/Z17 x, Z18.. widened bf16 rows.
+//
+// The bf16 kernel's main loop (32 weights a row per step) reads x in
+// evenOddAvx512's layout: each 32-float chunk holds x's 16 even elements,
+// then its 16 odd ones; the 16-float tail (k % 32 == 16) is plain.
 func gemv512(bf16 bool) {
 	name, wT, wsz := "gemvTAvx512", "*float32", 4
 	if bf16 {
@@ -470,6 +475,18 @@ func gemv512(bf16 bool) {
 			p("\tVFMADD231PS %d(%s)(DX*1), %s, %s", off, row, xreg, acc)
 		}
 	}
+	// pairFMA (bf16) takes 32 weights of row from one 64-byte load: the
+	// even ones are the low halves of its dwords (shifted up: float32),
+	// the odd ones the high halves (masked by Z31), against x's even and
+	// odd elements in Z16 and Z17. One load per cache line instead of
+	// two widening loads streams ~10% faster from DRAM.
+	pairFMA := func(row, accEven, accOdd string, tmp int) {
+		p("\tVMOVDQU64 (%s)(DX*1), Z%d", row, tmp)
+		p("\tVPSLLD $16, Z%d, Z%d", tmp, tmp+1)
+		p("\tVPANDD Z31, Z%d, Z%d", tmp, tmp)
+		p("\tVFMADD231PS Z%d, Z16, %s", tmp+1, accEven)
+		p("\tVFMADD231PS Z%d, Z17, %s", tmp, accOdd)
+	}
 	vb := 16 * wsz // bytes of w per 16-float vector
 	rowsR := []string{"R8", "R9", "R10", "R11"}
 	p("")
@@ -483,6 +500,10 @@ func gemv512(bf16 bool) {
 	p("\tSHLQ $%d, BX", log2(wsz))
 	p("\tMOVQ x+32(FP), SI")
 	p("\tMOVQ out+40(FP), DI")
+	if bf16 {
+		p("\tMOVL $0xffff0000, AX")
+		p("\tVPBROADCASTD AX, Z31")
+	}
 	p("%srow4:", name)
 	p("\tCMPQ CX, $4")
 	p("\tJLT %srow1", name)
@@ -503,6 +524,10 @@ func gemv512(bf16 bool) {
 		prefetchRow(rowsR[r], 2*vb)
 	}
 	for r := 0; r < 4; r++ {
+		if bf16 {
+			pairFMA(rowsR[r], fmt.Sprintf("Z%d", r), fmt.Sprintf("Z%d", 4+r), 18+2*r)
+			continue
+		}
 		fma(rowsR[r], 0, "Z16", fmt.Sprintf("Z%d", r), 18+2*r)
 		fma(rowsR[r], vb, "Z17", fmt.Sprintf("Z%d", 4+r), 19+2*r)
 	}
@@ -544,8 +569,12 @@ func gemv512(bf16 bool) {
 	p("\tJGT %s1k16", name)
 	p("\tVMOVUPS %s, Z16", xaddr(0))
 	p("\tVMOVUPS %s, Z17", xaddr(vb))
-	fma("R8", 0, "Z16", "Z0", 18)
-	fma("R8", vb, "Z17", "Z4", 19)
+	if bf16 {
+		pairFMA("R8", "Z0", "Z4", 18)
+	} else {
+		fma("R8", 0, "Z16", "Z0", 18)
+		fma("R8", vb, "Z17", "Z4", 19)
+	}
 	p("\tMOVQ AX, DX")
 	p("\tJMP %s1k32", name)
 	p("%s1k16:", name)
@@ -887,6 +916,47 @@ func roundBF16() {
 	round()
 	p("\tVMOVDQU32 Z2, K3, (DI)")
 	p("rbf16done:")
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// evenOdd emits evenOddAvx512(dst, src *float32, chunks int): for each
+// chunk c of 32 floats, dst[32c+j] = src[32c+2j] and dst[32c+16+j] =
+// src[32c+2j+1] (j < 16): the x layout gemvTBF16Avx512's main loop reads.
+func evenOdd() {
+	var even, odd [16]uint32
+	for j := range even {
+		even[j], odd[j] = uint32(2*j), uint32(2*j+1)
+	}
+	for i := 0; i < 16; i += 2 {
+		p("DATA evenIdx<>+%d(SB)/8, $0x%08x%08x", 4*i, even[i+1], even[i])
+		p("DATA oddIdx<>+%d(SB)/8, $0x%08x%08x", 4*i, odd[i+1], odd[i])
+	}
+	p("GLOBL evenIdx<>(SB), RODATA|NOPTR, $64")
+	p("GLOBL oddIdx<>(SB), RODATA|NOPTR, $64")
+	p("")
+	p("// func evenOddAvx512(dst, src *float32, chunks int)")
+	p("TEXT ·evenOddAvx512(SB), NOSPLIT, $0-24")
+	p("\tMOVQ dst+0(FP), DI")
+	p("\tMOVQ src+8(FP), SI")
+	p("\tMOVQ chunks+16(FP), CX")
+	p("\tTESTQ CX, CX")
+	p("\tJZ eodone")
+	p("\tVMOVDQU64 evenIdx<>(SB), Z30")
+	p("\tVMOVDQU64 oddIdx<>(SB), Z29")
+	p("eoloop:")
+	p("\tVMOVUPS (SI), Z0")
+	p("\tVMOVUPS 64(SI), Z1")
+	p("\tVMOVAPS Z0, Z2")
+	p("\tVPERMT2PS Z1, Z30, Z0") // Z0 = the even elements of (Z0, Z1)
+	p("\tVPERMT2PS Z1, Z29, Z2") // Z2 = the odd ones
+	p("\tVMOVUPS Z0, (DI)")
+	p("\tVMOVUPS Z2, 64(DI)")
+	p("\tADDQ $128, SI")
+	p("\tADDQ $128, DI")
+	p("\tDECQ CX")
+	p("\tJNZ eoloop")
+	p("eodone:")
 	p("\tVZEROUPPER")
 	p("\tRET")
 }

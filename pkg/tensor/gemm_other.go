@@ -19,7 +19,7 @@ func packBPanelT(arch gemmArch, dst []float32, b32 []float32, b16 []uint16, ldb 
 	packBPanelTGeneric(archParams[arch].nr, dst, b32, b16, ldb, j0, p0, cols, kc)
 }
 
-func gemvDots(arch gemmArch, rows, k int, w32 []float32, w16 []uint16, ldw int, x []float32, out []float32) {
+func gemvDots(arch gemmArch, rows, k int, w32 []float32, w16 []uint16, ldw int, x, xk []float32, out []float32) {
 	gemvDotsGeneric(rows, k, w32, w16, ldw, x, out)
 }
 
@@ -38,3 +38,5 @@ func microKernelDot(rows, kc2 int, a, b, c *float32, ldc int, alpha, beta float3
 func pairBF16(dst, src []float32, width, pairs int) { pairBF16Generic(dst, src, width, pairs) }
 
 func roundBF16Slice(x []float32) { roundBF16SliceGeneric(x) }
+
+func gemvXLayout(arch gemmArch, w16 []uint16, k int, x, xk []float32) bool { return false }

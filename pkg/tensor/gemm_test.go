@@ -239,7 +239,8 @@ func TestGemmLargeShapes(t *testing.T) {
 
 func TestGemvT(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 6))
-	shapes := [][2]int{{1, 1}, {3, 5}, {4, 16}, {5, 17}, {7, 8}, {9, 33}, {64, 64}, {65, 100}, {130, 1024}, {67, 1000}}
+	shapes := [][2]int{{1, 1}, {3, 5}, {4, 16}, {5, 17}, {7, 8}, {9, 33}, {64, 64}, {65, 100}, {130, 1024}, {67, 1000},
+		{6, 32}, {5, 48}, {9, 63}, {3, 80}, {70, 1040}} // k % 32 == 16: the bf16 kernel's plain tail
 	forEachArch(t, func(t *testing.T) {
 		for i, s := range shapes {
 			n, k := s[0], s[1]

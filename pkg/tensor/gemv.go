@@ -70,9 +70,14 @@ func gemvT(arch gemmArch, n, k int, alpha float32, w32 []float32, w16 []uint16, 
 	// Each goroutine streams at least ~256 KB of W: less is not worth
 	// waking a worker for.
 	grain := max(4, (256<<10)/(k*esz))
-	t := getGemv(gemvArgs{trans: true, arch: arch, n: n, k: k, alpha: alpha, b32: w32, b16: w16, ldb: ldw, x: x, beta: beta, y: y})
+	t := getGemv(gemvArgs{trans: true, arch: arch, n: n, k: k, alpha: alpha, b32: w32, b16: w16, ldb: ldw, x: x, xk: x, beta: beta, y: y})
+	var xb *packBuf
+	if xb = getPackBuf(k); gemvXLayout(arch, w16, k, x, xb.f) {
+		t.xk = xb.f[:k]
+	}
 	ParallelRange(n, grain, t)
 	putGemv(t)
+	putPackBuf(xb)
 }
 
 // gemvTRows computes rows [lo, hi) of gemvT.
@@ -87,7 +92,7 @@ func (t *gemvArgs) gemvTRows(lo, hi int) {
 		} else {
 			ws32 = t.b32[r0*t.ldb:]
 		}
-		gemvDots(t.arch, rows, t.k, ws32, ws16, t.ldb, t.x, buf[:])
+		gemvDots(t.arch, rows, t.k, ws32, ws16, t.ldb, t.x, t.xk, buf[:])
 		yr := t.y[r0 : r0+rows]
 		for i, s := range buf[:rows] {
 			if t.beta == 0 {
@@ -157,6 +162,7 @@ type gemvArgs struct {
 	b16         []uint16
 	ldb         int
 	x, y        []float32
+	xk          []float32 // x as the gemvT kernel reads it (see gemvXLayout)
 }
 
 func (t *gemvArgs) Range(lo, hi int) {
