@@ -259,6 +259,10 @@ func gemmColumn(arch gemmArch, transB bool, m, k int, alpha float32, a []float32
 	}
 }
 
+// privateABudget is the largest packed A (floats, 512 KB) that every
+// worker packs for itself instead of sharing one packed copy.
+const privateABudget = 128 << 10
+
 // packABudget bounds the packed copy of op(A) held at once, in floats
 // (8 MB): A is packed whole when it fits, else in row blocks that do.
 const packABudget = 2 << 20
@@ -334,6 +338,13 @@ func gemmPacked(arch gemmArch, mode dotMode, transA, transB bool, m, n, k int, a
 		groupPanels := max(1, (32<<10)/(mode.kSteps(kc)*mr))
 		groups := ceilDiv(panelsM, groupPanels)
 		nA := slabs * groups
+		// A small A (an expert's batch) is packed by every worker for
+		// itself rather than shared: packing it costs less than reading
+		// panels another core packed.
+		privateA := workers > 1 && slabs*slabFloats <= privateABudget
+		if privateA {
+			nA = 0
+		}
 		nTasks := nA + rowChunks*colChunks
 
 		t := packedPool.Get().(*packedTask)
@@ -341,7 +352,7 @@ func gemmPacked(arch gemmArch, mode dotMode, transA, transB bool, m, n, k int, a
 			a: a, lda: lda, b32: b32, b16: b16, ldb: ldb, c: c, ldc: ldc, ic: ic, mcur: mcur,
 			aPack: aPack, slabFloats: slabFloats, panelsM: panelsM, panelsN: panelsN, groups: groups,
 			groupPanels: groupPanels, nA: nA, nTasks: nTasks, rowChunks: rowChunks, colChunks: colChunks,
-			maxChunkPanels: maxChunkPanels}
+			maxChunkPanels: maxChunkPanels, privateA: privateA}
 		t.nWork = min(workers, rowChunks*colChunks)
 		t.aDone.Add(nA)
 		ParallelRange(t.nWork, 1, t)
@@ -378,6 +389,7 @@ type packedTask struct {
 	nWork                   int            // workers
 	next                    atomic.Int64   // next task to draw
 	aDone                   sync.WaitGroup // A tasks still running
+	privateA                bool           // each worker packs all of A itself (no A tasks)
 }
 
 var packedPool = sync.Pool{New: func() any { return new(packedTask) }}
@@ -385,45 +397,34 @@ var packedPool = sync.Pool{New: func() any { return new(packedTask) }}
 func (t *packedTask) Range(_, _ int) {
 	pr := archParams[t.arch]
 	mr, nr := pr.mr, pr.nr
-	var bb, ab *packBuf
+	var bb, ab, pa *packBuf
 	for {
 		i := int(t.next.Add(1) - 1)
 		if i >= t.nTasks {
 			break
 		}
 		if i < t.nA {
-			s, g := i/t.groups, i%t.groups
-			pc := s * t.kc
-			kcur := min(t.kc, t.k-pc)
-			steps := t.mode.kSteps(kcur)
-			for ip := g * t.groupPanels; ip < min(t.panelsM, (g+1)*t.groupPanels); ip++ {
-				off := s*t.slabFloats + ip*steps*mr
-				dst := t.aPack[off : off+steps*mr]
-				rows := min(mr, t.mcur-ip*mr)
-				switch t.mode {
-				case dotHW:
-					// float32 panel first, then pairs (an odd last k
-					// pairs with a zero row).
-					if ab == nil {
-						ab = getPackBuf((t.kc + 1) * mr)
-					}
-					tmp := ab.f[:2*steps*mr]
-					packAPanel(t.arch, tmp, t.a, t.lda, t.transA, t.ic+ip*mr, pc, rows, kcur)
-					clear(tmp[kcur*mr:])
-					pairBF16(dst, tmp, mr, steps)
-				case dotRound:
-					packAPanel(t.arch, dst, t.a, t.lda, t.transA, t.ic+ip*mr, pc, rows, kcur)
-					roundBF16Slice(dst)
-				default:
-					packAPanel(t.arch, dst, t.a, t.lda, t.transA, t.ic+ip*mr, pc, rows, kcur)
-				}
-			}
+			t.packA(t.aPack, i/t.groups, i%t.groups, &ab)
 			t.aDone.Done()
 			continue
 		}
 		t.aDone.Wait() // free once A is packed; else another worker is finishing an A task
 		if bb == nil {
 			bb = getPackBuf(chunkBufFloats(t.mode, mr, nr, t.kc, t.maxChunkPanels))
+		}
+		aPack := t.aPack
+		if t.privateA {
+			// Every worker packs the whole (small) A for itself: no
+			// packed panel crosses between cores' caches.
+			if pa == nil {
+				pa = getPackBuf(len(t.aPack))
+				for s := 0; s*t.kc < t.k; s++ {
+					for g := 0; g < t.groups; g++ {
+						t.packA(pa.f, s, g, &ab)
+					}
+				}
+			}
+			aPack = pa.f
 		}
 		i -= t.nA
 		// i walks a column chunk's row ranges consecutively.
@@ -437,13 +438,47 @@ func (t *packedTask) Range(_, _ int) {
 			ncc := nt / t.rowChunks
 			nq0, nq1 = ncc*t.panelsN/t.colChunks, (ncc+1)*t.panelsN/t.colChunks
 		}
-		gemmChunk(t.arch, t.mode, t.transB, t.n, t.k, t.kc, t.alpha, t.aPack, t.slabFloats, t.mcur, t.ic, r0, r1, t.b32, t.b16, t.ldb, q0, q1, nq0, nq1, t.beta, t.c, t.ldc, bb.f)
+		gemmChunk(t.arch, t.mode, t.transB, t.n, t.k, t.kc, t.alpha, aPack, t.slabFloats, t.mcur, t.ic, r0, r1, t.b32, t.b16, t.ldb, q0, q1, nq0, nq1, t.beta, t.c, t.ldc, bb.f)
 	}
 	if bb != nil {
 		putPackBuf(bb)
 	}
 	if ab != nil {
 		putPackBuf(ab)
+	}
+	if pa != nil {
+		putPackBuf(pa)
+	}
+}
+
+// packA packs A task (slab s, group g of micro-panels) into aPack; *ab is
+// the caller's scratch for dotHW's float32 panel (got on first use).
+func (t *packedTask) packA(aPack []float32, s, g int, ab **packBuf) {
+	mr := archParams[t.arch].mr
+	pc := s * t.kc
+	kcur := min(t.kc, t.k-pc)
+	steps := t.mode.kSteps(kcur)
+	for ip := g * t.groupPanels; ip < min(t.panelsM, (g+1)*t.groupPanels); ip++ {
+		off := s*t.slabFloats + ip*steps*mr
+		dst := aPack[off : off+steps*mr]
+		rows := min(mr, t.mcur-ip*mr)
+		switch t.mode {
+		case dotHW:
+			// float32 panel first, then pairs (an odd last k pairs
+			// with a zero row).
+			if *ab == nil {
+				*ab = getPackBuf((t.kc + 1) * mr)
+			}
+			tmp := (*ab).f[:2*steps*mr]
+			packAPanel(t.arch, tmp, t.a, t.lda, t.transA, t.ic+ip*mr, pc, rows, kcur)
+			clear(tmp[kcur*mr:])
+			pairBF16(dst, tmp, mr, steps)
+		case dotRound:
+			packAPanel(t.arch, dst, t.a, t.lda, t.transA, t.ic+ip*mr, pc, rows, kcur)
+			roundBF16Slice(dst)
+		default:
+			packAPanel(t.arch, dst, t.a, t.lda, t.transA, t.ic+ip*mr, pc, rows, kcur)
+		}
 	}
 }
 

@@ -482,6 +482,37 @@ func gemvXLayout(arch gemmArch, w16 []uint16, k int, x, xk []float32) bool {
 	return true
 }
 
+// swigluAvx512 sets out[i] = silu(gate[i]) * up[i] for i < n, as g * s /
+// (1 + e^-|g|) with s = 1 for g >= 0 and e^-|g| below (e^x within 2 ulp:
+// see exp512 in gemm_asmgen.go); out may alias gate or up.
+//
+//go:noescape
+func swigluAvx512(out, gate, up *float32, n int)
+
+// expShiftAvx512 sets x[i] = e^(x[i] - shift) for i < n and returns their
+// sum, accumulated in float64.
+//
+//go:noescape
+func expShiftAvx512(x *float32, n int, shift float32) float64
+
+// swigluVec runs swigluAvx512 on AVX-512 CPUs and reports whether it did.
+func swigluVec(out, gate, up []float32) bool {
+	if len(gate) == 0 || !archSupported(archAVX512) {
+		return false
+	}
+	_, _ = out[len(gate)-1], up[len(gate)-1]
+	swigluAvx512(&out[0], &gate[0], &up[0], len(gate))
+	return true
+}
+
+// expShiftVec runs expShiftAvx512 on AVX-512 CPUs; ok false elsewhere.
+func expShiftVec(x []float32, shift float32) (sum float64, ok bool) {
+	if len(x) == 0 || !archSupported(archAVX512) {
+		return 0, false
+	}
+	return expShiftAvx512(&x[0], len(x), shift), true
+}
+
 // widenBF16 sets dst[i] = float32(bf16 src[i]); len(dst) == len(src).
 func widenBF16(arch gemmArch, dst []float32, src []uint16) {
 	switch {

@@ -155,3 +155,102 @@ func TestRoundBF16Avx512(t *testing.T) {
 		}
 	}
 }
+
+// ulpDiff is how many float32 steps apart got and want are (0 for equal
+// values and for two NaNs; huge for NaN against a number).
+func ulpDiff(got, want float32) int64 {
+	if got != got || want != want {
+		if got != got && want != want {
+			return 0
+		}
+		return math.MaxInt64
+	}
+	key := func(f float32) int64 { // monotone in f, +0 and -0 equal
+		b := int64(math.Float32bits(f))
+		if b&(1<<31) != 0 {
+			return -(b &^ (1 << 31))
+		}
+		return b
+	}
+	d := key(got) - key(want)
+	if d < 0 {
+		d = -d
+	}
+	return d
+}
+
+// TestExpKernels checks the AVX-512 e^x behind Softmax and SwiGLU element
+// by element against float64 math: within 2 ulp over e^x's whole range
+// (and exact 0, Inf and NaN at its ends), and silu(g)*up within 4 ulp of
+// its float64 value, with tails of every length.
+func TestExpKernels(t *testing.T) {
+	if !archSupported(archAVX512) {
+		t.Skip("no AVX-512 on this CPU") // the portable loops use math.Exp
+	}
+	rng := rand.New(rand.NewPCG(11, 12))
+	var xs []float32
+	for x := float32(-110); x < 95; x += 0.0137 {
+		xs = append(xs, x)
+	}
+	for i := 0; i < 20000; i++ {
+		xs = append(xs, float32(rng.NormFloat64()*4))
+	}
+	specials := []float32{0, float32(math.Copysign(0, -1)), float32(math.Inf(1)), float32(math.Inf(-1)), float32(math.NaN()),
+		88.72, 88.73, -87.33, -103.9, -104.5, 1e-30, -1e-30}
+	xs = append(xs, specials...)
+
+	// expShift: x[i] = e^(x[i] - 0.5), sum in float64.
+	for _, n := range []int{len(xs), 1, 15, 17, 33} {
+		in := xs[len(xs)-n:]
+		got := append([]float32(nil), in...)
+		sum := expShiftAvx512(&got[0], n, 0.5)
+		var wantSum float64
+		worst := int64(0)
+		for i, x := range in {
+			want := float32(math.Exp(float64(x - 0.5))) // the difference rounds to float32 first, as in Softmax
+			if d := ulpDiff(got[i], want); d > worst {
+				worst = d
+				if d > 2 {
+					t.Fatalf("e^(%v - 0.5) = %v, want %v (%d ulp)", x, got[i], want, d)
+				}
+			}
+			wantSum += float64(got[i])
+		}
+		if !(sum == wantSum || math.Abs(sum-wantSum) <= 1e-12*math.Abs(wantSum)) && !(math.IsNaN(sum) && math.IsNaN(wantSum)) {
+			t.Fatalf("n %d: sum %v, want %v", n, sum, wantSum)
+		}
+		if n == len(xs) {
+			t.Logf("e^x: worst %d ulp over %d values", worst, n)
+		}
+	}
+
+	// swiglu: silu(g) * up.
+	up := make([]float32, len(xs))
+	for i := range up {
+		up[i] = float32(rng.NormFloat64())
+	}
+	for _, n := range []int{len(xs), 1, 15, 17} {
+		g := xs[len(xs)-n:]
+		u := up[len(xs)-n:]
+		got := make([]float32, n+1)
+		got[n] = 7
+		swigluAvx512(&got[0], &g[0], &u[0], n)
+		if got[n] != 7 {
+			t.Fatalf("n %d: wrote past the end", n)
+		}
+		for i := range g {
+			gd := float64(g[i])
+			want := float32(gd / (1 + math.Exp(-gd)) * float64(u[i]))
+			if math.IsInf(gd, -1) {
+				want = float32(math.NaN()) // -Inf * sigmoid(-Inf) = -Inf * 0
+			}
+			// Past |g| ~ 87, e^-|g| is denormal and loses bits (and is 0
+			// past 104): results there, below 2^-120 in magnitude, are
+			// held to an absolute 2^-120.
+			tiny := math.Abs(float64(got[i]-want)) < 0x1p-120
+			if d := ulpDiff(got[i], want); d > 4 && !tiny {
+				t.Fatalf("silu(%v)*%v = %v, want %v (%d ulp)", g[i], u[i], got[i], want, d)
+			}
+		}
+	}
+}

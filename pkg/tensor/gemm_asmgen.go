@@ -13,6 +13,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"math"
 	"os"
 )
 
@@ -56,6 +57,8 @@ func main() {
 	pairBF16()
 	roundBF16()
 	evenOdd()
+	swiglu512()
+	expShift512()
 	dst := "gemm_amd64.s"
 	if len(os.Args) == 3 && os.Args[1] == "-o" {
 		dst = os.Args[2] // TestGeneratedAsmIsCurrent writes elsewhere
@@ -957,6 +960,161 @@ func evenOdd() {
 	p("\tDECQ CX")
 	p("\tJNZ eoloop")
 	p("eodone:")
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// expConsts loads the constants of exp512 into Z20..Z31: the clamp
+// bounds, log2(e), ln(2) split in two (Cody-Waite), Cephes' expf
+// polynomial and 1.
+func expConsts() {
+	for _, c := range []struct {
+		reg int
+		v   float32
+	}{
+		{20, -104}, {21, 89}, // e^-104 is below the smallest denormal, e^89 above FLT_MAX
+		{22, 1.44269504088896341},               // log2(e)
+		{23, 0.693359375}, {24, -2.12194440e-4}, // ln 2 = C1 + C2, C1 exact in 9 bits
+		{25, 1.9875691500e-4}, {26, 1.3981999507e-3}, {27, 8.3334519073e-3},
+		{28, 4.1665795894e-2}, {29, 1.6666665459e-1}, {30, 5.0000001201e-1},
+		{31, 1},
+	} {
+		p("\tMOVL $0x%08x, AX", math.Float32bits(c.v))
+		p("\tVPBROADCASTD AX, Z%d", c.reg)
+	}
+}
+
+// exp512 emits Z<dst> = e^Z<src> for 16 floats, Z<t1>, Z<t2> scratch,
+// constants from expConsts: x clamped to [-104, 89] (so that +-Inf give
+// Inf and 0), n = round(x log2 e), r = x - n ln 2 (|r| <= ln2/2, two
+// steps), e^r by Cephes' degree-7 expf polynomial, then VSCALEFPS
+// multiplies by 2^n with IEEE overflow and gradual underflow. Within 2 ulp
+// of e^x (TestExpKernels); a NaN x gives NaN. src is clobbered.
+func exp512(dst, src, t1, t2 int) {
+	p("\tVMAXPS Z20, Z%d, Z%d", src, src)
+	p("\tVMINPS Z21, Z%d, Z%d", src, src)
+	p("\tVMULPS Z22, Z%d, Z%d", src, t1)
+	p("\tVRNDSCALEPS $0, Z%d, Z%d", t1, t1)    // n, nearest even
+	p("\tVFNMADD231PS Z23, Z%d, Z%d", t1, src) // r = x - n*C1
+	p("\tVFNMADD231PS Z24, Z%d, Z%d", t1, src) // r -= n*C2
+	p("\tVMULPS Z%d, Z%d, Z%d", src, src, t2)  // r^2
+	p("\tVMOVAPS Z25, Z%d", dst)
+	for c := 26; c <= 30; c++ {
+		p("\tVFMADD213PS Z%d, Z%d, Z%d", c, src, dst) // y = y*r + p
+	}
+	p("\tVFMADD213PS Z%d, Z%d, Z%d", src, t2, dst) // y = y*r^2 + r
+	p("\tVADDPS Z31, Z%d, Z%d", dst, dst)          // + 1
+	p("\tVSCALEFPS Z%d, Z%d, Z%d", t1, dst, dst)   // * 2^n
+}
+
+// swiglu512 emits swigluAvx512(out, gate, up *float32, n int): out[i] =
+// silu(gate[i]) * up[i] for i < n, any n; out may alias gate or up.
+func swiglu512() {
+	p("")
+	p("// func swigluAvx512(out, gate, up *float32, n int)")
+	p("TEXT ·swigluAvx512(SB), NOSPLIT, $0-32")
+	p("\tMOVQ out+0(FP), DI")
+	p("\tMOVQ gate+8(FP), SI")
+	p("\tMOVQ up+16(FP), DX")
+	p("\tMOVQ n+24(FP), CX")
+	expConsts()
+	p("\tMOVL $0x80000000, AX")
+	p("\tVPBROADCASTD AX, Z19")
+	p("\tVXORPS Z7, Z7, Z7")
+	body := func(load func(dst, addr string), store func(reg, addr string)) {
+		// silu(g) = g * s / (1 + t) with t = e^-|g| (never overflows)
+		// and s = 1 for g >= 0, t for g < 0: the sigmoid's two stable
+		// forms.
+		load("Z0", "(SI)")
+		p("\tVORPS Z19, Z0, Z1") // -|g|
+		exp512(2, 1, 3, 4)
+		p("\tVCMPPS $1, Z7, Z0, K3") // g < 0
+		p("\tVMOVAPS Z31, Z6")
+		p("\tVMOVAPS Z2, K3, Z6")
+		p("\tVADDPS Z31, Z2, Z2") // 1 + t
+		p("\tVMULPS Z6, Z0, Z0")
+		p("\tVDIVPS Z2, Z0, Z0")
+		load("Z5", "(DX)")
+		p("\tVMULPS Z5, Z0, Z0")
+		store("Z0", "(DI)")
+	}
+	p("swgloop:")
+	p("\tCMPQ CX, $16")
+	p("\tJLT swgtail")
+	body(func(d, a string) { p("\tVMOVUPS %s, %s", a, d) }, func(r, a string) { p("\tVMOVUPS %s, %s", r, a) })
+	p("\tADDQ $64, SI")
+	p("\tADDQ $64, DX")
+	p("\tADDQ $64, DI")
+	p("\tSUBQ $16, CX")
+	p("\tJMP swgloop")
+	p("swgtail:")
+	p("\tTESTQ CX, CX")
+	p("\tJZ swgdone")
+	p("\tMOVL $1, AX")
+	p("\tSHLL CX, AX")
+	p("\tDECL AX")
+	p("\tKMOVW AX, K1")
+	body(func(d, a string) { p("\tVMOVUPS.Z %s, K1, %s", a, d) }, func(r, a string) { p("\tVMOVUPS %s, K1, %s", r, a) })
+	p("swgdone:")
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// expShift512 emits expShiftAvx512(x *float32, n int, shift float32)
+// float64: x[i] = e^(x[i] - shift) for i < n (any n; NaN stays NaN) and
+// returns the sum of the new x[i], accumulated in float64 (softmax's
+// normaliser, as Softmax's Go loop sums).
+func expShift512() {
+	p("")
+	p("// func expShiftAvx512(x *float32, n int, shift float32) float64")
+	p("TEXT ·expShiftAvx512(SB), NOSPLIT, $0-32")
+	p("\tMOVQ x+0(FP), DI")
+	p("\tMOVQ n+8(FP), CX")
+	p("\tVBROADCASTSS shift+16(FP), Z18")
+	expConsts()
+	p("\tVXORPD Z16, Z16, Z16")
+	p("\tVXORPD Z17, Z17, Z17")
+	body := func(load func(dst string), store func(reg string)) {
+		load("Z0")
+		p("\tVSUBPS Z18, Z0, Z0")
+		p("\tVCMPPS $3, Z0, Z0, K2") // NaN lanes
+		p("\tVMOVAPS Z0, Z5")
+		exp512(1, 0, 3, 4)
+		p("\tVMOVAPS Z5, K2, Z1") // NaN in, NaN out
+		store("Z1")
+		p("\tVCVTPS2PD Y1, Z6")
+		p("\tVEXTRACTF32X8 $1, Z1, Y7")
+		p("\tVCVTPS2PD Y7, Z7")
+		p("\tVADDPD Z6, Z16, Z16")
+		p("\tVADDPD Z7, Z17, Z17")
+	}
+	p("exsloop:")
+	p("\tCMPQ CX, $16")
+	p("\tJLT exstail")
+	body(func(d string) { p("\tVMOVUPS (DI), %s", d) }, func(r string) { p("\tVMOVUPS %s, (DI)", r) })
+	p("\tADDQ $64, DI")
+	p("\tSUBQ $16, CX")
+	p("\tJMP exsloop")
+	p("exstail:")
+	p("\tTESTQ CX, CX")
+	p("\tJZ exsdone")
+	p("\tMOVL $1, AX")
+	p("\tSHLL CX, AX")
+	p("\tDECL AX")
+	p("\tKMOVW AX, K1")
+	// Lanes past n: loaded as 0, their e^(0 - shift) zeroed before the sum.
+	body(func(d string) { p("\tVMOVUPS.Z (DI), K1, %s", d) }, func(r string) {
+		p("\tVMOVUPS %s, K1, (DI)", r)
+		p("\tVMOVAPS.Z %s, K1, %s", r, r)
+	})
+	p("exsdone:")
+	p("\tVADDPD Z17, Z16, Z0")
+	p("\tVEXTRACTF64X4 $1, Z0, Y1")
+	p("\tVADDPD Y1, Y0, Y0")
+	p("\tVEXTRACTF128 $1, Y0, X1")
+	p("\tVADDPD X1, X0, X0")
+	p("\tVHADDPD X0, X0, X0")
+	p("\tMOVSD X0, ret+24(FP)")
 	p("\tVZEROUPPER")
 	p("\tRET")
 }

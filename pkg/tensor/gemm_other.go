@@ -40,3 +40,7 @@ func pairBF16(dst, src []float32, width, pairs int) { pairBF16Generic(dst, src, 
 func roundBF16Slice(x []float32) { roundBF16SliceGeneric(x) }
 
 func gemvXLayout(arch gemmArch, w16 []uint16, k int, x, xk []float32) bool { return false }
+
+func swigluVec(out, gate, up []float32) bool { return false }
+
+func expShiftVec(x []float32, shift float32) (float64, bool) { return 0, false }
