@@ -220,11 +220,12 @@ func TestGemmMatchesRef(t *testing.T) {
 
 // TestGemmLargeShapes covers shapes big enough to split over workers and
 // over several depth slabs: the expert shape scaled down in n, one with
-// enough row chunks, one split into row blocks (m*k > packABudget).
+// enough row chunks, one split into row blocks (m*k > packABudget), and a
+// tall A (m >= tallRows) with several wide column chunks.
 func TestGemmLargeShapes(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	var ops []*gemmOperands
-	for i, s := range [][3]int{{64, 2816 / 8, 1024}, {130, 260, 300}, {200, 33, 520}, {2100, 20, 1001}} {
+	for i, s := range [][3]int{{64, 2816 / 8, 1024}, {130, 260, 300}, {200, 33, 520}, {2100, 20, 1001}, {300, 1100, 70}} {
 		ops = append(ops, newOperands(rng, gemmCase{m: s[0], n: s[1], k: s[2], transB: i != 1, transA: i == 2, alpha: 1, beta: float32(i % 2), padC: i}, i == 0))
 	}
 	if m, k := ops[3].m, ops[3].k; m*k <= packABudget {
