@@ -418,9 +418,9 @@ dur=$(($(date +%s) - t_start))
 	echo "model: generated mixtral-style, $LAYERS layers, hidden $HIDDEN, $EXPERTS experts top-$TOPK, expert inter $INTER, vocab $VOCAB;"
 	echo "$ROUNDS interleaved rounds, medians; ratio = median of per-round ratios; load average $load_before before, $load_after after; raw lines in $(basename "$OUT"))."
 	echo
-	echo "Greedy tokens after the same prompt (a check that both compute the same model; random weights, so near-ties may split them):"
 	echo "Switchyard --compute bf16 runs $(cat "$tmp/bf16c.kernel" 2>/dev/null || echo '?') on this CPU."
 	echo
+	echo "Greedy tokens after the same prompt (a check that both compute the same model; random weights, so near-ties may split them):"
 	echo "bf16 vs llama.cpp BF16 agree on $(same "$g1" "$g2") leading tokens, int8 vs llama.cpp Q8_0 on $(same "$g3" "$g4")$([ -n "$gguf_q8x" ] && echo ", int8 vs Q8_0 experts only on $(same "$g3" "$g5")")."
 	[ -n "$busy" ] && echo && echo "**$busy**"
 	echo
