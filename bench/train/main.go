@@ -273,15 +273,7 @@ func klOf(ctx context.Context, m *model.Model, windows [][]int32) (kl, top1 floa
 }
 
 func logSoftmax(x []float32) []float64 {
-	mx := math.Inf(-1)
-	for _, v := range x {
-		mx = math.Max(mx, float64(v))
-	}
-	var s float64
-	for _, v := range x {
-		s += math.Exp(float64(v) - mx)
-	}
-	ls := math.Log(s) + mx
+	ls := tensor.LogSumExp(x)
 	out := make([]float64, len(x))
 	for i, v := range x {
 		out[i] = float64(v) - ls

@@ -60,18 +60,7 @@ func TestComputeBF16Golden(t *testing.T) {
 
 // klDiv is KL(softmax(p) || softmax(q)) in nats.
 func klDiv(p, q []float32) float64 {
-	lse := func(x []float32) float64 {
-		mx := math.Inf(-1)
-		for _, v := range x {
-			mx = math.Max(mx, float64(v))
-		}
-		var s float64
-		for _, v := range x {
-			s += math.Exp(float64(v) - mx)
-		}
-		return math.Log(s) + mx
-	}
-	lp, lq := lse(p), lse(q)
+	lp, lq := tensor.LogSumExp(p), tensor.LogSumExp(q)
 	var d float64
 	for i := range p {
 		a := float64(p[i]) - lp

@@ -199,15 +199,7 @@ func CrossEntropy(logits []float32, ids [][]int32, V int) float64 {
 		for t := range seq {
 			if t+1 < len(seq) {
 				l := logits[row*V : (row+1)*V]
-				mx := math.Inf(-1)
-				for _, v := range l {
-					mx = math.Max(mx, float64(v))
-				}
-				var z float64
-				for _, v := range l {
-					z += math.Exp(float64(v) - mx)
-				}
-				sum += math.Log(z) + mx - float64(l[seq[t+1]])
+				sum += tensor.LogSumExp(l) - float64(l[seq[t+1]])
 				n++
 			}
 			row++

@@ -1,6 +1,10 @@
 package router
 
-import "math"
+import (
+	"math"
+
+	"github.com/switchyard/switchyard/pkg/tensor"
+)
 
 // LoadBalancingLoss is the Switch Transformer / Mixtral auxiliary loss as
 // transformers computes it (load_balancing_loss_func) over the routings of
@@ -43,7 +47,7 @@ func ZLoss(logits [][]float32, E int) float64 {
 	n := 0
 	for _, lg := range logits {
 		for r := 0; r < len(lg)/E; r++ {
-			s := logSumExp(lg[r*E : (r+1)*E])
+			s := tensor.LogSumExp(lg[r*E : (r+1)*E])
 			z += s * s
 			n++
 		}
@@ -60,22 +64,10 @@ func ZLoss(logits [][]float32, E int) float64 {
 func ZLossGrad(logits []float32, E, n int, coef float64, dLogits []float32) {
 	for r := 0; r < len(logits)/E; r++ {
 		row := logits[r*E : (r+1)*E]
-		lse := logSumExp(row)
+		lse := tensor.LogSumExp(row)
 		k := coef * 2 * lse / float64(n)
 		for e, v := range row {
 			dLogits[r*E+e] += float32(k * math.Exp(float64(v)-lse))
 		}
 	}
-}
-
-func logSumExp(x []float32) float64 {
-	mx := math.Inf(-1)
-	for _, v := range x {
-		mx = math.Max(mx, float64(v))
-	}
-	var s float64
-	for _, v := range x {
-		s += math.Exp(float64(v) - mx)
-	}
-	return mx + math.Log(s)
 }

@@ -116,6 +116,24 @@ func SoftmaxRef(x []float32) {
 
 // Exp is float32 e^x. It rounds math.Exp; a polynomial version would be
 // faster but this keeps softmax within float32 rounding of the reference.
+// LogSumExp returns log(sum_i e^x[i]) in float64 (max-shifted: no
+// overflow), the normaliser of a softmax or cross-entropy over logits x;
+// -Inf for an empty x or all -Inf.
+func LogSumExp(x []float32) float64 {
+	mx := math.Inf(-1)
+	for _, v := range x {
+		mx = math.Max(mx, float64(v))
+	}
+	if math.IsInf(mx, -1) {
+		return mx
+	}
+	var s float64
+	for _, v := range x {
+		s += math.Exp(float64(v) - mx)
+	}
+	return mx + math.Log(s)
+}
+
 func Exp(x float32) float32 { return float32(math.Exp(float64(x))) }
 
 // Sigmoid returns 1/(1+e^-x).

@@ -166,3 +166,25 @@ func TestConversions(t *testing.T) {
 		}
 	}
 }
+
+func TestLogSumExp(t *testing.T) {
+	x := []float32{1, 2, 3}
+	want := math.Log(math.E + math.Exp(2) + math.Exp(3))
+	if got := LogSumExp(x); math.Abs(got-want) > 1e-12 {
+		t.Errorf("LogSumExp(1,2,3) = %v, want %v", got, want)
+	}
+	// Shifted by 1000: e^1000 overflows float64, the max shift does not.
+	big := []float32{1001, 1002, 1003}
+	if got := LogSumExp(big); math.Abs(got-(want+1000)) > 1e-9 {
+		t.Errorf("LogSumExp(1001..1003) = %v, want %v", got, want+1000)
+	}
+	inf := float32(math.Inf(-1))
+	for _, x := range [][]float32{nil, {inf, inf}} {
+		if got := LogSumExp(x); !math.IsInf(got, -1) {
+			t.Errorf("LogSumExp(%v) = %v, want -Inf", x, got)
+		}
+	}
+	if got := LogSumExp([]float32{inf, 0}); got != 0 {
+		t.Errorf("LogSumExp(-Inf, 0) = %v, want 0", got)
+	}
+}
