@@ -16,7 +16,8 @@ func (c *countRanger) Range(lo, hi int) { c.n.Add(int64(hi - lo)) }
 // goroutines recycled) the kernels a decode step calls allocate nothing,
 // also when they split over goroutines: ParallelRange, Gemm and GemmBF16 in
 // each of their paths (GEMV, GEMV of the other orientation, one column,
-// packed and parallel), and RMSNormRows.
+// packed and parallel, and under ComputeBF16), RMSNormRows, SwiGLU over a
+// batch (split over the workers) and Softmax.
 func TestKernelsAllocateNothing(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector allocates")
@@ -49,6 +50,12 @@ func TestKernelsAllocateNothing(t *testing.T) {
 		{"packed", func() { Gemm(false, true, m, n, k, 1, a, k, b, k, 0, c, n) }},
 		{"packed-bf16", func() { GemmBF16(false, true, m, n, k, 1, a, k, b16, k, 0, c, n) }},
 		{"RMSNormRows", func() { RMSNormRows(c, c, w, m*n/k, k, 1e-6) }},
+		{"SwiGLU-parallel", func() { SwiGLU(c, c, c) }},
+		{"Softmax", func() { Softmax(c[:n]) }},
+		{"packed-compute-bf16", func() {
+			defer SetCompute(SetCompute(ComputeBF16))
+			GemmBF16(false, true, m, n, k, 1, a, k, b16, k, 0, c, n)
+		}},
 	}
 	for _, tc := range cases {
 		for range 10 {
