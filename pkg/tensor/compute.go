@@ -94,8 +94,11 @@ const BF16KernelEnv = "SWITCHYARD_BF16_KERNEL"
 // one per two cycles against two float32 FMAs per cycle:
 // BenchmarkMicroKernelDot 88 GFLOP/s against BenchmarkMicroKernel 155 on
 // one core, so the float32 kernels are faster there even on rounded
-// operands. AMD Zen 4 and 5 run it at the FMA's rate (twice the FLOPs), so
-// it is the default on AMD only; BF16KernelEnv overrides.
+// operands. On AMD Zen 4 and 5 a 512-bit VDPBF16PS is one operation on
+// paired 256-bit units, expected at the FMA's rate (twice the FLOPs; not
+// measured by this project), so it is the default on AMD only;
+// BF16KernelEnv overrides, and BenchmarkMicroKernelDot against
+// BenchmarkMicroKernel settles it on any machine.
 var bf16DotPreferred atomic.Bool
 
 func init() {
