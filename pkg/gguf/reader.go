@@ -82,6 +82,11 @@ func (f *File) ReadTensor(name string) ([]byte, error) {
 	}
 	size, _ := t.Size() // checked by Read
 	buf := make([]byte, size)
+	if size == 0 {
+		// A zero-length tensor (a 0 dimension) may sit at the very end
+		// of the file, where ReadAt of nothing reports EOF.
+		return buf, nil
+	}
 	if _, err := f.r.ReadAt(buf, f.DataOffset+int64(t.Offset)); err != nil {
 		return nil, fmt.Errorf("gguf: reading tensor %q: %w", name, err)
 	}
