@@ -466,20 +466,22 @@ func gemvDots(arch gemmArch, rows, k int, w32 []float32, w16 []uint16, ldw int, 
 //go:noescape
 func evenOddAvx512(dst, src *float32, chunks int)
 
-// gemvXLayout reports whether the GEMV kernel for these operands reads x
-// in a layout of its own, and if so fills xk[:k] with it: for bf16 rows
-// on AVX-512, each whole 32-float chunk of x as evenOddAvx512 writes it,
-// the rest as is. Called once per GEMV, not per row block.
-func gemvXLayout(arch gemmArch, w16 []uint16, k int, x, xk []float32) bool {
+// gemvXLayout returns x in the layout the GEMV kernel for these operands
+// reads, in a pooled buffer the caller puts back, or nil where the kernel
+// reads x as it is. For bf16 rows on AVX-512: each whole 32-float chunk of
+// x as evenOddAvx512 writes it, the rest as is. Called once per GEMV, not
+// per row block.
+func gemvXLayout(arch gemmArch, w16 []uint16, k int, x []float32) *packBuf {
 	if arch != archAVX512 || w16 == nil || k < 32 {
-		return false
+		return nil
 	}
+	xb := getPackBuf(k)
+	xk := xb.f[:k]
 	chunks := k / 32
-	_ = xk[k-1]
 	_ = x[k-1]
 	evenOddAvx512(&xk[0], &x[0], chunks)
-	copy(xk[32*chunks:k], x[32*chunks:k])
-	return true
+	copy(xk[32*chunks:], x[32*chunks:k])
+	return xb
 }
 
 // swigluAvx512 sets out[i] = silu(gate[i]) * up[i] for i < n, as g * s /

@@ -39,7 +39,7 @@ func pairBF16(dst, src []float32, width, pairs int) { pairBF16Generic(dst, src, 
 
 func roundBF16Slice(x []float32) { roundBF16SliceGeneric(x) }
 
-func gemvXLayout(arch gemmArch, w16 []uint16, k int, x, xk []float32) bool { return false }
+func gemvXLayout(arch gemmArch, w16 []uint16, k int, x []float32) *packBuf { return nil }
 
 func swigluVec(out, gate, up []float32) bool { return false }
 

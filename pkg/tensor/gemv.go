@@ -71,13 +71,15 @@ func gemvT(arch gemmArch, n, k int, alpha float32, w32 []float32, w16 []uint16, 
 	// waking a worker for.
 	grain := max(4, (256<<10)/(k*esz))
 	t := getGemv(gemvArgs{trans: true, arch: arch, n: n, k: k, alpha: alpha, b32: w32, b16: w16, ldb: ldw, x: x, xk: x, beta: beta, y: y})
-	var xb *packBuf
-	if xb = getPackBuf(k); gemvXLayout(arch, w16, k, x, xb.f) {
+	xb := gemvXLayout(arch, w16, k, x)
+	if xb != nil {
 		t.xk = xb.f[:k]
 	}
 	ParallelRange(n, grain, t)
 	putGemv(t)
-	putPackBuf(xb)
+	if xb != nil {
+		putPackBuf(xb)
+	}
 }
 
 // gemvTRows computes rows [lo, hi) of gemvT.
