@@ -161,11 +161,17 @@ await() {
 
 field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p"; }
 
-# freeport: a loopback TCP port nothing listens on now (probed by connecting).
+# freeport: a loopback TCP port nothing listens on now (probed by
+# connecting), below the kernel's ephemeral range, so that no outgoing
+# connection is given it before etcd binds it; none of the ports in $1
+# (a space-separated list already chosen).
 freeport() {
-	local p
+	local p lo
+	lo=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+	[[ $lo -gt 12000 ]] || lo=32768
 	while :; do
-		p=$((20000 + RANDOM % 30000))
+		p=$((10000 + RANDOM % (lo - 10000)))
+		[[ " ${1:-} " == *" $p "* ]] && continue
 		(exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null || { echo "$p"; return; }
 	done
 }
@@ -176,10 +182,12 @@ member() { [[ $1 -eq 1 ]] && echo etcd || echo "etcd$1"; }
 # start_members: $members etcd members e1..eM on fixed free ports, one
 # cluster; sets etcd to their client URLs.
 start_members() {
-	local i f initial="" clients=() peers=()
+	local i f initial="" clients=() peers=() chosen=()
 	for ((i = 1; i <= members; i++)); do
-		clients+=("$scheme://127.0.0.1:$(freeport)")
-		peers+=("$scheme://127.0.0.1:$(freeport)")
+		clients+=("$scheme://127.0.0.1:$(freeport "${chosen[*]:-}")")
+		chosen+=("${clients[i - 1]##*:}")
+		peers+=("$scheme://127.0.0.1:$(freeport "${chosen[*]}")")
+		chosen+=("${peers[i - 1]##*:}")
 		initial+="${initial:+,}e$i=${peers[i - 1]}"
 	done
 	for ((i = 1; i <= members; i++)); do
