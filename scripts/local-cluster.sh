@@ -16,6 +16,11 @@
 # Training jobs' paths are relative to the workers' --data-root (default: the
 # directory this script runs from) and confined to it.
 #
+# Every coordinator serves its Prometheus metrics and the cluster dashboard
+# on a free loopback port (--http; the URL is the "coordinator: http=" line
+# of STATE/coordinator*.out: URL/metrics, URL/dashboard/), every worker its
+# metrics (--metrics; the "worker: metrics=" line of STATE/wI.out).
+#
 # --coordinators K (K >= 2) runs etcd in a process of its own (switchyard
 # etcd; STATE/etcd.pid) and K coordinators c1..cK on it (STATE/coordinator.pid,
 # STATE/coordinator2.pid, ...): one leads, the others take over within the
@@ -41,7 +46,7 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cluster=local
 
 usage() {
-	sed -n '2,30p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+	sed -n '2,42p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
 	exit 2
 }
 
@@ -229,7 +234,7 @@ up() {
 	trap 'echo "local-cluster: up failed; stopping what started" >&2; down' ERR
 	if [[ $coordinators -le 1 && $members -le 1 ]]; then
 		setsid "$bin/coordinator" --listen-client-urls 127.0.0.1:0 --listen-peer-urls 127.0.0.1:0 \
-			--data-dir "$state/etcd" --cluster "$cluster" --name local --model "$model" \
+			--data-dir "$state/etcd" --cluster "$cluster" --name local --model "$model" --http 127.0.0.1:0 \
 			--elem-bytes "$elem" --replicas "$replicas" --expect-workers "$n" $(tlsflags coordinator) \
 			>"$state/coordinator.out" 2>"$state/coordinator.log" </dev/null &
 		echo $! >"$state/coordinator.pid"
@@ -251,7 +256,7 @@ up() {
 		for ((c = 1; c <= coordinators; c++)); do
 			pidf=$state/coordinator.pid out=$state/coordinator.out log=$state/coordinator.log
 			[[ $c -eq 1 ]] || pidf=$state/coordinator$c.pid out=$state/coordinator$c.out log=$state/coordinator$c.log
-			setsid "$bin/coordinator" --etcd "$etcd" --cluster "$cluster" --name "c$c" --model "$model" \
+			setsid "$bin/coordinator" --etcd "$etcd" --cluster "$cluster" --name "c$c" --model "$model" --http 127.0.0.1:0 \
 				--elem-bytes "$elem" --replicas "$replicas" --expect-workers "$n" $(tlsflags coordinator) $rbac \
 				>"$out" 2>"$log" </dev/null &
 			echo $! >"$pidf"
@@ -266,7 +271,7 @@ up() {
 
 	for ((i = 1; i <= n; i++)); do
 		setsid "$bin/worker" --id "w$i" --model "$model" --etcd "$etcd" --cluster "$cluster" \
-			--listen 127.0.0.1:0 --gossip 127.0.0.1:0 --lease-ttl "$lease_ttl" $(tlsflags "w$i") ${data_root:+--data-root "$data_root"} \
+			--listen 127.0.0.1:0 --gossip 127.0.0.1:0 --metrics 127.0.0.1:0 --lease-ttl "$lease_ttl" $(tlsflags "w$i") ${data_root:+--data-root "$data_root"} \
 			>"$state/w$i.out" 2>"$state/w$i.log" </dev/null &
 		echo $! >"$state/w$i.pid"
 	done

@@ -8,7 +8,8 @@
 # Needs only Go (1.26, on PATH or at /usr/local/go) on a fresh Debian
 # machine: it installs what the tests use and the machine lacks, from
 # Debian's packages (protoc for the generated-code check; iproute2 for the
-# network-namespace hosts; python3 for result comparison), which needs
+# network-namespace hosts; python3 for result comparison; chromium for the
+# dashboard's browser tests), which needs
 # root, as CI has. Go modules come through the module proxy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,8 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# Headless Chromium for the dashboard's browser tests.
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" -ne 0 ]; then
 		echo "missing ${need[*]}: install them (Debian: apt-get install ${need[*]}) or run as root"; exit 1

@@ -68,6 +68,7 @@ type options struct {
 	evictAfter  time.Duration
 	gossipAddr  string
 	grpcAddr    string
+	httpAddr    string
 	logLevel    string
 	tls         auth.Files
 	etcdRBAC    bool
@@ -106,6 +107,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	f.DurationVar(&o.probeEvery, "probe-interval", coordinator.DefaultProbeInterval, "how often the leader asks each worker for its health")
 	f.DurationVar(&o.evictAfter, "evict-after", coordinator.DefaultEvictAfter, "revoke the lease of a worker that answered no health probe for this long while others answered (0: no probes; a worker is gone when its lease runs out)")
 	f.StringVar(&o.gossipAddr, "gossip-addr", "", "join the workers' gossip at this host:port for early failure hints (empty: off)")
+	f.StringVar(&o.httpAddr, "http", "", "serve Prometheus metrics (/metrics) and the cluster dashboard (/dashboard/) over plain HTTP on this host:port (port 0: a free one; empty: off)")
 	f.StringVar(&o.grpcAddr, "grpc", "", "serve the read-only Coordinator gRPC service (Status, GetPlacement) on this host:port (port 0: a free one; empty: off)")
 	f.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	authflags.Register(f, &o.tls)
@@ -280,6 +282,15 @@ func serve(ctx context.Context, o options, stdout, stderr io.Writer) error {
 		defer gs.Stop()
 		grpcShown = lis.Addr().String()
 		lg.Info("coordinator gRPC service", "addr", grpcShown)
+	}
+	if o.httpAddr != "" {
+		url, stop, err := serveHTTP(ctx, o.httpAddr, c, reg)
+		if err != nil {
+			return fmt.Errorf("--http: %w", err)
+		}
+		defer stop()
+		lg.Info("coordinator HTTP: metrics and dashboard", "url", url)
+		fmt.Fprintf(stdout, "coordinator: http=%s\n", url)
 	}
 	fmt.Fprintf(stdout, "coordinator: etcd=%s cluster=%s name=%s model=%s grpc=%s\n", strings.Join(endpoints, ","), reg.Cluster(), o.name, fp, grpcShown)
 

@@ -23,6 +23,7 @@ import (
 
 	"github.com/switchyard/switchyard/internal/authflags"
 	"github.com/switchyard/switchyard/internal/computeflag"
+	"github.com/switchyard/switchyard/internal/dashboard"
 	"github.com/switchyard/switchyard/internal/frontend"
 	"github.com/switchyard/switchyard/internal/localcluster"
 	"github.com/switchyard/switchyard/internal/quantflag"
@@ -272,6 +273,11 @@ func runServe(ctx context.Context, o serveOptions) error {
 		m.Experts = fe.Executor
 		o.Serve.Ready = fe.Ready
 		o.Serve.Collectors = append(o.Serve.Collectors, fe.Collectors()...)
+		// The cluster dashboard, read from the cluster's etcd; its loss
+		// curves replay the jobs' history from etcd.
+		col := dashboard.NewCollector(fe.Registry)
+		go func() { _ = col.Run(ctx) }()
+		o.Serve.Handlers = map[string]http.Handler{dashboard.Prefix: dashboard.Handler(col)}
 	}
 	sm := serve.FromModel(m)
 	if o.Overlap && fe != nil {
@@ -320,10 +326,19 @@ func runServe(ctx context.Context, o serveOptions) error {
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
 	logf("chat format: %s; up to %d sequences per step, %d more queued", srv.ChatFormat(), srv.Config().MaxSeqs, srv.Config().MaxQueue)
-	logf("ready: %s (model %q, %s; OpenAI API under /v1, /health, /metrics)", url, o.Serve.ModelName, where)
+	dash := ""
+	if fe != nil {
+		dash = ", " + dashboard.Prefix
+	}
+	logf("ready: %s (model %q, %s; OpenAI API under /v1, /health, /metrics%s)", url, o.Serve.ModelName, where, dash)
 
 	sctx, stopServing := context.WithCancel(ctx)
 	defer stopServing()
+	if fe != nil {
+		// This front end's traffic, for dashboards and `switchyard top`
+		// (registry.FrontendStats, under a lease of its own).
+		go fe.Registry.PublishFrontend(sctx, fe.Name(), 2*time.Second, 10*time.Second, frontendStats(srv, fe.Model.Fingerprint), logf)
+	}
 	onReadyDone := make(chan struct{})
 	if o.OnReady != nil {
 		go func() {
@@ -357,6 +372,24 @@ func runServe(ctx context.Context, o serveOptions) error {
 		return fmt.Errorf("%s: %w", p, serveErr)
 	}
 	return nil
+}
+
+// frontendStats summarizes srv's traffic over its last 30 s for the
+// front end's statistics record.
+func frontendStats(srv *serve.Server, model string) func() registry.FrontendStats {
+	win := &serve.TrafficWindow{Span: 30 * time.Second}
+	return func() registry.FrontendStats {
+		t := srv.Traffic()
+		s := win.Add(t)
+		return registry.FrontendStats{
+			Model: model, Time: t.Time, Window: s.Window.Seconds(),
+			Requests: t.Requests, Active: t.Active, Queued: t.Queued,
+			GeneratedTokens: t.GeneratedTokens, PromptTokens: t.PromptTokens,
+			TokensPerS: s.TokensPerS, PromptTokensPS: s.PromptPerS,
+			TTFTP50: s.TTFTP50, TTFTP90: s.TTFTP90, TTFTP99: s.TTFTP99,
+			ITLP50: s.ITLP50, ITLP90: s.ITLP90, ITLP99: s.ITLP99,
+		}
+	}
 }
 
 // loadServeTokenizer loads the tokenizer (path, or modelDir/tokenizer.json)

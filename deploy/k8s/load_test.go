@@ -43,17 +43,26 @@ type manifests struct {
 
 // kinds maps "apiVersion kind" to a new value to decode strictly into.
 var kinds = map[string]func() any{
-	"v1 Namespace":                       func() any { return new(namespaceObj) },
-	"v1 Service":                         func() any { return new(service) },
-	"v1 PersistentVolumeClaim":           func() any { return new(pvc) },
-	"v1 Pod":                             func() any { return new(podObj) },
-	"apps/v1 StatefulSet":                func() any { return new(statefulSet) },
-	"apps/v1 Deployment":                 func() any { return new(deployment) },
-	"batch/v1 Job":                       func() any { return new(jobObj) },
-	"policy/v1 PodDisruptionBudget":      func() any { return new(pdb) },
-	"networking.k8s.io/v1 NetworkPolicy": func() any { return new(networkPolicy) },
-	"cert-manager.io/v1 Issuer":          func() any { return new(issuer) },
-	"cert-manager.io/v1 Certificate":     func() any { return new(certificate) },
+	"v1 Namespace":                            func() any { return new(namespaceObj) },
+	"v1 Service":                              func() any { return new(service) },
+	"v1 PersistentVolumeClaim":                func() any { return new(pvc) },
+	"v1 Pod":                                  func() any { return new(podObj) },
+	"apps/v1 StatefulSet":                     func() any { return new(statefulSet) },
+	"apps/v1 Deployment":                      func() any { return new(deployment) },
+	"batch/v1 Job":                            func() any { return new(jobObj) },
+	"policy/v1 PodDisruptionBudget":           func() any { return new(pdb) },
+	"networking.k8s.io/v1 NetworkPolicy":      func() any { return new(networkPolicy) },
+	"cert-manager.io/v1 Issuer":               func() any { return new(issuer) },
+	"cert-manager.io/v1 Certificate":          func() any { return new(certificate) },
+	"monitoring.coreos.com/v1 ServiceMonitor": func() any { return new(serviceMonitor) },
+}
+
+// crdKinds are kinds of CustomResourceDefinitions a cluster may lack (the
+// Prometheus Operator's). A top-level file holding only such objects is
+// applied by hand, like examples/, and must not be in kustomization.yaml:
+// `kubectl apply -k` would fail on a cluster without the CRD.
+var crdKinds = map[string]bool{
+	"monitoring.coreos.com/v1 ServiceMonitor": true,
 }
 
 // load reads every YAML file here and in examples/ (a few milliseconds).
@@ -144,7 +153,8 @@ func loadManifests() (*manifests, []string) {
 				fail("%s: %s/%s: %v", f, head.Kind, head.Metadata.Name, err)
 				continue
 			}
-			o := &object{file: f, kind: head.Kind, name: head.Metadata.Name, v: v, kustomized: path.Dir(f) == "."}
+			o := &object{file: f, kind: head.Kind, name: head.Metadata.Name, v: v,
+				kustomized: path.Dir(f) == "." && !crdKinds[head.APIVersion+" "+head.Kind]}
 			if !dns1123Label.MatchString(o.name) {
 				fail("%s: name %q is not a DNS-1123 label", o, o.name)
 			}
@@ -155,7 +165,7 @@ func loadManifests() (*manifests, []string) {
 			case o.kustomized:
 				o.namespace = m.kust.Namespace
 			case head.Metadata.Namespace != m.kust.Namespace:
-				fail("%s: an example applied with kubectl apply -f must set metadata.namespace: %s (it has %q)", o, m.kust.Namespace, head.Metadata.Namespace)
+				fail("%s: an object applied with kubectl apply -f (an example, or a kind of an optional CRD) must set metadata.namespace: %s (it has %q)", o, m.kust.Namespace, head.Metadata.Namespace)
 			default:
 				o.namespace = head.Metadata.Namespace
 			}

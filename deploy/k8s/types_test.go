@@ -372,6 +372,30 @@ type certificate struct {
 	} `json:"spec"`
 }
 
+// The Prometheus Operator's ServiceMonitor (monitoring.coreos.com/v1), the
+// fields servicemonitor.yaml uses.
+type serviceMonitor struct {
+	typeMeta
+	Metadata objectMeta `json:"metadata"`
+	Spec     struct {
+		JobLabel          string `json:"jobLabel,omitempty"`
+		NamespaceSelector *struct {
+			Any        bool     `json:"any,omitempty"`
+			MatchNames []string `json:"matchNames,omitempty"`
+		} `json:"namespaceSelector,omitempty"`
+		Selector  labelSelector `json:"selector"`
+		Endpoints []struct {
+			Port          string       `json:"port,omitempty"`
+			TargetPort    *intOrString `json:"targetPort,omitempty"`
+			Path          string       `json:"path,omitempty"`
+			Scheme        string       `json:"scheme,omitempty"`
+			Interval      string       `json:"interval,omitempty"`
+			ScrapeTimeout string       `json:"scrapeTimeout,omitempty"`
+			HonorLabels   bool         `json:"honorLabels,omitempty"`
+		} `json:"endpoints"`
+	} `json:"spec"`
+}
+
 type labelSelector struct {
 	MatchLabels      map[string]string `json:"matchLabels,omitempty"`
 	MatchExpressions []struct {

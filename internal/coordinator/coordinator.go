@@ -103,6 +103,8 @@ type Coordinator struct {
 	recheck chan struct{} // coalesced gossip hints
 
 	terms, writes, rechecks, transitions, migrationTimeouts, evictions atomic.Int64
+
+	met *metrics
 }
 
 // Counters are a coordinator's activity since it started.
@@ -162,13 +164,16 @@ func New(cfg Config) (*Coordinator, error) {
 	if lg == nil {
 		lg = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Coordinator{
+	c := &Coordinator{
 		cfg:     cfg,
 		reg:     cfg.Registry,
 		log:     lg.With("coordinator", cfg.Name),
 		changed: make(chan struct{}),
 		recheck: make(chan struct{}, 1),
-	}, nil
+	}
+	c.met = newMetrics(c)
+	c.met.awaitLoads = cfg.MigrationWait > 0 // the leader then watches the workers' stats
+	return c, nil
 }
 
 // Leading reports whether this coordinator leads now, and a channel closed
@@ -310,6 +315,7 @@ func (c *Coordinator) lead(ctx context.Context, sess *concurrency.Session, el *c
 	defer stop()
 
 	fence := registry.FenceOf(el)
+	defer c.met.follow()
 	mbb := c.cfg.MigrationWait > 0
 	core := NewCore(CoreConfig{Replicas: c.cfg.Replicas, ExpectWorkers: c.cfg.ExpectWorkers, MakeBeforeBreak: mbb})
 	workers := c.reg.WatchWorkers(lctx)
@@ -368,6 +374,7 @@ func (c *Coordinator) lead(ctx context.Context, sess *concurrency.Session, el *c
 				return errors.New("worker watch closed")
 			}
 			queue = append(queue, WorkersChanged{Workers: set.Workers, Rev: set.Rev})
+			c.met.workers(set.Workers, time.Now())
 			c.joinGossip(lctx, &wg, set, joined)
 			if probes != nil {
 				probes.update(set)
@@ -396,6 +403,7 @@ func (c *Coordinator) lead(ctx context.Context, sess *concurrency.Session, el *c
 			}
 			queue = append(queue, ModelsChanged{Models: recs})
 		case ev := <-placements:
+			c.met.observed(ev.Placement)
 			queue = append(queue, ev)
 		case <-grace:
 			grace = nil
@@ -407,6 +415,7 @@ func (c *Coordinator) lead(ctx context.Context, sess *concurrency.Session, el *c
 			}
 			// Token counters change every few seconds; Core only needs the
 			// applied epochs, so only their changes reach it.
+			c.met.applied(set, time.Now())
 			now := make(map[cluster.WorkerID]appliedEpoch, len(set))
 			for _, s := range set {
 				now[s.Worker] = appliedEpoch{model: s.Model, epoch: s.Epoch}
@@ -428,6 +437,7 @@ func (c *Coordinator) lead(ctx context.Context, sess *concurrency.Session, el *c
 				c.rechecks.Add(1)
 				c.log.Info("gossip hint: re-read workers", "workers", set.IDs())
 				queue = append(queue, WorkersChanged{Workers: set.Workers, Rev: set.Rev})
+				c.met.workers(set.Workers, time.Now())
 			}
 		}
 	}
@@ -473,6 +483,7 @@ func (c *Coordinator) act(ctx context.Context, fence registry.Fence, a Action) (
 		switch {
 		case err == nil:
 			c.writes.Add(1)
+			c.met.wrote(&p, len(a.Await) > 0, c.cfg.Replicas, time.Now())
 			if len(a.Await) > 0 {
 				c.log.Info("transitional placement written", "model", p.Model, "epoch", p.Epoch, "workers", p.WorkerIDs(),
 					"added", len(a.Change.Added), "removed", len(a.Change.Removed), "loading", a.Await, "rev", rev)

@@ -198,6 +198,10 @@ func (f *Frontend) Close() {
 // the API's /metrics.
 func (f *Frontend) Collectors() []prometheus.Collector { return f.met.collectors() }
 
+// Name is the front end's name in expert requests, logs and its
+// statistics record (Options.Name).
+func (f *Frontend) Name() string { return f.opts.Name }
+
 // IsLive reports whether worker w is registered (holds its etcd lease).
 func (f *Frontend) IsLive(w cluster.WorkerID) bool {
 	m := f.live.Load()

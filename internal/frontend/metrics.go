@@ -3,11 +3,13 @@ package frontend
 import (
 	"errors"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/switchyard/switchyard/pkg/cluster"
+	"github.com/switchyard/switchyard/pkg/router"
 	"github.com/switchyard/switchyard/pkg/transport"
 )
 
@@ -21,6 +23,7 @@ import (
 //	switchyard_frontend_exchange_overhead_seconds{worker} the rest: network and software
 //	switchyard_frontend_layer_exchange_seconds{layer}   one MoE layer's whole exchange, as the model waits for it (histogram)
 //	switchyard_frontend_layer_served_seconds{layer}     the owners' part of that wait
+//	switchyard_frontend_expert_rows_total{layer,expert} token rows routed to each expert (every copy together)
 //	switchyard_frontend_placement_epoch                 the placement epoch in use
 //	switchyard_frontend_live_workers                    workers registered in etcd
 //	switchyard_frontend_unavailable_experts             experts with no live copy now
@@ -32,7 +35,11 @@ type metrics struct {
 	rows     *prometheus.CounterVec
 	failures *prometheus.CounterVec
 	layer    *prometheus.HistogramVec
+	routed   *prometheus.CounterVec
 	gauges   []prometheus.Collector
+
+	routedMu sync.Mutex
+	byExpert [][]prometheus.Counter // [layer][expert], filled as first used
 }
 
 func newMetrics(f *Frontend) *metrics {
@@ -56,6 +63,9 @@ func newMetrics(f *Frontend) *metrics {
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_frontend_exchange_failures_total", Help: "Exchanges with a worker that failed (its rows went to another copy, or the call failed).",
 		}, []string{"worker", "reason"}),
+		routed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "switchyard_frontend_expert_rows_total", Help: "Token rows routed to each expert (counted once per MoE layer call, whichever copy answers).",
+		}, []string{"layer", "expert"}),
 		layer: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "switchyard_frontend_layer_exchange_seconds", Help: "One MoE layer's routed experts as the model waits for them: every destination, retries included.", Buckets: buckets,
 		}, []string{"layer"}),
@@ -96,6 +106,7 @@ func (m *metrics) observer() *transport.Observer {
 				m.failures.WithLabelValues(string(w), reason(err)).Inc()
 			}
 		},
+		Routed: m.countRouted,
 		Layer: func(layer, _ int, took, served time.Duration, err error) {
 			if err == nil {
 				m.layer.WithLabelValues(strconv.Itoa(layer)).Observe(took.Seconds())
@@ -103,6 +114,30 @@ func (m *metrics) observer() *transport.Observer {
 			}
 		},
 	}
+}
+
+// countRouted adds a plan's rows per expert to the routed counters.
+func (m *metrics) countRouted(layer int, plan *router.Plan) {
+	m.routedMu.Lock()
+	defer m.routedMu.Unlock()
+	for len(m.byExpert) <= layer {
+		m.byExpert = append(m.byExpert, nil)
+	}
+	row := m.byExpert[layer]
+	for e := 0; e < plan.NumExperts; e++ {
+		lo, hi := plan.Rows(e)
+		if hi == lo {
+			continue
+		}
+		for len(row) <= e {
+			row = append(row, nil)
+		}
+		if row[e] == nil {
+			row[e] = m.routed.WithLabelValues(strconv.Itoa(layer), strconv.Itoa(e))
+		}
+		row[e].Add(float64(hi - lo))
+	}
+	m.byExpert[layer] = row
 }
 
 func reason(err error) string {
@@ -117,5 +152,5 @@ func reason(err error) string {
 }
 
 func (m *metrics) collectors() []prometheus.Collector {
-	return append([]prometheus.Collector{m.exchange, m.served, m.overhead, m.rows, m.failures, m.layer, m.lserved}, m.gauges...)
+	return append([]prometheus.Collector{m.exchange, m.served, m.overhead, m.rows, m.failures, m.layer, m.lserved, m.routed}, m.gauges...)
 }

@@ -73,6 +73,9 @@ type Config struct {
 	// read or written. Default: the working directory when Run starts.
 	DataRoot string
 	Log      *slog.Logger
+	// OnStep, if set, is called by every rank of this worker after each
+	// training step (the worker's metrics).
+	OnStep func(job string, rank int, rep train.StepReport)
 }
 
 // Runner runs, one at a time, the job ranks the scheduler assigns to a
@@ -528,6 +531,9 @@ func (r *Runner) rank(ctx context.Context, sp jobs.Spec, rank int, lg *slog.Logg
 	}
 	pub := &publisher{ctx: ctx, jobs: r.Jobs, id: sp.ID, log: lg, last: jobs.Status{Attempt: sp.Attempt, Steps: sp.Job.Steps}}
 	rj := train.RankJob{Prepared: p, Comm: group, Model: m, Owned: owned, Progress: pub, Stop: grow.Load}
+	if f := r.Cfg.OnStep; f != nil {
+		rj.OnStep = func(rep train.StepReport) { f(sp.ID, rank, rep) }
+	}
 	if replicas > 1 {
 		rj.Replicas = &train.Replicas{Experts: allExperts, Holders: func(id expert.ID) []int { return holders(id, E, n, replicas) }}
 	}

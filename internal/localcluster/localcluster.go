@@ -338,7 +338,11 @@ type Proc struct {
 	// Mem is the memory limit the worker found (mem= of the ready line;
 	// 0: unlimited): with Options.WorkerMemCap, its cgroup's.
 	Mem int64
-	Cmd *exec.Cmd
+	// Metrics is the URL of its Prometheus metrics (worker --metrics,
+	// on a free loopback port), from the line it prints before the ready
+	// line.
+	Metrics string
+	Cmd     *exec.Cmd
 	// Restart is how many restarts of this worker ID came before this
 	// process (0: the first start; Options.Restart).
 	Restart int
@@ -429,7 +433,7 @@ func (c *Cluster) launch(id cluster.WorkerID, extra []string, restart int) (*Pro
 	args := append([]string{}, o.Command[1:]...)
 	args = append(args,
 		"--id", string(id), "--model", o.ModelDir, "--etcd", strings.Join(c.Endpoints, ","), "--cluster", o.Cluster,
-		"--listen", "127.0.0.1:0", "--gossip", "127.0.0.1:0",
+		"--listen", "127.0.0.1:0", "--gossip", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
 		"--lease-ttl", o.LeaseTTL.String(), "--stats-interval", o.StatsInterval.String(),
 		"--keep-bf16="+strconv.FormatBool(!o.WidenBF16), "--quantize", o.Quantize.String(), "--data-root", o.DataRoot,
 	)
@@ -463,6 +467,9 @@ func (c *Cluster) launch(id cluster.WorkerID, extra []string, restart int) (*Pro
 	var once sync.Once
 	cmd.Stdout = &lineWriter{fn: func(line string) {
 		p.log.Write([]byte(line + "\n"))
+		if u, ok := strings.CutPrefix(line, "worker: metrics="); ok {
+			p.Metrics = u // before the ready line, so before ready closes
+		}
 		if f, ok := parseReady(line); ok {
 			once.Do(func() {
 				p.GRPC, p.Gossip, p.Model = f["grpc"], f["gossip"], f["model"]

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 	"time"
 	"unicode"
@@ -98,6 +99,10 @@ type Config struct {
 	// Collectors are extra Prometheus collectors served on /metrics with
 	// the server's own (e.g. the expert exchange's, from a front end).
 	Collectors []prometheus.Collector
+	// Handlers are extra HTTP handlers mounted on the API's mux by
+	// pattern (e.g. "/dashboard/": the cluster dashboard), behind the API
+	// key when AuthMetrics is set.
+	Handlers map[string]http.Handler
 	// Created is the "created" time /v1/models reports (default: when New
 	// ran).
 	Created time.Time

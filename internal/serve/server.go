@@ -154,6 +154,12 @@ func (s *Server) Handler() http.Handler {
 	}
 	mux.Handle("/health", health)
 	mux.Handle("/metrics", metrics)
+	for pattern, h := range s.cfg.Handlers {
+		if s.cfg.AuthMetrics {
+			h = s.authorized(h)
+		}
+		mux.Handle(pattern, h)
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, &apiError{Status: http.StatusNotFound, Type: "invalid_request_error", Message: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path)})
 	})

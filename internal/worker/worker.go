@@ -58,6 +58,7 @@ type Worker struct {
 
 	applied atomic.Uint64                         // placement epoch applied last
 	reg     atomic.Pointer[registry.Registration] // live registration, nil between leases
+	met     *metrics
 }
 
 // New validates cfg (filling defaults) and returns a worker; Run starts it.
@@ -70,7 +71,9 @@ func New(cfg Config) (*Worker, error) {
 	if lg == nil {
 		lg = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
-	return &Worker{cfg: cfg, log: lg.With("worker", string(cfg.ID)), ready: make(chan struct{}), fatal: make(chan error, 1), budget: ExpertBudget(cfg.MemBytes)}, nil
+	w := &Worker{cfg: cfg, log: lg.With("worker", string(cfg.ID)), ready: make(chan struct{}), fatal: make(chan error, 1), budget: ExpertBudget(cfg.MemBytes)}
+	w.met = newMetrics(w)
+	return w, nil
 }
 
 // isReady reports whether Ready is closed.
@@ -291,6 +294,7 @@ func (w *Worker) Run(ctx context.Context) (err error) {
 			host, _, _ := net.SplitHostPort(w.info.Addr)
 			r := &jobrunner.Runner{Jobs: jobs.NewStore(cli, reg.Cluster()), Cfg: jobrunner.Config{
 				Self: cfg.ID, Server: srv, ExpertAddr: w.info.Addr, Host: host, StepTimeout: cfg.JobStepTimeout, Log: lg, TLS: cfg.TLS, DataRoot: cfg.DataRoot,
+				OnStep: w.met.step,
 			}}
 			if err := r.Run(fctx); err != nil {
 				lg.Error("job runner stopped", "err", err)
@@ -322,6 +326,7 @@ func (w *Worker) serveNoModel() (*transport.ExpertServer, error) {
 func (w *Worker) newServer(fp string, hidden int) (*transport.ExpertServer, error) {
 	srv, err := transport.NewExpertServer(w.store, transport.ServerConfig{
 		Worker: w.cfg.ID, Model: fp, Protocol: w.cfg.Protocol, Hidden: hidden, TLS: w.cfg.TLS,
+		Observer: w.met.observer(),
 	})
 	if err != nil {
 		return nil, err

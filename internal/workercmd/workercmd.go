@@ -73,9 +73,9 @@ func Command() *cobra.Command {
 	d := worker.DefaultConfig()
 	host, _ := os.Hostname()
 	var (
-		etcd, id, gossip, mem, logLevel string
-		cfg                             = d
-		tlsFiles                        = new(auth.Files)
+		etcd, id, gossip, mem, logLevel, metricsAddr string
+		cfg                                          = d
+		tlsFiles                                     = new(auth.Files)
 	)
 	cmd := &cobra.Command{
 		Use:   "worker [--model DIR] [--etcd URLS] [--id ID]",
@@ -145,6 +145,14 @@ SIGINT or SIGTERM leaves the cluster gracefully.`,
 			setSoftLimit(cfg.Logger, lim)
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			if metricsAddr != "" {
+				url, closeMetrics, err := ServeMetrics(metricsAddr, w.Metrics())
+				if err != nil {
+					return fmt.Errorf("--metrics %s: %w", metricsAddr, err)
+				}
+				defer closeMetrics()
+				fmt.Fprintf(cmd.OutOrStdout(), "worker: metrics=%s\n", url)
+			}
 			done := make(chan error, 1)
 			go func() { done <- w.Run(ctx) }()
 			select {
@@ -185,6 +193,7 @@ SIGINT or SIGTERM leaves the cluster gracefully.`,
 	f.DurationVar(&cfg.StatsInterval, "stats-interval", d.StatsInterval, "how often token counts are written to etcd")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", d.DrainTimeout, "how long in-flight requests may take at shutdown")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	f.StringVar(&metricsAddr, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. :9100; port 0 picks one; empty: none)")
 	authflags.Register(f, tlsFiles)
 	f.IntVar(&cfg.Protocol, "protocol", 0, "protocol version to announce (tests only; 0: this binary's)")
 	f.BoolVar(&cfg.NoJobs, "no-jobs", false, "only serve; do not run training jobs")

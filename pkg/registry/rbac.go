@@ -23,7 +23,7 @@ import (
 //
 //	coordinator  read-write  /<cluster>/ (placement, verdicts, election, models, jobs, gossip key)
 //	worker       read-write  /<cluster>/workers/, /<cluster>/stats/, /<cluster>/jobs/
-//	frontend     read-write  /<cluster>/models/
+//	frontend     read-write  /<cluster>/models/, /<cluster>/frontends/ (its serving statistics)
 //	client       read-write  /<cluster>/jobs/
 //
 // So only a coordinator's certificate can write a placement: a worker, a
@@ -41,7 +41,7 @@ func RBACRole(clusterName string, r auth.Role) string { return clusterName + ":"
 var rbacGrants = map[auth.Role][]string{
 	auth.RoleCoordinator: {""},
 	auth.RoleWorker:      {"workers/", "stats/", "jobs/"},
-	auth.RoleFrontend:    {"models/"},
+	auth.RoleFrontend:    {"models/", "frontends/"},
 	auth.RoleClient:      {"jobs/"},
 }
 

@@ -48,6 +48,8 @@ type DistStepper struct {
 	BucketBytes int
 	// Timings of the last step.
 	LastAllReduce time.Duration // time spent waiting for gradient all-reduces after the backward
+	// Last is the last step's time split and all-reduce traffic.
+	Last StepTimes
 	// Replicas, if set, says which ranks hold a copy of each routed expert
 	// (primary first). Experts with several holders have their gradients
 	// all-reduced among the group after the backward (each holder saw only
@@ -152,11 +154,42 @@ func NewDistStepper(m *model.Model, owned *expert.Store, comm Comm, cfg StepConf
 // takes part in every collective, with zero contributions, and updates its
 // replica and experts like the others.
 func (s *DistStepper) TrainStep(ctx context.Context, ids [][]int32) (*StepOut, error) {
+	t0 := time.Now()
+	s.Last = StepTimes{}
 	res, err := s.gradients(ctx, ids)
 	if err != nil {
 		return nil, err
 	}
-	return s.apply(ctx, res)
+	out, err := s.apply(ctx, res)
+	s.Last.Total = time.Since(t0)
+	return out, err
+}
+
+// StepTimes splits one distributed step's wall time (Total) into disjoint
+// parts: Forward and Backward are this rank's own compute (routed experts
+// excluded), ExchangeWait the routed experts through the executor (rows
+// to and from their owners, local experts included, forward and
+// backward), AllReduceWait the statistics, gradient-norm and the wait for
+// the gradient all-reduce after the backward (the rest of it overlaps the
+// backward), Optimizer clipping, AdamW and the bias update, Barrier the
+// end-of-step barrier. AllReduceBytes is what the gradient all-reduce
+// summed (this rank's buffer) and AllReduceBusy how long its buckets took
+// from the first start to the last end, overlap included; BusBandwidth
+// derives from them as NCCL reports it: 2(n-1)/n x bytes / time (0 with
+// one rank).
+type StepTimes struct {
+	Forward, Backward, ExchangeWait, AllReduceWait, Optimizer, Barrier, Total time.Duration
+	AllReduceBytes                                                            int64
+	AllReduceBusy                                                             time.Duration
+}
+
+// BusBandwidth is the gradient all-reduce's bus bandwidth in bytes/s over
+// n ranks (0 when n < 2 or nothing was timed).
+func (t StepTimes) BusBandwidth(n int) float64 {
+	if n < 2 || t.AllReduceBusy <= 0 {
+		return 0
+	}
+	return 2 * float64(n-1) / float64(n) * float64(t.AllReduceBytes) / t.AllReduceBusy.Seconds()
 }
 
 // Gradients computes the group's gradients of the batch (this rank's rows
@@ -171,8 +204,13 @@ func (s *DistStepper) gradients(ctx context.Context, ids [][]int32) (*model.Step
 	s.Grads.Zero()
 	s.Store.ZeroGrad()
 	m, st := s.Model, s.state
+	if st.Prof == nil {
+		st.Prof = &model.Profile{} // the exchange wait (a few time.Now calls per layer)
+	}
+	e0 := st.Prof.Experts
 	empty := len(ids) == 0
 	var stats []float64
+	tf := time.Now()
 	if empty {
 		stats = make([]float64, model.StatsLen(m.Cfg))
 	} else {
@@ -181,6 +219,8 @@ func (s *DistStepper) gradients(ctx context.Context, ids [][]int32) (*model.Step
 		}
 		stats = st.Stats()
 	}
+	e1 := st.Prof.Experts
+	s.Last.Forward = time.Since(tf) - (e1 - e0)
 	// One more element carries the ranks' stop votes (a count: > 0 when
 	// any rank asked), so stopping costs no collective of its own.
 	vote := 0.0
@@ -188,9 +228,11 @@ func (s *DistStepper) gradients(ctx context.Context, ids [][]int32) (*model.Step
 		vote = 1
 	}
 	stats = append(slices.Clone(stats), vote)
+	ta := time.Now()
 	if err := s.Comm.AllReduceFloat64(ctx, stats); err != nil {
 		return nil, fmt.Errorf("train: rank %d: loss statistics all-reduce: %w", s.Comm.Rank(), err)
 	}
+	s.Last.AllReduceWait += time.Since(ta)
 	s.stopAgreed = stats[len(stats)-1] > 0
 	stats = stats[:len(stats)-1]
 	if empty {
@@ -206,13 +248,21 @@ func (s *DistStepper) gradients(ctx context.Context, ids [][]int32) (*model.Step
 	bucket := max(s.BucketBytes/4, 1)
 	queue := make(chan [2]int, 64)
 	arDone := make(chan error, 1)
+	var arFirst, arLast time.Time
+	var arBytes int64
 	go func() {
 		var err error
 		for sp := range queue {
 			if err != nil {
 				continue // drain after a failure
 			}
-			if e := s.Comm.AllReduce(ctx, flat[sp[0]:sp[1]]); e != nil {
+			if arFirst.IsZero() {
+				arFirst = time.Now()
+			}
+			arBytes += int64(sp[1]-sp[0]) * 4
+			e := s.Comm.AllReduce(ctx, flat[sp[0]:sp[1]])
+			arLast = time.Now()
+			if e != nil {
 				err = fmt.Errorf("train: rank %d: gradient all-reduce of [%d, %d): %w", s.Comm.Rank(), sp[0], sp[1], e)
 			}
 		}
@@ -229,6 +279,7 @@ func (s *DistStepper) gradients(ctx context.Context, ids [][]int32) (*model.Step
 		}
 	}
 	var berr error
+	tb := time.Now()
 	if empty {
 		// No backward: release the (zero) gradients in the order a backward would.
 		for part := m.Cfg.Layers; part >= -1; part-- {
@@ -238,6 +289,8 @@ func (s *DistStepper) gradients(ctx context.Context, ids [][]int32) (*model.Step
 		berr = m.TrainBackward(ctx, st, s.Grads)
 	}
 	st.OnGrads = nil
+	s.Last.Backward = time.Since(tb) - (st.Prof.Experts - e1)
+	s.Last.ExchangeWait = st.Prof.Experts - e0
 	if berr == nil && pendHi > 0 {
 		queue <- [2]int{0, pendHi} // anything no part covered
 	}
@@ -245,6 +298,8 @@ func (s *DistStepper) gradients(ctx context.Context, ids [][]int32) (*model.Step
 	t0 := time.Now()
 	arErr := <-arDone
 	s.LastAllReduce = time.Since(t0)
+	s.Last.AllReduceWait += s.LastAllReduce
+	s.Last.AllReduceBytes, s.Last.AllReduceBusy = arBytes, arLast.Sub(arFirst)
 	if berr != nil {
 		return nil, berr
 	}
@@ -255,9 +310,11 @@ func (s *DistStepper) gradients(ctx context.Context, ids [][]int32) (*model.Step
 	// follows it), so every caller's expert gradients have arrived: add
 	// them up in a fixed order.
 	s.Store.FinishGrads()
+	tr := time.Now()
 	if err := s.replicatedGrads(ctx); err != nil {
 		return nil, err
 	}
+	s.Last.AllReduceWait += time.Since(tr)
 	return st.Result(), nil
 }
 
@@ -287,9 +344,12 @@ func (s *DistStepper) apply(ctx context.Context, res *model.StepResult) (*StepOu
 		}
 	}
 	sq := []float64{expertSq}
+	ta := time.Now()
 	if err := s.Comm.AllReduceFloat64(ctx, sq); err != nil {
 		return nil, fmt.Errorf("train: rank %d: gradient norm all-reduce: %w", s.Comm.Rank(), err)
 	}
+	s.Last.AllReduceWait += time.Since(ta)
+	to := time.Now()
 	out := &StepOut{StepResult: *res, LR: s.Cfg.LR(s.Step), GradNorm: math.Sqrt(denseSq + sq[0])}
 	if math.IsNaN(res.Loss) || math.IsInf(res.Loss, 0) || math.IsNaN(out.GradNorm) || math.IsInf(out.GradNorm, 0) {
 		return out, fmt.Errorf("%w at step %d: loss %g, grad norm %g", ErrNonFinite, s.Step, res.Loss, out.GradNorm)
@@ -299,11 +359,14 @@ func (s *DistStepper) apply(ctx context.Context, res *model.StepResult) (*StepOu
 		return out, err
 	}
 	UpdateScoreBias(m, res.Load, s.Cfg.BiasUpdateSpeed)
+	s.Last.Optimizer = time.Since(to)
 	// Barrier: every owner has updated its experts before any rank's next
 	// forward reads them.
+	tb := time.Now()
 	if err := s.Comm.Barrier(ctx); err != nil {
 		return out, fmt.Errorf("train: rank %d: end-of-step barrier: %w", s.Comm.Rank(), err)
 	}
+	s.Last.Barrier = time.Since(tb)
 	s.Step++
 	return out, nil
 }

@@ -414,6 +414,20 @@ type RankJob struct {
 	// OR-ed in the step's statistics all-reduce, so all of them finish the
 	// same step, write one coordinated checkpoint and return ErrStopped.
 	Stop func() bool
+	// OnStep, if set, is called on every rank after each step (e.g. for
+	// metrics).
+	OnStep func(StepReport)
+}
+
+// StepReport is one rank's view of a finished step.
+type StepReport struct {
+	Step         int     // steps done
+	Loss         float64 // the group's loss of the step
+	GradNorm     float64 // global, before clipping
+	Tokens       int     // tokens of this rank's rows
+	GlobalTokens int     // tokens of the whole batch
+	Ranks        int
+	Times        StepTimes
 }
 
 // ErrStopped is returned (wrapped) by RunRank when the group stopped at a
@@ -444,13 +458,14 @@ func RunRank(ctx context.Context, rj RankJob) (*Result, error) {
 			return nil, fmt.Errorf("train: %w", err)
 		}
 	}
-	return p.loop(ctx, &distRunner{p: p, s: s}, rj.Progress, rj.Comm.Size())
+	return p.loop(ctx, &distRunner{p: p, s: s, onStep: rj.OnStep}, rj.Progress, rj.Comm.Size())
 }
 
 // distRunner runs one rank's steps.
 type distRunner struct {
-	p *Prepared
-	s *DistStepper
+	p      *Prepared
+	s      *DistStepper
+	onStep func(StepReport)
 }
 
 func (d *distRunner) rank() int        { return d.s.Comm.Rank() }
@@ -459,7 +474,15 @@ func (d *distRunner) stopAgreed() bool { return d.s.stopAgreed }
 func (d *distRunner) trainStep(ctx context.Context, step int) (*StepOut, error) {
 	b := d.p.Data.BatchAt(step)
 	lo, hi := RankRows(len(b), d.s.Comm.Size(), d.s.Comm.Rank())
-	return d.s.TrainStep(ctx, b[lo:hi])
+	out, err := d.s.TrainStep(ctx, b[lo:hi])
+	if err == nil && d.onStep != nil {
+		seq := d.p.Cfg.SeqLen
+		d.onStep(StepReport{
+			Step: step + 1, Loss: out.Loss, GradNorm: out.GradNorm, Tokens: (hi - lo) * seq, GlobalTokens: len(b) * seq,
+			Ranks: d.s.Comm.Size(), Times: d.s.Last,
+		})
+	}
+	return out, err
 }
 
 func (d *distRunner) eval(ctx context.Context, w [][]int32) (float64, error) {

@@ -25,6 +25,7 @@ type job struct {
 	x       []float32     // [n, D] input rows (dL/dy for a backward), pooled; owned by the batcher once submitted
 	y       []float32     // [n, D] output rows (dL/dx for a backward)
 	enq     time.Time     // when it was queued
+	started time.Time     // when its batch started (set by runBatch)
 	err     error         // set before done is closed
 	done    chan struct{} // closed when y is filled or err set
 }

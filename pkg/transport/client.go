@@ -235,6 +235,9 @@ type Observer struct {
 	// (per round of destinations, the longest any owner reported), so
 	// took - served is what the exchange itself cost the layer.
 	Layer func(layer int, rows int, took, served time.Duration, err error)
+	// Routed: one Compute call's plan, once, before any exchange (rows
+	// per expert: plan.Rows). The plan must not be kept.
+	Routed func(layer int, plan *router.Plan)
 }
 
 // SetObserver installs o (nil: none).
@@ -336,9 +339,14 @@ func (r *RemoteExecutor) Compute(ctx context.Context, layer int, plan *router.Pl
 	if n == 0 {
 		return nil
 	}
-	if o := r.obs.Load(); o != nil && o.Layer != nil {
-		start := time.Now()
-		defer func() { o.Layer(layer, n, time.Since(start), served, err) }()
+	if o := r.obs.Load(); o != nil {
+		if o.Routed != nil {
+			o.Routed(layer, plan)
+		}
+		if o.Layer != nil {
+			start := time.Now()
+			defer func() { o.Layer(layer, n, time.Since(start), served, err) }()
+		}
 	}
 	if d <= 0 || len(y) < n*d || len(x)%d != 0 {
 		return fmt.Errorf("transport: layer %d: %d plan rows, D %d, x %d values, y %d values", layer, n, d, len(x), len(y))

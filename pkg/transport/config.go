@@ -9,6 +9,7 @@ import (
 
 	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/cluster"
+	"github.com/switchyard/switchyard/pkg/expert"
 )
 
 const (
@@ -237,6 +238,26 @@ type ServerConfig struct {
 	// server tolerates (default 5 s; must not exceed the clients'
 	// KeepaliveTime or they are disconnected with "too_many_pings").
 	KeepaliveTime, KeepaliveTimeout, KeepaliveMinTime time.Duration
+
+	// Observer, when set, is told what the serving scope computes (for
+	// metrics; training scopes are not observed).
+	Observer *ServerObserver
+}
+
+// ServerObserver receives an ExpertServer's serving work as it happens.
+// Every func may be nil; they run on the server's goroutines (the GEMM
+// goroutine included) and must return quickly.
+type ServerObserver struct {
+	// Request: one expert request answered over the network with results
+	// (not an error frame): the caller's name (its handshake Source),
+	// payload bytes received and sent, and how long its rows waited for
+	// their batch to start.
+	Request func(peer string, bytesIn, bytesOut int, queued time.Duration)
+	// Expert: one expert's GEMM over rows token rows, and its time.
+	Expert func(id expert.ID, rows int, took time.Duration)
+	// Batch: one batch of the GEMM goroutine (every scope's inference
+	// requests in it), its rows and time.
+	Batch func(rows int, took time.Duration)
 }
 
 // DefaultServerConfig returns the defaults, with Worker, Model and Hidden

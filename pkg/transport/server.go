@@ -468,6 +468,9 @@ func (s *ExpertServer) serveRequest(ctx context.Context, sc *scope, stream pb.Wo
 		return stream.Send(&pb.ExpertFrame{RequestId: first.RequestId, Last: true, Error: errorFrame(err), Source: string(s.cfg.Worker)})
 	}
 	sc.requests.Add(1)
+	if obs := s.cfg.Observer; obs != nil && obs.Request != nil && sc == s.serving {
+		obs.Request(first.Source, n*d*4, n*d*4, j.started.Sub(received))
+	}
 	toWire(j.y)
 	return sendChunks(stream, &pb.ExpertFrame{
 		RequestId: first.RequestId, Layer: first.Layer, Experts: first.Experts, Rows: first.Rows,
@@ -693,6 +696,10 @@ func sendChunks(stream frameSender, head *pb.ExpertFrame, payload []byte, chunk 
 // over the rows of every job that asked for it.
 func (s *ExpertServer) runBatch(jobs []*job) {
 	s.batches.Add(1)
+	start := time.Now()
+	for _, j := range jobs {
+		j.started = start
+	}
 	type seg struct {
 		j      *job
 		off, n int
@@ -743,8 +750,13 @@ func (s *ExpertServer) runBatch(jobs []*job) {
 		ga, gb := groups[a].id, groups[b].id
 		return ga.Layer < gb.Layer || ga.Layer == gb.Layer && ga.Expert < gb.Expert
 	})
+	obs := s.cfg.Observer
 	exec := func(g *group) {
 		d := g.sc.hidden
+		var t0 time.Time
+		if obs != nil && obs.Expert != nil && g.sc == s.serving {
+			t0 = time.Now()
+		}
 		if len(g.segs) == 1 {
 			sg := g.segs[0]
 			s.computeRows(g.sc, g.id, g.f, sg.j.x[sg.off*d:(sg.off+sg.n)*d], d, sg.j.y[sg.off*d:(sg.off+sg.n)*d])
@@ -763,6 +775,9 @@ func (s *ExpertServer) runBatch(jobs []*job) {
 			}
 			s.bufs.put(in)
 			s.bufs.put(out)
+		}
+		if !t0.IsZero() {
+			obs.Expert(g.id, g.rows, time.Since(t0))
 		}
 		g.c.gemms.Add(1)
 		g.c.tokens.Add(uint64(g.rows))
@@ -786,6 +801,9 @@ func (s *ExpertServer) runBatch(jobs []*job) {
 		for _, g := range groups {
 			exec(g)
 		}
+	}
+	if obs != nil && obs.Batch != nil && total > 0 {
+		obs.Batch(total, time.Since(start))
 	}
 	// Training requests run one at a time, each on behalf of its own
 	// caller (each GEMM is parallel): their activations are saved per
