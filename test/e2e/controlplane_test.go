@@ -29,16 +29,7 @@ func TestControlPlaneSurvivesItsCrashes(t *testing.T) {
 	needE2E(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	state, dataRoot := t.TempDir(), t.TempDir()
-	for src, dst := range map[string]string{bookPath: "book.txt", gpt2Tok: "tokenizer.json"} {
-		b, err := os.ReadFile(src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dataRoot, dst), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	state, dataRoot := t.TempDir(), trainingDataRoot(t)
 	etcd := localClusterUp(t, ctx, state, "3", "--coordinators", "2", "--data-root", dataRoot)
 	cli, err := registry.Dial(ctx, []string{etcd})
 	if err != nil {

@@ -115,16 +115,7 @@ func TestClusterMetricsAndDashboard(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
-	state, dataRoot := t.TempDir(), t.TempDir()
-	for src, dst := range map[string]string{bookPath: "book.txt", gpt2Tok: "tokenizer.json"} {
-		b, err := os.ReadFile(src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dataRoot, dst), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	state, dataRoot := t.TempDir(), trainingDataRoot(t)
 	dir, _ := filepath.Abs(filepath.Join(goldenDir, "qwen2_moe"))
 	etcd := localClusterUp(t, ctx, state, "3", "--model", dir, "--replicas", "2", "--data-root", dataRoot)
 	coordURL := lineValue(t, ctx, filepath.Join(state, "coordinator.out"), "coordinator: http=")

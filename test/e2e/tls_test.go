@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"math"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -39,16 +38,7 @@ func TestTLSLocalCluster(t *testing.T) {
 	state := t.TempDir()
 	// The workers' data root for the training job below: its text and
 	// tokenizer are copied in, its checkpoints land there.
-	dataRoot := t.TempDir()
-	for src, dst := range map[string]string{bookPath: "book.txt", gpt2Tok: "tokenizer.json"} {
-		b, err := os.ReadFile(src)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dataRoot, dst), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
+	dataRoot := trainingDataRoot(t)
 	etcd := localClusterUp(t, ctx, state, "2", "--model", dir, "--tls", "--data-root", dataRoot)
 	if !strings.HasPrefix(etcd, "https://") {
 		t.Fatalf("etcd endpoint %s: want https://", etcd)

@@ -43,6 +43,24 @@ func jobConfig(t *testing.T, out string, steps int) train.JobConfig {
 	return cfg
 }
 
+// trainingDataRoot is a workers' data root holding the training text
+// (book.txt) and tokenizer (tokenizer.json) that jobs name relative to it;
+// checkpoints land there too.
+func trainingDataRoot(t *testing.T) string {
+	t.Helper()
+	dir := t.TempDir()
+	for src, dst := range map[string]string{bookPath: "book.txt", gpt2Tok: "tokenizer.json"} {
+		b, err := os.ReadFile(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, dst), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
 func readLosses(t *testing.T, ckpt string) []float64 {
 	t.Helper()
 	st, err := train.ReadTrainerState(ckpt)
