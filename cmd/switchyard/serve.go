@@ -15,6 +15,8 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -28,6 +30,7 @@ import (
 	"github.com/switchyard/switchyard/internal/localcluster"
 	"github.com/switchyard/switchyard/internal/quantflag"
 	"github.com/switchyard/switchyard/internal/serve"
+	"github.com/switchyard/switchyard/internal/tracing"
 	"github.com/switchyard/switchyard/internal/workercmd"
 	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/cluster"
@@ -68,6 +71,9 @@ type serveOptions struct {
 	// Overlap runs each step of 2+ sequences as two overlapped
 	// micro-batches (serve.FromModelOverlapped); only with remote experts.
 	Overlap bool
+	// Trace sends OpenTelemetry spans to a file or collector (off when
+	// empty); local workers get the same flags.
+	Trace tracing.Config
 	// TLS are the front end's certificate files with Etcd (--tls-*): etcd
 	// and the expert connections become mutual TLS. The embedded default
 	// (Workers) runs plaintext on loopback and refuses them.
@@ -190,6 +196,7 @@ short), and stop the workers and etcd.`,
 	f.IntVar(&o.Serve.MaxConns, "max-conns", o.Serve.MaxConns, "most open HTTP connections (idle keep-alive ones included); more wait to be accepted")
 	f.BoolVar(&o.Overlap, "overlap", false, "two-micro-batch overlap: one half of a step's sequences computes attention while the other waits for its experts (remote experts only)")
 	f.StringVar(&o.Listen, "listen", "127.0.0.1:8000", "HTTP address (port 0: a free port)")
+	tracing.Register(f, &o.Trace)
 	f.IntVar(&o.Serve.MaxSeqs, "max-seqs", o.Serve.MaxSeqs, "sequences generated together (one batch per step)")
 	f.IntVar(&o.Serve.MaxQueue, "max-queue", o.Serve.MaxQueue, "requests that may wait for a free sequence slot; more get 429")
 	f.IntVar(&o.Serve.MaxStepTokens, "max-step-tokens", o.Serve.MaxStepTokens, "token budget of a model step: one per decoding sequence, the rest to prompts, long ones in chunks (at least --max-seqs)")
@@ -231,6 +238,16 @@ func runServe(ctx context.Context, o serveOptions) error {
 		return err
 	}
 	defer ck.Close()
+	host, _ := os.Hostname()
+	stopTracing, err := tracing.Setup(ctx, o.Trace, "switchyard-frontend", fmt.Sprintf("%s-%d", host, os.Getpid()))
+	if err != nil {
+		return fmt.Errorf("%s: %w", p, err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = stopTracing(sctx) // flush the spans still buffered
+	}()
 	local := o.Workers == 0 && len(o.Etcd) == 0
 	m, err := ck.Load(model.LoadOptions{KeepBF16: true, Quantize: o.Quantize, Experts: func(expert.ID) bool { return local }})
 	if err != nil {
@@ -279,6 +296,12 @@ func runServe(ctx context.Context, o serveOptions) error {
 		go func() { _ = col.Run(ctx) }()
 		o.Serve.Handlers = map[string]http.Handler{dashboard.Prefix: dashboard.Handler(col)}
 	}
+	var srvRef atomic.Pointer[serve.Server] // set once the server exists
+	if fe == nil {
+		// Experts in this process: no cluster to show, only this server's
+		// traffic.
+		o.Serve.Handlers = map[string]http.Handler{dashboard.Prefix: dashboard.Handler(localDashboard(&srvRef, o.Serve.ModelName))}
+	}
 	sm := serve.FromModel(m)
 	if o.Overlap && fe != nil {
 		sm = serve.FromModelOverlapped(m)
@@ -288,6 +311,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 	if err != nil {
 		return err
 	}
+	srvRef.Store(srv)
 	var apiTLS *tls.Config
 	ln, err := net.Listen("tcp", o.Listen)
 	if err != nil {
@@ -326,11 +350,7 @@ func runServe(ctx context.Context, o serveOptions) error {
 	served := make(chan error, 1)
 	go func() { served <- hs.Serve(ln) }()
 	logf("chat format: %s; up to %d sequences per step, %d more queued", srv.ChatFormat(), srv.Config().MaxSeqs, srv.Config().MaxQueue)
-	dash := ""
-	if fe != nil {
-		dash = ", " + dashboard.Prefix
-	}
-	logf("ready: %s (model %q, %s; OpenAI API under /v1, /health, /metrics%s)", url, o.Serve.ModelName, where, dash)
+	logf("ready: %s (model %q, %s; OpenAI API under /v1, /health, /metrics, %s)", url, o.Serve.ModelName, where, dashboard.Prefix)
 
 	sctx, stopServing := context.WithCancel(ctx)
 	defer stopServing()
@@ -372,6 +392,28 @@ func runServe(ctx context.Context, o serveOptions) error {
 		return fmt.Errorf("%s: %w", p, serveErr)
 	}
 	return nil
+}
+
+// localDashboard is the dashboard's source when the experts run in this
+// process: no workers, placement or jobs, this server's traffic as its
+// one front end.
+func localDashboard(srv *atomic.Pointer[serve.Server], name string) dashboard.Source {
+	stats := func() registry.FrontendStats { return registry.FrontendStats{} }
+	var once sync.Once
+	return dashboard.SourceFunc(func(context.Context) (*dashboard.State, error) {
+		s := srv.Load()
+		if s == nil {
+			return nil, errors.New("the server is starting")
+		}
+		once.Do(func() { stats = frontendStats(s, "") })
+		f := stats()
+		fs := dashboard.Serving{
+			Name: name + " (experts in process)", Requests: f.Requests, Active: f.Active, Queued: f.Queued,
+			TokensPerS: f.TokensPerS, PromptTokensPS: f.PromptTokensPS, GeneratedToks: f.GeneratedTokens,
+			TTFTMs: dashboard.Quant{P50: f.TTFTP50, P90: f.TTFTP90, P99: f.TTFTP99}, ITLMs: dashboard.Quant{P50: f.ITLP50, P90: f.ITLP90, P99: f.ITLP99},
+		}
+		return &dashboard.State{Time: time.Now(), Cluster: "(none: experts in this process)", Serving: fs, Frontend: []dashboard.Serving{fs}}, nil
+	})
 }
 
 // frontendStats summarizes srv's traffic over its last 30 s for the
@@ -486,7 +528,8 @@ func startServeCluster(ctx context.Context, o serveOptions, logf func(string, ..
 	lc, err := localcluster.Start(sctx, localcluster.Options{
 		ModelDir: o.ModelDir, Command: []string{exe, "worker"}, Workers: o.Workers, Cluster: "serve",
 		Replicas: o.Replicas, WorkerMemCap: o.WorkerMem, ExpectWorkers: o.Workers, Quantize: o.Quantize,
-		Restart: true, // a worker that dies comes back (with backoff), as under a supervisor
+		Restart:    true, // a worker that dies comes back (with backoff), as under a supervisor
+		WorkerArgs: o.Trace.Args(),
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: start %d workers: %w", o.Prefix, o.Workers, err)

@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/switchyard/switchyard/internal/dashboard"
 	"github.com/switchyard/switchyard/internal/serve"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/tensor"
@@ -163,6 +164,19 @@ func TestServeCommandInProcess(t *testing.T) {
 		OnReady: func(ctx context.Context, url string, stop func()) {
 			defer stop()
 			got = completeAt(t, url, map[string]any{"prompt": goldenPromptIDs["mixtral"][0], "max_tokens": 10, "temperature": 0, "return_token_ids": true})
+			// The dashboard of a server without a cluster: its own traffic.
+			resp, err := http.Get(url + "/dashboard/api/state")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer resp.Body.Close()
+			var st dashboard.State
+			if err := json.NewDecoder(resp.Body).Decode(&st); err != nil || resp.StatusCode != 200 {
+				t.Errorf("dashboard state: %d, %v", resp.StatusCode, err)
+			} else if st.Serving.Requests != 1 || st.Serving.GeneratedToks != 10 || len(st.Workers) != 0 {
+				t.Errorf("in-process dashboard: %+v; want 1 request, 10 generated tokens, no workers", st.Serving)
+			}
 		},
 	})
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/switchyard/switchyard/internal/authflags"
 	"github.com/switchyard/switchyard/internal/cli"
 	"github.com/switchyard/switchyard/internal/computeflag"
+	"github.com/switchyard/switchyard/internal/tracing"
 	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/registry"
 	"github.com/switchyard/switchyard/pkg/train"
@@ -26,6 +27,7 @@ func trainCmd() *cobra.Command {
 	var warmup, workers, minWorkers, maxWorkers int
 	var etcd, clusterName string
 	var tlsFiles auth.Files
+	var trace tracing.Config // for the local workers (--workers N): their ranks trace each step
 	cmd := &cobra.Command{
 		Use:   "train --text FILE --out DIR (--preset NAME | --init-from DIR) [flags]",
 		Short: "Train a MoE model on a text file (in this process or on N workers)",
@@ -81,7 +83,7 @@ Presets: ` + fmt.Sprint(train.PresetNames()),
 				if creds != nil && etcd == "" {
 					return errors.New("train: --tls-* secure a job submitted to a cluster (--etcd); the local cluster of --workers runs plaintext on loopback")
 				}
-				return trainDistributed(ctx, cfg, elastic{min: minWorkers, max: maxWorkers}, registry.SplitEndpoints(etcd), clusterName, creds, cmd.OutOrStdout(), cmd.ErrOrStderr())
+				return trainDistributed(ctx, cfg, elastic{min: minWorkers, max: maxWorkers}, registry.SplitEndpoints(etcd), clusterName, creds, trace.Args(), cmd.OutOrStdout(), cmd.ErrOrStderr())
 			}
 			prog, curve := localProgress(cmd.ErrOrStderr(), cfg)
 			res, err := train.Run(ctx, cfg, prog)
@@ -136,6 +138,7 @@ Presets: ` + fmt.Sprint(train.PresetNames()),
 	f.StringVar(&etcd, "etcd", "", "submit the job to the cluster at these etcd endpoints (comma-separated); its paths are relative to the workers' --data-root")
 	f.StringVar(&clusterName, "cluster", "switchyard", "cluster key prefix in etcd (with --etcd)")
 	authflags.Register(f, &tlsFiles)
+	tracing.Register(f, &trace)
 	return cmd
 }
 

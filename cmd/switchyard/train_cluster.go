@@ -26,11 +26,12 @@ import (
 // every path of cfg (localJob), and the job names its paths relative to
 // it. A job for the cluster at endpoints is submitted with its paths as
 // given: they are relative to the data root of each of its workers
-// (worker --data-root), where they must lie.
+// (worker --data-root), where they must lie. workerArgs are extra flags
+// for the local workers (tracing).
 // elastic is a job's worker range: min <= ranks <= max.
 type elastic struct{ min, max int }
 
-func trainDistributed(ctx context.Context, cfg train.JobConfig, size elastic, endpoints []string, clusterName string, creds *auth.Credentials, stdout, stderr io.Writer) error {
+func trainDistributed(ctx context.Context, cfg train.JobConfig, size elastic, endpoints []string, clusterName string, creds *auth.Credentials, workerArgs []string, stdout, stderr io.Writer) error {
 	workers := size.max
 	var store *jobs.Store
 	submit := cfg
@@ -50,7 +51,8 @@ func trainDistributed(ctx context.Context, cfg train.JobConfig, size elastic, en
 		fmt.Fprintf(stderr, "train: starting a local cluster: embedded etcd, coordinator, %d workers (data root %s)\n", workers, root)
 		lc, err := localcluster.Start(ctx, localcluster.Options{
 			Command: []string{exe, "worker"}, Workers: workers, Cluster: "train", WidenBF16: true, DataRoot: root,
-			Restart: true, // a dead worker process comes back, and the job grows onto it at its next attempt
+			Restart:    true, // a dead worker process comes back, and the job grows onto it at its next attempt
+			WorkerArgs: workerArgs,
 		})
 		if err != nil {
 			return err

@@ -19,6 +19,12 @@ type Source interface {
 	State(ctx context.Context) (*State, error)
 }
 
+// SourceFunc adapts a function to Source.
+type SourceFunc func(ctx context.Context) (*State, error)
+
+// State calls f.
+func (f SourceFunc) State(ctx context.Context) (*State, error) { return f(ctx) }
+
 // Prefix is where Handler expects to be mounted.
 const Prefix = "/dashboard/"
 

@@ -530,7 +530,7 @@ func (r *Runner) rank(ctx context.Context, sp jobs.Spec, rank int, lg *slog.Logg
 		return &train.Result{Steps: g.Steps}, shutdown(err)
 	}
 	pub := &publisher{ctx: ctx, jobs: r.Jobs, id: sp.ID, log: lg, last: jobs.Status{Attempt: sp.Attempt, Steps: sp.Job.Steps}}
-	rj := train.RankJob{Prepared: p, Comm: group, Model: m, Owned: owned, Progress: pub, Stop: grow.Load}
+	rj := train.RankJob{Prepared: p, Comm: group, Model: m, Owned: owned, Progress: pub, Stop: grow.Load, Name: sp.ID}
 	if f := r.Cfg.OnStep; f != nil {
 		rj.OnStep = func(rep train.StepReport) { f(sp.ID, rank, rep) }
 	}

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.opentelemetry.io/otel/propagation"
 
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/tokenizer"
@@ -325,7 +326,10 @@ func (s *Server) handleGenerate(w http.ResponseWriter, r *http.Request, chat boo
 	if chat {
 		endpoint = "chat_completions"
 	}
-	s.count(endpoint, s.generate(w, r, chat))
+	ctx, span := requestSpan(r.Context(), endpoint, propagation.HeaderCarrier(r.Header))
+	code := s.generate(w, r.WithContext(ctx), chat)
+	endRequestSpan(span, code)
+	s.count(endpoint, code)
 }
 
 // generate answers one generation request and returns the status it

@@ -31,6 +31,7 @@
 package workercmd
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"io/fs"
@@ -48,6 +49,7 @@ import (
 	"github.com/switchyard/switchyard/internal/authflags"
 	"github.com/switchyard/switchyard/internal/computeflag"
 	"github.com/switchyard/switchyard/internal/quantflag"
+	"github.com/switchyard/switchyard/internal/tracing"
 	"github.com/switchyard/switchyard/internal/worker"
 	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/cluster"
@@ -76,6 +78,7 @@ func Command() *cobra.Command {
 		etcd, id, gossip, mem, logLevel, metricsAddr string
 		cfg                                          = d
 		tlsFiles                                     = new(auth.Files)
+		traceCfg                                     tracing.Config
 	)
 	cmd := &cobra.Command{
 		Use:   "worker [--model DIR] [--etcd URLS] [--id ID]",
@@ -145,6 +148,15 @@ SIGINT or SIGTERM leaves the cluster gracefully.`,
 			setSoftLimit(cfg.Logger, lim)
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			stopTracing, err := tracing.Setup(ctx, traceCfg, "switchyard-worker", string(cfg.ID))
+			if err != nil {
+				return err
+			}
+			defer func() {
+				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				_ = stopTracing(sctx) // flush the spans still buffered
+			}()
 			if metricsAddr != "" {
 				url, closeMetrics, err := ServeMetrics(metricsAddr, w.Metrics())
 				if err != nil {
@@ -193,6 +205,7 @@ SIGINT or SIGTERM leaves the cluster gracefully.`,
 	f.DurationVar(&cfg.StatsInterval, "stats-interval", d.StatsInterval, "how often token counts are written to etcd")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", d.DrainTimeout, "how long in-flight requests may take at shutdown")
 	f.StringVar(&logLevel, "log-level", "info", "debug, info, warn or error")
+	tracing.Register(f, &traceCfg)
 	f.StringVar(&metricsAddr, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. :9100; port 0 picks one; empty: none)")
 	authflags.Register(f, tlsFiles)
 	f.IntVar(&cfg.Protocol, "protocol", 0, "protocol version to announce (tests only; 0: this binary's)")

@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/model"
 	"github.com/switchyard/switchyard/pkg/tokenizer"
@@ -417,6 +419,9 @@ type RankJob struct {
 	// OnStep, if set, is called on every rank after each step (e.g. for
 	// metrics).
 	OnStep func(StepReport)
+	// Name is the job's name in traces (the ranks' step spans of one step
+	// share a trace derived from it); empty: not traced.
+	Name string
 }
 
 // StepReport is one rank's view of a finished step.
@@ -458,7 +463,7 @@ func RunRank(ctx context.Context, rj RankJob) (*Result, error) {
 			return nil, fmt.Errorf("train: %w", err)
 		}
 	}
-	return p.loop(ctx, &distRunner{p: p, s: s, onStep: rj.OnStep}, rj.Progress, rj.Comm.Size())
+	return p.loop(ctx, &distRunner{p: p, s: s, onStep: rj.OnStep, name: rj.Name}, rj.Progress, rj.Comm.Size())
 }
 
 // distRunner runs one rank's steps.
@@ -466,6 +471,7 @@ type distRunner struct {
 	p      *Prepared
 	s      *DistStepper
 	onStep func(StepReport)
+	name   string // the job's, for traces ("": untraced)
 }
 
 func (d *distRunner) rank() int        { return d.s.Comm.Rank() }
@@ -474,6 +480,11 @@ func (d *distRunner) stopAgreed() bool { return d.s.stopAgreed }
 func (d *distRunner) trainStep(ctx context.Context, step int) (*StepOut, error) {
 	b := d.p.Data.BatchAt(step)
 	lo, hi := RankRows(len(b), d.s.Comm.Size(), d.s.Comm.Rank())
+	if d.name != "" {
+		var span trace.Span
+		ctx, span = startStep(ctx, d.name, step, d.s.Comm.Rank(), d.s.Comm.Size())
+		defer span.End()
+	}
 	out, err := d.s.TrainStep(ctx, b[lo:hi])
 	if err == nil && d.onStep != nil {
 		seq := d.p.Cfg.SeqLen

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/keepalive"
@@ -339,6 +341,8 @@ func (r *RemoteExecutor) Compute(ctx context.Context, layer int, plan *router.Pl
 	if n == 0 {
 		return nil
 	}
+	ctx, span := startSpan(ctx, "moe.layer", trace.SpanKindInternal, attribute.Int("switchyard.layer", layer), attribute.Int("switchyard.rows", n))
+	defer func() { endSpan(span, err) }()
 	if o := r.obs.Load(); o != nil {
 		if o.Routed != nil {
 			o.Routed(layer, plan)
@@ -694,6 +698,7 @@ type attempt struct {
 	stopAbt func() bool // stops the abort-on-ctx hook
 	sent    chan error  // multi-chunk requests: the sender goroutine's result
 	err     error       // failure so far (set: nothing is in flight)
+	span    trace.Span  // the request's span when the caller traces (nil: none)
 }
 
 // begin starts attempt c with pr: takes a stream, hooks the attempt's
@@ -701,8 +706,13 @@ type attempt struct {
 // multi-chunk request).
 func (r *RemoteExecutor) begin(ctx context.Context, pr *peer, c *call, limit bool) *attempt {
 	a := &attempt{pr: pr, c: c, ctx: ctx, cancel: func() {}, start: time.Now()}
+	if traced(ctx) {
+		a.ctx, a.span = startSpan(ctx, "expert.exchange", trace.SpanKindClient, attribute.String("switchyard.worker", string(pr.id)),
+			attribute.Int("switchyard.layer", int(c.head.Layer)), attribute.Int("switchyard.rows", c.n))
+		c.head.Traceparent = traceparent(a.ctx)
+	}
 	if limit && r.cfg.AttemptTimeout > 0 {
-		a.ctx, a.cancel = context.WithTimeout(ctx, r.cfg.AttemptTimeout)
+		a.ctx, a.cancel = context.WithTimeout(a.ctx, r.cfg.AttemptTimeout)
 	}
 	pr.inflight.Add(int64(c.n))
 	a.buf = r.bufs.get(c.n * c.d)
@@ -759,6 +769,10 @@ func (r *RemoteExecutor) finish(a *attempt) error {
 	}
 	if o := r.obs.Load(); o != nil && o.Exchange != nil {
 		o.Exchange(int(a.c.head.Layer), a.pr.id, a.c.n, time.Since(a.start), a.c.served, err)
+	}
+	if a.span != nil {
+		a.span.SetAttributes(attribute.Int64("switchyard.served_us", a.c.served.Microseconds()))
+		endSpan(a.span, err)
 	}
 	if err == nil {
 		// The owner answered, so it received every chunk: gRPC holds no

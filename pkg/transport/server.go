@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/keepalive"
@@ -426,8 +427,12 @@ func (s *ExpertServer) serveRequest(ctx context.Context, sc *scope, stream pb.Wo
 	if err != nil {
 		return err
 	}
+	_, span := serveSpan(ctx, s.who, first, n)
+	var spanErr error
+	defer func() { endSpan(span, spanErr) }()
 	j := newJob(ctx, sc, first)
 	if err := s.admit(j, cluster.Epoch(first.Epoch)); err != nil {
+		spanErr = err
 		// Answer at once (the caller stops sending), then skip the rest.
 		sc.requests.Add(1)
 		if serr := stream.Send(&pb.ExpertFrame{RequestId: first.RequestId, Last: true, Error: errorFrame(err), Source: string(s.cfg.Worker)}); serr != nil {
@@ -461,6 +466,7 @@ func (s *ExpertServer) serveRequest(ctx context.Context, sc *scope, stream pb.Wo
 	// writer goroutine has flushed it, which the server cannot observe.
 	j.y = make([]float32, n*d)
 	if err := s.batch.submit(j); err != nil {
+		spanErr = err
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -468,6 +474,10 @@ func (s *ExpertServer) serveRequest(ctx context.Context, sc *scope, stream pb.Wo
 		return stream.Send(&pb.ExpertFrame{RequestId: first.RequestId, Last: true, Error: errorFrame(err), Source: string(s.cfg.Worker)})
 	}
 	sc.requests.Add(1)
+	if span != nil {
+		span.AddEvent("batch started", trace.WithTimestamp(j.started))
+		span.AddEvent("batch done")
+	}
 	if obs := s.cfg.Observer; obs != nil && obs.Request != nil && sc == s.serving {
 		obs.Request(first.Source, n*d*4, n*d*4, j.started.Sub(received))
 	}

@@ -450,6 +450,11 @@ type ExpertFrame struct {
 	// expert batcher and the expert GEMMs), so the caller can tell the
 	// exchange's own cost (network, software) from the owner's compute.
 	ServedMicros uint64 `protobuf:"varint,16,opt,name=served_micros,json=servedMicros,proto3" json:"served_micros,omitempty"`
+	// Request chunk 0 only, optional: the W3C trace context (traceparent,
+	// "00-<trace id>-<span id>-<flags>") of the caller's span for this
+	// request, when the caller traces; the owner's span for it becomes its
+	// child (OpenTelemetry; see internal/tracing). Empty: not traced.
+	Traceparent string `protobuf:"bytes,17,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
 	// Raw little-endian tensor bytes of this chunk (see the message comment).
 	// Field number 15 is what ExpertFrame.RawPayloadField returns; change
 	// both together.
@@ -591,6 +596,13 @@ func (x *ExpertFrame) GetServedMicros() uint64 {
 		return x.ServedMicros
 	}
 	return 0
+}
+
+func (x *ExpertFrame) GetTraceparent() string {
+	if x != nil {
+		return x.Traceparent
+	}
+	return ""
 }
 
 func (x *ExpertFrame) GetPayload() []byte {
@@ -976,7 +988,7 @@ const file_switchyard_v1_worker_proto_rawDesc = "" +
 	"\x06reason\x18\x01 \x01(\x0e2\x1a.switchyard.v1.ErrorReasonR\x06reason\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\tR\amessage\x12\x18\n" +
-	"\amissing\x18\x04 \x03(\x05R\amissing\"\xd6\x03\n" +
+	"\amissing\x18\x04 \x03(\x05R\amissing\"\xf8\x03\n" +
 	"\vExpertFrame\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x14\n" +
@@ -994,7 +1006,8 @@ const file_switchyard_v1_worker_proto_rawDesc = "" +
 	"\x05phase\x18\f \x01(\x0e2\x14.switchyard.v1.PhaseR\x05phase\x12\x10\n" +
 	"\x03job\x18\r \x01(\tR\x03job\x12\x1b\n" +
 	"\ttrain_seq\x18\x0e \x01(\x04R\btrainSeq\x12#\n" +
-	"\rserved_micros\x18\x10 \x01(\x04R\fservedMicros\x12\x18\n" +
+	"\rserved_micros\x18\x10 \x01(\x04R\fservedMicros\x12 \n" +
+	"\vtraceparent\x18\x11 \x01(\tR\vtraceparent\x12\x18\n" +
 	"\apayload\x18\x0f \x01(\fR\apayload\"\x0f\n" +
 	"\rHealthRequest\"\xa6\x01\n" +
 	"\x0eHealthResponse\x124\n" +
