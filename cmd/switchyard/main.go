@@ -28,7 +28,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(verifyCmd(), generateCmd(), trainCmd(), workerCmd(), statusCmd(), waitCmd(), serveCmd(), quickstartCmd(), devCACmd(), etcdCmd(), exportCmd(), topCmd())
+	root.AddCommand(verifyCmd(), generateCmd(), trainCmd(), workerCmd(), statusCmd(), waitCmd(), serveCmd(), quickstartCmd(), devCACmd(), etcdCmd(), exportCmd(), topCmd(), simulateCmd())
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(stderr)

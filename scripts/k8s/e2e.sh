@@ -13,9 +13,12 @@
 #   3. `kubectl scale statefulset worker --replicas=4` and back to 2
 #      re-places the experts (the placement in etcd, read with `switchyard
 #      status` inside the cluster, spans 4 and then 2 workers);
-#   4. `kubectl delete pod worker-1` under load (4 clients, 2 copies of each
+#   4. every pod annotated for Prometheus (etcd, coordinator, workers, front
+#      end) serves its metrics on the annotated port, and the coordinator's
+#      dashboard API (--http) shows both workers and a placed grid;
+#   5. `kubectl delete pod worker-1` under load (4 clients, 2 copies of each
 #      expert) fails no request, and the pod comes back into the placement;
-#   5. deploy/k8s/examples/train-job.yaml (local image, 2 workers, a few
+#   6. deploy/k8s/examples/train-job.yaml (local image, 2 workers, a few
 #      steps) runs to completion and its checkpoint loads (`switchyard
 #      generate` on it, checksums verified).
 # Then it tears everything down (cluster.sh down) and removes the volumes.
@@ -211,6 +214,45 @@ $k -n $ns scale statefulset worker --replicas=2 >/dev/null
 $k -n $ns rollout status statefulset/worker --timeout=240s >/dev/null || fail "scale to 2"
 wait_placed worker-0,worker-1
 "$work/bs" check -url "$url" -refs "$work/refs.json" -max-tokens 12 -label "  check (2 workers)" || fail "completions after scaling back differ"
+
+step "metrics: every pod annotated for Prometheus answers on its port; the coordinator's dashboard shows the cluster"
+# What a Prometheus using the pods' annotations would scrape (this
+# cluster's CNI bridge does not enforce network policies; the policies
+# themselves are checked in deploy/k8s's tests).
+$k -n $ns get pods --field-selector=status.phase=Running -o json | python3 -c '
+import json, sys
+for p in json.load(sys.stdin)["items"]:
+    a = p["metadata"].get("annotations") or {}
+    if a.get("prometheus.io/scrape") == "true":
+        print(p["metadata"]["name"], p["status"]["podIP"], a["prometheus.io/port"], a.get("prometheus.io/path", "/metrics"))
+' >"$work/scrape.txt"
+for role in etcd coordinator worker frontend; do
+	grep -q "^$role" "$work/scrape.txt" || fail "no running $role pod is annotated for Prometheus"
+done
+while read -r pod ip mport mpath; do
+	case $pod in
+	etcd*) want=etcd_server_has_leader ;;
+	coordinator*) want=switchyard_coordinator_is_leader ;;
+	worker*) want=switchyard_worker_held_experts ;;
+	frontend*) want=switchyard_serve_requests_total ;;
+	*) continue ;;
+	esac
+	body=$(curl -s -m 10 "http://$ip:$mport$mpath") || fail "$pod: GET http://$ip:$mport$mpath failed"
+	grep -q "^$want" <<<"$body" || fail "$pod: http://$ip:$mport$mpath has no $want"
+	echo "  $pod $ip:$mport$mpath: $(grep -c '^[a-z]' <<<"$body") samples, $want present"
+done <"$work/scrape.txt"
+read -r _ cip cport _ < <(grep '^coordinator' "$work/scrape.txt" | head -n 1)
+curl -s -m 20 "http://$cip:$cport/dashboard/api/state" | python3 -c '
+import json, sys
+s = json.load(sys.stdin)
+ids = sorted(w["id"] for w in s["workers"])
+cells = sum(len(r) for m in s["models"] for r in m["grid"])
+assert ids == ["worker-0", "worker-1"], ids
+assert cells > 0 and all(c["live"] > 0 for m in s["models"] for r in m["grid"] for c in r), "grid"
+print("  coordinator dashboard: workers %s, %d placement cells, each with a live copy" % (",".join(ids), cells))
+' || fail "the coordinator's dashboard API does not show the 2 workers and a placed grid"
+code=$(curl -s -o /dev/null -w '%{http_code}' -m 10 "http://$cip:$cport/dashboard/")
+[ "$code" = 200 ] || fail "GET /dashboard/ on the coordinator answered $code"
 
 step "delete a worker pod under load (4 clients, 2 copies of each expert): no request fails"
 "$work/bs" load -url "$url" -clients 4 -duration 25s -max-tokens 12 -refs "$work/refs.json" -fail-on-error -label "  load" >"$work/load.log" 2>&1 &

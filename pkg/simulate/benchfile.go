@@ -1,0 +1,171 @@
+package simulate
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"regexp"
+	"strconv"
+	"time"
+)
+
+// CollectivesRun is one run of bench/collectives (scripts/bench-collectives.sh):
+// the emulated cluster it ran on, the link it measured in the same run
+// (the raw-TCP ceiling C and the bare round trip), and the mean time of
+// each all-reduce size.
+type CollectivesRun struct {
+	Label     string  // "4 hosts x 1gbit, n=2, ..."
+	Hosts     int     // emulated hosts in the cluster
+	N         int     // ranks (one per host)
+	Nominal   float64 // the tbf rate, bits/s
+	C         float64 // measured raw-TCP rate per link, bytes/s
+	RTT       time.Duration
+	Load      float64               // 1-minute load average when the run started
+	AllReduce map[int]time.Duration // float32 bytes -> measured time
+	Alg       map[int]string        // bytes -> "rd" or "ring"
+}
+
+var (
+	runRE  = regexp.MustCompile(`^## (\d+) hosts x (\d+)([mg])bit, n=(\d+)(?:, load average ([\d.]+))?`)
+	cRE    = regexp.MustCompile(`^# C \(raw TCP, ring pattern.*: mean ([\d.]+) MB/s per link`)
+	rttRE  = regexp.MustCompile(`^# RTT \(raw TCP 64-byte ping-pong, median of \d+\): (\d+) us rank 0 -> 1 alone`)
+	rowRE  = regexp.MustCompile(`^allreduce\s+(\d+)\s+(\d+[KM]?)\s+-\s+(\S+)\s+\d+\s+([\d.]+)`)
+	sizeRE = regexp.MustCompile(`^(\d+)([KM]?)$`)
+)
+
+// ReadCollectives parses bench/collectives' output (only the plain
+// "allreduce" rows: the size-based algorithm choice, float32 on the wire).
+func ReadCollectives(r io.Reader) ([]*CollectivesRun, error) {
+	var runs []*CollectivesRun
+	var cur *CollectivesRun
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		l := sc.Text()
+		if m := runRE.FindStringSubmatch(l); m != nil {
+			hosts, _ := strconv.Atoi(m[1])
+			rate, _ := strconv.ParseFloat(m[2], 64)
+			n, _ := strconv.Atoi(m[4])
+			rate *= 1e6
+			if m[3] == "g" {
+				rate *= 1e3
+			}
+			load, _ := strconv.ParseFloat(m[5], 64)
+			cur = &CollectivesRun{Label: l[3:], Hosts: hosts, N: n, Nominal: rate, Load: load, AllReduce: map[int]time.Duration{}, Alg: map[int]string{}}
+			runs = append(runs, cur)
+			continue
+		}
+		if cur == nil {
+			continue
+		}
+		if m := cRE.FindStringSubmatch(l); m != nil {
+			v, _ := strconv.ParseFloat(m[1], 64)
+			cur.C = v * 1e6
+		}
+		if m := rttRE.FindStringSubmatch(l); m != nil {
+			v, _ := strconv.Atoi(m[1])
+			cur.RTT = time.Duration(v) * time.Microsecond
+		}
+		if m := rowRE.FindStringSubmatch(l); m != nil {
+			size := parseSize(m[2])
+			us, _ := strconv.ParseFloat(m[4], 64)
+			cur.AllReduce[size] = time.Duration(us * float64(time.Microsecond))
+			cur.Alg[size] = m[3]
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	for _, r := range runs {
+		if r.C == 0 || r.RTT == 0 {
+			return nil, fmt.Errorf("simulate: run %q: no link measurement (C, RTT)", r.Label)
+		}
+	}
+	return runs, nil
+}
+
+func parseSize(s string) int {
+	m := sizeRE.FindStringSubmatch(s)
+	n, _ := strconv.Atoi(m[1])
+	switch m[2] {
+	case "K":
+		n <<= 10
+	case "M":
+		n <<= 20
+	}
+	return n
+}
+
+// Machine is the emulated cluster the run measured, as the simulator
+// models it: r.N hosts of the measured rate C and half the measured round
+// trip, shaped by tbf (scripts/netns/cluster.sh's burst), on one machine
+// of cores cores.
+func (r *CollectivesRun) Machine(cores int) Machine {
+	hosts := make([]Host, r.N)
+	burst := max(int(r.Nominal/8/250), 65536)
+	for i := range hosts {
+		hosts[i] = Host{Rate: r.C, Latency: r.RTT / 2, Burst: burst}
+	}
+	return Machine{Hosts: hosts, SharedCores: cores}
+}
+
+// Calibrate derives the per-message CPU cost from the run's smallest
+// all-reduce at n = 2 (one exchange: a send and a receive on each side
+// plus the one-way latency).
+func (r *CollectivesRun) Calibrate() (Costs, error) {
+	if r.N != 2 {
+		return Costs{}, fmt.Errorf("simulate: calibrate from an n = 2 run, not n = %d", r.N)
+	}
+	small := 0
+	for b := range r.AllReduce {
+		if small == 0 || b < small {
+			small = b
+		}
+	}
+	t := r.AllReduce[small]
+	if small == 0 || r.Alg[small] != "rd" {
+		return Costs{}, fmt.Errorf("simulate: run %q has no small recursive-doubling all-reduce", r.Label)
+	}
+	return Costs{MsgCPU: max((t-r.RTT/2)/2, 0)}, nil
+}
+
+// Check is one prediction against one measurement.
+type Check struct {
+	Run       string
+	N, Bytes  int
+	Alg       string
+	Predicted time.Duration
+	Measured  time.Duration
+}
+
+// Err is (predicted - measured) / measured.
+func (c Check) Err() float64 { return float64(c.Predicted-c.Measured) / float64(c.Measured) }
+
+// PredictCollectives predicts every all-reduce row of runs with costs, on
+// machines of cores shared cores, in the steady state of a benchmark loop.
+func PredictCollectives(runs []*CollectivesRun, costs Costs, cores int) ([]Check, error) {
+	var out []Check
+	for _, r := range runs {
+		m := r.Machine(cores)
+		for _, size := range sortedKeys(r.AllReduce) {
+			got, alg, err := PredictAllReduce(AllReduce{N: r.N, Bytes: size, Iterations: 20}, m, costs)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, Check{Run: r.Label, N: r.N, Bytes: size, Alg: alg.String(), Predicted: got, Measured: r.AllReduce[size]})
+		}
+	}
+	return out, nil
+}
+
+func sortedKeys(m map[int]time.Duration) []int {
+	var ks []int
+	for k := range m {
+		ks = append(ks, k)
+	}
+	for i := 1; i < len(ks); i++ {
+		for j := i; j > 0 && ks[j] < ks[j-1]; j-- {
+			ks[j], ks[j-1] = ks[j-1], ks[j]
+		}
+	}
+	return ks
+}

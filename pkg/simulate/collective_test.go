@@ -1,0 +1,174 @@
+package simulate
+
+import (
+	"fmt"
+	"os"
+	"testing"
+	"time"
+)
+
+// validated says which rows the collectives model must predict within
+// 15%: every all-reduce of at least 256 KiB (the bandwidth regime, what
+// scaling is about), and every row at n = 2. Known misses, reported but
+// not asserted: recursive doubling of <= 4 KiB at n = 4 and 8 (4 and 8
+// processes on 2 shared cores: scheduler wake-ups the per-message cost
+// does not capture; 20-40% slower than predicted) and the 64 KiB ring at
+// n = 4 and 8 (measured at half the link rate, busbw/C 0.5, where every
+// other size runs at 0.92-1.0; not understood).
+func validated(c Check) bool { return c.Bytes >= 256<<10 || c.N == 2 }
+
+// busyLoad is the 1-minute load average at or above which a run is not
+// judged: scripts/bench-collectives.sh waits for the load to drop below 3
+// before each run (its own previous run included), so a run that started
+// at 3 or more started on a busy machine. The emulated hosts share the
+// machine's cores, so a busy machine slows their network stacks and the
+// run measures the load, not the links (beside a Kubernetes build, at
+// load 3.5-3.9, rings ran 25-75% slower than predicted while the run's
+// own raw-TCP probe still ran at the link rate).
+const busyLoad = 3.0
+
+func checkCollectives(t *testing.T, path string) {
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	runs, err := ReadCollectives(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(runs) < 3 {
+		t.Fatalf("%d runs in %s, want n = 2, 4 and 8", len(runs), path)
+	}
+	costs, err := runs[0].Calibrate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	busy := ""
+	for _, r := range runs {
+		if r.Load >= busyLoad {
+			busy = fmt.Sprintf("run %q started at load %.2f (>= %.1f)", r.Label, r.Load, busyLoad)
+		}
+	}
+	checks, err := PredictCollectives(runs, costs, 2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, c := range checks {
+		mark := ""
+		if validated(c) {
+			n++
+			if e := c.Err(); busy == "" && (e > 0.15 || e < -0.15) {
+				t.Errorf("n=%d %d B (%s): predicted %v, measured %v: %+.1f%%, want within 15%%", c.N, c.Bytes, c.Alg, c.Predicted, c.Measured, 100*e)
+				mark = "  <- outside 15%"
+			}
+		} else {
+			mark = "  (known miss, not asserted)"
+		}
+		t.Logf("n=%d %9d B %4s: predicted %12v measured %12v %+6.1f%%%s", c.N, c.Bytes, c.Alg, c.Predicted.Round(time.Microsecond), c.Measured.Round(time.Microsecond), 100*c.Err(), mark)
+	}
+	if n < 12 {
+		t.Errorf("only %d rows validated", n)
+	}
+	if busy != "" {
+		t.Skipf("the machine was busy, so the rows above are not judged: %s; the emulated hosts share its cores (run scripts/simulate-validate.sh on a quiet machine)", busy)
+	}
+
+	// The check has teeth: the same prediction with a link 20% faster than
+	// measured (or a latency ignoring the measured round trip) must fail it.
+	for _, wrong := range []struct {
+		name string
+		edit func(*CollectivesRun)
+	}{
+		{"link 20% faster than measured", func(r *CollectivesRun) { r.C *= 1.2 }},
+		{"no per-message cost and no latency", func(r *CollectivesRun) { r.RTT = time.Nanosecond }},
+	} {
+		var bad []*CollectivesRun
+		for _, r := range runs {
+			c := *r
+			wrong.edit(&c)
+			bad = append(bad, &c)
+		}
+		cs := costs
+		if wrong.name == "no per-message cost and no latency" {
+			cs.MsgCPU = 0
+		}
+		checks, err := PredictCollectives(bad, cs, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fails := 0
+		for _, c := range checks {
+			if e := c.Err(); validated(c) && (e > 0.15 || e < -0.15) {
+				fails++
+			}
+		}
+		if fails == 0 {
+			t.Errorf("a wrong model (%s) passes the 15%% check", wrong.name)
+		}
+	}
+}
+
+// TestPredictCommittedCollectives predicts the committed emulated runs
+// (bench/results/collectives.txt: n = 2 and 4 on 1 Gbit/s hosts, n = 8 on
+// 500 Mbit/s) from the link each run measured and a per-message cost from
+// its n = 2 smallest all-reduce.
+func TestPredictCommittedCollectives(t *testing.T) {
+	checkCollectives(t, "../../bench/results/collectives.txt")
+}
+
+// TestPredictLiveCollectives does the same on a run made just before
+// (scripts/simulate-validate.sh sets SWITCHYARD_COLLECTIVES_RUN).
+func TestPredictLiveCollectives(t *testing.T) {
+	p := os.Getenv("SWITCHYARD_COLLECTIVES_RUN")
+	if p == "" {
+		t.Skip("SWITCHYARD_COLLECTIVES_RUN is not set: scripts/simulate-validate.sh runs this with a fresh emulated run (CI does)")
+	}
+	checkCollectives(t, p)
+}
+
+func TestPredictAllReduceShapes(t *testing.T) {
+	// A plain 10 Gbit/s link, one core each: the ring's bandwidth term
+	// 2(n-1)/n x S / rate dominates 64 MiB at any n.
+	for _, n := range []int{2, 4, 16, 64} {
+		hosts := make([]Host, n)
+		for i := range hosts {
+			hosts[i] = Host{Rate: 1.25e9, Latency: 5 * time.Microsecond, Cores: 1}
+		}
+		got, alg, err := PredictAllReduce(AllReduce{N: n, Bytes: 64 << 20}, Machine{Hosts: hosts}, Costs{MsgCPU: 2 * time.Microsecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ideal := time.Duration(2 * float64(n-1) / float64(n) * float64(64<<20) / 1.25e9 * float64(time.Second))
+		if alg.String() != "ring" || got < ideal || float64(got) > 1.1*float64(ideal) {
+			t.Errorf("n=%d: %s %v, want ring within 10%% above the bandwidth bound %v", n, alg, got, ideal)
+		}
+	}
+}
+
+// TestRingClosedForm: the closed form used for huge rings matches the
+// event model where both run.
+func TestRingClosedForm(t *testing.T) {
+	for _, n := range []int{4, 16, 64} {
+		for _, b := range []int{64 << 20, 1 << 30} {
+			h := Host{Rate: 3.125e9, Latency: 10 * time.Microsecond, Cores: 4}
+			hosts := make([]Host, n)
+			for i := range hosts {
+				hosts[i] = h
+			}
+			c := Costs{MsgCPU: 5 * time.Microsecond}
+			// Iterations 1 but a shared-nothing machine: force the event
+			// model by asking for it through a heterogeneous copy.
+			hosts[0].Latency++
+			des, _, err := PredictAllReduce(AllReduce{N: n, Bytes: b}, Machine{Hosts: hosts}, c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			closed := RingTime(n, b, h, c)
+			if d := float64(closed-des) / float64(des); d > 0.02 || d < -0.02 {
+				t.Errorf("n=%d %d B: closed form %v, event model %v (%+.2f%%)", n, b, closed, des, 100*d)
+			}
+		}
+	}
+}
