@@ -223,6 +223,8 @@ $k -n $ns get pods --field-selector=status.phase=Running -o json | python3 -c '
 import json, sys
 for p in json.load(sys.stdin)["items"]:
     a = p["metadata"].get("annotations") or {}
+    if p["metadata"].get("deletionTimestamp"):
+        continue  # going away (the workers scaled back to 2)
     if a.get("prometheus.io/scrape") == "true":
         print(p["metadata"]["name"], p["status"]["podIP"], a["prometheus.io/port"], a.get("prometheus.io/path", "/metrics"))
 ' >"$work/scrape.txt"
