@@ -42,15 +42,11 @@ func statusCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			etcd, err := registry.DialTLS(ctx, registry.SplitEndpoints(endpoints), creds)
+			reg, closeEtcd, err := openRegistry(ctx, registry.SplitEndpoints(endpoints), clusterN, creds)
 			if err != nil {
 				return err
 			}
-			defer etcd.Close()
-			reg, err := registry.New(etcd, clusterN)
-			if err != nil {
-				return err
-			}
+			defer closeEtcd()
 			snap, err := status.Take(ctx, reg)
 			if err != nil {
 				return fmt.Errorf("status: %w", err)
@@ -68,4 +64,20 @@ func statusCmd() *cobra.Command {
 	authflags.Register(f, &tlsFiles)
 	f.DurationVar(&timeout, "timeout", 10*time.Second, "give up after this long")
 	return cmd
+}
+
+// openRegistry dials etcd at endpoints (mutual TLS with creds, when set)
+// and returns the registry of cluster name and a func that closes the
+// client.
+func openRegistry(ctx context.Context, endpoints []string, name string, creds *auth.Credentials) (*registry.Registry, func(), error) {
+	cli, err := registry.DialTLS(ctx, endpoints, creds)
+	if err != nil {
+		return nil, nil, err
+	}
+	reg, err := registry.New(cli, name)
+	if err != nil {
+		cli.Close()
+		return nil, nil, err
+	}
+	return reg, func() { cli.Close() }, nil
 }

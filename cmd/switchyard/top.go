@@ -85,16 +85,12 @@ frame as plain text without escape codes, for scripts.`,
 				src = top.URLSource{Base: url, Client: client, APIKey: apiKey}
 			} else {
 				dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				etcd, err := registry.DialTLS(dctx, registry.SplitEndpoints(endpoints), creds)
+				reg, closeEtcd, err := openRegistry(dctx, registry.SplitEndpoints(endpoints), clusterN, creds)
 				cancel()
 				if err != nil {
 					return err
 				}
-				defer etcd.Close()
-				reg, err := registry.New(etcd, clusterN)
-				if err != nil {
-					return err
-				}
+				defer closeEtcd()
 				col := dashboard.NewCollector(reg)
 				if !cfg.Once {
 					// Complete loss curves between frames; stopped

@@ -42,15 +42,11 @@ func waitCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cli, err := registry.DialTLS(ctx, splitCommas(endpoints), creds)
+			reg, closeEtcd, err := openRegistry(ctx, splitCommas(endpoints), clusterName, creds)
 			if err != nil {
 				return err
 			}
-			defer cli.Close()
-			reg, err := registry.New(cli, clusterName)
-			if err != nil {
-				return err
-			}
+			defer closeEtcd()
 			if fp == "" {
 				models, _, err := reg.Models(ctx)
 				if err != nil {

@@ -136,10 +136,6 @@ func (c *Collector) State(ctx context.Context) (*State, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dashboard: %w", err)
 	}
-	stats, err := c.reg.Stats(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("dashboard: %w", err)
-	}
 	fronts, err := c.reg.Frontends(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("dashboard: %w", err)
@@ -154,7 +150,7 @@ func (c *Collector) State(ctx context.Context) (*State, error) {
 	// Counters of live workers only: a dead worker's record is gone with
 	// its lease, and a restarted one counts from zero.
 	byWorker := map[cluster.WorkerID]registry.WorkerStats{}
-	for _, s := range stats {
+	for _, s := range snap.Stats {
 		if live[s.Worker] {
 			byWorker[s.Worker] = s
 		}

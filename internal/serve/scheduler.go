@@ -11,15 +11,6 @@ import (
 	"github.com/switchyard/switchyard/pkg/tokenizer"
 )
 
-// stepTokens is the number of tokens a step feeds.
-func stepTokens(toks [][]int32) int {
-	n := 0
-	for _, t := range toks {
-		n += len(t)
-	}
-	return n
-}
-
 // errShutdown ends requests the server stopped before they finished.
 var errShutdown = errors.New("serve: the server is shutting down")
 
@@ -238,7 +229,7 @@ func (s *Server) run() {
 		if len(batch) == 0 {
 			continue // nothing is active: MaxStepTokens >= MaxSeqs leaves tokens for a prefilling sequence
 		}
-		fctx, span := stepSpan(s.ctx, batch, stepTokens(toks))
+		fctx, span := stepSpan(s.ctx, batch, toks)
 		logits, err := s.model.Forward(fctx, seqs, toks)
 		if span != nil {
 			if err != nil {

@@ -36,9 +36,10 @@ func endRequestSpan(s trace.Span, code int) {
 	s.End()
 }
 
-// stepSpan starts the span of a scheduler step over batch when one of its
-// requests is traced (sampled); else it returns ctx and nil.
-func stepSpan(ctx context.Context, batch []*slot, tokens int) (context.Context, trace.Span) {
+// stepSpan starts the span of a scheduler step over batch (feeding toks)
+// when one of its requests is traced (sampled); else it returns ctx and
+// nil.
+func stepSpan(ctx context.Context, batch []*slot, toks [][]int32) (context.Context, trace.Span) {
 	var parent trace.SpanContext
 	var links []trace.Link
 	for _, sl := range batch {
@@ -54,6 +55,10 @@ func stepSpan(ctx context.Context, batch []*slot, tokens int) (context.Context, 
 	}
 	if !parent.IsValid() {
 		return ctx, nil
+	}
+	tokens := 0
+	for _, t := range toks {
+		tokens += len(t)
 	}
 	return tracer.Start(trace.ContextWithSpanContext(ctx, parent), "serve.step", trace.WithLinks(links...),
 		trace.WithAttributes(attribute.Int("switchyard.sequences", len(batch)), attribute.Int("switchyard.tokens", tokens)))

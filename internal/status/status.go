@@ -25,6 +25,9 @@ type Snapshot struct {
 	Workers []Worker `json:"workers"`
 	Models  []Model  `json:"models"`
 	Jobs    []Job    `json:"jobs"`
+	// Stats are the workers' counter records as read (not in the JSON:
+	// Models[].Tokens sums them per expert).
+	Stats []registry.WorkerStats `json:"-"`
 }
 
 // Job is a training (or verification) job and its progress.
@@ -90,6 +93,7 @@ func Take(ctx context.Context, reg *registry.Registry) (*Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
+	s.Stats = stats
 	for _, rec := range recs {
 		m := Model{Record: rec, Owned: map[cluster.WorkerID][]expert.ID{}}
 		if m.Placement, m.PlacementRev, err = reg.Placement(ctx, rec.Fingerprint); err != nil {

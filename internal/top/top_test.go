@@ -364,20 +364,19 @@ func TestRunStopsOnCancel(t *testing.T) {
 		mu sync.Mutex
 		b  bytes.Buffer
 	)
+	drawn := make(chan struct{}) // closed once a frame shows the fixture
+	var once sync.Once
+	w := lockedWriter{mu: &mu, b: &b, after: func(all string) {
+		if strings.Contains(all, "w-alpha") {
+			once.Do(func() { close(drawn) })
+		}
+	}}
 	done := make(chan error, 1)
-	go func() { done <- Run(ctx, lockedWriter{&mu, &b}, src, Config{Interval: time.Hour}) }()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		mu.Lock()
-		drawn := strings.Contains(b.String(), "w-alpha")
-		mu.Unlock()
-		if drawn {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("no frame drawn")
-		}
-		time.Sleep(5 * time.Millisecond)
+	go func() { done <- Run(ctx, w, src, Config{Interval: time.Hour}) }()
+	select {
+	case <-drawn:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no frame drawn")
 	}
 	cancel()
 	select {
@@ -393,15 +392,22 @@ func TestRunStopsOnCancel(t *testing.T) {
 	}
 }
 
+// lockedWriter is a buffer safe for Run's writes and the test's reads;
+// after, if set, sees the whole output after each write (under the lock).
 type lockedWriter struct {
-	mu *sync.Mutex
-	b  *bytes.Buffer
+	mu    *sync.Mutex
+	b     *bytes.Buffer
+	after func(string)
 }
 
 func (w lockedWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.b.Write(p)
+	n, err := w.b.Write(p)
+	if w.after != nil {
+		w.after(w.b.String())
+	}
+	return n, err
 }
 
 func TestURLSource(t *testing.T) {

@@ -76,7 +76,10 @@ func (r *Registry) PublishFrontend(ctx context.Context, name string, interval, t
 			defer cancel()
 			if lease != 0 {
 				if _, err := r.cli.KeepAliveOnce(cctx, lease); err != nil {
-					lease = 0 // lapsed or revoked: take a new one
+					if ctx.Err() != nil {
+						return err // stopping: keep the lease for the revoke below
+					}
+					lease = 0 // lapsed, revoked or unreachable: take a new one
 				}
 			}
 			if lease == 0 {

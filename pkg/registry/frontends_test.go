@@ -23,13 +23,20 @@ func TestPublishFrontend(t *testing.T) {
 	}()
 	reader := e.registry(t)
 	var got []FrontendStats
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
 		var err error
 		if got, err = reader.Frontends(e.ctx); err != nil {
 			t.Fatal(err)
 		}
 		if len(got) == 1 && got[0].Requests >= 3 {
 			break
+		}
+		select {
+		case <-tick.C:
+		case <-e.ctx.Done():
+			t.Fatalf("front-end statistics never updated 3 times: %+v", got)
 		}
 	}
 	if len(got) != 1 || got[0].Name != "fe1" || got[0].Requests < 3 || got[0].TokensPerS != 12.5 || got[0].Model != e.rec.Fingerprint {

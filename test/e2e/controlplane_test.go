@@ -43,19 +43,7 @@ func TestControlPlaneSurvivesItsCrashes(t *testing.T) {
 	js := jobs.NewStore(cli, "local")
 
 	const steps = 1000 // ~25 s on 2 cores: long enough for both faults
-	tr := startProcess(t, "train", "--etcd", etcd, "--cluster", "local", "--workers", "2",
-		"--preset", "dsv3-micro", "--text", "book.txt", "--tokenizer", "tokenizer.json", "--out", "run",
-		"--steps", strconv.Itoa(steps), "--batch", "4", "--seq-len", "32", "--eval-every", "0", "--save-every", "100", "--warmup", "4")
-	// The job's ID is in the client's output.
-	var id string
-	waitFor(t, ctx, "the job submitted", func() bool {
-		out := tr.out.String()
-		if i := strings.Index(out, "submitted job "); i >= 0 {
-			id = strings.Fields(out[i+len("submitted job "):])[0]
-			return true
-		}
-		return false
-	})
+	tr, id := trainOnCluster(t, ctx, etcd, steps, 100)
 	step := func() int {
 		st, _ := js.Status(ctx, id)
 		return st.Step
@@ -120,6 +108,28 @@ func TestControlPlaneSurvivesItsCrashes(t *testing.T) {
 }
 
 // readPid reads the process ID a pid file (local-cluster.sh's) holds.
+// trainOnCluster runs `switchyard train --etcd etcd --cluster local
+// --workers 2` on the dsv3-micro preset (book.txt and tokenizer.json
+// relative to the workers' data root, checkpoints every saveEvery steps
+// to run/), waits until it submitted its job, and returns the client
+// process and the job's ID (from its output).
+func trainOnCluster(t *testing.T, ctx context.Context, etcd string, steps, saveEvery int) (*process, string) {
+	t.Helper()
+	tr := startProcess(t, "train", "--etcd", etcd, "--cluster", "local", "--workers", "2",
+		"--preset", "dsv3-micro", "--text", "book.txt", "--tokenizer", "tokenizer.json", "--out", "run",
+		"--steps", strconv.Itoa(steps), "--batch", "4", "--seq-len", "32", "--eval-every", "0", "--save-every", strconv.Itoa(saveEvery), "--warmup", "4")
+	var id string
+	waitFor(t, ctx, "the job submitted", func() bool {
+		out := tr.out.String()
+		if i := strings.Index(out, "submitted job "); i >= 0 {
+			id = strings.Fields(out[i+len("submitted job "):])[0]
+			return true
+		}
+		return false
+	})
+	return tr, id
+}
+
 func readPid(t *testing.T, path string) int {
 	t.Helper()
 	b, err := os.ReadFile(path)

@@ -143,18 +143,7 @@ func TestClusterMetricsAndDashboard(t *testing.T) {
 
 	feURL, _ := startFrontEnd(t, ctx, etcd, "local", dir)
 	const steps = 60
-	tr := startProcess(t, "train", "--etcd", etcd, "--cluster", "local", "--workers", "2",
-		"--preset", "dsv3-micro", "--text", "book.txt", "--tokenizer", "tokenizer.json", "--out", "run",
-		"--steps", strconv.Itoa(steps), "--batch", "4", "--seq-len", "32", "--eval-every", "0", "--save-every", "30", "--warmup", "4")
-	var id string
-	waitFor(t, ctx, "the job submitted", func() bool {
-		out := tr.out.String()
-		if i := strings.Index(out, "submitted job "); i >= 0 {
-			id = strings.Fields(out[i+len("submitted job "):])[0]
-			return true
-		}
-		return false
-	})
+	_, id := trainOnCluster(t, ctx, etcd, steps, 30)
 	// Serving load while the job trains: every answer checked.
 	want := map[string]string{}
 	for _, p := range servePrompts {
@@ -380,12 +369,16 @@ func checkDashboard(t *testing.T, ctx context.Context, url, job string, computed
 		}
 		return "no loss chart for job " + job
 	}
-	deadline := time.Now().Add(90 * time.Second)
-	for problem = check(); problem != "" && time.Now().Before(deadline) && ctx.Err() == nil; problem = check() {
-		time.Sleep(time.Second)
-	}
-	if problem != "" {
-		t.Fatalf("dashboard %s: %s", url, problem)
+	wctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for problem = check(); problem != ""; problem = check() {
+		select {
+		case <-tick.C:
+		case <-wctx.Done():
+			t.Fatalf("dashboard %s after 90 s: %s", url, problem)
+		}
 	}
 	// The API the page reads is the same State.
 	resp, err := http.Get(strings.TrimSuffix(url, "/") + "/api/state")
