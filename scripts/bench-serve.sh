@@ -19,14 +19,20 @@
 #   netns 10gbit  and the front end on h0 (scripts/netns/cluster.sh, tc tbf);
 #                 every process with SWITCHYARD_SPIN=0, as `serve --workers N`
 #                 gives its own workers: 5 processes share this machine's cores
-#   netns 2 hosts, 1 core each   2 emulated worker hosts at 1 Gbit/s, each
+#   netns 2 hosts, 1 core each   2 emulated worker hosts at 1 and 10 Gbit/s, each
 #                 worker with GOMAXPROCS=1: the closest a 2-core machine gets
 #                 to one host per worker (no two threads wanting one core
-#                 while the front end waits for the owners)
+#                 while the front end waits for the owners); run twice:
+#                 over expert lanes (the default) and over gRPC streams
+#                 (SWITCHYARD_EXPERT_LANES=0), side by side
 #
 # BENCH_SERVE_CLIENTS ("1 16") and BENCH_SERVE_RATES ("1gbit 10gbit", the
 # 4-host runs) narrow a run; BENCH_SERVE_ONLY_2HOSTS=1 runs only the 2-host
-# one; BENCH_SERVE_KEEP=1 keeps the work folder (every process's log).
+# ones, BENCH_SERVE_2HOST_RATES ("1gbit 10gbit") picks their rates;
+# BENCH_SERVE_KEEP=1 keeps the work folder (every process's log);
+# BENCH_SERVE_TRACE=1 has the emulated hosts' processes write OpenTelemetry
+# spans there (trace-RATE-fe.jsonl, trace-RATE-wI.jsonl; tracing costs time,
+# so such a run's numbers are for decomposing a layer, not for the table).
 #
 # Every request asks for 64 tokens (ignore_eos), but the first of each of N
 # clients asks for (c+1)/N of them, so that the clients do not start and end
@@ -34,7 +40,9 @@
 # then a BENCH_SERVE_SECONDS (20) s window; requests still running at its
 # end are cancelled. Only requests sent inside the window count for TTFT,
 # only tokens received inside it for tokens/s and ITL. The raw-TCP round trip h0 -> h1 is
-# measured with bench/serve tcpping in the same namespaces; transfer =
+# measured with bench/serve tcpping in the same namespaces, back to back
+# and with the hosts idle 5 ms before each (as ping measures it, and as a
+# decode step's per-layer messages find the hosts); transfer =
 # 2 x rows x hidden x 4 bytes / rate. The model is generated once into
 # ${TMPDIR:-/tmp}/switchyard-bench. Results: bench/results/serve.txt (the
 # date and CPU with every result, the raw lines, the table) and the table in
@@ -132,7 +140,7 @@ run_local() {
 # worker on each of h1..hHOSTS (4); BENCH_SERVE_WORKER_ENV and
 # BENCH_SERVE_FRONTEND_ENV add environment variables to those processes.
 run_netns() {
-	local rate=$1 hosts=${2:-4} name ip0 etcd url i ip rtt
+	local rate=$1 hosts=${2:-4} name ip0 etcd url i ip rtt idle
 	name="netns $hosts hosts $rate${3:-}"
 	$net up $((hosts + 1)) "$rate" >/dev/null
 	nsrun() { local h=$1; shift; nsenter --net="/var/run/netns/$SY_CLUSTER-$h" -- "$@"; }
@@ -145,11 +153,11 @@ run_netns() {
 	for i in $(seq "$hosts"); do
 		ip=$($net ip h$i)
 		nsrun h$i env ${BENCH_SERVE_WORKER_ENV:-} "$work/switchyard" worker --etcd "$etcd" --cluster bench --id "h$i" --listen "$ip:7070" \
-			--gossip "$ip:7946" --model "$model" --no-jobs >"$work/w$i-$rate.out" 2>"$work/w$i-$rate.log" &
+			--gossip "$ip:7946" --model "$model" --no-jobs ${BENCH_SERVE_TRACE:+--trace-file "$work/trace-$rate-w$i.jsonl"} >"$work/w$i-$rate.out" 2>"$work/w$i-$rate.log" &
 		pids+=($!)
 	done
 	nsrun h0 env ${BENCH_SERVE_FRONTEND_ENV:-} "$work/switchyard" serve --model "$model" --etcd "$etcd" --cluster bench --listen "$ip0:8000" \
-		--served-model-name m >"$work/fe-$rate.log" 2>&1 &
+		--served-model-name m ${BENCH_SERVE_TRACE:+--trace-file "$work/trace-$rate-fe.jsonl"} >"$work/fe-$rate.log" 2>&1 &
 	pids+=($!)
 	url="http://$ip0:8000"
 	local deadline=$((SECONDS + 300))
@@ -161,7 +169,9 @@ run_netns() {
 	pids+=($!)
 	nsrun h0 "$work/bs" tcpping -addr "$($net ip h1):7999" -n 2000 -size 64 | tee "$work/ping-$rate.txt" | grep -v '^rtt_ms' | tee -a "$work/raw.txt"
 	rtt=$(sed -n 's/^rtt_ms=//p' "$work/ping-$rate.txt")
-	measure "$name" "$url" nsrun h0 -- -link-rate "$rate" -link-rtt-ms "$rtt"
+	nsrun h0 "$work/bs" tcpping -addr "$($net ip h1):7999" -n 500 -size 64 -gap 5ms | tee "$work/ping-idle-$rate.txt" | grep -v '^rtt_ms' | tee -a "$work/raw.txt"
+	idle=$(sed -n 's/^rtt_ms=//p' "$work/ping-idle-$rate.txt")
+	measure "$name" "$url" nsrun h0 -- -link-rate "$rate" -link-rtt-ms "$rtt" -link-idle-rtt-ms "$idle"
 	cleanup
 }
 
@@ -179,7 +189,11 @@ case "$only" in "" | netns)
 				SWITCHYARD_SPIN=0 run_netns "$rate" 4
 			done
 		fi
-		SWITCHYARD_SPIN=0 BENCH_SERVE_WORKER_ENV=GOMAXPROCS=1 run_netns 1gbit 2 ", 1 core each"
+		for rate in ${BENCH_SERVE_2HOST_RATES:-1gbit 10gbit}; do
+			SWITCHYARD_SPIN=0 BENCH_SERVE_WORKER_ENV=GOMAXPROCS=1 run_netns "$rate" 2 ", 1 core each"
+			# The same over gRPC streams instead of expert lanes, side by side.
+			SWITCHYARD_EXPERT_LANES=0 SWITCHYARD_SPIN=0 BENCH_SERVE_WORKER_ENV=GOMAXPROCS=1 run_netns "$rate" 2 ", 1 core each, gRPC"
+		done
 	else
 		log "# netns configurations skipped: need root"
 	fi

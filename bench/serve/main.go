@@ -393,7 +393,11 @@ type loadResult struct {
 	// round trip (ms) and hidden size, for the transfer-time estimate.
 	LinkBps   float64 `json:"link_bps,omitempty"`
 	LinkRTTms float64 `json:"link_rtt_ms,omitempty"`
-	Hidden    int     `json:"hidden,omitempty"`
+	// LinkIdleRTTms: the same round trip with the hosts idle before each
+	// (tcpping -gap, as ping measures), the way a decode step's per-layer
+	// messages find them.
+	LinkIdleRTTms float64 `json:"link_idle_rtt_ms,omitempty"`
+	Hidden        int     `json:"hidden,omitempty"`
 }
 
 func load(args []string) error {
@@ -413,6 +417,7 @@ func load(args []string) error {
 	config := fs.String("config", "", "configuration name for the report")
 	linkRate := fs.String("link-rate", "", "emulated link rate (tc syntax, e.g. 1gbit) for the report")
 	linkRTT := fs.Float64("link-rtt-ms", 0, "raw-TCP round trip of the link (ms) for the report")
+	linkIdleRTT := fs.Float64("link-idle-rtt-ms", 0, "raw-TCP round trip of the link with the hosts idle before each (tcpping -gap; ms) for the report")
 	modelDir := fs.String("model", "", "model folder (hidden size for the report)")
 	strict := fs.Bool("fail-on-error", false, "exit with status 1 if any request failed or answered wrong")
 	stagger := fs.Bool("stagger", false, "the first request of client c (0..N-1) asks for (c+1)/N of -max-tokens, so the clients' requests do not start and end in lockstep (use with -ignore-eos)")
@@ -429,6 +434,7 @@ func load(args []string) error {
 	if *linkRate != "" {
 		res.LinkBps = rateBps(*linkRate)
 		res.LinkRTTms = *linkRTT
+		res.LinkIdleRTTms = *linkIdleRTT
 	}
 	if *modelDir != "" {
 		if cfg, err := model.LoadConfig(*modelDir); err == nil {
@@ -782,6 +788,7 @@ func tcpping(args []string) error {
 	addr := fs.String("addr", "", "client: ping this server")
 	n := fs.Int("n", 2000, "round trips")
 	size := fs.Int("size", 64, "message bytes")
+	gap := fs.Duration("gap", 0, "idle time before each round trip, as ping's interval (0: back to back); the hosts' CPUs idle between messages, as a decoding front end's and its owners' do between layers")
 	fs.Parse(args)
 	if *listen != "" {
 		ln, err := net.Listen("tcp", *listen)
@@ -817,6 +824,9 @@ func tcpping(args []string) error {
 	buf := make([]byte, *size)
 	rtts := make([]float64, 0, *n)
 	for i := 0; i < *n+100; i++ {
+		if *gap > 0 {
+			time.Sleep(*gap)
+		}
 		t := time.Now()
 		if _, err := c.Write(buf); err != nil {
 			return err
@@ -829,7 +839,7 @@ func tcpping(args []string) error {
 		}
 	}
 	p := percentiles(rtts)
-	fmt.Printf("tcpping: %d round trips of %d bytes to %s: p50 %.1f us, p90 %.1f us, p99 %.1f us\n", *n, *size, *addr, p[0], p[1], p[2])
+	fmt.Printf("tcpping: %d round trips of %d bytes to %s, %v apart: p50 %.1f us, p90 %.1f us, p99 %.1f us\n", *n, *size, *addr, *gap, p[0], p[1], p[2])
 	fmt.Printf("rtt_ms=%.4f\n", p[0]/1e3)
 	return nil
 }
@@ -856,14 +866,14 @@ func report(args []string) error {
 	if len(rs) > 0 {
 		fmt.Fprintf(&b, "Serving benchmark, %s; cpu: %s. Client-side latencies in ms (p50/p90/p99); per-token split from the front end's /metrics (forward time per generated token, ms).\n\n", rs[0].Date, rs[0].CPU)
 	}
-	b.WriteString("| configuration | clients | tokens/s | TTFT ms p50/p90/p99 | ITL ms p50/p90/p99 | ms/token: attention | experts (exchange + remote) | rest | MoE layer exchange ms (rows) | of which owners' compute ms | exchange's own ms | link RTT + transfer ms | CPU busy |\n")
-	b.WriteString("|---|---:|---:|---|---|---:|---:|---:|---|---:|---:|---|---:|\n")
+	b.WriteString("| configuration | clients | tokens/s | TTFT ms p50/p90/p99 | ITL ms p50/p90/p99 | ms/token: attention | experts (exchange + remote) | rest | MoE layer exchange ms (rows) | of which owners' compute ms | exchange's own ms | link RTT + transfer ms | idle-link RTT + transfer ms | CPU busy |\n")
+	b.WriteString("|---|---:|---:|---|---|---:|---:|---:|---|---:|---:|---|---|---:|\n")
 	for _, r := range rs {
 		att, exp, rest := "-", "-", "-"
 		if r.PerToken != nil {
 			att, exp, rest = fmt.Sprintf("%.2f", r.PerToken["attention"]), fmt.Sprintf("%.2f", r.PerToken["experts"]), fmt.Sprintf("%.2f", r.PerToken["rest"])
 		}
-		exch, link, owners, own := "-", "-", "-", "-"
+		exch, link, idle, owners, own := "-", "-", "-", "-", "-"
 		if r.LayerExchanges > 0 {
 			exch = fmt.Sprintf("%.3f (%.1f)", r.LayerExchangeMs, r.RowsPerExchange)
 			owners = fmt.Sprintf("%.3f", r.LayerServedMs)
@@ -872,9 +882,12 @@ func report(args []string) error {
 		if r.LinkBps > 0 && r.Hidden > 0 && r.RowsPerExchange > 0 {
 			transfer := 2 * r.RowsPerExchange * float64(r.Hidden) * 4 * 8 / r.LinkBps * 1e3
 			link = fmt.Sprintf("%.3f + %.3f = %.3f", r.LinkRTTms, transfer, r.LinkRTTms+transfer)
+			if r.LinkIdleRTTms > 0 {
+				idle = fmt.Sprintf("%.3f + %.3f = %.3f", r.LinkIdleRTTms, transfer, r.LinkIdleRTTms+transfer)
+			}
 		}
-		fmt.Fprintf(&b, "| %s | %d | %.2f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f%% |\n",
-			r.Config, r.Clients, r.TokensPerS, fmtP(r.TTFT), fmtP(r.ITL), att, exp, rest, exch, owners, own, link, 100*r.CPUBusy)
+		fmt.Fprintf(&b, "| %s | %d | %.2f | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f%% |\n",
+			r.Config, r.Clients, r.TokensPerS, fmtP(r.TTFT), fmtP(r.ITL), att, exp, rest, exch, owners, own, link, idle, 100*r.CPUBusy)
 	}
 	fmt.Print(b.String())
 	if *out != "" {

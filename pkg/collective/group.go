@@ -18,6 +18,7 @@ import (
 
 	"github.com/switchyard/switchyard/pkg/allreduce"
 	"github.com/switchyard/switchyard/pkg/auth"
+	"github.com/switchyard/switchyard/pkg/demux"
 	"github.com/switchyard/switchyard/pkg/wire"
 	pb "github.com/switchyard/switchyard/proto/switchyard/v1"
 )
@@ -46,7 +47,7 @@ type Group struct {
 	rank int
 	srv  *grpc.Server
 	lis  net.Listener
-	dmx  *demux // splits lis between srv and the lanes
+	dmx  *demux.Listener // splits lis between srv and the lanes
 
 	in    []*inbox   // gRPC streams' chunks, by source rank; nil at Rank
 	out   []*outLink // by destination rank; nil at Rank
@@ -96,7 +97,7 @@ func New(cfg Config, lis net.Listener) (*Group, error) {
 	// Aborting (or closing) the group closes the lanes, which unblocks a
 	// send stuck on a stopped peer or a read waiting for one.
 	context.AfterFunc(g.streamCtx, g.closeLanes)
-	g.dmx = newDemux(lis, g.serveLane, cfg.serverTLS(), cfg.HandshakeTimeout)
+	g.dmx = demux.New(lis, laneMagic, g.serveLane, cfg.serverTLS(), cfg.HandshakeTimeout)
 	opts := []grpc.ServerOption{
 		grpc.ForceServerCodecV2(wire.Codec{}),
 		grpc.MaxRecvMsgSize(g.maxMsg()),
@@ -403,7 +404,7 @@ func (g *Group) Close() error {
 				o.conn.Close()
 			}
 		}
-		g.dmx.wait()
+		g.dmx.Wait()
 		g.wg.Wait()
 	})
 	return nil

@@ -9,6 +9,7 @@ import (
 	"slices"
 
 	"github.com/switchyard/switchyard/pkg/auth"
+	"github.com/switchyard/switchyard/pkg/demux"
 )
 
 // Mutual TLS (Config.TLS): the glue between the group and pkg/auth.
@@ -120,15 +121,10 @@ func (g *Group) checkMember(peer auth.Identity) error {
 	return fmt.Errorf("collective: %w: %s is not a member of group %q", errPeerIdentity, peer, g.cfg.Group)
 }
 
-// closeConn closes conn; a TLS connection is closed underneath, without
-// TLS's close_notify alert. Both protocols on the listener end on their
-// own (HTTP/2's GOAWAY or the stream's end; a lane's goodbye frame), and
+// closeConn closes conn without TLS's close_notify alert
+// (demux.CloseConn). Both protocols on the listener end on their own
+// (HTTP/2's GOAWAY or the stream's end; a lane's goodbye frame), and
 // crypto/tls waits up to 5 s to send close_notify to a peer that stopped
 // reading, which would stall Close (and closeLanes, under g.mu) on a
 // stopped peer.
-func closeConn(conn net.Conn) error {
-	if tc, ok := conn.(*tls.Conn); ok {
-		return tc.NetConn().Close()
-	}
-	return conn.Close()
-}
+func closeConn(conn net.Conn) error { return demux.CloseConn(conn) }

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/switchyard/switchyard/pkg/cluster"
+	"github.com/switchyard/switchyard/pkg/demux"
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/router"
 	"github.com/switchyard/switchyard/pkg/wire"
@@ -51,6 +52,9 @@ type peer struct {
 
 	smu  sync.Mutex
 	idle []*pstream // persistent Experts streams not in use
+	// noLanesUntil (unix nanoseconds): the peer's listener did not speak
+	// expert lanes; use gRPC streams until then.
+	noLanesUntil atomic.Int64
 }
 
 // maxIdleStreams bounds the idle Experts streams kept per peer: one per
@@ -62,15 +66,27 @@ const maxIdleStreams = 8
 // (the owner answers each before reading the next), so a decoding step
 // costs one round trip per destination and no stream set-up.
 type pstream struct {
-	s      pb.Worker_ExpertsClient
+	s pb.Worker_ExpertsClient
+	// cancel aborts the stream: a blocked Send or Recv returns (a lane's
+	// Recv still reads what arrives within laneAbortGrace, as a gRPC
+	// stream still delivers what it had received).
 	cancel context.CancelFunc
-	dead   atomic.Bool // cancelled by a caller's deadline: not reusable
+	// release, when set, frees what cancel only aborted (a lane's
+	// connection); close calls both.
+	release func()
+	dead    atomic.Bool // cancelled by a caller's deadline: not reusable
 }
 
-func (st *pstream) close() { st.cancel() }
+func (st *pstream) close() {
+	st.cancel()
+	if st.release != nil {
+		st.release()
+	}
+}
 
 // stream takes an idle stream to pr, or opens one (always when fresh);
-// reused says which.
+// reused says which. A new stream is a lane (see lane.go) unless the pool
+// is GRPCOnly or the peer did not speak lanes lately; then a gRPC stream.
 func (p *Pool) stream(ctx context.Context, pr *peer, fresh bool) (st *pstream, reused bool, err error) {
 	if !fresh {
 		pr.smu.Lock()
@@ -82,6 +98,16 @@ func (p *Pool) stream(ctx context.Context, pr *peer, fresh bool) (st *pstream, r
 		if st != nil {
 			return st, true, nil
 		}
+	}
+	if !p.cfg.GRPCOnly && time.Now().UnixNano() >= pr.noLanesUntil.Load() {
+		l, err := p.dialLane(ctx, pr)
+		if err == nil {
+			return &pstream{s: l, cancel: l.abort, release: func() { demux.CloseConn(l.conn) }}, false, nil
+		}
+		if !errors.Is(err, errNoLanes) {
+			return nil, false, err
+		}
+		pr.noLanesUntil.Store(time.Now().Add(laneRetryAfter).UnixNano())
 	}
 	// The stream outlives this call, but opening it (which waits for the
 	// connection) is bounded by the call's context.
@@ -744,6 +770,9 @@ func (r *RemoteExecutor) send(a *attempt, fresh bool) {
 		// its status is what the answer's receive returns.
 		if err := sendChunks(st.s, a.c.head, payload, r.cfg.ChunkBytes, nil); err != nil && err != io.EOF {
 			a.err = fromRPCError(err)
+		}
+		if a.span != nil {
+			a.span.AddEvent("sent")
 		}
 		return
 	}

@@ -3,6 +3,7 @@ package transport
 import (
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"google.golang.org/grpc"
@@ -88,8 +89,15 @@ type ClientConfig struct {
 	TLS *auth.Credentials
 
 	// DialOptions are appended to the pool's own options (e.g. a custom
-	// dialer in tests).
+	// dialer in tests); they apply to gRPC connections, not to lanes.
 	DialOptions []grpc.DialOption
+
+	// GRPCOnly sends expert requests on gRPC streams even to workers that
+	// serve expert lanes (default false: a lane per persistent stream,
+	// falling back to gRPC for a worker whose listener does not speak
+	// them; see lane.go). SWITCHYARD_EXPERT_LANES=0 in the environment
+	// sets it (for comparisons, or a network that must see HTTP/2).
+	GRPCOnly bool
 }
 
 // DefaultClientConfig returns the defaults, with Model and Worker unset.
@@ -128,6 +136,9 @@ func (c ClientConfig) withDefaults() (ClientConfig, error) {
 	}
 	if c.WindowChunks == 0 {
 		c.WindowChunks = d.WindowChunks
+	}
+	if os.Getenv("SWITCHYARD_EXPERT_LANES") == "0" {
+		c.GRPCOnly = true
 	}
 	if c.CallTimeout == 0 {
 		c.CallTimeout = d.CallTimeout

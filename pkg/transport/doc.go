@@ -12,10 +12,22 @@
 // For each MoE layer, RemoteExecutor.Compute groups the plan's rows by the
 // worker chosen to compute each expert and sends every destination ONE
 // request holding all of its rows (gathered into a pooled buffer, experts in
-// ascending order), on its own gRPC stream; destinations run concurrently.
+// ascending order), on its own persistent stream (a lane or a gRPC
+// stream, see Lanes); destinations run concurrently.
 // The owner returns one output row per request row in the same order, and
 // the client writes them straight into the plan-ordered output. Tokens are
 // never sent one at a time.
+//
+// # Lanes
+//
+// A persistent stream is, by default, an expert lane (lane.go): the same
+// ExpertFrames, handshake, authorization and errors on a TCP connection of
+// its own (inside mutual TLS when the cluster has credentials), which the
+// caller writes and reads from its own goroutine, instead of a gRPC stream,
+// whose every message crosses several goroutines on each side. The
+// worker's Serve listens for both on one port (pkg/demux). A pool falls
+// back to gRPC streams for a worker that does not answer a lane's hello
+// (ClientConfig.GRPCOnly, or SWITCHYARD_EXPERT_LANES=0, always uses gRPC).
 //
 // # Chunking
 //

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"github.com/switchyard/switchyard/pkg/auth"
@@ -21,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/switchyard/switchyard/pkg/cluster"
+	"github.com/switchyard/switchyard/pkg/demux"
 	"github.com/switchyard/switchyard/pkg/expert"
 	"github.com/switchyard/switchyard/pkg/router"
 	"github.com/switchyard/switchyard/pkg/tensor"
@@ -81,6 +83,8 @@ type ExpertServer struct {
 
 	srvMu   sync.Mutex
 	grpcSrv *grpc.Server
+	dmx     *demux.Listener // Serve's listener, split between gRPC and lanes
+	lanes   lanes           // Serve's open expert lanes
 }
 
 // scope is one plane of an ExpertServer: the serving placement's experts
@@ -147,6 +151,7 @@ func NewExpertServer(store *expert.Store, cfg ServerConfig) (*ExpertServer, erro
 		jobs:    map[string]*scope{},
 	}
 	s.id = s.serving.id
+	s.lanes.ctx, s.lanes.cancel = context.WithCancel(context.Background())
 	s.inflight.max = cfg.MaxInFlightBytes
 	if s.who == "" {
 		s.who = "(unnamed)"
@@ -262,7 +267,11 @@ func (s *ExpertServer) scopeOf(ctx context.Context) (*scope, error) {
 // ServerOptions returns the gRPC server options the Worker service needs:
 // the raw-bytes codec, message limits above the chunk size, flow-control
 // windows of several chunks and keepalive settings.
-func (s *ExpertServer) ServerOptions() []grpc.ServerOption {
+func (s *ExpertServer) ServerOptions() []grpc.ServerOption { return s.serverOptions(false) }
+
+// serverOptions: with terminated, the listener runs the TLS handshake
+// (Serve's demux) and gRPC takes the finished connection.
+func (s *ExpertServer) serverOptions(terminated bool) []grpc.ServerOption {
 	sw, cw := windows(s.cfg.ChunkBytes, s.cfg.WindowChunks)
 	opts := []grpc.ServerOption{
 		grpc.ForceServerCodecV2(wire.Codec{}),
@@ -274,7 +283,10 @@ func (s *ExpertServer) ServerOptions() []grpc.ServerOption {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: s.cfg.KeepaliveTime, Timeout: s.cfg.KeepaliveTimeout}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: s.cfg.KeepaliveMinTime, PermitWithoutStream: true}),
 	}
-	if s.cfg.TLS != nil {
+	switch {
+	case s.cfg.TLS != nil && terminated:
+		opts = append(opts, grpc.Creds(auth.Terminated()))
+	case s.cfg.TLS != nil:
 		opts = append(opts, grpc.Creds(s.cfg.TLS.ServerCreds(nil)))
 	}
 	return opts
@@ -283,7 +295,9 @@ func (s *ExpertServer) ServerOptions() []grpc.ServerOption {
 // Register registers the Worker service on r (built with ServerOptions).
 func (s *ExpertServer) Register(r grpc.ServiceRegistrar) { pb.RegisterWorkerServer(r, s) }
 
-// Serve runs a gRPC server of its own on lis until Shutdown or Stop. It
+// Serve runs a gRPC server of its own on lis until Shutdown or Stop, and
+// expert lanes on the same listener (lane.go; pkg/demux tells them apart,
+// running the TLS handshake itself when the server has credentials). It
 // returns nil after a stop.
 func (s *ExpertServer) Serve(lis net.Listener) error {
 	s.srvMu.Lock()
@@ -295,11 +309,17 @@ func (s *ExpertServer) Serve(lis net.Listener) error {
 		s.srvMu.Unlock()
 		return fmt.Errorf("transport: worker %s: %w", s.who, ErrDraining)
 	}
-	g := grpc.NewServer(s.ServerOptions()...)
+	g := grpc.NewServer(s.serverOptions(true)...)
 	s.Register(g)
 	s.grpcSrv = g
+	var tlsConf *tls.Config
+	if s.cfg.TLS != nil {
+		tlsConf = s.cfg.TLS.ServerConfig(nil)
+		tlsConf.NextProtos = []string{"h2", expertLaneALPN}
+	}
+	s.dmx = demux.New(lis, expertLaneMagic, s.serveLane, tlsConf, laneHandshakeTimeout)
 	s.srvMu.Unlock()
-	return g.Serve(lis)
+	return g.Serve(s.dmx)
 }
 
 // Shutdown stops gracefully: Health reports DRAINING, new requests are
@@ -340,8 +360,36 @@ func (s *ExpertServer) Shutdown(ctx context.Context) error {
 			}
 		}
 	}
+	// Lanes idle between requests (gRPC's stop does not see them): once
+	// no request is in flight on any of them, or the deadline passed,
+	// closing them loses nothing more.
+	if err == nil {
+		tick := time.NewTicker(5 * time.Millisecond)
+		defer tick.Stop()
+		for s.active.Load() != 0 && err == nil {
+			select {
+			case <-ctx.Done():
+				err = ctx.Err()
+			case <-tick.C:
+			}
+		}
+	}
+	s.lanes.closeAll()
 	s.batch.stop()
+	s.waitLanes()
 	return err
+}
+
+// waitLanes waits for the demux's goroutines (and so every lane handler)
+// to return, after the lanes were closed and the batcher stopped.
+func (s *ExpertServer) waitLanes() {
+	s.srvMu.Lock()
+	d := s.dmx
+	s.srvMu.Unlock()
+	if d != nil {
+		d.Close()
+		d.Wait()
+	}
 }
 
 // Stop closes every connection at once (in-flight calls fail with
@@ -354,7 +402,9 @@ func (s *ExpertServer) Stop() {
 	if g != nil {
 		g.Stop()
 	}
+	s.lanes.closeAll()
 	s.batch.stop()
+	s.waitLanes()
 }
 
 // SetEpoch raises the placement epoch the serving scope accepts: requests routed
