@@ -21,33 +21,22 @@ import (
 func simulateCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "simulate",
-		Short: "Predict what larger clusters do (collectives so far), validated against emulated hosts",
+		Short: "Predict what larger clusters do (all-reduce, serving, a training step), from a calibration of this machine",
 		Long: `Simulate predicts clusters of many hosts with a discrete-event model
-(pkg/simulate) that runs the real schedules of the code where they are pure.
-Built so far: all-reduce (the pkg/allreduce programs, chunk by chunk, over
-hosts with a NIC rate, a latency and cores). Serving and training-step models
-are not built yet.`,
-	}
-	cmd.AddCommand(simulateAllReduceCmd(), simulateValidateCmd())
-	return cmd
-}
+(pkg/simulate) that runs the real code where it is pure: the all-reduce
+programs of pkg/allreduce, the placement (pkg/placement, with replicas and
+memory budgets), the router's top-k dispatch. Compute and software costs
+come from 'simulate calibrate' (the real kernels and expert transport run
+on this machine), the hardware from a cluster file or flags.
 
-// parseRate reads a link rate such as 25gbit, 100gbit, 500mbit or a
-// number of bits/s, returning bytes/s.
-func parseRate(s string) (float64, error) {
-	l := strings.ToLower(strings.TrimSpace(s))
-	mult := 1.0
-	switch {
-	case strings.HasSuffix(l, "gbit"):
-		mult, l = 1e9, strings.TrimSuffix(l, "gbit")
-	case strings.HasSuffix(l, "mbit"):
-		mult, l = 1e6, strings.TrimSuffix(l, "mbit")
+  allreduce   one all-reduce on N hosts
+  serve       a model served by F front ends and N workers
+  train       one data + expert parallel training step on N workers
+  calibrate   measure this machine's kernels and transport
+  validate    predict a measured emulated collectives run`,
 	}
-	v, err := strconv.ParseFloat(l, 64)
-	if err != nil || v <= 0 {
-		return 0, fmt.Errorf("rate %q: want e.g. 25gbit, 500mbit or bits/s", s)
-	}
-	return v * mult / 8, nil
+	cmd.AddCommand(simulateAllReduceCmd(), simulateValidateCmd(), simulateServeCmd(), simulateTrainCmd(), simulateCalibrateCmd())
+	return cmd
 }
 
 func simulateAllReduceCmd() *cobra.Command {
@@ -64,7 +53,7 @@ func simulateAllReduceCmd() *cobra.Command {
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			rate, err := parseRate(rateS)
+			rate, err := simulate.ParseRate(rateS)
 			if err != nil {
 				return err
 			}

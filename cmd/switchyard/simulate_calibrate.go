@@ -1,0 +1,115 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/switchyard/switchyard/internal/atomicfile"
+	"github.com/switchyard/switchyard/internal/simcal"
+	"github.com/switchyard/switchyard/pkg/simulate"
+)
+
+// simulateCalibrateCmd is `switchyard simulate calibrate`: the
+// simulator's inputs measured on this machine with the real kernels and
+// expert transport (internal/simcal), written as a Calibration JSON file
+// that `simulate train --calibration FILE` reads.
+func simulateCalibrateCmd() *cobra.Command {
+	var (
+		out, peer, serveLink string
+		quick, verbose       bool
+	)
+	cmd := &cobra.Command{
+		Use:   "calibrate",
+		Short: "Measure this machine's kernels, memory and expert transport for the simulator (Calibration JSON)",
+		Long: `Calibrate runs the real code on this machine: pkg/tensor's products as the
+models call them (tensor.Linear; float32 weights, bf16 weights, and float32
+weights under --compute bf16) at M = 1, 16, 64, 512 rows for three weight
+shapes on 1 and all threads; one core's memory bandwidth (a float32 GEMV over
+256 MiB); AdamW's rate on one core; and the expert exchange's software cost
+(a transport.ExpertServer on loopback reached by a RemoteTrainer: the round
+trip of one row, and the per-byte cost of a 16 MiB payload). With --peer it
+also measures the link to another host running --serve-link. About 30-60 s
+(--quick: about 3 s, fewer points). Keep the machine otherwise idle.`,
+		Example: `  switchyard simulate calibrate --out bench/results/calibration-amd.json
+  switchyard simulate calibrate --quick
+  switchyard simulate calibrate --serve-link :7071              # on host B
+  switchyard simulate calibrate --peer hostB:7071 --out cal.json # on host A`,
+		Args:         cobra.NoArgs,
+		SilenceUsage: true,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			w := cmd.OutOrStdout()
+			if serveLink != "" {
+				lis, err := net.Listen("tcp", serveLink)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(w, "answering link measurements on %s until interrupted\n", lis.Addr())
+				return simcal.ServeLink(ctx, lis)
+			}
+			opts := simcal.Options{Quick: quick, Peer: peer}
+			if verbose {
+				opts.Log = cmd.ErrOrStderr()
+			}
+			start := time.Now()
+			c, err := simcal.Calibrate(ctx, opts)
+			if err != nil {
+				return err
+			}
+			if err := printCalibration(w, c); err != nil {
+				return err
+			}
+			fmt.Fprintf(w, "measured in %v\n", time.Since(start).Round(100*time.Millisecond))
+			if out == "" {
+				return nil
+			}
+			if err := atomicfile.Write(out, 0o644, func(f io.Writer) error { return simcal.Write(f, c) }); err != nil {
+				return err
+			}
+			fmt.Fprintf(w, "wrote %s\n", out)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&out, "out", "", "write the calibration (JSON) to this file")
+	f.BoolVar(&quick, "quick", false, "measure a reduced set in about 3 s (GEMM at M = 1 and 512 of one shape, float32; small buffers)")
+	f.BoolVarP(&verbose, "verbose", "v", false, "print each measurement on stderr as it completes")
+	f.StringVar(&peer, "peer", "", "host:port of `simulate calibrate --serve-link` on another host: also measure the link (raw TCP rate and round trip)")
+	f.StringVar(&serveLink, "serve-link", "", "answer another host's --peer link measurement on this address until interrupted")
+	return cmd
+}
+
+// printCalibration prints the CPU and a summary of c: GEMM throughput by
+// shape, dtype and threads, then the memory, optimizer and transport
+// numbers.
+func printCalibration(w io.Writer, c *simulate.Calibration) error {
+	fmt.Fprintf(w, "cpu: %s (%d logical cores), %s\n", c.CPU, c.Cores, c.When)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "M\tK\tN\tdtype\tthreads\tGFLOP/s\t\n")
+	for _, p := range c.GEMM {
+		fmt.Fprintf(tw, "%d\t%d\t%d\t%s\t%d\t%.1f\t\n", p.M, p.K, p.N, p.DType, p.Threads, p.FLOPS/1e9)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "memory bandwidth (one core, streaming read): %.1f GB/s\n", c.MemBandwidth/1e9)
+	if c.AdamParamsPerS > 0 {
+		fmt.Fprintf(w, "AdamW (one core): %.0f M parameters/s\n", c.AdamParamsPerS/1e6)
+	}
+	fmt.Fprintf(w, "expert exchange round trip (loopback, 1 row): %v; per message and side %v; payload %.2f GB/s per side\n",
+		c.ExchangeRTT.Round(time.Microsecond), c.MsgCPU.Round(100*time.Nanosecond), c.MsgBytesPerS/1e9)
+	if c.LinkRate > 0 {
+		fmt.Fprintf(w, "link: %.2f Gbit/s, round trip %v\n", c.LinkRate*8/1e9, c.LinkRTT)
+	}
+	return nil
+}

@@ -1,0 +1,534 @@
+// Package simcal measures, on this machine, the inputs pkg/simulate's
+// models take from a real machine (simulate.Calibration): the throughput
+// of pkg/tensor's matrix kernels as the models call them (tensor.Linear:
+// float32 weights, bf16 weights, and float32 weights under --compute bf16),
+// one core's memory bandwidth, and the software cost of the real expert
+// exchange (a transport.ExpertServer on loopback reached by a
+// transport.RemoteTrainer, the path a training rank's rows take). With a
+// peer running ServeLink it also measures the link to it (raw TCP).
+//
+// Unlike pkg/simulate it is not pure: it runs the kernels and opens
+// sockets. `switchyard simulate calibrate` runs it.
+package simcal
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/switchyard/switchyard/pkg/cluster"
+	"github.com/switchyard/switchyard/pkg/expert"
+	"github.com/switchyard/switchyard/pkg/optim"
+	"github.com/switchyard/switchyard/pkg/router"
+	"github.com/switchyard/switchyard/pkg/simulate"
+	"github.com/switchyard/switchyard/pkg/tensor"
+	"github.com/switchyard/switchyard/pkg/transport"
+)
+
+// Options says what Calibrate measures and how long it takes.
+type Options struct {
+	// Quick measures a reduced set (GEMM at M = 1 and 512 of one shape,
+	// float32 only; small buffers and few round trips): about 3 s, for
+	// tests. The full set takes 30-60 s.
+	Quick bool
+	// Threads are the thread counts of the GEMM points (default 1 and
+	// runtime.NumCPU()).
+	Threads []int
+	// Peer, if set, is the host:port of a ServeLink on another host: the
+	// link to it is measured into LinkRate and LinkRTT.
+	Peer string
+	// Log, if set, gets one line per measurement as it completes.
+	Log io.Writer
+}
+
+// Shapes the full calibration measures: M tokens (1: a decode GEMV; 512:
+// a prefill or an expert's rows in training) times (K, N), the shapes of
+// a small MoE's expert matrices (1024 x 2816 and back) and a square
+// attention-sized product.
+var (
+	GEMMRows   = []int{1, 16, 64, 512}
+	GEMMShapes = [][2]int{{1024, 2816}, {2816, 1024}, {4096, 4096}}
+	GEMMDTypes = []string{"f32", "bf16", "bf16-compute"}
+)
+
+// Calibrate measures this machine. It changes GOMAXPROCS and the tensor
+// compute mode while it runs and restores them; run nothing else
+// meanwhile (the numbers are only as quiet as the machine).
+func Calibrate(ctx context.Context, o Options) (*simulate.Calibration, error) {
+	logf := func(format string, a ...any) {
+		if o.Log != nil {
+			fmt.Fprintf(o.Log, format+"\n", a...)
+		}
+	}
+	c := &simulate.Calibration{CPU: CPUModel(), Cores: runtime.NumCPU(), When: time.Now().UTC().Format(time.RFC3339)}
+	threads := o.Threads
+	if len(threads) == 0 {
+		threads = []int{1}
+		if n := runtime.NumCPU(); n > 1 {
+			threads = append(threads, n)
+		}
+	}
+	rows, shapes, dtypes := GEMMRows, GEMMShapes, GEMMDTypes
+	target := 100 * time.Millisecond
+	if o.Quick {
+		rows, shapes, dtypes = []int{1, 512}, GEMMShapes[:1], []string{"f32"}
+		target = 10 * time.Millisecond
+	}
+	logf("cpu: %s, %d logical cores", c.CPU, c.Cores)
+	for _, dt := range dtypes {
+		for _, kn := range shapes {
+			for _, m := range rows {
+				for _, th := range threads {
+					if err := ctx.Err(); err != nil {
+						return nil, err
+					}
+					f := gemmFLOPS(m, kn[0], kn[1], dt, th, target)
+					c.GEMM = append(c.GEMM, simulate.GEMMPoint{M: m, K: kn[0], N: kn[1], DType: dt, Threads: th, FLOPS: f})
+					logf("gemm %4d x %4d x %4d %-12s %2d threads: %7.1f GFLOP/s", m, kn[0], kn[1], dt, th, f/1e9)
+				}
+			}
+		}
+	}
+	mb := 256 << 20
+	if o.Quick {
+		mb = 32 << 20
+	}
+	c.MemBandwidth = memBandwidth(mb, 1, target)
+	logf("memory bandwidth (GemvT over %d MiB, 1 thread): %.1f GB/s", mb>>20, c.MemBandwidth/1e9)
+	if n := runtime.NumCPU(); n > 1 {
+		logf("memory bandwidth (GemvT over %d MiB, %d threads): %.1f GB/s", mb>>20, n, memBandwidth(mb, n, target)/1e9)
+	}
+	c.AdamParamsPerS = adamRate(mb/16, 1, target)
+	logf("optimizer (AdamW over %d M parameters, 1 thread): %.0f M parameters/s (%.1f GB/s at 28 bytes per parameter)", mb/16>>20, c.AdamParamsPerS/1e6, c.AdamParamsPerS*28/1e9)
+	if n := runtime.NumCPU(); n > 1 {
+		ps := adamRate(mb/16, n, target)
+		logf("optimizer (AdamW over %d M parameters, %d threads): %.0f M parameters/s (%.1f GB/s)", mb/16>>20, n, ps/1e6, ps*28/1e9)
+	}
+	ex, err := measureExchange(ctx, o.Quick)
+	if err != nil {
+		return nil, fmt.Errorf("simcal: expert exchange: %w", err)
+	}
+	c.ExchangeRTT, c.MsgCPU, c.MsgBytesPerS = ex.rtt, ex.rtt/4, ex.bytesPerS
+	logf("expert exchange on loopback: round trip %v (1 row of %d floats; per message and side %v), %d-byte payload round trip %v (owner compute %v) -> %.2f GB/s per side",
+		ex.rtt.Round(time.Microsecond), exchangeD, c.MsgCPU.Round(100*time.Nanosecond), ex.bigBytes, ex.big.Round(time.Microsecond), ex.compute.Round(time.Microsecond), c.MsgBytesPerS/1e9)
+	if o.Peer != "" {
+		c.LinkRate, c.LinkRTT, err = MeasureLink(ctx, o.Peer, o.Quick)
+		if err != nil {
+			return nil, err
+		}
+		logf("link to %s (raw TCP): %.2f Gbit/s, round trip %v", o.Peer, c.LinkRate*8/1e9, c.LinkRTT)
+	}
+	return c, nil
+}
+
+// Write writes c as indented JSON (what simulate.ReadCalibration reads).
+func Write(w io.Writer, c *simulate.Calibration) error {
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(append(b, '\n'))
+	return err
+}
+
+// CPUModel is this machine's processor as /proc/cpuinfo names it: its
+// "model name", with the family and model numbers (a VM's model name can
+// be as vague as "AMD EPYC"; family 26 is Zen 5) and the vector
+// extensions the kernels use; GOOS/GOARCH where there is no cpuinfo.
+func CPUModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return runtime.GOOS + "/" + runtime.GOARCH
+	}
+	info := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if line == "" {
+			break // the first processor only
+		}
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			info[strings.TrimSpace(k)] = strings.TrimSpace(v)
+		}
+	}
+	name := info["model name"]
+	if name == "" {
+		name = runtime.GOARCH
+	}
+	var ext []string
+	flags := " " + info["flags"] + " "
+	for _, f := range []string{"avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16"} {
+		if strings.Contains(flags, " "+f+" ") {
+			ext = append(ext, f)
+		}
+	}
+	if fam, mod := info["cpu family"], info["model"]; fam != "" {
+		name += fmt.Sprintf(" (family %s, model %s", fam, mod)
+		if len(ext) > 0 {
+			name += "; " + strings.Join(ext, " ")
+		}
+		name += ")"
+	}
+	return name
+}
+
+// withThreads runs f with GOMAXPROCS (the kernels' thread count,
+// tensor.Threads) set to n.
+func withThreads(n int, f func()) {
+	prev := runtime.GOMAXPROCS(n)
+	defer runtime.GOMAXPROCS(prev)
+	f()
+}
+
+// timeIt runs f until target has passed (at least twice after a warm-up
+// call) in three rounds and returns the fastest round's time per call.
+func timeIt(target time.Duration, f func()) time.Duration {
+	f()
+	best := time.Duration(0)
+	for range 3 {
+		n, start := 0, time.Now()
+		for n < 2 || time.Since(start) < target {
+			f()
+			n++
+		}
+		if per := time.Since(start) / time.Duration(n); best == 0 || per < best {
+			best = per
+		}
+	}
+	return best
+}
+
+func randF32(r *rand.Rand, n int) []float32 {
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(r.NormFloat64() * 0.05)
+	}
+	return v
+}
+
+// gemmFLOPS measures tensor.Linear (y = x W^T, the model's products) of m
+// rows through a [n, k] weight in dtype on threads threads.
+func gemmFLOPS(m, k, n int, dtype string, threads int, target time.Duration) float64 {
+	r := rand.New(rand.NewPCG(uint64(m), uint64(k*n)))
+	w := tensor.Mat{Rows: n, Cols: k, F32: randF32(r, n*k)}
+	mode := tensor.ComputeExact
+	switch dtype {
+	case "bf16":
+		w.BF16 = make([]uint16, n*k)
+		tensor.F32ToBF16(w.BF16, w.F32)
+		w.F32 = nil
+	case "bf16-compute":
+		mode = tensor.ComputeBF16
+	}
+	x, y := randF32(r, m*k), make([]float32, m*n)
+	prev := tensor.SetCompute(mode)
+	defer tensor.SetCompute(prev)
+	var per time.Duration
+	withThreads(threads, func() {
+		per = timeIt(target, func() { tensor.Linear(y, x, m, &w, 0) })
+	})
+	return 2 * float64(m) * float64(k) * float64(n) / per.Seconds()
+}
+
+// memBandwidth measures streaming reads: a float32 GemvT over a matrix of
+// bytes bytes (the decode GEMV, bound by memory), on threads threads.
+func memBandwidth(bytes, threads int, target time.Duration) float64 {
+	const k = 4096
+	n := bytes / 4 / k
+	r := rand.New(rand.NewPCG(1, 2))
+	w := randF32(r, n*k)
+	x, y := randF32(r, k), make([]float32, n)
+	var per time.Duration
+	withThreads(threads, func() {
+		per = timeIt(target, func() { tensor.GemvT(n, k, w, k, x, y, 0) })
+	})
+	return float64(n*k*4) / per.Seconds()
+}
+
+// adamRate measures optim.AdamW's step over params parameters on threads
+// threads, parameters per second.
+func adamRate(params, threads int, target time.Duration) float64 {
+	r := rand.New(rand.NewPCG(3, 4))
+	p := []optim.Param{{Name: "w", W: randF32(r, params), G: randF32(r, params)}}
+	opt, err := optim.NewAdamW(optim.DefaultAdamW(1e-4))
+	if err != nil {
+		panic(err) // the defaults are valid
+	}
+	var per time.Duration
+	withThreads(threads, func() {
+		per = timeIt(target, func() {
+			if err := opt.Step(p, 1e-4); err != nil {
+				panic(err)
+			}
+		})
+	})
+	return float64(params) / per.Seconds()
+}
+
+// exchangeD is the hidden size of the exchange measurement's rows.
+const exchangeD = 1024
+
+type exchangeResult struct {
+	rtt       time.Duration // one row, forward and backward averaged
+	big       time.Duration // bigBytes each way
+	bigBytes  int
+	compute   time.Duration // the owner's products for the big request
+	bytesPerS float64
+}
+
+// measureExchange times training round trips (TRAIN_FORWARD, then
+// TRAIN_BACKWARD, as a rank's layer sends them) to an owner on loopback
+// whose expert is one intermediate feature wide, so the transport, not
+// the GEMM, is timed: with one row, the round trip (ExchangeRTT); with a
+// large payload, the per-byte cost: of the extra time over the small
+// round trip, less the owner's products (measured in process on the same
+// rows), each byte is handled 4 times in sequence (sender and receiver,
+// request and answer), which is how the models charge MsgBytesPerS.
+func measureExchange(ctx context.Context, quick bool) (exchangeResult, error) {
+	const job, model, owner = "calibrate", "simcal-exchange", cluster.WorkerID("simcal-owner")
+	r := rand.New(rand.NewPCG(5, 6))
+	ffn := func() *expert.FFN {
+		m := func(rows, cols int) tensor.Mat { return tensor.Mat{Rows: rows, Cols: cols, F32: randF32(r, rows*cols)} }
+		return &expert.FFN{Gate: m(1, exchangeD), Up: m(1, exchangeD), Down: m(exchangeD, 1)}
+	}
+	id := expert.ID{Layer: 0, Expert: 0}
+	store := expert.NewStore()
+	store.Put(id, ffn())
+	srv, err := transport.NewExpertServer(expert.NewStore(), transport.ServerConfig{Worker: owner, Model: model, Hidden: exchangeD})
+	if err != nil {
+		return exchangeResult{}, err
+	}
+	if _, err := srv.AddJob(job, store, model, exchangeD); err != nil {
+		return exchangeResult{}, err
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return exchangeResult{}, err
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		<-served
+	}()
+	pl := &cluster.Placement{Model: model, Epoch: 1, Owners: [][][]cluster.WorkerID{{{owner}}},
+		Workers: map[cluster.WorkerID]cluster.WorkerInfo{owner: {ID: owner, Addr: lis.Addr().String()}}}
+	pool, err := transport.NewPool(transport.ClientConfig{Worker: "simcal-rank", Model: model, Job: job})
+	if err != nil {
+		return exchangeResult{}, err
+	}
+	defer pool.Close()
+	tr, err := transport.NewRemoteTrainer(transport.NewStaticPlacement(pl), pool, job)
+	if err != nil {
+		return exchangeResult{}, err
+	}
+	// roundTrips returns the mean time of a forward and of a backward of
+	// rows rows, over reps pairs after two warm-up pairs.
+	roundTrips := func(rows, reps int) (time.Duration, error) {
+		plan := &router.Plan{NumExperts: 1, Offsets: []int32{0, int32(rows)}, Token: make([]int32, rows), Choice: make([]int32, rows), Weight: make([]float32, rows)}
+		for i := range plan.Token {
+			plan.Token[i], plan.Weight[i] = int32(i), 1
+		}
+		x, y := randF32(r, rows*exchangeD), make([]float32, rows*exchangeD)
+		var total time.Duration
+		for i := range reps + 2 {
+			start := time.Now()
+			if err := tr.ForwardTrain(ctx, 0, plan, x, exchangeD, y); err != nil {
+				return 0, err
+			}
+			if err := tr.BackwardTrain(ctx, 0, x, y); err != nil {
+				return 0, err
+			}
+			if i >= 2 {
+				total += time.Since(start)
+			}
+		}
+		return total / time.Duration(2*reps), nil
+	}
+	small, bigRows, reps := 400, 4096, 8
+	if quick {
+		small, bigRows, reps = 50, 1024, 3
+	}
+	var res exchangeResult
+	if res.rtt, err = roundTrips(1, small); err != nil {
+		return res, err
+	}
+	if res.big, err = roundTrips(bigRows, reps); err != nil {
+		return res, err
+	}
+	res.bigBytes = bigRows * exchangeD * 4
+	// The owner's products on the same rows, in process.
+	local := expert.NewStore()
+	local.Put(id, ffn())
+	plan := &router.Plan{NumExperts: 1, Offsets: []int32{0, int32(bigRows)}, Token: make([]int32, bigRows)}
+	for i := range plan.Token {
+		plan.Token[i] = int32(i)
+	}
+	x, y := randF32(r, bigRows*exchangeD), make([]float32, bigRows*exchangeD)
+	var cerr error
+	res.compute = timeIt(20*time.Millisecond, func() {
+		if err := local.ForwardTrainFor(ctx, "simcal", 0, plan, x, exchangeD, y); err != nil {
+			cerr = err
+			return
+		}
+		if err := local.BackwardTrainFor(ctx, "simcal", 0, x, y); err != nil {
+			cerr = err
+		}
+	}) / 2
+	if cerr != nil {
+		return res, cerr
+	}
+	extra := res.big - res.rtt - res.compute
+	if extra <= 0 {
+		return res, fmt.Errorf("a %d-byte round trip (%v) took no longer than one row's (%v) plus the products (%v)", res.bigBytes, res.big, res.rtt, res.compute)
+	}
+	res.bytesPerS = 4 * float64(res.bigBytes) / extra.Seconds()
+	return res, nil
+}
+
+// ServeLink answers MeasureLink on lis until ctx ends: run it on the other
+// host (`switchyard simulate calibrate --serve-link ADDR`).
+func ServeLink(ctx context.Context, lis net.Listener) error {
+	go func() {
+		<-ctx.Done()
+		lis.Close()
+	}()
+	for {
+		conn, err := lis.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		go func() {
+			defer conn.Close()
+			_ = answerLink(conn)
+		}()
+	}
+}
+
+// The link protocol: 'p' then 64-byte pings, each echoed; or 'b', an
+// 8-byte length and that many bytes, answered with one byte once all
+// arrived.
+const pingBytes = 64
+
+func answerLink(conn net.Conn) error {
+	rd := bufio.NewReader(conn)
+	kind, err := rd.ReadByte()
+	if err != nil {
+		return err
+	}
+	switch kind {
+	case 'p':
+		buf := make([]byte, pingBytes)
+		for {
+			if _, err := io.ReadFull(rd, buf); err != nil {
+				return err
+			}
+			if _, err := conn.Write(buf); err != nil {
+				return err
+			}
+		}
+	case 'b':
+		var hdr [8]byte
+		if _, err := io.ReadFull(rd, hdr[:]); err != nil {
+			return err
+		}
+		n := int64(0)
+		for _, b := range hdr {
+			n = n<<8 | int64(b)
+		}
+		if _, err := io.CopyN(io.Discard, rd, n); err != nil {
+			return err
+		}
+		_, err := conn.Write([]byte{1})
+		return err
+	}
+	return fmt.Errorf("simcal: link: unknown request %q", kind)
+}
+
+// MeasureLink measures the link to a ServeLink at addr with raw TCP: the
+// median round trip of 64-byte pings and the rate of one bulk transfer
+// (256 MiB; 16 MiB quick) from its first byte sent to the receiver's
+// acknowledgement of the last, in bytes/s.
+func MeasureLink(ctx context.Context, addr string, quick bool) (float64, time.Duration, error) {
+	var d net.Dialer
+	dial := func(kind byte) (net.Conn, error) {
+		conn, err := d.DialContext(ctx, "tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("simcal: link to %s: %w", addr, err)
+		}
+		if dl, ok := ctx.Deadline(); ok {
+			conn.SetDeadline(dl)
+		}
+		if _, err := conn.Write([]byte{kind}); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		return conn, nil
+	}
+	pings, bulk := 200, 256<<20
+	if quick {
+		pings, bulk = 20, 16<<20
+	}
+	conn, err := dial('p')
+	if err != nil {
+		return 0, 0, err
+	}
+	buf := make([]byte, pingBytes)
+	rtts := make([]time.Duration, 0, pings)
+	for range pings + 5 {
+		start := time.Now()
+		if _, err := conn.Write(buf); err != nil {
+			conn.Close()
+			return 0, 0, err
+		}
+		if _, err := io.ReadFull(conn, buf); err != nil {
+			conn.Close()
+			return 0, 0, err
+		}
+		rtts = append(rtts, time.Since(start))
+	}
+	conn.Close()
+	rtts = rtts[5:]
+	slices.Sort(rtts)
+	rtt := rtts[len(rtts)/2]
+	if conn, err = dial('b'); err != nil {
+		return 0, 0, err
+	}
+	defer conn.Close()
+	var hdr [8]byte
+	for i := range hdr {
+		hdr[i] = byte(uint64(bulk) >> (56 - 8*i))
+	}
+	chunk := make([]byte, 1<<20)
+	start := time.Now()
+	if _, err := conn.Write(hdr[:]); err != nil {
+		return 0, 0, err
+	}
+	for sent := 0; sent < bulk; sent += len(chunk) {
+		if _, err := conn.Write(chunk[:min(len(chunk), bulk-sent)]); err != nil {
+			return 0, 0, err
+		}
+	}
+	var ack [1]byte
+	if _, err := io.ReadFull(conn, ack[:]); err != nil {
+		return 0, 0, err
+	}
+	el := time.Since(start) - rtt/2
+	if el <= 0 {
+		return 0, 0, errors.New("simcal: link: the bulk transfer took no time")
+	}
+	return float64(bulk) / el.Seconds(), rtt, nil
+}

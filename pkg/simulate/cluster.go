@@ -1,0 +1,251 @@
+package simulate
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"sort"
+	"time"
+)
+
+// ClusterSpec describes a cluster to simulate: a small file a team writes
+// about the machines it means to buy (JSON; `switchyard simulate` reads
+// it with --cluster FILE). Zero fields take the documented defaults
+// (Defaults).
+//
+//	{"workers": 64, "frontends": 4, "cores": 32, "memory": "512GiB",
+//	 "nic": "25gbit", "latency": "10us", "oversubscription": 3,
+//	 "hosts_per_leaf": 16}
+type ClusterSpec struct {
+	// Workers is the number of expert-serving (or training) hosts.
+	Workers int `json:"workers"`
+	// Frontends is the number of serving front ends (each on a host of
+	// its own, the same kind as a worker's). Default 1.
+	Frontends int `json:"frontends,omitempty"`
+	// Cores per host. Default 32.
+	Cores int `json:"cores,omitempty"`
+	// Memory per host, e.g. "512GiB". Default 256GiB.
+	Memory string `json:"memory,omitempty"`
+	// NIC is each host's network rate each way, e.g. "25gbit". Default
+	// 25gbit.
+	NIC string `json:"nic,omitempty"`
+	// Latency is the one-way latency of a message across the fabric,
+	// e.g. "10us". Default 10us.
+	Latency string `json:"latency,omitempty"`
+	// Oversubscription is the leaf-spine fabric's ratio of host bandwidth
+	// under a leaf to the leaf's uplink bandwidth (1: non-blocking).
+	// Default 1.
+	Oversubscription float64 `json:"oversubscription,omitempty"`
+	// HostsPerLeaf is how many hosts share a leaf switch. Default 32.
+	HostsPerLeaf int `json:"hosts_per_leaf,omitempty"`
+}
+
+// Cluster is a ClusterSpec with its defaults applied and units parsed.
+type Cluster struct {
+	Workers, Frontends int
+	Cores              int
+	MemoryBytes        int64
+	Rate               float64 // bytes/s each way per host
+	Latency            time.Duration
+	Oversubscription   float64
+	HostsPerLeaf       int
+}
+
+// Resolve applies ClusterSpec's defaults and parses its units.
+func (s ClusterSpec) Resolve() (Cluster, error) {
+	c := Cluster{Workers: s.Workers, Frontends: s.Frontends, Cores: s.Cores,
+		Oversubscription: s.Oversubscription, HostsPerLeaf: s.HostsPerLeaf}
+	if c.Workers < 1 {
+		return c, fmt.Errorf("cluster: workers %d: want at least 1", s.Workers)
+	}
+	if c.Frontends == 0 {
+		c.Frontends = 1
+	}
+	if c.Cores == 0 {
+		c.Cores = 32
+	}
+	if c.Oversubscription == 0 {
+		c.Oversubscription = 1
+	}
+	if c.HostsPerLeaf == 0 {
+		c.HostsPerLeaf = 32
+	}
+	if c.Frontends < 0 || c.Cores < 0 || c.Oversubscription < 1 || c.HostsPerLeaf < 1 {
+		return c, fmt.Errorf("cluster: frontends %d, cores %d, oversubscription %g, hosts_per_leaf %d: want frontends >= 0, cores >= 1, oversubscription >= 1, hosts_per_leaf >= 1",
+			s.Frontends, s.Cores, s.Oversubscription, s.HostsPerLeaf)
+	}
+	var err error
+	mem := s.Memory
+	if mem == "" {
+		mem = "256GiB"
+	}
+	if c.MemoryBytes, err = ParseBytes(mem); err != nil || c.MemoryBytes <= 0 {
+		return c, fmt.Errorf("cluster: memory %q: want e.g. 512GiB", s.Memory)
+	}
+	nic := s.NIC
+	if nic == "" {
+		nic = "25gbit"
+	}
+	if c.Rate, err = ParseRate(nic); err != nil {
+		return c, fmt.Errorf("cluster: nic: %w", err)
+	}
+	lat := s.Latency
+	if lat == "" {
+		lat = "10us"
+	}
+	if c.Latency, err = time.ParseDuration(lat); err != nil || c.Latency < 0 {
+		return c, fmt.Errorf("cluster: latency %q: want e.g. 10us", s.Latency)
+	}
+	return c, nil
+}
+
+// CrossLeafRate is the rate, bytes/s, one host gets to a host under
+// another leaf when every host under its leaf sends off the leaf at once
+// (the all-to-all and ring worst case): Rate / Oversubscription. Clusters
+// that fit under one leaf never pay it.
+func (c Cluster) CrossLeafRate() float64 {
+	if c.Workers+c.Frontends <= c.HostsPerLeaf {
+		return c.Rate
+	}
+	return c.Rate / c.Oversubscription
+}
+
+// ReadCluster reads a ClusterSpec (JSON, unknown fields refused) and
+// resolves it.
+func ReadCluster(r io.Reader) (Cluster, error) {
+	var s ClusterSpec
+	d := json.NewDecoder(r)
+	d.DisallowUnknownFields()
+	if err := d.Decode(&s); err != nil {
+		return Cluster{}, fmt.Errorf("cluster file: %w", err)
+	}
+	return s.Resolve()
+}
+
+// ParseRate reads a link rate such as 25gbit, 100gbit, 500mbit or a
+// number of bits/s, returning bytes/s.
+func ParseRate(s string) (float64, error) {
+	var v float64
+	var unit string
+	n, _ := fmt.Sscanf(s, "%g%s", &v, &unit)
+	mult := 1.0
+	switch unit {
+	case "gbit", "Gbit", "gbps", "Gbps":
+		mult = 1e9
+	case "mbit", "Mbit", "mbps", "Mbps":
+		mult = 1e6
+	case "":
+	default:
+		n = 0
+	}
+	if n < 1 || v <= 0 || math.IsInf(v, 0) || math.IsNaN(v) {
+		return 0, fmt.Errorf("rate %q: want e.g. 25gbit, 500mbit or bits/s", s)
+	}
+	return v * mult / 8, nil
+}
+
+// ParseBytes reads a size such as 4GiB, 512MiB, 1.5GB or a number of
+// bytes.
+func ParseBytes(s string) (int64, error) {
+	var v float64
+	var unit string
+	n, _ := fmt.Sscanf(s, "%g%s", &v, &unit)
+	mult := map[string]float64{"": 1, "B": 1, "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
+		"KB": 1e3, "MB": 1e6, "GB": 1e9, "TB": 1e12}[unit]
+	if n < 1 || mult == 0 || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) {
+		return 0, fmt.Errorf("size %q: want e.g. 512MiB, 4GiB", s)
+	}
+	return int64(v * mult), nil
+}
+
+// Calibration is what `simulate calibrate` measured on a real machine
+// with the real kernels and transports (JSON). The serving and training
+// models take their compute and software costs from it; a cluster file
+// gives the hardware.
+type Calibration struct {
+	// CPU is the model name of the machine measured, Cores its cores, and
+	// When the time (RFC 3339) the calibration ran.
+	CPU   string `json:"cpu"`
+	Cores int    `json:"cores"`
+	When  string `json:"when"`
+	// GEMM is the measured throughput of the matrix kernels, one entry per
+	// shape, dtype and thread count.
+	GEMM []GEMMPoint `json:"gemm"`
+	// MemBandwidth is one core's streaming read bandwidth, bytes/s (a
+	// decode GEMV's bound).
+	MemBandwidth float64 `json:"mem_bandwidth"`
+	// MsgCPU is the CPU time, per message and per side, of the expert
+	// exchange's transport (one request/answer costs 2 on each side);
+	// MsgBytesPerS the per-byte copy cost of a payload on either side.
+	MsgCPU       time.Duration `json:"msg_cpu_ns"`
+	MsgBytesPerS float64       `json:"msg_bytes_per_s"`
+	// ExchangeRTT is a whole expert-exchange round trip to one owner on
+	// loopback with nothing computed (client + server software, both
+	// ways), the floor of a layer's exchange.
+	ExchangeRTT time.Duration `json:"exchange_rtt_ns"`
+	// LinkRate (bytes/s) and LinkRTT are what the calibration measured of
+	// the link it ran on (raw TCP), when it ran on one; 0 otherwise.
+	LinkRate float64       `json:"link_rate,omitempty"`
+	LinkRTT  time.Duration `json:"link_rtt_ns,omitempty"`
+	// AdamParamsPerS is optim.AdamW's step on one core, parameters/s (it
+	// computes each element in float64: compute-bound where memory
+	// bandwidth is not); 0 when not measured (the training model then
+	// takes the optimizer as bound by memory bandwidth alone).
+	AdamParamsPerS float64 `json:"adam_params_per_s,omitempty"`
+}
+
+// GEMMPoint is one measured kernel throughput: an (M x K) x (K x N)
+// product (M tokens, K input features, N output features) in DType
+// ("f32", "bf16" weights with f32 activations, "bf16-compute") on Threads
+// threads.
+type GEMMPoint struct {
+	M, K, N int
+	DType   string  `json:"dtype"`
+	Threads int     `json:"threads"`
+	FLOPS   float64 `json:"flops"` // 2*M*K*N / seconds
+}
+
+// ReadCalibration reads a Calibration (JSON).
+func ReadCalibration(r io.Reader) (*Calibration, error) {
+	var c Calibration
+	d := json.NewDecoder(r)
+	d.DisallowUnknownFields()
+	if err := d.Decode(&c); err != nil {
+		return nil, fmt.Errorf("calibration file: %w", err)
+	}
+	if len(c.GEMM) == 0 {
+		return nil, fmt.Errorf("calibration file: no GEMM points")
+	}
+	return &c, nil
+}
+
+// GEMMTime returns the predicted time of an (m x k) x (k x n) product of
+// dtype on threads threads: the measured throughput of the nearest point
+// of that dtype (by log-distance in M, then K*N; threads scale the
+// nearest thread count's throughput linearly, the assumption a machine
+// with more cores than the calibration's needs) applied to 2*m*k*n.
+func (c *Calibration) GEMMTime(m, k, n int, dtype string, threads int) (time.Duration, error) {
+	if m <= 0 || k <= 0 || n <= 0 {
+		return 0, nil
+	}
+	pts := make([]GEMMPoint, 0, len(c.GEMM))
+	for _, p := range c.GEMM {
+		if p.DType == dtype && p.FLOPS > 0 {
+			pts = append(pts, p)
+		}
+	}
+	if len(pts) == 0 {
+		return 0, fmt.Errorf("calibration: no GEMM points of dtype %q", dtype)
+	}
+	dist := func(p GEMMPoint) float64 {
+		dm := math.Log(float64(p.M) / float64(m))
+		dkn := math.Log(float64(p.K*p.N) / float64(k*n))
+		dt := math.Log(float64(max(p.Threads, 1)) / float64(max(threads, 1)))
+		return 4*dm*dm + dkn*dkn + 0.1*dt*dt
+	}
+	sort.SliceStable(pts, func(i, j int) bool { return dist(pts[i]) < dist(pts[j]) })
+	p := pts[0]
+	flops := p.FLOPS * float64(max(threads, 1)) / float64(max(p.Threads, 1))
+	return time.Duration(2 * float64(m) * float64(k) * float64(n) / flops * float64(time.Second)), nil
+}

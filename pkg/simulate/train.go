@@ -1,0 +1,1203 @@
+package simulate
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/switchyard/switchyard/pkg/allreduce"
+	"github.com/switchyard/switchyard/pkg/cluster"
+	"github.com/switchyard/switchyard/pkg/expert"
+	"github.com/switchyard/switchyard/pkg/placement"
+)
+
+// TrainShape is the model a training-step prediction trains: the sizes
+// that decide its compute, its exchange and its memory. (The serving model
+// will have its own MoE shape; the two should be unified into one.)
+type TrainShape struct {
+	Name string
+	// Layers is the decoder's layer count; the first DenseLayers of them
+	// have a dense MLP of DenseInter features, the rest routed experts.
+	Layers, DenseLayers int
+	Hidden, Vocab       int
+	// Tied: the head shares the embeddings (one matrix, not two).
+	Tied bool
+	// Heads query heads and KVHeads key-value heads, QKDim and VDim wide
+	// each (per head): the attention's T x T products per sequence.
+	Heads, KVHeads, QKDim, VDim int
+	// AttnProj are the (in, out) features of each projection of a layer's
+	// attention, in order (GQA: q, k, v, o; MLA: its low-rank pairs and o).
+	AttnProj   [][2]int
+	DenseInter int
+	// Experts routed experts per MoE layer, TopK per token, ExpertInter
+	// the intermediate features of each (SwiGLU: gate, up [F, D], down [D, F]).
+	Experts, TopK, ExpertInter int
+	// SharedInter is the intermediate width of the MoE layers' shared
+	// expert(s), replicated with the dense weights (0: none).
+	SharedInter int
+}
+
+// TrainMixtral8x22B is Mixtral-8x22B: 56 layers of hidden 6144, 48 query
+// and 8 key-value heads of 128, 8 experts of 16384 top-2, vocabulary
+// 32768, untied head. 140.6 B parameters, 39.2 B active per token; 5.34 B
+// of them dense (replicated and all-reduced), 302 M per routed expert.
+func TrainMixtral8x22B() TrainShape {
+	d := 6144
+	return TrainShape{
+		Name: "mixtral-8x22b", Layers: 56, Hidden: d, Vocab: 32768,
+		Heads: 48, KVHeads: 8, QKDim: 128, VDim: 128,
+		AttnProj: [][2]int{{d, 48 * 128}, {d, 8 * 128}, {d, 8 * 128}, {48 * 128, d}},
+		Experts:  8, TopK: 2, ExpertInter: 16384,
+	}
+}
+
+// TrainDeepSeekV3 is DeepSeek-V3: 61 layers of hidden 7168 (the first 3
+// dense, intermediate 18432), MLA attention (128 heads; q rank 1536, kv
+// rank 512, 128+64 query/key and 128 value features per head), 256 routed
+// experts of 2048 top-8 and one shared expert of 2048, vocabulary 129280.
+// 671 B parameters, 37 B active. The multi-token-prediction module is
+// left out.
+func TrainDeepSeekV3() TrainShape {
+	d, h := 7168, 128
+	return TrainShape{
+		Name: "deepseek-v3", Layers: 61, DenseLayers: 3, Hidden: d, Vocab: 129280,
+		Heads: h, KVHeads: h, QKDim: 192, VDim: 128,
+		AttnProj:   [][2]int{{d, 1536}, {1536, h * 192}, {d, 512 + 64}, {512, h * (128 + 128)}, {h * 128, d}},
+		DenseInter: 18432,
+		Experts:    256, TopK: 8, ExpertInter: 2048, SharedInter: 2048,
+	}
+}
+
+// TrainShapeByName returns the preset named name (mixtral-8x22b,
+// deepseek-v3).
+func TrainShapeByName(name string) (TrainShape, error) {
+	switch name {
+	case "mixtral-8x22b":
+		return TrainMixtral8x22B(), nil
+	case "deepseek-v3":
+		return TrainDeepSeekV3(), nil
+	}
+	return TrainShape{}, fmt.Errorf("simulate: model %q: want mixtral-8x22b or deepseek-v3", name)
+}
+
+// MoELayers is the number of layers with routed experts.
+func (s TrainShape) MoELayers() int { return s.Layers - s.DenseLayers }
+
+// ExpertParams is one routed expert's parameters (three matrices).
+func (s TrainShape) ExpertParams() int64 { return 3 * int64(s.Hidden) * int64(s.ExpertInter) }
+
+// layerDense is the dense parameters of layer l (every rank's replica:
+// attention, the two norms, a dense MLP or the router and shared expert).
+func (s TrainShape) layerDense(l int) int64 {
+	d := int64(s.Hidden)
+	n := 2 * d
+	for _, p := range s.AttnProj {
+		n += int64(p[0]) * int64(p[1])
+	}
+	if l < s.DenseLayers {
+		return n + 3*d*int64(s.DenseInter)
+	}
+	return n + int64(s.Experts)*d + 3*d*int64(s.SharedInter)
+}
+
+// headDense is the final norm and the head (part L of the gradients),
+// embedDense the embeddings (part -1; none when tied).
+func (s TrainShape) headDense() int64 { return int64(s.Hidden) + int64(s.Vocab)*int64(s.Hidden) }
+func (s TrainShape) embedDense() int64 {
+	if s.Tied {
+		return 0
+	}
+	return int64(s.Vocab) * int64(s.Hidden)
+}
+
+// DenseParams is the parameters every data-parallel rank holds and
+// all-reduces: embeddings, head, attention, norms, routers, dense MLPs and
+// shared experts.
+func (s TrainShape) DenseParams() int64 {
+	n := s.headDense() + s.embedDense()
+	for l := 0; l < s.Layers; l++ {
+		n += s.layerDense(l)
+	}
+	return n
+}
+
+// TotalParams is every parameter; ActiveParams those one token uses.
+func (s TrainShape) TotalParams() int64 {
+	return s.DenseParams() + int64(s.MoELayers()*s.Experts)*s.ExpertParams()
+}
+
+// ActiveParams is the parameters one token's forward uses (the dense ones,
+// the head once, and TopK experts per MoE layer).
+func (s TrainShape) ActiveParams() int64 {
+	return s.DenseParams() - s.embedDense() + int64(s.MoELayers()*s.TopK)*s.ExpertParams()
+}
+
+// TrainConfig is one training-step prediction: data parallel over every
+// worker of the cluster (one rank per worker, each with TokensPerRank
+// tokens of the global batch) and expert parallel over the same workers
+// (each routed expert on one worker, placed by pkg/placement with R = 1
+// under the workers' memory), as `switchyard train` runs on a cluster.
+// Zero fields take the documented defaults.
+type TrainConfig struct {
+	Shape   TrainShape
+	Cluster Cluster
+	Cal     *Calibration
+	// TokensPerRank is each rank's micro-batch, tokens (default 4096), in
+	// sequences of SeqLen tokens (default 1024, at most TokensPerRank; attention is SeqLen^2 per
+	// sequence and head, its probabilities kept for the backward).
+	TokensPerRank, SeqLen int
+	// DType is the Calibration GEMM dtype the products run in: "f32" (the
+	// default: training holds float32 weights) or "bf16-compute"
+	// (`--compute bf16`). The router is float32 either way.
+	DType string
+	// WireBF16 all-reduces the gradients as bf16 on the wire (half the
+	// bytes); default float32.
+	WireBF16 bool
+	// BucketBytes is the gradient all-reduce bucket (default 25 MiB, the
+	// DistStepper's); ChunkBytes and SmallBytes the collective's chunk
+	// (default 1 MiB) and recursive-doubling threshold (default
+	// allreduce.DefaultSmallBytes).
+	BucketBytes, ChunkBytes, SmallBytes int
+	// HostMemBandwidth is one host's memory bandwidth, bytes/s, that the
+	// optimizer streams at (default: Cal.MemBandwidth x Cores, at most
+	// DefaultHostMemBandwidth).
+	HostMemBandwidth float64
+}
+
+// DefaultHostMemBandwidth caps the default host memory bandwidth:
+// ASSUMED, two thirds of the ~300 GB/s peak of a socket with 8 DDR5
+// channels (a calibration measures one core, not a whole socket).
+const DefaultHostMemBandwidth = 200e9
+
+// Bytes per parameter of training state: float32 weights (the master
+// copy; training keeps no lower-precision copy), a float32 gradient and
+// AdamW's two float32 moments. The optimizer streams adamBytes per
+// parameter: it reads the weight, gradient and moments and writes the
+// weight and moments.
+const (
+	stateBytes = 16
+	adamBytes  = 28
+)
+
+// TrainMemory is one worker's training memory, bytes.
+type TrainMemory struct {
+	// Dense is the replica's weights, gradients and AdamW moments
+	// (stateBytes per dense parameter), Experts the same for the routed
+	// experts it owns.
+	Dense, Experts int64
+	// Activations is what its own forward keeps for the backward (per
+	// token and layer: the residual stream and norm inputs, the attention
+	// projections before and after RoPE/norm, the attention output, the
+	// T x T probabilities per head, the router's logits and the experts'
+	// outputs; plus the head's logits), ExpertActivations what its experts
+	// keep for every rank's rows between their forward and backward
+	// (input row, gate, up and their product: D + 3F floats per row).
+	Activations, ExpertActivations int64
+}
+
+// Total is the sum of the parts.
+func (m TrainMemory) Total() int64 { return m.Dense + m.Experts + m.Activations + m.ExpertActivations }
+
+// TrainPrediction is one predicted training step. Forward, Backward,
+// ExchangeWait, AllReduceWait, Optimizer and Barrier mean what
+// train.StepTimes's parts mean (disjoint; averaged over the ranks, whose
+// steps all end at the barrier, so they sum to Step): Forward and Backward
+// the rank's own compute (queueing behind expert requests on its host
+// included), ExchangeWait the routed experts through the executor (local
+// ones included), AllReduceWait the statistics and gradient-norm
+// all-to-alls and the wait for the bucketed gradient all-reduce after the
+// backward, Optimizer AdamW over the dense replica and the own experts,
+// Barrier the end-of-step barrier.
+type TrainPrediction struct {
+	N                                                                  int // ranks = workers
+	Tokens                                                             int // tokens per step (N x TokensPerRank)
+	Step                                                               time.Duration
+	Forward, Backward, ExchangeWait, AllReduceWait, Optimizer, Barrier time.Duration
+	// TokensPerS is Tokens / Step.
+	TokensPerS float64
+	// Owners is how many workers own experts. What the busiest host used
+	// of each resource during the step: HostCompute its products (its
+	// rank's and the expert rows it served; at the full rate), OwnerGEMM
+	// the expert rows it served, NIC the busiest direction of its
+	// interface (exchange and all-reduce), ExchangeNIC that of the
+	// exchange alone, MsgCPU its per-message software divided by its
+	// cores.
+	Owners                                           int
+	HostCompute, OwnerGEMM, NIC, ExchangeNIC, MsgCPU time.Duration
+	// Straggle is the part of AllReduceWait spent waiting for the slowest
+	// rank rather than for the network (mean over ranks): for the last
+	// rank's forward at the statistics all-to-all, and for the last
+	// rank's backward, whose buckets every all-reduce needs.
+	Straggle time.Duration
+	// AllReduce is the gradient all-reduce from its first bucket's start
+	// to its last bucket's end (most of it overlaps the backward),
+	// AllReduceBytes what it summed per rank (float32).
+	AllReduce      time.Duration
+	AllReduceBytes int64
+	// Memory is the worker needing the most; Fits whether it fits the
+	// cluster's memory per host (if not, the placement ignored the
+	// budgets and the times are what the step would take with enough).
+	Memory TrainMemory
+	Fits   bool
+	// Bottleneck names what limits the step.
+	Bottleneck string
+}
+
+// Compute is the ranks' own compute, forward and backward.
+func (p TrainPrediction) Compute() time.Duration { return p.Forward + p.Backward }
+
+// PredictTrainStep predicts one training step with a discrete-event model
+// of the code's schedule (pkg/train's DistStepper, pkg/transport's
+// RemoteTrainer and ExpertServer, pkg/collective):
+//
+//   - Each host has one compute resource (the products run one at a time
+//     on all its cores: its rank's own dense products and the expert
+//     requests its ExpertServer serves, first come first served, as the
+//     server's one GEMM goroutine runs training requests one at a time),
+//     a pool of Cores cores for per-message software, and a network
+//     interface of Rate each way (CrossLeafRate to hosts under another
+//     leaf).
+//   - Forward, per layer: attention and router products (Calibration's
+//     GEMMTime for each shape, f32 on Cores threads; the per-head T x T
+//     products single-threaded, Cores at a time); then the expert exchange:
+//     one request per owner of the layer's experts with the rank's rows
+//     for them (routing assumed balanced: TokensPerRank x TopK / Experts
+//     rows per expert), each message costing MsgCPU + bytes/MsgBytesPerS
+//     on a core of the sender and of the receiver, the sender's interface
+//     for bytes/rate, the latency and the receiver's interface; the owner
+//     runs the three SwiGLU products of each of its experts; the answer
+//     (the same bytes) comes back the same way; the rank's own experts
+//     are computed in process (SetLocal: no socket). Then the shared
+//     expert. After the last layer, the head; then the statistics
+//     all-to-all, which every rank waits for.
+//   - Backward: twice the forward's products, layer by layer in reverse,
+//     with the same exchange (dy out, dx back). Each layer's dense
+//     gradients are final after its attention backward; they are queued
+//     in buckets of at least BucketBytes (whole parts, as DistStepper
+//     groups them) to one all-reduce at a time, which starts once every
+//     rank queued the bucket and the previous bucket ended, takes
+//     PredictAllReduce's time (the ring's closed form for big rings) and
+//     moves its bytes through every interface, shared first come first
+//     served with the exchange in pieces of 16 MiB.
+//   - Then the gradient-norm all-to-all, AdamW over the dense replica and
+//     the own experts (adamBytes per parameter at the host's memory
+//     bandwidth, or Calibration.AdamParamsPerS per core where that is
+//     slower), and the barrier (an all-to-all of empty messages).
+//
+// Not modeled: element-wise work (norms, softmax, SiLU, residuals,
+// embeddings: 4% of a measured single-process step, bench/results/
+// train.txt), routing skew, the message software competing with the
+// products for cores, and TCP's fair sharing (interfaces serve whole
+// messages in order).
+func PredictTrainStep(c TrainConfig) (TrainPrediction, error) {
+	if err := c.defaults(); err != nil {
+		return TrainPrediction{}, err
+	}
+	s := newTrainSim(c)
+	if err := s.prepare(); err != nil {
+		return TrainPrediction{}, err
+	}
+	s.run()
+	return s.result(), nil
+}
+
+func (c *TrainConfig) defaults() error {
+	if c.Cal == nil {
+		return errors.New("simulate: train: no calibration")
+	}
+	if c.TokensPerRank == 0 {
+		c.TokensPerRank = 4096
+	}
+	if c.SeqLen == 0 {
+		c.SeqLen = min(1024, c.TokensPerRank)
+	}
+	if c.DType == "" {
+		c.DType = "f32"
+	}
+	if c.BucketBytes == 0 {
+		c.BucketBytes = 25 << 20
+	}
+	if c.ChunkBytes == 0 {
+		c.ChunkBytes = 1 << 20
+	}
+	if c.SmallBytes == 0 {
+		c.SmallBytes = allreduce.DefaultSmallBytes
+	}
+	cl := c.Cluster
+	if c.HostMemBandwidth == 0 {
+		c.HostMemBandwidth = min(c.Cal.MemBandwidth*float64(cl.Cores), DefaultHostMemBandwidth)
+	}
+	sh := c.Shape
+	var errs []error
+	if cl.Workers < 1 || cl.Cores < 1 || cl.Rate <= 0 || cl.HostsPerLeaf < 1 || cl.Oversubscription < 1 {
+		errs = append(errs, fmt.Errorf("cluster: %d workers, %d cores, rate %g B/s, %d hosts per leaf, oversubscription %g (resolve a ClusterSpec)",
+			cl.Workers, cl.Cores, cl.Rate, cl.HostsPerLeaf, cl.Oversubscription))
+	}
+	if c.TokensPerRank < 1 || c.SeqLen < 1 || c.TokensPerRank%c.SeqLen != 0 {
+		errs = append(errs, fmt.Errorf("tokens per rank %d, sequence length %d: want a positive multiple of the sequence length", c.TokensPerRank, c.SeqLen))
+	}
+	if sh.Layers < 1 || sh.Hidden < 1 || sh.Vocab < 1 || sh.Heads < 1 || len(sh.AttnProj) == 0 || sh.DenseLayers < 0 || sh.DenseLayers > sh.Layers ||
+		(sh.MoELayers() > 0 && (sh.Experts < 1 || sh.TopK < 1 || sh.TopK > sh.Experts || sh.ExpertInter < 1)) {
+		errs = append(errs, fmt.Errorf("model shape %q is incomplete", sh.Name))
+	}
+	if c.Cal.MsgBytesPerS <= 0 || c.Cal.MemBandwidth <= 0 || c.Cal.MsgCPU < 0 || c.HostMemBandwidth <= 0 {
+		errs = append(errs, fmt.Errorf("calibration: msg_bytes_per_s %g, mem_bandwidth %g, msg_cpu %v: want positive rates", c.Cal.MsgBytesPerS, c.Cal.MemBandwidth, c.Cal.MsgCPU))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("simulate: train: %w", err)
+	}
+	return nil
+}
+
+// trainSim is one step's simulation.
+type trainSim struct {
+	c     TrainConfig
+	n     int
+	q     eventQueue
+	hosts []trainHost
+	ranks []trainRank
+
+	// Products, per layer (forward; the backward takes twice as long).
+	attn   []time.Duration // attention, norms' products, router: before the exchange
+	shared []time.Duration // shared expert (after the exchange) or dense MLP
+	head   time.Duration
+	// owners[l] lists the hosts owning experts of MoE layer l with the
+	// time of one rank's request (forward) and its bytes.
+	owners [][]ownerReq
+	// buckets of the gradient all-reduce, in the order they are queued.
+	buckets   []trainBucket
+	trigger   map[int]int // part -> the bucket its OnGrads queues
+	arNext    int         // next bucket to run
+	arFree    time.Duration
+	arFirst   time.Duration
+	arEnd     time.Duration
+	arBytes   int64
+	statsA2A  time.Duration // the statistics all-to-all
+	normA2A   time.Duration // the gradient-norm all-to-all
+	barrier   time.Duration
+	fwdIn     int // ranks done with the forward
+	fwdLast   time.Duration
+	bwdIn     int
+	optTime   []time.Duration // per host
+	arRunning bool
+	done      bool
+	stepEnd   time.Duration
+	memory    []TrainMemory
+	fits      bool
+	nOwners   int
+}
+
+type trainHost struct {
+	cpu    cpu
+	msg    core
+	tx, rx bucket
+	leaf   int
+	// What the step used: served expert products, exchange bytes through
+	// each direction of the interface, message software.
+	expertBusy   time.Duration
+	denseBusy    time.Duration
+	arBusy       time.Duration // the gradient all-reduce, each direction
+	txBusy       time.Duration
+	rxBusy       time.Duration
+	msgBusy      time.Duration
+	ownedExperts int
+}
+
+type trainRank struct {
+	fwdEnd, sync, bwdEnd, normEnd, optEnd time.Duration
+	// exchange is ExchangeWait (forward and backward), exFwd its
+	// forward's share.
+	exchange, exFwd time.Duration
+}
+
+// ownerReq is one owner's part of a layer's exchange: its host, the time
+// of one rank's forward request (all its experts of the layer, in turn)
+// and the bytes of the rows each way.
+type ownerReq struct {
+	host  int
+	fwd   time.Duration
+	bytes int
+}
+
+type trainBucket struct {
+	bytes    int64 // float32 gradients
+	ready    time.Duration
+	in       int // ranks that queued it
+	wire     int // bytes through each interface, each way
+	overhead time.Duration
+}
+
+func newTrainSim(c TrainConfig) *trainSim {
+	n := c.Cluster.Workers
+	s := &trainSim{c: c, n: n, hosts: make([]trainHost, n), ranks: make([]trainRank, n), trigger: map[int]int{}}
+	for h := range s.hosts {
+		s.hosts[h].msg = make(core, c.Cluster.Cores)
+		s.hosts[h].leaf = h / c.Cluster.HostsPerLeaf
+	}
+	return s
+}
+
+// gemm is the calibrated time of an (m x k) x (k x n) product on the
+// host's cores.
+func (s *trainSim) gemm(m, k, n int) (time.Duration, error) {
+	return s.c.Cal.GEMMTime(m, k, n, s.c.DType, s.c.Cluster.Cores)
+}
+
+// prepare computes the products' times, places the experts and sizes the
+// buckets and the small collectives.
+func (s *trainSim) prepare() error {
+	c, sh := s.c, s.c.Shape
+	T, S, d := c.TokensPerRank, c.SeqLen, sh.Hidden
+	cores := c.Cluster.Cores
+	var errs []error
+	add := func(t time.Duration, err error) time.Duration {
+		if err != nil {
+			errs = append(errs, err)
+		}
+		return t
+	}
+	// Attention: the projections on all cores; the per-(sequence, head)
+	// T x T products each on one core, cores at a time.
+	var attn time.Duration
+	for _, p := range sh.AttnProj {
+		attn += add(s.gemm(T, p[0], p[1]))
+	}
+	qk := add(c.Cal.GEMMTime(S, sh.QKDim, S, c.DType, 1))
+	pv := add(c.Cal.GEMMTime(S, S, sh.VDim, c.DType, 1))
+	waves := (T/S*sh.Heads + cores - 1) / cores
+	attn += time.Duration(waves) * (qk + pv)
+	ffn := func(rows, f int) time.Duration {
+		if f == 0 || rows == 0 {
+			return 0
+		}
+		return 2*add(s.gemm(rows, d, f)) + add(s.gemm(rows, f, d))
+	}
+	// The router is float32 in every compute mode (LinearExact); a
+	// calibration without float32 points times it in the products' dtype.
+	router, err := c.Cal.GEMMTime(T, d, max(sh.Experts, 1), "f32", cores)
+	if err != nil {
+		router = add(s.gemm(T, d, max(sh.Experts, 1)))
+	}
+	s.attn = make([]time.Duration, sh.Layers)
+	s.shared = make([]time.Duration, sh.Layers)
+	for l := range sh.Layers {
+		s.attn[l] = attn
+		if l < sh.DenseLayers {
+			s.shared[l] = ffn(T, sh.DenseInter)
+		} else {
+			s.attn[l] += router
+			s.shared[l] = ffn(T, sh.SharedInter)
+		}
+	}
+	s.head = add(s.gemm(T, d, sh.Vocab))
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("simulate: train: %w", err)
+	}
+	if err := s.place(ffn); err != nil {
+		return err
+	}
+	s.sizeBuckets()
+	// The statistics all-to-all carries 4 + 2 x MoE layers x experts
+	// float64 plus the stop vote; the norm one float64; the barrier none.
+	s.statsA2A = s.allToAll(8 * (5 + 2*sh.MoELayers()*sh.Experts))
+	s.normA2A = s.allToAll(8)
+	s.barrier = s.allToAll(0)
+	return nil
+}
+
+// allToAll is one AllToAll of b bytes to every other member (pkg/collective's
+// AllReduceFloat64 and Barrier): n-1 messages out and in on each member's
+// interface and cores, after a latency.
+func (s *trainSim) allToAll(b int) time.Duration {
+	n := s.n
+	if n < 2 {
+		return 0
+	}
+	cl := s.c.Cluster
+	msgs := time.Duration((n - 1 + cl.Cores - 1) / cl.Cores)
+	return cl.Latency + rate((n-1)*b, s.c.Cluster.CrossLeafRate()) + 2*msgs*s.c.Cal.MsgCPU
+}
+
+// rowsPerExpert is how many of a rank's rows go to expert e (balanced
+// routing: TokensPerRank x TopK spread evenly).
+func (s *trainSim) rowsPerExpert(e int) int {
+	sh := s.c.Shape
+	r := s.c.TokensPerRank * sh.TopK
+	rows := r / sh.Experts
+	if e < r%sh.Experts {
+		rows++
+	}
+	return rows
+}
+
+// place runs pkg/placement (R = 1) with each expert's training footprint
+// (its state and the saved activations of every rank's rows) against each
+// worker's memory left after its dense replica and activations, and
+// derives each layer's owners and each worker's memory.
+func (s *trainSim) place(ffn func(rows, f int) time.Duration) error {
+	c, sh := s.c, s.c.Shape
+	n, d, F := s.n, int64(sh.Hidden), int64(sh.ExpertInter)
+	dense := sh.DenseParams() * stateBytes
+	acts := s.activationBytes()
+	left := c.Cluster.MemoryBytes - dense - acts
+	s.fits = left > 0
+	expertBytes := func(e int) int64 {
+		return sh.ExpertParams()*stateBytes + int64(n)*int64(s.rowsPerExpert(e))*(d+3*F)*4
+	}
+	var in placement.Input
+	in.Layers = sh.Layers
+	in.Replicas = 1
+	for l := sh.DenseLayers; l < sh.Layers; l++ {
+		for e := range sh.Experts {
+			in.Experts = append(in.Experts, placement.Expert{ID: expert.ID{Layer: l, Expert: e}, Bytes: expertBytes(e)})
+		}
+	}
+	ids := map[cluster.WorkerID]int{}
+	for h := range n {
+		id := cluster.WorkerID(fmt.Sprintf("w%05d", h))
+		ids[id] = h
+		in.Workers = append(in.Workers, cluster.WorkerInfo{ID: id, Cores: c.Cluster.Cores, MemBytes: max(left, 1)})
+	}
+	var pl cluster.Placement
+	var err error
+	if len(in.Experts) > 0 {
+		pl, err = placement.Place(in)
+		if errors.Is(err, placement.ErrInsufficientMemory) || !s.fits {
+			// Does not fit: place by count alone to time the step anyway.
+			s.fits = false
+			for i := range in.Workers {
+				in.Workers[i].MemBytes = 0
+			}
+			pl, err = placement.Place(in)
+		}
+		if err != nil {
+			return fmt.Errorf("simulate: train: placement: %w", err)
+		}
+	}
+	s.owners = make([][]ownerReq, sh.Layers)
+	s.memory = make([]TrainMemory, n)
+	for h := range s.memory {
+		s.memory[h] = TrainMemory{Dense: dense, Activations: acts}
+	}
+	owned := make([]int64, n) // expert parameters per host
+	for l := sh.DenseLayers; l < sh.Layers; l++ {
+		byHost := map[int]int{} // host -> index in owners[l]
+		for e := range sh.Experts {
+			ws := pl.OwnersOf(expert.ID{Layer: l, Expert: e})
+			if len(ws) == 0 {
+				return fmt.Errorf("simulate: train: placement left layer %d expert %d without an owner", l, e)
+			}
+			h := ids[ws[0]]
+			i, ok := byHost[h]
+			if !ok {
+				i = len(s.owners[l])
+				byHost[h] = i
+				s.owners[l] = append(s.owners[l], ownerReq{host: h})
+			}
+			rows := s.rowsPerExpert(e)
+			o := &s.owners[l][i]
+			o.fwd += ffn(rows, sh.ExpertInter)
+			o.bytes += rows * sh.Hidden * 4
+			owned[h] += sh.ExpertParams()
+			s.hosts[h].ownedExperts++
+			s.memory[h].Experts += sh.ExpertParams() * stateBytes
+			s.memory[h].ExpertActivations += int64(n) * int64(rows) * (d + 3*F) * 4
+		}
+	}
+	s.optTime = make([]time.Duration, n)
+	for h := range s.hosts {
+		if s.hosts[h].ownedExperts > 0 {
+			s.nOwners++
+		}
+		if s.memory[h].Total() > c.Cluster.MemoryBytes {
+			s.fits = false
+		}
+		s.optTime[h] = s.adamTime(sh.DenseParams() + owned[h])
+	}
+	return nil
+}
+
+// adamTime is AdamW over params parameters on one host: the slower of
+// streaming adamBytes per parameter at the host's memory bandwidth and
+// the calibrated per-core rate on every core.
+func (s *trainSim) adamTime(params int64) time.Duration {
+	t := rate(int(params*adamBytes), s.c.HostMemBandwidth)
+	if ps := s.c.Cal.AdamParamsPerS; ps > 0 {
+		t = max(t, rate(int(params), ps*float64(s.c.Cluster.Cores)))
+	}
+	return t
+}
+
+// activationBytes is what one rank's forward keeps for its backward (see
+// TrainMemory.Activations; model.TrainState's layerActs).
+func (s *trainSim) activationBytes() int64 {
+	c, sh := s.c, s.c.Shape
+	d := int64(sh.Hidden)
+	var attn int64
+	for _, p := range sh.AttnProj[:len(sh.AttnProj)-1] {
+		attn += 2 * int64(p[1]) // before and after RoPE / norm
+	}
+	attn += int64(sh.Heads)*int64(sh.VDim) + int64(sh.Heads)*int64(c.SeqLen) // output, probabilities
+	var perToken int64
+	for l := range sh.Layers {
+		perToken += 4*d + 2 + attn
+		if l < sh.DenseLayers {
+			perToken += d + 3*int64(sh.DenseInter)
+			continue
+		}
+		perToken += int64(sh.Experts) + int64(sh.TopK)*(d+3) // logits, expert outputs, plan
+		if sh.SharedInter > 0 {
+			perToken += 2*d + 3*int64(sh.SharedInter)
+		}
+	}
+	perToken += 3*d + int64(sh.Vocab) // final norm, head logits
+	return int64(c.TokensPerRank) * perToken * 4
+}
+
+// sizeBuckets groups the gradient parts as DistStepper does: parts
+// finalize from the head (part L) down to the embeddings (part -1); a
+// bucket is queued when the parts not yet queued reach BucketBytes, and at
+// the embeddings.
+func (s *trainSim) sizeBuckets() {
+	sh := s.c.Shape
+	size := func(part int) int64 {
+		switch {
+		case part == sh.Layers:
+			return sh.headDense() * 4
+		case part < 0:
+			return sh.embedDense() * 4
+		}
+		return sh.layerDense(part) * 4
+	}
+	var pend int64
+	for part := sh.Layers; part >= -1; part-- {
+		pend += size(part)
+		if pend >= int64(s.c.BucketBytes) || part == -1 {
+			if pend > 0 {
+				s.trigger[part] = len(s.buckets)
+				s.buckets = append(s.buckets, trainBucket{bytes: pend})
+				s.arBytes += pend
+			}
+			pend = 0
+		}
+	}
+	if s.n < 2 {
+		return
+	}
+	cl := s.c.Cluster
+	hosts := make([]Host, s.n)
+	for i := range hosts {
+		// The ring crosses each leaf's uplink with one flow each way, so
+		// it runs at the host rate even on an oversubscribed fabric.
+		hosts[i] = Host{Rate: cl.Rate, Latency: cl.Latency, Cores: cl.Cores}
+	}
+	m := Machine{Hosts: hosts}
+	cache := map[int64]time.Duration{}
+	for i := range s.buckets {
+		b := &s.buckets[i]
+		wire := b.bytes
+		if s.c.WireBF16 {
+			wire /= 2
+		}
+		wire = (wire + 3) / 4 * 4
+		dur, ok := cache[wire]
+		if !ok {
+			costs := Costs{MsgCPU: s.c.Cal.MsgCPU}
+			if s.n <= eventRanks || wire <= int64(s.c.SmallBytes) {
+				dur, _, _ = PredictAllReduce(AllReduce{N: s.n, Bytes: int(wire), ChunkBytes: s.c.ChunkBytes, SmallBytes: s.c.SmallBytes}, m, costs)
+			} else {
+				dur = RingTime(s.n, int(wire), hosts[0], costs)
+			}
+			cache[wire] = dur
+		}
+		b.wire = int(2 * int64(s.n-1) * wire / int64(s.n))
+		b.overhead = max(dur-rate(b.wire, cl.Rate), 0)
+	}
+}
+
+// eventRanks is the largest group whose bucket all-reduces run
+// PredictAllReduce's event model; larger rings take the closed form
+// RingTime (within 2% where both run, TestRingClosedForm; the event
+// model's time grows with the square of the ranks).
+const eventRanks = 64
+
+// linkRate is the rate of a message from host a to host b.
+func (s *trainSim) linkRate(a, b int) float64 {
+	if s.hosts[a].leaf == s.hosts[b].leaf {
+		return s.c.Cluster.Rate
+	}
+	return s.c.Cluster.CrossLeafRate()
+}
+
+// task is work on a host's cores: d of products at the host's full
+// rate, then done at its end.
+type task struct {
+	left time.Duration // work left at the full rate
+	then func(time.Duration)
+}
+
+// cpu is a host's cores as the products share them: at most two streams
+// at once, the rank's own products (one at a time: the rank is one
+// goroutine) and the expert server's GEMM goroutine (requests one at a
+// time, first come first served), each forking its products over the one
+// pool of kernel workers (pkg/tensor's ParallelFor), so two running at
+// once progress at half the rate each (processor sharing).
+type cpu struct {
+	own    *task
+	served []*task
+	at     time.Duration // when left was last brought up to date
+	ver    uint64        // invalidates a scheduled completion
+}
+
+func (c *cpu) running() int {
+	n := len(c.served)
+	if n > 1 {
+		n = 1
+	}
+	if c.own != nil {
+		n++
+	}
+	return n
+}
+
+// advance brings the running tasks' work up to t.
+func (c *cpu) advance(t time.Duration) {
+	if k := time.Duration(c.running()); k > 0 {
+		done := (t - c.at) / k
+		if c.own != nil {
+			c.own.left -= done
+		}
+		if len(c.served) > 0 {
+			c.served[0].left -= done
+		}
+	}
+	c.at = t
+}
+
+// own runs d of rank h's own products from t, then calls then.
+func (s *trainSim) own(h int, t, d time.Duration, then func(time.Duration)) {
+	s.hosts[h].denseBusy += d
+	c := &s.hosts[h].cpu
+	c.advance(t)
+	c.own = &task{left: d, then: then}
+	s.reschedule(h, t)
+}
+
+// serve queues d of expert products on host h's server from t, then calls
+// then.
+func (s *trainSim) serve(h int, t, d time.Duration, then func(time.Duration)) {
+	s.hosts[h].expertBusy += d
+	c := &s.hosts[h].cpu
+	c.advance(t)
+	c.served = append(c.served, &task{left: d, then: then})
+	s.reschedule(h, t)
+}
+
+// reschedule plans host h's next completion after a change at t.
+func (s *trainSim) reschedule(h int, t time.Duration) {
+	c := &s.hosts[h].cpu
+	c.ver++
+	k := time.Duration(c.running())
+	if k == 0 {
+		return
+	}
+	next := time.Duration(-1)
+	if c.own != nil {
+		next = c.own.left
+	}
+	if len(c.served) > 0 && (next < 0 || c.served[0].left < next) {
+		next = c.served[0].left
+	}
+	ver := c.ver
+	s.q.at(t+max(next, 0)*k, func(t time.Duration) {
+		if c.ver != ver {
+			return
+		}
+		c.advance(t)
+		var fin []*task
+		if c.own != nil && c.own.left <= 0 {
+			fin = append(fin, c.own)
+			c.own = nil
+		}
+		if len(c.served) > 0 && c.served[0].left <= 0 {
+			fin = append(fin, c.served[0])
+			c.served[0] = nil
+			c.served = c.served[1:]
+		}
+		s.reschedule(h, t)
+		for _, f := range fin {
+			f.then(t)
+		}
+	})
+}
+
+// send moves a message of b bytes from host a to host b from t and calls
+// then when the receiver has taken it: each step an event, so every
+// resource is requested in time order (first come, first served).
+func (s *trainSim) send(a, b, bytes int, t time.Duration, then func(time.Duration)) {
+	cpu := s.c.Cal.MsgCPU + rate(bytes, s.c.Cal.MsgBytesPerS)
+	lat := s.c.Cluster.Latency
+	r := s.linkRate(a, b)
+	h := Host{Rate: r}
+	s.q.at(t, func(t time.Duration) {
+		src := &s.hosts[a]
+		t = src.msg.run(t, cpu)
+		src.msgBusy += cpu
+		s.q.at(t, func(t time.Duration) {
+			out := src.tx.pass(t, bytes, h)
+			src.txBusy += rate(bytes, r)
+			first := out - rate(bytes, r) + lat
+			s.q.at(first, func(t time.Duration) {
+				dst := &s.hosts[b]
+				in := max(dst.rx.pass(t, bytes, h), out+lat)
+				dst.rxBusy += rate(bytes, r)
+				s.q.at(in, func(t time.Duration) {
+					t = dst.msg.run(t, cpu)
+					dst.msgBusy += cpu
+					s.q.at(t, then)
+				})
+			})
+		})
+	})
+}
+
+// exchange is rank r's expert exchange of MoE layer l from t (backward:
+// twice the products), calling then when every owner answered.
+func (s *trainSim) exchange(r, l int, backward bool, t time.Duration, then func(time.Duration)) {
+	owners := s.owners[l]
+	pending := len(owners)
+	end := t
+	done := func(at time.Duration) {
+		end = max(end, at)
+		if pending--; pending == 0 {
+			s.ranks[r].exchange += end - t
+			if !backward {
+				s.ranks[r].exFwd += end - t
+			}
+			s.q.at(end, then)
+		}
+	}
+	for _, o := range owners {
+		work := o.fwd
+		if backward {
+			work *= 2
+		}
+		if o.host == r {
+			// In process (RemoteTrainer.SetLocal): the server's GEMM
+			// goroutine, no socket.
+			s.q.at(t, func(at time.Duration) { s.serve(r, at, work, done) })
+			continue
+		}
+		s.send(r, o.host, o.bytes, t, func(at time.Duration) {
+			s.serve(o.host, at, work, func(at time.Duration) { s.send(o.host, r, o.bytes, at, done) })
+		})
+	}
+	if pending == 0 {
+		s.q.at(t, then)
+	}
+}
+
+func (s *trainSim) isMoE(l int) bool { return l >= s.c.Shape.DenseLayers }
+
+// forward runs rank r's layer l from t (l = Layers: the head).
+func (s *trainSim) forward(r, l int, t time.Duration) {
+	if l == s.c.Shape.Layers {
+		s.own(r, t, s.head, func(t time.Duration) { s.forwardDone(r, t) })
+		return
+	}
+	s.own(r, t, s.attn[l], func(t time.Duration) {
+		next := func(t time.Duration) {
+			s.own(r, t, s.shared[l], func(t time.Duration) { s.forward(r, l+1, t) })
+		}
+		if s.isMoE(l) {
+			s.exchange(r, l, false, t, next)
+		} else {
+			next(t)
+		}
+	})
+}
+
+// forwardDone: the statistics all-to-all needs every rank; then the
+// backward starts with the head.
+func (s *trainSim) forwardDone(r int, t time.Duration) {
+	s.ranks[r].fwdEnd = t
+	s.fwdLast = max(s.fwdLast, t)
+	if s.fwdIn++; s.fwdIn < s.n {
+		return
+	}
+	sync := s.fwdLast + s.statsA2A
+	for r := range s.ranks {
+		s.ranks[r].sync = sync
+		s.q.at(sync, func(t time.Duration) {
+			s.own(r, t, 2*s.head, func(t time.Duration) {
+				s.grads(r, s.c.Shape.Layers, t)
+				s.backward(r, s.c.Shape.Layers-1, t)
+			})
+		})
+	}
+}
+
+// backward runs rank r's layer l from t (l = -1: the embeddings, the
+// last gradients).
+func (s *trainSim) backward(r, l int, t time.Duration) {
+	if l < 0 {
+		s.grads(r, -1, t)
+		s.ranks[r].bwdEnd = t
+		s.bwdIn++
+		s.maybeFinish()
+		return
+	}
+	s.own(r, t, 2*s.shared[l], func(t time.Duration) {
+		next := func(t time.Duration) {
+			s.own(r, t, 2*s.attn[l], func(t time.Duration) {
+				s.grads(r, l, t)
+				s.backward(r, l-1, t)
+			})
+		}
+		if s.isMoE(l) {
+			s.exchange(r, l, true, t, next)
+		} else {
+			next(t)
+		}
+	})
+}
+
+// grads is rank r's OnGrads(part) at t: the part's bucket, if it closes
+// one, is queued; a bucket every rank queued runs after the previous one.
+func (s *trainSim) grads(r, part int, t time.Duration) {
+	i, ok := s.trigger[part]
+	if !ok {
+		return
+	}
+	b := &s.buckets[i]
+	b.ready = max(b.ready, t)
+	if b.in++; b.in == s.n {
+		s.runBuckets()
+	}
+}
+
+// runBuckets starts the next bucket's all-reduce when every rank queued it
+// and no other runs (one goroutine all-reduces the buckets in order).
+func (s *trainSim) runBuckets() {
+	if s.arRunning || s.arNext >= len(s.buckets) || s.buckets[s.arNext].in < s.n {
+		return
+	}
+	b := &s.buckets[s.arNext]
+	start := max(b.ready, s.arFree)
+	if s.arNext == 0 {
+		s.arFirst = start
+	}
+	s.arNext++
+	if s.n < 2 {
+		s.arFree = start
+		s.runBuckets()
+		return
+	}
+	s.arRunning = true
+	// The ring's bytes pass every interface in pieces, so exchange
+	// messages interleave; each piece ends when the slowest interface
+	// passed it (the ring moves in lockstep), plus its share of the
+	// ring's latency and message costs.
+	const piece = 16 << 20
+	pieces := max((b.wire+piece-1)/piece, 1)
+	over := b.overhead / time.Duration(pieces)
+	h := Host{Rate: s.c.Cluster.Rate}
+	var step func(k int, t time.Duration)
+	step = func(k int, t time.Duration) {
+		if k == pieces {
+			s.arRunning = false
+			s.arFree = t
+			s.runBuckets()
+			s.maybeFinish()
+			return
+		}
+		bytes := b.wire / pieces
+		if k == pieces-1 {
+			bytes = b.wire - bytes*(pieces-1)
+		}
+		end := t
+		for i := range s.hosts {
+			end = max(end, s.hosts[i].tx.pass(t, bytes, h), s.hosts[i].rx.pass(t, bytes, h))
+			s.hosts[i].arBusy += rate(bytes, h.Rate)
+		}
+		s.q.at(end+over, func(t time.Duration) { step(k+1, t) })
+	}
+	s.q.at(start, func(t time.Duration) { step(0, t) })
+}
+
+// maybeFinish ends the step once every rank's backward and every bucket
+// are done: the gradient-norm all-to-all, AdamW, the barrier.
+func (s *trainSim) maybeFinish() {
+	if s.done || s.bwdIn < s.n || s.arNext < len(s.buckets) || s.arRunning {
+		return
+	}
+	s.done = true
+	s.arEnd = s.arFree
+	start := s.arEnd
+	for r := range s.ranks {
+		start = max(start, s.ranks[r].bwdEnd)
+	}
+	start += s.normA2A
+	for r := range s.ranks {
+		s.ranks[r].normEnd = start
+		s.ranks[r].optEnd = start + s.optTime[r]
+		s.stepEnd = max(s.stepEnd, s.ranks[r].optEnd)
+	}
+	s.stepEnd += s.barrier
+}
+
+func (s *trainSim) run() {
+	for r := range s.ranks {
+		s.q.at(0, func(t time.Duration) { s.forward(r, 0, t) })
+	}
+	s.q.run()
+}
+
+// result is the step's split (mean over ranks), resources and bottleneck.
+func (s *trainSim) result() TrainPrediction {
+	c := s.c
+	n := time.Duration(s.n)
+	p := TrainPrediction{N: s.n, Tokens: s.n * c.TokensPerRank, Step: s.stepEnd, Owners: s.nOwners, Fits: s.fits, AllReduceBytes: s.arBytes}
+	var fwd, bwd, ex, ar, opt, bar, straggle, bwdLast time.Duration
+	for _, r := range s.ranks {
+		bwdLast = max(bwdLast, r.bwdEnd)
+	}
+	for _, r := range s.ranks {
+		straggle += (s.fwdLast - r.fwdEnd) + (bwdLast - r.bwdEnd)
+		fwd += r.fwdEnd - r.exFwd
+		bwd += r.bwdEnd - r.sync - (r.exchange - r.exFwd)
+		ex += r.exchange
+		ar += (r.sync - r.fwdEnd) + (r.normEnd - r.bwdEnd)
+		opt += r.optEnd - r.normEnd
+		bar += s.stepEnd - r.optEnd
+	}
+	p.Forward, p.Backward, p.ExchangeWait = fwd/n, bwd/n, ex/n
+	p.AllReduceWait, p.Optimizer, p.Barrier, p.Straggle = ar/n, opt/n, bar/n, straggle/n
+	// Rounding of the means: the parts sum to the step exactly.
+	p.Barrier += p.Step - (p.Forward + p.Backward + p.ExchangeWait + p.AllReduceWait + p.Optimizer + p.Barrier)
+	if s.n > 1 && len(s.buckets) > 0 {
+		p.AllReduce = s.arEnd - s.arFirst
+	}
+	for h := range s.hosts {
+		hs := &s.hosts[h]
+		p.HostCompute = max(p.HostCompute, hs.expertBusy+hs.denseBusy)
+		p.OwnerGEMM = max(p.OwnerGEMM, hs.expertBusy)
+		p.NIC = max(p.NIC, hs.txBusy+hs.arBusy, hs.rxBusy+hs.arBusy)
+		p.ExchangeNIC = max(p.ExchangeNIC, hs.txBusy, hs.rxBusy)
+		p.MsgCPU = max(p.MsgCPU, hs.msgBusy/time.Duration(c.Cluster.Cores))
+		if m := s.memory[h]; m.Total() > p.Memory.Total() {
+			p.Memory = m
+		}
+	}
+	if p.Step > 0 {
+		p.TokensPerS = float64(p.Tokens) / p.Step.Seconds()
+	}
+	p.Bottleneck = s.bottleneck(p)
+	return p
+}
+
+// bottleneck names the resource the busiest host used the largest share
+// of the step: its cores (expert rows it served, or its rank's own
+// products), its interface (the exchange or the all-reduce), its
+// per-message software, or the optimizer; under half the step for all of
+// them, the step waits on the ranks' lockstep (the pipeline of expert
+// requests filling and draining at every all-to-all).
+func (s *trainSim) bottleneck(p TrainPrediction) string {
+	type use struct {
+		name string
+		t    time.Duration
+	}
+	var opt time.Duration
+	for _, o := range s.optTime {
+		opt = max(opt, o)
+	}
+	what := "its rank's own products (attention, head)"
+	if 2*p.OwnerGEMM >= p.HostCompute {
+		what = fmt.Sprintf("expert GEMMs for every rank's rows; %d of %d hosts own experts", p.Owners, p.N)
+	}
+	link := "the gradient all-reduce"
+	if 2*p.ExchangeNIC >= p.NIC {
+		link = "the expert exchange"
+	}
+	uses := []use{
+		{"cores: " + what, p.HostCompute},
+		{"NIC: " + link, p.NIC},
+		{"per-message software of the exchange", p.MsgCPU},
+		{"optimizer (memory bandwidth)", opt},
+	}
+	best := uses[0]
+	for _, u := range uses[1:] {
+		if u.t > best.t {
+			best = u
+		}
+	}
+	name := fmt.Sprintf("%s (%.0f%% of the step)", best.name, 100*best.t.Seconds()/p.Step.Seconds())
+	if p.Step <= 0 {
+		name = "nothing"
+	} else if 2*best.t < p.Step {
+		name = "lockstep: no resource busy half the step; busiest " + name
+	}
+	if !p.Fits {
+		name = fmt.Sprintf("memory: needs %.0f GiB per worker of %.0f GiB; then %s", float64(p.Memory.Total())/(1<<30),
+			float64(s.c.Cluster.MemoryBytes)/(1<<30), name)
+	}
+	return name
+}
+
+// eventQueue runs events in time order (ties in the order they were
+// scheduled), so resources taken by "busy until" bookkeeping are taken
+// first come, first served.
+type eventQueue struct {
+	h   []event
+	seq uint64
+}
+
+type event struct {
+	t   time.Duration
+	seq uint64
+	f   func(time.Duration)
+}
+
+func (e event) before(o event) bool { return e.t < o.t || (e.t == o.t && e.seq < o.seq) }
+
+// at schedules f at t.
+func (q *eventQueue) at(t time.Duration, f func(time.Duration)) {
+	q.seq++
+	q.h = append(q.h, event{t, q.seq, f})
+	i := len(q.h) - 1
+	for i > 0 {
+		p := (i - 1) / 2
+		if !q.h[i].before(q.h[p]) {
+			break
+		}
+		q.h[i], q.h[p] = q.h[p], q.h[i]
+		i = p
+	}
+}
+
+// run runs events until none is left.
+func (q *eventQueue) run() {
+	for len(q.h) > 0 {
+		e := q.h[0]
+		last := len(q.h) - 1
+		q.h[0] = q.h[last]
+		q.h[last] = event{}
+		q.h = q.h[:last]
+		i := 0
+		for {
+			l, r, m := 2*i+1, 2*i+2, i
+			if l < len(q.h) && q.h[l].before(q.h[m]) {
+				m = l
+			}
+			if r < len(q.h) && q.h[r].before(q.h[m]) {
+				m = r
+			}
+			if m == i {
+				break
+			}
+			q.h[i], q.h[m] = q.h[m], q.h[i]
+			i = m
+		}
+		e.f(e.t)
+	}
+}
