@@ -110,16 +110,20 @@ func simulateAllReduceCmd() *cobra.Command {
 }
 
 func simulateValidateCmd() *cobra.Command {
-	var file string
+	var file, serveFile string
 	var cores int
 	cmd := &cobra.Command{
 		Use:   "validate",
-		Short: "Predict a measured emulated run (bench/collectives output) and show the error of every row",
+		Short: "Predict a measured emulated run (bench/collectives or bench-serve output) and show the error of every row",
 		Example: `  switchyard simulate validate --collectives bench/results/collectives.txt
+  switchyard simulate validate --serve bench/results/serve.txt
   scripts/simulate-validate.sh      # a fresh emulated run, then the 15% check`,
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if serveFile != "" {
+				return validateServe(cmd, serveFile)
+			}
 			fh, err := os.Open(file)
 			if err != nil {
 				return err
@@ -151,6 +155,38 @@ func simulateValidateCmd() *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&file, "collectives", "bench/results/collectives.txt", "bench/collectives output (scripts/bench-collectives.sh)")
+	cmd.Flags().StringVar(&serveFile, "serve", "", "instead, predict the emulated serving runs of this scripts/bench-serve.sh output (e.g. bench/results/serve.txt), calibrated from its own in-process rows")
 	cmd.Flags().IntVar(&cores, "cores", 2, "cores the emulated hosts shared")
 	return cmd
+}
+
+// validateServe predicts every emulated row of a bench-serve output file
+// with the calibration its own in-process rows give
+// (simulate.ServeBenchCalibration) and prints the errors.
+func validateServe(cmd *cobra.Command, file string) error {
+	fh, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer fh.Close()
+	b, err := simulate.ReadServeBench(fh)
+	if err != nil {
+		return err
+	}
+	checks, err := simulate.PredictServeBench(b, simulate.ServeBenchCalibration(b))
+	if err != nil {
+		return err
+	}
+	w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(w, "configuration\tclients\ttokens/s predicted\tmeasured\terror\tlayer exchange ms predicted\tmeasured\terror\tnote\t\n")
+	for _, c := range checks {
+		note := ""
+		if !c.Judged {
+			note = c.Note
+		}
+		fmt.Fprintf(w, "%s\t%d\t%.2f\t%.2f\t%+.0f%%\t%.3f\t%.3f\t%+.0f%%\t%s\t\n", c.Row.Config, c.Row.Clients,
+			c.Predicted.TokensPerS, c.Row.TokensPerS, 100*c.TokensErr(),
+			float64(c.Predicted.Exchange)/1e6, float64(c.Row.Exchange)/1e6, 100*c.ExchangeErr(), note)
+	}
+	return w.Flush()
 }

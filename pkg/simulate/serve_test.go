@@ -254,7 +254,7 @@ func TestPredictServeDeterministic(t *testing.T) {
 }
 
 func readServeBench(t *testing.T) *ServeBench {
-	f, err := os.Open("../../bench/results/serve.txt")
+	f, err := os.Open("../../bench/results/serve-xeon.txt")
 	if err != nil {
 		t.Fatal(err)
 	}
