@@ -23,26 +23,22 @@ import (
 )
 
 // assumedCalibration is what `simulate train` runs on without
-// --calibration: ASSUMED round numbers of the order this project measured
-// on 2-vCPU cloud VMs (bench/results/gemm.txt: 157 GFLOP/s per core for a
-// large float32 product, 14 GFLOP/s for a one-row GEMV; bench/results/
-// exchange.txt: a 107 us loopback round trip), not a measurement of any
-// machine. Run `switchyard simulate calibrate` and pass its file instead.
+// --calibration: the serving model's simulate.AssumedCalibration (the
+// committed benchmarks of a 2-vCPU Xeon: bench/results/gemm.txt,
+// decode.txt, exchange.txt; per core), with float32 points standing in
+// for the bf16-compute ones it lacks, and an ASSUMED AdamW rate of 200 M
+// parameters/s per core. Not a measurement of the hosts simulated: run
+// `switchyard simulate calibrate` and pass its file instead.
 func assumedCalibration() *simulate.Calibration {
-	c := &simulate.Calibration{
-		CPU:            "ASSUMED (built-in; not measured)",
-		Cores:          1,
-		MemBandwidth:   15e9,
-		MsgCPU:         25 * time.Microsecond,
-		MsgBytesPerS:   1e9,
-		ExchangeRTT:    100 * time.Microsecond,
-		AdamParamsPerS: 200e6,
-	}
-	for _, dt := range []string{"f32", "bf16", "bf16-compute"} {
-		for m, f := range map[int]float64{1: 14e9, 16: 100e9, 64: 140e9, 512: 150e9} {
-			c.GEMM = append(c.GEMM, simulate.GEMMPoint{M: m, K: 4096, N: 4096, DType: dt, Threads: 1, FLOPS: f})
+	c := simulate.AssumedCalibration()
+	c.CPU = "ASSUMED (built-in: " + c.CPU + ")"
+	for _, p := range c.GEMM {
+		if p.DType == "f32" {
+			p.DType = "bf16-compute"
+			c.GEMM = append(c.GEMM, p)
 		}
 	}
+	c.AdamParamsPerS = 200e6
 	return c
 }
 

@@ -259,8 +259,12 @@ func (l *laneServer) sendFrame(f *pb.ExpertFrame) error {
 	return writeFrame(&l.w, f)
 }
 
-func (l *laneServer) RecvMsg(m any) error {
-	f, err := l.Recv()
+func (l *laneServer) RecvMsg(m any) error { return recvInto(m, l.Recv) }
+
+// recvInto is RecvMsg over a typed Recv: the frame received is copied
+// into m, an *pb.ExpertFrame.
+func recvInto(m any, recv func() (*pb.ExpertFrame, error)) error {
+	f, err := recv()
 	if err != nil {
 		return err
 	}
@@ -544,15 +548,7 @@ func (l *laneClient) Send(f *pb.ExpertFrame) error {
 	return nil
 }
 
-func (l *laneClient) RecvMsg(m any) error {
-	f, err := l.Recv()
-	if err != nil {
-		return err
-	}
-	proto.Reset(m.(*pb.ExpertFrame))
-	proto.Merge(m.(*pb.ExpertFrame), f)
-	return nil
-}
+func (l *laneClient) RecvMsg(m any) error { return recvInto(m, l.Recv) }
 
 // Recv returns the worker's next frame; io.EOF when it ended the stream
 // with OK; its status error otherwise; Unavailable (or Canceled, once
