@@ -463,10 +463,11 @@ type laneClient struct {
 }
 
 // abort ends the lane's use: a blocked Send returns at once, a blocked
-// Recv within laneAbortGrace, having read whatever had arrived by then (an
-// answer that came in just as the caller's deadline hit is kept, as a gRPC
-// stream keeps what its reader goroutine had received). The connection is
-// closed by pstream.close.
+// Recv within laneAbortGrace; a Recv after the abort, however much later,
+// still reads what had arrived (an answer that came in before the
+// caller's deadline is kept, as a gRPC stream keeps what its reader
+// goroutine had received), waiting at most laneAbortGrace for more. The
+// connection is closed by pstream.close.
 func (l *laneClient) abort() {
 	l.aborted.Store(true)
 	now := time.Now()
@@ -559,6 +560,12 @@ func (l *laneClient) Recv() (*pb.ExpertFrame, error) {
 		return nil, io.EOF
 	}
 	for {
+		if l.aborted.Load() {
+			// Whenever the caller reads after the abort, what has arrived
+			// by then is still read (a deadline set at the abort may have
+			// passed long before this read).
+			l.conn.SetReadDeadline(time.Now().Add(laneAbortGrace))
+		}
 		typ, meta, payload, err := readLane(l.r, l.maxPayload)
 		if err != nil {
 			if l.aborted.Load() {

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"slices"
@@ -330,3 +331,42 @@ type bufConn struct {
 }
 
 func (c *bufConn) Write(p []byte) (int, error) { return c.buf.Write(p) }
+
+// An answer that arrived before its attempt's deadline is kept however
+// late the caller reads it: here the first destination hangs until the
+// shared attempt deadline, and only then is the second destination's
+// answer (there for ~300 ms already, its lane aborted by the same
+// deadline) read. Its rows must count, and the hung destination's rows
+// go to the other copy. (chaos found this: SIGSTOP of one copy's worker
+// failed requests whose other destination had answered.)
+func TestAbortedLaneKeepsArrivedAnswer(t *testing.T) {
+	const L, E, D, layer = 2, 2, 16, 1
+	full := func() *expert.Store {
+		s := taggedStore()
+		for e := 0; e < E; e++ {
+			s.Put(expert.ID{Layer: layer, Expert: e}, &expert.FFN{})
+		}
+		return s
+	}
+	release := make(chan struct{})
+	defer close(release)
+	hung := func(id expert.ID, f *expert.FFN, x []float32, d int, y []float32) { <-release }
+	w0 := startWorker(t, "w0", full(), ServerConfig{Hidden: D}, hung)
+	w1 := startWorker(t, "w1", full(), ServerConfig{Hidden: D}, tagHook(1))
+	// Expert 0: w0 first (it hangs), expert 1: w1 first.
+	pl := placement(1, L, E, func(l int) bool { return l == layer }, []*testWorker{w0, w1}, func(_, e int) []int { return []int{e, 1 - e} })
+	for i := 0; i < 5; i++ {
+		pool := newPool(t, ClientConfig{AttemptTimeout: 300 * time.Millisecond, Worker: cluster.WorkerID(fmt.Sprint("c", i))})
+		ex := NewRemoteExecutor(NewStaticPlacement(pl), pool)
+		plan := route(8, E, 2, uint64(i))
+		x := taggedInput(0, 8, D, uint64(i))
+		y := make([]float32, plan.Len()*D)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := ex.Compute(ctx, layer, plan, x, D, y)
+		cancel()
+		if err != nil {
+			t.Fatalf("call %d: %v", i, err)
+		}
+		checkTagged(t, 0, layer, plan, x, y, D, func(int) []int { return []int{1} })
+	}
+}
