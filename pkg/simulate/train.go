@@ -1,8 +1,11 @@
 package simulate
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"time"
 
 	"github.com/switchyard/switchyard/pkg/allreduce"
@@ -162,6 +165,26 @@ type TrainConfig struct {
 	// optimizer streams at (default: Cal.MemBandwidth x Cores, at most
 	// DefaultHostMemBandwidth).
 	HostMemBandwidth float64
+	// Burst > 0 makes each direction of every interface a token bucket of
+	// Burst bytes refilled at the link's rate, as tc tbf shapes the
+	// emulated links (Host.Burst; scripts/netns/cluster.sh: max(rate/250,
+	// 64 KiB)): messages the bucket covers pass at once. The buckets start
+	// full (the links idled before the step). 0: plain links (real NICs).
+	Burst int
+	// SharedCores > 0 runs every host on one pool of that many cores, as
+	// the emulated cluster of network namespaces shares one machine's
+	// (Machine.SharedCores for the all-reduce): every rank's own products,
+	// every expert server's products and every message's software are
+	// tasks on the one pool, shared by generalized processor sharing (a
+	// product may use up to Cluster.Cores threads, a message's software
+	// one; when more is asked than the pool has, each task gets an equal
+	// share, a narrower task's unused share going to the others). The
+	// bucket all-reduces are timed on a Machine of the same SharedCores
+	// (their own messages contend with each other there, not with the
+	// products). 0: each host has Cluster.Cores cores of its own (a real
+	// cluster). A one-rank step is the same either way where
+	// SharedCores >= Cluster.Cores.
+	SharedCores int
 }
 
 // DefaultHostMemBandwidth caps the default host memory bandwidth:
@@ -224,6 +247,11 @@ type TrainPrediction struct {
 	// cores.
 	Owners                                           int
 	HostCompute, OwnerGEMM, NIC, ExchangeNIC, MsgCPU time.Duration
+	// CPU is the core time the step's modeled work takes over all hosts:
+	// every product (own and served) on Cluster.Cores threads and every
+	// exchange message's software (the all-reduces' and all-to-alls'
+	// message costs left out).
+	CPU time.Duration
 	// Straggle is the part of AllReduceWait spent waiting for the slowest
 	// rank rather than for the network (mean over ranks): for the last
 	// rank's forward at the statistics all-to-all, and for the last
@@ -287,8 +315,8 @@ func (p TrainPrediction) Compute() time.Duration { return p.Forward + p.Backward
 // Not modeled: element-wise work (norms, softmax, SiLU, residuals,
 // embeddings: 4% of a measured single-process step, bench/results/
 // train.txt), routing skew, the message software competing with the
-// products for cores, and TCP's fair sharing (interfaces serve whole
-// messages in order).
+// products for cores (except on a SharedCores pool), and TCP's fair
+// sharing (interfaces serve whole messages in order).
 func PredictTrainStep(c TrainConfig) (TrainPrediction, error) {
 	if err := c.defaults(); err != nil {
 		return TrainPrediction{}, err
@@ -343,6 +371,9 @@ func (c *TrainConfig) defaults() error {
 	if c.Cal.MsgBytesPerS <= 0 || c.Cal.MemBandwidth <= 0 || c.Cal.MsgCPU < 0 || c.HostMemBandwidth <= 0 {
 		errs = append(errs, fmt.Errorf("calibration: msg_bytes_per_s %g, mem_bandwidth %g, msg_cpu %v: want positive rates", c.Cal.MsgBytesPerS, c.Cal.MemBandwidth, c.Cal.MsgCPU))
 	}
+	if c.SharedCores < 0 || c.Burst < 0 {
+		errs = append(errs, fmt.Errorf("shared cores %d, burst %d: want >= 0", c.SharedCores, c.Burst))
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("simulate: train: %w", err)
 	}
@@ -385,6 +416,8 @@ type trainSim struct {
 	memory    []TrainMemory
 	fits      bool
 	nOwners   int
+	// pool is the one pool of cores every host runs on (SharedCores > 0).
+	pool *sharedPool
 }
 
 type trainHost struct {
@@ -401,6 +434,13 @@ type trainHost struct {
 	rxBusy       time.Duration
 	msgBusy      time.Duration
 	ownedExperts int
+	// served queues the expert server's requests (SharedCores).
+	served []pooled
+}
+
+type pooled struct {
+	d    time.Duration
+	then func(time.Duration)
 }
 
 type trainRank struct {
@@ -433,6 +473,9 @@ func newTrainSim(c TrainConfig) *trainSim {
 	for h := range s.hosts {
 		s.hosts[h].msg = make(core, c.Cluster.Cores)
 		s.hosts[h].leaf = h / c.Cluster.HostsPerLeaf
+	}
+	if c.SharedCores > 0 {
+		s.pool = &sharedPool{q: &s.q, cores: float64(c.SharedCores)}
 	}
 	return s
 }
@@ -691,7 +734,7 @@ func (s *trainSim) sizeBuckets() {
 		// it runs at the host rate even on an oversubscribed fabric.
 		hosts[i] = Host{Rate: cl.Rate, Latency: cl.Latency, Cores: cl.Cores}
 	}
-	m := Machine{Hosts: hosts}
+	m := Machine{Hosts: hosts, SharedCores: s.c.SharedCores}
 	cache := map[int64]time.Duration{}
 	for i := range s.buckets {
 		b := &s.buckets[i]
@@ -703,7 +746,7 @@ func (s *trainSim) sizeBuckets() {
 		dur, ok := cache[wire]
 		if !ok {
 			costs := Costs{MsgCPU: s.c.Cal.MsgCPU}
-			if s.n <= eventRanks || wire <= int64(s.c.SmallBytes) {
+			if s.n <= eventRanks || wire <= int64(s.c.SmallBytes) || s.c.SharedCores > 0 {
 				dur, _, _ = PredictAllReduce(AllReduce{N: s.n, Bytes: int(wire), ChunkBytes: s.c.ChunkBytes, SmallBytes: s.c.SmallBytes}, m, costs)
 			} else {
 				dur = RingTime(s.n, int(wire), hosts[0], costs)
@@ -777,6 +820,10 @@ func (c *cpu) advance(t time.Duration) {
 // own runs d of rank h's own products from t, then calls then.
 func (s *trainSim) own(h int, t, d time.Duration, then func(time.Duration)) {
 	s.hosts[h].denseBusy += d
+	if s.pool != nil {
+		s.pool.add(t, d, s.c.Cluster.Cores, then)
+		return
+	}
 	c := &s.hosts[h].cpu
 	c.advance(t)
 	c.own = &task{left: d, then: then}
@@ -787,10 +834,44 @@ func (s *trainSim) own(h int, t, d time.Duration, then func(time.Duration)) {
 // then.
 func (s *trainSim) serve(h int, t, d time.Duration, then func(time.Duration)) {
 	s.hosts[h].expertBusy += d
+	if s.pool != nil {
+		// The server's one GEMM goroutine: requests one at a time, first
+		// come first served; the running one is a task on the pool.
+		hs := &s.hosts[h]
+		hs.served = append(hs.served, pooled{d, then})
+		if len(hs.served) == 1 {
+			s.serveNext(h, t)
+		}
+		return
+	}
 	c := &s.hosts[h].cpu
 	c.advance(t)
 	c.served = append(c.served, &task{left: d, then: then})
 	s.reschedule(h, t)
+}
+
+// serveNext runs host h's first queued request on the pool (SharedCores).
+func (s *trainSim) serveNext(h int, t time.Duration) {
+	hs := &s.hosts[h]
+	r := hs.served[0]
+	s.pool.add(t, r.d, s.c.Cluster.Cores, func(t time.Duration) {
+		hs.served = hs.served[1:]
+		if len(hs.served) > 0 {
+			s.serveNext(h, t)
+		}
+		r.then(t)
+	})
+}
+
+// msgWork runs d of host h's per-message software from t, then calls
+// then: on a core of its own (the earliest free), or on the shared pool.
+func (s *trainSim) msgWork(h int, t, d time.Duration, then func(time.Duration)) {
+	s.hosts[h].msgBusy += d
+	if s.pool != nil {
+		s.pool.add(t, d, 1, then)
+		return
+	}
+	s.q.at(s.hosts[h].msg.run(t, d), then)
 }
 
 // reschedule plans host h's next completion after a change at t.
@@ -838,27 +919,32 @@ func (s *trainSim) send(a, b, bytes int, t time.Duration, then func(time.Duratio
 	cpu := s.c.Cal.MsgCPU + rate(bytes, s.c.Cal.MsgBytesPerS)
 	lat := s.c.Cluster.Latency
 	r := s.linkRate(a, b)
-	h := Host{Rate: r}
+	h := Host{Rate: r, Burst: s.c.Burst}
 	s.q.at(t, func(t time.Duration) {
 		src := &s.hosts[a]
-		t = src.msg.run(t, cpu)
-		src.msgBusy += cpu
-		s.q.at(t, func(t time.Duration) {
-			out := src.tx.pass(t, bytes, h)
-			src.txBusy += rate(bytes, r)
-			first := out - rate(bytes, r) + lat
+		s.msgWork(a, t, cpu, func(t time.Duration) {
+			out, busy := passTimed(&src.tx, t, bytes, h)
+			src.txBusy += busy
+			first := max(out-rate(bytes, r), t) + lat // a burst passes at once
 			s.q.at(first, func(t time.Duration) {
 				dst := &s.hosts[b]
-				in := max(dst.rx.pass(t, bytes, h), out+lat)
-				dst.rxBusy += rate(bytes, r)
-				s.q.at(in, func(t time.Duration) {
-					t = dst.msg.run(t, cpu)
-					dst.msgBusy += cpu
-					s.q.at(t, then)
-				})
+				got, busy := passTimed(&dst.rx, t, bytes, h)
+				in := max(got, out+lat)
+				dst.rxBusy += busy
+				s.q.at(in, func(t time.Duration) { s.msgWork(b, t, cpu, then) })
 			})
 		})
 	})
+}
+
+// passTimed passes bytes through one direction of an interface from t
+// and returns when they are through and how long the interface was busy
+// with them (bytes/rate on a plain link; less, or none, where a burst
+// covers them).
+func passTimed(k *bucket, t time.Duration, bytes int, h Host) (end, busy time.Duration) {
+	start := max(t, k.busy)
+	end = k.pass(t, bytes, h)
+	return end, max(end-start, 0)
 }
 
 // exchange is rank r's expert exchange of MoE layer l from t (backward:
@@ -1001,7 +1087,7 @@ func (s *trainSim) runBuckets() {
 	const piece = 16 << 20
 	pieces := max((b.wire+piece-1)/piece, 1)
 	over := b.overhead / time.Duration(pieces)
-	h := Host{Rate: s.c.Cluster.Rate}
+	h := Host{Rate: s.c.Cluster.Rate, Burst: s.c.Burst}
 	var step func(k int, t time.Duration)
 	step = func(k int, t time.Duration) {
 		if k == pieces {
@@ -1017,8 +1103,10 @@ func (s *trainSim) runBuckets() {
 		}
 		end := t
 		for i := range s.hosts {
-			end = max(end, s.hosts[i].tx.pass(t, bytes, h), s.hosts[i].rx.pass(t, bytes, h))
-			s.hosts[i].arBusy += rate(bytes, h.Rate)
+			tx, txBusy := passTimed(&s.hosts[i].tx, t, bytes, h)
+			rx, rxBusy := passTimed(&s.hosts[i].rx, t, bytes, h)
+			end = max(end, tx, rx)
+			s.hosts[i].arBusy += max(txBusy, rxBusy)
 		}
 		s.q.at(end+over, func(t time.Duration) { step(k+1, t) })
 	}
@@ -1085,6 +1173,7 @@ func (s *trainSim) result() TrainPrediction {
 		p.NIC = max(p.NIC, hs.txBusy+hs.arBusy, hs.rxBusy+hs.arBusy)
 		p.ExchangeNIC = max(p.ExchangeNIC, hs.txBusy, hs.rxBusy)
 		p.MsgCPU = max(p.MsgCPU, hs.msgBusy/time.Duration(c.Cluster.Cores))
+		p.CPU += (hs.expertBusy+hs.denseBusy)*time.Duration(c.Cluster.Cores) + hs.msgBusy
 		if m := s.memory[h]; m.Total() > p.Memory.Total() {
 			p.Memory = m
 		}
@@ -1200,4 +1289,84 @@ func (q *eventQueue) run() {
 		}
 		e.f(e.t)
 	}
+}
+
+// sharedPool is one pool of cores every host's work shares (SharedCores):
+// generalized processor sharing. Each task may use up to width cores;
+// the pool's cores are split equally among the running tasks, a task
+// narrower than its share keeping only its width and the rest going to
+// the others (water-filling).
+type sharedPool struct {
+	q     *eventQueue
+	cores float64
+	tasks []*sharedTask
+	at    time.Duration
+	ver   uint64
+}
+
+type sharedTask struct {
+	left  float64 // work left, ns at the task's full width
+	width float64
+	rate  float64 // fraction of its full width it now runs at
+	then  func(time.Duration)
+}
+
+// add runs d (its time on width cores) from t, then calls then.
+func (p *sharedPool) add(t, d time.Duration, width int, then func(time.Duration)) {
+	p.advance(t)
+	p.tasks = append(p.tasks, &sharedTask{left: float64(d), width: float64(max(width, 1)), then: then})
+	p.plan(t)
+}
+
+// advance brings the running tasks' work up to t.
+func (p *sharedPool) advance(t time.Duration) {
+	dt := float64(t - p.at)
+	for _, k := range p.tasks {
+		k.left -= dt * k.rate
+	}
+	p.at = t
+}
+
+// plan shares the cores among the running tasks and schedules the next
+// completion.
+func (p *sharedPool) plan(t time.Duration) {
+	p.ver++
+	if len(p.tasks) == 0 {
+		return
+	}
+	order := make([]*sharedTask, len(p.tasks))
+	copy(order, p.tasks)
+	slices.SortStableFunc(order, func(a, b *sharedTask) int { return cmp.Compare(a.width, b.width) })
+	left, m := p.cores, float64(len(order))
+	for _, k := range order {
+		alloc := min(k.width, left/m)
+		k.rate = alloc / k.width
+		left -= alloc
+		m--
+	}
+	next := math.Inf(1)
+	for _, k := range p.tasks {
+		next = min(next, max(k.left, 0)/k.rate)
+	}
+	ver := p.ver
+	p.q.at(t+time.Duration(math.Ceil(next)), func(t time.Duration) {
+		if p.ver != ver {
+			return
+		}
+		p.advance(t)
+		var fin []*sharedTask
+		kept := p.tasks[:0]
+		for _, k := range p.tasks {
+			if k.left <= 0.5 {
+				fin = append(fin, k)
+			} else {
+				kept = append(kept, k)
+			}
+		}
+		p.tasks = kept
+		p.plan(t)
+		for _, k := range fin {
+			k.then(t)
+		}
+	})
 }

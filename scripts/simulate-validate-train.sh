@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# simulate-validate-train.sh measures a 3-host training step on the
+# emulated cluster for the training model (pkg/simulate.PredictTrainStep,
+# issue 17): 4 hosts (network namespaces, scripts/netns/cluster.sh, 1
+# Gbit/s tc tbf links both ways); the coordinator on h0, one worker on
+# each of h1..h3 with --metrics IP:9100; the job of scripts/netns/e2e.sh
+# (testdata/golden/qwen2_moe, batch 6 of 32 tokens, 3 workers: 64 tokens a
+# rank) for STEPS steps (default 1200, about 30 s), plaintext (no TLS).
+# In the same run, before the workers start: `switchyard simulate
+# calibrate --quick` on h1 with --peer h2 (kernels, AdamW, the exchange's
+# software cost on h1's loopback; the link's raw-TCP rate to h2) and a
+# raw-TCP ping-pong h1 -> h2 (bench/serve tcpping, 2000 x 64 B: the
+# round trip). It records the CPU time the coordinator and workers used
+# during the job, then trains one rank's share of the job (batch 2) in one
+# process (no messages), then scrapes every worker's
+# switchyard_train_step_seconds_total{part} and switchyard_train_steps_total,
+# and writes everything, with the date, the CPU model and the load
+# average, to OUT (default bench/results/train-netns.txt), which
+# pkg/simulate.ReadTrainBench reads (TestTrainBench predicts it).
+#
+#   scripts/simulate-validate-train.sh [OUT]     (needs root; about 1 min)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+out=${1:-bench/results/train-netns.txt}
+steps=${STEPS:-1200}
+net=scripts/netns/cluster.sh
+export SY_CLUSTER=${SY_CLUSTER:-syvt} SY_SUBNET=${SY_SUBNET:-10.83.0}
+work=$(mktemp -d /tmp/switchyard-validate-train.XXXXXX)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	$net down >/dev/null 2>&1 || true
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+go build -o "$work/switchyard" ./cmd/switchyard
+go build -o "$work/coordinator" ./cmd/coordinator
+go build -o "$work/serve" ./bench/serve
+$net up 4 1gbit >/dev/null
+ip0=$($net ip h0) ip1=$($net ip h1) ip2=$($net ip h2)
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# The calibration and the link, on the idle hosts.
+$net run h2 "$work/switchyard" simulate calibrate --serve-link "$ip2:7071" >"$work/serve-link.log" 2>&1 &
+pids+=($!)
+$net run h2 "$work/serve" tcpping -listen "$ip2:7072" >"$work/tcpping-server.log" 2>&1 &
+pids+=($!)
+sleep 0.5
+$net run h1 "$work/switchyard" simulate calibrate --quick --peer "$ip2:7071" --out "$work/cal.json" >"$work/cal.log" 2>&1
+ping=$($net run h1 "$work/serve" tcpping -addr "$ip2:7072" -n 2000 -size 64)
+kill "${pids[@]}" 2>/dev/null || true
+wait "${pids[@]}" 2>/dev/null || true
+pids=()
+
+mkdir -p "$work/in"
+cp -r testdata/golden/qwen2_moe "$work/in/model"
+cp testdata/golden/tokenizer_bpe_gpt2/tokenizer.json "$work/in/tokenizer.json"
+cp testdata/text/opticks.txt "$work/in/opticks.txt"
+model=$work/in/model
+etcd="http://$ip0:2379"
+$net run h0 "$work/coordinator" --listen-client-urls "$etcd" --listen-peer-urls "http://$ip0:2380" \
+	--data-dir "$work/etcd" --cluster emu --model "$model" --name c0 >"$work/coordinator.log" 2>&1 &
+pids+=($!)
+for i in 1 2 3; do
+	ip=$($net ip h$i)
+	$net run h$i "$work/switchyard" worker --etcd "$etcd" --cluster emu --id "w$i" --listen "$ip:0" \
+		--gossip "$ip:0" --model "$model" --keep-bf16=false --job-step-timeout 30s --data-root "$work" \
+		--metrics "$ip:9100" >"$work/w$i.log" 2>&1 &
+	pids+=($!)
+done
+deadline=$((SECONDS + 60))
+until [ "$(grep -c '^worker: id=' "$work"/w*.log 2>/dev/null | awk -F: '{s+=$2} END {print s+0}')" -eq 3 ]; do
+	if [ $SECONDS -gt $deadline ]; then
+		echo "validate-train: workers did not start"; tail -n 20 "$work"/*.log; exit 1
+	fi
+	sleep 0.2
+done
+
+job=(--text "$work/in/opticks.txt" --tokenizer "$work/in/tokenizer.json" --init-from "$model" --steps "$steps"
+	--seq-len 32 --eval-every 0 --save-every "$steps")
+args=("${job[@]}" --batch 6)
+# CPU seconds (user + system) of the coordinator and the workers so far.
+cpu_s() {
+	local p sum=0
+	for p in "${pids[@]}"; do
+		sum=$(echo "$sum + $(awk '{print $14 + $15}' /proc/"$p"/stat)" | bc)
+	done
+	echo "scale=3; $sum / $(getconf CLK_TCK)" | bc
+}
+cpu0=$(cpu_s)
+start=$(date +%s.%N)
+timeout 240 $net run h0 "$work/switchyard" train --etcd "$etcd" --cluster emu --workers 3 --out "$work/dist" "${args[@]}" >"$work/train.log" 2>&1 ||
+	{ echo "validate-train: the job failed"; tail -n 20 "$work/train.log"; exit 1; }
+job_s=$(echo "$(date +%s.%N) - $start" | bc)
+cpu1=$(cpu_s)
+load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+# One rank's share of the same job in one process (batch 2: its 64
+# tokens, every expert in process, no messages): the compute floor.
+single=$("$work/switchyard" train --out "$work/single" "${job[@]}" --batch 2 2>&1 | grep -o '[0-9.]* tokens/s' || true)
+
+{
+	echo "# A 3-worker training step on the emulated cluster (scripts/simulate-validate-train.sh);"
+	echo "# read by pkg/simulate.ReadTrainBench. Worker lines: each worker's metrics at the end"
+	echo "# (seconds summed over its steps; parts as train.StepTimes)."
+	echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+	echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')"
+	echo "cpus: $(nproc)"
+	echo "load_before: $load_before"
+	echo "load_after: $load_after"
+	echo "hosts: 4 network namespaces (coordinator h0, workers h1..h3), links 1gbit each way (tc tbf)"
+	echo "link: 1gbit"
+	echo "model: testdata/golden/qwen2_moe"
+	echo "model_config: $(python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1])), separators=(",", ":")))' "$model/config.json")"
+	echo "job: switchyard train --workers 3 ${args[*]}" | sed "s#$work/##g"
+	echo "workers: 3"
+	echo "batch: 6"
+	echo "seq_len: 32"
+	echo "steps: $steps"
+	echo "job_seconds: $job_s"
+	echo "job_cpu_seconds: $(echo "$cpu1 - $cpu0" | bc)"
+	echo "single_process: ${single% tokens/s} tokens/s (batch 2: one rank's 64 tokens, every expert in process)"
+	echo "tcpping: $(echo "$ping" | grep '^tcpping:')"
+	echo "link_rtt_ms: $(echo "$ping" | sed -n 's/^rtt_ms=//p')"
+	echo "calibration: $(python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1])), separators=(",", ":")))' "$work/cal.json")"
+	for i in 1 2 3; do
+		m=$($net run h0 curl -sf "http://$($net ip h$i):9100/metrics")
+		printf 'worker: w%s' "$i"
+		echo "$m" | awk '
+			/^switchyard_train_steps_total\{/ { printf " steps=%s", $NF }
+			/^switchyard_train_step_seconds_total\{/ {
+				match($0, /part="[a-z_]+"/); p = substr($0, RSTART + 6, RLENGTH - 7); printf " %s=%s", p, $NF }'
+		echo
+	done
+} >"$work/result.txt"
+grep -q 'steps=' "$work/result.txt" || { echo "validate-train: no train metrics scraped"; cat "$work/result.txt"; exit 1; }
+cp "$work/result.txt" "$out"
+cat "$out" | grep -v '^calibration:'
+echo "validate-train: wrote $out (job $job_s s)"
