@@ -3,8 +3,6 @@ package main
 import (
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -75,11 +73,11 @@ func simulateAllReduceCmd() *cobra.Command {
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', tabwriter.AlignRight)
 			fmt.Fprintf(w, "hosts\talg\ttime\tbusbw GB/s\tof link rate\t\n")
-			for _, f := range strings.Split(hostsList, ",") {
-				n, err := strconv.Atoi(strings.TrimSpace(f))
-				if err != nil || n < 1 {
-					return fmt.Errorf("--hosts %q: want counts like 16,64,256", hostsList)
-				}
+			ns, err := parseCounts("--hosts", hostsList, 1)
+			if err != nil {
+				return err
+			}
+			for _, n := range ns {
 				hosts := make([]simulate.Host, n)
 				for i := range hosts {
 					hosts[i] = simulate.Host{Rate: rate, Latency: latency, Cores: cores}

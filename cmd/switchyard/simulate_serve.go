@@ -76,27 +76,27 @@ linearly in cores. See docs/scale/serving.md.`,
 					return err
 				}
 			}
-			workers, err := serveInts("--workers", workersS)
+			workers, err := parseCounts("--workers", workersS, 0)
 			if err != nil {
 				return err
 			}
 			if clusterFile != "" && !cmd.Flags().Changed("workers") {
 				workers = []int{spec.Workers}
 			}
-			nics := serveList(nicS)
+			nics := splitList(nicS)
 			if clusterFile != "" && !cmd.Flags().Changed("nic") {
 				nics = []string{spec.NIC}
 			}
-			batches, err := serveInts("--batch", batchS)
+			batches, err := parseCounts("--batch", batchS, 0)
 			if err != nil {
 				return err
 			}
-			hots, err := serveInts("--hot-replicas", hotS)
+			hots, err := parseCounts("--hot-replicas", hotS, 0)
 			if err != nil {
 				return err
 			}
 			var choices []simulate.ReplicaChoice
-			for _, c := range serveList(choiceS) {
+			for _, c := range splitList(choiceS) {
 				ch, err := simulate.ParseReplicaChoice(c)
 				if err != nil {
 					return fmt.Errorf("--replica-choice: %w", err)
@@ -120,7 +120,7 @@ linearly in cores. See docs/scale/serving.md.`,
 				}
 				skews = []string{"trace"}
 			} else {
-				for _, z := range serveList(zipfS) {
+				for _, z := range splitList(zipfS) {
 					s, err := strconv.ParseFloat(z, 64)
 					if err != nil || s < 0 || math.IsInf(s, 0) {
 						return fmt.Errorf("--zipf %q: want exponents >= 0, e.g. 0,0.5,1", zipfS)
@@ -344,7 +344,8 @@ func serveDescribeSpec(s simulate.ClusterSpec, memBW float64, reserve int64) str
 		c.Cores, float64(c.MemoryBytes)/(1<<30), float64(reserve)/(1<<30), bw, c.Latency, c.Oversubscription, c.HostsPerLeaf)
 }
 
-func serveList(s string) []string {
+// splitList splits a comma-separated flag value, dropping blanks.
+func splitList(s string) []string {
 	var out []string
 	for _, f := range strings.Split(s, ",") {
 		if f = strings.TrimSpace(f); f != "" {
@@ -354,12 +355,14 @@ func serveList(s string) []string {
 	return out
 }
 
-func serveInts(flag, s string) ([]int, error) {
+// parseCounts reads a comma-separated list of counts of at least least
+// (e.g. --workers 8,16,32) for flag.
+func parseCounts(flag, s string, least int) ([]int, error) {
 	var out []int
-	for _, f := range serveList(s) {
+	for _, f := range splitList(s) {
 		n, err := strconv.Atoi(f)
-		if err != nil || n < 0 {
-			return nil, fmt.Errorf("%s %q: want non-negative counts like 8,16,32", flag, s)
+		if err != nil || n < least {
+			return nil, fmt.Errorf("%s %q: want counts of at least %d, comma-separated, like 8,16,32", flag, s, least)
 		}
 		out = append(out, n)
 	}

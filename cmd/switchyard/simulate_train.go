@@ -122,18 +122,13 @@ worker count and NIC rate over it.`,
 			if wireS != "f32" && wireS != "bf16" {
 				return fmt.Errorf("--wire %q: want f32 or bf16", wireS)
 			}
-			var ns []int
-			for _, f := range strings.Split(workersList, ",") {
-				n, err := strconv.Atoi(strings.TrimSpace(f))
-				if err != nil || n < 1 {
-					return fmt.Errorf("--workers %q: want counts like 16,64,256", workersList)
-				}
-				ns = append(ns, n)
+			ns, err := parseCounts("--workers", workersList, 1)
+			if err != nil {
+				return err
 			}
 			var rows []trainRow
 			var mem int64
-			for _, nic := range strings.Split(nicList, ",") {
-				nic = strings.TrimSpace(nic)
+			for _, nic := range splitList(nicList) {
 				for _, n := range ns {
 					s := spec
 					s.Workers, s.NIC = n, nic

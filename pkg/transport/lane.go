@@ -148,8 +148,8 @@ func noEOF(err error) error {
 	return err
 }
 
-// encodeMD encodes metadata as key NUL value NUL ..., keys sorted as
-// metadata.MD iterates them (a map: any order; decodeMD does not care).
+// encodeMD encodes metadata as key NUL value NUL ... (keys in map order,
+// which decodeMD does not depend on).
 func encodeMD(md metadata.MD) []byte {
 	var b []byte
 	for k, vs := range md {
@@ -202,7 +202,6 @@ func readFrame(meta, payload []byte) (*pb.ExpertFrame, error) {
 // method (pb.Worker_ExpertsServer).
 type laneServer struct {
 	ctx        context.Context
-	conn       net.Conn
 	r          *bufio.Reader
 	w          laneWriter
 	maxPayload int
@@ -401,7 +400,7 @@ func (s *ExpertServer) serveLane(conn net.Conn) {
 		return
 	}
 	defer s.lanes.remove(conn)
-	l := &laneServer{conn: conn, r: bufio.NewReaderSize(conn, 64<<10), maxPayload: s.cfg.MaxMessageBytes}
+	l := &laneServer{r: bufio.NewReaderSize(conn, 64<<10), maxPayload: s.cfg.MaxMessageBytes}
 	l.w.conn = conn
 	conn.SetReadDeadline(time.Now().Add(laneHandshakeTimeout))
 	typ, meta, _, err := readLane(l.r, 0)

@@ -332,48 +332,30 @@ func (s *ExpertServer) Shutdown(ctx context.Context) error {
 	s.srvMu.Lock()
 	g := s.grpcSrv
 	s.srvMu.Unlock()
-	var err error
+	done := make(chan struct{})
 	if g != nil {
-		done := make(chan struct{})
 		go func() { g.GracefulStop(); close(done) }()
-		// Callers keep persistent Experts streams open between requests:
-		// once no request is being served (new ones are refused as
-		// draining), closing the idle streams loses nothing.
-		tick := time.NewTicker(5 * time.Millisecond)
-		defer tick.Stop()
-	wait:
-		for {
-			select {
-			case <-done:
-				break wait
-			case <-ctx.Done():
-				g.Stop()
-				<-done
-				err = ctx.Err()
-				break wait
-			case <-tick.C:
-				if s.active.Load() == 0 {
-					g.Stop()
-					<-done
-					break wait
-				}
-			}
+	} else {
+		close(done)
+	}
+	// Callers keep persistent Experts streams (gRPC streams and lanes)
+	// open between requests: once no request is being served (new ones
+	// are refused as draining), or the deadline passed, closing the idle
+	// ones loses nothing.
+	var err error
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for s.active.Load() != 0 && err == nil {
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-tick.C:
 		}
 	}
-	// Lanes idle between requests (gRPC's stop does not see them): once
-	// no request is in flight on any of them, or the deadline passed,
-	// closing them loses nothing more.
-	if err == nil {
-		tick := time.NewTicker(5 * time.Millisecond)
-		defer tick.Stop()
-		for s.active.Load() != 0 && err == nil {
-			select {
-			case <-ctx.Done():
-				err = ctx.Err()
-			case <-tick.C:
-			}
-		}
+	if g != nil {
+		g.Stop() // a no-op once GracefulStop has finished
 	}
+	<-done
 	s.lanes.closeAll()
 	s.batch.stop()
 	s.waitLanes()
