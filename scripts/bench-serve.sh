@@ -25,10 +25,21 @@
 #                 while the front end waits for the owners); run twice:
 #                 over expert lanes (the default) and over gRPC streams
 #                 (SWITCHYARD_EXPERT_LANES=0), side by side
+#   netns 1 host, 1 core each, pinned   the front end on h0 pinned to CPU 0
+#                 and one worker host pinned to CPU 1 (taskset), both with
+#                 GOMAXPROCS=1: each process has a core of its own, as on
+#                 real hosts; run twice, side by side: blocking lanes, and
+#                 lanes that poll (SWITCHYARD_LANE_POLL=20ms on both: the
+#                 caller polls for the answer, the owner for the next
+#                 request, instead of sleeping and being woken; see
+#                 internal/rawsock)
 #
 # BENCH_SERVE_CLIENTS ("1 16") and BENCH_SERVE_RATES ("1gbit 10gbit", the
-# 4-host runs) narrow a run; BENCH_SERVE_ONLY_2HOSTS=1 runs only the 2-host
-# ones, BENCH_SERVE_2HOST_RATES ("1gbit 10gbit") picks their rates;
+# 4-host runs) narrow a run; BENCH_SERVE_NETNS ("4hosts 2hosts 1host")
+# picks the emulated-host sets (BENCH_SERVE_ONLY_2HOSTS=1 is "2hosts"),
+# BENCH_SERVE_2HOST_RATES and BENCH_SERVE_1HOST_RATES ("1gbit 10gbit")
+# their rates, BENCH_SERVE_1HOST_POLLS ("0 20ms") the lane polls of the
+# 1-host runs;
 # BENCH_SERVE_KEEP=1 keeps the work folder (every process's log);
 # BENCH_SERVE_TRACE=1 has the emulated hosts' processes write OpenTelemetry
 # spans there (trace-RATE-fe.jsonl, trace-RATE-wI.jsonl; tracing costs time,
@@ -138,10 +149,15 @@ run_local() {
 
 # run_netns RATE [HOSTS [NAME-SUFFIX]]: front end + coordinator on h0, a
 # worker on each of h1..hHOSTS (4); BENCH_SERVE_WORKER_ENV and
-# BENCH_SERVE_FRONTEND_ENV add environment variables to those processes.
+# BENCH_SERVE_FRONTEND_ENV add environment variables to those processes,
+# BENCH_SERVE_WORKER_CPUS and BENCH_SERVE_FRONTEND_CPUS pin them (taskset
+# -c LIST).
 run_netns() {
-	local rate=$1 hosts=${2:-4} name ip0 etcd url i ip rtt idle
+	local rate=$1 hosts=${2:-4} name ip0 etcd url i ip rtt idle wpin=() fpin=()
 	name="netns $hosts hosts $rate${3:-}"
+	[ "$hosts" = 1 ] && name="netns 1 host $rate${3:-}"
+	[ -n "${BENCH_SERVE_WORKER_CPUS:-}" ] && wpin=(taskset -c "$BENCH_SERVE_WORKER_CPUS")
+	[ -n "${BENCH_SERVE_FRONTEND_CPUS:-}" ] && fpin=(taskset -c "$BENCH_SERVE_FRONTEND_CPUS")
 	$net up $((hosts + 1)) "$rate" >/dev/null
 	nsrun() { local h=$1; shift; nsenter --net="/var/run/netns/$SY_CLUSTER-$h" -- "$@"; }
 	ip0=$($net ip h0)
@@ -152,11 +168,11 @@ run_netns() {
 	pids+=($!)
 	for i in $(seq "$hosts"); do
 		ip=$($net ip h$i)
-		nsrun h$i env ${BENCH_SERVE_WORKER_ENV:-} "$work/switchyard" worker --etcd "$etcd" --cluster bench --id "h$i" --listen "$ip:7070" \
+		nsrun h$i "${wpin[@]}" env ${BENCH_SERVE_WORKER_ENV:-} "$work/switchyard" worker --etcd "$etcd" --cluster bench --id "h$i" --listen "$ip:7070" \
 			--gossip "$ip:7946" --model "$model" --no-jobs ${BENCH_SERVE_TRACE:+--trace-file "$work/trace-$rate-w$i.jsonl"} >"$work/w$i-$rate.out" 2>"$work/w$i-$rate.log" &
 		pids+=($!)
 	done
-	nsrun h0 env ${BENCH_SERVE_FRONTEND_ENV:-} "$work/switchyard" serve --model "$model" --etcd "$etcd" --cluster bench --listen "$ip0:8000" \
+	nsrun h0 "${fpin[@]}" env ${BENCH_SERVE_FRONTEND_ENV:-} "$work/switchyard" serve --model "$model" --etcd "$etcd" --cluster bench --listen "$ip0:8000" \
 		--served-model-name m ${BENCH_SERVE_TRACE:+--trace-file "$work/trace-$rate-fe.jsonl"} >"$work/fe-$rate.log" 2>&1 &
 	pids+=($!)
 	url="http://$ip0:8000"
@@ -184,16 +200,34 @@ case "$only" in "" | workers)
 esac
 case "$only" in "" | netns)
 	if [ "$(id -u)" = 0 ]; then
-		if [ -z "${BENCH_SERVE_ONLY_2HOSTS:-}" ]; then
+		sets=${BENCH_SERVE_NETNS:-4hosts 2hosts 1host}
+		[ -n "${BENCH_SERVE_ONLY_2HOSTS:-}" ] && sets=2hosts
+		case " $sets " in *" 4hosts "*)
 			for rate in ${BENCH_SERVE_RATES:-1gbit 10gbit}; do
 				SWITCHYARD_SPIN=0 run_netns "$rate" 4
 			done
-		fi
-		for rate in ${BENCH_SERVE_2HOST_RATES:-1gbit 10gbit}; do
-			SWITCHYARD_SPIN=0 BENCH_SERVE_WORKER_ENV=GOMAXPROCS=1 run_netns "$rate" 2 ", 1 core each"
-			# The same over gRPC streams instead of expert lanes, side by side.
-			SWITCHYARD_EXPERT_LANES=0 SWITCHYARD_SPIN=0 BENCH_SERVE_WORKER_ENV=GOMAXPROCS=1 run_netns "$rate" 2 ", 1 core each, gRPC"
-		done
+			;;
+		esac
+		case " $sets " in *" 2hosts "*)
+			for rate in ${BENCH_SERVE_2HOST_RATES:-1gbit 10gbit}; do
+				SWITCHYARD_SPIN=0 BENCH_SERVE_WORKER_ENV=GOMAXPROCS=1 run_netns "$rate" 2 ", 1 core each"
+				# The same over gRPC streams instead of expert lanes, side by side.
+				SWITCHYARD_EXPERT_LANES=0 SWITCHYARD_SPIN=0 BENCH_SERVE_WORKER_ENV=GOMAXPROCS=1 run_netns "$rate" 2 ", 1 core each, gRPC"
+			done
+			;;
+		esac
+		case " $sets " in *" 1host "*)
+			for rate in ${BENCH_SERVE_1HOST_RATES:-1gbit 10gbit}; do
+				# Blocking lanes, then polling lanes, side by side.
+				for poll in ${BENCH_SERVE_1HOST_POLLS:-0 20ms}; do
+					suffix=", 1 core each, pinned"
+					[ "$poll" != 0 ] && suffix="$suffix, polled lanes"
+					SWITCHYARD_LANE_POLL=$poll SWITCHYARD_SPIN=0 BENCH_SERVE_WORKER_ENV=GOMAXPROCS=1 BENCH_SERVE_FRONTEND_ENV=GOMAXPROCS=1 \
+						BENCH_SERVE_WORKER_CPUS=1 BENCH_SERVE_FRONTEND_CPUS=0 run_netns "$rate" 1 "$suffix"
+				done
+			done
+			;;
+		esac
 	else
 		log "# netns configurations skipped: need root"
 	fi

@@ -30,11 +30,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"math"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -47,6 +49,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/switchyard/switchyard/internal/rawsock"
 	"github.com/switchyard/switchyard/internal/worker"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
@@ -61,7 +64,7 @@ func main() {
 	}
 	cmds := map[string]func([]string) error{
 		"synth": synth, "info": info, "refs": refs, "check": check, "load": load,
-		"restore": restore, "tcpping": tcpping, "report": report,
+		"restore": restore, "tcpping": tcpping, "report": report, "exchange": exchange,
 	}
 	run, ok := cmds[os.Args[1]]
 	if !ok {
@@ -74,7 +77,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: serve synth|info|refs|check|load|restore|tcpping|report [flags] (see the package comment)")
+	fmt.Fprintln(os.Stderr, "usage: serve synth|info|refs|check|load|restore|tcpping|report|exchange [flags] (see the package comment)")
 	os.Exit(2)
 }
 
@@ -789,11 +792,23 @@ func tcpping(args []string) error {
 	n := fs.Int("n", 2000, "round trips")
 	size := fs.Int("size", 64, "message bytes")
 	gap := fs.Duration("gap", 0, "idle time before each round trip, as ping's interval (0: back to back); the hosts' CPUs idle between messages, as a decoding front end's and its owners' do between layers")
+	poll := fs.Duration("poll", 0, "poll each socket read for up to this long before sleeping (as SWITCHYARD_LANE_POLL makes expert lanes do; internal/rawsock), on the side given the flag")
+	gemm := fs.Int("gemm-inter", 0, "server: before echoing each whole message run 4 of 32 expert FFNs of width 1024 and this intermediate width on one row (what an owner does between a decode request and its answer) and send its time in the message's first 8 bytes; client: subtract that time from each round trip (both sides need the flag and the same -size, at least 8)")
 	fs.Parse(args)
+	if *gemm > 0 && *size < 8 {
+		return fmt.Errorf("-gemm-inter needs -size 8 or more (got %d)", *size)
+	}
 	if *listen != "" {
 		ln, err := net.Listen("tcp", *listen)
 		if err != nil {
 			return err
+		}
+		var ffns []*expert.FFN
+		if *gemm > 0 {
+			r := rand.New(rand.NewPCG(1, 2))
+			for e := 0; e < 32; e++ {
+				ffns = append(ffns, randomFFN(r, 1024, *gemm))
+			}
 		}
 		fmt.Printf("tcpping: listening on %s\n", ln.Addr())
 		for {
@@ -804,7 +819,26 @@ func tcpping(args []string) error {
 			go func() {
 				defer c.Close()
 				c.(*net.TCPConn).SetNoDelay(true)
-				io.Copy(c, c)
+				c = rawsock.Wrap(c, *poll)
+				if ffns == nil {
+					io.Copy(c, c)
+					return
+				}
+				buf := make([]byte, *size)
+				x, y, h := make([]float32, 1024), make([]float32, 1024), make([]float32, 2**gemm)
+				for i := 0; ; i++ {
+					if _, err := io.ReadFull(c, buf); err != nil {
+						return
+					}
+					t := time.Now()
+					for k := 0; k < 4; k++ {
+						ffns[(i*4+k*7)%len(ffns)].Forward(y, x, 1, h)
+					}
+					binary.LittleEndian.PutUint64(buf, uint64(time.Since(t)))
+					if _, err := c.Write(buf); err != nil {
+						return
+					}
+				}
 			}()
 		}
 	}
@@ -821,6 +855,7 @@ func tcpping(args []string) error {
 	}
 	defer c.Close()
 	c.(*net.TCPConn).SetNoDelay(true)
+	c = rawsock.Wrap(c, *poll)
 	buf := make([]byte, *size)
 	rtts := make([]float64, 0, *n)
 	for i := 0; i < *n+100; i++ {
@@ -835,11 +870,19 @@ func tcpping(args []string) error {
 			return err
 		}
 		if i >= 100 { // warm-up
-			rtts = append(rtts, time.Since(t).Seconds()*1e6)
+			rtt := time.Since(t)
+			if *gemm > 0 {
+				rtt -= time.Duration(binary.LittleEndian.Uint64(buf))
+			}
+			rtts = append(rtts, rtt.Seconds()*1e6)
 		}
 	}
 	p := percentiles(rtts)
-	fmt.Printf("tcpping: %d round trips of %d bytes to %s, %v apart: p50 %.1f us, p90 %.1f us, p99 %.1f us\n", *n, *size, *addr, *gap, p[0], p[1], p[2])
+	what := ""
+	if *gemm > 0 {
+		what = fmt.Sprintf(" (minus the server's 4 expert GEMMs of intermediate %d)", *gemm)
+	}
+	fmt.Printf("tcpping: %d round trips%s of %d bytes to %s, %v apart, polling %v: p50 %.1f us, p90 %.1f us, p99 %.1f us\n", *n, what, *size, *addr, *gap, *poll, p[0], p[1], p[2])
 	fmt.Printf("rtt_ms=%.4f\n", p[0]/1e3)
 	return nil
 }

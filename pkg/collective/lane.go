@@ -15,6 +15,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/switchyard/switchyard/internal/rawsock"
 	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	pb "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -48,7 +49,7 @@ import (
 // HTTP/2.0..."), so the first eight bytes of a connection tell the two
 // apart (see demux). With Config.TLS the lane is a TLS connection (tls.go)
 // and everything above runs inside it: the demux peeks the first eight
-// decrypted bytes, and the raw system calls (rawWriter, rawRead) are off,
+// decrypted bytes, and the raw system calls (rawsock.Writer, rawsock.Read) are off,
 // since the socket carries TLS records, not frames.
 //
 // Frame: laneHeader bytes, little-endian, then the payload:
@@ -85,17 +86,17 @@ const (
 // also holds it), so mu only orders them against Close.
 type laneOut struct {
 	conn  net.Conn                  // *tls.Conn with TLS
-	write func([]byte) (int, error) // conn.Write, or rawWriter's
-	raw   bool                      // write is rawWriter's: conn is a *net.TCPConn
+	write func([]byte) (int, error) // conn.Write, or rawsock.Writer's
+	raw   bool                      // write is rawsock.Writer's: conn is a *net.TCPConn
 	mu    sync.Mutex
 	buf   []byte // frame buffer of the running operation (see frame)
 }
 
-// newLaneOut wraps the dialed connection. rawWriter applies only to a
+// newLaneOut wraps the dialed connection. rawsock.Writer applies only to a
 // plain *net.TCPConn, never to a *tls.Conn (nor to the TCP connection
 // under it, which carries TLS records).
 func newLaneOut(conn net.Conn) *laneOut {
-	l := &laneOut{conn: conn, write: rawWriter(conn)}
+	l := &laneOut{conn: conn, write: rawsock.Writer(conn)}
 	l.raw = l.write != nil
 	if !l.raw {
 		l.write = conn.Write
@@ -345,13 +346,13 @@ type laneIn struct {
 func newLaneIn(src int) *laneIn { return &laneIn{src: src, ready: make(chan struct{})} }
 
 // attach gives the lane its connection (caller holds g.mu). Raw reads
-// (rawRead, which polls the socket) apply only to a plain *net.TCPConn: a
+// (rawsock.Read, which polls the socket) apply only to a plain *net.TCPConn: a
 // *tls.Conn is read through its Read, which decrypts, and the socket
 // under it is never read directly (its bytes are TLS records, and the
 // tls.Conn may hold buffered records the socket no longer has).
 func (l *laneIn) attach(conn net.Conn) {
 	l.conn = conn
-	if tc, ok := conn.(*net.TCPConn); ok && rawIO {
+	if tc, ok := conn.(*net.TCPConn); ok && rawsock.OK {
 		l.rc, _ = tc.SyscallConn()
 	}
 	close(l.ready)
@@ -445,7 +446,7 @@ func (l *laneIn) fill(n int, poll time.Duration) error {
 		var k int
 		var err error
 		if l.rc != nil {
-			k, err = rawRead(l.rc, l.buf[l.w:], poll)
+			k, err = rawsock.Read(l.rc, l.buf[l.w:], poll)
 		} else {
 			k, err = l.conn.Read(l.buf[l.w:])
 		}

@@ -1965,7 +1965,7 @@ var (
 	sbPingRE  = regexp.MustCompile(`^tcpping: [^,]*(?:, 0s apart)?: p50 ([\d.]+) us`) // back to back (not the -gap run)
 	sbRowRE   = regexp.MustCompile(`^(.+), (\d+) client\(s\): \d+ clients, [\d.]+ s: (\d+) completions ok, (\d+) failed, \d+ wrong; \d+ tokens, ([\d.]+) tokens/s; .*ITL ([\d.]+)/([\d.]+)/([\d.]+) ms`)
 	sbSplitRE = regexp.MustCompile(`^(.+), (\d+) client\(s\): per generated token \(ms\): total ([-\d.]+) attention ([-\d.]+) experts ([-\d.]+) rest [-\d.]+; MoE layer exchange mean ([\d.]+) ms \(([\d.]+) rows\), of which the owners' ([\d.]+) ms, the exchange's own ([\d.]+) ms`)
-	sbNetnsRE = regexp.MustCompile(`^netns (\d+) hosts (\d+)([mg])bit`)
+	sbNetnsRE = regexp.MustCompile(`^netns (\d+) hosts? (\d+)([mg])bit`)
 	sbLocalRE = regexp.MustCompile(`^(\d+) local workers`)
 )
 

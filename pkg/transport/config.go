@@ -98,6 +98,40 @@ type ClientConfig struct {
 	// them; see lane.go). SWITCHYARD_EXPERT_LANES=0 in the environment
 	// sets it (for comparisons, or a network that must see HTTP/2).
 	GRPCOnly bool
+
+	// LanePoll is how long a caller waiting for a worker's answer on an
+	// expert lane polls its socket (non-blocking reads, yielding between
+	// tries) before it sleeps until the answer arrives. Polling saves the
+	// wake-up of a sleeping thread on an idle CPU (about 100 us a message
+	// on the 2-vCPU VMs measured; see internal/rawsock), and burns the CPU
+	// it polls on: set it where the front end has its cores to itself,
+	// longer than the owners' usual answer time (a layer's expert GEMMs).
+	// Plain TCP and TLS lanes alike; Linux only; gRPC streams never poll.
+	// Default 0: SWITCHYARD_LANE_POLL in the environment (a Go duration,
+	// e.g. "10ms"), else no polling; negative: no polling.
+	LanePoll time.Duration
+}
+
+// LanePollEnv names the environment variable that gives ClientConfig's
+// and ServerConfig's LanePoll when they are zero (a Go duration).
+const LanePollEnv = "SWITCHYARD_LANE_POLL"
+
+// lanePoll resolves a LanePoll setting: d itself unless zero, then the
+// environment's (an error for an unparsable or negative value). The
+// result is > 0 to poll.
+func lanePoll(d time.Duration) (time.Duration, error) {
+	if d != 0 {
+		return d, nil
+	}
+	v, ok := os.LookupEnv(LanePollEnv)
+	if !ok || v == "" {
+		return 0, nil
+	}
+	e, err := time.ParseDuration(v)
+	if err != nil || e < 0 {
+		return 0, fmt.Errorf("%s=%q: want a duration >= 0, e.g. 10ms", LanePollEnv, v)
+	}
+	return e, nil
 }
 
 // DefaultClientConfig returns the defaults, with Model and Worker unset.
@@ -140,6 +174,11 @@ func (c ClientConfig) withDefaults() (ClientConfig, error) {
 	if os.Getenv("SWITCHYARD_EXPERT_LANES") == "0" {
 		c.GRPCOnly = true
 	}
+	var errs []error
+	var err error
+	if c.LanePoll, err = lanePoll(c.LanePoll); err != nil {
+		errs = append(errs, fmt.Errorf("transport: client config: %w", err))
+	}
 	if c.CallTimeout == 0 {
 		c.CallTimeout = d.CallTimeout
 	}
@@ -161,7 +200,6 @@ func (c ClientConfig) withDefaults() (ClientConfig, error) {
 	if c.KeepaliveTimeout == 0 {
 		c.KeepaliveTimeout = d.KeepaliveTimeout
 	}
-	var errs []error
 	if c.Model == "" {
 		errs = append(errs, errors.New("transport: client config: Model (fingerprint) is required"))
 	}
@@ -250,6 +288,14 @@ type ServerConfig struct {
 	// KeepaliveTime or they are disconnected with "too_many_pings").
 	KeepaliveTime, KeepaliveTimeout, KeepaliveMinTime time.Duration
 
+	// LanePoll is how long the reader of an expert lane waits for the
+	// caller's next request by polling its socket before it sleeps (see
+	// ClientConfig.LanePoll): set it where the worker has its cores to
+	// itself, longer than the usual gap between a decoding front end's
+	// requests (its attention for a layer). Default 0: SWITCHYARD_LANE_POLL,
+	// else no polling; negative: no polling.
+	LanePoll time.Duration
+
 	// Observer, when set, is told what the serving scope computes (for
 	// metrics; training scopes are not observed).
 	Observer *ServerObserver
@@ -321,6 +367,10 @@ func (c ServerConfig) withDefaults() (ServerConfig, error) {
 		c.KeepaliveMinTime = d.KeepaliveMinTime
 	}
 	var errs []error
+	var err error
+	if c.LanePoll, err = lanePoll(c.LanePoll); err != nil {
+		errs = append(errs, fmt.Errorf("transport: server config: %w", err))
+	}
 	if c.Model == "" {
 		errs = append(errs, errors.New("transport: server config: Model (fingerprint) is required"))
 	}

@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/switchyard/switchyard/internal/rawsock"
 	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/demux"
 	pb "github.com/switchyard/switchyard/proto/switchyard/v1"
@@ -118,8 +119,9 @@ func (w *laneWriter) write(typ byte, meta, payload []byte) error {
 }
 
 // readLane reads one lane message: its type, meta and payload (fresh
-// slices the caller owns). io.EOF: the connection ended between messages.
-func readLane(r *bufio.Reader, maxPayload int) (typ byte, meta, payload []byte, err error) {
+// slices the caller owns; the payload from alloc when not nil, else
+// make). io.EOF: the connection ended between messages.
+func readLane(r *bufio.Reader, maxPayload int, alloc func(int) []byte) (typ byte, meta, payload []byte, err error) {
 	var h [9]byte
 	if _, err = io.ReadFull(r, h[:]); err != nil {
 		return 0, nil, nil, err
@@ -133,7 +135,11 @@ func readLane(r *bufio.Reader, maxPayload int) (typ byte, meta, payload []byte, 
 		return 0, nil, nil, noEOF(err)
 	}
 	if p > 0 {
-		payload = make([]byte, p)
+		if alloc != nil {
+			payload = alloc(int(p))
+		} else {
+			payload = make([]byte, p)
+		}
 		if _, err = io.ReadFull(r, payload); err != nil {
 			return 0, nil, nil, noEOF(err)
 		}
@@ -210,6 +216,10 @@ type laneServer struct {
 	mu         sync.Mutex
 	header     metadata.MD
 	sentHeader bool
+	// held are the payloads of the frames Recv returned since the last
+	// Send (from lanePayloads). The handler copies a request's payload
+	// into its rows before it answers, so each Send recycles them.
+	held [][]byte
 }
 
 var _ pb.Worker_ExpertsServer = (*laneServer)(nil)
@@ -252,6 +262,11 @@ func (l *laneServer) SendMsg(m any) error          { return l.Send(m.(*pb.Expert
 func (l *laneServer) Send(f *pb.ExpertFrame) error { return l.sendFrame(f) }
 
 func (l *laneServer) sendFrame(f *pb.ExpertFrame) error {
+	for _, p := range l.held {
+		lanePayloads.put(p)
+	}
+	clear(l.held)
+	l.held = l.held[:0]
 	if err := l.flushHeader(); err != nil {
 		return err
 	}
@@ -288,7 +303,7 @@ func (l *laneServer) read(cancel context.CancelFunc) {
 	defer close(l.msgs)
 	defer cancel()
 	for {
-		typ, meta, payload, err := readLane(l.r, l.maxPayload)
+		typ, meta, payload, err := readLane(l.r, l.maxPayload, lanePayloads.get)
 		if err != nil {
 			l.rerr = err
 			return
@@ -314,6 +329,9 @@ func (l *laneServer) Recv() (*pb.ExpertFrame, error) {
 	}
 	switch m.typ {
 	case laneFrame:
+		if m.payload != nil {
+			l.held = append(l.held, m.payload)
+		}
 		return readFrame(m.meta, m.payload)
 	case laneCloseSend:
 		return nil, io.EOF
@@ -403,7 +421,7 @@ func (s *ExpertServer) serveLane(conn net.Conn) {
 	l := &laneServer{r: bufio.NewReaderSize(conn, 64<<10), maxPayload: s.cfg.MaxMessageBytes}
 	l.w.conn = conn
 	conn.SetReadDeadline(time.Now().Add(laneHandshakeTimeout))
-	typ, meta, _, err := readLane(l.r, 0)
+	typ, meta, _, err := readLane(l.r, 0, nil)
 	if err != nil || typ != laneHello {
 		return
 	}
@@ -412,6 +430,9 @@ func (s *ExpertServer) serveLane(conn net.Conn) {
 		return
 	}
 	conn.SetReadDeadline(time.Time{})
+	if pc := pollConn(conn); pc != nil {
+		pc.SetPoll(s.cfg.LanePoll)
+	}
 	if err := l.w.write(laneAck, nil, nil); err != nil {
 		return
 	}
@@ -434,6 +455,16 @@ func (s *ExpertServer) serveLane(conn net.Conn) {
 	cancel()
 	demux.CloseConn(conn)
 	<-done
+}
+
+// pollConn returns the polling connection under conn (a lane accepted
+// through rawsock.Listener, plain or under TLS), or nil.
+func pollConn(conn net.Conn) *rawsock.Conn {
+	if tc, ok := conn.(*tls.Conn); ok {
+		conn = tc.NetConn()
+	}
+	pc, _ := conn.(*rawsock.Conn)
+	return pc
 }
 
 // LanesOpened is the number of expert lanes callers opened to the server
@@ -459,6 +490,19 @@ type laneClient struct {
 	checked    bool        // the header was checked (at the first frame)
 	done       bool        // the status arrived: the stream is over
 	aborted    atomic.Bool // abort was called
+	// held is the payload of the last frame Recv returned (from
+	// lanePayloads): its reader copies it out before the next Recv, which
+	// recycles it. (Send may run on another goroutine, concurrently with
+	// Recv, while a long request streams out.)
+	held []byte
+}
+
+// release recycles the last frame's payload.
+func (l *laneClient) release() {
+	if l.held != nil {
+		lanePayloads.put(l.held)
+		l.held = nil
+	}
 }
 
 // abort ends the lane's use: a blocked Send returns at once, a blocked
@@ -488,6 +532,9 @@ func (p *Pool) dialLane(ctx context.Context, pr *peer) (*laneClient, error) {
 			return nil, status.FromContextError(ctx.Err()).Err()
 		}
 		return nil, status.Errorf(codes.Unavailable, "lane to %s: %v", pr.addr, err)
+	}
+	if p.cfg.LanePoll > 0 && rawsock.OK {
+		raw = rawsock.Wrap(raw, p.cfg.LanePoll) // under TLS, if any
 	}
 	conn := raw
 	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Now()) })
@@ -521,7 +568,7 @@ func (p *Pool) dialLane(ctx context.Context, pr *peer) (*laneClient, error) {
 	if _, err := conn.Write(hello); err != nil {
 		return fail(fmt.Errorf("%w: %v", errNoLanes, err))
 	}
-	typ, _, _, err := readLane(l.r, 0)
+	typ, _, _, err := readLane(l.r, 0, nil)
 	if err != nil || typ != laneAck {
 		return fail(fmt.Errorf("%w: no answer to the hello (%v)", errNoLanes, err))
 	}
@@ -555,6 +602,7 @@ func (l *laneClient) RecvMsg(m any) error { return recvInto(m, l.Recv) }
 // closed by the caller) when the connection broke. The response header is
 // checked against the pool's identity when it arrives.
 func (l *laneClient) Recv() (*pb.ExpertFrame, error) {
+	l.release()
 	if l.done {
 		return nil, io.EOF
 	}
@@ -565,7 +613,7 @@ func (l *laneClient) Recv() (*pb.ExpertFrame, error) {
 			// passed long before this read).
 			l.conn.SetReadDeadline(time.Now().Add(laneAbortGrace))
 		}
-		typ, meta, payload, err := readLane(l.r, l.maxPayload)
+		typ, meta, payload, err := readLane(l.r, l.maxPayload, lanePayloads.get)
 		if err != nil {
 			if l.aborted.Load() {
 				return nil, status.Error(codes.Canceled, "lane aborted by the caller")
@@ -584,6 +632,7 @@ func (l *laneClient) Recv() (*pb.ExpertFrame, error) {
 			if err != nil {
 				return nil, status.Error(codes.Internal, err.Error())
 			}
+			l.held = payload
 			if !l.checked {
 				// As over gRPC (checkedStream): the header is checked with
 				// the first message; a refusal arrives as a status instead.

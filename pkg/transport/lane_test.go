@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/switchyard/switchyard/internal/rawsock"
 	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
@@ -219,7 +220,7 @@ func TestLaneRefusesMalformedInput(t *testing.T) {
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	var codesSeen []codes.Code
 	for {
-		typ, meta, _, err := readLane(r, 1<<20)
+		typ, meta, _, err := readLane(r, 1<<20, nil)
 		if err != nil {
 			break
 		}
@@ -270,7 +271,7 @@ func TestLaneFrameRoundTrip(t *testing.T) {
 	if len(f.Payload) == 0 {
 		t.Fatal("writeFrame cleared the caller's payload")
 	}
-	typ, meta, payload, err := readLane(bufio.NewReader(&buf), 1<<10)
+	typ, meta, payload, err := readLane(bufio.NewReader(&buf), 1<<10, nil)
 	if err != nil || typ != laneFrame {
 		t.Fatalf("read: type %d, %v", typ, err)
 	}
@@ -286,7 +287,7 @@ func TestLaneFrameRoundTrip(t *testing.T) {
 	if err != nil || !slices.Equal(back.Get("a"), []string{"1", "3"}) || !slices.Equal(back.Get("b"), []string{"2"}) {
 		t.Errorf("metadata round trip: %v, %v", back, err)
 	}
-	if _, _, _, err := readLane(bufio.NewReader(bytes.NewReader(laneMsgBytes(laneFrame, nil, make([]byte, 2<<10)))), 1<<10); err == nil {
+	if _, _, _, err := readLane(bufio.NewReader(bytes.NewReader(laneMsgBytes(laneFrame, nil, make([]byte, 2<<10)))), 1<<10, nil); err == nil {
 		t.Error("a payload over the limit was read")
 	}
 }
@@ -300,7 +301,7 @@ func FuzzLaneMessages(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := bufio.NewReader(bytes.NewReader(data))
 		for {
-			typ, meta, payload, err := readLane(r, 1<<16)
+			typ, meta, payload, err := readLane(r, 1<<16, lanePayloads.get)
 			if err != nil {
 				return
 			}
@@ -369,4 +370,110 @@ func TestAbortedLaneKeepsArrivedAnswer(t *testing.T) {
 		}
 		checkTagged(t, 0, layer, plan, x, y, D, func(int) []int { return []int{1} })
 	}
+}
+
+// polledReads sums the polling reads of the lanes' connections: the
+// pool's idle lanes to ws and the workers' accepted lanes.
+func polledReads(t *testing.T, pool *Pool, ws []*testWorker) (client, server uint64) {
+	t.Helper()
+	for _, w := range ws {
+		pr, err := pool.peer(w.id, w.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pr.smu.Lock()
+		for _, st := range pr.idle {
+			if lc, ok := st.s.(*laneClient); ok {
+				if pc := pollConn(lc.conn); pc != nil {
+					p, _ := pc.Reads()
+					client += p
+				}
+			}
+		}
+		pr.smu.Unlock()
+		w.srv.lanes.mu.Lock()
+		for c := range w.srv.lanes.conns {
+			if pc := pollConn(c); pc != nil {
+				p, _ := pc.Reads()
+				server += p
+			}
+		}
+		w.srv.lanes.mu.Unlock()
+	}
+	return client, server
+}
+
+// With LanePoll on both sides (from the environment here), the caller
+// polls its lane for the answer and the owner's lane reader for the next
+// request, plain and under mutual TLS, with the same rows as blocking
+// lanes; an attempt's deadline still ends a caller's poll at once (the
+// hung copy's rows go to the other copy long before the poll would end).
+func TestPolledLanes(t *testing.T) {
+	if !rawsock.OK {
+		t.Skip("lanes poll only on Linux")
+	}
+	t.Setenv(LanePollEnv, "1m")
+	ca, err := auth.NewCA("cluster")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		tls  bool
+	}{{"plain", false}, {"mutual TLS", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ws, pl := laneWorkers(t, func(id string) ServerConfig {
+				cfg := ServerConfig{Hidden: 16}
+				if tc.tls {
+					cfg.TLS = tlsCreds(t, ca, auth.RoleWorker, id)
+				}
+				return cfg
+			})
+			cc := ClientConfig{}
+			if tc.tls {
+				cc.TLS = tlsCreds(t, ca, auth.RoleFrontend, "fe")
+			}
+			pool := newPool(t, cc)
+			if got := pool.Config().LanePoll; got != time.Minute {
+				t.Fatalf("pool LanePoll %v from %s=1m", got, LanePollEnv)
+			}
+			exchangeTagged(t, NewRemoteExecutor(NewStaticPlacement(pl), pool), 20)
+			cl, sv := polledReads(t, pool, ws)
+			// Each of 20 calls reads at least one answer from each
+			// destination; each owner reads at least one request a call.
+			if cl < 40 || sv < 40 {
+				t.Errorf("reads that found data while polling: caller %d, owners %d; want >= 40 each", cl, sv)
+			}
+		})
+	}
+	t.Run("deadline ends the poll", func(t *testing.T) {
+		const E, D, layer = 2, 16, 1
+		full := func() *expert.Store {
+			s := taggedStore()
+			for e := 0; e < E; e++ {
+				s.Put(expert.ID{Layer: layer, Expert: e}, &expert.FFN{})
+			}
+			return s
+		}
+		release := make(chan struct{})
+		defer close(release)
+		hung := func(id expert.ID, f *expert.FFN, x []float32, d int, y []float32) { <-release }
+		w0 := startWorker(t, "w0", full(), ServerConfig{Hidden: D}, hung)
+		w1 := startWorker(t, "w1", full(), ServerConfig{Hidden: D}, tagHook(1))
+		pl := placement(1, 2, E, func(l int) bool { return l == layer }, []*testWorker{w0, w1}, func(_, e int) []int { return []int{0, 1} })
+		ex := NewRemoteExecutor(NewStaticPlacement(pl), newPool(t, ClientConfig{AttemptTimeout: 200 * time.Millisecond}))
+		plan := route(8, E, 2, 3)
+		x := taggedInput(0, 8, D, 3)
+		y := make([]float32, plan.Len()*D)
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		start := time.Now()
+		if err := ex.Compute(ctx, layer, plan, x, D, y); err != nil {
+			t.Fatalf("with w0 hung: %v (the minute's poll outlived the attempt?)", err)
+		}
+		if took := time.Since(start); took > 15*time.Second {
+			t.Errorf("the call took %v: the attempt's deadline did not end the caller's poll", took)
+		}
+		checkTagged(t, 0, layer, plan, x, y, D, func(int) []int { return []int{1} })
+	})
 }

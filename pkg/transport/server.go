@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"github.com/switchyard/switchyard/internal/rawsock"
 	"github.com/switchyard/switchyard/pkg/auth"
 	"io"
 	"net"
@@ -317,6 +318,11 @@ func (s *ExpertServer) Serve(lis net.Listener) error {
 		tlsConf = s.cfg.TLS.ServerConfig(nil)
 		tlsConf.NextProtos = []string{"h2", expertLaneALPN}
 	}
+	if s.cfg.LanePoll > 0 && rawsock.OK {
+		// Connections read as before (poll 0) until serveLane knows
+		// one is a lane.
+		lis = rawsock.Listener{Listener: lis}
+	}
 	s.dmx = demux.New(lis, expertLaneMagic, s.serveLane, tlsConf, laneHandshakeTimeout)
 	s.srvMu.Unlock()
 	return g.Serve(s.dmx)
@@ -494,9 +500,15 @@ func (s *ExpertServer) serveRequest(ctx context.Context, sc *scope, stream pb.Wo
 	}
 	received := time.Now()
 	fromWire(j.x)
-	// y is not pooled: gRPC keeps referencing a sent payload until its
-	// writer goroutine has flushed it, which the server cannot observe.
-	j.y = make([]float32, n*d)
+	// y is pooled on a lane only, which writes its payload before Send
+	// returns: gRPC keeps referencing a sent payload until its writer
+	// goroutine has flushed it, which the server cannot observe.
+	_, lane := stream.(*laneServer)
+	if lane {
+		j.y = s.bufs.get(n * d)
+	} else {
+		j.y = make([]float32, n*d)
+	}
 	if err := s.batch.submit(j); err != nil {
 		spanErr = err
 		if ctx.Err() != nil {
@@ -514,12 +526,19 @@ func (s *ExpertServer) serveRequest(ctx context.Context, sc *scope, stream pb.Wo
 		obs.Request(first.Source, n*d*4, n*d*4, j.started.Sub(received))
 	}
 	toWire(j.y)
-	return sendChunks(stream, &pb.ExpertFrame{
+	err = sendChunks(stream, &pb.ExpertFrame{
 		RequestId: first.RequestId, Layer: first.Layer, Experts: first.Experts, Rows: first.Rows,
 		Epoch: sc.epoch.Load(), Dtype: pb.DType_DTYPE_F32, Shape: first.Shape, Source: string(s.cfg.Worker),
 		Phase: first.Phase, Job: first.Job, TrainSeq: first.TrainSeq,
 		ServedMicros: uint64(time.Since(received).Microseconds()),
 	}, asBytes(j.y), s.cfg.ChunkBytes, &sc.bytesOut)
+	if lane {
+		// The batch is done with y (submit returned without error) and
+		// the lane has written it.
+		s.bufs.put(j.y)
+		j.y = nil
+	}
+	return err
 }
 
 // newJob is the batcher job for the request whose header is head, in

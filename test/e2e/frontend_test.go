@@ -24,6 +24,7 @@ import (
 	"github.com/switchyard/switchyard/internal/worker"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/expert"
+	"github.com/switchyard/switchyard/pkg/transport"
 )
 
 const goldenDir = "../../testdata/golden"
@@ -250,9 +251,12 @@ var servePrompts = []string{
 // scripts/local-cluster.sh, and two front ends (`switchyard serve --etcd
 // --cluster local`, separate processes that start no etcd and no workers)
 // joined to it: greedy completions through each, streamed and not, equal
-// `switchyard generate` with every expert in one process.
+// `switchyard generate` with every expert in one process. Every process
+// here polls its expert lanes (SWITCHYARD_LANE_POLL=2ms, inherited by the
+// workers and the front ends): the other serving tests use blocking lanes.
 func TestFrontEndsJoinLocalCluster(t *testing.T) {
 	needE2E(t)
+	t.Setenv(transport.LanePollEnv, "2ms")
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	dir, _ := filepath.Abs(filepath.Join(goldenDir, "qwen2_moe"))

@@ -1,14 +1,15 @@
-package collective
+package rawsock
 
 import (
 	"io"
 	"net"
+	"runtime"
 	"syscall"
 	"time"
 	"unsafe"
 )
 
-// rawWriter returns a write function for conn that issues write(2) as a
+// Writer returns a write function for conn that issues write(2) as a
 // raw system call when conn is a plain TCP connection, else nil.
 //
 // Why: Go wraps a socket write in entersyscall/exitsyscall, and a write on
@@ -22,10 +23,10 @@ import (
 // pairs of scripts/bench-collectives.sh runs). The socket is non-blocking, so a raw write never
 // blocks: when the kernel takes only part of the frame (its send buffer is
 // full), the rest goes through conn.Write, which waits in the netpoller.
-// rawIO: rawWriter and rawRead work here.
-const rawIO = true
+// OK: Writer, Read and Conn's polling work here.
+const OK = true
 
-func rawWriter(conn net.Conn) func([]byte) (int, error) {
+func Writer(conn net.Conn) func([]byte) (int, error) {
 	tc, ok := conn.(*net.TCPConn)
 	if !ok {
 		return nil
@@ -67,7 +68,7 @@ func rawWriter(conn net.Conn) func([]byte) (int, error) {
 	}
 }
 
-// rawRead reads into b from a non-blocking socket. For up to poll it
+// Read reads into b from a non-blocking socket. For up to poll it
 // retries a read that finds no data, yielding the CPU between tries
 // (sched_yield: another process on this core runs, if any), instead of
 // sleeping in the netpoller at once: a thread that sleeps needs the
@@ -75,7 +76,7 @@ func rawWriter(conn net.Conn) func([]byte) (int, error) {
 // exit), which is most of a small message's latency. After poll it sleeps
 // in the netpoller (honouring deadlines and Close) until data arrives.
 // Returns io.EOF at the end of the stream.
-func rawRead(rc syscall.RawConn, b []byte, poll time.Duration) (int, error) {
+func Read(rc syscall.RawConn, b []byte, poll time.Duration) (int, error) {
 	var n int
 	var rerr error
 	var until time.Time
@@ -107,6 +108,59 @@ func rawRead(rc syscall.RawConn, b []byte, poll time.Duration) (int, error) {
 			syscall.RawSyscall(syscall.SYS_SCHED_YIELD, 0, 0, 0)
 		}
 	})
+	if err != nil {
+		return n, err
+	}
+	return n, rerr
+}
+
+// pollRead is Read for a Conn: it polls for up to poll, yielding the
+// goroutine's processor (other goroutines of the process run: a worker
+// with GOMAXPROCS=1 still computes while its lane polls) and the thread's
+// CPU (other processes on the core run) between tries. The poll ends early
+// at the read deadline or Close; then, or after poll, the read sleeps in
+// the netpoller, which honours both.
+func (c *Conn) pollRead(b []byte, poll time.Duration) (int, error) {
+	var n int
+	var rerr error
+	var until int64
+	polling := true
+	err := c.rc.Read(func(fd uintptr) bool {
+		for {
+			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+			switch {
+			case e == 0 && r == 0:
+				rerr = io.EOF
+				return true
+			case e == 0:
+				n = int(r)
+				return true
+			case e == syscall.EINTR:
+				continue
+			case e != syscall.EAGAIN:
+				rerr = e
+				return true
+			}
+			if !polling {
+				return false
+			}
+			now := time.Now().UnixNano()
+			if until == 0 {
+				until = now + int64(poll)
+			}
+			if dl := c.readDL.Load(); now >= until || c.closed.Load() || (dl != 0 && now >= dl) {
+				polling = false
+				return false // sleep in the netpoller
+			}
+			runtime.Gosched()
+			syscall.RawSyscall(syscall.SYS_SCHED_YIELD, 0, 0, 0)
+		}
+	})
+	if polling {
+		c.polled.Add(1)
+	} else {
+		c.slept.Add(1)
+	}
 	if err != nil {
 		return n, err
 	}
