@@ -82,18 +82,8 @@ func Read(rc syscall.RawConn, b []byte, poll time.Duration) (int, error) {
 	var until time.Time
 	err := rc.Read(func(fd uintptr) bool {
 		for {
-			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-			switch {
-			case e == 0 && r == 0:
-				rerr = io.EOF
-				return true
-			case e == 0:
-				n = int(r)
-				return true
-			case e == syscall.EINTR:
-				continue
-			case e != syscall.EAGAIN:
-				rerr = e
+			var done bool
+			if n, done, rerr = tryRead(fd, b); done {
 				return true
 			}
 			if poll <= 0 {
@@ -127,18 +117,8 @@ func (c *Conn) pollRead(b []byte, poll time.Duration) (int, error) {
 	polling := true
 	err := c.rc.Read(func(fd uintptr) bool {
 		for {
-			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-			switch {
-			case e == 0 && r == 0:
-				rerr = io.EOF
-				return true
-			case e == 0:
-				n = int(r)
-				return true
-			case e == syscall.EINTR:
-				continue
-			case e != syscall.EAGAIN:
-				rerr = e
+			var done bool
+			if n, done, rerr = tryRead(fd, b); done {
 				return true
 			}
 			if !polling {
@@ -165,4 +145,24 @@ func (c *Conn) pollRead(b []byte, poll time.Duration) (int, error) {
 		return n, err
 	}
 	return n, rerr
+}
+
+// tryRead issues read(2) on the non-blocking socket fd into b (retrying
+// an interrupted call): done is false when the socket had nothing
+// (EAGAIN); otherwise n bytes or err (io.EOF at the end of the stream).
+func tryRead(fd uintptr, b []byte) (n int, done bool, err error) {
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		switch {
+		case e == 0 && r == 0:
+			return 0, true, io.EOF
+		case e == 0:
+			return int(r), true, nil
+		case e == syscall.EINTR:
+			continue
+		case e != syscall.EAGAIN:
+			return 0, true, e
+		}
+		return 0, false, nil
+	}
 }

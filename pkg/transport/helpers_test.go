@@ -237,6 +237,15 @@ func taggedStore(ids ...expert.ID) *expert.Store {
 	return s
 }
 
+// layerStore is a tagged store holding experts 0..experts-1 of layer.
+func layerStore(layer, experts int) *expert.Store {
+	ids := make([]expert.ID, experts)
+	for e := range ids {
+		ids[e] = expert.ID{Layer: layer, Expert: e}
+	}
+	return taggedStore(ids...)
+}
+
 // randomFFN returns a real expert with small random weights.
 func randomFFN(r *rand.Rand, d, f int) *expert.FFN {
 	m := func(rows, cols int) tensor.Mat {

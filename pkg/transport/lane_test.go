@@ -32,13 +32,7 @@ import (
 // compute) and returns them with the placement over them.
 func laneWorkers(t *testing.T, cfg func(id string) ServerConfig) ([]*testWorker, *cluster.Placement) {
 	const L, E, layer = 2, 4, 1
-	full := func() *expert.Store {
-		s := taggedStore()
-		for e := 0; e < E; e++ {
-			s.Put(expert.ID{Layer: layer, Expert: e}, &expert.FFN{})
-		}
-		return s
-	}
+	full := func() *expert.Store { return layerStore(layer, E) }
 	w0 := startWorker(t, "w0", full(), cfg("w0"), tagHook(0))
 	w1 := startWorker(t, "w1", full(), cfg("w1"), tagHook(1))
 	ws := []*testWorker{w0, w1}
@@ -342,13 +336,7 @@ func (c *bufConn) Write(p []byte) (int, error) { return c.buf.Write(p) }
 // failed requests whose other destination had answered.)
 func TestAbortedLaneKeepsArrivedAnswer(t *testing.T) {
 	const L, E, D, layer = 2, 2, 16, 1
-	full := func() *expert.Store {
-		s := taggedStore()
-		for e := 0; e < E; e++ {
-			s.Put(expert.ID{Layer: layer, Expert: e}, &expert.FFN{})
-		}
-		return s
-	}
+	full := func() *expert.Store { return layerStore(layer, E) }
 	release := make(chan struct{})
 	defer close(release)
 	hung := func(id expert.ID, f *expert.FFN, x []float32, d int, y []float32) { <-release }
@@ -448,13 +436,7 @@ func TestPolledLanes(t *testing.T) {
 	}
 	t.Run("deadline ends the poll", func(t *testing.T) {
 		const E, D, layer = 2, 16, 1
-		full := func() *expert.Store {
-			s := taggedStore()
-			for e := 0; e < E; e++ {
-				s.Put(expert.ID{Layer: layer, Expert: e}, &expert.FFN{})
-			}
-			return s
-		}
+		full := func() *expert.Store { return layerStore(layer, E) }
 		release := make(chan struct{})
 		defer close(release)
 		hung := func(id expert.ID, f *expert.FFN, x []float32, d int, y []float32) { <-release }
