@@ -45,10 +45,10 @@ run sweep "${hosts[@]}" --workers 8,16,32,64,128,256 --nic 25gbit,100gbit --fron
 	--load-rate nic --plot-dir "$plots"
 run small "${hosts[@]}" --workers 2,3,4 --nic 25gbit --frontends 1 --batch 1 --steps 2 --recovery=false
 run skew "${hosts[@]}" --workers 64 --nic 100gbit --frontends N/4 --batch 32 --steps 8 --zipf 0,0.5,1 --hot-replicas 0,32 \
-	--replica-choice client,rotate,split --recovery=false --plot-dir "$plots"
+	--replica-choice client,primary,split --recovery=false --plot-dir "$plots"
 run mixtral --model mixtral-8x22b --cores 64 --memory 768GiB --reserve 32GiB --mem-bandwidth 300GB/s --latency 10us --replicas 2 \
 	--context 1024 --workers 16 --nic 100gbit --frontends N/4 --batch 32 --steps 8 --zipf 0,0.5,1 --hot-replicas 0,4 \
-	--replica-choice client,rotate,split --recovery=false --plot-dir "$plots" --plot-prefix serve-mixtral
+	--replica-choice client,primary,split --recovery=false --plot-dir "$plots" --plot-prefix serve-mixtral
 go test -count=1 -run 'TestPredictServeBench$' -v ./pkg/simulate/ | grep -E 'clients:' | sed 's/^ *serve_test.go:[0-9]*: //' >"$tmp/validate.txt"
 
 {

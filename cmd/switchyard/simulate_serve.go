@@ -293,7 +293,7 @@ linearly in cores. See docs/scale/serving.md.`,
 	f.IntVar(&contextN, "context", 1024, "cached tokens each sequence attends over (mean)")
 	f.IntVar(&replicas, "replicas", 2, "copies of each expert on distinct workers (R)")
 	f.StringVar(&hotS, "hot-replicas", "0", "extra copies per MoE layer for the hottest experts (EPLB), comma-separated")
-	f.StringVar(&choiceS, "replica-choice", "client", "how a front end sends an expert's rows to its copies, comma-separated: client (the real client: all to the copy with the fewest rows in this call, primary on ties), rotate (ties broken by front end), split (EPLB: rows split over the copies)")
+	f.StringVar(&choiceS, "replica-choice", "client", "how a front end sends an expert's rows to its copies, comma-separated: client (the real client: all to the copy with the fewest rows in this call, ties rotated from call to call from an offset of each front end's own), rotate (ties broken by front end), primary (the primary on ties: the client before it rotated them), split (EPLB: rows split over the copies)")
 	f.StringVar(&zipfS, "zipf", "0", "Zipf exponents of expert popularity per layer (0: uniform), comma-separated")
 	f.StringVar(&traceFile, "trace", "", "a routing trace (layer,expert,count CSV) instead of --zipf")
 	f.StringVar(&calFile, "calibration", "", "a calibration file from `switchyard simulate calibrate` (default: the built-in ASSUMED one)")
@@ -513,7 +513,8 @@ func plotServe(dir, prefix string, m simulate.MoEShape, spec simulate.ClusterSpe
 				continue
 			}
 			name := map[simulate.ReplicaChoice]string{simulate.ChoiceClient: "the client's choice of copy",
-				simulate.ChoiceRotate: "ties rotated by front end", simulate.ChoiceSplit: "rows split over copies (EPLB)"}[r.choice]
+				simulate.ChoiceRotate: "ties rotated by front end", simulate.ChoicePrimary: "the primary on ties",
+				simulate.ChoiceSplit: "rows split over copies (EPLB)"}[r.choice]
 			if r.hot > 0 {
 				name = fmt.Sprintf("+%d hot replicas per layer, %s", r.hot, name)
 			} else {

@@ -697,35 +697,42 @@ const (
 	// expert's rows of a call go to one copy, the one whose worker has
 	// the fewest rows in flight from this front end, counting the rows
 	// already assigned in this call (a front end has nothing else in
-	// flight: it runs one layer at a time), placement order (primary
-	// first) on ties. Front ends do not see each other's load, so on
-	// ties they all pick the primary.
+	// flight: it runs one layer at a time), placement order rotated on
+	// ties by the call's number plus an offset of the front end's own
+	// (hashed from its name; here front end f's call k starts at copy
+	// (k+f) mod copies, the offsets spread evenly). Front ends do not see
+	// each other's load.
 	ChoiceClient ReplicaChoice = iota
-	// ChoiceRotate is the client's rule with ties broken by the front
-	// end instead of placement order (front end f starts at copy f mod
-	// copies): a change to the client this model can evaluate.
+	// ChoiceRotate breaks ties by the front end only (front end f starts
+	// at copy f mod copies, every call).
 	ChoiceRotate
+	// ChoicePrimary is the client's rule before that: placement order
+	// (primary first) on ties, so on ties every front end picks the
+	// primary.
+	ChoicePrimary
 	// ChoiceSplit divides each expert's rows evenly over its copies, as
 	// EPLB's dispatch spreads a logical expert's tokens over its physical
 	// replicas.
 	ChoiceSplit
 )
 
-// ParseReplicaChoice reads "client", "rotate" or "split".
+// ParseReplicaChoice reads "client", "rotate", "primary" or "split".
 func ParseReplicaChoice(s string) (ReplicaChoice, error) {
 	switch s {
 	case "client":
 		return ChoiceClient, nil
 	case "rotate":
 		return ChoiceRotate, nil
+	case "primary":
+		return ChoicePrimary, nil
 	case "split":
 		return ChoiceSplit, nil
 	}
-	return 0, fmt.Errorf("replica choice %q: want client, rotate or split", s)
+	return 0, fmt.Errorf("replica choice %q: want client, rotate, primary or split", s)
 }
 
 func (c ReplicaChoice) String() string {
-	return [...]string{"client", "rotate", "split"}[c]
+	return [...]string{"client", "rotate", "primary", "split"}[c]
 }
 
 // StepSplit is a decode step's time by what it waited for: Frontend is
@@ -975,6 +982,7 @@ type serveHost struct {
 
 type serveFE struct {
 	step, layer      int
+	calls            int // MoE-layer calls made (the client's tie rotation)
 	tokens, decode   int
 	stepStart        time.Duration
 	sendAt           time.Duration
@@ -1045,7 +1053,8 @@ func (s *serveSim) newMsg() *serveMsg {
 // decode step of each front end, its compute of each layer, then for each
 // MoE layer one request per destination worker (the client's choice of
 // copies: per expert, the copy with the fewest rows assigned in this
-// call, placement order on ties), each costing the per-message CPU on a
+// call, placement order rotated by the call's number and the front end on
+// ties), each costing the per-message CPU on a
 // core of either side, serialized on the sender's and receiver's
 // interfaces (CrossLeafRate across leaves) a latency apart, batched on the
 // owner as the real server batches (everything queued when its GEMM
@@ -1302,6 +1311,8 @@ func (s *serveSim) msgCost(bytes int) time.Duration {
 func (s *serveSim) send(f int) {
 	st := &s.fe[f]
 	l := st.layer
+	call := st.calls
+	st.calls++
 	counts := st.router.Route(l, st.tokens, st.counts)
 	st.touched = st.touched[:0]
 	dests := st.dests[:0]
@@ -1316,7 +1327,10 @@ func (s *serveSim) send(f int) {
 		}
 		if s.cfg.Choice != ChoiceSplit || len(owners) == 1 {
 			first := 0
-			if s.cfg.Choice == ChoiceRotate {
+			switch s.cfg.Choice {
+			case ChoiceClient:
+				first = (call + f) % len(owners)
+			case ChoiceRotate:
 				first = f % len(owners)
 			}
 			best := owners[first]

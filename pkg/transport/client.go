@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"github.com/switchyard/switchyard/pkg/auth"
+	"hash/fnv"
 	"io"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -247,6 +249,10 @@ type RemoteExecutor struct {
 	bufs  f32Pool // request buffers
 	live  atomic.Pointer[func(cluster.WorkerID) bool]
 	obs   atomic.Pointer[Observer]
+	// calls counts Compute calls, from an offset hashed from the pool's
+	// Worker name: the copy an expert's ties start from rotates with it
+	// (see assign).
+	calls atomic.Uint64
 }
 
 // Observer receives timings from a RemoteExecutor (for metrics); either
@@ -276,7 +282,15 @@ var _ expert.Executor = (*RemoteExecutor)(nil)
 // NewRemoteExecutor returns an executor routing by src's placement over
 // pool's connections (and pool's configuration).
 func NewRemoteExecutor(src PlacementSource, pool *Pool) *RemoteExecutor {
-	return &RemoteExecutor{src: src, pool: pool, cfg: pool.cfg}
+	r := &RemoteExecutor{src: src, pool: pool, cfg: pool.cfg}
+	// Front ends start their tie rotation at offsets of their own (see
+	// assign); a pool without a name starts at the primary.
+	if pool.cfg.Worker != "" {
+		h := fnv.New32a()
+		h.Write([]byte(pool.cfg.Worker))
+		r.calls.Store(uint64(h.Sum32()))
+	}
+	return r
 }
 
 // SetLive installs the membership the executor trusts: live(w) false means
@@ -399,6 +413,7 @@ func (r *RemoteExecutor) Compute(ctx context.Context, layer int, plan *router.Pl
 			return fmt.Errorf("transport: layer %d: read placement: %w", layer, err)
 		}
 	}
+	rot := int(r.calls.Add(1)-1) & math.MaxInt32
 	failed := map[cluster.WorkerID]error{} // peers that failed in this call
 	notOwned := map[workerExpert]error{}   // copies still loading, in this call's placement
 	var loadSince time.Time                // when the first wait for loading copies began
@@ -406,7 +421,7 @@ func (r *RemoteExecutor) Compute(ctx context.Context, layer int, plan *router.Pl
 		if err := r.checkPlacement(pl, layer, plan.NumExperts); err != nil {
 			return err
 		}
-		dests, err := r.assign(pl, layer, plan, pending, failed, notOwned)
+		dests, err := r.assign(pl, layer, plan, pending, failed, notOwned, rot)
 		if err != nil {
 			var ue *UnavailableError
 			if errors.As(err, &ue) && ue.Loading {
@@ -518,19 +533,33 @@ func (r *RemoteExecutor) checkPlacement(pl *cluster.Placement, layer, numExperts
 	return nil
 }
 
-// assign picks a worker for each pending expert: among its replicas that
-// are live and have not failed or answered NOT_OWNED in this call, prefer
-// those not marked down, then the fewest rows in flight from this pool
-// (counting rows assigned in this round), then placement order (primary
-// first). It groups experts by worker. Experts with no usable replica make
-// an *UnavailableError naming all of them.
 // workerExpert is one copy: an expert (of the layer in hand) on a worker.
 type workerExpert struct {
 	w cluster.WorkerID
 	e int
 }
 
-func (r *RemoteExecutor) assign(pl *cluster.Placement, layer int, plan *router.Plan, pending []int, failed map[cluster.WorkerID]error, notOwned map[workerExpert]error) ([]*dest, error) {
+// assign picks a worker for each pending expert: among its replicas that
+// are live and have not failed or answered NOT_OWNED in this call, prefer
+// those not marked down, then the fewest rows in flight from this pool
+// (counting rows assigned in this round), then placement order rotated by
+// rot (the call's number plus the executor's offset: with R copies, call
+// k breaks ties from copy k mod R on). It groups experts by worker.
+// Experts with no usable replica make an *UnavailableError naming all of
+// them.
+//
+// Why rotate: a decoding front end at batch 1 has nothing in flight when
+// a layer's call begins, so every copy of an expert ties; breaking ties
+// by placement order sent every call to the primary copies and left the
+// others idle (where a worker holds one expert per layer, half of an R = 2
+// cluster). Rotating by call alone is not enough with several front ends:
+// started together, their calls stay in step and pick the same copies
+// (pkg/simulate's serving model, Mixtral-8x22B shape on 16 workers with 4
+// front ends: 268 tokens/s rotating by call alone, 278 with the primary,
+// 466 with front ends at different offsets); so each executor's count
+// starts at an offset hashed from its Worker name (ClientConfig.Worker;
+// none: 0, the primary first).
+func (r *RemoteExecutor) assign(pl *cluster.Placement, layer int, plan *router.Plan, pending []int, failed map[cluster.WorkerID]error, notOwned map[workerExpert]error, rot int) ([]*dest, error) {
 	now := time.Now()
 	byW := map[cluster.WorkerID]*dest{}
 	var out []*dest
@@ -546,7 +575,8 @@ func (r *RemoteExecutor) assign(pl *cluster.Placement, layer int, plan *router.P
 			candidate bool
 			loading   bool // a copy was refused as not (yet) held
 		)
-		for _, w := range owners {
+		for i := range owners {
+			w := owners[(i+rot)%len(owners)]
 			if err := failed[w]; err != nil {
 				unusable = append(unusable, err)
 				continue

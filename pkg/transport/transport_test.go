@@ -600,6 +600,41 @@ func TestReplicaFailover(t *testing.T) {
 	})
 }
 
+// A front end decoding one sequence has nothing in flight when a layer's
+// call begins, so an expert's copies tie: the ties rotate from call to
+// call, and the second copies serve half the calls instead of none (the
+// first call still starts at the primary).
+func TestReplicaTiesRotate(t *testing.T) {
+	const L, E, D, layer = 2, 4, 16, 1
+	moe := func(l int) bool { return l == layer }
+	w0 := startWorker(t, "w0", layerStore(layer, E), ServerConfig{Hidden: D}, tagHook(0))
+	w1 := startWorker(t, "w1", layerStore(layer, E), ServerConfig{Hidden: D}, tagHook(1))
+	pl := placement(1, L, E, moe, []*testWorker{w0, w1}, func(int, int) []int { return []int{0, 1} })
+	ex := NewRemoteExecutor(NewStaticPlacement(pl), newPool(t, ClientConfig{}))
+	calls := map[int]int{} // owner tag -> calls it served
+	for i := 0; i < 10; i++ {
+		plan := route(1, E, 1, uint64(i)) // one token, one expert: one destination
+		x := taggedInput(0, 1, D, uint64(i))
+		y := make([]float32, plan.Len()*D)
+		if err := ex.Compute(context.Background(), layer, plan, x, D, y); err != nil {
+			t.Fatal(err)
+		}
+		by := checkTagged(t, 0, layer, plan, x, y, D, func(int) []int { return []int{0, 1} })
+		if len(by) != 1 {
+			t.Fatalf("call %d: rows served by %v, want one copy", i, by)
+		}
+		for w := range by {
+			calls[w]++
+			if i == 0 && w != 0 {
+				t.Errorf("the first call went to copy %d, want the primary", w)
+			}
+		}
+	}
+	if calls[0] != 5 || calls[1] != 5 {
+		t.Errorf("10 one-expert calls served by copy: %v, want 5 each", calls)
+	}
+}
+
 // Malformed requests end the stream with INVALID_ARGUMENT and ErrBadRequest.
 func TestMalformedRequestsAreRefused(t *testing.T) {
 	const D = 8
