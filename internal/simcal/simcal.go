@@ -363,9 +363,6 @@ func measureExchange(ctx context.Context, quick bool) (exchangeResult, error) {
 	if res.rtt, err = roundTrips(1, small); err != nil {
 		return res, err
 	}
-	if res.big, err = roundTrips(bigRows, reps); err != nil {
-		return res, err
-	}
 	res.bigBytes = bigRows * exchangeD * 4
 	// The owner's products on the same rows, in process.
 	local := expert.NewStore()
@@ -375,22 +372,36 @@ func measureExchange(ctx context.Context, quick bool) (exchangeResult, error) {
 		plan.Token[i] = int32(i)
 	}
 	x, y := randF32(r, bigRows*exchangeD), make([]float32, bigRows*exchangeD)
-	var cerr error
-	res.compute = timeIt(20*time.Millisecond, func() {
-		if err := local.ForwardTrainFor(ctx, "simcal", 0, plan, x, exchangeD, y); err != nil {
-			cerr = err
-			return
+	// The big round trip and the products are measured one after the
+	// other, so a busy stretch of the machine can inflate one and not the
+	// other (the products once took longer than the whole round trip
+	// that includes them): a measurement whose difference is not positive
+	// is taken again, up to 3 times.
+	const tries = 3
+	var extra time.Duration
+	for try := 1; ; try++ {
+		if res.big, err = roundTrips(bigRows, reps); err != nil {
+			return res, err
 		}
-		if err := local.BackwardTrainFor(ctx, "simcal", 0, x, y); err != nil {
-			cerr = err
+		var cerr error
+		res.compute = timeIt(20*time.Millisecond, func() {
+			if err := local.ForwardTrainFor(ctx, "simcal", 0, plan, x, exchangeD, y); err != nil {
+				cerr = err
+				return
+			}
+			if err := local.BackwardTrainFor(ctx, "simcal", 0, x, y); err != nil {
+				cerr = err
+			}
+		}) / 2
+		if cerr != nil {
+			return res, cerr
 		}
-	}) / 2
-	if cerr != nil {
-		return res, cerr
-	}
-	extra := res.big - res.rtt - res.compute
-	if extra <= 0 {
-		return res, fmt.Errorf("a %d-byte round trip (%v) took no longer than one row's (%v) plus the products (%v)", res.bigBytes, res.big, res.rtt, res.compute)
+		if extra = res.big - res.rtt - res.compute; extra > 0 {
+			break
+		}
+		if try == tries {
+			return res, fmt.Errorf("a %d-byte round trip (%v) took no longer than one row's (%v) plus the products (%v), %d times (is the machine busy?)", res.bigBytes, res.big, res.rtt, res.compute, tries)
+		}
 	}
 	res.bytesPerS = 4 * float64(res.bigBytes) / extra.Seconds()
 	return res, nil
