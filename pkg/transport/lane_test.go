@@ -327,6 +327,18 @@ type bufConn struct {
 
 func (c *bufConn) Write(p []byte) (int, error) { return c.buf.Write(p) }
 
+// hungAndTagged starts two workers holding experts 0..experts-1 of layer
+// (width d): w0 never answers (its compute blocks until the test ends),
+// w1 answers with tagged rows.
+func hungAndTagged(t *testing.T, layer, experts, d int) (w0, w1 *testWorker) {
+	release := make(chan struct{})
+	hung := func(expert.ID, *expert.FFN, []float32, int, []float32) { <-release }
+	w0 = startWorker(t, "w0", layerStore(layer, experts), ServerConfig{Hidden: d}, hung)
+	w1 = startWorker(t, "w1", layerStore(layer, experts), ServerConfig{Hidden: d}, tagHook(1))
+	t.Cleanup(func() { close(release) }) // before the workers stop (cleanups run last first)
+	return w0, w1
+}
+
 // An answer that arrived before its attempt's deadline is kept however
 // late the caller reads it: here the first destination hangs until the
 // shared attempt deadline, and only then is the second destination's
@@ -336,12 +348,7 @@ func (c *bufConn) Write(p []byte) (int, error) { return c.buf.Write(p) }
 // failed requests whose other destination had answered.)
 func TestAbortedLaneKeepsArrivedAnswer(t *testing.T) {
 	const L, E, D, layer = 2, 2, 16, 1
-	full := func() *expert.Store { return layerStore(layer, E) }
-	release := make(chan struct{})
-	defer close(release)
-	hung := func(id expert.ID, f *expert.FFN, x []float32, d int, y []float32) { <-release }
-	w0 := startWorker(t, "w0", full(), ServerConfig{Hidden: D}, hung)
-	w1 := startWorker(t, "w1", full(), ServerConfig{Hidden: D}, tagHook(1))
+	w0, w1 := hungAndTagged(t, layer, E, D)
 	// Expert 0: w0 first (it hangs), expert 1: w1 first.
 	pl := placement(1, L, E, func(l int) bool { return l == layer }, []*testWorker{w0, w1}, func(_, e int) []int { return []int{e, 1 - e} })
 	for i := 0; i < 5; i++ {
@@ -436,12 +443,7 @@ func TestPolledLanes(t *testing.T) {
 	}
 	t.Run("deadline ends the poll", func(t *testing.T) {
 		const E, D, layer = 2, 16, 1
-		full := func() *expert.Store { return layerStore(layer, E) }
-		release := make(chan struct{})
-		defer close(release)
-		hung := func(id expert.ID, f *expert.FFN, x []float32, d int, y []float32) { <-release }
-		w0 := startWorker(t, "w0", full(), ServerConfig{Hidden: D}, hung)
-		w1 := startWorker(t, "w1", full(), ServerConfig{Hidden: D}, tagHook(1))
+		w0, w1 := hungAndTagged(t, layer, E, D)
 		pl := placement(1, 2, E, func(l int) bool { return l == layer }, []*testWorker{w0, w1}, func(_, e int) []int { return []int{0, 1} })
 		ex := NewRemoteExecutor(NewStaticPlacement(pl), newPool(t, ClientConfig{AttemptTimeout: 200 * time.Millisecond}))
 		plan := route(8, E, 2, 3)
