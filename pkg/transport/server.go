@@ -5,8 +5,6 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"github.com/switchyard/switchyard/internal/rawsock"
-	"github.com/switchyard/switchyard/pkg/auth"
 	"io"
 	"net"
 	"slices"
@@ -22,6 +20,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/switchyard/switchyard/internal/rawsock"
+	"github.com/switchyard/switchyard/pkg/auth"
 	"github.com/switchyard/switchyard/pkg/cluster"
 	"github.com/switchyard/switchyard/pkg/demux"
 	"github.com/switchyard/switchyard/pkg/expert"
