@@ -819,7 +819,9 @@ func tcpping(args []string) error {
 			go func() {
 				defer c.Close()
 				c.(*net.TCPConn).SetNoDelay(true)
-				c = rawsock.Wrap(c, *poll)
+				if *poll > 0 {
+					c = rawsock.Wrap(c, *poll) // else as before: io.Copy may splice
+				}
 				if ffns == nil {
 					io.Copy(c, c)
 					return
@@ -855,7 +857,9 @@ func tcpping(args []string) error {
 	}
 	defer c.Close()
 	c.(*net.TCPConn).SetNoDelay(true)
-	c = rawsock.Wrap(c, *poll)
+	if *poll > 0 {
+		c = rawsock.Wrap(c, *poll)
+	}
 	buf := make([]byte, *size)
 	rtts := make([]float64, 0, *n)
 	for i := 0; i < *n+100; i++ {
