@@ -25,7 +25,15 @@ type Conn struct {
 	closed   atomic.Bool
 	polled   atomic.Uint64 // reads that found data while polling
 	slept    atomic.Uint64 // polled reads that slept in the netpoller
+	state    atomic.Int32  // readIdle, readPolling or readSleeping (tests wait on it)
 }
+
+// Conn.state: what a polling Read is doing.
+const (
+	readIdle = iota
+	readPolling
+	readSleeping
+)
 
 // NewConn wraps tc, polling each Read for up to poll.
 func NewConn(tc *net.TCPConn, poll time.Duration) *Conn {

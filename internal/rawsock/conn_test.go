@@ -12,6 +12,7 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 )
@@ -82,15 +83,18 @@ func TestPollingReadDelivers(t *testing.T) {
 	if _, s := c.Reads(); s != 1 {
 		t.Errorf("a read whose 1 ms poll ran out: slept %d times, want 1", s)
 	}
-	// Data that comes while a read sleeps wakes it.
+	// Data that comes once a read has stopped polling wakes it.
 	c.SetReadDeadline(time.Time{})
 	go func() {
-		time.Sleep(50 * time.Millisecond) // most likely after the 1 ms poll
+		waitState(t, c, readSleeping)
 		peer.Write([]byte("late"))
 	}()
 	n, err := c.Read(buf)
 	if err != nil || string(buf[:n]) != "late" {
 		t.Fatalf("read after the poll ran out: %q, %v", buf[:n], err)
+	}
+	if _, s := c.Reads(); s != 2 {
+		t.Errorf("a read woken by data after its poll ran out: %d reads slept in all, want 2", s)
 	}
 	peer.Close()
 	if n, err := c.Read(buf); n != 0 || err != io.EOF {
@@ -122,12 +126,15 @@ func TestPollEndsAtDeadlineAndClose(t *testing.T) {
 		_, err := c.Read(make([]byte, 8))
 		done <- err
 	}()
-	time.Sleep(20 * time.Millisecond) // let the read start polling
+	waitState(t, c, readPolling)
 	c.Close()
 	select {
 	case err := <-done:
 		if !errors.Is(err, net.ErrClosed) {
 			t.Errorf("read of a closed Conn: %v, want net.ErrClosed", err)
+		}
+		if _, s := c.Reads(); s != 2 {
+			t.Errorf("after a deadline and a Close each ended a poll: %d reads slept, want 2", s)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("Close did not end the hour's poll")
@@ -153,6 +160,18 @@ func TestPollingUnderTLS(t *testing.T) {
 	}
 	if p, _ := c.Reads(); p == 0 {
 		t.Error("no read under TLS polled")
+	}
+}
+
+// waitState waits (up to 30 s) until c's Read is in state want.
+func waitState(t *testing.T, c *Conn, want int32) {
+	deadline := time.Now().Add(30 * time.Second)
+	for c.state.Load() != want {
+		if time.Now().After(deadline) {
+			t.Errorf("the read never reached state %d (at %d)", want, c.state.Load())
+			return
+		}
+		runtime.Gosched()
 	}
 }
 

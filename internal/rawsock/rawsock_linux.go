@@ -115,6 +115,8 @@ func (c *Conn) pollRead(b []byte, poll time.Duration) (int, error) {
 	var rerr error
 	var until int64
 	polling := true
+	c.state.Store(readPolling)
+	defer c.state.Store(readIdle)
 	err := c.rc.Read(func(fd uintptr) bool {
 		for {
 			var done bool
@@ -130,6 +132,7 @@ func (c *Conn) pollRead(b []byte, poll time.Duration) (int, error) {
 			}
 			if dl := c.readDL.Load(); now >= until || c.closed.Load() || (dl != 0 && now >= dl) {
 				polling = false
+				c.state.Store(readSleeping)
 				return false // sleep in the netpoller
 			}
 			runtime.Gosched()
