@@ -185,6 +185,15 @@ func gemvTAvx512(rows, k int, w *float32, ldw int, x *float32, out *float32)
 //go:noescape
 func gemvTBF16Avx512(rows, k int, w *uint16, ldw int, x *float32, out *float32)
 
+// gemvT{,BF16}SeqAvx512 compute the same as gemvT{,BF16}Avx512 reading W
+// one row after the other (see gemvSequential).
+
+//go:noescape
+func gemvTSeqAvx512(rows, k int, w *float32, ldw int, x *float32, out *float32)
+
+//go:noescape
+func gemvTBF16SeqAvx512(rows, k int, w *uint16, ldw int, x *float32, out *float32)
+
 //go:noescape
 func gemvTAvx2(rows, k int, w *float32, ldw int, x *float32, out *float32)
 
@@ -440,13 +449,21 @@ func gemvDots(arch gemmArch, rows, k int, w32 []float32, w16 []uint16, ldw int, 
 		case w16 != nil && arch == archAVX512:
 			_ = w16[last]
 			_ = xk[kMain-1]
-			gemvTBF16Avx512(rows, kMain, &w16[0], ldw, &xk[0], &out[0])
+			if gemvSequential.Load() {
+				gemvTBF16SeqAvx512(rows, kMain, &w16[0], ldw, &xk[0], &out[0])
+			} else {
+				gemvTBF16Avx512(rows, kMain, &w16[0], ldw, &xk[0], &out[0])
+			}
 		case w16 != nil:
 			_ = w16[last]
 			gemvTBF16Avx2(rows, kMain, &w16[0], ldw, &x[0], &out[0])
 		case arch == archAVX512:
 			_ = w32[last]
-			gemvTAvx512(rows, kMain, &w32[0], ldw, &x[0], &out[0])
+			if gemvSequential.Load() {
+				gemvTSeqAvx512(rows, kMain, &w32[0], ldw, &x[0], &out[0])
+			} else {
+				gemvTAvx512(rows, kMain, &w32[0], ldw, &x[0], &out[0])
+			}
 		default:
 			_ = w32[last]
 			gemvTAvx2(rows, kMain, &w32[0], ldw, &x[0], &out[0])

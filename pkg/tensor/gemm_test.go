@@ -29,6 +29,17 @@ func forEachArch(t *testing.T, f func(t *testing.T)) {
 	}
 }
 
+// forEachGemvOrder runs f under every supported kernel family with the
+// single-token kernels reading W in each order (gemvSequential).
+func forEachGemvOrder(t *testing.T, f func(t *testing.T)) {
+	for _, seq := range []bool{false, true} {
+		t.Run(map[bool]string{false: "interleaved", true: "sequential"}[seq], func(t *testing.T) {
+			defer forceGemvOrder(seq)()
+			forEachArch(t, f)
+		})
+	}
+}
+
 // gemmCase is one Gemm call: shapes, transposes, scalars and padding of the
 // leading dimensions beyond their minimum.
 type gemmCase struct {
@@ -242,7 +253,7 @@ func TestGemvT(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 6))
 	shapes := [][2]int{{1, 1}, {3, 5}, {4, 16}, {5, 17}, {7, 8}, {9, 33}, {64, 64}, {65, 100}, {130, 1024}, {67, 1000},
 		{6, 32}, {5, 48}, {9, 63}, {3, 80}, {70, 1040}} // k % 32 == 16: the bf16 kernel's plain tail
-	forEachArch(t, func(t *testing.T) {
+	forEachGemvOrder(t, func(t *testing.T) {
 		for i, s := range shapes {
 			n, k := s[0], s[1]
 			ldw := k + i%3

@@ -20,6 +20,12 @@ import (
 //go:noescape
 func q8DotsAvx512(rows, groups int, w *byte, stride int, xq *int8, wsum *int32, out *int32)
 
+// q8DotsSeqAvx512 computes what q8DotsAvx512 does, reading the rows one
+// after the other, four 64-byte groups a step (see gemvSequential).
+//
+//go:noescape
+func q8DotsSeqAvx512(rows, groups int, w *byte, stride int, xq *int8, wsum *int32, out *int32)
+
 //go:noescape
 func q4DotsAvx512(rows, groups int, w *byte, stride int, d *uint16, xq *int8, xs *float32, xsum *int32, out *float32)
 
@@ -115,7 +121,9 @@ func q8Dots(rows, groups int, w []byte, stride int, xq []int8, wsum []int32, out
 	_ = wsum[rows-1]
 	_ = xq[groups*QGroup-1]
 	_ = w[(rows-1)*stride+groups*QGroup-1]
-	if a == qArchAVX512VNNI {
+	if a == qArchAVX512VNNI && gemvSequential.Load() {
+		q8DotsSeqAvx512(rows, groups, &w[0], stride, &xq[0], &wsum[0], &out[0])
+	} else if a == qArchAVX512VNNI {
 		q8DotsAvx512(rows, groups, &w[0], stride, &xq[0], &wsum[0], &out[0])
 	} else {
 		q8DotsAvx2(rows, groups, &w[0], stride, &xq[0], &wsum[0], &out[0])

@@ -133,6 +133,71 @@ q8z_done:
 	VZEROUPPER
 	RET
 
+// func q8DotsSeqAvx512(rows, groups int, w *byte, stride int, xq *int8, wsum *int32, out *int32)
+// One row at a time, four groups (256 weight bytes: one stream of four
+// cache lines) a step into four accumulators, then single groups.
+TEXT ·q8DotsSeqAvx512(SB), NOSPLIT, $0-56
+	MOVQ rows+0(FP), CX
+	MOVQ w+16(FP), DI
+	MOVQ stride+24(FP), SI
+	MOVQ wsum+40(FP), R8
+	MOVQ out+48(FP), R9
+	MOVL $0x80808080, AX
+	VMOVD AX, X30
+	VPBROADCASTD X30, Z30
+	TESTQ CX, CX
+	JZ    q8s_done
+
+q8s_row:
+	MOVQ   DI, R10
+	MOVQ   xq+32(FP), AX
+	MOVQ   groups+8(FP), BX
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+
+q8s_g4:
+	CMPQ BX, $4
+	JLT  q8s_g1
+	VPXORD   (AX), Z30, Z0
+	VPDPBUSD (R10), Z0, Z4
+	VPXORD   64(AX), Z30, Z1
+	VPDPBUSD 64(R10), Z1, Z5
+	VPXORD   128(AX), Z30, Z2
+	VPDPBUSD 128(R10), Z2, Z6
+	VPXORD   192(AX), Z30, Z3
+	VPDPBUSD 192(R10), Z3, Z7
+	ADDQ $256, AX
+	ADDQ $256, R10
+	SUBQ $4, BX
+	JMP  q8s_g4
+
+q8s_g1:
+	TESTQ BX, BX
+	JZ    q8s_red
+	VPXORD   (AX), Z30, Z0
+	VPDPBUSD (R10), Z0, Z4
+	ADDQ $64, AX
+	ADDQ $64, R10
+	DECQ BX
+	JMP  q8s_g1
+
+q8s_red:
+	VPADDD Z5, Z4, Z4
+	VPADDD Z7, Z6, Z6
+	VPADDD Z6, Z4, Z4
+	HSUMD512(Z4, Y4, 0(R8), 0(R9))
+	ADDQ SI, DI
+	ADDQ $4, R8
+	ADDQ $4, R9
+	DECQ CX
+	JNZ  q8s_row
+
+q8s_done:
+	VZEROUPPER
+	RET
+
 // ---------------------------------------------------------------------------
 // AVX-512 VNNI, 4-bit weights.
 //

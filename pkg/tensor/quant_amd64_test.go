@@ -137,11 +137,36 @@ func TestQuantKernelName(t *testing.T) {
 	t.Logf("QuantKernel() = %s, supported %v", k, supportedQuantArchs())
 }
 
+// quantArchOrder is a quantized kernel family with the single-token
+// kernels reading W in one order (gemvSequential).
+type quantArchOrder struct {
+	arch quantArchT
+	seq  bool
+}
+
+func (a quantArchOrder) String() string {
+	return a.arch.String() + map[bool]string{false: "/interleaved", true: "/sequential"}[a.seq]
+}
+
+func (a quantArchOrder) force() (restore func()) {
+	r1, r2 := forceQuantArch(a.arch), forceGemvOrder(a.seq)
+	return func() { r2(); r1() }
+}
+
+// quantArchOrders lists every supported family in both orders.
+func quantArchOrders() []quantArchOrder {
+	var out []quantArchOrder
+	for _, a := range supportedQuantArchs() {
+		out = append(out, quantArchOrder{a, false}, quantArchOrder{a, true})
+	}
+	return out
+}
+
 func TestQ8DotsArch(t *testing.T) {
 	cases := qDotsCases()
-	for _, a := range supportedQuantArchs() {
+	for _, a := range quantArchOrders() {
 		t.Run(a.String(), func(t *testing.T) {
-			defer forceQuantArch(a)()
+			defer a.force()()
 			for _, c := range cases {
 				want := make([]int32, c.rows)
 				q8DotsRef(c.rows, c.groups, c.w8, c.stride8, c.xq, want)
@@ -208,8 +233,8 @@ func TestQuantDotsExact(t *testing.T) {
 		w4[i] = 0xff // codes 15, weight 7
 	}
 	xsum := []int32{-127 * 64, -127 * 64, -127 * 64}
-	for _, a := range supportedQuantArchs() {
-		restore := forceQuantArch(a)
+	for _, a := range quantArchOrders() {
+		restore := a.force()
 		iout := make([]int32, rows)
 		wsum := make([]int32, rows)
 		for r := range wsum {
@@ -273,9 +298,9 @@ func TestQuantQLinearArch(t *testing.T) {
 				restore := forceQuantArch(qArchGeneric)
 				QLinear(ref, x, shape.n, q, beta)
 				restore()
-				for _, a := range supportedQuantArchs() {
+				for _, a := range quantArchOrders() {
 					got := append([]float32(nil), y0...)
-					restore := forceQuantArch(a)
+					restore := a.force()
 					QLinear(got, x, shape.n, q, beta)
 					restore()
 					for i := range got {

@@ -1,0 +1,58 @@
+package tensor
+
+import (
+	"fmt"
+	"os"
+	"sync/atomic"
+)
+
+// GemvOrderEnv overrides the order in which the single-token kernels (the
+// AVX-512 GEMVs on float32 and bfloat16 rows, and the AVX-512 VNNI int8
+// dot products) read the weight matrix: "sequential" (one row after the
+// other: one memory stream) or "interleaved" (four rows at a time, sharing
+// each load of x: four streams). Both compute the same sums in the same
+// per-row order of partial sums within float rounding; they differ only in
+// speed.
+const GemvOrderEnv = "SWITCHYARD_GEMV_ORDER"
+
+// gemvSequential says whether the row-sequential kernels run. Decode reads
+// every weight once from memory, so its speed is how fast one core streams
+// W. Measured on this project's machines (bench/results/gemv-order.txt):
+// on the AMD EPYC (Zen 5) VM one core reads ~30 GB/s from one sequential
+// stream but ~17 GB/s from four streams a row apart, and the row-sequential
+// bf16 GEMV streams W well above the interleaved one; the interleaved
+// kernels were tuned on the Intel Xeon, where sharing x's loads won. So the
+// default is sequential on AMD and interleaved elsewhere; GemvOrderEnv
+// overrides it.
+var gemvSequential atomic.Bool
+
+func init() {
+	seq := cpuVendor() == "AuthenticAMD"
+	switch v := os.Getenv(GemvOrderEnv); v {
+	case "":
+	case "sequential":
+		seq = true
+	case "interleaved":
+		seq = false
+	default:
+		fmt.Fprintf(os.Stderr, "switchyard: %s=%q: want sequential or interleaved; keeping the default\n", GemvOrderEnv, v)
+	}
+	gemvSequential.Store(seq)
+}
+
+// GemvOrder names the order the single-token kernels read W in on this
+// machine: "sequential" or "interleaved" (see GemvOrderEnv).
+func GemvOrder() string {
+	if gemvSequential.Load() {
+		return "sequential"
+	}
+	return "interleaved"
+}
+
+// forceGemvOrder makes the kernels read W row-sequentially (seq) or four
+// rows interleaved until the returned func restores the previous order.
+// For tests and benchmarks.
+func forceGemvOrder(seq bool) (restore func()) {
+	old := gemvSequential.Swap(seq)
+	return func() { gemvSequential.Store(old) }
+}
