@@ -63,7 +63,7 @@ func main() {
 	topk := flag.Int("topk", 4, "experts per token")
 	inter := flag.Int("inter", 2816, "expert intermediate size")
 	vocab := flag.Int("vocab", 32000, "vocabulary size")
-	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the timed decode steps")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the timed decode steps (with -brief: of every timed measurement, prefill included)")
 	formatList := flag.String("formats", "bf16,int8,q4", "routed-expert formats to decode with, side by side: bf16 (as loaded) first, then --quantize values")
 	rounds := flag.Int("rounds", 3, "interleaved rounds over the formats")
 	prefill := flag.Int("prefill", 0, "also time one forward of a prompt of this many tokens per format and round (0: no prefill)")
@@ -230,6 +230,20 @@ func main() {
 			if *tokens > 0 {
 				decode(v.m, min(*tokens, 4), nil)
 			}
+		}
+		if *cpuprofile != "" {
+			// -brief profiles every timed measurement (decode and prefill).
+			f, err := os.Create(*cpuprofile)
+			if err != nil {
+				fail(err)
+			}
+			if err := pprof.StartCPUProfile(f); err != nil {
+				fail(err)
+			}
+			defer func() {
+				pprof.StopCPUProfile()
+				f.Close()
+			}()
 		}
 		for r := 0; r < *rounds; r++ {
 			for _, v := range vs {
