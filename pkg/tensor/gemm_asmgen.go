@@ -609,10 +609,10 @@ func gemv512(bf16 bool) {
 // computes, one row at a time, four cache lines of the row a step, with no
 // software prefetch. A GEMV too big for the caches is a read of W from
 // memory, and how fast a core reads depends on how many streams it reads at
-// once: on AMD Zen 5 (the EPYC VM this project measures on) a plain reader
-// gets ~30 GB/s from one sequential stream and ~17 GB/s from four streams a
-// row apart, which is what the four-row kernels read; the hardware
-// prefetcher follows one stream best. So the row-sequential kernels give up
+// once: on AMD Zen 5 (the EPYC VM this project measures on) a plain C read
+// loop gets ~30 GB/s from one sequential stream and ~17 GB/s from four
+// streams a row apart, which is what the four-row kernels read; the
+// hardware prefetcher follows one stream best. So the row-sequential kernels give up
 // sharing x's loads between rows (x is in L1; it costs loads, not memory
 // traffic) for one stream. Which family runs is gemvSequential's choice.
 //

@@ -17,13 +17,14 @@ const GemvOrderEnv = "SWITCHYARD_GEMV_ORDER"
 
 // gemvSequential says whether the row-sequential kernels run. Decode reads
 // every weight once from memory, so its speed is how fast one core streams
-// W. Measured on this project's machines (bench/results/gemv-order.txt):
-// on the AMD EPYC (Zen 5) VM one core reads ~30 GB/s from one sequential
-// stream but ~17 GB/s from four streams a row apart, and the row-sequential
-// bf16 GEMV streams W well above the interleaved one; the interleaved
-// kernels were tuned on the Intel Xeon, where sharing x's loads won. So the
-// default is sequential on AMD and interleaved elsewhere; GemvOrderEnv
-// overrides it.
+// W. On the AMD EPYC (Zen 5) VM this project measures on, the bf16 GEMV
+// over 1 GiB streams 27 GB/s row-sequentially against 18 interleaved on one
+// core, 50 against 30 on two (bench/results/gemv-order.txt; a plain C read
+// loop there gets ~30 GB/s from one stream and ~17 from four a row apart:
+// the hardware prefetcher follows one stream best). The interleaved kernels
+// were tuned on the Intel Xeon, where sharing x's loads won and the order
+// has not been measured since. So the default is sequential on AMD and
+// interleaved elsewhere; GemvOrderEnv overrides it.
 var gemvSequential atomic.Bool
 
 func init() {
