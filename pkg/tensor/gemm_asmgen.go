@@ -605,6 +605,23 @@ func gemv512(bf16 bool) {
 	p("\tRET")
 }
 
+// gemvPrologue emits the header of a GEMV kernel (rows, k int, w wT, ldw
+// int, x *float32, out *float32) and loads its arguments: CX rows, R12 a
+// row's bytes (k * wsz), R8 w, BX ldw in bytes, SI x, DI out.
+func gemvPrologue(name, wT string, wsz int) {
+	p("")
+	p("// func %s(rows, k int, w %s, ldw int, x *float32, out *float32)", name, wT)
+	p("TEXT ·%s(SB), NOSPLIT, $0-48", name)
+	p("\tMOVQ rows+0(FP), CX")
+	p("\tMOVQ k+8(FP), R12")
+	p("\tSHLQ $%d, R12", log2(wsz))
+	p("\tMOVQ w+16(FP), R8")
+	p("\tMOVQ ldw+24(FP), BX")
+	p("\tSHLQ $%d, BX", log2(wsz))
+	p("\tMOVQ x+32(FP), SI")
+	p("\tMOVQ out+40(FP), DI")
+}
+
 // gemvSeq512 emits gemvT{,BF16}SeqAvx512: what gemvT{,BF16}Avx512
 // computes, one row at a time, four cache lines of the row a step, with no
 // software prefetch. A GEMV too big for the caches is a read of W from
@@ -641,17 +658,7 @@ func gemvSeq512(bf16 bool) {
 		p("\tVMOVUPS %s, Z%d", xaddr(off), tmp)
 		p("\tVFMADD231PS %d(R8)(DX*1), Z%d, Z%d", off, tmp, a)
 	}
-	p("")
-	p("// func %s(rows, k int, w %s, ldw int, x *float32, out *float32)", name, wT)
-	p("TEXT ·%s(SB), NOSPLIT, $0-48", name)
-	p("\tMOVQ rows+0(FP), CX")
-	p("\tMOVQ k+8(FP), R12")
-	p("\tSHLQ $%d, R12", log2(wsz))
-	p("\tMOVQ w+16(FP), R8")
-	p("\tMOVQ ldw+24(FP), BX")
-	p("\tSHLQ $%d, BX", log2(wsz))
-	p("\tMOVQ x+32(FP), SI")
-	p("\tMOVQ out+40(FP), DI")
+	gemvPrologue(name, wT, wsz)
 	if bf16 {
 		p("\tMOVL $0xffff0000, AX")
 		p("\tVPBROADCASTD AX, Z31")
@@ -750,17 +757,7 @@ func gemv256(bf16 bool) {
 	}
 	vb := 8 * wsz
 	rowsR := []string{"R8", "R9", "R10", "R11"}
-	p("")
-	p("// func %s(rows, k int, w %s, ldw int, x *float32, out *float32)", name, wT)
-	p("TEXT ·%s(SB), NOSPLIT, $0-48", name)
-	p("\tMOVQ rows+0(FP), CX")
-	p("\tMOVQ k+8(FP), R12")
-	p("\tSHLQ $%d, R12", log2(wsz))
-	p("\tMOVQ w+16(FP), R8")
-	p("\tMOVQ ldw+24(FP), BX")
-	p("\tSHLQ $%d, BX", log2(wsz))
-	p("\tMOVQ x+32(FP), SI")
-	p("\tMOVQ out+40(FP), DI")
+	gemvPrologue(name, wT, wsz)
 	p("%srow4:", name)
 	p("\tCMPQ CX, $4")
 	p("\tJLT %srow1", name)
