@@ -13,8 +13,9 @@
 #   decode  bench/decode -brief: tokens/s of its generated Mixtral-style
 #           model (the one scripts/bench-decode.sh and bench-peers.sh use,
 #           in ${TMPDIR:-/tmp}/switchyard-bench-decode; generated on first
-#           use) with bf16 and int8 routed experts, 1 and 2 threads, one
-#           process per measurement.
+#           use) with the routed experts in each of FORMATS (bf16,int8; q4
+#           too with FORMATS=bf16,int8,q4), 1 and 2 threads, one process per
+#           measurement.
 # Results: bench/results/gemv-order.txt (OUT) with the CPU model, the
 # order this CPU gets by default, and the load average. ~8 minutes.
 #
@@ -26,6 +27,7 @@ cd "$root"
 export PATH=$PATH:/usr/local/go/bin
 rounds=${ROUNDS:-3}
 threads=${THREADS:-"1 2"}
+formats=${FORMATS:-bf16,int8}
 out=${OUT:-bench/results/gemv-order.txt}
 work=$(mktemp -d /tmp/switchyard-gemv-order.XXXXXX)
 trap 'rm -rf "$work"' EXIT
@@ -40,7 +42,7 @@ tmp=$(mktemp)
 	echo "# go:       $(go version)"
 	echo "# commit:   $(git rev-parse --short HEAD 2>/dev/null || echo none)$(git diff --quiet 2>/dev/null || echo '+dirty')"
 	echo "# default order on this CPU: ${def:-unknown} (SWITCHYARD_GEMV_ORDER unset)"
-	echo "# command:  ROUNDS=$rounds THREADS=\"$threads\" scripts/bench-gemv-order.sh"
+	echo "# command:  ROUNDS=$rounds THREADS=\"$threads\" FORMATS=$formats scripts/bench-gemv-order.sh"
 	echo "# load avg: $(cut -d' ' -f1-3 /proc/loadavg) (before)"
 	echo "# raw:"
 } >"$tmp"
@@ -53,7 +55,7 @@ for ((r = 1; r <= rounds; r++)); do
 			gbs=$(SWITCHYARD_GEMV_ORDER=$o "$work/tensor.test" -test.run '^$' -test.bench "^BenchmarkGemvStream/order=$o\$" -test.cpu "$th" -test.benchtime 5x 2>/dev/null |
 				awk '/MB\/s/ {for (i = 1; i <= NF; i++) if ($(i+1) == "MB/s") printf "%.2f", $i / 1000}')
 			echo "  $(date -u +%H:%M:%SZ) load=$(cut -d' ' -f1 /proc/loadavg) round=$r threads=$th order=$o kind=stream gbs=$gbs" | tee -a "$tmp"
-			SWITCHYARD_GEMV_ORDER=$o "$work/decode" -brief -formats bf16,int8 -rounds 1 -threads "$th" 2>/dev/null |
+			SWITCHYARD_GEMV_ORDER=$o "$work/decode" -brief -formats "$formats" -rounds 1 -threads "$th" 2>/dev/null |
 				sed -n 's/^switchyard: threads=[0-9]* format=\([a-z0-9]*\) round=[0-9]* decode_tokens=[0-9]* decode_tok_s=\([0-9.]*\)/\1 \2/p' |
 				while read -r f tps; do
 					echo "  $(date -u +%H:%M:%SZ) load=$(cut -d' ' -f1 /proc/loadavg) round=$r threads=$th order=$o kind=decode format=$f tok_s=$tps" | tee -a "$tmp"

@@ -629,14 +629,23 @@ func gemvPrologue(name, wT string, wsz int) {
 // once: on AMD Zen 5 (the EPYC VM this project measures on) a plain C read
 // loop gets ~30 GB/s from one sequential stream and ~17 GB/s from four
 // streams a row apart, which is what the four-row kernels read; the
-// hardware prefetcher follows one stream best. So the row-sequential kernels give up
-// sharing x's loads between rows (x is in L1; it costs loads, not memory
-// traffic) for one stream. Which family runs is gemvSequential's choice.
+// hardware prefetcher follows one stream best. So the row-sequential
+// kernels give up sharing x's loads between rows (x is in L1; it costs
+// loads, not memory traffic) for one stream. Which family runs is
+// gemvSequential's choice.
+//
+// Each row's sum is the four-row kernel's, bit for bit: the same two
+// accumulators take the same products in the same order (f32: lines
+// alternately into Z0 and Z1, as its 32-float steps do, a last odd line
+// into Z0; bf16: every line's even and odd halves into Z0 and Z1, the
+// 16-weight tail into Z0) and are reduced as its one-row tail does. Four
+// lines a step leave each accumulator a chain of two (f32) or four (bf16)
+// FMAs per 256 bytes, far inside what one core streams.
 //
 // Register use: R8 the row, DX byte offset into it, SI x, DI out, CX rows
-// left, R12 the row's bytes, BX ldw in bytes; Z0..Z7 accumulators (bf16:
-// even and odd halves of four lines; f32: four lines), Z16.. loaded lines.
-// The bf16 kernel reads x in evenOddAvx512's layout, as gemvTBF16Avx512.
+// left, R12 the row's bytes, BX ldw in bytes; Z0, Z1 accumulators, Z16..
+// loaded lines. The bf16 kernel reads x in evenOddAvx512's layout, as
+// gemvTBF16Avx512.
 func gemvSeq512(bf16 bool) {
 	name, wT, wsz := "gemvTSeqAvx512", "*float32", 4
 	if bf16 {
@@ -645,18 +654,33 @@ func gemvSeq512(bf16 bool) {
 	xs := 4 / wsz
 	xaddr := func(off int) string { return fmt.Sprintf("%d(SI)(DX*%d)", off*xs, xs) }
 	// line emits the FMAs of the 64-byte line of w at byte offset off of
-	// the step into accumulators a (and a+1 for bf16's odd half).
-	line := func(off, a, tmp int) {
+	// the step: the i-th line of a step goes into Z(i%2) for f32, into
+	// Z0 (even halves) and Z1 (odd halves) for bf16.
+	line := func(i, tmp int) {
+		off := 64 * i
 		if bf16 {
 			p("\tVMOVDQU64 %d(R8)(DX*1), Z%d", off, tmp)
 			p("\tVPSLLD $16, Z%d, Z%d", tmp, tmp+1)
 			p("\tVPANDD Z31, Z%d, Z%d", tmp, tmp)
-			p("\tVFMADD231PS %s, Z%d, Z%d", xaddr(off), tmp+1, a)
-			p("\tVFMADD231PS %s, Z%d, Z%d", xaddr(off+32), tmp, a+1)
+			p("\tVFMADD231PS %s, Z%d, Z0", xaddr(off), tmp+1)
+			p("\tVFMADD231PS %s, Z%d, Z1", xaddr(off+32), tmp)
 			return
 		}
 		p("\tVMOVUPS %s, Z%d", xaddr(off), tmp)
-		p("\tVFMADD231PS %d(R8)(DX*1), Z%d, Z%d", off, tmp, a)
+		p("\tVFMADD231PS %d(R8)(DX*1), Z%d, Z%d", off, tmp, i%2)
+	}
+	// step emits a loop taking lines lines a step while they fit, on to
+	// next after.
+	step := func(label, next string, lines int) {
+		p("%s%s:", name, label)
+		p("\tLEAQ %d(DX), AX", 64*lines)
+		p("\tCMPQ AX, R12")
+		p("\tJGT %s%s", name, next)
+		for i := 0; i < lines; i++ {
+			line(i, 16+2*i)
+		}
+		p("\tMOVQ AX, DX")
+		p("\tJMP %s%s", name, label)
 	}
 	gemvPrologue(name, wT, wsz)
 	if bf16 {
@@ -666,46 +690,25 @@ func gemvSeq512(bf16 bool) {
 	p("%srow:", name)
 	p("\tTESTQ CX, CX")
 	p("\tJZ %sdone", name)
-	for i := 0; i < 8; i++ {
-		p("\tVPXORD Z%d, Z%d, Z%d", i, i, i)
-	}
+	p("\tVPXORD Z0, Z0, Z0")
+	p("\tVPXORD Z1, Z1, Z1")
 	p("\tXORQ DX, DX")
-	p("%sk4:", name) // four lines a step
-	p("\tLEAQ 256(DX), AX")
-	p("\tCMPQ AX, R12")
-	p("\tJGT %sk1", name)
-	for l := 0; l < 4; l++ {
-		if bf16 {
-			line(64*l, 2*l, 16+2*l)
-		} else {
-			line(64*l, l, 16+l)
-		}
-	}
-	p("\tMOVQ AX, DX")
-	p("\tJMP %sk4", name)
-	p("%sk1:", name) // one line a step
-	p("\tLEAQ 64(DX), AX")
-	p("\tCMPQ AX, R12")
-	p("\tJGT %sk16", name)
-	line(0, 0, 16)
-	p("\tMOVQ AX, DX")
-	p("\tJMP %sk1", name)
-	p("%sk16:", name)
-	if bf16 { // the 16-weight plain tail (k % 32 == 16)
+	if bf16 {
+		step("k4", "k1", 4)
+		step("k1", "k16", 1)
+		p("%sk16:", name) // the 16-weight plain tail (k % 32 == 16)
 		p("\tCMPQ DX, R12")
 		p("\tJGE %sred", name)
 		p("\tVPMOVZXWD (R8)(DX*1), Z16")
 		p("\tVPSLLD $16, Z16, Z16")
 		p("\tVFMADD231PS %s, Z16, Z0", xaddr(0))
+	} else {
+		step("k4", "k2", 4)
+		step("k2", "k1", 2)
+		step("k1", "red", 1) // at most one line is left: into Z0
 	}
 	p("%sred:", name)
 	p("\tVADDPS Z1, Z0, Z0")
-	p("\tVADDPS Z3, Z2, Z2")
-	p("\tVADDPS Z5, Z4, Z4")
-	p("\tVADDPS Z7, Z6, Z6")
-	p("\tVADDPS Z2, Z0, Z0")
-	p("\tVADDPS Z6, Z4, Z4")
-	p("\tVADDPS Z4, Z0, Z0")
 	p("\tVEXTRACTF64X4 $1, Z0, Y8")
 	p("\tVADDPS Y8, Y0, Y0")
 	p("\tVEXTRACTF128 $1, Y0, X8")

@@ -8,7 +8,7 @@ import (
 
 // GemvOrderEnv overrides the order in which the single-token kernels (the
 // AVX-512 GEMVs on float32 and bfloat16 rows, and the AVX-512 VNNI int8
-// dot products) read the weight matrix: "sequential" (one row after the
+// and 4-bit dot products) read the weight matrix: "sequential" (one row after the
 // other: one memory stream) or "interleaved" (four rows at a time, sharing
 // each load of x: four streams). Both compute the same sums in the same
 // per-row order of partial sums within float rounding; they differ only in

@@ -26,6 +26,12 @@ func q8DotsAvx512(rows, groups int, w *byte, stride int, xq *int8, wsum *int32, 
 //go:noescape
 func q8DotsSeqAvx512(rows, groups int, w *byte, stride int, xq *int8, wsum *int32, out *int32)
 
+// q4DotsSeqAvx512 computes what q4DotsAvx512 does, one row after the
+// other (see gemvSequential).
+//
+//go:noescape
+func q4DotsSeqAvx512(rows, groups int, w *byte, stride int, d *uint16, xq *int8, xs *float32, xsum *int32, out *float32)
+
 //go:noescape
 func q4DotsAvx512(rows, groups int, w *byte, stride int, d *uint16, xq *int8, xs *float32, xsum *int32, out *float32)
 
@@ -142,7 +148,9 @@ func q4Dots(rows, groups int, w []byte, stride int, d []uint16, xq []int8, xs []
 	_ = xsum[groups-1]
 	_ = d[rows*groups-1]
 	_ = w[(rows-1)*stride+groups*QGroup/2-1]
-	if a == qArchAVX512VNNI {
+	if a == qArchAVX512VNNI && gemvSequential.Load() {
+		q4DotsSeqAvx512(rows, groups, &w[0], stride, &d[0], &xq[0], &xs[0], &xsum[0], &out[0])
+	} else if a == qArchAVX512VNNI {
 		q4DotsAvx512(rows, groups, &w[0], stride, &d[0], &xq[0], &xs[0], &xsum[0], &out[0])
 	} else {
 		q4DotsAvx2(rows, groups, &w[0], stride, &d[0], &xq[0], &xs[0], &xsum[0], &out[0])

@@ -339,6 +339,77 @@ q4z_done:
 	VZEROUPPER
 	RET
 
+// func q4DotsSeqAvx512(rows, groups int, w *byte, stride int, d *uint16, xq *int8, xs *float32, xsum *int32, out *float32)
+// One row at a time, as q4z_loop1 does (two streams: the row's codes and
+// its scales), two groups a step into two accumulators (Z4, Z5), then a
+// last single group.
+TEXT ·q4DotsSeqAvx512(SB), NOSPLIT, $0-72
+	MOVQ rows+0(FP), CX
+	MOVQ w+16(FP), DI
+	MOVQ stride+24(FP), SI
+	MOVQ d+32(FP), R12
+	MOVQ xs+48(FP), R8
+	MOVQ xsum+56(FP), DX
+	MOVQ out+64(FP), R9
+	VPXORD Z31, Z31, Z31
+	MOVL $0x0f0f0f0f, AX
+	VMOVD AX, X30
+	VPBROADCASTD X30, Z30
+	TESTQ CX, CX
+	JZ    q4s_done
+
+q4s_row:
+	MOVQ   DI, R10
+	MOVQ   xq+40(FP), AX
+	XORQ   BX, BX
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+
+q4s_g2:
+	LEAQ 2(BX), R11
+	CMPQ R11, groups+8(FP)
+	JGT  q4s_g1
+	VMOVDQU64    (AX), Z0
+	VBROADCASTSS (R8)(BX*4), Z2
+	Q4ZP512
+	Q4ROW512((R10), (R12), Z4)
+	VMOVDQU64    64(AX), Z0
+	VBROADCASTSS 4(R8)(BX*4), Z2
+	VMOVD        4(DX)(BX*4), X3
+	VPSLLD       $3, X3, X3
+	VPSUBD       Z3, Z31, Z3
+	Q4ROW512(32(R10), 2(R12), Z5)
+	ADDQ $128, AX
+	ADDQ $64, R10
+	ADDQ $4, R12
+	ADDQ $2, BX
+	JMP  q4s_g2
+
+q4s_g1:
+	CMPQ BX, groups+8(FP)
+	JGE  q4s_red
+	VMOVDQU64    (AX), Z0
+	VBROADCASTSS (R8)(BX*4), Z2
+	Q4ZP512
+	Q4ROW512((R10), (R12), Z4)
+	ADDQ $64, AX
+	ADDQ $32, R10
+	ADDQ $2, R12
+	INCQ BX
+	JMP  q4s_g1
+
+q4s_red:
+	VADDPS Z5, Z4, Z4
+	HSUM512(Z4, Y4, 0(R9))
+	ADDQ SI, DI
+	ADDQ $4, R9
+	DECQ CX
+	JNZ  q4s_row
+
+q4s_done:
+	VZEROUPPER
+	RET
+
 // ---------------------------------------------------------------------------
 // AVX2, int8 weights: exact int32 dot products.
 //

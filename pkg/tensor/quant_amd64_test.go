@@ -189,9 +189,9 @@ func TestQ8DotsArch(t *testing.T) {
 
 func TestQ4DotsArch(t *testing.T) {
 	cases := qDotsCases()
-	for _, a := range supportedQuantArchs() {
+	for _, a := range quantArchOrders() {
 		t.Run(a.String(), func(t *testing.T) {
-			defer forceQuantArch(a)()
+			defer a.force()()
 			for _, c := range cases {
 				want := make([]float32, c.rows)
 				q4DotsRef(c.rows, c.groups, c.w4, c.stride4, c.d, c.xq, c.xs, c.xsum, want)
