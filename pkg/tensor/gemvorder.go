@@ -8,18 +8,19 @@ import (
 
 // GemvOrderEnv overrides the order in which the single-token kernels (the
 // AVX-512 GEMVs on float32 and bfloat16 rows, and the AVX-512 VNNI int8
-// and 4-bit dot products) read the weight matrix: "sequential" (one row after the
-// other: one memory stream) or "interleaved" (four rows at a time, sharing
-// each load of x: four streams). Both compute the same sums in the same
-// per-row order of partial sums within float rounding; they differ only in
-// speed.
+// and 4-bit dot products) read the weight matrix: "sequential" (one row
+// after the other: one memory stream) or "interleaved" (four rows at a
+// time, sharing each load of x: four streams). The float GEMVs give the
+// same bits in both orders and int8 is exact; the 4-bit kernels' float
+// sums differ by rounding (the interleaved one's already did between its
+// blocks of four rows and the rest). They differ in speed.
 const GemvOrderEnv = "SWITCHYARD_GEMV_ORDER"
 
 // gemvSequential says whether the row-sequential kernels run. Decode reads
 // every weight once from memory, so its speed is how fast one core streams
 // W. On the AMD EPYC (Zen 5) VM this project measures on, the bf16 GEMV
 // over 1 GiB streams 27 GB/s row-sequentially against 18 interleaved on one
-// core, 50 against 30 on two (bench/results/gemv-order.txt; a plain C read
+// core, 48-50 against 30-37 on two (bench/results/gemv-order.txt; a plain C read
 // loop there gets ~30 GB/s from one stream and ~17 from four a row apart:
 // the hardware prefetcher follows one stream best). The interleaved kernels
 // were tuned on the Intel Xeon, where sharing x's loads won and the order
