@@ -588,17 +588,7 @@ func gemv512(bf16 bool) {
 	p("\tVMOVUPS %s, Z16", xaddr(0))
 	fma("R8", 0, "Z16", "Z0", 18)
 	p("%sred1:", name)
-	p("\tVADDPS Z4, Z0, Z0")
-	p("\tVEXTRACTF64X4 $1, Z0, Y8")
-	p("\tVADDPS Y8, Y0, Y0")
-	p("\tVEXTRACTF128 $1, Y0, X8")
-	p("\tVADDPS X8, X0, X0")
-	p("\tVHADDPS X0, X0, X0")
-	p("\tVHADDPS X0, X0, X0")
-	p("\tVMOVSS X0, (DI)")
-	p("\tADDQ $4, DI")
-	p("\tADDQ BX, R8")
-	p("\tDECQ CX")
+	rowSum512(4)
 	p("\tJMP %srow1", name)
 	p("%sdone:", name)
 	p("\tVZEROUPPER")
@@ -620,6 +610,25 @@ func gemvPrologue(name, wT string, wsz int) {
 	p("\tSHLQ $%d, BX", log2(wsz))
 	p("\tMOVQ x+32(FP), SI")
 	p("\tMOVQ out+40(FP), DI")
+}
+
+// rowSum512 emits the end of one row of an AVX-512 GEMV: out[0] = the sum
+// of the 32 lanes of Z0 and Z<second> (added lane-wise, then halves, then
+// two horizontal adds), DI on to the next output, R8 on to the next row,
+// CX down by one. gemv512's one-row tail and gemvSeq512 share it, which
+// is half of why their sums agree bit for bit.
+func rowSum512(second int) {
+	p("\tVADDPS Z%d, Z0, Z0", second)
+	p("\tVEXTRACTF64X4 $1, Z0, Y8")
+	p("\tVADDPS Y8, Y0, Y0")
+	p("\tVEXTRACTF128 $1, Y0, X8")
+	p("\tVADDPS X8, X0, X0")
+	p("\tVHADDPS X0, X0, X0")
+	p("\tVHADDPS X0, X0, X0")
+	p("\tVMOVSS X0, (DI)")
+	p("\tADDQ $4, DI")
+	p("\tADDQ BX, R8")
+	p("\tDECQ CX")
 }
 
 // gemvSeq512 emits gemvT{,BF16}SeqAvx512: what gemvT{,BF16}Avx512
@@ -708,17 +717,7 @@ func gemvSeq512(bf16 bool) {
 		step("k1", "red", 1) // at most one line is left: into Z0
 	}
 	p("%sred:", name)
-	p("\tVADDPS Z1, Z0, Z0")
-	p("\tVEXTRACTF64X4 $1, Z0, Y8")
-	p("\tVADDPS Y8, Y0, Y0")
-	p("\tVEXTRACTF128 $1, Y0, X8")
-	p("\tVADDPS X8, X0, X0")
-	p("\tVHADDPS X0, X0, X0")
-	p("\tVHADDPS X0, X0, X0")
-	p("\tVMOVSS X0, (DI)")
-	p("\tADDQ $4, DI")
-	p("\tADDQ BX, R8")
-	p("\tDECQ CX")
+	rowSum512(1)
 	p("\tJMP %srow", name)
 	p("%sdone:", name)
 	p("\tVZEROUPPER")
