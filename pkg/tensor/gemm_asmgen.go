@@ -464,12 +464,7 @@ func widen256() {
 // evenOddAvx512's layout: each 32-float chunk holds x's 16 even elements,
 // then its 16 odd ones; the 16-float tail (k % 32 == 16) is plain.
 func gemv512(bf16 bool) {
-	name, wT, wsz := "gemvTAvx512", "*float32", 4
-	if bf16 {
-		name, wT, wsz = "gemvTBF16Avx512", "*uint16", 2
-	}
-	xs := 4 / wsz // x byte offset = xs * w byte offset
-	xaddr := func(off int) string { return fmt.Sprintf("%d(SI)(DX*%d)", off*xs, xs) }
+	name, wT, wsz, xaddr := gemvOperands("Avx512", bf16)
 	// fma emits acc += w_row[off..off+16) * xreg.
 	fma := func(row string, off int, xreg, acc string, tmp int) {
 		if bf16 {
@@ -595,6 +590,20 @@ func gemv512(bf16 bool) {
 	p("\tRET")
 }
 
+// gemvOperands names the GEMV kernel gemvT{,BF16}<variant> and returns
+// its W element type and size (bytes) and xaddr(off): the address of the
+// x element that the w byte at offset DX+off multiplies (x is float32, so
+// its offsets are 4/wsz times w's).
+func gemvOperands(variant string, bf16 bool) (name, wT string, wsz int, xaddr func(off int) string) {
+	name, wT, wsz = "gemvT"+variant, "*float32", 4
+	if bf16 {
+		name, wT, wsz = "gemvTBF16"+variant, "*uint16", 2
+	}
+	xs := 4 / wsz
+	xaddr = func(off int) string { return fmt.Sprintf("%d(SI)(DX*%d)", off*xs, xs) }
+	return name, wT, wsz, xaddr
+}
+
 // gemvPrologue emits the header of a GEMV kernel (rows, k int, w wT, ldw
 // int, x *float32, out *float32) and loads its arguments: CX rows, R12 a
 // row's bytes (k * wsz), R8 w, BX ldw in bytes, SI x, DI out.
@@ -656,12 +665,7 @@ func rowSum512(second int) {
 // loaded lines. The bf16 kernel reads x in evenOddAvx512's layout, as
 // gemvTBF16Avx512.
 func gemvSeq512(bf16 bool) {
-	name, wT, wsz := "gemvTSeqAvx512", "*float32", 4
-	if bf16 {
-		name, wT, wsz = "gemvTBF16SeqAvx512", "*uint16", 2
-	}
-	xs := 4 / wsz
-	xaddr := func(off int) string { return fmt.Sprintf("%d(SI)(DX*%d)", off*xs, xs) }
+	name, wT, wsz, xaddr := gemvOperands("SeqAvx512", bf16)
 	// line emits the FMAs of the 64-byte line of w at byte offset off of
 	// the step: the i-th line of a step goes into Z(i%2) for f32, into
 	// Z0 (even halves) and Z1 (odd halves) for bf16.
@@ -742,12 +746,7 @@ func prefetchRow(row string, bytes int) {
 // gemv256 emits gemvT{,BF16}Avx2: as gemv512 with 8-float vectors; k must
 // be a multiple of 8. Y0..Y7 accumulators, Y8/Y9 x, Y10.. widened bf16.
 func gemv256(bf16 bool) {
-	name, wT, wsz := "gemvTAvx2", "*float32", 4
-	if bf16 {
-		name, wT, wsz = "gemvTBF16Avx2", "*uint16", 2
-	}
-	xs := 4 / wsz
-	xaddr := func(off int) string { return fmt.Sprintf("%d(SI)(DX*%d)", off*xs, xs) }
+	name, wT, wsz, xaddr := gemvOperands("Avx2", bf16)
 	fma := func(row string, off int, xreg, acc string, tmp int) {
 		if bf16 {
 			p("\tVPMOVZXWD %d(%s)(DX*1), Y%d", off, row, tmp)
