@@ -47,6 +47,7 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 raw="$tmp/raw.txt" # lines: shape threads impl GFLOP/s
 : >"$raw"
 config=""
+kernels=""
 for r in $(seq 1 "$ROUNDS"); do
 	for t in $THREADS; do
 		first=$(((r + t) % 2))
@@ -55,6 +56,7 @@ for r in $(seq 1 "$ROUNDS"); do
 			"$tmp/compare.test" -test.run '^$' -test.bench '^BenchmarkCompare$' \
 			-test.benchtime "$BENCHTIME" -test.count 1 -test.v)
 		[ -n "$config" ] || config=$(echo "$log" | sed -n 's/.*OpenBLAS: //p' | head -1)
+		[ -n "$kernels" ] || kernels=$(echo "$log" | sed -n 's/.*Switchyard kernels: //p' | head -1)
 		echo "$log" | awk -v t="$t" '
 			/^BenchmarkCompare\// && /GFLOP\/s/ {
 				split($1, p, "/"); impl = p[3]; sub(/-[0-9]+$/, "", impl)
@@ -91,6 +93,7 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')
 	echo "# cpu:      $cpu ($(nproc) vCPU)"
 	echo "# go:       $(go version)"
 	echo "# openblas: ${config:-unknown} (OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE)"
+	echo "# ours:     ${kernels:-unknown}"
 	echo "# command:  ROUNDS=$ROUNDS BENCHTIME=$BENCHTIME THREADS=\"$THREADS\" scripts/bench-gemm.sh"
 	echo "# load avg: $load_before (before), $load_after (after)"
 	echo "# cells: median GFLOP/s (2*m*n*k per call) over $ROUNDS rounds; *_bf16 rows read bf16 B"

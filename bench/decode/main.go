@@ -218,6 +218,7 @@ func main() {
 		for _, v := range vs {
 			fmt.Printf("switchyard: format=%s bytes_per_token=%d\n", v.name, v.perToken)
 		}
+		fmt.Printf("switchyard: kernels=%q\n", tensor.KernelConfig())
 		if compute == tensor.ComputeBF16 {
 			fmt.Printf("switchyard: compute=bf16 kernel=%q\n", tensor.BF16DotKernel())
 		}
@@ -292,6 +293,7 @@ func main() {
 		c.Layers, c.Hidden, c.MoE.Router.NumExperts, c.MoE.Router.TopK, c.MoE.Inter, c.Vocab,
 		float64(m.DenseBytes+bf16Store.Bytes())/1e9)
 	fmt.Printf("threads (GOMAXPROCS)          %d\n", nthreads)
+	fmt.Printf("float kernels                 %s\n", tensor.KernelConfig())
 	fmt.Printf("quantized kernels             %s\n", tensor.QuantKernel())
 	fmt.Printf("copy bandwidth (STREAM copy)  %.2f GB/s\n", bw/1e9)
 	fmt.Printf("weight-stream bandwidth       %.2f GB/s (bf16 GEMV over 1 GiB, read only)\n", rbw/1e9)

@@ -104,6 +104,7 @@ func bench(b *testing.B, s shape, f func(*operands)) {
 // GEMM_BENCH_OPENBLAS_FIRST=1 to run OpenBLAS first in each pair.
 func BenchmarkCompare(b *testing.B) {
 	b.Logf("OpenBLAS: %s", Config())
+	b.Logf("Switchyard kernels: %s", tensor.KernelConfig())
 	impls := []struct {
 		name string
 		f    func(*operands)

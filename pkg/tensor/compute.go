@@ -102,17 +102,7 @@ const BF16KernelEnv = "SWITCHYARD_BF16_KERNEL"
 var bf16DotPreferred atomic.Bool
 
 func init() {
-	pref := cpuVendor() == "AuthenticAMD"
-	switch v := os.Getenv(BF16KernelEnv); v {
-	case "":
-	case "vdpbf16ps":
-		pref = true
-	case "f32":
-		pref = false
-	default:
-		fmt.Fprintf(os.Stderr, "switchyard: %s=%q: want vdpbf16ps or f32; keeping the default\n", BF16KernelEnv, v)
-	}
-	bf16DotPreferred.Store(pref)
+	bf16DotPreferred.Store(envChoice(BF16KernelEnv, "vdpbf16ps", "f32", cpuVendor() == "AuthenticAMD"))
 }
 
 // cpuVendor is the vendor_id of /proc/cpuinfo ("GenuineIntel",

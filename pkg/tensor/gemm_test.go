@@ -19,12 +19,22 @@ func supportedArchs() []gemmArch {
 	return out
 }
 
-// forEachArch runs f once per supported kernel family with Gemm forced to it.
+// forEachArch runs f once per supported kernel family with Gemm forced to
+// it, the AVX-512 family once per way of broadcasting A (gemmRegBroadcast).
 func forEachArch(t *testing.T, f func(t *testing.T)) {
 	for _, a := range supportedArchs() {
 		t.Run(a.String(), func(t *testing.T) {
 			defer forceArch(a)()
-			f(t)
+			if a != archAVX512 {
+				f(t)
+				return
+			}
+			for _, reg := range []bool{false, true} {
+				t.Run(map[bool]string{false: "embedded", true: "register"}[reg], func(t *testing.T) {
+					defer forceGemmBroadcast(reg)()
+					f(t)
+				})
+			}
 		})
 	}
 }

@@ -103,3 +103,77 @@ func TestGemvOrdersAgreeBitwise(t *testing.T) {
 		}
 	}
 }
+
+// TestGemmBroadcastName: the AVX-512 GEMM micro-kernels broadcast A into a
+// register by default on AMD and inside the FMA elsewhere, and
+// GemmBroadcast names the choice (scripts/bench-gemm.sh reads this log line).
+func TestGemmBroadcastName(t *testing.T) {
+	got := GemmBroadcast()
+	t.Logf("GemmBroadcast() = %s (vendor %q)", got, cpuVendor())
+	if os.Getenv(GemmBroadcastEnv) != "" {
+		return
+	}
+	want := "embedded"
+	if cpuVendor() == "AuthenticAMD" {
+		want = "register"
+	}
+	if got != want {
+		t.Errorf("GemmBroadcast() = %q on vendor %q, want %q", got, cpuVendor(), want)
+	}
+	defer forceGemmBroadcast(want == "embedded")()
+	if GemmBroadcast() == want {
+		t.Errorf("forceGemmBroadcast did not change the choice")
+	}
+}
+
+// TestGemmBroadcastsAgreeBitwise: the register-broadcast micro-kernels give
+// every element of C the embedded kernels' bits, for every tile height
+// (m = 1..15 and a tall m), depths that leave the 4-step loop every
+// remainder and span several slabs, beta 0 and 1, right-edge tiles, and
+// both the float32 and the VDPBF16PS kernels (ComputeBF16). So the choice
+// of broadcast never changes a result.
+func TestGemmBroadcastsAgreeBitwise(t *testing.T) {
+	if gemmArch(activeArch.Load()) != archAVX512 {
+		t.Log("no AVX-512 here: both choices run the same kernels")
+	}
+	rng := rand.New(rand.NewPCG(13, 14))
+	modes := []Compute{ComputeExact}
+	if bf16DotSupported(gemmArch(activeArch.Load())) {
+		modes = append(modes, ComputeBF16)
+	}
+	for _, mode := range modes {
+		for _, m := range []int{1, 2, 5, 13, 14, 15, 29, 200} {
+			for _, k := range []int{1, 3, 4, 6, 257, 600} {
+				n := 32*(1+m%3) + m%7
+				a := make([]float32, m*k)
+				b := make([]float32, n*k)
+				for i := range a {
+					a[i] = float32(rng.NormFloat64())
+				}
+				for i := range b {
+					b[i] = float32(rng.NormFloat64())
+				}
+				c0 := make([]float32, m*n)
+				for i := range c0 {
+					c0[i] = float32(rng.NormFloat64())
+				}
+				for _, beta := range []float32{0, 1} {
+					var got [2][]float32
+					for i, reg := range []bool{false, true} {
+						restore := forceGemmBroadcast(reg)
+						prev := SetCompute(mode)
+						got[i] = append([]float32(nil), c0...)
+						Gemm(false, true, m, n, k, 1.5, a, k, b, k, beta, got[i], n)
+						SetCompute(prev)
+						restore()
+					}
+					for j := range got[0] {
+						if math.Float32bits(got[0][j]) != math.Float32bits(got[1][j]) {
+							t.Fatalf("%v m=%d n=%d k=%d beta=%v C[%d]: embedded %v, register %v", mode, m, n, k, beta, j, got[0][j], got[1][j])
+						}
+					}
+				}
+			}
+		}
+	}
+}

@@ -1,0 +1,113 @@
+package tensor
+
+import (
+	"fmt"
+	"os"
+	"sync/atomic"
+)
+
+// GemvOrderEnv overrides the order in which the single-token kernels (the
+// AVX-512 GEMVs on float32 and bfloat16 rows, and the AVX-512 VNNI int8
+// and 4-bit dot products) read the weight matrix: "sequential" (one row
+// after the other: one memory stream) or "interleaved" (four rows at a
+// time, sharing each load of x: four streams). The float GEMVs give the
+// same bits in both orders and int8 is exact; the 4-bit kernels' float
+// sums differ by rounding (the interleaved one's already did between its
+// blocks of four rows and the rest). They differ in speed.
+const GemvOrderEnv = "SWITCHYARD_GEMV_ORDER"
+
+// gemvSequential says whether the row-sequential kernels run. Decode reads
+// every weight once from memory, so its speed is how fast one core streams
+// W. On the AMD EPYC (Zen 5) VM this project measures on, the bf16 GEMV
+// over 1 GiB streams 27 GB/s row-sequentially against 18 interleaved on one
+// core, 48-50 against 30-37 on two (bench/results/gemv-order.txt; a plain C read
+// loop there gets ~30 GB/s from one stream and ~17 from four a row apart:
+// the hardware prefetcher follows one stream best). The interleaved kernels
+// were tuned on the Intel Xeon, where sharing x's loads won and the order
+// has not been measured since. So the default is sequential on AMD and
+// interleaved elsewhere; GemvOrderEnv overrides it.
+var gemvSequential atomic.Bool
+
+func init() {
+	amd := cpuVendor() == "AuthenticAMD"
+	gemvSequential.Store(envChoice(GemvOrderEnv, "sequential", "interleaved", amd))
+	gemmRegBroadcast.Store(envChoice(GemmBroadcastEnv, "register", "embedded", amd))
+}
+
+// envChoice is def unless the environment variable env is yes (true) or
+// no (false); any other value is reported on stderr and ignored.
+func envChoice(env, yes, no string, def bool) bool {
+	switch v := os.Getenv(env); v {
+	case "":
+	case yes:
+		return true
+	case no:
+		return false
+	default:
+		fmt.Fprintf(os.Stderr, "switchyard: %s=%q: want %s or %s; keeping the default\n", env, v, yes, no)
+	}
+	return def
+}
+
+// GemvOrder names the order the single-token kernels read W in on this
+// machine: "sequential" or "interleaved" (see GemvOrderEnv).
+func GemvOrder() string {
+	if gemvSequential.Load() {
+		return "sequential"
+	}
+	return "interleaved"
+}
+
+// forceGemvOrder makes the kernels read W row-sequentially (seq) or four
+// rows interleaved until the returned func restores the previous order.
+// For tests and benchmarks.
+func forceGemvOrder(seq bool) (restore func()) {
+	old := gemvSequential.Swap(seq)
+	return func() { gemvSequential.Store(old) }
+}
+
+// GemmBroadcastEnv overrides how the AVX-512 GEMM micro-kernels (float32
+// and VDPBF16PS) feed A to their FMAs: "register" (each A scalar broadcast
+// once into a register that its row's two FMAs read) or "embedded" (each
+// FMA broadcasts it from memory itself: one instruction fewer per row, one
+// load more). Both compute the same bits in the same order.
+const GemmBroadcastEnv = "SWITCHYARD_GEMM_BROADCAST"
+
+// gemmRegBroadcast says whether the register-broadcast micro-kernels run.
+// On the AMD EPYC (Zen 5) VM, BenchmarkMicroKernel gives 216 GFLOP/s with
+// them against 199 embedded on one core, BenchmarkMicroKernelDot 438-443
+// against 381-397: there the loads, not the FMAs, bound the embedded
+// kernel (30 loads per 28 FMAs). On the Intel Xeon the embedded form
+// measured ~10% faster when the kernels were written and has not been
+// measured since. So the default is register on AMD and embedded
+// elsewhere; GemmBroadcastEnv overrides it.
+var gemmRegBroadcast atomic.Bool
+
+// GemmBroadcast names how the AVX-512 GEMM micro-kernels broadcast A on
+// this machine: "register" or "embedded" (see GemmBroadcastEnv).
+func GemmBroadcast() string {
+	if gemmRegBroadcast.Load() {
+		return "register"
+	}
+	return "embedded"
+}
+
+// forceGemmBroadcast selects the register-broadcast (reg) or embedded
+// micro-kernels until the returned func restores the previous choice. For
+// tests and benchmarks.
+func forceGemmBroadcast(reg bool) (restore func()) {
+	old := gemmRegBroadcast.Swap(reg)
+	return func() { gemmRegBroadcast.Store(old) }
+}
+
+// KernelConfig describes the kernels this machine runs, for benchmark
+// headers: the GEMM family and how its AVX-512 micro-kernels broadcast A,
+// and the order the single-token kernels read W in.
+func KernelConfig() string {
+	arch := gemmArch(activeArch.Load())
+	s := "gemm " + arch.String()
+	if arch == archAVX512 {
+		s += " (A broadcast: " + GemmBroadcast() + ")"
+	}
+	return s + ", gemv order " + GemvOrder()
+}
