@@ -91,23 +91,25 @@ func BenchmarkGemmArch(b *testing.B) {
 // as gemmPacked does): the ceiling the blocked GEMM can approach.
 func BenchmarkMicroKernel(b *testing.B) {
 	for _, a := range supportedArchs() {
-		b.Run(a.String(), func(b *testing.B) {
-			pr := archParams[a]
-			const kc, panels = 256, 8
-			ap := make([]float32, kc*pr.mr)
-			bp := make([]float32, panels*kc*pr.nr)
-			c := make([]float32, pr.mr*pr.nr*panels)
-			for i := range ap {
-				ap[i] = 1e-3
-			}
-			for b.Loop() {
-				for q := 0; q < panels; q++ {
-					microKernel(a, pr.mr, kc, &ap[0], &bp[q*kc*pr.nr], &c[q*pr.nr], pr.nr*panels, 1, 1, &prefetchCursor{})
-				}
-			}
-			b.ReportMetric(2*float64(pr.mr*pr.nr*kc*panels)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
-		})
+		b.Run(a.String(), func(b *testing.B) { benchMicroKernel(b, a) })
 	}
+}
+
+func benchMicroKernel(b *testing.B, a gemmArch) {
+	pr := archParams[a]
+	const kc, panels = 256, 8
+	ap := make([]float32, kc*pr.mr)
+	bp := make([]float32, panels*kc*pr.nr)
+	c := make([]float32, pr.mr*pr.nr*panels)
+	for i := range ap {
+		ap[i] = 1e-3
+	}
+	for b.Loop() {
+		for q := 0; q < panels; q++ {
+			microKernel(a, pr.mr, kc, &ap[0], &bp[q*kc*pr.nr], &c[q*pr.nr], pr.nr*panels, 1, 1, &prefetchCursor{})
+		}
+	}
+	b.ReportMetric(2*float64(pr.mr*pr.nr*kc*panels)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 }
 
 // BenchmarkGemmCompute runs the batched shapes under both compute modes

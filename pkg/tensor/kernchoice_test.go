@@ -177,3 +177,39 @@ func TestGemmBroadcastsAgreeBitwise(t *testing.T) {
 		}
 	}
 }
+
+// BenchmarkGemmBroadcast runs the square GEMM, a 512-token prefill of one
+// expert layer (bf16 weights) in both compute modes, and the bare
+// micro-kernels with A broadcast each way (gemmRegBroadcast), the two
+// choices back to back per shape so that machine noise hits both alike.
+// GOMAXPROCS sets the threads (use the environment variable, not -cpu:
+// the worker pool is sized once).
+func BenchmarkGemmBroadcast(b *testing.B) {
+	prefill := benchShape{name: "512x2816x1024_NT_bf16", m: 512, n: 2816, k: 1024, transB: true, bf16: true}
+	cases := []struct {
+		name string
+		mode Compute
+		run  func(b *testing.B)
+	}{
+		{"micro", ComputeExact, func(b *testing.B) {
+			if gemmArch(activeArch.Load()) != archAVX512 {
+				b.Skip("no AVX-512")
+			}
+			benchMicroKernel(b, archAVX512)
+		}},
+		{"micro-dot", ComputeBF16, BenchmarkMicroKernelDot},
+		{benchShapes[0].name, ComputeExact, func(b *testing.B) { benchGemm(b, benchShapes[0]) }},
+		{benchShapes[1].name, ComputeExact, func(b *testing.B) { benchGemm(b, benchShapes[1]) }},
+		{prefill.name + "/exact", ComputeExact, func(b *testing.B) { benchGemm(b, prefill) }},
+		{prefill.name + "/bf16", ComputeBF16, func(b *testing.B) { benchGemm(b, prefill) }},
+	}
+	for _, c := range cases {
+		for _, reg := range []bool{false, true} {
+			b.Run(fmt.Sprintf("%s/%s", c.name, map[bool]string{false: "embedded", true: "register"}[reg]), func(b *testing.B) {
+				defer forceGemmBroadcast(reg)()
+				defer SetCompute(SetCompute(c.mode))
+				c.run(b)
+			})
+		}
+	}
+}
