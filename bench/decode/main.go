@@ -199,11 +199,11 @@ func main() {
 	}
 	// prefillRate runs one forward of an n-token prompt on a fresh sequence
 	// (logits of the last token only, as in serving); it returns tokens/s.
-	prefillRate := func(m *model.Model, n int) float64 {
+	prefillRate := func(m *model.Model, n int, prof *model.Profile) float64 {
 		ids := prompt(n)
 		seq := m.NewSeq()
 		t0 := time.Now()
-		out, err := m.Forward(ctx, []*model.Seq{seq}, [][]int32{ids}, model.Options{})
+		out, err := m.Forward(ctx, []*model.Seq{seq}, [][]int32{ids}, model.Options{Prof: prof})
 		if err != nil {
 			fail(err)
 		}
@@ -226,7 +226,7 @@ func main() {
 		// reaches most experts) and a few decode steps.
 		for _, v := range vs {
 			if *prefill > 0 {
-				prefillRate(v.m, min(*prefill, 64))
+				prefillRate(v.m, min(*prefill, 64), nil)
 			}
 			if *tokens > 0 {
 				decode(v.m, min(*tokens, 4), nil)
@@ -256,8 +256,13 @@ func main() {
 					}
 				}
 				if *prefill > 0 {
-					fmt.Printf("switchyard: threads=%d format=%s compute=%s round=%d prefill_tokens=%d prefill_tok_s=%.3f\n",
-						nthreads, v.name, compute, r+1, *prefill, prefillRate(v.m, *prefill))
+					var p model.Profile
+					rate := prefillRate(v.m, *prefill, &p)
+					ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1e3 }
+					fmt.Printf("switchyard: threads=%d format=%s compute=%s round=%d prefill_tokens=%d prefill_tok_s=%.3f"+
+						" attention_ms=%.1f router_ms=%.1f experts_ms=%.1f head_ms=%.1f total_ms=%.1f\n",
+						nthreads, v.name, compute, r+1, *prefill, rate,
+						ms(p.Attention), ms(p.Router), ms(p.Experts), ms(p.Head), ms(p.Total))
 				}
 			}
 		}
@@ -278,7 +283,7 @@ func main() {
 		for i, v := range vs {
 			v.tps = append(v.tps, decode(v.m, *tokens, nil))
 			if *prefill > 0 {
-				pre[i] = append(pre[i], prefillRate(v.m, *prefill))
+				pre[i] = append(pre[i], prefillRate(v.m, *prefill, nil))
 			}
 		}
 	}
