@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"sync"
 	"testing"
 
@@ -153,5 +154,41 @@ func TestStoreConcurrentComputeAndPlacementChanges(t *testing.T) {
 	wg.Wait()
 	if len(s.IDs()) != 8 || s.Bytes() != 8*ffns[0].Bytes() {
 		t.Fatalf("store holds %d experts, %d bytes", len(s.IDs()), s.Bytes())
+	}
+}
+
+// TestComputeSameBitsAnyThreads: a prefill-sized plan (many rows per expert,
+// uneven across experts) gives the same bits with one thread (experts one
+// after the other) as with two and four (experts drawn by the free worker,
+// largest first, each GEMM also split where a worker is idle).
+func TestComputeSameBitsAnyThreads(t *testing.T) {
+	const T, E, K, D, F = 300, 12, 3, 40, 56
+	s, _ := setup(t, E, D, F, true)
+	p := route(t, T, E, K, 17)
+	if p.Len() <= 4*E {
+		t.Fatalf("plan of %d rows over %d experts is in the decode regime", p.Len(), E)
+	}
+	r := rand.New(rand.NewPCG(4, 5))
+	x := make([]float32, T*D)
+	for i := range x {
+		x[i] = float32(r.NormFloat64())
+	}
+	var got [][]float32
+	for _, procs := range []int{1, 2, 4} {
+		prev := runtime.GOMAXPROCS(procs)
+		y := make([]float32, p.Len()*D)
+		err := s.Compute(context.Background(), 3, p, x, D, y)
+		runtime.GOMAXPROCS(prev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, y)
+	}
+	for i := 1; i < len(got); i++ {
+		for j := range got[0] {
+			if math.Float32bits(got[0][j]) != math.Float32bits(got[i][j]) {
+				t.Fatalf("element %d: %v with 1 thread, %v with more", j, got[0][j], got[i][j])
+			}
+		}
 	}
 }
