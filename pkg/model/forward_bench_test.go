@@ -2,6 +2,7 @@ package model
 
 import (
 	"context"
+	"math"
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
@@ -166,6 +167,53 @@ func TestDecodeStepAllocatesNothing(t *testing.T) {
 			}
 			if prof.Total <= 0 || prof.Experts <= 0 || prof.Attention <= 0 {
 				t.Errorf("%s mode %d: profile not filled: %+v", bm.name, mode, prof)
+			}
+		}
+	}
+}
+
+// TestPrefillSameBitsAnyThreads: a prefill long enough that the routed
+// experts run side by side (drawn by free threads) and the attention heads
+// are drawn one at a time gives the same logits and hidden states, bit for
+// bit, with 1, 2 and 4 threads, GQA and MLA (naive and absorbed): which
+// thread runs a head or an expert never changes its arithmetic.
+func TestPrefillSameBitsAnyThreads(t *testing.T) {
+	ctx := context.Background()
+	for i, bm := range benchModels {
+		m := benchModel(t, i)
+		prompt := make([]int32, 96) // 96 tokens x top-k rows > 4 x experts: the prefill regime
+		for j := range prompt {
+			prompt[j] = int32(1 + (j*37)%200)
+		}
+		modes := []MLAMode{MLAAuto}
+		if m.Cfg.MLA != nil {
+			modes = append(modes, MLAAbsorbed)
+		}
+		for _, mode := range modes {
+			var ref *Output
+			for _, procs := range []int{1, 2, 4} {
+				prev := runtime.GOMAXPROCS(procs)
+				out, err := m.Forward(ctx, []*Seq{m.NewSeq()}, [][]int32{prompt}, Options{MLA: mode, Hidden: true, AllLogits: true})
+				runtime.GOMAXPROCS(prev)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if ref == nil {
+					ref = out
+					continue
+				}
+				for j := range ref.Logits {
+					if math.Float32bits(ref.Logits[j]) != math.Float32bits(out.Logits[j]) {
+						t.Fatalf("%s mode %d: logit %d is %v on 1 thread, %v on %d", bm.name, mode, j, ref.Logits[j], out.Logits[j], procs)
+					}
+				}
+				for l := range ref.Hidden {
+					for j := range ref.Hidden[l] {
+						if math.Float32bits(ref.Hidden[l][j]) != math.Float32bits(out.Hidden[l][j]) {
+							t.Fatalf("%s mode %d: hidden state %d[%d] differs on %d threads", bm.name, mode, l, j, procs)
+						}
+					}
+				}
 			}
 		}
 	}

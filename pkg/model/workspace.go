@@ -65,9 +65,9 @@ func fit[E any](buf *[]E, n int) []E {
 }
 
 // heads is the per-head part of one sequence's attention in one layer, the
-// ParallelRange body over heads; the Workspace keeps it so that starting it
-// allocates nothing. Each Range call takes the next slot of the scratch
-// (there are at most tensor.Splits(H, 1) calls).
+// ParallelRange body that draws heads; the Workspace keeps it so that
+// starting it allocates nothing. Each Range call takes the next slot of the
+// scratch (run makes tensor.Splits(H, 1) calls).
 type heads struct {
 	m    *Model
 	l    int
@@ -80,8 +80,9 @@ type heads struct {
 	kv   []float32 // MLA naive: expanded keys and values [P, H*(Dn+Dv)]
 	attn []float32
 
-	slots int          // scratch slots: the Range calls tensor.Splits expects
+	slots int          // scratch slots, one per Range call: tensor.Splits(H, 1)
 	slot  atomic.Int32 // next free scratch slot
+	next  atomic.Int32 // next head to draw
 	s     []float32    // [slots][n, P] scores
 	lat   []float32    // MLA absorbed: [slots][2][n, R] query and output latents
 }
@@ -96,12 +97,17 @@ func (t *heads) run() {
 		t.lat = fit(&t.lat, t.slots*2*t.n*c.MLA.KVLoraRank)
 	}
 	t.slot.Store(0)
-	tensor.ParallelRange(H, 1, t)
+	t.next.Store(0)
+	tensor.ParallelRange(t.slots, 1, t)
 }
 
-func (t *heads) Range(h0, h1 int) {
-	m, c, lc := t.m, t.m.Cfg, t.lc
-	n, P := t.n, t.P
+// Range is one of run's t.slots calls: it takes a scratch slot, then heads
+// one at a time from t.next until none are left, so that a core slowed by
+// another process takes fewer heads (a fixed split of the heads waited on
+// the slowest core). A head's arithmetic does not depend on the call that
+// runs it.
+func (t *heads) Range(_, _ int) {
+	c, n, P := t.m.Cfg, t.n, t.P
 	absorbed := c.MLA != nil && t.mla == MLAAbsorbed
 	var s, lat []float32
 	if i := int(t.slot.Add(1) - 1); i < t.slots {
@@ -115,6 +121,20 @@ func (t *heads) Range(h0, h1 int) {
 			lat = make([]float32, 2*n*c.MLA.KVLoraRank)
 		}
 	}
+	for {
+		hh := int(t.next.Add(1) - 1)
+		if hh >= c.Heads {
+			return
+		}
+		t.compute(hh, hh+1, s, lat)
+	}
+}
+
+// compute computes heads [h0, h1) with scores scratch s [n, P] and, for
+// absorbed MLA, latents lat [2][n, R].
+func (t *heads) compute(h0, h1 int, s, lat []float32) {
+	m, c, lc := t.m, t.m.Cfg, t.lc
+	n, P := t.n, t.P
 	if c.MLA == nil {
 		H, Hkv, Dh := c.Heads, c.KVHeads, c.HeadDim
 		qd, kd := H*Dh, Hkv*Dh
