@@ -99,11 +99,7 @@ const BF16KernelEnv = "SWITCHYARD_BF16_KERNEL"
 // measured by this project), so it is the default on AMD only;
 // BF16KernelEnv overrides, and BenchmarkMicroKernelDot against
 // BenchmarkMicroKernel settles it on any machine.
-var bf16DotPreferred atomic.Bool
-
-func init() {
-	bf16DotPreferred.Store(envChoice(BF16KernelEnv, "vdpbf16ps", "f32", cpuVendor() == "AuthenticAMD"))
-}
+var bf16DotPreferred = kernelChoice{env: BF16KernelEnv, yes: "vdpbf16ps", no: "f32"}
 
 // cpuVendor is the vendor_id of /proc/cpuinfo ("GenuineIntel",
 // "AuthenticAMD"), or "" where there is none.

@@ -26,12 +26,25 @@ const GemvOrderEnv = "SWITCHYARD_GEMV_ORDER"
 // were tuned on the Intel Xeon, where sharing x's loads won and the order
 // has not been measured since. So the default is sequential on AMD and
 // interleaved elsewhere; GemvOrderEnv overrides it.
-var gemvSequential atomic.Bool
+var gemvSequential = kernelChoice{env: GemvOrderEnv, yes: "sequential", no: "interleaved"}
+
+// kernelChoice is a choice between two kernels that compute the same
+// thing, made once at start-up: true (the kernel named yes) on AMD CPUs
+// and false (no) elsewhere, unless the environment variable env names one
+// of them.
+type kernelChoice struct {
+	atomic.Bool
+	env, yes, no string
+}
+
+// choices lists every kernelChoice, for init.
+var choices = []*kernelChoice{&gemvSequential, &gemmRegBroadcast, &bf16DotPreferred}
 
 func init() {
 	amd := cpuVendor() == "AuthenticAMD"
-	gemvSequential.Store(envChoice(GemvOrderEnv, "sequential", "interleaved", amd))
-	gemmRegBroadcast.Store(envChoice(GemmBroadcastEnv, "register", "embedded", amd))
+	for _, c := range choices {
+		c.Store(envChoice(c.env, c.yes, c.no, amd))
+	}
 }
 
 // envChoice is def unless the environment variable env is yes (true) or
@@ -49,22 +62,28 @@ func envChoice(env, yes, no string, def bool) bool {
 	return def
 }
 
+// name is the chosen kernel's name: c.yes or c.no.
+func (c *kernelChoice) name() string {
+	if c.Load() {
+		return c.yes
+	}
+	return c.no
+}
+
+// force sets the choice to v until the returned func restores the
+// previous one. For tests and benchmarks.
+func (c *kernelChoice) force(v bool) (restore func()) {
+	old := c.Swap(v)
+	return func() { c.Store(old) }
+}
+
 // GemvOrder names the order the single-token kernels read W in on this
 // machine: "sequential" or "interleaved" (see GemvOrderEnv).
-func GemvOrder() string {
-	if gemvSequential.Load() {
-		return "sequential"
-	}
-	return "interleaved"
-}
+func GemvOrder() string { return gemvSequential.name() }
 
 // forceGemvOrder makes the kernels read W row-sequentially (seq) or four
 // rows interleaved until the returned func restores the previous order.
-// For tests and benchmarks.
-func forceGemvOrder(seq bool) (restore func()) {
-	old := gemvSequential.Swap(seq)
-	return func() { gemvSequential.Store(old) }
-}
+func forceGemvOrder(seq bool) (restore func()) { return gemvSequential.force(seq) }
 
 // GemmBroadcastEnv overrides how the AVX-512 GEMM micro-kernels (float32
 // and VDPBF16PS) feed A to their FMAs: "register" (each A scalar broadcast
@@ -81,24 +100,15 @@ const GemmBroadcastEnv = "SWITCHYARD_GEMM_BROADCAST"
 // measured ~10% faster when the kernels were written and has not been
 // measured since. So the default is register on AMD and embedded
 // elsewhere; GemmBroadcastEnv overrides it.
-var gemmRegBroadcast atomic.Bool
+var gemmRegBroadcast = kernelChoice{env: GemmBroadcastEnv, yes: "register", no: "embedded"}
 
 // GemmBroadcast names how the AVX-512 GEMM micro-kernels broadcast A on
 // this machine: "register" or "embedded" (see GemmBroadcastEnv).
-func GemmBroadcast() string {
-	if gemmRegBroadcast.Load() {
-		return "register"
-	}
-	return "embedded"
-}
+func GemmBroadcast() string { return gemmRegBroadcast.name() }
 
 // forceGemmBroadcast selects the register-broadcast (reg) or embedded
-// micro-kernels until the returned func restores the previous choice. For
-// tests and benchmarks.
-func forceGemmBroadcast(reg bool) (restore func()) {
-	old := gemmRegBroadcast.Swap(reg)
-	return func() { gemmRegBroadcast.Store(old) }
-}
+// micro-kernels until the returned func restores the previous choice.
+func forceGemmBroadcast(reg bool) (restore func()) { return gemmRegBroadcast.force(reg) }
 
 // KernelConfig describes the kernels this machine runs, for benchmark
 // headers: the GEMM family and how its AVX-512 micro-kernels broadcast A,

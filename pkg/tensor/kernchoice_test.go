@@ -40,21 +40,31 @@ func BenchmarkGemvStream(b *testing.B) {
 // vendor (sequential on AMD), and GemvOrder names it
 // (scripts/bench-gemv-order.sh reads this test's log line).
 func TestGemvOrderName(t *testing.T) {
-	got := GemvOrder()
-	t.Logf("GemvOrder() = %s (vendor %q)", got, cpuVendor())
-	if os.Getenv(GemvOrderEnv) != "" {
+	t.Logf("GemvOrder() = %s (vendor %q)", GemvOrder(), cpuVendor())
+	checkVendorDefault(t, &gemvSequential)
+}
+
+// checkVendorDefault: unless c's environment variable is set, c holds
+// c.yes on AMD and c.no elsewhere, and force changes it until restored.
+func checkVendorDefault(t *testing.T, c *kernelChoice) {
+	t.Helper()
+	if os.Getenv(c.env) != "" {
 		return
 	}
-	want := "interleaved"
+	want := c.no
 	if cpuVendor() == "AuthenticAMD" {
-		want = "sequential"
+		want = c.yes
 	}
-	if got != want {
-		t.Errorf("GemvOrder() = %q on vendor %q, want %q", got, cpuVendor(), want)
+	if got := c.name(); got != want {
+		t.Errorf("%s: %q on vendor %q, want %q", c.env, got, cpuVendor(), want)
 	}
-	defer forceGemvOrder(want == "interleaved")()
-	if GemvOrder() == want {
-		t.Errorf("forceGemvOrder did not change the order")
+	restore := c.force(want == c.no)
+	if c.name() == want {
+		t.Errorf("%s: force did not change the choice", c.env)
+	}
+	restore()
+	if c.name() != want {
+		t.Errorf("%s: restore left %q, want %q", c.env, c.name(), want)
 	}
 }
 
@@ -105,25 +115,12 @@ func TestGemvOrdersAgreeBitwise(t *testing.T) {
 }
 
 // TestGemmBroadcastName: the AVX-512 GEMM micro-kernels broadcast A into a
-// register by default on AMD and inside the FMA elsewhere, and
-// GemmBroadcast names the choice (scripts/bench-gemm.sh reads this log line).
+// register by default on AMD and inside the FMA elsewhere, GemmBroadcast
+// names the choice, and ComputeBF16 prefers VDPBF16PS on AMD only.
 func TestGemmBroadcastName(t *testing.T) {
-	got := GemmBroadcast()
-	t.Logf("GemmBroadcast() = %s (vendor %q)", got, cpuVendor())
-	if os.Getenv(GemmBroadcastEnv) != "" {
-		return
-	}
-	want := "embedded"
-	if cpuVendor() == "AuthenticAMD" {
-		want = "register"
-	}
-	if got != want {
-		t.Errorf("GemmBroadcast() = %q on vendor %q, want %q", got, cpuVendor(), want)
-	}
-	defer forceGemmBroadcast(want == "embedded")()
-	if GemmBroadcast() == want {
-		t.Errorf("forceGemmBroadcast did not change the choice")
-	}
+	t.Logf("GemmBroadcast() = %s (vendor %q)", GemmBroadcast(), cpuVendor())
+	checkVendorDefault(t, &gemmRegBroadcast)
+	checkVendorDefault(t, &bf16DotPreferred)
 }
 
 // TestGemmBroadcastsAgreeBitwise: the register-broadcast micro-kernels give
