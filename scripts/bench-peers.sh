@@ -310,6 +310,7 @@ for t in $THREADS; do
 	echo "$(stamp) threads=$t $(grep copy_bw_gbs "$tmp/bw-$t.txt" | sed 's/^switchyard: threads=[0-9]* //')" | tee -a "$raw" >&2
 done
 bpt_bf16=$(sed -n 's/^switchyard: format=bf16 bytes_per_token=//p' "$tmp/bw-${THREADS%% *}.txt")
+kernels=$(sed -n 's/^switchyard: kernels=//p' "$tmp/bw-${THREADS%% *}.txt" | head -1 | tr -d '"')
 bpt_int8=$(sed -n 's/^switchyard: format=int8 bytes_per_token=//p' "$tmp/bw-${THREADS%% *}.txt")
 lbpt_bf16=$(wbytes "$gguf_bf16") lbpt_q8=$(wbytes "$gguf_q8")
 lbpt_q8x=0
@@ -395,7 +396,7 @@ dur=$(($(date +%s) - t_start))
 	echo "# settings:  llama.cpp: CPU only, mmap, its defaults otherwise (flash attention auto, KV cache f16, CPU variant"
 	echo "#            $(grep -ho 'libggml-cpu-[a-z0-9]*' "$gguf_bf16.load.log" 2>/dev/null | head -1 || echo '?') chosen at run time); Switchyard: weights in memory, KV cache f32"
 	echo "# --compute bf16 kernel on this CPU: $(cat "$tmp/bf16c.kernel" 2>/dev/null || echo '?')"
-	echo "# Switchyard float kernels: $(sed -n 's/^switchyard: kernels=//p' "$tmp/bw-${THREADS%% *}.txt" | head -1)"
+	echo "# Switchyard float kernels: $kernels"
 	echo "# bytes/token (weights read per decode token): Switchyard bf16 $bpt_bf16, int8 experts $bpt_int8;"
 	echo "#            llama.cpp BF16 $lbpt_bf16, Q8_0 $lbpt_q8$([ -n "$gguf_q8x" ] && echo ", Q8_0 experts only $lbpt_q8x") (from the GGUF's tensor table)"
 	echo "# copy-bandwidth bound = copy bandwidth (STREAM copy, (read+written bytes)/s of a 1 GiB memory copy over"
@@ -419,7 +420,7 @@ dur=$(($(date +%s) - t_start))
 	echo "model: generated mixtral-style, $LAYERS layers, hidden $HIDDEN, $EXPERTS experts top-$TOPK, expert inter $INTER, vocab $VOCAB;"
 	echo "$ROUNDS interleaved rounds, medians; ratio = median of per-round ratios; load average $load_before before, $load_after after; raw lines in $(basename "$OUT"))."
 	echo
-	echo "Switchyard --compute bf16 runs $(cat "$tmp/bf16c.kernel" 2>/dev/null || echo '?') on this CPU; its float kernels: $(sed -n 's/^switchyard: kernels=//p' "$tmp/bw-${THREADS%% *}.txt" | head -1 | tr -d '"')."
+	echo "Switchyard --compute bf16 runs $(cat "$tmp/bf16c.kernel" 2>/dev/null || echo '?') on this CPU; its float kernels: $kernels."
 	echo
 	echo "Greedy tokens after the same prompt (a check that both compute the same model; random weights, so near-ties may split them):"
 	echo "bf16 vs llama.cpp BF16 agree on $(same "$g1" "$g2") leading tokens, int8 vs llama.cpp Q8_0 on $(same "$g3" "$g4")$([ -n "$gguf_q8x" ] && echo ", int8 vs Q8_0 experts only on $(same "$g3" "$g5")")."

@@ -126,25 +126,22 @@ func (t *heads) Range(_, _ int) {
 		if hh >= c.Heads {
 			return
 		}
-		t.compute(hh, hh+1, s, lat)
+		t.compute(hh, s, lat)
 	}
 }
 
-// compute computes heads [h0, h1) with scores scratch s [n, P] and, for
-// absorbed MLA, latents lat [2][n, R].
-func (t *heads) compute(h0, h1 int, s, lat []float32) {
+// compute computes head hh with scores scratch s [n, P] and, for absorbed
+// MLA, latents lat [2][n, R].
+func (t *heads) compute(hh int, s, lat []float32) {
 	m, c, lc := t.m, t.m.Cfg, t.lc
 	n, P := t.n, t.P
 	if c.MLA == nil {
 		H, Hkv, Dh := c.Heads, c.KVHeads, c.HeadDim
 		qd, kd := H*Dh, Hkv*Dh
-		group := H / Hkv
-		for hh := h0; hh < h1; hh++ {
-			g := hh / group
-			tensor.Gemm(false, true, n, P, Dh, c.AttnScale, t.q[hh*Dh:], qd, lc.K[g*Dh:], kd, 0, s, P)
-			m.maskSoftmax(t.l, s, n, P, t.pos0)
-			tensor.Gemm(false, false, n, Dh, P, 1, s, P, lc.V[g*Dh:], kd, 0, t.attn[hh*Dh:], qd)
-		}
+		g := hh / (H / Hkv)
+		tensor.Gemm(false, true, n, P, Dh, c.AttnScale, t.q[hh*Dh:], qd, lc.K[g*Dh:], kd, 0, s, P)
+		m.maskSoftmax(t.l, s, n, P, t.pos0)
+		tensor.Gemm(false, false, n, Dh, P, 1, s, P, lc.V[g*Dh:], kd, 0, t.attn[hh*Dh:], qd)
 		return
 	}
 	ml := c.MLA
@@ -153,26 +150,22 @@ func (t *heads) compute(h0, h1 int, s, lat []float32) {
 	qd := H * qh
 	if t.mla == MLANaive {
 		kvw := Dn + Dv
-		for hh := h0; hh < h1; hh++ {
-			tensor.Gemm(false, true, n, P, Dn, c.AttnScale, t.q[hh*qh:], qd, t.kv[hh*kvw:], H*kvw, 0, s, P)
-			tensor.Gemm(false, true, n, P, Dr, c.AttnScale, t.q[hh*qh+Dn:], qd, lc.KPE, Dr, 1, s, P)
-			m.maskSoftmax(t.l, s, n, P, t.pos0)
-			tensor.Gemm(false, false, n, Dv, P, 1, s, P, t.kv[hh*kvw+Dn:], H*kvw, 0, t.attn[hh*Dv:], H*Dv)
-		}
+		tensor.Gemm(false, true, n, P, Dn, c.AttnScale, t.q[hh*qh:], qd, t.kv[hh*kvw:], H*kvw, 0, s, P)
+		tensor.Gemm(false, true, n, P, Dr, c.AttnScale, t.q[hh*qh+Dn:], qd, lc.KPE, Dr, 1, s, P)
+		m.maskSoftmax(t.l, s, n, P, t.pos0)
+		tensor.Gemm(false, false, n, Dv, P, 1, s, P, t.kv[hh*kvw+Dn:], H*kvw, 0, t.attn[hh*Dv:], H*Dv)
 		return
 	}
 	qlat, olat := lat[:n*R], lat[n*R:2*n*R]
 	kvb := &m.Layers[t.l].Attn.KVB
-	for hh := h0; hh < h1; hh++ {
-		ukRow := hh * (Dn + Dv) // W_UK_h = kv_b_proj rows [ukRow, ukRow+Dn): [Dn, R]
-		uvRow := ukRow + Dn     // W_UV_h = rows [uvRow, uvRow+Dv): [Dv, R]
-		// qlat [n, R] = q_nope_h [n, Dn] @ W_UK_h [Dn, R]
-		matmulRows(qlat, R, t.q[hh*qh:], qd, n, kvb, ukRow, Dn, false)
-		tensor.Gemm(false, true, n, P, R, c.AttnScale, qlat, R, lc.C, R, 0, s, P)
-		tensor.Gemm(false, true, n, P, Dr, c.AttnScale, t.q[hh*qh+Dn:], qd, lc.KPE, Dr, 1, s, P)
-		m.maskSoftmax(t.l, s, n, P, t.pos0)
-		tensor.Gemm(false, false, n, R, P, 1, s, P, lc.C, R, 0, olat, R)
-		// out_h [n, Dv] = olat [n, R] @ W_UV_h^T
-		matmulRows(t.attn[hh*Dv:], H*Dv, olat, R, n, kvb, uvRow, Dv, true)
-	}
+	ukRow := hh * (Dn + Dv) // W_UK_h = kv_b_proj rows [ukRow, ukRow+Dn): [Dn, R]
+	uvRow := ukRow + Dn     // W_UV_h = rows [uvRow, uvRow+Dv): [Dv, R]
+	// qlat [n, R] = q_nope_h [n, Dn] @ W_UK_h [Dn, R]
+	matmulRows(qlat, R, t.q[hh*qh:], qd, n, kvb, ukRow, Dn, false)
+	tensor.Gemm(false, true, n, P, R, c.AttnScale, qlat, R, lc.C, R, 0, s, P)
+	tensor.Gemm(false, true, n, P, Dr, c.AttnScale, t.q[hh*qh+Dn:], qd, lc.KPE, Dr, 1, s, P)
+	m.maskSoftmax(t.l, s, n, P, t.pos0)
+	tensor.Gemm(false, false, n, R, P, 1, s, P, lc.C, R, 0, olat, R)
+	// out_h [n, Dv] = olat [n, R] @ W_UV_h^T
+	matmulRows(t.attn[hh*Dv:], H*Dv, olat, R, n, kvb, uvRow, Dv, true)
 }

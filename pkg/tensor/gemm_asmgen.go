@@ -84,7 +84,7 @@ func main() {
 }
 
 // goOut is gemm_kernels_amd64.go: the Go declarations of the generated
-// micro-kernels and their tables.
+// micro-kernels and each family's call by tile height.
 var goOut bytes.Buffer
 
 func goFile(format string, args ...any) { fmt.Fprintf(&goOut, format+"\n", args...) }
