@@ -16,7 +16,7 @@
 #   scripts/simulate-validate.sh [OUT]     default OUT: a temporary file
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:-$(mktemp --suffix=.collectives.txt)}
+out=$(realpath -m "${1:-$(mktemp --suffix=.collectives.txt)}")
 BENCH_CONFIGS=${BENCH_CONFIGS:-"4:1gbit:2,4 8:500mbit:8"} \
 	BENCH_ARGS=${BENCH_ARGS:-"-ops allreduce -sizes 256,4K,16K,256K,1M,4M"} \
 	BENCH_WAIT=${BENCH_WAIT:-120} \

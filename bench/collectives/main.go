@@ -66,6 +66,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/switchyard/switchyard/internal/rawsock"
 	"github.com/switchyard/switchyard/pkg/allreduce"
 	"github.com/switchyard/switchyard/pkg/collective"
 )
@@ -214,7 +215,7 @@ func run(o options) error {
 		return err
 	}
 	defer g.Close()
-	b := &bench{o: o, g: g, n: len(o.peers), rank: o.rank, sink: &sink{}, probe: plis}
+	b := &bench{o: o, g: g, n: len(o.peers), rank: o.rank, sink: &sink{poll: lanePoll(o)}, probe: plis}
 	go b.sink.serve(plis)
 
 	ctx := context.Background()
@@ -228,27 +229,33 @@ func run(o options) error {
 		return err
 	}
 
-	ringC, err := b.tcpProbe(false)
+	ringC, ringCPU, err := b.tcpProbe(false)
 	if err != nil {
 		return err
 	}
-	a2aC, err := b.tcpProbe(true)
+	a2aC, _, err := b.tcpProbe(true)
 	if err != nil {
 		return err
 	}
-	rtt, busyRTT, err := b.rtt(b.grpcPing)
+	rtt, busyRTT, grpcCPU, err := b.rtt(b.grpcPing)
 	if err != nil {
 		return err
 	}
 	tp := &tcpPinger{b: b, size: 64, conns: map[int]net.Conn{}}
 	defer tp.close()
-	tcpRTT, busyTCPRTT, err := b.rtt(tp.ping)
+	tcpRTT, busyTCPRTT, tcpCPU, err := b.rtt(tp.ping)
 	if err != nil {
 		return err
 	}
 	tp4 := &tcpPinger{b: b, size: 4 << 10, conns: map[int]net.Conn{}}
 	defer tp4.close()
-	rtt4K, busyRTT4K, err := b.rtt(tp4.ping)
+	rtt4K, busyRTT4K, _, err := b.rtt(tp4.ping)
+	if err != nil {
+		return err
+	}
+	tpp := &tcpPinger{b: b, size: 64, poll: lanePoll(o), conns: map[int]net.Conn{}}
+	defer tpp.close()
+	_, busyPolledRTT, polledCPU, err := b.rtt(tpp.ping)
 	if err != nil {
 		return err
 	}
@@ -266,6 +273,12 @@ func run(o options) error {
 		rtt4K.Seconds()*1e6, busyRTT4K.Seconds()*1e6)
 	b.printf("# RTT (gRPC ping, median of 200): %.0f us rank 0 -> 1 alone (the rtt-grpc column's unit); %.0f us with every rank pinging its neighbour at once\n",
 		rtt.Seconds()*1e6, busyRTT.Seconds()*1e6)
+	b.printf("# CPU of the raw-TCP ring probe: %.2f ns per byte moved on the machine (%.2f cores busy), %.2f ns/B in the probe processes\n",
+		ringCPU.host*1e9, ringCPU.busy, ringCPU.proc*1e9)
+	b.printf("# CPU of the busy round trips: raw TCP 64 B %.1f us per message on the machine (%.2f cores busy), %.1f us in the processes; gRPC ping %.1f us per message (%.2f cores busy)\n",
+		tcpCPU.host*1e6, tcpCPU.busy, tcpCPU.proc*1e6, grpcCPU.host*1e6, grpcCPU.busy)
+	b.printf("# CPU of the busy round trips polled as the lanes (%v): raw TCP 64 B %.1f us per message on the machine (%.2f cores busy); round trip %.0f us\n",
+		lanePoll(o), polledCPU.host*1e6, polledCPU.busy, busyPolledRTT.Seconds()*1e6)
 	b.printf("# small-buffer bound: 2*ceil(log2 n) = %d round trips\n", 2*bits.Len(uint(b.n-1)))
 	b.printf("# MB = 1e6 bytes; sizes in KiB/MiB; time = slowest rank's mean per iteration\n")
 	b.printf("%-19s %2s %6s %6s %4s %5s %11s %9s %9s %7s %7s %7s %8s %11s %5s\n",
@@ -342,10 +355,18 @@ func (b *bench) gather(x ...float64) ([][]float64, error) {
 	return out, nil
 }
 
+// probeCPU is what the machine spent moving a probe's bytes or messages:
+// host is the busy core-seconds of the whole machine (/proc/stat, every
+// process and the kernel's softirq work) per unit, proc the probe
+// processes' own user+sys CPU seconds per unit; busy is the machine's
+// busy cores over the window.
+type probeCPU struct{ host, proc, busy float64 }
+
 // tcpProbe streams raw TCP, ring or all-to-all pattern, on all ranks at
 // once and returns every rank's receive rate (bytes/s) over the window
-// after the first quarter (TCP's ramp-up).
-func (b *bench) tcpProbe(all bool) ([]float64, error) {
+// after the first quarter (TCP's ramp-up), and the CPU per byte moved
+// (sent by one rank and received by another) over that window.
+func (b *bench) tcpProbe(all bool) ([]float64, probeCPU, error) {
 	var dsts []int
 	for d := range b.n {
 		if d != b.rank && (all || d == (b.rank+1)%b.n) {
@@ -356,17 +377,17 @@ func (b *bench) tcpProbe(all bool) ([]float64, error) {
 	for i, d := range dsts {
 		a, err := probeAddr(b.o, d)
 		if err != nil {
-			return nil, err
+			return nil, probeCPU{}, err
 		}
 		if conns[i], err = net.Dial("tcp", a); err != nil {
-			return nil, err
+			return nil, probeCPU{}, err
 		}
 		if _, err := conns[i].Write([]byte{probeSink}); err != nil {
-			return nil, err
+			return nil, probeCPU{}, err
 		}
 	}
 	if err := b.barrier(); err != nil {
-		return nil, err
+		return nil, probeCPU{}, err
 	}
 	start := time.Now()
 	stop := start.Add(b.o.probe)
@@ -384,34 +405,60 @@ func (b *bench) tcpProbe(all bool) ([]float64, error) {
 		}()
 	}
 	time.Sleep(b.o.probe / 4)
-	b0, t0 := b.sink.bytes.Load(), time.Now()
+	b0, t0, h0, p0 := b.sink.bytes.Load(), time.Now(), readHostCPU(), processCPU()
 	time.Sleep(time.Until(stop))
-	b1, t1 := b.sink.bytes.Load(), time.Now()
+	b1, t1, h1, p1 := b.sink.bytes.Load(), time.Now(), readHostCPU(), processCPU()
 	for _, c := range conns {
 		c.Close()
 	}
 	wg.Wait()
-	rate := float64(b1-b0) / t1.Sub(t0).Seconds()
-	rates, err := b.gather(rate)
+	dt := t1.Sub(t0).Seconds()
+	rate := float64(b1-b0) / dt
+	rates, err := b.gather(rate, (p1-p0).Seconds()/dt, h1.busySince(h0))
 	if err != nil {
-		return nil, err
+		return nil, probeCPU{}, err
 	}
 	out := make([]float64, b.n)
+	var total, proc, busy float64
 	for r := range b.n {
 		out[r] = rates[r][0]
+		total += rates[r][0]
+		proc += rates[r][1]
+		busy += rates[r][2] / float64(b.n)
 	}
-	return out, nil
+	busy *= float64(numCPU())
+	return out, probeCPU{host: busy / total, proc: proc / total, busy: busy}, nil
 }
 
 // The first byte of a probe connection picks its mode.
 const (
 	probeSink = 'S' // count the bytes received (throughput)
 	probeEcho = 'E' // then a uint32 size: send back every size bytes received (round trips)
+	// probePolled is probeEcho with the echo's reads polled for the
+	// bench's lane poll time before they sleep, as the lanes read.
+	probePolled = 'P'
 )
+
+// lanePoll is how long the lanes and the polled probes poll a socket
+// before they sleep (collective.Config.LanePoll as the bench sets it).
+func lanePoll(o options) time.Duration {
+	switch {
+	case o.lanePoll < 0:
+		return 0
+	case o.lanePoll == 0:
+		return collective.DefaultLanePoll
+	}
+	return o.lanePoll
+}
+
+const ()
 
 // sink serves probe connections: it counts the bytes of sink connections
 // and echoes ping connections.
-type sink struct{ bytes atomic.Int64 }
+type sink struct {
+	bytes atomic.Int64
+	poll  time.Duration // polled echoes' poll time
+}
 
 func (s *sink) serve(lis net.Listener) {
 	for {
@@ -425,7 +472,10 @@ func (s *sink) serve(lis net.Listener) {
 			if _, err := io.ReadFull(c, mode); err != nil {
 				return
 			}
-			if mode[0] == probeEcho {
+			if mode[0] == probePolled {
+				c = rawsock.Wrap(c, s.poll)
+			}
+			if mode[0] == probeEcho || mode[0] == probePolled {
 				var size [4]byte
 				if _, err := io.ReadFull(c, size[:]); err != nil {
 					return
@@ -466,6 +516,7 @@ func (b *bench) grpcPing(to int) (time.Duration, error) {
 type tcpPinger struct {
 	b     *bench
 	size  int
+	poll  time.Duration // > 0: both ends poll their reads this long, as the lanes do
 	conns map[int]net.Conn
 	buf   []byte
 }
@@ -481,6 +532,10 @@ func (p *tcpPinger) ping(to int) (time.Duration, error) {
 			return 0, err
 		}
 		hello := []byte{probeEcho, 0, 0, 0, 0}
+		if p.poll > 0 {
+			hello[0] = probePolled
+			c = rawsock.Wrap(c, p.poll)
+		}
 		binary.LittleEndian.PutUint32(hello[1:], uint32(p.size))
 		if _, err := c.Write(hello); err != nil {
 			return 0, err
@@ -508,33 +563,57 @@ func (p *tcpPinger) close() {
 // with every other rank idle, and with every rank pinging its ring
 // neighbour at the same time (as in a collective's step, where every
 // member is busy), as every rank learns them.
-func (b *bench) rtt(ping func(to int) (time.Duration, error)) (idle, busy time.Duration, err error) {
+//
+// cpu is the CPU per message (a ping or its echo) of the busy pings: each
+// rank's host and process CPU from its first ping to its last, over the
+// messages all ranks sent meanwhile (the ranks start together after a
+// barrier and ping about equally long).
+func (b *bench) rtt(ping func(to int) (time.Duration, error)) (idle, busy time.Duration, cpu probeCPU, err error) {
 	if idle, err = b.idleRTT(ping); err != nil {
-		return 0, 0, err
+		return 0, 0, cpu, err
 	}
 	pings := func(to int) (float64, error) { return medianPing(ping, to) }
 	med := 0.0
+	var host, proc, wall float64
 	if b.n > 1 {
-		if med, err = pings((b.rank + 1) % b.n); err != nil {
-			return 0, 0, err
+		if err = b.barrier(); err != nil {
+			return 0, 0, cpu, err
 		}
+		h0, p0, t0 := readHostCPU(), processCPU(), time.Now()
+		if med, err = pings((b.rank + 1) % b.n); err != nil {
+			return 0, 0, cpu, err
+		}
+		wall = time.Since(t0).Seconds()
+		host = readHostCPU().busySince(h0) * float64(numCPU()) * wall
+		proc = (processCPU() - p0).Seconds()
 	}
-	all, err := b.gather(med)
+	all, err := b.gather(med, host, proc, wall)
 	if err != nil {
-		return 0, 0, err
+		return 0, 0, cpu, err
 	}
 	var meds []float64
+	var hostSum, procSum, wallSum float64
 	for _, m := range all {
 		meds = append(meds, m[0])
+		hostSum += m[1]
+		procSum += m[2]
+		wallSum += m[3]
 	}
 	slices.Sort(meds)
-	return idle, time.Duration(meds[len(meds)/2] * 1e9), nil
+	if msgs := float64(b.n * pingCount * 2); b.n > 1 {
+		// Every rank saw the whole machine: its host share is 1/n.
+		cpu = probeCPU{host: hostSum / float64(b.n) / msgs, proc: procSum / msgs, busy: hostSum / wallSum}
+	}
+	return idle, time.Duration(meds[len(meds)/2] * 1e9), cpu, nil
 }
+
+// pingCount is the round trips of one RTT measurement.
+const pingCount = 200
 
 // medianPing returns the median of 200 round trips to rank to, seconds.
 func medianPing(ping func(to int) (time.Duration, error), to int) (float64, error) {
 	var ds []float64
-	for range 200 {
+	for range pingCount {
 		d, err := ping(to)
 		if err != nil {
 			return 0, err

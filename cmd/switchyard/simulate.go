@@ -143,7 +143,17 @@ func simulateValidateCmd() *cobra.Command {
 				return err
 			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "calibration: link rate and round trip as each run measured them; per-message CPU %v (from the n=2 run's smallest all-reduce); %d shared cores\n", costs.MsgCPU, cores)
+			fmt.Fprintf(out, "calibration: link rate and round trip as each run measured them; %d shared cores; per-message CPU %v with no more ranks than cores (from the n=2 run's smallest all-reduce)\n", cores, costs.MsgCPU)
+			for _, r := range runs {
+				if r.N > cores {
+					if r.MsgCPU == 0 {
+						fmt.Fprintf(out, "  n=%d: more ranks than cores, but the run has no busy round trips' CPU (an older bench/collectives): %v per message\n", r.N, costs.MsgCPU)
+						continue
+					}
+					fmt.Fprintf(out, "  n=%d: more ranks than cores: per message on each side, half the machine's CPU per message of the run's busy round trips: lanes (rd) %v, gRPC (ring) %v\n",
+						r.N, r.Costs("rd", cores, costs).MsgCPU.Round(100*time.Nanosecond), r.Costs("ring", cores, costs).MsgCPU.Round(100*time.Nanosecond))
+				}
+			}
 			w := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 			fmt.Fprintf(w, "n\tbytes\talg\tpredicted\tmeasured\terror\t\n")
 			for _, c := range checks {

@@ -20,7 +20,19 @@ type CollectivesRun struct {
 	Nominal   float64 // the tbf rate, bits/s
 	C         float64 // measured raw-TCP rate per link, bytes/s
 	RTT       time.Duration
+	// BusyRTT is the 64-byte raw-TCP round trip with every rank pinging
+	// its ring neighbour at once (0 where the run has none).
+	BusyRTT time.Duration
 	Load      float64               // 1-minute load average when the run started
+	// ByteCPU is the machine's CPU seconds per byte moved by the raw-TCP
+	// ring probe (every link at once; kernel and processes, all cores),
+	// and MsgCPU its CPU per message of the 64-byte round trips with
+	// every rank pinging at once; 0 where the run did not measure them
+	// (runs before 2026-12-05 20:00 UTC).
+	ByteCPU float64
+	MsgCPU  time.Duration
+	// GRPCMsgCPU is the same for gRPC pings (the ring's transport).
+	GRPCMsgCPU time.Duration
 	AllReduce map[int]time.Duration // float32 bytes -> measured time
 	Alg       map[int]string        // bytes -> "rd" or "ring"
 }
@@ -28,7 +40,9 @@ type CollectivesRun struct {
 var (
 	runRE  = regexp.MustCompile(`^## (\d+) hosts x (\d+)([mg])bit, n=(\d+)(?:, load average ([\d.]+))?`)
 	cRE    = regexp.MustCompile(`^# C \(raw TCP, ring pattern.*: mean ([\d.]+) MB/s per link`)
-	rttRE  = regexp.MustCompile(`^# RTT \(raw TCP 64-byte ping-pong, median of \d+\): (\d+) us rank 0 -> 1 alone`)
+	rttRE  = regexp.MustCompile(`^# RTT \(raw TCP 64-byte ping-pong, median of \d+\): (\d+) us rank 0 -> 1 alone(?:.*; (\d+) us with every rank pinging)?`)
+	bcpuRE = regexp.MustCompile(`^# CPU of the raw-TCP ring probe: ([\d.]+) ns per byte moved on the machine`)
+	mcpuRE = regexp.MustCompile(`^# CPU of the busy round trips: raw TCP 64 B ([\d.]+) us per message on the machine.*; gRPC ping ([\d.]+) us per message`)
 	rowRE  = regexp.MustCompile(`^allreduce\s+(\d+)\s+(\d+[KM]?)\s+-\s+(\S+)\s+\d+\s+([\d.]+)`)
 	sizeRE = regexp.MustCompile(`^(\d+)([KM]?)$`)
 )
@@ -64,6 +78,20 @@ func ReadCollectives(r io.Reader) ([]*CollectivesRun, error) {
 		if m := rttRE.FindStringSubmatch(l); m != nil {
 			v, _ := strconv.Atoi(m[1])
 			cur.RTT = time.Duration(v) * time.Microsecond
+			if m[2] != "" {
+				b, _ := strconv.Atoi(m[2])
+				cur.BusyRTT = time.Duration(b) * time.Microsecond
+			}
+		}
+		if m := bcpuRE.FindStringSubmatch(l); m != nil {
+			v, _ := strconv.ParseFloat(m[1], 64)
+			cur.ByteCPU = v * 1e-9
+		}
+		if m := mcpuRE.FindStringSubmatch(l); m != nil {
+			v, _ := strconv.ParseFloat(m[1], 64)
+			cur.MsgCPU = time.Duration(v * float64(time.Microsecond))
+			g, _ := strconv.ParseFloat(m[2], 64)
+			cur.GRPCMsgCPU = time.Duration(g * float64(time.Microsecond))
 		}
 		if m := rowRE.FindStringSubmatch(l); m != nil {
 			size := parseSize(m[2])
@@ -103,7 +131,7 @@ func (r *CollectivesRun) Machine(cores int) Machine {
 	hosts := make([]Host, r.N)
 	burst := max(int(r.Nominal/8/250), 65536)
 	for i := range hosts {
-		hosts[i] = Host{Rate: r.C, Latency: r.RTT / 2, Burst: burst}
+		hosts[i] = Host{Rate: r.C, Latency: r.latency(), Burst: burst}
 	}
 	return Machine{Hosts: hosts, SharedCores: cores}
 }
@@ -125,7 +153,42 @@ func (r *CollectivesRun) Calibrate() (Costs, error) {
 	if small == 0 || r.Alg[small] != "rd" {
 		return Costs{}, fmt.Errorf("simulate: run %q has no small recursive-doubling all-reduce", r.Label)
 	}
-	return Costs{MsgCPU: max((t-r.RTT/2)/2, 0)}, nil
+	return Costs{MsgCPU: max((t-r.latency())/2, 0)}, nil
+}
+
+// latency is the one-way latency of the run's links: half the shorter of
+// its two 64-byte raw-TCP round trips, alone or with every rank pinging
+// at once (on a machine of few cores the busy one can be the shorter: the
+// ranks' threads stay awake). Queueing for the shared cores is the
+// model's to add, not the latency's.
+func (r *CollectivesRun) latency() time.Duration {
+	rtt := r.RTT
+	if r.BusyRTT > 0 {
+		rtt = min(rtt, r.BusyRTT)
+	}
+	return rtt / 2
+}
+
+// Costs returns the software costs to predict the run's all-reduces of
+// algorithm alg ("rd" on the direct lanes, "ring" on the gRPC streams)
+// on cores shared cores. With no more ranks than cores each rank has a
+// core to itself and a message costs its critical path only: calibrated,
+// the n = 2 run's smallest all-reduce (Calibrate). With more ranks than
+// cores the ranks queue for the cores, and a message costs what the
+// machine spends on it, measured in this run with every rank exchanging
+// at once: the raw-TCP round trips' CPU per message for the lanes, the
+// gRPC pings' for the ring, half on the sender's side and half on the
+// receiver's.
+func (r *CollectivesRun) Costs(alg string, cores int, calibrated Costs) Costs {
+	if r.N <= cores || r.MsgCPU == 0 {
+		return calibrated
+	}
+	c := calibrated
+	c.MsgCPU = r.MsgCPU / 2
+	if alg == "ring" {
+		c.MsgCPU = r.GRPCMsgCPU / 2
+	}
+	return c
 }
 
 // Check is one prediction against one measurement.
@@ -147,7 +210,7 @@ func PredictCollectives(runs []*CollectivesRun, costs Costs, cores int) ([]Check
 	for _, r := range runs {
 		m := r.Machine(cores)
 		for _, size := range sortedKeys(r.AllReduce) {
-			got, alg, err := PredictAllReduce(AllReduce{N: r.N, Bytes: size, Iterations: 20}, m, costs)
+			got, alg, err := PredictAllReduce(AllReduce{N: r.N, Bytes: size, Iterations: 20}, m, r.Costs(r.Alg[size], cores, costs))
 			if err != nil {
 				return nil, err
 			}

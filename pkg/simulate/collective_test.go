@@ -82,8 +82,17 @@ func checkCollectives(t *testing.T, path string) {
 		edit func(*CollectivesRun)
 	}{
 		{"link 20% faster than measured", func(r *CollectivesRun) { r.C *= 1.2 }},
-		{"no per-message cost and no latency", func(r *CollectivesRun) { r.RTT = time.Nanosecond }},
+		{"no per-message cost and no latency", func(r *CollectivesRun) {
+			r.RTT, r.BusyRTT, r.MsgCPU, r.GRPCMsgCPU = time.Nanosecond, 0, 0, 0
+		}},
+		// Ranks that do not queue for the shared cores: the n = 2
+		// calibration at every n (only a run that measured the busy
+		// round trips' CPU can tell).
+		{"no contention for the cores", func(r *CollectivesRun) { r.MsgCPU, r.GRPCMsgCPU = 0, 0 }},
 	} {
+		if wrong.name == "no contention for the cores" && runs[len(runs)-1].MsgCPU == 0 {
+			continue
+		}
 		var bad []*CollectivesRun
 		for _, r := range runs {
 			c := *r
@@ -126,6 +135,63 @@ func TestPredictLiveCollectives(t *testing.T) {
 		t.Skip("SWITCHYARD_COLLECTIVES_RUN is not set: scripts/simulate-validate.sh runs this on a fresh emulated run (root; not a CI stage yet: it misses at n = 4 and 8 on the AMD VM, docs/scale)")
 	}
 	checkCollectives(t, p)
+}
+
+// TestRunCostsByContention: a run with no more ranks than cores keeps the
+// n = 2 calibration; with more, each side of a message costs half the
+// machine's CPU per message of the run's busy round trips on the
+// algorithm's transport (raw TCP for the lanes, gRPC for the ring).
+func TestRunCostsByContention(t *testing.T) {
+	cal := Costs{MsgCPU: 4 * time.Microsecond}
+	r := &CollectivesRun{N: 8, MsgCPU: 30 * time.Microsecond, GRPCMsgCPU: 100 * time.Microsecond}
+	if got := r.Costs("rd", 2, cal).MsgCPU; got != 15*time.Microsecond {
+		t.Errorf("n=8 rd on 2 cores: %v, want 15us", got)
+	}
+	if got := r.Costs("ring", 2, cal).MsgCPU; got != 50*time.Microsecond {
+		t.Errorf("n=8 ring on 2 cores: %v, want 50us", got)
+	}
+	if got := r.Costs("ring", 8, cal).MsgCPU; got != cal.MsgCPU {
+		t.Errorf("n=8 ring on 8 cores: %v, want the calibration %v", got, cal.MsgCPU)
+	}
+	old := &CollectivesRun{N: 8}
+	if got := old.Costs("ring", 2, cal).MsgCPU; got != cal.MsgCPU {
+		t.Errorf("a run without the busy CPU: %v, want the calibration %v", got, cal.MsgCPU)
+	}
+	// The latency is half the shorter round trip.
+	r.RTT, r.BusyRTT = 60*time.Microsecond, 200*time.Microsecond
+	if got := r.latency(); got != 30*time.Microsecond {
+		t.Errorf("latency %v, want 30us", got)
+	}
+	r.BusyRTT = 20 * time.Microsecond
+	if got := r.latency(); got != 10*time.Microsecond {
+		t.Errorf("latency %v, want 10us", got)
+	}
+}
+
+// TestReadCollectivesCPU: the committed fresh run carries every run's
+// probes: link rate, both round trips, and the CPU per byte and per
+// message.
+func TestReadCollectivesCPU(t *testing.T) {
+	f, err := os.Open("../../bench/results/simulate-validate-run.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	runs, err := ReadCollectives(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(runs) != 3 {
+		t.Fatalf("%d runs, want n = 2, 4, 8", len(runs))
+	}
+	for _, r := range runs {
+		if r.C <= 0 || r.RTT <= 0 || r.BusyRTT <= 0 || r.ByteCPU <= 0 || r.MsgCPU <= 0 || r.GRPCMsgCPU <= r.MsgCPU {
+			t.Errorf("run %q: C %g RTT %v busy %v byte CPU %g msg CPU %v gRPC %v", r.Label, r.C, r.RTT, r.BusyRTT, r.ByteCPU, r.MsgCPU, r.GRPCMsgCPU)
+		}
+		if len(r.AllReduce) < 6 {
+			t.Errorf("run %q: %d rows", r.Label, len(r.AllReduce))
+		}
+	}
 }
 
 func TestPredictAllReduceShapes(t *testing.T) {
