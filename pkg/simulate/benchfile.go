@@ -14,16 +14,16 @@ import (
 // (the raw-TCP ceiling C and the bare round trip), and the mean time of
 // each all-reduce size.
 type CollectivesRun struct {
-	Label     string  // "4 hosts x 1gbit, n=2, ..."
-	Hosts     int     // emulated hosts in the cluster
-	N         int     // ranks (one per host)
-	Nominal   float64 // the tbf rate, bits/s
-	C         float64 // measured raw-TCP rate per link, bytes/s
-	RTT       time.Duration
+	Label   string  // "4 hosts x 1gbit, n=2, ..."
+	Hosts   int     // emulated hosts in the cluster
+	N       int     // ranks (one per host)
+	Nominal float64 // the tbf rate, bits/s
+	C       float64 // measured raw-TCP rate per link, bytes/s
+	RTT     time.Duration
 	// BusyRTT is the 64-byte raw-TCP round trip with every rank pinging
 	// its ring neighbour at once (0 where the run has none).
 	BusyRTT time.Duration
-	Load      float64               // 1-minute load average when the run started
+	Load    float64 // 1-minute load average when the run started
 	// ByteCPU is the machine's CPU seconds per byte moved by the raw-TCP
 	// ring probe (every link at once; kernel and processes, all cores),
 	// and MsgCPU its CPU per message of the 64-byte round trips with
@@ -33,8 +33,8 @@ type CollectivesRun struct {
 	MsgCPU  time.Duration
 	// GRPCMsgCPU is the same for gRPC pings (the ring's transport).
 	GRPCMsgCPU time.Duration
-	AllReduce map[int]time.Duration // float32 bytes -> measured time
-	Alg       map[int]string        // bytes -> "rd" or "ring"
+	AllReduce  map[int]time.Duration // float32 bytes -> measured time
+	Alg        map[int]string        // bytes -> "rd" or "ring"
 }
 
 var (
