@@ -215,7 +215,7 @@ func run(o options) error {
 		return err
 	}
 	defer g.Close()
-	b := &bench{o: o, g: g, n: len(o.peers), rank: o.rank, sink: &sink{poll: lanePoll(o)}, probe: plis}
+	b := &bench{o: o, g: g, n: len(o.peers), rank: o.rank, sink: &sink{poll: lanePoll(o), steps: make(chan net.Conn, 1)}, probe: plis}
 	go b.sink.serve(plis)
 
 	ctx := context.Background()
@@ -253,6 +253,10 @@ func run(o options) error {
 	if err != nil {
 		return err
 	}
+	steps, err := b.stepProbe(mean(ringC))
+	if err != nil {
+		return err
+	}
 	tpp := &tcpPinger{b: b, size: 64, poll: lanePoll(o), conns: map[int]net.Conn{}}
 	defer tpp.close()
 	_, busyPolledRTT, polledCPU, err := b.rtt(tpp.ping)
@@ -263,6 +267,8 @@ func run(o options) error {
 	pingers := [3]func(int) (time.Duration, error){tp.ping, tp4.ping, b.grpcPing}
 	c := mean(ringC)
 	b.printf("# cluster %s: n=%d, link rate %s each way; GOMAXPROCS-visible CPUs %d\n", o.label, b.n, fmtRate(o.rateBits), numCPU())
+	b.printf("# TCP: congestion control %s, pacing ratio %s%% in congestion avoidance (this host's namespace)\n",
+		sysctl("net/ipv4/tcp_congestion_control"), sysctl("net/ipv4/tcp_pacing_ca_ratio"))
 	b.printf("# C (raw TCP, ring pattern r->r+1, all links at once): mean %.1f MB/s per link (min %.1f, max %.1f) = %.3f x rate\n",
 		c/1e6, slices.Min(ringC)/1e6, slices.Max(ringC)/1e6, c*8/o.rateBits)
 	b.printf("#   raw TCP, all-to-all pattern: mean %.1f MB/s received per host (min %.1f, max %.1f) = %.3f x rate\n",
@@ -279,6 +285,16 @@ func run(o options) error {
 		tcpCPU.host*1e6, tcpCPU.busy, tcpCPU.proc*1e6, grpcCPU.host*1e6, grpcCPU.busy)
 	b.printf("# CPU of the busy round trips polled as the lanes (%v): raw TCP 64 B %.1f us per message on the machine (%.2f cores busy); round trip %.0f us\n",
 		lanePoll(o), polledCPU.host*1e6, polledCPU.busy, busyPolledRTT.Seconds()*1e6)
+	if len(steps) > 0 {
+		line := "# raw-TCP ring steps (every rank sends a message to r+1 and receives one from r-1 per step, all at once; slowest rank's mean):"
+		for i, size := range stepSizes {
+			line += fmt.Sprintf(" %s %.1f us", fmtSize(size), steps[i].Seconds()*1e6)
+			if i < len(stepSizes)-1 {
+				line += ","
+			}
+		}
+		b.printf("%s\n", line)
+	}
 	b.printf("# small-buffer bound: 2*ceil(log2 n) = %d round trips\n", 2*bits.Len(uint(b.n-1)))
 	b.printf("# MB = 1e6 bytes; sizes in KiB/MiB; time = slowest rank's mean per iteration\n")
 	b.printf("%-19s %2s %6s %6s %4s %5s %11s %9s %9s %7s %7s %7s %8s %11s %5s\n",
@@ -430,6 +446,84 @@ func (b *bench) tcpProbe(all bool) ([]float64, probeCPU, error) {
 	return out, probeCPU{host: busy / total, proc: proc / total, busy: busy}, nil
 }
 
+// stepSizes are the message sizes of the ring-step probe.
+var stepSizes = []int{256, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20}
+
+// stepProbe measures a raw-TCP ring step of each of stepSizes: every
+// rank writes a message to its right neighbour while it reads one from
+// its left, all ranks at once, as a ring all-reduce's step does (and a
+// recursive-doubling round, with the pair's two links). It returns the
+// slowest rank's mean step time per size. The step count per size is
+// the same on every rank: about a quarter second at the link rate c
+// (bytes/s), 10 to 2000 steps. None with one rank.
+func (b *bench) stepProbe(c float64) ([]time.Duration, error) {
+	if b.n < 2 {
+		return nil, nil
+	}
+	a, err := probeAddr(b.o, (b.rank+1)%b.n)
+	if err != nil {
+		return nil, err
+	}
+	out, err := net.Dial("tcp", a)
+	if err != nil {
+		return nil, err
+	}
+	defer out.Close()
+	if _, err := out.Write([]byte{probeStep}); err != nil {
+		return nil, err
+	}
+	var in net.Conn
+	select {
+	case in = <-b.sink.steps:
+	case <-time.After(30 * time.Second):
+		return nil, fmt.Errorf("ring-step probe: no connection from the left neighbour")
+	}
+	defer in.Close()
+	var res []time.Duration
+	for _, size := range stepSizes {
+		est := float64(size)/c + 100e-6
+		steps := max(10, min(2000, int(0.25/est)))
+		send, recv := make([]byte, size), make([]byte, size)
+		step := func() error {
+			errc := make(chan error, 1)
+			go func() {
+				_, err := out.Write(send)
+				errc <- err
+			}()
+			_, rerr := io.ReadFull(in, recv)
+			if werr := <-errc; werr != nil {
+				return werr
+			}
+			return rerr
+		}
+		for range 3 { // warm up
+			if err := step(); err != nil {
+				return nil, err
+			}
+		}
+		if err := b.barrier(); err != nil {
+			return nil, err
+		}
+		t0 := time.Now()
+		for range steps {
+			if err := step(); err != nil {
+				return nil, err
+			}
+		}
+		mean := time.Since(t0).Seconds() / float64(steps)
+		all, err := b.gather(mean)
+		if err != nil {
+			return nil, err
+		}
+		slowest := 0.0
+		for _, m := range all {
+			slowest = max(slowest, m[0])
+		}
+		res = append(res, time.Duration(slowest*1e9))
+	}
+	return res, nil
+}
+
 // The first byte of a probe connection picks its mode.
 const (
 	probeSink = 'S' // count the bytes received (throughput)
@@ -437,6 +531,8 @@ const (
 	// probePolled is probeEcho with the echo's reads polled for the
 	// bench's lane poll time before they sleep, as the lanes read.
 	probePolled = 'P'
+	// probeStep hands the connection to the ring-step probe.
+	probeStep = 'X'
 )
 
 // lanePoll is how long the lanes and the polled probes poll a socket
@@ -458,6 +554,7 @@ const ()
 type sink struct {
 	bytes atomic.Int64
 	poll  time.Duration // polled echoes' poll time
+	steps chan net.Conn // ring-step probe connections from the left neighbour
 }
 
 func (s *sink) serve(lis net.Listener) {
@@ -467,11 +564,16 @@ func (s *sink) serve(lis net.Listener) {
 			return
 		}
 		go func() {
-			defer c.Close()
 			mode := make([]byte, 1)
 			if _, err := io.ReadFull(c, mode); err != nil {
+				c.Close()
 				return
 			}
+			if mode[0] == probeStep {
+				s.steps <- c // the ring-step probe owns it now
+				return
+			}
+			defer c.Close()
 			if mode[0] == probePolled {
 				c = rawsock.Wrap(c, s.poll)
 			}
@@ -781,6 +883,15 @@ func (h hostCPU) busySince(h0 hostCPU) float64 {
 		return 0
 	}
 	return float64(h.busy-h0.busy) / float64(h.total-h0.total)
+}
+
+// sysctl reads /proc/sys/<name>, or "?".
+func sysctl(name string) string {
+	b, err := os.ReadFile("/proc/sys/" + name)
+	if err != nil {
+		return "?"
+	}
+	return strings.TrimSpace(string(b))
 }
 
 func numCPU() int {

@@ -29,12 +29,14 @@ type CollectivesRun struct {
 	// and MsgCPU its CPU per message of the 64-byte round trips with
 	// every rank pinging at once; 0 where the run did not measure them
 	// (runs before 2026-12-05 20:00 UTC).
-	ByteCPU float64
-	MsgCPU  time.Duration
-	// GRPCMsgCPU is the same for gRPC pings (the ring's transport).
-	GRPCMsgCPU time.Duration
-	AllReduce  map[int]time.Duration // float32 bytes -> measured time
-	Alg        map[int]string        // bytes -> "rd" or "ring"
+	ByteCPU   float64
+	MsgCPU    time.Duration
+	AllReduce map[int]time.Duration // float32 bytes -> measured time
+	Alg       map[int]string        // bytes -> "rd" or "ring"
+	// Host is each row's busy share of the machine's CPUs (the host
+	// column), and CPUs the machine's CPU count (0 where not printed).
+	Host map[int]float64
+	CPUs int
 }
 
 var (
@@ -42,8 +44,9 @@ var (
 	cRE    = regexp.MustCompile(`^# C \(raw TCP, ring pattern.*: mean ([\d.]+) MB/s per link`)
 	rttRE  = regexp.MustCompile(`^# RTT \(raw TCP 64-byte ping-pong, median of \d+\): (\d+) us rank 0 -> 1 alone(?:.*; (\d+) us with every rank pinging)?`)
 	bcpuRE = regexp.MustCompile(`^# CPU of the raw-TCP ring probe: ([\d.]+) ns per byte moved on the machine`)
-	mcpuRE = regexp.MustCompile(`^# CPU of the busy round trips: raw TCP 64 B ([\d.]+) us per message on the machine.*; gRPC ping ([\d.]+) us per message`)
-	rowRE  = regexp.MustCompile(`^allreduce\s+(\d+)\s+(\d+[KM]?)\s+-\s+(\S+)\s+\d+\s+([\d.]+)`)
+	mcpuRE = regexp.MustCompile(`^# CPU of the busy round trips: raw TCP 64 B ([\d.]+) us per message on the machine`)
+	rowRE  = regexp.MustCompile(`^allreduce\s+(\d+)\s+(\d+[KM]?)\s+-\s+(\S+)\s+\d+\s+([\d.]+)(?:(?:\s+[\d.]+){6}\s+([\d.]+)/[\d.]+\s+([\d.]+))?`)
+	cpusRE = regexp.MustCompile(`^# cluster .*GOMAXPROCS-visible CPUs (\d+)`)
 	sizeRE = regexp.MustCompile(`^(\d+)([KM]?)$`)
 )
 
@@ -64,7 +67,7 @@ func ReadCollectives(r io.Reader) ([]*CollectivesRun, error) {
 				rate *= 1e3
 			}
 			load, _ := strconv.ParseFloat(m[5], 64)
-			cur = &CollectivesRun{Label: l[3:], Hosts: hosts, N: n, Nominal: rate, Load: load, AllReduce: map[int]time.Duration{}, Alg: map[int]string{}}
+			cur = &CollectivesRun{Label: l[3:], Hosts: hosts, N: n, Nominal: rate, Load: load, AllReduce: map[int]time.Duration{}, Alg: map[int]string{}, Host: map[int]float64{}}
 			runs = append(runs, cur)
 			continue
 		}
@@ -90,14 +93,19 @@ func ReadCollectives(r io.Reader) ([]*CollectivesRun, error) {
 		if m := mcpuRE.FindStringSubmatch(l); m != nil {
 			v, _ := strconv.ParseFloat(m[1], 64)
 			cur.MsgCPU = time.Duration(v * float64(time.Microsecond))
-			g, _ := strconv.ParseFloat(m[2], 64)
-			cur.GRPCMsgCPU = time.Duration(g * float64(time.Microsecond))
+		}
+		if m := cpusRE.FindStringSubmatch(l); m != nil {
+			cur.CPUs, _ = strconv.Atoi(m[1])
 		}
 		if m := rowRE.FindStringSubmatch(l); m != nil {
 			size := parseSize(m[2])
 			us, _ := strconv.ParseFloat(m[4], 64)
 			cur.AllReduce[size] = time.Duration(us * float64(time.Microsecond))
 			cur.Alg[size] = m[3]
+			if m[6] != "" {
+				host, _ := strconv.ParseFloat(m[6], 64)
+				cur.Host[size] = host
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -153,7 +161,21 @@ func (r *CollectivesRun) Calibrate() (Costs, error) {
 	if small == 0 || r.Alg[small] != "rd" {
 		return Costs{}, fmt.Errorf("simulate: run %q has no small recursive-doubling all-reduce", r.Label)
 	}
-	return Costs{MsgCPU: max((t-r.latency())/2, 0)}, nil
+	c := Costs{MsgCPU: max((t-r.latency())/2, 0)}
+	// The gRPC ring's own CPU per byte, beyond raw TCP's: the machine's
+	// busy CPU per byte moved in the largest ring (2S bytes cross the
+	// links per all-reduce of S bytes at n = 2), less the raw-TCP probe's.
+	big := 0
+	for b := range r.AllReduce {
+		if r.Alg[b] == "ring" && b > big {
+			big = b
+		}
+	}
+	if big > 0 && r.ByteCPU > 0 && r.Host[big] > 0 && r.CPUs > 0 {
+		busy := r.Host[big] * float64(r.CPUs) * r.AllReduce[big].Seconds()
+		c.ByteCPU = max(busy/float64(2*big)-r.ByteCPU, 0)
+	}
+	return c, nil
 }
 
 // latency is the one-way latency of the run's links: half the shorter of
@@ -171,23 +193,31 @@ func (r *CollectivesRun) latency() time.Duration {
 
 // Costs returns the software costs to predict the run's all-reduces of
 // algorithm alg ("rd" on the direct lanes, "ring" on the gRPC streams)
-// on cores shared cores. With no more ranks than cores each rank has a
-// core to itself and a message costs its critical path only: calibrated,
-// the n = 2 run's smallest all-reduce (Calibrate). With more ranks than
-// cores the ranks queue for the cores, and a message costs what the
-// machine spends on it, measured in this run with every rank exchanging
-// at once: the raw-TCP round trips' CPU per message for the lanes, the
-// gRPC pings' for the ring, half on the sender's side and half on the
-// receiver's.
+// on cores shared cores.
+//
+// Per message: with no more ranks than cores each rank has a core to
+// itself and a message costs its critical path only: calibrated.MsgCPU,
+// from the n = 2 run's smallest all-reduce (Calibrate). With more ranks
+// than cores the ranks queue for the cores, and a message costs what the
+// machine spends on one, measured in this run with every rank pinging
+// its neighbour at once (the raw-TCP round trips' CPU per message), half
+// on the sender's side and half on the receiver's.
+//
+// Per byte: the machine's CPU per byte the run's raw-TCP probe measured
+// at its n (the kernel's share, which grows as more ranks share the
+// cores), and for the ring also the gRPC path's own (calibrated.ByteCPU,
+// from the n = 2 run's largest ring). Runs without the probe (older
+// bench/collectives output) have neither.
 func (r *CollectivesRun) Costs(alg string, cores int, calibrated Costs) Costs {
-	if r.N <= cores || r.MsgCPU == 0 {
-		return calibrated
-	}
 	c := calibrated
-	c.MsgCPU = r.MsgCPU / 2
+	c.ByteCPU = r.ByteCPU
 	if alg == "ring" {
-		c.MsgCPU = r.GRPCMsgCPU / 2
+		c.ByteCPU += calibrated.ByteCPU
 	}
+	if r.N <= cores || r.MsgCPU == 0 {
+		return c
+	}
+	c.MsgCPU = r.MsgCPU / 2
 	return c
 }
 

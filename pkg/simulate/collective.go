@@ -66,6 +66,26 @@ type Costs struct {
 	// ReduceBytesPerS is the rate at which a received float32 chunk is
 	// added into the buffer (0: free).
 	ReduceBytesPerS float64
+	// ByteCPU is the CPU time per byte moved, seconds: the copies,
+	// framing and the kernel's TCP work of a message, half charged on the
+	// sender's cores before the message leaves and half on the
+	// receiver's after it arrived (0: free). A message is pipelined in
+	// SegmentBytes pieces: its first piece leaves once copied, its last
+	// byte cannot leave before the sender's copying ended, and the
+	// receiver's work ends one piece's worth after the last byte came.
+	ByteCPU float64
+	// SegmentBytes is that pipelining's piece (default 64 KiB, the
+	// kernel's largest TCP segment offload).
+	SegmentBytes int
+}
+
+// pieces is how many SegmentBytes pieces a message of b bytes moves in.
+func (c Costs) pieces(b int) int {
+	seg := c.SegmentBytes
+	if seg <= 0 {
+		seg = 64 << 10
+	}
+	return max(1, (b+seg-1)/seg)
 }
 
 // AllReduce is one all-reduce to predict.
@@ -234,8 +254,17 @@ func runOnce(progs []*allreduce.Program, hosts []Host, cores []core, tx, rx []bu
 					return nil, fmt.Errorf("simulate: rank %d step %d cell %d needs %d applied receives", r, s, tr.Cell, tr.NeedApplied)
 				}
 				bytes := p.Cells[tr.Cell].Len * 4
-				t := cores[r].run(ready, c.MsgCPU)
-				wire[key{r, tr.Peer, s, tr.Cell}] = tx[r].pass(t, bytes, hosts[r]) + hosts[r].Latency
+				copying := cpuTime(bytes, c.ByteCPU/2)
+				k := time.Duration(c.pieces(bytes))
+				end := cores[r].run(ready, c.MsgCPU+copying)
+				// The first piece leaves once copied; the last cannot
+				// leave before the copying ended.
+				out := tx[r].pass(end-copying+copying/k, bytes, hosts[r])
+				if last := end + rate(bytes, hosts[r].Rate)/k; k > 1 && hosts[r].Burst <= 0 {
+					out = max(out, last)
+				}
+				out = max(out, end)
+				wire[key{r, tr.Peer, s, tr.Cell}] = out + hosts[r].Latency
 			}
 		}
 		for r, p := range progs {
@@ -250,13 +279,19 @@ func runOnce(progs []*allreduce.Program, hosts []Host, cores []core, tx, rx []bu
 				bytes := p.Cells[tr.Cell].Len * 4
 				// The receiver's side of the link is shaped too: the message
 				// is in once its interface has passed it.
-				got := max(rx[r].pass(arrive-rate(bytes, hosts[r].Rate), bytes, hosts[r]), arrive)
-				ready := max(got, need(r, tr.Cell, tr.NeedApplied))
-				work := c.MsgCPU
+				wireTime := rate(bytes, hosts[r].Rate)
+				got := max(rx[r].pass(arrive-wireTime, bytes, hosts[r]), arrive)
+				perByte := cpuTime(bytes, c.ByteCPU/2)
 				if tr.Op == allreduce.Reduce && c.ReduceBytesPerS > 0 {
-					work += rate(bytes, c.ReduceBytesPerS)
+					perByte += rate(bytes, c.ReduceBytesPerS)
 				}
-				t := cores[r].run(ready, work)
+				// The receiver works on the pieces as they come (from
+				// the first one's arrival) and ends one piece's work after
+				// the last byte came.
+				k := time.Duration(c.pieces(bytes))
+				ready := max(got-wireTime+wireTime/k, need(r, tr.Cell, tr.NeedApplied))
+				t := cores[r].run(ready, c.MsgCPU+perByte)
+				t = max(t, got+perByte/k+c.MsgCPU)
 				applied[r][tr.Cell] = append(applied[r][tr.Cell], t)
 				done[r] = max(done[r], t)
 			}
@@ -275,6 +310,11 @@ func RingTime(n, bytes int, h Host, c Costs) time.Duration {
 	}
 	step := rate(bytes/n, h.Rate) + h.Latency + 2*c.MsgCPU
 	return time.Duration(2*(n-1)) * step
+}
+
+// cpuTime is b bytes at perByte seconds each.
+func cpuTime(b int, perByte float64) time.Duration {
+	return time.Duration(float64(b) * perByte * float64(time.Second))
 }
 
 func homogeneous(hs []Host) bool {

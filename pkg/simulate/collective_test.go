@@ -2,6 +2,7 @@ package simulate
 
 import (
 	"fmt"
+	"math"
 	"os"
 	"testing"
 	"time"
@@ -83,14 +84,13 @@ func checkCollectives(t *testing.T, path string) {
 	}{
 		{"link 20% faster than measured", func(r *CollectivesRun) { r.C *= 1.2 }},
 		{"no per-message cost and no latency", func(r *CollectivesRun) {
-			r.RTT, r.BusyRTT, r.MsgCPU, r.GRPCMsgCPU = time.Nanosecond, 0, 0, 0
+			r.RTT, r.BusyRTT, r.MsgCPU = time.Nanosecond, 0, 0
 		}},
-		// Ranks that do not queue for the shared cores: the n = 2
-		// calibration at every n (only a run that measured the busy
-		// round trips' CPU can tell).
-		{"no contention for the cores", func(r *CollectivesRun) { r.MsgCPU, r.GRPCMsgCPU = 0, 0 }},
+		// Bytes that cost no CPU: the links alone (only a run that
+		// measured the CPU per byte can tell).
+		{"no CPU per byte", func(r *CollectivesRun) { r.ByteCPU = 0 }},
 	} {
-		if wrong.name == "no contention for the cores" && runs[len(runs)-1].MsgCPU == 0 {
+		if wrong.name == "no CPU per byte" && runs[0].ByteCPU == 0 {
 			continue
 		}
 		var bad []*CollectivesRun
@@ -100,8 +100,11 @@ func checkCollectives(t *testing.T, path string) {
 			bad = append(bad, &c)
 		}
 		cs := costs
-		if wrong.name == "no per-message cost and no latency" {
+		switch wrong.name {
+		case "no per-message cost and no latency":
 			cs.MsgCPU = 0
+		case "no CPU per byte":
+			cs.ByteCPU = 0
 		}
 		checks, err := PredictCollectives(bad, cs, 2)
 		if err != nil {
@@ -138,24 +141,32 @@ func TestPredictLiveCollectives(t *testing.T) {
 }
 
 // TestRunCostsByContention: a run with no more ranks than cores keeps the
-// n = 2 calibration; with more, each side of a message costs half the
-// machine's CPU per message of the run's busy round trips on the
-// algorithm's transport (raw TCP for the lanes, gRPC for the ring).
+// n = 2 per-message calibration; with more, each side of a message costs
+// half the machine's CPU per message of the run's busy round trips. Every
+// byte costs the run's raw-TCP CPU per byte, a ring's also the gRPC
+// path's own.
 func TestRunCostsByContention(t *testing.T) {
-	cal := Costs{MsgCPU: 4 * time.Microsecond}
-	r := &CollectivesRun{N: 8, MsgCPU: 30 * time.Microsecond, GRPCMsgCPU: 100 * time.Microsecond}
-	if got := r.Costs("rd", 2, cal).MsgCPU; got != 15*time.Microsecond {
-		t.Errorf("n=8 rd on 2 cores: %v, want 15us", got)
-	}
-	if got := r.Costs("ring", 2, cal).MsgCPU; got != 50*time.Microsecond {
-		t.Errorf("n=8 ring on 2 cores: %v, want 50us", got)
-	}
-	if got := r.Costs("ring", 8, cal).MsgCPU; got != cal.MsgCPU {
-		t.Errorf("n=8 ring on 8 cores: %v, want the calibration %v", got, cal.MsgCPU)
+	cal := Costs{MsgCPU: 4 * time.Microsecond, ByteCPU: 1e-9}
+	r := &CollectivesRun{N: 8, MsgCPU: 30 * time.Microsecond, ByteCPU: 2e-9}
+	for _, c := range []struct {
+		alg    string
+		cores  int
+		msg    time.Duration
+		perB   float64
+		reason string
+	}{
+		{"rd", 2, 15 * time.Microsecond, 2e-9, "n=8 lanes on 2 cores"},
+		{"ring", 2, 15 * time.Microsecond, 3e-9, "n=8 ring on 2 cores"},
+		{"ring", 8, 4 * time.Microsecond, 3e-9, "n=8 ring on 8 cores"},
+	} {
+		got := r.Costs(c.alg, c.cores, cal)
+		if got.MsgCPU != c.msg || math.Abs(got.ByteCPU-c.perB) > 1e-15 {
+			t.Errorf("%s: per message %v, per byte %g; want %v, %g", c.reason, got.MsgCPU, got.ByteCPU, c.msg, c.perB)
+		}
 	}
 	old := &CollectivesRun{N: 8}
-	if got := old.Costs("ring", 2, cal).MsgCPU; got != cal.MsgCPU {
-		t.Errorf("a run without the busy CPU: %v, want the calibration %v", got, cal.MsgCPU)
+	if got := old.Costs("ring", 2, Costs{MsgCPU: 4 * time.Microsecond}); got.MsgCPU != 4*time.Microsecond || got.ByteCPU != 0 {
+		t.Errorf("a run without the CPU probes: %+v, want the calibration alone", got)
 	}
 	// The latency is half the shorter round trip.
 	r.RTT, r.BusyRTT = 60*time.Microsecond, 200*time.Microsecond
@@ -165,6 +176,36 @@ func TestRunCostsByContention(t *testing.T) {
 	r.BusyRTT = 20 * time.Microsecond
 	if got := r.latency(); got != 10*time.Microsecond {
 		t.Errorf("latency %v, want 10us", got)
+	}
+}
+
+// TestByteCPUPipelines: a message's CPU per byte overlaps its wire time
+// piece by piece. A 4 MiB ring at n = 2 on a plain link whose copying on
+// each side takes half the wire time runs at the link's bound plus about
+// a piece per step, not at the sum of copying and wire; a machine with
+// one core for both ranks, where the four sides' copying exceeds the
+// wire, is CPU-bound.
+func TestByteCPUPipelines(t *testing.T) {
+	const rate = 1e9 // bytes/s
+	hosts := []Host{{Rate: rate, Latency: 10 * time.Microsecond, Cores: 1}, {Rate: rate, Latency: 10 * time.Microsecond, Cores: 1}}
+	a := AllReduce{N: 2, Bytes: 4 << 20}
+	wire := time.Duration(float64(4<<20) / rate * float64(time.Second)) // 2 steps of 2 MiB
+	c := Costs{ByteCPU: 1 / rate}                                       // half of it on each side: half the wire time
+	got, _, err := PredictAllReduce(a, Machine{Hosts: hosts}, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got < wire || float64(got) > 1.1*float64(wire) {
+		t.Errorf("own cores: %v, want within 10%% above the wire's %v (not the serial %v)", got, wire, 2*wire)
+	}
+	shared, _, err := PredictAllReduce(a, Machine{Hosts: hosts, SharedCores: 1}, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Each step: 2 ranks x (send + receive) x half the wire time of 2 MiB
+	// on one core = twice the step's wire time.
+	if float64(shared) < 1.8*float64(wire) {
+		t.Errorf("one shared core: %v, want CPU-bound, about %v", shared, 2*wire)
 	}
 }
 
@@ -184,9 +225,18 @@ func TestReadCollectivesCPU(t *testing.T) {
 	if len(runs) != 3 {
 		t.Fatalf("%d runs, want n = 2, 4, 8", len(runs))
 	}
+	// The gRPC ring's own CPU per byte: the largest ring's busy CPU per
+	// byte moved, less raw TCP's, a few ns.
+	cal, err := runs[0].Calibrate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cal.ByteCPU <= 0 || cal.ByteCPU > 10e-9 {
+		t.Errorf("the ring's own CPU per byte %g s, want (0, 10 ns]", cal.ByteCPU)
+	}
 	for _, r := range runs {
-		if r.C <= 0 || r.RTT <= 0 || r.BusyRTT <= 0 || r.ByteCPU <= 0 || r.MsgCPU <= 0 || r.GRPCMsgCPU <= r.MsgCPU {
-			t.Errorf("run %q: C %g RTT %v busy %v byte CPU %g msg CPU %v gRPC %v", r.Label, r.C, r.RTT, r.BusyRTT, r.ByteCPU, r.MsgCPU, r.GRPCMsgCPU)
+		if r.C <= 0 || r.RTT <= 0 || r.BusyRTT <= 0 || r.ByteCPU <= 0 || r.MsgCPU <= 0 || r.CPUs != 2 || r.Host[4<<20] <= 0 {
+			t.Errorf("run %q: C %g RTT %v busy %v byte CPU %g msg CPU %v CPUs %d host %v", r.Label, r.C, r.RTT, r.BusyRTT, r.ByteCPU, r.MsgCPU, r.CPUs, r.Host)
 		}
 		if len(r.AllReduce) < 6 {
 			t.Errorf("run %q: %d rows", r.Label, len(r.AllReduce))
