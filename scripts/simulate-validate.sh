@@ -3,14 +3,16 @@
 # emulated cluster, now: it runs the collectives benchmark on network
 # namespaces (scripts/bench-collectives.sh: n = 2 and 4 on 1 Gbit/s hosts,
 # n = 8 on 500 Mbit/s), which measures each run's own link (raw-TCP rate,
-# round trip), then predicts every all-reduce from that calibration and the
-# n = 2 run's smallest all-reduce (the per-message cost) and requires the
+# round trips) and the machine's CPU per byte and per message with every
+# rank busy, then predicts every all-reduce from that calibration and the
+# n = 2 run's smallest all-reduce and largest ring (the per-message cost
+# and the gRPC ring's own CPU per byte; CollectivesRun.Costs) and requires the
 # validated rows within 15% (TestPredictLiveCollectives; see
 # pkg/simulate/collective_test.go for which rows and why; docs/scale says
 # where it passes and where it does not yet). A run that
 # started on a busy machine (load >= 3 after the benchmark's wait of up to
 # BENCH_WAIT seconds, default 120) is reported, not judged: the emulated
-# hosts share this machine's cores. Needs root. About 2 minutes; the run's
+# hosts share this machine's cores. Needs root. About 1 minute; the run's
 # table is left in OUT.
 #
 #   scripts/simulate-validate.sh [OUT]     default OUT: a temporary file

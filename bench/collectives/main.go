@@ -19,6 +19,13 @@
 //     a 4 KiB raw-TCP ping-pong (the round trip of a 4 KiB buffer over the
 //     same link, serialization at the link rate included: the rtt-4K
 //     column's unit), and of a gRPC Ping (the rtt-grpc column's unit).
+//     The machine's CPU is recorded alongside (for the simulator's
+//     calibration, pkg/simulate): per byte moved by the ring probe, per
+//     message of the busy raw-TCP and gRPC round trips, and of busy
+//     raw-TCP round trips whose reads poll as the lanes' do; the hosts'
+//     TCP congestion control and pacing ratio; and a raw-TCP ring step
+//     (every rank sends a message of 256 B to 1 MiB to r+1 while it
+//     receives one from r-1, all at once: a ring step on bare TCP).
 //  3. For each operation and size: a warm-up, then enough iterations to
 //     fill about -target seconds (at least 3); time is the slowest rank's
 //     mean per iteration.
