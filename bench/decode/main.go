@@ -159,12 +159,23 @@ func main() {
 	}
 
 	ctx := context.Background()
-	// decode runs a fresh sequence: a 4-token prompt, one warm-up step,
+	// decode runs an empty sequence from the pool: a 4-token prompt, one warm-up step,
 	// then n timed steps; it returns tokens/s. greedy holds the last run's
 	// tokens (the prompt's argmax, the warm-up step's, then the timed ones).
+	// Sequences come from a pool per model and go back after each run, as
+	// the serving scheduler's do (model.SeqPool): after the warm-up, a
+	// prefill writes into a KV cache the process already holds.
+	pools := map[*model.Model]*model.SeqPool{}
+	newSeq := func(m *model.Model) *model.Seq {
+		if pools[m] == nil {
+			pools[m] = m.NewSeqPool()
+		}
+		return pools[m].Get()
+	}
 	var greedy []int32
 	decode := func(m *model.Model, n int, prof *model.Profile) float64 {
-		seq := m.NewSeq()
+		seq := newSeq(m)
+		defer pools[m].Put(seq)
 		out, err := m.Forward(ctx, []*model.Seq{seq}, [][]int32{{1, 2, 3, 4}}, model.Options{})
 		if err != nil {
 			fail(err)
@@ -197,11 +208,13 @@ func main() {
 		}
 		return ids
 	}
-	// prefillRate runs one forward of an n-token prompt on a fresh sequence
-	// (logits of the last token only, as in serving); it returns tokens/s.
+	// prefillRate runs one forward of an n-token prompt on an empty
+	// sequence from the pool (logits of the last token only, as in
+	// serving); it returns tokens/s.
 	prefillRate := func(m *model.Model, n int, prof *model.Profile) float64 {
 		ids := prompt(n)
-		seq := m.NewSeq()
+		seq := newSeq(m)
+		defer pools[m].Put(seq)
 		t0 := time.Now()
 		out, err := m.Forward(ctx, []*model.Seq{seq}, [][]int32{ids}, model.Options{Prof: prof})
 		if err != nil {

@@ -20,6 +20,9 @@ type Model interface {
 	EOS() []int32
 	// NewSeq returns an empty sequence: no tokens, empty KV cache.
 	NewSeq() Seq
+	// FreeSeq takes back a sequence that has ended, which the caller no
+	// longer uses, so that a later NewSeq may reuse its memory.
+	FreeSeq(Seq)
 	// Forward appends tokens[b] (non-empty) to seqs[b] for every b, as one
 	// batch, and returns the logits of each sequence's last new token:
 	// [B, V] row-major, valid until the next Forward call (they may alias
@@ -46,7 +49,7 @@ type Profiled interface {
 
 // FromModel adapts a loaded model, whose experts may be in this process or
 // remote (m.Experts), to Model (and Profiled).
-func FromModel(m *model.Model) Model { return &loaded{m: m} }
+func FromModel(m *model.Model) Model { return &loaded{m: m, pool: m.NewSeqPool()} }
 
 // FromModelOverlapped is FromModel with two-micro-batch overlap (as
 // DeepSeek's inference and SGLang do it): a step of two or more sequences
@@ -56,10 +59,14 @@ func FromModel(m *model.Model) Model { return &loaded{m: m} }
 // experts are remote and the exchange waits on the network; the halves
 // compute the same tokens, but with matrix shapes of half the rows (the
 // last bits of a logit may differ from the whole batch's).
-func FromModelOverlapped(m *model.Model) Model { return &loaded{m: m, overlap: true} }
+func FromModelOverlapped(m *model.Model) Model {
+	return &loaded{m: m, pool: m.NewSeqPool(), overlap: true}
+}
 
 type loaded struct {
 	m       *model.Model
+	pool    *model.SeqPool // the KV caches of ended sequences (NewSeq, FreeSeq)
+	seqs    uint64         // NewSeq calls: each Seq value is distinct, even on reused memory
 	overlap bool
 	last    model.Profile
 	ws, wsB model.Workspace // one per micro-batch: logits alias them until the next Forward
@@ -67,14 +74,31 @@ type loaded struct {
 
 func (l *loaded) LastProfile() model.Profile { return l.last }
 
-type loadedSeq struct{ s *model.Seq }
+// loadedSeq is one request's sequence: its n (the loaded model's NewSeq
+// count) tells two requests apart whose caches share pooled memory.
+type loadedSeq struct {
+	s *model.Seq
+	n uint64
+}
 
 func (s loadedSeq) Len() int          { return s.s.Len }
 func (s loadedSeq) CacheBytes() int64 { return s.s.CacheBytes() }
 
 func (l *loaded) Vocab() int      { return l.m.Cfg.Vocab }
 func (l *loaded) MaxContext() int { return l.m.Cfg.MaxPos }
-func (l *loaded) NewSeq() Seq     { return loadedSeq{l.m.NewSeq()} }
+func (l *loaded) NewSeq() Seq {
+	l.seqs++
+	return loadedSeq{l.pool.Get(), l.seqs}
+}
+
+// FreeSeq gives s's KV cache to the model's pool (model.SeqPool: up to
+// model.DefaultSeqPoolBytes kept), so that the next prefill writes into
+// memory the process already holds.
+func (l *loaded) FreeSeq(s Seq) {
+	if ls, ok := s.(loadedSeq); ok {
+		l.pool.Put(ls.s)
+	}
+}
 
 func (l *loaded) EOS() []int32 {
 	out := make([]int32, len(l.m.Cfg.EOS))

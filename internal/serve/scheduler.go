@@ -245,7 +245,7 @@ func (s *Server) run() {
 				s.end(sl.req, event{Err: fmt.Errorf("model step over %d sequences: %w", len(batch), err)})
 				sl.ended = true
 			}
-			active = dropEnded(active)
+			active = s.dropEnded(active)
 			s.publish(active)
 			continue
 		}
@@ -268,7 +268,7 @@ func (s *Server) run() {
 			}
 			sl.ended = !s.emit(sl, sl.sampler.Sample(logits[b*V:(b+1)*V]), now)
 		}
-		active = dropEnded(active)
+		active = s.dropEnded(active)
 		s.publish(active)
 	}
 	// Stopped: everything still running or queued ends with errShutdown.
@@ -286,13 +286,17 @@ func (s *Server) run() {
 	s.publish(nil)
 }
 
-// dropEnded removes the slots whose request has ended, keeping the order.
-func dropEnded(active []*slot) []*slot {
+// dropEnded removes the slots whose request has ended, keeping the order,
+// and gives their sequences back to the model (Model.FreeSeq).
+func (s *Server) dropEnded(active []*slot) []*slot {
 	kept := active[:0]
 	for _, sl := range active {
 		if !sl.ended {
 			kept = append(kept, sl)
+			continue
 		}
+		s.model.FreeSeq(sl.seq)
+		sl.seq = nil
 	}
 	clear(active[len(kept):])
 	return kept

@@ -220,6 +220,31 @@ func TestStreamMatchesWhole(t *testing.T) {
 	}
 }
 
+// TestEndedSequencesAreReused: a request that ended gives its KV cache to
+// the model's pool (Model.FreeSeq), the next request prefills into it, and
+// its answer is the same as the first's, token for token, with or without
+// the overlapped micro-batches.
+func TestEndedSequencesAreReused(t *testing.T) {
+	g := loadGolden(t, "deepseek_v2_lite")
+	for _, mk := range []func(*model.Model) Model{FromModel, FromModelOverlapped} {
+		sm := mk(g.m)
+		ts := start(t, sm, Config{})
+		body := map[string]any{"prompt": "Of the Refractions of Light", "max_tokens": 24, "temperature": 0, "return_token_ids": true}
+		first := ts.complete(t, "/v1/completions", body)
+		waitFor(t, "the first sequence back in the pool", func() bool {
+			free, _, _, _ := sm.(*loaded).pool.Stats()
+			return free == 1
+		})
+		second := ts.complete(t, "/v1/completions", body)
+		if !slices.Equal(first.IDs, second.IDs) || len(first.IDs) == 0 {
+			t.Errorf("the same greedy request: %v on a fresh sequence, %v on a reused one", first.IDs, second.IDs)
+		}
+		if _, _, hits, gets := sm.(*loaded).pool.Stats(); hits != 1 || gets != 2 {
+			t.Errorf("%d of %d sequences came from the pool, want 1 of 2", hits, gets)
+		}
+	}
+}
+
 // TestStreamIsIncremental: each token is sent as soon as it is generated:
 // with one model step allowed at a time, a chunk with that step's token
 // arrives before the next step may run.
