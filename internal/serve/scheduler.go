@@ -189,16 +189,13 @@ func (s *Server) run() {
 		if len(active) == 0 && !s.waitWork() {
 			break
 		}
-		kept := active[:0]
 		for _, sl := range active {
 			if err := sl.req.ctx.Err(); err != nil {
-				s.end(sl.req, event{Err: err}) // the client is gone; the KV cache goes with sl
-				continue
+				s.end(sl.req, event{Err: err}) // the client is gone; its KV cache goes back to the model
+				sl.ended = true
 			}
-			kept = append(kept, sl)
 		}
-		clear(active[len(kept):])
-		active = kept
+		active = s.dropEnded(active)
 		batch := make([]*slot, 0, s.cfg.MaxSeqs)
 		seqs := make([]Seq, 0, s.cfg.MaxSeqs)
 		toks := make([][]int32, 0, s.cfg.MaxSeqs)

@@ -12,10 +12,11 @@ const DefaultSeqPoolBytes = 1 << 30
 // on the goroutine running Forward, between the layer's parallel
 // products; a sequence from the pool writes into memory the process
 // already holds, as a serving engine's preallocated KV blocks do.
-// Measured with bench/decode on the 2-vCPU EPYC (a 512-token prefill of
-// its 8-layer model, second of 2 rounds): attention 340-405 ms on 1
-// thread and 215-262 ms on 2 with a fresh sequence per prefill, 267-298
-// and 162-173 ms with one reused.
+// Measured with bench/decode on the 2-vCPU EPYC (its 8-layer model, the
+// second 512-token prefill of each process, 3 interleaved pairs against
+// a fresh sequence per prefill): attention 206-222 -> 155-186 ms on 2
+// threads and 270-347 -> 245-318 ms on 1; the whole prefill on 2 threads
+// 396-421 -> 406-444 tokens/s.
 //
 // A SeqPool is safe for concurrent use. The zero value is not usable: call
 // Model.NewSeqPool.
