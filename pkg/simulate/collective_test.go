@@ -28,7 +28,9 @@ func validated(c Check) bool { return c.Bytes >= 256<<10 || c.N == 2 }
 // own raw-TCP probe still ran at the link rate).
 const busyLoad = 3.0
 
-func checkCollectives(t *testing.T, path string) {
+// readRuns reads a bench/collectives output file.
+func readRuns(t *testing.T, path string) []*CollectivesRun {
+	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
@@ -38,6 +40,11 @@ func checkCollectives(t *testing.T, path string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return runs
+}
+
+func checkCollectives(t *testing.T, path string) {
+	runs := readRuns(t, path)
 	if len(runs) < 3 {
 		t.Fatalf("%d runs in %s, want n = 2, 4 and 8", len(runs), path)
 	}
@@ -213,15 +220,7 @@ func TestByteCPUPipelines(t *testing.T) {
 // probes: link rate, both round trips, and the CPU per byte and per
 // message.
 func TestReadCollectivesCPU(t *testing.T) {
-	f, err := os.Open("../../bench/results/simulate-validate-run.txt")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	runs, err := ReadCollectives(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	runs := readRuns(t, "../../bench/results/simulate-validate-run.txt")
 	if len(runs) != 3 {
 		t.Fatalf("%d runs, want n = 2, 4, 8", len(runs))
 	}
