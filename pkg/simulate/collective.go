@@ -156,7 +156,7 @@ func PredictAllReduce(a AllReduce, m Machine, c Costs) (time.Duration, allreduce
 		return 0, alg, nil
 	}
 	elems := a.Bytes / 4
-	if alg == allreduce.Ring && m.SharedCores < 1 && homogeneous(m.Hosts) && a.Iterations <= 1 {
+	if alg == allreduce.Ring && m.SharedCores < 1 && homogeneous(m.Hosts) && a.Iterations <= 1 && c.ByteCPU == 0 {
 		// Transfers the event model would walk: 2(n-1) steps x n ranks x
 		// the cells of a step. Beyond a few million (a 21 GB gradient on
 		// 1024 hosts is billions) use the ring's closed form, which the
@@ -301,7 +301,7 @@ func runOnce(progs []*allreduce.Program, hosts []Host, cores []core, tx, rx []bu
 }
 
 // RingTime is the ring all-reduce's closed form on n identical hosts with
-// cores of their own: 2(n-1) steps, each moving a 1/n share of the buffer
+// cores of their own and no CPU per byte: 2(n-1) steps, each moving a 1/n share of the buffer
 // over every link at once, its first chunk paying the latency and a
 // send's and a receive's CPU (later chunks overlap them).
 func RingTime(n, bytes int, h Host, c Costs) time.Duration {
