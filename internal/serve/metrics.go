@@ -66,10 +66,18 @@ func newMetrics(s *Server) *metrics {
 	kv := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "switchyard_serve_kv_cache_bytes", Help: "Bytes held by the KV caches of the active sequences.",
 	}, func() float64 { return float64(s.kvBytes.Load()) })
+	pool := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "switchyard_serve_kv_pool_bytes", Help: "Bytes of KV cache kept from ended sequences for new ones (model.SeqPool; at most model.DefaultSeqPoolBytes).",
+	}, func() float64 {
+		if p, ok := s.model.(seqPooled); ok {
+			return float64(p.PoolBytes())
+		}
+		return 0
+	})
 	conns := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "switchyard_serve_open_connections", Help: "Open HTTP connections (at most Config.MaxConns; see Server.Listener).",
 	}, func() float64 { return float64(s.conns.Load()) })
-	m.reg.MustRegister(m.requests, m.promptToks, m.genToks, m.ttft, m.tpot, m.e2e, m.batch, m.parts, active, queued, kv, conns,
+	m.reg.MustRegister(m.requests, m.promptToks, m.genToks, m.ttft, m.tpot, m.e2e, m.batch, m.parts, active, queued, kv, pool, conns,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.reg.MustRegister(s.cfg.Collectors...)
 	return m

@@ -39,6 +39,14 @@ type Seq interface {
 	CacheBytes() int64
 }
 
+// seqPooled is implemented by Models that keep ended sequences' KV caches
+// (FromModel's); the scheduler exports PoolBytes as
+// switchyard_serve_kv_pool_bytes.
+type seqPooled interface {
+	// PoolBytes is the KV cache memory kept for new sequences.
+	PoolBytes() int64
+}
+
 // Profiled is implemented by Models that time the parts of their last
 // Forward call; the scheduler exports the sums as
 // switchyard_serve_forward_seconds_total{part}.
@@ -94,6 +102,11 @@ func (l *loaded) NewSeq() Seq {
 // FreeSeq gives s's KV cache to the model's pool (model.SeqPool: up to
 // model.DefaultSeqPoolBytes kept), so that the next prefill writes into
 // memory the process already holds.
+func (l *loaded) PoolBytes() int64 {
+	_, b, _, _ := l.pool.Stats()
+	return b
+}
+
 func (l *loaded) FreeSeq(s Seq) {
 	if ls, ok := s.(loadedSeq); ok {
 		l.pool.Put(ls.s)

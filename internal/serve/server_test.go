@@ -235,6 +235,9 @@ func TestEndedSequencesAreReused(t *testing.T) {
 			free, _, _, _ := sm.(*loaded).pool.Stats()
 			return free == 1
 		})
+		if v := ts.metric(t, "switchyard_serve_kv_pool_bytes", nil); v <= 0 {
+			t.Errorf("kv_pool_bytes gauge %v with a sequence in the pool", v)
+		}
 		second := ts.complete(t, "/v1/completions", body)
 		if !slices.Equal(first.IDs, second.IDs) || len(first.IDs) == 0 {
 			t.Errorf("the same greedy request: %v on a fresh sequence, %v on a reused one", first.IDs, second.IDs)
