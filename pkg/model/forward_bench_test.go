@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"math"
 	"math/rand/v2"
 	"runtime"
 	"testing"
@@ -202,17 +201,9 @@ func TestPrefillSameBitsAnyThreads(t *testing.T) {
 					ref = out
 					continue
 				}
-				for j := range ref.Logits {
-					if math.Float32bits(ref.Logits[j]) != math.Float32bits(out.Logits[j]) {
-						t.Fatalf("%s mode %d: logit %d is %v on 1 thread, %v on %d", bm.name, mode, j, ref.Logits[j], out.Logits[j], procs)
-					}
-				}
+				sameBits(t, fmt.Sprintf("%s mode %d, logits on %d threads against 1", bm.name, mode, procs), out.Logits, ref.Logits)
 				for l := range ref.Hidden {
-					for j := range ref.Hidden[l] {
-						if math.Float32bits(ref.Hidden[l][j]) != math.Float32bits(out.Hidden[l][j]) {
-							t.Fatalf("%s mode %d: hidden state %d[%d] differs on %d threads", bm.name, mode, l, j, procs)
-						}
-					}
+					sameBits(t, fmt.Sprintf("%s mode %d, hidden state %d on %d threads against 1", bm.name, mode, l, procs), out.Hidden[l], ref.Hidden[l])
 				}
 			}
 		}

@@ -47,10 +47,10 @@ func (p *SeqPool) Get() *Seq {
 	if len(p.free) == 0 {
 		return p.m.NewSeq()
 	}
-	best := 0
+	best, bestCap := 0, int64(-1)
 	for i, s := range p.free {
-		if s.CacheCapacity() > p.free[best].CacheCapacity() {
-			best = i
+		if c := s.CacheCapacity(); c > bestCap {
+			best, bestCap = i, c
 		}
 	}
 	s := p.free[best]
@@ -58,7 +58,7 @@ func (p *SeqPool) Get() *Seq {
 	p.free[best] = p.free[last]
 	p.free[last] = nil
 	p.free = p.free[:last]
-	p.bytes -= s.CacheCapacity()
+	p.bytes -= bestCap
 	p.hits++
 	return s
 }

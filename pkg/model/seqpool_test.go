@@ -2,7 +2,6 @@ package model
 
 import (
 	"context"
-	"math"
 	"testing"
 )
 
@@ -47,11 +46,7 @@ func TestSeqPoolReusesCaches(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for j := range want {
-			if math.Float32bits(got.Logits[j]) != math.Float32bits(want[j]) {
-				t.Fatalf("%s: logit %d is %v on a reused sequence, %v on a fresh one", bm.name, j, got.Logits[j], want[j])
-			}
-		}
+		sameBits(t, bm.name+": logits on a reused sequence against a fresh one", got.Logits, want)
 		if r.CacheCapacity() != capBytes {
 			t.Errorf("%s: the reused sequence reallocated its cache (%d -> %d bytes)", bm.name, capBytes, r.CacheCapacity())
 		}
