@@ -23,6 +23,12 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 out=${1:-bench/results/train-netns.txt}
+# Every process of the run (the calibration, the coordinator, the workers,
+# the one-process run) is one Go thread unless GOMAXPROCS says otherwise:
+# the emulated hosts share this machine's cores, and an idle Go thread of
+# one host spins on a core another host needs (with 2 threads a process,
+# a third of the job's CPU time was that, 2026-12-05).
+export GOMAXPROCS=${GOMAXPROCS:-1}
 steps=${STEPS:-1200}
 net=scripts/netns/cluster.sh
 export SY_CLUSTER=${SY_CLUSTER:-syvt} SY_SUBNET=${SY_SUBNET:-10.83.0}
@@ -30,6 +36,7 @@ work=$(mktemp -d /tmp/switchyard-validate-train.XXXXXX)
 pids=()
 cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 	$net down >/dev/null 2>&1 || true
 	rm -rf "$work"
 }
@@ -48,7 +55,8 @@ pids+=($!)
 $net run h2 "$work/serve" tcpping -listen "$ip2:7072" >"$work/tcpping-server.log" 2>&1 &
 pids+=($!)
 sleep 0.5
-$net run h1 "$work/switchyard" simulate calibrate --quick --peer "$ip2:7071" --out "$work/cal.json" >"$work/cal.log" 2>&1
+$net run h1 "$work/switchyard" simulate calibrate --quick --peer "$ip2:7071" --out "$work/cal.json" \
+	--train-model testdata/golden/qwen2_moe --train-batch 2 --train-seq-len 32 >"$work/cal.log" 2>&1
 ping=$($net run h1 "$work/serve" tcpping -addr "$ip2:7072" -n 2000 -size 64)
 kill "${pids[@]}" 2>/dev/null || true
 wait "${pids[@]}" 2>/dev/null || true
@@ -65,7 +73,7 @@ $net run h0 "$work/coordinator" --listen-client-urls "$etcd" --listen-peer-urls 
 pids+=($!)
 for i in 1 2 3; do
 	ip=$($net ip h$i)
-	$net run h$i "$work/switchyard" worker --etcd "$etcd" --cluster emu --id "w$i" --listen "$ip:0" \
+	$net run h$i env ${PROFILE_DIR:+SWITCHYARD_CPUPROFILE=$PROFILE_DIR/w$i.prof} "$work/switchyard" worker --etcd "$etcd" --cluster emu --id "w$i" --listen "$ip:0" \
 		--gossip "$ip:0" --model "$model" --keep-bf16=false --job-step-timeout 30s --data-root "$work" \
 		--metrics "$ip:9100" >"$work/w$i.log" 2>&1 &
 	pids+=($!)
@@ -90,11 +98,16 @@ cpu_s() {
 	echo "scale=3; $sum / $(getconf CLK_TCK)" | bc
 }
 cpu0=$(cpu_s)
+proc_cpu() { awk '{print $14 + $15}' /proc/"$1"/stat; }
+pcpu0=(); for p in "${pids[@]}"; do pcpu0+=("$(proc_cpu "$p")"); done
 start=$(date +%s.%N)
 timeout 240 $net run h0 "$work/switchyard" train --etcd "$etcd" --cluster emu --workers 3 --out "$work/dist" "${args[@]}" >"$work/train.log" 2>&1 ||
 	{ echo "validate-train: the job failed"; tail -n 20 "$work/train.log"; exit 1; }
 job_s=$(echo "$(date +%s.%N) - $start" | bc)
 cpu1=$(cpu_s)
+# Each process's share (ticks): the coordinator, then w1..w3.
+per_proc=""; i=0
+for p in "${pids[@]}"; do per_proc+="$(( $(proc_cpu "$p") - ${pcpu0[$i]} )) "; i=$((i + 1)); done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 # One rank's share of the same job in one process (batch 2: its 64
 # tokens, every expert in process, no messages): the compute floor.
@@ -120,6 +133,8 @@ single=$("$work/switchyard" train --out "$work/single" "${job[@]}" --batch 2 2>&
 	echo "steps: $steps"
 	echo "job_seconds: $job_s"
 	echo "job_cpu_seconds: $(echo "$cpu1 - $cpu0" | bc)"
+	echo "job_cpu_ticks: $per_proc(coordinator w1 w2 w3; $(getconf CLK_TCK) a second)"
+	echo "gomaxprocs: $GOMAXPROCS"
 	echo "single_process: ${single% tokens/s} tokens/s (batch 2: one rank's 64 tokens, every expert in process)"
 	echo "tcpping: $(echo "$ping" | grep '^tcpping:')"
 	echo "link_rtt_ms: $(echo "$ping" | sed -n 's/^rtt_ms=//p')"

@@ -26,6 +26,8 @@ func simulateCalibrateCmd() *cobra.Command {
 	var (
 		out, peer, serveLink string
 		quick, verbose       bool
+		trainModel           string
+		trainBatch, trainSeq int
 	)
 	cmd := &cobra.Command{
 		Use:   "calibrate",
@@ -57,7 +59,7 @@ also measures the link to another host running --serve-link. About 30-60 s
 				fmt.Fprintf(w, "answering link measurements on %s until interrupted\n", lis.Addr())
 				return simcal.ServeLink(ctx, lis)
 			}
-			opts := simcal.Options{Quick: quick, Peer: peer}
+			opts := simcal.Options{Quick: quick, Peer: peer, TrainModel: trainModel, TrainBatch: trainBatch, TrainSeqLen: trainSeq}
 			if verbose {
 				opts.Log = cmd.ErrOrStderr()
 			}
@@ -86,6 +88,9 @@ also measures the link to another host running --serve-link. About 30-60 s
 	f.BoolVarP(&verbose, "verbose", "v", false, "print each measurement on stderr as it completes")
 	f.StringVar(&peer, "peer", "", "host:port of `simulate calibrate --serve-link` on another host: also measure the link (raw TCP rate and round trip)")
 	f.StringVar(&serveLink, "serve-link", "", "answer another host's --peer link measurement on this address until interrupted")
+	f.StringVar(&trainModel, "train-model", "", "also profile one rank's training step of this model folder in one process (the training model's compute where shape, tokens and threads match)")
+	f.IntVar(&trainBatch, "train-batch", 1, "sequences per rank of the --train-model profile")
+	f.IntVar(&trainSeq, "train-seq-len", 128, "tokens per sequence of the --train-model profile")
 	return cmd
 }
 
@@ -106,10 +111,19 @@ func printCalibration(w io.Writer, c *simulate.Calibration) error {
 	if c.AdamParamsPerS > 0 {
 		fmt.Fprintf(w, "AdamW (one core): %.0f M parameters/s\n", c.AdamParamsPerS/1e6)
 	}
-	fmt.Fprintf(w, "expert exchange round trip (loopback, 1 row): %v; per message and side %v; payload %.2f GB/s per side\n",
-		c.ExchangeRTT.Round(time.Microsecond), c.MsgCPU.Round(100*time.Nanosecond), c.MsgBytesPerS/1e9)
+	fmt.Fprintf(w, "expert exchange round trip (loopback, 1 row): %v; per message and side %v (%v of core time); payload %.2f GB/s per side\n",
+		c.ExchangeRTT.Round(time.Microsecond), c.MsgCPU.Round(100*time.Nanosecond), c.MsgCPUWork.Round(100*time.Nanosecond), c.MsgBytesPerS/1e9)
+	for _, p := range c.Train {
+		fmt.Fprintf(w, "training step of %s (%d tokens in sequences of %d, %d threads, one process): %v; dense forward %v, backward %v; experts %v, %v; optimizer %v; %v of core time\n",
+			p.Model, p.TokensPerRank, p.SeqLen, p.Threads, p.Step.Round(time.Microsecond), p.Forward.Round(time.Microsecond), p.Backward.Round(time.Microsecond),
+			p.ExpertsForward.Round(time.Microsecond), p.ExpertsBackward.Round(time.Microsecond), p.Optimizer.Round(time.Microsecond), p.CPU.Round(time.Microsecond))
+	}
 	if c.LinkRate > 0 {
 		fmt.Fprintf(w, "link: %.2f Gbit/s, round trip %v\n", c.LinkRate*8/1e9, c.LinkRTT)
+	}
+	if c.LinkMsgCPU > 0 {
+		fmt.Fprintf(w, "expert exchange across the link: round trip %v; core time of both hosts %v per message and side, %.2f ns per byte and side\n",
+			c.LinkExchangeRTT.Round(time.Microsecond), c.LinkMsgCPU.Round(100*time.Nanosecond), c.LinkByteCPU)
 	}
 	return nil
 }

@@ -14,6 +14,7 @@ package simcal
 import (
 	"bufio"
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,6 +25,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/switchyard/switchyard/pkg/cluster"
@@ -49,6 +51,11 @@ type Options struct {
 	Peer string
 	// Log, if set, gets one line per measurement as it completes.
 	Log io.Writer
+	// TrainModel, if set, is a model folder whose one-rank training step
+	// is also profiled (ProfileTrain: TrainBatch sequences of TrainSeqLen
+	// tokens, default 1 of 128) into Calibration.Train.
+	TrainModel              string
+	TrainBatch, TrainSeqLen int
 }
 
 // Shapes the full calibration measures: M tokens (1: a decode GEMV; 512:
@@ -70,7 +77,9 @@ func Calibrate(ctx context.Context, o Options) (*simulate.Calibration, error) {
 			fmt.Fprintf(o.Log, format+"\n", a...)
 		}
 	}
-	c := &simulate.Calibration{CPU: CPUModel(), Cores: runtime.NumCPU(), When: time.Now().UTC().Format(time.RFC3339)}
+	// Cores are the cores this process may use: GOMAXPROCS (the CPUs, or
+	// fewer where the environment or the cgroup's quota says so).
+	c := &simulate.Calibration{CPU: CPUModel(), Cores: runtime.GOMAXPROCS(0), When: time.Now().UTC().Format(time.RFC3339)}
 	threads := o.Threads
 	if len(threads) == 0 {
 		threads = []int{1}
@@ -118,15 +127,39 @@ func Calibrate(ctx context.Context, o Options) (*simulate.Calibration, error) {
 	if err != nil {
 		return nil, fmt.Errorf("simcal: expert exchange: %w", err)
 	}
-	c.ExchangeRTT, c.MsgCPU, c.MsgBytesPerS = ex.rtt, ex.rtt/4, ex.bytesPerS
-	logf("expert exchange on loopback: round trip %v (1 row of %d floats; per message and side %v), %d-byte payload round trip %v (owner compute %v) -> %.2f GB/s per side",
-		ex.rtt.Round(time.Microsecond), exchangeD, c.MsgCPU.Round(100*time.Nanosecond), ex.bigBytes, ex.big.Round(time.Microsecond), ex.compute.Round(time.Microsecond), c.MsgBytesPerS/1e9)
+	c.ExchangeRTT, c.MsgCPU, c.MsgBytesPerS, c.MsgCPUWork = ex.rtt, ex.rtt/4, ex.bytesPerS, ex.cpu/4
+	logf("expert exchange on loopback: round trip %v (1 row of %d floats; per message and side %v of latency, %v of core time), %d-byte payload round trip %v (owner compute %v) -> %.2f GB/s per side",
+		ex.rtt.Round(time.Microsecond), exchangeD, c.MsgCPU.Round(100*time.Nanosecond), c.MsgCPUWork.Round(100*time.Nanosecond), ex.bigBytes, ex.big.Round(time.Microsecond), ex.compute.Round(time.Microsecond), c.MsgBytesPerS/1e9)
+	if o.TrainModel != "" {
+		b, sl := o.TrainBatch, o.TrainSeqLen
+		if b == 0 {
+			b = 1
+		}
+		if sl == 0 {
+			sl = 128
+		}
+		p, err := ProfileTrain(ctx, TrainProfileOptions{Dir: o.TrainModel, Batch: b, SeqLen: sl, Quick: o.Quick})
+		if err != nil {
+			return nil, err
+		}
+		c.Train = append(c.Train, p)
+		logf("training step of %s (%d x %d tokens, %d threads, one process): %v (dense forward %v, backward %v; experts %v, %v; optimizer %v), %v of core time",
+			p.Model, b, sl, p.Threads, p.Step.Round(time.Microsecond), p.Forward.Round(time.Microsecond), p.Backward.Round(time.Microsecond),
+			p.ExpertsForward.Round(time.Microsecond), p.ExpertsBackward.Round(time.Microsecond), p.Optimizer.Round(time.Microsecond), p.CPU.Round(time.Microsecond))
+	}
 	if o.Peer != "" {
 		c.LinkRate, c.LinkRTT, err = MeasureLink(ctx, o.Peer, o.Quick)
 		if err != nil {
 			return nil, err
 		}
 		logf("link to %s (raw TCP): %.2f Gbit/s, round trip %v", o.Peer, c.LinkRate*8/1e9, c.LinkRTT)
+		lc, err := MeasureLinkCPU(ctx, o.Peer, o.Quick)
+		if err != nil {
+			return nil, err
+		}
+		c.LinkMsgCPU, c.LinkByteCPU, c.LinkExchangeRTT = lc.MsgWork, lc.ByteWork, lc.RTT
+		logf("expert exchange across the link: round trip %v; core time of both hosts %v per message and side, %.2f ns per byte and side",
+			lc.RTT.Round(time.Microsecond), lc.MsgWork.Round(100*time.Nanosecond), lc.ByteWork)
 	}
 	return c, nil
 }
@@ -278,6 +311,7 @@ const exchangeD = 1024
 
 type exchangeResult struct {
 	rtt       time.Duration // one row, forward and backward averaged
+	cpu       time.Duration // the process's core time per one-row round trip
 	big       time.Duration // bigBytes each way
 	bigBytes  int
 	compute   time.Duration // the owner's products for the big request
@@ -293,80 +327,37 @@ type exchangeResult struct {
 // rows), each byte is handled 4 times in sequence (sender and receiver,
 // request and answer), which is how the models charge MsgBytesPerS.
 func measureExchange(ctx context.Context, quick bool) (exchangeResult, error) {
-	const job, model, owner = "calibrate", "simcal-exchange", cluster.WorkerID("simcal-owner")
-	r := rand.New(rand.NewPCG(5, 6))
-	ffn := func() *expert.FFN {
-		m := func(rows, cols int) tensor.Mat { return tensor.Mat{Rows: rows, Cols: cols, F32: randF32(r, rows*cols)} }
-		return &expert.FFN{Gate: m(1, exchangeD), Up: m(1, exchangeD), Down: m(exchangeD, 1)}
-	}
-	id := expert.ID{Layer: 0, Expert: 0}
-	store := expert.NewStore()
-	store.Put(id, ffn())
-	srv, err := transport.NewExpertServer(expert.NewStore(), transport.ServerConfig{Worker: owner, Model: model, Hidden: exchangeD})
-	if err != nil {
-		return exchangeResult{}, err
-	}
-	if _, err := srv.AddJob(job, store, model, exchangeD); err != nil {
-		return exchangeResult{}, err
-	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return exchangeResult{}, err
 	}
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(lis) }()
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-		<-served
-	}()
-	pl := &cluster.Placement{Model: model, Epoch: 1, Owners: [][][]cluster.WorkerID{{{owner}}},
-		Workers: map[cluster.WorkerID]cluster.WorkerInfo{owner: {ID: owner, Addr: lis.Addr().String()}}}
-	pool, err := transport.NewPool(transport.ClientConfig{Worker: "simcal-rank", Model: model, Job: job})
+	stop, err := serveExchangeOwner(lis)
 	if err != nil {
 		return exchangeResult{}, err
 	}
-	defer pool.Close()
-	tr, err := transport.NewRemoteTrainer(transport.NewStaticPlacement(pl), pool, job)
+	defer stop()
+	roundTrips, closeClient, err := exchangeClient(ctx, lis.Addr().String())
 	if err != nil {
 		return exchangeResult{}, err
 	}
-	// roundTrips returns the mean time of a forward and of a backward of
-	// rows rows, over reps pairs after two warm-up pairs.
-	roundTrips := func(rows, reps int) (time.Duration, error) {
-		plan := &router.Plan{NumExperts: 1, Offsets: []int32{0, int32(rows)}, Token: make([]int32, rows), Choice: make([]int32, rows), Weight: make([]float32, rows)}
-		for i := range plan.Token {
-			plan.Token[i], plan.Weight[i] = int32(i), 1
-		}
-		x, y := randF32(r, rows*exchangeD), make([]float32, rows*exchangeD)
-		var total time.Duration
-		for i := range reps + 2 {
-			start := time.Now()
-			if err := tr.ForwardTrain(ctx, 0, plan, x, exchangeD, y); err != nil {
-				return 0, err
-			}
-			if err := tr.BackwardTrain(ctx, 0, x, y); err != nil {
-				return 0, err
-			}
-			if i >= 2 {
-				total += time.Since(start)
-			}
-		}
-		return total / time.Duration(2*reps), nil
-	}
+	defer closeClient()
+	r := rand.New(rand.NewPCG(5, 6))
+	id := expert.ID{Layer: 0, Expert: 0}
 	small, bigRows, reps := 400, 4096, 8
 	if quick {
 		small, bigRows, reps = 50, 1024, 3
 	}
 	var res exchangeResult
+	cpu0 := processCPU()
 	if res.rtt, err = roundTrips(1, small); err != nil {
 		return res, err
 	}
+	// Warm-up pairs included: 2 x (small + 2) round trips.
+	res.cpu = (processCPU() - cpu0) / time.Duration(2*(small+2))
 	res.bigBytes = bigRows * exchangeD * 4
 	// The owner's products on the same rows, in process.
 	local := expert.NewStore()
-	local.Put(id, ffn())
+	local.Put(id, exchangeFFN(r))
 	plan := &router.Plan{NumExperts: 1, Offsets: []int32{0, int32(bigRows)}, Token: make([]int32, bigRows)}
 	for i := range plan.Token {
 		plan.Token[i] = int32(i)
@@ -407,9 +398,116 @@ func measureExchange(ctx context.Context, quick bool) (exchangeResult, error) {
 	return res, nil
 }
 
-// ServeLink answers MeasureLink on lis until ctx ends: run it on the other
-// host (`switchyard simulate calibrate --serve-link ADDR`).
+// The exchange measurement's owner: a transport.ExpertServer with one
+// expert one intermediate feature wide, so that the transport, not the
+// GEMM, is timed.
+const (
+	exchangeJob   = "calibrate"
+	exchangeModel = "simcal-exchange"
+	exchangeOwner = cluster.WorkerID("simcal-owner")
+)
+
+func exchangeFFN(r *rand.Rand) *expert.FFN {
+	m := func(rows, cols int) tensor.Mat { return tensor.Mat{Rows: rows, Cols: cols, F32: randF32(r, rows*cols)} }
+	return &expert.FFN{Gate: m(1, exchangeD), Up: m(1, exchangeD), Down: m(exchangeD, 1)}
+}
+
+// serveExchangeOwner serves the exchange measurement's owner on lis until
+// stop is called.
+func serveExchangeOwner(lis net.Listener) (stop func(), err error) {
+	store := expert.NewStore()
+	store.Put(expert.ID{Layer: 0, Expert: 0}, exchangeFFN(rand.New(rand.NewPCG(5, 6))))
+	srv, err := transport.NewExpertServer(expert.NewStore(), transport.ServerConfig{Worker: exchangeOwner, Model: exchangeModel, Hidden: exchangeD})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := srv.AddJob(exchangeJob, store, exchangeModel, exchangeD); err != nil {
+		return nil, err
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(lis) }()
+	return func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		<-served
+	}, nil
+}
+
+// exchangeClient reaches the exchange owner at addr as a training rank
+// does (a transport.RemoteTrainer). roundTrips returns the mean time of a
+// forward and of a backward of rows rows, over reps pairs after two
+// warm-up pairs.
+func exchangeClient(ctx context.Context, addr string) (roundTrips func(rows, reps int) (time.Duration, error), closeClient func(), err error) {
+	pl := &cluster.Placement{Model: exchangeModel, Epoch: 1, Owners: [][][]cluster.WorkerID{{{exchangeOwner}}},
+		Workers: map[cluster.WorkerID]cluster.WorkerInfo{exchangeOwner: {ID: exchangeOwner, Addr: addr}}}
+	pool, err := transport.NewPool(transport.ClientConfig{Worker: "simcal-rank", Model: exchangeModel, Job: exchangeJob})
+	if err != nil {
+		return nil, nil, err
+	}
+	tr, err := transport.NewRemoteTrainer(transport.NewStaticPlacement(pl), pool, exchangeJob)
+	if err != nil {
+		pool.Close()
+		return nil, nil, err
+	}
+	r := rand.New(rand.NewPCG(7, 8))
+	roundTrips = func(rows, reps int) (time.Duration, error) {
+		plan := &router.Plan{NumExperts: 1, Offsets: []int32{0, int32(rows)}, Token: make([]int32, rows), Choice: make([]int32, rows), Weight: make([]float32, rows)}
+		for i := range plan.Token {
+			plan.Token[i], plan.Weight[i] = int32(i), 1
+		}
+		x, y := randF32(r, rows*exchangeD), make([]float32, rows*exchangeD)
+		var total time.Duration
+		for i := range reps + 2 {
+			start := time.Now()
+			if err := tr.ForwardTrain(ctx, 0, plan, x, exchangeD, y); err != nil {
+				return 0, err
+			}
+			if err := tr.BackwardTrain(ctx, 0, x, y); err != nil {
+				return 0, err
+			}
+			if i >= 2 {
+				total += time.Since(start)
+			}
+		}
+		return total / time.Duration(2*reps), nil
+	}
+	return roundTrips, func() { pool.Close() }, nil
+}
+
+// ServeLink answers MeasureLink and MeasureLinkCPU on lis until ctx
+// ends: run it on the other host (`switchyard simulate calibrate
+// --serve-link ADDR`). For MeasureLinkCPU it also serves the exchange
+// measurement's owner (a transport.ExpertServer) on another port of the
+// same address, started on the first request.
 func ServeLink(ctx context.Context, lis net.Listener) error {
+	var (
+		once      sync.Once
+		ownerAddr string
+		ownerErr  error
+		stopOwner = func() {}
+	)
+	owner := func() (string, error) {
+		once.Do(func() {
+			host, _, err := net.SplitHostPort(lis.Addr().String())
+			if err != nil {
+				ownerErr = err
+				return
+			}
+			ol, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+			if err != nil {
+				ownerErr = err
+				return
+			}
+			if stopOwner, ownerErr = serveExchangeOwner(ol); ownerErr == nil {
+				ownerAddr = ol.Addr().String()
+			} else {
+				stopOwner = func() {}
+			}
+		})
+		return ownerAddr, ownerErr
+	}
+	defer func() { stopOwner() }()
 	go func() {
 		<-ctx.Done()
 		lis.Close()
@@ -424,17 +522,19 @@ func ServeLink(ctx context.Context, lis net.Listener) error {
 		}
 		go func() {
 			defer conn.Close()
-			_ = answerLink(conn)
+			_ = answerLink(conn, owner)
 		}()
 	}
 }
 
 // The link protocol: 'p' then 64-byte pings, each echoed; or 'b', an
 // 8-byte length and that many bytes, answered with one byte once all
-// arrived.
+// arrived; or 'c', answered with the serving process's core time so far
+// (8 bytes, ns); or 'e', answered with a length byte and the address of
+// the exchange owner.
 const pingBytes = 64
 
-func answerLink(conn net.Conn) error {
+func answerLink(conn net.Conn, owner func() (string, error)) error {
 	rd := bufio.NewReader(conn)
 	kind, err := rd.ReadByte()
 	if err != nil {
@@ -464,6 +564,18 @@ func answerLink(conn net.Conn) error {
 			return err
 		}
 		_, err := conn.Write([]byte{1})
+		return err
+	case 'c':
+		var b [8]byte
+		binary.BigEndian.PutUint64(b[:], uint64(processCPU()))
+		_, err := conn.Write(b[:])
+		return err
+	case 'e':
+		addr, err := owner()
+		if err != nil {
+			return err
+		}
+		_, err = conn.Write(append([]byte{byte(len(addr))}, addr...))
 		return err
 	}
 	return fmt.Errorf("simcal: link: unknown request %q", kind)

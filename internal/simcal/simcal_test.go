@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"net"
+	"path/filepath"
 	"reflect"
 	"testing"
 	"time"
@@ -97,5 +98,76 @@ func TestLink(t *testing.T) {
 	}
 	if rate <= 0 || rtt <= 0 || rtt > time.Second {
 		t.Errorf("loopback link: %g B/s, round trip %v", rate, rtt)
+	}
+}
+
+// MeasureLinkCPU against ServeLink on loopback (both in this process, so
+// each core time is counted twice: only its shape is checked): a round
+// trip, a positive core time per message and a non-negative one per
+// byte; the peer's core time grows. An address nobody serves is an
+// error.
+func TestLinkCPU(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	done := make(chan error, 1)
+	go func() { done <- ServeLink(ctx, lis) }()
+	addr := lis.Addr().String()
+	c0, err := peerCPU(ctx, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lc, err := MeasureLinkCPU(ctx, addr, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c1, err := peerCPU(ctx, addr)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("ServeLink: %v", err)
+	}
+	t.Logf("loopback: round trip %v, %v per message and side, %.2f ns per byte and side (counted twice)", lc.RTT, lc.MsgWork, lc.ByteWork)
+	if lc.RTT <= 0 || lc.MsgWork <= 0 || lc.ByteWork < 0 || c1 <= c0 {
+		t.Errorf("link cpu %+v; peer core time %v -> %v", lc, c0, c1)
+	}
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	if _, err := MeasureLinkCPU(context.Background(), deadAddr, true); err == nil {
+		t.Errorf("MeasureLinkCPU of %s, which nobody serves: no error", deadAddr)
+	}
+}
+
+// ProfileTrain of the golden qwen2_moe: every part positive, the parts
+// within the step, the shape read from its config.json, the parameters
+// those of the model; a bad batch and a folder without a model are
+// errors.
+func TestProfileTrain(t *testing.T) {
+	dir := filepath.Join("..", "..", "testdata", "golden", "qwen2_moe")
+	p, err := ProfileTrain(context.Background(), TrainProfileOptions{Dir: dir, Batch: 2, SeqLen: 16, Threads: 1, Quick: true, WarmupSteps: 2, MinSteps: 3, Target: time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%+v", p)
+	parts := p.Forward + p.Backward + p.ExpertsForward + p.ExpertsBackward + p.Optimizer
+	if p.Forward <= 0 || p.Backward <= 0 || p.ExpertsForward <= 0 || p.ExpertsBackward <= 0 || p.Optimizer <= 0 || parts > p.Step || p.CPU <= 0 {
+		t.Errorf("parts %v of a step %v: %+v", parts, p.Step, p)
+	}
+	if p.Steps < 3 || p.TokensPerRank != 32 || p.SeqLen != 16 || p.Threads != 1 || p.Shape.Name != "" || p.Shape.Hidden != 64 || p.Shape.Experts != 8 || p.Params < 100000 {
+		t.Errorf("profile %+v", p)
+	}
+	if _, err := ProfileTrain(context.Background(), TrainProfileOptions{Dir: dir, Batch: 0, SeqLen: 16}); err == nil {
+		t.Error("batch 0: no error")
+	}
+	if _, err := ProfileTrain(context.Background(), TrainProfileOptions{Dir: t.TempDir(), Batch: 1, SeqLen: 16}); err == nil {
+		t.Error("a folder without a model: no error")
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"reflect"
 	"sort"
 	"time"
 )
@@ -180,6 +181,12 @@ type Calibration struct {
 	// MsgBytesPerS the per-byte copy cost of a payload on either side.
 	MsgCPU       time.Duration `json:"msg_cpu_ns"`
 	MsgBytesPerS float64       `json:"msg_bytes_per_s"`
+	// MsgCPUWork is the core time (user + system over every thread,
+	// getrusage) the one-row round trips used, per message and side: what
+	// a message takes from cores it shares with other work, where MsgCPU
+	// is its part of the round trip's latency. 0: not measured (MsgCPU
+	// stands for both).
+	MsgCPUWork time.Duration `json:"msg_cpu_work_ns,omitempty"`
 	// ExchangeRTT is a whole expert-exchange round trip to one owner on
 	// loopback with nothing computed (client + server software, both
 	// ways), the floor of a layer's exchange.
@@ -188,11 +195,64 @@ type Calibration struct {
 	// the link it ran on (raw TCP), when it ran on one; 0 otherwise.
 	LinkRate float64       `json:"link_rate,omitempty"`
 	LinkRTT  time.Duration `json:"link_rtt_ns,omitempty"`
+	// LinkMsgCPU and LinkByteCPU are the core time the expert exchange's
+	// messages took across that link on both hosts (getrusage of both
+	// processes, kernel included): per message and side, and per byte and
+	// side (ns/B) of a large payload's extra; LinkExchangeRTT a one-row
+	// round trip across it. The models charge them where hosts share
+	// cores (TrainConfig.SharedCores). 0: not measured.
+	LinkMsgCPU      time.Duration `json:"link_msg_cpu_ns,omitempty"`
+	LinkByteCPU     float64       `json:"link_byte_cpu_ns,omitempty"`
+	LinkExchangeRTT time.Duration `json:"link_exchange_rtt_ns,omitempty"`
 	// AdamParamsPerS is optim.AdamW's step on one core, parameters/s (it
 	// computes each element in float64: compute-bound where memory
 	// bandwidth is not); 0 when not measured (the training model then
 	// takes the optimizer as bound by memory bandwidth alone).
 	AdamParamsPerS float64 `json:"adam_params_per_s,omitempty"`
+	// Train are one-rank training steps of real models measured in one
+	// process (`simulate calibrate --train-model`); the training model
+	// takes its compute from the one matching its prediction.
+	Train []TrainProfile `json:"train,omitempty"`
+}
+
+// TrainProfile is one rank's training step of a real model measured in
+// one process (internal/simcal.ProfileTrain): TokensPerRank tokens in
+// sequences of SeqLen through the model of Shape (its Name empty) on
+// Threads threads, every routed expert in process, no message. The times
+// are means per step of train.StepTimes' parts: Forward and Backward the
+// dense part (attention, norms, router, shared expert, head, loss: every
+// call's software and element-wise work with the products),
+// ExpertsForward and ExpertsBackward the routed experts, Optimizer the
+// clipping and AdamW over Params parameters; Step the whole step and CPU
+// the process's core time per step.
+type TrainProfile struct {
+	Model           string        `json:"model"`
+	Shape           TrainShape    `json:"shape"`
+	TokensPerRank   int           `json:"tokens_per_rank"`
+	SeqLen          int           `json:"seq_len"`
+	Threads         int           `json:"threads"`
+	Steps           int           `json:"steps"`
+	Forward         time.Duration `json:"forward_ns"`
+	Backward        time.Duration `json:"backward_ns"`
+	ExpertsForward  time.Duration `json:"experts_forward_ns"`
+	ExpertsBackward time.Duration `json:"experts_backward_ns"`
+	Optimizer       time.Duration `json:"optimizer_ns"`
+	Step            time.Duration `json:"step_ns"`
+	CPU             time.Duration `json:"cpu_ns"`
+	Params          int64         `json:"params"`
+}
+
+// TrainProfile returns the profile of shape (its Name ignored) at tokens
+// per rank, sequence length and threads, or nil.
+func (c *Calibration) TrainProfile(shape TrainShape, tokens, seqLen, threads int) *TrainProfile {
+	shape.Name = ""
+	for i := range c.Train {
+		p := &c.Train[i]
+		if p.TokensPerRank == tokens && p.SeqLen == seqLen && p.Threads == threads && reflect.DeepEqual(p.Shape, shape) {
+			return p
+		}
+	}
+	return nil
 }
 
 // GEMMPoint is one measured kernel throughput: an (M x K) x (K x N)

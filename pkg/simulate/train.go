@@ -236,6 +236,10 @@ type TrainPrediction struct {
 	Tokens                                                             int // tokens per step (N x TokensPerRank)
 	Step                                                               time.Duration
 	Forward, Backward, ExchangeWait, AllReduceWait, Optimizer, Barrier time.Duration
+	// Other is the work outside those parts, before the forward: with a
+	// TrainProfile, its step less its parts (zeroing the gradients and
+	// the statistics' sums); else 0.
+	Other time.Duration
 	// TokensPerS is Tokens / Step.
 	TokensPerS float64
 	// Owners is how many workers own experts. What the busiest host used
@@ -418,6 +422,46 @@ type trainSim struct {
 	nOwners   int
 	// pool is the one pool of cores every host runs on (SharedCores > 0).
 	pool *sharedPool
+	// bwd and exBwd are the backward's time over the forward's, of the
+	// rank's own products and of the experts' (2: twice the products;
+	// a TrainProfile's measured ratios); other is each rank's work outside
+	// the parts (a TrainProfile's step less its parts: zeroing and summing
+	// the gradients), run before its forward.
+	bwd, exBwd float64
+	other      time.Duration
+	// prof is the TrainProfile the products are scaled to (nil: the GEMM
+	// calibration alone).
+	prof *TrainProfile
+	// The all-to-alls' per-rank core time on the pool (SharedCores with a
+	// link CPU calibration; else 0 and the closed forms above apply).
+	statsA, normA, barrierA *a2a
+}
+
+// a2a is one all-to-all on the pool (linkWork): each rank's n-1 sends
+// from when it enters, then, once every rank sent, the latency and each
+// rank's n-1 receives; then(r, t) when rank r has every message.
+type a2a struct {
+	bytes int
+	sent  int
+	last  time.Duration
+	then  func(r int, t time.Duration)
+}
+
+// enterA2A is rank r entering a at t.
+func (s *trainSim) enterA2A(a *a2a, r int, t time.Duration) {
+	d, w := s.sideCost(a.bytes, s.n-1)
+	s.wideWork(r, t, d, w, func(t time.Duration) {
+		a.last = max(a.last, t)
+		if a.sent++; a.sent < s.n {
+			return
+		}
+		at := a.last + s.c.Cluster.Latency + rate((s.n-1)*a.bytes, s.c.Cluster.CrossLeafRate())
+		for r := range s.n {
+			s.q.at(at, func(t time.Duration) {
+				s.wideWork(r, t, d, w, func(t time.Duration) { a.then(r, t) })
+			})
+		}
+	})
 }
 
 type trainHost struct {
@@ -444,7 +488,7 @@ type pooled struct {
 }
 
 type trainRank struct {
-	fwdEnd, sync, bwdEnd, normEnd, optEnd time.Duration
+	start, fwdEnd, sync, bwdEnd, normEnd, optEnd time.Duration
 	// exchange is ExchangeWait (forward and backward), exFwd its
 	// forward's share.
 	exchange, exFwd time.Duration
@@ -469,7 +513,7 @@ type trainBucket struct {
 
 func newTrainSim(c TrainConfig) *trainSim {
 	n := c.Cluster.Workers
-	s := &trainSim{c: c, n: n, hosts: make([]trainHost, n), ranks: make([]trainRank, n), trigger: map[int]int{}}
+	s := &trainSim{c: c, n: n, hosts: make([]trainHost, n), ranks: make([]trainRank, n), trigger: map[int]int{}, bwd: 2, exBwd: 2}
 	for h := range s.hosts {
 		s.hosts[h].msg = make(core, c.Cluster.Cores)
 		s.hosts[h].leaf = h / c.Cluster.HostsPerLeaf
@@ -536,15 +580,59 @@ func (s *trainSim) prepare() error {
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("simulate: train: %w", err)
 	}
+	if p := c.Cal.TrainProfile(sh, T, S, cores); p != nil && p.Forward > 0 && p.ExpertsForward > 0 {
+		// The measured step of this very shape: scale the products to it,
+		// so each call's software and the element-wise work between the
+		// products are in (the GEMM calibration's throughput alone leaves
+		// them out, which at small shapes is most of the step).
+		s.prof = p
+		var dense, experts time.Duration
+		for l := range sh.Layers {
+			dense += s.attn[l] + s.shared[l]
+			if s.isMoE(l) {
+				for e := range sh.Experts {
+					experts += ffn(s.rowsPerExpert(e), sh.ExpertInter)
+				}
+			}
+		}
+		dense += s.head
+		fd := float64(p.Forward) / float64(max(dense, 1))
+		for l := range sh.Layers {
+			s.attn[l] = time.Duration(float64(s.attn[l]) * fd)
+			s.shared[l] = time.Duration(float64(s.shared[l]) * fd)
+		}
+		s.head = time.Duration(float64(s.head) * fd)
+		fe := float64(p.ExpertsForward) / float64(max(experts, 1))
+		inner := ffn
+		ffn = func(rows, f int) time.Duration { return time.Duration(float64(inner(rows, f)) * fe) }
+		s.bwd = float64(p.Backward) / float64(p.Forward)
+		s.exBwd = float64(p.ExpertsBackward) / float64(p.ExpertsForward)
+		s.other = max(p.Step-p.Forward-p.Backward-p.ExpertsForward-p.ExpertsBackward-p.Optimizer, 0)
+	}
 	if err := s.place(ffn); err != nil {
 		return err
 	}
 	s.sizeBuckets()
 	// The statistics all-to-all carries 4 + 2 x MoE layers x experts
 	// float64 plus the stop vote; the norm one float64; the barrier none.
-	s.statsA2A = s.allToAll(8 * (5 + 2*sh.MoELayers()*sh.Experts))
+	statsBytes := 8 * (5 + 2*sh.MoELayers()*sh.Experts)
+	s.statsA2A = s.allToAll(statsBytes)
 	s.normA2A = s.allToAll(8)
 	s.barrier = s.allToAll(0)
+	if s.linkWork() {
+		s.statsA = &a2a{bytes: statsBytes, then: func(r int, t time.Duration) {
+			s.ranks[r].sync = t
+			s.backwardFrom(r, t)
+		}}
+		s.normA = &a2a{bytes: 8, then: func(r int, t time.Duration) {
+			s.ranks[r].normEnd = t
+			s.own(r, t, s.optTime[r], func(t time.Duration) {
+				s.ranks[r].optEnd = t
+				s.enterA2A(s.barrierA, r, t)
+			})
+		}}
+		s.barrierA = &a2a{then: func(r int, t time.Duration) { s.stepEnd = max(s.stepEnd, t) }}
+	}
 	return nil
 }
 
@@ -664,6 +752,11 @@ func (s *trainSim) place(ffn func(rows, f int) time.Duration) error {
 // streaming adamBytes per parameter at the host's memory bandwidth and
 // the calibrated per-core rate on every core.
 func (s *trainSim) adamTime(params int64) time.Duration {
+	if p := s.prof; p != nil && p.Params > 0 && p.Optimizer > 0 {
+		// The profile's optimizer (clipping, AdamW, the bias update) per
+		// parameter.
+		return time.Duration(float64(p.Optimizer) * float64(params) / float64(p.Params))
+	}
 	t := rate(int(params*adamBytes), s.c.HostMemBandwidth)
 	if ps := s.c.Cal.AdamParamsPerS; ps > 0 {
 		t = max(t, rate(int(params), ps*float64(s.c.Cluster.Cores)))
@@ -746,6 +839,10 @@ func (s *trainSim) sizeBuckets() {
 		dur, ok := cache[wire]
 		if !ok {
 			costs := Costs{MsgCPU: s.c.Cal.MsgCPU}
+			if s.linkWork() {
+				lat, _ := s.sideCost(0, 1)
+				costs = Costs{MsgCPU: lat, ByteCPU: 2 * s.c.Cal.LinkByteCPU * 1e-9}
+			}
 			if s.n <= eventRanks || wire <= int64(s.c.SmallBytes) || s.c.SharedCores > 0 {
 				dur, _, _ = PredictAllReduce(AllReduce{N: s.n, Bytes: int(wire), ChunkBytes: s.c.ChunkBytes, SmallBytes: s.c.SmallBytes}, m, costs)
 			} else {
@@ -917,6 +1014,16 @@ func (s *trainSim) reschedule(h int, t time.Duration) {
 // resource is requested in time order (first come, first served).
 func (s *trainSim) send(a, b, bytes int, t time.Duration, then func(time.Duration)) {
 	cpu := s.c.Cal.MsgCPU + rate(bytes, s.c.Cal.MsgBytesPerS)
+	if s.linkWork() {
+		d, w := s.sideCost(bytes, 1)
+		src, dst := &s.hosts[a], &s.hosts[b]
+		s.q.at(t, func(t time.Duration) {
+			s.wideWork(a, t, d, w, func(t time.Duration) {
+				s.wire(src, dst, a, b, bytes, t, func(t time.Duration) { s.wideWork(b, t, d, w, then) })
+			})
+		})
+		return
+	}
 	lat := s.c.Cluster.Latency
 	r := s.linkRate(a, b)
 	h := Host{Rate: r, Burst: s.c.Burst}
@@ -935,6 +1042,52 @@ func (s *trainSim) send(a, b, bytes int, t time.Duration, then func(time.Duratio
 			})
 		})
 	})
+}
+
+// wire passes a message of bytes from host a's interface to host b's
+// from t and calls then when the receiver has it.
+func (s *trainSim) wire(src, dst *trainHost, a, b, bytes int, t time.Duration, then func(time.Duration)) {
+	lat, r := s.c.Cluster.Latency, s.linkRate(a, b)
+	h := Host{Rate: r, Burst: s.c.Burst}
+	out, busy := passTimed(&src.tx, t, bytes, h)
+	src.txBusy += busy
+	first := max(out-rate(bytes, r), t) + lat // a burst passes at once
+	s.q.at(first, func(t time.Duration) {
+		got, busy := passTimed(&dst.rx, t, bytes, h)
+		dst.rxBusy += busy
+		s.q.at(max(got, out+lat), then)
+	})
+}
+
+// linkWork reports whether messages are charged the calibrated core time
+// across a link (Calibration.LinkMsgCPU) on the shared pool: hosts that
+// share one machine's cores, as the emulated cluster's do, where every
+// message's kernel and user work takes cores the products need.
+func (s *trainSim) linkWork() bool { return s.pool != nil && s.c.Cal.LinkMsgCPU > 0 }
+
+// sideCost is the pool task of k message sides of bytes bytes each
+// (linkWork): d, its time alone, and width, the cores it keeps busy, so
+// that d x width is the calibrated core time (LinkMsgCPU and LinkByteCPU
+// per side) and d its latency (a quarter of the one-row exchange round
+// trip across the link less the raw-TCP round trip, per side; the bytes
+// at LinkByteCPU).
+func (s *trainSim) sideCost(bytes, k int) (d time.Duration, width float64) {
+	cal := s.c.Cal
+	lat := cal.MsgCPU
+	if cal.LinkExchangeRTT > cal.LinkRTT {
+		lat = (cal.LinkExchangeRTT - cal.LinkRTT) / 4
+	}
+	perByte := time.Duration(float64(bytes) * cal.LinkByteCPU)
+	work := time.Duration(k) * (cal.LinkMsgCPU + perByte)
+	d = time.Duration(k) * (min(lat, cal.LinkMsgCPU) + perByte)
+	return d, float64(work) / float64(max(d, 1))
+}
+
+// wideWork runs d of host h's message software on width cores of the
+// pool from t, then calls then.
+func (s *trainSim) wideWork(h int, t, d time.Duration, width float64, then func(time.Duration)) {
+	s.hosts[h].msgBusy += scale(d, width)
+	s.pool.addWide(t, d, width, then)
 }
 
 // passTimed passes bytes through one direction of an interface from t
@@ -966,7 +1119,7 @@ func (s *trainSim) exchange(r, l int, backward bool, t time.Duration, then func(
 	for _, o := range owners {
 		work := o.fwd
 		if backward {
-			work *= 2
+			work = scale(work, s.exBwd)
 		}
 		if o.host == r {
 			// In process (RemoteTrainer.SetLocal): the server's GEMM
@@ -984,6 +1137,9 @@ func (s *trainSim) exchange(r, l int, backward bool, t time.Duration, then func(
 }
 
 func (s *trainSim) isMoE(l int) bool { return l >= s.c.Shape.DenseLayers }
+
+// scale is d times f.
+func scale(d time.Duration, f float64) time.Duration { return time.Duration(float64(d) * f) }
 
 // forward runs rank r's layer l from t (l = Layers: the head).
 func (s *trainSim) forward(r, l int, t time.Duration) {
@@ -1008,19 +1164,26 @@ func (s *trainSim) forward(r, l int, t time.Duration) {
 func (s *trainSim) forwardDone(r int, t time.Duration) {
 	s.ranks[r].fwdEnd = t
 	s.fwdLast = max(s.fwdLast, t)
+	if s.statsA != nil && s.n > 1 {
+		s.enterA2A(s.statsA, r, t)
+		return
+	}
 	if s.fwdIn++; s.fwdIn < s.n {
 		return
 	}
 	sync := s.fwdLast + s.statsA2A
 	for r := range s.ranks {
 		s.ranks[r].sync = sync
-		s.q.at(sync, func(t time.Duration) {
-			s.own(r, t, 2*s.head, func(t time.Duration) {
-				s.grads(r, s.c.Shape.Layers, t)
-				s.backward(r, s.c.Shape.Layers-1, t)
-			})
-		})
+		s.q.at(sync, func(t time.Duration) { s.backwardFrom(r, t) })
 	}
+}
+
+// backwardFrom starts rank r's backward at t, with the head.
+func (s *trainSim) backwardFrom(r int, t time.Duration) {
+	s.own(r, t, scale(s.head, s.bwd), func(t time.Duration) {
+		s.grads(r, s.c.Shape.Layers, t)
+		s.backward(r, s.c.Shape.Layers-1, t)
+	})
 }
 
 // backward runs rank r's layer l from t (l = -1: the embeddings, the
@@ -1033,9 +1196,9 @@ func (s *trainSim) backward(r, l int, t time.Duration) {
 		s.maybeFinish()
 		return
 	}
-	s.own(r, t, 2*s.shared[l], func(t time.Duration) {
+	s.own(r, t, scale(s.shared[l], s.bwd), func(t time.Duration) {
 		next := func(t time.Duration) {
-			s.own(r, t, 2*s.attn[l], func(t time.Duration) {
+			s.own(r, t, scale(s.attn[l], s.bwd), func(t time.Duration) {
 				s.grads(r, l, t)
 				s.backward(r, l-1, t)
 			})
@@ -1088,13 +1251,39 @@ func (s *trainSim) runBuckets() {
 	pieces := max((b.wire+piece-1)/piece, 1)
 	over := b.overhead / time.Duration(pieces)
 	h := Host{Rate: s.c.Cluster.Rate, Burst: s.c.Burst}
+	finish := func(t time.Duration) {
+		s.arRunning = false
+		s.arFree = t
+		s.runBuckets()
+		s.maybeFinish()
+	}
+	// On the pool (linkWork), every rank's sends and receives of the
+	// ring (2(n-1) of B/n bytes each way) take their core time there
+	// too; the bucket ends when the wire and every rank's work are done.
+	hostsLeft, chainDone := 0, false
+	if s.linkWork() {
+		hostsLeft = s.n
+		chunk := int(b.bytes / int64(s.n))
+		if s.c.WireBF16 {
+			chunk /= 2
+		}
+		d, w := s.sideCost(chunk, 4*(s.n-1))
+		for h := range s.hosts {
+			s.q.at(start, func(t time.Duration) {
+				s.wideWork(h, t, d, w, func(t time.Duration) {
+					if hostsLeft--; hostsLeft == 0 && chainDone {
+						finish(t)
+					}
+				})
+			})
+		}
+	}
 	var step func(k int, t time.Duration)
 	step = func(k int, t time.Duration) {
 		if k == pieces {
-			s.arRunning = false
-			s.arFree = t
-			s.runBuckets()
-			s.maybeFinish()
+			if chainDone = true; hostsLeft == 0 {
+				finish(t)
+			}
 			return
 		}
 		bytes := b.wire / pieces
@@ -1125,6 +1314,14 @@ func (s *trainSim) maybeFinish() {
 	for r := range s.ranks {
 		start = max(start, s.ranks[r].bwdEnd)
 	}
+	if s.normA != nil && s.n > 1 {
+		// On the pool: the norm all-to-all, each rank's optimizer as its
+		// own products, the barrier.
+		for r := range s.ranks {
+			s.q.at(start, func(t time.Duration) { s.enterA2A(s.normA, r, t) })
+		}
+		return
+	}
 	start += s.normA2A
 	for r := range s.ranks {
 		s.ranks[r].normEnd = start
@@ -1136,7 +1333,16 @@ func (s *trainSim) maybeFinish() {
 
 func (s *trainSim) run() {
 	for r := range s.ranks {
-		s.q.at(0, func(t time.Duration) { s.forward(r, 0, t) })
+		s.q.at(0, func(t time.Duration) {
+			if s.other == 0 {
+				s.forward(r, 0, t)
+				return
+			}
+			s.own(r, t, s.other, func(t time.Duration) {
+				s.ranks[r].start = t
+				s.forward(r, 0, t)
+			})
+		})
 	}
 	s.q.run()
 }
@@ -1146,23 +1352,24 @@ func (s *trainSim) result() TrainPrediction {
 	c := s.c
 	n := time.Duration(s.n)
 	p := TrainPrediction{N: s.n, Tokens: s.n * c.TokensPerRank, Step: s.stepEnd, Owners: s.nOwners, Fits: s.fits, AllReduceBytes: s.arBytes}
-	var fwd, bwd, ex, ar, opt, bar, straggle, bwdLast time.Duration
+	var other, fwd, bwd, ex, ar, opt, bar, straggle, bwdLast time.Duration
 	for _, r := range s.ranks {
 		bwdLast = max(bwdLast, r.bwdEnd)
 	}
 	for _, r := range s.ranks {
 		straggle += (s.fwdLast - r.fwdEnd) + (bwdLast - r.bwdEnd)
-		fwd += r.fwdEnd - r.exFwd
+		other += r.start
+		fwd += r.fwdEnd - r.start - r.exFwd
 		bwd += r.bwdEnd - r.sync - (r.exchange - r.exFwd)
 		ex += r.exchange
 		ar += (r.sync - r.fwdEnd) + (r.normEnd - r.bwdEnd)
 		opt += r.optEnd - r.normEnd
 		bar += s.stepEnd - r.optEnd
 	}
-	p.Forward, p.Backward, p.ExchangeWait = fwd/n, bwd/n, ex/n
+	p.Other, p.Forward, p.Backward, p.ExchangeWait = other/n, fwd/n, bwd/n, ex/n
 	p.AllReduceWait, p.Optimizer, p.Barrier, p.Straggle = ar/n, opt/n, bar/n, straggle/n
 	// Rounding of the means: the parts sum to the step exactly.
-	p.Barrier += p.Step - (p.Forward + p.Backward + p.ExchangeWait + p.AllReduceWait + p.Optimizer + p.Barrier)
+	p.Barrier += p.Step - (p.Other + p.Forward + p.Backward + p.ExchangeWait + p.AllReduceWait + p.Optimizer + p.Barrier)
 	if s.n > 1 && len(s.buckets) > 0 {
 		p.AllReduce = s.arEnd - s.arFirst
 	}
@@ -1313,8 +1520,14 @@ type sharedTask struct {
 
 // add runs d (its time on width cores) from t, then calls then.
 func (p *sharedPool) add(t, d time.Duration, width int, then func(time.Duration)) {
+	p.addWide(t, d, float64(max(width, 1)), then)
+}
+
+// addWide is add with a fractional width (> 0): d on width cores is
+// d x width of core time.
+func (p *sharedPool) addWide(t, d time.Duration, width float64, then func(time.Duration)) {
 	p.advance(t)
-	p.tasks = append(p.tasks, &sharedTask{left: float64(d), width: float64(max(width, 1)), then: then})
+	p.tasks = append(p.tasks, &sharedTask{left: float64(d), width: width, then: then})
 	p.plan(t)
 }
 

@@ -32,13 +32,13 @@ func predict(t *testing.T, c TrainConfig) TrainPrediction {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if sum := p.Forward + p.Backward + p.ExchangeWait + p.AllReduceWait + p.Optimizer + p.Barrier; sum != p.Step {
+	if sum := p.Other + p.Forward + p.Backward + p.ExchangeWait + p.AllReduceWait + p.Optimizer + p.Barrier; sum != p.Step {
 		t.Fatalf("N=%d: parts sum to %v, step %v (%+v)", p.N, sum, p.Step, p)
 	}
 	if p.Straggle > p.AllReduceWait {
 		t.Fatalf("N=%d: straggle %v beyond the all-reduce wait %v", p.N, p.Straggle, p.AllReduceWait)
 	}
-	for name, d := range map[string]time.Duration{"forward": p.Forward, "backward": p.Backward, "exchange": p.ExchangeWait,
+	for name, d := range map[string]time.Duration{"other": p.Other, "forward": p.Forward, "backward": p.Backward, "exchange": p.ExchangeWait,
 		"all-reduce": p.AllReduceWait, "optimizer": p.Optimizer, "barrier": p.Barrier} {
 		if d < 0 {
 			t.Fatalf("N=%d: %s %v < 0", p.N, name, d)

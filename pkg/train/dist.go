@@ -181,6 +181,8 @@ type StepTimes struct {
 	Forward, Backward, ExchangeWait, AllReduceWait, Optimizer, Barrier, Total time.Duration
 	AllReduceBytes                                                            int64
 	AllReduceBusy                                                             time.Duration
+	// ExchangeForward is the forward's share of ExchangeWait.
+	ExchangeForward time.Duration
 }
 
 // BusBandwidth is the gradient all-reduce's bus bandwidth in bytes/s over
@@ -221,6 +223,7 @@ func (s *DistStepper) gradients(ctx context.Context, ids [][]int32) (*model.Step
 	}
 	e1 := st.Prof.Experts
 	s.Last.Forward = time.Since(tf) - (e1 - e0)
+	s.Last.ExchangeForward = e1 - e0
 	// One more element carries the ranks' stop votes (a count: > 0 when
 	// any rank asked), so stopping costs no collective of its own.
 	vote := 0.0
