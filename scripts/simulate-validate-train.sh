@@ -8,17 +8,21 @@
 # rank) for STEPS steps (default 1200, about 30 s), plaintext (no TLS).
 # In the same run, before the workers start: `switchyard simulate
 # calibrate --quick` on h1 with --peer h2 (kernels, AdamW, the exchange's
-# software cost on h1's loopback; the link's raw-TCP rate to h2) and a
-# raw-TCP ping-pong h1 -> h2 (bench/serve tcpping, 2000 x 64 B: the
-# round trip). It records the CPU time the coordinator and workers used
-# during the job, then trains one rank's share of the job (batch 2) in one
-# process (no messages), then scrapes every worker's
+# software cost on h1's loopback; the link's raw-TCP rate to h2, and the
+# core time the exchange's messages take across it on both hosts;
+# --train-model: one rank's step of the same model, 2 x 32 tokens, in one
+# process) and a raw-TCP ping-pong h1 -> h2 (bench/serve tcpping, 2000 x
+# 64 B: the round trip). It records the CPU time the coordinator and
+# workers used during the job (in all, and each process's), then trains
+# one rank's share of the job (batch 2) in one process with the train
+# command (no messages), then scrapes every worker's
 # switchyard_train_step_seconds_total{part} and switchyard_train_steps_total,
 # and writes everything, with the date, the CPU model and the load
 # average, to OUT (default bench/results/train-netns.txt), which
 # pkg/simulate.ReadTrainBench reads (TestTrainBench predicts it).
 #
 #   scripts/simulate-validate-train.sh [OUT]     (needs root; about 1 min)
+#   CHECK=1 scripts/simulate-validate-train.sh /tmp/t.txt   (then TestTrainBench on it)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -151,5 +155,10 @@ single=$("$work/switchyard" train --out "$work/single" "${job[@]}" --batch 2 2>&
 } >"$work/result.txt"
 grep -q 'steps=' "$work/result.txt" || { echo "validate-train: no train metrics scraped"; cat "$work/result.txt"; exit 1; }
 cp "$work/result.txt" "$out"
-cat "$out" | grep -v '^calibration:'
+grep -v '^calibration:' "$out"
 echo "validate-train: wrote $out (job $job_s s)"
+if [ "${CHECK:-0}" = 1 ]; then
+	# The validation on this run: the step predicted from this run's own
+	# calibration within 15%, and the models wrong on purpose outside.
+	SWITCHYARD_TRAIN_BENCH=$(realpath "$out") go test -count=1 -run 'TestTrainBench$' -v ./pkg/simulate
+fi

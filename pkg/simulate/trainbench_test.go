@@ -1,6 +1,7 @@
 package simulate
 
 import (
+	"cmp"
 	"math"
 	"os"
 	"strings"
@@ -65,8 +66,10 @@ func TestSharedPool(t *testing.T) {
 	}
 }
 
-// benchFile is the committed measurement of a 3-worker step.
-const benchFile = "../../bench/results/train-netns.txt"
+// benchFile is the committed measurement of a 3-worker step;
+// SWITCHYARD_TRAIN_BENCH names another (a fresh run of
+// scripts/simulate-validate-train.sh: CHECK=1 runs TestTrainBench on it).
+var benchFile = cmp.Or(os.Getenv("SWITCHYARD_TRAIN_BENCH"), "../../bench/results/train-netns.txt")
 
 func readBench(t *testing.T) *TrainBench {
 	t.Helper()
