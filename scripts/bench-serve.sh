@@ -35,12 +35,15 @@
 #                 internal/rawsock)
 #
 # BENCH_SERVE_CLIENTS ("1 16") and BENCH_SERVE_RATES ("1gbit 10gbit", the
-# 4-host runs) narrow a run; BENCH_SERVE_NETNS ("4hosts 2hosts 1host")
-# picks the emulated-host sets (BENCH_SERVE_ONLY_2HOSTS=1 is "2hosts"),
+# 4-host runs) narrow a run; BENCH_SERVE_NETNS ("4hosts 2hosts 1host";
+# also "4hosts1core": the 4 worker hosts with GOMAXPROCS=1 each, and
+# "4hosts1thread": the front end too) picks the
+# emulated-host sets (BENCH_SERVE_ONLY_2HOSTS=1 is "2hosts"),
 # BENCH_SERVE_2HOST_RATES and BENCH_SERVE_1HOST_RATES ("1gbit 10gbit")
 # their rates, BENCH_SERVE_1HOST_POLLS ("0 20ms") the lane polls of the
 # 1-host runs;
-# BENCH_SERVE_KEEP=1 keeps the work folder (every process's log);
+# BENCH_SERVE_OUT (bench/results/serve.txt) is the results file, its table
+# beside it (.md); BENCH_SERVE_KEEP=1 keeps the work folder (every process's log);
 # BENCH_SERVE_TRACE=1 has the emulated hosts' processes write OpenTelemetry
 # spans there (trace-RATE-fe.jsonl, trace-RATE-wI.jsonl; tracing costs time,
 # so such a run's numbers are for decomposing a layer, not for the table).
@@ -62,7 +65,7 @@
 # SWITCHYARD_BIN_DIR=DIR takes switchyard, coordinator (and bs, bench/serve,
 # if there) from DIR instead of building them.
 #
-#   scripts/bench-serve.sh [--only in-process|workers|netns]
+#   scripts/bench-serve.sh [--only in-process|workers|netns[,...]]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -76,8 +79,8 @@ model=$cache/mixtral-l8-e32-h1024-f2816-v320
 warm=${BENCH_SERVE_WARMUP:-5}
 secs=${BENCH_SERVE_SECONDS:-20}
 tokens=64
-out=bench/results/serve.txt
-md=bench/results/serve.md
+out=${BENCH_SERVE_OUT:-bench/results/serve.txt}
+md=${out%.txt}.md
 work=$(mktemp -d /tmp/switchyard-bench-serve.XXXXXX)
 pids=()
 cleanup() {
@@ -162,6 +165,21 @@ run_netns() {
 	nsrun() { local h=$1; shift; nsenter --net="/var/run/netns/$SY_CLUSTER-$h" -- "$@"; }
 	ip0=$($net ip h0)
 	etcd="http://$ip0:2379"
+	# The link's calibration in the same run, before the cluster starts:
+	# the exchange's core time across h0 -> h1 on both hosts, with the
+	# front end's and the workers' environments (simulate calibrate
+	# --peer; the serving model charges it where hosts share cores).
+	nsrun h1 env ${BENCH_SERVE_WORKER_ENV:-} "$work/switchyard" simulate calibrate --serve-link "$($net ip h1):7071" >/dev/null 2>&1 &
+	local lpid=$!
+	sleep 0.5
+	if nsrun h0 env ${BENCH_SERVE_FRONTEND_ENV:-} "$work/switchyard" simulate calibrate --quick --peer "$($net ip h1):7071" \
+		--out "$work/cal-$rate.json" >"$work/cal-$rate.log" 2>&1; then
+		log "calibration: $(tr -d ' \n' <"$work/cal-$rate.json")"
+	else
+		log "# link calibration failed: $(tail -n 1 "$work/cal-$rate.log")"
+	fi
+	kill "$lpid" 2>/dev/null || true
+	wait "$lpid" 2>/dev/null || true
 	nsrun h0 "$work/coordinator" --listen-client-urls "$etcd" --listen-peer-urls "http://$ip0:2380" \
 		--data-dir "$work/etcd-$rate" --cluster bench --model "$model" --elem-bytes 2 --expect-workers "$hosts" \
 		--name c0 >"$work/coord-$rate.out" 2>"$work/coord-$rate.log" &
@@ -191,20 +209,36 @@ run_netns() {
 	cleanup
 }
 
-case "$only" in "" | in-process) run_local "in-process" 0 ;; esac
-case "$only" in "" | workers)
+want() { [ -z "$only" ] || case ",$only," in *",$1,"*) true ;; *) false ;; esac; }
+if want in-process; then run_local "in-process" 0; fi
+if want workers; then
 	run_local "2 local workers" 2
 	run_local "2 local workers, overlap" 2 --overlap
 	run_local "4 local workers" 4
-	;;
-esac
-case "$only" in "" | netns)
+fi
+if want netns; then
 	if [ "$(id -u)" = 0 ]; then
 		sets=${BENCH_SERVE_NETNS:-4hosts 2hosts 1host}
 		[ -n "${BENCH_SERVE_ONLY_2HOSTS:-}" ] && sets=2hosts
 		case " $sets " in *" 4hosts "*)
 			for rate in ${BENCH_SERVE_RATES:-1gbit 10gbit}; do
 				SWITCHYARD_SPIN=0 run_netns "$rate" 4
+			done
+			;;
+		esac
+		case " $sets " in *" 4hosts1core "*)
+			# 4 worker hosts of one Go thread each, as the 2-host rows: an
+			# idle Go thread of one emulated host spins on a core another needs.
+			for rate in ${BENCH_SERVE_RATES:-1gbit 10gbit}; do
+				SWITCHYARD_SPIN=0 BENCH_SERVE_WORKER_ENV=GOMAXPROCS=1 run_netns "$rate" 4 ", 1 core each"
+			done
+			;;
+		esac
+		case " $sets " in *" 4hosts1thread "*)
+			# The same with the front end one Go thread too: every emulated
+			# host a process of one thread.
+			for rate in ${BENCH_SERVE_RATES:-1gbit 10gbit}; do
+				SWITCHYARD_SPIN=0 BENCH_SERVE_WORKER_ENV=GOMAXPROCS=1 BENCH_SERVE_FRONTEND_ENV=GOMAXPROCS=1 run_netns "$rate" 4 ", 1 thread each"
 			done
 			;;
 		esac
@@ -231,8 +265,7 @@ case "$only" in "" | netns)
 	else
 		log "# netns configurations skipped: need root"
 	fi
-	;;
-esac
+fi
 
 "$work/bs" report -out "$work/table.md" "${results[@]}" >/dev/null
 {

@@ -851,8 +851,10 @@ func (p *corePool) computeTask(t time.Duration, n int, d time.Duration) time.Dur
 	return p.take(t, n, d)
 }
 
-// message runs a message task of d ready at t; it returns when it ends.
-func (p *corePool) message(t, d time.Duration) time.Duration {
+// message runs a message task of d ready at t that takes work of core
+// time (at least d; more where the kernel's part runs beside it); it
+// returns when it ends.
+func (p *corePool) message(t, d, work time.Duration) time.Duration {
 	best := 0
 	for i := range p.msgFree {
 		if p.msgFree[i] < p.msgFree[best] {
@@ -864,7 +866,7 @@ func (p *corePool) message(t, d time.Duration) time.Duration {
 	p.msgFree[best] = end
 	for _, f := range p.free {
 		if f > start {
-			p.debt += d // compute was running: it is that much later
+			p.debt += max(work, d) // compute was running: it is that much later
 			break
 		}
 	}
@@ -1017,6 +1019,11 @@ type serveSim struct {
 	wThreads  int
 	msgCPU    time.Duration
 	msgBPS    float64
+	// linkMsg and linkByte (ns/B) are the core time a message side takes
+	// across the links (Calibration.LinkMsgCPU, LinkByteCPU), charged on
+	// a shared pool (SharedCores) instead of the latency msgCost; 0: none.
+	linkMsg  time.Duration
+	linkByte float64
 	hosts     []serveHost
 	fe        []serveFE
 	w         []serveWorker
@@ -1120,6 +1127,21 @@ func newServeSim(cfg ServeConfig, cal *Calibration) (*serveSim, error) {
 		msgCPU: cal.MsgCPU, msgBPS: cal.MsgBytesPerS}
 	if s.msgCPU == 0 && cal.ExchangeRTT > 0 {
 		s.msgCPU = cal.ExchangeRTT / 4 // a round trip is 2 messages, each paid on both sides
+	}
+	if cfg.SharedCores > 0 && cal.LinkMsgCPU > 0 {
+		// Hosts sharing one machine's cores, with the exchange's core
+		// time measured across the link: a message side's latency is a
+		// quarter of the one-row round trip there less the raw-TCP one
+		// (its bytes at LinkByteCPU), its core time LinkMsgCPU (the
+		// kernel's work included, beside the sender's thread).
+		s.linkMsg, s.linkByte = cal.LinkMsgCPU, cal.LinkByteCPU
+		if cal.LinkExchangeRTT > cal.LinkRTT {
+			s.msgCPU = min((cal.LinkExchangeRTT-cal.LinkRTT)/4, cal.LinkMsgCPU)
+		}
+		s.msgBPS = 0
+		if cal.LinkByteCPU > 0 {
+			s.msgBPS = 1e9 / cal.LinkByteCPU
+		}
 	}
 	cores := c.Cores
 	if cfg.SharedCores > 0 {
@@ -1296,7 +1318,18 @@ func (s *serveSim) endStep(f int) {
 	}
 }
 
-// msgCost is the CPU one side spends on a message of bytes.
+// msgWork is the core time one side spends on a message of bytes: its
+// msgCost, or across calibrated links on a shared pool, LinkMsgCPU and
+// LinkByteCPU.
+func (s *serveSim) msgWork(bytes int) time.Duration {
+	if s.linkMsg == 0 {
+		return s.msgCost(bytes)
+	}
+	return s.linkMsg + time.Duration(float64(bytes)*s.linkByte)
+}
+
+// msgCost is the CPU one side spends on a message of bytes (its
+// latency; msgWork its core time).
 func (s *serveSim) msgCost(bytes int) time.Duration {
 	d := s.msgCPU
 	if s.msgBPS > 0 {
@@ -1408,13 +1441,13 @@ const serveChunkBytes = 1 << 20
 // with the transfer, so the interface finishes no earlier than the copy.
 // The core is busy for the whole cost.
 func (s *serveSim) sendCPU(h *serveHost, m *serveMsg, t time.Duration) {
-	full := s.msgCost(m.bytes)
-	end := h.cores.message(t, full)
+	full, work := s.msgCost(m.bytes), s.msgWork(m.bytes)
+	end := h.cores.message(t, full, work)
 	out := end - full + s.msgCost(min(m.bytes, serveChunkBytes))
 	m.copyEnd = end
 	m.path[catSoftware] += out - t
 	if s.measuring {
-		h.cores.msg += full
+		h.cores.msg += work
 	}
 	s.push(out, sevTx, 0, m)
 }
@@ -1472,12 +1505,12 @@ func (s *serveSim) rx(m *serveMsg) {
 // last byte, or when the whole copy is done if that is later.
 func (s *serveSim) rxCPU(m *serveMsg) {
 	_, dst := s.ends(m)
-	full := s.msgCost(m.bytes)
-	end := dst.cores.message(s.now, full)
+	full, work := s.msgCost(m.bytes), s.msgWork(m.bytes)
+	end := dst.cores.message(s.now, full, work)
 	done := max(end, m.got+s.msgCost(min(m.bytes, serveChunkBytes)))
 	m.path[catSoftware] += done - m.got
 	if s.measuring {
-		dst.cores.msg += full
+		dst.cores.msg += work
 	}
 	s.push(done, sevRecv, 0, m)
 }
@@ -1957,6 +1990,8 @@ type ServeBenchRow struct {
 	Workers     int
 	Nominal     float64
 	OneCoreEach bool // workers with GOMAXPROCS=1
+	// OneThreadEach: every process (the front end too) with GOMAXPROCS=1.
+	OneThreadEach bool
 	Overlap     bool
 	RTT         time.Duration // the raw-TCP round trip measured before the run (tcpping p50)
 	Load        float64       // 1-minute load average when the configuration started
@@ -1970,6 +2005,10 @@ type ServeBenchRow struct {
 	// its rows, the owners' part and the exchange's own.
 	Exchange, Owners, Own time.Duration
 	Rows                  float64
+	// Link is the calibration taken across the row's links in the same
+	// run (bench-serve.sh: simulate calibrate --peer h0 -> h1 before the
+	// configuration started); nil if none.
+	Link *Calibration
 }
 
 var (
@@ -1994,6 +2033,7 @@ func ReadServeBench(r io.Reader) (*ServeBench, error) {
 	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
 	var rtt time.Duration
 	var load float64
+	var link *Calibration
 	ms := func(s string) time.Duration {
 		v, _ := strconv.ParseFloat(s, 64)
 		return time.Duration(v * float64(time.Millisecond))
@@ -2021,6 +2061,18 @@ func ReadServeBench(r io.Reader) (*ServeBench, error) {
 			load, _ = strconv.ParseFloat(m[1], 64)
 			continue
 		}
+		if strings.HasPrefix(l, "# link calibration failed") {
+			link = nil
+			continue
+		}
+		if j, ok := strings.CutPrefix(l, "calibration: "); ok {
+			c, err := ReadCalibration(strings.NewReader(j))
+			if err != nil {
+				return nil, fmt.Errorf("serve bench: %w", err)
+			}
+			link = c
+			continue
+		}
 		if m := sbPingRE.FindStringSubmatch(l); m != nil {
 			v, _ := strconv.ParseFloat(m[1], 64)
 			rtt = time.Duration(v * float64(time.Microsecond))
@@ -2031,7 +2083,7 @@ func ReadServeBench(r io.Reader) (*ServeBench, error) {
 				ITL: [3]time.Duration{ms(m[6]), ms(m[7]), ms(m[8])}}
 			row.TokensPerS, _ = strconv.ParseFloat(m[5], 64)
 			if n := sbNetnsRE.FindStringSubmatch(m[1]); n != nil {
-				row.Netns, row.Workers, row.RTT = true, atoi(n[1]), rtt
+				row.Netns, row.Workers, row.RTT, row.Link = true, atoi(n[1]), rtt, link
 				row.Nominal = float64(atoi(n[2])) * 1e6
 				if n[3] == "g" {
 					row.Nominal *= 1e3
@@ -2039,7 +2091,8 @@ func ReadServeBench(r io.Reader) (*ServeBench, error) {
 			} else if n := sbLocalRE.FindStringSubmatch(m[1]); n != nil {
 				row.Workers = atoi(n[1])
 			}
-			row.OneCoreEach = strings.Contains(m[1], "1 core each")
+			row.OneThreadEach = strings.Contains(m[1], "1 thread each")
+			row.OneCoreEach = strings.Contains(m[1], "1 core each") || row.OneThreadEach
 			row.Overlap = strings.Contains(m[1], "overlap")
 			b.Rows = append(b.Rows, row)
 			continue
@@ -2116,10 +2169,27 @@ func ServeBenchConfig(b *ServeBench, row ServeBenchRow) (ServeConfig, error) {
 	if row.OneCoreEach {
 		cfg.WorkerThreads = 1
 	}
+	if row.OneThreadEach {
+		cfg.FrontendThreads = 1
+	}
 	return cfg, nil
 }
 
-// PredictServeBench predicts every emulated (netns) row of b with cal.
+// withLink is cal with the link measurements of link (the row's own
+// calibration: LinkRate, LinkRTT, LinkMsgCPU, LinkByteCPU,
+// LinkExchangeRTT), or cal itself when link measured none.
+func withLink(cal, link *Calibration) *Calibration {
+	if link == nil || link.LinkMsgCPU <= 0 {
+		return cal
+	}
+	c := *cal
+	c.LinkRate, c.LinkRTT, c.LinkMsgCPU, c.LinkByteCPU, c.LinkExchangeRTT = link.LinkRate, link.LinkRTT, link.LinkMsgCPU, link.LinkByteCPU, link.LinkExchangeRTT
+	return &c
+}
+
+// PredictServeBench predicts every emulated (netns) row of b with cal,
+// each with the link measurements of its own calibration where the file
+// has one (ServeBenchRow.Link).
 func PredictServeBench(b *ServeBench, cal *Calibration) ([]ServeCheck, error) {
 	var out []ServeCheck
 	for _, row := range b.Rows {
@@ -2130,7 +2200,7 @@ func PredictServeBench(b *ServeBench, cal *Calibration) ([]ServeCheck, error) {
 		if err != nil {
 			return nil, err
 		}
-		r, err := PredictServe(cfg, cal)
+		r, err := PredictServe(cfg, withLink(cal, row.Link))
 		if err != nil {
 			return nil, fmt.Errorf("serve bench %q, %d clients: %w", row.Config, row.Clients, err)
 		}

@@ -378,3 +378,82 @@ func TestServeDeepSeekBatch1(t *testing.T) {
 		t.Errorf("100 GbE %.1f tokens/s, 25 GbE %.1f: want within 10%%", fast.TokensPerS, slow.TokensPerS)
 	}
 }
+
+// serve4HostsFile is an emulated serving run of 4 worker hosts in which
+// every process is one Go thread ("1 thread each"), with each
+// configuration's link calibrated in the same run, beside the same
+// hosts with the processes' default threads (scripts/bench-serve.sh
+// --only in-process,netns, BENCH_SERVE_NETNS="4hosts1thread 4hosts").
+const serve4HostsFile = "../../bench/results/serve-4hosts.txt"
+
+// TestPredictServe4Hosts predicts the 4-host rows of serve4HostsFile from
+// the file's own calibration (its in-process rows for the compute, each
+// configuration's link calibration for the messages' core time). The
+// issue's target: tokens/s within 15% on every row where each emulated
+// host is a process of one thread; the MoE layer's exchange is logged
+// (predicted 9-20% short in the runs measured). Models wrong on purpose
+// must miss a row by more than 15%: hosts with cores of their own (no
+// shared pool), and the uncorrected AssumedCalibration. The rows with
+// the processes' default threads (2 each: idle Go threads of one host
+// spin on cores the others need, which no real host pays) are logged:
+// the model predicts them too fast.
+func TestPredictServe4Hosts(t *testing.T) {
+	f, err := os.Open(serve4HostsFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b, err := ReadServeBench(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cal := ServeBenchCalibration(b)
+	type variant struct {
+		name string
+		cal  *Calibration
+		mod  func(*ServeConfig)
+		want bool // every row within 15%
+	}
+	for _, v := range []variant{
+		{"the model", cal, nil, true},
+		{"hosts with cores of their own", cal, func(c *ServeConfig) { c.SharedCores = 0; c.Cluster.Cores = b.Cores }, false},
+		{"AssumedCalibration, uncorrected", AssumedCalibration(), nil, false},
+	} {
+		rows, worst := 0, 0.0
+		for _, row := range b.Rows {
+			if !row.Netns {
+				continue
+			}
+			cfg, err := ServeBenchConfig(b, row)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v.mod != nil {
+				v.mod(&cfg)
+			}
+			link := row.Link
+			if link == nil || link.LinkMsgCPU <= 0 {
+				t.Fatalf("%s, %d clients: no link calibration in the file", row.Config, row.Clients)
+			}
+			p, err := PredictServe(cfg, withLink(v.cal, link))
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := ServeCheck{Row: row, Predicted: p}
+			t.Logf("%-32s %-40s %2d clients: tokens/s %6.2f predicted %6.2f measured (%+5.1f%%); exchange %6.2f / %6.2f ms (%+5.1f%%)",
+				v.name, row.Config, row.Clients, p.TokensPerS, row.TokensPerS, 100*c.TokensErr(),
+				float64(p.Exchange)/1e6, float64(row.Exchange)/1e6, 100*c.ExchangeErr())
+			if !row.OneThreadEach || row.Failed > 0 || row.OK == 0 {
+				continue
+			}
+			rows++
+			worst = max(worst, math.Abs(c.TokensErr()))
+		}
+		if rows != 4 {
+			t.Fatalf("%d judged rows of one thread each, want 4 (1 and 16 clients at 1 and 10 Gbit/s)", rows)
+		}
+		if within := worst <= 0.15; within != v.want {
+			t.Errorf("%s: worst tokens/s error %.1f%%: within 15%% %v, want %v", v.name, 100*worst, within, v.want)
+		}
+	}
+}

@@ -316,11 +316,22 @@ func (p TrainPrediction) Compute() time.Duration { return p.Forward + p.Backward
 //     bandwidth, or Calibration.AdamParamsPerS per core where that is
 //     slower), and the barrier (an all-to-all of empty messages).
 //
-// Not modeled: element-wise work (norms, softmax, SiLU, residuals,
-// embeddings: 4% of a measured single-process step, bench/results/
-// train.txt), routing skew, the message software competing with the
-// products for cores (except on a SharedCores pool), and TCP's fair
-// sharing (interfaces serve whole messages in order).
+// Where the calibration has a TrainProfile of the same shape, tokens per
+// rank, sequence length and threads (Calibration.TrainProfile), the
+// products are scaled to its measured parts (dense forward, experts'
+// forward), the backward to its measured ratios and the optimizer to its
+// time per parameter, and its remainder runs before each rank's forward
+// (TrainPrediction.Other): each call's software and the element-wise work
+// are then in. On a SharedCores pool with the link's core time calibrated
+// (Calibration.LinkMsgCPU), every message side, each all-to-all (sends,
+// then once every rank sent, receives), each bucket's ring (4(n-1) sides a
+// rank beside its wire time) and the optimizer are tasks on the pool.
+//
+// Not modeled: element-wise work without a profile (norms, softmax, SiLU,
+// residuals, embeddings: 4% of a measured single-process step of a larger
+// model, bench/results/train.txt), routing skew, the message software
+// competing with the products for cores (except on a SharedCores pool),
+// and TCP's fair sharing (interfaces serve whole messages in order).
 func PredictTrainStep(c TrainConfig) (TrainPrediction, error) {
 	if err := c.defaults(); err != nil {
 		return TrainPrediction{}, err
