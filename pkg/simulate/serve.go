@@ -1022,8 +1022,8 @@ type serveSim struct {
 	// linkMsg and linkByte (ns/B) are the core time a message side takes
 	// across the links (Calibration.LinkMsgCPU, LinkByteCPU), charged on
 	// a shared pool (SharedCores) instead of the latency msgCost; 0: none.
-	linkMsg  time.Duration
-	linkByte float64
+	linkMsg   time.Duration
+	linkByte  float64
 	hosts     []serveHost
 	fe        []serveFE
 	w         []serveWorker
@@ -1992,12 +1992,12 @@ type ServeBenchRow struct {
 	OneCoreEach bool // workers with GOMAXPROCS=1
 	// OneThreadEach: every process (the front end too) with GOMAXPROCS=1.
 	OneThreadEach bool
-	Overlap     bool
-	RTT         time.Duration // the raw-TCP round trip measured before the run (tcpping p50)
-	Load        float64       // 1-minute load average when the configuration started
-	OK, Failed  int           // completions
-	TokensPerS  float64
-	ITL         [3]time.Duration // p50, p90, p99
+	Overlap       bool
+	RTT           time.Duration // the raw-TCP round trip measured before the run (tcpping p50)
+	Load          float64       // 1-minute load average when the configuration started
+	OK, Failed    int           // completions
+	TokensPerS    float64
+	ITL           [3]time.Duration // p50, p90, p99
 	// Per generated token, from the front end's metrics: the whole
 	// forward, its attention and its experts (exchange included).
 	Total, Attention, Experts time.Duration
