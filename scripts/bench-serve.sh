@@ -174,7 +174,7 @@ run_netns() {
 	sleep 0.5
 	if nsrun h0 env ${BENCH_SERVE_FRONTEND_ENV:-} "$work/switchyard" simulate calibrate --quick --peer "$($net ip h1):7071" \
 		--out "$work/cal-$rate.json" >"$work/cal-$rate.log" 2>&1; then
-		log "calibration: $(tr -d ' \n' <"$work/cal-$rate.json")"
+		log "calibration: $(python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1])), separators=(",", ":")))' "$work/cal-$rate.json")"
 	else
 		log "# link calibration failed: $(tail -n 1 "$work/cal-$rate.log")"
 	fi

@@ -864,6 +864,17 @@ func (p *corePool) message(t, d, work time.Duration) time.Duration {
 	start := max(t, p.msgFree[best])
 	end := start + d
 	p.msgFree[best] = end
+	if extra := work - d; extra > 0 && len(p.msgFree) > 1 {
+		// The rest of its core time (the kernel's part) runs on another
+		// core beside it: the next message there waits for it.
+		next := -1
+		for i := range p.msgFree {
+			if i != best && (next < 0 || p.msgFree[i] < p.msgFree[next]) {
+				next = i
+			}
+		}
+		p.msgFree[next] = max(p.msgFree[next], start) + extra
+	}
 	for _, f := range p.free {
 		if f > start {
 			p.debt += max(work, d) // compute was running: it is that much later

@@ -457,3 +457,60 @@ func TestPredictServe4Hosts(t *testing.T) {
 		}
 	}
 }
+
+// A configuration's "calibration:" line belongs to the rows after it; a
+// failed calibration leaves the next rows without one; a malformed one is
+// an error.
+func TestReadServeBenchLink(t *testing.T) {
+	head := "# cpu: AMD EPYC, 2 cores\n# model: x; mixtral-style, 8 layers, hidden 1024, 32 experts top-4, expert intermediate 2816, vocab 320, bf16\n"
+	row := func(name string) string {
+		return name + ", 1 client(s): 1 clients, 20.0 s: 15 completions ok, 0 failed, 0 wrong; 802 tokens, 40.10 tokens/s; TTFT p50/p90/p99 1/2/3 ms (12 requests); ITL 22.0/27.0/45.9 ms; CPU busy 84%\n"
+	}
+	cal := `calibration: {"cpu":"x","cores":1,"when":"w","gemm":[{"M":1,"K":2,"N":3,"dtype":"f32","threads":1,"flops":1e9}],"mem_bandwidth":1e9,"msg_cpu_ns":1000,"msg_bytes_per_s":1e9,"exchange_rtt_ns":4000,"link_msg_cpu_ns":66000,"link_byte_cpu_ns":2,"link_exchange_rtt_ns":170000,"link_rtt_ns":40000}` + "\n"
+	text := head + cal + row("netns 4 hosts 1gbit, 1 thread each") + "# link calibration failed: refused\n" + row("netns 4 hosts 10gbit, 1 thread each")
+	b, err := ReadServeBench(strings.NewReader(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Rows) != 2 || b.Rows[0].Link == nil || b.Rows[0].Link.LinkMsgCPU != 66*time.Microsecond || b.Rows[1].Link != nil ||
+		!b.Rows[0].OneThreadEach || !b.Rows[0].OneCoreEach {
+		t.Errorf("rows %+v", b.Rows)
+	}
+	if _, err := ReadServeBench(strings.NewReader(head + "calibration: {\"cpu\":\n" + row("netns 4 hosts 1gbit"))); err == nil {
+		t.Error("a malformed calibration line: no error")
+	}
+}
+
+// The link's core time counts only where hosts share cores: on a shared
+// pool more of it per message lowers tokens/s and raises the cores'
+// message time; on hosts of their own the prediction is the same with or
+// without it.
+func TestServeLinkWork(t *testing.T) {
+	c, err := ClusterSpec{Workers: 4, Frontends: 1, Cores: 1, Memory: "64GiB"}.Resolve()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := ServeConfig{Model: smallShape(), Cluster: c, Batch: 8, Context: 64, Steps: 4, SharedCores: 2}
+	run := func(cfg ServeConfig, msg time.Duration) *ServeResult {
+		cal := AssumedCalibration()
+		cal.LinkMsgCPU, cal.LinkByteCPU, cal.LinkExchangeRTT, cal.LinkRTT = msg, 2, 200*time.Microsecond, 40*time.Microsecond
+		r, err := PredictServe(cfg, cal)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	a, b := run(cfg, 50*time.Microsecond), run(cfg, 400*time.Microsecond)
+	if b.TokensPerS >= a.TokensPerS || b.Util.Software <= a.Util.Software {
+		t.Errorf("shared pool: %.1f tokens/s (software %.3f) with 50 us a side, %.1f (%.3f) with 400", a.TokensPerS, a.Util.Software, b.TokensPerS, b.Util.Software)
+	}
+	own := cfg
+	own.SharedCores = 0
+	plain, err := PredictServe(own, AssumedCalibration())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := run(own, 400*time.Microsecond); r.TokensPerS != plain.TokensPerS || r.Split != plain.Split {
+		t.Errorf("hosts of their own: %+v with a link calibration, %+v without", r, plain)
+	}
+}
