@@ -116,8 +116,18 @@ func followJob(ctx context.Context, store *jobs.Store, id string, cfg train.JobC
 			return ctx.Err()
 		case <-t.C:
 		}
+		// Both reads are bounded: etcd can stop answering between them
+		// (a frozen etcd held this loop in the status read, unbounded,
+		// until etcd came back, so the loss was never reported).
 		gctx, gcancel := context.WithTimeout(ctx, 3*time.Second)
 		sp, _, err := store.Get(gctx, id)
+		var st jobs.Status
+		if err == nil {
+			var serr error
+			if st, serr = store.Status(gctx, id); serr != nil && gctx.Err() != nil {
+				err = serr
+			}
+		}
 		gcancel()
 		if err != nil {
 			if errors.Is(err, jobs.ErrNotFound) || ctx.Err() != nil {
@@ -140,7 +150,6 @@ func followJob(ctx context.Context, store *jobs.Store, id string, cfg train.JobC
 			fmt.Fprintf(stderr, "train: etcd reachable again after %v\n", time.Since(lost).Round(100*time.Millisecond))
 			lost = time.Time{}
 		}
-		st, _ := store.Status(ctx, id)
 		// Every failed attempt's cause, even when the job re-formed
 		// between two polls.
 		for ; told < len(sp.History); told++ {
