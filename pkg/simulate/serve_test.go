@@ -253,8 +253,12 @@ func TestPredictServeDeterministic(t *testing.T) {
 	}
 }
 
-func readServeBench(t *testing.T) *ServeBench {
-	f, err := os.Open("../../bench/results/serve-xeon.txt")
+// serveXeonFile is the Xeon run the serving model was built against.
+const serveXeonFile = "../../bench/results/serve-xeon.txt"
+
+func readServeBench(t *testing.T, path string) *ServeBench {
+	t.Helper()
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -267,7 +271,7 @@ func readServeBench(t *testing.T) *ServeBench {
 }
 
 func TestReadServeBench(t *testing.T) {
-	b := readServeBench(t)
+	b := readServeBench(t, serveXeonFile)
 	if b.Cores != 2 || b.Model.Layers != 8 || b.Model.Hidden != 1024 || b.Model.RoutedExperts != 32 || b.Model.TopK != 4 || b.Model.ExpertInter != 2816 {
 		t.Fatalf("cores %d, model %+v", b.Cores, b.Model)
 	}
@@ -311,7 +315,7 @@ func TestReadServeBench(t *testing.T) {
 // (docs/scale/serving.md: the front end and the exchange slow down in
 // the emulated cluster's shared cores more than the model says).
 func TestPredictServeBench(t *testing.T) {
-	b := readServeBench(t)
+	b := readServeBench(t, serveXeonFile)
 	checks, err := PredictServeBench(b, ServeBenchCalibration(b))
 	if err != nil {
 		t.Fatal(err)
@@ -398,15 +402,7 @@ const serve4HostsFile = "../../bench/results/serve-4hosts.txt"
 // spin on cores the others need, which no real host pays) are logged:
 // the model predicts them too fast.
 func TestPredictServe4Hosts(t *testing.T) {
-	f, err := os.Open(serve4HostsFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	b, err := ReadServeBench(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := readServeBench(t, serve4HostsFile)
 	cal := ServeBenchCalibration(b)
 	type variant struct {
 		name string
