@@ -39,12 +39,19 @@ shapes on 1 and all threads; one core's memory bandwidth (a float32 GEMV over
 256 MiB); AdamW's rate on one core; and the expert exchange's software cost
 (a transport.ExpertServer on loopback reached by a RemoteTrainer: the round
 trip of one row, and the per-byte cost of a 16 MiB payload). With --peer it
-also measures the link to another host running --serve-link. About 30-60 s
-(--quick: about 3 s, fewer points). Keep the machine otherwise idle.`,
+also measures the link to another host running --serve-link: its raw-TCP
+rate and round trip, and the core time the exchange's messages take across
+it on both hosts (the peer serves an exchange owner and reports its own CPU
+time). With --train-model it also profiles one rank's training step of that
+model in one process (--train-batch sequences of --train-seq-len tokens),
+which the training model scales its products to where the shape, tokens
+and threads match. About 30-60 s (--quick: about 3 s, fewer points). Keep
+the machine otherwise idle.`,
 		Example: `  switchyard simulate calibrate --out bench/results/calibration-amd.json
   switchyard simulate calibrate --quick
   switchyard simulate calibrate --serve-link :7071              # on host B
-  switchyard simulate calibrate --peer hostB:7071 --out cal.json # on host A`,
+  switchyard simulate calibrate --peer hostB:7071 --out cal.json # on host A
+  switchyard simulate calibrate --quick --train-model testdata/golden/qwen2_moe --train-batch 2 --train-seq-len 32`,
 		Args:         cobra.NoArgs,
 		SilenceUsage: true,
 		RunE: func(cmd *cobra.Command, _ []string) error {
