@@ -182,10 +182,10 @@ type Calibration struct {
 	MsgCPU       time.Duration `json:"msg_cpu_ns"`
 	MsgBytesPerS float64       `json:"msg_bytes_per_s"`
 	// MsgCPUWork is the core time (user + system over every thread,
-	// getrusage) the one-row round trips used, per message and side: what
-	// a message takes from cores it shares with other work, where MsgCPU
-	// is its part of the round trip's latency. 0: not measured (MsgCPU
-	// stands for both).
+	// getrusage) the one-row loopback round trips used, per message and
+	// side, where MsgCPU is its part of the round trip's latency: reported
+	// for comparison with LinkMsgCPU; no model reads it (the models take
+	// a message's core time from LinkMsgCPU, measured across a link).
 	MsgCPUWork time.Duration `json:"msg_cpu_work_ns,omitempty"`
 	// ExchangeRTT is a whole expert-exchange round trip to one owner on
 	// loopback with nothing computed (client + server software, both

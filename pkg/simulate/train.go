@@ -443,8 +443,8 @@ type trainSim struct {
 	// prof is the TrainProfile the products are scaled to (nil: the GEMM
 	// calibration alone).
 	prof *TrainProfile
-	// The all-to-alls' per-rank core time on the pool (SharedCores with a
-	// link CPU calibration; else 0 and the closed forms above apply).
+	// The all-to-alls as tasks on the pool (linkWork; else nil, and the
+	// closed forms statsA2A, normA2A and barrier apply).
 	statsA, normA, barrierA *a2a
 }
 
@@ -609,13 +609,12 @@ func (s *trainSim) prepare() error {
 		dense += s.head
 		fd := float64(p.Forward) / float64(max(dense, 1))
 		for l := range sh.Layers {
-			s.attn[l] = time.Duration(float64(s.attn[l]) * fd)
-			s.shared[l] = time.Duration(float64(s.shared[l]) * fd)
+			s.attn[l], s.shared[l] = scale(s.attn[l], fd), scale(s.shared[l], fd)
 		}
-		s.head = time.Duration(float64(s.head) * fd)
+		s.head = scale(s.head, fd)
 		fe := float64(p.ExpertsForward) / float64(max(experts, 1))
 		inner := ffn
-		ffn = func(rows, f int) time.Duration { return time.Duration(float64(inner(rows, f)) * fe) }
+		ffn = func(rows, f int) time.Duration { return scale(inner(rows, f), fe) }
 		s.bwd = float64(p.Backward) / float64(p.Forward)
 		s.exBwd = float64(p.ExpertsBackward) / float64(p.ExpertsForward)
 		s.other = max(p.Step-p.Forward-p.Backward-p.ExpertsForward-p.ExpertsBackward-p.Optimizer, 0)
@@ -1024,33 +1023,17 @@ func (s *trainSim) reschedule(h int, t time.Duration) {
 // then when the receiver has taken it: each step an event, so every
 // resource is requested in time order (first come, first served).
 func (s *trainSim) send(a, b, bytes int, t time.Duration, then func(time.Duration)) {
+	// side runs one side's software of the message on host h from t.
 	cpu := s.c.Cal.MsgCPU + rate(bytes, s.c.Cal.MsgBytesPerS)
+	side := func(h int, t time.Duration, then func(time.Duration)) { s.msgWork(h, t, cpu, then) }
 	if s.linkWork() {
 		d, w := s.sideCost(bytes, 1)
-		src, dst := &s.hosts[a], &s.hosts[b]
-		s.q.at(t, func(t time.Duration) {
-			s.wideWork(a, t, d, w, func(t time.Duration) {
-				s.wire(src, dst, a, b, bytes, t, func(t time.Duration) { s.wideWork(b, t, d, w, then) })
-			})
-		})
-		return
+		side = func(h int, t time.Duration, then func(time.Duration)) { s.wideWork(h, t, d, w, then) }
 	}
-	lat := s.c.Cluster.Latency
-	r := s.linkRate(a, b)
-	h := Host{Rate: r, Burst: s.c.Burst}
+	src, dst := &s.hosts[a], &s.hosts[b]
 	s.q.at(t, func(t time.Duration) {
-		src := &s.hosts[a]
-		s.msgWork(a, t, cpu, func(t time.Duration) {
-			out, busy := passTimed(&src.tx, t, bytes, h)
-			src.txBusy += busy
-			first := max(out-rate(bytes, r), t) + lat // a burst passes at once
-			s.q.at(first, func(t time.Duration) {
-				dst := &s.hosts[b]
-				got, busy := passTimed(&dst.rx, t, bytes, h)
-				in := max(got, out+lat)
-				dst.rxBusy += busy
-				s.q.at(in, func(t time.Duration) { s.msgWork(b, t, cpu, then) })
-			})
+		side(a, t, func(t time.Duration) {
+			s.wire(src, dst, a, b, bytes, t, func(t time.Duration) { side(b, t, then) })
 		})
 	})
 }
