@@ -10,6 +10,8 @@ import (
 	"io"
 	"os"
 	"runtime/pprof"
+	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
@@ -29,11 +31,14 @@ func main() {
 // startCPUProfile writes a Go CPU profile of the whole command to path
 // (SWITCHYARD_CPUPROFILE: for looking at where a worker's or a job's
 // cores go, `go tool pprof`) until the returned stop is called; with an
-// empty path it does nothing.
+// empty path it does nothing. "%p" in path is replaced by the process ID,
+// so that the processes of one run (a front end and its workers, given
+// the same environment) write a profile each.
 func startCPUProfile(path string, stderr io.Writer) (stop func()) {
 	if path == "" {
 		return func() {}
 	}
+	path = strings.ReplaceAll(path, "%p", strconv.Itoa(os.Getpid()))
 	f, err := os.Create(path)
 	if err == nil {
 		err = pprof.StartCPUProfile(f)

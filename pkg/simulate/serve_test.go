@@ -393,15 +393,15 @@ const serve4HostsFile = "../../bench/results/serve-4hosts.txt"
 // the file's own calibration (its in-process rows for the compute, each
 // configuration's link calibration for the messages' core time). The
 // issue's target is tokens/s within 15% on every row where each emulated
-// host is a process of one thread. What the model meets, and so this
-// asserts: the 1-client rows within 15% (+3% and +8% in the committed
-// run; -5% to +8% in the four runs taken), the 16-client rows within 25%
-// (+20% and +17% here; +3% to +21% over the four runs, 3 of 8 outside
-// 15%: the owners' products take 6-20% longer in the emulation than the
-// in-process rows imply); the MoE layer's exchange is logged (15-24%
-// short here). Models wrong on purpose must miss a row by more than 25%:
-// hosts with cores of their own (no shared pool), and the uncorrected
-// AssumedCalibration. Rows of other configurations in the file are logged.
+// host is a process of one thread, and that is what this asserts on the
+// committed run (+3%, +12%, +3%, +11%; 2026-12-06 02:14 UTC, after the
+// skinny products; docs/scale/serving.md has the two runs after it:
+// within 15% in one, 15-24% short in the other, whose in-process rows,
+// the compute's calibration, ran a fifth slower than in the two others).
+// The MoE layer's exchange is logged (16-21% short here). Models wrong on
+// purpose must miss a row by more than 15%: hosts with cores of their own
+// (no shared pool), and the uncorrected AssumedCalibration. Rows of other
+// configurations in the file are logged.
 func TestPredictServe4Hosts(t *testing.T) {
 	b := readServeBench(t, serve4HostsFile)
 	cal := ServeBenchCalibration(b)
@@ -409,14 +409,14 @@ func TestPredictServe4Hosts(t *testing.T) {
 		name string
 		cal  *Calibration
 		mod  func(*ServeConfig)
-		want bool // every row within 25%
+		want bool // every row within 15%
 	}
 	for _, v := range []variant{
 		{"the model", cal, nil, true},
 		{"hosts with cores of their own", cal, func(c *ServeConfig) { c.SharedCores = 0; c.Cluster.Cores = b.Cores }, false},
 		{"AssumedCalibration, uncorrected", AssumedCalibration(), nil, false},
 	} {
-		rows, worst, worst1 := 0, 0.0, 0.0
+		rows, worst := 0, 0.0
 		for _, row := range b.Rows {
 			if !row.Netns {
 				continue
@@ -445,18 +445,12 @@ func TestPredictServe4Hosts(t *testing.T) {
 			}
 			rows++
 			worst = max(worst, math.Abs(c.TokensErr()))
-			if row.Clients == 1 {
-				worst1 = max(worst1, math.Abs(c.TokensErr()))
-			}
 		}
 		if rows != 4 {
 			t.Fatalf("%d judged rows of one thread each, want 4 (1 and 16 clients at 1 and 10 Gbit/s)", rows)
 		}
-		if within := worst <= 0.25; within != v.want {
-			t.Errorf("%s: worst tokens/s error %.1f%%: within 25%% %v, want %v", v.name, 100*worst, within, v.want)
-		}
-		if v.want && worst1 > 0.15 {
-			t.Errorf("%s: 1-client rows' worst tokens/s error %.1f%%, want within 15%%", v.name, 100*worst1)
+		if within := worst <= 0.15; within != v.want {
+			t.Errorf("%s: worst tokens/s error %.1f%%: within 15%% %v, want %v", v.name, 100*worst, within, v.want)
 		}
 	}
 }

@@ -16,7 +16,8 @@ func (c *countRanger) Range(lo, hi int) { c.n.Add(int64(hi - lo)) }
 // goroutines recycled) the kernels a decode step calls allocate nothing,
 // also when they split over goroutines: ParallelRange, Gemm and GemmBF16 in
 // each of their paths (GEMV, GEMV of the other orientation, one column,
-// packed and parallel, and under ComputeBF16), RMSNormRows, SwiGLU over a
+// skinny in one group of rows and in two, packed and parallel, and both
+// under ComputeBF16), RMSNormRows, SwiGLU over a
 // batch (split over the workers) and Softmax.
 func TestKernelsAllocateNothing(t *testing.T) {
 	if raceEnabled {
@@ -31,7 +32,9 @@ func TestKernelsAllocateNothing(t *testing.T) {
 		}
 		return v
 	}
-	const m, n, k = 8, 2048, 512 // packed: 2*m*n*k = 16 MFLOP, split over all workers
+	// packed: 2*m*n*k = 32 MFLOP, split over all workers; skinny: up to
+	// skinnyMaxM rows.
+	const m, n, k = 16, 2048, 512
 	a, b, c := randn(m*k), randn(n*k), make([]float32, m*n)
 	b16 := make([]uint16, n*k)
 	F32ToBF16(b16, b)
@@ -47,6 +50,13 @@ func TestKernelsAllocateNothing(t *testing.T) {
 		{"gemvN", func() { Gemm(false, false, 1, n, k, 1, a, k, b, n, 0, c, n) }},
 		{"gemvN-transA", func() { Gemm(true, false, 1, n, k, 1, a, 1, b, n, 0, c, n) }},
 		{"column", func() { Gemm(false, true, m, 1, k, 1, a, k, b, k, 0, c, n) }},
+		{"skinny", func() { Gemm(false, true, 8, n, k, 1, a, k, b, k, 0, c, n) }},
+		{"skinny-bf16", func() { GemmBF16(false, true, 8, n, k, 1, a, k, b16, k, 0, c, n) }},
+		{"skinny-two-groups", func() { GemmBF16(false, true, skinnyMaxM, n, k, 1, a, k, b16, k, 0, c, n) }},
+		{"skinny-compute-bf16", func() {
+			defer SetCompute(SetCompute(ComputeBF16))
+			GemmBF16(false, true, 8, n, k, 1, a, k, b16, k, 0, c, n)
+		}},
 		{"packed", func() { Gemm(false, true, m, n, k, 1, a, k, b, k, 0, c, n) }},
 		{"packed-bf16", func() { GemmBF16(false, true, m, n, k, 1, a, k, b16, k, 0, c, n) }},
 		{"RMSNormRows", func() { RMSNormRows(c, c, w, m*n/k, k, 1e-6) }},

@@ -310,6 +310,17 @@ func gemvDots(arch gemmArch, rows, k int, w32 []float32, w16 []uint16, ldw int, 
 	}
 }
 
+// skinnyDots sets out[i*gemvChunkRows + r] = sum_{p<kMain} W[r, p] *
+// x_i[p] for r < rows, i < m (2..skinnyGroup), W bfloat16 rows ldw apart,
+// x interleaved in xs as interleaveX writes it (skinny512 in
+// gemm_asmgen.go).
+func skinnyDots(m, rows, kMain int, w16 []uint16, ldw int, xs []float32, out []float32) {
+	_ = out[(m-1)*gemvChunkRows+rows-1]
+	_ = xs[m*ceilDiv(kMain, 32)*32-1]
+	_ = w16[(rows-1)*ldw+kMain-1]
+	skinnyTBF16Avx512(m, rows, kMain, &w16[0], ldw, &xs[0], &out[0])
+}
+
 // evenOddAvx512 writes x in the layout of gemvTBF16Avx512's main loop:
 // for each chunk c of 32 floats, its 16 even elements, then its 16 odd
 // ones (dst[32c+j] = src[32c+2j], dst[32c+16+j] = src[32c+2j+1]).

@@ -354,3 +354,46 @@ func kernAvx2M5(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *pref
 
 //go:noescape
 func kernAvx2M6(kc int, a, b, c *float32, ldc int, alpha, beta float32, pf *prefetchCursor)
+
+// skinnyTBF16Avx512 runs skinnyTBF16Avx512M<m>.
+func skinnyTBF16Avx512(m, rows, k int, w *uint16, ldw int, xs *float32, out *float32) {
+	switch m {
+	case 8:
+		skinnyTBF16Avx512M8(rows, k, w, ldw, xs, out)
+	case 7:
+		skinnyTBF16Avx512M7(rows, k, w, ldw, xs, out)
+	case 6:
+		skinnyTBF16Avx512M6(rows, k, w, ldw, xs, out)
+	case 5:
+		skinnyTBF16Avx512M5(rows, k, w, ldw, xs, out)
+	case 4:
+		skinnyTBF16Avx512M4(rows, k, w, ldw, xs, out)
+	case 3:
+		skinnyTBF16Avx512M3(rows, k, w, ldw, xs, out)
+	case 2:
+		skinnyTBF16Avx512M2(rows, k, w, ldw, xs, out)
+	default:
+		panic("tensor: bad row count for skinnyTBF16Avx512")
+	}
+}
+
+//go:noescape
+func skinnyTBF16Avx512M2(rows, k int, w *uint16, ldw int, xs *float32, out *float32)
+
+//go:noescape
+func skinnyTBF16Avx512M3(rows, k int, w *uint16, ldw int, xs *float32, out *float32)
+
+//go:noescape
+func skinnyTBF16Avx512M4(rows, k int, w *uint16, ldw int, xs *float32, out *float32)
+
+//go:noescape
+func skinnyTBF16Avx512M5(rows, k int, w *uint16, ldw int, xs *float32, out *float32)
+
+//go:noescape
+func skinnyTBF16Avx512M6(rows, k int, w *uint16, ldw int, xs *float32, out *float32)
+
+//go:noescape
+func skinnyTBF16Avx512M7(rows, k int, w *uint16, ldw int, xs *float32, out *float32)
+
+//go:noescape
+func skinnyTBF16Avx512M8(rows, k int, w *uint16, ldw int, xs *float32, out *float32)
