@@ -11,7 +11,9 @@
 # included) and the rest, and the mean MoE-layer exchange time next to the
 # link's round trip + transfer time. Configurations:
 #
-#   in-process    serve --workers 0 (experts in the front end's process)
+#   in-process    serve --workers 0 (experts in the front end's process);
+#                 with the netns configurations, again after them
+#                 ("in-process, again"; BENCH_SERVE_INPROCESS_AGAIN=0 skips)
 #   2 workers     serve --workers 2 (local worker processes, loopback gRPC)
 #   2 workers, overlap  the same with --overlap (two-micro-batch overlap)
 #   4 workers     serve --workers 4
@@ -51,8 +53,9 @@
 # Every request asks for 64 tokens (ignore_eos), but the first of each of N
 # clients asks for (c+1)/N of them, so that the clients do not start and end
 # their requests in lockstep; each measurement runs BENCH_SERVE_WARMUP (5) s,
-# then a BENCH_SERVE_SECONDS (20) s window; requests still running at its
-# end are cancelled. Only requests sent inside the window count for TTFT,
+# then a BENCH_SERVE_SECONDS (20) s window, BENCH_SERVE_WINDOWS (1) times
+# (the simulator's validation takes the fastest: simulate.BestWindows);
+# requests still running at a window's end are cancelled. Only requests sent inside the window count for TTFT,
 # only tokens received inside it for tokens/s and ITL. The raw-TCP round trip h0 -> h1 is
 # measured with bench/serve tcpping in the same namespaces, back to back
 # and with the hosts idle 5 ms before each (as ping measures it, and as a
@@ -122,11 +125,13 @@ measure() {
 	[ "${1:-}" = -- ] && shift && extra=("$@")
 	log "$(stamp)"
 	for c in ${BENCH_SERVE_CLIENTS:-1 16}; do
-		file=$work/result-$(printf %02d "${#results[@]}").json
-		"${runner[@]}" "$work/bs" load -url "$url" -clients $c -warmup "${warm}s" -duration "${secs}s" -drain=false \
-			-max-tokens $tokens -ignore-eos -stagger -stream always -metrics -config "$name" -model "$model" \
-			-label "$name, $c client(s)" -json "$file" "${extra[@]}" | tee -a "$work/raw.txt"
-		results+=("$file")
+		for _ in $(seq "${BENCH_SERVE_WINDOWS:-1}"); do
+			file=$work/result-$(printf %02d "${#results[@]}").json
+			"${runner[@]}" "$work/bs" load -url "$url" -clients $c -warmup "${warm}s" -duration "${secs}s" -drain=false \
+				-max-tokens $tokens -ignore-eos -stagger -stream always -metrics -config "$name" -model "$model" \
+				-label "$name, $c client(s)" -json "$file" "${extra[@]}" | tee -a "$work/raw.txt"
+			results+=("$file")
+		done
 	done
 }
 results=()
@@ -265,6 +270,14 @@ if want netns; then
 	else
 		log "# netns configurations skipped: need root"
 	fi
+fi
+
+# The in-process rows once more after the emulated hosts: the simulator's
+# serving validation calibrates the compute from the faster of the two
+# windows (simulate.ServeBenchCalibration), as one window on this shared
+# machine can run slow. BENCH_SERVE_INPROCESS_AGAIN=0 skips it.
+if want in-process && want netns && [ "$(id -u)" = 0 ] && [ "${BENCH_SERVE_INPROCESS_AGAIN:-1}" = 1 ]; then
+	run_local "in-process, again" 0
 fi
 
 "$work/bs" report -out "$work/table.md" "${results[@]}" >/dev/null

@@ -2200,10 +2200,11 @@ func withLink(cal, link *Calibration) *Calibration {
 
 // PredictServeBench predicts every emulated (netns) row of b with cal,
 // each with the link measurements of its own calibration where the file
-// has one (ServeBenchRow.Link).
+// has one (ServeBenchRow.Link); a row measured in several windows is
+// judged by their mean (MeanWindows).
 func PredictServeBench(b *ServeBench, cal *Calibration) ([]ServeCheck, error) {
 	var out []ServeCheck
-	for _, row := range b.Rows {
+	for _, row := range MeanWindows(b.Rows) {
 		if !row.Netns {
 			continue
 		}
@@ -2222,6 +2223,80 @@ func PredictServeBench(b *ServeBench, cal *Calibration) ([]ServeCheck, error) {
 		out = append(out, c)
 	}
 	return out, nil
+}
+
+// MeanWindows returns rows with each measurement taken in several
+// windows (rows of the same configuration and client count:
+// scripts/bench-serve.sh with BENCH_SERVE_WINDOWS > 1) reduced to one
+// row, the windows' mean (tokens/s and the per-token and per-layer times;
+// completions summed), in the order of the first window. On this shared
+// machine one 20-second window of the same configuration ranged over
+// 87-105 tokens/s in process; the mean is what a prediction from one
+// measurement to another can be held to.
+func MeanWindows(rows []ServeBenchRow) []ServeBenchRow {
+	return meanRows(rows, func(ServeBenchRow) bool { return true },
+		func(r ServeBenchRow) string { return fmt.Sprintf("%s/%d", r.Config, r.Clients) })
+}
+
+// inProcessMeans returns, for each client count in rows' order, the mean
+// of every in-process window with its split known, of every in-process
+// configuration ("in-process" and "in-process, again": bench-serve.sh
+// measures them before and after the emulated hosts).
+func inProcessMeans(rows []ServeBenchRow) []ServeBenchRow {
+	return meanRows(rows, func(r ServeBenchRow) bool { return !r.Netns && r.Workers == 0 && r.Experts > 0 },
+		func(r ServeBenchRow) string { return strconv.Itoa(r.Clients) })
+}
+
+// meanRows averages the rows keep accepts by key (see MeanWindows). A
+// window in which requests failed (a stalled run) counts only where no
+// window of its key ran clean.
+func meanRows(rows []ServeBenchRow, keep func(ServeBenchRow) bool, key func(ServeBenchRow) string) []ServeBenchRow {
+	clean := map[string]bool{}
+	for _, row := range rows {
+		if keep(row) && row.Failed == 0 && row.OK > 0 {
+			clean[key(row)] = true
+		}
+	}
+	var out []ServeBenchRow
+	var n []int
+	at := map[string]int{} // key -> index in out
+	for _, row := range rows {
+		if !keep(row) || clean[key(row)] && (row.Failed > 0 || row.OK == 0) {
+			continue
+		}
+		i, ok := at[key(row)]
+		if !ok {
+			at[key(row)] = len(out)
+			out = append(out, row)
+			n = append(n, 1)
+			continue
+		}
+		m := &out[i]
+		m.OK += row.OK
+		m.Failed += row.Failed
+		m.TokensPerS += row.TokensPerS
+		m.Total += row.Total
+		m.Attention += row.Attention
+		m.Experts += row.Experts
+		m.Exchange += row.Exchange
+		m.Owners += row.Owners
+		m.Own += row.Own
+		m.Rows += row.Rows
+		n[i]++
+	}
+	for i := range out {
+		k := n[i]
+		if k == 1 {
+			continue
+		}
+		m := &out[i]
+		d := time.Duration(k)
+		m.TokensPerS /= float64(k)
+		m.Rows /= float64(k)
+		m.Total, m.Attention, m.Experts = m.Total/d, m.Attention/d, m.Experts/d
+		m.Exchange, m.Owners, m.Own = m.Exchange/d, m.Owners/d, m.Own/d
+	}
+	return out
 }
 
 // ServeBenchCalibration is AssumedCalibration corrected with what b's
@@ -2244,6 +2319,12 @@ func PredictServeBench(b *ServeBench, cal *Calibration) ([]ServeCheck, error) {
 //     attention over the cache), which the model otherwise counts as
 //     its products alone.
 //
+// Where b has several in-process rows of a client count (bench-serve.sh
+// measures them before and after the emulated hosts, each in
+// BENCH_SERVE_WINDOWS windows), their mean stands for the machine
+// (inProcessMeans): one 20-second window once ran a fifth slow and made
+// every prediction of its run 15-24% short (docs/scale/serving.md).
+//
 // It returns AssumedCalibration unchanged when b has no in-process rows.
 func ServeBenchCalibration(b *ServeBench) *Calibration {
 	cal := AssumedCalibration()
@@ -2265,10 +2346,7 @@ func ServeBenchCalibration(b *ServeBench) *Calibration {
 		cal.GEMM = append(cal.GEMM, GEMMPoint{M: max(int(math.Round(tokens)), 1), K: m.Hidden, N: m.Hidden, DType: dt, Threads: 1,
 			FLOPS: 2 * attn * tokens / perLayer / float64(b.Cores)})
 	}
-	for _, row := range b.Rows {
-		if row.Netns || row.Workers != 0 || row.Experts <= 0 {
-			continue
-		}
+	for _, row := range inProcessMeans(b.Rows) {
 		switch row.Clients {
 		case 1:
 			perToken := ((O-1)*K + touched(P)) / O // experts a token streams per MoE layer
