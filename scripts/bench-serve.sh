@@ -54,9 +54,10 @@
 # clients asks for (c+1)/N of them, so that the clients do not start and end
 # their requests in lockstep; each measurement runs BENCH_SERVE_WARMUP (5) s,
 # then a BENCH_SERVE_SECONDS (20) s window, BENCH_SERVE_WINDOWS (1) times
-# (the simulator's validation takes the fastest: simulate.BestWindows);
-# requests still running at a window's end are cancelled. Only requests sent inside the window count for TTFT,
-# only tokens received inside it for tokens/s and ITL. The raw-TCP round trip h0 -> h1 is
+# (the simulator's validation takes their mean: simulate.MeanWindows);
+# requests still running at a window's end are cancelled. Only requests
+# sent inside the window count for TTFT, only tokens received inside it
+# for tokens/s and ITL. The raw-TCP round trip h0 -> h1 is
 # measured with bench/serve tcpping in the same namespaces, back to back
 # and with the hosts idle 5 ms before each (as ping measures it, and as a
 # decode step's per-layer messages find the hosts); transfer =
@@ -273,9 +274,10 @@ if want netns; then
 fi
 
 # The in-process rows once more after the emulated hosts: the simulator's
-# serving validation calibrates the compute from the faster of the two
-# windows (simulate.ServeBenchCalibration), as one window on this shared
-# machine can run slow. BENCH_SERVE_INPROCESS_AGAIN=0 skips it.
+# serving validation calibrates the compute from the mean of every
+# in-process window (simulate.ServeBenchCalibration), as one window on
+# this shared machine can run a fifth slow. BENCH_SERVE_INPROCESS_AGAIN=0
+# skips it.
 if want in-process && want netns && [ "$(id -u)" = 0 ] && [ "${BENCH_SERVE_INPROCESS_AGAIN:-1}" = 1 ]; then
 	run_local "in-process, again" 0
 fi

@@ -2228,8 +2228,9 @@ func PredictServeBench(b *ServeBench, cal *Calibration) ([]ServeCheck, error) {
 // MeanWindows returns rows with each measurement taken in several
 // windows (rows of the same configuration and client count:
 // scripts/bench-serve.sh with BENCH_SERVE_WINDOWS > 1) reduced to one
-// row, the windows' mean (tokens/s and the per-token and per-layer times;
-// completions summed), in the order of the first window. On this shared
+// row, the windows' mean (tokens/s, the per-token split and the MoE
+// layer's times; completions summed; the inter-token percentiles stay the
+// first window's), in the order of the first window. On this shared
 // machine one 20-second window of the same configuration ranged over
 // 87-105 tokens/s in process; the mean is what a prediction from one
 // measurement to another can be held to.

@@ -810,11 +810,7 @@ func gemvSeq512(bf16 bool) {
 	if bf16 {
 		step("k4", "k1", 4)
 		step("k1", "k16", 1)
-		p("%sk16:", name) // the 16-weight plain tail (k % 32 == 16)
-		p("\tCMPQ DX, R12")
-		p("\tJGE %sred", name)
-		p("\tVPMOVZXWD (R8)(DX*1), Z16")
-		p("\tVPSLLD $16, Z16, Z16")
+		bf16Tail16(name)
 		p("\tVFMADD231PS %s, Z16, Z0", xaddr(0))
 	} else {
 		step("k4", "k2", 4)
@@ -915,11 +911,7 @@ func skinny512() {
 		p("\tMOVQ SI, R9")
 		step("k2", "k1", 2)
 		step("k1", "k16", 1)
-		p("%sk16:", name) // the 16-weight plain tail (k % 32 == 16)
-		p("\tCMPQ DX, R12")
-		p("\tJGE %sred", name)
-		p("\tVPMOVZXWD (R8)(DX*1), Z16")
-		p("\tVPSLLD $16, Z16, Z16")
+		bf16Tail16(name)
 		for i := 0; i < m; i++ {
 			p("\tVFMADD231PS %d(R9), Z16, Z%d", i*cb, 2*i)
 		}
@@ -948,6 +940,18 @@ func skinny512() {
 // skinnyOut is the distance in floats between the skinny kernels' output
 // rows (gemvChunkRows in gemv.go).
 const skinnyOut = 64
+
+// bf16Tail16 emits label <name>k16 of a bf16 GEMV kernel: when 16
+// weights of the row are left (k % 32 == 16; R8 the row, DX the byte
+// offset, R12 the row's bytes) it widens them into Z16 for the caller's
+// FMAs against x's plain tail; otherwise it jumps to <name>red.
+func bf16Tail16(name string) {
+	p("%sk16:", name)
+	p("\tCMPQ DX, R12")
+	p("\tJGE %sred", name)
+	p("\tVPMOVZXWD (R8)(DX*1), Z16")
+	p("\tVPSLLD $16, Z16, Z16")
+}
 
 // gemvPrefetch is how far ahead (bytes) the GEMV kernels prefetch each row
 // of W. The hardware streamer alone leaves a single core well short of the
