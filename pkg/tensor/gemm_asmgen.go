@@ -773,9 +773,7 @@ func gemvSeq512(bf16 bool) {
 	line := func(i, tmp int) {
 		off := 64 * i
 		if bf16 {
-			p("\tVMOVDQU64 %d(R8)(DX*1), Z%d", off, tmp)
-			p("\tVPSLLD $16, Z%d, Z%d", tmp, tmp+1)
-			p("\tVPANDD Z31, Z%d, Z%d", tmp, tmp)
+			bf16Line(off, tmp)
 			p("\tVFMADD231PS %s, Z%d, Z0", xaddr(off), tmp+1)
 			p("\tVFMADD231PS %s, Z%d, Z1", xaddr(off+32), tmp)
 			return
@@ -867,10 +865,8 @@ func skinny512() {
 		goFile("func %s(rows, k int, w *uint16, ldw int, xs *float32, out *float32)", name)
 		// line emits the FMAs of the line at byte offset 64*j of the step.
 		line := func(j int) {
-			wo, xo, t := 64*j, j*m*cb, 16+2*j
-			p("\tVMOVDQU64 %d(R8)(DX*1), Z%d", wo, t)
-			p("\tVPSLLD $16, Z%d, Z%d", t, t+1)
-			p("\tVPANDD Z31, Z%d, Z%d", t, t)
+			xo, t := j*m*cb, 16+2*j
+			bf16Line(64*j, t)
 			for i := 0; i < m; i++ {
 				p("\tVFMADD231PS %d(R9), Z%d, Z%d", xo+i*cb, t+1, 2*i)
 				p("\tVFMADD231PS %d(R9), Z%d, Z%d", xo+i*cb+64, t, 2*i+1)
@@ -940,6 +936,17 @@ func skinny512() {
 // skinnyOut is the distance in floats between the skinny kernels' output
 // rows (gemvChunkRows in gemv.go).
 const skinnyOut = 64
+
+// bf16Line emits the load of the 64-byte line of 32 bf16 weights at byte
+// offset off of the row (R8, offset DX) and its split into float32: the
+// even weights (the low halves, shifted up) in Z(t+1), the odd ones (the
+// high halves, masked by Z31) in Z(t). gemvSeq512 and skinny512 share it,
+// which is part of why their sums agree bit for bit.
+func bf16Line(off, t int) {
+	p("\tVMOVDQU64 %d(R8)(DX*1), Z%d", off, t)
+	p("\tVPSLLD $16, Z%d, Z%d", t, t+1)
+	p("\tVPANDD Z31, Z%d, Z%d", t, t)
+}
 
 // bf16Tail16 emits label <name>k16 of a bf16 GEMV kernel: when 16
 // weights of the row are left (k % 32 == 16; R8 the row, DX the byte
