@@ -11,6 +11,8 @@
 #   scripts/bench-collectives.sh [OUT]       default OUT: bench/results/collectives.txt
 #   BENCH_ARGS="-sizes 4K,1M -target 500ms" scripts/bench-collectives.sh /tmp/quick.txt
 #   BENCH_CONFIGS="4:1gbit:4" ...            cluster configs as HOSTS:RATE:N[,N...] separated by spaces
+#   BENCH_BIN=/tmp/old/bench-collectives ... run that binary instead of building bench/collectives
+#                                            (scripts/bench-collectives-ab.sh compares two commits)
 #
 # The machine is shared: before each run the script waits (up to
 # BENCH_WAIT seconds, default 300) for the 1-minute load average to drop
@@ -46,14 +48,15 @@ wait_quiet() {
 net=scripts/netns/cluster.sh
 trap '$net down' EXIT
 mkdir -p bin "$(dirname "$out")"
-go build -o bin/bench-collectives ./bench/collectives
+bin=${BENCH_BIN:-bin/bench-collectives}
+[[ -n "${BENCH_BIN:-}" ]] || go build -o bin/bench-collectives ./bench/collectives
 
 tmp=$(mktemp)
 trap '$net down; rm -f "$tmp"' EXIT
 {
 	echo "# scripts/bench-collectives.sh $*"
 	echo "# date: $(date -u +%Y-%m-%dT%H:%M:%SZ)  commit: $(git rev-parse --short HEAD 2>/dev/null || echo none)$(git diff --quiet 2>/dev/null || echo '+dirty')"
-	echo "# configs: $configs  extra args: ${args:-none}  GOMAXPROCS=$GOMAXPROCS per host process"
+	echo "# configs: $configs  extra args: ${args:-none}  GOMAXPROCS=$GOMAXPROCS per host process${BENCH_BIN:+  binary: $BENCH_BIN}"
 	echo "# kernel $(uname -r); $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); load average before: $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "# hosts: network namespaces on a bridge, tc tbf on both directions of each 1500-MTU veth (scripts/netns/cluster.sh)"
 } >"$tmp"
@@ -80,10 +83,10 @@ for cfg in $configs; do
 		echo "## $hosts hosts x $rate, n=$n, load average $(cut -d' ' -f1-3 /proc/loadavg)" >>"$tmp"
 		pids=()
 		for ((i = 1; i < n; i++)); do
-			$net run "h$i" bin/bench-collectives -rank "$i" -peers "$peers" -rate "$(rate_bits "$rate")" $args >/dev/null &
+			$net run "h$i" "$bin" -rank "$i" -peers "$peers" -rate "$(rate_bits "$rate")" $args >/dev/null &
 			pids+=($!)
 		done
-		$net run h0 bin/bench-collectives -rank 0 -peers "$peers" -label "${hosts}x$rate" -rate "$(rate_bits "$rate")" $args | tee -a "$tmp"
+		$net run h0 "$bin" -rank 0 -peers "$peers" -label "${hosts}x$rate" -rate "$(rate_bits "$rate")" $args | tee -a "$tmp"
 		for p in "${pids[@]}"; do wait "$p"; done
 	done
 	$net down

@@ -143,18 +143,18 @@ func simulateValidateCmd() *cobra.Command {
 				return err
 			}
 			out := cmd.OutOrStdout()
-			fmt.Fprintf(out, "calibration: link rate and round trip as each run measured them; %d shared cores; per-message CPU %v with no more ranks than cores (from the n=2 run's smallest all-reduce); the gRPC ring's own CPU %.2f ns per byte moved (from the n=2 run's largest ring, less raw TCP's)\n",
+			fmt.Fprintf(out, "calibration: link rate and round trip as each run measured them; %d shared cores; per-message CPU %v with no more ranks than cores (from the n=2 run's smallest all-reduce); the gRPC ring's own CPU %.2f ns per byte moved (from the n=2 run's largest ring on the gRPC streams, less raw TCP's; rings of one chunk a step run on the lanes, at raw TCP's)\n",
 				cores, costs.MsgCPU, costs.ByteCPU*1e9)
 			for _, r := range runs {
 				if r.ByteCPU == 0 {
 					continue
 				}
-				c := r.Costs("ring", cores, costs)
+				c := r.Costs(true, cores, costs)
 				note := fmt.Sprintf("per message %v (no more ranks than cores)", c.MsgCPU)
 				if r.N > cores {
 					note = fmt.Sprintf("more ranks than cores: per message on each side %v, half the machine's CPU per message of the run's busy round trips", c.MsgCPU)
 				}
-				fmt.Fprintf(out, "  n=%d: raw TCP %.2f ns per byte moved (the ring's %.2f); %s\n", r.N, r.ByteCPU*1e9, c.ByteCPU*1e9, note)
+				fmt.Fprintf(out, "  n=%d: raw TCP %.2f ns per byte moved (a ring on the gRPC streams %.2f); %s\n", r.N, r.ByteCPU*1e9, c.ByteCPU*1e9, note)
 			}
 			w := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
 			fmt.Fprintf(w, "n\tbytes\talg\tpredicted\tmeasured\terror\t\n")

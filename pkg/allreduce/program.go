@@ -130,6 +130,28 @@ type Program struct {
 	RoundAtEnd bool
 }
 
+// StepByStep reports whether every step of p sends at most one chunk to
+// each peer and receives at most one from each: recursive doubling and
+// tree of a buffer within one chunk, and the ring while each rank's share
+// fits one chunk. pkg/collective runs such programs one step at a time on
+// its direct lanes, and the others, which pipeline several chunks a step,
+// on its gRPC streams.
+func (p *Program) StepByStep() bool {
+	type key struct{ step, peer int }
+	seen := make(map[key]bool, len(p.Sends))
+	for _, list := range [][]Transfer{p.Sends, p.Recvs} {
+		clear(seen)
+		for _, t := range list {
+			k := key{t.Step, t.Peer}
+			if seen[k] {
+				return false
+			}
+			seen[k] = true
+		}
+	}
+	return true
+}
+
 // Plan builds rank's program for an all-reduce of elems elements over n
 // ranks with cells of at most chunkElems elements. alg Auto is not
 // accepted here (call Choose first).

@@ -369,3 +369,35 @@ func TestTreeSimulated(t *testing.T) {
 		}
 	}
 }
+
+// TestStepByStep: a program sends at most one chunk to a peer each step
+// exactly when every rank's piece of a step fits one chunk: the ring while
+// a share (elems/n, rounded up) fits, recursive doubling and tree while
+// the whole buffer does.
+func TestStepByStep(t *testing.T) {
+	for _, c := range []struct {
+		alg             Algorithm
+		n, elems, chunk int
+		want            bool
+	}{
+		{Ring, 4, 4096, 1024, true},
+		{Ring, 4, 4097, 1024, false}, // one share of 1025 elements
+		{Ring, 8, 64, 1, false},
+		{Ring, 2, 10, 1000, true},
+		{RecursiveDoubling, 4, 1000, 1000, true},
+		{RecursiveDoubling, 4, 1001, 1000, false},
+		{RecursiveDoubling, 5, 10, 16, true}, // the odd rank's extra steps
+		{Tree, 6, 100, 100, true},
+		{Tree, 6, 101, 100, false},
+	} {
+		for r := range c.n {
+			p, err := Plan(c.alg, c.n, r, c.elems, c.chunk)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := p.StepByStep(); got != c.want {
+				t.Errorf("%v n=%d rank %d: %d elements, chunks of %d: StepByStep %v, want %v", c.alg, c.n, r, c.elems, c.chunk, got, c.want)
+			}
+		}
+	}
+}

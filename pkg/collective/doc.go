@@ -9,15 +9,20 @@
 // pkg/wire's codec, so payloads are sent by reference (a float32 buffer
 // goes on the wire without being copied) and arrive in one copy.
 //
-// Small all-reduces (recursive doubling or the tree within one chunk: a
-// few latency-bound steps of one message per peer) travel instead on a
-// direct lane to every peer: a plain TCP connection opened by Connect on
-// the same listener (the first bytes tell a lane from gRPC's HTTP/2
-// preface), one write(2) per message, read straight from the socket by
-// the waiting operation. A lane costs less than half of gRPC's CPU per
-// small operation, which is most of its latency on hosts that run several
-// members per core (see lane.go; Config.SmallOverGRPC switches it off for
-// comparison).
+// All-reduces whose every step sends one message per peer (recursive
+// doubling or the tree within one chunk; the ring while each member's
+// share of the buffer fits one chunk, up to n x ChunkBytes) travel
+// instead on a direct lane to every peer, one step at a time: a plain TCP
+// connection opened by Connect on the same listener (the first bytes tell
+// a lane from gRPC's HTTP/2 preface), one write(2) per message, read
+// straight from the socket by the waiting operation. A lane costs less
+// than half of gRPC's CPU per message, which is most of a small
+// operation's latency on hosts that run several members per core, and
+// it needs no acknowledgements: a ring of one chunk a step runs at the
+// link's rate on the lanes where the pipelined gRPC runner lost up to a
+// third of it (see lane.go; Config.SmallOverGRPC switches the lanes off
+// for comparison). Only the ring of several chunks a step, which
+// pipelines them within the window below, uses the gRPC streams.
 //
 // Flow control and buffer ownership: a member keeps at most
 // Config.Window chunks (of at most Config.ChunkBytes) unacknowledged per

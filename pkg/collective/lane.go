@@ -35,11 +35,14 @@ import (
 // goroutine, no hand-off), polling briefly before it sleeps
 // (Config.LanePoll).
 //
-// Lanes carry only the step-by-step small-buffer all-reduce (runSteps),
-// messages of at most laneMaxPayload, so they need no flow control of
+// Lanes carry only the step-by-step all-reduce (runSteps: one chunk per
+// peer and step, Program.StepByStep), so they need no flow control of
 // their own: every member waits for its peers each step, so a member is at
-// most one operation ahead and the few messages queued on a lane fit in
-// the kernel's socket buffers. Everything else (bulk chunks with their
+// most one operation ahead and at most a few messages are queued on a
+// lane. A frame of at most laneMaxPayload fits in the kernel's socket
+// buffers and is written before the step's reads; a larger one (a ring's
+// share up to ChunkBytes) is written from a goroutine beside them.
+// Everything else (the pipelined ring's chunks with their
 // acknowledgements, all-to-all, pings) stays on gRPC.
 //
 // Connection: the dialer writes laneMagic, then a length-prefixed
@@ -71,13 +74,13 @@ const (
 	// laneReadBuffer is the initial receive buffer: a small message and
 	// its header arrive in one read(2).
 	laneReadBuffer = 64 << 10
-	// laneMaxPayload is the largest message a lane carries. A step's
-	// members write before they read, and nothing drains a lane while its
-	// owner writes, so two members exchanging messages must each fit
-	// in what the kernel holds for a connection that nobody reads (the
-	// receiver's initial window, 64 KiB, plus the sender's buffer):
-	// 32 KiB leaves room. Larger step-by-step all-reduces (a forced
-	// recursive doubling of a big buffer) use the gRPC streams.
+	// laneMaxPayload is the largest frame a step writes before it reads.
+	// Nothing drains a lane while its owner writes, so two members
+	// exchanging messages that way must each fit in what the kernel holds
+	// for a connection that nobody reads (the receiver's initial window,
+	// 64 KiB, plus the sender's buffer): 32 KiB leaves room. Larger
+	// frames, up to the group's largest message, are written beside the
+	// step's reads (runSteps).
 	laneMaxPayload = 32 << 10
 )
 

@@ -48,10 +48,10 @@ func reduceTagged(g *Group, L int, opt ReduceOptions) error {
 	return nil
 }
 
-// TestSmallAllReducePath: small all-reduces (recursive doubling and tree)
-// travel on the lanes by default and on the gRPC streams with
-// SmallOverGRPC, with the same (exact) sums either way; large ones always
-// use gRPC.
+// TestSmallAllReducePath: step-by-step all-reduces (recursive doubling,
+// tree, and a ring of one chunk a step) travel on the lanes by default and
+// on the gRPC streams with SmallOverGRPC, with the same (exact) sums
+// either way; a ring of several chunks a step always uses gRPC.
 func TestSmallAllReducePath(t *testing.T) {
 	checkLeaks(t)
 	const n = 5
@@ -65,6 +65,13 @@ func TestSmallAllReducePath(t *testing.T) {
 				})
 			}
 		}
+		// A ring whose shares fit one chunk (1 MiB): 4 MiB over 5 members
+		// sends 0.8 MiB frames, larger than laneMaxPayload.
+		for _, L := range []int{1000, 1 << 20} {
+			c.each(t, func(r int, g *Group) error {
+				return reduceTagged(g, L, ReduceOptions{Algorithm: allreduce.Ring})
+			})
+		}
 		g1, l1 := c.delivered()
 		if overGRPC && (g1 == g0 || l1 != l0) {
 			t.Errorf("SmallOverGRPC: gRPC delivered %d, lanes %d; want all on gRPC", g1-g0, l1-l0)
@@ -72,21 +79,24 @@ func TestSmallAllReducePath(t *testing.T) {
 		if !overGRPC && (l1 == l0 || g1 != g0) {
 			t.Errorf("lanes: gRPC delivered %d, lanes %d; want all on the lanes", g1-g0, l1-l0)
 		}
-		// A ring all-reduce of 4 MiB is bulk traffic: gRPC only.
+		// A ring all-reduce of 8 MiB (1.6 MiB shares) pipelines several
+		// chunks a step: gRPC only.
 		c.each(t, func(r int, g *Group) error {
-			return g.AllReduceWith(context.Background(), tagged(r, 1<<20), ReduceOptions{Algorithm: allreduce.Ring})
+			return reduceTagged(g, 2<<20, ReduceOptions{Algorithm: allreduce.Ring})
 		})
 		if g2, l2 := c.delivered(); g2 == g1 || l2 != l1 {
-			t.Errorf("ring: gRPC delivered %d, lanes %d; want all on gRPC", g2-g1, l2-l1)
+			t.Errorf("ring of several chunks a step: gRPC delivered %d, lanes %d; want all on gRPC", g2-g1, l2-l1)
 		}
 		c.close()
 	}
 }
 
 // TestLaneRawWrite: with plain TCP connections (no test wrapper) lanes
-// write and read with raw, polling system calls on Linux, up to the
-// largest message a lane carries; larger step-by-step messages take the
-// gRPC streams.
+// write and read with raw, polling system calls on Linux. Frames larger
+// than laneMaxPayload, up to the largest message (16 MiB here), are
+// written beside the step's receives: two members exchanging 16 MiB at
+// once, more than loopback's socket buffers hold, would each block in
+// write(2) before reading if they were written first.
 func TestLaneRawWrite(t *testing.T) {
 	checkLeaks(t)
 	const n = 3
@@ -128,20 +138,13 @@ func TestLaneRawWrite(t *testing.T) {
 	if l0 == 0 || g0 != 0 {
 		t.Errorf("gRPC delivered %d, lanes %d; want all on the lanes", g0, l0)
 	}
-	// A forced recursive doubling of 4 MiB sends messages larger than a
-	// lane carries: it goes over gRPC, and still adds up.
+	// A forced recursive doubling of 16 MiB: 16 MiB frames both ways
+	// between ranks 0 and 1 (the pair of 3 members' first step).
 	c.each(t, func(r int, g *Group) error {
-		buf := tagged(r, 1<<20)
-		if err := g.AllReduceWith(ctx, buf, ReduceOptions{Algorithm: allreduce.RecursiveDoubling}); err != nil {
-			return err
-		}
-		if buf[12345] != wantTagged(n, 12345) {
-			return fmt.Errorf("4 MiB: element 12345 = %v, want %v", buf[12345], wantTagged(n, 12345))
-		}
-		return nil
+		return reduceTagged(g, 4<<20, ReduceOptions{Algorithm: allreduce.RecursiveDoubling})
 	})
-	if g1, l1 := c.delivered(); g1 == g0 || l1 != l0 {
-		t.Errorf("4 MiB: gRPC delivered %d, lanes %d; want all on gRPC", g1-g0, l1-l0)
+	if g1, l1 := c.delivered(); l1 == l0 || g1 != g0 {
+		t.Errorf("16 MiB: gRPC delivered %d, lanes %d; want all on the lanes", g1-g0, l1-l0)
 	}
 }
 

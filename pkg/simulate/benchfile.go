@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"strconv"
 	"time"
+
+	"github.com/switchyard/switchyard/pkg/allreduce"
 )
 
 // CollectivesRun is one run of bench/collectives (scripts/bench-collectives.sh):
@@ -23,7 +25,10 @@ type CollectivesRun struct {
 	// BusyRTT is the 64-byte raw-TCP round trip with every rank pinging
 	// its ring neighbour at once (0 where the run has none).
 	BusyRTT time.Duration
-	Load    float64 // 1-minute load average when the run started
+	// PolledRTT is the same busy round trip with reads polled as the
+	// lanes poll them (0 where the run has none).
+	PolledRTT time.Duration
+	Load      float64 // 1-minute load average when the run started
 	// ByteCPU is the machine's CPU seconds per byte moved by the raw-TCP
 	// ring probe (every link at once; kernel and processes, all cores),
 	// and MsgCPU its CPU per message of the 64-byte round trips with
@@ -45,6 +50,7 @@ var (
 	rttRE  = regexp.MustCompile(`^# RTT \(raw TCP 64-byte ping-pong, median of \d+\): (\d+) us rank 0 -> 1 alone(?:.*; (\d+) us with every rank pinging)?`)
 	bcpuRE = regexp.MustCompile(`^# CPU of the raw-TCP ring probe: ([\d.]+) ns per byte moved on the machine`)
 	mcpuRE = regexp.MustCompile(`^# CPU of the busy round trips: raw TCP 64 B ([\d.]+) us per message on the machine`)
+	prttRE = regexp.MustCompile(`^# CPU of the busy round trips polled as the lanes .*; round trip (\d+) us`)
 	rowRE  = regexp.MustCompile(`^allreduce\s+(\d+)\s+(\d+[KM]?)\s+-\s+(\S+)\s+\d+\s+([\d.]+)(?:(?:\s+[\d.]+){6}\s+([\d.]+)/[\d.]+\s+([\d.]+))?`)
 	cpusRE = regexp.MustCompile(`^# cluster .*GOMAXPROCS-visible CPUs (\d+)`)
 	sizeRE = regexp.MustCompile(`^(\d+)([KM]?)$`)
@@ -93,6 +99,10 @@ func ReadCollectives(r io.Reader) ([]*CollectivesRun, error) {
 		if m := mcpuRE.FindStringSubmatch(l); m != nil {
 			v, _ := strconv.ParseFloat(m[1], 64)
 			cur.MsgCPU = time.Duration(v * float64(time.Microsecond))
+		}
+		if m := prttRE.FindStringSubmatch(l); m != nil {
+			v, _ := strconv.Atoi(m[1])
+			cur.PolledRTT = time.Duration(v) * time.Microsecond
 		}
 		if m := cpusRE.FindStringSubmatch(l); m != nil {
 			cur.CPUs, _ = strconv.Atoi(m[1])
@@ -163,11 +173,12 @@ func (r *CollectivesRun) Calibrate() (Costs, error) {
 	}
 	c := Costs{MsgCPU: max((t-r.latency())/2, 0)}
 	// The gRPC ring's own CPU per byte, beyond raw TCP's: the machine's
-	// busy CPU per byte moved in the largest ring (2S bytes cross the
-	// links per all-reduce of S bytes at n = 2), less the raw-TCP probe's.
+	// busy CPU per byte moved in the largest ring on the gRPC streams (2S
+	// bytes cross the links per all-reduce of S bytes at n = 2), less the
+	// raw-TCP probe's. Rings of one chunk a step run on the lanes.
 	big := 0
 	for b := range r.AllReduce {
-		if r.Alg[b] == "ring" && b > big {
+		if r.Alg[b] == "ring" && b > big && OnStreams(2, b, 0) {
 			big = b
 		}
 	}
@@ -178,22 +189,43 @@ func (r *CollectivesRun) Calibrate() (Costs, error) {
 	return c, nil
 }
 
-// latency is the one-way latency of the run's links: half the shorter of
-// its two 64-byte raw-TCP round trips, alone or with every rank pinging
-// at once (on a machine of few cores the busy one can be the shorter: the
-// ranks' threads stay awake). Queueing for the shared cores is the
-// model's to add, not the latency's.
+// latency is the one-way latency of the run's links: half the shortest of
+// its 64-byte raw-TCP round trips: alone, with every rank pinging at once
+// (on a machine of few cores the busy one can be the shorter: the ranks'
+// threads stay awake), and that one with its reads polled as the lanes
+// poll. A round trip whose reads sleep pays the wake-ups of halted vCPUs,
+// which on this VM measured anywhere from 27 to 181 us for the same pair
+// of hosts minutes apart (scripts/simulate-validate.sh, 2026-12-06),
+// while the lanes, which carry every step-by-step all-reduce, poll past
+// them. Queueing for the shared cores is the model's to add, not the
+// latency's.
 func (r *CollectivesRun) latency() time.Duration {
 	rtt := r.RTT
-	if r.BusyRTT > 0 {
-		rtt = min(rtt, r.BusyRTT)
+	for _, x := range []time.Duration{r.BusyRTT, r.PolledRTT} {
+		if x > 0 {
+			rtt = min(rtt, x)
+		}
 	}
 	return rtt / 2
 }
 
-// Costs returns the software costs to predict the run's all-reduces of
-// algorithm alg ("rd" on the direct lanes, "ring" on the gRPC streams)
-// on cores shared cores.
+// OnStreams reports whether pkg/collective runs an all-reduce of bytes
+// bytes over n ranks with chunks of chunkBytes (0: its default, 1 MiB)
+// on its gRPC streams: a ring whose steps send several chunks to a peer
+// (a rank's share above chunkBytes). Every other all-reduce runs step by
+// step on the direct lanes (allreduce.Program.StepByStep).
+func OnStreams(n, bytes, chunkBytes int) bool {
+	if chunkBytes <= 0 {
+		chunkBytes = 1 << 20
+	}
+	alg := allreduce.Choose(n, bytes, allreduce.DefaultSmallBytes)
+	p, err := allreduce.Plan(alg, n, 0, bytes/4, chunkBytes/4)
+	return err == nil && !p.StepByStep()
+}
+
+// Costs returns the software costs to predict the run's all-reduces on
+// cores shared cores: on the direct lanes, or on the gRPC streams when
+// streams (OnStreams).
 //
 // Per message: with no more ranks than cores each rank has a core to
 // itself and a message costs its critical path only: calibrated.MsgCPU,
@@ -205,13 +237,14 @@ func (r *CollectivesRun) latency() time.Duration {
 //
 // Per byte: the machine's CPU per byte the run's raw-TCP probe measured
 // at its n (the kernel's share, which grows as more ranks share the
-// cores), and for the ring also the gRPC path's own (calibrated.ByteCPU,
-// from the n = 2 run's largest ring). Runs without the probe (older
-// bench/collectives output) have neither.
-func (r *CollectivesRun) Costs(alg string, cores int, calibrated Costs) Costs {
+// cores; a lane frame is one write of the packed cell, as the probe's
+// messages are), and on the streams also the gRPC path's own
+// (calibrated.ByteCPU, from the n = 2 run's largest ring on them). Runs
+// without the probe (older bench/collectives output) have neither.
+func (r *CollectivesRun) Costs(streams bool, cores int, calibrated Costs) Costs {
 	c := calibrated
 	c.ByteCPU = r.ByteCPU
-	if alg == "ring" {
+	if streams {
 		c.ByteCPU += calibrated.ByteCPU
 	}
 	if r.N <= cores || r.MsgCPU == 0 {
@@ -240,7 +273,7 @@ func PredictCollectives(runs []*CollectivesRun, costs Costs, cores int) ([]Check
 	for _, r := range runs {
 		m := r.Machine(cores)
 		for _, size := range sortedKeys(r.AllReduce) {
-			got, alg, err := PredictAllReduce(AllReduce{N: r.N, Bytes: size, Iterations: 20}, m, r.Costs(r.Alg[size], cores, costs))
+			got, alg, err := PredictAllReduce(AllReduce{N: r.N, Bytes: size, Iterations: 20}, m, r.Costs(OnStreams(r.N, size, 0), cores, costs))
 			if err != nil {
 				return nil, err
 			}

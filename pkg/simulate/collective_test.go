@@ -85,21 +85,18 @@ func checkCollectives(t *testing.T, path string) {
 
 	// The check has teeth: the same prediction with a link 20% faster than
 	// measured (or a latency ignoring the measured round trip) must fail it.
+	// (A model without the CPU per byte no longer does on fresh runs: since
+	// rings of one chunk a step run on the lanes, every validated ring runs
+	// at the link's rate, and the bytes' CPU only overlaps the wire.)
 	for _, wrong := range []struct {
 		name string
 		edit func(*CollectivesRun)
 	}{
 		{"link 20% faster than measured", func(r *CollectivesRun) { r.C *= 1.2 }},
 		{"no per-message cost and no latency", func(r *CollectivesRun) {
-			r.RTT, r.BusyRTT, r.MsgCPU = time.Nanosecond, 0, 0
+			r.RTT, r.BusyRTT, r.PolledRTT, r.MsgCPU = time.Nanosecond, 0, 0, 0
 		}},
-		// Bytes that cost no CPU: the links alone (only a run that
-		// measured the CPU per byte can tell).
-		{"no CPU per byte", func(r *CollectivesRun) { r.ByteCPU = 0 }},
 	} {
-		if wrong.name == "no CPU per byte" && runs[0].ByteCPU == 0 {
-			continue
-		}
 		var bad []*CollectivesRun
 		for _, r := range runs {
 			c := *r
@@ -107,11 +104,8 @@ func checkCollectives(t *testing.T, path string) {
 			bad = append(bad, &c)
 		}
 		cs := costs
-		switch wrong.name {
-		case "no per-message cost and no latency":
+		if wrong.name == "no per-message cost and no latency" {
 			cs.MsgCPU = 0
-		case "no CPU per byte":
-			cs.ByteCPU = 0
 		}
 		checks, err := PredictCollectives(bad, cs, 2)
 		if err != nil {
@@ -150,32 +144,46 @@ func TestPredictLiveCollectives(t *testing.T) {
 // TestRunCostsByContention: a run with no more ranks than cores keeps the
 // n = 2 per-message calibration; with more, each side of a message costs
 // half the machine's CPU per message of the run's busy round trips. Every
-// byte costs the run's raw-TCP CPU per byte, a ring's also the gRPC
-// path's own.
+// byte costs the run's raw-TCP CPU per byte, on the gRPC streams also the
+// gRPC path's own; only a ring of several chunks a step runs there.
 func TestRunCostsByContention(t *testing.T) {
+	for _, c := range []struct {
+		n, bytes, chunk int
+		streams         bool
+	}{
+		{2, 16 << 10, 0, false}, // recursive doubling
+		{2, 2 << 20, 0, false},  // ring, 1 MiB shares: one chunk a step
+		{2, 2<<20 + 4, 0, true}, // a share one element over 1 MiB
+		{8, 8 << 20, 0, false},  // 1 MiB shares
+		{8, 4 << 20, 256 << 10, true},
+	} {
+		if got := OnStreams(c.n, c.bytes, c.chunk); got != c.streams {
+			t.Errorf("n=%d %d B chunk %d: on the streams %v, want %v", c.n, c.bytes, c.chunk, got, c.streams)
+		}
+	}
 	cal := Costs{MsgCPU: 4 * time.Microsecond, ByteCPU: 1e-9}
 	r := &CollectivesRun{N: 8, MsgCPU: 30 * time.Microsecond, ByteCPU: 2e-9}
 	for _, c := range []struct {
-		alg    string
-		cores  int
-		msg    time.Duration
-		perB   float64
-		reason string
+		streams bool
+		cores   int
+		msg     time.Duration
+		perB    float64
+		reason  string
 	}{
-		{"rd", 2, 15 * time.Microsecond, 2e-9, "n=8 lanes on 2 cores"},
-		{"ring", 2, 15 * time.Microsecond, 3e-9, "n=8 ring on 2 cores"},
-		{"ring", 8, 4 * time.Microsecond, 3e-9, "n=8 ring on 8 cores"},
+		{false, 2, 15 * time.Microsecond, 2e-9, "n=8 lanes on 2 cores"},
+		{true, 2, 15 * time.Microsecond, 3e-9, "n=8 ring on the streams on 2 cores"},
+		{true, 8, 4 * time.Microsecond, 3e-9, "n=8 ring on the streams on 8 cores"},
 	} {
-		got := r.Costs(c.alg, c.cores, cal)
+		got := r.Costs(c.streams, c.cores, cal)
 		if got.MsgCPU != c.msg || math.Abs(got.ByteCPU-c.perB) > 1e-15 {
 			t.Errorf("%s: per message %v, per byte %g; want %v, %g", c.reason, got.MsgCPU, got.ByteCPU, c.msg, c.perB)
 		}
 	}
 	old := &CollectivesRun{N: 8}
-	if got := old.Costs("ring", 2, Costs{MsgCPU: 4 * time.Microsecond}); got.MsgCPU != 4*time.Microsecond || got.ByteCPU != 0 {
+	if got := old.Costs(true, 2, Costs{MsgCPU: 4 * time.Microsecond}); got.MsgCPU != 4*time.Microsecond || got.ByteCPU != 0 {
 		t.Errorf("a run without the CPU probes: %+v, want the calibration alone", got)
 	}
-	// The latency is half the shorter round trip.
+	// The latency is half the shortest round trip.
 	r.RTT, r.BusyRTT = 60*time.Microsecond, 200*time.Microsecond
 	if got := r.latency(); got != 30*time.Microsecond {
 		t.Errorf("latency %v, want 30us", got)
@@ -183,6 +191,10 @@ func TestRunCostsByContention(t *testing.T) {
 	r.BusyRTT = 20 * time.Microsecond
 	if got := r.latency(); got != 10*time.Microsecond {
 		t.Errorf("latency %v, want 10us", got)
+	}
+	r.RTT, r.BusyRTT, r.PolledRTT = 170*time.Microsecond, 310*time.Microsecond, 48*time.Microsecond
+	if got := r.latency(); got != 24*time.Microsecond {
+		t.Errorf("latency %v, want 24us (the polled round trip's half)", got)
 	}
 }
 
