@@ -157,7 +157,7 @@ func gemm(cm Compute, transA, transB bool, m, n, k int, alpha float32, a []float
 	if useSkinny(arch, cm, transA, transB, m, n, k, b16) {
 		// A few rows through a linear layer (W [n, k]): W streamed once,
 		// each row of C the GEMV's of its row of A.
-		gemmSkinny(cm == ComputeBF16, m, n, k, alpha, a, lda, b16, ldb, beta, c, ldc)
+		gemmSkinny(arch, cm == ComputeBF16, m, n, k, alpha, a, lda, b16, ldb, beta, c, ldc)
 		return
 	}
 	switch {

@@ -311,13 +311,18 @@ func gemvDots(arch gemmArch, rows, k int, w32 []float32, w16 []uint16, ldw int, 
 }
 
 // skinnyDots sets out[i*gemvChunkRows + r] = sum_{p<kMain} W[r, p] *
-// x_i[p] for r < rows, i < m (2..skinnyGroup), W bfloat16 rows ldw apart,
-// x interleaved in xs as interleaveX writes it (skinny512 in
-// gemm_asmgen.go).
-func skinnyDots(m, rows, kMain int, w16 []uint16, ldw int, xs []float32, out []float32) {
+// x_i[p] for r < rows, i < m (2..skinnyGroup on AVX-512, 2..skinnyGroupAvx2
+// on AVX2), W bfloat16 rows ldw apart, x interleaved in xs as interleaveX
+// writes it for arch (skinny512 and skinny256 in gemm_asmgen.go).
+func skinnyDots(arch gemmArch, m, rows, kMain int, w16 []uint16, ldw int, xs []float32, out []float32) {
 	_ = out[(m-1)*gemvChunkRows+rows-1]
-	_ = xs[m*ceilDiv(kMain, 32)*32-1]
 	_ = w16[(rows-1)*ldw+kMain-1]
+	if arch == archAVX2 {
+		_ = xs[m*ceilDiv(kMain, 16)*16-1]
+		skinnyTBF16Avx2(m, rows, kMain, &w16[0], ldw, &xs[0], &out[0])
+		return
+	}
+	_ = xs[m*ceilDiv(kMain, 32)*32-1]
 	skinnyTBF16Avx512(m, rows, kMain, &w16[0], ldw, &xs[0], &out[0])
 }
 

@@ -62,6 +62,7 @@ func main() {
 	skinny512()
 	gemv256(false)
 	gemv256(true)
+	skinny256()
 	pairBF16()
 	roundBF16()
 	evenOdd()
@@ -1073,6 +1074,90 @@ func gemv256(bf16 bool) {
 	p("%sdone:", name)
 	p("\tVZEROUPPER")
 	p("\tRET")
+}
+
+// skinnyMaxRows256 is the most rows one AVX2 skinny kernel takes: two
+// accumulators a row in Y0..Y11, the widened weights in Y12 and Y13.
+const skinnyMaxRows256 = 6
+
+// skinny256 emits skinnyTBF16Avx2M<m> for m = 2..skinnyMaxRows256 and
+// skinnyTBF16Avx2(m, ...): skinny512 for AVX2, m rows of x against the
+// same bfloat16 rows of W, each row of out bit for bit gemvTBF16Avx2's
+// (its row1 and row4 paths sum alike): per row of W and row i of x, the
+// first 8 weights of each 16 go into Y(2i), the second 8 into Y(2i+1), a
+// last 8 (k % 16 == 8) into Y(2i), and the two are reduced as the GEMV
+// reduces them. xs holds, for each 16 columns q, the rows' 16 floats in
+// turn ((q*m + i)*16, interleaveX), so one pointer walks them; k (here the
+// columns the kernel covers) is a multiple of 8.
+func skinny256() {
+	const fam, cb = "skinnyTBF16Avx2", 64 // cb: bytes of one x chunk (16 floats)
+	dispatch(fam, "m", "rows, k int, w *uint16, ldw int, xs *float32, out *float32", "rows, k, w, ldw, xs, out", 2, skinnyMaxRows256, "row count")
+	for m := 2; m <= skinnyMaxRows256; m++ {
+		name := fmt.Sprintf("%sM%d", fam, m)
+		goFile("")
+		goFile("//go:noescape")
+		goFile("func %s(rows, k int, w *uint16, ldw int, xs *float32, out *float32)", name)
+		widen := func(off, y int) {
+			p("\tVPMOVZXWD %d(R8)(DX*1), Y%d", off, y)
+			p("\tVPSLLD $16, Y%d, Y%d", y, y)
+		}
+		p("")
+		p("// func %s(rows, k int, w *uint16, ldw int, xs *float32, out *float32)", name)
+		p("TEXT ·%s(SB), NOSPLIT, $0-48", name)
+		p("\tMOVQ rows+0(FP), CX")
+		p("\tMOVQ k+8(FP), R12")
+		p("\tSHLQ $1, R12")
+		p("\tMOVQ w+16(FP), R8")
+		p("\tMOVQ ldw+24(FP), BX")
+		p("\tSHLQ $1, BX")
+		p("\tMOVQ xs+32(FP), SI")
+		p("\tMOVQ out+40(FP), DI")
+		p("%srow:", name)
+		p("\tTESTQ CX, CX")
+		p("\tJZ %sdone", name)
+		for i := 0; i < 2*m; i++ {
+			p("\tVXORPS Y%d, Y%d, Y%d", i, i, i)
+		}
+		p("\tXORQ DX, DX")
+		p("\tMOVQ SI, R9")
+		p("%sk16:", name)
+		p("\tLEAQ 32(DX), AX")
+		p("\tCMPQ AX, R12")
+		p("\tJGT %sk8", name)
+		widen(0, 12)
+		widen(16, 13)
+		for i := 0; i < m; i++ {
+			p("\tVFMADD231PS %d(R9), Y12, Y%d", i*cb, 2*i)
+			p("\tVFMADD231PS %d(R9), Y13, Y%d", i*cb+32, 2*i+1)
+		}
+		p("\tMOVQ AX, DX")
+		p("\tADDQ $%d, R9", m*cb)
+		p("\tJMP %sk16", name)
+		p("%sk8:", name)
+		p("\tCMPQ DX, R12")
+		p("\tJGE %sred", name)
+		widen(0, 12)
+		for i := 0; i < m; i++ {
+			p("\tVFMADD231PS %d(R9), Y12, Y%d", i*cb, 2*i)
+		}
+		p("%sred:", name)
+		for i := 0; i < m; i++ {
+			a, b := 2*i, 2*i+1
+			p("\tVADDPS Y%d, Y%d, Y%d", b, a, a)
+			p("\tVEXTRACTF128 $1, Y%d, X%d", a, b)
+			p("\tVADDPS X%d, X%d, X%d", b, a, a)
+			p("\tVHADDPS X%d, X%d, X%d", a, a, a)
+			p("\tVHADDPS X%d, X%d, X%d", a, a, a)
+			p("\tVMOVSS X%d, %d(DI)", a, i*4*skinnyOut)
+		}
+		p("\tADDQ $4, DI")
+		p("\tADDQ BX, R8")
+		p("\tDECQ CX")
+		p("\tJMP %srow", name)
+		p("%sdone:", name)
+		p("\tVZEROUPPER")
+		p("\tRET")
+	}
 }
 
 // evexRM is the r/m operand of an EVEX instruction: register reg (mem

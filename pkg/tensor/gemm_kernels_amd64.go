@@ -397,3 +397,36 @@ func skinnyTBF16Avx512M7(rows, k int, w *uint16, ldw int, xs *float32, out *floa
 
 //go:noescape
 func skinnyTBF16Avx512M8(rows, k int, w *uint16, ldw int, xs *float32, out *float32)
+
+// skinnyTBF16Avx2 runs skinnyTBF16Avx2M<m>.
+func skinnyTBF16Avx2(m, rows, k int, w *uint16, ldw int, xs *float32, out *float32) {
+	switch m {
+	case 6:
+		skinnyTBF16Avx2M6(rows, k, w, ldw, xs, out)
+	case 5:
+		skinnyTBF16Avx2M5(rows, k, w, ldw, xs, out)
+	case 4:
+		skinnyTBF16Avx2M4(rows, k, w, ldw, xs, out)
+	case 3:
+		skinnyTBF16Avx2M3(rows, k, w, ldw, xs, out)
+	case 2:
+		skinnyTBF16Avx2M2(rows, k, w, ldw, xs, out)
+	default:
+		panic("tensor: bad row count for skinnyTBF16Avx2")
+	}
+}
+
+//go:noescape
+func skinnyTBF16Avx2M2(rows, k int, w *uint16, ldw int, xs *float32, out *float32)
+
+//go:noescape
+func skinnyTBF16Avx2M3(rows, k int, w *uint16, ldw int, xs *float32, out *float32)
+
+//go:noescape
+func skinnyTBF16Avx2M4(rows, k int, w *uint16, ldw int, xs *float32, out *float32)
+
+//go:noescape
+func skinnyTBF16Avx2M5(rows, k int, w *uint16, ldw int, xs *float32, out *float32)
+
+//go:noescape
+func skinnyTBF16Avx2M6(rows, k int, w *uint16, ldw int, xs *float32, out *float32)

@@ -45,6 +45,6 @@ func swigluVec(out, gate, up []float32) bool { return false }
 
 func expShiftVec(x []float32, shift float32) (float64, bool) { return 0, false }
 
-func skinnyDots(m, rows, kMain int, w16 []uint16, ldw int, xs []float32, out []float32) {
+func skinnyDots(arch gemmArch, m, rows, kMain int, w16 []uint16, ldw int, xs []float32, out []float32) {
 	panic("tensor: no skinny kernels on this architecture")
 }

@@ -21,16 +21,24 @@ import "sync"
 //	   8   0.66-0.72    0.89-0.94
 //	  12   0.76-0.81    0.95-1.03
 //	  16   0.98-1.13    0.89-0.94   (two threads alike: packing wins from 16)
+//
+// On an AVX2 EPYC (Zen 3, bench/results/skinny-avx2.txt) the AVX2 kernels
+// give 2 rows 0.43-0.46 ms against 1.09-1.16 packed and 12 rows 1.09-1.14
+// against 1.47-1.50 (16 rows packed: 1.76-1.92).
 const skinnyMaxM = 12
 
 // skinnyGroup is the most rows one skinny kernel takes (the generator's
-// skinnyMaxRows): larger m runs in groups of at most this many rows, each
-// group streaming a block of W rows that the previous group left in L2.
-const skinnyGroup = 8
+// skinnyMaxRows, AVX-512; skinnyGroupAvx2 is skinnyMaxRows256): larger m
+// runs in groups of at most this many rows, each group streaming a block
+// of W rows that the previous group left in L2.
+const (
+	skinnyGroup     = 8
+	skinnyGroupAvx2 = 6
+)
 
 // useSkinny reports whether gemm runs C = alpha*A*W^T + beta*C (m x n,
-// depth k) as a skinny product: AVX-512 kernels, m in [2, skinnyMaxM], k
-// at least one 16-float line, and W in bfloat16 (the weights a served
+// depth k) as a skinny product: AVX-512 or AVX2 kernels, m in [2,
+// skinnyMaxM], k at least 16, and W in bfloat16 (the weights a served
 // checkpoint holds). Under ComputeBF16 a product of one column stays
 // exact, as everywhere (ComputeBF16 rounds the products of m, n >= 2).
 //
@@ -43,18 +51,18 @@ const skinnyGroup = 8
 // relative on the experts' weights after 12 AdamW steps; 3.8e-5 with f32
 // skinny products).
 func useSkinny(arch gemmArch, cm Compute, transA, transB bool, m, n, k int, b16 []uint16) bool {
-	if arch != archAVX512 || transA || !transB || m < 2 || m > skinnyMaxM || k < 16 || b16 == nil {
+	if (arch != archAVX512 && arch != archAVX2) || transA || !transB || m < 2 || m > skinnyMaxM || k < 16 || b16 == nil {
 		return false
 	}
 	return cm != ComputeBF16 || n >= 2
 }
 
-// gemmSkinny is gemm for useSkinny's products: C[m x n] = alpha * A W^T +
-// beta*C with A m x k (lda) and W n x k bfloat16 (ldw). round
-// (ComputeBF16) rounds A to bfloat16 first, as the packed path's dotRound
-// does. Every row of C is the GEMV's of its row of A bit for bit: a
-// token's result does not depend on the others in its batch.
-func gemmSkinny(round bool, m, n, k int, alpha float32, a []float32, lda int, w []uint16, ldw int, beta float32, c []float32, ldc int) {
+// gemmSkinny is gemm for useSkinny's products on arch's kernels: C[m x n]
+// = alpha * A W^T + beta*C with A m x k (lda) and W n x k bfloat16 (ldw).
+// round (ComputeBF16) rounds A to bfloat16 first, as the packed path's
+// dotRound does. Every row of C is arch's GEMV of its row of A bit for
+// bit: a token's result does not depend on the others in its batch.
+func gemmSkinny(arch gemmArch, round bool, m, n, k int, alpha float32, a []float32, lda int, w []uint16, ldw int, beta float32, c []float32, ldc int) {
 	var ab *packBuf
 	if round {
 		ab = getPackBuf(m * k)
@@ -64,19 +72,25 @@ func gemmSkinny(round bool, m, n, k int, alpha float32, a []float32, lda int, w 
 		roundBF16Slice(ab.f[:m*k])
 		a, lda = ab.f, k
 	}
-	kMain := k &^ 15
-	perRow := ceilDiv(kMain, 32) * 32 // a tail of 16 takes a chunk of 32 slots
+	// The kernels' columns (the rest is gemvAddTail's, as for the GEMV)
+	// and the x chunk: AVX-512 reads lines of 32 (a tail of 16 taking a
+	// chunk of 32 slots), AVX2 chunks of 16 (a tail of 8 taking 16).
+	kMain, chunk, group := k&^15, 32, skinnyGroup
+	if arch == archAVX2 {
+		kMain, chunk, group = k&^7, 16, skinnyGroupAvx2
+	}
+	perRow := ceilDiv(kMain, chunk) * chunk
 	xb := getPackBuf(perRow * m)
 	t := skinnyPool.Get().(*skinnyTask)
-	*t = skinnyTask{k: k, kMain: kMain, alpha: alpha, beta: beta, a: a, lda: lda, w: w, ldw: ldw, c: c, ldc: ldc}
-	// Groups of at most skinnyGroup rows, as even as can be (at least 2
-	// rows each: the kernels start at 2).
-	t.ngroups = ceilDiv(m, skinnyGroup)
+	*t = skinnyTask{arch: arch, k: k, kMain: kMain, alpha: alpha, beta: beta, a: a, lda: lda, w: w, ldw: ldw, c: c, ldc: ldc}
+	// Groups of at most group rows, as even as can be (at least 2 rows
+	// each: the kernels start at 2).
+	t.ngroups = ceilDiv(m, group)
 	for g := 0; g < t.ngroups; g++ {
 		i0, i1 := g*m/t.ngroups, (g+1)*m/t.ngroups
 		xs := xb.f[i0*perRow : i1*perRow]
 		t.groups[g] = skinnyRows{i0: i0, i1: i1, xs: xs}
-		interleaveX(xs, a, lda, i0, i1, kMain)
+		interleaveX(xs, a, lda, i0, i1, kMain, chunk)
 	}
 	// As gemvT: each goroutine streams at least ~256 KB of W.
 	ParallelRange(n, max(4, (128<<10)/k), t)
@@ -90,17 +104,17 @@ func gemmSkinny(round bool, m, n, k int, alpha float32, a []float32, lda int, w 
 
 // interleaveX writes rows [i0, i1) of A (their first kMain columns) into
 // dst in the skinny kernels' layout: chunk q of row i at (q*(i1-i0) +
-// i-i0)*32, a chunk being 32 floats as evenOddAvx512 lays them out (16
-// even elements, then 16 odd), or a last 16 (kMain % 32 == 16) as they
-// are.
-func interleaveX(dst []float32, a []float32, lda, i0, i1, kMain int) {
+// i-i0)*chunk. AVX-512's chunk is 32 floats as evenOddAvx512 lays them
+// out (16 even elements, then 16 odd), or a last 16 (kMain % 32 == 16) as
+// they are; AVX2's is 16 floats as they are.
+func interleaveX(dst []float32, a []float32, lda, i0, i1, kMain, chunk int) {
 	rows := i1 - i0
 	for i := i0; i < i1; i++ {
 		x := a[i*lda : i*lda+kMain]
-		for q, p0 := 0, 0; p0 < kMain; q, p0 = q+1, p0+32 {
-			d := dst[(q*rows+i-i0)*32:][:32]
-			if p0+32 > kMain {
-				copy(d, x[p0:])
+		for q, p0 := 0, 0; p0 < kMain; q, p0 = q+1, p0+chunk {
+			d := dst[(q*rows+i-i0)*chunk:][:chunk]
+			if p0+32 > kMain || chunk != 32 {
+				copy(d, x[p0:min(p0+chunk, kMain)])
 				continue
 			}
 			for j := 0; j < 16; j++ {
@@ -120,6 +134,7 @@ type skinnyRows struct {
 // W (columns of C). Pooled, so that a steady stream of products
 // allocates nothing.
 type skinnyTask struct {
+	arch        gemmArch
 	k, kMain    int
 	alpha, beta float32
 	a           []float32
@@ -132,8 +147,9 @@ type skinnyTask struct {
 	ngroups     int
 }
 
-// skinnyMaxGroups is ceil(skinnyMaxM / skinnyGroup): the most groups of rows.
-const skinnyMaxGroups = (skinnyMaxM + skinnyGroup - 1) / skinnyGroup
+// skinnyMaxGroups is ceil(skinnyMaxM / skinnyGroupAvx2): the most groups
+// of rows.
+const skinnyMaxGroups = (skinnyMaxM + skinnyGroupAvx2 - 1) / skinnyGroupAvx2
 
 var skinnyPool = sync.Pool{New: func() any { return new(skinnyTask) }}
 
@@ -145,7 +161,7 @@ func (t *skinnyTask) Range(lo, hi int) {
 		rows := min(gemvChunkRows, hi-r0)
 		w := t.w[r0*t.ldw:]
 		for _, g := range t.groups[:t.ngroups] {
-			skinnyDots(g.i1-g.i0, rows, t.kMain, w, t.ldw, g.xs, buf[:])
+			skinnyDots(t.arch, g.i1-g.i0, rows, t.kMain, w, t.ldw, g.xs, buf[:])
 			for i := g.i0; i < g.i1; i++ {
 				out := buf[(i-g.i0)*gemvChunkRows:][:rows]
 				if t.kMain < t.k {

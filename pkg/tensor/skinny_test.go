@@ -11,15 +11,19 @@ import (
 // through W^T (float32 W: packed; bfloat16 W: skinny) against a float64
 // reference, and, where the skinny kernels run (AVX-512, bfloat16 W), that
 // every row of C is bit for bit the GEMV of its row of A:
-// a token's output does not depend on the batch it is in. Shapes cover k
-// with and without the kernels' tails (k % 32 == 16, k % 16 != 0, k = 16),
-// strides wider than the matrices, one and two groups of rows, and beta.
-func TestSkinnyRowsAreGemvRows(t *testing.T) {
+// a token's output does not depend on the batch it is in. Under every
+// kernel family the CPU has (AVX-512 and AVX2 have skinny kernels of
+// their own). Shapes cover k with and without the kernels' tails (k % 32
+// == 16, k % 16 == 8, k % 8 != 0, k = 16), strides wider than the
+// matrices, one and two groups of rows, and beta.
+func TestSkinnyRowsAreGemvRows(t *testing.T) { forEachArch(t, testSkinnyRowsAreGemvRows) }
+
+func testSkinnyRowsAreGemvRows(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	for _, bf16 := range []bool{false, true} {
 		for _, sh := range []struct{ m, n, k int }{
 			{2, 70, 1024}, {3, 1, 48}, {5, 129, 1040}, {8, 64, 16}, {8, 33, 1000},
-			{9, 100, 80}, {skinnyMaxM, 300, 517}, {7, 2, 31},
+			{9, 100, 80}, {skinnyMaxM, 300, 517}, {7, 2, 31}, {6, 40, 24}, {4, 17, 1032},
 		} {
 			for _, beta := range []float32{0, 0.25} {
 				name := fmt.Sprintf("bf16=%v/m%d_n%d_k%d/beta%v", bf16, sh.m, sh.n, sh.k, beta)
@@ -100,7 +104,9 @@ func wOf(bf16 bool, w16 []uint16) []uint16 {
 // bf16-rounded operands, float32 sums, as the packed path's dotRound), so
 // it stays batch-invariant there too; and it differs from the exact
 // product (the rounding is applied).
-func TestSkinnyComputeBF16(t *testing.T) {
+func TestSkinnyComputeBF16(t *testing.T) { forEachArch(t, testSkinnyComputeBF16) }
+
+func testSkinnyComputeBF16(t *testing.T) {
 	if !useSkinny(gemmArch(activeArch.Load()), ComputeBF16, false, true, 4, 50, 96, []uint16{}) {
 		t.Logf("no skinny kernels on this CPU (%v): checking the packed path's rounding instead", gemmArch(activeArch.Load()))
 	}
@@ -152,9 +158,11 @@ func TestSkinnyComputeBF16(t *testing.T) {
 // serving) for a few rows of A, skinny and packed side by side: the
 // measurement behind skinnyMaxM. GB/s counts W's bytes once per call.
 func BenchmarkSkinny(b *testing.B) {
-	if !archSupported(archAVX512) {
-		b.Skip("the skinny kernels are AVX-512")
+	arch := gemmArch(activeArch.Load())
+	if arch != archAVX512 && arch != archAVX2 {
+		b.Skip("the skinny kernels are AVX-512 and AVX2")
 	}
+	b.Logf("%v kernels", arch)
 	const n, k, experts = 2816, 1024, 8
 	r := rand.New(rand.NewPCG(1, 1))
 	ws := make([][]uint16, experts)
@@ -180,9 +188,9 @@ func BenchmarkSkinny(b *testing.B) {
 				e := 0
 				for b.Loop() {
 					if path == "skinny" {
-						gemmSkinny(false, m, n, k, 1, a, k, ws[e%experts], k, 0, c, n)
+						gemmSkinny(arch, false, m, n, k, 1, a, k, ws[e%experts], k, 0, c, n)
 					} else {
-						gemmPacked(archAVX512, dotOff, false, true, m, n, k, 1, a, k, nil, ws[e%experts], k, 0, c, n)
+						gemmPacked(arch, dotOff, false, true, m, n, k, 1, a, k, nil, ws[e%experts], k, 0, c, n)
 					}
 					e++
 				}
