@@ -213,8 +213,8 @@ func (g *Group) plan(alg allreduce.Algorithm, elems, chunkElems int) (*plan, err
 // acknowledgements and locking of the general runner, which dominate
 // small operations and, on hosts that share cores, every step of a ring
 // of one chunk a step: a 256 KiB all-reduce of 4 members over 1 Gbit/s
-// took 4.2-5.9 ms in the general runner and 3.29 ms (the link's rate)
-// here (bench/results/collectives-ab-lanes.txt). The messages go over the direct
+// took 4.3-6.2 ms in the general runner and 3.30-3.32 ms (the link's
+// rate) here (bench/results/collectives-ab-lanes.txt). The messages go over the direct
 // lanes (lane.go) unless grpcPath, as untracked fresh copies (no
 // acknowledgements, no window): with at most one chunk per link and step
 // (Program.StepByStep) and every member waiting for its peers each step, a

@@ -79,10 +79,11 @@ type Config struct {
 	// Algorithm forces an all-reduce algorithm; allreduce.Auto (zero)
 	// chooses by size with SmallBytes.
 	Algorithm allreduce.Algorithm
-	// SmallOverGRPC sends the messages of small all-reduces (those run step
-	// by step, one message per peer and step: recursive doubling or the
-	// tree within one chunk) over the gRPC streams instead of the direct
-	// TCP lanes (lane.go). A 4 KiB all-reduce of 4 members costs each
+	// SmallOverGRPC sends the messages of the all-reduces run step by step
+	// (one message per peer and step: recursive doubling or the tree within
+	// one chunk, the ring while a member's share fits one chunk) over the
+	// gRPC streams, as untracked copies, instead of the direct TCP lanes
+	// (lane.go). A 4 KiB all-reduce of 4 members costs each
 	// 21-23 us of CPU over lanes and 42-45 us over gRPC
 	// (BenchmarkSmallAllReduceRunners, loopback); this switch exists to
 	// compare the two. Every member must use the same setting (like
