@@ -885,17 +885,7 @@ func skinny512() {
 			p("\tADDQ $%d, R9", lines*m*cb)
 			p("\tJMP %s%s", name, label)
 		}
-		p("")
-		p("// func %s(rows, k int, w *uint16, ldw int, xs *float32, out *float32)", name)
-		p("TEXT ·%s(SB), NOSPLIT, $0-48", name)
-		p("\tMOVQ rows+0(FP), CX")
-		p("\tMOVQ k+8(FP), R12")
-		p("\tSHLQ $1, R12")
-		p("\tMOVQ w+16(FP), R8")
-		p("\tMOVQ ldw+24(FP), BX")
-		p("\tSHLQ $1, BX")
-		p("\tMOVQ xs+32(FP), SI")
-		p("\tMOVQ out+40(FP), DI")
+		skinnyPrologue(name)
 		p("\tMOVL $0xffff0000, AX")
 		p("\tVPBROADCASTD AX, Z31")
 		p("%srow:", name)
@@ -924,14 +914,37 @@ func skinny512() {
 			p("\tVHADDPS X%d, X%d, X%d", a, a, a)
 			p("\tVMOVSS X%d, %d(DI)", a, i*4*skinnyOut)
 		}
-		p("\tADDQ $4, DI")
-		p("\tADDQ BX, R8")
-		p("\tDECQ CX")
-		p("\tJMP %srow", name)
-		p("%sdone:", name)
-		p("\tVZEROUPPER")
-		p("\tRET")
+		skinnyEpilogue(name)
 	}
+}
+
+// skinnyPrologue emits the head of skinny kernel name, shared by
+// skinny512 and skinny256: CX the rows of W left, R12 the bytes of a row
+// the kernel covers, R8 the row, BX the row stride in bytes, SI xs, DI out.
+func skinnyPrologue(name string) {
+	p("")
+	p("// func %s(rows, k int, w *uint16, ldw int, xs *float32, out *float32)", name)
+	p("TEXT ·%s(SB), NOSPLIT, $0-48", name)
+	p("\tMOVQ rows+0(FP), CX")
+	p("\tMOVQ k+8(FP), R12")
+	p("\tSHLQ $1, R12")
+	p("\tMOVQ w+16(FP), R8")
+	p("\tMOVQ ldw+24(FP), BX")
+	p("\tSHLQ $1, BX")
+	p("\tMOVQ xs+32(FP), SI")
+	p("\tMOVQ out+40(FP), DI")
+}
+
+// skinnyEpilogue emits the end of a row of W (the next column of out, the
+// next row, back to <name>row) and the kernel's return.
+func skinnyEpilogue(name string) {
+	p("\tADDQ $4, DI")
+	p("\tADDQ BX, R8")
+	p("\tDECQ CX")
+	p("\tJMP %srow", name)
+	p("%sdone:", name)
+	p("\tVZEROUPPER")
+	p("\tRET")
 }
 
 // skinnyOut is the distance in floats between the skinny kernels' output
@@ -1101,17 +1114,7 @@ func skinny256() {
 			p("\tVPMOVZXWD %d(R8)(DX*1), Y%d", off, y)
 			p("\tVPSLLD $16, Y%d, Y%d", y, y)
 		}
-		p("")
-		p("// func %s(rows, k int, w *uint16, ldw int, xs *float32, out *float32)", name)
-		p("TEXT ·%s(SB), NOSPLIT, $0-48", name)
-		p("\tMOVQ rows+0(FP), CX")
-		p("\tMOVQ k+8(FP), R12")
-		p("\tSHLQ $1, R12")
-		p("\tMOVQ w+16(FP), R8")
-		p("\tMOVQ ldw+24(FP), BX")
-		p("\tSHLQ $1, BX")
-		p("\tMOVQ xs+32(FP), SI")
-		p("\tMOVQ out+40(FP), DI")
+		skinnyPrologue(name)
 		p("%srow:", name)
 		p("\tTESTQ CX, CX")
 		p("\tJZ %sdone", name)
@@ -1150,13 +1153,7 @@ func skinny256() {
 			p("\tVHADDPS X%d, X%d, X%d", a, a, a)
 			p("\tVMOVSS X%d, %d(DI)", a, i*4*skinnyOut)
 		}
-		p("\tADDQ $4, DI")
-		p("\tADDQ BX, R8")
-		p("\tDECQ CX")
-		p("\tJMP %srow", name)
-		p("%sdone:", name)
-		p("\tVZEROUPPER")
-		p("\tRET")
+		skinnyEpilogue(name)
 	}
 }
 
