@@ -129,10 +129,12 @@ func laneHello(conn net.Conn, h *pb.CollectiveHello) (string, error) {
 	return string(answer), err
 }
 
-// runOps runs, on every member, a small all-reduce (lanes), a large one
-// (gRPC ring) of random values and an all-to-all of tagged blocks, and
-// returns each member's results.
-func runOps(t *testing.T, c *members) (small, large [][]float32, blocks [][][]byte) {
+// runOps runs, on every member, a small all-reduce (lanes), a medium
+// ring (lanes while a share fits one chunk, frames above laneMaxPayload
+// written beside the reads), a large one (the pipelined gRPC ring where
+// ChunkBytes is smaller than a share) of random values and an all-to-all
+// of tagged blocks, and returns each member's results.
+func runOps(t *testing.T, c *members) (small, medium, large [][]float32, blocks [][][]byte) {
 	t.Helper()
 	n := len(c.groups)
 	rng := rand.New(rand.NewSource(1))
@@ -146,7 +148,7 @@ func runOps(t *testing.T, c *members) (small, large [][]float32, blocks [][][]by
 		}
 		return x
 	}
-	small, large = input(1000), input(300_000) // 4 KB and 1.2 MB
+	small, medium, large = input(1000), input(40_000), input(300_000) // 4 KB, 160 KB and 1.2 MB
 	blocks = make([][][]byte, n)
 	size := func(r, s int) int { return 1 + (r*7+s*3)%5*3000 }
 	c.each(t, func(r int, g *Group) error {
@@ -154,6 +156,9 @@ func runOps(t *testing.T, c *members) (small, large [][]float32, blocks [][][]by
 		defer cancel()
 		if err := g.AllReduce(ctx, small[r]); err != nil {
 			return fmt.Errorf("small all-reduce: %w", err)
+		}
+		if err := g.AllReduce(ctx, medium[r]); err != nil {
+			return fmt.Errorf("medium all-reduce: %w", err)
 		}
 		if err := g.AllReduce(ctx, large[r]); err != nil {
 			return fmt.Errorf("large all-reduce: %w", err)
@@ -173,11 +178,12 @@ func runOps(t *testing.T, c *members) (small, large [][]float32, blocks [][][]by
 		}
 		return nil
 	})
-	return small, large, blocks
+	return small, medium, large, blocks
 }
 
 // TestTLSOperationsMatchPlaintext: a group with mutual TLS runs small
-// all-reduces on its lanes and large ones on gRPC, and all-to-all, with
+// all-reduces and rings of one chunk a step (64 KiB chunks here) on its
+// lanes and larger rings on gRPC, and all-to-all, with
 // results bit for bit those of the same group in plaintext; its lanes are
 // TLS connections that never use the raw socket calls (the polling read
 // included: LanePoll keeps its default), and it shuts down gracefully.
@@ -187,7 +193,7 @@ func TestTLSOperationsMatchPlaintext(t *testing.T) {
 	cfg := func(c *Config) { c.ChunkBytes = 64 << 10 }
 	plain := newSecured(t, n, nil, cfg)
 	plain.connect(t)
-	wantSmall, wantLarge, wantBlocks := runOps(t, plain.members)
+	wantSmall, wantMedium, wantLarge, wantBlocks := runOps(t, plain.members)
 	plain.close()
 
 	s := newSecured(t, n, mustCA(t, "test"), cfg)
@@ -206,7 +212,7 @@ func TestTLSOperationsMatchPlaintext(t *testing.T) {
 		}
 	}
 	g0, l0 := s.delivered()
-	small, large, blocks := runOps(t, s.members)
+	small, medium, large, blocks := runOps(t, s.members)
 	g1, l1 := s.delivered()
 	if l1 == l0 {
 		t.Errorf("no lane traffic: gRPC delivered %d, lanes %d", g1-g0, l1-l0)
@@ -234,6 +240,7 @@ func TestTLSOperationsMatchPlaintext(t *testing.T) {
 		}
 	}
 	same("small all-reduce", small, wantSmall)
+	same("medium all-reduce", medium, wantMedium)
 	same("large all-reduce", large, wantLarge)
 	for r := range blocks {
 		for q := range blocks[r] {
