@@ -885,17 +885,7 @@ func skinny512() {
 			p("\tADDQ $%d, R9", lines*m*cb)
 			p("\tJMP %s%s", name, label)
 		}
-		skinnyPrologue(name)
-		p("\tMOVL $0xffff0000, AX")
-		p("\tVPBROADCASTD AX, Z31")
-		p("%srow:", name)
-		p("\tTESTQ CX, CX")
-		p("\tJZ %sdone", name)
-		for i := 0; i < 2*m; i++ {
-			p("\tVPXORD Z%d, Z%d, Z%d", i, i, i)
-		}
-		p("\tXORQ DX, DX")
-		p("\tMOVQ SI, R9")
+		skinnyPrologue(name, 2*m, "VPXORD Z%d, Z%d, Z%d", "MOVL $0xffff0000, AX", "VPBROADCASTD AX, Z31")
 		step("k2", "k1", 2)
 		step("k1", "k16", 1)
 		bf16Tail16(name)
@@ -920,8 +910,11 @@ func skinny512() {
 
 // skinnyPrologue emits the head of skinny kernel name, shared by
 // skinny512 and skinny256: CX the rows of W left, R12 the bytes of a row
-// the kernel covers, R8 the row, BX the row stride in bytes, SI xs, DI out.
-func skinnyPrologue(name string) {
+// the kernel covers, R8 the row, BX the row stride in bytes, SI xs, DI out;
+// then the kernel's setup instructions, and the start of each row of W
+// (<name>row): the accs accumulators 0..accs-1 zeroed by zero (a format
+// taking the register three times), DX the byte offset in the row, R9 x.
+func skinnyPrologue(name string, accs int, zero string, setup ...string) {
 	p("")
 	p("// func %s(rows, k int, w *uint16, ldw int, xs *float32, out *float32)", name)
 	p("TEXT ·%s(SB), NOSPLIT, $0-48", name)
@@ -933,6 +926,17 @@ func skinnyPrologue(name string) {
 	p("\tSHLQ $1, BX")
 	p("\tMOVQ xs+32(FP), SI")
 	p("\tMOVQ out+40(FP), DI")
+	for _, in := range setup {
+		p("\t%s", in)
+	}
+	p("%srow:", name)
+	p("\tTESTQ CX, CX")
+	p("\tJZ %sdone", name)
+	for i := 0; i < accs; i++ {
+		p("\t"+zero, i, i, i)
+	}
+	p("\tXORQ DX, DX")
+	p("\tMOVQ SI, R9")
 }
 
 // skinnyEpilogue emits the end of a row of W (the next column of out, the
@@ -1114,15 +1118,7 @@ func skinny256() {
 			p("\tVPMOVZXWD %d(R8)(DX*1), Y%d", off, y)
 			p("\tVPSLLD $16, Y%d, Y%d", y, y)
 		}
-		skinnyPrologue(name)
-		p("%srow:", name)
-		p("\tTESTQ CX, CX")
-		p("\tJZ %sdone", name)
-		for i := 0; i < 2*m; i++ {
-			p("\tVXORPS Y%d, Y%d, Y%d", i, i, i)
-		}
-		p("\tXORQ DX, DX")
-		p("\tMOVQ SI, R9")
+		skinnyPrologue(name, 2*m, "VXORPS Y%d, Y%d, Y%d")
 		p("%sk16:", name)
 		p("\tLEAQ 32(DX), AX")
 		p("\tCMPQ AX, R12")
