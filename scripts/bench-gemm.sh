@@ -15,8 +15,11 @@
 #   ROUNDS=5 BENCHTIME=1s THREADS="1 2" OUT=bench/results/gemm.txt
 #
 # Installs libopenblas-dev with apt-get if it is missing (needs root or
-# sudo). OPENBLAS_CORETYPE=SkylakeX is forced: OpenBLAS 0.3.21 does not
-# recognise Emerald Rapids and otherwise runs a generic kernel at ~13 GFLOP/s.
+# sudo). On CPUs with AVX-512, OPENBLAS_CORETYPE=SkylakeX is forced: OpenBLAS
+# 0.3.21 does not recognise Emerald Rapids or Zen 5 and otherwise runs a
+# generic kernel at ~13 GFLOP/s. Without AVX-512 (SkylakeX's kernels would
+# fault) OpenBLAS picks its own core (Zen, Haswell), printed in the header.
+# A caller's OPENBLAS_CORETYPE wins either way.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
@@ -36,7 +39,9 @@ if ! dpkg-query -W -f='${Status}' libopenblas-dev 2>/dev/null | grep -q 'install
 		$sudo apt-get install -y --no-install-recommends libopenblas-dev >&2
 	fi
 fi
-export OPENBLAS_CORETYPE=SkylakeX
+if [ -z "${OPENBLAS_CORETYPE:-}" ] && grep -qw avx512f /proc/cpuinfo; then
+	export OPENBLAS_CORETYPE=SkylakeX
+fi
 
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
@@ -92,7 +97,7 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')
 	echo "# Switchyard Gemm vs OpenBLAS sgemm/sgemv ($(date -u '+%Y-%m-%d %H:%M UTC'))"
 	echo "# cpu:      $cpu ($(nproc) vCPU)"
 	echo "# go:       $(go version)"
-	echo "# openblas: ${config:-unknown} (OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE)"
+	echo "# openblas: ${config:-unknown} (OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-auto})"
 	echo "# ours:     ${kernels:-unknown}"
 	echo "# command:  ROUNDS=$ROUNDS BENCHTIME=$BENCHTIME THREADS=\"$THREADS\" scripts/bench-gemm.sh"
 	echo "# load avg: $load_before (before), $load_after (after)"

@@ -97,6 +97,15 @@ func gemvTSeqAvx512(rows, k int, w *float32, ldw int, x *float32, out *float32)
 //go:noescape
 func gemvTBF16SeqAvx512(rows, k int, w *uint16, ldw int, x *float32, out *float32)
 
+// gemvT{,BF16}SeqAvx2 compute the same as gemvT{,BF16}Avx2 reading W one
+// row after the other (see gemvSequential).
+
+//go:noescape
+func gemvTSeqAvx2(rows, k int, w *float32, ldw int, x *float32, out *float32)
+
+//go:noescape
+func gemvTBF16SeqAvx2(rows, k int, w *uint16, ldw int, x *float32, out *float32)
+
 //go:noescape
 func gemvTAvx2(rows, k int, w *float32, ldw int, x *float32, out *float32)
 
@@ -290,7 +299,11 @@ func gemvDots(arch gemmArch, rows, k int, w32 []float32, w16 []uint16, ldw int, 
 			}
 		case w16 != nil:
 			_ = w16[last]
-			gemvTBF16Avx2(rows, kMain, &w16[0], ldw, &x[0], &out[0])
+			if gemvSequential.Load() {
+				gemvTBF16SeqAvx2(rows, kMain, &w16[0], ldw, &x[0], &out[0])
+			} else {
+				gemvTBF16Avx2(rows, kMain, &w16[0], ldw, &x[0], &out[0])
+			}
 		case arch == archAVX512:
 			_ = w32[last]
 			if gemvSequential.Load() {
@@ -300,7 +313,11 @@ func gemvDots(arch gemmArch, rows, k int, w32 []float32, w16 []uint16, ldw int, 
 			}
 		default:
 			_ = w32[last]
-			gemvTAvx2(rows, kMain, &w32[0], ldw, &x[0], &out[0])
+			if gemvSequential.Load() {
+				gemvTSeqAvx2(rows, kMain, &w32[0], ldw, &x[0], &out[0])
+			} else {
+				gemvTAvx2(rows, kMain, &w32[0], ldw, &x[0], &out[0])
+			}
 		}
 	} else {
 		clear(out[:rows])

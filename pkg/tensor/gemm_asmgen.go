@@ -62,6 +62,8 @@ func main() {
 	skinny512()
 	gemv256(false)
 	gemv256(true)
+	gemvSeq256(false)
+	gemvSeq256(true)
 	skinny256()
 	pairBF16()
 	roundBF16()
@@ -1078,6 +1080,19 @@ func gemv256(bf16 bool) {
 	p("\tVMOVUPS %s, Y8", xaddr(0))
 	fma("R8", 0, "Y8", "Y0", 10)
 	p("%sred1:", name)
+	rowSum256()
+	p("\tJMP %srow1", name)
+	p("%sdone:", name)
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// rowSum256 emits the end of one row of an AVX2 GEMV: out[0] = the sum of
+// the 16 lanes of Y0 and Y4 (added lane-wise, then halves, then two
+// horizontal adds), DI on to the next output, R8 on to the next row, CX
+// down by one. gemv256's one-row path and gemvSeq256 share it, which is
+// half of why their sums agree bit for bit.
+func rowSum256() {
 	p("\tVADDPS Y4, Y0, Y0")
 	p("\tVEXTRACTF128 $1, Y0, X8")
 	p("\tVADDPS X8, X0, X0")
@@ -1087,7 +1102,74 @@ func gemv256(bf16 bool) {
 	p("\tADDQ $4, DI")
 	p("\tADDQ BX, R8")
 	p("\tDECQ CX")
-	p("\tJMP %srow1", name)
+}
+
+// gemvSeqPrefetch256 is how far ahead (bytes) gemvSeq256's kernels
+// prefetch their row (into the next rows: W's rows are contiguous in the
+// layers decode streams). On the AMD EPYC Zen 3 VM (AVX2, no AVX-512) the
+// bf16 kernel streamed a 1 GiB W at 15.1-15.3 GB/s on one core with no
+// software prefetch, 16-17 at 512 and 768 bytes ahead, 17-18 at 1024,
+// 17.7-19.4 at 1536, 16.5-17.7 at 2048 (BenchmarkGemvStream's shape, by
+// hand, 2026-12-06); on two cores 25 without, 27-31 at 1536.
+const gemvSeqPrefetch256 = 1536
+
+// gemvSeq256 emits gemvT{,BF16}SeqAvx2: what gemvT{,BF16}Avx2 computes,
+// one row at a time (one memory stream; see gemvSeq512 and
+// gemvSequential), four 16-column blocks a step, each line prefetched
+// gemvSeqPrefetch256 bytes ahead.
+// Each row's sum is the four-row kernel's bit for bit: as there, the first
+// 8 products of every 16 columns go into Y0, the second 8 into Y4, a last
+// 8 (k % 16 == 8) into Y0, and rowSum256 reduces them. The two chains take
+// one FMA each per 16 columns: 32 bytes of bf16 W (64 of f32) per FMA
+// latency, about 8 (16) bytes a cycle, above what one core reads from
+// memory. Register use: R8 the row, DX byte offset into it, SI x, DI out,
+// CX rows left, R12 the row's bytes, BX ldw in bytes; Y0, Y4 accumulators,
+// Y8..Y15 loaded x and widened W.
+func gemvSeq256(bf16 bool) {
+	name, wT, wsz, xaddr := gemvOperands("SeqAvx2", bf16)
+	vb := 8 * wsz // bytes of W per 8 columns
+	// half emits the FMA of the 8 columns at W byte offset off into acc.
+	half := func(off, acc, tmp int) {
+		if bf16 {
+			p("\tVPMOVZXWD %d(R8)(DX*1), Y%d", off, tmp)
+			p("\tVPSLLD $16, Y%d, Y%d", tmp, tmp)
+			p("\tVFMADD231PS %s, Y%d, Y%d", xaddr(off), tmp, acc)
+			return
+		}
+		p("\tVMOVUPS %s, Y%d", xaddr(off), tmp)
+		p("\tVFMADD231PS %d(R8)(DX*1), Y%d, Y%d", off, tmp, acc)
+	}
+	step := func(label, next string, blocks int) {
+		p("%s%s:", name, label)
+		p("\tLEAQ %d(DX), AX", 2*vb*blocks)
+		p("\tCMPQ AX, R12")
+		p("\tJGT %s%s", name, next)
+		for off := 0; off < 2*vb*blocks; off += 64 {
+			p("\tPREFETCHT0 %d(R8)(DX*1)", gemvSeqPrefetch256+off)
+		}
+		for j := 0; j < blocks; j++ {
+			half(2*vb*j, 0, 8+2*(j%4))
+			half(2*vb*j+vb, 4, 9+2*(j%4))
+		}
+		p("\tMOVQ AX, DX")
+		p("\tJMP %s%s", name, label)
+	}
+	gemvPrologue(name, wT, wsz)
+	p("%srow:", name)
+	p("\tTESTQ CX, CX")
+	p("\tJZ %sdone", name)
+	p("\tVXORPS Y0, Y0, Y0")
+	p("\tVXORPS Y4, Y4, Y4")
+	p("\tXORQ DX, DX")
+	step("k64", "k16", 4)
+	step("k16", "k8", 1)
+	p("%sk8:", name)
+	p("\tCMPQ DX, R12")
+	p("\tJGE %sred", name)
+	half(0, 0, 8)
+	p("%sred:", name)
+	rowSum256()
+	p("\tJMP %srow", name)
 	p("%sdone:", name)
 	p("\tVZEROUPPER")
 	p("\tRET")

@@ -7,8 +7,9 @@ import (
 )
 
 // GemvOrderEnv overrides the order in which the single-token kernels (the
-// AVX-512 GEMVs on float32 and bfloat16 rows, and the AVX-512 VNNI int8
-// and 4-bit dot products) read the weight matrix: "sequential" (one row
+// AVX-512 and AVX2 GEMVs on float32 and bfloat16 rows, the AVX-512 VNNI
+// and AVX2 int8 dot products, and the AVX-512 VNNI 4-bit ones) read the
+// weight matrix: "sequential" (one row
 // after the other: one memory stream) or "interleaved" (four rows at a
 // time, sharing each load of x: four streams). The float GEMVs give the
 // same bits in both orders and int8 is exact; the 4-bit kernels' float
@@ -24,8 +25,12 @@ const GemvOrderEnv = "SWITCHYARD_GEMV_ORDER"
 // loop there gets ~30 GB/s from one stream and ~17 from four a row apart:
 // the hardware prefetcher follows one stream best). The interleaved kernels
 // were tuned on the Intel Xeon, where sharing x's loads won and the order
-// has not been measured since. So the default is sequential on AMD and
-// interleaved elsewhere; GemvOrderEnv overrides it.
+// has not been measured since. On an AMD EPYC Zen 3 VM (AVX2 only) the
+// AVX2 bf16 GEMV streamed 11.4 GB/s interleaved and 18 sequential (with
+// software prefetch, gemvSeqPrefetch256) on one core
+// (bench/results/gemv-order-avx2.txt). So the default is sequential on
+// AMD and interleaved elsewhere; GemvOrderEnv overrides it. The AVX2 4-bit
+// kernel has one order (interleaved) only.
 var gemvSequential = kernelChoice{env: GemvOrderEnv, yes: "sequential", no: "interleaved"}
 
 // kernelChoice is a choice between two kernels that compute the same

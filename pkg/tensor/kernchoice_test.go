@@ -70,18 +70,20 @@ func checkVendorDefault(t *testing.T, c *kernelChoice) {
 
 // TestGemvOrdersAgreeBitwise: the row-sequential kernels give every row the
 // four-row kernels' sum bit for bit (the same accumulators, products and
-// reduction), for float32 and bfloat16 rows, every tail of k (whole 4-line
-// steps, 2- and 1-line rests, bf16's 16-weight tail) and row counts that
+// reduction), on AVX-512 and on AVX2, for float32 and bfloat16 rows, every
+// tail of k (whole 4-line steps, 2- and 1-line rests, bf16's 16-weight
+// tail; AVX2's 16-column blocks and last 8 columns; a rest of k below the
+// vector width, which goes through gemvAddTail) and row counts that
 // leave the four-row kernel a 1-3 row tail. So a machine's choice of order
 // never changes a result: decode on AMD and Intel computes the same logits,
 // and a training step's rows agree however the rows are split.
 func TestGemvOrdersAgreeBitwise(t *testing.T) {
 	if gemmArch(activeArch.Load()) != archAVX512 {
-		t.Log("no AVX-512 here: both orders run the same kernels")
+		t.Log("generic kernels here: both orders run the same code")
 	}
 	rng := rand.New(rand.NewPCG(11, 12))
 	for _, n := range []int{1, 3, 4, 7, 9, 64} {
-		for _, k := range []int{16, 32, 48, 64, 80, 112, 128, 144, 176, 1024, 1040, 2096} {
+		for _, k := range []int{8, 16, 24, 32, 40, 48, 64, 80, 112, 128, 144, 176, 1024, 1040, 1048, 1051, 2096} {
 			w := make([]float32, n*k)
 			for i := range w {
 				w[i] = float32(rng.NormFloat64())

@@ -38,6 +38,12 @@ func q4DotsAvx512(rows, groups int, w *byte, stride int, d *uint16, xq *int8, xs
 //go:noescape
 func q8DotsAvx2(rows, groups int, w *byte, stride int, xq *int8, wsum *int32, out *int32)
 
+// q8DotsSeqAvx2 computes what q8DotsAvx2 does, one row after the other,
+// two 64-byte groups a step (see gemvSequential).
+//
+//go:noescape
+func q8DotsSeqAvx2(rows, groups int, w *byte, stride int, xq *int8, wsum *int32, out *int32)
+
 //go:noescape
 func q4DotsAvx2(rows, groups int, w *byte, stride int, d *uint16, xq *int8, xs *float32, xsum *int32, out *float32)
 
@@ -131,6 +137,8 @@ func q8Dots(rows, groups int, w []byte, stride int, xq []int8, wsum []int32, out
 		q8DotsSeqAvx512(rows, groups, &w[0], stride, &xq[0], &wsum[0], &out[0])
 	} else if a == qArchAVX512VNNI {
 		q8DotsAvx512(rows, groups, &w[0], stride, &xq[0], &wsum[0], &out[0])
+	} else if gemvSequential.Load() {
+		q8DotsSeqAvx2(rows, groups, &w[0], stride, &xq[0], &wsum[0], &out[0])
 	} else {
 		q8DotsAvx2(rows, groups, &w[0], stride, &xq[0], &wsum[0], &out[0])
 	}

@@ -519,6 +519,67 @@ q8y_done:
 	VZEROUPPER
 	RET
 
+// func q8DotsSeqAvx2(rows, groups int, w *byte, stride int, xq *int8, wsum *int32, out *int32)
+//
+// q8DotsAvx2 one row after the other (one memory stream; see
+// gemvSequential), two groups a step, each line prefetched 1536 bytes
+// ahead (gemvSeqPrefetch256 in gemm_asmgen.go). The sums are exact, so
+// they equal q8DotsAvx2's. x's codes and |x| are reloaded and recomputed
+// for every row: L1 loads and two VPABSB a group, against a core that is
+// waiting on memory.
+TEXT ·q8DotsSeqAvx2(SB), NOSPLIT, $0-56
+	MOVQ rows+0(FP), CX
+	MOVQ w+16(FP), DI
+	MOVQ stride+24(FP), SI
+	MOVQ out+48(FP), R9
+	MOVL $0x00010001, AX
+	VMOVD AX, X15
+	VPBROADCASTD X15, Y15
+	TESTQ CX, CX
+	JZ    q8ys_done
+
+q8ys_row:
+	MOVQ  DI, R10
+	MOVQ  xq+32(FP), AX
+	MOVQ  groups+8(FP), BX
+	VPXOR Y4, Y4, Y4
+	VPXOR Y5, Y5, Y5
+
+q8ys_g2:
+	CMPQ BX, $2
+	JLT  q8ys_g1
+	PREFETCHT0 1536(R10)
+	PREFETCHT0 1600(R10)
+	Q8X256
+	Q8ROW256((R10), 32(R10), Y4)
+	VMOVDQU 64(AX), Y0
+	VMOVDQU 96(AX), Y1
+	VPABSB  Y0, Y2
+	VPABSB  Y1, Y3
+	Q8ROW256(64(R10), 96(R10), Y5)
+	ADDQ $128, AX
+	ADDQ $128, R10
+	SUBQ $2, BX
+	JMP  q8ys_g2
+
+q8ys_g1:
+	TESTQ BX, BX
+	JZ    q8ys_red
+	Q8X256
+	Q8ROW256((R10), 32(R10), Y4)
+
+q8ys_red:
+	VPADDD Y5, Y4, Y4
+	HSUMD256(Y4, X4, 0(R9))
+	ADDQ SI, DI
+	ADDQ $4, R9
+	DECQ CX
+	JNZ  q8ys_row
+
+q8ys_done:
+	VZEROUPPER
+	RET
+
 // ---------------------------------------------------------------------------
 // AVX2, 4-bit weights.
 //
