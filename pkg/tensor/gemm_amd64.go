@@ -184,6 +184,11 @@ func pairBF16(dst, src []float32, width, pairs int) {
 //go:noescape
 func roundBF16Avx512(x *float32, n int)
 
+// roundBF16Avx2 is roundBF16Avx512 for AVX2 CPUs; n must be a multiple of 8.
+//
+//go:noescape
+func roundBF16Avx2(x *float32, n int)
+
 // roundBF16Slice rounds x to bfloat16 values in place (see roundBF16).
 func roundBF16Slice(x []float32) {
 	if len(x) == 0 {
@@ -192,6 +197,11 @@ func roundBF16Slice(x []float32) {
 	if archSupported(archAVX512) {
 		roundBF16Avx512(&x[0], len(x))
 		return
+	}
+	n := len(x) &^ 7
+	if n > 0 && archSupported(archAVX2) {
+		roundBF16Avx2(&x[0], n)
+		x = x[n:]
 	}
 	roundBF16SliceGeneric(x)
 }

@@ -131,8 +131,32 @@ func TestPairBF16Avx512(t *testing.T) {
 // every length up to 40 (the masked tail) with specials among the values.
 func TestRoundBF16Avx512(t *testing.T) {
 	if !archSupported(archAVX512) {
-		t.Skip("no AVX-512 on this CPU") // roundBF16SliceGeneric is what runs then
+		t.Skip("no AVX-512 on this CPU") // TestRoundBF16Avx2 covers what runs then
 	}
+	checkRoundBF16(t, func(x []float32) { roundBF16Avx512(&x[0], len(x)) })
+}
+
+// TestRoundBF16Avx2: the AVX2 kernel likewise (n a multiple of 8), and
+// roundBF16Slice, which runs it and rounds a rest of 1-7 in Go, on AVX2
+// CPUs without AVX-512.
+func TestRoundBF16Avx2(t *testing.T) {
+	if !archSupported(archAVX2) {
+		t.Skip("no AVX2 on this CPU")
+	}
+	checkRoundBF16(t, func(x []float32) {
+		if n := len(x) &^ 7; n > 0 {
+			roundBF16Avx2(&x[0], n)
+		}
+		roundBF16SliceGeneric(x[len(x)&^7:])
+	})
+	checkRoundBF16(t, roundBF16Slice)
+}
+
+// checkRoundBF16 runs round on x[:n] for n up to 40 against
+// roundBF16SliceGeneric, bit for bit, with specials among the values, and
+// checks that x[n] is left alone.
+func checkRoundBF16(t *testing.T, round func(x []float32)) {
+	t.Helper()
 	rng := rand.New(rand.NewPCG(9, 10))
 	specials := []float32{float32(math.NaN()), math.Float32frombits(0xff800001), float32(math.Inf(-1)), 1e-40, -1e-41, 0,
 		math.Float32frombits(0x3f808000), math.Float32frombits(0x3f818000), math.MaxFloat32, -math.MaxFloat32}
@@ -147,7 +171,9 @@ func TestRoundBF16Avx512(t *testing.T) {
 		}
 		want := append([]float32(nil), x...)
 		roundBF16SliceGeneric(want[:n])
-		roundBF16Avx512(&x[0], n)
+		if n > 0 {
+			round(x[:n])
+		}
 		for i := range x {
 			if math.Float32bits(x[i]) != math.Float32bits(want[i]) {
 				t.Fatalf("n %d: x[%d] = %#08x, want %#08x", n, i, math.Float32bits(x[i]), math.Float32bits(want[i]))

@@ -67,6 +67,7 @@ func main() {
 	skinny256()
 	pairBF16()
 	roundBF16()
+	roundBF16Avx2()
 	evenOdd()
 	swiglu512()
 	expShift512()
@@ -1421,6 +1422,54 @@ func roundBF16() {
 	round()
 	p("\tVMOVDQU32 Z2, K3, (DI)")
 	p("rbf16done:")
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// roundBF16Avx2 emits roundBF16Avx2(x *float32, n int): roundBF16Avx512
+// with AVX2 integer operations, eight floats a step; n must be a multiple
+// of 8 (roundBF16Slice rounds the rest in Go). Without mask registers the
+// two special cases are blends: a NaN (|bits| > 0x7f800000, a signed
+// compare, as |bits| < 2^31) keeps its bits with the quiet bit set instead
+// of the rounded ones, and a zero or denormal (exponent zero) keeps only
+// its sign. Y10..Y15 hold the constants.
+func roundBF16Avx2() {
+	p("")
+	p("// func roundBF16Avx2(x *float32, n int)")
+	p("TEXT ·roundBF16Avx2(SB), NOSPLIT, $0-16")
+	p("\tMOVQ x+0(FP), DI")
+	p("\tMOVQ n+8(FP), CX")
+	for _, c := range []struct {
+		v   uint32
+		reg int
+	}{{0x7f800000, 10}, {0x7fffffff, 11}, {0x7fff, 12}, {1, 13}, {0xffff0000, 14}, {0x00400000, 15}} {
+		p("\tMOVL $0x%08x, AX", c.v)
+		p("\tMOVD AX, X%d", c.reg)
+		p("\tVPBROADCASTD X%d, Y%d", c.reg, c.reg)
+	}
+	p("rbf16y:")
+	p("\tCMPQ CX, $8")
+	p("\tJLT rbf16ydone")
+	p("\tVMOVDQU (DI), Y0")
+	p("\tVPSRLD $16, Y0, Y1")
+	p("\tVPAND Y13, Y1, Y1")        // lsb of the kept half
+	p("\tVPADDD Y12, Y1, Y1")       // 0x7fff + lsb
+	p("\tVPADDD Y1, Y0, Y2")        // bits + rounding
+	p("\tVPAND Y11, Y0, Y3")        // |bits|
+	p("\tVPCMPGTD Y10, Y3, Y3")     // |bits| > 0x7f800000: NaN
+	p("\tVPOR Y15, Y0, Y4")         // NaN: bits | quiet
+	p("\tVPBLENDVB Y3, Y4, Y2, Y2") // ... with no rounding
+	p("\tVPAND Y14, Y2, Y2")        // keep the upper half
+	p("\tVPAND Y10, Y0, Y5")        // exponent
+	p("\tVPXOR Y6, Y6, Y6")
+	p("\tVPCMPEQD Y6, Y5, Y5")      // exponent zero
+	p("\tVPANDN Y0, Y11, Y7")       // sign only
+	p("\tVPBLENDVB Y5, Y7, Y2, Y2") // zero or denormal: sign only
+	p("\tVMOVDQU Y2, (DI)")
+	p("\tADDQ $32, DI")
+	p("\tSUBQ $8, CX")
+	p("\tJMP rbf16y")
+	p("rbf16ydone:")
 	p("\tVZEROUPPER")
 	p("\tRET")
 }
