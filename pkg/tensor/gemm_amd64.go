@@ -391,14 +391,48 @@ func swigluAvx512(out, gate, up *float32, n int)
 //go:noescape
 func expShiftAvx512(x *float32, n int, shift float32) float64
 
-// swigluVec runs swigluAvx512 on AVX-512 CPUs and reports whether it did.
+// swigluAvx2 is swigluAvx512 for AVX2 CPUs, each lane's bits the same; n
+// must be a multiple of 8.
+//
+//go:noescape
+func swigluAvx2(out, gate, up *float32, n int)
+
+// swigluVecOK says whether swigluVec has a kernel on this CPU.
+func swigluVecOK() bool { return archSupported(archAVX512) || archSupported(archAVX2) }
+
+// swigluVec runs swigluAvx512 on AVX-512 CPUs, swigluAvx2 on AVX2 ones (a
+// rest of 1-7 elements through an 8-float copy, so that every element gets
+// the kernel's bits), and reports whether it did.
 func swigluVec(out, gate, up []float32) bool {
-	if len(gate) == 0 || !archSupported(archAVX512) {
+	n := len(gate)
+	if n == 0 || !swigluVecOK() {
 		return false
 	}
-	_, _ = out[len(gate)-1], up[len(gate)-1]
-	swigluAvx512(&out[0], &gate[0], &up[0], len(gate))
+	_, _ = out[n-1], up[n-1]
+	if archSupported(archAVX512) {
+		swigluAvx512(&out[0], &gate[0], &up[0], n)
+	} else {
+		swigluAvx2Slice(out, gate, up)
+	}
 	return true
+}
+
+// swigluAvx2Slice runs swigluAvx2 over len(gate) elements, the last 1-7
+// through an 8-float copy; out, up at least as long as gate.
+func swigluAvx2Slice(out, gate, up []float32) {
+	n := len(gate)
+	n8 := n &^ 7
+	if n8 > 0 {
+		_, _ = out[n8-1], up[n8-1]
+		swigluAvx2(&out[0], &gate[0], &up[0], n8)
+	}
+	if n8 < n {
+		var o, g, u [8]float32
+		copy(g[:], gate[n8:])
+		copy(u[:], up[n8:n])
+		swigluAvx2(&o[0], &g[0], &u[0], 8)
+		copy(out[n8:n], o[:])
+	}
 }
 
 // expShiftVec runs expShiftAvx512 on AVX-512 CPUs; ok false elsewhere.

@@ -214,16 +214,7 @@ func TestExpKernels(t *testing.T) {
 		t.Skip("no AVX-512 on this CPU") // the portable loops use math.Exp
 	}
 	rng := rand.New(rand.NewPCG(11, 12))
-	var xs []float32
-	for x := float32(-110); x < 95; x += 0.0137 {
-		xs = append(xs, x)
-	}
-	for i := 0; i < 20000; i++ {
-		xs = append(xs, float32(rng.NormFloat64()*4))
-	}
-	specials := []float32{0, float32(math.Copysign(0, -1)), float32(math.Inf(1)), float32(math.Inf(-1)), float32(math.NaN()),
-		88.72, 88.73, -87.33, -103.9, -104.5, 1e-30, -1e-30}
-	xs = append(xs, specials...)
+	xs := expTestInputs(rng)
 
 	// expShift: x[i] = e^(x[i] - 0.5), sum in float64.
 	for _, n := range []int{len(xs), 1, 15, 17, 33} {
@@ -250,17 +241,66 @@ func TestExpKernels(t *testing.T) {
 		}
 	}
 
-	// swiglu: silu(g) * up.
+	checkSwiGLU(t, xs, rng, func(out, g, u []float32) { swigluAvx512(&out[0], &g[0], &u[0], len(g)) })
+}
+
+// expTestInputs are the arguments TestExpKernels and TestSwiGLUAvx2 try:
+// a sweep of e^x's range, random values, and specials.
+func expTestInputs(rng *rand.Rand) []float32 {
+	var xs []float32
+	for x := float32(-110); x < 95; x += 0.0137 {
+		xs = append(xs, x)
+	}
+	for i := 0; i < 20000; i++ {
+		xs = append(xs, float32(rng.NormFloat64()*4))
+	}
+	specials := []float32{0, float32(math.Copysign(0, -1)), float32(math.Inf(1)), float32(math.Inf(-1)), float32(math.NaN()),
+		88.72, 88.73, -87.33, -103.9, -104.5, 1e-30, -1e-30}
+	return append(xs, specials...)
+}
+
+// TestSwiGLUAvx2: the AVX2 SwiGLU (what SwiGLU runs on CPUs without
+// AVX-512) meets TestExpKernels' bound on silu(g)*up, with rests of 1-7
+// elements; where the CPU also has AVX-512, every lane equals
+// swigluAvx512's bit for bit.
+func TestSwiGLUAvx2(t *testing.T) {
+	if !archSupported(archAVX2) {
+		t.Skip("no AVX2 on this CPU")
+	}
+	rng := rand.New(rand.NewPCG(11, 12))
+	xs := expTestInputs(rng)
+	checkSwiGLU(t, xs, rng, swigluAvx2Slice)
+	if !archSupported(archAVX512) {
+		return
+	}
 	up := make([]float32, len(xs))
 	for i := range up {
 		up[i] = float32(rng.NormFloat64())
 	}
-	for _, n := range []int{len(xs), 1, 15, 17} {
+	a, b := make([]float32, len(xs)), make([]float32, len(xs))
+	swigluAvx2Slice(a, xs, up)
+	swigluAvx512(&b[0], &xs[0], &up[0], len(xs))
+	for i := range a {
+		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+			t.Fatalf("silu(%v)*%v: AVX2 %v, AVX-512 %v", xs[i], up[i], a[i], b[i])
+		}
+	}
+}
+
+// checkSwiGLU runs swiglu (out, gate, up) on the tails of xs of several
+// lengths against float64 math: within 4 ulp, and never past out's end.
+func checkSwiGLU(t *testing.T, xs []float32, rng *rand.Rand, swiglu func(out, g, u []float32)) {
+	t.Helper()
+	up := make([]float32, len(xs))
+	for i := range up {
+		up[i] = float32(rng.NormFloat64())
+	}
+	for _, n := range []int{len(xs), 1, 7, 8, 9, 15, 17} {
 		g := xs[len(xs)-n:]
 		u := up[len(xs)-n:]
 		got := make([]float32, n+1)
 		got[n] = 7
-		swigluAvx512(&got[0], &g[0], &u[0], n)
+		swiglu(got[:n], g, u)
 		if got[n] != 7 {
 			t.Fatalf("n %d: wrote past the end", n)
 		}

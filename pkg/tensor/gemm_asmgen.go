@@ -70,6 +70,7 @@ func main() {
 	roundBF16Avx2()
 	evenOdd()
 	swiglu512()
+	swiglu256()
 	expShift512()
 	dir := "."
 	if len(os.Args) == 3 && os.Args[1] == "-o" {
@@ -1607,6 +1608,93 @@ func swiglu512() {
 	p("\tKMOVW AX, K1")
 	body(func(d, a string) { p("\tVMOVUPS.Z %s, K1, %s", a, d) }, func(r, a string) { p("\tVMOVUPS %s, K1, %s", r, a) })
 	p("swgdone:")
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// swiglu256 emits swigluAvx2(out, gate, up *float32, n int): swiglu512's
+// arithmetic eight floats a step, n a multiple of 8 (swigluVec pads the
+// rest). e^-|g| is exp512's: the same clamps, rounding of n, two-step
+// reduction and polynomial, FMA for FMA. AVX2 has no VSCALEFPS, so 2^n
+// (n in [-150, 0] here, as the argument is never positive) is two exponent
+// fields: y * 2^ceil(n/2) is exact (y in [0.7, 1.42], the product at least
+// 2^-76, normal), and the multiplication by 2^floor(n/2) rounds once, as
+// VSCALEFPS does, gradual underflow included. So each lane is
+// swigluAvx512's bit for bit. Y8..Y15 hold the reduction and polynomial
+// constants; the others are memory operands (swigluC).
+func swiglu256() {
+	p("")
+	consts := []struct {
+		name string
+		v    uint32
+	}{
+		{"sign", 0x80000000}, {"lo", math.Float32bits(-104)}, {"hi", math.Float32bits(89)},
+		{"log2e", math.Float32bits(1.44269504088896341)}, {"one", math.Float32bits(1)}, {"bias", 127},
+	}
+	off := map[string]int{}
+	for i, c := range consts {
+		off[c.name] = 32 * i
+		for l := 0; l < 8; l += 2 {
+			p("DATA swigluC<>+%d(SB)/8, $0x%08x%08x", 32*i+4*l, c.v, c.v)
+		}
+	}
+	p("GLOBL swigluC<>(SB), RODATA|NOPTR, $%d", 32*len(consts))
+	c := func(name string) string { return fmt.Sprintf("swigluC<>+%d(SB)", off[name]) }
+	p("")
+	p("// func swigluAvx2(out, gate, up *float32, n int)")
+	p("TEXT ·swigluAvx2(SB), NOSPLIT, $0-32")
+	p("\tMOVQ out+0(FP), DI")
+	p("\tMOVQ gate+8(FP), SI")
+	p("\tMOVQ up+16(FP), DX")
+	p("\tMOVQ n+24(FP), CX")
+	for i, v := range []float32{0.693359375, -2.12194440e-4, 1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
+		4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1} {
+		p("\tMOVL $0x%08x, AX", math.Float32bits(v))
+		p("\tMOVD AX, X%d", 8+i)
+		p("\tVPBROADCASTD X%d, Y%d", 8+i, 8+i)
+	}
+	p("\tVXORPS Y7, Y7, Y7")
+	p("swgyloop:")
+	p("\tCMPQ CX, $8")
+	p("\tJLT swgydone")
+	p("\tVMOVUPS (SI), Y0")
+	p("\tVORPS %s, Y0, Y1", c("sign")) // -|g|
+	p("\tVMAXPS %s, Y1, Y1", c("lo"))
+	p("\tVMINPS %s, Y1, Y1", c("hi"))
+	p("\tVMULPS %s, Y1, Y3", c("log2e"))
+	p("\tVROUNDPS $0, Y3, Y3")     // n, nearest even
+	p("\tVFNMADD231PS Y8, Y3, Y1") // r = x - n*C1
+	p("\tVFNMADD231PS Y9, Y3, Y1") // r -= n*C2
+	p("\tVMULPS Y1, Y1, Y4")       // r^2
+	p("\tVMOVAPS Y10, Y2")
+	for r := 11; r <= 15; r++ {
+		p("\tVFMADD213PS Y%d, Y1, Y2", r) // y = y*r + p
+	}
+	p("\tVFMADD213PS Y1, Y4, Y2") // y = y*r^2 + r
+	p("\tVADDPS %s, Y2, Y2", c("one"))
+	p("\tVCVTPS2DQ Y3, Y3")  // n
+	p("\tVPSRAD $1, Y3, Y4") // floor(n/2)
+	p("\tVPSUBD Y4, Y3, Y3") // ceil(n/2)
+	p("\tVPADDD %s, Y3, Y3", c("bias"))
+	p("\tVPSLLD $23, Y3, Y3") // 2^ceil(n/2)
+	p("\tVPADDD %s, Y4, Y4", c("bias"))
+	p("\tVPSLLD $23, Y4, Y4")    // 2^floor(n/2)
+	p("\tVMULPS Y3, Y2, Y2")     // exact
+	p("\tVMULPS Y4, Y2, Y2")     // t = e^-|g|, rounded once
+	p("\tVCMPPS $1, Y7, Y0, Y5") // g < 0
+	p("\tVMOVAPS %s, Y6", c("one"))
+	p("\tVBLENDVPS Y5, Y2, Y6, Y6")    // s: t where g < 0, else 1
+	p("\tVADDPS %s, Y2, Y2", c("one")) // 1 + t
+	p("\tVMULPS Y6, Y0, Y0")
+	p("\tVDIVPS Y2, Y0, Y0")
+	p("\tVMULPS (DX), Y0, Y0")
+	p("\tVMOVUPS Y0, (DI)")
+	p("\tADDQ $32, SI")
+	p("\tADDQ $32, DX")
+	p("\tADDQ $32, DI")
+	p("\tSUBQ $8, CX")
+	p("\tJMP swgyloop")
+	p("swgydone:")
 	p("\tVZEROUPPER")
 	p("\tRET")
 }

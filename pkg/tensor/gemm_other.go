@@ -43,6 +43,8 @@ func gemvXLayout(arch gemmArch, w16 []uint16, k int, x []float32) *packBuf { ret
 
 func swigluVec(out, gate, up []float32) bool { return false }
 
+func swigluVecOK() bool { return false }
+
 func expShiftVec(x []float32, shift float32) (float64, bool) { return 0, false }
 
 func skinnyDots(arch gemmArch, m, rows, kMain int, w16 []uint16, ldw int, xs []float32, out []float32) {

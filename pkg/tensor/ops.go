@@ -150,7 +150,7 @@ func SiLU(x float32) float32 { return x * Sigmoid(x) }
 func SwiGLU(out, gate, up []float32) {
 	n := len(gate)
 	out, up = out[:n], up[:n]
-	if n >= swigluParallelMin && Threads() > 1 && archSupported(archAVX512) {
+	if n >= swigluParallelMin && Threads() > 1 && swigluVecOK() {
 		t := swigluPool.Get().(*swigluTask)
 		*t = swigluTask{out: out, gate: gate, up: up}
 		ParallelRange(ceilDiv(n, swigluGrain), 1, t)
