@@ -54,6 +54,13 @@ func transpose16x16BF16Avx512(dst *float32, ldd int, src *uint16, lds int, rows,
 //go:noescape
 func transpose8x8Avx2(dst *float32, ldd int, src *float32, lds int)
 
+// packA6Avx2 packs 6 rows x 8*blocks columns of row-major A (src its
+// first element, rows lda apart) into the AVX2 GEMM's A micro-panel,
+// dst[p*6 + r] = src[r*lda + p].
+//
+//go:noescape
+func packA6Avx2(dst *float32, src *float32, lda, blocks int)
+
 // transpose8x8BF16Avx2 is transpose8x8Avx2 reading bfloat16 bits.
 //
 //go:noescape
@@ -216,6 +223,20 @@ func packAPanel(arch gemmArch, dst []float32, a []float32, lda int, transA bool,
 		_ = a[base+(rows-1)*lda+kc-1]
 		for p := 0; p < kc; p += 16 {
 			transpose16x16Avx512(&dst[p*mr], mr, &a[base+p], lda, rows, min(16, kc-p), rows)
+		}
+		return
+	}
+	if arch == archAVX2 && !transA && rows == 6 && kc >= 8 {
+		const mr = 6
+		_ = dst[kc*mr-1]
+		base := i0*lda + p0
+		_ = a[base+5*lda+kc-1]
+		blocks := kc / 8
+		packA6Avx2(&dst[0], &a[base], lda, blocks)
+		for i := 0; i < mr; i++ { // the last kc % 8 columns
+			for p := 8 * blocks; p < kc; p++ {
+				dst[p*mr+i] = a[base+i*lda+p]
+			}
 		}
 		return
 	}

@@ -320,3 +320,38 @@ func checkSwiGLU(t *testing.T, xs []float32, rng *rand.Rand, swiglu func(out, g,
 		}
 	}
 }
+
+// TestPackAPanelAvx2: the AVX2 A packer (six rows of row-major A through
+// packA6Avx2, whole blocks of 8 columns, the rest in Go) writes what
+// packAPanelGeneric writes, for every depth up to 41 and both layouts of
+// A, and nothing past the panel.
+func TestPackAPanelAvx2(t *testing.T) {
+	if !archSupported(archAVX2) {
+		t.Skip("no AVX2 on this CPU")
+	}
+	const mr = 6
+	rng := rand.New(rand.NewPCG(15, 16))
+	for _, transA := range []bool{false, true} {
+		for rows := 1; rows <= mr; rows++ {
+			for kc := 1; kc <= 41; kc++ {
+				const i0, p0, lda = 3, 5, 61
+				a := make([]float32, 64*lda)
+				for i := range a {
+					a[i] = float32(rng.NormFloat64())
+				}
+				want := make([]float32, kc*mr+8)
+				got := make([]float32, kc*mr+8)
+				for i := range want {
+					want[i], got[i] = -7, -7
+				}
+				packAPanelGeneric(mr, want, a, lda, transA, i0, p0, rows, kc)
+				packAPanel(archAVX2, got, a, lda, transA, i0, p0, rows, kc)
+				for i := range want {
+					if math.Float32bits(got[i]) != math.Float32bits(want[i]) {
+						t.Fatalf("transA=%v rows=%d kc=%d: dst[%d] = %v, want %v", transA, rows, kc, i, got[i], want[i])
+					}
+				}
+			}
+		}
+	}
+}
