@@ -1,6 +1,10 @@
 package tensor
 
-import "golang.org/x/sys/cpu"
+import (
+	"math"
+
+	"golang.org/x/sys/cpu"
+)
 
 //go:generate go run gemm_asmgen.go
 
@@ -456,12 +460,45 @@ func swigluAvx2Slice(out, gate, up []float32) {
 	}
 }
 
-// expShiftVec runs expShiftAvx512 on AVX-512 CPUs; ok false elsewhere.
+// expShiftAvx2 is expShiftAvx512 for AVX2 CPUs, each x[i] the same bits;
+// n must be a multiple of 8.
+//
+//go:noescape
+func expShiftAvx2(x *float32, n int, shift float32) float64
+
+// expShiftVec runs expShiftAvx512 on AVX-512 CPUs, expShiftAvx2 on AVX2
+// ones (a rest of 1-7 elements through an 8-float copy padded with -Inf,
+// whose e^x adds 0 to the sum); ok false elsewhere.
 func expShiftVec(x []float32, shift float32) (sum float64, ok bool) {
-	if len(x) == 0 || !archSupported(archAVX512) {
+	switch {
+	case len(x) == 0:
 		return 0, false
+	case archSupported(archAVX512):
+		return expShiftAvx512(&x[0], len(x), shift), true
+	case archSupported(archAVX2):
+		return expShiftAvx2Slice(x, shift), true
 	}
-	return expShiftAvx512(&x[0], len(x), shift), true
+	return 0, false
+}
+
+// expShiftAvx2Slice runs expShiftAvx2 over x, its last 1-7 elements
+// through a padded copy.
+func expShiftAvx2Slice(x []float32, shift float32) float64 {
+	n8 := len(x) &^ 7
+	var sum float64
+	if n8 > 0 {
+		sum = expShiftAvx2(&x[0], n8, shift)
+	}
+	if n8 < len(x) {
+		pad := [8]float32{}
+		for i := range pad {
+			pad[i] = float32(math.Inf(-1))
+		}
+		copy(pad[:], x[n8:])
+		sum += expShiftAvx2(&pad[0], 8, shift)
+		copy(x[n8:], pad[:])
+	}
+	return sum
 }
 
 // widenBF16 sets dst[i] = float32(bf16 src[i]); len(dst) == len(src).

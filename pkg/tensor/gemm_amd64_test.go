@@ -216,11 +216,20 @@ func TestExpKernels(t *testing.T) {
 	rng := rand.New(rand.NewPCG(11, 12))
 	xs := expTestInputs(rng)
 
-	// expShift: x[i] = e^(x[i] - 0.5), sum in float64.
-	for _, n := range []int{len(xs), 1, 15, 17, 33} {
+	checkExpShift(t, xs, func(x []float32, shift float32) float64 { return expShiftAvx512(&x[0], len(x), shift) })
+	checkSwiGLU(t, xs, rng, func(out, g, u []float32) { swigluAvx512(&out[0], &g[0], &u[0], len(g)) })
+}
+
+// checkExpShift runs expShift (x[i] = e^(x[i] - shift) in place, the sum
+// returned) on the tails of xs of several lengths against float64 math:
+// each value within 2 ulp (exact 0, Inf and NaN at the ends), the sum as
+// the values' sum in float64.
+func checkExpShift(t *testing.T, xs []float32, expShift func(x []float32, shift float32) float64) {
+	t.Helper()
+	for _, n := range []int{len(xs), 1, 7, 8, 9, 15, 17, 33} {
 		in := xs[len(xs)-n:]
 		got := append([]float32(nil), in...)
-		sum := expShiftAvx512(&got[0], n, 0.5)
+		sum := expShift(got, 0.5)
 		var wantSum float64
 		worst := int64(0)
 		for i, x := range in {
@@ -240,11 +249,9 @@ func TestExpKernels(t *testing.T) {
 			t.Logf("e^x: worst %d ulp over %d values", worst, n)
 		}
 	}
-
-	checkSwiGLU(t, xs, rng, func(out, g, u []float32) { swigluAvx512(&out[0], &g[0], &u[0], len(g)) })
 }
 
-// expTestInputs are the arguments TestExpKernels and TestSwiGLUAvx2 try:
+// expTestInputs are the arguments TestExpKernels and TestExpKernelsAvx2 try:
 // a sweep of e^x's range, random values, and specials.
 func expTestInputs(rng *rand.Rand) []float32 {
 	var xs []float32
@@ -259,16 +266,17 @@ func expTestInputs(rng *rand.Rand) []float32 {
 	return append(xs, specials...)
 }
 
-// TestSwiGLUAvx2: the AVX2 SwiGLU (what SwiGLU runs on CPUs without
-// AVX-512) meets TestExpKernels' bound on silu(g)*up, with rests of 1-7
-// elements; where the CPU also has AVX-512, every lane equals
-// swigluAvx512's bit for bit.
-func TestSwiGLUAvx2(t *testing.T) {
+// TestExpKernelsAvx2: the AVX2 kernels behind Softmax and SwiGLU (what
+// runs on CPUs without AVX-512) meet TestExpKernels' bounds, with rests of
+// 1-7 elements; where the CPU also has AVX-512, every lane equals the
+// AVX-512 kernels' bit for bit.
+func TestExpKernelsAvx2(t *testing.T) {
 	if !archSupported(archAVX2) {
 		t.Skip("no AVX2 on this CPU")
 	}
 	rng := rand.New(rand.NewPCG(11, 12))
 	xs := expTestInputs(rng)
+	checkExpShift(t, xs, expShiftAvx2Slice)
 	checkSwiGLU(t, xs, rng, swigluAvx2Slice)
 	if !archSupported(archAVX512) {
 		return
@@ -283,6 +291,15 @@ func TestSwiGLUAvx2(t *testing.T) {
 	for i := range a {
 		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
 			t.Fatalf("silu(%v)*%v: AVX2 %v, AVX-512 %v", xs[i], up[i], a[i], b[i])
+		}
+	}
+	copy(a, xs)
+	copy(b, xs)
+	expShiftAvx2Slice(a, 0.5)
+	expShiftAvx512(&b[0], len(b), 0.5)
+	for i := range a {
+		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+			t.Fatalf("e^(%v - 0.5): AVX2 %v, AVX-512 %v", xs[i], a[i], b[i])
 		}
 	}
 }

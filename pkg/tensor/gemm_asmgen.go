@@ -71,8 +71,10 @@ func main() {
 	roundBF16Avx2()
 	evenOdd()
 	swiglu512()
+	exp256Table()
 	swiglu256()
 	expShift512()
+	expShift256()
 	dir := "."
 	if len(os.Args) == 3 && os.Args[1] == "-o" {
 		dir = os.Args[2] // TestGeneratedAsmIsCurrent writes elsewhere
@@ -1668,34 +1670,85 @@ func swiglu512() {
 	p("\tRET")
 }
 
-// swiglu256 emits swigluAvx2(out, gate, up *float32, n int): swiglu512's
-// arithmetic eight floats a step, n a multiple of 8 (swigluVec pads the
-// rest). e^-|g| is exp512's: the same clamps, rounding of n, two-step
-// reduction and polynomial, FMA for FMA. AVX2 has no VSCALEFPS, so 2^n
-// (n in [-150, 0] here, as the argument is never positive) is two exponent
-// fields: y * 2^ceil(n/2) is exact (y in [0.7, 1.42], the product at least
-// 2^-76, normal), and the multiplication by 2^floor(n/2) rounds once, as
-// VSCALEFPS does, gradual underflow included. So each lane is
-// swigluAvx512's bit for bit. Y8..Y15 hold the reduction and polynomial
-// constants; the others are memory operands (swigluC).
-func swiglu256() {
-	p("")
-	consts := []struct {
-		name string
-		v    uint32
-	}{
-		{"sign", 0x80000000}, {"lo", math.Float32bits(-104)}, {"hi", math.Float32bits(89)},
-		{"log2e", math.Float32bits(1.44269504088896341)}, {"one", math.Float32bits(1)}, {"bias", 127},
-	}
-	off := map[string]int{}
-	for i, c := range consts {
-		off[c.name] = 32 * i
-		for l := 0; l < 8; l += 2 {
-			p("DATA swigluC<>+%d(SB)/8, $0x%08x%08x", 32*i+4*l, c.v, c.v)
+// expC256 names the AVX2 e^x kernels' memory constants: eight copies of
+// each in the table expC (exp256Table), addressed as memory operands (AVX2
+// has no embedded broadcast, and Y8..Y15 hold the others).
+func expC256(name string) string {
+	for i, c := range exp256Consts {
+		if c.name == name {
+			return fmt.Sprintf("expC<>+%d(SB)", 32*i)
 		}
 	}
-	p("GLOBL swigluC<>(SB), RODATA|NOPTR, $%d", 32*len(consts))
-	c := func(name string) string { return fmt.Sprintf("swigluC<>+%d(SB)", off[name]) }
+	panic("expC256: " + name)
+}
+
+var exp256Consts = []struct {
+	name string
+	v    uint32
+}{
+	{"sign", 0x80000000}, {"lo", math.Float32bits(-104)}, {"hi", math.Float32bits(89)},
+	{"log2e", math.Float32bits(1.44269504088896341)}, {"one", math.Float32bits(1)}, {"bias", 127},
+}
+
+// exp256Table emits the expC table.
+func exp256Table() {
+	p("")
+	for i, c := range exp256Consts {
+		for l := 0; l < 8; l += 2 {
+			p("DATA expC<>+%d(SB)/8, $0x%08x%08x", 32*i+4*l, c.v, c.v)
+		}
+	}
+	p("GLOBL expC<>(SB), RODATA|NOPTR, $%d", 32*len(exp256Consts))
+}
+
+// expRegs256 loads Y8..Y15 with exp256's register constants: ln 2's two
+// parts and the polynomial's six coefficients (exp512's).
+func expRegs256() {
+	for i, v := range []float32{0.693359375, -2.12194440e-4, 1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
+		4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1} {
+		p("\tMOVL $0x%08x, AX", math.Float32bits(v))
+		p("\tMOVD AX, X%d", 8+i)
+		p("\tVPBROADCASTD X%d, Y%d", 8+i, 8+i)
+	}
+}
+
+// exp256 emits Y<dst> = e^Y<src> for 8 floats, exp512's arithmetic FMA for
+// FMA (the same clamps to [-104, 89], rounding of n, two-step reduction and
+// polynomial), Y<t1>, Y<t2> scratch, src clobbered. AVX2 has no
+// VSCALEFPS, so 2^n (n in [-150, 128] after the clamps) is two exponent
+// fields: y * 2^ceil(n/2) is exact (y in [0.7, 1.42] and ceil(n/2) in
+// [-75, 64]: a normal product), and the multiplication by 2^floor(n/2)
+// rounds once, as VSCALEFPS does, gradual underflow and overflow to Inf
+// included. So each lane is exp512's bit for bit.
+func exp256(dst, src, t1, t2 int) {
+	p("\tVMAXPS %s, Y%d, Y%d", expC256("lo"), src, src)
+	p("\tVMINPS %s, Y%d, Y%d", expC256("hi"), src, src)
+	p("\tVMULPS %s, Y%d, Y%d", expC256("log2e"), src, t1)
+	p("\tVROUNDPS $0, Y%d, Y%d", t1, t1)      // n, nearest even
+	p("\tVFNMADD231PS Y8, Y%d, Y%d", t1, src) // r = x - n*C1
+	p("\tVFNMADD231PS Y9, Y%d, Y%d", t1, src) // r -= n*C2
+	p("\tVMULPS Y%d, Y%d, Y%d", src, src, t2) // r^2
+	p("\tVMOVAPS Y10, Y%d", dst)
+	for r := 11; r <= 15; r++ {
+		p("\tVFMADD213PS Y%d, Y%d, Y%d", r, src, dst) // y = y*r + p
+	}
+	p("\tVFMADD213PS Y%d, Y%d, Y%d", src, t2, dst) // y = y*r^2 + r
+	p("\tVADDPS %s, Y%d, Y%d", expC256("one"), dst, dst)
+	p("\tVCVTPS2DQ Y%d, Y%d", t1, t1)       // n
+	p("\tVPSRAD $1, Y%d, Y%d", t1, t2)      // floor(n/2)
+	p("\tVPSUBD Y%d, Y%d, Y%d", t2, t1, t1) // ceil(n/2)
+	p("\tVPADDD %s, Y%d, Y%d", expC256("bias"), t1, t1)
+	p("\tVPSLLD $23, Y%d, Y%d", t1, t1) // 2^ceil(n/2)
+	p("\tVPADDD %s, Y%d, Y%d", expC256("bias"), t2, t2)
+	p("\tVPSLLD $23, Y%d, Y%d", t2, t2)       // 2^floor(n/2)
+	p("\tVMULPS Y%d, Y%d, Y%d", t1, dst, dst) // exact
+	p("\tVMULPS Y%d, Y%d, Y%d", t2, dst, dst) // rounded once
+}
+
+// swiglu256 emits swigluAvx2(out, gate, up *float32, n int): swiglu512's
+// arithmetic eight floats a step (e^-|g| by exp256), n a multiple of 8
+// (swigluVec pads the rest), so each lane is swigluAvx512's bit for bit.
+func swiglu256() {
 	p("")
 	p("// func swigluAvx2(out, gate, up *float32, n int)")
 	p("TEXT ·swigluAvx2(SB), NOSPLIT, $0-32")
@@ -1703,44 +1756,18 @@ func swiglu256() {
 	p("\tMOVQ gate+8(FP), SI")
 	p("\tMOVQ up+16(FP), DX")
 	p("\tMOVQ n+24(FP), CX")
-	for i, v := range []float32{0.693359375, -2.12194440e-4, 1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3,
-		4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1} {
-		p("\tMOVL $0x%08x, AX", math.Float32bits(v))
-		p("\tMOVD AX, X%d", 8+i)
-		p("\tVPBROADCASTD X%d, Y%d", 8+i, 8+i)
-	}
+	expRegs256()
 	p("\tVXORPS Y7, Y7, Y7")
 	p("swgyloop:")
 	p("\tCMPQ CX, $8")
 	p("\tJLT swgydone")
 	p("\tVMOVUPS (SI), Y0")
-	p("\tVORPS %s, Y0, Y1", c("sign")) // -|g|
-	p("\tVMAXPS %s, Y1, Y1", c("lo"))
-	p("\tVMINPS %s, Y1, Y1", c("hi"))
-	p("\tVMULPS %s, Y1, Y3", c("log2e"))
-	p("\tVROUNDPS $0, Y3, Y3")     // n, nearest even
-	p("\tVFNMADD231PS Y8, Y3, Y1") // r = x - n*C1
-	p("\tVFNMADD231PS Y9, Y3, Y1") // r -= n*C2
-	p("\tVMULPS Y1, Y1, Y4")       // r^2
-	p("\tVMOVAPS Y10, Y2")
-	for r := 11; r <= 15; r++ {
-		p("\tVFMADD213PS Y%d, Y1, Y2", r) // y = y*r + p
-	}
-	p("\tVFMADD213PS Y1, Y4, Y2") // y = y*r^2 + r
-	p("\tVADDPS %s, Y2, Y2", c("one"))
-	p("\tVCVTPS2DQ Y3, Y3")  // n
-	p("\tVPSRAD $1, Y3, Y4") // floor(n/2)
-	p("\tVPSUBD Y4, Y3, Y3") // ceil(n/2)
-	p("\tVPADDD %s, Y3, Y3", c("bias"))
-	p("\tVPSLLD $23, Y3, Y3") // 2^ceil(n/2)
-	p("\tVPADDD %s, Y4, Y4", c("bias"))
-	p("\tVPSLLD $23, Y4, Y4")    // 2^floor(n/2)
-	p("\tVMULPS Y3, Y2, Y2")     // exact
-	p("\tVMULPS Y4, Y2, Y2")     // t = e^-|g|, rounded once
-	p("\tVCMPPS $1, Y7, Y0, Y5") // g < 0
-	p("\tVMOVAPS %s, Y6", c("one"))
-	p("\tVBLENDVPS Y5, Y2, Y6, Y6")    // s: t where g < 0, else 1
-	p("\tVADDPS %s, Y2, Y2", c("one")) // 1 + t
+	p("\tVORPS %s, Y0, Y1", expC256("sign")) // -|g|
+	exp256(2, 1, 3, 4)                       // t = e^-|g|
+	p("\tVCMPPS $1, Y7, Y0, Y5")             // g < 0
+	p("\tVMOVAPS %s, Y6", expC256("one"))
+	p("\tVBLENDVPS Y5, Y2, Y6, Y6")          // s: t where g < 0, else 1
+	p("\tVADDPS %s, Y2, Y2", expC256("one")) // 1 + t
 	p("\tVMULPS Y6, Y0, Y0")
 	p("\tVDIVPS Y2, Y0, Y0")
 	p("\tVMULPS (DX), Y0, Y0")
@@ -1751,6 +1778,49 @@ func swiglu256() {
 	p("\tSUBQ $8, CX")
 	p("\tJMP swgyloop")
 	p("swgydone:")
+	p("\tVZEROUPPER")
+	p("\tRET")
+}
+
+// expShift256 emits expShiftAvx2(x *float32, n int, shift float32)
+// float64: expShiftAvx512 eight floats a step (each lane's e^x exp256's,
+// so exp512's bits), n a multiple of 8 (expShiftVec pads the rest with
+// -Inf, whose e^x is 0); the sum is accumulated in float64, lanes 0-3 and
+// 4-7 apart, then added.
+func expShift256() {
+	p("")
+	p("// func expShiftAvx2(x *float32, n int, shift float32) float64")
+	p("TEXT ·expShiftAvx2(SB), NOSPLIT, $0-32")
+	p("\tMOVQ x+0(FP), DI")
+	p("\tMOVQ n+8(FP), CX")
+	expRegs256()
+	p("\tVXORPD Y6, Y6, Y6")
+	p("\tVXORPD Y7, Y7, Y7")
+	p("exsyloop:")
+	p("\tCMPQ CX, $8")
+	p("\tJLT exsydone")
+	p("\tVBROADCASTSS shift+16(FP), Y1")
+	p("\tVMOVUPS (DI), Y0")
+	p("\tVSUBPS Y1, Y0, Y0")
+	p("\tVCMPPS $3, Y0, Y0, Y5") // NaN lanes
+	p("\tVMOVAPS Y0, Y1")
+	exp256(2, 1, 3, 4)
+	p("\tVBLENDVPS Y5, Y0, Y2, Y2") // NaN in, NaN out
+	p("\tVMOVUPS Y2, (DI)")
+	p("\tVCVTPS2PD X2, Y3")
+	p("\tVADDPD Y3, Y6, Y6")
+	p("\tVEXTRACTF128 $1, Y2, X4")
+	p("\tVCVTPS2PD X4, Y4")
+	p("\tVADDPD Y4, Y7, Y7")
+	p("\tADDQ $32, DI")
+	p("\tSUBQ $8, CX")
+	p("\tJMP exsyloop")
+	p("exsydone:")
+	p("\tVADDPD Y7, Y6, Y0")
+	p("\tVEXTRACTF128 $1, Y0, X1")
+	p("\tVADDPD X1, X0, X0")
+	p("\tVHADDPD X0, X0, X0")
+	p("\tMOVSD X0, ret+24(FP)")
 	p("\tVZEROUPPER")
 	p("\tRET")
 }
