@@ -1,10 +1,15 @@
 package main
 
 import (
+	"fmt"
+	"math"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/switchyard/switchyard/pkg/simulate"
 )
 
 // The simulate subcommands run end to end from the CLI: serve prints its
@@ -48,4 +53,65 @@ func TestSimulateCommands(t *testing.T) {
 	if !strings.Contains(out, "bottleneck") || !strings.Contains(out, "16") || !strings.Contains(out, "32") {
 		t.Errorf("simulate train output lacks its table:\n%s", out)
 	}
+}
+
+// TestSimulateValidateServe: `simulate validate --serve` predicts every
+// emulated row of a committed bench-serve run and prints, beside each
+// exchange, its owners' part predicted and measured: a positive part no
+// longer than its exchange.
+func TestSimulateValidateServe(t *testing.T) {
+	const file = "../../bench/results/serve-4hosts-avx2-3.txt"
+	code, out, errOut := runCLI("simulate", "validate", "--serve", file)
+	if code != 0 {
+		t.Fatalf("simulate validate --serve: exit %d: %s", code, errOut)
+	}
+	// The measured owners' part of each row: its windows' mean.
+	fh, err := os.Open(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fh.Close()
+	b, err := simulate.ReadServeBench(fh)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]float64{}
+	for _, r := range simulate.MeanWindows(b.Rows) {
+		want[fmt.Sprintf("%s/%d", r.Config, r.Clients)] = float64(r.Owners) / 1e6
+	}
+	if !strings.Contains(out, "of which owners' ms predicted") {
+		t.Fatalf("no owners' columns in:\n%s", out)
+	}
+	rows := 0
+	for _, line := range strings.Split(out, "\n") {
+		if !strings.Contains(line, "netns 4 hosts") {
+			continue
+		}
+		rows++
+		f := strings.Fields(line)
+		// ... clients, tokens/s predicted, measured, error, exchange
+		// predicted, measured, error, owners' predicted, measured.
+		n := len(f)
+		exch, owners, measured := parseMs(t, f[n-5]), parseMs(t, f[n-2]), parseMs(t, f[n-1])
+		if owners <= 0 || owners > exch {
+			t.Errorf("row %q: owners' %v ms predicted, more than the exchange (%v) or none", line, owners, exch)
+		}
+		config := strings.TrimSpace(line[:strings.Index(line, "each")+len("each")])
+		key := fmt.Sprintf("%s/%s", config, f[n-9])
+		if w, ok := want[key]; !ok || math.Abs(measured-w) > 0.0005 {
+			t.Errorf("row %q: owners' %v ms measured, want the windows' mean %v (found %v)", key, measured, w, ok)
+		}
+	}
+	if rows != 4 {
+		t.Errorf("%d emulated rows, want 4 (1 and 16 clients at 1 and 10 Gbit/s):\n%s", rows, out)
+	}
+}
+
+func parseMs(t *testing.T, s string) float64 {
+	t.Helper()
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil {
+		t.Fatalf("not a number of ms: %q", s)
+	}
+	return v
 }
