@@ -386,17 +386,7 @@ func transpose16(bf16 bool) {
 		p("\tADDQ BX, SI")
 	}
 	p("%sloaded:", name)
-	for i := 0; i < 8; i++ {
-		p("\tVUNPCKLPS Z%d, Z%d, Z%d", 2*i+1, 2*i, 16+2*i)
-		p("\tVUNPCKHPS Z%d, Z%d, Z%d", 2*i+1, 2*i, 16+2*i+1)
-	}
-	for g := 0; g < 4; g++ {
-		b := g * 4
-		p("\tVSHUFPS $0x44, Z%d, Z%d, Z%d", 16+b+2, 16+b, b)
-		p("\tVSHUFPS $0xEE, Z%d, Z%d, Z%d", 16+b+2, 16+b, b+1)
-		p("\tVSHUFPS $0x44, Z%d, Z%d, Z%d", 16+b+3, 16+b+1, b+2)
-		p("\tVSHUFPS $0xEE, Z%d, Z%d, Z%d", 16+b+3, 16+b+1, b+3)
-	}
+	transpose4x4Lanes("Z", 16)
 	for h := 0; h < 2; h++ {
 		b := h * 8
 		for i := 0; i < 4; i++ {
@@ -418,6 +408,26 @@ func transpose16(bf16 bool) {
 	p("%sdone:", name)
 	p("\tVZEROUPPER")
 	p("\tRET")
+}
+
+// transpose4x4Lanes emits the first two stages of a register transpose
+// of n rows (n = 16 zmm or 8 ymm: reg "Z" or "Y") held in registers
+// 0..n-1, with n..2n-1 as scratch: unpacks of row pairs, then shuffles of
+// those, which leave register 4g+j holding column j (and j+4, j+8, ...
+// by 128-bit lane) of rows 4g..4g+3. transpose16, transpose8 and packA6
+// finish it their own ways.
+func transpose4x4Lanes(reg string, n int) {
+	for i := 0; i < n/2; i++ {
+		p("\tVUNPCKLPS %s%d, %s%d, %s%d", reg, 2*i+1, reg, 2*i, reg, n+2*i)
+		p("\tVUNPCKHPS %s%d, %s%d, %s%d", reg, 2*i+1, reg, 2*i, reg, n+2*i+1)
+	}
+	for g := 0; g < n/4; g++ {
+		b := g * 4
+		p("\tVSHUFPS $0x44, %s%d, %s%d, %s%d", reg, n+b+2, reg, n+b, reg, b)
+		p("\tVSHUFPS $0xEE, %s%d, %s%d, %s%d", reg, n+b+2, reg, n+b, reg, b+1)
+		p("\tVSHUFPS $0x44, %s%d, %s%d, %s%d", reg, n+b+3, reg, n+b+1, reg, b+2)
+		p("\tVSHUFPS $0xEE, %s%d, %s%d, %s%d", reg, n+b+3, reg, n+b+1, reg, b+3)
+	}
 }
 
 // transpose8 emits transpose8x8{,BF16}Avx2(dst, ldd, src, lds): a full 8x8
@@ -447,17 +457,7 @@ func transpose8(bf16 bool) {
 			p("\tADDQ BX, SI")
 		}
 	}
-	for i := 0; i < 4; i++ {
-		p("\tVUNPCKLPS Y%d, Y%d, Y%d", 2*i+1, 2*i, 8+2*i)
-		p("\tVUNPCKHPS Y%d, Y%d, Y%d", 2*i+1, 2*i, 8+2*i+1)
-	}
-	for g := 0; g < 2; g++ {
-		b := g * 4
-		p("\tVSHUFPS $0x44, Y%d, Y%d, Y%d", 8+b+2, 8+b, b)
-		p("\tVSHUFPS $0xEE, Y%d, Y%d, Y%d", 8+b+2, 8+b, b+1)
-		p("\tVSHUFPS $0x44, Y%d, Y%d, Y%d", 8+b+3, 8+b+1, b+2)
-		p("\tVSHUFPS $0xEE, Y%d, Y%d, Y%d", 8+b+3, 8+b+1, b+3)
-	}
+	transpose4x4Lanes("Y", 8)
 	for i := 0; i < 4; i++ {
 		p("\tVPERM2F128 $0x20, Y%d, Y%d, Y%d", i+4, i, 8+i)
 		p("\tVPERM2F128 $0x31, Y%d, Y%d, Y%d", i+4, i, 8+i+4)
@@ -497,17 +497,7 @@ func packA6() {
 	for r, addr := range []string{"(SI)", "(SI)(BX*1)", "(SI)(BX*2)", "(SI)(R11*1)", "(SI)(BX*4)", "(SI)(R12*1)"} {
 		p("\tVMOVUPS %s, Y%d", addr, r)
 	}
-	for i := 0; i < 4; i++ {
-		p("\tVUNPCKLPS Y%d, Y%d, Y%d", 2*i+1, 2*i, 8+2*i)
-		p("\tVUNPCKHPS Y%d, Y%d, Y%d", 2*i+1, 2*i, 8+2*i+1)
-	}
-	for g := 0; g < 2; g++ {
-		b := g * 4
-		p("\tVSHUFPS $0x44, Y%d, Y%d, Y%d", 8+b+2, 8+b, b)
-		p("\tVSHUFPS $0xEE, Y%d, Y%d, Y%d", 8+b+2, 8+b, b+1)
-		p("\tVSHUFPS $0x44, Y%d, Y%d, Y%d", 8+b+3, 8+b+1, b+2)
-		p("\tVSHUFPS $0xEE, Y%d, Y%d, Y%d", 8+b+3, 8+b+1, b+3)
-	}
+	transpose4x4Lanes("Y", 8)
 	// Y(i) holds rows 0-3 of columns i (low half) and i+4 (high half),
 	// Y(4+i) rows 4-7 of the same columns.
 	for i := 0; i < 4; i++ {
