@@ -7,14 +7,14 @@ import (
 )
 
 // GemvOrderEnv overrides the order in which the single-token kernels (the
-// AVX-512 and AVX2 GEMVs on float32 and bfloat16 rows, the AVX-512 VNNI
-// and AVX2 int8 dot products, and the AVX-512 VNNI 4-bit ones) read the
-// weight matrix: "sequential" (one row
-// after the other: one memory stream) or "interleaved" (four rows at a
-// time, sharing each load of x: four streams). The float GEMVs give the
-// same bits in both orders and int8 is exact; the 4-bit kernels' float
-// sums differ by rounding (the interleaved one's already did between its
-// blocks of four rows and the rest). They differ in speed.
+// AVX-512 and AVX2 GEMVs on float32 and bfloat16 rows, and the AVX-512
+// VNNI and AVX2 int8 and 4-bit dot products) read the weight matrix:
+// "sequential" (one row after the other: one memory stream) or
+// "interleaved" (four rows at a time, sharing each load of x: four
+// streams). The float GEMVs and the AVX2 4-bit kernels give the same bits
+// in both orders and int8 is exact; the AVX-512 4-bit kernels' float sums
+// differ by rounding (the interleaved one's already did between its blocks
+// of four rows and the rest). They differ in speed.
 const GemvOrderEnv = "SWITCHYARD_GEMV_ORDER"
 
 // gemvSequential says whether the row-sequential kernels run. Decode reads
@@ -29,8 +29,7 @@ const GemvOrderEnv = "SWITCHYARD_GEMV_ORDER"
 // AVX2 bf16 GEMV streamed 11.4 GB/s interleaved and 18 sequential (with
 // software prefetch, gemvSeqPrefetch256) on one core
 // (bench/results/gemv-order-avx2.txt). So the default is sequential on
-// AMD and interleaved elsewhere; GemvOrderEnv overrides it. The AVX2 4-bit
-// kernel has one order (interleaved) only.
+// AMD and interleaved elsewhere; GemvOrderEnv overrides it.
 var gemvSequential = kernelChoice{env: GemvOrderEnv, yes: "sequential", no: "interleaved"}
 
 // kernelChoice is a choice between two kernels that compute the same

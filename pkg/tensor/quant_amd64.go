@@ -44,6 +44,12 @@ func q8DotsAvx2(rows, groups int, w *byte, stride int, xq *int8, wsum *int32, ou
 //go:noescape
 func q8DotsSeqAvx2(rows, groups int, w *byte, stride int, xq *int8, wsum *int32, out *int32)
 
+// q4DotsSeqAvx2 computes what q4DotsAvx2 does, bit for bit, one row
+// after the other (see gemvSequential).
+//
+//go:noescape
+func q4DotsSeqAvx2(rows, groups int, w *byte, stride int, d *uint16, xq *int8, xs *float32, xsum *int32, out *float32)
+
 //go:noescape
 func q4DotsAvx2(rows, groups int, w *byte, stride int, d *uint16, xq *int8, xs *float32, xsum *int32, out *float32)
 
@@ -160,6 +166,8 @@ func q4Dots(rows, groups int, w []byte, stride int, d []uint16, xq []int8, xs []
 		q4DotsSeqAvx512(rows, groups, &w[0], stride, &d[0], &xq[0], &xs[0], &xsum[0], &out[0])
 	} else if a == qArchAVX512VNNI {
 		q4DotsAvx512(rows, groups, &w[0], stride, &d[0], &xq[0], &xs[0], &xsum[0], &out[0])
+	} else if gemvSequential.Load() {
+		q4DotsSeqAvx2(rows, groups, &w[0], stride, &d[0], &xq[0], &xs[0], &xsum[0], &out[0])
 	} else {
 		q4DotsAvx2(rows, groups, &w[0], stride, &d[0], &xq[0], &xs[0], &xsum[0], &out[0])
 	}

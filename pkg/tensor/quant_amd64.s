@@ -612,6 +612,52 @@ q8ys_done:
 	VPSLLD       $3, X3, X3; \
 	VPSUBD       Y3, Y12, Y3
 
+// Q4CONSTS sets the 4-bit kernels' constants (Y12, Y13, Y15 as above)
+// and, from R13 = 2*groups and SI = stride, R14 = 3*R13 and R11 =
+// 3*stride. Clobbers AX.
+#define Q4CONSTS \
+	SHLQ $1, R13; \
+	LEAQ (R13)(R13*2), R14; \
+	LEAQ (SI)(SI*2), R11; \
+	VPXOR Y12, Y12, Y12; \
+	MOVL $0x0f0f0f0f, AX; \
+	VMOVD AX, X13; \
+	VPBROADCASTD X13, Y13; \
+	MOVL $0x00010001, AX; \
+	VMOVD AX, X15; \
+	VPBROADCASTD X15, Y15
+
+// Q4ROWS1 computes the CX (>= 1) rows left one after the other, each
+// line of W prefetched 1536 bytes ahead (as q8DotsSeqAvx2), and returns:
+// q4DotsAvx2's last 1-3 rows, and all of q4DotsSeqAvx2's. R11 holds xq
+// and R14 groups (the four-row loop's strides, free by then). Each row's
+// sum is the four-row loop's (the same accumulator, products and order).
+#define Q4ROWS1 \
+	MOVQ R13, R14; \
+	SHRQ $1, R14; \
+q4row1: \
+	MOVQ   DI, R10; \
+	MOVQ   R11, AX; \
+	XORQ   BX, BX; \
+	VXORPS Y4, Y4, Y4; \
+q4g1: \
+	PREFETCHT0 1536(R10); \
+	Q4X256; \
+	Q4ROW256((R10), (R12), Y4); \
+	ADDQ $64, AX; \
+	ADDQ $32, R10; \
+	ADDQ $2, R12; \
+	INCQ BX; \
+	CMPQ BX, R14; \
+	JLT  q4g1; \
+	HSUM256(Y4, X4, X10, X11, 0(R9)); \
+	ADDQ SI, DI; \
+	ADDQ $4, R9; \
+	DECQ CX; \
+	JNZ  q4row1; \
+	VZEROUPPER; \
+	RET
+
 // func q4DotsAvx2(rows, groups int, w *byte, stride int, d *uint16, xq *int8, xs *float32, xsum *int32, out *float32)
 TEXT ·q4DotsAvx2(SB), NOSPLIT, $0-72
 	MOVQ rows+0(FP), CX
@@ -622,16 +668,7 @@ TEXT ·q4DotsAvx2(SB), NOSPLIT, $0-72
 	MOVQ xs+48(FP), R8
 	MOVQ xsum+56(FP), DX
 	MOVQ out+64(FP), R9
-	SHLQ $1, R13
-	LEAQ (R13)(R13*2), R14
-	LEAQ (SI)(SI*2), R11
-	VPXOR Y12, Y12, Y12
-	MOVL $0x0f0f0f0f, AX
-	VMOVD AX, X13
-	VPBROADCASTD X13, Y13
-	MOVL $0x00010001, AX
-	VMOVD AX, X15
-	VPBROADCASTD X15, Y15
+	Q4CONSTS
 	CMPQ CX, $4
 	JLT  q4y_tail
 
@@ -671,29 +708,32 @@ q4y_g4:
 q4y_tail:
 	TESTQ CX, CX
 	JZ    q4y_done
-
-q4y_loop1:
-	MOVQ   DI, R10
-	MOVQ   xq+40(FP), AX
-	XORQ   BX, BX
-	VXORPS Y4, Y4, Y4
-
-q4y_g1:
-	Q4X256
-	Q4ROW256((R10), (R12), Y4)
-	ADDQ $64, AX
-	ADDQ $32, R10
-	ADDQ $2, R12
-	INCQ BX
-	CMPQ BX, groups+8(FP)
-	JLT  q4y_g1
-
-	HSUM256(Y4, X4, X10, X11, 0(R9))
-	ADDQ SI, DI
-	ADDQ $4, R9
-	DECQ CX
-	JNZ  q4y_loop1
+	MOVQ xq+40(FP), R11
+	Q4ROWS1
 
 q4y_done:
+	VZEROUPPER
+	RET
+
+// func q4DotsSeqAvx2(rows, groups int, w *byte, stride int, d *uint16, xq *int8, xs *float32, xsum *int32, out *float32)
+//
+// q4DotsAvx2 one row after the other (see gemvSequential): every row
+// through Q4ROWS1, so each sum is q4DotsAvx2's bit for bit.
+TEXT ·q4DotsSeqAvx2(SB), NOSPLIT, $0-72
+	MOVQ rows+0(FP), CX
+	MOVQ groups+8(FP), R13
+	MOVQ w+16(FP), DI
+	MOVQ stride+24(FP), SI
+	MOVQ d+32(FP), R12
+	MOVQ xs+48(FP), R8
+	MOVQ xsum+56(FP), DX
+	MOVQ out+64(FP), R9
+	Q4CONSTS
+	TESTQ CX, CX
+	JZ    q4s2_done
+	MOVQ xq+40(FP), R11
+	Q4ROWS1
+
+q4s2_done:
 	VZEROUPPER
 	RET

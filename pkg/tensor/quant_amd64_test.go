@@ -419,3 +419,27 @@ func BenchmarkGemvTBF16(b *testing.B) {
 	}
 	b.ReportMetric(float64(bytes)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GB/s")
 }
+
+// TestQ4DotsAvx2OrdersAgreeBitwise: the AVX2 4-bit kernels give every row
+// the same float sum in both orders (q4DotsSeqAvx2 runs every row through
+// the loop q4DotsAvx2 runs its last 1-3 rows through, which sums as its
+// four-row loop does), so the order never changes a 4-bit result on AVX2.
+func TestQ4DotsAvx2OrdersAgreeBitwise(t *testing.T) {
+	if !quantArchSupported(qArchAVX2) {
+		t.Skip("no AVX2 on this CPU")
+	}
+	for _, c := range qDotsCases() {
+		var got [2][]float32
+		for i, seq := range []bool{false, true} {
+			restore := quantArchOrder{qArchAVX2, seq}.force()
+			got[i] = make([]float32, c.rows)
+			q4Dots(c.rows, c.groups, c.w4, c.stride4, c.d, c.xq, c.xs, c.xsum, got[i])
+			restore()
+		}
+		for r := range got[0] {
+			if math.Float32bits(got[0][r]) != math.Float32bits(got[1][r]) {
+				t.Fatalf("%s: row %d: interleaved %v, sequential %v", c.name, r, got[0][r], got[1][r])
+			}
+		}
+	}
+}
