@@ -448,6 +448,51 @@ q4s_done:
 	VMOVD        X10, R12; \
 	MOVL         R12, dst
 
+// Q8ROWS1 computes the CX (>= 1) rows left one after the other, two
+// groups a step, each line of W prefetched 1536 bytes ahead
+// (gemvSeqPrefetch256 in gemm_asmgen.go), and returns: q8DotsAvx2's last
+// 1-3 rows, and all of q8DotsSeqAvx2's. R11 holds xq and R8 groups. x's
+// codes and |x| are reloaded and recomputed for every row: L1 loads and
+// two VPABSB a group, against a core that is waiting on memory. The sums
+// are exact, so any order gives the same.
+#define Q8ROWS1 \
+q8row1: \
+	MOVQ  DI, R10; \
+	MOVQ  R11, AX; \
+	MOVQ  R8, BX; \
+	VPXOR Y4, Y4, Y4; \
+	VPXOR Y5, Y5, Y5; \
+q8g2: \
+	CMPQ BX, $2; \
+	JLT  q8g1; \
+	PREFETCHT0 1536(R10); \
+	PREFETCHT0 1600(R10); \
+	Q8X256; \
+	Q8ROW256((R10), 32(R10), Y4); \
+	VMOVDQU 64(AX), Y0; \
+	VMOVDQU 96(AX), Y1; \
+	VPABSB  Y0, Y2; \
+	VPABSB  Y1, Y3; \
+	Q8ROW256(64(R10), 96(R10), Y5); \
+	ADDQ $128, AX; \
+	ADDQ $128, R10; \
+	SUBQ $2, BX; \
+	JMP  q8g2; \
+q8g1: \
+	TESTQ BX, BX; \
+	JZ    q8red; \
+	Q8X256; \
+	Q8ROW256((R10), 32(R10), Y4); \
+q8red: \
+	VPADDD Y5, Y4, Y4; \
+	HSUMD256(Y4, X4, 0(R9)); \
+	ADDQ SI, DI; \
+	ADDQ $4, R9; \
+	DECQ CX; \
+	JNZ  q8row1; \
+	VZEROUPPER; \
+	RET
+
 // func q8DotsAvx2(rows, groups int, w *byte, stride int, xq *int8, wsum *int32, out *int32)
 TEXT ·q8DotsAvx2(SB), NOSPLIT, $0-56
 	MOVQ rows+0(FP), CX
@@ -494,26 +539,9 @@ q8y_g4:
 q8y_tail:
 	TESTQ CX, CX
 	JZ    q8y_done
-
-q8y_loop1:
-	MOVQ  DI, R10
-	MOVQ  xq+32(FP), AX
-	MOVQ  groups+8(FP), BX
-	VPXOR Y4, Y4, Y4
-
-q8y_g1:
-	Q8X256
-	Q8ROW256((R10), 32(R10), Y4)
-	ADDQ $64, AX
-	ADDQ $64, R10
-	DECQ BX
-	JNZ  q8y_g1
-
-	HSUMD256(Y4, X4, 0(R9))
-	ADDQ SI, DI
-	ADDQ $4, R9
-	DECQ CX
-	JNZ  q8y_loop1
+	MOVQ  xq+32(FP), R11
+	MOVQ  groups+8(FP), R8
+	Q8ROWS1
 
 q8y_done:
 	VZEROUPPER
@@ -522,59 +550,20 @@ q8y_done:
 // func q8DotsSeqAvx2(rows, groups int, w *byte, stride int, xq *int8, wsum *int32, out *int32)
 //
 // q8DotsAvx2 one row after the other (one memory stream; see
-// gemvSequential), two groups a step, each line prefetched 1536 bytes
-// ahead (gemvSeqPrefetch256 in gemm_asmgen.go). The sums are exact, so
-// they equal q8DotsAvx2's. x's codes and |x| are reloaded and recomputed
-// for every row: L1 loads and two VPABSB a group, against a core that is
-// waiting on memory.
+// gemvSequential): every row through Q8ROWS1.
 TEXT ·q8DotsSeqAvx2(SB), NOSPLIT, $0-56
 	MOVQ rows+0(FP), CX
 	MOVQ w+16(FP), DI
 	MOVQ stride+24(FP), SI
 	MOVQ out+48(FP), R9
+	MOVQ xq+32(FP), R11
+	MOVQ groups+8(FP), R8
 	MOVL $0x00010001, AX
 	VMOVD AX, X15
 	VPBROADCASTD X15, Y15
 	TESTQ CX, CX
 	JZ    q8ys_done
-
-q8ys_row:
-	MOVQ  DI, R10
-	MOVQ  xq+32(FP), AX
-	MOVQ  groups+8(FP), BX
-	VPXOR Y4, Y4, Y4
-	VPXOR Y5, Y5, Y5
-
-q8ys_g2:
-	CMPQ BX, $2
-	JLT  q8ys_g1
-	PREFETCHT0 1536(R10)
-	PREFETCHT0 1600(R10)
-	Q8X256
-	Q8ROW256((R10), 32(R10), Y4)
-	VMOVDQU 64(AX), Y0
-	VMOVDQU 96(AX), Y1
-	VPABSB  Y0, Y2
-	VPABSB  Y1, Y3
-	Q8ROW256(64(R10), 96(R10), Y5)
-	ADDQ $128, AX
-	ADDQ $128, R10
-	SUBQ $2, BX
-	JMP  q8ys_g2
-
-q8ys_g1:
-	TESTQ BX, BX
-	JZ    q8ys_red
-	Q8X256
-	Q8ROW256((R10), 32(R10), Y4)
-
-q8ys_red:
-	VPADDD Y5, Y4, Y4
-	HSUMD256(Y4, X4, 0(R9))
-	ADDQ SI, DI
-	ADDQ $4, R9
-	DECQ CX
-	JNZ  q8ys_row
+	Q8ROWS1
 
 q8ys_done:
 	VZEROUPPER
