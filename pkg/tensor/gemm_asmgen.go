@@ -1051,8 +1051,7 @@ func gemv256(bf16 bool) {
 	name, wT, wsz, xaddr := gemvOperands("Avx2", bf16)
 	fma := func(row string, off int, xreg, acc string, tmp int) {
 		if bf16 {
-			p("\tVPMOVZXWD %d(%s)(DX*1), Y%d", off, row, tmp)
-			p("\tVPSLLD $16, Y%d, Y%d", tmp, tmp)
+			widenBF16Y(fmt.Sprintf("%d(%s)(DX*1)", off, row), tmp)
 			p("\tVFMADD231PS Y%d, %s, %s", tmp, xreg, acc)
 		} else {
 			p("\tVFMADD231PS %d(%s)(DX*1), %s, %s", off, row, xreg, acc)
@@ -1137,6 +1136,14 @@ func gemv256(bf16 bool) {
 	p("\tRET")
 }
 
+// widenBF16Y emits the load of the 8 bfloat16 weights at addr into
+// Y<y> as float32 (zero-extended, shifted into the high half). gemv256,
+// gemvSeq256 and skinny256 share it: the same products in each.
+func widenBF16Y(addr string, y int) {
+	p("\tVPMOVZXWD %s, Y%d", addr, y)
+	p("\tVPSLLD $16, Y%d, Y%d", y, y)
+}
+
 // rowSum256 emits the end of one row of an AVX2 GEMV: out[0] = the sum of
 // the 16 lanes of Y0 and Y4 (added lane-wise, then halves, then two
 // horizontal adds), DI on to the next output, R8 on to the next row, CX
@@ -1181,8 +1188,7 @@ func gemvSeq256(bf16 bool) {
 	// half emits the FMA of the 8 columns at W byte offset off into acc.
 	half := func(off, acc, tmp int) {
 		if bf16 {
-			p("\tVPMOVZXWD %d(R8)(DX*1), Y%d", off, tmp)
-			p("\tVPSLLD $16, Y%d, Y%d", tmp, tmp)
+			widenBF16Y(fmt.Sprintf("%d(R8)(DX*1)", off), tmp)
 			p("\tVFMADD231PS %s, Y%d, Y%d", xaddr(off), tmp, acc)
 			return
 		}
@@ -1246,10 +1252,7 @@ func skinny256() {
 		goFile("")
 		goFile("//go:noescape")
 		goFile("func %s(rows, k int, w *uint16, ldw int, xs *float32, out *float32)", name)
-		widen := func(off, y int) {
-			p("\tVPMOVZXWD %d(R8)(DX*1), Y%d", off, y)
-			p("\tVPSLLD $16, Y%d, Y%d", y, y)
-		}
+		widen := func(off, y int) { widenBF16Y(fmt.Sprintf("%d(R8)(DX*1)", off), y) }
 		skinnyPrologue(name, 2*m, "VXORPS Y%d, Y%d, Y%d")
 		p("%sk16:", name)
 		p("\tLEAQ 32(DX), AX")
