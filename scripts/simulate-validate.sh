@@ -15,13 +15,36 @@
 # hosts share this machine's cores. Needs root. About 1 minute; the run's
 # table is left in OUT.
 #
+# ATTEMPTS (default 1) fresh runs are made until one is judged and passes;
+# the script fails when none did (every run judged and outside 15%, or
+# never a quiet machine). It is not a CI stage: on the AMD VM a single
+# run's n = 2 4 KiB row missed 15% in 4 of 14 runs, both ways (a round
+# trip of tens of microseconds on shared cores; docs/scale/README.md).
+#
 #   scripts/simulate-validate.sh [OUT]     default OUT: a temporary file
+#   ATTEMPTS=3 scripts/simulate-validate.sh   # up to 3 fresh runs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(realpath -m "${1:-$(mktemp --suffix=.collectives.txt)}")
-BENCH_CONFIGS=${BENCH_CONFIGS:-"4:1gbit:2,4 8:500mbit:8"} \
-	BENCH_ARGS=${BENCH_ARGS:-"-ops allreduce -sizes 256,4K,16K,256K,1M,4M"} \
-	BENCH_WAIT=${BENCH_WAIT:-120} \
-	scripts/bench-collectives.sh "$out" >/dev/null
-SWITCHYARD_COLLECTIVES_RUN=$out go test -count=1 -run 'TestPredictLiveCollectives' -v ./pkg/simulate | grep -E '^\s+collective_test|^(---|ok|FAIL|PASS)' | sed 's/^ *collective_test.go:[0-9]*: /  /'
-echo "simulate-validate: the run is in $out"
+attempts=${ATTEMPTS:-1}
+for a in $(seq 1 "$attempts"); do
+	BENCH_CONFIGS=${BENCH_CONFIGS:-"4:1gbit:2,4 8:500mbit:8"} \
+		BENCH_ARGS=${BENCH_ARGS:-"-ops allreduce -sizes 256,4K,16K,256K,1M,4M"} \
+		BENCH_WAIT=${BENCH_WAIT:-120} \
+		scripts/bench-collectives.sh "$out" >/dev/null
+	rc=0
+	res=$(SWITCHYARD_COLLECTIVES_RUN=$out go test -count=1 -run 'TestPredictLiveCollectives' -v ./pkg/simulate 2>&1) || rc=$?
+	echo "$res" | grep -E '^\s+collective_test|^(---|ok|FAIL|PASS)' | sed 's/^ *collective_test.go:[0-9]*: /  /' || true
+	echo "simulate-validate: attempt $a of $attempts: the run is in $out"
+	if ((rc == 0)) && ! grep -q -- '--- SKIP' <<<"$res"; then
+		echo "simulate-validate: PASS (judged, attempt $a)"
+		exit 0
+	fi
+	if ((rc == 0)); then
+		echo "simulate-validate: attempt $a not judged (a busy machine)"
+	else
+		echo "simulate-validate: attempt $a FAILED"
+	fi
+done
+echo "simulate-validate: FAIL: no judged run within 15% in $attempts attempt(s)"
+exit 1

@@ -15,6 +15,8 @@
 //	                                   wait until every expert has R copies again, none on ID, all served
 //	tcpping -listen ADDR | -addr ADDR  raw-TCP ping-pong round trip
 //	report  -out FILE RESULT.json...   the markdown table of load results
+//	exchange -listen ADDR | -addr ADDR the expert exchange's own cost between two hosts (exchange.go)
+//	layers  TRACE.jsonl...             a traced run's MoE layers split along the critical path (layers.go)
 //
 // Every request sends $SWITCHYARD_API_KEY (if set) as its bearer key and
 // $SWITCHYARD_MODEL_NAME (default "m") as the model.
@@ -65,6 +67,7 @@ func main() {
 	cmds := map[string]func([]string) error{
 		"synth": synth, "info": info, "refs": refs, "check": check, "load": load,
 		"restore": restore, "tcpping": tcpping, "report": report, "exchange": exchange,
+		"layers": layers,
 	}
 	run, ok := cmds[os.Args[1]]
 	if !ok {
@@ -77,7 +80,7 @@ func main() {
 }
 
 func usage() {
-	fmt.Fprintln(os.Stderr, "usage: serve synth|info|refs|check|load|restore|tcpping|report|exchange [flags] (see the package comment)")
+	fmt.Fprintln(os.Stderr, "usage: serve synth|info|refs|check|load|restore|tcpping|report|exchange|layers [flags] (see the package comment)")
 	os.Exit(2)
 }
 
