@@ -56,7 +56,7 @@ for ((r = 1; r <= rounds; r++)); do
 				awk '/MB\/s/ {for (i = 1; i <= NF; i++) if ($(i+1) == "MB/s") printf "%.2f", $i / 1000}')
 			echo "  $(date -u +%H:%M:%SZ) load=$(cut -d' ' -f1 /proc/loadavg) round=$r threads=$th order=$o kind=stream gbs=$gbs" | tee -a "$tmp"
 			SWITCHYARD_GEMV_ORDER=$o "$work/decode" -brief -formats "$formats" -rounds 1 -threads "$th" 2>/dev/null |
-				sed -n 's/^switchyard: threads=[0-9]* format=\([a-z0-9]*\) round=[0-9]* decode_tokens=[0-9]* decode_tok_s=\([0-9.]*\)/\1 \2/p' |
+				sed -n 's/^switchyard: threads=[0-9]* format=\([a-z0-9]*\) round=[0-9]* decode_tokens=[0-9]* decode_tok_s=\([0-9.]*\).*/\1 \2/p' |
 				while read -r f tps; do
 					echo "  $(date -u +%H:%M:%SZ) load=$(cut -d' ' -f1 /proc/loadavg) round=$r threads=$th order=$o kind=decode format=$f tok_s=$tps" | tee -a "$tmp"
 				done

@@ -16,6 +16,11 @@
 #     the parallel split's own (the persistent workers and the GEMV split).
 # Each is its own process. Cells are medians over ROUNDS rounds; a
 # scaling is the median of the per-round ratios (2 threads / 1 thread).
+# A second table splits the second thread's yield from bench/decode's
+# process CPU time (getrusage) of each Switchyard measurement: how busy
+# its threads were, and how much more CPU the same tokens took at 2
+# threads than at 1 (the pool's spinning between parallel calls counts as
+# busy, so decode's small products show up as extra work).
 #
 #   scripts/bench-scaling.sh                    # results to OUT
 #   ROUNDS=5 TOKENS=32 PREFILL=512 SMALL_TOKENS=512 OUT=FILE scripts/bench-scaling.sh
@@ -59,10 +64,12 @@ for r in $(seq 1 "$ROUNDS"); do
 		log "round=$r threads=$t what=read_bw_gbs value=$("$tmp/roofs" read "$t" | field read_bw_gbs)"
 		log "round=$r threads=$t what=fma_gflops value=$("$tmp/roofs" fma "$t" | field fma_gflops)"
 		out=$(GOMAXPROCS=$t "$tmp/decode" -dir "$big_dir" -brief -rounds 1 -threads "$t" -formats bf16 -tokens "$TOKENS" -prefill "$PREFILL")
-		log "round=$r threads=$t what=decode_tok_s value=$(echo "$out" | grep decode_tok_s | field decode_tok_s)"
-		log "round=$r threads=$t what=prefill_tok_s value=$(echo "$out" | grep prefill_tok_s | field prefill_tok_s)"
-		out=$(GOMAXPROCS=$t "$tmp/decode" -dir "$small_dir" "${small[@]}" -brief -rounds 1 -threads "$t" -formats bf16 -tokens "$SMALL_TOKENS")
-		log "round=$r threads=$t what=small_decode_tok_s value=$(echo "$out" | grep decode_tok_s | field decode_tok_s)"
+		for k in decode prefill; do
+			l=$(echo "$out" | grep "${k}_tok_s")
+			log "round=$r threads=$t what=${k}_tok_s value=$(field "${k}_tok_s" <<<"$l") cpu=$(field "${k}_cpu_s" <<<"$l") wall=$(field "${k}_wall_s" <<<"$l")"
+		done
+		l=$(GOMAXPROCS=$t "$tmp/decode" -dir "$small_dir" "${small[@]}" -brief -rounds 1 -threads "$t" -formats bf16 -tokens "$SMALL_TOKENS" | grep decode_tok_s)
+		log "round=$r threads=$t what=small_decode_tok_s value=$(field decode_tok_s <<<"$l") cpu=$(field decode_cpu_s <<<"$l") wall=$(field decode_wall_s <<<"$l")"
 	done
 done
 
@@ -75,8 +82,9 @@ done
 	echo "# cache-resident model: 2 layers, hidden 512, 4 experts top-2, inter 768, vocab 2048 (24 MB of weights)"
 	echo
 	awk '
-	{ for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
-	  v[f["what"], f["threads"], f["round"]] = f["value"]; whats[f["what"]] = 1; rounds[f["round"]] = 1 }
+	{ delete f; for (i = 1; i <= NF; i++) { split($i, kv, "="); f[kv[1]] = kv[2] }
+	  v[f["what"], f["threads"], f["round"]] = f["value"]; whats[f["what"]] = 1; rounds[f["round"]] = 1
+	  if (f["cpu"] != "") { cpu[f["what"], f["threads"], f["round"]] = f["cpu"]; wall[f["what"], f["threads"], f["round"]] = f["wall"] } }
 	function med(a, n,   i, j, t) { for (i = 1; i <= n; i++) for (j = i + 1; j <= n; j++) if (a[j] < a[i]) { t = a[i]; a[i] = a[j]; a[j] = t }
 	  return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2 }
 	END {
@@ -97,6 +105,15 @@ done
 	  }
 	  printf "\ndecode (big model) scaling / read-bandwidth scaling: %.2f\n", ms["decode_tok_s"] / ms["read_bw_gbs"]
 	  printf "prefill scaling / FMA scaling: %.2f; cache-resident decode scaling / FMA scaling: %.2f\n", ms["prefill_tok_s"] / ms["fma_gflops"], ms["small_decode_tok_s"] / ms["fma_gflops"]
+	  print "\nWhere the second thread goes (process CPU time from getrusage over the timed part, every thread, the kernel pool'"'"'s spinning included):"
+	  print "busy = CPU / (wall x threads); extra work = CPU at 2 threads / CPU at 1 (medians over the rounds)\n"
+	  print "| what | busy, 1 thread | busy, 2 threads | extra work at 2 threads |"
+	  print "|---|---:|---:|---:|"
+	  for (o = 3; o <= 5; o++) {
+	    w = order[o]; n = 0
+	    for (r in rounds) { n++; b1[n] = cpu[w, 1, r] / wall[w, 1, r]; b2[n] = cpu[w, 2, r] / (2 * wall[w, 2, r]); x[n] = cpu[w, 2, r] / cpu[w, 1, r] }
+	    printf "| %s | %.2f | %.2f | %.2fx |\n", label[w], med(b1, n), med(b2, n), med(x, n)
+	  }
 	}' "$raw"
 	echo
 	echo "raw measurements:"

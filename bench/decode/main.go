@@ -23,10 +23,13 @@
 // run prints only machine-readable lines, one per measurement, and skips
 // the bandwidth measurements (unless -copybw), the table and the profiled
 // pass; -formats may then be any list. scripts/bench-peers.sh runs it so,
-// one measurement per process, interleaved with llama.cpp's:
+// one measurement per process, interleaved with llama.cpp's. Each decode
+// and prefill line ends with the measurement's wall and process CPU
+// seconds (getrusage: every thread, the kernel pool's spinning included;
+// scripts/bench-scaling.sh reads them):
 //
-//	switchyard: threads=2 format=bf16 round=1 decode_tokens=32 decode_tok_s=33.10
-//	switchyard: threads=2 format=bf16 round=1 prefill_tokens=512 prefill_tok_s=150.2
+//	switchyard: threads=2 format=bf16 round=1 decode_tokens=32 decode_tok_s=33.10 decode_wall_s=0.9668 decode_cpu_s=1.9302
+//	switchyard: threads=2 format=bf16 compute=exact round=1 prefill_tokens=512 prefill_tok_s=150.2 attention_ms=... prefill_wall_s=3.4088 prefill_cpu_s=6.7012
 //	switchyard: format=bf16 bytes_per_token=661700000
 //	switchyard: threads=2 copy_bw_gbs=28.42
 //
@@ -47,6 +50,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/switchyard/switchyard/pkg/expert"
@@ -187,7 +191,7 @@ func main() {
 		}
 		next = model.Argmax(out.Logits)
 		greedy = append(greedy, next)
-		t0 := time.Now()
+		t0, c0 := time.Now(), cpuSeconds()
 		for i := 0; i < n; i++ {
 			if out, err = m.Forward(ctx, []*model.Seq{seq}, [][]int32{{next}}, model.Options{Prof: prof}); err != nil {
 				fail(err)
@@ -195,7 +199,8 @@ func main() {
 			next = model.Argmax(out.Logits)
 			greedy = append(greedy, next)
 		}
-		return float64(n) / time.Since(t0).Seconds()
+		lastWall, lastCPU = time.Since(t0).Seconds(), cpuSeconds()-c0
+		return float64(n) / lastWall
 	}
 	// prompt returns n pseudo-random token ids in [1, vocab) (a fixed LCG,
 	// the one bench/peers/llama_bench.c uses).
@@ -215,12 +220,13 @@ func main() {
 		ids := prompt(n)
 		seq := newSeq(m)
 		defer pools[m].Put(seq)
-		t0 := time.Now()
+		t0, c0 := time.Now(), cpuSeconds()
 		out, err := m.Forward(ctx, []*model.Seq{seq}, [][]int32{ids}, model.Options{Prof: prof})
 		if err != nil {
 			fail(err)
 		}
 		el := time.Since(t0)
+		lastWall, lastCPU = el.Seconds(), cpuSeconds()-c0
 		_ = model.Argmax(out.Logits)
 		return float64(n) / el.Seconds()
 	}
@@ -262,8 +268,9 @@ func main() {
 		for r := 0; r < *rounds; r++ {
 			for _, v := range vs {
 				if *tokens > 0 {
-					fmt.Printf("switchyard: threads=%d format=%s round=%d decode_tokens=%d decode_tok_s=%.3f\n",
-						nthreads, v.name, r+1, *tokens, decode(v.m, *tokens, nil))
+					tps := decode(v.m, *tokens, nil)
+					fmt.Printf("switchyard: threads=%d format=%s round=%d decode_tokens=%d decode_tok_s=%.3f decode_wall_s=%.4f decode_cpu_s=%.4f\n",
+						nthreads, v.name, r+1, *tokens, tps, lastWall, lastCPU)
 					if r == 0 {
 						fmt.Printf("switchyard: format=%s greedy=%s\n", v.name, joinIDs(greedy[:min(len(greedy), 16)]))
 					}
@@ -273,9 +280,9 @@ func main() {
 					rate := prefillRate(v.m, *prefill, &p)
 					ms := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1e3 }
 					fmt.Printf("switchyard: threads=%d format=%s compute=%s round=%d prefill_tokens=%d prefill_tok_s=%.3f"+
-						" attention_ms=%.1f router_ms=%.1f experts_ms=%.1f head_ms=%.1f total_ms=%.1f\n",
+						" attention_ms=%.1f router_ms=%.1f experts_ms=%.1f head_ms=%.1f total_ms=%.1f prefill_wall_s=%.4f prefill_cpu_s=%.4f\n",
 						nthreads, v.name, compute, r+1, *prefill, rate,
-						ms(p.Attention), ms(p.Router), ms(p.Experts), ms(p.Head), ms(p.Total))
+						ms(p.Attention), ms(p.Router), ms(p.Experts), ms(p.Head), ms(p.Total), lastWall, lastCPU)
 				}
 			}
 		}
@@ -437,6 +444,20 @@ func streamBandwidth(n int) float64 {
 		best = max(best, float64(rows*k*2)/time.Since(t0).Seconds())
 	}
 	return best
+}
+
+// lastWall and lastCPU are the wall and process CPU seconds (every
+// thread's user and system time, the kernel pool's spinning between
+// parallel calls included) of the last timed decode or prefill.
+var lastWall, lastCPU float64
+
+// cpuSeconds is the process's user + system CPU time so far, seconds.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return float64(ru.Utime.Nano()+ru.Stime.Nano()) / 1e9
 }
 
 // copyBandwidth returns the best (read+written bytes)/s of copying n bytes,
