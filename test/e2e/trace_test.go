@@ -4,9 +4,13 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -132,6 +136,7 @@ func TestTracesFollowARequestAcrossProcesses(t *testing.T) {
 		t.Errorf("%d exchanges but %d worker spans in the trace", count["switchyard-frontend expert.exchange"], count["switchyard-worker expert.serve"])
 	}
 	report(t, "traces: one completion (4 tokens) through serve --workers 2: %v", count)
+	checkLayerSplit(ctx, t, file)
 
 	// Training: each step's ranks share a trace.
 	root := trainingDataRoot(t)
@@ -174,4 +179,45 @@ func TestTracesFollowARequestAcrossProcesses(t *testing.T) {
 		t.Errorf("%d step traces (want %d), %d worker spans under an exchange (want > 0)", len(stepTraces), steps, exchanges)
 	}
 	report(t, "traces: a %d-step job on 2 workers: %d step traces of 2 rank spans each, %d expert requests traced into the owners", steps, len(stepTraces), exchanges)
+}
+
+// checkLayerSplit runs `bench/serve layers` (the decomposition
+// docs/scale/serving.md reports) on a real traced run's spans: every MoE
+// layer is complete (each exchange has its owner's span) and the parts
+// along the critical destination add up to the layer.
+func checkLayerSplit(ctx context.Context, t *testing.T, file string) {
+	t.Helper()
+	out, err := exec.CommandContext(ctx, "go", "run", "../../bench/serve", "layers", file).CombinedOutput()
+	if err != nil {
+		t.Fatalf("bench/serve layers: %v\n%s", err, out)
+	}
+	m := regexp.MustCompile(`(?m)^(\d+) MoE layers \([\d.]+ destinations a layer; (\d+) skipped`).FindSubmatch(out)
+	if m == nil {
+		t.Fatalf("bench/serve layers: no header in\n%s", out)
+	}
+	if n, _ := strconv.Atoi(string(m[1])); n < 2 || string(m[2]) != "0" {
+		t.Errorf("bench/serve layers: %s layers, %s skipped; want every layer of the completion, none skipped\n%s", m[1], m[2], out)
+	}
+	means := map[string]float64{}
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 {
+			continue
+		}
+		if v, err := strconv.ParseFloat(f[len(f)-4], 64); err == nil {
+			means[strings.Join(f[:len(f)-4], " ")] = v
+		}
+	}
+	sum := 0.0
+	for _, p := range []string{"before send", "send", "to owner", "owner queue", "owner GEMMs", "answer, back"} {
+		v, ok := means[p]
+		if !ok {
+			t.Fatalf("bench/serve layers: no %q row in\n%s", p, out)
+		}
+		sum += v
+	}
+	if layer := means["layer"]; layer <= 0 || math.Abs(sum-layer) > 0.005 {
+		t.Errorf("bench/serve layers: the parts' means add up to %.3f ms, the layer's mean is %.3f\n%s", sum, layer, out)
+	}
+	report(t, "traces: bench/serve layers split %s MoE layers; a layer %.3f ms at the mean", m[1], means["layer"])
 }
