@@ -11,9 +11,11 @@
 #   - bench/decode's 4.6 GB bf16 model (scripts/bench-peers.sh's): decode
 #     of TOKENS tokens and one forward of a PREFILL-token prompt;
 #   - a model whose weights fit in the last-level cache (2 layers, hidden
-#     512, 4 experts top-2, inter 768, vocabulary 2048: 24 MB): decode of
-#     SMALL_TOKENS tokens. There no memory roof binds, so its scaling is
-#     the parallel split's own (the persistent workers and the GEMV split).
+#     512, 4 experts top-2, inter 768, vocabulary 2048: 24 MB; the Zen 3's
+#     L3 is 32 MB, which a VM shares with other tenants): decode of
+#     SMALL_TOKENS tokens, where the memory roof binds less and the
+#     parallel split's own cost (the persistent workers, the GEMV split)
+#     shows more.
 # Each is its own process. Cells are medians over ROUNDS rounds; a
 # scaling is the median of the per-round ratios (2 threads / 1 thread).
 # A second table splits the second thread's yield from bench/decode's
