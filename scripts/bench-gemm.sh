@@ -11,8 +11,11 @@
 # alternating too, so load from other processes hits both alike. Each cell
 # of the table is the median over ROUNDS runs of BENCHTIME each.
 #
-# Usage: scripts/bench-gemm.sh            (about 3 minutes)
-#   ROUNDS=5 BENCHTIME=1s THREADS="1 2" OUT=bench/results/gemm.txt
+# A second table pairs the two call by call (BenchmarkPaired, below), which
+# resolves a few percent on a shared VM where the rounds' medians move by 5%.
+#
+# Usage: scripts/bench-gemm.sh            (about 4 minutes)
+#   ROUNDS=5 BENCHTIME=1s PAIRTIME=10s THREADS="1 2" OUT=bench/results/gemm.txt
 #
 # Installs libopenblas-dev with apt-get if it is missing (needs root or
 # sudo). On CPUs with AVX-512, OPENBLAS_CORETYPE=SkylakeX is forced: OpenBLAS
@@ -24,6 +27,7 @@ set -euo pipefail
 
 ROUNDS=${ROUNDS:-5}
 BENCHTIME=${BENCHTIME:-1s}
+PAIRTIME=${PAIRTIME:-10s} # per shape and thread count; 0 skips the paired table
 THREADS=${THREADS:-"1 2"}
 root=$(cd "$(dirname "$0")/.." && pwd)
 OUT=${OUT:-$root/bench/results/gemm.txt}
@@ -70,6 +74,27 @@ for r in $(seq 1 "$ROUNDS"); do
 			}' >>"$raw"
 	done
 done
+# Paired: call by call, alternating (BenchmarkPaired), the GEMM shapes
+# only. OpenBLAS's idle threads spin for a while after each call, on the
+# core our next call needs (at 2 threads that halved our side), so its
+# thread timeout is set to the minimum here: its threads sleep between
+# calls as ours do. That costs it a wake-up per call, which matters for the
+# sub-millisecond GEMVs, left out of this table for that reason.
+paired="$tmp/paired.txt" # lines: shape threads ours openblas ratio pairs
+: >"$paired"
+if [ "$PAIRTIME" != 0 ]; then
+	for t in $THREADS; do
+		echo "paired calls, $t thread(s)..." >&2
+		GOMAXPROCS=$t OPENBLAS_NUM_THREADS=$t OPENBLAS_THREAD_TIMEOUT=4 \
+			"$tmp/compare.test" -test.run '^$' -test.bench '^BenchmarkPaired$/^(1024x|64x)' \
+			-test.benchtime "$PAIRTIME" -test.count 1 |
+			awk -v t="$t" '/^BenchmarkPaired\// {
+				split($1, p, "/"); sub(/-[0-9]+$/, "", p[2])
+				for (i = 2; i <= NF; i++) v[$i] = $(i - 1)
+				printf "%s %s %s %s %s %s\n", p[2], t, v["ours-GFLOP/s"], v["openblas-GFLOP/s"], v["ratio"], v["pairs"]
+			}' >>"$paired"
+	done
+fi
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # Median per (shape, threads, impl), shapes in benchmark order.
@@ -99,11 +124,21 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')
 	echo "# go:       $(go version)"
 	echo "# openblas: ${config:-unknown} (OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-auto})"
 	echo "# ours:     ${kernels:-unknown}"
-	echo "# command:  ROUNDS=$ROUNDS BENCHTIME=$BENCHTIME THREADS=\"$THREADS\" scripts/bench-gemm.sh"
+	echo "# command:  ROUNDS=$ROUNDS BENCHTIME=$BENCHTIME PAIRTIME=$PAIRTIME THREADS=\"$THREADS\" scripts/bench-gemm.sh"
 	echo "# load avg: $load_before (before), $load_after (after)"
 	echo "# cells: median GFLOP/s (2*m*n*k per call) over $ROUNDS rounds; *_bf16 rows read bf16 B"
 	echo "# on our side and f32 B on OpenBLAS's (it has no f32 x bf16 routine); m = 1 rows"
 	echo "# are GemvT/GemvTBF16 vs cblas_sgemv."
 	echo
 	echo "$table"
+	if [ -s "$paired" ]; then
+		echo
+		echo "# paired: one call of each side in turn, alternating which goes first, for"
+		echo "# PAIRTIME=$PAIRTIME a shape (BenchmarkPaired; OPENBLAS_THREAD_TIMEOUT=4 so OpenBLAS's"
+		echo "# idle threads do not spin on our cores); GFLOP/s are the medians of each side's"
+		echo "# calls, ratio the median of the per-pair ratios (ours/OpenBLAS)."
+		echo
+		awk 'BEGIN { printf "%-24s %7s %14s %18s %7s %6s\n", "shape (paired)", "threads", "ours GFLOP/s", "OpenBLAS GFLOP/s", "ratio", "pairs" }
+			{ printf "%-24s %7s %14.1f %18.1f %7.3f %6d\n", $1, $2, $3, $4, $5, $6 }' "$paired"
+	fi
 } | tee "$OUT"

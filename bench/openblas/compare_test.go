@@ -7,7 +7,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"slices"
 	"testing"
+	"time"
 
 	"github.com/switchyard/switchyard/pkg/tensor"
 )
@@ -117,6 +119,54 @@ func BenchmarkCompare(b *testing.B) {
 			b.Run(s.name+"/"+impl.name, func(b *testing.B) { bench(b, s, impl.f) })
 		}
 	}
+}
+
+// BenchmarkPaired times the two implementations call by call: each
+// iteration runs one call of each, in alternating order, so a slow stretch
+// of a shared machine (another tenant on the vCPU, a cache flushed by a
+// neighbour) hits both sides of a pair alike. It reports the median
+// GFLOP/s of each side and the median of the per-pair ratios (ours /
+// OpenBLAS), which is what bench-gemm.sh's paired table prints. GOMAXPROCS
+// sets both thread counts, as in BenchmarkCompare.
+func BenchmarkPaired(b *testing.B) {
+	for _, s := range shapes {
+		b.Run(s.name, func(b *testing.B) {
+			SetThreads(runtime.GOMAXPROCS(0))
+			o := newOperands(s)
+			impls := [2]func(*operands){(*operands).ours, (*operands).openblas}
+			for _, f := range impls {
+				f(o) // warm: pack buffers, OpenBLAS's threads
+			}
+			var secs [2][]float64
+			var ratios []float64
+			for i := 0; b.Loop(); i++ {
+				var t [2]float64
+				for j := range 2 {
+					w := (i + j) % 2
+					t0 := time.Now()
+					impls[w](o)
+					t[w] = time.Since(t0).Seconds()
+				}
+				secs[0] = append(secs[0], t[0])
+				secs[1] = append(secs[1], t[1])
+				ratios = append(ratios, t[1]/t[0])
+			}
+			flop := 2 * float64(s.m) * float64(s.n) * float64(s.k)
+			b.ReportMetric(flop/median(secs[0])/1e9, "ours-GFLOP/s")
+			b.ReportMetric(flop/median(secs[1])/1e9, "openblas-GFLOP/s")
+			b.ReportMetric(median(ratios), "ratio")
+			b.ReportMetric(float64(len(ratios)), "pairs")
+		})
+	}
+}
+
+// median of v (sorted in place); v is not empty.
+func median(v []float64) float64 {
+	slices.Sort(v)
+	if n := len(v); n%2 == 0 {
+		return (v[n/2-1] + v[n/2]) / 2
+	}
+	return v[len(v)/2]
 }
 
 // TestAgree checks the two implementations compute the same thing, so the

@@ -98,16 +98,31 @@ const (
 // next to the A slab streaming through it. Each element of op(A) and op(B)
 // is packed once per call (per row block of A, when A exceeds
 // packABudget).
+//
+// That A-panel-outer order is AVX-512's. AVX2 runs B-panel-outer instead
+// (rowBlock 16: a 16 KB B micro-panel in Zen 3's 32 KB L1 while 16 A
+// micro-panels, 96 KB, stream past it from L2): it moves 24 bytes of A a
+// k step from L2 instead of 64 of B, and took the 1024^3 GEMM on one Zen 3
+// core from 0.93-0.96x OpenBLAS to 0.99-1.00x (interleaved calls,
+// 2026-12-06; rowBlock 4-32 within 2% of each other). Both orders compute
+// each tile with the same FMAs in the same order, so they give the same
+// bits (TestGemmTileOrdersAgreeBitwise).
 type gemmParams struct {
 	name   string
 	mr, nr int // register tile: rows x columns of C
 	kc     int // depth of a packed slab (max; slabs are equalised)
 	nc     int // columns of op(B) per work chunk (max, multiple of nr)
+	// rowBlock picks the loop order over a chunk's tiles: 0 runs every
+	// B panel of the chunk past one A micro-panel (A-panel-outer); > 0
+	// runs blocks of rowBlock A micro-panels past one B panel
+	// (B-panel-outer, BLIS's order), the B panel in L1 and the A block
+	// (rowBlock*MR x kc floats) in L2.
+	rowBlock int
 }
 
 var archParams = [numArchs]gemmParams{
 	archGeneric: {name: "generic", mr: genericMR, nr: genericNR, kc: 256, nc: 128},
-	archAVX2:    {name: "avx2", mr: 6, nr: 16, kc: 256, nc: 256},
+	archAVX2:    {name: "avx2", mr: 6, nr: 16, kc: 256, nc: 256, rowBlock: 16},
 	archAVX512:  {name: "avx512", mr: 14, nr: 32, kc: 256, nc: 256},
 }
 
@@ -330,10 +345,14 @@ func gemmPacked(arch gemmArch, mode dotMode, transA, transB bool, m, n, k int, a
 	// tallRows) streams its whole packed slab past every chunk from L3:
 	// then chunks are twice as wide and one per worker, which halves that
 	// stream (1024^3 on the 2-vCPU Xeon: 289 -> 301 GFLOP/s on 2 threads,
-	// 154 -> 158 on 1; the same for m = 64 lost 7-10%).
+	// 154 -> 158 on 1; the same for m = 64 lost 7-10%). Not in the
+	// B-panel-outer order (rowBlock > 0), where a chunk reads each block of
+	// the slab into L2 once and the narrow chunks' balance wins: on the Zen
+	// 3 VM at 2 threads, 1024^3 and the 512-row prefill GEMM ran 0.6-4.5%
+	// faster with narrow chunks in 12 of 12 paired runs (2026-12-06).
 	panelsN := ceilDiv(n, nr)
 	nc, perWorker := pr.nc, 4
-	if m >= tallRows {
+	if m >= tallRows && pr.rowBlock == 0 {
 		nc, perWorker = 2*pr.nc, 1
 	}
 	colChunks := ceilDiv(panelsN, nc/nr)
@@ -556,25 +575,46 @@ func gemmChunk(arch gemmArch, mode dotMode, transB bool, n, k, kc int, alpha flo
 		default:
 			pf = prefetchCursor{}
 		}
-		for ip := r0; ip < r1; ip++ {
+		// tile computes C's MR x NR tile of A micro-panel ip and B panel q
+		// over this slab (a call is ~50k FLOPs; the closure costs nothing
+		// measurable).
+		tile := func(ip, q int) {
 			rows := min(mr, mcur-ip*mr)
 			ap := &aPack[s*slabFloats+ip*steps*mr]
 			crow := (ic + ip*mr) * ldc
-			for q := q0; q < q1; q++ {
-				j0 := q * nr
-				bp := &bPack[(q-q0)*steps*nr]
-				cp, ldcp, al, be := &c[crow+j0], ldc, alpha, betaEff
-				cols := n - j0
-				if cols < nr {
-					cp, ldcp, al, be = &scratch[0], nr, 1, 0
+			j0 := q * nr
+			bp := &bPack[(q-q0)*steps*nr]
+			cp, ldcp, al, be := &c[crow+j0], ldc, alpha, betaEff
+			cols := n - j0
+			if cols < nr {
+				cp, ldcp, al, be = &scratch[0], nr, 1, 0
+			}
+			if mode == dotHW {
+				microKernelDot(rows, steps, ap, bp, cp, ldcp, al, be, &pf)
+			} else {
+				microKernel(arch, rows, kcur, ap, bp, cp, ldcp, al, be, &pf)
+			}
+			if cols < nr {
+				mergeTile(rows, cols, scratch, nr, alpha, betaEff, c[crow+j0:], ldc)
+			}
+		}
+		if rb := pr.rowBlock; rb > 0 {
+			// B-panel-outer (gemmParams.rowBlock): each B micro-panel
+			// stays in L1 while a block of rb A micro-panels streams
+			// past it from L2.
+			for b0 := r0; b0 < r1; b0 += rb {
+				for q := q0; q < q1; q++ {
+					for ip := b0; ip < min(r1, b0+rb); ip++ {
+						tile(ip, q)
+					}
 				}
-				if mode == dotHW {
-					microKernelDot(rows, steps, ap, bp, cp, ldcp, al, be, &pf)
-				} else {
-					microKernel(arch, rows, kcur, ap, bp, cp, ldcp, al, be, &pf)
-				}
-				if cols < nr {
-					mergeTile(rows, cols, scratch, nr, alpha, betaEff, c[crow+j0:], ldc)
+			}
+		} else {
+			// A-panel-outer: each A micro-panel stays in L1 while the
+			// chunk's B panels stream past it from L2.
+			for ip := r0; ip < r1; ip++ {
+				for q := q0; q < q1; q++ {
+					tile(ip, q)
 				}
 			}
 		}

@@ -3,7 +3,9 @@ package tensor
 import (
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"testing"
+	"time"
 )
 
 // Benchmarks for the shapes Switchyard runs, each reporting GFLOP/s
@@ -32,7 +34,9 @@ var benchShapes = []benchShape{
 	{name: "1x2816x1024_NT_bf16", m: 1, n: 2816, k: 1024, transB: true, bf16: true},
 }
 
-func benchGemm(b *testing.B, s benchShape) {
+// benchGemmCall returns one call of Gemm (GemmBF16) on s's shape with
+// random operands.
+func benchGemmCall(s benchShape) func() {
 	rng := rand.New(rand.NewPCG(1, 1))
 	lda, ldb := s.k, s.n
 	if s.transA {
@@ -59,12 +63,60 @@ func benchGemm(b *testing.B, s benchShape) {
 			Gemm(s.transA, s.transB, s.m, s.n, s.k, 1, a, lda, bm, ldb, 0, c, s.n)
 		}
 	}
+	return call
+}
+
+func benchGemm(b *testing.B, s benchShape) {
+	call := benchGemmCall(s)
 	call()
 	b.ResetTimer()
 	for b.Loop() {
 		call()
 	}
 	b.ReportMetric(2*float64(s.m)*float64(s.n)*float64(s.k)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+}
+
+// BenchmarkGemmTileOrder compares the two loop orders over a chunk's
+// tiles (gemmParams.rowBlock) on the kernel family Gemm picks: each
+// iteration times one call A-panel-outer (rowBlock 0) and one call with
+// this family's rowBlock (B-panel-outer, or rowBlock 16 where the family's
+// own is 0), in alternating order, so load from other tenants hits both
+// alike; it reports the median GFLOP/s of each and their ratio.
+// Run with -test.benchtime 60x or more.
+func BenchmarkGemmTileOrder(b *testing.B) {
+	arch := gemmArch(activeArch.Load())
+	blocked := archParams[arch].rowBlock
+	if blocked == 0 {
+		blocked = 16
+	}
+	shapes := append([]benchShape{{name: "512x2816x1024_NT_bf16", m: 512, n: 2816, k: 1024, transB: true, bf16: true}}, benchShapes[:3]...)
+	for _, s := range shapes {
+		b.Run(s.name, func(b *testing.B) {
+			saved := archParams[arch].rowBlock
+			defer func() { archParams[arch].rowBlock = saved }()
+			call := benchGemmCall(s)
+			call()
+			var secs [2][]float64 // [0]: A-panel-outer, [1]: blocked
+			for i := 0; b.Loop(); i++ {
+				for j := range 2 {
+					o := (i + j) % 2
+					archParams[arch].rowBlock = [2]int{0, blocked}[o]
+					t0 := time.Now()
+					call()
+					secs[o] = append(secs[o], time.Since(t0).Seconds())
+				}
+			}
+			flop := 2 * float64(s.m) * float64(s.n) * float64(s.k)
+			var med [2]float64
+			for o := range secs {
+				slices.Sort(secs[o])
+				med[o] = flop / secs[o][len(secs[o])/2] / 1e9
+			}
+			b.ReportMetric(med[0], "A-outer-GFLOP/s")
+			b.ReportMetric(med[1], fmt.Sprintf("rowBlock%d-GFLOP/s", blocked))
+			b.ReportMetric(med[1]/med[0], "ratio")
+		})
+	}
 }
 
 // BenchmarkGemm runs the shapes on the kernel family Gemm picks on this CPU.

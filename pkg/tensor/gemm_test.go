@@ -242,7 +242,7 @@ func TestGemmMatchesRef(t *testing.T) {
 // TestGemmLargeShapes covers shapes big enough to split over workers and
 // over several depth slabs: the expert shape scaled down in n, one with
 // enough row chunks, one split into row blocks (m*k > packABudget), and a
-// tall A (m >= tallRows) with several wide column chunks.
+// tall A (m >= tallRows; wide column chunks on the families without a rowBlock).
 func TestGemmLargeShapes(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	var ops []*gemmOperands
@@ -333,5 +333,48 @@ func TestGemmSteadyStateAllocs(t *testing.T) {
 	allocs := testing.AllocsPerRun(20, func() { Gemm(false, true, m, n, k, 1, a, k, b, k, 0, c, n) })
 	if allocs > 8 {
 		t.Errorf("Gemm allocates %.1f times per call in steady state, want <= 8", allocs)
+	}
+}
+
+// TestGemmTileOrdersAgreeBitwise: the two loop orders over a chunk's
+// tiles (gemmParams.rowBlock: A-panel-outer, and B-panel-outer with row
+// blocks of 1, 3 and 16 micro-panels) give every element of C the same
+// bits, on every kernel family, for shapes with edge tiles on both sides,
+// several depth slabs, several row blocks, tall A (wide column chunks),
+// both transposes, bf16 B and beta 0 and 1. So the order is a speed
+// choice only, and each tile is computed exactly once.
+func TestGemmTileOrdersAgreeBitwise(t *testing.T) {
+	rng := rand.New(rand.NewPCG(21, 22))
+	shapes := []gemmCase{
+		{m: 100, n: 70, k: 600, transB: true, alpha: 1.5, beta: 1},
+		{m: 37, n: 300, k: 257, alpha: 1, beta: 0},
+		{m: 300, n: 530, k: 90, transA: true, transB: true, alpha: 1, beta: 1, padC: 3},
+		{m: 7, n: 33, k: 5, alpha: -1, beta: 0},
+	}
+	for _, a := range supportedArchs() {
+		t.Run(a.String(), func(t *testing.T) {
+			defer forceArch(a)()
+			saved := archParams[a].rowBlock
+			defer func() { archParams[a].rowBlock = saved }()
+			for i, gc := range shapes {
+				bf16 := i%2 == 0
+				o := newOperands(rng, gc, bf16)
+				var first []float32
+				for _, rb := range []int{0, 1, 3, 16} {
+					archParams[a].rowBlock = rb
+					got := o.run(bf16)
+					if first == nil {
+						o.check(t, got)
+						first = got
+						continue
+					}
+					for j := range got {
+						if math.Float32bits(got[j]) != math.Float32bits(first[j]) {
+							t.Fatalf("%dx%dx%d rowBlock %d: C[%d] = %v, A-panel-outer gave %v", gc.m, gc.n, gc.k, rb, j, got[j], first[j])
+						}
+					}
+				}
+			}
+		})
 	}
 }
