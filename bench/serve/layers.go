@@ -35,13 +35,20 @@ import (
 //
 // It also prints, per layer, the GEMMs of every destination summed and the
 // longest (what bench/serve load's "owners'" column is, as owners report it),
-// and the layer less that longest: the exchange's own part.
+// and the layer less that longest: the exchange's own part. And the core
+// time the layer left idle while an owner waited: from the layer's start to
+// its last GEMMs' end, at each moment min(free cores, owners waiting), where
+// an owner waits from its request's "sent" to its "batch started", the
+// busy cores are the owners in their GEMMs and the front end until its last
+// "sent", and -cores is the machine's (the emulated hosts share it). Not a
+// part of the critical path.
 func layers(args []string) error {
 	fs := flag.NewFlagSet("layers", flag.ExitOnError)
 	fs.Usage = func() {
 		fmt.Fprintln(os.Stderr, "usage: serve layers TRACE.jsonl... (the front end's and the workers' span files of one traced run)")
 		fs.PrintDefaults()
 	}
+	cores := fs.Int("cores", 2, "cores of the machine the emulated hosts share")
 	fs.Parse(args)
 	if fs.NArg() == 0 {
 		fs.Usage()
@@ -60,7 +67,7 @@ func layers(args []string) error {
 		}
 		spans = append(spans, s...)
 	}
-	parts, err := splitLayers(spans)
+	parts, err := splitLayers(spans, *cores)
 	if err != nil {
 		return err
 	}
@@ -113,6 +120,7 @@ func readTraceSpans(r io.Reader) ([]traceSpan, error) {
 var layerPart = []string{
 	"layer", "before send", "send", "to owner", "owner queue", "owner GEMMs", "answer, back",
 	"GEMMs of all owners", "longest owner's GEMMs", "exchange's own part",
+	"cores idle, owner waits",
 }
 
 // layerParts holds each part (ms) of every complete layer, and the
@@ -124,8 +132,8 @@ type layerParts struct {
 }
 
 // splitLayers splits every layer whose destinations all have their
-// owner's span.
-func splitLayers(spans []traceSpan) (*layerParts, error) {
+// owner's span, on a machine of cores cores.
+func splitLayers(spans []traceSpan, cores int) (*layerParts, error) {
 	kids := map[string][]*traceSpan{}
 	for i := range spans {
 		s := &spans[i]
@@ -179,10 +187,16 @@ layer:
 		bs, _ := c.sv.event("batch started")
 		bd := done(c)
 		lay := ms(l.StartTime, l.EndTime)
+		var iv []ownerInterval
+		for _, d := range ds {
+			s, _ := d.ex.event("sent")
+			b, _ := d.sv.event("batch started")
+			iv = append(iv, ownerInterval{sent: s, started: b, done: done(d)})
+		}
 		for k, v := range []float64{
 			lay, ms(l.StartTime, c.ex.StartTime), ms(c.ex.StartTime, sent), ms(sent, c.sv.StartTime),
 			ms(c.sv.StartTime, bs), ms(bs, bd), ms(bd, l.EndTime),
-			sum, longest, lay - longest,
+			sum, longest, lay - longest, idleWhileWaiting(l.StartTime, iv, cores).Seconds() * 1e3,
 		} {
 			p.ms[k] = append(p.ms[k], v)
 		}
@@ -194,6 +208,49 @@ layer:
 	return p, nil
 }
 
+// ownerInterval is one destination of a layer: its request sent, its
+// owner's GEMMs started and done.
+type ownerInterval struct{ sent, started, done time.Time }
+
+// idleWhileWaiting is the core time of a layer starting at start left idle
+// while an owner waited (see layers).
+func idleWhileWaiting(start time.Time, iv []ownerInterval, cores int) time.Duration {
+	lastSent, end := start, start
+	pts := []time.Time{start}
+	for _, o := range iv {
+		if o.sent.After(lastSent) {
+			lastSent = o.sent
+		}
+		if o.done.After(end) {
+			end = o.done
+		}
+		pts = append(pts, o.sent, o.started, o.done)
+	}
+	slices.SortFunc(pts, func(a, b time.Time) int { return a.Compare(b) })
+	var idle time.Duration
+	for i := 1; i < len(pts); i++ {
+		a, b := pts[i-1], pts[i]
+		if !b.After(a) || a.Before(start) || b.After(end) {
+			continue
+		}
+		mid := a.Add(b.Sub(a) / 2)
+		busy, waiting := 0, 0
+		if mid.Before(lastSent) {
+			busy++ // the front end writing its requests
+		}
+		for _, o := range iv {
+			switch {
+			case !mid.Before(o.started) && mid.Before(o.done):
+				busy++
+			case !mid.Before(o.sent) && mid.Before(o.started):
+				waiting++
+			}
+		}
+		idle += b.Sub(a) * time.Duration(max(0, min(cores-busy, waiting)))
+	}
+	return idle
+}
+
 // String is the table: mean and percentiles of each part, ms.
 func (p *layerParts) String() string {
 	mean := 0.0
@@ -202,7 +259,7 @@ func (p *layerParts) String() string {
 	}
 	out := fmt.Sprintf("%d MoE layers (%.2f destinations a layer; %d skipped: an owner's span missing); ms along the critical destination (its owner's GEMMs ended last):\n",
 		len(p.dests), mean/float64(len(p.dests)), p.skipped)
-	out += fmt.Sprintf("%-22s %8s %8s %8s %8s\n", "part", "mean", "p10", "p50", "p90")
+	out += fmt.Sprintf("%-24s %8s %8s %8s %8s\n", "part", "mean", "p10", "p50", "p90")
 	for k, name := range layerPart {
 		v := slices.Clone(p.ms[k])
 		slices.Sort(v)
@@ -211,7 +268,7 @@ func (p *layerParts) String() string {
 			sum += x
 		}
 		q := func(f float64) float64 { return v[min(len(v)-1, int(f*float64(len(v))))] }
-		out += fmt.Sprintf("%-22s %8.3f %8.3f %8.3f %8.3f\n", name, sum/float64(len(v)), q(0.1), q(0.5), q(0.9))
+		out += fmt.Sprintf("%-24s %8.3f %8.3f %8.3f %8.3f\n", name, sum/float64(len(v)), q(0.1), q(0.5), q(0.9))
 	}
 	return out
 }

@@ -46,7 +46,7 @@ func TestSplitLayers(t *testing.T) {
 	if len(spans) != 7 {
 		t.Fatalf("%d spans kept, want 7 (the serve.step span dropped)", len(spans))
 	}
-	p, err := splitLayers(spans)
+	p, err := splitLayers(spans, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,6 +57,9 @@ func TestSplitLayers(t *testing.T) {
 		"layer": 5, "before send": 0.15, "send": 0.1, "to owner": 1.0, "owner queue": 0.05,
 		"owner GEMMs": 3.2, "answer, back": 0.5, "GEMMs of all owners": 4.8,
 		"longest owner's GEMMs": 3.2, "exchange's own part": 1.8,
+		// 100..250 the front end writes B and A waits: 1 core; 250..400
+		// A and B wait on 2 idle cores; 400..1300 A runs, B waits: 1.
+		"cores idle, owner waits": 0.15 + 0.3 + 0.9,
 	}
 	sum := 0.0
 	for k, name := range layerPart {
@@ -75,7 +78,11 @@ func TestSplitLayers(t *testing.T) {
 		t.Errorf("table header: %q", s[:min(len(s), 120)])
 	}
 
-	if _, err := splitLayers(spans[5:]); err == nil {
+	if p1, err := splitLayers(spans, 1); err != nil || math.Abs(p1.ms[10][0]-(0+0+0.15+0)) > 1e-9 {
+		// one core: only 250..400 has a free core (A and B wait)
+		t.Errorf("on one core: %v, %v ms idle while an owner waits, want 0.15", err, p1.ms[10])
+	}
+	if _, err := splitLayers(spans[5:], 2); err == nil {
 		t.Error("spans with no complete layer: no error")
 	}
 	if _, err := readTraceSpans(strings.NewReader("{\"Name\":\n")); err == nil {

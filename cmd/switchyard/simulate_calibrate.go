@@ -129,8 +129,8 @@ func printCalibration(w io.Writer, c *simulate.Calibration) error {
 		fmt.Fprintf(w, "link: %.2f Gbit/s, round trip %v\n", c.LinkRate*8/1e9, c.LinkRTT)
 	}
 	if c.LinkMsgCPU > 0 {
-		fmt.Fprintf(w, "expert exchange across the link: round trip %v; core time of both hosts %v per message and side, %.2f ns per byte and side\n",
-			c.LinkExchangeRTT.Round(time.Microsecond), c.LinkMsgCPU.Round(100*time.Nanosecond), c.LinkByteCPU)
+		fmt.Fprintf(w, "expert exchange across the link: round trip %v back to back, %v after 5ms idle; core time of both hosts %v per message and side, %.2f ns per byte and side\n",
+			c.LinkExchangeRTT.Round(time.Microsecond), c.LinkIdleExchangeRTT.Round(time.Microsecond), c.LinkMsgCPU.Round(100*time.Nanosecond), c.LinkByteCPU)
 	}
 	return nil
 }

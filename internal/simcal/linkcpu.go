@@ -15,6 +15,12 @@ type LinkCPU struct {
 	// RTT is a one-row training round trip (TRAIN_FORWARD or
 	// TRAIN_BACKWARD) across the link.
 	RTT time.Duration
+	// IdleRTT is the same round trip when both processes have been idle
+	// for idlePause before it, the mean of its reps: the first message
+	// wakes a process that went to sleep, as a decode step's messages
+	// find their owners and the front end at one client. Measured after
+	// the core time (it is not part of MsgWork).
+	IdleRTT time.Duration
 	// MsgWork is the core time of both processes per message and side
 	// (a round trip is 4 sides: request out and in, answer out and in),
 	// kernel included; ByteWork the core time per byte and side of a
@@ -67,12 +73,12 @@ func MeasureLinkCPU(ctx context.Context, addr string, quick bool) (LinkCPU, erro
 		}
 		return c1 - c0 + p1 - p0, nil
 	}
-	small, bigRows, reps := 400, 256, 20
+	small, bigRows, reps, idle := 400, 256, 20, 200
 	if quick {
-		small, bigRows, reps = 50, 64, 5
+		small, bigRows, reps, idle = 50, 64, 5, 100
 	}
 	smallCPU, err := cpu(func() error {
-		res.RTT, err = roundTrips(1, small)
+		res.RTT, err = roundTrips(1, small, 0)
 		return err
 	})
 	if err != nil {
@@ -81,10 +87,13 @@ func MeasureLinkCPU(ctx context.Context, addr string, quick bool) (LinkCPU, erro
 	// Two warm-up pairs are included: 2 x (small + 2) round trips.
 	perSmall := smallCPU / time.Duration(2*(small+2))
 	bigCPU, err := cpu(func() error {
-		_, err := roundTrips(bigRows, reps)
+		_, err := roundTrips(bigRows, reps, 0)
 		return err
 	})
 	if err != nil {
+		return res, err
+	}
+	if res.IdleRTT, err = roundTrips(1, idle, idlePause); err != nil {
 		return res, err
 	}
 	perBig := bigCPU / time.Duration(2*(reps+2))
@@ -97,6 +106,12 @@ func MeasureLinkCPU(ctx context.Context, addr string, quick bool) (LinkCPU, erro
 	}
 	return res, nil
 }
+
+// idlePause is how long both processes idle before each of IdleRTT's
+// round trips: longer than a Go thread spins and a vCPU polls before it
+// halts, about a decode step's gap between one layer's answers and the
+// next layer's requests on the hosts that get none.
+const idlePause = 5 * time.Millisecond
 
 // peerCPU asks the ServeLink at addr for its process's core time.
 func peerCPU(ctx context.Context, addr string) (time.Duration, error) {

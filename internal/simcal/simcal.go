@@ -157,9 +157,9 @@ func Calibrate(ctx context.Context, o Options) (*simulate.Calibration, error) {
 		if err != nil {
 			return nil, err
 		}
-		c.LinkMsgCPU, c.LinkByteCPU, c.LinkExchangeRTT = lc.MsgWork, lc.ByteWork, lc.RTT
-		logf("expert exchange across the link: round trip %v; core time of both hosts %v per message and side, %.2f ns per byte and side",
-			lc.RTT.Round(time.Microsecond), lc.MsgWork.Round(100*time.Nanosecond), lc.ByteWork)
+		c.LinkMsgCPU, c.LinkByteCPU, c.LinkExchangeRTT, c.LinkIdleExchangeRTT = lc.MsgWork, lc.ByteWork, lc.RTT, lc.IdleRTT
+		logf("expert exchange across the link: round trip %v back to back, %v after %v idle; core time of both hosts %v per message and side, %.2f ns per byte and side",
+			lc.RTT.Round(time.Microsecond), lc.IdleRTT.Round(time.Microsecond), idlePause, lc.MsgWork.Round(100*time.Nanosecond), lc.ByteWork)
 	}
 	return c, nil
 }
@@ -349,7 +349,7 @@ func measureExchange(ctx context.Context, quick bool) (exchangeResult, error) {
 	}
 	var res exchangeResult
 	cpu0 := processCPU()
-	if res.rtt, err = roundTrips(1, small); err != nil {
+	if res.rtt, err = roundTrips(1, small, 0); err != nil {
 		return res, err
 	}
 	// Warm-up pairs included: 2 x (small + 2) round trips.
@@ -371,7 +371,7 @@ func measureExchange(ctx context.Context, quick bool) (exchangeResult, error) {
 	const tries = 3
 	var extra time.Duration
 	for try := 1; ; try++ {
-		if res.big, err = roundTrips(bigRows, reps); err != nil {
+		if res.big, err = roundTrips(bigRows, reps, 0); err != nil {
 			return res, err
 		}
 		var cerr error
@@ -438,7 +438,7 @@ func serveExchangeOwner(lis net.Listener) (stop func(), err error) {
 // does (a transport.RemoteTrainer). roundTrips returns the mean time of a
 // forward and of a backward of rows rows, over reps pairs after two
 // warm-up pairs.
-func exchangeClient(ctx context.Context, addr string) (roundTrips func(rows, reps int) (time.Duration, error), closeClient func(), err error) {
+func exchangeClient(ctx context.Context, addr string) (roundTrips func(rows, reps int, pause time.Duration) (time.Duration, error), closeClient func(), err error) {
 	pl := &cluster.Placement{Model: exchangeModel, Epoch: 1, Owners: [][][]cluster.WorkerID{{{exchangeOwner}}},
 		Workers: map[cluster.WorkerID]cluster.WorkerInfo{exchangeOwner: {ID: exchangeOwner, Addr: addr}}}
 	pool, err := transport.NewPool(transport.ClientConfig{Worker: "simcal-rank", Model: exchangeModel, Job: exchangeJob})
@@ -451,7 +451,12 @@ func exchangeClient(ctx context.Context, addr string) (roundTrips func(rows, rep
 		return nil, nil, err
 	}
 	r := rand.New(rand.NewPCG(7, 8))
-	roundTrips = func(rows, reps int) (time.Duration, error) {
+	// roundTrips times reps (after 2 warm-up) forward and backward
+	// exchanges of rows rows and returns their mean. With pause > 0 both
+	// processes sit idle for pause before each exchange and only the
+	// exchange is timed: what a message costs when it finds its receiver
+	// asleep (a decode step's messages at one client).
+	roundTrips = func(rows, reps int, pause time.Duration) (time.Duration, error) {
 		plan := &router.Plan{NumExperts: 1, Offsets: []int32{0, int32(rows)}, Token: make([]int32, rows), Choice: make([]int32, rows), Weight: make([]float32, rows)}
 		for i := range plan.Token {
 			plan.Token[i], plan.Weight[i] = int32(i), 1
@@ -459,15 +464,25 @@ func exchangeClient(ctx context.Context, addr string) (roundTrips func(rows, rep
 		x, y := randF32(r, rows*exchangeD), make([]float32, rows*exchangeD)
 		var total time.Duration
 		for i := range reps + 2 {
-			start := time.Now()
-			if err := tr.ForwardTrain(ctx, 0, plan, x, exchangeD, y); err != nil {
-				return 0, err
-			}
-			if err := tr.BackwardTrain(ctx, 0, x, y); err != nil {
-				return 0, err
+			var took time.Duration
+			for _, backward := range []bool{false, true} {
+				if pause > 0 {
+					time.Sleep(pause)
+				}
+				start := time.Now()
+				var err error
+				if backward {
+					err = tr.BackwardTrain(ctx, 0, x, y)
+				} else {
+					err = tr.ForwardTrain(ctx, 0, plan, x, exchangeD, y)
+				}
+				if err != nil {
+					return 0, err
+				}
+				took += time.Since(start)
 			}
 			if i >= 2 {
-				total += time.Since(start)
+				total += took
 			}
 		}
 		return total / time.Duration(2*reps), nil

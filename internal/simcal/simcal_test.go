@@ -119,10 +119,12 @@ func TestLinkCPU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	start := time.Now()
 	lc, err := MeasureLinkCPU(ctx, addr, true)
 	if err != nil {
 		t.Fatal(err)
 	}
+	took := time.Since(start)
 	c1, err := peerCPU(ctx, addr)
 	cancel()
 	if err != nil {
@@ -131,9 +133,14 @@ func TestLinkCPU(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Errorf("ServeLink: %v", err)
 	}
-	t.Logf("loopback: round trip %v, %v per message and side, %.2f ns per byte and side (counted twice)", lc.RTT, lc.MsgWork, lc.ByteWork)
-	if lc.RTT <= 0 || lc.MsgWork <= 0 || lc.ByteWork < 0 || c1 <= c0 {
+	t.Logf("loopback: round trip %v (%v after %v idle), %v per message and side, %.2f ns per byte and side (counted twice)", lc.RTT, lc.IdleRTT, idlePause, lc.MsgWork, lc.ByteWork)
+	if lc.RTT <= 0 || lc.IdleRTT <= 0 || lc.MsgWork <= 0 || lc.ByteWork < 0 || c1 <= c0 {
 		t.Errorf("link cpu %+v; peer core time %v -> %v", lc, c0, c1)
+	}
+	// The quick idle round trips (100 forward and backward pairs, 2
+	// warm-up) each wait idlePause first.
+	if floor := 2 * 102 * idlePause; took < floor {
+		t.Errorf("MeasureLinkCPU took %v, less than its idle pauses alone (%v)", took, floor)
 	}
 	dead, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -204,6 +204,12 @@ type Calibration struct {
 	LinkMsgCPU      time.Duration `json:"link_msg_cpu_ns,omitempty"`
 	LinkByteCPU     float64       `json:"link_byte_cpu_ns,omitempty"`
 	LinkExchangeRTT time.Duration `json:"link_exchange_rtt_ns,omitempty"`
+	// LinkIdleExchangeRTT is that round trip when both processes have
+	// idled 5 ms before it (a message waking a sleeping receiver); the
+	// serving model adds half its excess over LinkExchangeRTT to each
+	// message that finds its one-thread receiver idle
+	// (ServeConfig.SharedCores with one thread a process). 0: not measured.
+	LinkIdleExchangeRTT time.Duration `json:"link_idle_exchange_rtt_ns,omitempty"`
 	// AdamParamsPerS is optim.AdamW's step on one core, parameters/s (it
 	// computes each element in float64: compute-bound where memory
 	// bandwidth is not); 0 when not measured (the training model then

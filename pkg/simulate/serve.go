@@ -991,6 +991,8 @@ type serveHost struct {
 	txBusy, rxBusy time.Duration // serialization in the measured window
 	leaf           int
 	compute        time.Duration // its compute tasks in the window (one thread's time)
+	// thread is when the host's one thread is free (serveSim.serial only).
+	thread time.Duration
 }
 
 type serveFE struct {
@@ -1033,8 +1035,19 @@ type serveSim struct {
 	// linkMsg and linkByte (ns/B) are the core time a message side takes
 	// across the links (Calibration.LinkMsgCPU, LinkByteCPU), charged on
 	// a shared pool (SharedCores) instead of the latency msgCost; 0: none.
-	linkMsg   time.Duration
-	linkByte  float64
+	linkMsg  time.Duration
+	linkByte float64
+	// serial: every process has one thread on a shared pool
+	// (SharedCores, FrontendThreads = WorkerThreads = 1), and runs its
+	// messages and its compute one after the other on it: a message
+	// holds a core of the pool as a product does, instead of the
+	// time-shared message timeline (corePool.message).
+	serial bool
+	// wake is what a message waits, in the serial model, when its
+	// receiver's thread is idle (asleep) as it arrives: half the excess of
+	// Calibration.LinkIdleExchangeRTT over LinkExchangeRTT (a round trip
+	// wakes both ends once); 0 when not calibrated.
+	wake      time.Duration
 	hosts     []serveHost
 	fe        []serveFE
 	w         []serveWorker
@@ -1165,6 +1178,10 @@ func newServeSim(cfg ServeConfig, cal *Calibration) (*serveSim, error) {
 	if cfg.WorkerThreads > 0 {
 		s.wThreads = cfg.WorkerThreads
 	}
+	s.serial = cfg.SharedCores > 0 && s.feThreads == 1 && s.wThreads == 1
+	if s.serial && cal.LinkIdleExchangeRTT > cal.LinkExchangeRTT && cal.LinkExchangeRTT > 0 {
+		s.wake = (cal.LinkIdleExchangeRTT - cal.LinkExchangeRTT) / 2
+	}
 	var shared *corePool
 	if cfg.SharedCores > 0 {
 		shared = newCorePool(cfg.SharedCores)
@@ -1289,7 +1306,7 @@ func (s *serveSim) frontCompute(f int) {
 		return
 	}
 	h := &s.hosts[f]
-	end := h.cores.computeTask(s.now, s.feThreads, d)
+	end := s.computeTask(h, s.now, s.feThreads, d)
 	if s.measuring {
 		h.cores.compute += d * time.Duration(min(s.feThreads, len(h.cores.free)))
 		h.compute += d
@@ -1327,6 +1344,38 @@ func (s *serveSim) endStep(f int) {
 	if s.measuring {
 		s.measuring, s.winEnd = false, s.now // the window closes with the first front end done
 	}
+}
+
+// computeTask runs a compute task of h's (see corePool.computeTask); in
+// the serial model, after whatever its thread is doing.
+func (s *serveSim) computeTask(h *serveHost, t time.Duration, n int, d time.Duration) time.Duration {
+	if !s.serial {
+		return h.cores.computeTask(t, n, d)
+	}
+	end := h.cores.computeTask(max(t, h.thread), n, d)
+	h.thread = end
+	return end
+}
+
+// message runs a message side of h's of latency d and core time work
+// ready at t (recv: h receives it), and returns when it ends: on the
+// pool's message timeline (corePool.message), or in the serial model on
+// h's thread and a core of the pool, after s.wake if it finds h's thread
+// idle, the rest of its core time (the kernel's part) a debt of the
+// pool's compute.
+func (s *serveSim) message(h *serveHost, t, d, work time.Duration, recv bool) time.Duration {
+	if !s.serial {
+		return h.cores.message(t, d, work)
+	}
+	if recv && h.thread < t {
+		t += s.wake // it was asleep
+	}
+	end := h.cores.take(max(t, h.thread), 1, d)
+	h.thread = end
+	if extra := work - d; extra > 0 {
+		h.cores.debt += extra
+	}
+	return end
 }
 
 // msgWork is the core time one side spends on a message of bytes: its
@@ -1453,7 +1502,7 @@ const serveChunkBytes = 1 << 20
 // The core is busy for the whole cost.
 func (s *serveSim) sendCPU(h *serveHost, m *serveMsg, t time.Duration) {
 	full, work := s.msgCost(m.bytes), s.msgWork(m.bytes)
-	end := h.cores.message(t, full, work)
+	end := s.message(h, t, full, work, false)
 	out := end - full + s.msgCost(min(m.bytes, serveChunkBytes))
 	m.copyEnd = end
 	m.path[catSoftware] += out - t
@@ -1517,7 +1566,7 @@ func (s *serveSim) rx(m *serveMsg) {
 func (s *serveSim) rxCPU(m *serveMsg) {
 	_, dst := s.ends(m)
 	full, work := s.msgCost(m.bytes), s.msgWork(m.bytes)
-	end := dst.cores.message(s.now, full, work)
+	end := s.message(dst, s.now, full, work, true)
 	done := max(end, m.got+s.msgCost(min(m.bytes, serveChunkBytes)))
 	m.path[catSoftware] += done - m.got
 	if s.measuring {
@@ -1572,7 +1621,7 @@ func (s *serveSim) batch(w int) {
 		return
 	}
 	h := &s.hosts[s.F+w]
-	end := h.cores.computeTask(s.now, n, d)
+	end := s.computeTask(h, s.now, n, d)
 	if s.measuring {
 		h.cores.compute += d * time.Duration(n)
 		h.compute += d
@@ -2188,13 +2237,14 @@ func ServeBenchConfig(b *ServeBench, row ServeBenchRow) (ServeConfig, error) {
 
 // withLink is cal with the link measurements of link (the row's own
 // calibration: LinkRate, LinkRTT, LinkMsgCPU, LinkByteCPU,
-// LinkExchangeRTT), or cal itself when link measured none.
+// LinkExchangeRTT, LinkIdleExchangeRTT), or cal itself when link measured
+// none.
 func withLink(cal, link *Calibration) *Calibration {
 	if link == nil || link.LinkMsgCPU <= 0 {
 		return cal
 	}
 	c := *cal
-	c.LinkRate, c.LinkRTT, c.LinkMsgCPU, c.LinkByteCPU, c.LinkExchangeRTT = link.LinkRate, link.LinkRTT, link.LinkMsgCPU, link.LinkByteCPU, link.LinkExchangeRTT
+	c.LinkRate, c.LinkRTT, c.LinkMsgCPU, c.LinkByteCPU, c.LinkExchangeRTT, c.LinkIdleExchangeRTT = link.LinkRate, link.LinkRTT, link.LinkMsgCPU, link.LinkByteCPU, link.LinkExchangeRTT, link.LinkIdleExchangeRTT
 	return &c
 }
 
