@@ -115,9 +115,14 @@ func (c *Conn) pollRead(b []byte, poll time.Duration) (int, error) {
 	var rerr error
 	var until int64
 	polling := true
-	c.state.Store(readPolling)
 	defer c.state.Store(readIdle)
 	err := c.rc.Read(func(fd uintptr) bool {
+		// Polling from inside the read: a Close before rc.Read takes the
+		// fd fails the read without a poll (and a test that waits for
+		// readPolling and then closes must find the poll running).
+		if polling {
+			c.state.Store(readPolling)
+		}
 		for {
 			var done bool
 			if n, done, rerr = tryRead(fd, b); done {

@@ -422,6 +422,24 @@ func TestPredictServe4Hosts(t *testing.T) {
 	}
 }
 
+// TestPredictLiveServe does the same on a run made just before
+// (scripts/simulate-validate-serve.sh sets SWITCHYARD_SERVE_RUN). A run
+// with a failed request, or no completion, in a judged row is reported,
+// not judged.
+func TestPredictLiveServe(t *testing.T) {
+	p := os.Getenv("SWITCHYARD_SERVE_RUN")
+	if p == "" {
+		t.Skip("SWITCHYARD_SERVE_RUN is not set: scripts/simulate-validate-serve.sh runs this on a fresh emulated run (root, about 9 minutes; not a CI stage: a timing check on shared cores, docs/scale/serving.md)")
+	}
+	b := readServeBench(t, p)
+	for _, row := range MeanWindows(b.Rows) {
+		if row.Netns && row.OneThreadEach && (row.Failed > 0 || row.OK == 0) {
+			t.Skipf("%s, %d clients: %d requests failed, %d completed: not judged", row.Config, row.Clients, row.Failed, row.OK)
+		}
+	}
+	predictServe4Hosts(t, p, true)
+}
+
 // predictServe4Hosts checks one file as TestPredictServe4Hosts says;
 // assert false only logs the model's rows.
 func predictServe4Hosts(t *testing.T, file string, assert bool) {
