@@ -24,23 +24,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(realpath -m "${1:-$(mktemp --suffix=.serve.txt)}")
-attempts=${ATTEMPTS:-1}
-for a in $(seq 1 "$attempts"); do
+. scripts/lib/judge.sh
+run() {
 	BENCH_SERVE_OUT=$out BENCH_SERVE_WINDOWS=2 BENCH_SERVE_NETNS=4hosts1thread \
 		scripts/bench-serve.sh --only in-process,netns >/dev/null
-	rc=0
-	res=$(SWITCHYARD_SERVE_RUN=$out go test -count=1 -run '^TestPredictLiveServe$' -v ./pkg/simulate 2>&1) || rc=$?
-	echo "$res" | grep -E '^\s+serve_test|^(---|ok|FAIL|PASS)' | sed 's/^ *serve_test.go:[0-9]*: /  /' || true
-	echo "simulate-validate-serve: attempt $a of $attempts: the run is in $out"
-	if ((rc == 0)) && ! grep -q -- '--- SKIP' <<<"$res"; then
-		echo "simulate-validate-serve: PASS (judged, attempt $a)"
-		exit 0
-	fi
-	if ((rc == 0)); then
-		echo "simulate-validate-serve: attempt $a not judged (a failed request)"
-	else
-		echo "simulate-validate-serve: attempt $a FAILED"
-	fi
-done
-echo "simulate-validate-serve: FAIL: no judged run within 15% in $attempts attempt(s)"
-exit 1
+}
+judge_attempts simulate-validate-serve "${ATTEMPTS:-1}" run TestPredictLiveServe SWITCHYARD_SERVE_RUN "$out" "a failed request"

@@ -26,25 +26,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(realpath -m "${1:-$(mktemp --suffix=.collectives.txt)}")
-attempts=${ATTEMPTS:-1}
-for a in $(seq 1 "$attempts"); do
+. scripts/lib/judge.sh
+run() {
 	BENCH_CONFIGS=${BENCH_CONFIGS:-"4:1gbit:2,4 8:500mbit:8"} \
 		BENCH_ARGS=${BENCH_ARGS:-"-ops allreduce -sizes 256,4K,16K,256K,1M,4M"} \
 		BENCH_WAIT=${BENCH_WAIT:-120} \
 		scripts/bench-collectives.sh "$out" >/dev/null
-	rc=0
-	res=$(SWITCHYARD_COLLECTIVES_RUN=$out go test -count=1 -run 'TestPredictLiveCollectives' -v ./pkg/simulate 2>&1) || rc=$?
-	echo "$res" | grep -E '^\s+collective_test|^(---|ok|FAIL|PASS)' | sed 's/^ *collective_test.go:[0-9]*: /  /' || true
-	echo "simulate-validate: attempt $a of $attempts: the run is in $out"
-	if ((rc == 0)) && ! grep -q -- '--- SKIP' <<<"$res"; then
-		echo "simulate-validate: PASS (judged, attempt $a)"
-		exit 0
-	fi
-	if ((rc == 0)); then
-		echo "simulate-validate: attempt $a not judged (a busy machine)"
-	else
-		echo "simulate-validate: attempt $a FAILED"
-	fi
-done
-echo "simulate-validate: FAIL: no judged run within 15% in $attempts attempt(s)"
-exit 1
+}
+judge_attempts simulate-validate "${ATTEMPTS:-1}" run TestPredictLiveCollectives SWITCHYARD_COLLECTIVES_RUN "$out" "a busy machine"

@@ -1,0 +1,32 @@
+# judge.sh: the retry loop of the live simulator checks
+# (scripts/simulate-validate.sh, scripts/simulate-validate-serve.sh).
+# Source it, then:
+#
+#   judge_attempts NAME ATTEMPTS RUN TEST ENV OUT WHY
+#
+# makes up to ATTEMPTS fresh runs: each calls the shell function RUN
+# (which writes the run to OUT), then `ENV=OUT go test -run '^TEST$'
+# ./pkg/simulate`, and prints the test's lines. It exits 0 at the first
+# run that is judged (the test ran, not skipped) and passes, 1 when none
+# did. WHY says why a skipped run was not judged.
+judge_attempts() {
+	local name=$1 attempts=$2 run=$3 test=$4 env=$5 out=$6 why=$7 a rc res
+	for a in $(seq 1 "$attempts"); do
+		"$run"
+		rc=0
+		res=$(env "$env=$out" go test -count=1 -run "^$test\$" -v ./pkg/simulate 2>&1) || rc=$?
+		echo "$res" | grep -E '^\s+[a-z_]+_test\.go|^(---|ok|FAIL|PASS)' | sed 's/^ *[a-z_]*_test\.go:[0-9]*: /  /' || true
+		echo "$name: attempt $a of $attempts: the run is in $out"
+		if ((rc == 0)) && ! grep -q -- '--- SKIP' <<<"$res"; then
+			echo "$name: PASS (judged, attempt $a)"
+			exit 0
+		fi
+		if ((rc == 0)); then
+			echo "$name: attempt $a not judged ($why)"
+		else
+			echo "$name: attempt $a FAILED"
+		fi
+	done
+	echo "$name: FAIL: no judged run within 15% in $attempts attempt(s)"
+	exit 1
+}
