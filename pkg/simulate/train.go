@@ -181,9 +181,13 @@ type TrainConfig struct {
 	// share, a narrower task's unused share going to the others). The
 	// bucket all-reduces are timed on a Machine of the same SharedCores
 	// (their own messages contend with each other there, not with the
-	// products). 0: each host has Cluster.Cores cores of its own (a real
-	// cluster). A one-rank step is the same either way where
-	// SharedCores >= Cluster.Cores.
+	// products). With Cluster.Cores = 1 (every process one thread, as
+	// the emulated cluster runs them) the model is serial instead
+	// (trainSim.serial): each process's work runs on its one thread, the
+	// pool's cores run each task to its end in the order tasks became
+	// ready, and an idle receiver first wakes. 0: each host has
+	// Cluster.Cores cores of its own (a real cluster). A one-rank step is
+	// the same either way where SharedCores >= Cluster.Cores.
 	SharedCores int
 }
 
@@ -446,6 +450,16 @@ type trainSim struct {
 	// The all-to-alls as tasks on the pool (linkWork; else nil, and the
 	// closed forms statsA2A, normA2A and barrier apply).
 	statsA, normA, barrierA *a2a
+	// serial: every process has one thread on the shared pool
+	// (SharedCores > 0 and Cluster.Cores = 1, GOMAXPROCS=1 as the
+	// emulated cluster runs): a process does one thing at a time
+	// (procThread), and a message that finds its receiver's thread idle
+	// first waits wake, half the excess of the calibrated idle exchange
+	// round trip over the back-to-back one (0 when not calibrated), as
+	// serving's serial model does.
+	serial bool
+	wake   time.Duration
+	fifo   *fifoPool
 }
 
 // a2a is one all-to-all on the pool (linkWork): each rank's n-1 sends
@@ -461,7 +475,7 @@ type a2a struct {
 // enterA2A is rank r entering a at t.
 func (s *trainSim) enterA2A(a *a2a, r int, t time.Duration) {
 	d, w := s.sideCost(a.bytes, s.n-1)
-	s.wideWork(r, t, d, w, func(t time.Duration) {
+	s.wideWork(r, t, d, w, false, func(t time.Duration) {
 		a.last = max(a.last, t)
 		if a.sent++; a.sent < s.n {
 			return
@@ -469,7 +483,7 @@ func (s *trainSim) enterA2A(a *a2a, r int, t time.Duration) {
 		at := a.last + s.c.Cluster.Latency + rate((s.n-1)*a.bytes, s.c.Cluster.CrossLeafRate())
 		for r := range s.n {
 			s.q.at(at, func(t time.Duration) {
-				s.wideWork(r, t, d, w, func(t time.Duration) { a.then(r, t) })
+				s.wideWork(r, t, d, w, true, func(t time.Duration) { a.then(r, t) })
 			})
 		}
 	})
@@ -491,6 +505,22 @@ type trainHost struct {
 	ownedExperts int
 	// served queues the expert server's requests (SharedCores).
 	served []pooled
+	// thread is the process's one thread (trainSim.serial).
+	thread procThread
+}
+
+// procThread is a process's one thread in the serial model: its tasks
+// (the rank's products, the expert server's, every message side's own
+// part) run one at a time, in the order they became ready.
+type procThread struct {
+	busy  bool
+	queue []threadTask
+}
+
+type threadTask struct {
+	d     time.Duration // on one core
+	extra float64       // cores of kernel work beside it, as long (message sides)
+	then  func(time.Duration)
 }
 
 type pooled struct {
@@ -531,8 +561,52 @@ func newTrainSim(c TrainConfig) *trainSim {
 	}
 	if c.SharedCores > 0 {
 		s.pool = &sharedPool{q: &s.q, cores: float64(c.SharedCores)}
+		s.serial = c.Cluster.Cores == 1
+		if s.serial {
+			s.fifo = &fifoPool{q: &s.q, free: c.SharedCores}
+		}
+		if cal := c.Cal; s.serial && cal.LinkIdleExchangeRTT > cal.LinkExchangeRTT && cal.LinkExchangeRTT > 0 {
+			s.wake = (cal.LinkIdleExchangeRTT - cal.LinkExchangeRTT) / 2
+		}
 	}
 	return s
+}
+
+// onThread runs d of host h's work on its process's thread from t (the
+// serial model), with extra cores of kernel work beside it for as long,
+// then calls then. recv: a message arriving, which first wakes the thread
+// if it is idle.
+func (s *trainSim) onThread(h int, t, d time.Duration, extra float64, recv bool, then func(time.Duration)) {
+	th := &s.hosts[h].thread
+	k := threadTask{d, extra, then}
+	if th.busy {
+		th.queue = append(th.queue, k)
+		return
+	}
+	th.busy = true
+	if recv && s.wake > 0 {
+		s.q.at(t+s.wake, func(t time.Duration) { s.runThread(h, t, k) })
+		return
+	}
+	s.runThread(h, t, k)
+}
+
+// runThread runs k on host h's thread from t, then the next queued task.
+func (s *trainSim) runThread(h int, t time.Duration, k threadTask) {
+	if k.extra > 0 {
+		s.fifo.add(t, scale(k.d, k.extra), func(time.Duration) {})
+	}
+	s.fifo.add(t, k.d, func(t time.Duration) {
+		th := &s.hosts[h].thread
+		if len(th.queue) > 0 {
+			next := th.queue[0]
+			th.queue = th.queue[1:]
+			s.runThread(h, t, next)
+		} else {
+			th.busy = false
+		}
+		k.then(t)
+	})
 }
 
 // gemm is the calibrated time of an (m x k) x (k x n) product on the
@@ -927,6 +1001,10 @@ func (c *cpu) advance(t time.Duration) {
 // own runs d of rank h's own products from t, then calls then.
 func (s *trainSim) own(h int, t, d time.Duration, then func(time.Duration)) {
 	s.hosts[h].denseBusy += d
+	if s.serial {
+		s.onThread(h, t, d, 0, false, then)
+		return
+	}
 	if s.pool != nil {
 		s.pool.add(t, d, s.c.Cluster.Cores, then)
 		return
@@ -961,7 +1039,11 @@ func (s *trainSim) serve(h int, t, d time.Duration, then func(time.Duration)) {
 func (s *trainSim) serveNext(h int, t time.Duration) {
 	hs := &s.hosts[h]
 	r := hs.served[0]
-	s.pool.add(t, r.d, s.c.Cluster.Cores, func(t time.Duration) {
+	run := func(t, d time.Duration, then func(time.Duration)) { s.pool.add(t, d, s.c.Cluster.Cores, then) }
+	if s.serial {
+		run = func(t, d time.Duration, then func(time.Duration)) { s.onThread(h, t, d, 0, false, then) }
+	}
+	run(t, r.d, func(t time.Duration) {
 		hs.served = hs.served[1:]
 		if len(hs.served) > 0 {
 			s.serveNext(h, t)
@@ -972,8 +1054,12 @@ func (s *trainSim) serveNext(h int, t time.Duration) {
 
 // msgWork runs d of host h's per-message software from t, then calls
 // then: on a core of its own (the earliest free), or on the shared pool.
-func (s *trainSim) msgWork(h int, t, d time.Duration, then func(time.Duration)) {
+func (s *trainSim) msgWork(h int, t, d time.Duration, recv bool, then func(time.Duration)) {
 	s.hosts[h].msgBusy += d
+	if s.serial {
+		s.onThread(h, t, d, 0, recv, then)
+		return
+	}
 	if s.pool != nil {
 		s.pool.add(t, d, 1, then)
 		return
@@ -1025,15 +1111,15 @@ func (s *trainSim) reschedule(h int, t time.Duration) {
 func (s *trainSim) send(a, b, bytes int, t time.Duration, then func(time.Duration)) {
 	// side runs one side's software of the message on host h from t.
 	cpu := s.c.Cal.MsgCPU + rate(bytes, s.c.Cal.MsgBytesPerS)
-	side := func(h int, t time.Duration, then func(time.Duration)) { s.msgWork(h, t, cpu, then) }
+	side := func(h int, t time.Duration, recv bool, then func(time.Duration)) { s.msgWork(h, t, cpu, recv, then) }
 	if s.linkWork() {
 		d, w := s.sideCost(bytes, 1)
-		side = func(h int, t time.Duration, then func(time.Duration)) { s.wideWork(h, t, d, w, then) }
+		side = func(h int, t time.Duration, recv bool, then func(time.Duration)) { s.wideWork(h, t, d, w, recv, then) }
 	}
 	src, dst := &s.hosts[a], &s.hosts[b]
 	s.q.at(t, func(t time.Duration) {
-		side(a, t, func(t time.Duration) {
-			s.wire(src, dst, a, b, bytes, t, func(t time.Duration) { side(b, t, then) })
+		side(a, t, false, func(t time.Duration) {
+			s.wire(src, dst, a, b, bytes, t, func(t time.Duration) { side(b, t, true, then) })
 		})
 	})
 }
@@ -1079,8 +1165,12 @@ func (s *trainSim) sideCost(bytes, k int) (d time.Duration, width float64) {
 
 // wideWork runs d of host h's message software on width cores of the
 // pool from t, then calls then.
-func (s *trainSim) wideWork(h int, t, d time.Duration, width float64, then func(time.Duration)) {
+func (s *trainSim) wideWork(h int, t, d time.Duration, width float64, recv bool, then func(time.Duration)) {
 	s.hosts[h].msgBusy += scale(d, width)
+	if s.serial {
+		s.onThread(h, t, d, max(width-1, 0), recv, then)
+		return
+	}
 	s.pool.addWide(t, d, width, then)
 }
 
@@ -1264,7 +1354,7 @@ func (s *trainSim) runBuckets() {
 		d, w := s.sideCost(chunk, 4*(s.n-1))
 		for h := range s.hosts {
 			s.q.at(start, func(t time.Duration) {
-				s.wideWork(h, t, d, w, func(t time.Duration) {
+				s.wideWork(h, t, d, w, false, func(t time.Duration) {
 					if hostsLeft--; hostsLeft == 0 && chainDone {
 						finish(t)
 					}
@@ -1576,4 +1666,45 @@ func (p *sharedPool) plan(t time.Duration) {
 			k.then(t)
 		}
 	})
+}
+
+// fifoPool is the shared machine's cores as the kernel runs the serial
+// model's one-thread processes: a ready task takes the first free core
+// and runs to its end; the others wait in the order they became ready.
+// Not processor sharing: three ready tasks on two cores leave a core idle
+// while the third runs alone, as the emulated cluster's lockstep ranks do
+// (its cores were 78-85% busy over the step). The kernel's time slice
+// (EEVDF's base slice, 1.5 ms on 2 CPUs by default) is longer than most
+// of these tasks: slicing every task at 1.5 ms moved the predictions of
+// seven measured steps by at most 0.5% (2026-12-06), so it is left out.
+type fifoPool struct {
+	q     *eventQueue
+	free  int // idle cores
+	ready []fifoTask
+}
+
+type fifoTask struct {
+	d    time.Duration
+	then func(time.Duration)
+}
+
+// add runs d on one core from t (after the tasks ready before it), then
+// calls then.
+func (p *fifoPool) add(t, d time.Duration, then func(time.Duration)) {
+	p.ready = append(p.ready, fifoTask{d, then})
+	p.dispatch(t)
+}
+
+// dispatch starts ready tasks on the idle cores at t.
+func (p *fifoPool) dispatch(t time.Duration) {
+	for p.free > 0 && len(p.ready) > 0 {
+		k := p.ready[0]
+		p.ready = p.ready[1:]
+		p.free--
+		p.q.at(t+k.d, func(t time.Duration) {
+			p.free++
+			p.dispatch(t)
+			k.then(t)
+		})
+	}
 }

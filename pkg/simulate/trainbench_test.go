@@ -1,9 +1,9 @@
 package simulate
 
 import (
-	"cmp"
 	"math"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -66,14 +66,21 @@ func TestSharedPool(t *testing.T) {
 	}
 }
 
-// benchFile is the committed measurement of a 3-worker step;
-// SWITCHYARD_TRAIN_BENCH names another (a fresh run of
-// scripts/simulate-validate-train.sh: CHECK=1 runs TestTrainBench on it).
-var benchFile = cmp.Or(os.Getenv("SWITCHYARD_TRAIN_BENCH"), "../../bench/results/train-netns.txt")
+// benchFiles are the committed measurements of a 3-worker step: the
+// AVX-512 VM's (2026-12-05) and the AVX2 VM's (2026-12-06, the last of six
+// live checks of the serial model); SWITCHYARD_TRAIN_BENCH names another
+// instead (a fresh run of scripts/simulate-validate-train.sh: CHECK=1 runs
+// TestTrainBench on it).
+func benchFiles() []string {
+	if f := os.Getenv("SWITCHYARD_TRAIN_BENCH"); f != "" {
+		return []string{f}
+	}
+	return []string{"../../bench/results/train-netns.txt", "../../bench/results/train-netns-avx2.txt"}
+}
 
-func readBench(t *testing.T) *TrainBench {
+func readBench(t *testing.T, name string) *TrainBench {
 	t.Helper()
-	f, err := os.Open(benchFile)
+	f, err := os.Open(name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,16 +124,23 @@ func withCal(t *testing.T, b *TrainBench, mod func(*TrainConfig)) TrainPredictio
 // time across the link on both hosts, and the link. The target:
 // the step within 15%. Every part is logged; none is asserted (the
 // barrier, an all-to-all of pkg/collective's gRPC messages charged the
-// exchange's lane cost, is predicted about 60% short in every run
-// measured). Models wrong on purpose must leave the band: without the
+// exchange's lane cost, is predicted 24-36% short in the runs measured
+// with the serial model, the exchange wait 0-28%). Models wrong on
+// purpose must leave the band: without the
 // profile (the GEMM calibration alone), with the messages' core time
 // measured on loopback instead of across the link, with hosts that have
 // cores of their own (no shared pool), and with the link messages' core
 // time halved. (With the products and the optimizer twice as fast, the
-// step is 14-19% short in the runs measured: logged, not asserted; the
-// step is mostly the messages' core time.)
+// step is 14% short on the committed run and 29-32% on the AVX2 VM's:
+// logged, not asserted; the step is mostly the messages' core time.)
 func TestTrainBench(t *testing.T) {
-	b := readBench(t)
+	for _, name := range benchFiles() {
+		t.Run(filepath.Base(name), func(t *testing.T) { trainBench(t, name) })
+	}
+}
+
+func trainBench(t *testing.T, name string) {
+	b := readBench(t, name)
 	meas := b.Mean()
 	p, err := PredictTrainBench(b)
 	if err != nil {
@@ -135,7 +149,7 @@ func TestTrainBench(t *testing.T) {
 	t.Logf("%s: %d workers x %d steps, %d tokens a rank, on %d CPUs (%s; load %s before, %s after); link %.1f MB/s raw TCP, round trip %v",
 		b.Date, b.Workers, b.Steps, p.Tokens/p.N, b.CPUs, b.CPU, b.LoadBefore, b.LoadAfter, b.Cal.LinkRate/1e6, b.LinkRTT)
 	if b.Cal.LinkMsgCPU == 0 || len(b.Cal.Train) == 0 {
-		t.Fatalf("%s: the calibration has no link core time (%v) or no training profile (%d)", benchFile, b.Cal.LinkMsgCPU, len(b.Cal.Train))
+		t.Fatalf("%s: the calibration has no link core time (%v) or no training profile (%d)", name, b.Cal.LinkMsgCPU, len(b.Cal.Train))
 	}
 	pred := p.Parts()
 	mp, pp := meas.Parts(), pred.Parts()
@@ -145,8 +159,8 @@ func TestTrainBench(t *testing.T) {
 	t.Logf("  (predicted outside the parts: %v a rank)", p.Other)
 	t.Logf("  the model's bottleneck: %s", p.Bottleneck)
 	cpuStep := time.Duration(b.JobCPUSeconds / float64(b.Steps) * float64(time.Second))
-	t.Logf("  core time a step: the model's %v, the run's processes %v (%.0f%% of %d cores over the step)",
-		p.CPU, cpuStep, 100*cpuStep.Seconds()/meas.Total.Seconds()/float64(b.CPUs), b.CPUs)
+	t.Logf("  core time a step: the model's %v (%.0f%% of %d cores over its step), the run's processes %v (%.0f%% over the step)",
+		p.CPU, 100*p.CPU.Seconds()/p.Step.Seconds()/float64(b.CPUs), b.CPUs, cpuStep, 100*cpuStep.Seconds()/meas.Total.Seconds()/float64(b.CPUs))
 	if b.SingleTokensPerS > 0 {
 		one := withCal(t, b, func(c *TrainConfig) { c.Cluster.Workers = 1 })
 		t.Logf("  one rank's share in one process (every expert local, no messages): measured %v a step (%.0f tokens/s), the model %v",
@@ -283,5 +297,66 @@ func TestTrainLinkWork(t *testing.T) {
 	}
 	if b.Step <= a.Step {
 		t.Errorf("step %v with 100 us a side, not longer than %v with 50", b.Step, a.Step)
+	}
+}
+
+// The serial model's cores run each task to its end in the order tasks
+// became ready: three tasks of 1000 ns on 2 cores end at 1000, 1000 and
+// 2000 (a core idles while the third runs alone; processor sharing would
+// end all three at 1500), and a task ready later waits behind them.
+func TestFIFOPool(t *testing.T) {
+	var q eventQueue
+	p := &fifoPool{q: &q, free: 2}
+	ends := map[string]time.Duration{}
+	q.at(0, func(t time.Duration) {
+		for _, n := range []string{"a", "b", "c"} {
+			p.add(t, 1000, func(t time.Duration) { ends[n] = t })
+		}
+	})
+	q.at(500, func(t time.Duration) { p.add(t, 100, func(t time.Duration) { ends["d"] = t }) })
+	q.run()
+	if ends["a"] != 1000 || ends["b"] != 1000 || ends["c"] != 2000 || ends["d"] != 1100 {
+		t.Errorf("ends %v: want a and b 1000, c 2000, d 1100", ends)
+	}
+}
+
+// TestTrainWake: in the serial model (one pool, one thread a process) a
+// message that finds its receiver's thread idle waits half the excess of
+// LinkIdleExchangeRTT over LinkExchangeRTT. The step grows by at least one
+// wake (the last rank's barrier) and at most one per message a rank
+// receives (TestTrainLinkWork's count: half its 36 sides); with two
+// threads a process or hosts of their own the idle round trip changes
+// nothing, and one rank alone on the pool is its step on cores of its own.
+func TestTrainWake(t *testing.T) {
+	sh := tinyShape()
+	sh.Experts, sh.TopK = 6, 2
+	cl := Cluster{Workers: 3, Cores: 1, MemoryBytes: 1 << 30, Rate: 1e9, Latency: time.Microsecond, Oversubscription: 1, HostsPerLeaf: 32}
+	const wake = 200 * time.Microsecond
+	run := func(cl Cluster, shared int, idle time.Duration) TrainPrediction {
+		cal := tinyCal()
+		cal.LinkMsgCPU, cal.LinkExchangeRTT, cal.LinkRTT = 50*time.Microsecond, 100*time.Microsecond, 20*time.Microsecond
+		cal.LinkIdleExchangeRTT = cal.LinkExchangeRTT + idle
+		return predict(t, TrainConfig{Shape: sh, Cluster: cl, Cal: cal, TokensPerRank: 64, SeqLen: 32, SharedCores: shared})
+	}
+	a, b := run(cl, 2, 0), run(cl, 2, 2*wake)
+	const receives = (2*8 + 3*4 + 8) / 2
+	t.Logf("3 ranks, one thread each on 2 cores: step %v, %v with a %v wake", a.Step, b.Step, wake)
+	if d := b.Step - a.Step; d < wake || d > receives*wake {
+		t.Errorf("a %v wake made the step %v longer, want %v..%v", wake, d, wake, receives*wake)
+	}
+	two := cl
+	two.Cores = 2
+	for name, c := range map[string]struct {
+		cl     Cluster
+		shared int
+	}{"two threads a process": {two, 2}, "hosts of their own": {cl, 0}} {
+		if x, y := run(c.cl, c.shared, 0), run(c.cl, c.shared, 2*wake); x != y {
+			t.Errorf("%s: step %v without a wake, %v with", name, x.Step, y.Step)
+		}
+	}
+	one := cl
+	one.Workers = 1
+	if x, y := run(one, 0, 0), run(one, 2, 2*wake); x != y {
+		t.Errorf("one rank: %+v on cores of its own, %+v on the pool with a wake", x, y)
 	}
 }
