@@ -67,7 +67,7 @@ func TestSharedPool(t *testing.T) {
 }
 
 // benchFiles are the committed measurements of a 3-worker step: the
-// AVX-512 VM's (2026-12-05) and the AVX2 VM's (2026-12-06, the last of six
+// AVX-512 VM's (2026-12-05) and the AVX2 VM's (2026-12-06, the sixth of twelve
 // live checks of the serial model); SWITCHYARD_TRAIN_BENCH names another
 // instead (a fresh run of scripts/simulate-validate-train.sh: CHECK=1 runs
 // TestTrainBench on it).
