@@ -152,7 +152,10 @@ func simulateValidateCmd() *cobra.Command {
 				c := r.Costs(true, cores, costs)
 				note := fmt.Sprintf("per message %v (no more ranks than cores)", c.MsgCPU)
 				if r.N > cores {
-					note = fmt.Sprintf("more ranks than cores: per message on each side %v, half the machine's CPU per message of the run's busy round trips", c.MsgCPU)
+					note = fmt.Sprintf("more ranks than cores: per message on each side %v on the gRPC streams, half the machine's CPU per message of the run's busy round trips", c.MsgCPU)
+					if l := r.Costs(false, cores, costs); l.MsgCPU != c.MsgCPU {
+						note += fmt.Sprintf(", and %v on the lanes, of those round trips polled as the lanes poll", l.MsgCPU)
+					}
 				}
 				fmt.Fprintf(out, "  n=%d: raw TCP %.2f ns per byte moved (a ring on the gRPC streams %.2f); %s\n", r.N, r.ByteCPU*1e9, c.ByteCPU*1e9, note)
 			}

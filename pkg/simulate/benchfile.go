@@ -28,7 +28,10 @@ type CollectivesRun struct {
 	// PolledRTT is the same busy round trip with reads polled as the
 	// lanes poll them (0 where the run has none).
 	PolledRTT time.Duration
-	Load      float64 // 1-minute load average when the run started
+	// PolledMsgCPU is the machine's CPU per message of those polled round
+	// trips (0 where the run has none).
+	PolledMsgCPU time.Duration
+	Load         float64 // 1-minute load average when the run started
 	// ByteCPU is the machine's CPU seconds per byte moved by the raw-TCP
 	// ring probe (every link at once; kernel and processes, all cores),
 	// and MsgCPU its CPU per message of the 64-byte round trips with
@@ -51,6 +54,7 @@ var (
 	bcpuRE = regexp.MustCompile(`^# CPU of the raw-TCP ring probe: ([\d.]+) ns per byte moved on the machine`)
 	mcpuRE = regexp.MustCompile(`^# CPU of the busy round trips: raw TCP 64 B ([\d.]+) us per message on the machine`)
 	prttRE = regexp.MustCompile(`^# CPU of the busy round trips polled as the lanes .*; round trip (\d+) us`)
+	pcpuRE = regexp.MustCompile(`^# CPU of the busy round trips polled as the lanes [^:]*: raw TCP 64 B ([\d.]+) us per message on the machine`)
 	rowRE  = regexp.MustCompile(`^allreduce\s+(\d+)\s+(\d+[KM]?)\s+-\s+(\S+)\s+\d+\s+([\d.]+)(?:(?:\s+[\d.]+){6}\s+([\d.]+)/[\d.]+\s+([\d.]+))?`)
 	cpusRE = regexp.MustCompile(`^# cluster .*GOMAXPROCS-visible CPUs (\d+)`)
 	sizeRE = regexp.MustCompile(`^(\d+)([KM]?)$`)
@@ -99,6 +103,10 @@ func ReadCollectives(r io.Reader) ([]*CollectivesRun, error) {
 		if m := mcpuRE.FindStringSubmatch(l); m != nil {
 			v, _ := strconv.ParseFloat(m[1], 64)
 			cur.MsgCPU = time.Duration(v * float64(time.Microsecond))
+		}
+		if m := pcpuRE.FindStringSubmatch(l); m != nil {
+			v, _ := strconv.ParseFloat(m[1], 64)
+			cur.PolledMsgCPU = time.Duration(v * float64(time.Microsecond))
 		}
 		if m := prttRE.FindStringSubmatch(l); m != nil {
 			v, _ := strconv.Atoi(m[1])
@@ -232,8 +240,11 @@ func OnStreams(n, bytes, chunkBytes int) bool {
 // from the n = 2 run's smallest all-reduce (Calibrate). With more ranks
 // than cores the ranks queue for the cores, and a message costs what the
 // machine spends on one, measured in this run with every rank pinging
-// its neighbour at once (the raw-TCP round trips' CPU per message), half
-// on the sender's side and half on the receiver's.
+// its neighbour at once, half on the sender's side and half on the
+// receiver's: on the lanes, which poll their reads, the CPU per message
+// of those round trips polled as the lanes poll (PolledMsgCPU, where the
+// run measured it); on the gRPC streams, whose reads sleep, that of the
+// plain raw-TCP round trips (MsgCPU: each message pays the wake-ups).
 //
 // Per byte: the machine's CPU per byte the run's raw-TCP probe measured
 // at its n (the kernel's share, which grows as more ranks share the
@@ -251,6 +262,9 @@ func (r *CollectivesRun) Costs(streams bool, cores int, calibrated Costs) Costs 
 		return c
 	}
 	c.MsgCPU = r.MsgCPU / 2
+	if !streams && r.PolledMsgCPU > 0 {
+		c.MsgCPU = r.PolledMsgCPU / 2
+	}
 	return c
 }
 

@@ -9,14 +9,21 @@ import (
 )
 
 // validated says which rows the collectives model must predict within
-// 15%: every all-reduce of at least 256 KiB (the bandwidth regime, what
-// scaling is about), and every row at n = 2. Known misses, reported but
-// not asserted: recursive doubling of <= 4 KiB at n = 4 and 8 (4 and 8
-// processes on 2 shared cores: scheduler wake-ups the per-message cost
-// does not capture; 20-40% slower than predicted) and the 64 KiB ring at
-// n = 4 and 8 (measured at half the link rate, busbw/C 0.5, where every
-// other size runs at 0.92-1.0; not understood).
-func validated(c Check) bool { return c.Bytes >= 256<<10 || c.N == 2 }
+// 15%: every row at n = 2 and every all-reduce of at least 16 KiB (its
+// messages wire-bound on these links), but the 64 KiB ring at n = 4 and
+// 8 (measured at half the link rate, busbw/C 0.5, where every other size
+// runs at 0.92-1.0; not understood). Known misses, reported but not
+// asserted: recursive doubling of <= 4 KiB at n = 4 and 8 (4 and 8
+// processes on 2 shared cores). Charged the lanes' polled CPU per message
+// (CollectivesRun.Costs), 8 of the 16 such rows of the four runs that
+// measured it (2026-12-06) came within 15%, the rows -36% to +8%; charged
+// the sleeping round trips' CPU instead, 3 of 16, -10% to +88%.
+func validated(c Check) bool {
+	if c.N == 2 {
+		return true
+	}
+	return c.Bytes >= 16<<10 && !(c.Alg == "ring" && c.Bytes < 256<<10)
+}
 
 // busyLoad is the 1-minute load average at or above which a run is not
 // judged: scripts/bench-collectives.sh waits for the load to drop below 3
@@ -179,6 +186,19 @@ func TestRunCostsByContention(t *testing.T) {
 			t.Errorf("%s: per message %v, per byte %g; want %v, %g", c.reason, got.MsgCPU, got.ByteCPU, c.msg, c.perB)
 		}
 	}
+	// Where the run measured polled round trips, the lanes' messages cost
+	// their CPU; the streams' still the sleeping ones'.
+	r.PolledMsgCPU = 12 * time.Microsecond
+	if got := r.Costs(false, 2, cal); got.MsgCPU != 6*time.Microsecond {
+		t.Errorf("n=8 lanes on 2 cores, polled round trips measured: per message %v, want 6us", got.MsgCPU)
+	}
+	if got := r.Costs(true, 2, cal); got.MsgCPU != 15*time.Microsecond {
+		t.Errorf("n=8 ring on the streams on 2 cores, polled round trips measured: per message %v, want 15us", got.MsgCPU)
+	}
+	if got := r.Costs(false, 8, cal); got.MsgCPU != 4*time.Microsecond {
+		t.Errorf("n=8 lanes on 8 cores: per message %v, want the calibration's 4us", got.MsgCPU)
+	}
+	r.PolledMsgCPU = 0
 	old := &CollectivesRun{N: 8}
 	if got := old.Costs(true, 2, Costs{MsgCPU: 4 * time.Microsecond}); got.MsgCPU != 4*time.Microsecond || got.ByteCPU != 0 {
 		t.Errorf("a run without the CPU probes: %+v, want the calibration alone", got)
