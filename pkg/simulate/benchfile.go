@@ -37,10 +37,13 @@ type CollectivesRun struct {
 	// and MsgCPU its CPU per message of the 64-byte round trips with
 	// every rank pinging at once; 0 where the run did not measure them
 	// (runs before 2026-12-05 20:00 UTC).
-	ByteCPU   float64
-	MsgCPU    time.Duration
-	AllReduce map[int]time.Duration // float32 bytes -> measured time
-	Alg       map[int]string        // bytes -> "rd" or "ring"
+	ByteCPU float64
+	// ProcByteCPU is that probe's CPU per byte in its own processes
+	// (getrusage of the ranks; 0 where the run did not print it).
+	ProcByteCPU float64
+	MsgCPU      time.Duration
+	AllReduce   map[int]time.Duration // float32 bytes -> measured time
+	Alg         map[int]string        // bytes -> "rd" or "ring"
 	// Host is each row's busy share of the machine's CPUs (the host
 	// column), and CPUs the machine's CPU count (0 where not printed).
 	Host map[int]float64
@@ -51,7 +54,7 @@ var (
 	runRE  = regexp.MustCompile(`^## (\d+) hosts x (\d+)([mg])bit, n=(\d+)(?:, load average ([\d.]+))?`)
 	cRE    = regexp.MustCompile(`^# C \(raw TCP, ring pattern.*: mean ([\d.]+) MB/s per link`)
 	rttRE  = regexp.MustCompile(`^# RTT \(raw TCP 64-byte ping-pong, median of \d+\): (\d+) us rank 0 -> 1 alone(?:.*; (\d+) us with every rank pinging)?`)
-	bcpuRE = regexp.MustCompile(`^# CPU of the raw-TCP ring probe: ([\d.]+) ns per byte moved on the machine`)
+	bcpuRE = regexp.MustCompile(`^# CPU of the raw-TCP ring probe: ([\d.]+) ns per byte moved on the machine(?:.*, ([\d.]+) ns/B in the probe processes)?`)
 	mcpuRE = regexp.MustCompile(`^# CPU of the busy round trips: raw TCP 64 B ([\d.]+) us per message on the machine`)
 	prttRE = regexp.MustCompile(`^# CPU of the busy round trips polled as the lanes .*; round trip (\d+) us`)
 	pcpuRE = regexp.MustCompile(`^# CPU of the busy round trips polled as the lanes [^:]*: raw TCP 64 B ([\d.]+) us per message on the machine`)
@@ -99,6 +102,10 @@ func ReadCollectives(r io.Reader) ([]*CollectivesRun, error) {
 		if m := bcpuRE.FindStringSubmatch(l); m != nil {
 			v, _ := strconv.ParseFloat(m[1], 64)
 			cur.ByteCPU = v * 1e-9
+			if m[2] != "" {
+				v, _ = strconv.ParseFloat(m[2], 64)
+				cur.ProcByteCPU = v * 1e-9
+			}
 		}
 		if m := mcpuRE.FindStringSubmatch(l); m != nil {
 			v, _ := strconv.ParseFloat(m[1], 64)
@@ -250,11 +257,21 @@ func OnStreams(n, bytes, chunkBytes int) bool {
 // at its n (the kernel's share, which grows as more ranks share the
 // cores; a lane frame is one write of the packed cell, as the probe's
 // messages are), and on the streams also the gRPC path's own
-// (calibrated.ByteCPU, from the n = 2 run's largest ring on them). Runs
-// without the probe (older bench/collectives output) have neither.
+// (calibrated.ByteCPU, from the n = 2 run's largest ring on them). With
+// no more ranks than cores each rank's kernel work runs in its own
+// process, so where the machine's figure exceeds the probe processes'
+// own (ProcByteCPU) the rest was other work on the machine, and the
+// processes' figure is taken: on 2026-12-06 two runs measured 4.15 and
+// 4.35 ns per byte on the machine against 1.29 and 1.22 in the probe
+// processes (1.1-1.6 in both in the other runs), and their n = 2 4 KiB
+// rows were predicted 25% and 56% long. Runs without the probe (older
+// bench/collectives output) have neither.
 func (r *CollectivesRun) Costs(streams bool, cores int, calibrated Costs) Costs {
 	c := calibrated
 	c.ByteCPU = r.ByteCPU
+	if r.N <= cores && r.ProcByteCPU > 0 {
+		c.ByteCPU = min(c.ByteCPU, r.ProcByteCPU)
+	}
 	if streams {
 		c.ByteCPU += calibrated.ByteCPU
 	}

@@ -199,6 +199,22 @@ func TestRunCostsByContention(t *testing.T) {
 		t.Errorf("n=8 lanes on 8 cores: per message %v, want the calibration's 4us", got.MsgCPU)
 	}
 	r.PolledMsgCPU = 0
+	// With no more ranks than cores the probe processes' CPU per byte
+	// caps the machine's (the rest was other work); with more, the
+	// machine's stands (the kernel's work runs beside the ranks).
+	two := &CollectivesRun{N: 2, ByteCPU: 4e-9, ProcByteCPU: 1.5e-9}
+	if got := two.Costs(false, 2, cal); got.ByteCPU != 1.5e-9 {
+		t.Errorf("n=2 on 2 cores: per byte %g, want the probe processes' 1.5e-9", got.ByteCPU)
+	}
+	two.ProcByteCPU = 5e-9
+	if got := two.Costs(false, 2, cal); got.ByteCPU != 4e-9 {
+		t.Errorf("n=2 on 2 cores, the processes above the machine: per byte %g, want the machine's 4e-9", got.ByteCPU)
+	}
+	r.ProcByteCPU = 1e-9
+	if got := r.Costs(false, 2, cal); got.ByteCPU != 2e-9 {
+		t.Errorf("n=8 on 2 cores: per byte %g, want the machine's 2e-9", got.ByteCPU)
+	}
+	r.ProcByteCPU = 0
 	old := &CollectivesRun{N: 8}
 	if got := old.Costs(true, 2, Costs{MsgCPU: 4 * time.Microsecond}); got.MsgCPU != 4*time.Microsecond || got.ByteCPU != 0 {
 		t.Errorf("a run without the CPU probes: %+v, want the calibration alone", got)
@@ -266,8 +282,8 @@ func TestReadCollectivesCPU(t *testing.T) {
 		t.Errorf("the ring's own CPU per byte %g s, want (0, 10 ns]", cal.ByteCPU)
 	}
 	for _, r := range runs {
-		if r.C <= 0 || r.RTT <= 0 || r.BusyRTT <= 0 || r.ByteCPU <= 0 || r.MsgCPU <= 0 || r.CPUs != 2 || r.Host[4<<20] <= 0 {
-			t.Errorf("run %q: C %g RTT %v busy %v byte CPU %g msg CPU %v CPUs %d host %v", r.Label, r.C, r.RTT, r.BusyRTT, r.ByteCPU, r.MsgCPU, r.CPUs, r.Host)
+		if r.C <= 0 || r.RTT <= 0 || r.BusyRTT <= 0 || r.ByteCPU <= 0 || r.ProcByteCPU <= 0 || r.MsgCPU <= 0 || r.PolledMsgCPU <= 0 || r.CPUs != 2 || r.Host[4<<20] <= 0 {
+			t.Errorf("run %q: C %g RTT %v busy %v byte CPU %g (processes %g) msg CPU %v (polled %v) CPUs %d host %v", r.Label, r.C, r.RTT, r.BusyRTT, r.ByteCPU, r.ProcByteCPU, r.MsgCPU, r.PolledMsgCPU, r.CPUs, r.Host)
 		}
 		if len(r.AllReduce) < 6 {
 			t.Errorf("run %q: %d rows", r.Label, len(r.AllReduce))
