@@ -11,7 +11,7 @@
 # software cost on h1's loopback; the link's raw-TCP rate to h2, and the
 # core time the exchange's messages take across it on both hosts;
 # --train-model: one rank's step of the same model, 2 x 32 tokens, in one
-# process) and a raw-TCP ping-pong h1 -> h2 (bench/serve tcpping, 2000 x
+# process, its steps timed for PROFILE_TIME, default 3s) and a raw-TCP ping-pong h1 -> h2 (bench/serve tcpping, 2000 x
 # 64 B: the round trip). It records the CPU time the coordinator and
 # workers used during the job (in all, and each process's), then trains
 # one rank's share of the job (batch 2) in one process with the train
@@ -34,6 +34,11 @@ out=${1:-bench/results/train-netns.txt}
 # a third of the job's CPU time was that, 2026-12-05).
 export GOMAXPROCS=${GOMAXPROCS:-1}
 steps=${STEPS:-1200}
+# How long the calibration times the one-rank profile's steps: the job
+# runs about 25 s, and a profile of half a second (--quick's) caught the
+# machine 40-55% slower than the one-process run after the job twice in
+# eighteen runs (2026-12-06).
+profile_time=${PROFILE_TIME:-3s}
 net=scripts/netns/cluster.sh
 export SY_CLUSTER=${SY_CLUSTER:-syvt} SY_SUBNET=${SY_SUBNET:-10.83.0}
 work=$(mktemp -d /tmp/switchyard-validate-train.XXXXXX)
@@ -60,7 +65,7 @@ $net run h2 "$work/serve" tcpping -listen "$ip2:7072" >"$work/tcpping-server.log
 pids+=($!)
 sleep 0.5
 $net run h1 "$work/switchyard" simulate calibrate --quick --peer "$ip2:7071" --out "$work/cal.json" \
-	--train-model testdata/golden/qwen2_moe --train-batch 2 --train-seq-len 32 >"$work/cal.log" 2>&1
+	--train-model testdata/golden/qwen2_moe --train-batch 2 --train-seq-len 32 --train-profile-time "$profile_time" >"$work/cal.log" 2>&1
 ping=$($net run h1 "$work/serve" tcpping -addr "$ip2:7072" -n 2000 -size 64)
 kill "${pids[@]}" 2>/dev/null || true
 wait "${pids[@]}" 2>/dev/null || true

@@ -28,6 +28,7 @@ func simulateCalibrateCmd() *cobra.Command {
 		quick, verbose       bool
 		trainModel           string
 		trainBatch, trainSeq int
+		trainTime            time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "calibrate",
@@ -66,7 +67,7 @@ the machine otherwise idle.`,
 				fmt.Fprintf(w, "answering link measurements on %s until interrupted\n", lis.Addr())
 				return simcal.ServeLink(ctx, lis)
 			}
-			opts := simcal.Options{Quick: quick, Peer: peer, TrainModel: trainModel, TrainBatch: trainBatch, TrainSeqLen: trainSeq}
+			opts := simcal.Options{Quick: quick, Peer: peer, TrainModel: trainModel, TrainBatch: trainBatch, TrainSeqLen: trainSeq, TrainTime: trainTime}
 			if verbose {
 				opts.Log = cmd.ErrOrStderr()
 			}
@@ -98,6 +99,7 @@ the machine otherwise idle.`,
 	f.StringVar(&trainModel, "train-model", "", "also profile one rank's training step of this model folder in one process (the training model's compute where shape, tokens and threads match)")
 	f.IntVar(&trainBatch, "train-batch", 1, "sequences per rank of the --train-model profile")
 	f.IntVar(&trainSeq, "train-seq-len", 128, "tokens per sequence of the --train-model profile")
+	f.DurationVar(&trainTime, "train-profile-time", 0, "time the --train-model profile's steps for this long (0: 2s, 500ms with --quick)")
 	return cmd
 }
 

@@ -56,6 +56,9 @@ type Options struct {
 	// tokens, default 1 of 128) into Calibration.Train.
 	TrainModel              string
 	TrainBatch, TrainSeqLen int
+	// TrainTime is how long the profile's steps are timed (0: its
+	// default, 2 s or 0.5 s when Quick).
+	TrainTime time.Duration
 }
 
 // Shapes the full calibration measures: M tokens (1: a decode GEMV; 512:
@@ -138,7 +141,7 @@ func Calibrate(ctx context.Context, o Options) (*simulate.Calibration, error) {
 		if sl == 0 {
 			sl = 128
 		}
-		p, err := ProfileTrain(ctx, TrainProfileOptions{Dir: o.TrainModel, Batch: b, SeqLen: sl, Quick: o.Quick})
+		p, err := ProfileTrain(ctx, TrainProfileOptions{Dir: o.TrainModel, Batch: b, SeqLen: sl, Quick: o.Quick, Target: o.TrainTime})
 		if err != nil {
 			return nil, err
 		}

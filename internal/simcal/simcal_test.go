@@ -17,12 +17,21 @@ import (
 func TestQuickCalibration(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	c, err := Calibrate(ctx, Options{Quick: true})
+	// With a training profile of the golden qwen2_moe, its steps timed for
+	// TrainTime (longer than --quick's half second would give less).
+	const trainTime = 700 * time.Millisecond
+	c, err := Calibrate(ctx, Options{Quick: true, TrainModel: filepath.Join("..", "..", "testdata", "golden", "qwen2_moe"),
+		TrainBatch: 1, TrainSeqLen: 16, TrainTime: trainTime})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.CPU == "" || c.Cores < 1 || c.When == "" {
 		t.Errorf("cpu %q, cores %d, when %q", c.CPU, c.Cores, c.When)
+	}
+	// The steps' own times sum to a little less than the timed loop (the
+	// batches are drawn between them), and to more than --quick's 0.5 s.
+	if len(c.Train) != 1 || time.Duration(c.Train[0].Steps)*c.Train[0].Step < trainTime*85/100 {
+		t.Errorf("training profiles %+v: want one, its steps timed for about %v", c.Train, trainTime)
 	}
 	// Per thread count: a 512-row product runs faster per FLOP than a
 	// one-row GEMV (which streams the whole weight for one row).

@@ -261,11 +261,11 @@ func OnStreams(n, bytes, chunkBytes int) bool {
 // no more ranks than cores each rank's kernel work runs in its own
 // process, so where the machine's figure exceeds the probe processes'
 // own (ProcByteCPU) the rest was other work on the machine, and the
-// processes' figure is taken: on 2026-12-06 two runs measured 4.15 and
-// 4.35 ns per byte on the machine against 1.29 and 1.22 in the probe
-// processes (1.1-1.6 in both in the other runs), and their n = 2 4 KiB
-// rows were predicted 25% and 56% long. Runs without the probe (older
-// bench/collectives output) have neither.
+// processes' figure is taken: on 2026-12-06 three runs measured 2.70,
+// 4.15 and 4.35 ns per byte on the machine against 1.64, 1.29 and 1.22 in
+// the probe processes (1.0-1.6 in both in the other runs), and their
+// n = 2 4 KiB rows were predicted 17%, 25% and 56% long. Runs without the
+// probe (older bench/collectives output) have neither.
 func (r *CollectivesRun) Costs(streams bool, cores int, calibrated Costs) Costs {
 	c := calibrated
 	c.ByteCPU = r.ByteCPU

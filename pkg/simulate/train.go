@@ -519,7 +519,7 @@ type procThread struct {
 
 type threadTask struct {
 	d     time.Duration // on one core
-	extra float64       // cores of kernel work beside it, as long (message sides)
+	extra float64       // kernel work beside it (message sides): extra x d of core time, one task on the pool
 	then  func(time.Duration)
 }
 
@@ -573,8 +573,8 @@ func newTrainSim(c TrainConfig) *trainSim {
 }
 
 // onThread runs d of host h's work on its process's thread from t (the
-// serial model), with extra cores of kernel work beside it for as long,
-// then calls then. recv: a message arriving, which first wakes the thread
+// serial model), with extra x d of kernel work beside it (a task of its
+// own on the pool that the thread does not wait for), then calls then. recv: a message arriving, which first wakes the thread
 // if it is idle.
 func (s *trainSim) onThread(h int, t, d time.Duration, extra float64, recv bool, then func(time.Duration)) {
 	th := &s.hosts[h].thread

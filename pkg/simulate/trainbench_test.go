@@ -67,15 +67,16 @@ func TestSharedPool(t *testing.T) {
 }
 
 // benchFiles are the committed measurements of a 3-worker step: the
-// AVX-512 VM's (2026-12-05) and the AVX2 VM's (2026-12-06, the sixth of twelve
-// live checks of the serial model); SWITCHYARD_TRAIN_BENCH names another
+// AVX-512 VM's (2026-12-05) and two of the AVX2 VM's (2026-12-06: the
+// sixth live check of the serial model, and the last, whose calibration
+// timed its profile for 3 s); SWITCHYARD_TRAIN_BENCH names another
 // instead (a fresh run of scripts/simulate-validate-train.sh: CHECK=1 runs
 // TestTrainBench on it).
 func benchFiles() []string {
 	if f := os.Getenv("SWITCHYARD_TRAIN_BENCH"); f != "" {
 		return []string{f}
 	}
-	return []string{"../../bench/results/train-netns.txt", "../../bench/results/train-netns-avx2.txt"}
+	return []string{"../../bench/results/train-netns.txt", "../../bench/results/train-netns-avx2.txt", "../../bench/results/train-netns-avx2-2.txt"}
 }
 
 func readBench(t *testing.T, name string) *TrainBench {
@@ -124,14 +125,14 @@ func withCal(t *testing.T, b *TrainBench, mod func(*TrainConfig)) TrainPredictio
 // time across the link on both hosts, and the link. The target:
 // the step within 15%. Every part is logged; none is asserted (the
 // barrier, an all-to-all of pkg/collective's gRPC messages charged the
-// exchange's lane cost, is predicted 24-36% short in the runs measured
-// with the serial model, the exchange wait 0-28%). Models wrong on
-// purpose must leave the band: without the
+// exchange's lane cost, is predicted 5-36% short in the AVX2 VM's runs
+// with the serial model, the exchange wait up to 32% short). Models wrong
+// on purpose must leave the band: without the
 // profile (the GEMM calibration alone), with the messages' core time
 // measured on loopback instead of across the link, with hosts that have
 // cores of their own (no shared pool), and with the link messages' core
 // time halved. (With the products and the optimizer twice as fast, the
-// step is 14% short on the committed run and 29-32% on the AVX2 VM's:
+// step is 14% short on the AVX-512 run and 21-31% on the AVX2 VM's:
 // logged, not asserted; the step is mostly the messages' core time.)
 func TestTrainBench(t *testing.T) {
 	for _, name := range benchFiles() {
