@@ -16,7 +16,7 @@
 #
 # ATTEMPTS (default 1) fresh runs are made until one is judged and passes;
 # the script fails when none did. It is not a CI stage: on the AVX2 VM of
-# 2026-12-06 one of the five runs made was 30% off at one client
+# 2026-12-06 one of the seven runs made was 30% off at one client
 # (docs/scale/serving.md, "Validation").
 #
 #   scripts/simulate-validate-serve.sh [OUT]    default OUT: a temporary file
