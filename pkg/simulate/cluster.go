@@ -206,9 +206,9 @@ type Calibration struct {
 	LinkExchangeRTT time.Duration `json:"link_exchange_rtt_ns,omitempty"`
 	// LinkIdleExchangeRTT is that round trip when both processes have
 	// idled 5 ms before it (a message waking a sleeping receiver); the
-	// serving model adds half its excess over LinkExchangeRTT to each
-	// message that finds its one-thread receiver idle
-	// (ServeConfig.SharedCores with one thread a process). 0: not measured.
+	// serving and training models add Wake to each message that finds
+	// its one-thread receiver idle (a shared pool with one thread a
+	// process). 0: not measured.
 	LinkIdleExchangeRTT time.Duration `json:"link_idle_exchange_rtt_ns,omitempty"`
 	// AdamParamsPerS is optim.AdamW's step on one core, parameters/s (it
 	// computes each element in float64: compute-bound where memory
@@ -246,6 +246,16 @@ type TrainProfile struct {
 	Step            time.Duration `json:"step_ns"`
 	CPU             time.Duration `json:"cpu_ns"`
 	Params          int64         `json:"params"`
+}
+
+// Wake is what a message waits when its one-thread receiver is asleep:
+// half the excess of LinkIdleExchangeRTT over LinkExchangeRTT (a round
+// trip wakes both ends once); 0 where either was not measured.
+func (c *Calibration) Wake() time.Duration {
+	if c.LinkIdleExchangeRTT > c.LinkExchangeRTT && c.LinkExchangeRTT > 0 {
+		return (c.LinkIdleExchangeRTT - c.LinkExchangeRTT) / 2
+	}
+	return 0
 }
 
 // TrainProfile returns the profile of shape (its Name ignored) at tokens

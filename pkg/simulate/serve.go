@@ -1044,9 +1044,7 @@ type serveSim struct {
 	// time-shared message timeline (corePool.message).
 	serial bool
 	// wake is what a message waits, in the serial model, when its
-	// receiver's thread is idle (asleep) as it arrives: half the excess of
-	// Calibration.LinkIdleExchangeRTT over LinkExchangeRTT (a round trip
-	// wakes both ends once); 0 when not calibrated.
+	// receiver's thread is idle (asleep) as it arrives (Calibration.Wake).
 	wake      time.Duration
 	hosts     []serveHost
 	fe        []serveFE
@@ -1179,8 +1177,8 @@ func newServeSim(cfg ServeConfig, cal *Calibration) (*serveSim, error) {
 		s.wThreads = cfg.WorkerThreads
 	}
 	s.serial = cfg.SharedCores > 0 && s.feThreads == 1 && s.wThreads == 1
-	if s.serial && cal.LinkIdleExchangeRTT > cal.LinkExchangeRTT && cal.LinkExchangeRTT > 0 {
-		s.wake = (cal.LinkIdleExchangeRTT - cal.LinkExchangeRTT) / 2
+	if s.serial {
+		s.wake = cal.Wake()
 	}
 	var shared *corePool
 	if cfg.SharedCores > 0 {

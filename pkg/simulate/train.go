@@ -450,16 +450,14 @@ type trainSim struct {
 	// The all-to-alls as tasks on the pool (linkWork; else nil, and the
 	// closed forms statsA2A, normA2A and barrier apply).
 	statsA, normA, barrierA *a2a
-	// serial: every process has one thread on the shared pool
-	// (SharedCores > 0 and Cluster.Cores = 1, GOMAXPROCS=1 as the
-	// emulated cluster runs): a process does one thing at a time
+	// fifo, in the serial model (every process one thread on the shared
+	// pool: SharedCores > 0 and Cluster.Cores = 1, GOMAXPROCS=1 as the
+	// emulated cluster runs), is the pool's cores as it runs them (nil:
+	// not serial; see serial). A process does one thing at a time
 	// (procThread), and a message that finds its receiver's thread idle
-	// first waits wake, half the excess of the calibrated idle exchange
-	// round trip over the back-to-back one (0 when not calibrated), as
-	// serving's serial model does.
-	serial bool
-	wake   time.Duration
-	fifo   *fifoPool
+	// first waits wake (Calibration.Wake), as serving's serial model does.
+	fifo *fifoPool
+	wake time.Duration
 }
 
 // a2a is one all-to-all on the pool (linkWork): each rank's n-1 sends
@@ -561,16 +559,16 @@ func newTrainSim(c TrainConfig) *trainSim {
 	}
 	if c.SharedCores > 0 {
 		s.pool = &sharedPool{q: &s.q, cores: float64(c.SharedCores)}
-		s.serial = c.Cluster.Cores == 1
-		if s.serial {
+		if c.Cluster.Cores == 1 {
 			s.fifo = &fifoPool{q: &s.q, free: c.SharedCores}
-		}
-		if cal := c.Cal; s.serial && cal.LinkIdleExchangeRTT > cal.LinkExchangeRTT && cal.LinkExchangeRTT > 0 {
-			s.wake = (cal.LinkIdleExchangeRTT - cal.LinkExchangeRTT) / 2
+			s.wake = c.Cal.Wake()
 		}
 	}
 	return s
 }
+
+// serial reports whether the model is serial (fifo).
+func (s *trainSim) serial() bool { return s.fifo != nil }
 
 // onThread runs d of host h's work on its process's thread from t (the
 // serial model), with extra x d of kernel work beside it (a task of its
@@ -1001,7 +999,7 @@ func (c *cpu) advance(t time.Duration) {
 // own runs d of rank h's own products from t, then calls then.
 func (s *trainSim) own(h int, t, d time.Duration, then func(time.Duration)) {
 	s.hosts[h].denseBusy += d
-	if s.serial {
+	if s.serial() {
 		s.onThread(h, t, d, 0, false, then)
 		return
 	}
@@ -1040,7 +1038,7 @@ func (s *trainSim) serveNext(h int, t time.Duration) {
 	hs := &s.hosts[h]
 	r := hs.served[0]
 	run := func(t, d time.Duration, then func(time.Duration)) { s.pool.add(t, d, s.c.Cluster.Cores, then) }
-	if s.serial {
+	if s.serial() {
 		run = func(t, d time.Duration, then func(time.Duration)) { s.onThread(h, t, d, 0, false, then) }
 	}
 	run(t, r.d, func(t time.Duration) {
@@ -1056,7 +1054,7 @@ func (s *trainSim) serveNext(h int, t time.Duration) {
 // then: on a core of its own (the earliest free), or on the shared pool.
 func (s *trainSim) msgWork(h int, t, d time.Duration, recv bool, then func(time.Duration)) {
 	s.hosts[h].msgBusy += d
-	if s.serial {
+	if s.serial() {
 		s.onThread(h, t, d, 0, recv, then)
 		return
 	}
@@ -1167,7 +1165,7 @@ func (s *trainSim) sideCost(bytes, k int) (d time.Duration, width float64) {
 // pool from t, then calls then.
 func (s *trainSim) wideWork(h int, t, d time.Duration, width float64, recv bool, then func(time.Duration)) {
 	s.hosts[h].msgBusy += scale(d, width)
-	if s.serial {
+	if s.serial() {
 		s.onThread(h, t, d, max(width-1, 0), recv, then)
 		return
 	}
