@@ -447,8 +447,11 @@ func TestMakeBeforeBreak(t *testing.T) {
 		c := h.startWith(Config{Name: "c1", SessionTTL: time.Second, MigrationWait: 300 * time.Millisecond})
 		h.worker("w1")
 		p := h.waitPlacement("w1")
-		h.workerWith("w2", 1<<30) // never reports an epoch
+		// The clock starts before w2 registers: the coordinator may publish
+		// the transitional epoch, and so start its MigrationWait, before
+		// workerWith returns (a start taken after it measured 299.8 ms once).
 		start := time.Now()
+		h.workerWith("w2", 1<<30) // never reports an epoch
 		fin := h.waitPlacement("w1", "w2")
 		t.Logf("final epoch %d after %v:%s", fin.Epoch, time.Since(start).Round(time.Millisecond), counts(fin))
 		if fin.Epoch != p.Epoch+2 || time.Since(start) < 300*time.Millisecond {
