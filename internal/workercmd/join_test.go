@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"net"
 	"os"
 	"os/exec"
 	"strings"
@@ -61,12 +60,11 @@ func TestProcessGivesUp(t *testing.T) {
 	if err := reg.PutModel(ctx, rec); err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := "http://" + l.Addr().String()
-	l.Close()
+	// A port nothing listens on: port 1 is below the kernel's ephemeral
+	// range, so no test's listener on :0 can take it (a port freed by
+	// closing a listener was once reused by a concurrent package's etcd,
+	// which the worker then reached).
+	dead := "http://127.0.0.1:1"
 	for _, tc := range []struct {
 		name string
 		args []string
