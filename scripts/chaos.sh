@@ -19,19 +19,25 @@
 # 1 s later), SIGSTOP/SIGCONT of a worker (4 s), SIGKILL of the leader
 # coordinator (restarted), SIGKILL of an etcd member (restarted 1 s later
 # on its data directory; undone once it answers), a host's link down (6 s,
-# on the bridge side), a host's link throttled to 1% (5 s). Each fault's detection and recovery
+# on the bridge side), a host's link throttled to 1% (5 s), the host of
+# etcd's raft leader cut off (6 s; leadership first moved off h0). Each fault's detection and recovery
 # times are read from etcd. Invariants: (a) no serving request fails;
 # (b) the job reaches Done with exactly `steps` losses; (c) every
 # checkpoint it wrote verifies and loads; (d) its final checkpoint equals
 # the reference's bit for bit (SHA-256 of every model*.safetensors).
 #
-#   scripts/chaos.sh [--faults N] [--seconds S] [--seed X]   (root; defaults 30, 300, from the clock; a fault starts only once the last one has recovered, so S bounds the run and N the faults)
+#   scripts/chaos.sh [--faults N] [--seconds S] [--seed X] [--kinds K,..] [--hosts H,..]
+#     (root; defaults 30, 300, from the clock, every kind, hosts 1-5; a
+#     fault starts only once the last one has recovered, so S bounds the
+#     run and N the faults; --kinds draws only from those kinds, e.g.
+#     link-down; --hosts is where link-down and throttle strike, e.g. 1)
 #
 # Prints a table (one row per fault), the invariants, and the last line
 # "chaos: <faults> faults, <violations> invariant violations"; the same goes
 # to bench/results/chaos.txt. Exit 0 only with 0 violations. Everything is
 # torn down on exit; CHAOS_KEEP=1 keeps the work folder (logs) of a run;
-# CHAOS_OUT=FILE writes the results there instead (CI's short run). A
+# CHAOS_OUT=FILE writes the results there instead (CI's short run);
+# CHAOS_ETCD_LOG_LEVEL=info logs the etcd members' elections. A
 # failed run prints the end of the driver's log.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -39,11 +45,14 @@ cd "$root"
 faults=30
 seconds=300
 seed=0
+extra=()
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--faults) faults=${2:?--faults needs a value}; shift 2 ;;
 	--seconds) seconds=${2:?--seconds needs a value}; shift 2 ;;
 	--seed) seed=${2:?--seed needs a value}; shift 2 ;;
+	--kinds) extra+=(--kinds "${2:?--kinds needs a value}"); shift 2 ;;
+	--hosts) extra+=(--hosts "${2:?--hosts needs a value}"); shift 2 ;;
 	*) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 2 ;;
 	esac
 done
@@ -82,7 +91,7 @@ $net up 6 1gbit >/dev/null
 
 set +e
 $net run h0 "$work/chaos" --work "$work" --bin "$work" --net "$SY_CLUSTER" --subnet "$SY_SUBNET" \
-	--faults "$faults" --seconds "$seconds" --seed "$seed" --report "${CHAOS_OUT:-$root/bench/results/chaos.txt}" 2>"$work/driver.log" &
+	--faults "$faults" --seconds "$seconds" --seed "$seed" ${extra[@]+"${extra[@]}"} --report "${CHAOS_OUT:-$root/bench/results/chaos.txt}" 2>"$work/driver.log" &
 driver=$!
 wait $driver
 rc=$?

@@ -62,7 +62,7 @@ fi
 model=$root/testdata/golden/qwen2_moe
 state=${TMPDIR:-/tmp}/switchyard-local-cluster
 replicas=1
-lease_ttl=5s
+lease_ttl=10s
 json=
 tls=
 data_root=

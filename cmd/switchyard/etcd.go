@@ -58,6 +58,7 @@ reclaimed by the next start after a crash).`,
 	f.StringVar(&cfg.PeerURL, "listen-peer-urls", cfg.PeerURL, "raft peer URL")
 	f.StringVar(&cfg.InitialCluster, "initial-cluster", "", "members of a multi-member cluster: NAME=PEER_URL,... (empty: single node)")
 	f.StringVar(&cfg.ClusterState, "initial-cluster-state", "new", `"new" to form --initial-cluster, "existing" to join a running one`)
+	f.StringVar(&cfg.LogLevel, "log-level", cfg.LogLevel, `etcd's own log on stderr: "debug", "info", "warn" or "error"`)
 	f.StringVar(&tlsCert, "tls-cert", "", "serve clients and peers over TLS with this certificate (https:// URLs)")
 	f.StringVar(&tlsKey, "tls-key", "", "the key of --tls-cert")
 	f.StringVar(&tlsCA, "tls-ca", "", "require client and peer certificates signed by this CA")

@@ -9,6 +9,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/switchyard/switchyard/pkg/auth"
@@ -27,7 +28,8 @@ import (
 // worker gone at once, placement and jobs re-form without it, and the
 // worker, if it was only paused, registers again under a new lease when it
 // resumes (internal/worker's register loop). A coordinator that cannot
-// reach any worker (itself cut off or starved) evicts nobody.
+// reach any worker (itself cut off or starved) evicts nobody, and once it
+// can again, a worker's silence counts only from then.
 const (
 	// DefaultProbeInterval is how often the leader probes each worker.
 	DefaultProbeInterval = 500 * time.Millisecond
@@ -65,7 +67,7 @@ type HealthProbe struct {
 	conns  map[string]*grpc.ClientConn // by worker address
 }
 
-func (h *HealthProbe) client(w cluster.WorkerInfo) (pb.WorkerClient, error) {
+func (h *HealthProbe) client(w cluster.WorkerInfo) (*grpc.ClientConn, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
@@ -84,16 +86,25 @@ func (h *HealthProbe) client(w cluster.WorkerInfo) (pb.WorkerClient, error) {
 		}
 		h.conns[key] = cc
 	}
-	return pb.NewWorkerClient(cc), nil
+	return cc, nil
 }
 
-// Probe implements Prober.
+// Probe implements Prober. Every probe is a fresh try to reach the
+// worker within ctx: a connection that failed is dialed again at once
+// rather than after gRPC's reconnect backoff (1 s growing 1.6x a failure),
+// and the call waits for it. Otherwise a coordinator whose own link was
+// down for a few seconds would, once it is back, find some workers'
+// connections still backing off while others answer, and take them for
+// silent (found by scripts/chaos.sh: a leader's link down for 6 s).
 func (h *HealthProbe) Probe(ctx context.Context, w cluster.WorkerInfo) error {
-	c, err := h.client(w)
+	cc, err := h.client(w)
 	if err != nil {
 		return err
 	}
-	resp, err := c.Health(ctx, &pb.HealthRequest{})
+	if cc.GetState() == connectivity.TransientFailure {
+		cc.ResetConnectBackoff()
+	}
+	resp, err := pb.NewWorkerClient(cc).Health(ctx, &pb.HealthRequest{}, grpc.WaitForReady(true))
 	if err != nil {
 		return err
 	}
@@ -140,6 +151,11 @@ type prober struct {
 	mu     sync.Mutex
 	loops  map[clientv3.LeaseID]probeLoop
 	lastOK map[cluster.WorkerID]time.Time // last answer from each worker
+	// lastAny is the last answer from any worker, and sighted the first
+	// answer after a gap of more than EvictAfter in which no worker
+	// answered: the coordinator was blind then (its own link down, or
+	// starved), so a worker's silence counts only from sighted.
+	lastAny, sighted time.Time
 }
 
 func newProber(ctx context.Context, c *Coordinator) *prober {
@@ -205,8 +221,26 @@ func (p *prober) stop() {
 // answered records an answer of w at t.
 func (p *prober) answered(w cluster.WorkerID, t time.Time) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.lastOK[w] = t
-	p.mu.Unlock()
+	if t.Sub(p.lastAny) > p.after {
+		p.sighted = t
+	}
+	if t.After(p.lastAny) {
+		p.lastAny = t
+	}
+}
+
+// silence is how long a worker last heard from at lastOK has been silent
+// at now, as far as the coordinator could see: since lastOK or since it
+// last regained sight of the workers, whichever is later.
+func (p *prober) silence(lastOK, now time.Time) time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.sighted.After(lastOK) {
+		return now.Sub(p.sighted)
+	}
+	return now.Sub(lastOK)
 }
 
 // othersAnswered reports whether a worker other than w answered after t.
@@ -245,7 +279,7 @@ func (p *prober) loop(ctx context.Context, w cluster.WorkerInfo, lease clientv3.
 				firstFail = now
 			}
 			fails++
-			if silent := now.Sub(lastOK); fails >= 2 && silent >= p.after && p.othersAnswered(w.ID, firstFail) {
+			if silent := p.silence(lastOK, now); fails >= 2 && silent >= p.after && p.othersAnswered(w.ID, firstFail) {
 				p.evict(w, lease, silent, fails, err)
 				return
 			}

@@ -71,9 +71,10 @@ type Config struct {
 	// runtime.NumCPU().
 	Cores int
 
-	// LeaseTTL is the etcd lease TTL of the registration (default 5 s,
-	// registry.DefaultTTL): a killed worker leaves the cluster within it.
-	// etcd grants whole seconds, at least 1.5 x its election timeout.
+	// LeaseTTL is the etcd lease TTL of the registration (default 10 s,
+	// registry.DefaultTTL): a killed worker leaves the cluster within it,
+	// if the leader's health probes have not evicted it first. etcd grants
+	// whole seconds, at least 1.5 x its election timeout.
 	LeaseTTL time.Duration
 	// StatsInterval is how often per-expert token counts are written to
 	// etcd when they changed (default 2 s).
@@ -133,7 +134,7 @@ type Config struct {
 }
 
 // DefaultConfig returns a worker on loopback with free ports (gRPC and
-// gossip), the local etcd, bf16 kept as bf16, a 5 s lease, stats every 2 s,
+// gossip), the local etcd, bf16 kept as bf16, a 10 s lease, stats every 2 s,
 // 30 s to reach etcd and 60 s to register.
 func DefaultConfig() Config {
 	return Config{

@@ -417,6 +417,18 @@ func (w *Worker) registerLoop(ctx context.Context, reg *registry.Registry, gossi
 				w.joinGossip(sctx, reg, gossip)
 			}()
 		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-sctx.Done():
+					return
+				case d := <-g.Resumed():
+					lg.Warn("lease renewals went unanswered for a TTL while etcd kept the lease alive (a raft leader change); renewing the same lease again", "unanswered", d.Round(time.Millisecond))
+				}
+			}
+		}()
 		select {
 		case <-ctx.Done():
 			stop()

@@ -198,7 +198,7 @@ SIGINT or SIGTERM leaves the cluster gracefully.`,
 	computeflag.Register(f)
 	f.StringVar(&mem, "mem", "auto", `the process's memory limit (e.g. 8GiB, 512MiB; "auto": the cgroup's; 0: unlimited); experts get it minus a runtime reserve`)
 	f.IntVar(&cfg.Cores, "cores", 0, "cores to announce (0: all of this machine's)")
-	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", d.LeaseTTL, "etcd lease TTL: a killed worker leaves the cluster within it")
+	f.DurationVar(&cfg.LeaseTTL, "lease-ttl", d.LeaseTTL, "etcd lease TTL: a killed worker leaves the cluster within it (the leader's health probes evict it sooner); keep it above etcd's failover time")
 	f.DurationVar(&cfg.ConnectTimeout, "connect-timeout", d.ConnectTimeout, "give up (exit 1) when no etcd endpoint answers within this time at start, naming the endpoints and the last dial error")
 	f.DurationVar(&cfg.RegisterTimeout, "register-timeout", d.RegisterTimeout, "give up (exit 1) when the worker cannot register within this time once etcd answers: its --cluster serves no model (the error lists the clusters this etcd has), or etcd keeps failing; an --id held by another live worker gives up after that worker's lease TTL + "+worker.DuplicateIDMargin.String())
 	f.BoolVar(&cfg.Wait, "wait", false, "keep retrying forever instead of giving up after --connect-timeout, --register-timeout or a held --id (for deployments that start workers before etcd or the coordinator)")

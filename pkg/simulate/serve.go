@@ -1888,12 +1888,12 @@ func AssumedCalibration() *Calibration {
 
 // Detection defaults: the coordinator's probes (internal/coordinator
 // DefaultProbeInterval 500 ms, DefaultEvictAfter 1.5 s) and a worker's
-// etcd lease (pkg/registry DefaultTTL 5 s), copied (this package links no
+// etcd lease (pkg/registry DefaultTTL 10 s), copied (this package links no
 // daemon code).
 const (
 	DefaultProbeInterval = 500 * time.Millisecond
 	DefaultEvictAfter    = 1500 * time.Millisecond
-	DefaultLeaseTTL      = 5 * time.Second
+	DefaultLeaseTTL      = 10 * time.Second
 )
 
 // RecoveryConfig is how a dead worker's copies are restored.

@@ -5,15 +5,20 @@ import (
 	"fmt"
 	"math/rand"
 	"os/exec"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 )
 
 // fault is one injected fault and what was measured about it.
 type fault struct {
 	n       int
-	kind    string // kill-worker, stop-worker, kill-leader, restart-etcd, link-down, throttle
+	kind    string // one of kinds
 	target  string // process name or host
 	host    int
 	proc    *proc
@@ -23,18 +28,52 @@ type fault struct {
 	outcome string
 }
 
-var kinds = []string{"kill-worker", "stop-worker", "kill-leader", "restart-etcd", "link-down", "throttle"}
+// kinds of fault. isolate-etcd-leader is a link-down of the host of etcd's
+// raft leader (leadership is first moved off h0, whose link stays up).
+var kinds = []string{"kill-worker", "stop-worker", "kill-leader", "restart-etcd", "link-down", "throttle", "isolate-etcd-leader"}
 
 // Hold times of the faults that are undone.
 const (
 	restartDelay = 1 * time.Second // a supervisor restarts a killed process after this
 	stopHold     = 4 * time.Second // SIGSTOP .. SIGCONT
-	linkHold     = 6 * time.Second // link down .. up (longer than the 5 s lease TTL)
+	linkHold     = 6 * time.Second // link down .. up (longer than the leader's eviction of a silent worker, ~2 s)
 	throttleHold = 5 * time.Second // 1% of the rate
 )
 
-func (e *env) pickFault(rng *rand.Rand, o *obs) *fault {
-	f := &fault{kind: kinds[rng.Intn(len(kinds))], detect: -1, recover: -1}
+// faultMix is the fault kinds drawn from and the hosts link faults hit
+// (--kinds, --hosts; empty: every kind, hosts h1..h5).
+type faultMix struct {
+	kinds []string
+	hosts []int
+}
+
+// parseMix reads --kinds and --hosts.
+func parseMix(kindList, hostList string) (faultMix, error) {
+	m := faultMix{kinds: kinds, hosts: []int{1, 2, 3, 4, 5}}
+	if kindList != "" {
+		m.kinds = nil
+		for _, k := range strings.Split(kindList, ",") {
+			if !slices.Contains(kinds, k) {
+				return m, fmt.Errorf("--kinds: unknown fault kind %q (known: %s)", k, strings.Join(kinds, ","))
+			}
+			m.kinds = append(m.kinds, k)
+		}
+	}
+	if hostList != "" {
+		m.hosts = nil
+		for _, h := range strings.Split(hostList, ",") {
+			n, err := strconv.Atoi(strings.TrimPrefix(h, "h"))
+			if err != nil || n < 1 || n > 5 {
+				return m, fmt.Errorf("--hosts: %q is not a host 1..5 (h0 holds the driver)", h)
+			}
+			m.hosts = append(m.hosts, n)
+		}
+	}
+	return m, nil
+}
+
+func (e *env) pickFault(rng *rand.Rand, o *obs, mix faultMix) *fault {
+	f := &fault{kind: mix.kinds[rng.Intn(len(mix.kinds))], detect: -1, recover: -1}
 	wnames := []string{"w2", "w3", "w4", "w5"}
 	switch f.kind {
 	case "kill-worker", "stop-worker":
@@ -51,15 +90,62 @@ func (e *env) pickFault(rng *rand.Rand, o *obs) *fault {
 	case "restart-etcd":
 		f.target = fmt.Sprintf("e%d", rng.Intn(etcdMembers))
 		f.proc, f.host = e.etcds[f.target], e.hostOf[f.target]
-	case "link-down", "throttle":
-		f.host = 1 + rng.Intn(5) // never h0: etcd, the front end and the driver live there
-		name := "c2"
-		if f.host >= 2 {
-			name = fmt.Sprintf("w%d", f.host)
+	case "isolate-etcd-leader":
+		h, err := e.etcdLeaderOff0(rng)
+		if err != nil {
+			e.logf("isolate-etcd-leader: %v: a link-down instead", err)
+			f.kind = "link-down"
+			return e.linkFault(f, rng, mix)
 		}
-		f.target = fmt.Sprintf("h%d(%s)", f.host, name)
+		f.host, f.target = h, fmt.Sprintf("h%d(e%d)", h, h)
+	case "link-down", "throttle":
+		return e.linkFault(f, rng, mix)
 	}
 	return f
+}
+
+// linkFault picks the host whose link f (link-down, throttle) strikes.
+func (e *env) linkFault(f *fault, rng *rand.Rand, mix faultMix) *fault {
+	f.host = mix.hosts[rng.Intn(len(mix.hosts))] // never h0: etcd, the front end and the driver live there
+	name := "c2"
+	if f.host >= 2 {
+		name = fmt.Sprintf("w%d", f.host)
+	}
+	f.target = fmt.Sprintf("h%d(%s)", f.host, name)
+	return f
+}
+
+// etcdLeaderOff0 returns the host of etcd's raft leader, first moving the
+// leadership from e0 (on h0, which is never cut off) to e1 or e2.
+func (e *env) etcdLeaderOff0(rng *rand.Rand) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ids := make([]uint64, len(e.etcdURLs))
+	var leader uint64
+	for h, url := range e.etcdURLs {
+		st, err := e.cli.Status(ctx, url)
+		if err != nil {
+			return 0, fmt.Errorf("status of e%d: %w", h, err)
+		}
+		ids[h], leader = st.Header.MemberId, st.Leader
+	}
+	lh := slices.Index(ids, leader)
+	if lh < 0 {
+		return 0, fmt.Errorf("leader %x is none of the members", leader)
+	}
+	if lh != 0 {
+		return lh, nil
+	}
+	to := 1 + rng.Intn(len(ids)-1)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: e.etcdURLs[:1], DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return 0, err
+	}
+	defer cli.Close()
+	if _, err := cli.MoveLeader(ctx, ids[to]); err != nil {
+		return 0, fmt.Errorf("move leadership from e0 to e%d: %w", to, err)
+	}
+	return to, nil
 }
 
 func (e *env) sh(args ...string) error {
@@ -116,7 +202,7 @@ func (e *env) act(f *fault) error {
 		}
 		time.Sleep(stopHold)
 		return f.proc.signal(syscall.SIGCONT, false)
-	case "link-down":
+	case "link-down", "isolate-etcd-leader":
 		dev := fmt.Sprintf("v%d", f.host)
 		if err := e.sh("ip", "-n", e.net+"-br", "link", "set", "dev", dev, "down"); err != nil {
 			return err

@@ -18,6 +18,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -56,6 +57,8 @@ var (
 	flagClients  = flag.Int("clients", 3, "concurrent serving clients")
 	flagReport   = flag.String("report", "", "also write the report here")
 	flagRecovery = flag.Duration("recovery-timeout", 90*time.Second, "longest wait for a fault's recovery")
+	flagKinds    = flag.String("kinds", "", "comma-separated fault kinds to draw from (empty: all of "+strings.Join(kinds, ",")+")")
+	flagHosts    = flag.String("hosts", "", "comma-separated hosts (1-5) whose link link-down and throttle faults hit (empty: any)")
 )
 
 const clusterName = "chaos"
@@ -248,6 +251,10 @@ func run() error {
 	if e.work == "" || e.bin == "" {
 		return fmt.Errorf("--work and --bin are required")
 	}
+	mix, err := parseMix(*flagKinds, *flagHosts)
+	if err != nil {
+		return err
+	}
 	seed := *flagSeed
 	if seed == 0 {
 		seed = time.Now().UnixNano() % 1000000
@@ -275,7 +282,8 @@ func run() error {
 		name := fmt.Sprintf("e%d", h)
 		m := e.sup.add(name, e.ns(h), filepath.Join(logs, name+".log"), sy, "etcd", "--name", name,
 			"--listen-client-urls", e.etcdURLs[h], "--listen-peer-urls", fmt.Sprintf("http://%s:2380", e.ip(h)),
-			"--initial-cluster", strings.Join(initial, ","), "--data-dir", filepath.Join(e.work, name))
+			"--initial-cluster", strings.Join(initial, ","), "--data-dir", filepath.Join(e.work, name),
+			"--log-level", cmp.Or(os.Getenv("CHAOS_ETCD_LOG_LEVEL"), "error"))
 		if err := e.sup.start(m); err != nil {
 			return err
 		}
@@ -309,7 +317,6 @@ func run() error {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	var err error
 	if e.cli, err = registry.DialTLS(ctx, e.etcdURLs, nil); err != nil {
 		return err
 	}
@@ -440,7 +447,7 @@ func run() error {
 				break
 			}
 		}
-		f := e.pickFault(rng, pol.latest())
+		f := e.pickFault(rng, pol.latest(), mix)
 		f.n = len(faults) + 1
 		e.inject(f, pol, chaosStart)
 		faults = append(faults, f)

@@ -184,7 +184,9 @@ func TestThreeMemberEtcdSurvivesMemberRestarts(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	state := t.TempDir()
-	endpoints := strings.Split(localClusterUp(t, ctx, state, "2", "--etcd-members", "3", "--coordinators", "2"), ",")
+	// A 5 s lease, shorter than the default 10 s, so that the 7 s each
+	// member is down outlasts it.
+	endpoints := strings.Split(localClusterUp(t, ctx, state, "2", "--etcd-members", "3", "--coordinators", "2", "--lease-ttl", "5s"), ",")
 	if len(endpoints) != 3 {
 		t.Fatalf("endpoints %v, want 3 members", endpoints)
 	}

@@ -1,0 +1,227 @@
+package registry
+
+import (
+	"context"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestRegistrationOutlivesStalledRenewals: when the client gets no answer
+// to its renewals for a TTL while etcd keeps the lease alive (a member
+// holding renewals it forwards to a raft leader that was just cut off,
+// while the new leader extends every lease), the registration renews the
+// same lease again once etcd answers, instead of ending: Done stays open,
+// the key keeps its lease, and Resumed says so. When etcd did let the lease
+// expire, Done closes. The client reaches a real etcd through a loopback
+// proxy that stalls every byte on demand; a second client renews the lease
+// meanwhile in place of the new raft leader.
+func TestRegistrationOutlivesStalledRenewals(t *testing.T) {
+	e := setup(t)
+	px := startStallProxy(t, strings.TrimPrefix(e.etcd.Endpoints[0], "http://"))
+	cli, err := DialTLS(e.ctx, []string{"http://" + px.addr()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	reg, err := New(cli, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ttl = time.Second
+	g, err := reg.Register(e.ctx, e.worker("w1"), ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	direct := e.etcd.Client(t)
+
+	// stall cuts the client off until its renewing session gives up, and
+	// for hold more, renewing the lease from direct meanwhile if renew.
+	stall := func(renew bool, hold time.Duration) {
+		t.Helper()
+		first := g.session()
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		if renew {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				tick := time.NewTicker(ttl / 5)
+				defer tick.Stop()
+				for {
+					select {
+					case <-stop:
+						return
+					case <-tick.C:
+						ctx, cancel := context.WithTimeout(e.ctx, ttl)
+						direct.KeepAliveOnce(ctx, g.Lease())
+						cancel()
+					}
+				}
+			}()
+		}
+		px.stall(true)
+		select {
+		case <-first.Done():
+		case <-time.After(20 * ttl):
+			t.Fatalf("the client kept renewing through a stalled link for %v", 20*ttl)
+		}
+		time.Sleep(hold)
+		px.stall(false)
+		close(stop)
+		wg.Wait()
+	}
+
+	stall(true, 0)
+	select {
+	case d := <-g.Resumed():
+		t.Logf("renewals resumed on the same lease after %v without an answer", d.Round(time.Millisecond))
+	case <-g.Done():
+		t.Fatal("the registration ended although etcd kept its lease alive")
+	case <-e.ctx.Done():
+		t.Fatal("renewals never resumed")
+	}
+	// The registration renews on its own again: the key outlives 3 TTLs.
+	time.Sleep(3 * ttl)
+	set, err := e.reg.Workers(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(set.Workers) != 1 || set.Leases[0] != g.Lease() {
+		t.Fatalf("after the stall: workers %v, leases %v; want w1 under lease %x", set.IDs(), set.Leases, int64(g.Lease()))
+	}
+	select {
+	case <-g.Done():
+		t.Fatal("Done closed after renewals resumed")
+	default:
+	}
+
+	// Nobody renews during the stall: etcd lets the lease expire, and Done
+	// closes once the client can ask.
+	stall(false, 2*ttl) // etcd's lease expires during the stall
+	select {
+	case <-g.Done():
+	case <-e.ctx.Done():
+		t.Fatal("Done never closed after the lease expired")
+	}
+	set, err = e.reg.Workers(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(set.Workers) != 0 {
+		t.Fatalf("workers %v after the lease expired", set.IDs())
+	}
+}
+
+// stallProxy forwards TCP connections to a target; while stalled it
+// forwards no byte either way (held, as a link whose packets are lost
+// until it comes back).
+type stallProxy struct {
+	ln     net.Listener
+	mu     sync.Mutex
+	cond   *sync.Cond
+	paused bool
+	closed bool
+	conns  []net.Conn
+	wg     sync.WaitGroup
+}
+
+func startStallProxy(t *testing.T, target string) *stallProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &stallProxy{ln: ln}
+	p.cond = sync.NewCond(&p.mu)
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			if !p.track(c, u) {
+				return
+			}
+			p.wg.Add(2)
+			go p.pipe(u, c)
+			go p.pipe(c, u)
+		}
+	}()
+	t.Cleanup(p.close)
+	return p
+}
+
+func (p *stallProxy) addr() string { return p.ln.Addr().String() }
+
+func (p *stallProxy) track(cs ...net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		for _, c := range cs {
+			c.Close()
+		}
+		return false
+	}
+	p.conns = append(p.conns, cs...)
+	return true
+}
+
+// pipe copies src to dst, waiting while the proxy is stalled.
+func (p *stallProxy) pipe(dst, src net.Conn) {
+	defer p.wg.Done()
+	defer dst.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		p.mu.Lock()
+		for p.paused && !p.closed {
+			p.cond.Wait()
+		}
+		closed := p.closed
+		p.mu.Unlock()
+		if closed {
+			return
+		}
+		if n > 0 {
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			if err != io.EOF {
+				src.Close()
+			}
+			return
+		}
+	}
+}
+
+func (p *stallProxy) stall(on bool) {
+	p.mu.Lock()
+	p.paused = on
+	p.mu.Unlock()
+	p.cond.Broadcast()
+}
+
+func (p *stallProxy) close() {
+	p.mu.Lock()
+	p.closed = true
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.mu.Unlock()
+	p.cond.Broadcast()
+	p.ln.Close()
+	p.wg.Wait()
+}
