@@ -565,9 +565,9 @@ func run() error {
 		seed, *flagFaults, *flagSeconds, e.net, e.subnet)
 	fmt.Fprintf(&b, "chaos: job dsv3-micro steps %d batch 4 seq-len 32 save-every 4 on 3 of 4 workers; reference run %.0f s; chaos phase %.0f s; %d serving clients\n",
 		steps, refDur.Seconds(), chaosDur.Seconds(), *flagClients)
-	fmt.Fprintf(&b, "%-3s %7s  %-13s %-8s %9s %10s  %s\n", "#", "time s", "kind", "target", "detect s", "recover s", "outcome")
+	fmt.Fprintf(&b, "%-3s %7s  %-19s %-8s %9s %10s  %s\n", "#", "time s", "kind", "target", "detect s", "recover s", "outcome")
 	for _, f := range faults {
-		fmt.Fprintf(&b, "%-3d %7.1f  %-13s %-8s %9s %10s  %s\n", f.n, f.at.Sub(chaosStart).Seconds(), f.kind, f.target, secs(f.detect), secs(f.recover), f.outcome)
+		fmt.Fprintf(&b, "%-3d %7.1f  %-19s %-8s %9s %10s  %s\n", f.n, f.at.Sub(chaosStart).Seconds(), f.kind, f.target, secs(f.detect), secs(f.recover), f.outcome)
 	}
 	fmt.Fprintln(&b, summary(faults))
 	if recoveryFailed {
