@@ -11,8 +11,10 @@ import (
 // validated says which rows the collectives model must predict within
 // 15%: every row at n = 2 and every all-reduce of at least 16 KiB (its
 // messages wire-bound on these links), but the 64 KiB ring at n = 4 and
-// 8 (measured at half the link rate, busbw/C 0.5, where every other size
-// runs at 0.92-1.0; not understood). Known misses, reported but not
+// 8 (the committed run, on the gRPC streams, measured it at half the link
+// rate, busbw/C 0.5, where every other size runs at 0.92-1.0; on the
+// lanes n = 4 is now within 1% and n = 8 over-predicted by 13-36%:
+// docs/scale/README.md). Known misses, reported but not
 // asserted: recursive doubling of <= 4 KiB at n = 4 and 8 (4 and 8
 // processes on 2 shared cores). Charged the lanes' polled CPU per message
 // (CollectivesRun.Costs), 8 of the 16 such rows of the four runs that
