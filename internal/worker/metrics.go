@@ -26,6 +26,9 @@ import (
 //	switchyard_worker_held_experts, _held_expert_bytes, _expert_budget_bytes (0: unlimited)
 //	switchyard_worker_placement_epoch                            epoch applied
 //	switchyard_worker_expert_load_imbalance                      max/mean tokens over held experts
+//	switchyard_worker_registrations_total                        registrations under a new etcd lease (the first and each after a lost lease)
+//	switchyard_worker_lease_losses_total                         leases lost after registering (expired or revoked: out of the cluster until registered again)
+//	switchyard_worker_lease_resumes_total                        renewals unanswered for a TTL while etcd kept the lease, resumed on it
 //	switchyard_train_step_seconds_total{job,part}                part: forward, backward, exchange_wait, allreduce_wait, optimizer, barrier, total
 //	switchyard_train_steps_total{job}, switchyard_train_tokens_total{job}
 //	switchyard_train_tokens_per_second{job}, switchyard_train_loss{job}, switchyard_train_grad_norm{job}
@@ -41,6 +44,8 @@ type metrics struct {
 	requests *prometheus.CounterVec
 	bytesIn  *prometheus.CounterVec
 	bytesOut *prometheus.CounterVec
+
+	registrations, leaseLosses, leaseResumes prometheus.Counter
 
 	stepSec  *prometheus.CounterVec
 	steps    *prometheus.CounterVec
@@ -74,6 +79,15 @@ func newMetrics(w *Worker) *metrics {
 		bytesOut: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_worker_request_bytes_out_total", Help: "Answer payload bytes sent, per caller.",
 		}, []string{"peer"}),
+		registrations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_worker_registrations_total", Help: "Registrations in etcd under a new lease: the first, and one after each lost lease.",
+		}),
+		leaseLosses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_worker_lease_losses_total", Help: "Leases lost after registering (etcd let the lease expire, or the leader revoked it after failed health probes): the worker was out of the cluster until it registered again.",
+		}),
+		leaseResumes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "switchyard_worker_lease_resumes_total", Help: "Times the lease's renewals went unanswered for a TTL while etcd kept the lease alive (e.g. a raft leader change), and renewals resumed on the same lease.",
+		}),
 		stepSec: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "switchyard_train_step_seconds_total",
 			Help: "Training step time of this worker's ranks by part (disjoint but total): forward and backward (own compute), exchange_wait (routed experts through their owners), allreduce_wait, optimizer, barrier, total.",
@@ -101,6 +115,7 @@ func newMetrics(w *Worker) *metrics {
 		}, []string{"train_job"}),
 	}
 	m.reg.MustRegister(m.compute, m.batch, m.queue, m.requests, m.bytesIn, m.bytesOut,
+		m.registrations, m.leaseLosses, m.leaseResumes,
 		m.stepSec, m.steps, m.tokens, m.tps, m.loss, m.gradNorm, m.arBytes, m.busBW,
 		&serverCollector{w: w},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

@@ -400,6 +400,7 @@ func (w *Worker) registerLoop(ctx context.Context, reg *registry.Registry, gossi
 		rl.reset()
 		join = nil
 		w.reg.Store(g)
+		w.met.registrations.Inc()
 		lg.Info("registered", "lease", strconv.FormatInt(int64(g.Lease()), 16), "ttl", g.TTL(), "addr", w.info.Addr, "gossip", w.info.GossipAddr)
 		w.readyOnce.Do(func() { close(w.ready) })
 
@@ -425,6 +426,7 @@ func (w *Worker) registerLoop(ctx context.Context, reg *registry.Registry, gossi
 				case <-sctx.Done():
 					return
 				case d := <-g.Resumed():
+					w.met.leaseResumes.Inc()
 					lg.Warn("lease renewals went unanswered for a TTL while etcd kept the lease alive (a raft leader change); renewing the same lease again", "unanswered", d.Round(time.Millisecond))
 				}
 			}
@@ -452,6 +454,7 @@ func (w *Worker) registerLoop(ctx context.Context, reg *registry.Registry, gossi
 			stop()
 			wg.Wait()
 			w.reg.Store(nil)
+			w.met.leaseLosses.Inc()
 			lg.Warn("lease lost (etcd unreachable for longer than the TTL, or revoked by the leader after failed health probes); registering again")
 			// Registering again is bounded like the first join (unless
 			// Config.Wait): the worker keeps serving what it holds

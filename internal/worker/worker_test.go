@@ -3,6 +3,7 @@ package worker
 import (
 	"context"
 	"errors"
+	"github.com/prometheus/client_golang/prometheus"
 	"slices"
 	"strings"
 	"testing"
@@ -366,5 +367,32 @@ func TestReRegistersAfterLeaseLoss(t *testing.T) {
 	if _, err := WaitServing(h.ctx, h.reg, pool, h.fp, registry.OnWorkers("w1")); err != nil {
 		t.Fatal(err)
 	}
+	// Its metrics count both registrations and the loss.
+	for name, want := range map[string]float64{"switchyard_worker_registrations_total": 2, "switchyard_worker_lease_losses_total": 1, "switchyard_worker_lease_resumes_total": 0} {
+		got := counterValue(t, w1.w.Metrics(), name)
+		for got < want && h.ctx.Err() == nil { // counted just after the registration etcd shows
+			time.Sleep(10 * time.Millisecond)
+			got = counterValue(t, w1.w.Metrics(), name)
+		}
+		if got != want {
+			t.Errorf("%s = %v, want %v", name, got, want)
+		}
+	}
 	h.forward(ex)
+}
+
+// counterValue reads a counter without labels from reg.
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no counter %s", name)
+	return 0
 }
