@@ -152,9 +152,11 @@ type prober struct {
 	loops  map[clientv3.LeaseID]probeLoop
 	lastOK map[cluster.WorkerID]time.Time // last answer from each worker
 	// lastAny is the last answer from any worker, and sighted the first
-	// answer after a gap of more than EvictAfter in which no worker
-	// answered: the coordinator was blind then (its own link down, or
-	// starved), so a worker's silence counts only from sighted.
+	// answer after a gap in which no worker answered of more than
+	// EvictAfter (and than two probe intervals and a probe timeout, the
+	// most a live worker leaves between answers): the coordinator was
+	// blind then (its own link down, or starved), so a worker's silence
+	// counts only from sighted.
 	lastAny, sighted time.Time
 }
 
@@ -223,7 +225,7 @@ func (p *prober) answered(w cluster.WorkerID, t time.Time) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.lastOK[w] = t
-	if t.Sub(p.lastAny) > p.after {
+	if t.Sub(p.lastAny) > max(p.after, 2*p.every+p.limit) {
 		p.sighted = t
 	}
 	if t.After(p.lastAny) {
