@@ -58,7 +58,7 @@ var (
 	flagReport   = flag.String("report", "", "also write the report here")
 	flagRecovery = flag.Duration("recovery-timeout", 90*time.Second, "longest wait for a fault's recovery")
 	flagKinds    = flag.String("kinds", "", "comma-separated fault kinds to draw from (empty: all of "+strings.Join(kinds, ",")+")")
-	flagHosts    = flag.String("hosts", "", "comma-separated hosts (1-5) whose link link-down and throttle faults hit (empty: any)")
+	flagHosts    = flag.String("hosts", "", "comma-separated hosts (1-5) where the link-down and throttle faults strike (empty: any of them)")
 )
 
 const clusterName = "chaos"
