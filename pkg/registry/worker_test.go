@@ -39,9 +39,10 @@ func TestRegistrationOutlivesStalledRenewals(t *testing.T) {
 	defer g.Close()
 	direct := e.etcd.Client(t)
 
-	// stall cuts the client off until its renewing session gives up, and
-	// for hold more, renewing the lease from direct meanwhile if renew.
-	stall := func(renew bool, hold time.Duration) {
+	// stall cuts the client off until its renewing session gives up and,
+	// unless renew, until etcd has let the lease expire; with renew, direct
+	// renews the lease meanwhile.
+	stall := func(renew bool) {
 		t.Helper()
 		first := g.session()
 		stop := make(chan struct{})
@@ -70,13 +71,25 @@ func TestRegistrationOutlivesStalledRenewals(t *testing.T) {
 		case <-time.After(20 * ttl):
 			t.Fatalf("the client kept renewing through a stalled link for %v", 20*ttl)
 		}
-		time.Sleep(hold)
+		for !renew { // wait for etcd to drop the lease (TTL -1)
+			ctx, cancel := context.WithTimeout(e.ctx, ttl)
+			r, err := direct.TimeToLive(ctx, g.Lease())
+			cancel()
+			if err == nil && r.TTL < 0 {
+				break
+			}
+			select {
+			case <-e.ctx.Done():
+				t.Fatal("etcd kept a lease nobody renewed")
+			case <-time.After(ttl / 10):
+			}
+		}
 		px.stall(false)
 		close(stop)
 		wg.Wait()
 	}
 
-	stall(true, 0)
+	stall(true)
 	select {
 	case d := <-g.Resumed():
 		t.Logf("renewals resumed on the same lease after %v without an answer", d.Round(time.Millisecond))
@@ -85,7 +98,8 @@ func TestRegistrationOutlivesStalledRenewals(t *testing.T) {
 	case <-e.ctx.Done():
 		t.Fatal("renewals never resumed")
 	}
-	// The registration renews on its own again: the key outlives 3 TTLs.
+	// The registration renews on its own again: the key outlives 3 TTLs
+	// (a span, not a condition to wait for: nothing may change in it).
 	time.Sleep(3 * ttl)
 	set, err := e.reg.Workers(e.ctx)
 	if err != nil {
@@ -102,7 +116,7 @@ func TestRegistrationOutlivesStalledRenewals(t *testing.T) {
 
 	// Nobody renews during the stall: etcd lets the lease expire, and Done
 	// closes once the client can ask.
-	stall(false, 2*ttl) // etcd's lease expires during the stall
+	stall(false) // etcd's lease expires during the stall
 	select {
 	case <-g.Done():
 	case <-e.ctx.Done():
