@@ -61,7 +61,6 @@ type Registration struct {
 	resumed chan time.Duration // see Resumed
 	mu      sync.Mutex
 	sess    *concurrency.Session // renewing the lease now
-	stopped bool
 }
 
 // Register puts info under /<cluster>/workers/<id>, attached to a new lease
@@ -198,7 +197,7 @@ func (g *Registration) keep() {
 			return
 		}
 		g.mu.Lock()
-		if g.stopped { // Close or Abandon came meanwhile: they acted on the old session
+		if g.stopCtx.Err() != nil { // Close or Abandon came meanwhile (halt cancels under mu): they acted on the old session
 			g.mu.Unlock()
 			next.Orphan()
 			return
@@ -252,7 +251,6 @@ func (g *Registration) session() *concurrency.Session {
 func (g *Registration) halt() *concurrency.Session {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.stopped = true
 	g.cancel()
 	return g.sess
 }
