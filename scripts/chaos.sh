@@ -37,8 +37,9 @@
 # to bench/results/chaos.txt. Exit 0 only with 0 violations. Everything is
 # torn down on exit; CHAOS_KEEP=1 keeps the work folder (logs) of a run;
 # CHAOS_OUT=FILE writes the results there instead (CI's short run);
-# CHAOS_ETCD_LOG_LEVEL=info logs the etcd members' elections. A
-# failed run prints the end of the driver's log.
+# CHAOS_ETCD_LOG_LEVEL=info logs the etcd members' elections;
+# CHAOS_SESSION_TTL=10s sets the coordinators' --session-ttl (default 3s).
+# A failed run prints the end of the driver's log.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

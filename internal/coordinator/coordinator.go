@@ -21,10 +21,14 @@ import (
 )
 
 // DefaultSessionTTL is the lease TTL of a coordinator's election session:
-// when a leader process dies, another takes over within about this time
-// (etcd's client renews the lease every third of it, so a leader whose
-// renewals stop for the whole TTL, e.g. a starved process, loses its term
-// and campaigns again; fenced writes keep that safe).
+// when a leader process dies, another takes over within about this time.
+// etcd's client renews the lease every third of it; a leader whose
+// renewals went unanswered for the whole TTL asks etcd whether the lease
+// still lives (registry.LeaseKeeper), leads on if it does (renewals held
+// by an etcd member while etcd's own raft leader changed), and otherwise
+// (a starved or cut-off process whose lease ran out) ends its term and
+// campaigns again. Fenced writes keep the time in between safe, and the
+// health probes evict nobody while the answer is pending.
 const DefaultSessionTTL = 3 * time.Second
 
 // DefaultPlacementGrace is how long a new leader waits for ExpectWorkers
@@ -102,7 +106,9 @@ type Coordinator struct {
 
 	recheck chan struct{} // coalesced gossip hints
 
-	terms, writes, rechecks, transitions, migrationTimeouts, evictions atomic.Int64
+	terms, writes, rechecks, transitions, migrationTimeouts, evictions, leaseResumes atomic.Int64
+
+	term atomic.Pointer[registry.LeaseKeeper] // the election lease while leading, else nil
 
 	met *metrics
 }
@@ -115,12 +121,14 @@ type Counters struct {
 	Transitions       int64 // of Writes, transitional (make-before-break) placements
 	MigrationTimeouts int64 // migration waits that ran out before the loads were reported
 	Evictions         int64 // worker leases revoked after failed health probes (Config.Probe)
+	LeaseResumes      int64 // terms kept through renewals unanswered for a TTL (etcd held the lease)
 }
 
 // Counters returns the activity counters.
 func (c *Coordinator) Counters() Counters {
 	return Counters{Terms: c.terms.Load(), Writes: c.writes.Load(), Rechecks: c.rechecks.Load(),
-		Transitions: c.transitions.Load(), MigrationTimeouts: c.migrationTimeouts.Load(), Evictions: c.evictions.Load()}
+		Transitions: c.transitions.Load(), MigrationTimeouts: c.migrationTimeouts.Load(), Evictions: c.evictions.Load(),
+		LeaseResumes: c.leaseResumes.Load()}
 }
 
 // New validates cfg and returns a coordinator; Run starts it.
@@ -253,7 +261,7 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		stop()
 		cancel()
 		if err != nil {
-			c.closeSession(sess, nil)
+			c.closeSession(sess)
 			if ctx.Err() == nil {
 				c.log.Warn("campaign", "err", err)
 			}
@@ -263,28 +271,39 @@ func (c *Coordinator) Run(ctx context.Context) error {
 		c.log.Info("leading", "key", el.Key(), "rev", el.Rev())
 		c.terms.Add(1)
 		c.setLeading(true)
-		err = c.lead(ctx, sess, el)
+		keep := registry.KeepLease(cli, sess, time.Duration(ttl)*time.Second)
+		c.term.Store(keep)
+		err = c.lead(ctx, keep, el)
+		c.term.Store(nil)
 		c.setLeading(false)
 		c.log.Info("stopped leading", "err", err)
-		c.closeSession(sess, el)
+		c.resign(keep, el)
 	}
 }
 
-// closeSession resigns (when el is set and the client works) and revokes
-// the session lease; both bounded so shutdown cannot hang.
-func (c *Coordinator) closeSession(sess *concurrency.Session, el *concurrency.Election) {
+// closeSession revokes a session's lease (bounded by its TTL), or leaves
+// it to expire when the client is gone.
+func (c *Coordinator) closeSession(sess *concurrency.Session) {
 	if c.reg.Client().Ctx().Err() != nil {
-		sess.Orphan() // client gone: the lease expires on its own
+		sess.Orphan()
+		return
+	}
+	sess.Close()
+}
+
+// resign ends a term: it deletes the leader key (when the client works;
+// bounded so shutdown cannot hang) and revokes the session's lease.
+func (c *Coordinator) resign(keep *registry.LeaseKeeper, el *concurrency.Election) {
+	if c.reg.Client().Ctx().Err() != nil {
+		keep.Abandon() // client gone: the lease expires on its own
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if el != nil {
-		if err := el.Resign(ctx); err != nil {
-			c.log.Warn("resign", "err", err)
-		}
+	if err := el.Resign(ctx); err != nil {
+		c.log.Warn("resign", "err", err)
 	}
-	sess.Close()
+	keep.Close()
 }
 
 func (c *Coordinator) drainGossip(ctx context.Context) {
@@ -307,11 +326,12 @@ func (c *Coordinator) drainGossip(ctx context.Context) {
 }
 
 // lead runs one term: it feeds Core from watches and executes its actions
-// until ctx ends, the session is lost, or a fenced write is refused.
-func (c *Coordinator) lead(ctx context.Context, sess *concurrency.Session, el *concurrency.Election) error {
+// until ctx ends, the election lease is lost, or a fenced write is
+// refused.
+func (c *Coordinator) lead(ctx context.Context, keep *registry.LeaseKeeper, el *concurrency.Election) error {
 	lctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stop := context.AfterFunc(sess.Ctx(), cancel)
+	stop := context.AfterFunc(keep.Ctx(), cancel)
 	defer stop()
 
 	fence := registry.FenceOf(el)
@@ -342,7 +362,7 @@ func (c *Coordinator) lead(ctx context.Context, sess *concurrency.Session, el *c
 	var applied map[cluster.WorkerID]appliedEpoch // last sent to Core
 	var probes *prober
 	if c.cfg.Probe != nil {
-		probes = newProber(lctx, c)
+		probes = newProber(lctx, c, keep)
 		defer probes.stop()
 	}
 
@@ -368,7 +388,10 @@ func (c *Coordinator) lead(ctx context.Context, sess *concurrency.Session, el *c
 			if ctx.Err() != nil {
 				return nil
 			}
-			return errors.New("election session lost")
+			return errors.New("election lease lost")
+		case d := <-keep.Resumed():
+			c.leaseResumes.Add(1)
+			c.log.Warn("election lease: renewals went unanswered, but etcd kept the lease; leading on", "without_renewal", d.Round(time.Millisecond))
 		case set, ok := <-workers:
 			if !ok {
 				return errors.New("worker watch closed")

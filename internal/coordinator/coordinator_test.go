@@ -6,9 +6,11 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/switchyard/switchyard/internal/etcdtest"
@@ -84,8 +86,10 @@ func (h *harness) startCoordinator(name string) *running {
 }
 
 // startWith starts a coordinator with cfg (its Registry and Logger filled in).
-func (h *harness) startWith(cfg Config) *running {
-	cli := h.etcd.Client(h.t)
+func (h *harness) startWith(cfg Config) *running { return h.startOn(h.etcd.Client(h.t), cfg) }
+
+// startOn is startWith on the client cli.
+func (h *harness) startOn(cli *clientv3.Client, cfg Config) *running {
 	cfg.Registry = h.registry(cli)
 	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	c, err := New(cfg)
@@ -459,4 +463,112 @@ func TestMakeBeforeBreak(t *testing.T) {
 		}
 		waitFor(t, 5*time.Second, "the timeout to be counted", func() bool { return c.c.Counters().MigrationTimeouts == 1 })
 	})
+}
+
+// TestLeaderKeepsItsTermThroughStalledRenewals: a leader whose election
+// renewals go unanswered for a TTL while etcd keeps its lease alive (an
+// etcd member holding them while etcd's own raft leader changes,
+// scripts/chaos.sh isolate-etcd-leader) keeps its term: it leads on under
+// the same key, the other coordinator never leads, and LeaseResumes counts
+// it. When etcd did let the lease expire meanwhile, the other coordinator
+// takes over and the first steps down once it hears from etcd again.
+// Coordinator a reaches a real etcd through a loopback proxy that stalls
+// every byte on demand; a second client renews a's lease meanwhile.
+func TestLeaderKeepsItsTermThroughStalledRenewals(t *testing.T) {
+	h := newHarness(t)
+	px := etcdtest.StartStallProxy(t, strings.TrimPrefix(h.etcd.Endpoints[0], "http://"))
+	cli, err := registry.DialTLS(h.ctx, []string{"http://" + px.Addr()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	const ttl = time.Second
+	a := h.startOn(cli, Config{Name: "a", SessionTTL: ttl})
+	if err := a.c.WaitLeading(h.ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	b := h.startCoordinator("b")
+	direct := h.etcd.Client(t)
+	leader := func() *mvccpb.KeyValue {
+		t.Helper()
+		resp, err := direct.Get(h.ctx, h.reg.LeaderPrefix()+"/", clientv3.WithFirstCreate()...)
+		if err != nil || len(resp.Kvs) == 0 {
+			t.Fatalf("leader key: %v %v", resp, err)
+		}
+		return resp.Kvs[0]
+	}
+	first := leader()
+	if string(first.Value) != "a" {
+		t.Fatalf("leader key %s holds %q, want a", first.Key, first.Value)
+	}
+	lease := clientv3.LeaseID(first.Lease)
+	waitFor(t, 10*time.Second, "b campaigning (its key under the prefix)", func() bool {
+		resp, err := direct.Get(h.ctx, h.reg.LeaderPrefix()+"/", clientv3.WithPrefix(), clientv3.WithCountOnly())
+		return err == nil && resp.Count == 2
+	})
+
+	// Phase 1: stalled while direct renews the lease. a's client gives up
+	// after a TTL (Stalled), the stall ends, and a finds its lease alive.
+	stop := make(chan struct{})
+	renewed := make(chan struct{})
+	var once sync.Once
+	stopRenewing := func() { once.Do(func() { close(stop); <-renewed }) }
+	defer stopRenewing()
+	go func() {
+		defer close(renewed)
+		tick := time.NewTicker(ttl / 5)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				ctx, cancel := context.WithTimeout(h.ctx, ttl)
+				direct.KeepAliveOnce(ctx, lease)
+				cancel()
+			}
+		}
+	}()
+	px.Stall(true)
+	waitFor(t, 20*ttl, "a's renewals to stall", func() bool {
+		k := a.c.term.Load()
+		return k != nil && k.Stalled()
+	})
+	px.Stall(false)
+	waitFor(t, 20*ttl, "a to resume its election lease", func() bool {
+		if l, _ := a.c.Leading(); !l {
+			t.Fatal("a stopped leading although etcd kept its lease")
+		}
+		return a.c.Counters().LeaseResumes == 1
+	})
+	stopRenewing()
+	if n := a.c.Counters().Terms; n != 1 {
+		t.Fatalf("a began %d terms, want 1", n)
+	}
+	if n := b.c.Counters().Terms; n != 0 {
+		t.Fatalf("b led %d times while a's lease lived", n)
+	}
+	if now := leader(); string(now.Key) != string(first.Key) || now.CreateRevision != first.CreateRevision {
+		t.Fatalf("leader key %s@%d, want a's %s@%d", now.Key, now.CreateRevision, first.Key, first.CreateRevision)
+	}
+	// a renews on its own again: the key outlives 3 TTLs (a span, not a
+	// condition to wait for: nothing may change in it).
+	time.Sleep(3 * ttl)
+	if l, _ := a.c.Leading(); !l || b.c.Counters().Terms != 0 || leader().CreateRevision != first.CreateRevision {
+		t.Fatalf("after the stall: a leading %v, b terms %d", l, b.c.Counters().Terms)
+	}
+
+	// Phase 2: stalled until etcd drops the lease; b takes over, and a,
+	// which cannot hear etcd, steps down once the stall ends.
+	px.Stall(true)
+	if err := b.c.WaitLeading(h.ctx, true); err != nil {
+		t.Fatalf("b never took over from a cut-off leader: %v", err)
+	}
+	px.Stall(false)
+	if err := a.c.WaitLeading(h.ctx, false); err != nil {
+		t.Fatalf("a kept leading after etcd dropped its lease: %v", err)
+	}
+	if n := a.c.Counters().LeaseResumes; n != 1 {
+		t.Fatalf("a resumed %d times, want 1 (the dropped lease is not resumed)", n)
+	}
 }

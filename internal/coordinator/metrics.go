@@ -26,10 +26,13 @@ import (
 //	                                                            by all its owners (they hold the copies)
 //	switchyard_coordinator_worker_losses_total                  workers seen leaving while leading
 //	switchyard_coordinator_evictions_total                      leases revoked after failed health probes
+//	switchyard_coordinator_lease_resumes_total                  terms kept through election renewals unanswered for a
+//	                                                            TTL while etcd kept the lease (e.g. etcd's leader cut off)
 type metrics struct {
 	leader   prometheus.GaugeFunc
 	terms    prometheus.CounterFunc
 	evicts   prometheus.CounterFunc
+	resumes  prometheus.CounterFunc
 	live     prometheus.Gauge
 	epoch    *prometheus.GaugeVec
 	changes  *prometheus.CounterVec
@@ -72,6 +75,10 @@ func newMetrics(c *Coordinator) *metrics {
 		evicts: prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "switchyard_coordinator_evictions_total", Help: "Worker leases revoked after failed health probes.",
 		}, func() float64 { return float64(c.evictions.Load()) }),
+		resumes: prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "switchyard_coordinator_lease_resumes_total",
+			Help: "Terms kept through election renewals unanswered for a TTL while etcd kept the lease alive (e.g. etcd's raft leader cut off).",
+		}, func() float64 { return float64(c.leaseResumes.Load()) }),
 		live: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "switchyard_coordinator_live_workers", Help: "Registered workers as the leader sees them (0 on a follower).",
 		}),
@@ -98,7 +105,7 @@ func newMetrics(c *Coordinator) *metrics {
 // Collectors are the coordinator's metrics, for a Prometheus registry.
 func (c *Coordinator) Collectors() []prometheus.Collector {
 	m := c.met
-	return []prometheus.Collector{m.leader, m.terms, m.evicts, m.live, m.epoch, m.changes, m.recovery, m.losses}
+	return []prometheus.Collector{m.leader, m.terms, m.evicts, m.resumes, m.live, m.epoch, m.changes, m.recovery, m.losses}
 }
 
 // workers notes the leader's view of the worker set: workers that left

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/connectivity"
@@ -19,7 +20,7 @@ import (
 )
 
 // Health probes: the leader's fast failure detector. A worker's etcd lease
-// shows its death only once the lease runs out (registry.DefaultTTL, 5 s);
+// shows its death only once the lease runs out (registry.DefaultTTL, 10 s);
 // a worker that is stopped (SIGSTOP), cut off, or hung keeps its TCP
 // connections and, until then, its experts and its rank in a job. So the
 // leader asks every registered worker for its health every ProbeInterval,
@@ -143,6 +144,7 @@ func (h *HealthProbe) Close() error {
 type prober struct {
 	c      *Coordinator
 	ctx    context.Context
+	term   *registry.LeaseKeeper // the election lease: no eviction while it is Stalled
 	probe  Prober
 	every  time.Duration
 	limit  time.Duration // one probe
@@ -160,8 +162,8 @@ type prober struct {
 	lastAny, sighted time.Time
 }
 
-func newProber(ctx context.Context, c *Coordinator) *prober {
-	return &prober{c: c, ctx: ctx, probe: c.cfg.Probe, every: c.cfg.ProbeInterval, limit: c.cfg.ProbeTimeout,
+func newProber(ctx context.Context, c *Coordinator, term *registry.LeaseKeeper) *prober {
+	return &prober{c: c, ctx: ctx, term: term, probe: c.cfg.Probe, every: c.cfg.ProbeInterval, limit: c.cfg.ProbeTimeout,
 		after: c.cfg.EvictAfter, loops: map[clientv3.LeaseID]probeLoop{}, lastOK: map[cluster.WorkerID]time.Time{}}
 }
 
@@ -281,9 +283,10 @@ func (p *prober) loop(ctx context.Context, w cluster.WorkerInfo, lease clientv3.
 				firstFail = now
 			}
 			fails++
-			if silent := p.silence(lastOK, now); fails >= 2 && silent >= p.after && p.othersAnswered(w.ID, firstFail) {
-				p.evict(w, lease, silent, fails, err)
-				return
+			if silent := p.silence(lastOK, now); fails >= 2 && silent >= p.after && p.othersAnswered(w.ID, firstFail) && !p.term.Stalled() {
+				if p.evict(w, lease, silent, fails, err) {
+					return
+				}
 			}
 		}
 		select {
@@ -295,16 +298,22 @@ func (p *prober) loop(ctx context.Context, w cluster.WorkerInfo, lease clientv3.
 }
 
 // evict revokes w's lease, within this term (p.ctx; not the loop's ctx,
-// which the revocation itself ends once the worker watch sees it).
-func (p *prober) evict(w cluster.WorkerInfo, lease clientv3.LeaseID, silent time.Duration, fails int, cause error) {
+// which the revocation itself ends once the worker watch sees it), and
+// reports whether the lease is gone: false after a failed revocation
+// (etcd unreachable), which the loop retries at its next failed probe.
+func (p *prober) evict(w cluster.WorkerInfo, lease clientv3.LeaseID, silent time.Duration, fails int, cause error) bool {
 	rctx, cancel := context.WithTimeout(p.ctx, 2*time.Second)
 	defer cancel()
 	_, err := p.c.reg.Client().Revoke(rctx, lease)
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return true // expired meanwhile
+	}
 	if err != nil {
 		p.c.log.Warn("evict worker: revoke its lease", "worker", w.ID, "lease", fmt.Sprintf("%x", int64(lease)), "err", err)
-		return
+		return false
 	}
 	p.c.evictions.Add(1)
 	p.c.log.Warn("evicted worker: no answer to health probes", "worker", w.ID, "addr", w.Addr,
 		"lease", fmt.Sprintf("%x", int64(lease)), "silent", silent.Round(time.Millisecond), "failed_probes", fails, "last_err", cause)
+	return true
 }

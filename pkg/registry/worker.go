@@ -7,10 +7,8 @@ import (
 	"fmt"
 	"math"
 	"slices"
-	"sync"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 
@@ -36,31 +34,22 @@ var (
 	ErrWorkerExists     = errors.New("worker ID already registered")
 )
 
-// Registration is a worker's live entry: its key under a lease that the
-// etcd client keeps alive (a renewal every TTL/3). Its methods are safe for
+// Registration is a worker's live entry: its key under a lease that a
+// LeaseKeeper keeps alive (a renewal every TTL/3, resumed on the same lease
+// when renewals stalled while etcd kept it). Its methods are safe for
 // concurrent use.
 //
-// The client stops renewing once a TTL passes without an answer, but that
-// alone does not end the registration: etcd is asked whether the lease
-// still lives, and if it does, renewals start again on the same lease.
-// A member forwards renewals to the raft leader, and when the leader's
-// host is cut off it holds them for up to 5 s (etcd's peer read timeout)
-// while the members left elect a new leader, which extends every lease:
-// the lease is alive throughout, yet every worker whose client talks to a
-// follower would see a TTL without an answer and drop out of the cluster
-// at once (found by scripts/chaos.sh with the former 5 s TTL).
+// Done is closed when the worker is out of the cluster and must register
+// again: after Close or Abandon, when the client closes, when etcd let the
+// lease expire or revoked it (the worker was cut off longer than the TTL,
+// or the leader evicted it). Abandon stops renewing without revoking, as a
+// crashed process would (for tests and hand-over): the keys disappear when
+// the TTL runs out.
 type Registration struct {
-	r       *Registry
-	lease   clientv3.LeaseID
-	key     string
-	ttl     time.Duration
-	info    cluster.WorkerInfo
-	done    chan struct{}   // closed when the lease is gone or no longer renewed
-	stopCtx context.Context // canceled by Close and Abandon
-	cancel  context.CancelFunc
-	resumed chan time.Duration // see Resumed
-	mu      sync.Mutex
-	sess    *concurrency.Session // renewing the lease now
+	*LeaseKeeper
+	r    *Registry
+	key  string
+	info cluster.WorkerInfo
 }
 
 // Register puts info under /<cluster>/workers/<id>, attached to a new lease
@@ -134,25 +123,23 @@ func (r *Registry) register(ctx context.Context, info cluster.WorkerInfo, ttl ti
 		r.cli.Revoke(context.WithoutCancel(ctx), grant.ID)
 		return nil, fmt.Errorf("registry: worker %s: keep lease %x alive: %w", info.ID, int64(grant.ID), err)
 	}
-	g := &Registration{r: r, lease: grant.ID, sess: sess, key: r.WorkerKey(info.ID), ttl: time.Duration(grant.TTL) * time.Second, info: info,
-		done: make(chan struct{}), resumed: make(chan time.Duration, 1)}
-	g.stopCtx, g.cancel = context.WithCancel(context.Background())
+	key := r.WorkerKey(info.ID)
 	val, _ := json.Marshal(info)
-	conds := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(g.key), "=", 0)}
+	conds := []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(key), "=", 0)}
 	if modelKey != "" {
 		conds = append(conds, clientv3.Compare(clientv3.ModRevision(modelKey), "=", modelRev))
 	} else {
-		modelKey = g.key // (read back below in place of a model record)
+		modelKey = key // (read back below in place of a model record)
 	}
 	resp, err := r.cli.Txn(ctx).If(conds...).Then(
-		clientv3.OpPut(g.key, string(val), clientv3.WithLease(sess.Lease())),
+		clientv3.OpPut(key, string(val), clientv3.WithLease(sess.Lease())),
 	).Else(
 		clientv3.OpGet(modelKey),
-		clientv3.OpGet(g.key),
+		clientv3.OpGet(key),
 	).Commit()
 	if err != nil {
 		sess.Close()
-		return nil, fmt.Errorf("registry: worker %s: put %s: %w", info.ID, g.key, err)
+		return nil, fmt.Errorf("registry: worker %s: put %s: %w", info.ID, key, err)
 	}
 	if !resp.Succeeded {
 		sess.Close()
@@ -171,106 +158,13 @@ func (r *Registry) register(ctx context.Context, info cluster.WorkerInfo, ttl ti
 			}
 		}
 		return nil, fmt.Errorf("registry: worker %s refused by cluster %q: %s is held by lease %x%s (another process uses this ID, or a killed one's lease has not expired yet): %w",
-			info.ID, r.cluster, g.key, lease, left, ErrWorkerExists)
+			info.ID, r.cluster, key, lease, left, ErrWorkerExists)
 	}
-	go g.keep()
-	return g, nil
-}
-
-// keep watches the renewing session until Close or Abandon; when the
-// client gives up renewing, it asks etcd whether the lease still lives and
-// renews it again if so, and otherwise closes done.
-func (g *Registration) keep() {
-	defer close(g.done)
-	for {
-		select {
-		case <-g.stopCtx.Done():
-			return
-		case <-g.session().Done():
-		}
-		gaveUp := time.Now()
-		if !g.leaseAlive() {
-			return
-		}
-		next, err := concurrency.NewSession(g.r.cli, concurrency.WithLease(g.lease), concurrency.WithTTL(int(g.ttl/time.Second)))
-		if err != nil {
-			return
-		}
-		g.mu.Lock()
-		if g.stopCtx.Err() != nil { // Close or Abandon came meanwhile (halt cancels under mu): they acted on the old session
-			g.mu.Unlock()
-			next.Orphan()
-			return
-		}
-		g.sess = next
-		g.mu.Unlock()
-		select {
-		case g.resumed <- time.Since(gaveUp) + g.ttl:
-		default:
-		}
-	}
-}
-
-// leaseAlive asks etcd whether the lease still lives. It keeps asking for
-// up to two TTLs (three since the last answer the client saw: the lease is
-// surely gone by then, as nothing else renews it), redialing etcd at once
-// each time rather than after gRPC's reconnect backoff.
-func (g *Registration) leaseAlive() bool {
-	deadline := time.Now().Add(2 * g.ttl)
-	for {
-		if g.stopCtx.Err() != nil {
-			return false
-		}
-		ctx, cancel := context.WithTimeout(g.stopCtx, max(time.Until(deadline), 100*time.Millisecond))
-		resp, err := g.r.cli.TimeToLive(ctx, g.lease)
-		cancel()
-		switch {
-		case err == nil:
-			return resp.TTL >= 0 // remaining whole seconds; -1: gone
-		case g.stopCtx.Err() != nil || g.r.cli.Ctx().Err() != nil || errors.Is(err, rpctypes.ErrLeaseNotFound) || time.Now().After(deadline):
-			return false
-		}
-		g.r.cli.ActiveConnection().ResetConnectBackoff()
-		time.Sleep(250 * time.Millisecond)
-	}
-}
-
-// Resumed delivers, each time renewals stalled for a TTL while etcd kept
-// the lease alive and have started again, how long the lease went without
-// a renewal that the client saw (the newest only, if not read in time).
-func (g *Registration) Resumed() <-chan time.Duration { return g.resumed }
-
-// session is the session renewing the lease now.
-func (g *Registration) session() *concurrency.Session {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	return g.sess
-}
-
-// halt stops the keeper and returns the session to end.
-func (g *Registration) halt() *concurrency.Session {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	g.cancel()
-	return g.sess
+	return &Registration{LeaseKeeper: KeepLease(r.cli, sess, time.Duration(grant.TTL)*time.Second), r: r, key: key, info: info}, nil
 }
 
 // Info is the registered worker info.
 func (g *Registration) Info() cluster.WorkerInfo { return g.info }
-
-// Lease is the etcd lease holding the worker's keys.
-func (g *Registration) Lease() clientv3.LeaseID { return g.lease }
-
-// TTL is the lease TTL etcd granted.
-func (g *Registration) TTL() time.Duration { return g.ttl }
-
-// Done is closed when the lease is no longer kept alive: after Close or
-// Abandon, when the client closes, or when etcd let the lease expire or
-// revoked it (e.g. the worker was cut off longer than the TTL, or the
-// leader evicted it), or could not be asked for a TTL after the client
-// gave up renewing. A worker whose registration is done is out of the
-// cluster and must register again.
-func (g *Registration) Done() <-chan struct{} { return g.done }
 
 // Update replaces the registered info (same ID), keeping the lease.
 func (g *Registration) Update(ctx context.Context, info cluster.WorkerInfo) error {
@@ -278,7 +172,7 @@ func (g *Registration) Update(ctx context.Context, info cluster.WorkerInfo) erro
 		return fmt.Errorf("registry: update worker %s: ID changed to %s", g.info.ID, info.ID)
 	}
 	val, _ := json.Marshal(info)
-	if _, err := g.r.cli.Put(ctx, g.key, string(val), clientv3.WithLease(g.lease)); err != nil {
+	if _, err := g.r.cli.Put(ctx, g.key, string(val), clientv3.WithLease(g.Lease())); err != nil {
 		return fmt.Errorf("registry: update %s: %w", g.key, err)
 	}
 	g.info = info
@@ -288,21 +182,10 @@ func (g *Registration) Update(ctx context.Context, info cluster.WorkerInfo) erro
 // Close leaves gracefully: it revokes the lease, which deletes the worker's
 // keys at once.
 func (g *Registration) Close() error {
-	sess := g.halt()
-	<-g.done
-	if err := sess.Close(); err != nil && !errors.Is(err, context.Canceled) {
-		return fmt.Errorf("registry: worker %s: revoke lease %x: %w", g.info.ID, int64(g.lease), err)
+	if err := g.LeaseKeeper.Close(); err != nil {
+		return fmt.Errorf("registry: worker %s: %w", g.info.ID, err)
 	}
 	return nil
-}
-
-// Abandon stops renewing the lease without revoking it, as a crashed
-// process would: the keys disappear when the TTL runs out. For tests and
-// for hand-over.
-func (g *Registration) Abandon() {
-	sess := g.halt()
-	<-g.done
-	sess.Orphan()
 }
 
 // TokenCount is the number of tokens routed to one expert copy.
@@ -326,7 +209,7 @@ func (g *Registration) PutStats(ctx context.Context, s WorkerStats) error {
 	s.Worker = g.info.ID
 	val, _ := json.Marshal(s)
 	key := g.r.StatsKey(g.info.ID)
-	if _, err := g.r.cli.Put(ctx, key, string(val), clientv3.WithLease(g.lease)); err != nil {
+	if _, err := g.r.cli.Put(ctx, key, string(val), clientv3.WithLease(g.Lease())); err != nil {
 		return fmt.Errorf("registry: put %s: %w", key, err)
 	}
 	return nil

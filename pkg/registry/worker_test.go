@@ -2,12 +2,12 @@ package registry
 
 import (
 	"context"
-	"io"
-	"net"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/switchyard/switchyard/internal/etcdtest"
 )
 
 // TestRegistrationOutlivesStalledRenewals: when the client gets no answer
@@ -21,8 +21,8 @@ import (
 // meanwhile in place of the new raft leader.
 func TestRegistrationOutlivesStalledRenewals(t *testing.T) {
 	e := setup(t)
-	px := startStallProxy(t, strings.TrimPrefix(e.etcd.Endpoints[0], "http://"))
-	cli, err := DialTLS(e.ctx, []string{"http://" + px.addr()}, nil)
+	px := etcdtest.StartStallProxy(t, strings.TrimPrefix(e.etcd.Endpoints[0], "http://"))
+	cli, err := DialTLS(e.ctx, []string{"http://" + px.Addr()}, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +44,7 @@ func TestRegistrationOutlivesStalledRenewals(t *testing.T) {
 	// renews the lease meanwhile.
 	stall := func(renew bool) {
 		t.Helper()
-		first := g.session()
+		first := g.Session()
 		stop := make(chan struct{})
 		var wg sync.WaitGroup
 		if renew {
@@ -65,7 +65,7 @@ func TestRegistrationOutlivesStalledRenewals(t *testing.T) {
 				}
 			}()
 		}
-		px.stall(true)
+		px.Stall(true)
 		select {
 		case <-first.Done():
 		case <-time.After(20 * ttl):
@@ -84,7 +84,7 @@ func TestRegistrationOutlivesStalledRenewals(t *testing.T) {
 			case <-time.After(ttl / 10):
 			}
 		}
-		px.stall(false)
+		px.Stall(false)
 		close(stop)
 		wg.Wait()
 	}
@@ -129,113 +129,4 @@ func TestRegistrationOutlivesStalledRenewals(t *testing.T) {
 	if len(set.Workers) != 0 {
 		t.Fatalf("workers %v after the lease expired", set.IDs())
 	}
-}
-
-// stallProxy forwards TCP connections to a target; while stalled it
-// forwards no byte either way (held, as a link whose packets are lost
-// until it comes back).
-type stallProxy struct {
-	ln     net.Listener
-	mu     sync.Mutex
-	cond   *sync.Cond
-	paused bool
-	closed bool
-	conns  []net.Conn
-	wg     sync.WaitGroup
-}
-
-func startStallProxy(t *testing.T, target string) *stallProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &stallProxy{ln: ln}
-	p.cond = sync.NewCond(&p.mu)
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			u, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			if !p.track(c, u) {
-				return
-			}
-			p.wg.Add(2)
-			go p.pipe(u, c)
-			go p.pipe(c, u)
-		}
-	}()
-	t.Cleanup(p.close)
-	return p
-}
-
-func (p *stallProxy) addr() string { return p.ln.Addr().String() }
-
-func (p *stallProxy) track(cs ...net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed {
-		for _, c := range cs {
-			c.Close()
-		}
-		return false
-	}
-	p.conns = append(p.conns, cs...)
-	return true
-}
-
-// pipe copies src to dst, waiting while the proxy is stalled.
-func (p *stallProxy) pipe(dst, src net.Conn) {
-	defer p.wg.Done()
-	defer dst.Close()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		p.mu.Lock()
-		for p.paused && !p.closed {
-			p.cond.Wait()
-		}
-		closed := p.closed
-		p.mu.Unlock()
-		if closed {
-			return
-		}
-		if n > 0 {
-			if _, werr := dst.Write(buf[:n]); werr != nil {
-				return
-			}
-		}
-		if err != nil {
-			if err != io.EOF {
-				src.Close()
-			}
-			return
-		}
-	}
-}
-
-func (p *stallProxy) stall(on bool) {
-	p.mu.Lock()
-	p.paused = on
-	p.mu.Unlock()
-	p.cond.Broadcast()
-}
-
-func (p *stallProxy) close() {
-	p.mu.Lock()
-	p.closed = true
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.mu.Unlock()
-	p.cond.Broadcast()
-	p.ln.Close()
-	p.wg.Wait()
 }

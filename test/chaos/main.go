@@ -39,6 +39,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/switchyard/switchyard/internal/coordinator"
 	"github.com/switchyard/switchyard/internal/jobs"
 	"github.com/switchyard/switchyard/internal/status"
 	"github.com/switchyard/switchyard/pkg/registry"
@@ -297,7 +298,8 @@ func run() error {
 	e.coords = map[string]*proc{}
 	for i, name := range []string{"c1", "c2"} {
 		c := e.sup.add(name, e.ns(i), filepath.Join(logs, name+".log"), filepath.Join(e.bin, "coordinator"),
-			"--etcd", e.etcdURL, "--cluster", clusterName, "--model", model, "--replicas", "2", "--expect-workers", "4", "--name", name)
+			"--etcd", e.etcdURL, "--cluster", clusterName, "--model", model, "--replicas", "2", "--expect-workers", "4", "--name", name,
+			"--session-ttl", cmp.Or(os.Getenv("CHAOS_SESSION_TTL"), coordinator.DefaultSessionTTL.String()))
 		if err := e.sup.start(c); err != nil {
 			return err
 		}
