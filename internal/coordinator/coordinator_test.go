@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -509,26 +508,7 @@ func TestLeaderKeepsItsTermThroughStalledRenewals(t *testing.T) {
 
 	// Phase 1: stalled while direct renews the lease. a's client gives up
 	// after a TTL (Stalled), the stall ends, and a finds its lease alive.
-	stop := make(chan struct{})
-	renewed := make(chan struct{})
-	var once sync.Once
-	stopRenewing := func() { once.Do(func() { close(stop); <-renewed }) }
-	defer stopRenewing()
-	go func() {
-		defer close(renewed)
-		tick := time.NewTicker(ttl / 5)
-		defer tick.Stop()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tick.C:
-				ctx, cancel := context.WithTimeout(h.ctx, ttl)
-				direct.KeepAliveOnce(ctx, lease)
-				cancel()
-			}
-		}
-	}()
+	stopRenewing := etcdtest.RenewLease(t, direct, lease, ttl)
 	px.Stall(true)
 	waitFor(t, 20*ttl, "a's renewals to stall", func() bool {
 		k := a.c.term.Load()

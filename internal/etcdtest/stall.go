@@ -1,11 +1,43 @@
 package etcdtest
 
 import (
+	"context"
 	"io"
 	"net"
 	"sync"
 	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
+
+// RenewLease renews lease on cli every ttl/5 (each renewal bounded by
+// ttl), as the holder would on a link that works, until the returned stop
+// is called (it waits for the renewals to end; calling it again is
+// harmless) or the test ends.
+func RenewLease(t testing.TB, cli *clientv3.Client, lease clientv3.LeaseID, ttl time.Duration) (stop func()) {
+	quit := make(chan struct{})
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		tick := time.NewTicker(ttl / 5)
+		defer tick.Stop()
+		for {
+			select {
+			case <-quit:
+				return
+			case <-tick.C:
+				ctx, cancel := context.WithTimeout(context.Background(), ttl)
+				cli.KeepAliveOnce(ctx, lease)
+				cancel()
+			}
+		}
+	}()
+	var once sync.Once
+	stop = func() { once.Do(func() { close(quit); <-ended }) }
+	t.Cleanup(stop)
+	return stop
+}
 
 // StallProxy forwards TCP connections to a target (an etcd client URL's
 // host:port); while stalled it forwards no byte either way, holding them

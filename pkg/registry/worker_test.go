@@ -3,7 +3,6 @@ package registry
 import (
 	"context"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -45,25 +44,9 @@ func TestRegistrationOutlivesStalledRenewals(t *testing.T) {
 	stall := func(renew bool) {
 		t.Helper()
 		first := g.Session()
-		stop := make(chan struct{})
-		var wg sync.WaitGroup
+		stopRenewing := func() {}
 		if renew {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				tick := time.NewTicker(ttl / 5)
-				defer tick.Stop()
-				for {
-					select {
-					case <-stop:
-						return
-					case <-tick.C:
-						ctx, cancel := context.WithTimeout(e.ctx, ttl)
-						direct.KeepAliveOnce(ctx, g.Lease())
-						cancel()
-					}
-				}
-			}()
+			stopRenewing = etcdtest.RenewLease(t, direct, g.Lease(), ttl)
 		}
 		px.Stall(true)
 		select {
@@ -85,8 +68,7 @@ func TestRegistrationOutlivesStalledRenewals(t *testing.T) {
 			}
 		}
 		px.Stall(false)
-		close(stop)
-		wg.Wait()
+		stopRenewing()
 	}
 
 	stall(true)
