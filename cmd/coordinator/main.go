@@ -103,7 +103,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	f.DurationVar(&o.grace, "placement-grace", coordinator.DefaultPlacementGrace, "longest wait for --expect-workers after becoming leader")
 	f.DurationVar(&o.migWait, "migration-wait", coordinator.DefaultMigrationWait, "make-before-break: keep moved experts' old copies until the new owners report them loaded, at most this long; 0: drop them at once")
 	f.StringVar(&o.name, "name", fmt.Sprintf("%s-%d", host, os.Getpid()), "this coordinator's name in the election")
-	f.DurationVar(&o.sessionTTL, "session-ttl", coordinator.DefaultSessionTTL, "leader lease TTL: a dead leader is replaced within it")
+	f.DurationVar(&o.sessionTTL, "session-ttl", coordinator.DefaultSessionTTL, "leader lease TTL: a killed leader is replaced within it; the leader keeps its term through etcd stalls the lease outlives (10s rides through etcd's own leader changes)")
 	f.DurationVar(&o.probeEvery, "probe-interval", coordinator.DefaultProbeInterval, "how often the leader asks each worker for its health")
 	f.DurationVar(&o.evictAfter, "evict-after", coordinator.DefaultEvictAfter, "revoke the lease of a worker that answered no health probe for this long while others answered (0: no probes; a worker is gone when its lease runs out)")
 	f.StringVar(&o.gossipAddr, "gossip-addr", "", "join the workers' gossip at this host:port for early failure hints (empty: off)")
