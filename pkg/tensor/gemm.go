@@ -100,13 +100,22 @@ const (
 // packABudget).
 //
 // That A-panel-outer order is AVX-512's. AVX2 runs B-panel-outer instead
-// (rowBlock 16: a 16 KB B micro-panel in Zen 3's 32 KB L1 while 16 A
-// micro-panels, 96 KB, stream past it from L2): it moves 24 bytes of A a
-// k step from L2 instead of 64 of B, and took the 1024^3 GEMM on one Zen 3
-// core from 0.93-0.96x OpenBLAS to 0.99-1.00x (interleaved calls,
-// 2026-12-06; rowBlock 4-32 within 2% of each other). Both orders compute
+// (first at kc = 256 and rowBlock 16: a 16 KB B micro-panel in Zen 3's
+// 32 KB L1 while 16 A micro-panels, 96 KB, stream past it from L2): it
+// moves 24 bytes of A a k step from L2 instead of 64 of B, and took the
+// 1024^3 GEMM on one Zen 3 core from 0.93-0.96x OpenBLAS to 0.99-1.00x
+// (interleaved calls, 2026-12-06; rowBlock 4-32 within 2% of each other). Both orders compute
 // each tile with the same FMAs in the same order, so they give the same
-// bits (TestGemmTileOrdersAgreeBitwise).
+// bits (TestGemmTileOrdersAgreeBitwise). In that order AVX2 takes deeper
+// slabs, kc = 1024 (a k of 1024 in one slab; 2816 in three of 940): the
+// pass over C per slab and the slab loop's overhead shrink, while the B
+// micro-panel (64 KB) and a block of 8 A micro-panels (192 KB, rowBlock 8:
+// inside even a 256 KB L2) stay in L2. Call by call against kc = 256 and
+// rowBlock 16 on the Zen 3 VM (2026-12-06, 30 pairs a shape, 1 and 2
+// threads, two rounds): 1.01-1.08x on 19 of 20 shape/thread pairs of
+// 1024^3, the expert shapes 64x2816x1024 and 64x1024x2816 and the
+// 512-row prefill products, 0.993x on the last (kc = 512: 0.97-1.04x;
+// a whole k of 2816 in one slab: 0.93-1.03x).
 type gemmParams struct {
 	name   string
 	mr, nr int // register tile: rows x columns of C
@@ -122,7 +131,7 @@ type gemmParams struct {
 
 var archParams = [numArchs]gemmParams{
 	archGeneric: {name: "generic", mr: genericMR, nr: genericNR, kc: 256, nc: 128},
-	archAVX2:    {name: "avx2", mr: 6, nr: 16, kc: 256, nc: 256, rowBlock: 16},
+	archAVX2:    {name: "avx2", mr: 6, nr: 16, kc: 1024, nc: 256, rowBlock: 8},
 	archAVX512:  {name: "avx512", mr: 14, nr: 32, kc: 256, nc: 256},
 }
 
