@@ -531,12 +531,13 @@ func TestLeaderKeepsItsTermThroughStalledRenewals(t *testing.T) {
 	if now := leader(); string(now.Key) != string(first.Key) || now.CreateRevision != first.CreateRevision {
 		t.Fatalf("leader key %s@%d, want a's %s@%d", now.Key, now.CreateRevision, first.Key, first.CreateRevision)
 	}
-	// a renews on its own again: the key outlives 3 TTLs (a span, not a
-	// condition to wait for: nothing may change in it).
-	time.Sleep(3 * ttl)
-	if l, _ := a.c.Leading(); !l || b.c.Counters().Terms != 0 || leader().CreateRevision != first.CreateRevision {
-		t.Fatalf("after the stall: a leading %v, b terms %d", l, b.c.Counters().Terms)
-	}
+	// a renews on its own again: it leads under the same key for 3 TTLs.
+	etcdtest.Holds(t, 3*ttl, func() error {
+		if l, _ := a.c.Leading(); !l || b.c.Counters().Terms != 0 || leader().CreateRevision != first.CreateRevision {
+			return fmt.Errorf("after the stall: a leading %v, b terms %d", l, b.c.Counters().Terms)
+		}
+		return nil
+	})
 
 	// Phase 2: stalled until etcd drops the lease; b takes over, and a,
 	// which cannot hear etcd, steps down once the stall ends.

@@ -39,6 +39,26 @@ func RenewLease(t testing.TB, cli *clientv3.Client, lease clientv3.LeaseID, ttl 
 	return stop
 }
 
+// Holds checks cond every 20 ms for d (and once at the end), failing the
+// test at the first check that returns an error: an assertion that nothing
+// changes over a span (e.g. a lease outliving several TTLs), which fails as
+// soon as something does rather than after a sleep.
+func Holds(t testing.TB, d time.Duration, cond func() error) {
+	t.Helper()
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	end := time.Now().Add(d)
+	for {
+		if err := cond(); err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(end) {
+			return
+		}
+		<-tick.C
+	}
+}
+
 // StallProxy forwards TCP connections to a target (an etcd client URL's
 // host:port); while stalled it forwards no byte either way, holding them
 // as a link whose packets are lost until it comes back (TCP connections

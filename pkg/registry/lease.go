@@ -31,8 +31,7 @@ type LeaseKeeper struct {
 	cli     *clientv3.Client
 	lease   clientv3.LeaseID
 	ttl     time.Duration
-	done    chan struct{}   // closed when the lease is gone or no longer renewed
-	ctx     context.Context // canceled with done
+	ctx     context.Context // canceled when the lease is gone or no longer renewed (Done)
 	stopCtx context.Context // canceled by Close and Abandon
 	cancel  context.CancelFunc
 	resumed chan time.Duration // see Resumed
@@ -45,14 +44,12 @@ type LeaseKeeper struct {
 // keeps its lease alive until Close, Abandon, or until etcd no longer has
 // it.
 func KeepLease(cli *clientv3.Client, sess *concurrency.Session, ttl time.Duration) *LeaseKeeper {
-	k := &LeaseKeeper{cli: cli, lease: sess.Lease(), ttl: ttl, sess: sess,
-		done: make(chan struct{}), resumed: make(chan time.Duration, 1)}
-	var doneCancel context.CancelFunc
-	k.ctx, doneCancel = context.WithCancel(context.Background())
+	k := &LeaseKeeper{cli: cli, lease: sess.Lease(), ttl: ttl, sess: sess, resumed: make(chan time.Duration, 1)}
+	var ended context.CancelFunc
+	k.ctx, ended = context.WithCancel(context.Background())
 	k.stopCtx, k.cancel = context.WithCancel(context.Background())
 	go func() {
-		defer doneCancel()
-		defer close(k.done)
+		defer ended()
 		k.keep()
 	}()
 	return k
@@ -135,7 +132,7 @@ func (k *LeaseKeeper) Session() *concurrency.Session {
 // Abandon, when the client closes, when etcd let the lease expire or
 // revoked it, or when etcd could not be asked for its TTL for two TTLs
 // after the client gave up renewing.
-func (k *LeaseKeeper) Done() <-chan struct{} { return k.done }
+func (k *LeaseKeeper) Done() <-chan struct{} { return k.ctx.Done() }
 
 // Ctx is a context canceled when Done is closed.
 func (k *LeaseKeeper) Ctx() context.Context { return k.ctx }
@@ -162,7 +159,7 @@ func (k *LeaseKeeper) halt() *concurrency.Session {
 // once (the revocation bounded by the TTL, as concurrency.Session.Close).
 func (k *LeaseKeeper) Close() error {
 	sess := k.halt()
-	<-k.done
+	<-k.Done()
 	if err := sess.Close(); err != nil && !errors.Is(err, context.Canceled) {
 		return fmt.Errorf("registry: revoke lease %x: %w", int64(k.lease), err)
 	}
@@ -173,6 +170,6 @@ func (k *LeaseKeeper) Close() error {
 // process would: its keys disappear when the TTL runs out.
 func (k *LeaseKeeper) Abandon() {
 	sess := k.halt()
-	<-k.done
+	<-k.Done()
 	sess.Orphan()
 }

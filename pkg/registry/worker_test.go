@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -80,16 +81,18 @@ func TestRegistrationOutlivesStalledRenewals(t *testing.T) {
 	case <-e.ctx.Done():
 		t.Fatal("renewals never resumed")
 	}
-	// The registration renews on its own again: the key outlives 3 TTLs
-	// (a span, not a condition to wait for: nothing may change in it).
-	time.Sleep(3 * ttl)
-	set, err := e.reg.Workers(e.ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(set.Workers) != 1 || set.Leases[0] != g.Lease() {
-		t.Fatalf("after the stall: workers %v, leases %v; want w1 under lease %x", set.IDs(), set.Leases, int64(g.Lease()))
-	}
+	// The registration renews on its own again: the key keeps its lease
+	// for 3 TTLs.
+	etcdtest.Holds(t, 3*ttl, func() error {
+		set, err := e.reg.Workers(e.ctx)
+		if err != nil {
+			return err
+		}
+		if len(set.Workers) != 1 || set.Leases[0] != g.Lease() {
+			return fmt.Errorf("after the stall: workers %v, leases %v; want w1 under lease %x", set.IDs(), set.Leases, int64(g.Lease()))
+		}
+		return nil
+	})
 	select {
 	case <-g.Done():
 		t.Fatal("Done closed after renewals resumed")
@@ -104,7 +107,7 @@ func TestRegistrationOutlivesStalledRenewals(t *testing.T) {
 	case <-e.ctx.Done():
 		t.Fatal("Done never closed after the lease expired")
 	}
-	set, err = e.reg.Workers(e.ctx)
+	set, err := e.reg.Workers(e.ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
