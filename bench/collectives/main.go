@@ -12,7 +12,8 @@
 //     printed for reference.
 //  2. RTT: median of 200 round trips from rank 0 to rank 1 with the other
 //     ranks idle, and with every rank pinging its ring neighbour at once
-//     (printed for reference), back to back; the idle ones are measured
+//     (printed for reference; the median of 5 windows of 200, each after
+//     a barrier), back to back; the idle ones are measured
 //     again right before each row of at most 16 KiB, the rows whose time
 //     is mostly latency: of a 64-byte raw-TCP
 //     ping-pong (the link's bare round trip, the rtt-64 column's unit), of
@@ -21,7 +22,8 @@
 //     column's unit), and of a gRPC Ping (the rtt-grpc column's unit).
 //     The machine's CPU is recorded alongside (for the simulator's
 //     calibration, pkg/simulate): per byte moved by the ring probe, per
-//     message of the busy raw-TCP and gRPC round trips, and of busy
+//     message of the busy raw-TCP and gRPC round trips (the median of
+//     their windows), and of busy
 //     raw-TCP round trips whose reads poll as the lanes' do; the hosts'
 //     TCP congestion control and pacing ratio; and a raw-TCP ring step
 //     (every rank sends a message of 256 B to 1 MiB to r+1 while it
@@ -280,18 +282,18 @@ func run(o options) error {
 		c/1e6, slices.Min(ringC)/1e6, slices.Max(ringC)/1e6, c*8/o.rateBits)
 	b.printf("#   raw TCP, all-to-all pattern: mean %.1f MB/s received per host (min %.1f, max %.1f) = %.3f x rate\n",
 		mean(a2aC)/1e6, slices.Min(a2aC)/1e6, slices.Max(a2aC)/1e6, mean(a2aC)*8/o.rateBits)
-	b.printf("# RTT (raw TCP 64-byte ping-pong, median of 200): %.0f us rank 0 -> 1 alone (the rtt-64 column's unit); %.0f us with every rank pinging its neighbour at once\n",
-		tcpRTT.Seconds()*1e6, busyTCPRTT.Seconds()*1e6)
-	b.printf("# RTT (raw TCP 4 KiB ping-pong, median of 200): %.0f us rank 0 -> 1 alone (the rtt-4K column's unit); %.0f us with every rank pinging its neighbour at once\n",
-		rtt4K.Seconds()*1e6, busyRTT4K.Seconds()*1e6)
-	b.printf("# RTT (gRPC ping, median of 200): %.0f us rank 0 -> 1 alone (the rtt-grpc column's unit); %.0f us with every rank pinging its neighbour at once\n",
-		rtt.Seconds()*1e6, busyRTT.Seconds()*1e6)
+	b.printf("# RTT (raw TCP 64-byte ping-pong, median of 200): %.0f us rank 0 -> 1 alone (the rtt-64 column's unit); %.0f us with every rank pinging its neighbour at once (median of %d windows)\n",
+		tcpRTT.Seconds()*1e6, busyTCPRTT.Seconds()*1e6, busyWindows)
+	b.printf("# RTT (raw TCP 4 KiB ping-pong, median of 200): %.0f us rank 0 -> 1 alone (the rtt-4K column's unit); %.0f us with every rank pinging its neighbour at once (median of %d windows)\n",
+		rtt4K.Seconds()*1e6, busyRTT4K.Seconds()*1e6, busyWindows)
+	b.printf("# RTT (gRPC ping, median of 200): %.0f us rank 0 -> 1 alone (the rtt-grpc column's unit); %.0f us with every rank pinging its neighbour at once (median of %d windows)\n",
+		rtt.Seconds()*1e6, busyRTT.Seconds()*1e6, busyWindows)
 	b.printf("# CPU of the raw-TCP ring probe: %.2f ns per byte moved on the machine (%.2f cores busy), %.2f ns/B in the probe processes\n",
 		ringCPU.host*1e9, ringCPU.busy, ringCPU.proc*1e9)
-	b.printf("# CPU of the busy round trips: raw TCP 64 B %.1f us per message on the machine (%.2f cores busy), %.1f us in the processes; gRPC ping %.1f us per message (%.2f cores busy)\n",
-		tcpCPU.host*1e6, tcpCPU.busy, tcpCPU.proc*1e6, grpcCPU.host*1e6, grpcCPU.busy)
-	b.printf("# CPU of the busy round trips polled as the lanes (%v): raw TCP 64 B %.1f us per message on the machine (%.2f cores busy); round trip %.0f us\n",
-		lanePoll(o), polledCPU.host*1e6, polledCPU.busy, busyPolledRTT.Seconds()*1e6)
+	b.printf("# CPU of the busy round trips (medians of %d windows): raw TCP 64 B %.1f us per message on the machine (%.2f cores busy; windows %.1f-%.1f us), %.1f us in the processes; gRPC ping %.1f us per message (%.2f cores busy)\n",
+		busyWindows, tcpCPU.host*1e6, tcpCPU.busy, tcpCPU.hostMin*1e6, tcpCPU.hostMax*1e6, tcpCPU.proc*1e6, grpcCPU.host*1e6, grpcCPU.busy)
+	b.printf("# CPU of the busy round trips polled as the lanes (%v; medians of %d windows): raw TCP 64 B %.1f us per message on the machine (%.2f cores busy; windows %.1f-%.1f us); round trip %.0f us\n",
+		lanePoll(o), busyWindows, polledCPU.host*1e6, polledCPU.busy, polledCPU.hostMin*1e6, polledCPU.hostMax*1e6, busyPolledRTT.Seconds()*1e6)
 	if len(steps) > 0 {
 		line := "# raw-TCP ring steps (every rank sends a message to r+1 and receives one from r-1 per step, all at once; slowest rank's mean):"
 		for i, size := range stepSizes {
@@ -383,7 +385,12 @@ func (b *bench) gather(x ...float64) ([][]float64, error) {
 // process and the kernel's softirq work) per unit, proc the probe
 // processes' own user+sys CPU seconds per unit; busy is the machine's
 // busy cores over the window.
-type probeCPU struct{ host, proc, busy float64 }
+type probeCPU struct {
+	host, proc, busy float64
+	// hostMin and hostMax are the extremes of host over rtt's windows
+	// (zero for the stream probes).
+	hostMin, hostMax float64
+}
 
 // tcpProbe streams raw TCP, ring or all-to-all pattern, on all ranks at
 // once and returns every rank's receive rate (bytes/s) over the window
@@ -677,43 +684,68 @@ func (p *tcpPinger) close() {
 // rank's host and process CPU from its first ping to its last, over the
 // messages all ranks sent meanwhile (the ranks start together after a
 // barrier and ping about equally long).
+//
+// The busy pings run in busyWindows windows, each after a barrier, and
+// busy and cpu are the medians over the windows (each quantity its own).
+// One window of 200 round trips lasts 5-25 ms, less than a scheduler time
+// slice: with more ranks than cores, it catches one placement of the
+// spinning ranks on the cores, where a collective's row is timed over a
+// second and a half of them. On the 2-vCPU AMD EPYC a single window's
+// polled round trip came out at 78 and 109 us in two of five runs
+// (36-47 in the others), and its CPU per message at 29 us against 18-20.
 func (b *bench) rtt(ping func(to int) (time.Duration, error)) (idle, busy time.Duration, cpu probeCPU, err error) {
 	if idle, err = b.idleRTT(ping); err != nil {
 		return 0, 0, cpu, err
 	}
-	pings := func(to int) (float64, error) { return medianPing(ping, to) }
-	med := 0.0
-	var host, proc, wall float64
-	if b.n > 1 {
+	if b.n == 1 {
+		return idle, 0, cpu, nil
+	}
+	var rtts, hosts, procs, busys []float64
+	for range busyWindows {
 		if err = b.barrier(); err != nil {
 			return 0, 0, cpu, err
 		}
 		h0, p0, t0 := readHostCPU(), processCPU(), time.Now()
-		if med, err = pings((b.rank + 1) % b.n); err != nil {
+		med, err := medianPing(ping, (b.rank+1)%b.n)
+		if err != nil {
 			return 0, 0, cpu, err
 		}
-		wall = time.Since(t0).Seconds()
-		host = readHostCPU().busySince(h0) * float64(numCPU()) * wall
-		proc = (processCPU() - p0).Seconds()
-	}
-	all, err := b.gather(med, host, proc, wall)
-	if err != nil {
-		return 0, 0, cpu, err
-	}
-	var meds []float64
-	var hostSum, procSum, wallSum float64
-	for _, m := range all {
-		meds = append(meds, m[0])
-		hostSum += m[1]
-		procSum += m[2]
-		wallSum += m[3]
-	}
-	slices.Sort(meds)
-	if msgs := float64(b.n * pingCount * 2); b.n > 1 {
+		wall := time.Since(t0).Seconds()
+		host := readHostCPU().busySince(h0) * float64(numCPU()) * wall
+		proc := (processCPU() - p0).Seconds()
+		all, err := b.gather(med, host, proc, wall)
+		if err != nil {
+			return 0, 0, cpu, err
+		}
+		var meds []float64
+		var hostSum, procSum, wallSum float64
+		for _, m := range all {
+			meds = append(meds, m[0])
+			hostSum += m[1]
+			procSum += m[2]
+			wallSum += m[3]
+		}
+		msgs := float64(b.n * pingCount * 2)
+		rtts = append(rtts, median(meds))
 		// Every rank saw the whole machine: its host share is 1/n.
-		cpu = probeCPU{host: hostSum / float64(b.n) / msgs, proc: procSum / msgs, busy: hostSum / wallSum}
+		hosts = append(hosts, hostSum/float64(b.n)/msgs)
+		procs = append(procs, procSum/msgs)
+		busys = append(busys, hostSum/wallSum)
 	}
-	return idle, time.Duration(meds[len(meds)/2] * 1e9), cpu, nil
+	cpu = probeCPU{host: median(hosts), proc: median(procs), busy: median(busys),
+		hostMin: slices.Min(hosts), hostMax: slices.Max(hosts)}
+	return idle, time.Duration(median(rtts) * 1e9), cpu, nil
+}
+
+// busyWindows is how many windows of pingCount round trips the busy round
+// trips run (rtt).
+const busyWindows = 5
+
+// median returns the median of xs (the upper one of an even count); xs is
+// sorted in place.
+func median(xs []float64) float64 {
+	slices.Sort(xs)
+	return xs[len(xs)/2]
 }
 
 // pingCount is the round trips of one RTT measurement.

@@ -55,7 +55,7 @@ var (
 	cRE    = regexp.MustCompile(`^# C \(raw TCP, ring pattern.*: mean ([\d.]+) MB/s per link`)
 	rttRE  = regexp.MustCompile(`^# RTT \(raw TCP 64-byte ping-pong, median of \d+\): (\d+) us rank 0 -> 1 alone(?:.*; (\d+) us with every rank pinging)?`)
 	bcpuRE = regexp.MustCompile(`^# CPU of the raw-TCP ring probe: ([\d.]+) ns per byte moved on the machine(?:.*, ([\d.]+) ns/B in the probe processes)?`)
-	mcpuRE = regexp.MustCompile(`^# CPU of the busy round trips: raw TCP 64 B ([\d.]+) us per message on the machine`)
+	mcpuRE = regexp.MustCompile(`^# CPU of the busy round trips(?: \([^)]*\))?: raw TCP 64 B ([\d.]+) us per message on the machine`)
 	prttRE = regexp.MustCompile(`^# CPU of the busy round trips polled as the lanes .*; round trip (\d+) us`)
 	pcpuRE = regexp.MustCompile(`^# CPU of the busy round trips polled as the lanes [^:]*: raw TCP 64 B ([\d.]+) us per message on the machine`)
 	rowRE  = regexp.MustCompile(`^allreduce\s+(\d+)\s+(\d+[KM]?)\s+-\s+(\S+)\s+\d+\s+([\d.]+)(?:(?:\s+[\d.]+){6}\s+([\d.]+)/[\d.]+\s+([\d.]+))?`)
@@ -257,19 +257,26 @@ func OnStreams(n, bytes, chunkBytes int) bool {
 // at its n (the kernel's share, which grows as more ranks share the
 // cores; a lane frame is one write of the packed cell, as the probe's
 // messages are), and on the streams also the gRPC path's own
-// (calibrated.ByteCPU, from the n = 2 run's largest ring on them). With
-// no more ranks than cores each rank's kernel work runs in its own
-// process, so where the machine's figure exceeds the probe processes'
-// own (ProcByteCPU) the rest was other work on the machine, and the
-// processes' figure is taken: on 2026-12-06 three runs measured 2.70,
-// 4.15 and 4.35 ns per byte on the machine against 1.64, 1.29 and 1.22 in
-// the probe processes (1.0-1.6 in both in the other runs), and their
-// n = 2 4 KiB rows were predicted 17%, 25% and 56% long. Runs without the
-// probe (older bench/collectives output) have neither.
+// (calibrated.ByteCPU, from the n = 2 run's largest ring on them). Where
+// the machine's figure exceeds the probe processes' own (ProcByteCPU),
+// the processes' figure is taken, at any n: the rest was other work on
+// the machine. With no more ranks than cores: on 2026-12-06 three runs
+// measured 2.70, 4.15 and 4.35 ns per byte on the machine against 1.64,
+// 1.29 and 1.22 in the probe processes (1.0-1.6 in both in the other
+// runs), and their n = 2 4 KiB rows were predicted 17%, 25% and 56%
+// long. With more (the machine's figure was kept there until then): two
+// of five runs at 23:00 UTC the same day measured 3.24 and 1.99 ns on the
+// machine at n = 4 against 1.19 and 1.59 in the processes, and predicted
+// their wire-bound 16 KiB recursive doubling 23% and 16% long, CPU-bound
+// on the 2 cores; with the processes' figure both fall within 1%, no row
+// of the 33 runs kept then moves out of 15%, and the 64 KiB ring at n =
+// 8, over-predicted by 13% and 36% in the two runs that measured it,
+// comes to +4% and +26%. Runs without the probe (older bench/collectives
+// output) have neither.
 func (r *CollectivesRun) Costs(streams bool, cores int, calibrated Costs) Costs {
 	c := calibrated
 	c.ByteCPU = r.ByteCPU
-	if r.N <= cores && r.ProcByteCPU > 0 {
+	if r.ProcByteCPU > 0 {
 		c.ByteCPU = min(c.ByteCPU, r.ProcByteCPU)
 	}
 	if streams {

@@ -201,9 +201,8 @@ func TestRunCostsByContention(t *testing.T) {
 		t.Errorf("n=8 lanes on 8 cores: per message %v, want the calibration's 4us", got.MsgCPU)
 	}
 	r.PolledMsgCPU = 0
-	// With no more ranks than cores the probe processes' CPU per byte
-	// caps the machine's (the rest was other work); with more, the
-	// machine's stands (the kernel's work runs beside the ranks).
+	// The probe processes' CPU per byte caps the machine's (the rest was
+	// other work on the machine), at any n.
 	two := &CollectivesRun{N: 2, ByteCPU: 4e-9, ProcByteCPU: 1.5e-9}
 	if got := two.Costs(false, 2, cal); got.ByteCPU != 1.5e-9 {
 		t.Errorf("n=2 on 2 cores: per byte %g, want the probe processes' 1.5e-9", got.ByteCPU)
@@ -213,8 +212,15 @@ func TestRunCostsByContention(t *testing.T) {
 		t.Errorf("n=2 on 2 cores, the processes above the machine: per byte %g, want the machine's 4e-9", got.ByteCPU)
 	}
 	r.ProcByteCPU = 1e-9
+	if got := r.Costs(false, 2, cal); got.ByteCPU != 1e-9 {
+		t.Errorf("n=8 on 2 cores: per byte %g, want the probe processes' 1e-9", got.ByteCPU)
+	}
+	if got := r.Costs(true, 2, cal); math.Abs(got.ByteCPU-2e-9) > 1e-15 {
+		t.Errorf("n=8 on the streams on 2 cores: per byte %g, want the probe processes' 1e-9 plus the gRPC path's 1e-9", got.ByteCPU)
+	}
+	r.ProcByteCPU = 3e-9
 	if got := r.Costs(false, 2, cal); got.ByteCPU != 2e-9 {
-		t.Errorf("n=8 on 2 cores: per byte %g, want the machine's 2e-9", got.ByteCPU)
+		t.Errorf("n=8 on 2 cores, the processes above the machine: per byte %g, want the machine's 2e-9", got.ByteCPU)
 	}
 	r.ProcByteCPU = 0
 	old := &CollectivesRun{N: 8}
