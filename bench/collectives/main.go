@@ -687,8 +687,8 @@ func (p *tcpPinger) close() {
 //
 // The busy pings run in busyWindows windows, each after a barrier, and
 // busy and cpu are the medians over the windows (each quantity its own).
-// One window of 200 round trips lasts 5-25 ms, less than a scheduler time
-// slice: with more ranks than cores, it catches one placement of the
+// One window of 200 round trips lasts 5-25 ms, a few scheduler time
+// slices: with more ranks than cores it can catch one placement of the
 // spinning ranks on the cores, where a collective's row is timed over a
 // second and a half of them. On the 2-vCPU AMD EPYC a single window's
 // polled round trip came out at 78 and 109 us in two of five runs
