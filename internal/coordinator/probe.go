@@ -235,28 +235,28 @@ func (p *prober) answered(w cluster.WorkerID, t time.Time) {
 	}
 }
 
-// silence is how long a worker last heard from at lastOK has been silent
-// at now, as far as the coordinator could see: since lastOK or since it
-// last regained sight of the workers, whichever is later.
-func (p *prober) silence(lastOK, now time.Time) time.Duration {
+// silence is how long worker w, last heard from at lastOK, has been
+// silent at now as far as the coordinator could see (since lastOK or since
+// it last regained sight of the workers, whichever is later), and whether
+// a worker other than w answered after since (the first of w's failed
+// probes). Both are read under one lock: read apart, a worker whose
+// silence was measured just before another worker's answer restored
+// sight, and the others' answers just after, was evicted for the whole
+// blind gap (CI, 2026-12-06: w1 evicted "silent 3.07s" the moment w3
+// answered again in TestProbeEvictsASilentWorker).
+func (p *prober) silence(w cluster.WorkerID, lastOK, since, now time.Time) (silent time.Duration, othersAnswered bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	silent = now.Sub(lastOK)
 	if p.sighted.After(lastOK) {
-		return now.Sub(p.sighted)
+		silent = now.Sub(p.sighted)
 	}
-	return now.Sub(lastOK)
-}
-
-// othersAnswered reports whether a worker other than w answered after t.
-func (p *prober) othersAnswered(w cluster.WorkerID, t time.Time) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	for id, at := range p.lastOK {
-		if id != w && at.After(t) {
-			return true
+		if id != w && at.After(since) {
+			return silent, true
 		}
 	}
-	return false
+	return silent, false
 }
 
 // loop probes w (holding lease) until ctx ends or it evicts w.
@@ -283,7 +283,7 @@ func (p *prober) loop(ctx context.Context, w cluster.WorkerInfo, lease clientv3.
 				firstFail = now
 			}
 			fails++
-			if silent := p.silence(lastOK, now); fails >= 2 && silent >= p.after && p.othersAnswered(w.ID, firstFail) && !p.term.Stalled() {
+			if silent, others := p.silence(w.ID, lastOK, firstFail, now); fails >= 2 && silent >= p.after && others && !p.term.Stalled() {
 				if p.evict(w, lease, silent, fails, err) {
 					return
 				}

@@ -147,6 +147,53 @@ func TestProbeEvictsASilentWorker(t *testing.T) {
 	}
 }
 
+// TestSilenceCountsFromRegainedSight: after a gap in which no worker
+// answered (the coordinator blind), a worker's silence counts from the
+// first answer after it, and one read gives both that silence and whether
+// another worker answered: a probe of w1 that failed before w3's answer
+// restored sight, checked after it, sees w3's answer and a silence that
+// starts at that answer, not the blind gap (the two read apart once
+// evicted w1 "silent 3.07s" the moment w3 answered again).
+func TestSilenceCountsFromRegainedSight(t *testing.T) {
+	p := &prober{after: 300 * time.Millisecond, every: 50 * time.Millisecond, limit: 100 * time.Millisecond,
+		lastOK: map[cluster.WorkerID]time.Time{}}
+	t0 := time.Unix(1000, 0)
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	p.answered("w1", t0)
+	p.answered("w3", t0)
+	firstFail := at(150 * time.Millisecond)
+
+	// Blind for 3 s: w1 has been silent the whole gap, and nobody else
+	// answered, so it is not to be evicted.
+	silent, others := p.silence("w1", t0, firstFail, at(3*time.Second))
+	if silent != 3*time.Second || others {
+		t.Fatalf("blind: silence %v, others answered %v; want 3s, false", silent, others)
+	}
+
+	// w3 answers: sight regained. w1's probe that ended just before
+	// (checked just after) and its next one, 200 ms later: both see w3's
+	// answer and a silence shorter than EvictAfter.
+	p.answered("w3", at(3050*time.Millisecond))
+	for _, now := range []time.Time{at(3040 * time.Millisecond), at(3250 * time.Millisecond)} {
+		silent, others = p.silence("w1", t0, firstFail, now)
+		if !others {
+			t.Errorf("at %v: w3's answer not seen", now.Sub(t0))
+		}
+		if silent >= p.after {
+			t.Errorf("at %v: silence %v, want under EvictAfter %v (counted from w3's answer at 3.05s)", now.Sub(t0), silent, p.after)
+		}
+	}
+	// EvictAfter after sight was regained, w1 is silent long enough.
+	if silent, others = p.silence("w1", t0, firstFail, at(3350*time.Millisecond)); silent != p.after || !others {
+		t.Errorf("300 ms after sight was regained: silence %v, others answered %v; want 300ms, true", silent, others)
+	}
+	// A worker heard from after the gap counts from its own answer.
+	p.answered("w1", at(3100*time.Millisecond))
+	if silent, _ = p.silence("w1", at(3100*time.Millisecond), at(3200*time.Millisecond), at(3500*time.Millisecond)); silent != 400*time.Millisecond {
+		t.Errorf("w1 heard at 3.1s: silence at 3.5s %v, want 400ms", silent)
+	}
+}
+
 // probeFunc is a Prober with nothing to forget.
 type probeFunc func(ctx context.Context, w cluster.WorkerInfo) error
 
