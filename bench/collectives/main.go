@@ -761,18 +761,16 @@ func medianPing(ping func(to int) (time.Duration, error), to int) (float64, erro
 		}
 		ds = append(ds, d.Seconds())
 	}
-	slices.Sort(ds)
-	return ds[len(ds)/2], nil
+	return median(ds), nil
 }
 
 // idleRTT returns the median round trip of 200 pings from rank 0 to rank
 // 1 with every other rank idle, as every rank learns it.
 func (b *bench) idleRTT(ping func(to int) (time.Duration, error)) (time.Duration, error) {
-	pings := func(to int) (float64, error) { return medianPing(ping, to) }
 	var med float64
 	if b.rank == 0 && b.n > 1 {
 		var err error
-		if med, err = pings(1); err != nil {
+		if med, err = medianPing(ping, 1); err != nil {
 			return 0, err
 		}
 	}
@@ -783,7 +781,6 @@ func (b *bench) idleRTT(ping func(to int) (time.Duration, error)) (time.Duration
 	return time.Duration(all[0][0] * 1e9), nil
 }
 
-// measure runs one (op, size) row.
 // measure runs one (op, size) row; rtts are the units of the rtt-64,
 // rtt-4K and rtt-grpc columns.
 func (b *bench) measure(op string, size int, c float64, rtts [3]time.Duration) error {

@@ -104,11 +104,11 @@ const (
 // 32 KB L1 while 16 A micro-panels, 96 KB, stream past it from L2): it
 // moves 24 bytes of A a k step from L2 instead of 64 of B, and took the
 // 1024^3 GEMM on one Zen 3 core from 0.93-0.96x OpenBLAS to 0.99-1.00x
-// (interleaved calls, 2026-12-06; rowBlock 4-32 within 2% of each other). Both orders compute
-// each tile with the same FMAs in the same order, so they give the same
-// bits (TestGemmTileOrdersAgreeBitwise). In that order AVX2 takes deeper
-// slabs, kc = 1024 (a k of 1024 in one slab; 2816 in three of 940): the
-// pass over C per slab and the slab loop's overhead shrink, while the B
+// (interleaved calls, 2026-12-06; rowBlock 4-32 within 2% of each
+// other). Both orders compute each tile with the same FMAs in the same
+// order, so they give the same bits (TestGemmTileOrdersAgreeBitwise). In
+// that order AVX2 takes deeper slabs, kc = 1024 (a k of 1024 in one
+// slab; 2816 in three of 940): the pass over C per slab and the slab loop's overhead shrink, while the B
 // micro-panel (64 KB) and a block of 8 A micro-panels (192 KB, rowBlock 8:
 // inside even a 256 KB L2) stay in L2. Call by call against kc = 256 and
 // rowBlock 16 on the Zen 3 VM (2026-12-06, 30 pairs a shape, 1 and 2
