@@ -181,8 +181,19 @@ var ErrConflict = errors.New("jobs: the job changed concurrently")
 // ErrNotFound is returned for an unknown job.
 var ErrNotFound = errors.New("jobs: no such job")
 
+// SubmitRetry is how long Submit retries a write that failed in etcd
+// (a member cut off, a leader change: up to about 10 s in the chaos runs)
+// before it returns the error.
+const SubmitRetry = 30 * time.Second
+
 // Submit stores a new job (state Submitted) once it validates (Validate:
-// every number in range, paths well formed). The ID must be new.
+// every number in range, paths well formed). The ID must be new. A write
+// that fails in etcd is retried (Retry, for SubmitRetry): the spec is
+// created only if its key is absent, and a retry that finds the key
+// holding exactly this spec takes it as the earlier try's (its reply
+// lost), so a job is stored once. Before, one failed write ended the
+// submission: the chaos run's job loop stopped at "jobs: submit
+// chaos-run-2: ... connection timed out" while etcd's leader was cut off.
 func (s *Store) Submit(ctx context.Context, sp Spec) error {
 	if sp.MaxAttempts == 0 {
 		sp.MaxAttempts = DefaultMaxAttempts
@@ -198,11 +209,32 @@ func (s *Store) Submit(ctx context.Context, sp Spec) error {
 		return err
 	}
 	k := s.specKey(sp.ID)
-	resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(clientv3.OpPut(k, string(b))).Commit()
+	var exists, uncertain bool // the key held another spec; a try failed after it may have written
+	err = Retry(ctx, RetryConfig{Total: SubmitRetry}, func(ctx context.Context) error {
+		resp, err := s.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(clientv3.OpPut(k, string(b))).Commit()
+		if err != nil {
+			uncertain = true
+			return err
+		}
+		if resp.Succeeded {
+			return nil
+		}
+		if uncertain {
+			g, err := s.cli.Get(ctx, k)
+			if err != nil {
+				return err
+			}
+			if len(g.Kvs) == 1 && string(g.Kvs[0].Value) == string(b) {
+				return nil // stored by a try whose reply was lost
+			}
+		}
+		exists = true
+		return nil
+	})
 	if err != nil {
 		return fmt.Errorf("jobs: submit %s: %w", sp.ID, err)
 	}
-	if !resp.Succeeded {
+	if exists {
 		return fmt.Errorf("jobs: job %s already exists", sp.ID)
 	}
 	return nil
