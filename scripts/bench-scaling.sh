@@ -7,7 +7,8 @@
 #     gcc; no Switchyard code): the read bandwidth (T threads summing their
 #     share of 1 GiB), the roof of a decode that reads every weight from
 #     memory once per token; and register-only FMA chains, the cores'
-#     arithmetic (on a VM, what the other tenants leave of a second core);
+#     arithmetic (on a VM, what the other tenants leave of a second core),
+#     as wide as the GEMM kernels' vectors (16 floats with AVX-512, else 8);
 #   - bench/decode's 4.6 GB bf16 model (scripts/bench-peers.sh's): decode
 #     of TOKENS tokens and one forward of a PREFILL-token prompt;
 #   - a model whose weights fit in the last-level cache (2 layers, hidden
@@ -48,6 +49,7 @@ small=(-layers 2 -hidden 512 -experts 4 -topk 2 -inter 768 -vocab 2048)
 cpu=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')
 flags=$(grep -m1 '^flags' /proc/cpuinfo)
 isa="avx2=$([[ $flags == *" avx2"* ]] && echo yes || echo no) avx512f=$([[ $flags == *avx512f* ]] && echo yes || echo no)"
+lanes=$("$tmp/roofs" fma 1 | sed -n 's/.*lanes=\([0-9]*\).*/\1/p')
 stamp() { date -u +%Y-%m-%dT%H:%M:%SZ; }
 load() { cut -d' ' -f1 /proc/loadavg; }
 raw=$tmp/raw.txt
@@ -79,7 +81,7 @@ done
 	echo "# scripts/bench-scaling.sh on $(stamp); CPU: $cpu ($(nproc) CPUs; $isa); load before the summary $(load)"
 	echo "# ROUNDS=$ROUNDS TOKENS=$TOKENS PREFILL=$PREFILL SMALL_TOKENS=$SMALL_TOKENS; cells: medians over the rounds;"
 	echo "# scaling: the median of the per-round ratios, 2 threads / 1 thread"
-	echo "# machine roofs: bench/scaling/roofs.c (C, no Switchyard code; the median of 5 passes): read = bytes read / s of 1 GiB; fma = register-only FMA chains"
+	echo "# machine roofs: bench/scaling/roofs.c (C, no Switchyard code; the median of 5 passes): read = bytes read / s of 1 GiB; fma = register-only FMA chains of $lanes-float vectors"
 	echo "# big model: bench/decode's 4.6 GB bf16 Mixtral-style model (reads every weight once per decode token)"
 	echo "# cache-resident model: 2 layers, hidden 512, 4 experts top-2, inter 768, vocab 2048 (24 MB of weights)"
 	echo

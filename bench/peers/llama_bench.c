@@ -11,8 +11,10 @@
 //            tokens/s = T / time.
 //
 // Before timing: one untimed warm-up (a short prompt with llama_set_warmup,
-// which runs every expert, so every weight page is touched, then a few
-// decode steps). CPU only (n_gpu_layers 0), mmap on, n_threads and
+// which runs every expert, so every weight page is touched, then one
+// prefill of the timed prompt's length, as llama.cpp's llama-bench warms
+// up with the test itself, and a few decode steps; bench/decode does the
+// same). CPU only (n_gpu_layers 0), mmap on, n_threads and
 // n_threads_batch both = -t. Each timed measurement is repeated -r times
 // (default 1) and printed on its own line:
 //
@@ -294,7 +296,8 @@ int main(int argc, char **argv) {
 	printf("llama: system_info=\"%s\"\n", llama_print_system_info());
 	fflush(stdout);
 
-	// Warm-up: every expert over a short prompt, then a few decode steps.
+	// Warm-up: every expert over a short prompt, a prefill of the timed
+	// length, then a few decode steps.
 	{
 		int n = P > 0 && P < 16 ? P : 16;
 		llama_token *ids = malloc(sizeof(llama_token) * (size_t)n);
@@ -310,7 +313,7 @@ int main(int argc, char **argv) {
 #pragma GCC diagnostic pop
 		free(ids);
 		if (P > 0) {
-			prefill_rate(ctx, nv, P < 64 ? P : 64);
+			prefill_rate(ctx, nv, P); // the timed prompt's length, as llama-bench warms up
 		}
 		if (T > 0) {
 			decode_rate(ctx, nv, T < 4 ? T : 4);

@@ -7,10 +7,15 @@
 //                  stream): bytes read / s, the roof of a decode that reads
 //                  every weight from memory once per token. Prints
 //                  "roofs: threads=T read_bw_gbs=X".
-//   roofs fma T    T threads each run independent chains of 8-float
-//                  multiply-adds on registers (no memory traffic): the
-//                  cores' arithmetic, which a VM's other tenants share.
-//                  Prints "roofs: threads=T fma_gflops=X".
+//   roofs fma T    T threads each run independent chains of multiply-adds
+//                  on registers (no memory traffic): the cores' arithmetic,
+//                  which a VM's other tenants share. The vectors are as
+//                  wide as Switchyard's GEMM kernels use on the CPU: 16
+//                  floats where the compiler targets AVX-512 (512-bit FMAs
+//                  draw more power, and on some CPUs run at a lower clock,
+//                  than 256-bit ones, so an 8-float roof overstates what
+//                  two cores of AVX-512 GEMM can scale to), else 8.
+//                  Prints "roofs: threads=T fma_gflops=X lanes=L".
 //
 // Each is the median of 5 passes (the median, not the best: the
 // Switchyard runs it is set beside are single measurements). Plain C the compiler vectorizes (GCC
@@ -27,12 +32,18 @@
 
 enum { BYTES = 1 << 30, REPS = 5, MAXT = 64, FMA_ITERS = 20000000 };
 
-typedef float v8 __attribute__((vector_size(32)));
+// vf is the FMA roof's vector: LANES floats.
+#ifdef __AVX512F__
+enum { LANES = 16 };
+#else
+enum { LANES = 8 };
+#endif
+typedef float vf __attribute__((vector_size(LANES * 4)));
 
 static uint64_t *buf;
 static int nthreads;
 static uint64_t sums[MAXT * 8]; // one cache line per thread
-static float fsums[MAXT * 16];
+static float fsums[MAXT * 16]; // one 64-byte vector per thread
 
 static double now(void) {
 	struct timespec t;
@@ -55,20 +66,21 @@ static void *readShare(void *arg) {
 }
 
 // fmaChains runs 12 independent FMA chains (enough to cover a 4-cycle
-// latency at 2 FMAs a cycle) FMA_ITERS times: 12 * 8 * 2 flops a step.
+// latency at 2 FMAs a cycle) FMA_ITERS times: 12 * LANES * 2 flops a step.
 static void *fmaChains(void *arg) {
 	long id = (long)arg;
-	v8 m = {0.999999f, 0.999999f, 0.999999f, 0.999999f, 0.999999f, 0.999999f, 0.999999f, 0.999999f};
-	v8 c = {1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f, 1e-7f};
-	v8 x0 = m, x1 = m + c, x2 = m + 2 * c, x3 = m + 3 * c, x4 = m + 4 * c, x5 = m + 5 * c;
-	v8 x6 = m + 6 * c, x7 = m + 7 * c, x8 = m + 8 * c, x9 = m + 9 * c, x10 = m + 10 * c, x11 = m + 11 * c;
+	vf m, c;
+	for (int i = 0; i < LANES; i++)
+		m[i] = 0.999999f, c[i] = 1e-7f;
+	vf x0 = m, x1 = m + c, x2 = m + 2 * c, x3 = m + 3 * c, x4 = m + 4 * c, x5 = m + 5 * c;
+	vf x6 = m + 6 * c, x7 = m + 7 * c, x8 = m + 8 * c, x9 = m + 9 * c, x10 = m + 10 * c, x11 = m + 11 * c;
 	for (long it = 0; it < FMA_ITERS; it++) {
 		x0 = x0 * m + c, x1 = x1 * m + c, x2 = x2 * m + c, x3 = x3 * m + c;
 		x4 = x4 * m + c, x5 = x5 * m + c, x6 = x6 * m + c, x7 = x7 * m + c;
 		x8 = x8 * m + c, x9 = x9 * m + c, x10 = x10 * m + c, x11 = x11 * m + c;
 		__asm__ volatile("" : "+x"(x0), "+x"(x1), "+x"(x2), "+x"(x3), "+x"(x4), "+x"(x5));
 	}
-	v8 s = x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7 + x8 + x9 + x10 + x11;
+	vf s = x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7 + x8 + x9 + x10 + x11;
 	memcpy(&fsums[id * 16], &s, sizeof s);
 	return NULL;
 }
@@ -108,8 +120,8 @@ int main(int argc, char **argv) {
 	double rates[REPS];
 	if (!strcmp(argv[1], "fma")) {
 		for (int r = 0; r < REPS; r++)
-			rates[r] = (double)nthreads * FMA_ITERS * 12 * 8 * 2 / pass(fmaChains);
-		printf("roofs: threads=%d fma_gflops=%.2f\n", nthreads, median(rates) / 1e9);
+			rates[r] = (double)nthreads * FMA_ITERS * 12 * LANES * 2 / pass(fmaChains);
+		printf("roofs: threads=%d fma_gflops=%.2f lanes=%d\n", nthreads, median(rates) / 1e9, LANES);
 		return 0;
 	}
 	buf = aligned_alloc(4096, BYTES);

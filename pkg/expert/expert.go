@@ -119,7 +119,6 @@ func Combine(out []float32, d int, plan *router.Plan, y []float32) {
 type Store struct {
 	mu      sync.RWMutex
 	experts map[ID]*FFN
-	scratch sync.Pool // *[]float32
 
 	trainOnce sync.Once
 	train     *trainState
@@ -286,12 +285,11 @@ func (s *Store) ComputeRows(f *FFN, tokens []int32, x []float32, d int, y []floa
 	n := len(y) / d
 	_, F := f.Dims()
 	need := n*d + 2*n*F
-	bp, _ := s.scratch.Get().(*[]float32)
-	if bp == nil || cap(*bp) < need {
-		b := make([]float32, need)
-		bp = &b
-	}
-	buf := (*bp)[:need]
+	// Scratch from tensor's size-class pools: experts' row counts vary
+	// from call to call, and a pool of mixed sizes allocated afresh
+	// whenever it handed a smaller buffer to a larger expert.
+	sb := tensor.GetScratch(need)
+	buf := sb.Floats()
 	in := x
 	if tokens != nil {
 		in = buf[:n*d]
@@ -300,5 +298,5 @@ func (s *Store) ComputeRows(f *FFN, tokens []int32, x []float32, d int, y []floa
 		}
 	}
 	f.Forward(y, in, n, buf[n*d:])
-	s.scratch.Put(bp)
+	tensor.PutScratch(sb)
 }

@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"sync/atomic"
 	"testing"
+	"unsafe"
 )
 
 // countRanger counts the items it is handed.
@@ -104,5 +105,55 @@ func TestParallelRangeCovers(t *testing.T) {
 			}
 		}
 		runtime.GOMAXPROCS(old)
+	}
+}
+
+// TestPackBufsReuseBySize checks the packing buffers' pools: a buffer has
+// the length asked for, 64-byte aligned, and once a size has been seen a
+// Get of it takes a pooled buffer even when a smaller one was put back
+// last. A single pool of mixed sizes handed the small buffer to the large
+// request, which then allocated (fresh memory on every call of a steady
+// state; see packPools).
+func TestPackBufsReuseBySize(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector drops pooled items at random")
+	}
+	for _, n := range []int{1, 1000, 1008, 1009, 5000, 1 << 20} {
+		pb := getPackBuf(n)
+		if len(pb.f) != n {
+			t.Errorf("getPackBuf(%d): len %d", n, len(pb.f))
+		}
+		if p := uintptr(unsafe.Pointer(&pb.f[0])); p&63 != 0 {
+			t.Errorf("getPackBuf(%d): %#x not 64-byte aligned", n, p)
+		}
+		if c := packClass(n); packClassFloats(c) < n+16 || (c > 0 && packClassFloats(c-1) >= n+16) {
+			t.Errorf("packClass(%d) = %d (%d floats): not the smallest class holding n+16", n, c, packClassFloats(c))
+		}
+		putPackBuf(pb)
+	}
+	cycle := func() {
+		large := getPackBuf(300_000)
+		small := getPackBuf(3_000)
+		large.f[len(large.f)-1] = 1 // both usable to their full length
+		small.f[len(small.f)-1] = 1
+		putPackBuf(small)
+		putPackBuf(large)
+	}
+	cycle()
+	if a := testing.AllocsPerRun(100, cycle); a != 0 {
+		t.Errorf("a large and a small packing buffer, got and put back: %v allocations a cycle, want 0", a)
+	}
+	scratch := func() {
+		for _, n := range []int{70_000, 9_000, 130_000} {
+			s := GetScratch(n)
+			if len(s.Floats()) != n {
+				t.Fatalf("GetScratch(%d): len %d", n, len(s.Floats()))
+			}
+			PutScratch(s)
+		}
+	}
+	scratch()
+	if a := testing.AllocsPerRun(100, scratch); a != 0 {
+		t.Errorf("GetScratch/PutScratch of three sizes: %v allocations a cycle, want 0", a)
 	}
 }
