@@ -43,8 +43,17 @@ if ! dpkg-query -W -f='${Status}' libopenblas-dev 2>/dev/null | grep -q 'install
 		$sudo apt-get install -y --no-install-recommends libopenblas-dev >&2
 	fi
 fi
-if [ -z "${OPENBLAS_CORETYPE:-}" ] && grep -qw avx512f /proc/cpuinfo; then
-	export OPENBLAS_CORETYPE=SkylakeX
+coretype_warning=
+if grep -qw avx512f /proc/cpuinfo; then
+	if [ -z "${OPENBLAS_CORETYPE:-}" ]; then
+		export OPENBLAS_CORETYPE=SkylakeX
+	elif [ "$OPENBLAS_CORETYPE" != SkylakeX ] && [ "$OPENBLAS_CORETYPE" != Cooperlake ] && [ "$OPENBLAS_CORETYPE" != SapphireRapids ]; then
+		# Some VMs' environments preset it (one Zen 5 VM had Haswell):
+		# OpenBLAS then runs AVX2 kernels on an AVX-512 CPU, at about half
+		# its speed, and the ratios flatter Switchyard.
+		coretype_warning="# WARNING: OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE was preset on this AVX-512 CPU: OpenBLAS ran without its AVX-512 kernels; run with OPENBLAS_CORETYPE=SkylakeX to compare against them"
+		echo "bench-gemm: ${coretype_warning#\# }" >&2
+	fi
 fi
 
 tmp=$(mktemp -d)
@@ -123,6 +132,7 @@ cpu=$(grep -m1 'model name' /proc/cpuinfo | sed 's/.*: //')
 	echo "# cpu:      $cpu ($(nproc) vCPU)"
 	echo "# go:       $(go version)"
 	echo "# openblas: ${config:-unknown} (OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-auto})"
+	if [ -n "$coretype_warning" ]; then echo "$coretype_warning"; fi
 	echo "# ours:     ${kernels:-unknown}"
 	echo "# command:  ROUNDS=$ROUNDS BENCHTIME=$BENCHTIME PAIRTIME=$PAIRTIME THREADS=\"$THREADS\" scripts/bench-gemm.sh"
 	echo "# load avg: $load_before (before), $load_after (after)"

@@ -259,7 +259,7 @@ func main() {
 		// With a 64-token prompt in its place, the first timed 512-token
 		// prefill paid for that growth: 38 thousand page faults and 0.6 s
 		// of system time at 2 threads on the 2-vCPU AMD EPYC Zen 5 VM
-		// (2026-12-07), a quarter of the prefill's time.
+		// (2026-12-07), a fifth of the prefill's CPU time.
 		for _, v := range vs {
 			if *prefill > 0 {
 				prefillRate(v.m, *prefill, nil)

@@ -109,11 +109,11 @@ func TestParallelRangeCovers(t *testing.T) {
 }
 
 // TestPackBufsReuseBySize checks the packing buffers' pools: a buffer has
-// the length asked for, 64-byte aligned, and once a size has been seen a
-// Get of it takes a pooled buffer even when a smaller one was put back
-// last. A single pool of mixed sizes handed the small buffer to the large
-// request, which then allocated (fresh memory on every call of a steady
-// state; see packPools).
+// the length asked for, 64-byte aligned, in the smallest class that holds
+// it, and once the sizes have been seen, gets and puts of them in any
+// order allocate nothing, a large request never taking a small buffer put
+// back after it (the page faults that one pool of mixed sizes cost are in
+// packPools' comment).
 func TestPackBufsReuseBySize(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector drops pooled items at random")

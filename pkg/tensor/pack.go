@@ -83,13 +83,12 @@ type packBuf struct {
 // 2^(c+minPackClass) floats (the 16 floats of alignment slack included),
 // so a Get finds a buffer at least as large as it needs whenever one of
 // its class was put back. One pool of mixed sizes handed small buffers to
-// large requests, which then allocated afresh: a 512-token prefill of
-// bench/decode's model allocated 20-70 MB of new heap a call in the steady
-// state, and as the 4.6 GB of weights keep the next GC far off, every such
-// buffer was new memory, paid for in page faults (7-10 thousand a call,
-// 110-160 ms of system time at 2 threads on the 2-vCPU AMD EPYC Zen 5 VM,
-// 2026-12-07). Rounding up to a power of two costs at most 2x the memory
-// of the buffers in use.
+// large requests, which then allocated afresh; as the 4.6 GB of weights
+// of bench/decode's model keep the next GC far off, every such buffer was
+// new memory, paid for in page faults: a steady 512-token prefill took
+// 4.3-6.9 thousand at 2 threads (about 15 us each on the 2-vCPU AMD EPYC
+// Zen 5 VM, 2026-12-07), 0-300 with the pools by class. Rounding up to a
+// power of two costs at most 2x the memory of the buffers in use.
 const (
 	minPackClass = 10 // 1K floats
 	numPackClass = 22 // up to 2^31 floats
