@@ -9,7 +9,8 @@
 # In the same run, before the workers start: `switchyard simulate
 # calibrate --quick` on h1 with --peer h2 (kernels, AdamW, the exchange's
 # software cost on h1's loopback; the link's raw-TCP rate to h2, and the
-# core time the exchange's messages take across it on both hosts;
+# core time the exchange's messages take across it on both hosts, and a
+# two-member pkg/collective ring's core time per byte across it;
 # --train-model: one rank's step of the same model, 2 x 32 tokens, in one
 # process, its steps timed for PROFILE_TIME, default 3s) and a raw-TCP ping-pong h1 -> h2 (bench/serve tcpping, 2000 x
 # 64 B: the round trip). It records the CPU time the coordinator and

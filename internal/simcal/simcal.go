@@ -163,6 +163,13 @@ func Calibrate(ctx context.Context, o Options) (*simulate.Calibration, error) {
 		c.LinkMsgCPU, c.LinkByteCPU, c.LinkExchangeRTT, c.LinkIdleExchangeRTT = lc.MsgWork, lc.ByteWork, lc.RTT, lc.IdleRTT
 		logf("expert exchange across the link: round trip %v back to back, %v after %v idle; core time of both hosts %v per message and side, %.2f ns per byte and side",
 			lc.RTT.Round(time.Microsecond), lc.IdleRTT.Round(time.Microsecond), idlePause, lc.MsgWork.Round(100*time.Nanosecond), lc.ByteWork)
+		rc, err := MeasureRingCPU(ctx, o.Peer, o.Quick)
+		if err != nil {
+			return nil, err
+		}
+		c.LinkRingByteCPU = rc.ByteWork
+		logf("ring all-reduce across the link (pkg/collective, 2 members): core time of both hosts %v for %d bytes, %v for %d -> %.2f ns per byte and side",
+			rc.SmallCPU.Round(time.Microsecond), rc.Small, rc.BigCPU.Round(time.Microsecond), rc.Big, rc.ByteWork)
 	}
 	return c, nil
 }
@@ -540,7 +547,7 @@ func ServeLink(ctx context.Context, lis net.Listener) error {
 		}
 		go func() {
 			defer conn.Close()
-			_ = answerLink(conn, owner)
+			_ = answerLink(ctx, conn, owner)
 		}()
 	}
 }
@@ -549,10 +556,11 @@ func ServeLink(ctx context.Context, lis net.Listener) error {
 // 8-byte length and that many bytes, answered with one byte once all
 // arrived; or 'c', answered with the serving process's core time so far
 // (8 bytes, ns); or 'e', answered with a length byte and the address of
-// the exchange owner.
+// the exchange owner; or 'g', a collective group to join for
+// MeasureRingCPU (serveRingMember).
 const pingBytes = 64
 
-func answerLink(conn net.Conn, owner func() (string, error)) error {
+func answerLink(ctx context.Context, conn net.Conn, owner func() (string, error)) error {
 	rd := bufio.NewReader(conn)
 	kind, err := rd.ReadByte()
 	if err != nil {
@@ -595,6 +603,13 @@ func answerLink(conn net.Conn, owner func() (string, error)) error {
 		}
 		_, err = conn.Write(append([]byte{byte(len(addr))}, addr...))
 		return err
+	case 'g':
+		// The member listens on the address the caller reached.
+		host, _, err := net.SplitHostPort(conn.LocalAddr().String())
+		if err != nil {
+			return err
+		}
+		return serveRingMember(ctx, conn, rd, host)
 	}
 	return fmt.Errorf("simcal: link: unknown request %q", kind)
 }

@@ -187,3 +187,44 @@ func TestProfileTrain(t *testing.T) {
 		t.Error("a folder without a model: no error")
 	}
 }
+
+// MeasureRingCPU against ServeLink on loopback (both members in this
+// process, so the core time is counted twice: only its shape is
+// checked): both sizes take core time, the larger more, and the per-byte
+// figure is positive; the peer's member leaves (a second measurement
+// works, so the first one's group ended). An address nobody serves is an
+// error.
+func TestRingCPU(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- ServeLink(ctx, lis) }()
+	addr := lis.Addr().String()
+	for i := range 2 {
+		rc, err := MeasureRingCPU(ctx, addr, true)
+		if err != nil {
+			t.Fatalf("measurement %d: %v", i, err)
+		}
+		t.Logf("loopback: %d B all-reduce %v, %d B %v of core time (counted twice): %.2f ns per byte and side", rc.Small, rc.SmallCPU, rc.Big, rc.BigCPU, rc.ByteWork)
+		if rc.SmallCPU <= 0 || rc.BigCPU <= rc.SmallCPU || rc.ByteWork <= 0 {
+			t.Errorf("ring cpu %+v", rc)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("ServeLink: %v", err)
+	}
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.Addr().String()
+	dead.Close()
+	if _, err := MeasureRingCPU(context.Background(), deadAddr, true); err == nil {
+		t.Errorf("MeasureRingCPU of %s, which nobody serves: no error", deadAddr)
+	}
+}

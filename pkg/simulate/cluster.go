@@ -210,6 +210,15 @@ type Calibration struct {
 	// its one-thread receiver idle (a shared pool with one thread a
 	// process). 0: not measured.
 	LinkIdleExchangeRTT time.Duration `json:"link_idle_exchange_rtt_ns,omitempty"`
+	// LinkRingByteCPU is the core time per byte and side (ns/B) of
+	// pkg/collective's ring all-reduce across that link, both hosts
+	// (internal/simcal.MeasureRingCPU): the training model charges it to
+	// the gradient buckets' ring messages, whose handling (lanes, float32
+	// sums) costs a byte differently from the expert exchange's
+	// (LinkByteCPU; on a Zen 5 VM the exchange's figure made the
+	// all-reduce wait 46-81% long). 0: not measured (the ring takes
+	// LinkByteCPU).
+	LinkRingByteCPU float64 `json:"link_ring_byte_cpu_ns,omitempty"`
 	// AdamParamsPerS is optim.AdamW's step on one core, parameters/s (it
 	// computes each element in float64: compute-bound where memory
 	// bandwidth is not); 0 when not measured (the training model then

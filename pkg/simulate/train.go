@@ -1150,15 +1150,31 @@ func (s *trainSim) linkWork() bool { return s.pool != nil && s.c.Cal.LinkMsgCPU 
 // trip across the link less the raw-TCP round trip, per side; the bytes
 // at LinkByteCPU).
 func (s *trainSim) sideCost(bytes, k int) (d time.Duration, width float64) {
+	return s.sideCostAt(bytes, k, s.c.Cal.LinkByteCPU)
+}
+
+// sideCostAt is sideCost with the bytes at byteCPU ns a byte and side.
+func (s *trainSim) sideCostAt(bytes, k int, byteCPU float64) (d time.Duration, width float64) {
 	cal := s.c.Cal
 	lat := cal.MsgCPU
 	if cal.LinkExchangeRTT > cal.LinkRTT {
 		lat = (cal.LinkExchangeRTT - cal.LinkRTT) / 4
 	}
-	perByte := time.Duration(float64(bytes) * cal.LinkByteCPU)
+	perByte := time.Duration(float64(bytes) * byteCPU)
 	work := time.Duration(k) * (cal.LinkMsgCPU + perByte)
 	d = time.Duration(k) * (min(lat, cal.LinkMsgCPU) + perByte)
 	return d, float64(work) / float64(max(d, 1))
+}
+
+// ringSideCost is sideCost for k message sides of the gradient ring, its
+// bytes at the ring's own calibrated core time (LinkRingByteCPU) where
+// it was measured, else at the exchange's.
+func (s *trainSim) ringSideCost(bytes, k int) (d time.Duration, width float64) {
+	perByte := s.c.Cal.LinkRingByteCPU
+	if perByte <= 0 {
+		perByte = s.c.Cal.LinkByteCPU
+	}
+	return s.sideCostAt(bytes, k, perByte)
 }
 
 // wideWork runs d of host h's message software on width cores of the
@@ -1349,7 +1365,7 @@ func (s *trainSim) runBuckets() {
 		if s.c.WireBF16 {
 			chunk /= 2
 		}
-		d, w := s.sideCost(chunk, 4*(s.n-1))
+		d, w := s.ringSideCost(chunk, 4*(s.n-1))
 		for h := range s.hosts {
 			s.q.at(start, func(t time.Duration) {
 				s.wideWork(h, t, d, w, false, func(t time.Duration) {

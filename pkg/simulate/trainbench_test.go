@@ -76,7 +76,7 @@ func benchFiles() []string {
 	if f := os.Getenv("SWITCHYARD_TRAIN_BENCH"); f != "" {
 		return []string{f}
 	}
-	return []string{"../../bench/results/train-netns.txt", "../../bench/results/train-netns-avx2.txt", "../../bench/results/train-netns-avx2-2.txt"}
+	return []string{"../../bench/results/train-netns.txt", "../../bench/results/train-netns-avx2.txt", "../../bench/results/train-netns-avx2-2.txt", "../../bench/results/train-netns-zen5.txt"}
 }
 
 func readBench(t *testing.T, name string) *TrainBench {
@@ -116,13 +116,14 @@ func withCal(t *testing.T, b *TrainBench, mod func(*TrainConfig)) TrainPredictio
 	return predict(t, c)
 }
 
-// TestTrainBench predicts the committed 3-worker run on the emulated
-// cluster (bench/results/train-netns.txt, scripts/simulate-validate-train.sh:
+// TestTrainBench predicts the committed 3-worker runs on the emulated
+// cluster (bench/results/train-netns*.txt, scripts/simulate-validate-train.sh:
 // the golden qwen2_moe, 64 tokens a rank, 3 hosts of one Go thread each on
 // the machine's 2 cores, 1 Gbit/s tbf links) from the calibration taken
 // in the same run: the one-rank step of the same model profiled in one
 // process (simulate calibrate --train-model), the expert exchange's core
-// time across the link on both hosts, and the link. The target:
+// time across the link on both hosts (and, in the Zen 5 file, the
+// gradient ring's per byte), and the link. The target:
 // the step within 15%. Every part is logged; none is asserted (the
 // barrier, an all-to-all of pkg/collective's gRPC messages charged the
 // exchange's lane cost, is predicted 5-36% short in the AVX2 VM's runs
@@ -179,7 +180,7 @@ func trainBench(t *testing.T, name string) {
 	band("no training profile (GEMM calibration alone)", withCal(t, b, func(c *TrainConfig) { c.Cal.Train = nil }), false)
 	band("messages' core time from loopback", withCal(t, b, func(c *TrainConfig) { c.Cal.LinkMsgCPU = 0 }), false)
 	band("hosts with cores of their own", withCal(t, b, func(c *TrainConfig) { c.SharedCores = 0 }), false)
-	band("link messages' core time halved", withCal(t, b, func(c *TrainConfig) { c.Cal.LinkMsgCPU /= 2; c.Cal.LinkByteCPU /= 2 }), false)
+	band("link messages' core time halved", withCal(t, b, func(c *TrainConfig) { c.Cal.LinkMsgCPU /= 2; c.Cal.LinkByteCPU /= 2; c.Cal.LinkRingByteCPU /= 2 }), false)
 	q := withCal(t, b, func(c *TrainConfig) {
 		c.Cal.Train = append([]TrainProfile(nil), c.Cal.Train...)
 		for i := range c.Cal.Train {
@@ -298,6 +299,38 @@ func TestTrainLinkWork(t *testing.T) {
 	}
 	if b.Step <= a.Step {
 		t.Errorf("step %v with 100 us a side, not longer than %v with 50", b.Step, a.Step)
+	}
+}
+
+// TestTrainRingByteCPU: with the ring's own core time per byte
+// calibrated (LinkRingByteCPU), the gradient buckets' ring messages take
+// it and the exchange keeps LinkByteCPU: raising it by 2 ns a byte adds
+// 2 ns for each of the 4(n-1) sides of B/n bytes of every bucket on every
+// rank (4(n-1) x 2 ns x the all-reduced bytes in all), and setting it to
+// LinkByteCPU's value changes nothing against leaving it unmeasured.
+func TestTrainRingByteCPU(t *testing.T) {
+	sh := tinyShape()
+	sh.Experts, sh.TopK = 6, 2
+	cl := Cluster{Workers: 3, Cores: 1, MemoryBytes: 1 << 30, Rate: 1e9, Latency: time.Microsecond, Oversubscription: 1, HostsPerLeaf: 32}
+	run := func(ring float64) TrainPrediction {
+		cal := tinyCal()
+		cal.LinkMsgCPU, cal.LinkExchangeRTT, cal.LinkRTT, cal.LinkByteCPU = 50*time.Microsecond, 100*time.Microsecond, 20*time.Microsecond, 1
+		cal.LinkRingByteCPU = ring
+		return predict(t, TrainConfig{Shape: sh, Cluster: cl, Cal: cal, TokensPerRank: 64, SeqLen: 32, SharedCores: 2})
+	}
+	unmeasured, same, dear := run(0), run(1), run(3)
+	if same != unmeasured {
+		t.Errorf("LinkRingByteCPU = LinkByteCPU: %+v, unmeasured: %+v", same, unmeasured)
+	}
+	n := int64(cl.Workers)
+	want := time.Duration(4 * (n - 1) * 2 * unmeasured.AllReduceBytes)
+	got := dear.CPU - unmeasured.CPU
+	t.Logf("%d B all-reduced a step: core time %v -> %v with the ring's bytes at 3 ns instead of 1", unmeasured.AllReduceBytes, unmeasured.CPU, dear.CPU)
+	if unmeasured.AllReduceBytes == 0 || got < want-want/100 || got > want+want/100 {
+		t.Errorf("core time %v more with the ring at 3 ns a byte, want %v (+-1%%)", got, want)
+	}
+	if dear.Step <= unmeasured.Step {
+		t.Errorf("step %v with the ring's bytes dearer, not longer than %v", dear.Step, unmeasured.Step)
 	}
 }
 
