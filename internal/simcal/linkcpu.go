@@ -39,15 +39,7 @@ type LinkCPU struct {
 // process meanwhile.
 func MeasureLinkCPU(ctx context.Context, addr string, quick bool) (LinkCPU, error) {
 	var res LinkCPU
-	ownerAddr, err := linkRequest(ctx, addr, 'e', func(conn net.Conn) (string, error) {
-		var n [1]byte
-		if _, err := io.ReadFull(conn, n[:]); err != nil {
-			return "", err
-		}
-		b := make([]byte, n[0])
-		_, err := io.ReadFull(conn, b)
-		return string(b), err
-	})
+	ownerAddr, err := linkRequest(ctx, addr, 'e', func(conn net.Conn) (string, error) { return readString(conn) })
 	if err != nil {
 		return res, err
 	}

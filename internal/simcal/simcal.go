@@ -601,7 +601,7 @@ func answerLink(ctx context.Context, conn net.Conn, owner func() (string, error)
 		if err != nil {
 			return err
 		}
-		_, err = conn.Write(append([]byte{byte(len(addr))}, addr...))
+		_, err = conn.Write(appendString(nil, addr))
 		return err
 	case 'g':
 		// The member listens on the address the caller reached.
