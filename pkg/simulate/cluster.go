@@ -257,6 +257,15 @@ type TrainProfile struct {
 	Params          int64         `json:"params"`
 }
 
+// RingByteCPU is the gradient ring's core time per byte and side across
+// the link, ns/B: LinkRingByteCPU where measured, else LinkByteCPU.
+func (c *Calibration) RingByteCPU() float64 {
+	if c.LinkRingByteCPU > 0 {
+		return c.LinkRingByteCPU
+	}
+	return c.LinkByteCPU
+}
+
 // Wake is what a message waits when its one-thread receiver is asleep:
 // half the excess of LinkIdleExchangeRTT over LinkExchangeRTT (a round
 // trip wakes both ends once); 0 where either was not measured.

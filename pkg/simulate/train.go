@@ -923,7 +923,7 @@ func (s *trainSim) sizeBuckets() {
 			costs := Costs{MsgCPU: s.c.Cal.MsgCPU}
 			if s.linkWork() {
 				lat, _ := s.sideCost(0, 1)
-				costs = Costs{MsgCPU: lat, ByteCPU: 2 * s.c.Cal.LinkByteCPU * 1e-9}
+				costs = Costs{MsgCPU: lat, ByteCPU: 2 * s.c.Cal.RingByteCPU() * 1e-9}
 			}
 			if s.n <= eventRanks || wire <= int64(s.c.SmallBytes) || s.c.SharedCores > 0 {
 				dur, _, _ = PredictAllReduce(AllReduce{N: s.n, Bytes: int(wire), ChunkBytes: s.c.ChunkBytes, SmallBytes: s.c.SmallBytes}, m, costs)
@@ -1170,11 +1170,7 @@ func (s *trainSim) sideCostAt(bytes, k int, byteCPU float64) (d time.Duration, w
 // bytes at the ring's own calibrated core time (LinkRingByteCPU) where
 // it was measured, else at the exchange's.
 func (s *trainSim) ringSideCost(bytes, k int) (d time.Duration, width float64) {
-	perByte := s.c.Cal.LinkRingByteCPU
-	if perByte <= 0 {
-		perByte = s.c.Cal.LinkByteCPU
-	}
-	return s.sideCostAt(bytes, k, perByte)
+	return s.sideCostAt(bytes, k, s.c.Cal.RingByteCPU())
 }
 
 // wideWork runs d of host h's message software on width cores of the
