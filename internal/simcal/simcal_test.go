@@ -151,12 +151,7 @@ func TestLinkCPU(t *testing.T) {
 	if floor := 2 * 102 * idlePause; took < floor {
 		t.Errorf("MeasureLinkCPU took %v, less than its idle pauses alone (%v)", took, floor)
 	}
-	dead, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	deadAddr := dead.Addr().String()
-	dead.Close()
+	deadAddr := unservedAddr(t)
 	if _, err := MeasureLinkCPU(context.Background(), deadAddr, true); err == nil {
 		t.Errorf("MeasureLinkCPU of %s, which nobody serves: no error", deadAddr)
 	}
@@ -218,13 +213,21 @@ func TestRingCPU(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Errorf("ServeLink: %v", err)
 	}
+	deadAddr := unservedAddr(t)
+	if _, err := MeasureRingCPU(context.Background(), deadAddr, true); err == nil {
+		t.Errorf("MeasureRingCPU of %s, which nobody serves: no error", deadAddr)
+	}
+}
+
+// unservedAddr is a loopback address nobody listens on (a listener's,
+// closed).
+func unservedAddr(t *testing.T) string {
+	t.Helper()
 	dead, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadAddr := dead.Addr().String()
+	addr := dead.Addr().String()
 	dead.Close()
-	if _, err := MeasureRingCPU(context.Background(), deadAddr, true); err == nil {
-		t.Errorf("MeasureRingCPU of %s, which nobody serves: no error", deadAddr)
-	}
+	return addr
 }
