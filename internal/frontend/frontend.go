@@ -6,7 +6,7 @@
 // runs, and what the embedded default (`serve --workers N`) runs over the
 // cluster it starts. Any number of front ends may join one cluster: each
 // has its own scheduler and KV cache (data-parallel attention); the
-// experts are shared. See docs/ARCHITECTURE.md, "Serving".
+// experts are shared. See docs/ARCHITECTURE.md, section 4 (the data path of a decode token).
 //
 // A front end holds the dense weights (the caller loads them) and no
 // routed experts. It never writes to etcd except to register the model

@@ -11,7 +11,7 @@
 // (transport.RemoteTrainer.SetLocal); the other ranks' over gRPC. internal/worker
 // starts it; it is the only link from a worker to the trainer, and the
 // coordinator, which only schedules, never imports it
-// (docs/ARCHITECTURE.md, sections 1 and 7).
+// (docs/ARCHITECTURE.md, sections 1, Components, and 12, Packages).
 //
 // A spec in etcd is untrusted: before a rank reads or writes anything it
 // validates the spec (jobs.Spec.Validate) and resolves every path it names

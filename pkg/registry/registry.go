@@ -113,7 +113,7 @@ func DialTLS(ctx context.Context, endpoints []string, creds *auth.Credentials) (
 		// instead of waiting on a half-open connection, and move to
 		// another: within KeepAliveTime + KeepAliveTimeout (2 s), less
 		// than a coordinator's session TTL (3 s) and a worker's lease
-		// TTL (DefaultTTL, 5 s), which its lease
+		// TTL (DefaultTTL, 10 s), which its lease
 		// renewals would otherwise miss (found by scripts/chaos.sh: a
 		// worker connected to a member whose link went down lost its
 		// lease).

@@ -95,8 +95,9 @@ const BF16KernelEnv = "SWITCHYARD_BF16_KERNEL"
 // BenchmarkMicroKernelDot 88 GFLOP/s against BenchmarkMicroKernel 155 on
 // one core, so the float32 kernels are faster there even on rounded
 // operands. On AMD Zen 4 and 5 a 512-bit VDPBF16PS is one operation on
-// paired 256-bit units, expected at the FMA's rate (twice the FLOPs; not
-// measured by this project), so it is the default on AMD only;
+// paired 256-bit units at the FMA's rate (twice the FLOPs: on the Zen 5
+// VM BenchmarkMicroKernelDot 396-400 GFLOP/s against BenchmarkMicroKernel
+// 196-200, bench/results/bf16-amd.txt), so it is the default on AMD only;
 // BF16KernelEnv overrides, and BenchmarkMicroKernelDot against
 // BenchmarkMicroKernel settles it on any machine.
 var bf16DotPreferred = kernelChoice{env: BF16KernelEnv, yes: "vdpbf16ps", no: "f32"}

@@ -116,11 +116,17 @@ const (
 // 1024^3, the expert shapes 64x2816x1024 and 64x1024x2816 and the
 // 512-row prefill products, 0.993x on the last (kc = 512: 0.97-1.04x;
 // a whole k of 2816 in one slab: 0.93-1.03x).
+//
+// On AMD, AVX-512 runs deeper slabs and narrower chunks (blocking,
+// gemmDeepSlabs): see avx512Deep.
 type gemmParams struct {
 	name   string
 	mr, nr int // register tile: rows x columns of C
 	kc     int // depth of a packed slab (max; slabs are equalised)
 	nc     int // columns of op(B) per work chunk (max, multiple of nr)
+	// ncTall is nc when A is tall (m >= tallRows) in the A-panel-outer
+	// order: see gemmPacked.
+	ncTall int
 	// rowBlock picks the loop order over a chunk's tiles: 0 runs every
 	// B panel of the chunk past one A micro-panel (A-panel-outer); > 0
 	// runs blocks of rowBlock A micro-panels past one B panel
@@ -130,9 +136,48 @@ type gemmParams struct {
 }
 
 var archParams = [numArchs]gemmParams{
-	archGeneric: {name: "generic", mr: genericMR, nr: genericNR, kc: 256, nc: 128},
-	archAVX2:    {name: "avx2", mr: 6, nr: 16, kc: 1024, nc: 256, rowBlock: 8},
-	archAVX512:  {name: "avx512", mr: 14, nr: 32, kc: 256, nc: 256},
+	archGeneric: {name: "generic", mr: genericMR, nr: genericNR, kc: 256, nc: 128, ncTall: 256},
+	archAVX2:    {name: "avx2", mr: 6, nr: 16, kc: 1024, nc: 256, ncTall: 256, rowBlock: 8},
+	archAVX512:  {name: "avx512", mr: 14, nr: 32, kc: 256, nc: 256, ncTall: 512},
+}
+
+// avx512Deep is the AVX-512 family's blocking where gemmDeepSlabs holds
+// (on AMD): slabs as deep as 2048 (a k of 1024 in one slab, 2816 in two of
+// 1408) and chunks of one B micro-panel (256 columns when A is tall).
+//
+// The shallow blocking above was tuned on the Intel Xeon (2 MB L2). On
+// the AMD EPYC Zen 5 VM (1 MB L2, 48 KB L1) deeper slabs won on every
+// product but the smallest: each slab is one more pass over C (a 1024^3
+// C, 4 MB, is read and written again from L3 or memory by each of four
+// slabs of 256), and with slabs of 2048 an A micro-panel (14 x 2048
+// floats, 112 KB) and a B micro-panel (256 KB) stream from L2 and L3
+// without starving the kernel (a k step needs 56 + 128 bytes per 14 FMA
+// cycles). For a small A (an expert's 16-200 rows) chunks of one B
+// micro-panel then ran 2-5% faster than chunks of 64-256 columns (a
+// throwaway sweep the same day): each freshly packed B panel meets all of
+// A while it is in L2. Measured call by call against the shallow
+// blocking on that VM (BenchmarkGemmSlabs, bench/results/gemm-slabs.txt,
+// two rounds, on 1 and 2 threads): 1024^3 1.02-1.09x and 1.04-1.10x;
+// 2048^3 1.03-1.06x and 1.09-1.11x; the expert batches (16-200 rows, bf16
+// weights [2816, 1024] and [1024, 2816]) 1.04-1.08x and 1.13-1.20x; the
+// 512-row prefill products 1.02-1.04x and 1.06-1.09x; --compute bf16
+// 1.02-1.12x and 1.05-1.12x. Chunks of one micro-panel cost a tiny
+// product (64^3) about 10% of its few microseconds, so a chunk is widened
+// until it holds minChunkFlops (64^3 and 512x512x64: 0.99-1.01x).
+var avx512Deep = struct{ kc, nc, ncTall int }{kc: 2048, nc: 32, ncTall: 256}
+
+// minChunkFlops is the least work (2*m*k*width) gemmPacked puts in one
+// column chunk, widening it beyond nc when m*k is small.
+const minChunkFlops = 1 << 20
+
+// blocking is arch's gemmParams with the deep-slab blocking applied where
+// it is chosen.
+func blocking(arch gemmArch) gemmParams {
+	pr := archParams[arch]
+	if arch == archAVX512 && gemmDeepSlabs.Load() {
+		pr.kc, pr.nc, pr.ncTall = avx512Deep.kc, avx512Deep.nc, avx512Deep.ncTall
+	}
+	return pr
 }
 
 func (a gemmArch) String() string { return archParams[a].name }
@@ -324,7 +369,7 @@ const packABudget = 2 << 20
 // by the right edge of C go through a scratch tile; tiles cut by the bottom
 // edge use the micro-kernel of that height.
 func gemmPacked(arch gemmArch, mode dotMode, transA, transB bool, m, n, k int, alpha float32, a []float32, lda int, b32 []float32, b16 []uint16, ldb int, beta float32, c []float32, ldc int) {
-	pr := archParams[arch]
+	pr := blocking(arch)
 	mr, nr := pr.mr, pr.nr
 
 	// Equal-depth slabs rather than a short last one; likewise row blocks.
@@ -349,12 +394,14 @@ func gemmPacked(arch gemmArch, mode dotMode, transA, transB bool, m, n, k int, a
 		workers = max(w, 1)
 	}
 
-	// Column chunks: at most nc wide, and when parallel at least four per
-	// worker (a multiple of the worker count) for balance. A tall A (m >=
-	// tallRows) streams its whole packed slab past every chunk from L3:
-	// then chunks are twice as wide and one per worker, which halves that
-	// stream (1024^3 on the 2-vCPU Xeon: 289 -> 301 GFLOP/s on 2 threads,
-	// 154 -> 158 on 1; the same for m = 64 lost 7-10%). Not in the
+	// Column chunks: at most nc wide (wider when that holds less than
+	// minChunkFlops), and when parallel at least four per worker (a
+	// multiple of the worker count) for balance. A tall A (m >= tallRows)
+	// streams its whole packed slab past every chunk from L3: then chunks
+	// are ncTall wide (twice nc in the shallow blocking) and one per
+	// worker, which halves that stream (1024^3 on the 2-vCPU Xeon: 289 ->
+	// 301 GFLOP/s on 2 threads, 154 -> 158 on 1; the same for m = 64 lost
+	// 7-10%). Not in the
 	// B-panel-outer order (rowBlock > 0), where a chunk reads each block of
 	// the slab into L2 once and the narrow chunks' balance wins: on the Zen
 	// 3 VM at 2 threads, 1024^3 and the 512-row prefill GEMM ran 0.6-4.5%
@@ -362,7 +409,10 @@ func gemmPacked(arch gemmArch, mode dotMode, transA, transB bool, m, n, k int, a
 	panelsN := ceilDiv(n, nr)
 	nc, perWorker := pr.nc, 4
 	if m >= tallRows && pr.rowBlock == 0 {
-		nc, perWorker = 2*pr.nc, 1
+		nc, perWorker = pr.ncTall, 1
+	}
+	if minPanels := ceilDiv(minChunkFlops, 2*m*k*nr); nc < minPanels*nr {
+		nc = minPanels * nr
 	}
 	colChunks := ceilDiv(panelsN, nc/nr)
 	if workers > 1 {
@@ -549,7 +599,7 @@ func chunkBufFloats(mode dotMode, mr, nr, kc, panels int) int {
 // prefetch into L2 the source of slab s+1 (during the last slab: the first
 // slab of B panels [nq0, nq1), the next chunk; none if nq0 == nq1).
 func gemmChunk(arch gemmArch, mode dotMode, transB bool, n, k, kc int, alpha float32, aPack []float32, slabFloats, mcur, ic, r0, r1 int, b32 []float32, b16 []uint16, ldb int, q0, q1, nq0, nq1 int, beta float32, c []float32, ldc int, buf []float32) {
-	pr := archParams[arch]
+	pr := blocking(arch)
 	mr, nr := pr.mr, pr.nr
 	bPack := buf[:(q1-q0)*mode.kSteps(kc)*nr]
 	scratch := buf[len(buf)-mr*nr:]

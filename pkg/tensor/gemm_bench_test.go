@@ -94,29 +94,39 @@ func BenchmarkGemmTileOrder(b *testing.B) {
 		b.Run(s.name, func(b *testing.B) {
 			saved := archParams[arch].rowBlock
 			defer func() { archParams[arch].rowBlock = saved }()
-			call := benchGemmCall(s)
-			call()
-			var secs [2][]float64 // [0]: A-panel-outer, [1]: blocked
-			for i := 0; b.Loop(); i++ {
-				for j := range 2 {
-					o := (i + j) % 2
-					archParams[arch].rowBlock = [2]int{0, blocked}[o]
-					t0 := time.Now()
-					call()
-					secs[o] = append(secs[o], time.Since(t0).Seconds())
-				}
-			}
-			flop := 2 * float64(s.m) * float64(s.n) * float64(s.k)
-			var med [2]float64
-			for o := range secs {
-				slices.Sort(secs[o])
-				med[o] = flop / secs[o][len(secs[o])/2] / 1e9
-			}
+			// [0]: A-panel-outer, [1]: blocked
+			med := pairedGFLOPS(b, s, func(o int) { archParams[arch].rowBlock = [2]int{0, blocked}[o] })
 			b.ReportMetric(med[0], "A-outer-GFLOP/s")
 			b.ReportMetric(med[1], fmt.Sprintf("rowBlock%d-GFLOP/s", blocked))
 			b.ReportMetric(med[1]/med[0], "ratio")
 		})
 	}
+}
+
+// pairedGFLOPS times s's call under two settings call by call, set(0)
+// and set(1) before each, alternating which goes first each iteration of
+// b.Loop, so that load from other tenants hits both alike; it returns
+// each setting's median GFLOP/s (2*m*n*k per call).
+func pairedGFLOPS(b *testing.B, s benchShape, set func(o int)) [2]float64 {
+	call := benchGemmCall(s)
+	call()
+	var secs [2][]float64
+	for i := 0; b.Loop(); i++ {
+		for j := range 2 {
+			o := (i + j) % 2
+			set(o)
+			t0 := time.Now()
+			call()
+			secs[o] = append(secs[o], time.Since(t0).Seconds())
+		}
+	}
+	flop := 2 * float64(s.m) * float64(s.n) * float64(s.k)
+	var med [2]float64
+	for o := range secs {
+		slices.Sort(secs[o])
+		med[o] = flop / secs[o][len(secs[o])/2] / 1e9
+	}
+	return med
 }
 
 // BenchmarkGemm runs the shapes on the kernel family Gemm picks on this CPU.
@@ -197,4 +207,55 @@ func BenchmarkMicroKernelDot(b *testing.B) {
 		}
 	}
 	b.ReportMetric(4*float64(pr.mr*pr.nr*kc2*panels)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+}
+
+// BenchmarkGemmSlabs compares the AVX-512 GEMM's two blockings
+// (gemmDeepSlabs: deep slabs and narrow chunks, or the shallow ones) call
+// by call, alternating which goes first, on the square products, the
+// 512-row prefill products, an expert's batches (16 to 200 rows, bf16
+// weights [2816, 1024] and [1024, 2816]), two small products and the
+// prefill products under --compute bf16. It reports each side's median
+// GFLOP/s and their ratio (deep/shallow). GOMAXPROCS sets the threads.
+// Run with -test.benchtime 40x or more.
+func BenchmarkGemmSlabs(b *testing.B) {
+	if gemmArch(activeArch.Load()) != archAVX512 {
+		b.Skip("no AVX-512: one blocking")
+	}
+	type slabCase struct {
+		benchShape
+		mode Compute
+	}
+	var cases []slabCase
+	add := func(mode Compute, shapes ...benchShape) {
+		for _, s := range shapes {
+			cases = append(cases, slabCase{s, mode})
+		}
+	}
+	add(ComputeExact, benchShapes[0], benchShapes[1],
+		benchShape{name: "2048x2048x2048_NN", m: 2048, n: 2048, k: 2048},
+		benchShape{name: "512x2816x1024_NT_bf16", m: 512, n: 2816, k: 1024, transB: true, bf16: true},
+		benchShape{name: "512x1024x2816_NT_bf16", m: 512, n: 1024, k: 2816, transB: true, bf16: true},
+		benchShape{name: "16x1024x1024_NT_bf16", m: 16, n: 1024, k: 1024, transB: true, bf16: true},
+		benchShape{name: "64x2816x1024_NT_bf16", m: 64, n: 2816, k: 1024, transB: true, bf16: true},
+		benchShape{name: "64x1024x2816_NT_bf16", m: 64, n: 1024, k: 2816, transB: true, bf16: true},
+		benchShape{name: "128x2816x1024_NT_bf16", m: 128, n: 2816, k: 1024, transB: true, bf16: true},
+		benchShape{name: "200x1024x1024_NT_bf16", m: 200, n: 1024, k: 1024, transB: true, bf16: true},
+		benchShape{name: "64x64x64_NN", m: 64, n: 64, k: 64},
+		benchShape{name: "512x512x64_NT", m: 512, n: 512, k: 64, transB: true})
+	if bf16DotSupported(archAVX512) {
+		add(ComputeBF16,
+			benchShape{name: "512x2816x1024_NT_bf16", m: 512, n: 2816, k: 1024, transB: true, bf16: true},
+			benchShape{name: "128x2816x1024_NT_bf16", m: 128, n: 2816, k: 1024, transB: true, bf16: true})
+	}
+	for _, c := range cases {
+		b.Run(fmt.Sprintf("%s/%s", c.name, c.mode), func(b *testing.B) {
+			defer SetCompute(SetCompute(c.mode))
+			defer forceGemmSlabs(gemmDeepSlabs.Load())()
+			// [0]: shallow, [1]: deep
+			med := pairedGFLOPS(b, c.benchShape, func(o int) { gemmDeepSlabs.Store(o == 1) })
+			b.ReportMetric(med[0], "shallow-GFLOP/s")
+			b.ReportMetric(med[1], "deep-GFLOP/s")
+			b.ReportMetric(med[1]/med[0], "deep/shallow")
+		})
+	}
 }

@@ -20,7 +20,10 @@ func supportedArchs() []gemmArch {
 }
 
 // forEachArch runs f once per supported kernel family with Gemm forced to
-// it, the AVX-512 family once per way of broadcasting A (gemmRegBroadcast).
+// it, the AVX-512 family twice: as on Intel (A broadcast embedded, shallow
+// slabs) and as on AMD (register broadcast, deep slabs). The two choices
+// are independent (one is the micro-kernel, the other the blocking
+// around it), so each way of each is run.
 func forEachArch(t *testing.T, f func(t *testing.T)) {
 	for _, a := range supportedArchs() {
 		t.Run(a.String(), func(t *testing.T) {
@@ -29,9 +32,10 @@ func forEachArch(t *testing.T, f func(t *testing.T)) {
 				f(t)
 				return
 			}
-			for _, reg := range []bool{false, true} {
-				t.Run(map[bool]string{false: "embedded", true: "register"}[reg], func(t *testing.T) {
-					defer forceGemmBroadcast(reg)()
+			for _, amd := range []bool{false, true} {
+				t.Run(map[bool]string{false: "embedded-shallow", true: "register-deep"}[amd], func(t *testing.T) {
+					defer forceGemmBroadcast(amd)()
+					defer forceGemmSlabs(amd)()
 					f(t)
 				})
 			}
@@ -241,12 +245,14 @@ func TestGemmMatchesRef(t *testing.T) {
 
 // TestGemmLargeShapes covers shapes big enough to split over workers and
 // over several depth slabs: the expert shape scaled down in n, one with
-// enough row chunks, one split into row blocks (m*k > packABudget), and a
-// tall A (m >= tallRows; wide column chunks on the families without a rowBlock).
+// enough row chunks, one split into row blocks (m*k > packABudget), a
+// tall A (m >= tallRows; wide column chunks on the families without a
+// rowBlock), and depths beyond the deep blocking's slab (avx512Deep), for
+// a small and a tall A.
 func TestGemmLargeShapes(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	var ops []*gemmOperands
-	for i, s := range [][3]int{{64, 2816 / 8, 1024}, {130, 260, 300}, {200, 33, 520}, {2100, 20, 1001}, {300, 1100, 70}} {
+	for i, s := range [][3]int{{64, 2816 / 8, 1024}, {130, 260, 300}, {200, 33, 520}, {2100, 20, 1001}, {300, 1100, 70}, {40, 100, 4500}, {270, 75, 2300}} {
 		ops = append(ops, newOperands(rng, gemmCase{m: s[0], n: s[1], k: s[2], transB: i != 1, transA: i == 2, alpha: 1, beta: float32(i % 2), padC: i}, i == 0))
 	}
 	if m, k := ops[3].m, ops[3].k; m*k <= packABudget {

@@ -42,7 +42,7 @@ type kernelChoice struct {
 }
 
 // choices lists every kernelChoice, for init.
-var choices = []*kernelChoice{&gemvSequential, &gemmRegBroadcast, &bf16DotPreferred}
+var choices = []*kernelChoice{&gemvSequential, &gemmRegBroadcast, &bf16DotPreferred, &gemmDeepSlabs}
 
 func init() {
 	amd := cpuVendor() == "AuthenticAMD"
@@ -114,14 +114,36 @@ func GemmBroadcast() string { return gemmRegBroadcast.name() }
 // micro-kernels until the returned func restores the previous choice.
 func forceGemmBroadcast(reg bool) (restore func()) { return gemmRegBroadcast.force(reg) }
 
+// GemmSlabsEnv overrides the cache blocking of the AVX-512 GEMM: "deep"
+// (slabs up to 2048 deep, chunks of one B micro-panel: avx512Deep) or
+// "shallow" (slabs of 256, chunks of 256 columns: archParams). They differ
+// in the order float32 rounding adds the slabs' partial sums, and in
+// speed.
+const GemmSlabsEnv = "SWITCHYARD_GEMM_SLABS"
+
+// gemmDeepSlabs says whether the AVX-512 GEMM runs the deep blocking: by
+// default on AMD, where it measured 1.02-1.20x the shallow one on a Zen 5
+// VM on every product bigger than 64^3 (see avx512Deep); the shallow one was tuned on the Intel Xeon and has
+// not been compared there since.
+var gemmDeepSlabs = kernelChoice{env: GemmSlabsEnv, yes: "deep", no: "shallow"}
+
+// GemmSlabs names the AVX-512 GEMM's blocking on this machine: "deep" or
+// "shallow" (see GemmSlabsEnv).
+func GemmSlabs() string { return gemmDeepSlabs.name() }
+
+// forceGemmSlabs selects the deep (true) or shallow blocking until the
+// returned func restores the previous choice.
+func forceGemmSlabs(deep bool) (restore func()) { return gemmDeepSlabs.force(deep) }
+
 // KernelConfig describes the kernels this machine runs, for benchmark
-// headers: the GEMM family and how its AVX-512 micro-kernels broadcast A,
-// and the order the single-token kernels read W in.
+// headers: the GEMM family, how its AVX-512 micro-kernels broadcast A and
+// which blocking it runs, and the order the single-token kernels read W
+// in.
 func KernelConfig() string {
 	arch := gemmArch(activeArch.Load())
 	s := "gemm " + arch.String()
 	if arch == archAVX512 {
-		s += " (A broadcast: " + GemmBroadcast() + ")"
+		s += " (A broadcast: " + GemmBroadcast() + ", slabs: " + GemmSlabs() + ")"
 	}
 	return s + ", gemv order " + GemvOrder()
 }

@@ -5,7 +5,7 @@
 // these types); internal/jobs stores it in a job's spec in etcd. It holds no
 // trainer code, so the control plane (the coordinator's job scheduler)
 // can carry a job without linking the trainer (docs/ARCHITECTURE.md,
-// section 7).
+// section 12, Packages).
 package trainconf
 
 import (
