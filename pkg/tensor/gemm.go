@@ -401,11 +401,11 @@ func gemmPacked(arch gemmArch, mode dotMode, transA, transB bool, m, n, k int, a
 	// are ncTall wide (twice nc in the shallow blocking) and one per
 	// worker, which halves that stream (1024^3 on the 2-vCPU Xeon: 289 ->
 	// 301 GFLOP/s on 2 threads, 154 -> 158 on 1; the same for m = 64 lost
-	// 7-10%). Not in the
-	// B-panel-outer order (rowBlock > 0), where a chunk reads each block of
-	// the slab into L2 once and the narrow chunks' balance wins: on the Zen
-	// 3 VM at 2 threads, 1024^3 and the 512-row prefill GEMM ran 0.6-4.5%
-	// faster with narrow chunks in 12 of 12 paired runs (2026-12-06).
+	// 7-10%). Not in the B-panel-outer order (rowBlock > 0), where a chunk
+	// reads each block of the slab into L2 once and the narrow chunks'
+	// balance wins: on the Zen 3 VM at 2 threads, 1024^3 and the 512-row
+	// prefill GEMM ran 0.6-4.5% faster with narrow chunks in 12 of 12
+	// paired runs (2026-12-06).
 	panelsN := ceilDiv(n, nr)
 	nc, perWorker := pr.nc, 4
 	if m >= tallRows && pr.rowBlock == 0 {

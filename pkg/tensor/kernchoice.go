@@ -123,7 +123,8 @@ const GemmSlabsEnv = "SWITCHYARD_GEMM_SLABS"
 
 // gemmDeepSlabs says whether the AVX-512 GEMM runs the deep blocking: by
 // default on AMD, where it measured 1.02-1.20x the shallow one on a Zen 5
-// VM on every product bigger than 64^3 (see avx512Deep); the shallow one was tuned on the Intel Xeon and has
+// VM on every product timed but the two smallest, which it left level
+// (see avx512Deep); the shallow one was tuned on the Intel Xeon and has
 // not been compared there since.
 var gemmDeepSlabs = kernelChoice{env: GemmSlabsEnv, yes: "deep", no: "shallow"}
 
