@@ -49,14 +49,18 @@ func MeasureRingCPU(ctx context.Context, addr string, quick bool) (RingCPU, erro
 	if quick {
 		small, big = 40, 20
 	}
-	// This host's address as the peer sees it: the source address of a
-	// connection to it.
-	probe, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	// The request: 'g', the group's name and this member's address, and
+	// the two sizes' counts; the answer: the peer member's address. The
+	// connection stays open until the peer's member is done. This member
+	// listens on this host's address as the peer sees it: the
+	// connection's source address.
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return res, fmt.Errorf("simcal: ring cpu: %w", err)
 	}
-	host, _, err := net.SplitHostPort(probe.LocalAddr().String())
-	probe.Close()
+	defer conn.Close()
+	host, _, err := net.SplitHostPort(conn.LocalAddr().String())
 	if err != nil {
 		return res, err
 	}
@@ -64,36 +68,30 @@ func MeasureRingCPU(ctx context.Context, addr string, quick bool) (RingCPU, erro
 	if err != nil {
 		return res, fmt.Errorf("simcal: ring cpu: %w", err)
 	}
+	grouped := false // the group owns lis once made
+	defer func() {
+		if !grouped {
+			lis.Close()
+		}
+	}()
 	name := fmt.Sprintf("simcal-ring/%016x", rand.Uint64())
-	// The request: 'g', the group's name and this member's address, and
-	// the two sizes' counts; the answer: the peer member's address. The
-	// connection stays open until the peer's member is done.
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", addr)
-	if err != nil {
-		lis.Close()
-		return res, fmt.Errorf("simcal: ring cpu: %w", err)
-	}
-	defer conn.Close()
 	req := []byte{'g'}
 	req = appendString(req, name)
 	req = appendString(req, lis.Addr().String())
 	req = binary.BigEndian.AppendUint32(req, uint32(small+2))
 	req = binary.BigEndian.AppendUint32(req, uint32(big+2))
 	if _, err := conn.Write(req); err != nil {
-		lis.Close()
 		return res, err
 	}
 	peer, err := readString(conn)
 	if err != nil {
-		lis.Close()
 		return res, fmt.Errorf("simcal: ring cpu: the peer's member: %w", err)
 	}
 	g, err := collective.New(collective.Config{Group: name, Rank: 0, Peers: []string{lis.Addr().String(), peer}, Algorithm: allreduce.Ring}, lis)
 	if err != nil {
-		lis.Close()
 		return res, err
 	}
+	grouped = true
 	defer g.Close()
 	if err := g.Connect(ctx); err != nil {
 		return res, fmt.Errorf("simcal: ring cpu: connect: %w", err)
@@ -136,11 +134,11 @@ func MeasureRingCPU(ctx context.Context, addr string, quick bool) (RingCPU, erro
 	if err := g.Shutdown(ctx); err != nil {
 		return res, fmt.Errorf("simcal: ring cpu: shutdown: %w", err)
 	}
-	// Two members: 4 sides of B/2 bytes each on both, 4B side-bytes.
-	res.ByteWork = max(float64(res.BigCPU-res.SmallCPU), 0) / (4 * float64(ringBigBytes-ringSmallBytes))
 	if res.BigCPU <= 0 {
 		return res, fmt.Errorf("simcal: ring cpu: %d all-reduces took no core time", big)
 	}
+	// Two members: 4 sides of B/2 bytes each on both, 4B side-bytes.
+	res.ByteWork = max(float64(res.BigCPU-res.SmallCPU), 0) / (4 * float64(ringBigBytes-ringSmallBytes))
 	return res, nil
 }
 
