@@ -17,10 +17,11 @@
 #
 # ATTEMPTS (default 1) fresh runs are made until one is judged and passes;
 # the script fails when none did (every run judged and outside 15%, or
-# never a quiet machine). It is not a CI stage: on the AMD VM a single
-# run's n = 2 4 KiB row misses 15% in 3 of the 19 runs kept on
-# 2026-12-06, both ways (a round trip of tens of microseconds on shared
-# cores; docs/scale/README.md).
+# never a quiet machine; JUDGE_UNJUDGED_OK=1: only when a judged run
+# missed). scripts/test.sh runs it with ATTEMPTS=3 and
+# JUDGE_UNJUDGED_OK=1: a single run's n = 2 4 KiB row missed 15% in 3 of
+# the 19 runs kept on 2026-12-06 on the AMD VM, both ways (a round trip
+# of tens of microseconds on shared cores; docs/scale/README.md).
 #
 #   scripts/simulate-validate.sh [OUT]     default OUT: a temporary file
 #   ATTEMPTS=3 scripts/simulate-validate.sh   # up to 3 fresh runs

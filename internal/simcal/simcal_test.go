@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/switchyard/switchyard/pkg/simulate"
+	"github.com/switchyard/switchyard/pkg/train"
 )
 
 // A quick calibration measures positive, ordered numbers, and what Write
@@ -28,9 +29,11 @@ func TestQuickCalibration(t *testing.T) {
 	if c.CPU == "" || c.Cores < 1 || c.When == "" {
 		t.Errorf("cpu %q, cores %d, when %q", c.CPU, c.Cores, c.When)
 	}
-	// The steps' own times sum to a little less than the timed loop (the
-	// batches are drawn between them), and to more than --quick's 0.5 s.
-	if len(c.Train) != 1 || time.Duration(c.Train[0].Steps)*c.Train[0].Step < trainTime*85/100 {
+	// The steps timed, at the median window's mean, come to a little less
+	// than the timed loop (the batches are drawn between them), and to
+	// more than --quick's 0.5 s; the median window is one of five.
+	if len(c.Train) != 1 || time.Duration(c.Train[0].TimedSteps)*c.Train[0].Step < trainTime*85/100 ||
+		c.Train[0].Steps > c.Train[0].TimedSteps/5+1 || c.Train[0].Steps < c.Train[0].TimedSteps/5 {
 		t.Errorf("training profiles %+v: want one, its steps timed for about %v", c.Train, trainTime)
 	}
 	// Per thread count: a 512-row product runs faster per FLOP than a
@@ -159,8 +162,9 @@ func TestLinkCPU(t *testing.T) {
 
 // ProfileTrain of the golden qwen2_moe: every part positive, the parts
 // within the step, the shape read from its config.json, the parameters
-// those of the model; a bad batch and a folder without a model are
-// errors.
+// those of the model, the three steps timed in windows of one (the
+// median window's one step reported); a bad batch and a folder without
+// a model are errors.
 func TestProfileTrain(t *testing.T) {
 	dir := filepath.Join("..", "..", "testdata", "golden", "qwen2_moe")
 	p, err := ProfileTrain(context.Background(), TrainProfileOptions{Dir: dir, Batch: 2, SeqLen: 16, Threads: 1, Quick: true, WarmupSteps: 2, MinSteps: 3, Target: time.Millisecond})
@@ -172,7 +176,7 @@ func TestProfileTrain(t *testing.T) {
 	if p.Forward <= 0 || p.Backward <= 0 || p.ExpertsForward <= 0 || p.ExpertsBackward <= 0 || p.Optimizer <= 0 || parts > p.Step || p.CPU <= 0 {
 		t.Errorf("parts %v of a step %v: %+v", parts, p.Step, p)
 	}
-	if p.Steps < 3 || p.TokensPerRank != 32 || p.SeqLen != 16 || p.Threads != 1 || p.Shape.Name != "" || p.Shape.Hidden != 64 || p.Shape.Experts != 8 || p.Params < 100000 {
+	if p.TimedSteps < 3 || p.Steps != 1 || p.TokensPerRank != 32 || p.SeqLen != 16 || p.Threads != 1 || p.Shape.Name != "" || p.Shape.Hidden != 64 || p.Shape.Experts != 8 || p.Params < 100000 {
 		t.Errorf("profile %+v", p)
 	}
 	if _, err := ProfileTrain(context.Background(), TrainProfileOptions{Dir: dir, Batch: 0, SeqLen: 16}); err == nil {
@@ -230,4 +234,31 @@ func unservedAddr(t *testing.T) string {
 	addr := dead.Addr().String()
 	dead.Close()
 	return addr
+}
+
+// medianWindow reports the window whose mean step is the median: a dip
+// in two of ten windows (steps 5x slower) leaves it at the undisturbed
+// steps' parts, where the mean of every step moves by 80%; one window
+// is the mean of every step; more windows than steps is one a step.
+func TestMedianWindow(t *testing.T) {
+	var steps []train.StepTimes
+	for i := range 100 {
+		f := time.Duration(1)
+		if i >= 30 && i < 50 {
+			f = 5
+		}
+		steps = append(steps, train.StepTimes{Forward: f * time.Millisecond, Optimizer: f * 2 * time.Millisecond, Total: f * 4 * time.Millisecond})
+	}
+	sum, n := medianWindow(steps, 10)
+	if n != 10 || sum.Forward != 10*time.Millisecond || sum.Optimizer != 20*time.Millisecond || sum.Total != 40*time.Millisecond {
+		t.Errorf("10 windows: %d steps, sums %+v: want 10 undisturbed steps", n, sum)
+	}
+	sum, n = medianWindow(steps, 1)
+	if n != 100 || sum.Total != (80*4+20*20)*time.Millisecond {
+		t.Errorf("1 window: %d steps, total %v: want every step", n, sum.Total)
+	}
+	sum, n = medianWindow(steps[:3], 5)
+	if n != 1 || sum.Total != 4*time.Millisecond {
+		t.Errorf("3 steps in 5 windows: %d steps, total %v: want one undisturbed step", n, sum.Total)
+	}
 }

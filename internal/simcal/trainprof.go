@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"sort"
 	"syscall"
 	"time"
 
@@ -30,6 +31,10 @@ type TrainProfileOptions struct {
 	// 0.5 s when Quick; 20).
 	WarmupSteps, MinSteps int
 	Target                time.Duration
+	// Windows is how many runs of consecutive timed steps (equal counts)
+	// the profile is split into; it reports the one whose mean step is
+	// the median (default 5; 1: the mean of every step).
+	Windows int
 }
 
 // ProfileTrain measures one rank's training step of a real model in this
@@ -39,7 +44,9 @@ type TrainProfileOptions struct {
 // a group of one, every routed expert in process (no message), on random
 // token windows. It returns the means per step of train.StepTimes' parts
 // (the dense forward and backward, the routed experts' forward and
-// backward, the optimizer) and the process's core time per step
+// backward, the optimizer) over the median one of Windows runs of
+// consecutive timed steps (medianWindow), and the process's core time
+// per step over all of them
 // (getrusage: user + system), the per-call and element-wise work a
 // product's GEMM throughput leaves out included. The training model
 // scales its own products to these where the profile's shape, tokens and
@@ -104,8 +111,7 @@ func ProfileTrain(ctx context.Context, o TrainProfileOptions) (simulate.TrainPro
 		}
 		return ids
 	}
-	var sum train.StepTimes
-	var steps int
+	var times []train.StepTimes
 	var cpu time.Duration
 	var stepErr error
 	withThreads(threads, func() {
@@ -116,27 +122,25 @@ func ProfileTrain(ctx context.Context, o TrainProfileOptions) (simulate.TrainPro
 		}
 		cpu0 := processCPU()
 		start := time.Now()
-		for steps < minSteps || time.Since(start) < target {
+		for len(times) < minSteps || time.Since(start) < target {
 			if stepErr = ctx.Err(); stepErr != nil {
 				return
 			}
 			if _, stepErr = st.TrainStep(ctx, batch()); stepErr != nil {
 				return
 			}
-			l := st.Last
-			sum.Forward += l.Forward
-			sum.Backward += l.Backward
-			sum.ExchangeWait += l.ExchangeWait
-			sum.ExchangeForward += l.ExchangeForward
-			sum.Optimizer += l.Optimizer
-			sum.Total += l.Total
-			steps++
+			times = append(times, st.Last)
 		}
-		cpu = processCPU() - cpu0
+		cpu = (processCPU() - cpu0) / time.Duration(len(times))
 	})
 	if stepErr != nil {
 		return p, fmt.Errorf("simcal: train profile of %s: %w", o.Dir, stepErr)
 	}
+	windows := o.Windows
+	if windows == 0 {
+		windows = 5
+	}
+	sum, steps := medianWindow(times, windows)
 	n := time.Duration(steps)
 	var params int64
 	for _, q := range st.Params() {
@@ -145,11 +149,46 @@ func ProfileTrain(ctx context.Context, o TrainProfileOptions) (simulate.TrainPro
 	shape.Name = ""
 	return simulate.TrainProfile{
 		Model: filepath.Base(o.Dir), Shape: shape, TokensPerRank: o.Batch * o.SeqLen, SeqLen: o.SeqLen,
-		Threads: threads, Steps: steps,
+		Threads: threads, Steps: steps, TimedSteps: len(times),
 		Forward: sum.Forward / n, Backward: sum.Backward / n,
 		ExpertsForward: sum.ExchangeForward / n, ExpertsBackward: (sum.ExchangeWait - sum.ExchangeForward) / n,
-		Optimizer: sum.Optimizer / n, Step: sum.Total / n, CPU: cpu / n, Params: params,
+		Optimizer: sum.Optimizer / n, Step: sum.Total / n, CPU: cpu, Params: params,
 	}, nil
+}
+
+// medianWindow splits steps into windows runs of consecutive steps (as
+// equal as the count allows; at most one window a step) and returns the
+// sums of the window whose mean step (Total) is the median, and its step
+// count. A machine whose speed dips for part of the profile (another
+// virtual machine on the host, a burst of the kernel's work) moves the
+// mean of every step; it moves the median window only when the dip lasts
+// more than half the windows.
+func medianWindow(steps []train.StepTimes, windows int) (train.StepTimes, int) {
+	windows = max(1, min(windows, len(steps)))
+	type window struct {
+		sum train.StepTimes
+		n   int
+	}
+	ws := make([]window, windows)
+	for i, w := 0, 0; w < windows; w++ {
+		end := (w + 1) * len(steps) / windows
+		for ; i < end; i++ {
+			l := steps[i]
+			s := &ws[w].sum
+			s.Forward += l.Forward
+			s.Backward += l.Backward
+			s.ExchangeWait += l.ExchangeWait
+			s.ExchangeForward += l.ExchangeForward
+			s.Optimizer += l.Optimizer
+			s.Total += l.Total
+			ws[w].n++
+		}
+	}
+	sort.Slice(ws, func(a, b int) bool {
+		return ws[a].sum.Total*time.Duration(ws[b].n) < ws[b].sum.Total*time.Duration(ws[a].n)
+	})
+	m := ws[windows/2]
+	return m.sum, m.n
 }
 
 // processCPU is the core time (user + system, every thread) this process

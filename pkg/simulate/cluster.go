@@ -234,7 +234,9 @@ type Calibration struct {
 // one process (internal/simcal.ProfileTrain): TokensPerRank tokens in
 // sequences of SeqLen through the model of Shape (its Name empty) on
 // Threads threads, every routed expert in process, no message. The times
-// are means per step of train.StepTimes' parts: Forward and Backward the
+// are means over Steps steps of train.StepTimes' parts (since 2026-12-07
+// the median one of several runs of consecutive steps, TimedSteps timed
+// in all; before, every timed step): Forward and Backward the
 // dense part (attention, norms, router, shared expert, head, loss: every
 // call's software and element-wise work with the products),
 // ExpertsForward and ExpertsBackward the routed experts, Optimizer the
@@ -247,6 +249,7 @@ type TrainProfile struct {
 	SeqLen          int           `json:"seq_len"`
 	Threads         int           `json:"threads"`
 	Steps           int           `json:"steps"`
+	TimedSteps      int           `json:"timed_steps,omitempty"`
 	Forward         time.Duration `json:"forward_ns"`
 	Backward        time.Duration `json:"backward_ns"`
 	ExpertsForward  time.Duration `json:"experts_forward_ns"`
@@ -255,6 +258,33 @@ type TrainProfile struct {
 	Step            time.Duration `json:"step_ns"`
 	CPU             time.Duration `json:"cpu_ns"`
 	Params          int64         `json:"params"`
+}
+
+// Bracket is the mean of two profiles of the same step (p taken before a
+// measured run, q after it), step for step weighted by each one's timed
+// steps: a drift of the machine's speed over the run cancels to first
+// order. It fails when q profiles another shape, token count, sequence
+// length or thread count.
+func (p TrainProfile) Bracket(q TrainProfile) (TrainProfile, error) {
+	a, b := p, q
+	a.Shape.Name, b.Shape.Name = "", ""
+	if a.TokensPerRank != b.TokensPerRank || a.SeqLen != b.SeqLen || a.Threads != b.Threads || a.Params != b.Params || !reflect.DeepEqual(a.Shape, b.Shape) {
+		return p, fmt.Errorf("simulate: profiles of different steps (%s: %d tokens, seq %d, %d threads; %s: %d tokens, seq %d, %d threads)",
+			p.Model, p.TokensPerRank, p.SeqLen, p.Threads, q.Model, q.TokensPerRank, q.SeqLen, q.Threads)
+	}
+	if p.Steps < 1 || q.Steps < 1 {
+		return p, fmt.Errorf("simulate: a profile of %d and one of %d steps: want at least one each", p.Steps, q.Steps)
+	}
+	n := time.Duration(p.Steps + q.Steps)
+	mean := func(x, y time.Duration) time.Duration {
+		return (x*time.Duration(p.Steps) + y*time.Duration(q.Steps)) / n
+	}
+	r := p
+	r.Steps, r.TimedSteps = p.Steps+q.Steps, p.TimedSteps+q.TimedSteps
+	r.Forward, r.Backward = mean(p.Forward, q.Forward), mean(p.Backward, q.Backward)
+	r.ExpertsForward, r.ExpertsBackward = mean(p.ExpertsForward, q.ExpertsForward), mean(p.ExpertsBackward, q.ExpertsBackward)
+	r.Optimizer, r.Step, r.CPU = mean(p.Optimizer, q.Optimizer), mean(p.Step, q.Step), mean(p.CPU, q.CPU)
+	return r, nil
 }
 
 // RingByteCPU is the gradient ring's core time per byte and side across

@@ -39,8 +39,13 @@ type TrainBench struct {
 	// ping-pong, median).
 	LinkRTT time.Duration
 	// Cal is the calibration taken in the same run (on a worker host,
-	// with its link to another worker host).
+	// with its link to another worker host), before the job.
 	Cal *Calibration
+	// ProfileAfter is the same one-rank training profile as Cal's, taken
+	// again on the same host after the job (nil: not measured; files
+	// before 2026-12-07). TrainConfig takes the two profiles' mean
+	// (TrainProfile.Bracket).
+	ProfileAfter *TrainProfile
 	// Ranks are the workers' sums over their steps.
 	Ranks []TrainBenchRank
 }
@@ -212,6 +217,9 @@ func ReadTrainBench(r io.Reader) (*TrainBench, error) {
 			b.LinkRTT = time.Duration(ms * float64(time.Millisecond))
 		case "calibration":
 			b.Cal, err = ReadCalibration(strings.NewReader(val))
+		case "train_profile_after":
+			b.ProfileAfter = new(TrainProfile)
+			err = json.Unmarshal([]byte(val), b.ProfileAfter)
 		case "worker":
 			var rk TrainBenchRank
 			rk, err = parseBenchRank(val)
@@ -284,7 +292,9 @@ func (b *TrainBench) Mean() StepParts {
 // measured (raw-TCP rate; the emulated link's tc rate if it measured
 // none) with half the measured round trip as latency, the tc tbf burst
 // of the emulated links (scripts/netns/cluster.sh: max(rate/250, 64 KiB)
-// of the tc rate), float32 products.
+// of the tc rate), float32 products. Where the file has a profile taken
+// after the job as well, the calibration is a copy whose matching profile
+// is the mean of the two (TrainProfile.Bracket): the job ran between them.
 func (b *TrainBench) TrainConfig() (TrainConfig, error) {
 	sh, err := b.Config.TrainShape(b.Model)
 	if err != nil {
@@ -307,8 +317,27 @@ func (b *TrainBench) TrainConfig() (TrainConfig, error) {
 	if shared < 1 {
 		shared = cores
 	}
-	return TrainConfig{Shape: sh, Cluster: cl, Cal: b.Cal, TokensPerRank: b.Batch / b.Workers * b.SeqLen, SeqLen: b.SeqLen,
-		SharedCores: shared, Burst: max(int(b.Link/250), 64<<10)}, nil
+	cfg := TrainConfig{Shape: sh, Cluster: cl, Cal: b.Cal, TokensPerRank: b.Batch / b.Workers * b.SeqLen, SeqLen: b.SeqLen,
+		SharedCores: shared, Burst: max(int(b.Link/250), 64<<10)}
+	if b.ProfileAfter != nil {
+		before := b.Cal.TrainProfile(sh, cfg.TokensPerRank, cfg.SeqLen, cores)
+		if before == nil {
+			return TrainConfig{}, fmt.Errorf("simulate: train bench: a profile after the job (%s, %d tokens) but none before that matches the job", b.ProfileAfter.Model, b.ProfileAfter.TokensPerRank)
+		}
+		mean, err := before.Bracket(*b.ProfileAfter)
+		if err != nil {
+			return TrainConfig{}, fmt.Errorf("simulate: train bench: %w", err)
+		}
+		cal := *b.Cal
+		cal.Train = append([]TrainProfile(nil), b.Cal.Train...)
+		for i := range cal.Train {
+			if &b.Cal.Train[i] == before {
+				cal.Train[i] = mean
+			}
+		}
+		cfg.Cal = &cal
+	}
+	return cfg, nil
 }
 
 // PredictTrainBench predicts the measured job's step from the file's own
