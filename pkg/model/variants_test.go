@@ -706,3 +706,72 @@ func TestBatchIndependence(t *testing.T) {
 		})
 	}
 }
+
+// TestAttentionBlocks runs attention in blocks of 2 and 3 query rows
+// (heads.compute's causal blocks, attnRows) instead of one block a
+// sequence: a whole forward of every cache variant's longest sequence
+// (sliding windows, MQA/GQA, MLA naive and absorbed) and a chunked one
+// through the KV cache (blocks that start past cached positions) must
+// give the one-block logits within rounding (relative L2 1e-6: only the
+// softmax's sums see fewer, masked, zeros).
+func TestAttentionBlocks(t *testing.T) {
+	names := []string{
+		"mixtral/mqa-headdim24-sliding5-linear-tied-bf16",
+		"qwen2_moe/sparse-step2-norm_topk-qkv_bias",
+		"qwen3_moe/mqa-headdim16-sliding4-llama3-tied",
+		"deepseek_v2/yarn-mscale-ratio-tied-bf16",
+		"deepseek_v3/groups4-top2-qlora-interleave",
+	}
+	ctx := context.Background()
+	defer func(r int) { attnRows = r }(attnRows)
+	for _, name := range names {
+		t.Run(name, func(t *testing.T) {
+			b := variantByName(t, name).build(t)
+			m := b.load(t)
+			seq := b.ids[0]
+			for _, s := range b.ids {
+				if len(s) > len(seq) {
+					seq = s
+				}
+			}
+			modes := map[string]MLAMode{"auto": MLAAuto}
+			if b.cfg.MLA != nil {
+				modes["naive"], modes["absorbed"] = MLANaive, MLAAbsorbed
+			}
+			for mname, mode := range modes {
+				attnRows = 1 << 20
+				whole, err := m.Forward(ctx, []*Seq{m.NewSeq()}, [][]int32{seq}, Options{AllLogits: true, MLA: mode})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, rows := range []int{2, 3} {
+					attnRows = rows
+					got, err := m.Forward(ctx, []*Seq{m.NewSeq()}, [][]int32{seq}, Options{AllLogits: true, MLA: mode})
+					if err != nil {
+						t.Fatal(err)
+					}
+					if e := relL2(got.Logits, whole.Logits); e > 1e-6 {
+						t.Errorf("%s, blocks of %d rows: logits rel L2 %.3g vs one block", mname, rows, e)
+					}
+					// Chunks of 5 after a prefill of 4: blocks past the cache.
+					s := m.NewSeq()
+					for pos := 0; pos < len(seq); {
+						n := min(5, len(seq)-pos)
+						if pos == 0 {
+							n = 4
+						}
+						out, err := m.Forward(ctx, []*Seq{s}, [][]int32{seq[pos : pos+n]}, Options{AllLogits: true, MLA: mode})
+						if err != nil {
+							t.Fatal(err)
+						}
+						V := b.cfg.Vocab
+						if e := relL2(out.Logits, whole.Logits[pos*V:(pos+n)*V]); e > 1e-5 {
+							t.Errorf("%s, blocks of %d rows, cached chunk at %d: logits rel L2 %.3g vs one block", mname, rows, pos, e)
+						}
+						pos += n
+					}
+				}
+			}
+		})
+	}
+}

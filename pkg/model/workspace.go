@@ -92,7 +92,7 @@ func (t *heads) run() {
 	c := t.m.Cfg
 	H := c.Heads
 	t.slots = tensor.Splits(H, 1)
-	t.s = fit(&t.s, t.slots*t.n*t.P)
+	t.s = fit(&t.s, t.slots*t.scoreFloats())
 	if c.MLA != nil && t.mla == MLAAbsorbed {
 		t.lat = fit(&t.lat, t.slots*2*t.n*c.MLA.KVLoraRank)
 	}
@@ -101,22 +101,36 @@ func (t *heads) run() {
 	tensor.ParallelRange(t.slots, 1, t)
 }
 
+// attnRows is how many query rows compute takes at a time. A block of
+// rows attends to the positions up to its last row only (the cache and
+// the new tokens up to it): the scores above the causal diagonal are
+// neither computed, exponentiated nor multiplied by V, which halves a
+// long prompt's attention, and a block's scores [attnRows, P] (128 KiB
+// at P = 512) stay in a core's L2 between the three steps. A prompt of
+// at most attnRows tokens is one block, computed exactly as a whole. (A
+// variable for the tests, which set it small to run many blocks.)
+var attnRows = 64
+
+// scoreFloats is one scratch slot's size: the scores of one block.
+func (t *heads) scoreFloats() int { return min(t.n, attnRows) * t.P }
+
 // Range is one of run's t.slots calls: it takes a scratch slot, then heads
 // one at a time from t.next until none are left, so that a core slowed by
 // another process takes fewer heads (a fixed split of the heads waited on
 // the slowest core). A head's arithmetic does not depend on the call that
 // runs it.
 func (t *heads) Range(_, _ int) {
-	c, n, P := t.m.Cfg, t.n, t.P
+	c, n := t.m.Cfg, t.n
 	absorbed := c.MLA != nil && t.mla == MLAAbsorbed
 	var s, lat []float32
+	sf := t.scoreFloats()
 	if i := int(t.slot.Add(1) - 1); i < t.slots {
-		s = t.s[i*n*P : (i+1)*n*P]
+		s = t.s[i*sf : (i+1)*sf]
 		if absorbed {
 			lat = t.lat[i*2*n*c.MLA.KVLoraRank : (i+1)*2*n*c.MLA.KVLoraRank]
 		}
 	} else { // GOMAXPROCS grew since run sized the scratch
-		s = make([]float32, n*P)
+		s = make([]float32, sf)
 		if absorbed {
 			lat = make([]float32, 2*n*c.MLA.KVLoraRank)
 		}
@@ -130,18 +144,24 @@ func (t *heads) Range(_, _ int) {
 	}
 }
 
-// compute computes head hh with scores scratch s [n, P] and, for absorbed
-// MLA, latents lat [2][n, R].
+// compute computes head hh, attnRows query rows at a time, with scores
+// scratch s [min(n, attnRows), P] and, for absorbed MLA, latents lat
+// [2][n, R]. Block b of rows [i0, i0+rows) attends to positions [0, Pb),
+// Pb = pos0 + i0 + rows: the rest are masked for every row of the block.
 func (t *heads) compute(hh int, s, lat []float32) {
 	m, c, lc := t.m, t.m.Cfg, t.lc
-	n, P := t.n, t.P
+	n := t.n
 	if c.MLA == nil {
 		H, Hkv, Dh := c.Heads, c.KVHeads, c.HeadDim
 		qd, kd := H*Dh, Hkv*Dh
 		g := hh / (H / Hkv)
-		tensor.Gemm(false, true, n, P, Dh, c.AttnScale, t.q[hh*Dh:], qd, lc.K[g*Dh:], kd, 0, s, P)
-		m.maskSoftmax(t.l, s, n, P, t.pos0)
-		tensor.Gemm(false, false, n, Dh, P, 1, s, P, lc.V[g*Dh:], kd, 0, t.attn[hh*Dh:], qd)
+		for i0 := 0; i0 < n; i0 += attnRows {
+			rows, Pb := t.block(i0)
+			sb := s[:rows*Pb]
+			tensor.Gemm(false, true, rows, Pb, Dh, c.AttnScale, t.q[i0*qd+hh*Dh:], qd, lc.K[g*Dh:], kd, 0, sb, Pb)
+			m.maskSoftmax(t.l, sb, rows, Pb, t.pos0+i0)
+			tensor.Gemm(false, false, rows, Dh, Pb, 1, sb, Pb, lc.V[g*Dh:], kd, 0, t.attn[i0*qd+hh*Dh:], qd)
+		}
 		return
 	}
 	ml := c.MLA
@@ -150,10 +170,15 @@ func (t *heads) compute(hh int, s, lat []float32) {
 	qd := H * qh
 	if t.mla == MLANaive {
 		kvw := Dn + Dv
-		tensor.Gemm(false, true, n, P, Dn, c.AttnScale, t.q[hh*qh:], qd, t.kv[hh*kvw:], H*kvw, 0, s, P)
-		tensor.Gemm(false, true, n, P, Dr, c.AttnScale, t.q[hh*qh+Dn:], qd, lc.KPE, Dr, 1, s, P)
-		m.maskSoftmax(t.l, s, n, P, t.pos0)
-		tensor.Gemm(false, false, n, Dv, P, 1, s, P, t.kv[hh*kvw+Dn:], H*kvw, 0, t.attn[hh*Dv:], H*Dv)
+		for i0 := 0; i0 < n; i0 += attnRows {
+			rows, Pb := t.block(i0)
+			sb := s[:rows*Pb]
+			q := t.q[i0*qd+hh*qh:]
+			tensor.Gemm(false, true, rows, Pb, Dn, c.AttnScale, q, qd, t.kv[hh*kvw:], H*kvw, 0, sb, Pb)
+			tensor.Gemm(false, true, rows, Pb, Dr, c.AttnScale, q[Dn:], qd, lc.KPE, Dr, 1, sb, Pb)
+			m.maskSoftmax(t.l, sb, rows, Pb, t.pos0+i0)
+			tensor.Gemm(false, false, rows, Dv, Pb, 1, sb, Pb, t.kv[hh*kvw+Dn:], H*kvw, 0, t.attn[i0*H*Dv+hh*Dv:], H*Dv)
+		}
 		return
 	}
 	qlat, olat := lat[:n*R], lat[n*R:2*n*R]
@@ -162,10 +187,21 @@ func (t *heads) compute(hh int, s, lat []float32) {
 	uvRow := ukRow + Dn     // W_UV_h = rows [uvRow, uvRow+Dv): [Dv, R]
 	// qlat [n, R] = q_nope_h [n, Dn] @ W_UK_h [Dn, R]
 	matmulRows(qlat, R, t.q[hh*qh:], qd, n, kvb, ukRow, Dn, false)
-	tensor.Gemm(false, true, n, P, R, c.AttnScale, qlat, R, lc.C, R, 0, s, P)
-	tensor.Gemm(false, true, n, P, Dr, c.AttnScale, t.q[hh*qh+Dn:], qd, lc.KPE, Dr, 1, s, P)
-	m.maskSoftmax(t.l, s, n, P, t.pos0)
-	tensor.Gemm(false, false, n, R, P, 1, s, P, lc.C, R, 0, olat, R)
+	for i0 := 0; i0 < n; i0 += attnRows {
+		rows, Pb := t.block(i0)
+		sb := s[:rows*Pb]
+		tensor.Gemm(false, true, rows, Pb, R, c.AttnScale, qlat[i0*R:], R, lc.C, R, 0, sb, Pb)
+		tensor.Gemm(false, true, rows, Pb, Dr, c.AttnScale, t.q[i0*qd+hh*qh+Dn:], qd, lc.KPE, Dr, 1, sb, Pb)
+		m.maskSoftmax(t.l, sb, rows, Pb, t.pos0+i0)
+		tensor.Gemm(false, false, rows, R, Pb, 1, sb, Pb, lc.C, R, 0, olat[i0*R:], R)
+	}
 	// out_h [n, Dv] = olat [n, R] @ W_UV_h^T
 	matmulRows(t.attn[hh*Dv:], H*Dv, olat, R, n, kvb, uvRow, Dv, true)
+}
+
+// block is the query block starting at row i0: its rows, and the
+// positions it attends to (the cache and the new tokens up to its last).
+func (t *heads) block(i0 int) (rows, positions int) {
+	rows = min(attnRows, t.n-i0)
+	return rows, min(t.P, t.pos0+i0+rows)
 }
