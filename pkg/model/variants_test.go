@@ -536,22 +536,27 @@ func chunkSize(sched []int, i int) int {
 // logitRow is row r of logits [rows, V].
 func logitRow(l []float32, r, V int) []float32 { return l[r*V : (r+1)*V] }
 
+// cacheVariants are the variants the KV-cache and attention-block tests
+// run: every family, sliding windows, MQA/GQA, QKV bias and clipping, and
+// MLA with and without a query LoRA.
+var cacheVariants = []string{
+	"mixtral/mqa-headdim24-sliding5-linear-tied-bf16",
+	"qwen2_moe/sparse-step2-norm_topk-qkv_bias",
+	"qwen3_moe/mqa-headdim16-sliding4-llama3-tied",
+	"olmoe/gqa2-clip_qkv0.8",
+	"deepseek_v2/group_limited_greedy-yarn-factor-ne-ratio",
+	"deepseek_v2/yarn-mscale-ratio-tied-bf16",
+	"deepseek_v3/groups4-top2-qlora-interleave",
+	"deepseek_v3/no-interleave-yarn-notruncate-nogroups-bf16widened",
+}
+
 // TestVariantCacheMatchesFullForward prefills a prefix and decodes the rest
 // in chunks of various sizes with the KV cache; after each chunk the last
 // token's logits must equal those of one full forward pass (relative L2
 // 1e-5). MLA variants run the cached steps with naive and absorbed
 // attention.
 func TestVariantCacheMatchesFullForward(t *testing.T) {
-	names := []string{
-		"mixtral/mqa-headdim24-sliding5-linear-tied-bf16",
-		"qwen2_moe/sparse-step2-norm_topk-qkv_bias",
-		"qwen3_moe/mqa-headdim16-sliding4-llama3-tied",
-		"olmoe/gqa2-clip_qkv0.8",
-		"deepseek_v2/group_limited_greedy-yarn-factor-ne-ratio",
-		"deepseek_v2/yarn-mscale-ratio-tied-bf16",
-		"deepseek_v3/groups4-top2-qlora-interleave",
-		"deepseek_v3/no-interleave-yarn-notruncate-nogroups-bf16widened",
-	}
+	names := cacheVariants
 	schedules := map[string][]int{
 		"token-by-token":     {1},
 		"prefill4+1":         {4, 1},
@@ -710,21 +715,14 @@ func TestBatchIndependence(t *testing.T) {
 // TestAttentionBlocks runs attention in blocks of 2 and 3 query rows
 // (heads.compute's causal blocks, attnRows) instead of one block a
 // sequence: a whole forward of every cache variant's longest sequence
-// (sliding windows, MQA/GQA, MLA naive and absorbed) and a chunked one
+// (cacheVariants; MLA naive and absorbed) and a chunked one
 // through the KV cache (blocks that start past cached positions) must
 // give the one-block logits within rounding (relative L2 1e-6: only the
 // softmax's sums see fewer, masked, zeros).
 func TestAttentionBlocks(t *testing.T) {
-	names := []string{
-		"mixtral/mqa-headdim24-sliding5-linear-tied-bf16",
-		"qwen2_moe/sparse-step2-norm_topk-qkv_bias",
-		"qwen3_moe/mqa-headdim16-sliding4-llama3-tied",
-		"deepseek_v2/yarn-mscale-ratio-tied-bf16",
-		"deepseek_v3/groups4-top2-qlora-interleave",
-	}
 	ctx := context.Background()
 	defer func(r int) { attnRows = r }(attnRows)
-	for _, name := range names {
+	for _, name := range cacheVariants {
 		t.Run(name, func(t *testing.T) {
 			b := variantByName(t, name).build(t)
 			m := b.load(t)

@@ -208,7 +208,7 @@ func trainBench(t *testing.T, name string) {
 		c.Cal.Train = append([]TrainProfile(nil), c.Cal.Train...)
 		for i := range c.Cal.Train {
 			f := &c.Cal.Train[i]
-			f.Forward, f.Backward, f.ExpertsForward, f.ExpertsBackward, f.Optimizer, f.Step = f.Forward/2, f.Backward/2, f.ExpertsForward/2, f.ExpertsBackward/2, f.Optimizer/2, f.Step/2
+			*f = scaledProfile(*f, 0.5)
 		}
 	})
 	t.Logf("  %-45s step %8v  error %+6.1f%%", "products and optimizer 2x faster (not asserted)", q.Step, 100*relErr(q.Step, meas.Total))
@@ -477,11 +477,7 @@ func TestTrainBenchProfileAfter(t *testing.T) {
 	// and the prediction grows, as it does with that profile alone.
 	before := b.Cal.Train[0]
 	after := func(scale float64) string {
-		q := before
-		for _, d := range []*time.Duration{&q.Forward, &q.Backward, &q.ExpertsForward, &q.ExpertsBackward, &q.Optimizer, &q.Step, &q.CPU} {
-			*d = time.Duration(float64(*d) * scale)
-		}
-		j, err := json.Marshal(q)
+		j, err := json.Marshal(scaledProfile(before, scale))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -510,10 +506,7 @@ func TestTrainBenchProfileAfter(t *testing.T) {
 		t.Fatal(err)
 	}
 	cal := *c.Cal
-	cal.Train = []TrainProfile{before}
-	for _, d := range []*time.Duration{&cal.Train[0].Forward, &cal.Train[0].Backward, &cal.Train[0].ExpertsForward, &cal.Train[0].ExpertsBackward, &cal.Train[0].Optimizer, &cal.Train[0].Step, &cal.Train[0].CPU} {
-		*d = time.Duration(float64(*d) * 7 / 6)
-	}
+	cal.Train = []TrainProfile{scaledProfile(before, 7.0/6)}
 	c.Cal = &cal
 	want := predict(t, c)
 	if d := slower.Step - want.Step; slower.Step <= base.Step || d < -time.Microsecond || d > time.Microsecond {
@@ -549,4 +542,13 @@ func TestStartedBusy(t *testing.T) {
 			t.Errorf("load_before %q: busy %v, want %v", load, got, want)
 		}
 	}
+}
+
+// scaledProfile is p with every time (the parts, the step and the core
+// time) multiplied by f.
+func scaledProfile(p TrainProfile, f float64) TrainProfile {
+	for _, d := range []*time.Duration{&p.Forward, &p.Backward, &p.ExpertsForward, &p.ExpertsBackward, &p.Optimizer, &p.Step, &p.CPU} {
+		*d = time.Duration(float64(*d) * f)
+	}
+	return p
 }
