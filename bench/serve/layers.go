@@ -139,7 +139,9 @@ func splitLayers(spans []traceSpan, cores int) (*layerParts, error) {
 		s := &spans[i]
 		kids[s.Parent.SpanID] = append(kids[s.Parent.SpanID], s)
 	}
-	ms := func(a, b time.Time) float64 { return float64(b.Sub(a).Microseconds()) / 1e3 }
+	// Whole nanoseconds, not truncated to microseconds: each part truncated
+	// on its own would leave the six parts up to 6 µs short of the layer.
+	ms := func(a, b time.Time) float64 { return float64(b.Sub(a)) / 1e6 }
 	p := &layerParts{ms: make([][]float64, len(layerPart))}
 layer:
 	for i := range spans {
