@@ -174,12 +174,14 @@ run_netns() {
 	# The link's calibration in the same run, before the cluster starts:
 	# the exchange's core time across h0 -> h1 on both hosts, with the
 	# front end's and the workers' environments (simulate calibrate
-	# --peer; the serving model charges it where hosts share cores).
+	# --peer; the serving model charges it where hosts share cores), and
+	# one expert of the model's shape timed by rows on one thread
+	# (--expert: the serving model's expert cost by rows).
 	nsrun h1 env ${BENCH_SERVE_WORKER_ENV:-} "$work/switchyard" simulate calibrate --serve-link "$($net ip h1):7071" >/dev/null 2>&1 &
 	local lpid=$!
 	sleep 0.5
 	if nsrun h0 env ${BENCH_SERVE_FRONTEND_ENV:-} "$work/switchyard" simulate calibrate --quick --peer "$($net ip h1):7071" \
-		--out "$work/cal-$rate.json" >"$work/cal-$rate.log" 2>&1; then
+		--expert 1024x2816 --out "$work/cal-$rate.json" >"$work/cal-$rate.log" 2>&1; then
 		log "calibration: $(python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1])), separators=(",", ":")))' "$work/cal-$rate.json")"
 	else
 		log "# link calibration failed: $(tail -n 1 "$work/cal-$rate.log")"

@@ -37,6 +37,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"math/rand/v2"
 	"net"
@@ -395,6 +396,13 @@ type loadResult struct {
 	RowsPerExchange float64 `json:"rows_per_exchange,omitempty"`
 	WorkerCallMs    float64 `json:"worker_call_ms,omitempty"`
 	Steps           float64 `json:"steps,omitempty"`
+	// Routing is the token rows routed to each expert in the window
+	// ([MoE layer][expert], from switchyard_frontend_expert_rows_total;
+	// layers in ascending order of their index, RoutingLayers): the
+	// workload's routing, which the serving model replays
+	// (simulate.RoutingTrace).
+	Routing       [][]int64 `json:"routing,omitempty"`
+	RoutingLayers []int     `json:"routing_layers,omitempty"`
 	// Link, when the run was on emulated hosts: rate (bit/s), raw-TCP
 	// round trip (ms) and hidden size, for the transfer-time estimate.
 	LinkBps   float64 `json:"link_bps,omitempty"`
@@ -559,6 +567,9 @@ func load(args []string) error {
 			*label, res.PerToken["total"], res.PerToken["attention"], res.PerToken["experts"], res.PerToken["rest"], res.LayerExchangeMs, res.RowsPerExchange,
 			res.LayerServedMs, res.LayerExchangeMs-res.LayerServedMs, res.WorkerCallMs)
 	}
+	if len(res.Routing) > 0 {
+		fmt.Printf("%s: routing (rows per expert in the window, by MoE layer): %s\n", *label, fmtRouting(res.RoutingLayers, res.Routing))
+	}
 	for _, f := range res.Failures[:min(len(res.Failures), 10)] {
 		fmt.Printf("%s: failure: %s\n", *label, f)
 	}
@@ -609,6 +620,78 @@ func (r *loadResult) fromMetrics(before, after map[string]float64) {
 	if n := d("switchyard_frontend_exchange_seconds_count"); n > 0 {
 		r.WorkerCallMs = d("switchyard_frontend_exchange_seconds_sum") * 1e3 / n
 	}
+	r.RoutingLayers, r.Routing = routingDelta(before, after)
+}
+
+// routingDelta is the rows routed to each (layer, expert) between two
+// scrapes (switchyard_frontend_expert_rows_total{layer,expert}): the MoE
+// layers in ascending order and, for each, its experts' rows (experts the
+// front end never routed to count 0, up to the highest index seen in any
+// layer). Nil when the scrapes have no such counters.
+func routingDelta(before, after map[string]float64) ([]int, [][]int64) {
+	type key struct{ layer, expert int }
+	rows := map[key]int64{}
+	layers := map[int]bool{}
+	experts := 0
+	for k, v := range after {
+		name, lab, ok := strings.Cut(k, "{")
+		if !ok || name != "switchyard_frontend_expert_rows_total" {
+			continue
+		}
+		l, e := labelInt(lab, "layer"), labelInt(lab, "expert")
+		if l < 0 || e < 0 {
+			continue
+		}
+		rows[key{l, e}] = int64(math.Round(v - before[k]))
+		layers[l] = true
+		experts = max(experts, e+1)
+	}
+	if len(rows) == 0 {
+		return nil, nil
+	}
+	ls := slices.Sorted(maps.Keys(layers))
+	out := make([][]int64, len(ls))
+	for i, l := range ls {
+		out[i] = make([]int64, experts)
+		for e := range out[i] {
+			out[i][e] = rows[key{l, e}]
+		}
+	}
+	return ls, out
+}
+
+// labelInt is the integer value of label name in a metric's label text
+// (`expert="3",layer="0"}`), or -1.
+func labelInt(labels, name string) int {
+	_, rest, ok := strings.Cut(labels, name+`="`)
+	if !ok {
+		return -1
+	}
+	v, _, _ := strings.Cut(rest, `"`)
+	n, err := strconv.Atoi(v)
+	if err != nil {
+		return -1
+	}
+	return n
+}
+
+// fmtRouting writes a routing as simulate.ReadServeBench reads it:
+// "LAYER:ROWS,ROWS,...;LAYER:..." (each layer's experts in order).
+func fmtRouting(layers []int, rows [][]int64) string {
+	var b strings.Builder
+	for i, l := range layers {
+		if i > 0 {
+			b.WriteByte(';')
+		}
+		fmt.Fprintf(&b, "%d:", l)
+		for e, n := range rows[i] {
+			if e > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString(strconv.FormatInt(n, 10))
+		}
+	}
+	return b.String()
 }
 
 // scrape reads url/metrics: "name{labels}" -> value.

@@ -186,10 +186,26 @@ func validateServe(cmd *cobra.Command, file string) error {
 	if err != nil {
 		return err
 	}
-	checks, err := simulate.PredictServeBench(b, simulate.ServeBenchCalibration(b))
+	cal := simulate.ServeBenchCalibration(b)
+	checks, err := simulate.PredictServeBench(b, cal)
 	if err != nil {
 		return err
 	}
+	// What the model took from the run besides its timings: the routing
+	// recorded and the expert measured by rows, where the run has them.
+	routing := "uniform (the run recorded none)"
+	if b.Routing != nil {
+		var rows int64
+		for _, r := range b.Routing.Rows {
+			rows += r.Count
+		}
+		routing = fmt.Sprintf("replayed from the run (%d rows over %d layer experts)", rows, len(b.Routing.Rows))
+	}
+	expert := "from the GEMM points (the run measured no expert by rows)"
+	if len(cal.Expert) > 0 {
+		expert = fmt.Sprintf("measured by rows (%d points), scaled to the in-process experts", len(cal.Expert))
+	}
+	fmt.Fprintf(cmd.OutOrStdout(), "routing: %s; expert cost: %s\n", routing, expert)
 	w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', tabwriter.AlignRight)
 	// The exchange's owners' part (their queue and GEMMs on the critical
 	// path) beside it: which half of a missed exchange was missed.

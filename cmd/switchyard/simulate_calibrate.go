@@ -7,6 +7,8 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strconv"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -29,6 +31,7 @@ func simulateCalibrateCmd() *cobra.Command {
 		trainModel           string
 		trainBatch, trainSeq int
 		trainTime            time.Duration
+		expertShape          string
 	)
 	cmd := &cobra.Command{
 		Use:   "calibrate",
@@ -46,7 +49,9 @@ it on both hosts (the peer serves an exchange owner and reports its own CPU
 time). With --train-model it also profiles one rank's training step of that
 model in one process (--train-batch sequences of --train-seq-len tokens),
 which the training model scales its products to where the shape, tokens
-and threads match. About 30-60 s (--quick: about 3 s, fewer points). Keep
+and threads match. With --expert it also times one routed expert of that
+shape (bf16 weights streamed from memory) over 1 to 32 rows on one thread,
+which the serving model takes an expert's cost by rows from. About 30-60 s (--quick: about 3 s, fewer points). Keep
 the machine otherwise idle.`,
 		Example: `  switchyard simulate calibrate --out bench/results/calibration-amd.json
   switchyard simulate calibrate --quick
@@ -68,6 +73,15 @@ the machine otherwise idle.`,
 				return simcal.ServeLink(ctx, lis)
 			}
 			opts := simcal.Options{Quick: quick, Peer: peer, TrainModel: trainModel, TrainBatch: trainBatch, TrainSeqLen: trainSeq, TrainTime: trainTime}
+			if expertShape != "" {
+				h, f, ok := strings.Cut(expertShape, "x")
+				hi, err1 := strconv.Atoi(h)
+				fi, err2 := strconv.Atoi(f)
+				if !ok || err1 != nil || err2 != nil || hi <= 0 || fi <= 0 {
+					return fmt.Errorf("--expert %q: want HIDDENxINTER, e.g. 1024x2816", expertShape)
+				}
+				opts.ExpertShape = [2]int{hi, fi}
+			}
 			if verbose {
 				opts.Log = cmd.ErrOrStderr()
 			}
@@ -97,6 +111,7 @@ the machine otherwise idle.`,
 	f.StringVar(&peer, "peer", "", "host:port of `simulate calibrate --serve-link` on another host: also measure the link (raw TCP rate and round trip)")
 	f.StringVar(&serveLink, "serve-link", "", "answer another host's --peer link measurement on this address until interrupted")
 	f.StringVar(&trainModel, "train-model", "", "also profile one rank's training step of this model folder in one process (the training model's compute where shape, tokens and threads match)")
+	f.StringVar(&expertShape, "expert", "", "also time one routed expert of bf16 weights of this shape (HIDDENxINTER, e.g. 1024x2816) over 1 to 32 rows on one thread (the serving model's expert cost by rows)")
 	f.IntVar(&trainBatch, "train-batch", 1, "sequences per rank of the --train-model profile")
 	f.IntVar(&trainSeq, "train-seq-len", 128, "tokens per sequence of the --train-model profile")
 	f.DurationVar(&trainTime, "train-profile-time", 0, "time the --train-model profile's steps for this long (0: 2s, 500ms with --quick)")

@@ -46,6 +46,11 @@ func TestSimulateCommands(t *testing.T) {
 	if st, err := os.Stat(cal); err != nil || st.Size() == 0 {
 		t.Fatalf("calibration file: %v", err)
 	}
+	for _, bad := range []string{"1024", "1024x", "x2816", "0x2816", "1024x-1"} {
+		if code, _, errOut := runCLI("simulate", "calibrate", "--quick", "--expert", bad); code == 0 || !strings.Contains(errOut, "HIDDENxINTER") {
+			t.Errorf("simulate calibrate --expert %q: exit %d, %q; want a usage error", bad, code, errOut)
+		}
+	}
 	code, out, errOut = runCLI("simulate", "train", "--model", "mixtral-8x22b", "--workers", "16,32", "--nic", "25gbit", "--calibration", cal)
 	if code != 0 {
 		t.Fatalf("simulate train: exit %d: %s", code, errOut)

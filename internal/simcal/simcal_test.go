@@ -22,7 +22,7 @@ func TestQuickCalibration(t *testing.T) {
 	// TrainTime (longer than --quick's half second would give less).
 	const trainTime = 700 * time.Millisecond
 	c, err := Calibrate(ctx, Options{Quick: true, TrainModel: filepath.Join("..", "..", "testdata", "golden", "qwen2_moe"),
-		TrainBatch: 1, TrainSeqLen: 16, TrainTime: trainTime})
+		TrainBatch: 1, TrainSeqLen: 16, TrainTime: trainTime, ExpertShape: [2]int{256, 512}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -55,6 +55,20 @@ func TestQuickCalibration(t *testing.T) {
 		if m[512] <= m[1] {
 			t.Errorf("%d threads: %.1f GFLOP/s at M=512, %.1f at M=1: want the product faster per FLOP", th, m[512]/1e9, m[1]/1e9)
 		}
+	}
+	// The expert by rows: every row count of ExpertRows, of the shape
+	// asked; 32 rows take longer than one, and less than 32 times as
+	// long (one pass over the weights serves every row).
+	if len(c.Expert) != len(ExpertRows) {
+		t.Fatalf("expert points %+v: want one per ExpertRows", c.Expert)
+	}
+	for i, p := range c.Expert {
+		if p.Rows != ExpertRows[i] || p.Hidden != 256 || p.Inter != 512 || p.DType != "bf16" || p.Seconds <= 0 {
+			t.Errorf("expert point %+v: want %d rows of 256 x 512 bf16, positive", p, ExpertRows[i])
+		}
+	}
+	if t1, t32 := c.Expert[0].Seconds, c.Expert[len(c.Expert)-1].Seconds; t32 <= t1 || t32 >= 32*t1 {
+		t.Errorf("expert: %.3f ms at 1 row, %.3f at 32: want more, and less than 32 times", t1*1e3, t32*1e3)
 	}
 	if c.MemBandwidth <= 1e8 || c.AdamParamsPerS <= 1e6 {
 		t.Errorf("memory bandwidth %g B/s, AdamW %g parameters/s: implausible", c.MemBandwidth, c.AdamParamsPerS)

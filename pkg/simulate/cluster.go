@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"reflect"
+	"slices"
 	"sort"
 	"time"
 )
@@ -228,6 +229,56 @@ type Calibration struct {
 	// process (`simulate calibrate --train-model`); the training model
 	// takes its compute from the one matching its prediction.
 	Train []TrainProfile `json:"train,omitempty"`
+	// Expert is one routed expert's SwiGLU block (expert.FFN.Forward)
+	// timed over a range of rows on one thread (`simulate calibrate
+	// --expert HIDDENxINTER`), its weights streamed from memory: the
+	// serving model's expert cost by rows where the shape matches
+	// (ExpertTime), in place of the GEMM points' constant throughput. On
+	// a Zen 5 VM it rose 0.66, 0.85, 1.25, 1.48 ms over 1 to 4 rows and
+	// stayed at 2.5-3.0 ms from 10 to 24 (past 8 rows the products
+	// switch from the skinny kernels to packed panels), where the GEMM
+	// point of 3 rows scaled to 12 would say 4.4.
+	Expert []ExpertPoint `json:"expert,omitempty"`
+}
+
+// ExpertPoint is one routed expert (Hidden x Inter weights of DType) over
+// Rows rows on one thread: Seconds per call.
+type ExpertPoint struct {
+	Hidden  int     `json:"hidden"`
+	Inter   int     `json:"inter"`
+	DType   string  `json:"dtype"`
+	Rows    int     `json:"rows"`
+	Seconds float64 `json:"seconds"`
+}
+
+// ExpertTime is one expert of hidden x inter weights of dtype over rows
+// rows on one thread from c.Expert: linear between the measured rows
+// around it, the first point's time below them, and the last point's time
+// per row above them. ok is false when c has no point of that shape.
+func (c *Calibration) ExpertTime(hidden, inter int, dtype string, rows int) (d time.Duration, ok bool) {
+	var pts []ExpertPoint
+	for _, p := range c.Expert {
+		if p.Hidden == hidden && p.Inter == inter && p.DType == dtype && p.Rows > 0 && p.Seconds > 0 {
+			pts = append(pts, p)
+		}
+	}
+	if len(pts) == 0 || rows <= 0 {
+		return 0, false
+	}
+	slices.SortFunc(pts, func(a, b ExpertPoint) int { return a.Rows - b.Rows })
+	sec := func(x float64) time.Duration { return time.Duration(x * float64(time.Second)) }
+	if rows <= pts[0].Rows {
+		return sec(pts[0].Seconds), true
+	}
+	for i := 1; i < len(pts); i++ {
+		a, b := pts[i-1], pts[i]
+		if rows <= b.Rows {
+			f := float64(rows-a.Rows) / float64(b.Rows-a.Rows)
+			return sec(a.Seconds + f*(b.Seconds-a.Seconds)), true
+		}
+	}
+	last := pts[len(pts)-1]
+	return sec(last.Seconds * float64(rows) / float64(last.Rows)), true
 }
 
 // TrainProfile is one rank's training step of a real model measured in

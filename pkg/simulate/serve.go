@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"regexp"
 	"slices"
@@ -521,7 +522,9 @@ func (c *serveCost) weights(rows int, ms []weightMatrix, threads int) (time.Dura
 	return t, nil
 }
 
-// expert is one routed expert over rows rows on threads threads.
+// expert is one routed expert over rows rows on threads threads: the
+// calibration's measured expert (Calibration.ExpertTime) where it has the
+// shape, else its three products from the GEMM points.
 func (c *serveCost) expert(rows, threads int) (time.Duration, error) {
 	memo := c.expert1
 	if threads != 1 {
@@ -534,7 +537,18 @@ func (c *serveCost) expert(rows, threads int) (time.Duration, error) {
 		return memo[rows], nil
 	}
 	h, f := c.m.Hidden, c.m.ExpertInter
-	d, err := c.weights(rows, []weightMatrix{{h, f}, {h, f}, {f, h}}, threads)
+	var d time.Duration
+	var err error
+	if one, ok := c.cal.ExpertTime(h, f, c.dtype, rows); ok {
+		// The measured expert on one thread, its rows split over threads,
+		// never faster than streaming its weights.
+		d = one / time.Duration(max(threads, 1))
+		if bw := c.bw(threads); bw > 0 {
+			d = max(d, rateBytes(c.m.ExpertBytes(), bw))
+		}
+	} else {
+		d, err = c.weights(rows, []weightMatrix{{h, f}, {h, f}, {f, h}}, threads)
+	}
 	if err != nil || rows > 1<<16 {
 		return d, err
 	}
@@ -2035,6 +2049,20 @@ type ServeBench struct {
 	Model MoEShape
 	Cores int
 	Rows  []ServeBenchRow
+	// Routing is the token rows routed to each expert in every window
+	// that recorded them (bench/serve load's "routing" lines, from the
+	// front end's switchyard_frontend_expert_rows_total, summed): the
+	// workload's routing, which ServeBenchConfig replays and
+	// ServeBenchCalibration counts experts by. nil where none was
+	// recorded (runs before 2026-12-07): uniform routing. The benchmark's
+	// synthetic model routes far from uniformly: its busiest expert of a
+	// layer takes 2.4-4.4 times the mean, the top 4 of 32 a quarter to
+	// over a third of the rows.
+	Routing *RoutingTrace
+	// Expert is the expert measured by rows in the run's calibrations
+	// (their Calibration.Expert; each rows' mean over the calibrations),
+	// nil where none measured it (runs before 2026-12-07).
+	Expert []ExpertPoint
 }
 
 // ServeBenchRow is one measurement of bench/serve load.
@@ -2078,7 +2106,28 @@ var (
 	sbSplitRE = regexp.MustCompile(`^(.+), (\d+) client\(s\): per generated token \(ms\): total ([-\d.]+) attention ([-\d.]+) experts ([-\d.]+) rest [-\d.]+; MoE layer exchange mean ([\d.]+) ms \(([\d.]+) rows\), of which the owners' ([\d.]+) ms, the exchange's own ([\d.]+) ms`)
 	sbNetnsRE = regexp.MustCompile(`^netns (\d+) hosts? (\d+)([mg])bit`)
 	sbLocalRE = regexp.MustCompile(`^(\d+) local workers`)
+	sbRouteRE = regexp.MustCompile(`^(.+), (\d+) client\(s\): routing \(rows per expert in the window, by MoE layer\): (.+)$`)
 )
+
+// parseRouting adds one "routing" line's counts ("LAYER:ROWS,ROWS,...;
+// LAYER:...", bench/serve's fmtRouting) into sum.
+func parseRouting(text string, sum map[[2]int]int64) error {
+	for _, layer := range strings.Split(text, ";") {
+		l, counts, ok := strings.Cut(layer, ":")
+		li, err := strconv.Atoi(l)
+		if !ok || err != nil || li < 0 || li > maxTraceIndex {
+			return fmt.Errorf("routing: layer %q is not LAYER:ROWS,...", layer)
+		}
+		for e, c := range strings.Split(counts, ",") {
+			n, err := strconv.ParseInt(c, 10, 64)
+			if err != nil || n < 0 || e > maxTraceIndex {
+				return fmt.Errorf("routing: layer %d expert %d: %q is not a row count", li, e, c)
+			}
+			sum[[2]int{li, e}] += n
+		}
+	}
+	return nil
+}
 
 // ReadServeBench parses the raw lines of bench/results/serve.txt: the
 // "# model:" and "# cpu:" header, each configuration's "# <time>; ...;
@@ -2097,6 +2146,13 @@ func ReadServeBench(r io.Reader) (*ServeBench, error) {
 		return time.Duration(v * float64(time.Millisecond))
 	}
 	atoi := func(s string) int { v, _ := strconv.Atoi(s); return v }
+	routing := map[[2]int]int64{}
+	type shape struct {
+		h, f, rows int
+		dt         string
+	}
+	var curve []shape
+	curveSum, curveN := map[shape]float64{}, map[shape]int{}
 	for sc.Scan() {
 		l := sc.Text()
 		if m := sbModelRE.FindStringSubmatch(l); m != nil && b.Model.Layers == 0 {
@@ -2129,6 +2185,20 @@ func ReadServeBench(r io.Reader) (*ServeBench, error) {
 				return nil, fmt.Errorf("serve bench: %w", err)
 			}
 			link = c
+			for _, p := range c.Expert {
+				k := shape{p.Hidden, p.Inter, p.Rows, p.DType}
+				if curveN[k] == 0 {
+					curve = append(curve, k)
+				}
+				curveSum[k] += p.Seconds
+				curveN[k]++
+			}
+			continue
+		}
+		if m := sbRouteRE.FindStringSubmatch(l); m != nil {
+			if err := parseRouting(m[3], routing); err != nil {
+				return nil, fmt.Errorf("serve bench: %s, %s clients: %w", m[1], m[2], err)
+			}
 			continue
 		}
 		if m := sbPingRE.FindStringSubmatch(l); m != nil {
@@ -2172,6 +2242,17 @@ func ReadServeBench(r io.Reader) (*ServeBench, error) {
 	}
 	if len(b.Rows) == 0 {
 		return nil, fmt.Errorf("serve bench: no result rows")
+	}
+	if len(routing) > 0 {
+		b.Routing = &RoutingTrace{}
+		for _, k := range slices.SortedFunc(maps.Keys(routing), func(a, b [2]int) int {
+			return cmp.Or(cmp.Compare(a[0], b[0]), cmp.Compare(a[1], b[1]))
+		}) {
+			b.Routing.Rows = append(b.Routing.Rows, TraceRow{Layer: k[0], Expert: k[1], Count: routing[k]})
+		}
+	}
+	for _, k := range curve {
+		b.Expert = append(b.Expert, ExpertPoint{Hidden: k.h, Inter: k.f, DType: k.dt, Rows: k.rows, Seconds: curveSum[k] / float64(curveN[k])})
 	}
 	return b, nil
 }
@@ -2230,7 +2311,48 @@ func ServeBenchConfig(b *ServeBench, row ServeBenchRow) (ServeConfig, error) {
 	if row.OneThreadEach {
 		cfg.FrontendThreads = 1
 	}
+	if b.Routing != nil {
+		pop, err := b.Routing.Popularity(b.Model)
+		if err != nil {
+			return ServeConfig{}, fmt.Errorf("serve bench: %w", err)
+		}
+		cfg.Popularity = pop
+	}
 	return cfg, nil
+}
+
+// meanRouted is f of the rows a Router drawing from pop routes to each
+// expert of an MoE layer for tokens tokens (a mean over draws of every MoE
+// layer; fractional tokens drawn as the two integers around them, in
+// proportion), deterministic.
+func meanRouted(m MoEShape, pop Popularity, tokens float64, f func(counts []int) float64) float64 {
+	const draws = 64
+	r := NewRouter(m, pop, 1)
+	counts := make([]int, m.RoutedExperts)
+	lo := math.Floor(tokens)
+	sum, n := 0.0, 0
+	for i := 0; i < draws; i++ {
+		t := int(lo)
+		if float64(i)+0.5 < (tokens-lo)*draws {
+			t++
+		}
+		for l := m.DenseLayers; l < m.Layers; l++ {
+			sum += f(r.Route(l, max(t, 1), counts))
+			n++
+		}
+	}
+	return sum / float64(n)
+}
+
+// touchedBy counts the experts routed any row.
+func touchedBy(counts []int) float64 {
+	n := 0
+	for _, c := range counts {
+		if c > 0 {
+			n++
+		}
+	}
+	return float64(n)
 }
 
 // withLink is cal with the link measurements of link (the row's own
@@ -2380,6 +2502,13 @@ func ServeBenchCalibration(b *ServeBench) *Calibration {
 	m := b.Model
 	E, K := float64(m.RoutedExperts), float64(m.TopK)
 	touched := func(tokens float64) float64 { return E * (1 - math.Pow(1-K/E, tokens)) }
+	var pop Popularity
+	if b.Routing != nil {
+		if p, err := b.Routing.Popularity(m); err == nil {
+			pop = p
+			touched = func(tokens float64) float64 { return meanRouted(m, pop, tokens, touchedBy) }
+		}
+	}
 	P, O := float64(ServeBenchPrompt), float64(ServeBenchOutput)
 	eb := float64(m.ExpertBytes())
 	dt := "bf16"
@@ -2422,7 +2551,47 @@ func ServeBenchCalibration(b *ServeBench) *Calibration {
 				attnPoint(row, tokens)
 			}
 			cal.CPU += fmt.Sprintf("; a %d-row expert and a %d-row attention point from serve.txt's in-process 16-client row", r, max(int(math.Round(tokens)), 1))
+			if s := scaleExpertCurve(b, pop, tokens, perLayer*float64(b.Cores)); s > 0 {
+				cal.Expert = make([]ExpertPoint, len(b.Expert))
+				for i, p := range b.Expert {
+					p.Seconds *= s
+					cal.Expert[i] = p
+				}
+				cal.CPU += fmt.Sprintf("; the expert measured by rows (%d points), x%.2f to the in-process 16-client row's experts", len(b.Expert), s)
+			}
 		}
 	}
 	return cal
+}
+
+// scaleExpertCurve is the factor that makes b's expert measured by rows
+// (ServeBench.Expert, one thread, the machine otherwise idle) account for
+// core of the in-process experts' core time per MoE layer, at tokens
+// tokens routed by pop per layer (the in-process 16-client row: both
+// cores streaming experts side by side, the front end's own work between
+// them); 0 when b has no curve of its model's expert shape.
+func scaleExpertCurve(b *ServeBench, pop Popularity, tokens, core float64) float64 {
+	m := b.Model
+	dt := "bf16"
+	if m.ElemBytes == 4 {
+		dt = "f32"
+	}
+	c := &Calibration{Expert: b.Expert}
+	if _, ok := c.ExpertTime(m.Hidden, m.ExpertInter, dt, 1); !ok || core <= 0 {
+		return 0
+	}
+	want := meanRouted(m, pop, tokens, func(counts []int) float64 {
+		var t time.Duration
+		for _, n := range counts {
+			if n > 0 {
+				d, _ := c.ExpertTime(m.Hidden, m.ExpertInter, dt, n)
+				t += d
+			}
+		}
+		return t.Seconds()
+	})
+	if want <= 0 {
+		return 0
+	}
+	return core / want
 }

@@ -443,47 +443,68 @@ func TestPredictLiveServe(t *testing.T) {
 	predictServe4Hosts(t, p, true)
 }
 
+// serveVariant is a model a 4-host run is predicted with: the model, or
+// one wrong on purpose.
+type serveVariant struct {
+	name string
+	cal  *Calibration
+	mod  func(*ServeConfig)
+	want bool // every row within 15%
+}
+
+// serveVariants are the model (b's own calibration) and the models wrong
+// on purpose: hosts with cores of their own, the uncorrected
+// AssumedCalibration.
+func serveVariants(b *ServeBench) []serveVariant {
+	cal := ServeBenchCalibration(b)
+	return []serveVariant{
+		{"the model", cal, nil, true},
+		{"hosts with cores of their own", cal, func(c *ServeConfig) { c.SharedCores = 0; c.Cluster.Cores = b.Cores }, false},
+		{"AssumedCalibration, uncorrected", AssumedCalibration(), nil, false},
+	}
+}
+
+// predictRows predicts every emulated row of b (each the mean of its
+// windows) with v and each row's own link calibration, logging each.
+func predictRows(t *testing.T, b *ServeBench, v serveVariant) []ServeCheck {
+	t.Helper()
+	var out []ServeCheck
+	for _, row := range MeanWindows(b.Rows) {
+		if !row.Netns {
+			continue
+		}
+		cfg, err := ServeBenchConfig(b, row)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.mod != nil {
+			v.mod(&cfg)
+		}
+		link := row.Link
+		if link == nil || link.LinkMsgCPU <= 0 {
+			t.Fatalf("%s, %d clients: no link calibration in the file", row.Config, row.Clients)
+		}
+		p, err := PredictServe(cfg, withLink(v.cal, link))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := ServeCheck{Row: row, Predicted: p}
+		t.Logf("%-32s %-40s %2d clients: tokens/s %6.2f predicted %6.2f measured (%+5.1f%%); exchange %6.2f / %6.2f ms (%+5.1f%%)",
+			v.name, row.Config, row.Clients, p.TokensPerS, row.TokensPerS, 100*c.TokensErr(),
+			float64(p.Exchange)/1e6, float64(row.Exchange)/1e6, 100*c.ExchangeErr())
+		out = append(out, c)
+	}
+	return out
+}
+
 // predictServe4Hosts checks one file as TestPredictServe4Hosts says;
 // assert false only logs the model's rows.
 func predictServe4Hosts(t *testing.T, file string, assert bool) {
 	b := readServeBench(t, file)
-	cal := ServeBenchCalibration(b)
-	type variant struct {
-		name string
-		cal  *Calibration
-		mod  func(*ServeConfig)
-		want bool // every row within 15%
-	}
-	for _, v := range []variant{
-		{"the model", cal, nil, true},
-		{"hosts with cores of their own", cal, func(c *ServeConfig) { c.SharedCores = 0; c.Cluster.Cores = b.Cores }, false},
-		{"AssumedCalibration, uncorrected", AssumedCalibration(), nil, false},
-	} {
+	for _, v := range serveVariants(b) {
 		rows, worst := 0, 0.0
-		for _, row := range MeanWindows(b.Rows) {
-			if !row.Netns {
-				continue
-			}
-			cfg, err := ServeBenchConfig(b, row)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if v.mod != nil {
-				v.mod(&cfg)
-			}
-			link := row.Link
-			if link == nil || link.LinkMsgCPU <= 0 {
-				t.Fatalf("%s, %d clients: no link calibration in the file", row.Config, row.Clients)
-			}
-			p, err := PredictServe(cfg, withLink(v.cal, link))
-			if err != nil {
-				t.Fatal(err)
-			}
-			c := ServeCheck{Row: row, Predicted: p}
-			t.Logf("%-32s %-40s %2d clients: tokens/s %6.2f predicted %6.2f measured (%+5.1f%%); exchange %6.2f / %6.2f ms (%+5.1f%%)",
-				v.name, row.Config, row.Clients, p.TokensPerS, row.TokensPerS, 100*c.TokensErr(),
-				float64(p.Exchange)/1e6, float64(row.Exchange)/1e6, 100*c.ExchangeErr())
-			if !row.OneThreadEach || row.Failed > 0 || row.OK == 0 {
+		for _, c := range predictRows(t, b, v) {
+			if row := c.Row; !row.OneThreadEach || row.Failed > 0 || row.OK == 0 {
 				continue
 			}
 			rows++
