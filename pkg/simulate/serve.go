@@ -1054,8 +1054,9 @@ type serveSim struct {
 	// serial: every process has one thread on a shared pool
 	// (SharedCores, FrontendThreads = WorkerThreads = 1), and runs its
 	// messages and its compute one after the other on it: a message
-	// holds a core of the pool as a product does, instead of the
-	// time-shared message timeline (corePool.message).
+	// holds a core of the pool as a product does (or, finding every core
+	// taken, is time-sliced in beside them: serveSim.message), instead of
+	// the time-shared message timeline (corePool.message).
 	serial bool
 	// wake is what a message waits, in the serial model, when its
 	// receiver's thread is idle (asleep) as it arrives (Calibration.Wake).
@@ -1374,7 +1375,12 @@ func (s *serveSim) computeTask(h *serveHost, t time.Duration, n int, d time.Dura
 // pool's message timeline (corePool.message), or in the serial model on
 // h's thread and a core of the pool, after s.wake if it finds h's thread
 // idle, the rest of its core time (the kernel's part) a debt of the
-// pool's compute.
+// pool's compute. When every core of the pool is taken as the message
+// becomes ready, it does not wait for a core to free (a product can hold
+// one for milliseconds): the kernel's scheduler time-slices its thread in
+// among the busy ones, so it runs at once, stretched to the share of
+// cores+1 runnable threads on the cores, and the products it runs beside
+// pay its core time (the pool's debt).
 func (s *serveSim) message(h *serveHost, t, d, work time.Duration, recv bool) time.Duration {
 	if !s.serial {
 		return h.cores.message(t, d, work)
@@ -1382,7 +1388,14 @@ func (s *serveSim) message(h *serveHost, t, d, work time.Duration, recv bool) ti
 	if recv && h.thread < t {
 		t += s.wake // it was asleep
 	}
-	end := h.cores.take(max(t, h.thread), 1, d)
+	start := max(t, h.thread)
+	if n := len(h.cores.free); slices.Min(h.cores.free) > start {
+		end := start + d*time.Duration(n+1)/time.Duration(n)
+		h.thread = end
+		h.cores.debt += max(work, d)
+		return end
+	}
+	end := h.cores.take(start, 1, d)
 	h.thread = end
 	if extra := work - d; extra > 0 {
 		h.cores.debt += extra
