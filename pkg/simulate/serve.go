@@ -2501,7 +2501,16 @@ func meanRows(rows []ServeBenchRow, keep func(ServeBenchRow) bool, key func(Serv
 //     16-client row) over the attention time per layer, per core. They
 //     stand for all of the front end's attention (norms, RoPE, the
 //     attention over the cache), which the model otherwise counts as
-//     its products alone.
+//     its products alone;
+//   - where b recorded an expert timed by rows (ServeBench.Expert), that
+//     curve as Calibration.Expert, scaled so that the experts a 16-client
+//     step touches take the 16-client row's experts time per layer x
+//     cores (the serving model then takes an expert's cost from it, not
+//     from the GEMM point above).
+//
+// The experts a step touches, and so the rows per expert, follow b's
+// recorded routing where it has one (ServeBench.Routing, drawn as
+// ServeBenchConfig routes), else a uniform routing.
 //
 // Where b has several in-process rows of a client count (bench-serve.sh
 // measures them before and after the emulated hosts, each in
