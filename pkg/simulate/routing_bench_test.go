@@ -3,6 +3,7 @@ package simulate
 import (
 	"fmt"
 	"math"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -170,22 +171,33 @@ func TestServeBenchRoutingAndCurve(t *testing.T) {
 	}
 }
 
-// serveRoutedFile is the first emulated serving run that recorded the
-// workload's routing and an expert timed by rows (the Zen 5 VM,
-// 2026-12-07 11:17-11:26 UTC, scripts/simulate-validate-serve.sh).
-const serveRoutedFile = "../../bench/results/serve-4hosts-zen5-routed.txt"
+// serveRoutedFiles are the emulated serving runs that recorded the
+// workload's routing and an expert timed by rows, all on the Zen 5 VM by
+// scripts/simulate-validate-serve.sh on 2026-12-07: 11:17-11:26 UTC
+// (before messages were time-sliced), 11:55-12:04 and 12:04-12:13.
+var serveRoutedFiles = []string{
+	"../../bench/results/serve-4hosts-zen5-routed.txt",
+	"../../bench/results/serve-4hosts-zen5-routed-2.txt",
+	"../../bench/results/serve-4hosts-zen5-routed-3.txt",
+}
 
-// TestPredictServeRouted: the model takes serveRoutedFile's routing (the
-// synthetic model's skew: some layer's busiest expert over twice the
-// mean rows) and its expert curve, and predicts every row within 15%
-// (-6%, +12%, -5%, +14% since messages are time-sliced in among busy
-// products, serveSim.message; +15.4% and +17.6% at 16 clients before,
-// docs/scale/serving.md), while the models wrong on purpose miss a row
-// by more than 15% (predictServe4Hosts).
+// TestPredictServeRouted: the model takes each of serveRoutedFiles'
+// routing (the synthetic model's skew: some layer's busiest expert over
+// twice the mean rows) and expert curve, and predicts every row within
+// 15% (the first file -6%, +12%, -5%, +14% since messages are
+// time-sliced in among busy products, serveSim.message; +15.4% and
+// +17.6% at 16 clients before, docs/scale/serving.md), while the models
+// wrong on purpose miss a row by more than 15% (predictServe4Hosts).
 func TestPredictServeRouted(t *testing.T) {
-	b := readServeBench(t, serveRoutedFile)
+	for _, f := range serveRoutedFiles {
+		t.Run(filepath.Base(f), func(t *testing.T) { predictServeRouted(t, f) })
+	}
+}
+
+func predictServeRouted(t *testing.T, file string) {
+	b := readServeBench(t, file)
 	if b.Routing == nil || len(b.Expert) == 0 {
-		t.Fatalf("%s: routing %v, %d expert points: want both recorded", serveRoutedFile, b.Routing != nil, len(b.Expert))
+		t.Fatalf("%s: routing %v, %d expert points: want both recorded", file, b.Routing != nil, len(b.Expert))
 	}
 	pop, err := b.Routing.Popularity(b.Model)
 	if err != nil {
@@ -209,7 +221,7 @@ func TestPredictServeRouted(t *testing.T) {
 	if cal := ServeBenchCalibration(b); len(cal.Expert) == 0 {
 		t.Fatal("the calibration has no expert curve")
 	}
-	predictServe4Hosts(t, serveRoutedFile, true)
+	predictServe4Hosts(t, file, true)
 	i := slices.IndexFunc(b.Rows, func(r ServeBenchRow) bool { return r.Netns })
 	cfg, err := ServeBenchConfig(b, b.Rows[max(i, 0)])
 	if err != nil || cfg.Popularity == nil {
