@@ -51,8 +51,9 @@ model in one process (--train-batch sequences of --train-seq-len tokens),
 which the training model scales its products to where the shape, tokens
 and threads match. With --expert it also times one routed expert of that
 shape (bf16 weights streamed from memory) over 1 to 32 rows on one thread,
-which the serving model takes an expert's cost by rows from. About 30-60 s (--quick: about 3 s, fewer points). Keep
-the machine otherwise idle.`,
+which the serving model takes an expert's cost by rows from (about 2 s
+more). About 30-60 s (--quick: about 3 s, fewer points). Keep the machine
+otherwise idle.`,
 		Example: `  switchyard simulate calibrate --out bench/results/calibration-amd.json
   switchyard simulate calibrate --quick
   switchyard simulate calibrate --serve-link :7071              # on host B

@@ -19,7 +19,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -142,11 +141,11 @@ func Calibrate(ctx context.Context, o Options) (*simulate.Calibration, error) {
 		logf("optimizer (AdamW over %d M parameters, %d threads): %.0f M parameters/s (%.1f GB/s)", mb/16>>20, n, ps/1e6, ps*28/1e9)
 	}
 	if h, f := o.ExpertShape[0], o.ExpertShape[1]; h > 0 && f > 0 {
-		for _, p := range expertCurve(h, f, 40*time.Millisecond) {
-			if err := ctx.Err(); err != nil {
-				return nil, err
-			}
-			c.Expert = append(c.Expert, p)
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		c.Expert = expertCurve(h, f, 40*time.Millisecond)
+		for _, p := range c.Expert {
 			logf("expert %d x %d bf16 (expert.FFN.Forward), %2d rows, 1 thread: %.3f ms", h, f, p.Rows, p.Seconds*1e3)
 		}
 	}
@@ -314,10 +313,7 @@ func expertCurve(hidden, inter int, target time.Duration) []simulate.ExpertPoint
 	r := rand.New(rand.NewPCG(uint64(hidden), uint64(inter)))
 	bf16 := func(rows, cols int) tensor.Mat {
 		w := make([]uint16, rows*cols)
-		for i := range w {
-			// bf16 of a normal of std 0.05: exponent and a random mantissa
-			w[i] = uint16(math.Float32bits(float32(r.NormFloat64()*0.05)) >> 16)
-		}
+		tensor.F32ToBF16(w, randF32(r, rows*cols))
 		return tensor.Mat{Rows: rows, Cols: cols, BF16: w}
 	}
 	per := 3 * hidden * inter * 2
