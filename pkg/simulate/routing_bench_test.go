@@ -70,7 +70,7 @@ func curveJSON(f float64) string {
 }
 
 // skewedRouting is a routing line over the 8 layers: expert e of every
-// layer takes 1 + e*e rows (the last of 32 about 14 times the mean).
+// layer takes 1 + e*e rows (the last of 32 about 3 times the mean).
 func skewedRouting(name string) string {
 	var layers []string
 	for l := 0; l < 8; l++ {

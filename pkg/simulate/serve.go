@@ -2386,6 +2386,13 @@ func withLink(cal, link *Calibration) *Calibration {
 // has one (ServeBenchRow.Link); a row measured in several windows is
 // judged by their mean (MeanWindows).
 func PredictServeBench(b *ServeBench, cal *Calibration) ([]ServeCheck, error) {
+	return predictServeBench(b, cal, nil)
+}
+
+// predictServeBench is PredictServeBench with each row's ServeConfig
+// passed through mod first (nil: as ServeBenchConfig makes it), for
+// models wrong on purpose.
+func predictServeBench(b *ServeBench, cal *Calibration, mod func(*ServeConfig)) ([]ServeCheck, error) {
 	var out []ServeCheck
 	for _, row := range MeanWindows(b.Rows) {
 		if !row.Netns {
@@ -2394,6 +2401,9 @@ func PredictServeBench(b *ServeBench, cal *Calibration) ([]ServeCheck, error) {
 		cfg, err := ServeBenchConfig(b, row)
 		if err != nil {
 			return nil, err
+		}
+		if mod != nil {
+			mod(&cfg)
 		}
 		r, err := PredictServe(cfg, withLink(cal, row.Link))
 		if err != nil {

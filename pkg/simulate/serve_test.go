@@ -468,31 +468,20 @@ func serveVariants(b *ServeBench) []serveVariant {
 // windows) with v and each row's own link calibration, logging each.
 func predictRows(t *testing.T, b *ServeBench, v serveVariant) []ServeCheck {
 	t.Helper()
-	var out []ServeCheck
 	for _, row := range MeanWindows(b.Rows) {
-		if !row.Netns {
-			continue
-		}
-		cfg, err := ServeBenchConfig(b, row)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if v.mod != nil {
-			v.mod(&cfg)
-		}
-		link := row.Link
-		if link == nil || link.LinkMsgCPU <= 0 {
+		if row.Netns && (row.Link == nil || row.Link.LinkMsgCPU <= 0) {
 			t.Fatalf("%s, %d clients: no link calibration in the file", row.Config, row.Clients)
 		}
-		p, err := PredictServe(cfg, withLink(v.cal, link))
-		if err != nil {
-			t.Fatal(err)
-		}
-		c := ServeCheck{Row: row, Predicted: p}
+	}
+	out, err := predictServeBench(b, v.cal, v.mod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range out {
+		p, row := c.Predicted, c.Row
 		t.Logf("%-32s %-40s %2d clients: tokens/s %6.2f predicted %6.2f measured (%+5.1f%%); exchange %6.2f / %6.2f ms (%+5.1f%%)",
 			v.name, row.Config, row.Clients, p.TokensPerS, row.TokensPerS, 100*c.TokensErr(),
 			float64(p.Exchange)/1e6, float64(row.Exchange)/1e6, 100*c.ExchangeErr())
-		out = append(out, c)
 	}
 	return out
 }
