@@ -117,6 +117,20 @@ fi
 "$work/bs" synth -dir "$model" -layers 8 -hidden 1024 -experts 32 -topk 4 -inter 2816 -vocab 320 \
 	-tokenizer testdata/golden/tokenizer_bpe_gpt2/tokenizer.json | tee "$work/synth.txt"
 
+# BENCH_SERVE_QUIET_WAIT=SECONDS: before the first measurement (after the
+# builds and the model's generation, which load the machine), wait up to
+# that long for the 1-minute load average to drop below 3; the first
+# stamp records the load it got (the simulator's live serving check does
+# not judge a run that started on a busy machine).
+if [ -n "${BENCH_SERVE_QUIET_WAIT:-}" ]; then
+	waited=0
+	while awk '{exit !($1 >= 3)}' /proc/loadavg && ((waited < BENCH_SERVE_QUIET_WAIT)); do
+		sleep 5
+		waited=$((waited + 5))
+	done
+	((waited == 0)) || echo "bench-serve: waited ${waited}s for load < 3 (now $(cut -d' ' -f1 /proc/loadavg))" >&2
+fi
+
 # measure NAME URL [NSRUN...] [-- extra load flags]: 1 client, then 16.
 measure() {
 	local name=$1 url=$2 file

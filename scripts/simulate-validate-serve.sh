@@ -9,15 +9,18 @@
 # core time across it and its idle round trip), then predicts every
 # 4-host row from that run's own calibration and requires tokens/s within
 # 15% on each (TestPredictLiveServe, the check TestPredictServe4Hosts makes
-# on the committed runs; the models wrong on purpose must still miss). A
-# run with a failed request in a judged row is reported, not judged.
-# Needs root. About 9 minutes an attempt; the run is left in OUT (and its
-# table in OUT's .md).
+# on the committed runs; the models wrong on purpose must still miss).
+# Before its first measurement the run waits up to BENCH_WAIT seconds
+# (default 120) for the 1-minute load average to drop below 3; a run
+# that started at 3 or more, or with a failed request in a judged row, is
+# reported, not judged. Needs root. About 9 minutes an attempt; the run
+# is left in OUT (and its table in OUT's .md).
 #
 # ATTEMPTS (default 1) fresh runs are made until one is judged and passes;
-# the script fails when none did. It is not a CI stage: on the AVX2 VM of
-# 2026-12-06 one of the seven runs made was 30% off at one client
-# (docs/scale/serving.md, "Validation").
+# the script fails when none did (with JUDGE_UNJUDGED_OK=1 it passes when
+# none was judged: scripts/lib/judge.sh). scripts/test.sh runs it with
+# ATTEMPTS=3 as a stage (docs/scale/serving.md, "Validation": the
+# passing rate of single runs on the machines it has met).
 #
 #   scripts/simulate-validate-serve.sh [OUT]    default OUT: a temporary file
 #   ATTEMPTS=2 scripts/simulate-validate-serve.sh
@@ -26,7 +29,7 @@ cd "$(dirname "$0")/.."
 out=$(realpath -m "${1:-$(mktemp --suffix=.serve.txt)}")
 . scripts/lib/judge.sh
 run() {
-	BENCH_SERVE_OUT=$out BENCH_SERVE_WINDOWS=2 BENCH_SERVE_NETNS=4hosts1thread \
+	BENCH_SERVE_OUT=$out BENCH_SERVE_WINDOWS=2 BENCH_SERVE_NETNS=4hosts1thread BENCH_SERVE_QUIET_WAIT=${BENCH_WAIT:-120} \
 		scripts/bench-serve.sh --only in-process,netns >/dev/null
 }
-judge_attempts simulate-validate-serve "${ATTEMPTS:-1}" run TestPredictLiveServe SWITCHYARD_SERVE_RUN "$out" "a failed request"
+judge_attempts simulate-validate-serve "${ATTEMPTS:-1}" run TestPredictLiveServe SWITCHYARD_SERVE_RUN "$out" "a failed request, or a start on a busy machine"

@@ -174,11 +174,14 @@ func TestServeBenchRoutingAndCurve(t *testing.T) {
 // serveRoutedFiles are the emulated serving runs that recorded the
 // workload's routing and an expert timed by rows, all on the Zen 5 VM by
 // scripts/simulate-validate-serve.sh on 2026-12-07: 11:17-11:26 UTC
-// (before messages were time-sliced), 11:55-12:04 and 12:04-12:13.
+// (before messages were time-sliced), 11:55-12:04, 12:04-12:13, 13:37-13:46
+// and 13:46-13:56.
 var serveRoutedFiles = []string{
 	"../../bench/results/serve-4hosts-zen5-routed.txt",
 	"../../bench/results/serve-4hosts-zen5-routed-2.txt",
 	"../../bench/results/serve-4hosts-zen5-routed-3.txt",
+	"../../bench/results/serve-4hosts-zen5-routed-4.txt",
+	"../../bench/results/serve-4hosts-zen5-routed-5.txt",
 }
 
 // TestPredictServeRouted: the model takes each of serveRoutedFiles'
