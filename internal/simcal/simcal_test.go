@@ -29,12 +29,14 @@ func TestQuickCalibration(t *testing.T) {
 	if c.CPU == "" || c.Cores < 1 || c.When == "" {
 		t.Errorf("cpu %q, cores %d, when %q", c.CPU, c.Cores, c.When)
 	}
-	// The steps timed, at the median window's mean, come to a little less
-	// than the timed loop (the batches are drawn between them), and to
-	// more than --quick's 0.5 s; the median window is one of five.
-	if len(c.Train) != 1 || time.Duration(c.Train[0].TimedSteps)*c.Train[0].Step < trainTime*85/100 ||
+	// The timed loop ran for TrainTime (at least MinSteps steps); the
+	// median window is one of five. The median window's mean times the
+	// step count need not come near the loop's time: a machine busy for
+	// two of the windows slows their steps and not the median's.
+	if len(c.Train) != 1 || c.Train[0].Timed < trainTime || c.Train[0].TimedSteps < 20 ||
+		c.Train[0].Step <= 0 || c.Train[0].Step > c.Train[0].Timed ||
 		c.Train[0].Steps > c.Train[0].TimedSteps/5+1 || c.Train[0].Steps < c.Train[0].TimedSteps/5 {
-		t.Errorf("training profiles %+v: want one, its steps timed for about %v", c.Train, trainTime)
+		t.Errorf("training profiles %+v: want one, its steps timed for %v or more, five windows", c.Train, trainTime)
 	}
 	// Per thread count: a 512-row product runs faster per FLOP than a
 	// one-row GEMV (which streams the whole weight for one row).
@@ -190,7 +192,7 @@ func TestProfileTrain(t *testing.T) {
 	if p.Forward <= 0 || p.Backward <= 0 || p.ExpertsForward <= 0 || p.ExpertsBackward <= 0 || p.Optimizer <= 0 || parts > p.Step || p.CPU <= 0 {
 		t.Errorf("parts %v of a step %v: %+v", parts, p.Step, p)
 	}
-	if p.TimedSteps < 3 || p.Steps != 1 || p.TokensPerRank != 32 || p.SeqLen != 16 || p.Threads != 1 || p.Shape.Name != "" || p.Shape.Hidden != 64 || p.Shape.Experts != 8 || p.Params < 100000 {
+	if p.TimedSteps < 3 || p.Timed < time.Millisecond || p.Steps != 1 || p.TokensPerRank != 32 || p.SeqLen != 16 || p.Threads != 1 || p.Shape.Name != "" || p.Shape.Hidden != 64 || p.Shape.Experts != 8 || p.Params < 100000 {
 		t.Errorf("profile %+v", p)
 	}
 	if _, err := ProfileTrain(context.Background(), TrainProfileOptions{Dir: dir, Batch: 0, SeqLen: 16}); err == nil {

@@ -112,7 +112,7 @@ func ProfileTrain(ctx context.Context, o TrainProfileOptions) (simulate.TrainPro
 		return ids
 	}
 	var times []train.StepTimes
-	var cpu time.Duration
+	var cpu, timed time.Duration
 	var stepErr error
 	withThreads(threads, func() {
 		for range warm {
@@ -131,6 +131,7 @@ func ProfileTrain(ctx context.Context, o TrainProfileOptions) (simulate.TrainPro
 			}
 			times = append(times, st.Last)
 		}
+		timed = time.Since(start)
 		cpu = (processCPU() - cpu0) / time.Duration(len(times))
 	})
 	if stepErr != nil {
@@ -149,7 +150,7 @@ func ProfileTrain(ctx context.Context, o TrainProfileOptions) (simulate.TrainPro
 	shape.Name = ""
 	return simulate.TrainProfile{
 		Model: filepath.Base(o.Dir), Shape: shape, TokensPerRank: o.Batch * o.SeqLen, SeqLen: o.SeqLen,
-		Threads: threads, Steps: steps, TimedSteps: len(times),
+		Threads: threads, Steps: steps, TimedSteps: len(times), Timed: timed,
 		Forward: sum.Forward / n, Backward: sum.Backward / n,
 		ExpertsForward: sum.ExchangeForward / n, ExpertsBackward: (sum.ExchangeWait - sum.ExchangeForward) / n,
 		Optimizer: sum.Optimizer / n, Step: sum.Total / n, CPU: cpu, Params: params,

@@ -292,7 +292,9 @@ func (c *Calibration) ExpertTime(hidden, inter int, dtype string, rows int) (d t
 // call's software and element-wise work with the products),
 // ExpertsForward and ExpertsBackward the routed experts, Optimizer the
 // clipping and AdamW over Params parameters; Step the whole step and CPU
-// the process's core time per step.
+// the process's core time per step. Timed is the wall time of the loop
+// that timed all TimedSteps steps (their batches drawn between them; zero
+// in profiles written before 2026-12-07's twenty-ninth session).
 type TrainProfile struct {
 	Model           string        `json:"model"`
 	Shape           TrainShape    `json:"shape"`
@@ -301,6 +303,7 @@ type TrainProfile struct {
 	Threads         int           `json:"threads"`
 	Steps           int           `json:"steps"`
 	TimedSteps      int           `json:"timed_steps,omitempty"`
+	Timed           time.Duration `json:"timed_ns,omitempty"`
 	Forward         time.Duration `json:"forward_ns"`
 	Backward        time.Duration `json:"backward_ns"`
 	ExpertsForward  time.Duration `json:"experts_forward_ns"`
@@ -331,7 +334,7 @@ func (p TrainProfile) Bracket(q TrainProfile) (TrainProfile, error) {
 		return (x*time.Duration(p.Steps) + y*time.Duration(q.Steps)) / n
 	}
 	r := p
-	r.Steps, r.TimedSteps = p.Steps+q.Steps, p.TimedSteps+q.TimedSteps
+	r.Steps, r.TimedSteps, r.Timed = p.Steps+q.Steps, p.TimedSteps+q.TimedSteps, p.Timed+q.Timed
 	r.Forward, r.Backward = mean(p.Forward, q.Forward), mean(p.Backward, q.Backward)
 	r.ExpertsForward, r.ExpertsBackward = mean(p.ExpertsForward, q.ExpertsForward), mean(p.ExpertsBackward, q.ExpertsBackward)
 	r.Optimizer, r.Step, r.CPU = mean(p.Optimizer, q.Optimizer), mean(p.Step, q.Step), mean(p.CPU, q.CPU)

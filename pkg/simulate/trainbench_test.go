@@ -424,9 +424,9 @@ func TestTrainWake(t *testing.T) {
 // step is refused.
 func TestTrainProfileBracket(t *testing.T) {
 	p := profiled().Train[0]
-	p.TimedSteps = 50
+	p.TimedSteps, p.Timed = 50, 60*time.Millisecond
 	q := p
-	q.Steps, q.TimedSteps = 30, 150
+	q.Steps, q.TimedSteps, q.Timed = 30, 150, 170*time.Millisecond
 	q.Forward, q.Backward, q.ExpertsForward, q.ExpertsBackward = 100*time.Microsecond, 300*time.Microsecond, 100*time.Microsecond, 50*time.Microsecond
 	q.Optimizer, q.Step, q.CPU = 400*time.Microsecond, 1100*time.Microsecond, 1000*time.Microsecond
 	m, err := p.Bracket(q)
@@ -434,7 +434,7 @@ func TestTrainProfileBracket(t *testing.T) {
 		t.Fatal(err)
 	}
 	// p: 10 steps of forward 300 us; q: 30 of 100 us: (3000 + 3000) / 40.
-	if m.Steps != 40 || m.TimedSteps != 200 || m.Forward != 150*time.Microsecond || m.Backward != 350*time.Microsecond || m.ExpertsBackward != 100*time.Microsecond ||
+	if m.Steps != 40 || m.TimedSteps != 200 || m.Timed != 230*time.Millisecond || m.Forward != 150*time.Microsecond || m.Backward != 350*time.Microsecond || m.ExpertsBackward != 100*time.Microsecond ||
 		m.Optimizer != 400*time.Microsecond || m.Step != 1250*time.Microsecond || m.CPU != 750*time.Microsecond {
 		t.Errorf("bracket %+v", m)
 	}
