@@ -123,12 +123,8 @@ fi
 # stamp records the load it got (the simulator's live serving check does
 # not judge a run that started on a busy machine).
 if [ -n "${BENCH_SERVE_QUIET_WAIT:-}" ]; then
-	waited=0
-	while awk '{exit !($1 >= 3)}' /proc/loadavg && ((waited < BENCH_SERVE_QUIET_WAIT)); do
-		sleep 5
-		waited=$((waited + 5))
-	done
-	((waited == 0)) || echo "bench-serve: waited ${waited}s for load < 3 (now $(cut -d' ' -f1 /proc/loadavg))" >&2
+	. scripts/lib/judge.sh
+	wait_quiet bench-serve "$BENCH_SERVE_QUIET_WAIT" 5
 fi
 
 # measure NAME URL [NSRUN...] [-- extra load flags]: 1 client, then 16.

@@ -75,12 +75,8 @@ trap cleanup EXIT
 go build -o "$work/switchyard" ./cmd/switchyard
 go build -o "$work/coordinator" ./cmd/coordinator
 go build -o "$work/serve" ./bench/serve
-waited=0
-while awk '{exit !($1 >= 3)}' /proc/loadavg && ((waited < ${BENCH_WAIT:-120})); do
-	sleep 10
-	waited=$((waited + 10))
-done
-((waited == 0)) || echo "validate-train: waited ${waited}s for load < 3 (now $(cut -d' ' -f1 /proc/loadavg))" >&2
+. scripts/lib/judge.sh
+wait_quiet validate-train "${BENCH_WAIT:-120}" 10
 $net up 4 1gbit >/dev/null
 ip0=$($net ip h0) ip1=$($net ip h1) ip2=$($net ip h2)
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)

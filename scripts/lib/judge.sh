@@ -1,6 +1,15 @@
 # judge.sh: the retry loop of the live simulator checks
-# (scripts/simulate-validate.sh, scripts/simulate-validate-serve.sh).
-# Source it, then:
+# (scripts/simulate-validate.sh, scripts/simulate-validate-serve.sh) and
+# the quiet wait before their measurements (scripts/bench-serve.sh,
+# scripts/simulate-validate-train.sh). Source it, then:
+#
+#   wait_quiet NAME SECONDS STEP
+#
+# waits, STEP seconds at a time, up to SECONDS for the 1-minute load
+# average to drop below busy_load (3: the live checks do not judge a run
+# that started at it), and says on stderr how long it waited, if at all.
+#
+# or:
 #
 #   judge_attempts NAME ATTEMPTS RUN TEST ENV OUT WHY
 #
@@ -12,6 +21,17 @@
 # JUDGE_UNJUDGED_OK=1 (scripts/test.sh sets it) it also exits 0 when no
 # run was judged at all, saying so: a busy CI machine measures its load,
 # not the model; a run that was judged and missed still fails.
+busy_load=3
+
+wait_quiet() {
+	local name=$1 limit=$2 step=$3 waited=0
+	while awk -v busy="$busy_load" '{exit !($1 >= busy)}' /proc/loadavg && ((waited < limit)); do
+		sleep "$step"
+		waited=$((waited + step))
+	done
+	((waited == 0)) || echo "$name: waited ${waited}s for load < $busy_load (now $(cut -d' ' -f1 /proc/loadavg))" >&2
+}
+
 judge_attempts() {
 	local name=$1 attempts=$2 run=$3 test=$4 env=$5 out=$6 why=$7 a rc res judged=0
 	for a in $(seq 1 "$attempts"); do
