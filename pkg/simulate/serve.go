@@ -2504,7 +2504,10 @@ func meanRows(rows []ServeBenchRow, keep func(ServeBenchRow) bool, key func(Serv
 //   - a GEMM point at the rows per expert of the 16-client row (its rows
 //     per MoE layer, 16 x 4 plus the prompts', over the experts they
 //     touch): the experts time per layer x cores / experts, as one
-//     thread's throughput;
+//     thread's throughput at those rows (unrounded), given as well at
+//     every power of two rows to 256 in place of AssumedCalibration's
+//     points of the expert's shape, so that an expert of any rows takes
+//     it;
 //   - GEMM points at the attention's shape (Hidden x Hidden) from both
 //     rows' attention time: the projections' products (1 row for the
 //     1-client row, prompts ignored; the tokens of a step for the
@@ -2575,10 +2578,25 @@ func ServeBenchCalibration(b *ServeBench) *Calibration {
 			perLayer := row.Experts.Seconds() * B / float64(m.Layers) // a step's experts time per layer
 			one := perLayer * float64(b.Cores) / experts              // one expert, one thread
 			r := int(math.Round(rows))
-			flops := 2 * 3 * float64(m.Hidden) * float64(m.ExpertInter) * float64(r)
+			flops := 2 * 3 * float64(m.Hidden) * float64(m.ExpertInter) * rows
 			// (GEMMTime matches shapes by K x N: one point serves gate,
-			// up and down.)
+			// up and down.) The same throughput at every power of two
+			// rows up to 256 besides, in place of AssumedCalibration's
+			// points of the expert's shape: an expert of any row count
+			// then finds this row's throughput, not the assumed Xeon's
+			// (before 2026-12-07 one or two rows took its 1-row point)
+			// nor the attention points' (whose throughput stands for the
+			// whole attention; 10 rows or more took it, or the assumed
+			// 64-row point).
+			cal.GEMM = slices.DeleteFunc(cal.GEMM, func(p GEMMPoint) bool {
+				return p.DType == dt && p.K*p.N == m.Hidden*m.ExpertInter
+			})
 			cal.GEMM = append(cal.GEMM, GEMMPoint{M: r, K: m.Hidden, N: m.ExpertInter, DType: dt, Threads: 1, FLOPS: flops / one})
+			for p := 1; p <= 256; p *= 2 {
+				if p != r {
+					cal.GEMM = append(cal.GEMM, GEMMPoint{M: p, K: m.Hidden, N: m.ExpertInter, DType: dt, Threads: 1, FLOPS: flops / one})
+				}
+			}
 			if row.Attention > 0 {
 				attnPoint(row, tokens)
 			}
