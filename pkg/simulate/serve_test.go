@@ -411,15 +411,7 @@ var serve4HostsRuns = []string{
 // the rows a layer's experts had (2.7 a expert, not 3): the touched
 // experts at their mean rows take the row's experts time a layer.
 func TestServeBenchLegacyExpert(t *testing.T) {
-	f, err := os.Open(serve4HostsRuns[0])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	b, err := ReadServeBench(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	b := readServeBench(t, serve4HostsRuns[0])
 	if len(b.Expert) != 0 || b.Routing != nil {
 		t.Fatalf("%s: want a file without an expert curve or routing", serve4HostsRuns[0])
 	}
