@@ -408,7 +408,7 @@ var serve4HostsRuns = []string{
 // (serve4HostsRuns) takes the expert from one GEMM point of the 16-client
 // row, at the same throughput for any rows (an expert of 12 or 32 rows
 // once found the attention points nearer), and that throughput counts
-// the rows a layer's experts had (2.7 a expert, not 3): the touched
+// the rows a layer's experts had (2.7 an expert, not 3): the touched
 // experts at their mean rows take the row's experts time a layer.
 func TestServeBenchLegacyExpert(t *testing.T) {
 	b := readServeBench(t, serve4HostsRuns[0])
