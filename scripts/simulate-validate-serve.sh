@@ -19,8 +19,9 @@
 # ATTEMPTS (default 1) fresh runs are made until one is judged and passes;
 # the script fails when none did (with JUDGE_UNJUDGED_OK=1 it passes when
 # none was judged: scripts/lib/judge.sh). It is not a stage of
-# scripts/test.sh: on the Zen 5 VM of 2026-12-07 it passed 4 of 4 runs on
-# its own and failed 3 of 3 attempts as a stage of a CI run
+# scripts/test.sh: on the Zen 5 VM of 2026-12-07 it passed 4 of 5 runs on
+# its own (the fifth +16.7% at 16 clients and 1 Gbit/s) and failed 3 of 3
+# attempts as a stage of a CI run
 # (docs/scale/serving.md, "Validation").
 #
 #   scripts/simulate-validate-serve.sh [OUT]    default OUT: a temporary file
