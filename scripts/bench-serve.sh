@@ -57,7 +57,12 @@
 # (the simulator's validation takes their mean: simulate.MeanWindows);
 # requests still running at a window's end are cancelled. Only requests
 # sent inside the window count for TTFT, only tokens received inside it
-# for tokens/s and ITL. The raw-TCP round trip h0 -> h1 is
+# for tokens/s and ITL. Each window also records where the machine's CPU
+# went (a "cores:" line, from /proc: the front end's, the workers' and the
+# coordinator's processes, every thread and their kernel time included,
+# the rest of the busy machine as "other", and user/system/irq/steal), which
+# `switchyard simulate validate --serve` sets beside the model's core time
+# per token. The raw-TCP round trip h0 -> h1 is
 # measured with bench/serve tcpping in the same namespaces, back to back
 # and with the hosts idle 5 ms before each (as ping measures it, and as a
 # decode step's per-layer messages find the hosts); transfer =

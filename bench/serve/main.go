@@ -382,6 +382,10 @@ type loadResult struct {
 	ITL        []float64 `json:"itl_ms"`  // p50 p90 p99; null: no sample
 	Requests   int       `json:"requests_ttft"`
 	CPUBusy    float64   `json:"cpu_busy"` // machine-wide busy fraction in the window (1 = every core)
+	// CPUSplit is where the window's CPU went, in cores: by role (front
+	// end, workers, coordinator, this client; their processes' own time)
+	// and by kind (user, system, interrupts, steal).
+	CPUSplit *CPUSplit `json:"cpu_split,omitempty"`
 	// From the front end's /metrics (-metrics), per generated token in the
 	// window, milliseconds: forward parts.
 	PerToken map[string]float64 `json:"per_token_ms,omitempty"`
@@ -498,9 +502,9 @@ func load(args []string) error {
 			return err
 		}
 	}
-	cpu0 := cpuTimes()
+	cpu0, cpuErr := readCPU()
 	sleepUntil(winEnd)
-	cpu1 := cpuTimes()
+	cpu1, cpuErr1 := readCPU()
 	var after map[string]float64
 	if *metrics {
 		if after, err = scrape(*url); err != nil {
@@ -517,8 +521,10 @@ func load(args []string) error {
 		winEnd = end
 	}
 	res.Window = winEnd.Sub(winStart).Seconds()
-	if busy, total := cpu1[0]-cpu0[0], cpu1[1]-cpu0[1]; total > 0 {
-		res.CPUBusy = busy / total
+	if cpuErr == nil && cpuErr1 == nil {
+		split := cpuSplit(cpu0, cpu1)
+		res.CPUBusy = (split.Busy() + split.Steal) / float64(split.Cores)
+		res.CPUSplit = &split
 	}
 
 	var ttft, itl []float64
@@ -566,6 +572,9 @@ func load(args []string) error {
 		fmt.Printf("%s: per generated token (ms): total %.2f attention %.2f experts %.2f rest %.2f; MoE layer exchange mean %.3f ms (%.1f rows), of which the owners' %.3f ms, the exchange's own %.3f ms; worker call mean %.3f ms\n",
 			*label, res.PerToken["total"], res.PerToken["attention"], res.PerToken["experts"], res.PerToken["rest"], res.LayerExchangeMs, res.RowsPerExchange,
 			res.LayerServedMs, res.LayerExchangeMs-res.LayerServedMs, res.WorkerCallMs)
+	}
+	if res.CPUSplit != nil {
+		fmt.Printf("%s: %s\n", *label, res.CPUSplit)
 	}
 	if len(res.Routing) > 0 {
 		fmt.Printf("%s: routing (rows per expert in the window, by MoE layer): %s\n", *label, fmtRouting(res.RoutingLayers, res.Routing))
@@ -756,25 +765,6 @@ func fmtP(p []float64) string {
 		return "-"
 	}
 	return fmt.Sprintf("%.1f/%.1f/%.1f", p[0], p[1], p[2])
-}
-
-// cpuTimes reads /proc/stat: busy and total jiffies of all cores.
-func cpuTimes() [2]float64 {
-	b, err := os.ReadFile("/proc/stat")
-	if err != nil {
-		return [2]float64{}
-	}
-	line, _, _ := strings.Cut(string(b), "\n")
-	f := strings.Fields(line)
-	var busy, total float64
-	for i, s := range f[1:] {
-		v, _ := strconv.ParseFloat(s, 64)
-		total += v
-		if i != 3 && i != 4 { // idle, iowait
-			busy += v
-		}
-	}
-	return [2]float64{busy, total}
 }
 
 func cpuModel() string {

@@ -220,5 +220,30 @@ func validateServe(cmd *cobra.Command, file string) error {
 			float64(c.Predicted.Exchange)/1e6, float64(c.Row.Exchange)/1e6, 100*c.ExchangeErr(),
 			float64(c.Predicted.Owners)/1e6, float64(c.Row.Owners)/1e6, note)
 	}
-	return w.Flush()
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	// Where the run recorded its CPU (bench/serve's "cores:" lines): the
+	// core time a token took, the model's against the run's processes'
+	// and the machine's, and what the model does not charge.
+	var cw *tabwriter.Writer
+	for _, c := range checks {
+		pred, cluster, machine, ok := c.CoreMs()
+		if !ok {
+			continue
+		}
+		if cw == nil {
+			fmt.Fprintf(cmd.OutOrStdout(), "\ncore time per generated token (ms; the hosts share the machine's cores):\n")
+			cw = tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', tabwriter.AlignRight)
+			fmt.Fprintf(cw, "configuration\tclients\tpredicted\tfront end + workers\terror\tmachine\tof which front end\tworkers\tcoordinator\tother\tsteal\t\n")
+		}
+		u := c.Row.CPU
+		ms := func(cores float64) float64 { return 1e3 * cores / c.Row.TokensPerS }
+		fmt.Fprintf(cw, "%s\t%d\t%.2f\t%.2f\t%+.0f%%\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t\n", c.Row.Config, c.Row.Clients,
+			pred, cluster, 100*(pred-cluster)/cluster, machine, ms(u.Frontend), ms(u.Workers), ms(u.Coordinator), ms(u.Other), ms(u.Steal))
+	}
+	if cw != nil {
+		return cw.Flush()
+	}
+	return nil
 }

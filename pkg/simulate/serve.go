@@ -2108,6 +2108,39 @@ type ServeBenchRow struct {
 	// run (bench-serve.sh: simulate calibrate --peer h0 -> h1 before the
 	// configuration started); nil if none.
 	Link *Calibration
+	// CPU is where the window's CPU went (bench/serve's "cores:" line,
+	// since 2026-12-07 20:00 UTC); nil in older files.
+	CPU *ServeBenchCPU
+}
+
+// ServeBenchCPU is a measurement window's CPU in cores (1 = one core
+// busy through the window): the serving processes' own time by role
+// (threads, the Go runtime and kernel time in them included), the rest of
+// the machine's busy time (Other: kernel threads, interrupts outside the
+// processes, anything else running), and the machine's time by kind.
+type ServeBenchCPU struct {
+	Frontend, Workers, Coordinator, Client, Other float64
+	User, System, IRQ, Steal                      float64
+}
+
+// Cluster is the cores the front end and the workers took: what the
+// serving model's processes stand for.
+func (c ServeBenchCPU) Cluster() float64 { return c.Frontend + c.Workers }
+
+// Busy is the machine's busy cores (steal excluded).
+func (c ServeBenchCPU) Busy() float64 { return c.User + c.System + c.IRQ }
+
+// add adds x times o to c.
+func (c *ServeBenchCPU) add(o ServeBenchCPU, x float64) {
+	c.Frontend += x * o.Frontend
+	c.Workers += x * o.Workers
+	c.Coordinator += x * o.Coordinator
+	c.Client += x * o.Client
+	c.Other += x * o.Other
+	c.User += x * o.User
+	c.System += x * o.System
+	c.IRQ += x * o.IRQ
+	c.Steal += x * o.Steal
 }
 
 var (
@@ -2120,6 +2153,7 @@ var (
 	sbNetnsRE = regexp.MustCompile(`^netns (\d+) hosts? (\d+)([mg])bit`)
 	sbLocalRE = regexp.MustCompile(`^(\d+) local workers`)
 	sbRouteRE = regexp.MustCompile(`^(.+), (\d+) client\(s\): routing \(rows per expert in the window, by MoE layer\): (.+)$`)
+	sbCPURE   = regexp.MustCompile(`^(.+), (\d+) client\(s\): cores: front end ([\d.]+), workers ([\d.]+), coordinator ([\d.]+), client ([\d.]+), other ([\d.]+); machine user ([\d.]+) system ([\d.]+) irq ([\d.]+) steal ([\d.]+) of \d+`)
 )
 
 // parseRouting adds one "routing" line's counts ("LAYER:ROWS,ROWS,...;
@@ -2245,6 +2279,17 @@ func ReadServeBench(r io.Reader) (*ServeBench, error) {
 				row.Exchange, row.Owners, row.Own = ms(m[6]), ms(m[8]), ms(m[9])
 				row.Rows, _ = strconv.ParseFloat(m[7], 64)
 			}
+			continue
+		}
+		if m := sbCPURE.FindStringSubmatch(l); m != nil {
+			if n := len(b.Rows); n > 0 && b.Rows[n-1].Config == m[1] && b.Rows[n-1].Clients == atoi(m[2]) {
+				var v [9]float64
+				for i := range v {
+					v[i], _ = strconv.ParseFloat(m[3+i], 64)
+				}
+				b.Rows[n-1].CPU = &ServeBenchCPU{Frontend: v[0], Workers: v[1], Coordinator: v[2], Client: v[3], Other: v[4],
+					User: v[5], System: v[6], IRQ: v[7], Steal: v[8]}
+			}
 		}
 	}
 	if err := sc.Err(); err != nil {
@@ -2288,6 +2333,21 @@ type ServeCheck struct {
 	// during the run).
 	Judged bool
 	Note   string
+	// Cores is the model's busy cores where the hosts share the
+	// machine's (ServeConfig.SharedCores: the pool's utilization times
+	// its cores), 0 where they do not; compare Row.CPU.
+	Cores float64
+}
+
+// CoreMs is the core time per generated token, milliseconds: the
+// model's (Cores), and the run's by its front end and workers and by the
+// whole machine; ok is false where the model's hosts do not share the
+// machine's cores or the row recorded no CPU split (Row.CPU).
+func (c ServeCheck) CoreMs() (predicted, cluster, machine float64, ok bool) {
+	if c.Cores <= 0 || c.Row.CPU == nil || c.Row.TokensPerS <= 0 || c.Predicted.TokensPerS <= 0 {
+		return 0, 0, 0, false
+	}
+	return 1e3 * c.Cores / c.Predicted.TokensPerS, 1e3 * c.Row.CPU.Cluster() / c.Row.TokensPerS, 1e3 * c.Row.CPU.Busy() / c.Row.TokensPerS, true
 }
 
 // TokensErr is (predicted - measured) / measured tokens/s.
@@ -2410,6 +2470,9 @@ func predictServeBench(b *ServeBench, cal *Calibration, mod func(*ServeConfig)) 
 			return nil, fmt.Errorf("serve bench %q, %d clients: %w", row.Config, row.Clients, err)
 		}
 		c := ServeCheck{Row: row, Predicted: r, Judged: row.Failed == 0 && row.OK > 0}
+		if cfg.SharedCores > 0 {
+			c.Cores = r.Util.Cores * float64(cfg.SharedCores)
+		}
 		if !c.Judged {
 			c.Note = fmt.Sprintf("%d requests failed during the run", row.Failed)
 		}
@@ -2461,11 +2524,20 @@ func meanRows(rows []ServeBenchRow, keep func(ServeBenchRow) bool, key func(Serv
 		i, ok := at[key(row)]
 		if !ok {
 			at[key(row)] = len(out)
+			if row.CPU != nil { // a copy of its own: the windows are summed into it
+				c := *row.CPU
+				row.CPU = &c
+			}
 			out = append(out, row)
 			n = append(n, 1)
 			continue
 		}
 		m := &out[i]
+		if m.CPU != nil && row.CPU != nil {
+			m.CPU.add(*row.CPU, 1)
+		} else {
+			m.CPU = nil // a window without the split: no mean
+		}
 		m.OK += row.OK
 		m.Failed += row.Failed
 		m.TokensPerS += row.TokensPerS
@@ -2485,6 +2557,11 @@ func meanRows(rows []ServeBenchRow, keep func(ServeBenchRow) bool, key func(Serv
 		}
 		m := &out[i]
 		d := time.Duration(k)
+		if m.CPU != nil {
+			var mean ServeBenchCPU
+			mean.add(*m.CPU, 1/float64(k))
+			*m.CPU = mean
+		}
 		m.TokensPerS /= float64(k)
 		m.Rows /= float64(k)
 		m.Total, m.Attention, m.Experts = m.Total/d, m.Attention/d, m.Experts/d

@@ -2,6 +2,7 @@ package simulate
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -734,6 +735,130 @@ func TestServeWake(t *testing.T) {
 	} {
 		if x, y := run(other, 0), run(other, 2*wake); x.TokensPerS != y.TokensPerS {
 			t.Errorf("%s: %.3f tokens/s without a wake, %.3f with", name, x.TokensPerS, y.TokensPerS)
+		}
+	}
+}
+
+// TestServeBenchCPU: the "cores:" lines bench/serve writes since
+// 2026-12-07 are read into each window's row, averaged over a
+// configuration's windows (dropped where a window lacks them), and turned
+// into core time per token beside the model's; files from before have
+// none.
+func TestServeBenchCPU(t *testing.T) {
+	const file = "../../bench/results/serve-4hosts-zen5-routed-6.txt"
+	old := readServeBench(t, file)
+	for _, r := range old.Rows {
+		if r.CPU != nil {
+			t.Fatalf("%s, %d clients: a CPU split in a file that has none", r.Config, r.Clients)
+		}
+	}
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// After each netns 1 Gbit/s row's per-token line, a split: the
+	// 16-client windows' workers at 1.40 and 1.60 cores; the 10 Gbit/s
+	// rows' second 16-client window without one.
+	var out []string
+	seen := map[string]int{}
+	for _, l := range strings.Split(string(raw), "\n") {
+		out = append(out, l)
+		cfg, _, ok := strings.Cut(l, ": per generated token (ms):")
+		if !ok || !strings.HasPrefix(cfg, "netns") {
+			continue
+		}
+		seen[cfg]++
+		workers := 0.50 + 0.05*float64(seen[cfg])
+		if strings.HasSuffix(cfg, "16 client(s)") {
+			workers = 1.2 + 0.2*float64(seen[cfg])
+		}
+		if strings.Contains(cfg, "10gbit") && strings.HasSuffix(cfg, "16 client(s)") && seen[cfg] == 2 {
+			continue
+		}
+		out = append(out, fmt.Sprintf("%s: cores: front end 0.200, workers %.3f, coordinator 0.020, client 0.010, other 0.100; machine user 1.500 system 0.200 irq 0.030 steal 0.010 of 2", cfg, workers))
+	}
+	b, err := ReadServeBench(strings.NewReader(strings.Join(out, "\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, r := range b.Rows {
+		if r.Netns && r.CPU != nil {
+			n++
+		}
+	}
+	if n != 7 {
+		t.Fatalf("%d netns windows with a CPU split, want 7", n)
+	}
+	checks, err := PredictServeBench(b, ServeBenchCalibration(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]*ServeBenchCPU{}
+	for _, c := range checks {
+		got[fmt.Sprintf("%s/%d", c.Row.Config, c.Row.Clients)] = c.Row.CPU
+		if c.Cores <= 0 || c.Cores > 2 {
+			t.Errorf("%s, %d clients: the model's busy cores %.3f, want in (0, 2]", c.Row.Config, c.Row.Clients, c.Cores)
+		}
+		pred, cluster, machine, ok := c.CoreMs()
+		if c.Row.CPU == nil {
+			if ok {
+				t.Errorf("%s, %d clients: core time without a split", c.Row.Config, c.Row.Clients)
+			}
+			continue
+		}
+		if !ok || math.Abs(pred-1e3*c.Cores/c.Predicted.TokensPerS) > 1e-9 ||
+			math.Abs(cluster-1e3*c.Row.CPU.Cluster()/c.Row.TokensPerS) > 1e-9 || math.Abs(machine-1e3*1.73/c.Row.TokensPerS) > 1e-9 {
+			t.Errorf("%s, %d clients: CoreMs = %v, %v, %v, %v", c.Row.Config, c.Row.Clients, pred, cluster, machine, ok)
+		}
+	}
+	if c := got["netns 4 hosts 1gbit, 1 thread each/16"]; c == nil || math.Abs(c.Workers-1.5) > 1e-9 || math.Abs(c.Frontend-0.2) > 1e-9 || math.Abs(c.Steal-0.01) > 1e-9 {
+		t.Errorf("1 Gbit/s 16 clients: %+v, want the windows' mean (workers 1.5)", c)
+	}
+	if c := got["netns 4 hosts 1gbit, 1 thread each/1"]; c == nil || math.Abs(c.Workers-0.575) > 1e-9 {
+		t.Errorf("1 Gbit/s 1 client: %+v, want workers 0.575", c)
+	}
+	if c := got["netns 4 hosts 10gbit, 1 thread each/16"]; c != nil {
+		t.Errorf("10 Gbit/s 16 clients: %+v, want none (a window without the split)", c)
+	}
+	// The mean must not have written into the windows' own rows.
+	for _, r := range b.Rows {
+		if r.CPU != nil && r.Clients == 16 && strings.Contains(r.Config, "1gbit") && r.CPU.Workers != 1.4 && r.CPU.Workers != 1.6 {
+			t.Errorf("a 16-client window's split changed: %+v", r.CPU)
+		}
+	}
+}
+
+// TestServeBenchCPURun reads the first run that recorded its CPU split
+// (scripts/simulate-validate-serve.sh, Zen 5 VM, 2026-12-07 19:26-19:35
+// UTC): every window has one, the in-process front end took nearly both
+// cores, the emulated hosts' processes the most of the busy machine, and
+// the model's core time a token is within a third of the processes'.
+func TestServeBenchCPURun(t *testing.T) {
+	b := readServeBench(t, "../../bench/results/serve-4hosts-zen5-routed-7.txt")
+	for _, r := range b.Rows {
+		c := r.CPU
+		if c == nil {
+			t.Fatalf("%s, %d clients: no CPU split", r.Config, r.Clients)
+		}
+		if busy := c.Busy() + c.Steal; busy <= 0 || busy > float64(b.Cores)+0.01 {
+			t.Errorf("%s, %d clients: machine busy %.3f of %d cores", r.Config, r.Clients, busy, b.Cores)
+		}
+		switch {
+		case !r.Netns && c.Frontend < 1.5:
+			t.Errorf("%s, %d clients: the in-process front end took %.3f cores, want most of both", r.Config, r.Clients, c.Frontend)
+		case r.Netns && (c.Workers <= c.Frontend || c.Cluster() < 0.8*c.Busy() || c.Coordinator <= 0):
+			t.Errorf("%s, %d clients: %+v: want the workers above the front end, the two most of the machine, the coordinator counted", r.Config, r.Clients, c)
+		}
+	}
+	checks, err := PredictServeBench(b, ServeBenchCalibration(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range checks {
+		pred, cluster, _, ok := c.CoreMs()
+		if !ok || pred < 0.67*cluster || pred > 1.5*cluster {
+			t.Errorf("%s, %d clients: core ms a token %.2f predicted, %.2f measured (%v)", c.Row.Config, c.Row.Clients, pred, cluster, ok)
 		}
 	}
 }
