@@ -233,14 +233,16 @@ func validateServe(cmd *cobra.Command, file string) error {
 			continue
 		}
 		if cw == nil {
-			fmt.Fprintf(cmd.OutOrStdout(), "\ncore time per generated token (ms; the hosts share the machine's cores):\n")
+			fmt.Fprintf(cmd.OutOrStdout(), "\ncore time per generated token (ms; the hosts share the machine's cores), predicted / measured:\n")
 			cw = tabwriter.NewWriter(cmd.OutOrStdout(), 0, 0, 2, ' ', tabwriter.AlignRight)
-			fmt.Fprintf(cw, "configuration\tclients\tpredicted\tfront end + workers\terror\tmachine\tof which front end\tworkers\tcoordinator\tother\tsteal\t\n")
+			fmt.Fprintf(cw, "configuration\tclients\tfront end + workers\terror\tfront end\tworkers\tmachine\tof which coordinator\tother\tsteal\t\n")
 		}
-		u := c.Row.CPU
+		u, p := c.Row.CPU, c.Predicted
 		ms := func(cores float64) float64 { return 1e3 * cores / c.Row.TokensPerS }
-		fmt.Fprintf(cw, "%s\t%d\t%.2f\t%.2f\t%+.0f%%\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t\n", c.Row.Config, c.Row.Clients,
-			pred, cluster, 100*(pred-cluster)/cluster, machine, ms(u.Frontend), ms(u.Workers), ms(u.Coordinator), ms(u.Other), ms(u.Steal))
+		pms := func(cores float64) float64 { return 1e3 * cores / p.TokensPerS }
+		fmt.Fprintf(cw, "%s\t%d\t%.2f / %.2f\t%+.0f%%\t%.2f / %.2f\t%.2f / %.2f\t%.2f\t%.2f\t%.2f\t%.2f\t\n", c.Row.Config, c.Row.Clients,
+			pred, cluster, 100*(pred-cluster)/cluster, pms(p.Util.FrontendCores), ms(u.Frontend), pms(p.Util.WorkerCores), ms(u.Workers),
+			machine, ms(u.Coordinator), ms(u.Other), ms(u.Steal))
 	}
 	if cw != nil {
 		return cw.Flush()

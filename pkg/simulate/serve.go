@@ -786,6 +786,11 @@ type Utilization struct {
 	// which; Software the busiest host's cores on messages alone.
 	Cores, Software float64
 	BusiestHost     string
+	// FrontendCores and WorkerCores are the core time the front ends'
+	// and the workers' hosts took (compute on all their threads,
+	// messages' work), in cores (1 = one core through the window), summed
+	// over each role's hosts.
+	FrontendCores, WorkerCores float64
 }
 
 // ServeResult is what PredictServe predicts.
@@ -1005,6 +1010,7 @@ type serveHost struct {
 	txBusy, rxBusy time.Duration // serialization in the measured window
 	leaf           int
 	compute        time.Duration // its compute tasks in the window (one thread's time)
+	busy           time.Duration // its core time in the window: compute on all its threads, messages' work
 	// thread is when the host's one thread is free (serveSim.serial only).
 	thread time.Duration
 }
@@ -1323,6 +1329,7 @@ func (s *serveSim) frontCompute(f int) {
 	if s.measuring {
 		h.cores.compute += d * time.Duration(min(s.feThreads, len(h.cores.free)))
 		h.compute += d
+		h.busy += d * time.Duration(min(s.feThreads, len(h.cores.free)))
 	}
 	if s.measuredStep(st) {
 		st.fe += end - s.now
@@ -1533,6 +1540,7 @@ func (s *serveSim) sendCPU(h *serveHost, m *serveMsg, t time.Duration) {
 	m.path[catSoftware] += out - t
 	if s.measuring {
 		h.cores.msg += work
+		h.busy += work
 	}
 	s.push(out, sevTx, 0, m)
 }
@@ -1596,6 +1604,7 @@ func (s *serveSim) rxCPU(m *serveMsg) {
 	m.path[catSoftware] += done - m.got
 	if s.measuring {
 		dst.cores.msg += work
+		dst.busy += work
 	}
 	s.push(done, sevRecv, 0, m)
 }
@@ -1650,6 +1659,7 @@ func (s *serveSim) batch(w int) {
 	if s.measuring {
 		h.cores.compute += d * time.Duration(n)
 		h.compute += d
+		h.busy += d * time.Duration(n)
 		ws.gemm += end - s.now
 		if s.bwBound {
 			ws.gemmBW += end - s.now
@@ -1799,6 +1809,11 @@ func (s *serveSim) result() *ServeResult {
 		}
 		for i := range s.hosts {
 			h := &s.hosts[i]
+			if i < s.F {
+				u.FrontendCores += float64(h.busy) / float64(win)
+			} else {
+				u.WorkerCores += float64(h.busy) / float64(win)
+			}
 			if v := float64(h.txBusy) / float64(win); v > u.Link {
 				u.Link, u.BusiestLink = v, h.name+" tx"
 			}

@@ -860,5 +860,10 @@ func TestServeBenchCPURun(t *testing.T) {
 		if !ok || pred < 0.67*cluster || pred > 1.5*cluster {
 			t.Errorf("%s, %d clients: core ms a token %.2f predicted, %.2f measured (%v)", c.Row.Config, c.Row.Clients, pred, cluster, ok)
 		}
+		// The roles' core time is the shared pool's, split by host.
+		u := c.Predicted.Util
+		if u.FrontendCores <= 0 || u.WorkerCores <= u.FrontendCores || math.Abs(u.FrontendCores+u.WorkerCores-c.Cores) > 1e-6*c.Cores {
+			t.Errorf("%s, %d clients: front end %.4f + workers %.4f cores, the pool %.4f", c.Row.Config, c.Row.Clients, u.FrontendCores, u.WorkerCores, c.Cores)
+		}
 	}
 }
