@@ -107,7 +107,7 @@ if [ "$(id -u)" -eq 0 ]; then
 	# within 15%; a run that started on a busy machine (load >= 3 after
 	# waiting up to 2 minutes for it to drop) is reported, not judged
 	# (JUDGE_UNJUDGED_OK). Serving's check (scripts/simulate-validate-serve.sh,
-	# 9 minutes a run) is not a stage: 5 of 6 fresh runs passed on the Zen 5
+	# 9 minutes a run) is not a stage: 5 of 7 fresh runs passed on the Zen 5
 	# VM on their own, and all 3 attempts failed as this stage on a clean
 	# clone's CI run (2026-12-07 14:13-14:40 UTC; docs/scale/serving.md).
 	sim_run=$(mktemp --suffix=.collectives.txt)
