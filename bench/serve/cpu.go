@@ -16,9 +16,6 @@ import (
 // says how much of the machine went elsewhere and how much core time a
 // generated token took.
 
-// cpuRoles are the roles a process is counted under, in print order.
-var cpuRoles = []string{"frontend", "workers", "coordinator", "client"}
-
 // procRole names a process's role from its command line (NUL-separated
 // arguments, as /proc/PID/cmdline holds them), "" for none: the front
 // end is `switchyard serve`, a worker `switchyard worker` (or

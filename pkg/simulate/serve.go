@@ -2124,7 +2124,8 @@ type ServeBenchRow struct {
 	// configuration started); nil if none.
 	Link *Calibration
 	// CPU is where the window's CPU went (bench/serve's "cores:" line,
-	// since 2026-12-07 20:00 UTC); nil in older files.
+	// since 2026-12-07: bench/results/serve-4hosts-zen5-routed-7.txt the
+	// first); nil in older files.
 	CPU *ServeBenchCPU
 }
 

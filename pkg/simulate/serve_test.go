@@ -867,3 +867,40 @@ func TestServeBenchCPURun(t *testing.T) {
 		}
 	}
 }
+
+// FuzzReadServeBench: any input parses or fails with an error (never a
+// panic); what parses has its header, rows, and non-negative CPU splits,
+// and averages over its windows.
+func FuzzReadServeBench(f *testing.F) {
+	raw, err := os.ReadFile("../../bench/results/serve-4hosts-zen5-routed-7.txt")
+	if err != nil {
+		f.Fatal(err)
+	}
+	lines := strings.Split(string(raw), "\n")
+	f.Add(strings.Join(lines[:min(len(lines), 30)], "\n"))
+	f.Add("# cpu: X, 2 cores\n# model: mixtral-style, 2 layers, hidden 64, 4 experts top-2, expert intermediate 128, vocab 32, bf16\n" +
+		"netns 4 hosts 1gbit, 1 thread each, 16 client(s): 16 clients, 20.0 s: 3 completions ok, 0 failed, 0 wrong; 10 tokens, 5.00 tokens/s; TTFT p50/p90/p99 1/2/3 ms (3 requests); ITL 1.0/2.0/3.0 ms; CPU busy 50%\n" +
+		"netns 4 hosts 1gbit, 1 thread each, 16 client(s): cores: front end 0.2, workers 1.4, coordinator 0.02, client 0.01, other 0.1; machine user 1.5 system 0.2 irq 0.03 steal 0 of 2\n")
+	f.Add("netns 4 hosts 1gbit, 16 client(s): cores: front end 1e9, workers ., coordinator 0, client 0, other 0; machine user 0 system 0 irq 0 steal 0 of 2\n")
+	f.Fuzz(func(t *testing.T, in string) {
+		b, err := ReadServeBench(strings.NewReader(in))
+		if err != nil {
+			return
+		}
+		if b.Cores <= 0 || b.Model.Layers <= 0 || len(b.Rows) == 0 {
+			t.Fatalf("parsed without a header or rows: cores %d, layers %d, %d rows", b.Cores, b.Model.Layers, len(b.Rows))
+		}
+		for _, r := range b.Rows {
+			if c := r.CPU; c != nil {
+				for _, v := range []float64{c.Frontend, c.Workers, c.Coordinator, c.Client, c.Other, c.User, c.System, c.IRQ, c.Steal} {
+					if v < 0 || math.IsNaN(v) {
+						t.Fatalf("%s: CPU split %+v", r.Config, *c)
+					}
+				}
+			}
+		}
+		if m := MeanWindows(b.Rows); len(m) > len(b.Rows) {
+			t.Fatalf("%d means of %d rows", len(m), len(b.Rows))
+		}
+	})
+}
