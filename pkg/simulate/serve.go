@@ -1327,9 +1327,10 @@ func (s *serveSim) frontCompute(f int) {
 	h := &s.hosts[f]
 	end := s.computeTask(h, s.now, s.feThreads, d)
 	if s.measuring {
-		h.cores.compute += d * time.Duration(min(s.feThreads, len(h.cores.free)))
+		core := d * time.Duration(min(s.feThreads, len(h.cores.free)))
+		h.cores.compute += core
 		h.compute += d
-		h.busy += d * time.Duration(min(s.feThreads, len(h.cores.free)))
+		h.busy += core
 	}
 	if s.measuredStep(st) {
 		st.fe += end - s.now
@@ -1657,9 +1658,10 @@ func (s *serveSim) batch(w int) {
 	h := &s.hosts[s.F+w]
 	end := s.computeTask(h, s.now, n, d)
 	if s.measuring {
-		h.cores.compute += d * time.Duration(n)
+		core := d * time.Duration(n)
+		h.cores.compute += core
 		h.compute += d
-		h.busy += d * time.Duration(n)
+		h.busy += core
 		ws.gemm += end - s.now
 		if s.bwBound {
 			ws.gemmBW += end - s.now
