@@ -13,7 +13,9 @@
 #
 #   in-process    serve --workers 0 (experts in the front end's process);
 #                 with the netns configurations, again after them
-#                 ("in-process, again"; BENCH_SERVE_INPROCESS_AGAIN=0 skips)
+#                 ("in-process, again"; BENCH_SERVE_INPROCESS_AGAIN=0 skips);
+#                 with BENCH_SERVE_INPROCESS_1THREAD=1 also with GOMAXPROCS=1
+#                 ("in-process, 1 thread each")
 #   2 workers     serve --workers 2 (local worker processes, loopback gRPC)
 #   2 workers, overlap  the same with --overlap (two-micro-batch overlap)
 #   4 workers     serve --workers 4
@@ -191,12 +193,16 @@ run_netns() {
 	# front end's and the workers' environments (simulate calibrate
 	# --peer; the serving model charges it where hosts share cores), and
 	# one expert of the model's shape timed by rows on one thread
-	# (--expert: the serving model's expert cost by rows).
+	# (--expert: the serving model's expert cost by rows); with
+	# BENCH_SERVE_SHARE_PROCS=N (the one-thread sets: N = the workers),
+	# N one-thread processes computing that expert side by side, each
+	# woken by a message (--share-procs: what the shared cores add to a
+	# worker's products and wakes).
 	nsrun h1 env ${BENCH_SERVE_WORKER_ENV:-} "$work/switchyard" simulate calibrate --serve-link "$($net ip h1):7071" >/dev/null 2>&1 &
 	local lpid=$!
 	sleep 0.5
 	if nsrun h0 env ${BENCH_SERVE_FRONTEND_ENV:-} "$work/switchyard" simulate calibrate --quick --peer "$($net ip h1):7071" \
-		--expert 1024x2816 --out "$work/cal-$rate.json" >"$work/cal-$rate.log" 2>&1; then
+		--expert 1024x2816 ${BENCH_SERVE_SHARE_PROCS:+--share-procs "$BENCH_SERVE_SHARE_PROCS"} --out "$work/cal-$rate.json" >"$work/cal-$rate.log" 2>&1; then
 		log "calibration: $(python3 -c 'import json,sys; print(json.dumps(json.load(open(sys.argv[1])), separators=(",", ":")))' "$work/cal-$rate.json")"
 	else
 		log "# link calibration failed: $(tail -n 1 "$work/cal-$rate.log")"
@@ -233,7 +239,16 @@ run_netns() {
 }
 
 want() { [ -z "$only" ] || case ",$only," in *",$1,"*) true ;; *) false ;; esac; }
-if want in-process; then run_local "in-process" 0; fi
+if want in-process; then
+	run_local "in-process" 0
+	# BENCH_SERVE_INPROCESS_1THREAD=1: the same with GOMAXPROCS=1, the
+	# front end's own compute on the one thread a one-thread emulated
+	# host's front end has (the serving model's attention points at one
+	# thread: simulate.ServeBenchCalibration).
+	if [ "${BENCH_SERVE_INPROCESS_1THREAD:-0}" = 1 ]; then
+		GOMAXPROCS=1 run_local "in-process, 1 thread each" 0
+	fi
+fi
 if want workers; then
 	run_local "2 local workers" 2
 	run_local "2 local workers, overlap" 2 --overlap
@@ -261,7 +276,7 @@ if want netns; then
 			# The same with the front end one Go thread too: every emulated
 			# host a process of one thread.
 			for rate in ${BENCH_SERVE_RATES:-1gbit 10gbit}; do
-				SWITCHYARD_SPIN=0 BENCH_SERVE_WORKER_ENV=GOMAXPROCS=1 BENCH_SERVE_FRONTEND_ENV=GOMAXPROCS=1 run_netns "$rate" 4 ", 1 thread each"
+				BENCH_SERVE_SHARE_PROCS=4 SWITCHYARD_SPIN=0 BENCH_SERVE_WORKER_ENV=GOMAXPROCS=1 BENCH_SERVE_FRONTEND_ENV=GOMAXPROCS=1 run_netns "$rate" 4 ", 1 thread each"
 			done
 			;;
 		esac

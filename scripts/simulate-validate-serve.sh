@@ -31,7 +31,7 @@ cd "$(dirname "$0")/.."
 out=$(realpath -m "${1:-$(mktemp --suffix=.serve.txt)}")
 . scripts/lib/judge.sh
 run() {
-	BENCH_SERVE_OUT=$out BENCH_SERVE_WINDOWS=2 BENCH_SERVE_NETNS=4hosts1thread BENCH_SERVE_QUIET_WAIT=${BENCH_WAIT:-120} \
+	BENCH_SERVE_OUT=$out BENCH_SERVE_INPROCESS_1THREAD=1 BENCH_SERVE_WINDOWS=2 BENCH_SERVE_NETNS=4hosts1thread BENCH_SERVE_QUIET_WAIT=${BENCH_WAIT:-120} \
 		scripts/bench-serve.sh --only in-process,netns >/dev/null
 }
 judge_attempts simulate-validate-serve "${ATTEMPTS:-1}" run TestPredictLiveServe SWITCHYARD_SERVE_RUN "$out" "a failed request, or a start on a busy machine"

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"os/signal"
 	"strconv"
 	"strings"
@@ -32,6 +33,8 @@ func simulateCalibrateCmd() *cobra.Command {
 		trainBatch, trainSeq int
 		trainTime            time.Duration
 		expertShape          string
+		shareProcs           int
+		shareChild           string
 	)
 	cmd := &cobra.Command{
 		Use:   "calibrate",
@@ -52,7 +55,11 @@ which the training model scales its products to where the shape, tokens
 and threads match. With --expert it also times one routed expert of that
 shape (bf16 weights streamed from memory) over 1 to 32 rows on one thread,
 which the serving model takes an expert's cost by rows from (about 2 s
-more). About 30-60 s (--quick: about 3 s, fewer points). Keep the machine
+more); with --share-procs N as well, it runs N one-thread processes side by
+side, each woken over loopback TCP to compute a few products of that expert,
+and measures what sharing the cores adds to a product's core time and what
+a wake from idle adds to a message's (the serving model's shared pool
+charges both). About 30-60 s (--quick: about 3 s, fewer points). Keep the machine
 otherwise idle.`,
 		Example: `  switchyard simulate calibrate --out bench/results/calibration-amd.json
   switchyard simulate calibrate --quick
@@ -74,6 +81,9 @@ otherwise idle.`,
 				return simcal.ServeLink(ctx, lis)
 			}
 			opts := simcal.Options{Quick: quick, Peer: peer, TrainModel: trainModel, TrainBatch: trainBatch, TrainSeqLen: trainSeq, TrainTime: trainTime}
+			if shareChild != "" && expertShape == "" {
+				return fmt.Errorf("--share-child needs --expert")
+			}
 			if expertShape != "" {
 				h, f, ok := strings.Cut(expertShape, "x")
 				hi, err1 := strconv.Atoi(h)
@@ -82,6 +92,24 @@ otherwise idle.`,
 					return fmt.Errorf("--expert %q: want HIDDENxINTER, e.g. 1024x2816", expertShape)
 				}
 				opts.ExpertShape = [2]int{hi, fi}
+				if shareChild != "" {
+					return simcal.ShareChild(shareChild, hi, fi)
+				}
+				if shareProcs > 0 {
+					if shareProcs < 2 {
+						return fmt.Errorf("--share-procs %d: want 2 or more", shareProcs)
+					}
+					exe, err := os.Executable()
+					if err != nil {
+						return err
+					}
+					opts.ShareProcs = shareProcs
+					opts.ShareCommand = func(addr string) *exec.Cmd {
+						return exec.Command(exe, "simulate", "calibrate", "--share-child", addr, "--expert", expertShape)
+					}
+				}
+			} else if shareProcs > 0 {
+				return fmt.Errorf("--share-procs needs --expert")
 			}
 			if verbose {
 				opts.Log = cmd.ErrOrStderr()
@@ -113,6 +141,9 @@ otherwise idle.`,
 	f.StringVar(&serveLink, "serve-link", "", "answer another host's --peer link measurement on this address until interrupted")
 	f.StringVar(&trainModel, "train-model", "", "also profile one rank's training step of this model folder in one process (the training model's compute where shape, tokens and threads match)")
 	f.StringVar(&expertShape, "expert", "", "also time one routed expert of bf16 weights of this shape (HIDDENxINTER, e.g. 1024x2816) over 1 to 32 rows on one thread (the serving model's expert cost by rows)")
+	f.IntVar(&shareProcs, "share-procs", 0, "with --expert, also measure this many one-thread processes sharing the cores, each woken to compute products of that expert (the serving model's cost of sharing; about 10 s)")
+	f.StringVar(&shareChild, "share-child", "", "run as a --share-procs child reporting to this address (internal)")
+	f.MarkHidden("share-child")
 	f.IntVar(&trainBatch, "train-batch", 1, "sequences per rank of the --train-model profile")
 	f.IntVar(&trainSeq, "train-seq-len", 128, "tokens per sequence of the --train-model profile")
 	f.DurationVar(&trainTime, "train-profile-time", 0, "time the --train-model profile's steps for this long (0: 2s, 500ms with --quick)")
@@ -138,6 +169,10 @@ func printCalibration(w io.Writer, c *simulate.Calibration) error {
 	}
 	fmt.Fprintf(w, "expert exchange round trip (loopback, 1 row): %v; per message and side %v (%v of core time); payload %.2f GB/s per side\n",
 		c.ExchangeRTT.Round(time.Microsecond), c.MsgCPU.Round(100*time.Nanosecond), c.MsgCPUWork.Round(100*time.Nanosecond), c.MsgBytesPerS/1e9)
+	if c.ShareProcs > 0 {
+		fmt.Fprintf(w, "sharing the cores among %d one-thread processes: a product of %d rows %v of core time; a wake from idle %v\n",
+			c.ShareProcs, c.ShareRows, c.ShareProduct.Round(time.Microsecond), c.WakeWork.Round(time.Microsecond))
+	}
 	for _, p := range c.Train {
 		fmt.Fprintf(w, "training step of %s (%d tokens in sequences of %d, %d threads, one process): %v; dense forward %v, backward %v; experts %v, %v; optimizer %v; %v of core time\n",
 			p.Model, p.TokensPerRank, p.SeqLen, p.Threads, p.Step.Round(time.Microsecond), p.Forward.Round(time.Microsecond), p.Backward.Round(time.Microsecond),

@@ -22,6 +22,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"os/exec"
 	"runtime"
 	"slices"
 	"strings"
@@ -64,6 +65,13 @@ type Options struct {
 	// thread into Calibration.Expert (the serving model's expert cost by
 	// rows).
 	ExpertShape [2]int
+	// ShareProcs, if 2 or more (with ExpertShape and ShareCommand),
+	// measures that many one-thread processes sharing the cores
+	// (MeasureSharing: each woken to compute products of that expert)
+	// into Calibration.ShareProduct and WakeWork. ShareCommand returns the
+	// command that runs ShareChild (see ShareOptions.Command).
+	ShareProcs   int
+	ShareCommand func(addr string) *exec.Cmd
 }
 
 // ExpertRows are the rows Calibrate times an expert over (ExpertShape):
@@ -148,6 +156,16 @@ func Calibrate(ctx context.Context, o Options) (*simulate.Calibration, error) {
 		for _, p := range c.Expert {
 			logf("expert %d x %d bf16 (expert.FFN.Forward), %2d rows, 1 thread: %.3f ms", h, f, p.Rows, p.Seconds*1e3)
 		}
+	}
+	if h, f := o.ExpertShape[0], o.ExpertShape[1]; h > 0 && f > 0 && o.ShareProcs >= 2 && o.ShareCommand != nil {
+		sh, err := MeasureSharing(ctx, ShareOptions{Procs: o.ShareProcs, Hidden: h, Inter: f, Command: o.ShareCommand})
+		if err != nil {
+			return nil, err
+		}
+		c.ShareProcs, c.ShareRows, c.ShareProduct, c.WakeWork = sh.Procs, sh.Rows, sh.Shared, sh.WakeWork()
+		logf("sharing: %d one-thread processes on %d cores, %d products of %d rows a wake, %v apart: a product %.3f ms of core time (%.3f with %d processes busy), x%.3f; a wake %.3f ms of core time beyond its products after the gap, %.3f back to back",
+			sh.Procs, sh.Cores, sh.Products, sh.Rows, sh.Gap, sh.Shared.Seconds()*1e3, sh.Product.Seconds()*1e3, min(sh.Cores, sh.Procs), sh.Factor(),
+			sh.WakeIdle.Seconds()*1e3, sh.WakeBusy.Seconds()*1e3)
 	}
 	ex, err := measureExchange(ctx, o.Quick)
 	if err != nil {
@@ -310,19 +328,8 @@ func gemmFLOPS(m, k, n int, dtype string, threads int, target time.Duration) flo
 // (expertCurveBytes of weights) that they stream from memory as a
 // worker's do.
 func expertCurve(hidden, inter int, target time.Duration) []simulate.ExpertPoint {
-	r := rand.New(rand.NewPCG(uint64(hidden), uint64(inter)))
-	bf16 := func(rows, cols int) tensor.Mat {
-		w := make([]uint16, rows*cols)
-		tensor.F32ToBF16(w, randF32(r, rows*cols))
-		return tensor.Mat{Rows: rows, Cols: cols, BF16: w}
-	}
-	per := 3 * hidden * inter * 2
-	ffns := make([]*expert.FFN, max(4, (expertCurveBytes+per-1)/per))
-	ffns[0] = &expert.FFN{Gate: bf16(inter, hidden), Up: bf16(inter, hidden), Down: bf16(hidden, inter)}
-	for i := 1; i < len(ffns); i++ { // copies: the weights' values do not change the time
-		cp := func(m tensor.Mat) tensor.Mat { m.BF16 = slices.Clone(m.BF16); return m }
-		ffns[i] = &expert.FFN{Gate: cp(ffns[0].Gate), Up: cp(ffns[0].Up), Down: cp(ffns[0].Down)}
-	}
+	ffns := curveExperts(hidden, inter)
+	r := rand.New(rand.NewPCG(uint64(hidden)+1, uint64(inter)))
 	maxRows := slices.Max(ExpertRows)
 	x, y, h := randF32(r, maxRows*hidden), make([]float32, maxRows*hidden), make([]float32, 2*maxRows*inter)
 	var out []simulate.ExpertPoint

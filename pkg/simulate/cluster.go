@@ -239,6 +239,24 @@ type Calibration struct {
 	// switch from the skinny kernels to packed panels), where the GEMM
 	// point of 3 rows scaled to 12 would say 4.4.
 	Expert []ExpertPoint `json:"expert,omitempty"`
+	// ShareProduct is a routed expert's product of ShareRows rows (the
+	// Expert curve's shape) measured as a worker of a shared machine
+	// computes it: in one of ShareProcs one-thread processes side by
+	// side, each woken by a message to compute a few products
+	// (internal/simcal.MeasureSharing: real processes, the real kernel,
+	// loopback sockets; `simulate calibrate --expert HxF --share-procs
+	// N`), its process's core time; WakeWork the core time a wake from
+	// idle adds to a message's handling (the Go runtime's and the
+	// kernel's part). The serving model's serial pool
+	// (ServeConfig.SharedCores, one thread a process) scales every
+	// process's compute (the workers' products, the front end's layers)
+	// by ShareProduct over its own cost of that product, and charges
+	// WakeWork to each message that finds its receiver idle. 0: not
+	// measured.
+	ShareProcs   int           `json:"share_procs,omitempty"`
+	ShareRows    int           `json:"share_rows,omitempty"`
+	ShareProduct time.Duration `json:"share_product_ns,omitempty"`
+	WakeWork     time.Duration `json:"wake_work_ns,omitempty"`
 }
 
 // ExpertPoint is one routed expert (Hidden x Inter weights of DType) over

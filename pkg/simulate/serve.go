@@ -688,6 +688,13 @@ type ServeConfig struct {
 	// SharedCores > 0 puts every host on one pool of that many cores (the
 	// emulated cluster of network namespaces on one machine).
 	SharedCores int
+	// StealCores is the part of SharedCores a hypervisor takes from the
+	// pool (a VM's steal time, in cores: /proc/stat's steal over the
+	// window): every task on the pool then runs SharedCores /
+	// (SharedCores - StealCores) as long, its core time unchanged
+	// (steal is time the machine's vCPUs wanted a core and did not get
+	// one). 0: none.
+	StealCores float64
 	// FrontendThreads and WorkerThreads are the threads (GOMAXPROCS) of a
 	// front end's and a worker's compute (0: the host's cores, or
 	// SharedCores).
@@ -1065,8 +1072,19 @@ type serveSim struct {
 	// the time-shared message timeline (corePool.message).
 	serial bool
 	// wake is what a message waits, in the serial model, when its
-	// receiver's thread is idle (asleep) as it arrives (Calibration.Wake).
-	wake      time.Duration
+	// receiver's thread is idle (asleep) as it arrives (Calibration.Wake),
+	// wakeWork the core time that wake adds (Calibration.WakeWork).
+	wake, wakeWork time.Duration
+	// stolen stretches every task on a shared pool: SharedCores /
+	// (SharedCores - StealCores) (1: no steal).
+	stolen float64
+	// shareX scales every compute task in the serial model (the
+	// workers' batches and the front end's layers): a product on cores
+	// shared by more one-thread processes than cores, each woken to
+	// compute, over the same product in the cost model
+	// (Calibration.ShareProduct at ShareRows rows over serveCost.expert
+	// at those rows); 0: not measured.
+	shareX    float64
 	hosts     []serveHost
 	fe        []serveFE
 	w         []serveWorker
@@ -1198,8 +1216,21 @@ func newServeSim(cfg ServeConfig, cal *Calibration) (*serveSim, error) {
 		s.wThreads = cfg.WorkerThreads
 	}
 	s.serial = cfg.SharedCores > 0 && s.feThreads == 1 && s.wThreads == 1
+	s.stolen = 1
+	if cfg.SharedCores > 0 && cfg.StealCores > 0 {
+		s.stolen = float64(cfg.SharedCores) / (float64(cfg.SharedCores) - min(cfg.StealCores, 0.9*float64(cfg.SharedCores)))
+	}
 	if s.serial {
-		s.wake = cal.Wake()
+		s.wake, s.wakeWork = cal.Wake(), cal.WakeWork
+		if cal.ShareProduct > 0 && cal.ShareRows > 0 {
+			ref, err := s.cost.expert(cal.ShareRows, 1)
+			if err != nil {
+				return nil, err
+			}
+			if ref > 0 {
+				s.shareX = cal.ShareProduct.Seconds() / ref.Seconds()
+			}
+		}
 	}
 	var shared *corePool
 	if cfg.SharedCores > 0 {
@@ -1324,6 +1355,7 @@ func (s *serveSim) frontCompute(f int) {
 		s.fail(err)
 		return
 	}
+	d = s.shared(d)
 	h := &s.hosts[f]
 	end := s.computeTask(h, s.now, s.feThreads, d)
 	if s.measuring {
@@ -1367,9 +1399,29 @@ func (s *serveSim) endStep(f int) {
 	}
 }
 
-// computeTask runs a compute task of h's (see corePool.computeTask); in
-// the serial model, after whatever its thread is doing.
+// shared is a compute task of d as a one-thread process sharing the
+// cores computes it: d x shareX in the serial model where the sharing
+// was measured, else d.
+func (s *serveSim) shared(d time.Duration) time.Duration {
+	if s.shareX <= 0 {
+		return d
+	}
+	return time.Duration(float64(d) * s.shareX)
+}
+
+// steal is d on a pool the hypervisor takes StealCores of: d x stolen.
+func (s *serveSim) steal(d time.Duration) time.Duration {
+	if s.stolen == 1 {
+		return d
+	}
+	return time.Duration(float64(d) * s.stolen)
+}
+
+// computeTask runs a compute task of h's (see corePool.computeTask),
+// stretched by the pool's steal; in the serial model, after whatever its
+// thread is doing.
 func (s *serveSim) computeTask(h *serveHost, t time.Duration, n int, d time.Duration) time.Duration {
+	d = s.steal(d)
 	if !s.serial {
 		return h.cores.computeTask(t, n, d)
 	}
@@ -1378,8 +1430,9 @@ func (s *serveSim) computeTask(h *serveHost, t time.Duration, n int, d time.Dura
 	return end
 }
 
-// message runs a message side of h's of latency d and core time work
-// ready at t (recv: h receives it), and returns when it ends: on the
+// message runs a message side of h's of latency d (stretched by the
+// pool's steal) and core time work ready at t (recv: h receives it), and
+// returns when it ends: on the
 // pool's message timeline (corePool.message), or in the serial model on
 // h's thread and a core of the pool, after s.wake if it finds h's thread
 // idle, the rest of its core time (the kernel's part) a debt of the
@@ -1390,6 +1443,7 @@ func (s *serveSim) computeTask(h *serveHost, t time.Duration, n int, d time.Dura
 // cores+1 runnable threads on the cores, and the products it runs beside
 // pay its core time (the pool's debt).
 func (s *serveSim) message(h *serveHost, t, d, work time.Duration, recv bool) time.Duration {
+	d = s.steal(d)
 	if !s.serial {
 		return h.cores.message(t, d, work)
 	}
@@ -1600,6 +1654,9 @@ func (s *serveSim) rx(m *serveMsg) {
 func (s *serveSim) rxCPU(m *serveMsg) {
 	_, dst := s.ends(m)
 	full, work := s.msgCost(m.bytes), s.msgWork(m.bytes)
+	if s.serial && dst.thread < s.now {
+		work += s.wakeWork // it wakes dst's idle thread (s.message adds s.wake)
+	}
 	end := s.message(dst, s.now, full, work, true)
 	done := max(end, m.got+s.msgCost(min(m.bytes, serveChunkBytes)))
 	m.path[catSoftware] += done - m.got
@@ -1750,6 +1807,7 @@ func (s *serveSim) batchTime(jobs []*serveMsg) (time.Duration, int, error) {
 			t += d
 		}
 	}
+	t = s.shared(t)
 	s.bwBound = false
 	if bw := s.cost.bw(th); bw > 0 {
 		floor := rateBytes(int64(n)*s.m.ExpertBytes(), bw)
@@ -2386,7 +2444,9 @@ func (c ServeCheck) ExchangeErr() float64 {
 // (scripts/netns/cluster.sh: max(rate/250, 64 KiB)) and half the measured
 // round trip each way, one copy of each expert (the coordinator's
 // default), requests of ServeBenchPrompt + ServeBenchOutput tokens, Batch
-// = clients, uniform routing (the synthetic model's random router).
+// = clients, uniform routing (the synthetic model's random router), and
+// the pool short of the hypervisor's steal the row's windows recorded
+// (StealCores: ServeBenchRow.CPU).
 func ServeBenchConfig(b *ServeBench, row ServeBenchRow) (ServeConfig, error) {
 	if !row.Netns {
 		return ServeConfig{}, fmt.Errorf("serve bench: %q is not an emulated cluster", row.Config)
@@ -2401,6 +2461,9 @@ func ServeBenchConfig(b *ServeBench, row ServeBenchRow) (ServeConfig, error) {
 	}
 	if row.OneThreadEach {
 		cfg.FrontendThreads = 1
+	}
+	if row.CPU != nil {
+		cfg.StealCores = row.CPU.Steal // the cores the run's machine had
 	}
 	if b.Routing != nil {
 		pop, err := b.Routing.Popularity(b.Model)
@@ -2449,7 +2512,8 @@ func touchedBy(counts []int) float64 {
 // withLink is cal with the link measurements of link (the row's own
 // calibration: LinkRate, LinkRTT, LinkMsgCPU, LinkByteCPU,
 // LinkExchangeRTT, LinkIdleExchangeRTT), or cal itself when link measured
-// none.
+// none. (Its sharing is not the row's own: ServeBenchCalibration takes
+// the mean of the file's.)
 func withLink(cal, link *Calibration) *Calibration {
 	if link == nil || link.LinkMsgCPU <= 0 {
 		return cal
@@ -2516,10 +2580,13 @@ func MeanWindows(rows []ServeBenchRow) []ServeBenchRow {
 // inProcessMeans returns, for each client count in rows' order, the mean
 // of every in-process window with its split known, of every in-process
 // configuration ("in-process" and "in-process, again": bench-serve.sh
-// measures them before and after the emulated hosts).
-func inProcessMeans(rows []ServeBenchRow) []ServeBenchRow {
-	return meanRows(rows, func(r ServeBenchRow) bool { return !r.Netns && r.Workers == 0 && r.Experts > 0 },
-		func(r ServeBenchRow) string { return strconv.Itoa(r.Clients) })
+// measures them before and after the emulated hosts), of the rows run
+// with GOMAXPROCS=1 ("in-process, 1 thread each") if oneThread, else of
+// the others.
+func inProcessMeans(rows []ServeBenchRow, oneThread bool) []ServeBenchRow {
+	return meanRows(rows, func(r ServeBenchRow) bool {
+		return !r.Netns && r.Workers == 0 && r.Experts > 0 && r.OneThreadEach == oneThread
+	}, func(r ServeBenchRow) string { return strconv.Itoa(r.Clients) })
 }
 
 // meanRows averages the rows keep accepts by key (see MeanWindows). A
@@ -2591,11 +2658,13 @@ func meanRows(rows []ServeBenchRow, keep func(ServeBenchRow) bool, key func(Serv
 // ServeBenchCalibration is AssumedCalibration corrected with what b's
 // in-process rows (the model run in the front end's process, no
 // exchange) say about this machine's expert compute:
+//
 //   - MemBandwidth from the 1-client row: the expert weights a token
 //     streams (per MoE layer, the 4 experts of a decode step, and every
 //     ServeBenchOutput tokens the experts a ServeBenchPrompt-token prompt
 //     touches: E(1 - (1 - K/E)^P) of them) over its experts time, per
 //     core;
+//
 //   - a GEMM point at the rows per expert of the 16-client row (its rows
 //     per MoE layer, 16 x 4 plus the prompts', over the experts they
 //     touch): the experts time per layer x cores / experts, as one
@@ -2603,18 +2672,26 @@ func meanRows(rows []ServeBenchRow, keep func(ServeBenchRow) bool, key func(Serv
 //     every power of two rows to 256 in place of AssumedCalibration's
 //     points of the expert's shape, so that an expert of any rows takes
 //     it;
+//
 //   - GEMM points at the attention's shape (Hidden x Hidden) from both
 //     rows' attention time: the projections' products (1 row for the
 //     1-client row, prompts ignored; the tokens of a step for the
 //     16-client row) over the attention time per layer, per core. They
 //     stand for all of the front end's attention (norms, RoPE, the
 //     attention over the cache), which the model otherwise counts as
-//     its products alone;
+//     its products alone. Where b also has in-process rows run on one
+//     thread (bench-serve.sh's "in-process, 1 thread each"), those give
+//     one-thread points and the others points at b.Cores threads (not
+//     per core);
+//
 //   - where b recorded an expert timed by rows (ServeBench.Expert), that
 //     curve as Calibration.Expert, scaled so that the experts a 16-client
 //     step touches take the 16-client row's experts time per layer x
 //     cores (the serving model then takes an expert's cost from it, not
 //     from the GEMM point above).
+//
+//   - where b's calibrations measured the sharing (`calibrate
+//     --share-procs`: ShareProduct, WakeWork), their mean.
 //
 // The experts a step touches, and so the rows per expert, follow b's
 // recorded routing where it has one (ServeBench.Routing, drawn as
@@ -2649,12 +2726,66 @@ func ServeBenchCalibration(b *ServeBench) *Calibration {
 	for _, x := range m.attnMatrices() {
 		attn += float64(x.params())
 	}
+	// The attention points: with rows run on one thread as well
+	// ("in-process, 1 thread each"), each set at its own threads (a
+	// one-thread front end takes the one-thread points: GEMMTime's
+	// nearest thread count); else the rows' throughput per core, as if
+	// the attention scaled linearly with threads (on a Zen 5 VM it
+	// scaled 1.4x from one thread to two, and a one-thread front end's
+	// attention was charged a quarter to a half too much).
+	oneThread := inProcessMeans(b.Rows, true)
 	attnPoint := func(row ServeBenchRow, tokens float64) {
 		perLayer := row.Attention.Seconds() * float64(row.Clients) / float64(m.Layers)
-		cal.GEMM = append(cal.GEMM, GEMMPoint{M: max(int(math.Round(tokens)), 1), K: m.Hidden, N: m.Hidden, DType: dt, Threads: 1,
-			FLOPS: 2 * attn * tokens / perLayer / float64(b.Cores)})
+		p := GEMMPoint{M: max(int(math.Round(tokens)), 1), K: m.Hidden, N: m.Hidden, DType: dt, Threads: 1,
+			FLOPS: 2 * attn * tokens / perLayer / float64(b.Cores)}
+		if row.OneThreadEach {
+			p.FLOPS = 2 * attn * tokens / perLayer
+		} else if len(oneThread) > 0 {
+			p.Threads, p.FLOPS = b.Cores, p.FLOPS*float64(b.Cores)
+		}
+		cal.GEMM = append(cal.GEMM, p)
 	}
-	for _, row := range inProcessMeans(b.Rows) {
+	for _, row := range oneThread {
+		if row.Attention <= 0 || row.Clients != 1 && row.Clients != 16 {
+			continue
+		}
+		B := float64(row.Clients)
+		prompts := B / O
+		tokens := B - prompts + prompts*P
+		if row.Clients == 1 {
+			tokens = 1
+		}
+		attnPoint(row, tokens)
+		cal.CPU += fmt.Sprintf("; a %d-row one-thread attention point from serve.txt's in-process one-thread %d-client row", max(int(math.Round(tokens)), 1), row.Clients)
+	}
+	// The sharing (Calibration.ShareProduct, WakeWork): the mean of
+	// every calibration in b that measured it, over the mean expert
+	// curve (b.Expert, itself the mean of the same calibrations), as the
+	// in-process rows' mean stands for the machine: the expert of 3
+	// rows took 1.36 ms in one calibration and 2.04 in the next, 6
+	// minutes apart, on an AVX2 EPYC VM, its shared product 1.75 and
+	// 2.07 (x1.29, x1.02; x1.15 over the two).
+	seen := map[*Calibration]bool{}
+	var share, wake time.Duration
+	var nShare int
+	for _, row := range b.Rows {
+		l := row.Link
+		if l == nil || seen[l] || l.ShareProduct <= 0 || l.ShareRows <= 0 {
+			continue
+		}
+		seen[l] = true
+		if cal.ShareRows != 0 && l.ShareRows != cal.ShareRows {
+			continue // another product: not averaged with the first
+		}
+		cal.ShareProcs, cal.ShareRows = l.ShareProcs, l.ShareRows
+		share += l.ShareProduct
+		wake += l.WakeWork
+		nShare++
+	}
+	if nShare > 0 {
+		cal.ShareProduct, cal.WakeWork = share/time.Duration(nShare), wake/time.Duration(nShare)
+	}
+	for _, row := range inProcessMeans(b.Rows, false) {
 		switch row.Clients {
 		case 1:
 			perToken := ((O-1)*K + touched(P)) / O // experts a token streams per MoE layer

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -438,7 +440,7 @@ func TestServeBenchLegacyExpert(t *testing.T) {
 	// the experts a step touches at their mean rows (uniform routing, as
 	// ServeBenchCalibration takes it for a file without routing).
 	var row16 *ServeBenchRow
-	for _, r := range inProcessMeans(b.Rows) {
+	for _, r := range inProcessMeans(b.Rows, false) {
 		if r.Clients == 16 {
 			row16 = &r
 		}
@@ -591,7 +593,7 @@ func TestServeBenchCalibrationMeanWindows(t *testing.T) {
 	if len(in) == 0 {
 		t.Fatalf("no in-process rows in %s", serve4HostsFile)
 	}
-	in = inProcessMeans(in) // one row a client count
+	in = inProcessMeans(in, false) // one row a client count
 	slow := make([]ServeBenchRow, len(in))
 	mid := make([]ServeBenchRow, len(in))
 	for i, r := range in {
@@ -903,4 +905,197 @@ func FuzzReadServeBench(f *testing.F) {
 			t.Fatalf("%d means of %d rows", len(m), len(b.Rows))
 		}
 	})
+}
+
+// TestServeBenchOneThreadAttention: in-process rows run on one thread
+// ("in-process, 1 thread each") give the front end's attention points at
+// one thread, the other in-process rows points at the machine's cores; a
+// one-thread front end then takes the one-thread rows' attention time,
+// not the two-thread rows' as if the attention scaled linearly.
+func TestServeBenchOneThreadAttention(t *testing.T) {
+	raw, err := os.ReadFile("../../bench/results/serve-4hosts-zen5-routed-7.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The "again" rows once more under the one-thread name, their
+	// attention 1.4x (a scaling of 1.4x from one thread to two).
+	var extra []string
+	for _, l := range strings.Split(string(raw), "\n") {
+		if rest, ok := strings.CutPrefix(l, "in-process, again, "); ok {
+			if m := sbSplitRE.FindStringSubmatch(l); m != nil {
+				v, _ := strconv.ParseFloat(m[4], 64)
+				rest = strings.Replace(rest, "attention "+m[4], fmt.Sprintf("attention %.3f", 1.4*v), 1)
+			}
+			extra = append(extra, "in-process, 1 thread each, "+rest)
+		}
+	}
+	if len(extra) == 0 {
+		t.Fatal("no in-process rows")
+	}
+	plain := readServeBench(t, "../../bench/results/serve-4hosts-zen5-routed-7.txt")
+	b, err := ReadServeBench(strings.NewReader(string(raw) + "\n" + strings.Join(extra, "\n") + "\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var one int
+	for _, r := range b.Rows {
+		if strings.HasPrefix(r.Config, "in-process, 1 thread each") {
+			one++
+			if !r.OneThreadEach || r.Netns || r.Workers != 0 || r.Attention <= 0 {
+				t.Errorf("%s: %+v", r.Config, r)
+			}
+		}
+	}
+	if one != 4 { // 1 and 16 clients, two windows each
+		t.Fatalf("%d one-thread rows parsed, want 4", one)
+	}
+	two := inProcessMeans(b.Rows, false)
+	ones := inProcessMeans(b.Rows, true)
+	if len(two) != 2 || len(ones) != 2 {
+		t.Fatalf("means: %d two-thread, %d one-thread client counts", len(two), len(ones))
+	}
+	cal, calPlain := ServeBenchCalibration(b), ServeBenchCalibration(plain)
+	dt, h := "bf16", b.Model.Hidden
+	for i, tokens := range []int{1, 21} {
+		t1, err := cal.GEMMTime(tokens, h, h, dt, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t2, _ := cal.GEMMTime(tokens, h, h, dt, b.Cores)
+		p1, _ := calPlain.GEMMTime(tokens, h, h, dt, 1)
+		p2, _ := calPlain.GEMMTime(tokens, h, h, dt, b.Cores)
+		// The one-thread point over the two-thread one is the rows'
+		// attention ratio (the mean of both two-thread configurations
+		// against 1.4x the "again" rows').
+		want := ones[i].Attention.Seconds() / two[i].Attention.Seconds()
+		if got := t1.Seconds() / t2.Seconds(); math.Abs(got/want-1) > 0.01 {
+			t.Errorf("%d rows: one thread / %d threads = %.3f, want %.3f", tokens, b.Cores, got, want)
+		}
+		// The two-thread point is the file's without one-thread rows; a
+		// file without them scales it linearly to one thread.
+		if math.Abs(t2.Seconds()/p2.Seconds()-1) > 1e-6 || math.Abs(p1.Seconds()/p2.Seconds()-float64(b.Cores)) > 1e-4 {
+			t.Errorf("%d rows: %v at %d threads (%v without the one-thread rows), %v at one thread without them", tokens, t2, b.Cores, p2, p1)
+		}
+	}
+	// The one-thread emulated rows' front end is charged less.
+	withOne, err := PredictServeBench(b, cal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := PredictServeBench(plain, calPlain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range base {
+		fe := func(c ServeCheck) float64 { return c.Predicted.Util.FrontendCores / c.Predicted.TokensPerS }
+		if r := fe(withOne[i]) / fe(base[i]); r >= 0.95 || r < 0.5 {
+			t.Errorf("%s, %d clients: the front end's core time a token x%.3f with one-thread attention points", base[i].Row.Config, base[i].Row.Clients, r)
+		}
+	}
+}
+
+// TestServeSharing: a sharing calibration (Calibration.ShareProduct,
+// WakeWork) that agrees with the model's own cost of a product and
+// measures no wake changes nothing; products measured dearer make the
+// workers' and the front end's core time a token dearer by about as much
+// (their compute; not their messages) and the tokens/s lower; a wake's
+// core time is charged to the hosts.
+func TestServeSharing(t *testing.T) {
+	b := readServeBench(t, "../../bench/results/serve-4hosts-zen5-routed-7.txt")
+	cal := ServeBenchCalibration(b)
+	base, err := PredictServeBench(b, cal)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cost, err := newServeCost(b.Model, cal, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref3, err := cost.expert(3, 1) // the model's own product of 3 rows
+	if err != nil {
+		t.Fatal(err)
+	}
+	with := func(x float64, wake time.Duration) []ServeCheck {
+		t.Helper()
+		c := *b
+		c.Rows = slices.Clone(b.Rows)
+		for i, r := range c.Rows {
+			if r.Link == nil {
+				continue
+			}
+			l := *r.Link
+			l.ShareProcs, l.ShareRows, l.ShareProduct, l.WakeWork = 4, 3, time.Duration(x*float64(ref3)), wake
+			c.Rows[i].Link = &l
+		}
+		// The file's calibration, now with the sharing's mean.
+		cs := ServeBenchCalibration(&c)
+		if cs.ShareRows != 3 || cs.ShareProduct != time.Duration(x*float64(ref3)) || cs.WakeWork != wake {
+			t.Fatalf("the file's sharing: %d rows, %v, wake %v", cs.ShareRows, cs.ShareProduct, cs.WakeWork)
+		}
+		checks, err := PredictServeBench(&c, cs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return checks
+	}
+	same := with(1, 0)
+	dear := with(1.25, 0)
+	woken := with(1, 100*time.Microsecond)
+	worker := func(c ServeCheck) float64 { return c.Predicted.Util.WorkerCores / c.Predicted.TokensPerS }
+	fe := func(c ServeCheck) float64 { return c.Predicted.Util.FrontendCores / c.Predicted.TokensPerS }
+	for i, c := range base {
+		if r := fe(dear[i]) / fe(c); r < 1.10 || r > 1.25 {
+			t.Errorf("%s, %d clients: compute 25%% dearer made the front end's core time a token x%.3f", c.Row.Config, c.Row.Clients, r)
+		}
+		if d := math.Abs(same[i].Predicted.TokensPerS/c.Predicted.TokensPerS - 1); d > 0.002 {
+			t.Errorf("%s, %d clients: a sharing that agrees with the model moved tokens/s by %.2f%%", c.Row.Config, c.Row.Clients, 100*d)
+		}
+		if r := worker(dear[i]) / worker(c); r < 1.12 || r > 1.25 {
+			t.Errorf("%s, %d clients: products 25%% dearer made the workers' core time a token x%.3f", c.Row.Config, c.Row.Clients, r)
+		}
+		if dear[i].Predicted.TokensPerS >= c.Predicted.TokensPerS {
+			t.Errorf("%s, %d clients: products 25%% dearer: %.2f tokens/s, %.2f before", c.Row.Config, c.Row.Clients, dear[i].Predicted.TokensPerS, c.Predicted.TokensPerS)
+		}
+		if r := worker(woken[i]) / worker(c); r <= 1.001 {
+			t.Errorf("%s, %d clients: 100 us a wake left the workers' core time a token x%.4f", c.Row.Config, c.Row.Clients, r)
+		}
+	}
+}
+
+// TestServeSteal: a pool the hypervisor takes a tenth of (StealCores)
+// makes the core-bound 16-client rows about a tenth slower, each token's
+// core time about unchanged; a row's recorded steal reaches its config.
+func TestServeSteal(t *testing.T) {
+	b := readServeBench(t, "../../bench/results/serve-4hosts-zen5-routed-7.txt")
+	cal := ServeBenchCalibration(b)
+	for _, row := range MeanWindows(b.Rows) {
+		if !row.Netns || row.Clients != 16 {
+			continue
+		}
+		cfg, err := ServeBenchConfig(b, row)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if row.CPU == nil || cfg.StealCores != row.CPU.Steal {
+			t.Fatalf("%s: steal %v in the config, the row's CPU %+v", row.Config, cfg.StealCores, row.CPU)
+		}
+		cfg.StealCores = 0
+		c := withLink(cal, row.Link)
+		base, err := PredictServe(cfg, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.StealCores = 0.2
+		stolen, err := PredictServe(cfg, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := stolen.TokensPerS / base.TokensPerS; r < 0.85 || r > 0.95 {
+			t.Errorf("%s: a tenth of the pool stolen: tokens/s x%.3f", row.Config, r)
+		}
+		core := func(r *ServeResult) float64 { return r.Util.Cores / r.TokensPerS }
+		if r := core(stolen) / core(base); r < 0.97 || r > 1.03 {
+			t.Errorf("%s: a tenth of the pool stolen: core time a token x%.3f", row.Config, r)
+		}
+	}
 }
