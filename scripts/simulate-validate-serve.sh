@@ -13,16 +13,18 @@
 # Before its first measurement the run waits up to BENCH_WAIT seconds
 # (default 120) for the 1-minute load average to drop below 3; a run
 # that started at 3 or more, or with a failed request in a judged row, is
-# reported, not judged. Needs root. About 9 minutes an attempt; the run
+# reported, not judged. Needs root. About 13 minutes an attempt; the run
 # is left in OUT (and its table in OUT's .md).
 #
 # ATTEMPTS (default 1) fresh runs are made until one is judged and passes;
 # the script fails when none did (with JUDGE_UNJUDGED_OK=1 it passes when
-# none was judged: scripts/lib/judge.sh). It is not a stage of
-# scripts/test.sh: on the Zen 5 VM of 2026-12-07 it passed 5 of 7 runs on
-# its own (the misses +16.7% and +18.6% at 16 clients and 1 Gbit/s) and
-# failed 3 of 3 attempts as a stage of a CI run (docs/scale/serving.md,
-# "Validation").
+# none was judged: scripts/lib/judge.sh). The run also measures the model
+# in process on one thread (BENCH_SERVE_INPROCESS_1THREAD=1: the one-thread
+# front end's attention) and, in each configuration's calibration, four
+# one-thread processes sharing the cores (--share-procs 4). It is a stage
+# of scripts/test.sh (ATTEMPTS=3) since 2026-12-07; before the sharing was
+# calibrated it passed 5 of 7 runs on their own on a Zen 5 VM and failed 3
+# of 3 attempts as a stage (docs/scale/serving.md, "Validation").
 #
 #   scripts/simulate-validate-serve.sh [OUT]    default OUT: a temporary file
 #   ATTEMPTS=2 scripts/simulate-validate-serve.sh

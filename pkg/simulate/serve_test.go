@@ -490,7 +490,7 @@ func TestPredictServe4Hosts(t *testing.T) {
 func TestPredictLiveServe(t *testing.T) {
 	p := os.Getenv("SWITCHYARD_SERVE_RUN")
 	if p == "" {
-		t.Skip("SWITCHYARD_SERVE_RUN is not set: scripts/simulate-validate-serve.sh runs this on a fresh emulated run (root, about 9 minutes a run; not a CI stage: a timing check on shared cores, docs/scale/serving.md)")
+		t.Skip("SWITCHYARD_SERVE_RUN is not set: scripts/simulate-validate-serve.sh runs this on a fresh emulated run (root, about 13 minutes a run; a stage of scripts/test.sh, docs/scale/serving.md)")
 	}
 	b := readServeBench(t, p)
 	// A run that started on a busy machine measures its load, not the
