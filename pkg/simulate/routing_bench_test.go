@@ -186,6 +186,42 @@ var serveRoutedFiles = []string{
 	"../../bench/results/serve-4hosts-zen5-routed-7.txt",
 }
 
+// serveSharedFiles are the runs that also measured the cores' sharing
+// (calibrate --share-procs 4: Calibration.ShareProduct, WakeWork) and the
+// model in process on one thread ("in-process, 1 thread each"), made by
+// scripts/simulate-validate-serve.sh on the AVX2 (Zen 3) EPYC VM on
+// 2026-12-07, 21:17-21:30, 21:31-21:44 and 21:46-21:58 UTC.
+var serveSharedFiles = []string{
+	"../../bench/results/serve-4hosts-avx2-8.txt",
+	"../../bench/results/serve-4hosts-avx2-9.txt",
+	"../../bench/results/serve-4hosts-avx2-10.txt",
+}
+
+// TestPredictServeShared: each of serveSharedFiles gives the model its
+// sharing (the mean of the run's calibrations) and a one-thread front
+// end's attention points, and is predicted within 15% on every row
+// (-9.8%, +2.4%, +1.4%, +9.3%; +10.0%, +9.9%, +6.0%, +7.2%; -7.1%,
+// -0.8%, -0.8%, -0.0%), the models wrong on purpose missing it
+// (predictServeRouted).
+func TestPredictServeShared(t *testing.T) {
+	for _, f := range serveSharedFiles {
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			b := readServeBench(t, f)
+			cal := ServeBenchCalibration(b)
+			if cal.ShareProcs != 4 || cal.ShareRows != 3 || cal.ShareProduct <= 0 || cal.WakeWork <= 0 {
+				t.Fatalf("sharing: %d processes, %d rows, %v a product, %v a wake: want all measured", cal.ShareProcs, cal.ShareRows, cal.ShareProduct, cal.WakeWork)
+			}
+			if n := len(inProcessMeans(b.Rows, true)); n != 2 {
+				t.Fatalf("%d one-thread in-process client counts, want 1 and 16", n)
+			}
+			if !slices.ContainsFunc(cal.GEMM, func(p GEMMPoint) bool { return p.K == b.Model.Hidden && p.N == b.Model.Hidden && p.Threads == 1 }) {
+				t.Error("no one-thread attention point")
+			}
+			predictServeRouted(t, f)
+		})
+	}
+}
+
 // TestPredictServeRouted: the model takes each of serveRoutedFiles'
 // routing (the synthetic model's skew: some layer's busiest expert over
 // twice the mean rows) and expert curve, and predicts every row within
