@@ -113,8 +113,9 @@ const (
 
 // MeasureSharing starts o.Procs children (o.Command, GOMAXPROCS=1), each
 // holding its own experts of o.Hidden x o.Inter bf16 weights (the
-// calibration's expert curve's 256 MiB, streamed from memory), and
-// measures, over o.Rounds rounds each:
+// calibration's expert curve's 256 MiB, streamed from memory: o.Procs x
+// 256 MiB in all), and measures, over o.Rounds rounds each (in shareReps
+// interleaved turns, after a warm-up):
 //   - Product: min(Procs, cores) children sent a round together, the next
 //     round o.Gap after the last answer;
 //   - Shared and WakeIdle: all Procs children the same way;
@@ -249,9 +250,9 @@ func MeasureSharing(ctx context.Context, o ShareOptions) (Sharing, error) {
 		}
 		return sum, nil
 	}
-	// rounds runs o.Rounds rounds on cs, all sent together, Gap after
-	// the last answer (gap) or each child's next round sent as it
-	// answers (!gap), and returns the counters.
+	// rounds runs n rounds on cs, all sent together, Gap after the last
+	// answer (gap) or each child's next round sent as it answers (!gap),
+	// and returns the counters.
 	rounds := func(cs []net.Conn, n int, gap bool) (counters, error) {
 		if _, err := report(cs); err != nil { // reset
 			return counters{}, err

@@ -2664,7 +2664,6 @@ func meanRows(rows []ServeBenchRow, keep func(ServeBenchRow) bool, key func(Serv
 //     ServeBenchOutput tokens the experts a ServeBenchPrompt-token prompt
 //     touches: E(1 - (1 - K/E)^P) of them) over its experts time, per
 //     core;
-//
 //   - a GEMM point at the rows per expert of the 16-client row (its rows
 //     per MoE layer, 16 x 4 plus the prompts', over the experts they
 //     touch): the experts time per layer x cores / experts, as one
@@ -2672,7 +2671,6 @@ func meanRows(rows []ServeBenchRow, keep func(ServeBenchRow) bool, key func(Serv
 //     every power of two rows to 256 in place of AssumedCalibration's
 //     points of the expert's shape, so that an expert of any rows takes
 //     it;
-//
 //   - GEMM points at the attention's shape (Hidden x Hidden) from both
 //     rows' attention time: the projections' products (1 row for the
 //     1-client row, prompts ignored; the tokens of a step for the
@@ -2683,13 +2681,11 @@ func meanRows(rows []ServeBenchRow, keep func(ServeBenchRow) bool, key func(Serv
 //     thread (bench-serve.sh's "in-process, 1 thread each"), those give
 //     one-thread points and the others points at b.Cores threads (not
 //     per core);
-//
 //   - where b recorded an expert timed by rows (ServeBench.Expert), that
 //     curve as Calibration.Expert, scaled so that the experts a 16-client
 //     step touches take the 16-client row's experts time per layer x
 //     cores (the serving model then takes an expert's cost from it, not
-//     from the GEMM point above).
-//
+//     from the GEMM point above);
 //   - where b's calibrations measured the sharing (`calibrate
 //     --share-procs`: ShareProduct, WakeWork), their mean.
 //
@@ -2764,7 +2760,7 @@ func ServeBenchCalibration(b *ServeBench) *Calibration {
 	// in-process rows' mean stands for the machine: the expert of 3
 	// rows took 1.36 ms in one calibration and 2.04 in the next, 6
 	// minutes apart, on an AVX2 EPYC VM, its shared product 1.75 and
-	// 2.07 (x1.29, x1.02; x1.15 over the two).
+	// 2.07 (x1.29, x1.02; x1.12 over the two).
 	seen := map[*Calibration]bool{}
 	var share, wake time.Duration
 	var nShare int
