@@ -187,15 +187,15 @@ func MeasureSharing(ctx context.Context, o ShareOptions) (Sharing, error) {
 		}
 		return fmt.Errorf("simcal: sharing: %w", err)
 	}
-	go func() { <-ctx.Done(); lis.Close() }()
 	conns := make([]net.Conn, 0, o.Procs)
 	defer func() {
 		for _, c := range conns {
 			c.Close()
 		}
 	}()
-	go func() { // a child gone, or the deadline: nothing blocks on a connection
+	go func() { // a child gone, or the deadline: nothing blocks on the listener or a connection
 		<-ctx.Done()
+		lis.Close()
 		mu.Lock()
 		defer mu.Unlock()
 		for _, c := range conns {

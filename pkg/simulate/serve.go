@@ -2741,15 +2741,20 @@ func ServeBenchCalibration(b *ServeBench) *Calibration {
 		}
 		cal.GEMM = append(cal.GEMM, p)
 	}
+	// stepTokens are the tokens a step of clients sequences routes: one
+	// each, and every ServeBenchOutput steps a prompt's P in place of one.
+	stepTokens := func(clients int) float64 {
+		B := float64(clients)
+		prompts := B / O
+		return B - prompts + prompts*P
+	}
 	for _, row := range oneThread {
 		if row.Attention <= 0 || row.Clients != 1 && row.Clients != 16 {
 			continue
 		}
-		B := float64(row.Clients)
-		prompts := B / O
-		tokens := B - prompts + prompts*P
+		tokens := stepTokens(row.Clients)
 		if row.Clients == 1 {
-			tokens = 1
+			tokens = 1 // prompts ignored, as the two-thread 1-client point
 		}
 		attnPoint(row, tokens)
 		cal.CPU += fmt.Sprintf("; a %d-row one-thread attention point from serve.txt's in-process one-thread %d-client row", max(int(math.Round(tokens)), 1), row.Clients)
@@ -2793,8 +2798,7 @@ func ServeBenchCalibration(b *ServeBench) *Calibration {
 			cal.CPU += "; MemBandwidth and a 1-row attention point from serve.txt's in-process 1-client row"
 		case 16:
 			B := float64(row.Clients)
-			prompts := B / O                                          // prompts fed per step
-			tokens := B - prompts + prompts*P                         // tokens routed per step
+			tokens := stepTokens(row.Clients)                         // tokens routed per step
 			experts := touched(tokens)                                // experts a layer touches
 			rows := tokens * K / experts                              // rows per expert
 			perLayer := row.Experts.Seconds() * B / float64(m.Layers) // a step's experts time per layer
