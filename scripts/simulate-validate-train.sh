@@ -35,7 +35,9 @@
 #   CHECK=1 ATTEMPTS=3 scripts/simulate-validate-train.sh /tmp/t.txt
 #
 # With CHECK=1, ATTEMPTS (default 1) fresh runs are made until one is
-# judged and passes (scripts/lib/judge.sh); the script fails when none did.
+# judged and passes (scripts/lib/judge.sh); the script fails when none did
+# (JUDGE_REPORT_ONLY=1, as scripts/test.sh sets since 2026-12-08: it says
+# so and passes).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

@@ -149,13 +149,33 @@ func withCal(t *testing.T, b *TrainBench, mod func(*TrainConfig)) TrainPredictio
 // products and the optimizer twice as fast (14% short on the AVX-512
 // run, 21-31% on the AVX2 VM's: the step is mostly the messages' core
 // time).
+//
+// The AVX2 VM's runs of 2026-12-07/08 (trainMissFiles) are logged, not
+// judged: the model missed 11 of the 12 fresh runs of those hours by
+// -17.0% to -27.1% (the CI's three, and nine more, one of them with the
+// code of 2026-12-06), and that VM's runs are what scripts/test.sh's
+// training check reports without gating (docs/scale/training.md,
+// "Validation").
 func TestTrainBench(t *testing.T) {
 	for _, name := range benchFiles() {
-		t.Run(filepath.Base(name), func(t *testing.T) { trainBench(t, name) })
+		t.Run(filepath.Base(name), func(t *testing.T) { trainBench(t, name, true) })
+	}
+	if os.Getenv("SWITCHYARD_TRAIN_BENCH") != "" {
+		return
+	}
+	for _, name := range trainMissFiles {
+		t.Run(filepath.Base(name)+" (logged)", func(t *testing.T) { trainBench(t, name, false) })
 	}
 }
 
-func trainBench(t *testing.T, name string) {
+// trainMissFiles are committed runs the model misses, logged by
+// TestTrainBench and not judged.
+var trainMissFiles = []string{"../../bench/results/train-netns-avx2-3.txt", "../../bench/results/train-netns-avx2-4.txt",
+	"../../bench/results/train-netns-avx2-5.txt", "../../bench/results/train-netns-avx2-6.txt"}
+
+// trainBench predicts one run and logs every part; judge: assert the
+// step within 15% and the models wrong on purpose outside.
+func trainBench(t *testing.T, name string, judge bool) {
 	b := readBench(t, name)
 	meas := b.Mean()
 	p, err := PredictTrainBench(b)
@@ -193,7 +213,7 @@ func trainBench(t *testing.T, name string) {
 	band := func(name string, q TrainPrediction, want bool) {
 		e := relErr(q.Step, meas.Total)
 		t.Logf("  %-45s step %8v  error %+6.1f%%", name, q.Step, 100*e)
-		if in := math.Abs(e) <= tol; in != want {
+		if in := math.Abs(e) <= tol; judge && in != want {
 			t.Errorf("%s: step %v, error %+.1f%%: within %.0f%% %v, want %v", name, q.Step, 100*e, 100*tol, in, want)
 		}
 	}
