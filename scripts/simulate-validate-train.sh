@@ -15,7 +15,10 @@
 # process, its steps timed for PROFILE_TIME, default 3s) and a raw-TCP
 # ping-pong h1 -> h2 (bench/serve tcpping, 2000 x 64 B: the round trip).
 # It records the CPU time the coordinator and workers used during the job
-# (in all, and each process's), profiles the one rank's step on h1 again
+# (in all, and each process's), the machine's /proc/stat over it and each
+# process's scheduler statistics (schedstat: on a core, runnable and
+# waiting, times run; kernel.task_delayacct is set to 1 for the run where
+# root can), profiles the one rank's step on h1 again
 # (the model takes the mean of the two profiles), then trains
 # one rank's share of the job (batch 2) in one process with the train
 # command (no messages), then scrapes every worker's
@@ -66,10 +69,12 @@ net=scripts/netns/cluster.sh
 export SY_CLUSTER=${SY_CLUSTER:-syvt} SY_SUBNET=${SY_SUBNET:-10.83.0}
 work=$(mktemp -d /tmp/switchyard-validate-train.XXXXXX)
 pids=()
+delayacct=
 cleanup() {
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
 	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
 	$net down >/dev/null 2>&1 || true
+	[ -z "$delayacct" ] || echo "$delayacct" >/proc/sys/kernel/task_delayacct 2>/dev/null || true
 	rm -rf "$work"
 }
 trap cleanup EXIT
@@ -79,6 +84,21 @@ go build -o "$work/coordinator" ./cmd/coordinator
 go build -o "$work/serve" ./bench/serve
 . scripts/lib/judge.sh
 wait_quiet validate-train "${BENCH_WAIT:-120}" 10
+# The kernel keeps each thread's scheduler statistics (time on a core,
+# time runnable and waiting for one, times run: /proc/PID/task/*/schedstat)
+# only while kernel.task_delayacct is 1, and only for what it saw from
+# the thread's start: it is set before any process of the run starts
+# (where it was 0; restored at the end) and kept through the calibration
+# too, so both measure the same kernel. No job_sched line where it cannot
+# be set.
+sched_ok=0
+if [ -w /proc/sys/kernel/task_delayacct ]; then
+	if [ "$(cat /proc/sys/kernel/task_delayacct)" = 1 ]; then
+		sched_ok=1
+	elif da=$(cat /proc/sys/kernel/task_delayacct) && echo 1 >/proc/sys/kernel/task_delayacct 2>/dev/null; then
+		delayacct=$da sched_ok=1
+	fi
+fi
 $net up 4 1gbit >/dev/null
 ip0=$($net ip h0) ip1=$($net ip h1) ip2=$($net ip h2)
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -132,6 +152,15 @@ cpu_s() {
 	echo "scale=3; $sum / $(getconf CLK_TCK)" | bc
 }
 cpu0=$(cpu_s)
+# Where the job's time went on the machine, beside the model's own
+# account (logged by TestTrainBench, not part of the prediction): the
+# machine's /proc/stat over the job, and each process's scheduler
+# statistics summed over its threads (/proc/PID/task/*/schedstat, kept
+# since the run's start: see task_delayacct above).
+machine_cpu() { head -1 /proc/stat | cut -d' ' -f3-10; }
+sched() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{r += $1; w += $2; n += $3} END {printf "%.0f %.0f %.0f", r, w, n}'; }
+mcpu0=$(machine_cpu)
+sched0=(); for p in "${pids[@]}"; do sched0+=("$(sched "$p")"); done
 proc_cpu() { awk '{print $14 + $15}' /proc/"$1"/stat; }
 pcpu0=(); for p in "${pids[@]}"; do pcpu0+=("$(proc_cpu "$p")"); done
 start=$(date +%s.%N)
@@ -142,6 +171,20 @@ cpu1=$(cpu_s)
 # Each process's share (ticks): the coordinator, then w1..w3.
 per_proc=""; i=0
 for p in "${pids[@]}"; do per_proc+="$(( $(proc_cpu "$p") - ${pcpu0[$i]} )) "; i=$((i + 1)); done
+mcpu1=$(machine_cpu)
+job_machine=$(paste -d' ' <(tr ' ' '\n' <<<"$mcpu0") <(tr ' ' '\n' <<<"$mcpu1") | awk '{printf "%d ", $2 - $1}')
+job_sched=""; i=0
+if ((sched_ok)); then
+	for p in "${pids[@]}"; do
+		read -r r0 w0 n0 <<<"${sched0[$i]}"
+		read -r r1 w1 n1 <<<"$(sched "$p")"
+		# A thread that exited during the job takes its counts with it
+		# (/proc/PID/task lists the live ones): no line then.
+		if ((r1 < r0 || w1 < w0 || n1 < n0)); then job_sched=""; break; fi
+		job_sched+="$(( r1 - r0 )) $(( w1 - w0 )) $(( n1 - n0 )); "
+		i=$((i + 1))
+	done
+fi
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 # Every worker's step metrics, then the cluster stopped: the workers
 # still save and tidy up after the job, and the profile below must have
@@ -185,6 +228,8 @@ single=$("$work/switchyard" train --out "$work/single" "${job[@]}" --batch 2 2>&
 	echo "job_seconds: $job_s"
 	echo "job_cpu_seconds: $(echo "$cpu1 - $cpu0" | bc)"
 	echo "job_cpu_ticks: $per_proc(coordinator w1 w2 w3; $(getconf CLK_TCK) a second)"
+	echo "job_machine_ticks: $job_machine(/proc/stat over the job: user nice system idle iowait irq softirq steal; $(getconf CLK_TCK) a second, summed over the $(nproc) CPUs)"
+	[ -z "$job_sched" ] || echo "job_sched: $job_sched(coordinator w1 w2 w3: ns on a core, ns runnable waiting for one, times run; /proc/PID/task/*/schedstat)"
 	echo "gomaxprocs: $GOMAXPROCS"
 	echo "single_process: ${single% tokens/s} tokens/s (batch 2: one rank's 64 tokens, every expert in process)"
 	echo "tcpping: $(echo "$ping" | grep '^tcpping:')"

@@ -46,8 +46,41 @@ type TrainBench struct {
 	// before 2026-12-07). TrainConfig takes the two profiles' mean
 	// (TrainProfile.Bracket).
 	ProfileAfter *TrainProfile
+	// MachineTicks is the machine's /proc/stat over the job, summed over
+	// its CPUs, in USER_HZ ticks: user nice system idle iowait irq
+	// softirq steal (nil: not recorded; files before 2026-12-08).
+	MachineTicks []int64
+	// Sched is each process's scheduler statistics over the job, the
+	// coordinator's then the workers' (nil: not recorded).
+	Sched []SchedStat
 	// Ranks are the workers' sums over their steps.
 	Ranks []TrainBenchRank
+}
+
+// SchedStat is a process's /proc/PID/task/*/schedstat over a window,
+// summed over its threads: time on a core, time runnable and waiting
+// for one (the run queue, a woken thread's wait for its vCPU included),
+// and the times it was put on a core.
+type SchedStat struct {
+	Run, Wait time.Duration
+	Slices    int64
+}
+
+// IdleShare is the part of the machine's CPU time over the job that was
+// idle (iowait included), steal the part a hypervisor took; 0, 0 when
+// not recorded.
+func (b *TrainBench) IdleShare() (idle, steal float64) {
+	if len(b.MachineTicks) < 8 {
+		return 0, 0
+	}
+	var all int64
+	for _, t := range b.MachineTicks[:8] {
+		all += t
+	}
+	if all <= 0 {
+		return 0, 0
+	}
+	return float64(b.MachineTicks[3]+b.MachineTicks[4]) / float64(all), float64(b.MachineTicks[7]) / float64(all)
 }
 
 // TrainBenchRank is one worker's metrics at the end of the job.
@@ -220,6 +253,10 @@ func ReadTrainBench(r io.Reader) (*TrainBench, error) {
 		case "train_profile_after":
 			b.ProfileAfter = new(TrainProfile)
 			err = json.Unmarshal([]byte(val), b.ProfileAfter)
+		case "job_machine_ticks":
+			b.MachineTicks, err = parseTicks(val)
+		case "job_sched":
+			b.Sched, err = parseSched(val)
 		case "worker":
 			var rk TrainBenchRank
 			rk, err = parseBenchRank(val)
@@ -348,4 +385,50 @@ func PredictTrainBench(b *TrainBench) (TrainPrediction, error) {
 		return TrainPrediction{}, err
 	}
 	return PredictTrainStep(c)
+}
+
+// parseTicks reads job_machine_ticks: eight counts, then a comment.
+func parseTicks(val string) ([]int64, error) {
+	f := strings.Fields(val)
+	if len(f) < 8 {
+		return nil, fmt.Errorf("want 8 tick counts, got %q", val)
+	}
+	t := make([]int64, 8)
+	for i := range t {
+		n, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil || n < 0 {
+			return nil, fmt.Errorf("tick count %q: want an integer >= 0", f[i])
+		}
+		t[i] = n
+	}
+	return t, nil
+}
+
+// parseSched reads job_sched: "RUN WAIT SLICES;" per process, then a
+// comment in parentheses.
+func parseSched(val string) ([]SchedStat, error) {
+	val, _, _ = strings.Cut(val, "(")
+	var out []SchedStat
+	for _, part := range strings.Split(val, ";") {
+		f := strings.Fields(part)
+		if len(f) == 0 {
+			continue
+		}
+		if len(f) != 3 {
+			return nil, fmt.Errorf("process %d: want run wait slices, got %q", len(out), part)
+		}
+		var v [3]int64
+		for i := range v {
+			n, err := strconv.ParseInt(f[i], 10, 64)
+			if err != nil || n < 0 {
+				return nil, fmt.Errorf("process %d: %q: want an integer >= 0", len(out), f[i])
+			}
+			v[i] = n
+		}
+		out = append(out, SchedStat{Run: time.Duration(v[0]), Wait: time.Duration(v[1]), Slices: v[2]})
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no process in %q", val)
+	}
+	return out, nil
 }

@@ -150,12 +150,12 @@ func withCal(t *testing.T, b *TrainBench, mod func(*TrainConfig)) TrainPredictio
 // run, 21-31% on the AVX2 VM's: the step is mostly the messages' core
 // time).
 //
-// The AVX2 VM's runs of 2026-12-07/08 (trainMissFiles) are logged, not
-// judged: the model missed 11 of the 12 fresh runs of those hours by
-// -17.0% to -27.1% (the CI's three, and nine more, one of them with the
-// code of 2026-12-06), and that VM's runs are what scripts/test.sh's
-// training check reports without gating (docs/scale/training.md,
-// "Validation").
+// The AVX2 VM's runs of 2026-12-07/08 (trainLoggedFiles) are logged, not
+// judged: the model held 15% in 6 of the 22 fresh runs of those hours
+// (-8.9% to +8.2%) and missed the other 16 by -17.0% to -27.1% (CI
+// runs among them, and two with the code of 2026-12-06); scripts/test.sh's
+// training check reports on such runs without gating
+// (docs/scale/training.md, "Validation").
 func TestTrainBench(t *testing.T) {
 	for _, name := range benchFiles() {
 		t.Run(filepath.Base(name), func(t *testing.T) { trainBench(t, name, true) })
@@ -163,15 +163,16 @@ func TestTrainBench(t *testing.T) {
 	if os.Getenv("SWITCHYARD_TRAIN_BENCH") != "" {
 		return
 	}
-	for _, name := range trainMissFiles {
+	for _, name := range trainLoggedFiles {
 		t.Run(filepath.Base(name)+" (logged)", func(t *testing.T) { trainBench(t, name, false) })
 	}
 }
 
-// trainMissFiles are committed runs the model misses, logged by
-// TestTrainBench and not judged.
-var trainMissFiles = []string{"../../bench/results/train-netns-avx2-3.txt", "../../bench/results/train-netns-avx2-4.txt",
-	"../../bench/results/train-netns-avx2-5.txt", "../../bench/results/train-netns-avx2-6.txt"}
+// trainLoggedFiles are committed runs of the AVX2 VM of 2026-12-07/08,
+// logged by TestTrainBench and not judged: -3, -4 and -5 missed, -6 and
+// -7 held 15% (-7 has the machine's and the scheduler's lines).
+var trainLoggedFiles = []string{"../../bench/results/train-netns-avx2-3.txt", "../../bench/results/train-netns-avx2-4.txt",
+	"../../bench/results/train-netns-avx2-5.txt", "../../bench/results/train-netns-avx2-6.txt", "../../bench/results/train-netns-avx2-7.txt"}
 
 // trainBench predicts one run and logs every part; judge: assert the
 // step within 15% and the models wrong on purpose outside.
@@ -200,6 +201,21 @@ func trainBench(t *testing.T, name string, judge bool) {
 	cpuStep := time.Duration(b.JobCPUSeconds / float64(b.Steps) * float64(time.Second))
 	t.Logf("  core time a step: the model's %v (%.0f%% of %d cores over its step), the run's processes %v (%.0f%% over the step)",
 		p.CPU, 100*p.CPU.Seconds()/p.Step.Seconds()/float64(b.CPUs), b.CPUs, cpuStep, 100*cpuStep.Seconds()/meas.Total.Seconds()/float64(b.CPUs))
+	if len(b.MachineTicks) > 0 {
+		idle, steal := b.IdleShare()
+		t.Logf("  the machine over the job (/proc/stat): %.1f%% idle, %.1f%% steal", 100*idle, 100*steal)
+	}
+	if len(b.Sched) == b.Workers+1 && b.Steps > 0 {
+		for i, st := range b.Sched[1:] {
+			steps := time.Duration(b.Steps)
+			each := time.Duration(0)
+			if st.Slices > 0 {
+				each = st.Wait / time.Duration(st.Slices)
+			}
+			t.Logf("  w%d (schedstat): on a core %v a step; runnable and waiting for one %v a step, over %d runs a step (%v a run)",
+				i+1, st.Run/steps, st.Wait/steps, st.Slices/int64(b.Steps), each)
+		}
+	}
 	if b.SingleTokensPerS > 0 {
 		one := withCal(t, b, func(c *TrainConfig) { c.Cluster.Workers = 1 })
 		t.Logf("  one rank's share in one process (every expert local, no messages): measured %v a step (%.0f tokens/s), the model %v",
@@ -236,12 +252,47 @@ func trainBench(t *testing.T, name string, judge bool) {
 	t.Logf("  %-45s step %8v  error %+6.1f%%", "links 5x faster, burst 5x (not asserted)", q.Step, 100*relErr(q.Step, meas.Total))
 }
 
+// TestTrainBenchSched reads a run's machine and scheduler lines (as
+// scripts/simulate-validate-train.sh writes them since 2026-12-08).
+func TestTrainBenchSched(t *testing.T) {
+	raw, err := os.ReadFile("../../bench/results/train-netns-avx2-2.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(raw) + "job_machine_ticks: 3739 0 710 950 0 0 264 68 (/proc/stat over the job)\n" +
+		"job_sched: 1000 2000 3; 15907600000 18514800000 160130; 14785700000 18483100000 155617; 14479800000 18421200000 153544; (coordinator w1 w2 w3)\n"
+	b, err := ReadTrainBench(strings.NewReader(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	idle, steal := b.IdleShare()
+	if math.Abs(idle-950.0/5731) > 1e-9 || math.Abs(steal-68.0/5731) > 1e-9 {
+		t.Errorf("idle %v, steal %v: want 950 and 68 of 5731 ticks", idle, steal)
+	}
+	want := []SchedStat{{1000, 2000, 3}, {15907600000, 18514800000, 160130}, {14785700000, 18483100000, 155617}, {14479800000, 18421200000, 153544}}
+	if !reflect.DeepEqual(b.Sched, want) {
+		t.Errorf("sched %+v, want %+v", b.Sched, want)
+	}
+	old := readBench(t, "../../bench/results/train-netns-avx2-2.txt")
+	if old.Sched != nil || old.MachineTicks != nil {
+		t.Error("a file without the lines: sched or ticks read")
+	}
+	if i, s := old.IdleShare(); i != 0 || s != 0 {
+		t.Errorf("no ticks: idle %v, steal %v, want 0", i, s)
+	}
+}
+
 func TestReadTrainBenchErrors(t *testing.T) {
 	for name, text := range map[string]string{
 		"empty":       "",
 		"no colon":    "date 2026\n",
 		"bad worker":  "worker: w1 steps=3 forward=x\n",
 		"short parts": "worker: w1 steps=3 forward=1\n",
+		"short ticks": "job_machine_ticks: 1 2 3\n",
+		"bad ticks":   "job_machine_ticks: 1 2 3 4 5 6 7 x (comment)\n",
+		"short sched": "job_sched: 1 2; 3 4 5; (comment)\n",
+		"bad sched":   "job_sched: 1 2 -3; (comment)\n",
+		"no sched":    "job_sched: (comment)\n",
 	} {
 		if _, err := ReadTrainBench(strings.NewReader(text)); err == nil {
 			t.Errorf("%s: no error", name)
