@@ -86,11 +86,12 @@ go build -o "$work/serve" ./bench/serve
 wait_quiet validate-train "${BENCH_WAIT:-120}" 10
 # The kernel keeps each thread's scheduler statistics (time on a core,
 # time runnable and waiting for one, times run: /proc/PID/task/*/schedstat)
-# only while kernel.task_delayacct is 1, and only for what it saw from
-# the thread's start: it is set before any process of the run starts
-# (where it was 0; restored at the end) and kept through the calibration
-# too, so both measure the same kernel. No job_sched line where it cannot
-# be set.
+# only while kernel.task_delayacct is 1: it is set before any process of
+# the run starts (where it was 0; restored at the end), so every thread is
+# counted from its start, and kept through the calibration too, so both
+# measure the same kernel (two interleaved pairs of runs with it at 0 and
+# at 1 differed no more than runs do, 2026-12-08). No job_sched line
+# where it cannot be set.
 sched_ok=0
 if [ -w /proc/sys/kernel/task_delayacct ]; then
 	if [ "$(cat /proc/sys/kernel/task_delayacct)" = 1 ]; then

@@ -58,9 +58,10 @@ type TrainBench struct {
 }
 
 // SchedStat is a process's /proc/PID/task/*/schedstat over a window,
-// summed over its threads: time on a core, time runnable and waiting
-// for one (the run queue, a woken thread's wait for its vCPU included),
-// and the times it was put on a core.
+// summed over its threads (the Go runtime's included): time on a core,
+// time runnable and waiting for one (from a thread's wake-up or
+// preemption to its next start on a core), and the times it was put on
+// a core.
 type SchedStat struct {
 	Run, Wait time.Duration
 	Slices    int64
