@@ -113,7 +113,7 @@ if [ "$(id -u)" -eq 0 ]; then
 	sim_run=$(mktemp --suffix=.collectives.txt)
 	JUDGE_UNJUDGED_OK=1 ATTEMPTS=3 scripts/simulate-validate.sh "$sim_run"
 	# The training step's check reports, it does not gate (JUDGE_REPORT_ONLY),
-	# since 2026-12-08: on the AVX2 VM of 2026-12-07/08, 16 of 22 fresh runs
+	# since 2026-12-08: on the AVX2 VM of 2026-12-07/08, 16 of 23 fresh runs
 	# (CI runs and the code of 2026-12-06 among them) were predicted -17% to
 	# -27% of the measured step, the job's cores idle 16-24% of it where the
 	# model has them 6-12%;

@@ -151,7 +151,7 @@ func withCal(t *testing.T, b *TrainBench, mod func(*TrainConfig)) TrainPredictio
 // time).
 //
 // The AVX2 VM's runs of 2026-12-07/08 (trainLoggedFiles) are logged, not
-// judged: the model held 15% in 6 of the 22 fresh runs of those hours
+// judged: the model held 15% in 7 of the 23 fresh runs of those hours
 // (-8.9% to +8.2%) and missed the other 16 by -17.0% to -27.1% (CI
 // runs among them, and two with the code of 2026-12-06); scripts/test.sh's
 // training check reports on such runs without gating
