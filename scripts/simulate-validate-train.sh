@@ -172,8 +172,9 @@ cpu1=$(cpu_s)
 # Each process's share (ticks): the coordinator, then w1..w3.
 per_proc=""; i=0
 for p in "${pids[@]}"; do per_proc+="$(( $(proc_cpu "$p") - ${pcpu0[$i]} )) "; i=$((i + 1)); done
-mcpu1=$(machine_cpu)
-job_machine=$(paste -d' ' <(tr ' ' '\n' <<<"$mcpu0") <(tr ' ' '\n' <<<"$mcpu1") | awk '{printf "%d ", $2 - $1}')
+read -ra m0 <<<"$mcpu0"
+read -ra m1 <<<"$(machine_cpu)"
+job_machine=""; for k in "${!m0[@]}"; do job_machine+="$(( m1[k] - m0[k] )) "; done
 job_sched=""; i=0
 if ((sched_ok)); then
 	for p in "${pids[@]}"; do

@@ -206,8 +206,8 @@ func trainBench(t *testing.T, name string, judge bool) {
 		t.Logf("  the machine over the job (/proc/stat): %.1f%% idle, %.1f%% steal", 100*idle, 100*steal)
 	}
 	if len(b.Sched) == b.Workers+1 && b.Steps > 0 {
+		steps := time.Duration(b.Steps)
 		for i, st := range b.Sched[1:] {
-			steps := time.Duration(b.Steps)
 			each := time.Duration(0)
 			if st.Slices > 0 {
 				each = st.Wait / time.Duration(st.Slices)
